@@ -1,0 +1,1 @@
+//! Authentication primitives (sans-IO).

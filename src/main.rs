@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("pglink: not wired up yet");
+    std::process::exit(2);
+}
