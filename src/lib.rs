@@ -7,8 +7,10 @@
 //! - [`protocol`]: framing and borrowed message views/builders for protocol 3.0 and 3.2.
 //! - [`auth`]: SCRAM-SHA-256(-PLUS) server and client, md5, channel binding.
 //! - [`config`]: the `pglink.json` model, its defaults, validation and secret resolution.
+//! - [`observe`]: logging (and later metrics, tracing, the flight recorder).
 #![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod config;
+pub mod observe;
 pub mod protocol;
