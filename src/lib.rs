@@ -14,3 +14,4 @@ pub mod auth;
 pub mod config;
 pub mod observe;
 pub mod protocol;
+pub mod tls;
