@@ -14,4 +14,5 @@ pub mod auth;
 pub mod config;
 pub mod observe;
 pub mod protocol;
+pub mod reactor;
 pub mod tls;

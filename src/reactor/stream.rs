@@ -1,0 +1,164 @@
+//! A non-blocking TCP socket with an optional TLS session on top.
+//!
+//! The reactor reads plaintext into its scratch buffer and writes plaintext from connection
+//! buffers; this type hides whether rustls sits in between. rustls' own buffers are capped
+//! (`TLS_BUFFER_LIMIT`) so a slow TLS peer applies backpressure like a plain one.
+
+use std::io::{self, Read as _, Write as _};
+
+use mio::net::TcpStream;
+
+/// Cap on plaintext rustls buffers while the socket is not taking data.
+pub const TLS_BUFFER_LIMIT: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadStatus {
+    /// This many plaintext bytes were read.
+    Data(usize),
+    /// Nothing more until the next readiness event.
+    WouldBlock,
+    /// The peer closed the connection.
+    Eof,
+}
+
+pub struct Stream {
+    pub sock: TcpStream,
+    tls: Option<Box<rustls::Connection>>,
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream")
+            .field("peer", &self.sock.peer_addr().ok())
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl Stream {
+    pub fn plain(sock: TcpStream) -> Stream {
+        Stream { sock, tls: None }
+    }
+
+    /// Wraps the socket in TLS from now on. Bytes already read in plaintext are not replayed
+    /// (the caller checked there were none: CVE-2021-23214).
+    pub fn start_tls(&mut self, mut conn: rustls::Connection) {
+        conn.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
+        self.tls = Some(Box::new(conn));
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    pub fn tls(&self) -> Option<&rustls::Connection> {
+        self.tls.as_deref()
+    }
+
+    pub fn is_handshaking(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.is_handshaking())
+    }
+
+    /// Reads plaintext into `dst`.
+    pub fn read(&mut self, dst: &mut [u8]) -> io::Result<ReadStatus> {
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return read_plain(&mut self.sock, dst);
+        };
+        loop {
+            match tls.reader().read(dst) {
+                Ok(0) => return Ok(ReadStatus::Eof),
+                Ok(n) => return Ok(ReadStatus::Data(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            match tls.read_tls(&mut self.sock) {
+                Ok(0) => return Ok(ReadStatus::Eof),
+                Ok(_) => {
+                    if let Err(e) = tls.process_new_packets() {
+                        // Tell the peer why (best effort), then fail the connection.
+                        let _ = tls.write_tls(&mut self.sock);
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok(ReadStatus::WouldBlock);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Writes plaintext, returning how much was taken. With TLS, bytes are taken into rustls
+    /// (bounded) and pushed to the socket; `flush` pushes the rest later.
+    pub fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return write_plain(&mut self.sock, data);
+        };
+        // Push out what rustls already holds before taking more.
+        if !flush_tls(tls, &mut self.sock)? {
+            return Ok(0);
+        }
+        let taken = tls.writer().write(data)?;
+        flush_tls(tls, &mut self.sock)?;
+        Ok(taken)
+    }
+
+    /// Pushes buffered TLS records (handshake or data) to the socket. `Ok(true)` when nothing
+    /// is left buffered.
+    pub fn flush(&mut self) -> io::Result<bool> {
+        match self.tls.as_deref_mut() {
+            Some(tls) => flush_tls(tls, &mut self.sock),
+            None => Ok(true),
+        }
+    }
+
+    /// Whether TLS holds bytes the socket has not taken yet.
+    pub fn has_pending_output(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
+
+    /// Queues a TLS close_notify and tries to send it (best effort, before closing).
+    pub fn close_notify(&mut self) {
+        if let Some(tls) = self.tls.as_deref_mut() {
+            tls.send_close_notify();
+            let _ = flush_tls(tls, &mut self.sock);
+        }
+    }
+}
+
+fn read_plain(sock: &mut TcpStream, dst: &mut [u8]) -> io::Result<ReadStatus> {
+    loop {
+        match sock.read(dst) {
+            Ok(0) => return Ok(ReadStatus::Eof),
+            Ok(n) => return Ok(ReadStatus::Data(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadStatus::WouldBlock),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn write_plain(sock: &mut TcpStream, data: &[u8]) -> io::Result<usize> {
+    loop {
+        match sock.write(data) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn flush_tls(tls: &mut rustls::Connection, sock: &mut TcpStream) -> io::Result<bool> {
+    while tls.wants_write() {
+        match tls.write_tls(sock) {
+            Ok(0) => return Ok(false),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
