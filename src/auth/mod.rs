@@ -26,10 +26,12 @@
     )
 )]
 
+pub mod channel_binding;
 mod ct;
 pub mod md5;
 pub mod rng;
 
+pub use channel_binding::{CertHashError, tls_server_end_point};
 pub use ct::{cleartext_verify, constant_time_eq};
 pub use md5::{md5_password, md5_stored, md5_verify, md5_verify_stored};
 pub use rng::{FixedRng, OsRng, Rng};
