@@ -28,10 +28,24 @@
 
 pub mod channel_binding;
 mod ct;
+mod error;
 pub mod md5;
 pub mod rng;
+pub mod scram;
+pub mod scram_client;
+#[cfg(test)]
+mod tests;
+mod verifier;
 
 pub use channel_binding::{CertHashError, tls_server_end_point};
 pub use ct::{cleartext_verify, constant_time_eq};
 pub use md5::{md5_password, md5_stored, md5_verify, md5_verify_stored};
 pub use rng::{FixedRng, OsRng, Rng};
+pub use scram::{
+    AuthFailureKind, SCRAM_SHA_256, SCRAM_SHA_256_PLUS, ScramError, ScramServer, ScramVerifier,
+    ScramVerifierError, mechanisms,
+};
+pub use scram_client::{
+    ClientChannelBinding, MAX_SERVER_ITERATIONS, SaltedKeyCache, ScramClient, ScramKeys,
+    select_mechanism,
+};
