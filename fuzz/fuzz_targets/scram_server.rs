@@ -1,5 +1,5 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|_data: &[u8]| {
-    // Filled in by the module that owns this target.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    pglink::auth::fuzzing::scram_server_exchange(data);
 });
