@@ -10,5 +10,6 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod protocol;
