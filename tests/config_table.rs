@@ -31,6 +31,14 @@ fn normalize(kind: Kind, v: &Value) -> Value {
     }
 }
 
+fn join(path: &str, name: &str) -> String {
+    if path.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{path}.{name}")
+    }
+}
+
 fn walk(
     section: &'static Section,
     sample: &Value,
@@ -56,7 +64,7 @@ fn walk(
             continue;
         };
         used.insert((section.name, field.name));
-        let here = format!("{path}.{}", field.name);
+        let here = join(path, field.name);
         let t = typed.get(field.name).unwrap_or_else(|| {
             panic!("{here}: documented in the table but not kept by the typed struct")
         });
@@ -125,7 +133,7 @@ fn check_defaults(
     seen: &mut usize,
 ) {
     for field in section.fields {
-        let here = format!("{path}.{}", field.name);
+        let here = join(path, field.name);
         match (sample.get(field.name), field.kind) {
             (Some(s), Kind::Section(sub)) => {
                 check_defaults(sub, s, &typed[field.name], &here, seen)

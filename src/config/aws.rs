@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use aws_config::BehaviorVersion;
 use aws_config::timeout::TimeoutConfig;
-use aws_sdk_secretsmanager::error::DisplayErrorContext;
 use aws_smithy_http_client::tls;
 use tokio::sync::oneshot;
 
@@ -254,9 +253,24 @@ async fn fetch(
         .secret_id(arn)
         .send()
         .await
-        .map_err(|e| format!("fetch failed: {}", DisplayErrorContext(&e)))?;
+        .map_err(|e| format!("fetch failed: {}", error_chain(&e)))?;
     Ok(FetchedSecret {
         string: out.secret_string().map(str::to_owned),
         has_binary: out.secret_binary().is_some(),
     })
+}
+
+/// "outer: inner: cause" on one line, without the Debug dump `DisplayErrorContext` adds.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        if !text.is_empty() && !parts.last().is_some_and(|last| last.contains(&text)) {
+            parts.push(text);
+        }
+        next = err.source();
+    }
+    parts.join(": ")
 }

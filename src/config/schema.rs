@@ -134,10 +134,12 @@ fn check_integer(value: &Value, min: u64, max: u64) -> Result<(), String> {
         });
     };
     if v < min || v > max {
-        return Err(match (min, max) {
-            (1, m) if m >= u64::from(u32::MAX) => "must be > 0".into(),
-            (_, m) if m >= u64::from(u32::MAX) => format!("must be at least {min}"),
-            _ => format!("must be between {min} and {max}"),
+        let open_ended = max >= u64::from(u32::MAX);
+        return Err(match (v < min, min) {
+            _ if !open_ended => format!("must be between {min} and {max}"),
+            (true, 1) => "must be > 0".into(),
+            (true, _) => format!("must be at least {min}"),
+            (false, _) => format!("must be at most {max}"),
         });
     }
     Ok(())
@@ -437,6 +439,22 @@ mod tests {
     fn leaf_kinds() {
         assert!(check_integer(&json!(1.5), 0, 10).is_err());
         assert!(check_integer(&json!(10), 0, 10).is_ok());
+        assert_eq!(
+            check_integer(&json!(11), 0, 10).unwrap_err(),
+            "must be between 0 and 10"
+        );
+        assert_eq!(
+            check_integer(&json!(0), 1, u64::from(u32::MAX)).unwrap_err(),
+            "must be > 0"
+        );
+        assert_eq!(
+            check_integer(&json!(5_000_000_000u64), 1, u64::from(u32::MAX)).unwrap_err(),
+            "must be at most 4294967295"
+        );
+        assert_eq!(
+            check_integer(&json!(-1), 0, u64::MAX).unwrap_err(),
+            "must not be negative"
+        );
         assert!(check_number(&json!(1.01), 0.0, 1.0).is_err());
         assert!(check_number(&json!(0), 0.0, 1.0).is_ok());
         assert!(check_regex(&json!(true)).is_ok());

@@ -486,6 +486,28 @@ fn secret_refs() {
 }
 
 #[test]
+fn debug_output_hides_secrets() {
+    let c = assert_ok(&[
+        (
+            &format!("{USER0}/password"),
+            json!({"insecure_value": "hunter2-secret"}),
+        ),
+        (&format!("{BACKEND}/sslpassword"), json!("key-pass-secret")),
+    ])
+    .config;
+    let dbg = format!("{c:?}");
+    assert!(
+        !dbg.contains("hunter2-secret") && !dbg.contains("key-pass-secret"),
+        "{dbg}"
+    );
+    let json = serde_json::to_string(&c).unwrap();
+    assert!(
+        !json.contains("hunter2-secret") && !json.contains("key-pass-secret"),
+        "{json}"
+    );
+}
+
+#[test]
 fn secret_values_never_in_messages() {
     let v = with(&[(
         &format!("{USER0}/password"),

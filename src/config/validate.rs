@@ -184,7 +184,7 @@ fn validate_backend(b: &BackendConfig, path: &Path, users: usize, p: &mut Proble
         _ => {}
     }
     if b.sslpassword.is_some() && b.sslkey.is_none() {
-        p.error(path.key("sslpassword"), "only meaningful with sslkey");
+        p.warn(path.key("sslpassword"), "ignored without sslkey");
     }
     for (field, file) in [
         ("sslcert", &b.sslcert),
