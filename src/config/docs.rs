@@ -4,7 +4,7 @@
 //! configuration reference are rendered from it ([`help_text`], [`markdown`]). The loader also
 //! walks it to check JSON types and to report unknown keys, so a field missing from the table is
 //! flagged as unknown in every config that uses it, and `tests/config_table.rs` checks that
-//! every field here round-trips through the typed structs in [`super::types`].
+//! every field here round-trips through the typed structs (`src/config/types.rs`).
 //!
 //! To change the docs, edit this file and re-run `PGLINK_BLESS=1 cargo test --test config_docs`.
 

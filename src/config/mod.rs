@@ -4,11 +4,11 @@
 //! offending value:
 //!
 //! 1. JSON syntax (`serde_json::Value`; errors carry line and column);
-//! 2. [`schema`]: JSON types, ranges, enum values, durations, addresses and regexes, checked
+//! 2. `schema`: JSON types, ranges, enum values, durations, addresses and regexes, checked
 //!    against the field table in [`docs`]; unknown keys become warnings; broken values are
 //!    pruned so the next passes still see the rest;
 //! 3. typed deserialization into [`Config`] (cannot fail after pass 2);
-//! 4. [`validate`]: rules spanning several fields, files on disk, compiled-in features.
+//! 4. `validate`: rules spanning several fields, files on disk, compiled-in features.
 //!
 //! Secrets are resolved afterwards, by [`SecretsWatcher`], because they may need the network.
 //!
