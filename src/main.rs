@@ -1,4 +1,7 @@
-fn main() {
-    eprintln!("pglink: not wired up yet");
-    std::process::exit(2);
+//! The `pglink` binary: everything lives in the library ([`pglink::cli`]).
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    pglink::cli::main()
 }

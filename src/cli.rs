@@ -1,0 +1,304 @@
+//! The `pglink` command line.
+//!
+//! Flags follow Go's `flag` package, as the original pglink did: single dash (`-config FILE`),
+//! double dash accepted too, `-config=FILE`, boolean flags as `-json` or `-json=false`. The
+//! flags themselves are documented in the field table ([`crate::config::docs::FLAGS`]).
+//!
+//! Exit status: 0 success, 1 startup failure (including unreadable secrets), 2 usage error or
+//! invalid configuration.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::config::{self, LoadError, LoadedConfig, SecretsOptions, docs};
+
+/// Exit status for a bad command line or an invalid configuration.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status when pglink cannot start (e.g. a secret cannot be read).
+pub const EXIT_FAILURE: u8 = 1;
+
+/// What the command line asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    Help,
+    Run {
+        config: PathBuf,
+        json_logs: bool,
+        /// `-check`: validate configuration and secrets, then exit.
+        check_only: bool,
+    },
+}
+
+/// Entry point of the `pglink` binary.
+pub fn main() -> ExitCode {
+    run(std::env::args_os().skip(1))
+}
+
+/// Runs the command line `args` (without the program name).
+pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    match parse_args(args.into_iter().collect()) {
+        Err(message) => {
+            eprintln!("pglink: {message}");
+            eprint!("{}", docs::usage());
+            ExitCode::from(EXIT_USAGE)
+        }
+        Ok(Command::Help) => {
+            print!("{}", docs::help_text());
+            ExitCode::SUCCESS
+        }
+        Ok(Command::Run {
+            config,
+            json_logs,
+            check_only,
+        }) => load_and_start(config, json_logs, check_only),
+    }
+}
+
+fn load_and_start(file: PathBuf, json_logs: bool, check_only: bool) -> ExitCode {
+    let parsed = match config::load_file(&file) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            print_problems("warning: ", &e.warnings);
+            print_problems("", &e.errors);
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    print_problems("warning: ", &parsed.warnings);
+    let options = if check_only {
+        SecretsOptions::once()
+    } else {
+        SecretsOptions::for_config(&parsed.config)
+    };
+    let loaded = match LoadedConfig::from_parsed(&file, parsed, Some(options)) {
+        Ok(loaded) => loaded,
+        Err(LoadError::Secrets(e)) => {
+            for problem in &e.problems {
+                eprintln!("pglink: secrets: {problem}");
+            }
+            return ExitCode::from(EXIT_FAILURE);
+        }
+        Err(LoadError::Config(e)) => {
+            print_problems("", &e.errors);
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if check_only {
+        let secrets = loaded.secrets.current();
+        let users: usize = secrets.databases.values().map(Vec::len).sum();
+        println!(
+            "pglink: configuration OK: {} ({} databases, {users} users)",
+            loaded.path.display(),
+            secrets.databases.len()
+        );
+        loaded.secrets.stop();
+        return ExitCode::SUCCESS;
+    }
+    start(loaded, json_logs)
+}
+
+fn print_problems(prefix: &str, problems: &[config::Problem]) {
+    for problem in problems {
+        eprintln!("pglink: config: {prefix}{problem}");
+    }
+}
+
+/// **The server starts here.** Called with a validated configuration whose secrets are
+/// resolved (and, for AWS secrets, being refreshed by `loaded.secrets`); runs the proxy until
+/// shutdown and returns the process exit status.
+///
+/// Placeholder until the server lands: reports the configuration as OK and exits.
+pub fn start(loaded: LoadedConfig, json_logs: bool) -> ExitCode {
+    let _ = json_logs;
+    eprintln!(
+        "pglink: configuration OK ({} databases); the proxy itself is not wired up yet",
+        loaded.config.databases.len()
+    );
+    loaded.secrets.stop();
+    ExitCode::SUCCESS
+}
+
+/// Parses the command line. `Err` carries a message for the user.
+pub fn parse_args(args: Vec<OsString>) -> Result<Command, String> {
+    let normalized = normalize(args)?;
+    let mut args = pico_args::Arguments::from_vec(normalized);
+    let mut help = false;
+    while args.contains("--help") {
+        help = true;
+    }
+    let mut json_logs = false;
+    while args.contains("--json") {
+        json_logs = true;
+    }
+    let mut check_only = false;
+    while args.contains("--check") {
+        check_only = true;
+    }
+    let mut config = None;
+    loop {
+        match args.opt_value_from_os_str("--config", |s| Ok::<_, String>(PathBuf::from(s))) {
+            Ok(Some(path)) => config = Some(path),
+            Ok(None) => break,
+            Err(_) => return Err("flag needs an argument: -config".into()),
+        }
+    }
+    let rest = args.finish();
+    if let Some(extra) = rest.first() {
+        return Err(format!("unexpected argument {:?}", extra.to_string_lossy()));
+    }
+    if help {
+        return Ok(Command::Help);
+    }
+    match config {
+        Some(config) => Ok(Command::Run {
+            config,
+            json_logs,
+            check_only,
+        }),
+        None => Err("-config is required".into()),
+    }
+}
+
+/// Rewrites Go-style flags into the `--name` form pico-args understands, rejecting unknown
+/// flags the way Go's `flag` package does.
+fn normalize(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut iter = args.into_iter();
+    while let Some(arg) = iter.next() {
+        let Some(text) = arg.to_str() else {
+            out.push(arg);
+            continue;
+        };
+        if text == "--" {
+            out.extend(iter.by_ref());
+            break;
+        }
+        let Some(flag) = text
+            .strip_prefix("--")
+            .or_else(|| text.strip_prefix('-'))
+            .filter(|f| !f.is_empty())
+        else {
+            out.push(arg);
+            continue;
+        };
+        let (name, inline) = match flag.split_once('=') {
+            Some((name, value)) => (name, Some(value)),
+            None => (flag, None),
+        };
+        match name {
+            "config" => {
+                out.push("--config".into());
+                if let Some(value) = inline {
+                    out.push(value.into());
+                } else if let Some(value) = iter.next() {
+                    // Go takes the next argument as the value even if it starts with '-'.
+                    out.push(value);
+                }
+            }
+            "json" | "check" | "help" | "h" => {
+                let on = match inline {
+                    None => true,
+                    Some(v) => parse_bool(v)
+                        .ok_or_else(|| format!("invalid boolean value {v:?} for -{name}"))?,
+                };
+                if on {
+                    out.push(
+                        if name == "h" {
+                            "--help"
+                        } else {
+                            name_flag(name)
+                        }
+                        .into(),
+                    );
+                }
+            }
+            _ => return Err(format!("flag provided but not defined: -{name}")),
+        }
+    }
+    Ok(out)
+}
+
+fn name_flag(name: &str) -> &'static str {
+    match name {
+        "json" => "--json",
+        "check" => "--check",
+        _ => "--help",
+    }
+}
+
+/// Go's `strconv.ParseBool`.
+fn parse_bool(v: &str) -> Option<bool> {
+    match v {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Command, String> {
+        parse_args(args.iter().map(OsString::from).collect())
+    }
+
+    fn run_cmd(config: &str, json_logs: bool, check_only: bool) -> Command {
+        Command::Run {
+            config: config.into(),
+            json_logs,
+            check_only,
+        }
+    }
+
+    #[test]
+    fn go_style_flags() {
+        assert_eq!(
+            parse(&["-config", "a.json"]),
+            Ok(run_cmd("a.json", false, false))
+        );
+        assert_eq!(
+            parse(&["--config", "a.json", "-json"]),
+            Ok(run_cmd("a.json", true, false))
+        );
+        assert_eq!(
+            parse(&["-config=a.json", "--check"]),
+            Ok(run_cmd("a.json", false, true))
+        );
+        assert_eq!(
+            parse(&["--config=a=b.json"]),
+            Ok(run_cmd("a=b.json", false, false))
+        );
+        assert_eq!(
+            parse(&["-json=false", "-config", "x"]),
+            Ok(run_cmd("x", false, false))
+        );
+        assert_eq!(
+            parse(&["-config", "x", "-config", "y"]),
+            Ok(run_cmd("y", false, false))
+        );
+        for help in ["-help", "--help", "-h", "-help=true"] {
+            assert_eq!(parse(&[help]), Ok(Command::Help));
+        }
+        assert_eq!(parse(&["-config", "x", "-h"]), Ok(Command::Help));
+    }
+
+    #[test]
+    fn bad_command_lines() {
+        assert_eq!(parse(&[]), Err("-config is required".into()));
+        assert_eq!(parse(&["-json"]), Err("-config is required".into()));
+        assert_eq!(
+            parse(&["-config"]),
+            Err("flag needs an argument: -config".into())
+        );
+        assert_eq!(
+            parse(&["-config", "x", "-bogus"]),
+            Err("flag provided but not defined: -bogus".into())
+        );
+        assert_eq!(
+            parse(&["-config", "x", "extra"]),
+            Err("unexpected argument \"extra\"".into())
+        );
+        assert!(parse(&["-json=maybe", "-config", "x"]).is_err());
+    }
+}

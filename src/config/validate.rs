@@ -1,0 +1,347 @@
+//! Second loading pass: rules that span fields, files on disk, and compiled-in features.
+//!
+//! Runs on the typed [`Config`] left after the schema pass pruned broken values, so that a
+//! config with a type error in one database still gets the rest checked.
+
+use std::collections::HashMap;
+use std::path::Path as FsPath;
+
+use super::path::{Path, Problems};
+use super::schema::check_pattern;
+use super::types::{
+    AuthMethod, BackendConfig, Config, DatabaseConfig, FlightRecorderConfig, OpenTelemetryConfig,
+    PrometheusConfig, SecretRef, TlsConfig,
+};
+
+/// Checks every cross-field rule, adding errors (and warnings) to `p`.
+pub(crate) fn validate(config: &Config, p: &mut Problems) {
+    let root = Path::root();
+    if config.auth_method == AuthMethod::Plaintext && !config.client_sslmode().tls_enabled() {
+        p.error(
+            root.key("auth_method"),
+            "plaintext sends passwords in clear text and needs TLS, but tls.sslmode is \
+             \"disable\"; enable TLS or use scram-sha-256",
+        );
+    }
+    if let Some(tls) = &config.tls {
+        validate_tls(tls, &root.key("tls"), p);
+    }
+    for (name, db) in &config.databases {
+        validate_database(name, db, &root.key("databases").key(name), p);
+    }
+    if let Some(otel) = &config.opentelemetry {
+        validate_otel(otel, &root.key("opentelemetry"), p);
+    }
+    if let Some(prom) = &config.prometheus {
+        validate_prometheus(prom, &root.key("prometheus"), p);
+    }
+    if let Some(fr) = &config.flight_recorder {
+        validate_flight_recorder(fr, &root.key("flight_recorder"), p);
+    }
+}
+
+fn validate_tls(tls: &TlsConfig, path: &Path, p: &mut Problems) {
+    let enabled = tls.sslmode.tls_enabled();
+    match (&tls.cert_path, &tls.cert_private_key_path) {
+        (Some(_), None) => p.error(
+            path.key("cert_private_key_path"),
+            "required when cert_path is set (give both or neither)",
+        ),
+        (None, Some(_)) => p.error(
+            path.key("cert_path"),
+            "required when cert_private_key_path is set (give both or neither)",
+        ),
+        (None, None) if enabled && !tls.generate_cert => p.error(
+            path,
+            format!(
+                "sslmode {} needs a certificate: set cert_path and cert_private_key_path, or \
+                 generate_cert: true",
+                tls.sslmode
+            ),
+        ),
+        (Some(cert), Some(key)) if enabled => {
+            let cert_exists = cert.exists();
+            let key_exists = key.exists();
+            if tls.generate_cert {
+                if cert_exists != key_exists {
+                    let (missing, present) = if cert_exists {
+                        ("cert_private_key_path", "cert_path")
+                    } else {
+                        ("cert_path", "cert_private_key_path")
+                    };
+                    p.error(
+                        path.key(missing),
+                        format!(
+                            "file does not exist but {present} does; with generate_cert both \
+                             files must exist (to be used) or neither (to be generated)"
+                        ),
+                    );
+                } else if !cert_exists {
+                    for (field, file) in [("cert_path", cert), ("cert_private_key_path", key)] {
+                        check_parent_dir(file, &path.key(field), p);
+                    }
+                }
+            } else {
+                for (field, file, exists) in [
+                    ("cert_path", cert, cert_exists),
+                    ("cert_private_key_path", key, key_exists),
+                ] {
+                    if !exists {
+                        p.error(
+                            path.key(field),
+                            format!(
+                                "file {} does not exist (set generate_cert: true to create it)",
+                                file.display()
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn check_parent_dir(file: &FsPath, path: &Path, p: &mut Problems) {
+    let parent = match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => FsPath::new("."),
+    };
+    if !parent.is_dir() {
+        p.error(
+            path,
+            format!(
+                "cannot write the generated file: directory {} does not exist",
+                parent.display()
+            ),
+        );
+    }
+}
+
+fn validate_database(name: &str, db: &DatabaseConfig, path: &Path, p: &mut Problems) {
+    if name.is_empty() {
+        p.error(path, "database name must not be empty");
+    }
+    let users = path.key("users");
+    let mut seen_usernames: HashMap<(&str, &str), usize> = HashMap::new();
+    for (i, user) in db.users.iter().enumerate() {
+        let user_path = users.index(i);
+        validate_secret(&user.username, &user_path.key("username"), p);
+        validate_secret(&user.password, &user_path.key("password"), p);
+        // Duplicates among values known at load time; resolved values are compared again when
+        // secrets are read.
+        let known = match (&user.username.insecure_value, &user.username.env_var) {
+            (Some(v), None) => Some(("value", v.as_str())),
+            (None, Some(var)) => Some(("env", var.as_str())),
+            _ => None,
+        };
+        if let Some(known) = known {
+            if let Some(first) = seen_usernames.get(&known) {
+                p.error(
+                    user_path.key("username"),
+                    format!(
+                        "duplicate username: same as {}.username",
+                        users.index(*first)
+                    ),
+                );
+            } else {
+                seen_usernames.insert(known, i);
+            }
+        }
+    }
+    validate_backend(&db.backend, &path.key("backend"), db.users.len(), p);
+    for (i, param) in db.track_extra_parameters.iter().enumerate() {
+        if !is_parameter_name(param) {
+            p.error(
+                path.key("track_extra_parameters").index(i),
+                format!("{param:?} is not a valid parameter name"),
+            );
+        }
+    }
+}
+
+fn validate_backend(b: &BackendConfig, path: &Path, users: usize, p: &mut Problems) {
+    if b.host.trim().is_empty() {
+        p.error(path.key("host"), "must not be empty");
+    }
+    if b.database.is_empty() {
+        p.error(path.key("database"), "must not be empty");
+    }
+    let idle_total = u64::from(b.pool_min_idle_conns) * users as u64;
+    if idle_total > u64::from(b.pool_max_conns) {
+        p.error(
+            path.key("pool_min_idle_conns"),
+            format!(
+                "{} idle connections per user × {users} users = {idle_total}, more than \
+                 pool_max_conns ({})",
+                b.pool_min_idle_conns, b.pool_max_conns
+            ),
+        );
+    }
+    match (&b.sslcert, &b.sslkey) {
+        (Some(_), None) => p.error(path.key("sslkey"), "required when sslcert is set"),
+        (None, Some(_)) => p.error(path.key("sslcert"), "required when sslkey is set"),
+        _ => {}
+    }
+    if b.sslpassword.is_some() && b.sslkey.is_none() {
+        p.warn(path.key("sslpassword"), "ignored without sslkey");
+    }
+    for (field, file) in [
+        ("sslcert", &b.sslcert),
+        ("sslkey", &b.sslkey),
+        ("sslrootcert", &b.sslrootcert),
+    ] {
+        if let Some(file) = file
+            && !file.is_file()
+        {
+            p.error(
+                path.key(field),
+                format!("file {} does not exist", file.display()),
+            );
+        }
+    }
+    for key in b.default_startup_parameters.keys() {
+        if !is_parameter_name(key) {
+            p.error(
+                path.key("default_startup_parameters").key(key),
+                format!("{key:?} is not a valid parameter name"),
+            );
+        }
+    }
+    if b.pool_max_conn_lifetime_jitter > b.pool_max_conn_lifetime
+        && !b.pool_max_conn_lifetime.is_zero()
+    {
+        p.warn(
+            path.key("pool_max_conn_lifetime_jitter"),
+            "larger than pool_max_conn_lifetime",
+        );
+    }
+}
+
+/// PostgreSQL GUC names: letters, digits, `_`, `.` (custom options), `$`.
+fn is_parameter_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'$'))
+}
+
+fn validate_secret(s: &SecretRef, path: &Path, p: &mut Problems) {
+    let sources = [
+        s.insecure_value.is_some(),
+        s.env_var.is_some(),
+        s.aws_secret_arn.is_some(),
+    ]
+    .iter()
+    .filter(|set| **set)
+    .count();
+    match sources {
+        0 => p.error(
+            path,
+            "no secret source: set exactly one of insecure_value, env_var or aws_secret_arn",
+        ),
+        1 => {}
+        _ => p.error(
+            path,
+            "several secret sources: set exactly one of insecure_value, env_var or \
+             aws_secret_arn",
+        ),
+    }
+    match (&s.aws_secret_arn, &s.key) {
+        (Some(_), None) => p.error(
+            path.key("key"),
+            "required with aws_secret_arn (the member of the secret's JSON object to use)",
+        ),
+        (None, Some(_)) => p.error(path.key("key"), "only valid together with aws_secret_arn"),
+        (Some(arn), Some(key)) => {
+            if arn.trim().is_empty() {
+                p.error(path.key("aws_secret_arn"), "must not be empty");
+            }
+            if key.is_empty() {
+                p.error(path.key("key"), "must not be empty");
+            }
+            if !cfg!(feature = "aws") {
+                p.error(
+                    path.key("aws_secret_arn"),
+                    "AWS Secrets Manager support is not compiled into this pglink (rebuild \
+                     with cargo feature \"aws\")",
+                );
+            }
+        }
+        (None, None) => {}
+    }
+    if let Some(var) = &s.env_var
+        && (var.is_empty() || var.contains(['=', '\0']))
+    {
+        p.error(
+            path.key("env_var"),
+            format!("{var:?} is not a valid environment variable name"),
+        );
+    }
+}
+
+fn validate_otel(o: &OpenTelemetryConfig, path: &Path, p: &mut Problems) {
+    if !o.enabled {
+        return;
+    }
+    if !cfg!(feature = "otel") {
+        p.error(
+            path.key("enabled"),
+            "OpenTelemetry support is not compiled into this pglink (rebuild with cargo \
+             feature \"otel\")",
+        );
+    }
+    if o.traceparent_sql_regex.is_none() {
+        p.error(
+            path.key("traceparent_sql_regex"),
+            "required when opentelemetry.enabled is true (true, false or a regular expression)",
+        );
+    }
+    if o.service_name.is_empty() {
+        p.error(path.key("service_name"), "must not be empty");
+    }
+    if o.traceparent_startup_parameter.is_empty() {
+        p.error(
+            path.key("traceparent_startup_parameter"),
+            "must not be empty",
+        );
+    }
+    // Patterns were compiled by the schema pass; this keeps the rule visible here too.
+    for (field, value) in [
+        ("traceparent_sql_regex", o.traceparent_sql_regex.as_ref()),
+        (
+            "application_name_sql_regex",
+            Some(&o.application_name_sql_regex),
+        ),
+    ] {
+        if let Some(super::types::BoolOrString::String(pattern)) = value
+            && let Err(e) = check_pattern(pattern)
+        {
+            p.error(path.key(field), e);
+        }
+    }
+}
+
+fn validate_prometheus(prom: &PrometheusConfig, path: &Path, p: &mut Problems) {
+    if !cfg!(feature = "metrics") {
+        p.error(
+            path,
+            "Prometheus metrics are not compiled into this pglink (rebuild with cargo feature \
+             \"metrics\", or remove the prometheus section)",
+        );
+    }
+    if !prom.path.starts_with('/') {
+        p.error(path.key("path"), "must start with \"/\"");
+    }
+}
+
+fn validate_flight_recorder(fr: &FlightRecorderConfig, path: &Path, p: &mut Problems) {
+    if fr.output_dir.as_os_str().is_empty() {
+        p.error(path.key("output_dir"), "must not be empty");
+    } else if fr.output_dir.exists() && !fr.output_dir.is_dir() {
+        p.error(
+            path.key("output_dir"),
+            format!("{} exists and is not a directory", fr.output_dir.display()),
+        );
+    }
+}

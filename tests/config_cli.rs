@@ -1,0 +1,231 @@
+//! The `pglink` binary's command line and configuration errors, run as a real process.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/config")
+        .join(name)
+}
+
+fn pglink(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pglink"));
+    cmd.args(args);
+    cmd
+}
+
+fn run(cmd: &mut Command) -> (i32, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().unwrap();
+    (
+        status.code().expect("exited normally"),
+        String::from_utf8(stdout).unwrap(),
+        String::from_utf8(stderr).unwrap(),
+    )
+}
+
+fn write_temp(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pglink-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn every_problem_is_reported_with_its_path() {
+    let file = fixture("invalid_many.json");
+    let started = Instant::now();
+    let (code, stdout, stderr) = run(&mut pglink(&["-config", file.to_str().unwrap()]));
+    let elapsed = started.elapsed();
+    assert_eq!(code, 2, "stderr:\n{stderr}");
+    assert!(stdout.is_empty());
+    let mut expected = vec![
+        r#"pglink: config: listen[1]: listen address "nohost" has no port (expected "host:port" or ":port")"#,
+        "pglink: config: auth_method: plaintext sends passwords in clear text and needs TLS",
+        "pglink: config: scram_iterations: expected an integer, found a string",
+        "pglink: config: reactor_threads: must be between 0 and 1024",
+        r#"pglink: config: client_login_timeout: duration "15 seconds" has unknown unit " seconds""#,
+        "pglink: config: databases.typos.backend.pool_max_conns: must be > 0",
+        "pglink: config: databases.typos.backend.port: must be between 1 and 65535",
+        r#"pglink: config: databases.typos.backend.sslmode: invalid value "always": expected one of disable, allow, prefer, require, verify-ca, verify-full"#,
+        r#"pglink: config: databases.typos.backend.connect_timeout: invalid duration "ten""#,
+        "pglink: config: databases.semantic.users[0].password: several secret sources: set exactly one of insecure_value, env_var or aws_secret_arn",
+        "pglink: config: databases.semantic.users[1].username: duplicate username: same as databases.semantic.users[0].username",
+        "pglink: config: databases.semantic.users[1].password.key: required with aws_secret_arn",
+        "pglink: config: databases.semantic.backend.pool_min_idle_conns: 3 idle connections per user × 2 users = 6, more than pool_max_conns (4)",
+        "pglink: config: warning: databases.semantic.backend.pool_max_con: unknown key (ignored)",
+        "pglink: config: opentelemetry.sampling_rate: 2 is out of range: must be between 0 and 1",
+        "pglink: config: opentelemetry.application_name_sql_regex: regular expression has no capture group",
+        "pglink: config: flight_recorder.output_dir: required field is missing",
+    ];
+    if cfg!(feature = "metrics") {
+        expected.push(r#"pglink: config: prometheus.path: must start with "/""#);
+    } else {
+        expected.push(
+            "pglink: config: prometheus: Prometheus metrics are not compiled into this pglink",
+        );
+    }
+    let lines: Vec<&str> = stderr.lines().collect();
+    for want in &expected {
+        assert!(
+            lines.iter().any(|l| l.starts_with(want)),
+            "missing line starting with {want:?} in:\n{stderr}"
+        );
+    }
+    assert!(
+        lines.iter().all(|l| l.starts_with("pglink: config: ")),
+        "unexpected line format:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("hunter2"),
+        "a secret value was printed:\n{stderr}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(1),
+        "validation took {elapsed:?}"
+    );
+}
+
+#[test]
+fn json_syntax_error_names_file_line_and_column() {
+    let file = write_temp(
+        "syntax.json",
+        "{\n  \"databases\": {\n    \"a\": [1,]\n  }\n}\n",
+    );
+    let (code, _, stderr) = run(&mut pglink(&["-config", file.to_str().unwrap()]));
+    assert_eq!(code, 2);
+    let want = format!(
+        "pglink: config: {}: invalid JSON at line 3, column 13: ",
+        file.display()
+    );
+    assert!(stderr.starts_with(&want), "{stderr}");
+}
+
+#[test]
+fn unknown_key_is_a_warning_not_an_error() {
+    let text = r#"{"databases": {"mydb": {
+        "users": [{"username": {"insecure_value": "u"}, "password": {"insecure_value": "p"}}],
+        "backend": {"host": "h", "database": "d", "pool_max_conns": 2, "pool_max_con": 3}}}}"#;
+    let file = write_temp("unknown.json", text);
+    let (code, stdout, stderr) = run(&mut pglink(&["-config", file.to_str().unwrap(), "-check"]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains(
+            "pglink: config: warning: databases.mydb.backend.pool_max_con: unknown key (ignored); did you mean \"pool_max_conns\"?"
+        ),
+        "{stderr}"
+    );
+    assert!(stdout.starts_with("pglink: configuration OK"), "{stdout}");
+}
+
+#[test]
+fn spec_example_passes_check_with_env_vars() {
+    let file = fixture("example.json");
+    let (code, stdout, stderr) = run(pglink(&["-check", "-config", file.to_str().unwrap()])
+        .env("PG_USER", "app")
+        .env("PG_PASSWORD", "secret-password"));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("configuration OK"), "{stdout}");
+    assert!(stdout.contains("(1 databases, 1 users)"), "{stdout}");
+    assert!(!stdout.contains("secret-password") && !stderr.contains("secret-password"));
+}
+
+#[test]
+fn unset_env_var_is_named_with_its_path() {
+    let file = fixture("example.json");
+    let (code, _, stderr) = run(pglink(&["-check", "-config", file.to_str().unwrap()])
+        .env("PG_USER", "app")
+        .env_remove("PG_PASSWORD"));
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        "pglink: secrets: databases.mydb.users[0].password: environment variable PG_PASSWORD is not set"
+    );
+}
+
+#[test]
+fn valid_config_reaches_the_start_seam() {
+    let file = fixture("example.json");
+    let (code, _, stderr) = run(pglink(&["-config", file.to_str().unwrap(), "-json"])
+        .env("PG_USER", "app")
+        .env("PG_PASSWORD", "pw"));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("configuration OK"), "{stderr}");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for (args, first_line) in [
+        (&[][..], "pglink: -config is required"),
+        (&["-json"][..], "pglink: -config is required"),
+        (&["-config"][..], "pglink: flag needs an argument: -config"),
+        (
+            &["-config", "x.json", "-verbose"][..],
+            "pglink: flag provided but not defined: -verbose",
+        ),
+        (
+            &["-config", "x.json", "stray"][..],
+            "pglink: unexpected argument \"stray\"",
+        ),
+    ] {
+        let (code, stdout, stderr) = run(&mut pglink(args));
+        assert_eq!(code, 2, "{args:?}");
+        assert!(stdout.is_empty());
+        let mut lines = stderr.lines();
+        assert_eq!(lines.next(), Some(first_line), "{args:?}: {stderr}");
+        assert_eq!(
+            lines.next(),
+            Some("usage: pglink -config FILE [-json] [-check]")
+        );
+    }
+}
+
+#[test]
+fn missing_file_exits_2() {
+    let (code, _, stderr) = run(&mut pglink(&["-config=/nonexistent/pglink.json"]));
+    assert_eq!(code, 2);
+    assert!(
+        stderr.starts_with("pglink: config: /nonexistent/pglink.json: cannot read file: "),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn help_documents_every_field() {
+    for flag in ["-help", "--help", "-h"] {
+        let (code, stdout, stderr) = run(&mut pglink(&[flag]));
+        assert_eq!(code, 0);
+        assert!(stderr.is_empty());
+        assert_eq!(stdout, pglink::config::docs::help_text());
+    }
+    let (_, help, _) = run(&mut pglink(&["-help"]));
+    for section in pglink::config::docs::SECTIONS {
+        assert!(help.contains(section.name), "{}", section.name);
+        for field in section.fields {
+            assert!(
+                help.contains(&format!("\n    {}\n", field.name)),
+                "{}.{}",
+                section.name,
+                field.name
+            );
+        }
+    }
+    for e in pglink::config::docs::ENUMS {
+        for v in e.values {
+            assert!(help.contains(&format!("\n    {}\n", v.name)), "{}", v.name);
+        }
+    }
+    for flag in pglink::config::docs::FLAGS {
+        assert!(
+            help.contains(&format!("\n    {}", flag.name)),
+            "{}",
+            flag.name
+        );
+    }
+}
