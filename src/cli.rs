@@ -10,6 +10,13 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+use crate::observe::log::Format as LogFormat;
 
 use crate::config::{self, LoadError, LoadedConfig, SecretsOptions, docs};
 
@@ -56,6 +63,15 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
 }
 
 fn load_and_start(file: PathBuf, json_logs: bool, check_only: bool) -> ExitCode {
+    let format = if json_logs {
+        LogFormat::Json
+    } else {
+        LogFormat::Text
+    };
+    if let Err(message) = crate::observe::log::init(format) {
+        eprintln!("pglink: {message}");
+        return ExitCode::from(EXIT_USAGE);
+    }
     let parsed = match config::load_file(&file) {
         Ok(parsed) => parsed,
         Err(e) => {
@@ -103,18 +119,35 @@ fn print_problems(prefix: &str, problems: &[config::Problem]) {
     }
 }
 
-/// **The server starts here.** Called with a validated configuration whose secrets are
-/// resolved (and, for AWS secrets, being refreshed by `loaded.secrets`); runs the proxy until
-/// shutdown and returns the process exit status.
-///
-/// Placeholder until the server lands: reports the configuration as OK and exits.
-pub fn start(loaded: LoadedConfig, json_logs: bool) -> ExitCode {
-    let _ = json_logs;
-    eprintln!(
-        "pglink: configuration OK ({} databases); the proxy itself is not wired up yet",
-        loaded.config.databases.len()
-    );
-    loaded.secrets.stop();
+/// Runs the proxy for a validated configuration whose secrets are resolved (and, for AWS
+/// secrets, being refreshed by `loaded.secrets`) until SIGINT or SIGTERM. The first signal
+/// stops gracefully (open transactions may finish); a second one exits at once.
+pub fn start(loaded: LoadedConfig, _json_logs: bool) -> ExitCode {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        // Order matters: the conditional exit sees the flag set by an earlier signal.
+        let registered = signal_hook::flag::register_conditional_shutdown(signal, 1, stop.clone())
+            .and_then(|_| signal_hook::flag::register(signal, stop.clone()));
+        if let Err(e) = registered {
+            eprintln!("pglink: cannot install signal handlers: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    }
+    let tls = crate::server::describe_tls(&loaded.config);
+    let server = match crate::server::Server::start(loaded) {
+        Ok(server) => server,
+        Err(e) => {
+            log::error!("cannot start: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    log::info!("ready ({tls})");
+    while !stop.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    log::info!("shutting down: waiting for open transactions (a second signal exits now)");
+    server.shutdown();
+    log::info!("stopped");
     ExitCode::SUCCESS
 }
 

@@ -11,9 +11,13 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod backend;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod observe;
+pub mod pool;
 pub mod protocol;
 pub mod reactor;
+pub mod server;
 pub mod tls;

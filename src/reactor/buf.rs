@@ -1,59 +1,177 @@
-//! Per-reactor pool of byte buffers.
+//! Per-connection byte buffers, taken from a per-reactor pool.
 //!
-//! Connections hold a buffer only while bytes are in flight (a partial message read, or output
-//! the socket has not taken yet) and give it back when it drains, so an idle client costs no
-//! buffer memory and a busy reactor allocates nothing in the steady state.
+//! A connection holds a buffer only while bytes are in flight (a partial message read, or
+//! output the socket has not taken yet) and gives it back when it drains, so an idle client
+//! costs no buffer memory and a busy reactor allocates nothing in the steady state.
+//!
+//! Input buffers are fully initialised once and read into directly (no zeroing per read);
+//! `start..end` is the unconsumed data. Output buffers are appended to and written from a
+//! cursor.
 
-/// Capacity of pooled buffers. A read chunk is this size too.
+/// Size of pooled buffers; also the most read per `read` call.
 pub const BUF_SIZE: usize = 16 * 1024;
+
+/// Unconsumed input of one connection.
+#[derive(Debug)]
+pub struct InBuf {
+    data: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl InBuf {
+    /// The bytes read and not yet consumed.
+    pub fn filled(&self) -> &[u8] {
+        self.data.get(self.start..self.end).unwrap_or_default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Room to read into, moving unconsumed bytes to the front first if that makes room.
+    /// Empty when the buffer is full of unconsumed data (see `grow`).
+    pub fn spare(&mut self) -> &mut [u8] {
+        if self.end == self.data.len() && self.start > 0 {
+            self.data.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        self.data.get_mut(self.end..).unwrap_or_default()
+    }
+
+    /// `n` bytes were read into `spare()`.
+    pub fn commit(&mut self, n: usize) {
+        self.end = (self.end + n).min(self.data.len());
+    }
+
+    /// `n` bytes were used.
+    pub fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.end);
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Makes room for at least `total` unconsumed bytes (a message bigger than the buffer
+    /// that must be seen whole). The caller bounds `total`.
+    pub fn grow(&mut self, total: usize) {
+        if total > self.data.len() {
+            self.data.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            self.data.resize(total, 0);
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// Output not yet taken by the socket.
+#[derive(Debug)]
+pub struct OutBuf {
+    pub data: Vec<u8>,
+    pos: usize,
+}
+
+impl OutBuf {
+    /// Bytes still to write.
+    pub fn pending(&self) -> &[u8] {
+        self.data.get(self.pos..).unwrap_or_default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.data.len() - self.pos
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pos >= self.data.len()
+    }
+
+    /// `n` bytes were written.
+    pub fn advance(&mut self, n: usize) {
+        self.pos += n;
+        if self.pos >= self.data.len() {
+            self.data.clear();
+            self.pos = 0;
+        } else if self.pos > BUF_SIZE && self.pos * 2 > self.data.len() {
+            // Keep appends cheap when a slow reader leaves a tail behind.
+            self.data.drain(..self.pos);
+            self.pos = 0;
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct BufPool {
-    free: Vec<Vec<u8>>,
+    inputs: Vec<Vec<u8>>,
+    outputs: Vec<Vec<u8>>,
     max_free: usize,
 }
 
 impl BufPool {
     pub fn new(max_free: usize) -> BufPool {
         BufPool {
-            free: Vec::new(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
             max_free,
         }
     }
 
-    /// An empty buffer with at least `BUF_SIZE` capacity.
-    pub fn get(&mut self) -> Vec<u8> {
-        self.free
+    pub fn input(&mut self) -> InBuf {
+        let data = self.inputs.pop().unwrap_or_else(|| vec![0; BUF_SIZE]);
+        InBuf {
+            data,
+            start: 0,
+            end: 0,
+        }
+    }
+
+    pub fn output(&mut self) -> OutBuf {
+        let data = self
+            .outputs
             .pop()
-            .unwrap_or_else(|| Vec::with_capacity(BUF_SIZE))
+            .unwrap_or_else(|| Vec::with_capacity(BUF_SIZE));
+        OutBuf { data, pos: 0 }
     }
 
-    /// Returns a buffer. Buffers that grew for a large message are shrunk back so the pool's
-    /// memory stays `max_free * BUF_SIZE`.
-    pub fn put(&mut self, mut buf: Vec<u8>) {
-        if self.free.len() >= self.max_free {
-            return;
-        }
-        buf.clear();
-        if buf.capacity() > BUF_SIZE * 4 {
-            buf.shrink_to(BUF_SIZE);
-        }
-        if buf.capacity() >= BUF_SIZE {
-            self.free.push(buf);
-        }
-    }
-
-    /// Gives back `slot`'s buffer if it is empty.
-    pub fn release_if_empty(&mut self, slot: &mut Option<Vec<u8>>) {
-        if slot.as_ref().is_some_and(Vec::is_empty)
-            && let Some(buf) = slot.take()
+    /// Takes back `slot`'s input buffer if it holds nothing.
+    pub fn recycle_input(&mut self, slot: &mut Option<InBuf>) {
+        if slot.as_ref().is_some_and(InBuf::is_empty)
+            && let Some(mut buf) = slot.take()
+            && self.inputs.len() < self.max_free
         {
-            self.put(buf);
+            buf.data.truncate(BUF_SIZE);
+            buf.data.shrink_to(BUF_SIZE);
+            if buf.data.len() == BUF_SIZE {
+                self.inputs.push(buf.data);
+            }
+        }
+    }
+
+    /// Takes back `slot`'s output buffer if everything was written.
+    pub fn recycle_output(&mut self, slot: &mut Option<OutBuf>) {
+        if slot.as_ref().is_some_and(OutBuf::is_empty)
+            && let Some(mut buf) = slot.take()
+            && self.outputs.len() < self.max_free
+        {
+            buf.data.clear();
+            if buf.data.capacity() > BUF_SIZE * 4 {
+                buf.data.shrink_to(BUF_SIZE);
+            }
+            self.outputs.push(buf.data);
         }
     }
 
     pub fn free_count(&self) -> usize {
-        self.free.len()
+        self.inputs.len() + self.outputs.len()
     }
 }
 
@@ -62,34 +180,57 @@ mod tests {
     use super::*;
 
     #[test]
-    fn buffers_are_reused_and_bounded() {
-        let mut pool = BufPool::new(2);
-        let mut a = pool.get();
-        a.extend_from_slice(&[1; 10]);
-        let ptr = a.as_ptr();
-        pool.put(a);
-        let b = pool.get();
-        assert!(b.is_empty());
-        assert_eq!(b.as_ptr(), ptr);
-        pool.put(b);
-        pool.put(Vec::with_capacity(BUF_SIZE));
-        pool.put(Vec::with_capacity(BUF_SIZE));
-        assert_eq!(pool.free_count(), 2);
-        // Grown buffers come back small.
-        let mut big = pool.get();
-        big.resize(BUF_SIZE * 10, 0);
-        pool.put(big);
-        assert!(pool.get().capacity() < BUF_SIZE * 4);
+    fn input_compacts_and_grows() {
+        let mut pool = BufPool::new(4);
+        let mut buf = pool.input();
+        let spare = buf.spare();
+        assert_eq!(spare.len(), BUF_SIZE);
+        spare[..10].copy_from_slice(b"0123456789");
+        buf.commit(10);
+        buf.consume(4);
+        assert_eq!(buf.filled(), b"456789");
+        buf.commit(BUF_SIZE - 10); // fill up
+        assert_eq!(buf.spare().len(), 4, "compaction makes room");
+        assert_eq!(&buf.filled()[..6], b"456789");
+        buf.grow(BUF_SIZE * 2);
+        assert_eq!(buf.capacity(), BUF_SIZE * 2);
+        assert_eq!(&buf.filled()[..6], b"456789");
+        buf.consume(buf.len());
+        assert!(buf.is_empty());
+        let mut slot = Some(buf);
+        pool.recycle_input(&mut slot);
+        assert!(slot.is_none());
+        assert_eq!(
+            pool.input().capacity(),
+            BUF_SIZE,
+            "grown buffers come back at normal size"
+        );
     }
 
     #[test]
-    fn release_if_empty_keeps_pending_bytes() {
+    fn output_is_recycled_only_when_written() {
         let mut pool = BufPool::new(4);
-        let mut slot = Some(vec![1u8]);
-        pool.release_if_empty(&mut slot);
+        let mut slot = Some(pool.output());
+        slot.as_mut().unwrap().data.extend_from_slice(b"hello");
+        pool.recycle_output(&mut slot);
         assert!(slot.is_some());
-        slot.as_mut().unwrap().clear();
-        pool.release_if_empty(&mut slot);
+        let out = slot.as_mut().unwrap();
+        out.advance(2);
+        assert_eq!(out.pending(), b"llo");
+        out.advance(3);
+        assert!(out.is_empty());
+        pool.recycle_output(&mut slot);
         assert!(slot.is_none());
+        assert_eq!(pool.free_count(), 1);
+    }
+
+    #[test]
+    fn slow_reader_tail_is_compacted() {
+        let mut pool = BufPool::new(1);
+        let mut out = pool.output();
+        out.data.resize(BUF_SIZE * 3, 1);
+        out.advance(BUF_SIZE * 2);
+        assert_eq!(out.len(), BUF_SIZE);
+        assert_eq!(out.data.len(), BUF_SIZE, "written prefix dropped");
     }
 }

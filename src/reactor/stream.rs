@@ -47,6 +47,25 @@ impl Stream {
         self.tls = Some(Box::new(conn));
     }
 
+    /// Starts TLS on a connection whose first bytes (already read, in `prefix`) are the
+    /// peer's ClientHello: direct TLS without SSLRequest.
+    pub fn start_tls_with_prefix(
+        &mut self,
+        conn: rustls::Connection,
+        mut prefix: &[u8],
+    ) -> io::Result<()> {
+        self.start_tls(conn);
+        let tls = self.tls.as_deref_mut().ok_or(io::ErrorKind::Other)?;
+        while !prefix.is_empty() {
+            if tls.read_tls(&mut prefix)? == 0 {
+                break;
+            }
+            tls.process_new_packets()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        }
+        Ok(())
+    }
+
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
     }

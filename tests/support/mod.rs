@@ -25,6 +25,7 @@ pub mod certs;
 pub mod cluster;
 pub mod pg;
 pub mod process;
+pub mod proxy;
 pub mod workdir;
 
 use std::process::Command;
@@ -35,6 +36,8 @@ use std::time::Duration;
 pub use certs::{LeafCert, TestCerts};
 #[allow(unused_imports)]
 pub use pg::{PgOptions, PgServer, SslMode};
+#[allow(unused_imports)]
+pub use proxy::{Proxy, ProxyConfig};
 
 /// Database every test role can connect to and create objects in.
 pub const TEST_DATABASE: &str = "pglink_test";

@@ -1,0 +1,565 @@
+//! The client session: a sans-IO state machine for one client connection.
+//!
+//! ```text
+//!  AwaitingStartup ──SSLRequest──▶ AwaitingTls ──▶ AwaitingStartup
+//!        │ StartupMessage
+//!        ▼
+//!  Authenticating ──▶ AwaitingParameters (first login of a pool: learn them from a backend)
+//!        │                 │
+//!        ▼                 ▼
+//!      Idle ◀──Release── Active (holds a backend; the relay forwards both ways)
+//!        │                 ▲
+//!        └──Acquire──▶ Acquiring
+//! ```
+//!
+//! The reactor feeds it bytes and events and carries out the [`Action`]s it emits. Bytes for
+//! the client go to `Out::to_client`, bytes for the held backend to `Out::to_backend`. A
+//! message that needs a backend is left unconsumed while the session waits for one, so the
+//! reactor stops reading that client: a waiting client costs no buffer growth.
+
+pub mod relay;
+mod startup;
+pub mod users;
+
+use std::sync::Arc;
+
+use crate::auth::Rng;
+use crate::protocol::backend as be_msg;
+use crate::protocol::framing::{Header, peek_header};
+use crate::protocol::frontend::tag as fe;
+use crate::protocol::startup::ProtocolVersion;
+use crate::protocol::{ErrorBuilder, Severity, SqlState, TransactionStatus};
+use relay::{BackendStop, ClientStop, Relay};
+use startup::AuthState;
+use users::{PoolId, UserTable};
+
+/// Server parameters as reported with ParameterStatus, in report order.
+pub type ParamList = Vec<(String, String)>;
+
+/// How clients must authenticate (`auth_method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    Plaintext,
+    Md5,
+    Scram,
+}
+
+/// Client-side TLS policy (`tls.sslmode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientTls {
+    /// `disable`: SSLRequest is answered 'N'.
+    Disabled,
+    /// `allow`/`prefer`: TLS if the client asks.
+    Optional,
+    /// `require`: plaintext startup is refused.
+    Required,
+}
+
+/// Settings the sessions of a server share.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub auth_method: AuthMethod,
+    pub tls: ClientTls,
+    /// `tls-server-end-point` channel-binding data of our certificate (SCRAM-SHA-256-PLUS).
+    pub channel_binding: Option<Vec<u8>>,
+    pub max_message_len: usize,
+}
+
+/// What a session needs from its surroundings for one call.
+pub struct Env<'a> {
+    pub config: &'a SessionConfig,
+    pub users: &'a UserTable,
+    pub rng: &'a mut dyn Rng,
+    /// Parameters learnt from a backend of the pool, if any backend has logged in yet.
+    pub server_params: &'a dyn Fn(PoolId) -> Option<Arc<ParamList>>,
+}
+
+/// Where a session's output goes for one call.
+pub struct Out<'a> {
+    pub to_client: &'a mut Vec<u8>,
+    /// The held backend's output buffer (an empty scratch vector when none is held).
+    pub to_backend: &'a mut Vec<u8>,
+    pub actions: &'a mut Vec<Action>,
+}
+
+/// Cancel keys: 4 bytes in protocol 3.0, 32 in 3.2.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct CancelKey {
+    pub pid: u32,
+    bytes: [u8; 32],
+    len: u8,
+}
+
+impl CancelKey {
+    /// Builds a key from random bytes; `len` is clamped to 4..=32.
+    pub fn new(pid: u32, bytes: [u8; 32], len: usize) -> CancelKey {
+        CancelKey {
+            pid,
+            bytes,
+            len: len.clamp(4, 32) as u8,
+        }
+    }
+
+    pub fn secret(&self) -> &[u8] {
+        self.bytes.get(..usize::from(self.len)).unwrap_or_default()
+    }
+
+    /// Copies a key received in a CancelRequest (4..=256 bytes; longer than ours never matches).
+    pub fn from_request(pid: u32, key: &[u8]) -> CancelKey {
+        let mut bytes = [0u8; 32];
+        let len = key.len().min(32);
+        bytes[..len].copy_from_slice(&key[..len]);
+        CancelKey {
+            pid,
+            bytes,
+            len: if key.len() > 32 { 0 } else { len as u8 },
+        }
+    }
+}
+
+impl std::fmt::Debug for CancelKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CancelKey")
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the reactor must do after a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Flush `to_client` in plaintext, then run a TLS handshake (`direct`: the bytes already
+    /// received are the ClientHello).
+    StartTls { direct: bool },
+    /// Login finished (stop the login timer).
+    LoggedIn,
+    /// Get a backend from the session's pool and call `on_backend_attached`.
+    Acquire,
+    /// The held backend is clean: return it to the pool.
+    Release,
+    /// The held backend is unusable: close it.
+    DropBackend,
+    /// This connection was a CancelRequest.
+    Cancel(CancelKey),
+    /// Flush `to_client`, then close the connection.
+    Close,
+}
+
+/// Why no backend could be had.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AcquireError {
+    /// Nothing free within `pool_acquire_timeout_milliseconds`.
+    Timeout {
+        database: String,
+        pool_size: usize,
+        waited_ms: u64,
+    },
+    /// Connecting or logging in to the server failed.
+    Server { code: SqlState, message: String },
+    /// pglink is shutting down.
+    ShuttingDown,
+}
+
+/// What should happen to the held backend when the client goes away.
+#[derive(Debug)]
+pub enum BackendFate {
+    /// Nothing outstanding: back to the pool.
+    Release,
+    /// Roll back / drain first, with this relay state.
+    Reset(Relay),
+    /// The protocol state is unknowable (half a message was sent): close it.
+    Drop,
+}
+
+#[derive(Debug)]
+enum State {
+    AwaitingStartup,
+    AwaitingTls,
+    Authenticating(AuthState),
+    AwaitingParameters,
+    Idle,
+    Acquiring,
+    Active,
+    Closed,
+}
+
+/// One client connection's protocol state.
+#[derive(Debug)]
+pub struct Session {
+    state: State,
+    key: CancelKey,
+    tls: bool,
+    protocol: ProtocolVersion,
+    pool: Option<PoolId>,
+    database: String,
+    user: String,
+    /// Startup parameters other than user/database (application_name, client_encoding, ...).
+    startup_params: ParamList,
+    relay: Relay,
+    /// After a local error in extended protocol: drop messages until Sync.
+    skip_to_sync: bool,
+    /// Bytes of a client message being dropped.
+    discard: usize,
+    /// A failed acquire to report against the message that asked for it.
+    failure: Option<AcquireError>,
+}
+
+impl Session {
+    /// A new session; `key` is the proxy-issued cancel key (pid encodes reactor and slot).
+    pub fn new(key: CancelKey, max_message_len: usize) -> Session {
+        Session {
+            state: State::AwaitingStartup,
+            key,
+            tls: false,
+            protocol: ProtocolVersion::V3_0,
+            pool: None,
+            database: String::new(),
+            user: String::new(),
+            startup_params: Vec::new(),
+            relay: Relay::new(max_message_len),
+            skip_to_sync: false,
+            discard: 0,
+            failure: None,
+        }
+    }
+
+    pub fn pool(&self) -> Option<PoolId> {
+        self.pool
+    }
+
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    pub fn cancel_key(&self) -> &CancelKey {
+        &self.key
+    }
+
+    /// Holds a backend (the reactor must keep it attached).
+    pub fn holds_backend(&self) -> bool {
+        matches!(self.state, State::Active)
+    }
+
+    /// Waiting for a backend.
+    pub fn is_acquiring(&self) -> bool {
+        matches!(self.state, State::Acquiring | State::AwaitingParameters)
+    }
+
+    /// Startup and authentication are done.
+    pub fn is_logged_in(&self) -> bool {
+        matches!(self.state, State::Idle | State::Acquiring | State::Active)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// The relay of the current lending (for the reactor's flow control).
+    pub fn relay(&self) -> &Relay {
+        &self.relay
+    }
+
+    /// Feeds client bytes; returns how many were consumed. Unconsumed bytes must be offered
+    /// again (with more appended) on the next call.
+    pub fn on_client_data(&mut self, data: &[u8], env: &mut Env<'_>, out: &mut Out<'_>) -> usize {
+        let mut pos = 0;
+        loop {
+            let rest = data.get(pos..).unwrap_or_default();
+            let before = pos;
+            pos += match self.state {
+                State::AwaitingStartup => self.on_startup_bytes(rest, env, out),
+                State::Authenticating(_) => self.on_auth_bytes(rest, env, out),
+                State::Idle => self.on_idle_bytes(rest, out),
+                State::Active => self.on_active_bytes(rest, out),
+                State::AwaitingTls
+                | State::AwaitingParameters
+                | State::Acquiring
+                | State::Closed => 0,
+            };
+            if pos == before || pos >= data.len() {
+                return pos;
+            }
+        }
+    }
+
+    /// The TLS handshake finished. Direct TLS must have negotiated ALPN `postgresql`.
+    pub fn on_tls_established(&mut self, direct: bool, alpn_postgresql: bool, out: &mut Out<'_>) {
+        self.tls = true;
+        if direct && !alpn_postgresql {
+            self.fatal(
+                out,
+                SqlState::PROTOCOL_VIOLATION,
+                "pglink: direct TLS connections must negotiate ALPN \"postgresql\"",
+            );
+            return;
+        }
+        if let State::AwaitingTls = self.state {
+            self.state = State::AwaitingStartup;
+        }
+    }
+
+    /// A backend is now held (`Acquire` succeeded). `params` are the backend's server
+    /// parameters, used when this login is waiting to learn them.
+    pub fn on_backend_attached(&mut self, params: &ParamList, out: &mut Out<'_>) {
+        match self.state {
+            State::AwaitingParameters => {
+                self.finish_login(params, out);
+                out.actions.push(Action::Release);
+            }
+            State::Acquiring => {
+                self.relay.reset();
+                self.state = State::Active;
+            }
+            // Nothing asked for it (the client left meanwhile): give it back.
+            _ => out.actions.push(Action::Release),
+        }
+    }
+
+    /// No backend could be had. The waiting message gets an ERROR (the session stays usable);
+    /// a login waiting for server parameters gets a FATAL.
+    pub fn on_acquire_failed(&mut self, error: AcquireError, out: &mut Out<'_>) {
+        match self.state {
+            State::AwaitingParameters => {
+                let (code, message) = acquire_error_text(&error);
+                self.fatal(out, code, &message);
+            }
+            State::Acquiring => {
+                self.failure = Some(error);
+                self.state = State::Idle;
+            }
+            _ => {}
+        }
+    }
+
+    /// Backend bytes while a backend is held; returns how many were consumed. Bytes after a
+    /// `Release` are not this client's.
+    pub fn on_backend_data(&mut self, data: &[u8], out: &mut Out<'_>) -> usize {
+        if !matches!(self.state, State::Active) {
+            return 0;
+        }
+        let mut pos = 0;
+        loop {
+            let rest = data.get(pos..).unwrap_or_default();
+            match self.relay.on_backend_data(rest, out.to_client) {
+                Ok((n, BackendStop::NeedMore)) => return pos + n,
+                Ok((n, BackendStop::ParameterStatus { .. })) => pos += n,
+                Ok((n, BackendStop::Idle)) => {
+                    self.state = State::Idle;
+                    out.actions.push(Action::Release);
+                    return pos + n;
+                }
+                Ok((n, BackendStop::Fatal)) => {
+                    // The server's FATAL went to the client; the session is over.
+                    self.state = State::Closed;
+                    out.actions.push(Action::DropBackend);
+                    out.actions.push(Action::Close);
+                    return pos + n;
+                }
+                Err(e) => {
+                    log::warn!("client {}@{}: {e}; closing", self.user, self.database);
+                    self.on_backend_lost(out);
+                    return data.len();
+                }
+            }
+        }
+    }
+
+    /// The held backend failed (closed, reset, or protocol desync): the client's transaction
+    /// is gone, so the client gets FATAL 08006 and is closed.
+    pub fn on_backend_lost(&mut self, out: &mut Out<'_>) {
+        if self.relay.backend_mid_message() {
+            // A message is half sent; another message cannot be framed after it.
+            out.actions.push(Action::DropBackend);
+            self.state = State::Closed;
+            out.actions.push(Action::Close);
+            return;
+        }
+        // `fatal` drops the held backend too.
+        self.fatal(
+            out,
+            SqlState::CONNECTION_FAILURE,
+            "pglink: lost the connection to the server during the transaction",
+        );
+    }
+
+    /// The login deadline passed before authentication finished.
+    pub fn on_login_timeout(&mut self, out: &mut Out<'_>) {
+        if !self.is_logged_in() && !self.is_closed() {
+            self.fatal(
+                out,
+                SqlState::QUERY_CANCELED,
+                "pglink: canceling authentication due to timeout",
+            );
+        }
+    }
+
+    /// The client is gone (or being closed): decides what happens to a held backend.
+    pub fn detach(&mut self) -> Option<BackendFate> {
+        let was_active = matches!(self.state, State::Active);
+        self.state = State::Closed;
+        if !was_active {
+            return None;
+        }
+        Some(if self.relay.client_mid_message() {
+            BackendFate::Drop
+        } else if self.relay.is_idle() {
+            BackendFate::Release
+        } else {
+            BackendFate::Reset(std::mem::replace(&mut self.relay, Relay::new(0)))
+        })
+    }
+
+    /// Idle: answer what needs no backend, ask for one for the rest.
+    fn on_idle_bytes(&mut self, data: &[u8], out: &mut Out<'_>) -> usize {
+        if self.discard > 0 {
+            let n = self.discard.min(data.len());
+            self.discard -= n;
+            return n;
+        }
+        let header = match peek_header(data, self.relay_max_len()) {
+            Ok(Some(h)) => h,
+            Ok(None) => return 0,
+            Err(e) => {
+                self.fatal(out, SqlState::PROTOCOL_VIOLATION, &format!("pglink: {e}"));
+                return data.len();
+            }
+        };
+        if let Some(error) = self.failure.take() {
+            return self.fail_waiting_message(header, data, error, out);
+        }
+        match header.tag {
+            fe::SYNC => {
+                self.skip_to_sync = false;
+                be_msg::ready_for_query(out.to_client, TransactionStatus::Idle);
+                self.consume(header, data)
+            }
+            // Outside COPY the server ignores these, and Flush has nothing to flush.
+            fe::FLUSH | fe::COPY_DATA | fe::COPY_DONE | fe::COPY_FAIL => self.consume(header, data),
+            fe::TERMINATE => {
+                self.state = State::Closed;
+                out.actions.push(Action::Close);
+                data.len()
+            }
+            _ if self.skip_to_sync => self.consume(header, data),
+            fe::QUERY
+            | fe::PARSE
+            | fe::BIND
+            | fe::DESCRIBE
+            | fe::EXECUTE
+            | fe::CLOSE
+            | fe::FUNCTION_CALL => {
+                self.state = State::Acquiring;
+                out.actions.push(Action::Acquire);
+                0
+            }
+            tag => {
+                self.fatal(
+                    out,
+                    SqlState::PROTOCOL_VIOLATION,
+                    &format!("pglink: invalid frontend message type {}", char::from(tag)),
+                );
+                data.len()
+            }
+        }
+    }
+
+    /// Reports a failed acquire against the message that needed the backend: a simple Query
+    /// gets ERROR + ReadyForQuery; an extended-protocol message gets ERROR and the rest of its
+    /// batch is dropped up to Sync, as the server itself would.
+    fn fail_waiting_message(
+        &mut self,
+        header: Header,
+        data: &[u8],
+        error: AcquireError,
+        out: &mut Out<'_>,
+    ) -> usize {
+        let (code, message) = acquire_error_text(&error);
+        ErrorBuilder::new(Severity::Error, code, &message).encode_error(out.to_client);
+        if matches!(header.tag, fe::QUERY | fe::FUNCTION_CALL) {
+            be_msg::ready_for_query(out.to_client, TransactionStatus::Idle);
+        } else {
+            self.skip_to_sync = true;
+        }
+        self.consume(header, data)
+    }
+
+    /// Consumes one message (or the part of it that has arrived, dropping the rest later).
+    fn consume(&mut self, header: Header, data: &[u8]) -> usize {
+        let n = header.frame_len().min(data.len());
+        self.discard = header.frame_len() - n;
+        n
+    }
+
+    fn on_active_bytes(&mut self, data: &[u8], out: &mut Out<'_>) -> usize {
+        match self.relay.on_client_data(data, out.to_backend) {
+            Ok((n, ClientStop::NeedMore | ClientStop::PipelineFull)) => n,
+            Ok((n, ClientStop::Terminate)) => {
+                out.actions.push(Action::Close);
+                // `detach` (called by the reactor on close) decides the backend's fate.
+                n
+            }
+            Err(e) => {
+                self.fatal(out, SqlState::PROTOCOL_VIOLATION, &format!("pglink: {e}"));
+                data.len()
+            }
+        }
+    }
+
+    fn relay_max_len(&self) -> usize {
+        self.relay.max_message_len()
+    }
+
+    /// Sends the rest of the login: parameters, cancel key, ReadyForQuery.
+    fn finish_login(&mut self, server_params: &ParamList, out: &mut Out<'_>) {
+        for (name, value) in server_params {
+            let value = self
+                .startup_params
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map_or(value, |(_, v)| v);
+            be_msg::parameter_status(out.to_client, name.as_bytes(), value.as_bytes());
+        }
+        be_msg::backend_key_data(out.to_client, self.key.pid, self.key.secret());
+        be_msg::ready_for_query(out.to_client, TransactionStatus::Idle);
+        self.state = State::Idle;
+        out.actions.push(Action::LoggedIn);
+    }
+
+    /// Queues a FATAL error and closes the session.
+    fn fatal(&mut self, out: &mut Out<'_>, code: SqlState, message: &str) {
+        ErrorBuilder::new(Severity::Fatal, code, message).encode_error(out.to_client);
+        if matches!(self.state, State::Active) {
+            out.actions.push(Action::DropBackend);
+        }
+        self.state = State::Closed;
+        out.actions.push(Action::Close);
+    }
+}
+
+fn acquire_error_text(error: &AcquireError) -> (SqlState, String) {
+    match error {
+        AcquireError::Timeout {
+            database,
+            pool_size,
+            waited_ms,
+        } => (
+            SqlState::TOO_MANY_CONNECTIONS,
+            format!(
+                "pglink: no server connection for database \"{database}\" became free within \
+                 {waited_ms} ms (pool_max_conns {pool_size})"
+            ),
+        ),
+        AcquireError::Server { code, message } => (*code, format!("pglink: {message}")),
+        AcquireError::ShuttingDown => (
+            SqlState::ADMIN_SHUTDOWN,
+            "pglink: the proxy is shutting down".to_owned(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,553 @@
+//! The relay: forwards one client's traffic to and from the backend it holds, and knows at
+//! every moment what the backend still owes the client.
+//!
+//! Every message forwarded to the backend that produces a response pushes an [`Expect`] entry;
+//! backend messages pop them. The backend goes back to the pool at the ReadyForQuery `I` that
+//! leaves the queue empty with no unsynced extended-protocol messages: that is the only point
+//! at which it has no state belonging to this client (outside pinned sessions).
+//!
+//! Two server behaviours the queue must mirror exactly, or a backend is released too early
+//! (another client would read this one's results) or never:
+//! - After an ErrorResponse in extended protocol the server discards messages up to the next
+//!   Sync, producing nothing for them: the queue drops entries up to the next `Sync`.
+//! - While in COPY IN the server ignores Sync and Flush: Syncs a client pipelined behind a
+//!   COPY (tokio-postgres does) produce no ReadyForQuery. Entries for them are removed when the
+//!   CopyInResponse shows the server entered COPY IN, up to the client's CopyDone/CopyFail.
+//!
+//! The hot path looks only at 5-byte headers; message bodies are copied through in as many
+//! pieces as they arrive (a 100 MB DataRow never sits in a buffer). Only ReadyForQuery,
+//! ErrorResponse, ParameterStatus and Describe's kind byte are read.
+
+use std::collections::VecDeque;
+
+use crate::protocol::backend::tag as be;
+use crate::protocol::framing::{FrameError, Header, peek_header};
+use crate::protocol::frontend::tag as fe;
+use crate::protocol::{ErrorFields, Severity, TransactionStatus};
+
+/// Client messages the relay will queue before it stops reading from the client.
+pub const MAX_PIPELINE: usize = 4096;
+
+/// What a message sent to the backend will produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Simple Query or FunctionCall: everything up to and including ReadyForQuery.
+    Cycle,
+    /// ParseComplete.
+    Parse,
+    /// BindComplete.
+    Bind,
+    /// ParameterDescription, then RowDescription or NoData.
+    DescribeStatement,
+    /// RowDescription or NoData.
+    DescribePortal,
+    /// Rows, then CommandComplete, EmptyQueryResponse or PortalSuspended (or a COPY).
+    Execute,
+    /// CloseComplete.
+    Close,
+    /// ReadyForQuery.
+    Sync,
+    /// The client's CopyDone/CopyFail: nothing, but marks where the server leaves COPY IN.
+    CopyEnd,
+}
+
+/// Where the responses to an entry go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// To the client.
+    Forward,
+    /// Nowhere: pglink sent the request itself (cleanup after a vanished client, injected
+    /// statements).
+    Swallow,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    expect: Expect,
+    route: Route,
+}
+
+/// Why the relay cannot go on. The backend is not reusable after any of these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayError {
+    /// A length field out of range.
+    Framing(FrameError),
+    /// The client sent something not allowed here.
+    ClientMessage { tag: u8, reason: &'static str },
+    /// The backend sent a message the queue does not account for.
+    Desync { tag: u8, expected: Option<Expect> },
+}
+
+impl std::fmt::Display for RelayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RelayError::Framing(e) => write!(f, "{e}"),
+            RelayError::ClientMessage { tag, reason } => {
+                write!(
+                    f,
+                    "unexpected client message {:?}: {reason}",
+                    char::from(*tag)
+                )
+            }
+            RelayError::Desync { tag, expected } => write!(
+                f,
+                "server sent message {:?} while expecting {expected:?}",
+                char::from(*tag)
+            ),
+        }
+    }
+}
+
+impl std::error::Error for RelayError {}
+
+impl From<FrameError> for RelayError {
+    fn from(e: FrameError) -> Self {
+        RelayError::Framing(e)
+    }
+}
+
+/// Why `on_client_data` stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientStop {
+    /// Everything complete enough was forwarded; the rest needs more bytes.
+    NeedMore,
+    /// The client sent Terminate (consumed, not forwarded).
+    Terminate,
+    /// The pipeline is full: stop reading from the client until responses drain.
+    PipelineFull,
+}
+
+/// Why `on_backend_data` stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendStop {
+    /// Everything complete enough was handled; the rest needs more bytes.
+    NeedMore,
+    /// The transaction is over and nothing is outstanding: the backend can be released.
+    /// Bytes after this point are not the client's.
+    Idle,
+    /// A ParameterStatus message was forwarded; its body is at this range of the input.
+    ParameterStatus { start: usize, end: usize },
+    /// The server reported a FATAL error (forwarded); it will close the connection.
+    Fatal,
+}
+
+/// Per-lending state between one client and one backend.
+#[derive(Debug)]
+pub struct Relay {
+    queue: VecDeque<Entry>,
+    /// Extended-protocol messages were sent after the last Sync.
+    unsynced: bool,
+    /// The server reads client messages in COPY IN mode.
+    server_copy_in: bool,
+    /// Bytes of a client message still to forward.
+    client_partial: usize,
+    /// Bytes of a backend message still to pass on, and where they go.
+    backend_partial: usize,
+    backend_partial_route: Route,
+    /// From the last ReadyForQuery.
+    status: TransactionStatus,
+    max_message_len: usize,
+}
+
+impl Relay {
+    pub fn new(max_message_len: usize) -> Relay {
+        Relay {
+            queue: VecDeque::new(),
+            unsynced: false,
+            server_copy_in: false,
+            client_partial: 0,
+            backend_partial: 0,
+            backend_partial_route: Route::Forward,
+            status: TransactionStatus::Idle,
+            max_message_len,
+        }
+    }
+
+    /// Resets for a new lending (keeps the queue's allocation).
+    pub fn reset(&mut self) {
+        self.queue.clear();
+        self.unsynced = false;
+        self.server_copy_in = false;
+        self.client_partial = 0;
+        self.backend_partial = 0;
+        self.status = TransactionStatus::Idle;
+    }
+
+    /// Nothing outstanding, no transaction open: the backend holds nothing of this client's.
+    pub fn is_idle(&self) -> bool {
+        self.queue.is_empty()
+            && !self.unsynced
+            && self.client_partial == 0
+            && self.backend_partial == 0
+            && self.status == TransactionStatus::Idle
+    }
+
+    pub fn max_message_len(&self) -> usize {
+        self.max_message_len
+    }
+
+    pub fn status(&self) -> TransactionStatus {
+        self.status
+    }
+
+    /// Messages forwarded whose responses have not all arrived.
+    pub fn outstanding(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// The client is in the middle of sending a message to the backend.
+    pub fn client_mid_message(&self) -> bool {
+        self.client_partial > 0
+    }
+
+    /// A backend message is being passed to the client and is not finished.
+    pub fn backend_mid_message(&self) -> bool {
+        self.backend_partial > 0
+    }
+
+    pub fn server_in_copy_in(&self) -> bool {
+        self.server_copy_in
+    }
+
+    pub fn unsynced(&self) -> bool {
+        self.unsynced
+    }
+
+    /// Records a request pglink sends on its own behalf (routing its responses).
+    pub fn expect(&mut self, expect: Expect, route: Route) {
+        if expect == Expect::CopyEnd && self.queue.is_empty() {
+            // No command is pending, so the server cannot be in COPY IN: it ignores this.
+            return;
+        }
+        self.queue.push_back(Entry { expect, route });
+        match expect {
+            Expect::Sync => self.unsynced = false,
+            Expect::Cycle | Expect::CopyEnd => {}
+            _ => self.unsynced = true,
+        }
+    }
+
+    /// Forwards complete (or streamable) client messages from `data` to `to_backend`.
+    /// Returns how many bytes were consumed and why it stopped.
+    pub fn on_client_data(
+        &mut self,
+        data: &[u8],
+        to_backend: &mut Vec<u8>,
+    ) -> Result<(usize, ClientStop), RelayError> {
+        let mut pos = 0;
+        loop {
+            let rest = data.get(pos..).unwrap_or_default();
+            if self.client_partial > 0 {
+                let n = self.client_partial.min(rest.len());
+                if n == 0 {
+                    return Ok((pos, ClientStop::NeedMore));
+                }
+                to_backend.extend_from_slice(rest.get(..n).unwrap_or_default());
+                self.client_partial -= n;
+                pos += n;
+                continue;
+            }
+            if self.queue.len() >= MAX_PIPELINE {
+                return Ok((pos, ClientStop::PipelineFull));
+            }
+            let Some(header) = peek_header(rest, self.max_message_len)? else {
+                return Ok((pos, ClientStop::NeedMore));
+            };
+            if header.tag == fe::TERMINATE {
+                if rest.len() < header.frame_len() {
+                    return Ok((pos, ClientStop::NeedMore));
+                }
+                return Ok((pos + header.frame_len(), ClientStop::Terminate));
+            }
+            if header.tag == fe::DESCRIBE && rest.len() <= Header::SIZE {
+                return Ok((pos, ClientStop::NeedMore)); // the kind byte decides the entry
+            }
+            self.on_client_message(header, rest.get(Header::SIZE).copied())?;
+            let n = header.frame_len().min(rest.len());
+            to_backend.extend_from_slice(rest.get(..n).unwrap_or_default());
+            self.client_partial = header.frame_len() - n;
+            pos += n;
+        }
+    }
+
+    fn on_client_message(
+        &mut self,
+        header: Header,
+        first_body_byte: Option<u8>,
+    ) -> Result<(), RelayError> {
+        let tag = header.tag;
+        if self.server_copy_in
+            && !matches!(
+                tag,
+                fe::COPY_DATA | fe::COPY_DONE | fe::COPY_FAIL | fe::SYNC | fe::FLUSH
+            )
+        {
+            return Err(RelayError::ClientMessage {
+                tag,
+                reason: "only COPY data may be sent during COPY FROM STDIN",
+            });
+        }
+        let route = Route::Forward;
+        match tag {
+            fe::QUERY | fe::FUNCTION_CALL => self.expect(Expect::Cycle, route),
+            fe::PARSE => self.expect(Expect::Parse, route),
+            fe::BIND => self.expect(Expect::Bind, route),
+            fe::DESCRIBE => match first_body_byte {
+                Some(b'S') => self.expect(Expect::DescribeStatement, route),
+                Some(b'P') => self.expect(Expect::DescribePortal, route),
+                _ => {
+                    return Err(RelayError::ClientMessage {
+                        tag,
+                        reason: "Describe must name a statement ('S') or portal ('P')",
+                    });
+                }
+            },
+            fe::EXECUTE => self.expect(Expect::Execute, route),
+            fe::CLOSE => self.expect(Expect::Close, route),
+            // The server ignores Sync during COPY IN: no ReadyForQuery will answer it.
+            fe::SYNC if self.server_copy_in => {}
+            fe::SYNC => self.expect(Expect::Sync, route),
+            fe::FLUSH | fe::COPY_DATA => {}
+            fe::COPY_DONE | fe::COPY_FAIL if self.server_copy_in => self.server_copy_in = false,
+            fe::COPY_DONE | fe::COPY_FAIL => self.expect(Expect::CopyEnd, route),
+            _ => {
+                return Err(RelayError::ClientMessage {
+                    tag,
+                    reason: "not a valid message after startup",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Passes backend messages from `data` to `to_client` (or drops those pglink asked for).
+    /// Returns how many bytes were consumed and why it stopped; call again with the rest
+    /// unless it stopped for `NeedMore` or `Idle`.
+    pub fn on_backend_data(
+        &mut self,
+        data: &[u8],
+        to_client: &mut Vec<u8>,
+    ) -> Result<(usize, BackendStop), RelayError> {
+        let mut pos = 0;
+        loop {
+            let rest = data.get(pos..).unwrap_or_default();
+            if self.backend_partial > 0 {
+                let n = self.backend_partial.min(rest.len());
+                if n == 0 {
+                    return Ok((pos, BackendStop::NeedMore));
+                }
+                if self.backend_partial_route == Route::Forward {
+                    to_client.extend_from_slice(rest.get(..n).unwrap_or_default());
+                }
+                self.backend_partial -= n;
+                pos += n;
+                continue;
+            }
+            let Some(header) = peek_header(rest, self.max_message_len)? else {
+                return Ok((pos, BackendStop::NeedMore));
+            };
+            let frame_len = header.frame_len();
+            let whole = rest.get(..frame_len);
+            match header.tag {
+                // Streamed: only the tag matters.
+                be::DATA_ROW
+                | be::COPY_DATA
+                | be::COPY_DONE
+                | be::NOTICE_RESPONSE
+                | be::NOTIFICATION_RESPONSE
+                | be::ROW_DESCRIPTION
+                | be::PARAMETER_DESCRIPTION
+                | be::NO_DATA
+                | be::PARSE_COMPLETE
+                | be::BIND_COMPLETE
+                | be::CLOSE_COMPLETE
+                | be::COMMAND_COMPLETE
+                | be::EMPTY_QUERY_RESPONSE
+                | be::PORTAL_SUSPENDED
+                | be::COPY_IN_RESPONSE
+                | be::COPY_OUT_RESPONSE
+                | be::FUNCTION_CALL_RESPONSE => {
+                    let route = self.on_streamed_message(header.tag)?;
+                    let n = frame_len.min(rest.len());
+                    if route == Route::Forward {
+                        to_client.extend_from_slice(rest.get(..n).unwrap_or_default());
+                    }
+                    self.backend_partial = frame_len - n;
+                    self.backend_partial_route = route;
+                    pos += n;
+                }
+                be::READY_FOR_QUERY => {
+                    let Some(msg) = whole else {
+                        return Ok((pos, BackendStop::NeedMore));
+                    };
+                    let status = msg
+                        .get(Header::SIZE)
+                        .copied()
+                        .and_then(TransactionStatus::from_byte)
+                        .ok_or(RelayError::Desync {
+                            tag: header.tag,
+                            expected: self.head(),
+                        })?;
+                    let entry = match self.queue.front() {
+                        Some(e) if matches!(e.expect, Expect::Sync | Expect::Cycle) => *e,
+                        _ => {
+                            return Err(RelayError::Desync {
+                                tag: header.tag,
+                                expected: self.head(),
+                            });
+                        }
+                    };
+                    self.queue.pop_front();
+                    self.drop_copy_end_markers();
+                    self.status = status;
+                    if entry.route == Route::Forward {
+                        to_client.extend_from_slice(msg);
+                    }
+                    pos += frame_len;
+                    if self.is_idle() {
+                        return Ok((pos, BackendStop::Idle));
+                    }
+                }
+                be::ERROR_RESPONSE => {
+                    let Some(msg) = whole else {
+                        return Ok((pos, BackendStop::NeedMore));
+                    };
+                    let fatal = ErrorFields::decode(
+                        header.tag,
+                        msg.get(Header::SIZE..).unwrap_or_default(),
+                    )
+                    .ok()
+                    .and_then(|f| f.severity_kind())
+                    .is_some_and(Severity::ends_session);
+                    let route = self.queue.front().map_or(Route::Forward, |e| e.route);
+                    if route == Route::Forward || fatal {
+                        to_client.extend_from_slice(msg);
+                    }
+                    pos += frame_len;
+                    if fatal {
+                        return Ok((pos, BackendStop::Fatal));
+                    }
+                    self.on_error();
+                }
+                be::PARAMETER_STATUS => {
+                    let Some(msg) = whole else {
+                        return Ok((pos, BackendStop::NeedMore));
+                    };
+                    let route = self.queue.front().map_or(Route::Forward, |e| e.route);
+                    if route == Route::Forward {
+                        to_client.extend_from_slice(msg);
+                    }
+                    let start = pos + Header::SIZE;
+                    pos += frame_len;
+                    return Ok((pos, BackendStop::ParameterStatus { start, end: pos }));
+                }
+                tag => {
+                    return Err(RelayError::Desync {
+                        tag,
+                        expected: self.head(),
+                    });
+                }
+            }
+        }
+    }
+
+    fn head(&self) -> Option<Expect> {
+        self.queue.front().map(|e| e.expect)
+    }
+
+    /// Applies a streamed backend message to the queue; returns where it goes.
+    fn on_streamed_message(&mut self, tag: u8) -> Result<Route, RelayError> {
+        use Expect::*;
+        // Asynchronous messages can come at any time, even with nothing outstanding.
+        if matches!(tag, be::NOTICE_RESPONSE | be::NOTIFICATION_RESPONSE) {
+            return Ok(self.queue.front().map_or(Route::Forward, |e| e.route));
+        }
+        let Some(head) = self.queue.front().copied() else {
+            return Err(RelayError::Desync {
+                tag,
+                expected: None,
+            });
+        };
+        let desync = || RelayError::Desync {
+            tag,
+            expected: Some(head.expect),
+        };
+        let pops = match (tag, head.expect) {
+            (
+                be::DATA_ROW | be::COPY_DATA | be::COPY_DONE | be::COPY_OUT_RESPONSE,
+                Cycle | Execute,
+            ) => false,
+            (be::ROW_DESCRIPTION | be::COMMAND_COMPLETE | be::EMPTY_QUERY_RESPONSE, Cycle) => false,
+            (be::FUNCTION_CALL_RESPONSE, Cycle) => false,
+            (be::COMMAND_COMPLETE | be::EMPTY_QUERY_RESPONSE | be::PORTAL_SUSPENDED, Execute) => {
+                true
+            }
+            (be::COPY_IN_RESPONSE, Cycle | Execute) => {
+                self.on_copy_in_started();
+                false
+            }
+            (be::PARSE_COMPLETE, Parse)
+            | (be::BIND_COMPLETE, Bind)
+            | (be::CLOSE_COMPLETE, Close) => true,
+            (be::PARAMETER_DESCRIPTION, DescribeStatement) => false,
+            (be::ROW_DESCRIPTION | be::NO_DATA, DescribeStatement | DescribePortal) => true,
+            _ => return Err(desync()),
+        };
+        if pops {
+            self.queue.pop_front();
+            self.drop_copy_end_markers();
+        }
+        Ok(head.route)
+    }
+
+    /// The server entered COPY IN for the head entry. Syncs the client sent after it, up to
+    /// its CopyDone/CopyFail, were read in COPY mode and ignored: forget them.
+    fn on_copy_in_started(&mut self) {
+        let i = 1;
+        while let Some(entry) = self.queue.get(i) {
+            match entry.expect {
+                Expect::Sync => {
+                    self.queue.remove(i);
+                }
+                Expect::CopyEnd => {
+                    // The client already finished the COPY; the server leaves COPY IN there.
+                    self.queue.remove(i);
+                    return;
+                }
+                // Any other message aborts the COPY with an error; the error path takes over.
+                _ => break,
+            }
+        }
+        self.server_copy_in = true;
+    }
+
+    /// After an ErrorResponse: a simple Query (or FunctionCall) or a Sync still ends with its
+    /// ReadyForQuery. An extended-protocol error makes the server discard every message up to
+    /// the next Sync, simple Queries included (PostgreSQL's `ignore_till_sync`).
+    fn on_error(&mut self) {
+        self.server_copy_in = false;
+        if self
+            .queue
+            .front()
+            .is_some_and(|e| matches!(e.expect, Expect::Cycle | Expect::Sync))
+        {
+            return;
+        }
+        while self.queue.front().is_some_and(|e| e.expect != Expect::Sync) {
+            self.queue.pop_front();
+        }
+    }
+
+    fn drop_copy_end_markers(&mut self) {
+        while self
+            .queue
+            .front()
+            .is_some_and(|e| e.expect == Expect::CopyEnd)
+        {
+            self.queue.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

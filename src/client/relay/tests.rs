@@ -1,0 +1,498 @@
+use super::*;
+
+const MAX: usize = 1 << 20;
+
+fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
+    parts.concat()
+}
+
+// Client messages.
+fn query(sql: &str) -> Vec<u8> {
+    msg(b'Q', format!("{sql}\0").as_bytes())
+}
+fn parse() -> Vec<u8> {
+    msg(b'P', b"\0SELECT 1\0\0\0")
+}
+fn bind() -> Vec<u8> {
+    msg(b'B', b"\0\0\0\0\0\0\0\0")
+}
+fn describe(kind: u8) -> Vec<u8> {
+    msg(b'D', &[kind, 0])
+}
+fn execute() -> Vec<u8> {
+    msg(b'E', b"\0\0\0\0\0")
+}
+fn sync() -> Vec<u8> {
+    msg(b'S', b"")
+}
+fn copy_data(data: &[u8]) -> Vec<u8> {
+    msg(b'd', data)
+}
+fn copy_done() -> Vec<u8> {
+    msg(b'c', b"")
+}
+
+// Backend messages.
+fn rfq(status: u8) -> Vec<u8> {
+    msg(b'Z', &[status])
+}
+fn row_desc() -> Vec<u8> {
+    msg(b'T', b"\0\0")
+}
+fn data_row() -> Vec<u8> {
+    msg(b'D', b"\0\x01\0\0\0\x011")
+}
+fn complete(tag: &str) -> Vec<u8> {
+    msg(b'C', format!("{tag}\0").as_bytes())
+}
+fn error(severity: &str) -> Vec<u8> {
+    msg(
+        b'E',
+        format!("S{severity}\0V{severity}\0C42601\0Msyntax error\0\0").as_bytes(),
+    )
+}
+fn copy_in_response() -> Vec<u8> {
+    msg(b'G', b"\0\0\0")
+}
+
+/// Feeds backend bytes until the relay stops for something other than a ParameterStatus.
+fn backend(relay: &mut Relay, data: &[u8], out: &mut Vec<u8>) -> (usize, BackendStop) {
+    let mut pos = 0;
+    loop {
+        let (n, stop) = relay.on_backend_data(&data[pos..], out).unwrap();
+        pos += n;
+        if !matches!(stop, BackendStop::ParameterStatus { .. }) {
+            return (pos, stop);
+        }
+    }
+}
+
+fn client(relay: &mut Relay, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let (n, stop) = relay.on_client_data(data, &mut out).unwrap();
+    assert_eq!((n, stop), (data.len(), ClientStop::NeedMore));
+    out
+}
+
+#[test]
+fn simple_query_releases_at_idle_ready_for_query() {
+    let mut r = Relay::new(MAX);
+    let q = query("SELECT 1");
+    assert_eq!(client(&mut r, &q), q);
+    assert!(!r.is_idle());
+    let reply = cat(&[row_desc(), data_row(), complete("SELECT 1"), rfq(b'I')]);
+    let mut out = Vec::new();
+    assert_eq!(
+        backend(&mut r, &reply, &mut out),
+        (reply.len(), BackendStop::Idle)
+    );
+    assert_eq!(out, reply);
+    assert!(r.is_idle());
+}
+
+#[test]
+fn open_transaction_keeps_the_backend() {
+    let mut r = Relay::new(MAX);
+    client(&mut r, &query("BEGIN"));
+    let mut out = Vec::new();
+    let reply = cat(&[complete("BEGIN"), rfq(b'T')]);
+    assert_eq!(
+        backend(&mut r, &reply, &mut out),
+        (reply.len(), BackendStop::NeedMore)
+    );
+    assert!(!r.is_idle());
+    client(&mut r, &query("COMMIT"));
+    let reply = cat(&[complete("COMMIT"), rfq(b'I')]);
+    assert_eq!(backend(&mut r, &reply, &mut out).1, BackendStop::Idle);
+}
+
+#[test]
+fn pipeline_releases_only_after_the_last_sync() {
+    let mut r = Relay::new(MAX);
+    let batch = cat(&[
+        parse(),
+        bind(),
+        execute(),
+        sync(),
+        bind(),
+        execute(),
+        sync(),
+    ]);
+    client(&mut r, &batch);
+    assert_eq!(r.outstanding(), 7);
+    let first = cat(&[
+        msg(b'1', b""),
+        msg(b'2', b""),
+        data_row(),
+        complete("SELECT 1"),
+        rfq(b'I'),
+    ]);
+    let mut out = Vec::new();
+    assert_eq!(backend(&mut r, &first, &mut out).1, BackendStop::NeedMore);
+    let second = cat(&[msg(b'2', b""), complete("SELECT 1"), rfq(b'I')]);
+    assert_eq!(backend(&mut r, &second, &mut out).1, BackendStop::Idle);
+}
+
+#[test]
+fn pipeline_error_skips_to_sync() {
+    let mut r = Relay::new(MAX);
+    // The second Parse fails: the server skips Bind, Execute and even a simple Query up to
+    // the Sync, then answers the Sync.
+    client(
+        &mut r,
+        &cat(&[
+            parse(),
+            parse(),
+            bind(),
+            execute(),
+            query("SELECT 2"),
+            sync(),
+        ]),
+    );
+    let reply = cat(&[msg(b'1', b""), error("ERROR"), rfq(b'I')]);
+    let mut out = Vec::new();
+    assert_eq!(
+        backend(&mut r, &reply, &mut out),
+        (reply.len(), BackendStop::Idle)
+    );
+    assert_eq!(out, reply);
+}
+
+#[test]
+fn error_in_simple_query_still_waits_for_ready_for_query() {
+    let mut r = Relay::new(MAX);
+    client(&mut r, &cat(&[query("SELEC 1"), query("SELECT 2")]));
+    let mut out = Vec::new();
+    let first = cat(&[error("ERROR"), rfq(b'I')]);
+    assert_eq!(backend(&mut r, &first, &mut out).1, BackendStop::NeedMore);
+    let second = cat(&[row_desc(), data_row(), complete("SELECT 1"), rfq(b'I')]);
+    assert_eq!(backend(&mut r, &second, &mut out).1, BackendStop::Idle);
+}
+
+#[test]
+fn describe_statement_and_portal() {
+    let mut r = Relay::new(MAX);
+    client(
+        &mut r,
+        &cat(&[parse(), describe(b'S'), bind(), describe(b'P'), sync()]),
+    );
+    let reply = cat(&[
+        msg(b'1', b""),
+        msg(b't', b"\0\0"),
+        row_desc(),
+        msg(b'2', b""),
+        msg(b'n', b""),
+        rfq(b'I'),
+    ]);
+    let mut out = Vec::new();
+    assert_eq!(backend(&mut r, &reply, &mut out).1, BackendStop::Idle);
+}
+
+#[test]
+fn describe_waits_for_its_kind_byte() {
+    let mut r = Relay::new(MAX);
+    let d = describe(b'S');
+    let mut out = Vec::new();
+    assert_eq!(
+        r.on_client_data(&d[..5], &mut out).unwrap(),
+        (0, ClientStop::NeedMore)
+    );
+    assert!(out.is_empty());
+    assert_eq!(
+        r.on_client_data(&d, &mut out).unwrap(),
+        (d.len(), ClientStop::NeedMore)
+    );
+}
+
+#[test]
+fn copy_in_via_simple_query() {
+    let mut r = Relay::new(MAX);
+    client(&mut r, &query("COPY t FROM STDIN"));
+    let mut out = Vec::new();
+    assert_eq!(
+        backend(&mut r, &copy_in_response(), &mut out).1,
+        BackendStop::NeedMore
+    );
+    assert!(r.server_in_copy_in());
+    client(
+        &mut r,
+        &cat(&[copy_data(b"1\n"), copy_data(b"2\n"), copy_done()]),
+    );
+    assert!(!r.server_in_copy_in());
+    let end = cat(&[complete("COPY 2"), rfq(b'I')]);
+    assert_eq!(backend(&mut r, &end, &mut out).1, BackendStop::Idle);
+}
+
+#[test]
+fn sync_pipelined_behind_copy_is_ignored_like_the_server_does() {
+    // tokio-postgres: Bind, Execute, Sync, then (after CopyInResponse) data, CopyDone, Sync.
+    let mut r = Relay::new(MAX);
+    client(&mut r, &cat(&[bind(), execute(), sync()]));
+    let mut out = Vec::new();
+    let started = cat(&[msg(b'2', b""), copy_in_response()]);
+    assert_eq!(backend(&mut r, &started, &mut out).1, BackendStop::NeedMore);
+    client(&mut r, &cat(&[copy_data(b"x\n"), copy_done(), sync()]));
+    let end = cat(&[complete("COPY 1"), rfq(b'I')]);
+    assert_eq!(
+        backend(&mut r, &end, &mut out),
+        (end.len(), BackendStop::Idle)
+    );
+}
+
+#[test]
+fn copy_done_sent_before_copy_in_response_is_accounted_for() {
+    let mut r = Relay::new(MAX);
+    client(
+        &mut r,
+        &cat(&[
+            bind(),
+            execute(),
+            sync(),
+            copy_data(b"x\n"),
+            copy_done(),
+            sync(),
+        ]),
+    );
+    let reply = cat(&[
+        msg(b'2', b""),
+        copy_in_response(),
+        complete("COPY 1"),
+        rfq(b'I'),
+    ]);
+    let mut out = Vec::new();
+    assert_eq!(backend(&mut r, &reply, &mut out).1, BackendStop::Idle);
+}
+
+#[test]
+fn error_during_copy_in_then_sync() {
+    let mut r = Relay::new(MAX);
+    client(&mut r, &cat(&[bind(), execute(), sync()]));
+    let mut out = Vec::new();
+    backend(
+        &mut r,
+        &cat(&[msg(b'2', b""), copy_in_response()]),
+        &mut out,
+    );
+    client(&mut r, &copy_data(b"not a number\n"));
+    // The server fails the COPY, leaves COPY IN and skips to the next Sync.
+    assert_eq!(
+        backend(&mut r, &error("ERROR"), &mut out).1,
+        BackendStop::NeedMore
+    );
+    assert!(!r.server_in_copy_in());
+    client(&mut r, &cat(&[copy_done(), sync()]));
+    assert_eq!(backend(&mut r, &rfq(b'I'), &mut out).1, BackendStop::Idle);
+}
+
+#[test]
+fn only_copy_messages_during_copy_in() {
+    let mut r = Relay::new(MAX);
+    client(&mut r, &query("COPY t FROM STDIN"));
+    backend(&mut r, &copy_in_response(), &mut Vec::new());
+    let err = r
+        .on_client_data(&query("SELECT 1"), &mut Vec::new())
+        .unwrap_err();
+    assert!(matches!(err, RelayError::ClientMessage { tag: b'Q', .. }));
+}
+
+#[test]
+fn copy_out_streams_through() {
+    let mut r = Relay::new(MAX);
+    client(&mut r, &query("COPY t TO STDOUT"));
+    let reply = cat(&[
+        msg(b'H', b"\0\0\0"),
+        copy_data(b"1\n"),
+        copy_data(b"2\n"),
+        msg(b'c', b""),
+        complete("COPY 2"),
+        rfq(b'I'),
+    ]);
+    let mut out = Vec::new();
+    assert_eq!(backend(&mut r, &reply, &mut out).1, BackendStop::Idle);
+    assert_eq!(out, reply);
+}
+
+#[test]
+fn large_data_rows_stream_in_pieces() {
+    let mut r = Relay::new(MAX);
+    client(&mut r, &query("SELECT big"));
+    let big = msg(b'D', &vec![7u8; 300_000]);
+    let reply = cat(&[row_desc(), big, complete("SELECT 1"), rfq(b'I')]);
+    let mut out = Vec::new();
+    let mut pos = 0;
+    let mut last = BackendStop::NeedMore;
+    // Arrives in 1000-byte reads; nothing is held back beyond a partial header.
+    for chunk_end in (1000..).step_by(1000).map(|e: usize| e.min(reply.len())) {
+        let (n, stop) = r.on_backend_data(&reply[pos..chunk_end], &mut out).unwrap();
+        pos += n;
+        last = stop;
+        assert!(chunk_end - pos < 6, "held back {} bytes", chunk_end - pos);
+        if chunk_end == reply.len() {
+            break;
+        }
+    }
+    assert_eq!(last, BackendStop::Idle);
+    assert_eq!(out, reply);
+}
+
+#[test]
+fn any_split_of_a_session_gives_the_same_output() {
+    let client_bytes = cat(&[
+        parse(),
+        bind(),
+        describe(b'P'),
+        execute(),
+        sync(),
+        query("x"),
+    ]);
+    let backend_bytes = cat(&[
+        msg(b'1', b""),
+        msg(b'2', b""),
+        row_desc(),
+        data_row(),
+        complete("SELECT 1"),
+        rfq(b'I'),
+        error("ERROR"),
+        rfq(b'I'),
+    ]);
+    for split in 1..backend_bytes.len() {
+        let mut r = Relay::new(MAX);
+        let mut to_backend = Vec::new();
+        let (n, _) = r
+            .on_client_data(
+                &client_bytes[..split.min(client_bytes.len())],
+                &mut to_backend,
+            )
+            .unwrap();
+        let (m, _) = r
+            .on_client_data(&client_bytes[n..], &mut to_backend)
+            .unwrap();
+        assert_eq!(n + m, client_bytes.len());
+        assert_eq!(to_backend, client_bytes);
+        let mut out = Vec::new();
+        let mut buf = backend_bytes[..split].to_vec();
+        let (used, _) = backend(&mut r, &buf, &mut out);
+        buf.drain(..used);
+        buf.extend_from_slice(&backend_bytes[split..]);
+        let (used, stop) = backend(&mut r, &buf, &mut out);
+        assert_eq!(
+            (used, stop),
+            (buf.len(), BackendStop::Idle),
+            "split at {split}"
+        );
+        assert_eq!(out, backend_bytes);
+    }
+}
+
+#[test]
+fn unexpected_backend_message_is_a_desync() {
+    let mut r = Relay::new(MAX);
+    client(&mut r, &cat(&[parse(), sync()]));
+    let err = r
+        .on_backend_data(&msg(b'2', b""), &mut Vec::new())
+        .unwrap_err();
+    assert_eq!(
+        err,
+        RelayError::Desync {
+            tag: b'2',
+            expected: Some(Expect::Parse)
+        }
+    );
+    let mut idle = Relay::new(MAX);
+    assert!(idle.on_backend_data(&data_row(), &mut Vec::new()).is_err());
+    assert!(
+        idle.on_backend_data(&msg(b'K', b"12345678"), &mut Vec::new())
+            .is_err()
+    );
+}
+
+#[test]
+fn terminate_is_consumed_not_forwarded() {
+    let mut r = Relay::new(MAX);
+    let data = cat(&[query("SELECT 1"), msg(b'X', b""), query("after")]);
+    let mut out = Vec::new();
+    let (n, stop) = r.on_client_data(&data, &mut out).unwrap();
+    assert_eq!(stop, ClientStop::Terminate);
+    assert_eq!(n, query("SELECT 1").len() + 5);
+    assert_eq!(out, query("SELECT 1"));
+}
+
+#[test]
+fn fatal_error_is_forwarded_and_reported() {
+    let mut r = Relay::new(MAX);
+    client(&mut r, &query("SELECT pg_sleep(10)"));
+    let fatal = error("FATAL");
+    let mut out = Vec::new();
+    assert_eq!(
+        r.on_backend_data(&fatal, &mut out).unwrap(),
+        (fatal.len(), BackendStop::Fatal)
+    );
+    assert_eq!(out, fatal);
+}
+
+#[test]
+fn parameter_status_is_forwarded_and_located() {
+    let mut r = Relay::new(MAX);
+    client(&mut r, &query("SET TimeZone = 'UTC'"));
+    let ps = msg(b'S', b"TimeZone\0UTC\0");
+    let reply = cat(&[complete("SET"), ps.clone(), rfq(b'I')]);
+    let mut out = Vec::new();
+    let (n, stop) = r.on_backend_data(&reply, &mut out).unwrap();
+    let start = complete("SET").len() + 5;
+    assert_eq!(stop, BackendStop::ParameterStatus { start, end: n });
+    assert_eq!(&reply[start..n], b"TimeZone\0UTC\0");
+    let (_, stop) = r.on_backend_data(&reply[n..], &mut out).unwrap();
+    assert_eq!(stop, BackendStop::Idle);
+    assert_eq!(out, reply);
+}
+
+#[test]
+fn swallowed_requests_produce_no_client_output() {
+    let mut r = Relay::new(MAX);
+    r.expect(Expect::Cycle, Route::Swallow);
+    let reply = cat(&[
+        msg(b'N', b"SWARNING\0C25P01\0Mno transaction\0\0"),
+        complete("ROLLBACK"),
+        rfq(b'I'),
+    ]);
+    let mut out = Vec::new();
+    assert_eq!(backend(&mut r, &reply, &mut out).1, BackendStop::Idle);
+    assert!(out.is_empty());
+}
+
+#[test]
+fn pipeline_depth_is_bounded() {
+    let mut r = Relay::new(MAX);
+    let one = sync();
+    let many: Vec<u8> = one
+        .iter()
+        .copied()
+        .cycle()
+        .take(one.len() * (MAX_PIPELINE + 10))
+        .collect();
+    let mut out = Vec::new();
+    let (n, stop) = r.on_client_data(&many, &mut out).unwrap();
+    assert_eq!(stop, ClientStop::PipelineFull);
+    assert_eq!(n, one.len() * MAX_PIPELINE);
+}
+
+#[test]
+fn absurd_lengths_are_rejected_before_buffering() {
+    let mut r = Relay::new(MAX);
+    let mut bad = vec![b'Q'];
+    bad.extend_from_slice(&u32::MAX.to_be_bytes());
+    assert!(matches!(
+        r.on_client_data(&bad, &mut Vec::new()),
+        Err(RelayError::Framing(_))
+    ));
+    let mut short = vec![b'Q'];
+    short.extend_from_slice(&3u32.to_be_bytes());
+    assert!(r.on_client_data(&short, &mut Vec::new()).is_err());
+}

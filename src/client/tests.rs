@@ -1,0 +1,545 @@
+//! Scenarios for the client session state machine, driven byte by byte like the reactor does.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::users::{DbEntry, UserEntry, UserTable};
+use super::*;
+use crate::auth::{
+    ClientChannelBinding, FixedRng, OsRng, ScramClient, ScramVerifier, md5_password,
+};
+use crate::protocol::backend::{Authentication, BackendMessage};
+use crate::protocol::framing::Frames;
+use crate::protocol::frontend;
+use crate::protocol::startup::{cancel_request, ssl_request, startup_message};
+
+const PASSWORD: &str = "secret";
+
+fn users() -> UserTable {
+    let mut rng = FixedRng::new(vec![7u8; 64]);
+    let entry = UserEntry {
+        name: "alice".into(),
+        password: PASSWORD.into(),
+        scram: ScramVerifier::generate(PASSWORD.as_bytes(), 4096, &mut rng),
+        pool: 0,
+    };
+    let mut db = DbEntry::default();
+    db.users.insert("alice".into(), Arc::new(entry));
+    UserTable {
+        databases: HashMap::from([("db".to_owned(), db)]),
+        scram_iterations: 4096,
+        mock_secret: [9; 32],
+    }
+}
+
+fn config(auth_method: AuthMethod, tls: ClientTls) -> SessionConfig {
+    SessionConfig {
+        auth_method,
+        tls,
+        channel_binding: Some(vec![1; 32]),
+        max_message_len: 1 << 20,
+    }
+}
+
+/// A session plus everything the reactor would give it.
+struct Harness {
+    session: Session,
+    config: SessionConfig,
+    users: UserTable,
+    params: Option<Arc<ParamList>>,
+    /// Unconsumed client input.
+    input: Vec<u8>,
+    to_client: Vec<u8>,
+    to_backend: Vec<u8>,
+    actions: Vec<Action>,
+}
+
+impl Harness {
+    fn new(auth_method: AuthMethod, tls: ClientTls) -> Harness {
+        Harness {
+            session: Session::new(CancelKey::new(42, [5; 32], 32), 1 << 20),
+            config: config(auth_method, tls),
+            users: users(),
+            params: Some(Arc::new(vec![
+                ("server_version".into(), "15.4".into()),
+                ("application_name".into(), String::new()),
+            ])),
+            input: Vec::new(),
+            to_client: Vec::new(),
+            to_backend: Vec::new(),
+            actions: Vec::new(),
+        }
+    }
+
+    /// Calls a session method with this harness's outputs.
+    fn call<R>(&mut self, f: impl FnOnce(&mut Session, &mut Out<'_>) -> R) -> R {
+        let mut out = Out {
+            to_client: &mut self.to_client,
+            to_backend: &mut self.to_backend,
+            actions: &mut self.actions,
+        };
+        f(&mut self.session, &mut out)
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.input.extend_from_slice(bytes);
+        let params = self.params.clone();
+        let lookup = move |_| params.clone();
+        let mut rng = OsRng;
+        let mut env = Env {
+            config: &self.config,
+            users: &self.users,
+            rng: &mut rng,
+            server_params: &lookup,
+        };
+        let mut out = Out {
+            to_client: &mut self.to_client,
+            to_backend: &mut self.to_backend,
+            actions: &mut self.actions,
+        };
+        let n = self.session.on_client_data(&self.input, &mut env, &mut out);
+        self.input.drain(..n);
+    }
+
+    fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    /// Backend messages sent to the client so far (tags), consuming them.
+    fn client_tags(&mut self) -> Vec<u8> {
+        let bytes = std::mem::take(&mut self.to_client);
+        Frames::new(&bytes, 1 << 20)
+            .map(|f| f.unwrap().tag)
+            .collect()
+    }
+
+    fn client_error(&mut self) -> (String, String, String) {
+        let bytes = std::mem::take(&mut self.to_client);
+        for frame in Frames::new(&bytes, 1 << 20) {
+            let frame = frame.unwrap();
+            if let Ok(BackendMessage::ErrorResponse(e)) = frame.backend() {
+                let s =
+                    |b: Option<&[u8]>| String::from_utf8_lossy(b.unwrap_or_default()).into_owned();
+                return (s(e.severity()), s(e.code()), s(e.message()));
+            }
+        }
+        panic!("no ErrorResponse in {bytes:?}");
+    }
+
+    fn startup(&mut self, user: &str, database: &str) {
+        let mut m = Vec::new();
+        startup_message(
+            &mut m,
+            ProtocolVersion::V3_0,
+            &[
+                (b"user", user.as_bytes()),
+                (b"database", database.as_bytes()),
+            ],
+        );
+        self.send(&m);
+    }
+
+    /// Runs a SCRAM login for `user` with `password`.
+    fn scram_login(&mut self, user: &str, password: &str) {
+        self.startup(user, "db");
+        let bytes = std::mem::take(&mut self.to_client);
+        let frame = Frames::new(&bytes, 1 << 20).next().unwrap().unwrap();
+        assert!(matches!(
+            frame.backend().unwrap(),
+            BackendMessage::Authentication(Authentication::Sasl(_))
+        ));
+        let mut client = ScramClient::new(
+            password.as_bytes(),
+            ClientChannelBinding::Unsupported,
+            &mut OsRng,
+        );
+        let mut m = Vec::new();
+        frontend::sasl_initial_response(&mut m, b"SCRAM-SHA-256", Some(&client.client_first()));
+        self.send(&m);
+        let bytes = std::mem::take(&mut self.to_client);
+        let Some(Ok(frame)) = Frames::new(&bytes, 1 << 20).next() else {
+            panic!("no server-first");
+        };
+        let BackendMessage::Authentication(Authentication::SaslContinue { data }) =
+            frame.backend().unwrap()
+        else {
+            self.to_client = bytes;
+            return;
+        };
+        let last = client.on_server_first(data).unwrap();
+        let mut m = Vec::new();
+        frontend::sasl_response(&mut m, &last);
+        self.send(&m);
+    }
+
+    fn logged_in(auth: AuthMethod) -> Harness {
+        let mut h = Harness::new(auth, ClientTls::Optional);
+        h.scram_login("alice", PASSWORD);
+        assert!(h.session.is_logged_in(), "{:?}", h.session);
+        h.to_client.clear();
+        h.take_actions();
+        h
+    }
+}
+
+fn query(sql: &str) -> Vec<u8> {
+    let mut m = Vec::new();
+    frontend::query(&mut m, sql.as_bytes());
+    m
+}
+
+#[test]
+fn scram_login_sends_parameters_key_and_ready() {
+    let mut h = Harness::new(AuthMethod::Scram, ClientTls::Optional);
+    h.scram_login("alice", PASSWORD);
+    // SASLFinal, AuthenticationOk, 2 ParameterStatus, BackendKeyData, ReadyForQuery.
+    assert_eq!(h.client_tags(), b"RRSSKZ");
+    assert_eq!(h.take_actions(), vec![Action::LoggedIn]);
+}
+
+#[test]
+fn first_login_of_a_pool_waits_for_server_parameters() {
+    let mut h = Harness::new(AuthMethod::Scram, ClientTls::Optional);
+    h.params = None;
+    h.scram_login("alice", PASSWORD);
+    assert_eq!(h.client_tags(), b"RR");
+    assert_eq!(h.take_actions(), vec![Action::Acquire]);
+    let params = vec![("server_version".to_owned(), "15.4".to_owned())];
+    h.call(|s, out| s.on_backend_attached(&params, out));
+    assert_eq!(h.client_tags(), b"SKZ");
+    assert_eq!(h.take_actions(), vec![Action::LoggedIn, Action::Release]);
+}
+
+#[test]
+fn client_startup_values_override_reported_parameters() {
+    let mut h = Harness::new(AuthMethod::Md5, ClientTls::Optional);
+    let mut m = Vec::new();
+    startup_message(
+        &mut m,
+        ProtocolVersion::V3_0,
+        &[
+            (b"user", b"alice"),
+            (b"database", b"db"),
+            (b"application_name", b"psql"),
+        ],
+    );
+    h.send(&m);
+    let bytes = std::mem::take(&mut h.to_client);
+    let frame = Frames::new(&bytes, 1 << 20).next().unwrap().unwrap();
+    let BackendMessage::Authentication(Authentication::Md5Password { salt }) =
+        frame.backend().unwrap()
+    else {
+        panic!("expected md5 request");
+    };
+    let mut m = Vec::new();
+    frontend::password(&mut m, &md5_password(b"alice", PASSWORD.as_bytes(), salt));
+    h.send(&m);
+    let bytes = std::mem::take(&mut h.to_client);
+    let app = Frames::new(&bytes, 1 << 20)
+        .filter_map(|f| match f.unwrap().backend() {
+            Ok(BackendMessage::ParameterStatus(p)) if p.name == b"application_name" => {
+                Some(p.value.to_vec())
+            }
+            _ => None,
+        })
+        .next();
+    assert_eq!(app.as_deref(), Some(&b"psql"[..]));
+}
+
+#[test]
+fn wrong_password_and_unknown_user_fail_the_same_way() {
+    for (user, password) in [("alice", "wrong"), ("mallory", PASSWORD)] {
+        let mut h = Harness::new(AuthMethod::Scram, ClientTls::Optional);
+        h.scram_login(user, password);
+        let (severity, code, message) = h.client_error();
+        assert_eq!((severity.as_str(), code.as_str()), ("FATAL", "28P01"));
+        assert_eq!(
+            message,
+            format!("pglink: password authentication failed for user \"{user}\"")
+        );
+        assert!(h.take_actions().contains(&Action::Close));
+    }
+}
+
+#[test]
+fn md5_unknown_user_is_asked_for_a_password_then_refused() {
+    let mut h = Harness::new(AuthMethod::Md5, ClientTls::Optional);
+    h.startup("mallory", "db");
+    assert_eq!(h.client_tags(), b"R");
+    let mut m = Vec::new();
+    frontend::password(&mut m, b"md5whatever");
+    h.send(&m);
+    assert_eq!(h.client_error().1, "28P01");
+}
+
+#[test]
+fn unknown_database_is_3d000() {
+    let mut h = Harness::new(AuthMethod::Scram, ClientTls::Optional);
+    h.startup("alice", "nope");
+    let (severity, code, message) = h.client_error();
+    assert_eq!((severity.as_str(), code.as_str()), ("FATAL", "3D000"));
+    assert!(message.contains("\"nope\""), "{message}");
+}
+
+#[test]
+fn plaintext_needs_tls() {
+    let mut h = Harness::new(AuthMethod::Plaintext, ClientTls::Optional);
+    h.startup("alice", "db");
+    assert_eq!(h.client_error().1, "28000");
+}
+
+#[test]
+fn tls_required_refuses_plaintext_startup() {
+    let mut h = Harness::new(AuthMethod::Scram, ClientTls::Required);
+    h.startup("alice", "db");
+    assert_eq!(h.client_error().1, "28000");
+}
+
+#[test]
+fn ssl_request_is_accepted_and_unencrypted_data_after_it_is_refused() {
+    let mut h = Harness::new(AuthMethod::Scram, ClientTls::Optional);
+    let mut m = Vec::new();
+    ssl_request(&mut m);
+    h.send(&m);
+    assert_eq!(h.to_client, b"S");
+    assert_eq!(h.take_actions(), vec![Action::StartTls { direct: false }]);
+
+    let mut h = Harness::new(AuthMethod::Scram, ClientTls::Optional);
+    let mut m = Vec::new();
+    ssl_request(&mut m);
+    m.extend_from_slice(&query("SELECT 1"));
+    h.send(&m);
+    assert_eq!(h.client_error().1, "08P01");
+
+    let mut h = Harness::new(AuthMethod::Scram, ClientTls::Disabled);
+    let mut m = Vec::new();
+    ssl_request(&mut m);
+    h.send(&m);
+    assert_eq!(h.to_client, b"N");
+}
+
+#[test]
+fn direct_tls_client_hello_starts_tls_without_consuming() {
+    let mut h = Harness::new(AuthMethod::Scram, ClientTls::Optional);
+    h.send(&[0x16, 0x03, 0x01, 0x00, 0x10]);
+    assert_eq!(h.take_actions(), vec![Action::StartTls { direct: true }]);
+    assert_eq!(h.input.len(), 5, "the ClientHello stays for the TLS layer");
+    h.call(|s, out| s.on_tls_established(true, false, out));
+    assert_eq!(
+        h.client_error().1,
+        "08P01",
+        "direct TLS needs ALPN postgresql"
+    );
+}
+
+#[test]
+fn cancel_request_is_reported_and_closes() {
+    let mut h = Harness::new(AuthMethod::Scram, ClientTls::Optional);
+    let mut m = Vec::new();
+    cancel_request(&mut m, 77, &[1, 2, 3, 4]);
+    h.send(&m);
+    let actions = h.take_actions();
+    assert_eq!(actions.len(), 2);
+    let Action::Cancel(key) = &actions[0] else {
+        panic!("{actions:?}");
+    };
+    assert_eq!((key.pid, key.secret()), (77, &[1u8, 2, 3, 4][..]));
+    assert_eq!(actions[1], Action::Close);
+    assert!(h.to_client.is_empty(), "cancel requests get no answer");
+}
+
+#[test]
+fn newer_protocol_minor_is_negotiated_down_and_gets_a_long_key() {
+    let mut h = Harness::new(AuthMethod::Scram, ClientTls::Optional);
+    let mut m = Vec::new();
+    startup_message(
+        &mut m,
+        ProtocolVersion { major: 3, minor: 9 },
+        &[
+            (b"user", b"alice"),
+            (b"database", b"db"),
+            (b"_pq_.foo", b"1"),
+        ],
+    );
+    h.send(&m);
+    let bytes = std::mem::take(&mut h.to_client);
+    let first = Frames::new(&bytes, 1 << 20).next().unwrap().unwrap();
+    let BackendMessage::NegotiateProtocolVersion(n) = first.backend().unwrap() else {
+        panic!("expected NegotiateProtocolVersion");
+    };
+    assert_eq!(n.newest_minor, 2);
+    assert_eq!(
+        n.unrecognized_options().collect::<Vec<_>>(),
+        vec![&b"_pq_.foo"[..]]
+    );
+    assert_eq!(h.session.cancel_key().secret().len(), 32);
+
+    let mut old = Harness::new(AuthMethod::Scram, ClientTls::Optional);
+    old.startup("alice", "db");
+    assert_eq!(
+        old.session.cancel_key().secret().len(),
+        4,
+        "3.0 keys are 4 bytes"
+    );
+    assert!(!old.client_tags().contains(&b'v'));
+}
+
+#[test]
+fn unsupported_major_version_is_refused() {
+    let mut h = Harness::new(AuthMethod::Scram, ClientTls::Optional);
+    let mut m = Vec::new();
+    startup_message(
+        &mut m,
+        ProtocolVersion { major: 2, minor: 0 },
+        &[(b"user", b"alice")],
+    );
+    h.send(&m);
+    assert_eq!(h.client_error().1, "0A000");
+}
+
+#[test]
+fn garbage_startup_is_a_protocol_violation() {
+    let mut h = Harness::new(AuthMethod::Scram, ClientTls::Optional);
+    h.send(&[0, 0, 0, 3, 1, 2, 3, 4]);
+    assert_eq!(h.client_error().1, "08P01");
+    let mut h = Harness::new(AuthMethod::Scram, ClientTls::Optional);
+    h.send(&[0x7f, 0xff, 0xff, 0xff]);
+    assert_eq!(h.client_error().1, "08P01");
+}
+
+#[test]
+fn query_while_idle_waits_for_a_backend_then_flows() {
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    let q = query("SELECT 1");
+    h.send(&q);
+    assert_eq!(h.take_actions(), vec![Action::Acquire]);
+    assert_eq!(h.input, q, "the message waits unconsumed");
+    assert!(h.session.is_acquiring());
+    h.call(|s, out| s.on_backend_attached(&Vec::new(), out));
+    assert!(h.session.holds_backend());
+    h.send(&[]);
+    assert_eq!(h.to_backend, q);
+    let mut reply = Vec::new();
+    crate::protocol::backend::command_complete(&mut reply, b"SELECT 1");
+    crate::protocol::backend::ready_for_query(&mut reply, TransactionStatus::Idle);
+    let n = h.call(|s, out| s.on_backend_data(&reply, out));
+    assert_eq!(n, reply.len());
+    assert_eq!(h.take_actions(), vec![Action::Release]);
+    assert_eq!(h.to_client, reply);
+    assert!(!h.session.holds_backend());
+}
+
+#[test]
+fn acquire_timeout_on_a_simple_query_is_an_error_and_the_session_goes_on() {
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    h.send(&query("SELECT 1"));
+    h.take_actions();
+    let error = AcquireError::Timeout {
+        database: "db".into(),
+        pool_size: 5,
+        waited_ms: 1000,
+    };
+    h.call(|s, out| s.on_acquire_failed(error, out));
+    h.send(&[]);
+    let bytes = h.to_client.clone();
+    let (severity, code, message) = h.client_error();
+    assert_eq!((severity.as_str(), code.as_str()), ("ERROR", "53300"));
+    assert!(
+        message.contains("\"db\"") && message.contains("pool_max_conns 5"),
+        "{message}"
+    );
+    assert_eq!(bytes.last(), Some(&b'I'), "ReadyForQuery follows");
+    assert!(h.input.is_empty());
+    assert!(h.session.is_logged_in());
+    h.send(&query("SELECT 2"));
+    assert_eq!(h.take_actions(), vec![Action::Acquire]);
+}
+
+#[test]
+fn acquire_failure_in_extended_protocol_skips_to_sync() {
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    let mut batch = Vec::new();
+    frontend::parse(&mut batch, b"", b"SELECT 1", &[]);
+    frontend::bind(&mut batch, b"", b"", &[], [], &[]);
+    frontend::execute(&mut batch, b"", 0);
+    h.send(&batch);
+    h.take_actions();
+    let error = AcquireError::Server {
+        code: SqlState::CONNECTION_FAILURE,
+        message: "cannot connect".into(),
+    };
+    h.call(|s, out| s.on_acquire_failed(error, out));
+    h.send(&[]);
+    assert_eq!(h.client_tags(), b"E");
+    assert!(h.input.is_empty(), "Bind and Execute are dropped");
+    let mut sync = Vec::new();
+    frontend::sync(&mut sync);
+    h.send(&sync);
+    assert_eq!(h.client_tags(), b"Z");
+    assert!(
+        h.take_actions().is_empty(),
+        "no backend needed for the Sync"
+    );
+}
+
+#[test]
+fn lone_sync_and_flush_are_answered_locally() {
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    let mut m = Vec::new();
+    frontend::flush(&mut m);
+    frontend::sync(&mut m);
+    h.send(&m);
+    assert_eq!(h.client_tags(), b"Z");
+    assert!(h.take_actions().is_empty());
+}
+
+#[test]
+fn backend_loss_mid_transaction_is_fatal_08006() {
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    h.send(&query("BEGIN"));
+    h.call(|s, out| s.on_backend_attached(&Vec::new(), out));
+    h.send(&[]);
+    h.take_actions();
+    h.call(|s, out| s.on_backend_lost(out));
+    assert_eq!(h.client_error().1, "08006");
+    assert_eq!(h.take_actions(), vec![Action::DropBackend, Action::Close]);
+}
+
+#[test]
+fn detach_decides_the_backend_fate() {
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    h.send(&query("BEGIN"));
+    h.call(|s, out| s.on_backend_attached(&Vec::new(), out));
+    h.send(&[]);
+    assert!(matches!(h.session.detach(), Some(BackendFate::Reset(_))));
+
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    let q = query("SELECT 'a long query'");
+    h.send(&q[..6]);
+    assert_eq!(h.take_actions(), vec![Action::Acquire]);
+    h.call(|s, out| s.on_backend_attached(&Vec::new(), out));
+    h.send(&[]);
+    assert_eq!(h.to_backend, &q[..6], "the known part is streamed on");
+    assert!(
+        matches!(h.session.detach(), Some(BackendFate::Drop)),
+        "half a message was sent"
+    );
+}
+
+#[test]
+fn login_timeout_is_fatal() {
+    let mut h = Harness::new(AuthMethod::Scram, ClientTls::Optional);
+    h.startup("alice", "db");
+    h.to_client.clear();
+    h.call(|s, out| s.on_login_timeout(out));
+    assert_eq!(h.client_error().1, "57014");
+}
+
+#[test]
+fn terminate_while_idle_closes_without_a_backend() {
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    let mut m = Vec::new();
+    frontend::terminate(&mut m);
+    h.send(&m);
+    assert_eq!(h.take_actions(), vec![Action::Close]);
+}

@@ -1,0 +1,305 @@
+//! Pool state shared between reactors.
+//!
+//! Each reactor keeps its own idle backends and waiting clients per pool (see
+//! `reactor::pool`); what must be global lives here, as atomics:
+//! - the number of open (or opening) backends per database, which enforces `pool_max_conns`
+//!   exactly across users and reactors (a slot is reserved with a compare-and-swap before a
+//!   connection attempt starts and given back when the backend closes);
+//! - per pool and per reactor, how many backends are idle and how many clients wait, so a
+//!   reactor with a waiter can ask the one holding an idle backend to hand it over, and a
+//!   reactor releasing a backend can send it where a client waits;
+//! - the current credentials (secrets rotate) and the server parameters learnt from the first
+//!   backend that logged in.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use crate::backend::Target;
+use crate::client::ParamList;
+use crate::client::users::{DbId, PoolId};
+
+/// Pool settings of one database.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_conns: usize,
+    pub min_idle: usize,
+    pub acquire_timeout: Duration,
+    pub max_lifetime: Option<Duration>,
+    pub lifetime_jitter: Option<Duration>,
+    pub max_idle_time: Option<Duration>,
+    pub health_check_period: Option<Duration>,
+}
+
+/// One configured database.
+#[derive(Debug)]
+pub struct Database {
+    pub id: DbId,
+    pub name: String,
+    pub settings: PoolSettings,
+    pub target: Arc<Target>,
+    /// Backends open or being opened for this database, across users and reactors.
+    open: AtomicUsize,
+    /// Pools of this database.
+    pub pools: Vec<PoolId>,
+}
+
+impl Database {
+    pub fn new(id: DbId, name: String, settings: PoolSettings, target: Arc<Target>) -> Database {
+        Database {
+            id,
+            name,
+            settings,
+            target,
+            open: AtomicUsize::new(0),
+            pools: Vec::new(),
+        }
+    }
+
+    /// Reserves a connection slot if the database is below `pool_max_conns`.
+    pub fn try_reserve(&self) -> bool {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.settings.max_conns).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives a slot back (the backend closed or its connection attempt failed).
+    pub fn release_slot(&self) {
+        let prev = self.open.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(prev > 0, "connection slot released twice");
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
+/// User name and password a pool logs in with.
+#[derive(Clone)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// One (database, user) pool.
+#[derive(Debug)]
+pub struct Pool {
+    pub id: PoolId,
+    pub db: DbId,
+    credentials: RwLock<Arc<Credentials>>,
+    /// Bumped when the credentials change; backends logged in with older ones are closed.
+    credentials_version: AtomicU64,
+    params: RwLock<Option<Arc<ParamList>>>,
+    /// Backends of this pool open or opening (all reactors).
+    open: AtomicUsize,
+    idle: Box<[AtomicU32]>,
+    waiting: Box<[AtomicU32]>,
+}
+
+impl Pool {
+    pub fn new(id: PoolId, db: DbId, credentials: Credentials, reactors: usize) -> Pool {
+        let counters = || (0..reactors).map(|_| AtomicU32::new(0)).collect();
+        Pool {
+            id,
+            db,
+            credentials: RwLock::new(Arc::new(credentials)),
+            credentials_version: AtomicU64::new(0),
+            params: RwLock::new(None),
+            open: AtomicUsize::new(0),
+            idle: counters(),
+            waiting: counters(),
+        }
+    }
+
+    pub fn credentials(&self) -> (Arc<Credentials>, u64) {
+        let creds = self
+            .credentials
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        (creds, self.credentials_version.load(Ordering::Acquire))
+    }
+
+    /// Replaces the credentials (secret rotation); returns whether they changed.
+    pub fn set_credentials(&self, new: Credentials) -> bool {
+        let mut slot = self
+            .credentials
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot.user == new.user && slot.password == new.password {
+            return false;
+        }
+        *slot = Arc::new(new);
+        self.credentials_version.fetch_add(1, Ordering::AcqRel);
+        true
+    }
+
+    pub fn credentials_version(&self) -> u64 {
+        self.credentials_version.load(Ordering::Acquire)
+    }
+
+    pub fn params(&self) -> Option<Arc<ParamList>> {
+        self.params
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Records parameters from a freshly logged-in backend (the first one wins; later ones
+    /// refresh values such as server_version after a server upgrade).
+    pub fn set_params(&self, params: Arc<ParamList>) {
+        *self
+            .params
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(params);
+    }
+
+    pub fn opened(&self) {
+        self.open.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn closed(&self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    pub fn set_idle(&self, reactor: usize, n: usize) {
+        if let Some(c) = self.idle.get(reactor) {
+            c.store(u32::try_from(n).unwrap_or(u32::MAX), Ordering::Release);
+        }
+    }
+
+    pub fn set_waiting(&self, reactor: usize, n: usize) {
+        if let Some(c) = self.waiting.get(reactor) {
+            c.store(u32::try_from(n).unwrap_or(u32::MAX), Ordering::Release);
+        }
+    }
+
+    /// Another reactor with an idle backend of this pool, preferring the fullest.
+    pub fn reactor_with_idle(&self, except: usize) -> Option<usize> {
+        self.busiest(&self.idle, except)
+    }
+
+    /// Another reactor with clients waiting for this pool, preferring the longest queue.
+    pub fn reactor_with_waiters(&self, except: usize) -> Option<usize> {
+        self.busiest(&self.waiting, except)
+    }
+
+    pub fn total_idle(&self) -> usize {
+        self.idle
+            .iter()
+            .map(|c| c.load(Ordering::Acquire) as usize)
+            .sum()
+    }
+
+    pub fn total_waiting(&self) -> usize {
+        self.waiting
+            .iter()
+            .map(|c| c.load(Ordering::Acquire) as usize)
+            .sum()
+    }
+
+    fn busiest(&self, counters: &[AtomicU32], except: usize) -> Option<usize> {
+        counters
+            .iter()
+            .enumerate()
+            .filter(|&(i, c)| i != except && c.load(Ordering::Acquire) > 0)
+            .max_by_key(|(_, c)| c.load(Ordering::Acquire))
+            .map(|(i, _)| i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db(max: usize) -> Database {
+        let settings = PoolSettings {
+            max_conns: max,
+            min_idle: 0,
+            acquire_timeout: Duration::from_secs(1),
+            max_lifetime: None,
+            lifetime_jitter: None,
+            max_idle_time: None,
+            health_check_period: None,
+        };
+        Database::new(0, "db".into(), settings, Arc::new(Target::for_tests()))
+    }
+
+    #[test]
+    fn capacity_is_exact_across_threads() {
+        let db = Arc::new(db(5));
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let db = db.clone();
+                std::thread::spawn(move || (0..1000).filter(|_| db.try_reserve()).count())
+            })
+            .collect();
+        let reserved: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        assert_eq!(reserved, 5);
+        assert_eq!(db.open_count(), 5);
+        db.release_slot();
+        assert!(db.try_reserve());
+        assert!(!db.try_reserve());
+    }
+
+    #[test]
+    fn finds_other_reactors_with_idle_or_waiters() {
+        let pool = Pool::new(
+            0,
+            0,
+            Credentials {
+                user: "u".into(),
+                password: "p".into(),
+            },
+            3,
+        );
+        assert_eq!(pool.reactor_with_idle(0), None);
+        pool.set_idle(0, 4);
+        pool.set_idle(2, 1);
+        assert_eq!(pool.reactor_with_idle(0), Some(2));
+        assert_eq!(pool.reactor_with_idle(1), Some(0));
+        pool.set_waiting(1, 2);
+        assert_eq!(pool.reactor_with_waiters(0), Some(1));
+        assert_eq!(pool.reactor_with_waiters(1), None);
+        assert_eq!(pool.total_idle(), 5);
+    }
+
+    #[test]
+    fn credential_changes_bump_the_version() {
+        let pool = Pool::new(
+            0,
+            0,
+            Credentials {
+                user: "u".into(),
+                password: "a".into(),
+            },
+            1,
+        );
+        assert!(!pool.set_credentials(Credentials {
+            user: "u".into(),
+            password: "a".into()
+        }));
+        assert_eq!(pool.credentials_version(), 0);
+        assert!(pool.set_credentials(Credentials {
+            user: "u".into(),
+            password: "b".into()
+        }));
+        assert_eq!(pool.credentials_version(), 1);
+        assert_eq!(pool.credentials().0.password, "b");
+    }
+}

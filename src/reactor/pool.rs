@@ -1,0 +1,364 @@
+//! The reactor's share of each pool: its idle backends (most recently used first) and its
+//! waiting clients (first come, first served), plus the decisions that keep them matched.
+//!
+//! Where a backend goes when it becomes free: a local waiter, else a reactor whose clients
+//! wait (handed over through the channel), else the local idle stack. Where a waiter's
+//! backend comes from: the local idle stack, else an idle backend on another reactor (asked
+//! for with `WantBackend`), else a new connection if the database is below `pool_max_conns`,
+//! else a connection made by closing another user's idle backend of the same database.
+
+use std::collections::VecDeque;
+
+use super::backend::State;
+use super::timer::Timer;
+use super::token::{Kind, Tok};
+use super::{Msg, Reactor};
+use crate::auth::SaltedKeyCache;
+use crate::client::AcquireError;
+use crate::client::users::PoolId;
+
+pub(super) struct Shard {
+    /// Idle backends (slab indexes), most recently used last.
+    pub idle: Vec<usize>,
+    /// Waiting clients, oldest first.
+    pub waiters: VecDeque<Tok>,
+    /// Connections being opened by this reactor.
+    pub connecting: usize,
+    /// A `WantBackend` is out; don't ask again until it is answered.
+    pub steal_pending: bool,
+    /// SCRAM keys derived from this pool's password (PBKDF2 once, not per connection).
+    pub salted_keys: SaltedKeyCache,
+}
+
+impl Default for Shard {
+    fn default() -> Shard {
+        Shard {
+            idle: Vec::new(),
+            waiters: VecDeque::new(),
+            connecting: 0,
+            steal_pending: false,
+            salted_keys: SaltedKeyCache::new(4),
+        }
+    }
+}
+
+impl Reactor {
+    fn publish(&self, pool: PoolId) {
+        if let (Some(p), Some(s)) = (self.shared.pools.get(pool), self.shards.get(pool)) {
+            p.set_idle(self.id, s.idle.len());
+            p.set_waiting(self.id, s.waiters.len());
+        }
+    }
+
+    /// A client needs a backend from its pool.
+    pub(super) fn acquire(&mut self, ci: usize) {
+        let Some(c) = self.clients.get(ci) else {
+            return;
+        };
+        let Some(pool) = c.session.pool() else {
+            return;
+        };
+        if self.shared.is_stopping() {
+            return self.fail_acquire(ci, AcquireError::ShuttingDown);
+        }
+        if let Some(bi) = self.take_idle(pool) {
+            return self.attach(ci, bi);
+        }
+        let timeout = self
+            .shared
+            .pools
+            .get(pool)
+            .and_then(|p| self.shared.databases.get(p.db))
+            .map_or(std::time::Duration::from_secs(1), |d| {
+                d.settings.acquire_timeout
+            });
+        let deadline = self.now + timeout;
+        let Some(c) = self.clients.get_mut(ci) else {
+            return;
+        };
+        c.acquire_deadline = Some(deadline);
+        let tok = Tok::new(Kind::Client, ci, c.generation);
+        if let Some(shard) = self.shards.get_mut(pool) {
+            shard.waiters.push_back(tok);
+        }
+        self.publish(pool);
+        self.timers.add(deadline, Timer::AcquireTimeout(tok.into()));
+        self.grow(pool);
+    }
+
+    /// Lends backend `bi` to client `ci`.
+    fn attach(&mut self, ci: usize, bi: usize) {
+        let (Some(c), Some(b)) = (self.clients.get_mut(ci), self.backends.get_mut(bi)) else {
+            return;
+        };
+        b.state = State::Lent(ci);
+        b.last_used = self.now;
+        c.backend = Some(bi);
+        c.acquire_deadline = None;
+        let params = b.params.clone();
+        let (ctok, btok) = (
+            Tok::new(Kind::Client, ci, c.generation),
+            Tok::new(Kind::Backend, bi, b.generation),
+        );
+        self.with_session(ci, |s, _, _, out| s.on_backend_attached(&params, out));
+        self.scratch.ready.push(ctok);
+        self.scratch.ready.push(btok);
+        self.run_actions();
+    }
+
+    /// Pops a usable idle backend of `pool`.
+    pub(super) fn take_idle(&mut self, pool: PoolId) -> Option<usize> {
+        let found = loop {
+            let bi = self.shards.get_mut(pool)?.idle.pop()?;
+            if self
+                .backends
+                .get(bi)
+                .is_some_and(|b| b.pool == pool && matches!(b.state, State::Idle))
+            {
+                break Some(bi);
+            }
+        };
+        self.publish(pool);
+        found
+    }
+
+    pub(super) fn forget_idle(&mut self, pool: PoolId, bi: usize) {
+        if let Some(shard) = self.shards.get_mut(pool) {
+            shard.idle.retain(|&i| i != bi);
+        }
+        self.publish(pool);
+    }
+
+    pub(super) fn remove_waiter(&mut self, pool: PoolId, tok: Tok) {
+        if let Some(shard) = self.shards.get_mut(pool) {
+            shard.waiters.retain(|&t| t != tok);
+        }
+        self.publish(pool);
+    }
+
+    pub(super) fn take_waiters(&mut self, pool: PoolId) -> Vec<Tok> {
+        let waiters = self
+            .shards
+            .get_mut(pool)
+            .map(|s| s.waiters.drain(..).collect())
+            .unwrap_or_default();
+        self.publish(pool);
+        waiters
+    }
+
+    /// Backend `bi` is free (logged in, released, cleaned up, or handed over).
+    pub(super) fn backend_available(&mut self, bi: usize) {
+        let Some(b) = self.backends.get_mut(bi) else {
+            return;
+        };
+        let pool = b.pool;
+        if b.cancel_in_flight {
+            // Not lendable until the cancel is delivered: it must not hit the next client.
+            b.state = State::Parked;
+            return;
+        }
+        b.state = State::Idle;
+        let stale = self
+            .shared
+            .pools
+            .get(pool)
+            .is_some_and(|p| b.credentials_version != p.credentials_version())
+            || b.expires.is_some_and(|at| at <= self.now)
+            || self.shared.is_stopping();
+        if stale {
+            return self.close_backend(bi, "expired or credentials changed");
+        }
+        while let Some(tok) = self
+            .shards
+            .get_mut(pool)
+            .and_then(|s| s.waiters.pop_front())
+        {
+            let waiting = self.clients.get(tok.index()).is_some_and(|c| {
+                c.generation == tok.generation && c.session.is_acquiring() && c.backend.is_none()
+            });
+            if waiting {
+                self.publish(pool);
+                return self.attach(tok.index(), bi);
+            }
+        }
+        self.publish(pool);
+        if let Some(r) = self
+            .shared
+            .pools
+            .get(pool)
+            .and_then(|p| p.reactor_with_waiters(self.id))
+            && self.hand_over(bi, r)
+        {
+            return;
+        }
+        if let Some(shard) = self.shards.get_mut(pool) {
+            shard.idle.push(bi);
+        }
+        self.publish(pool);
+    }
+
+    /// Moves an idle backend to reactor `to`. On failure it stays here.
+    fn hand_over(&mut self, bi: usize, to: usize) -> bool {
+        let Some(handle) = self.shared.reactor(to).cloned() else {
+            return false;
+        };
+        let Some(mut b) = self.backends.try_remove(bi) else {
+            return false;
+        };
+        let _ = self.poll.registry().deregister(&mut b.stream.sock);
+        match handle.send(Msg::Backend(Box::new(b))) {
+            Ok(()) => true,
+            Err(Msg::Backend(b)) => {
+                self.adopt_backend(b);
+                true
+            }
+            Err(_) => true,
+        }
+    }
+
+    /// Another reactor wants an idle backend of `pool`.
+    pub(super) fn give_idle_backend(&mut self, pool: PoolId, from: usize) {
+        match self.take_idle(pool) {
+            Some(bi) => {
+                if !self.hand_over(bi, from) {
+                    self.backend_available(bi);
+                }
+            }
+            None => {
+                if let Some(h) = self.shared.reactor(from) {
+                    let _ = h.send(Msg::NoBackend { pool });
+                }
+            }
+        }
+    }
+
+    pub(super) fn steal_failed(&mut self, pool: PoolId) {
+        if let Some(shard) = self.shards.get_mut(pool) {
+            shard.steal_pending = false;
+        }
+        self.grow(pool);
+    }
+
+    /// Makes sure enough backends are on their way for this reactor's waiters.
+    pub(super) fn grow(&mut self, pool: PoolId) {
+        let Some(shard) = self.shards.get(pool) else {
+            return;
+        };
+        if shard.waiters.is_empty() || shard.connecting >= shard.waiters.len() {
+            return;
+        }
+        let steal_pending = shard.steal_pending;
+        let shared = self.shared.clone();
+        let Some(p) = shared.pools.get(pool) else {
+            return;
+        };
+        if !steal_pending
+            && let Some(r) = p.reactor_with_idle(self.id)
+            && let Some(h) = shared.reactor(r)
+            && h.send(Msg::WantBackend {
+                pool,
+                from: self.id,
+            })
+            .is_ok()
+        {
+            if let Some(shard) = self.shards.get_mut(pool) {
+                shard.steal_pending = true;
+            }
+            return;
+        }
+        let Some(db) = shared.databases.get(p.db) else {
+            return;
+        };
+        if db.try_reserve() {
+            return self.open_backend(pool, None);
+        }
+        // The database is at pool_max_conns: an idle backend of another user makes room.
+        let others: Vec<PoolId> = db.pools.iter().copied().filter(|&o| o != pool).collect();
+        for other in others {
+            if let Some(bi) = self.take_idle(other) {
+                self.close_backend(bi, "making room for another user of the database");
+                if db.try_reserve() {
+                    return self.open_backend(pool, None);
+                }
+                return;
+            }
+        }
+    }
+
+    /// Periodic: expire idle backends, run health checks, keep the minimum warm.
+    pub(super) fn maintain_pools(&mut self) {
+        let reactors = self.shared.reactors.get().map_or(1, Vec::len).max(1);
+        for pool in 0..self.shards.len() {
+            let Some(p) = self.shared.pools.get(pool) else {
+                continue;
+            };
+            let Some(db) = self.shared.databases.get(p.db) else {
+                continue;
+            };
+            let settings = db.settings.clone();
+            let version = p.credentials_version();
+            let idle: Vec<usize> = self
+                .shards
+                .get(pool)
+                .map(|s| s.idle.clone())
+                .unwrap_or_default();
+            for bi in idle {
+                let Some(b) = self.backends.get(bi) else {
+                    continue;
+                };
+                let idle_for = self.now.saturating_duration_since(b.last_used);
+                let expired =
+                    b.expires.is_some_and(|at| at <= self.now) || b.credentials_version != version;
+                let idle_too_long = settings.max_idle_time.is_some_and(|max| idle_for > max)
+                    && self
+                        .shared
+                        .pools
+                        .get(pool)
+                        .is_some_and(|p| p.total_idle() > settings.min_idle);
+                if expired || idle_too_long {
+                    self.forget_idle(pool, bi);
+                    self.close_backend(
+                        bi,
+                        if expired {
+                            "lifetime over"
+                        } else {
+                            "idle too long"
+                        },
+                    );
+                } else if settings
+                    .health_check_period
+                    .is_some_and(|period| idle_for >= period)
+                {
+                    self.forget_idle(pool, bi);
+                    self.start_health_check(bi);
+                }
+            }
+            if pool % reactors == self.id && settings.min_idle > 0 && !self.shared.is_stopping() {
+                let connecting = self.shards.get(pool).map_or(0, |s| s.connecting);
+                let have = self
+                    .shared
+                    .pools
+                    .get(pool)
+                    .map_or(0, crate::pool::Pool::total_idle)
+                    + connecting;
+                for _ in have..settings.min_idle {
+                    let reserved = self
+                        .shared
+                        .pools
+                        .get(pool)
+                        .and_then(|p| self.shared.databases.get(p.db))
+                        .is_some_and(crate::pool::Database::try_reserve);
+                    if !reserved {
+                        break;
+                    }
+                    self.open_backend(pool, None);
+                }
+            }
+            if let Some(shard) = self.shards.get_mut(pool) {
+                // An unanswered request (its reply was dropped) must not block growth forever.
+                shard.steal_pending = false;
+            }
+            self.grow(pool);
+        }
+    }
+}

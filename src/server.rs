@@ -1,0 +1,524 @@
+//! Starting and stopping the proxy. This is the embedding API: build a [`Server`] from a
+//! configuration and its resolved secrets, and stop it with [`Server::shutdown`].
+//!
+//! ```no_run
+//! # fn demo(loaded: pglink::config::LoadedConfig) -> Result<(), pglink::server::StartError> {
+//! let server = pglink::server::Server::start(loaded)?;
+//! println!("listening on {:?}", server.local_addrs());
+//! server.shutdown(); // lets open transactions finish (bounded), then closes everything
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use mio::net::TcpListener;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::auth::{OsRng, Rng, ScramVerifier, tls_server_end_point};
+use crate::backend::{SslMode, Target};
+use crate::client::users::{DbEntry, UserEntry, UserTable};
+use crate::client::{AuthMethod, ClientTls, SessionConfig};
+use crate::config::{self, BackendSslMode, CertSource, Config, LoadedConfig, ResolvedSecrets};
+use crate::pool::{Credentials, Database, Pool, PoolSettings};
+use crate::protocol::framing::DEFAULT_MAX_MESSAGE_LEN;
+use crate::reactor::{Reactor, Shared};
+use crate::tls;
+
+/// How often hosts that are names (not IP addresses) are resolved again.
+const RESOLVE_PERIOD: Duration = Duration::from_secs(30);
+/// Listen backlog per socket.
+const BACKLOG: i32 = 1024;
+/// Bound on `connect_timeout = 0` ("no limit" in libpq): every wait has a timeout here.
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Why the server could not start.
+#[derive(Debug)]
+pub enum StartError {
+    Tls(tls::TlsError),
+    /// A backend's TLS settings (`databases.<db>.backend`).
+    BackendTls {
+        database: String,
+        error: tls::TlsError,
+    },
+    Listen {
+        addr: String,
+        error: std::io::Error,
+    },
+    Thread(std::io::Error),
+    /// A configured feature is not available.
+    Unsupported(String),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Tls(e) => write!(f, "tls: {e}"),
+            StartError::BackendTls { database, error } => {
+                write!(f, "databases.{database}.backend: {error}")
+            }
+            StartError::Listen { addr, error } => write!(f, "cannot listen on {addr}: {error}"),
+            StartError::Thread(e) => write!(f, "cannot start threads: {e}"),
+            StartError::Unsupported(what) => f.write_str(what),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A running proxy.
+pub struct Server {
+    shared: Arc<Shared>,
+    reactors: Vec<JoinHandle<()>>,
+    local_addrs: Vec<SocketAddr>,
+    resolver: Option<Resolver>,
+    secrets: Option<config::SecretsWatcher>,
+}
+
+impl Server {
+    /// Starts pglink for a loaded configuration. Secret rotation (the watcher's refreshes)
+    /// updates logins and pool credentials while running.
+    pub fn start(loaded: LoadedConfig) -> Result<Server, StartError> {
+        let mut server = Server::start_with(&loaded.config, &loaded.secrets.current())?;
+        let shared = server.shared.clone();
+        let config = loaded.config.clone();
+        loaded.secrets.set_on_change(Box::new(move |secrets| {
+            apply_secrets(&shared, &config, &secrets);
+            log::info!("secrets refreshed; logins and pool credentials updated");
+        }));
+        server.secrets = Some(loaded.secrets);
+        Ok(server)
+    }
+
+    /// Starts pglink with already-resolved secrets (no refresh).
+    pub fn start_with(config: &Config, secrets: &ResolvedSecrets) -> Result<Server, StartError> {
+        refuse_unimplemented(config)?;
+        let reactors = config.effective_reactor_threads().max(1);
+        let (server_tls, channel_binding) = client_tls(config)?;
+        let (databases, pools, users) = build_pools(config, secrets, reactors)?;
+        let session = SessionConfig {
+            auth_method: match config.auth_method {
+                config::AuthMethod::Plaintext => AuthMethod::Plaintext,
+                config::AuthMethod::Md5Password => AuthMethod::Md5,
+                config::AuthMethod::ScramSha256 => AuthMethod::Scram,
+            },
+            tls: match config.client_sslmode() {
+                config::SslMode::Disable => ClientTls::Disabled,
+                config::SslMode::Allow | config::SslMode::Prefer => ClientTls::Optional,
+                config::SslMode::Require => ClientTls::Required,
+            },
+            channel_binding,
+            max_message_len: DEFAULT_MAX_MESSAGE_LEN,
+        };
+        let shared = Arc::new(Shared::new(
+            databases,
+            pools,
+            users,
+            session,
+            server_tls,
+            config.max_client_connections as usize,
+            config.client_login_timeout,
+            DEFAULT_MAX_MESSAGE_LEN,
+        ));
+        let resolver = start_resolver(&shared)?;
+        let (listeners, local_addrs) = bind_listeners(config, reactors)?;
+        let mut handles = Vec::with_capacity(reactors);
+        let mut loops = Vec::with_capacity(reactors);
+        for (id, sockets) in listeners.into_iter().enumerate() {
+            let (reactor, handle) =
+                Reactor::new(id, shared.clone(), sockets).map_err(StartError::Thread)?;
+            handles.push(handle);
+            loops.push(reactor);
+        }
+        shared.set_reactors(handles);
+        let mut threads = Vec::with_capacity(reactors);
+        for (id, reactor) in loops.into_iter().enumerate() {
+            let thread = std::thread::Builder::new()
+                .name(format!("pglink-reactor-{id}"))
+                .spawn(move || reactor.run())
+                .map_err(StartError::Thread)?;
+            threads.push(thread);
+        }
+        log::info!(
+            "pglink listening on {} ({reactors} reactor threads, {} databases)",
+            local_addrs
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            shared.databases.len()
+        );
+        Ok(Server {
+            shared,
+            reactors: threads,
+            local_addrs,
+            resolver,
+            secrets: None,
+        })
+    }
+
+    /// The addresses actually bound (useful with port 0).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// Clients connected right now.
+    pub fn client_count(&self) -> usize {
+        self.shared.client_count()
+    }
+
+    /// Something that can ask the server to stop from another thread (a signal handler loop).
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.shared.clone())
+    }
+
+    /// Graceful stop: no new connections, idle clients closed, open transactions finish
+    /// (up to a grace period), then everything closes. Returns when all threads have ended.
+    pub fn shutdown(mut self) {
+        self.shared.stop();
+        self.join();
+    }
+
+    /// Waits until the server stops (after [`Stopper::stop`]).
+    pub fn wait(mut self) {
+        self.join();
+    }
+
+    fn join(&mut self) {
+        for t in self.reactors.drain(..) {
+            let _ = t.join();
+        }
+        if let Some((stop, thread)) = self.resolver.take() {
+            let _ = stop.send(());
+            let _ = thread.join();
+        }
+        if let Some(secrets) = self.secrets.take() {
+            secrets.stop();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if !self.reactors.is_empty() {
+            self.shared.stop();
+            self.join();
+        }
+    }
+}
+
+/// Stops a server from another thread.
+#[derive(Clone)]
+pub struct Stopper(Arc<Shared>);
+
+impl Stopper {
+    pub fn stop(&self) {
+        self.0.stop();
+    }
+}
+
+/// Observability sections are validated by the config layer but not built yet: say so
+/// instead of running silently without them.
+fn refuse_unimplemented(config: &Config) -> Result<(), StartError> {
+    let mut missing = Vec::new();
+    if config.prometheus.is_some() {
+        missing.push("prometheus");
+    }
+    if config.opentelemetry.as_ref().is_some_and(|o| o.enabled) {
+        missing.push("opentelemetry");
+    }
+    if config.flight_recorder.is_some() {
+        missing.push("flight_recorder");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(StartError::Unsupported(format!(
+        "{}: not implemented in this version of pglink yet; remove the section(s) to start",
+        missing.join(", ")
+    )))
+}
+
+/// The client-facing rustls configuration and our certificate's channel-binding data.
+type ClientTlsSetup = (Option<Arc<rustls::ServerConfig>>, Option<Vec<u8>>);
+
+fn client_tls(config: &Config) -> Result<ClientTlsSetup, StartError> {
+    let identity = match config.client_tls() {
+        CertSource::Disabled => return Ok((None, None)),
+        CertSource::GenerateInMemory => {
+            tls::generate_self_signed()
+                .map_err(StartError::Tls)?
+                .identity
+        }
+        CertSource::Files {
+            cert,
+            key,
+            generate_if_missing,
+        } => tls::load_server_identity(&tls::ServerIdentitySource {
+            cert_path: Some(cert.to_owned()),
+            key_path: Some(key.to_owned()),
+            generate: generate_if_missing,
+        })
+        .map_err(StartError::Tls)?,
+    };
+    let channel_binding = match tls_server_end_point(identity.leaf()) {
+        Ok(hash) => Some(hash),
+        Err(e) => {
+            log::warn!(
+                "SCRAM-SHA-256-PLUS disabled: cannot hash the certificate for channel binding: {e}"
+            );
+            None
+        }
+    };
+    let server = tls::server_config(&identity).map_err(StartError::Tls)?;
+    Ok((Some(server), channel_binding))
+}
+
+type Built = (Vec<Database>, Vec<Pool>, UserTable);
+
+/// Databases, one pool per (database, configured user), and the login table.
+fn build_pools(
+    config: &Config,
+    secrets: &ResolvedSecrets,
+    reactors: usize,
+) -> Result<Built, StartError> {
+    let mut databases = Vec::new();
+    let mut pools = Vec::new();
+    for (id, (name, db)) in config.databases.iter().enumerate() {
+        let backend = &db.backend;
+        let target = backend_target(name, backend)?;
+        let settings = PoolSettings {
+            max_conns: backend.pool_max_conns as usize,
+            min_idle: backend.pool_min_idle_conns as usize,
+            acquire_timeout: db.pool_acquire_timeout(),
+            max_lifetime: backend.max_conn_lifetime(),
+            lifetime_jitter: Some(backend.pool_max_conn_lifetime_jitter).filter(|j| !j.is_zero()),
+            max_idle_time: backend.max_conn_idle_time(),
+            health_check_period: backend.health_check_period(),
+        };
+        let mut database = Database::new(id, name.clone(), settings, Arc::new(target));
+        for user in secrets.users(name) {
+            let pool = pools.len();
+            database.pools.push(pool);
+            pools.push(Pool::new(
+                pool,
+                id,
+                Credentials {
+                    user: user.username.clone(),
+                    password: user.password.clone(),
+                },
+                reactors,
+            ));
+        }
+        databases.push(database);
+    }
+    let users = user_table(config, secrets, &databases);
+    Ok((databases, pools, users))
+}
+
+fn backend_target(name: &str, b: &config::BackendConfig) -> Result<Target, StartError> {
+    let sslmode = match b.sslmode {
+        BackendSslMode::Disable => SslMode::Disable,
+        BackendSslMode::Allow => SslMode::Allow,
+        BackendSslMode::Prefer => SslMode::Prefer,
+        BackendSslMode::Require => SslMode::Require,
+        BackendSslMode::VerifyCa => SslMode::VerifyCa,
+        BackendSslMode::VerifyFull => SslMode::VerifyFull,
+    };
+    let err = |error| StartError::BackendTls {
+        database: name.to_owned(),
+        error,
+    };
+    let (client_config, server_name) = if sslmode == SslMode::Disable {
+        (None, None)
+    } else {
+        let verify = match sslmode {
+            SslMode::VerifyFull => tls::Verify::ChainAndName,
+            SslMode::VerifyCa => tls::Verify::Chain,
+            _ => tls::Verify::Nothing,
+        };
+        let source = tls::BackendTlsSource {
+            root_cert: b
+                .sslrootcert
+                .as_ref()
+                .map(|p| p.to_string_lossy().into_owned()),
+            client_cert: b.sslcert.clone(),
+            client_key: b.sslkey.clone(),
+            key_password: b.sslpassword.as_ref().map(|p| p.expose().to_owned()),
+        };
+        let client = tls::backend_client_config(verify, &source).map_err(err)?;
+        let server_name = tls::server_name(&b.host).map_err(err)?;
+        (Some(client), Some(server_name))
+    };
+    Ok(Target::new(
+        b.host.clone(),
+        b.port,
+        b.database.clone(),
+        b.connect_timeout().unwrap_or(MAX_CONNECT_TIMEOUT),
+        sslmode,
+        client_config,
+        server_name,
+        b.default_startup_parameters
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    ))
+}
+
+/// The login table: SCRAM verifiers are derived here, once per user, not per login.
+fn user_table(config: &Config, secrets: &ResolvedSecrets, databases: &[Database]) -> UserTable {
+    let mut rng = OsRng;
+    let mut mock_secret = [0u8; 32];
+    rng.fill(&mut mock_secret);
+    let mut table = HashMap::new();
+    for db in databases {
+        let mut users = HashMap::new();
+        for (i, user) in secrets.users(&db.name).iter().enumerate() {
+            let Some(&pool) = db.pools.get(i) else {
+                continue;
+            };
+            let scram = ScramVerifier::generate(
+                user.password.as_bytes(),
+                config.scram_iterations,
+                &mut rng,
+            );
+            users.insert(
+                user.username.clone(),
+                Arc::new(UserEntry {
+                    name: user.username.clone(),
+                    password: user.password.clone(),
+                    scram,
+                    pool,
+                }),
+            );
+        }
+        table.insert(db.name.clone(), DbEntry { id: db.id, users });
+    }
+    UserTable {
+        databases: table,
+        scram_iterations: config.scram_iterations,
+        mock_secret,
+    }
+}
+
+/// Rotated secrets: new logins and pool credentials (backends with the old ones are replaced
+/// as they come back to the pool).
+fn apply_secrets(shared: &Shared, config: &Config, secrets: &ResolvedSecrets) {
+    for db in &shared.databases {
+        for (i, user) in secrets.users(&db.name).iter().enumerate() {
+            if let Some(pool) = db.pools.get(i).and_then(|&p| shared.pools.get(p)) {
+                pool.set_credentials(Credentials {
+                    user: user.username.clone(),
+                    password: user.password.clone(),
+                });
+            }
+        }
+    }
+    shared.set_users(user_table(config, secrets, &shared.databases));
+}
+
+/// The resolver thread and the channel that stops it.
+type Resolver = (Sender<()>, JoinHandle<()>);
+
+/// Resolves backend host names now and then again periodically, off the reactor threads.
+fn start_resolver(shared: &Arc<Shared>) -> Result<Option<Resolver>, StartError> {
+    for db in &shared.databases {
+        if let Err(e) = db.target.resolve() {
+            log::warn!(
+                "databases.{}.backend.host: {e}; retrying every {RESOLVE_PERIOD:?}",
+                db.name
+            );
+        }
+    }
+    if shared.databases.iter().all(|d| d.target.is_ip()) {
+        return Ok(None);
+    }
+    let (stop, stopped): (Sender<()>, Receiver<()>) = std::sync::mpsc::channel();
+    let shared = shared.clone();
+    let thread = std::thread::Builder::new()
+        .name("pglink-resolver".into())
+        .spawn(move || {
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(RESOLVE_PERIOD) {
+                for db in shared.databases.iter().filter(|d| !d.target.is_ip()) {
+                    if let Err(e) = db.target.resolve() {
+                        log::warn!("databases.{}.backend.host: {e}", db.name);
+                    }
+                }
+            }
+        })
+        .map_err(StartError::Thread)?;
+    Ok(Some((stop, thread)))
+}
+
+/// Listener sockets for every reactor: the first reactor binds (so port 0 picks a port), the
+/// others bind the same addresses with SO_REUSEPORT and the kernel spreads connections.
+fn bind_listeners(
+    config: &Config,
+    reactors: usize,
+) -> Result<(Vec<Vec<TcpListener>>, Vec<SocketAddr>), StartError> {
+    let mut wanted = Vec::new();
+    for listen in config.listen_addrs() {
+        let addrs = listen
+            .to_socket_addrs()
+            .map_err(|error| StartError::Listen {
+                addr: listen.to_string(),
+                error,
+            })?;
+        wanted.extend(addrs);
+    }
+    let mut bound = Vec::new();
+    let mut first = Vec::new();
+    for addr in wanted {
+        let socket = bind_one(addr)?;
+        let local = socket.local_addr().map_err(|error| StartError::Listen {
+            addr: addr.to_string(),
+            error,
+        })?;
+        bound.push(local);
+        first.push(socket);
+    }
+    let mut all = vec![first];
+    for _ in 1..reactors {
+        all.push(
+            bound
+                .iter()
+                .map(|&a| bind_one(a))
+                .collect::<Result<_, _>>()?,
+        );
+    }
+    Ok((all, bound))
+}
+
+fn bind_one(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    let err = |error| StartError::Listen {
+        addr: addr.to_string(),
+        error,
+    };
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
+    if addr.is_ipv6() {
+        // `:port` binds 0.0.0.0 and [::] separately; the v6 socket must not claim v4 too.
+        socket.set_only_v6(true).map_err(err)?;
+    }
+    socket.set_reuse_address(true).map_err(err)?;
+    socket.set_reuse_port(true).map_err(err)?;
+    socket.set_nonblocking(true).map_err(err)?;
+    socket.bind(&addr.into()).map_err(err)?;
+    socket.listen(BACKLOG).map_err(err)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+/// Where the generated certificate went, for the startup log.
+pub fn describe_tls(config: &Config) -> String {
+    match config.client_tls() {
+        CertSource::Disabled => "TLS disabled".to_owned(),
+        CertSource::GenerateInMemory => "TLS with a generated self-signed certificate".to_owned(),
+        CertSource::Files { cert, .. } => format!("TLS with {}", PathBuf::from(cert).display()),
+    }
+}

@@ -1,0 +1,156 @@
+//! pglink itself, started in-process through the library API in front of a [`PgServer`].
+//!
+//! ```ignore
+//! let pg = PgServer::shared();
+//! let proxy = ProxyConfig::new(pg).user(&SCRAM_USER).start();
+//! assert_eq!(run_psql(&proxy.dsn(&SCRAM_USER), SCRAM_USER.password, "SELECT 1"), Ok("1".into()));
+//! ```
+
+use std::net::SocketAddr;
+
+use serde_json::{Value, json};
+
+use pglink::config::{self, LoadedConfig, SecretsOptions};
+use pglink::server::Server;
+
+use super::pg::PgServer;
+use super::{TEST_DATABASE, TestUser};
+
+/// Password pglink's clients use for a role that has none on the server (trust, cert).
+pub const PROXY_ONLY_PASSWORD: &str = "proxy_pw";
+
+/// A `pglink.json` under construction.
+pub struct ProxyConfig {
+    json: Value,
+}
+
+impl ProxyConfig {
+    /// One database (`pglink_test`) on `pg`, plaintext to the backend, pool of 5, TLS to
+    /// clients with a generated certificate, two reactors, an ephemeral port.
+    pub fn new(pg: &PgServer) -> ProxyConfig {
+        ProxyConfig {
+            json: json!({
+                "listen": "127.0.0.1:0",
+                "reactor_threads": 2,
+                "tls": { "sslmode": "prefer", "generate_cert": true },
+                "databases": {
+                    TEST_DATABASE: {
+                        "users": [],
+                        "backend": {
+                            "host": pg.host(),
+                            "port": pg.port(),
+                            "database": TEST_DATABASE,
+                            "pool_max_conns": 5,
+                            "sslmode": "disable"
+                        }
+                    }
+                }
+            }),
+        }
+    }
+
+    /// Adds a login (with the role's own password, or [`PROXY_ONLY_PASSWORD`]).
+    pub fn user(mut self, user: &TestUser) -> ProxyConfig {
+        let entry = json!({
+            "username": { "insecure_value": user.name },
+            "password": { "insecure_value": user.password.unwrap_or(PROXY_ONLY_PASSWORD) }
+        });
+        if let Some(users) = self.json["databases"][TEST_DATABASE]["users"].as_array_mut() {
+            users.push(entry);
+        }
+        self
+    }
+
+    /// Sets a value at a dotted path, e.g. `set("databases.pglink_test.backend.sslmode", json!("require"))`.
+    pub fn set(mut self, path: &str, value: Value) -> ProxyConfig {
+        let mut node = &mut self.json;
+        let parts: Vec<&str> = path.split('.').collect();
+        for (i, part) in parts.iter().enumerate() {
+            if i == parts.len() - 1 {
+                node[*part] = value;
+                break;
+            }
+            node = &mut node[*part];
+        }
+        self
+    }
+
+    /// Sets a backend field of the test database.
+    pub fn backend(self, field: &str, value: Value) -> ProxyConfig {
+        self.set(&format!("databases.{TEST_DATABASE}.backend.{field}"), value)
+    }
+
+    pub fn json(&self) -> &Value {
+        &self.json
+    }
+
+    /// Validates the configuration and starts pglink; panics with every problem otherwise.
+    pub fn start(self) -> Proxy {
+        Proxy::start(&self.json.to_string())
+    }
+}
+
+/// A running pglink.
+pub struct Proxy {
+    server: Option<Server>,
+    pub addr: SocketAddr,
+}
+
+impl Proxy {
+    pub fn start(config_json: &str) -> Proxy {
+        let parsed = match config::parse(config_json) {
+            Ok(p) => p,
+            Err(e) => panic!("invalid test config {config_json}: {:?}", e.errors),
+        };
+        let loaded =
+            LoadedConfig::from_parsed("test.json".as_ref(), parsed, Some(SecretsOptions::once()))
+                .unwrap_or_else(|e| panic!("secrets: {e:?}"));
+        let server = Server::start(loaded).unwrap_or_else(|e| panic!("pglink did not start: {e}"));
+        let addr = server.local_addrs()[0];
+        Proxy {
+            server: Some(server),
+            addr,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// libpq connection string for `user` on the test database (no TLS).
+    pub fn dsn(&self, user: &TestUser) -> String {
+        self.dsn_with(user, "sslmode=disable")
+    }
+
+    pub fn dsn_with(&self, user: &TestUser, extra: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={} dbname={TEST_DATABASE} connect_timeout=10 {extra}",
+            self.port(),
+            user.name
+        )
+    }
+
+    /// The password clients give pglink for `user`.
+    pub fn password(user: &TestUser) -> &'static str {
+        user.password.unwrap_or(PROXY_ONLY_PASSWORD)
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.server.as_ref().map_or(0, Server::client_count)
+    }
+
+    /// Graceful shutdown (also done on drop).
+    pub fn shutdown(mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown();
+        }
+    }
+}
