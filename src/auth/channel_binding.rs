@@ -287,6 +287,11 @@ mod tests {
             "e1aa1d69d48091eb8eac3f64a9f0d361ef01a956f43bee5e34d47509d44280c4ab8a6e60ed9da5cd586e9282fc9a3654",
         ),
         (
+            "pg15_server_rsa2048_sha384",
+            include_bytes!("testdata/pg15_server_rsa2048_sha384.der"),
+            "dc3f2183f3c405321a0bf2bd7b05dc17a646a7b484ec5410b04077329485ee4dcf4f82088aa3976d1772746a6c1c99ad",
+        ),
+        (
             "rsa_pss_default",
             include_bytes!("testdata/rsa_pss_default.der"),
             "e2b579cf2a3762a4ca1831d66af8ea86b8fb48c2ebebedd9c863f94ac3a07090",

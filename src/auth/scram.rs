@@ -497,3 +497,73 @@ fn parse_client_final(data: &[u8]) -> Result<ClientFinal<'_>, ScramError> {
         proof,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mechanism_lists() {
+        assert_eq!(mechanisms(false), ["SCRAM-SHA-256"]);
+        assert_eq!(mechanisms(true), ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]);
+    }
+
+    #[test]
+    fn saslprep_or_raw() {
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"secret", b"secret"),
+            // ASCII is never touched, control characters included (PostgreSQL's fast path).
+            (b"a\x01b c", b"a\x01b c"),
+            // Not UTF-8: raw.
+            (b"p\xe4ss", b"p\xe4ss"),
+            // NFKC: U+2168 ROMAN NUMERAL NINE -> "IX"; U+FB01 LATIN SMALL LIGATURE FI -> "fi".
+            ("I\u{2168}".as_bytes(), b"IIX"),
+            ("\u{fb01}x".as_bytes(), b"fix"),
+            // Non-ASCII space maps to space; soft hyphen maps to nothing.
+            ("a\u{a0}b\u{ad}c".as_bytes(), b"a bc"),
+            // Maps to nothing at all: raw (PostgreSQL refuses an empty result).
+            ("\u{ad}".as_bytes(), "\u{ad}".as_bytes()),
+            // Prohibited (private use, U+E000): raw.
+            ("x\u{e000}".as_bytes(), "x\u{e000}".as_bytes()),
+            // Bidi violation (RandALCat mixed with LCat): raw.
+            ("\u{5d0}a\u{5d0}".as_bytes(), "\u{5d0}a\u{5d0}".as_bytes()),
+            // NFC text is stable.
+            ("pässwörd".as_bytes(), "pässwörd".as_bytes()),
+            // NFD (as typed on macOS) becomes NFC.
+            (
+                "pa\u{308}ss".as_bytes(),
+                "pässwörd".get(..5).unwrap().as_bytes(),
+            ),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(&*prepare_password(input), *expected, "{input:02x?}");
+        }
+    }
+
+    #[test]
+    fn attribute_helpers() {
+        assert_eq!(attr(b"r=abc", b'r'), Some(&b"abc"[..]));
+        assert_eq!(attr(b"r=", b'r'), Some(&b""[..]));
+        assert_eq!(attr(b"r", b'r'), None);
+        assert_eq!(attr(b"s=abc", b'r'), None);
+        assert!(is_extension(b"x=1") && is_extension(b"Z="));
+        assert!(!is_extension(b"p=1") && !is_extension(b"1=1") && !is_extension(b"x"));
+        assert_eq!(nonce_str(b"abc~!"), Some("abc~!"));
+        assert_eq!(nonce_str(b""), None);
+        assert_eq!(nonce_str(b"a b"), None);
+        assert_eq!(parse_iterations(b"4096"), Some(4096));
+        assert_eq!(parse_iterations(b"4294967295"), Some(u32::MAX));
+        for bad in [
+            &b""[..],
+            b"0",
+            b"+1",
+            b"-1",
+            b" 1",
+            b"1 ",
+            b"4294967296",
+            b"00000000001",
+        ] {
+            assert_eq!(parse_iterations(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -410,3 +410,120 @@ fn sanitize(v: &[u8]) -> String {
         .take(200)
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PLUS: &[u8] = b"SCRAM-SHA-256-PLUS";
+    const PLAIN: &[u8] = b"SCRAM-SHA-256";
+
+    #[test]
+    fn mechanism_selection_follows_libpq() {
+        use ClientChannelBinding::*;
+        let cb = || Some(vec![1u8, 2, 3]);
+        let tsep = TlsServerEndPoint(vec![1, 2, 3]);
+        type Case<'a> = (
+            &'a [&'a [u8]],
+            Option<Vec<u8>>,
+            bool,
+            Result<(&'static str, ClientChannelBinding), ScramError>,
+        );
+        let cases: Vec<Case<'_>> = vec![
+            (
+                &[PLUS, PLAIN],
+                cb(),
+                false,
+                Ok((SCRAM_SHA_256_PLUS, tsep.clone())),
+            ),
+            (
+                &[PLAIN, PLUS],
+                cb(),
+                true,
+                Ok((SCRAM_SHA_256_PLUS, tsep.clone())),
+            ),
+            (&[PLUS], cb(), false, Ok((SCRAM_SHA_256_PLUS, tsep))),
+            (&[PLAIN], cb(), false, Ok((SCRAM_SHA_256, NotUsed))),
+            (&[PLAIN], None, false, Ok((SCRAM_SHA_256, Unsupported))),
+            (
+                &[PLUS, PLAIN],
+                None,
+                false,
+                Ok((SCRAM_SHA_256, Unsupported)),
+            ),
+            (
+                &[PLAIN],
+                cb(),
+                true,
+                Err(ScramError::ChannelBindingRequired),
+            ),
+            (
+                &[PLUS, PLAIN],
+                None,
+                true,
+                Err(ScramError::ChannelBindingRequired),
+            ),
+            (&[PLUS], None, false, Err(ScramError::UnsupportedMechanism)),
+            (&[], cb(), false, Err(ScramError::UnsupportedMechanism)),
+            (
+                &[b"SCRAM-SHA-1", b"scram-sha-256", b""],
+                None,
+                false,
+                Err(ScramError::UnsupportedMechanism),
+            ),
+        ];
+        for (offer, tls_cb, require, expected) in cases {
+            let got = select_mechanism(offer.iter().copied(), tls_cb, require);
+            assert_eq!(got, expected, "{offer:?} require={require}");
+        }
+    }
+
+    #[test]
+    fn client_first_per_binding() {
+        use crate::auth::rng::FixedRng;
+        let nonce = "abcdefghijklmnopqrstuvwx";
+        for (cb, expected) in [
+            (ClientChannelBinding::Unsupported, "n,,n=,r="),
+            (ClientChannelBinding::NotUsed, "y,,n=,r="),
+            (
+                ClientChannelBinding::TlsServerEndPoint(vec![0; 32]),
+                "p=tls-server-end-point,,n=,r=",
+            ),
+        ] {
+            let c = ScramClient::new(b"pw", cb, &mut FixedRng::new(nonce.as_bytes().to_vec()));
+            assert_eq!(c.client_first(), format!("{expected}{nonce}").into_bytes());
+        }
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let c = ScramClient::new(
+            b"hunter2",
+            ClientChannelBinding::TlsServerEndPoint(vec![0xab; 32]),
+            &mut crate::auth::rng::OsRng,
+        );
+        let d = format!("{c:?}");
+        assert!(
+            !d.contains("hunter2") && d.contains("SCRAM-SHA-256-PLUS"),
+            "{d}"
+        );
+        assert_eq!(
+            format!(
+                "{:?}",
+                ClientChannelBinding::TlsServerEndPoint(vec![0xab; 32])
+            ),
+            "TlsServerEndPoint(32 bytes)"
+        );
+    }
+
+    #[test]
+    fn cache_capacity_is_at_least_one() {
+        let mut c = SaltedKeyCache::new(0);
+        assert!(c.is_empty());
+        c.get_or_derive(b"pw", b"salt", 1);
+        c.get_or_derive(b"pw", b"salt2", 1);
+        assert_eq!(c.len(), 1);
+        c.clear();
+        assert!(c.is_empty());
+    }
+}

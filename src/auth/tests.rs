@@ -311,6 +311,100 @@ fn derive_matches_postgres_15() {
     assert_eq!(ScramVerifier::derive(b"IIX", &pg.salt, 4096), pg);
 }
 
+// --- SCRAM-SHA-256-PLUS exchanges recorded against real peers (user "x", password "secret",
+// verifier PG15_SECRET), replayed with the recorded nonces: every message must match.
+
+/// pglink's client against PostgreSQL 15 over TLS (server certificate
+/// testdata/pg15_server_rsa2048_sha384.der).
+const PG15_PLUS: [&str; 5] = [
+    "p=tls-server-end-point,,n=,r=*oNKJ5J>z@~cUHImt^oxhtzZ",
+    "r=*oNKJ5J>z@~cUHImt^oxhtzZxhr+UtvSNCHAHauewgBacmam,s=S/rAg3Csnm/aTNTifPHZYw==,i=4096",
+    "c=cD10bHMtc2VydmVyLWVuZC1wb2ludCws3D8hg/PEBTIaC/K9ewXcF6ZGp7SE7FQQsEB3MpSF7k3PT4IIiqOXbRdyd\
+     GpsHJmt,r=*oNKJ5J>z@~cUHImt^oxhtzZxhr+UtvSNCHAHauewgBacmam,\
+     p=ni7Wgj4h3LatOb9goqXfJlB/lmTIpYkfeBfunYb9qPk=",
+    "v=AKz6kDmLmIh7DQetevkWcBYF2aQ8myEvio1r4P4xBGo=",
+    "xhr+UtvSNCHAHauewgBacmam",
+];
+
+/// libpq 15 (psql, `channel_binding=require`) against pglink's server with certificate
+/// testdata/ecdsa_p256_sha256.der; libpq accepted the server-final.
+const LIBPQ15_PLUS: [&str; 5] = [
+    "p=tls-server-end-point,,n=,r=4uIm948v22tK6EMWTGTyplMq",
+    "r=4uIm948v22tK6EMWTGTyplMqP+`nq/>r0LXGO?UP^`-Ruqpw,s=S/rAg3Csnm/aTNTifPHZYw==,i=4096",
+    "c=cD10bHMtc2VydmVyLWVuZC1wb2ludCwsIQ8S4HoMMR7Hcdnwqd9MPkVRf5XKbO5PBkFPOs1Eh+M=,\
+     r=4uIm948v22tK6EMWTGTyplMqP+`nq/>r0LXGO?UP^`-Ruqpw,\
+     p=5aegc6jijpoWINbGWQwGgw+fj45TB6FHGik6MGfgALs=",
+    "v=TKK6WM9xD2hegk5qUZ+LYrpL80qKyla/lw6NEhYLKBY=",
+    "P+`nq/>r0LXGO?UP^`-Ruqpw",
+];
+
+fn replay_plus(cert: &[u8], msgs: [&str; 5]) {
+    let [
+        client_first,
+        server_first,
+        client_final,
+        server_final,
+        server_nonce,
+    ] = msgs;
+    let cb = super::tls_server_end_point(cert).unwrap();
+    let verifier = Arc::new(ScramVerifier::parse(PG15_SECRET).unwrap());
+
+    let client_nonce = &client_first[client_first.find(",r=").unwrap() + 3..];
+    let mut client = ScramClient::with_nonce(
+        b"secret",
+        ClientChannelBinding::TlsServerEndPoint(cb.clone()),
+        "",
+        client_nonce.into(),
+    );
+    assert_eq!(client.mechanism(), SCRAM_SHA_256_PLUS);
+    assert_eq!(s(&client.client_first()), client_first);
+    assert_eq!(
+        s(&client.on_server_first(server_first.as_bytes()).unwrap()),
+        client_final
+    );
+    client.on_server_final(server_final.as_bytes()).unwrap();
+
+    let mut server = ScramServer::with_nonce(verifier, Some(cb), server_nonce.into());
+    let sf = server
+        .on_client_first(b"SCRAM-SHA-256-PLUS", client_first.as_bytes())
+        .unwrap();
+    assert_eq!(s(&sf), server_first);
+    let fin = server.on_client_final(client_final.as_bytes()).unwrap();
+    assert_eq!(s(&fin), server_final);
+    assert!(server.channel_binding_used());
+}
+
+#[test]
+fn recorded_plus_exchange_with_postgres_15() {
+    replay_plus(
+        include_bytes!("testdata/pg15_server_rsa2048_sha384.der"),
+        PG15_PLUS,
+    );
+}
+
+#[test]
+fn recorded_plus_exchange_with_libpq_15() {
+    replay_plus(
+        include_bytes!("testdata/ecdsa_p256_sha256.der"),
+        LIBPQ15_PLUS,
+    );
+}
+
+#[test]
+fn recorded_plus_exchange_fails_with_another_certificate() {
+    // Same messages, but this side sees a different certificate (a TLS-terminating MITM).
+    let cb = super::tls_server_end_point(include_bytes!("testdata/rsa_sha256.der")).unwrap();
+    let verifier = Arc::new(ScramVerifier::parse(PG15_SECRET).unwrap());
+    let mut server = ScramServer::with_nonce(verifier, Some(cb), LIBPQ15_PLUS[4].into());
+    server
+        .on_client_first(b"SCRAM-SHA-256-PLUS", LIBPQ15_PLUS[0].as_bytes())
+        .unwrap();
+    assert_eq!(
+        server.on_client_final(LIBPQ15_PLUS[2].as_bytes()),
+        Err(ScramError::ChannelBindingMismatch)
+    );
+}
+
 #[test]
 fn client_logs_in_against_postgres_verifier_with_saslprep() {
     let mut login = Login::new("I\u{2168}".as_bytes());

@@ -152,3 +152,92 @@ impl FromStr for ScramVerifier {
         Self::parse(s)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::rng::FixedRng;
+
+    const GOOD: &str = "SCRAM-SHA-256$4096:S/rAg3Csnm/aTNTifPHZYw==$nkXZUssWpFzFFMZS9OTnYW8h21LcFq/xdozIAeGMJcM=:Pb6J9NNTN1H4/9VfEvuaq4zvy/Hd+IXkzVtPc/WOn4M=";
+
+    #[test]
+    fn parse_format_round_trip() {
+        let v = ScramVerifier::parse(GOOD).unwrap();
+        assert_eq!(v.iterations, 4096);
+        assert_eq!(v.salt.len(), 16);
+        assert_eq!(v.to_pg_string(), GOOD);
+        assert_eq!(v.to_string(), GOOD);
+        assert_eq!(GOOD.parse::<ScramVerifier>().unwrap(), v);
+    }
+
+    #[test]
+    fn parse_rejects() {
+        let salt = "S/rAg3Csnm/aTNTifPHZYw==";
+        let key = "nkXZUssWpFzFFMZS9OTnYW8h21LcFq/xdozIAeGMJcM=";
+        let bad = [
+            String::new(),
+            "md5d18bf5f8eddaae3aed1d69b23a252748".into(),
+            format!("SCRAM-SHA-1$4096:{salt}${key}:{key}"),
+            format!("scram-sha-256$4096:{salt}${key}:{key}"),
+            format!("SCRAM-SHA-256$4096:{salt}${key}"),
+            format!("SCRAM-SHA-256$4096${key}:{key}"),
+            format!("SCRAM-SHA-256$4096:{salt}:{key}:{key}"),
+            format!("SCRAM-SHA-256$0:{salt}${key}:{key}"),
+            format!("SCRAM-SHA-256$-1:{salt}${key}:{key}"),
+            format!("SCRAM-SHA-256$+4096:{salt}${key}:{key}"),
+            format!("SCRAM-SHA-256$2147483648:{salt}${key}:{key}"),
+            format!("SCRAM-SHA-256$x:{salt}${key}:{key}"),
+            format!("SCRAM-SHA-256$4096:${key}:{key}"),
+            format!("SCRAM-SHA-256$4096:!!!!${key}:{key}"),
+            format!("SCRAM-SHA-256$4096:{salt}$AAAA:{key}"),
+            format!("SCRAM-SHA-256$4096:{salt}${key}:AAAA"),
+            format!("SCRAM-SHA-256$4096:{salt}${key}:{key}$"),
+            format!("SCRAM-SHA-256$4096:{salt}${key}:{key}:{key}"),
+            format!("SCRAM-SHA-256$4096:{salt}${key}:{key} "),
+        ];
+        for s in &bad {
+            let e = ScramVerifier::parse(s).unwrap_err();
+            assert!(
+                e.to_string().starts_with("invalid SCRAM-SHA-256 verifier"),
+                "{s}"
+            );
+        }
+        let max = format!("SCRAM-SHA-256$2147483647:{salt}${key}:{key}");
+        assert_eq!(
+            ScramVerifier::parse(&max).unwrap().iterations,
+            i32::MAX as u32
+        );
+    }
+
+    #[test]
+    fn debug_does_not_print_keys() {
+        let v = ScramVerifier::parse(GOOD).unwrap();
+        let d = format!("{v:?}");
+        assert!(
+            d.contains("4096") && !d.contains("nkXZ") && !d.contains("Pb6J"),
+            "{d}"
+        );
+        let k = ScramKeys::derive(b"pw", b"salt", 1);
+        assert_eq!(format!("{k:?}"), "ScramKeys { .. }");
+    }
+
+    #[test]
+    fn generate_uses_a_fresh_16_byte_salt() {
+        let v =
+            ScramVerifier::generate(b"pw", 16, &mut FixedRng::new((0u8..16).collect::<Vec<_>>()));
+        assert_eq!(v.salt, (0u8..16).collect::<Vec<_>>());
+        assert_eq!(v, ScramVerifier::derive(b"pw", &v.salt, 16));
+        let a = ScramVerifier::generate(b"pw", 16, &mut crate::auth::rng::OsRng);
+        let b = ScramVerifier::generate(b"pw", 16, &mut crate::auth::rng::OsRng);
+        assert_ne!(a.salt, b.salt);
+        assert_ne!(a.stored_key, b.stored_key);
+    }
+
+    #[test]
+    fn zero_iterations_behaves_as_one() {
+        assert_eq!(
+            ScramKeys::derive(b"pw", b"s", 0),
+            ScramKeys::derive(b"pw", b"s", 1)
+        );
+    }
+}
