@@ -1,5 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|_data: &[u8]| {
-    // Filled in by the module that owns this target.
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| pglink::protocol::fuzzing::fuzz_backend_roundtrip(data));

@@ -243,7 +243,7 @@ impl<'a> CopyResponse<'a> {
         I16s::new(self.column_formats)
     }
 
-    fn encode(&self, tag: u8, out: &mut Vec<u8>) {
+    fn encode(&self, out: &mut Vec<u8>, tag: u8) {
         write_message(out, tag, |b| {
             b.push(self.format);
             put_counted(b, self.column_formats, 2);
@@ -438,14 +438,14 @@ impl<'a> BackendMessage<'a> {
                 b.extend_from_slice(r.values);
             }),
             M::CommandComplete(c) => command_complete(out, c.tag),
-            M::ErrorResponse(f) | M::NoticeResponse(f) => f.encode(tag, out),
+            M::ErrorResponse(f) | M::NoticeResponse(f) => f.encode(out, tag),
             M::NotificationResponse(n) => write_message(out, tag, |b| {
                 put_u32(b, n.pid);
                 put_cstr(b, n.channel);
                 put_cstr(b, n.payload);
             }),
             M::CopyInResponse(r) | M::CopyOutResponse(r) | M::CopyBothResponse(r) => {
-                r.encode(tag, out)
+                r.encode(out, tag)
             }
             M::CopyData(d) => d.encode(out),
             M::FunctionCallResponse(r) => write_message(out, tag, |b| put_value(b, r.result)),

@@ -159,7 +159,7 @@ impl<'a> ErrorFields<'a> {
 
     /// Append as a message with `tag` ([`ERROR`](super::backend::tag::ERROR_RESPONSE) or
     /// [`NOTICE`](super::backend::tag::NOTICE_RESPONSE)).
-    pub fn encode(&self, tag: u8, out: &mut Vec<u8>) {
+    pub fn encode(&self, out: &mut Vec<u8>, tag: u8) {
         write_message(out, tag, |b| {
             b.extend_from_slice(self.raw);
             b.push(0);
@@ -219,15 +219,15 @@ impl<'a> ErrorBuilder<'a> {
 
     /// Append as an ErrorResponse.
     pub fn encode_error(&self, out: &mut Vec<u8>) {
-        self.encode(super::backend::tag::ERROR_RESPONSE, out);
+        self.encode(out, super::backend::tag::ERROR_RESPONSE);
     }
 
     /// Append as a NoticeResponse.
     pub fn encode_notice(&self, out: &mut Vec<u8>) {
-        self.encode(super::backend::tag::NOTICE_RESPONSE, out);
+        self.encode(out, super::backend::tag::NOTICE_RESPONSE);
     }
 
-    fn encode(&self, tag: u8, out: &mut Vec<u8>) {
+    fn encode(&self, out: &mut Vec<u8>, tag: u8) {
         write_message(out, tag, |b| {
             let mut put = |code: u8, value: &[u8]| {
                 b.push(code);
@@ -285,7 +285,7 @@ mod tests {
         assert_eq!(f.hint(), Some(&b"raise max_client_connections"[..]));
         assert_eq!(f.detail(), None);
         let mut again = Vec::new();
-        f.encode(b'E', &mut again);
+        f.encode(&mut again, b'E');
         assert_eq!(again, out);
     }
 

@@ -10,7 +10,9 @@
 
 use std::fmt;
 
-use super::{DecodeError, SqlState, TagName, backend::BackendMessage, frontend::FrontendMessage};
+use super::{
+    DecodeError, Severity, SqlState, TagName, backend::BackendMessage, frontend::FrontendMessage,
+};
 
 /// Default cap on a whole frame (tag + length + body) that the proxy *buffers* to inspect.
 ///
@@ -64,6 +66,11 @@ impl FrameError {
     /// The SQLSTATE to report: PostgreSQL calls both cases "invalid message length" (08P01).
     pub fn sqlstate(&self) -> SqlState {
         SqlState::PROTOCOL_VIOLATION
+    }
+
+    /// Always FATAL: the stream cannot be resynchronised after a bad length word.
+    pub fn severity(&self) -> Severity {
+        Severity::Fatal
     }
 }
 

@@ -87,7 +87,7 @@ impl<'a> Parse<'a> {
     }
 
     /// Append this Parse under another statement name (prepared-statement renaming).
-    pub fn encode_renamed(&self, name: &[u8], out: &mut Vec<u8>) {
+    pub fn encode_renamed(&self, out: &mut Vec<u8>, name: &[u8]) {
         write_message(out, tag::PARSE, |b| {
             put_cstr(b, name);
             put_cstr(b, self.query);
@@ -96,7 +96,7 @@ impl<'a> Parse<'a> {
     }
 
     pub fn encode(&self, out: &mut Vec<u8>) {
-        self.encode_renamed(self.name, out);
+        self.encode_renamed(out, self.name);
     }
 }
 
@@ -144,7 +144,7 @@ impl<'a> Bind<'a> {
     }
 
     /// Append this Bind with another source statement name (prepared-statement renaming).
-    pub fn encode_with_statement(&self, statement: &[u8], out: &mut Vec<u8>) {
+    pub fn encode_with_statement(&self, out: &mut Vec<u8>, statement: &[u8]) {
         write_message(out, tag::BIND, |b| {
             put_cstr(b, self.portal);
             put_cstr(b, statement);
@@ -156,7 +156,7 @@ impl<'a> Bind<'a> {
     }
 
     pub fn encode(&self, out: &mut Vec<u8>) {
-        self.encode_with_statement(self.statement, out);
+        self.encode_with_statement(out, self.statement);
     }
 }
 
@@ -623,7 +623,7 @@ mod tests {
         assert_eq!(b.result_formats().collect::<Vec<_>>(), vec![0, 1]);
 
         let mut renamed = Vec::new();
-        b.encode_with_statement(b"pglink_7", &mut renamed);
+        b.encode_with_statement(&mut renamed, b"pglink_7");
         let FrontendMessage::Bind(r) = roundtrip(&renamed) else {
             panic!()
         };
@@ -753,7 +753,7 @@ mod tests {
         assert_eq!(p.param_types().collect::<Vec<_>>(), vec![23, 0]);
         assert_eq!(p.param_type_count(), 2);
         let mut renamed = Vec::new();
-        p.encode_renamed(b"pglink_1", &mut renamed);
+        p.encode_renamed(&mut renamed, b"pglink_1");
         let FrontendMessage::Parse(r) = roundtrip(&renamed) else {
             panic!()
         };

@@ -100,7 +100,7 @@ fn exercise_frontend(msg: &FrontendMessage<'_>) {
         FrontendMessage::Parse(p) => {
             assert_eq!(p.param_types().count(), p.param_type_count());
             let mut out = Vec::new();
-            p.encode_renamed(b"pglink_1", &mut out);
+            p.encode_renamed(&mut out, b"pglink_1");
             let FrontendMessage::Parse(r) = FrontendMessage::decode(out[0], &out[5..]).unwrap()
             else {
                 panic!("renamed Parse is not a Parse")
@@ -116,7 +116,7 @@ fn exercise_frontend(msg: &FrontendMessage<'_>) {
             });
             b.result_formats().for_each(drop);
             let mut out = Vec::new();
-            b.encode_with_statement(b"pglink_1", &mut out);
+            b.encode_with_statement(&mut out, b"pglink_1");
             let FrontendMessage::Bind(r) = FrontendMessage::decode(out[0], &out[5..]).unwrap()
             else {
                 panic!("renamed Bind is not a Bind")
