@@ -12,8 +12,8 @@
 //!   backend that logged in.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 use crate::backend::Target;
 use crate::client::ParamList;
@@ -105,11 +105,21 @@ pub struct Pool {
     open: AtomicUsize,
     idle: Box<[AtomicU32]>,
     waiting: Box<[AtomicU32]>,
+    /// Per reactor: when its oldest waiter started waiting (nanoseconds since `EPOCH`), or
+    /// `u64::MAX` with nobody waiting.
+    oldest_wait: Box<[AtomicU64]>,
+}
+
+/// Reference point for waiter timestamps shared between threads.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
 }
 
 impl Pool {
     pub fn new(id: PoolId, db: DbId, credentials: Credentials, reactors: usize) -> Pool {
         let counters = || (0..reactors).map(|_| AtomicU32::new(0)).collect();
+        epoch();
         Pool {
             id,
             db,
@@ -119,6 +129,7 @@ impl Pool {
             open: AtomicUsize::new(0),
             idle: counters(),
             waiting: counters(),
+            oldest_wait: (0..reactors).map(|_| AtomicU64::new(u64::MAX)).collect(),
         }
     }
 
@@ -183,10 +194,30 @@ impl Pool {
         }
     }
 
-    pub fn set_waiting(&self, reactor: usize, n: usize) {
+    /// Publishes a reactor's waiter count and when its oldest waiter started waiting.
+    pub fn set_waiting(&self, reactor: usize, n: usize, oldest: Option<Instant>) {
         if let Some(c) = self.waiting.get(reactor) {
             c.store(u32::try_from(n).unwrap_or(u32::MAX), Ordering::Release);
         }
+        if let Some(c) = self.oldest_wait.get(reactor) {
+            let nanos = oldest.map_or(u64::MAX, |t| {
+                u64::try_from(t.saturating_duration_since(epoch()).as_nanos())
+                    .unwrap_or(u64::MAX - 1)
+            });
+            c.store(nanos, Ordering::Release);
+        }
+    }
+
+    /// The other reactor whose oldest waiter has waited longest, and since when.
+    pub fn oldest_waiter_elsewhere(&self, except: usize) -> Option<(usize, Instant)> {
+        self.oldest_wait
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != except)
+            .map(|(i, c)| (i, c.load(Ordering::Acquire)))
+            .filter(|&(_, nanos)| nanos != u64::MAX)
+            .min_by_key(|&(_, nanos)| nanos)
+            .map(|(i, nanos)| (i, epoch() + Duration::from_nanos(nanos)))
     }
 
     /// Another reactor with an idle backend of this pool, preferring the fullest.
@@ -273,9 +304,16 @@ mod tests {
         pool.set_idle(2, 1);
         assert_eq!(pool.reactor_with_idle(0), Some(2));
         assert_eq!(pool.reactor_with_idle(1), Some(0));
-        pool.set_waiting(1, 2);
+        let now = Instant::now();
+        pool.set_waiting(1, 2, Some(now));
+        pool.set_waiting(2, 1, Some(now + Duration::from_millis(5)));
         assert_eq!(pool.reactor_with_waiters(0), Some(1));
-        assert_eq!(pool.reactor_with_waiters(1), None);
+        assert_eq!(pool.reactor_with_waiters(1), Some(2));
+        let (r, since) = pool.oldest_waiter_elsewhere(0).unwrap();
+        assert_eq!(r, 1);
+        assert!(since.max(now) - since.min(now) < Duration::from_micros(10));
+        pool.set_waiting(1, 0, None);
+        assert_eq!(pool.oldest_waiter_elsewhere(0).map(|(r, _)| r), Some(2));
         assert_eq!(pool.total_idle(), 5);
     }
 

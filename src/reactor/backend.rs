@@ -843,8 +843,9 @@ impl Reactor {
         }
     }
 
-    /// Takes in a backend handed over by another reactor.
-    pub(super) fn adopt_backend(&mut self, mut backend: Box<Backend>) {
+    /// Takes in a backend handed over by another reactor (`requested`: it answers one of our
+    /// `WantBackend`s).
+    pub(super) fn adopt_backend(&mut self, mut backend: Box<Backend>, requested: bool) {
         let generation = self.generations.bump();
         let entry = self.backends.vacant_entry();
         let bi = entry.key();
@@ -867,11 +868,12 @@ impl Reactor {
         backend.read_paused = false;
         let pool = backend.pool;
         entry.insert(*backend);
-        if let Some(shard) = self.shards.get_mut(pool) {
-            shard.steal_pending = false;
+        if requested && let Some(shard) = self.shards.get_mut(pool) {
+            shard.steals = shard.steals.saturating_sub(1);
         }
         self.scratch.ready.push(tok);
         self.backend_available(bi);
+        self.grow(pool);
     }
 }
 

@@ -160,8 +160,12 @@ pub enum Msg {
     WantBackend { pool: usize, from: usize },
     /// Reply to `WantBackend` when the idle backend was gone by then.
     NoBackend { pool: usize },
-    /// An idle backend handed over (already deregistered from the sender's poll).
-    Backend(Box<Backend>),
+    /// An idle backend handed over (already deregistered from the sender's poll);
+    /// `requested` when it answers a `WantBackend`.
+    Backend {
+        backend: Box<Backend>,
+        requested: bool,
+    },
     /// A forwarded cancel finished; the backend may be lent again.
     CancelDone { backend: Tok },
 }
@@ -402,7 +406,7 @@ impl Reactor {
                 Msg::Cancel(key) => self.cancel_local(key),
                 Msg::WantBackend { pool, from } => self.give_idle_backend(pool, from),
                 Msg::NoBackend { pool } => self.steal_failed(pool),
-                Msg::Backend(backend) => self.adopt_backend(backend),
+                Msg::Backend { backend, requested } => self.adopt_backend(backend, requested),
                 Msg::CancelDone { backend } => self.cancel_done(backend),
             }
         }

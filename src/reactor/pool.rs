@@ -8,6 +8,7 @@
 //! else a connection made by closing another user's idle backend of the same database.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use super::backend::State;
 use super::timer::Timer;
@@ -20,12 +21,12 @@ use crate::client::users::PoolId;
 pub(super) struct Shard {
     /// Idle backends (slab indexes), most recently used last.
     pub idle: Vec<usize>,
-    /// Waiting clients, oldest first.
-    pub waiters: VecDeque<Tok>,
+    /// Waiting clients with the time they started waiting, oldest first.
+    pub waiters: VecDeque<(Tok, Instant)>,
     /// Connections being opened by this reactor.
     pub connecting: usize,
-    /// A `WantBackend` is out; don't ask again until it is answered.
-    pub steal_pending: bool,
+    /// `WantBackend` requests out and not answered yet (each covers one waiter).
+    pub steals: usize,
     /// SCRAM keys derived from this pool's password (PBKDF2 once, not per connection).
     pub salted_keys: SaltedKeyCache,
 }
@@ -36,17 +37,26 @@ impl Default for Shard {
             idle: Vec::new(),
             waiters: VecDeque::new(),
             connecting: 0,
-            steal_pending: false,
+            steals: 0,
             salted_keys: SaltedKeyCache::new(4),
         }
     }
 }
 
+/// A backend freed here goes to another reactor's waiter only if that one has waited this
+/// much longer than ours: global first-come-first-served, without bouncing backends between
+/// reactors when the difference is noise.
+const FAIRNESS_SLACK: Duration = Duration::from_millis(2);
+
 impl Reactor {
     fn publish(&self, pool: PoolId) {
         if let (Some(p), Some(s)) = (self.shared.pools.get(pool), self.shards.get(pool)) {
             p.set_idle(self.id, s.idle.len());
-            p.set_waiting(self.id, s.waiters.len());
+            p.set_waiting(
+                self.id,
+                s.waiters.len(),
+                s.waiters.front().map(|&(_, since)| since),
+            );
         }
     }
 
@@ -79,7 +89,7 @@ impl Reactor {
         c.acquire_deadline = Some(deadline);
         let tok = Tok::new(Kind::Client, ci, c.generation);
         if let Some(shard) = self.shards.get_mut(pool) {
-            shard.waiters.push_back(tok);
+            shard.waiters.push_back((tok, self.now));
         }
         self.publish(pool);
         self.timers.add(deadline, Timer::AcquireTimeout(tok.into()));
@@ -131,7 +141,7 @@ impl Reactor {
 
     pub(super) fn remove_waiter(&mut self, pool: PoolId, tok: Tok) {
         if let Some(shard) = self.shards.get_mut(pool) {
-            shard.waiters.retain(|&t| t != tok);
+            shard.waiters.retain(|&(t, _)| t != tok);
         }
         self.publish(pool);
     }
@@ -140,7 +150,7 @@ impl Reactor {
         let waiters = self
             .shards
             .get_mut(pool)
-            .map(|s| s.waiters.drain(..).collect())
+            .map(|s| s.waiters.drain(..).map(|(t, _)| t).collect())
             .unwrap_or_default();
         self.publish(pool);
         waiters
@@ -168,28 +178,33 @@ impl Reactor {
         if stale {
             return self.close_backend(bi, "expired or credentials changed");
         }
-        while let Some(tok) = self
+        self.drop_dead_waiters(pool);
+        let ours = self
+            .shards
+            .get(pool)
+            .and_then(|s| s.waiters.front().map(|&(_, since)| since));
+        let theirs = self
+            .shared
+            .pools
+            .get(pool)
+            .and_then(|p| p.oldest_waiter_elsewhere(self.id));
+        let hand_to = match (ours, theirs) {
+            (_, None) => None,
+            (None, Some((r, _))) => Some(r),
+            (Some(ours), Some((r, since))) => (since + FAIRNESS_SLACK < ours).then_some(r),
+        };
+        if let Some(r) = hand_to
+            && self.hand_over(bi, r, false)
+        {
+            return;
+        }
+        if let Some((tok, _)) = self
             .shards
             .get_mut(pool)
             .and_then(|s| s.waiters.pop_front())
         {
-            let waiting = self.clients.get(tok.index()).is_some_and(|c| {
-                c.generation == tok.generation && c.session.is_acquiring() && c.backend.is_none()
-            });
-            if waiting {
-                self.publish(pool);
-                return self.attach(tok.index(), bi);
-            }
-        }
-        self.publish(pool);
-        if let Some(r) = self
-            .shared
-            .pools
-            .get(pool)
-            .and_then(|p| p.reactor_with_waiters(self.id))
-            && self.hand_over(bi, r)
-        {
-            return;
+            self.publish(pool);
+            return self.attach(tok.index(), bi);
         }
         if let Some(shard) = self.shards.get_mut(pool) {
             shard.idle.push(bi);
@@ -197,8 +212,25 @@ impl Reactor {
         self.publish(pool);
     }
 
-    /// Moves an idle backend to reactor `to`. On failure it stays here.
-    fn hand_over(&mut self, bi: usize, to: usize) -> bool {
+    /// Removes waiters at the head of the queue that no longer wait (closed or served).
+    fn drop_dead_waiters(&mut self, pool: PoolId) {
+        while let Some(&(tok, _)) = self.shards.get(pool).and_then(|s| s.waiters.front()) {
+            let waiting = self.clients.get(tok.index()).is_some_and(|c| {
+                c.generation == tok.generation && c.session.is_acquiring() && c.backend.is_none()
+            });
+            if waiting {
+                break;
+            }
+            if let Some(s) = self.shards.get_mut(pool) {
+                s.waiters.pop_front();
+            }
+        }
+        self.publish(pool);
+    }
+
+    /// Moves an idle backend to reactor `to` (`requested`: an answer to its `WantBackend`).
+    /// On failure it stays here.
+    fn hand_over(&mut self, bi: usize, to: usize, requested: bool) -> bool {
         let Some(handle) = self.shared.reactor(to).cloned() else {
             return false;
         };
@@ -206,10 +238,13 @@ impl Reactor {
             return false;
         };
         let _ = self.poll.registry().deregister(&mut b.stream.sock);
-        match handle.send(Msg::Backend(Box::new(b))) {
+        match handle.send(Msg::Backend {
+            backend: Box::new(b),
+            requested,
+        }) {
             Ok(()) => true,
-            Err(Msg::Backend(b)) => {
-                self.adopt_backend(b);
+            Err(Msg::Backend { backend, .. }) => {
+                self.adopt_backend(backend, false);
                 true
             }
             Err(_) => true,
@@ -220,7 +255,7 @@ impl Reactor {
     pub(super) fn give_idle_backend(&mut self, pool: PoolId, from: usize) {
         match self.take_idle(pool) {
             Some(bi) => {
-                if !self.hand_over(bi, from) {
+                if !self.hand_over(bi, from, true) {
                     self.backend_available(bi);
                 }
             }
@@ -234,53 +269,58 @@ impl Reactor {
 
     pub(super) fn steal_failed(&mut self, pool: PoolId) {
         if let Some(shard) = self.shards.get_mut(pool) {
-            shard.steal_pending = false;
+            shard.steals = shard.steals.saturating_sub(1);
         }
         self.grow(pool);
     }
 
-    /// Makes sure enough backends are on their way for this reactor's waiters.
+    /// Makes sure a backend is on its way for every waiter of this reactor: one requested
+    /// from a reactor holding an idle one, a new connection, or one made by closing another
+    /// user's idle backend when the database is at its cap.
     pub(super) fn grow(&mut self, pool: PoolId) {
-        let Some(shard) = self.shards.get(pool) else {
-            return;
-        };
-        if shard.waiters.is_empty() || shard.connecting >= shard.waiters.len() {
-            return;
-        }
-        let steal_pending = shard.steal_pending;
         let shared = self.shared.clone();
         let Some(p) = shared.pools.get(pool) else {
             return;
         };
-        if !steal_pending
-            && let Some(r) = p.reactor_with_idle(self.id)
-            && let Some(h) = shared.reactor(r)
-            && h.send(Msg::WantBackend {
-                pool,
-                from: self.id,
-            })
-            .is_ok()
-        {
-            if let Some(shard) = self.shards.get_mut(pool) {
-                shard.steal_pending = true;
-            }
-            return;
-        }
         let Some(db) = shared.databases.get(p.db) else {
             return;
         };
-        if db.try_reserve() {
-            return self.open_backend(pool, None);
-        }
-        // The database is at pool_max_conns: an idle backend of another user makes room.
-        let others: Vec<PoolId> = db.pools.iter().copied().filter(|&o| o != pool).collect();
-        for other in others {
-            if let Some(bi) = self.take_idle(other) {
-                self.close_backend(bi, "making room for another user of the database");
-                if db.try_reserve() {
-                    return self.open_backend(pool, None);
+        let uncovered = self.shards.get(pool).map_or(0, |s| {
+            s.waiters.len().saturating_sub(s.connecting + s.steals)
+        });
+        for _ in 0..uncovered {
+            if let Some(r) = p.reactor_with_idle(self.id)
+                && let Some(h) = shared.reactor(r)
+                && h.send(Msg::WantBackend {
+                    pool,
+                    from: self.id,
+                })
+                .is_ok()
+            {
+                if let Some(shard) = self.shards.get_mut(pool) {
+                    shard.steals += 1;
                 }
-                return;
+                continue;
+            }
+            if db.try_reserve() {
+                self.open_backend(pool, None);
+                continue;
+            }
+            // At pool_max_conns: an idle backend of another user of the database makes room.
+            let other = db
+                .pools
+                .iter()
+                .copied()
+                .filter(|&o| o != pool)
+                .find_map(|o| self.take_idle(o));
+            match other {
+                Some(bi) => {
+                    self.close_backend(bi, "making room for another user of the database");
+                    if db.try_reserve() {
+                        self.open_backend(pool, None);
+                    }
+                }
+                None => return,
             }
         }
     }
@@ -355,8 +395,8 @@ impl Reactor {
                 }
             }
             if let Some(shard) = self.shards.get_mut(pool) {
-                // An unanswered request (its reply was dropped) must not block growth forever.
-                shard.steal_pending = false;
+                // A request whose reply was dropped must not block growth forever.
+                shard.steals = 0;
             }
             self.grow(pool);
         }

@@ -19,6 +19,30 @@ use super::{TEST_DATABASE, TestUser};
 /// Password pglink's clients use for a role that has none on the server (trust, cert).
 pub const PROXY_ONLY_PASSWORD: &str = "proxy_pw";
 
+/// Creates a SCRAM login role only one test uses, so that counting its server connections
+/// is not disturbed by other tests running in parallel.
+pub fn create_user(pg: &PgServer, prefix: &str) -> TestUser {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let name: &'static str =
+        Box::leak(format!("{prefix}_{}_{n}", std::process::id()).into_boxed_str());
+    pg.admin_sql(&format!(
+        "CREATE ROLE {name} LOGIN PASSWORD 'pw_{name}'; GRANT ALL ON DATABASE {TEST_DATABASE} TO {name}"
+    ));
+    pg.admin_sql_in(
+        TEST_DATABASE,
+        &format!("GRANT ALL ON SCHEMA public TO {name}"),
+    );
+    TestUser {
+        name,
+        password: Some(Box::leak(format!("pw_{name}").into_boxed_str())),
+        method: super::AuthMethod::ScramSha256,
+        tls_only: false,
+        superuser: false,
+    }
+}
+
 /// A `pglink.json` under construction.
 pub struct ProxyConfig {
     json: Value,
