@@ -1,13 +1,44 @@
 //! pglink: a PostgreSQL wire-protocol proxy with transaction pooling.
 //!
-//! The crate is built in layers. The lower layers are *sans-IO*: they take bytes and `Instant`s
-//! and hand back bytes and actions, never touching a socket, a thread or the clock, so unit tests
-//! and `cargo fuzz` drive them directly.
+//! ```text
+//!             clients (libpq, JDBC, asyncpg, pgx, ...)
+//!                  │  TCP / TLS
+//!    ┌─────────────▼──────────────────────────────┐
+//!    │ reactor 0 … reactor N-1   (mio::Poll each) │  one thread per reactor, no locks on
+//!    │  slab<Client>  slab<Backend>  timers       │  the hot path
+//!    │  pool shards + cross-reactor hand-off      │
+//!    └─────────────┬───────────────┬──────────────┘
+//!                  │ TCP / TLS     │ channels + mio::Waker
+//!           PostgreSQL          helper threads: secrets refresh, DNS, cancel delivery
+//! ```
 //!
-//! - [`protocol`]: framing and borrowed message views/builders for protocol 3.0 and 3.2.
+//! The lower layers are *sans-IO*: they take bytes and `Instant`s and hand back bytes and
+//! actions, never touching a socket, a thread or the clock, so unit tests and `cargo fuzz`
+//! drive the real state machines.
+//!
+//! - [`protocol`]: framing and borrowed message views/builders for protocol 3.0 and 3.2, the
+//!   SQLSTATE table.
 //! - [`auth`]: SCRAM-SHA-256(-PLUS) server and client, md5, channel binding.
-//! - [`config`]: the `pglink.json` model, its defaults, validation and secret resolution.
-//! - [`observe`]: logging (and later metrics, tracing, the flight recorder).
+//! - [`client`]: one client connection's session — startup, authentication, and the
+//!   [`client::relay`] that forwards a transaction and decides when its backend can be
+//!   released.
+//! - [`backend`]: where servers are and how pglink logs in to them.
+//! - [`pool`]: pool state shared between reactors (capacity, idle and waiter counts).
+//! - [`reactor`]: the mio event loops doing all I/O, TLS records, timers and buffers.
+//! - [`server`]: starting and stopping the whole thing — the embedding API.
+//! - [`config`]: the `pglink.json` model, defaults, validation and secret resolution.
+//! - [`tls`]: rustls configuration for both sides.
+//! - [`observe`]: logging (metrics, tracing and the flight recorder will live here).
+//! - [`cli`]: the `pglink` command line.
+//!
+//! # The session contract
+//!
+//! A client holds a backend from the first message that needs one until the ReadyForQuery
+//! with status idle that answers the last Query/Sync it sent (the relay's queue of expected
+//! responses knows which one that is, even in pipelines and after errors). Everything pglink
+//! says itself is an ErrorResponse whose message starts with `pglink:` and whose SQLSTATE is
+//! the one PostgreSQL would use. A client never sees another client's results, and a cancel
+//! never reaches a backend lent to someone else.
 #![forbid(unsafe_code)]
 
 pub mod auth;
