@@ -728,7 +728,9 @@ impl Reactor {
             }
             return self.open_backend(pool, Some(TlsNegotiation::Require));
         }
-        self.close_backend_quietly(bi);
+        // No automatic retry here (that would spin against a server that is down): waiters
+        // learn the cause if nothing else is coming, and the next acquire tries again.
+        self.discard_backend(bi);
         self.pool_connect_failed(pool, code, message);
     }
 
@@ -775,10 +777,16 @@ impl Reactor {
             frontend::terminate(&mut bye);
             let _ = b.stream.write(&bye);
         }
-        self.close_backend_quietly(bi);
+        let pool = self.backends.get(bi).map(|b| b.pool);
+        self.discard_backend(bi);
+        // The pool may be below its minimum or have waiters now.
+        if let Some(pool) = pool {
+            self.grow(pool);
+        }
     }
 
-    fn close_backend_quietly(&mut self, bi: usize) {
+    /// Drops a backend's connection and gives its slot back.
+    fn discard_backend(&mut self, bi: usize) {
         let Some(mut b) = self.backends.try_remove(bi) else {
             return;
         };
@@ -792,8 +800,6 @@ impl Reactor {
             input.consume(input.len());
             self.bufs.recycle_input(&mut Some(input));
         }
-        // The pool may be below its minimum or have waiters now.
-        self.grow(b.pool);
     }
 
     pub(super) fn backend_flush(&mut self, bi: usize) {

@@ -122,6 +122,10 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn start(config_json: &str) -> Proxy {
+        // `PGLINK_LOG=debug cargo test ...` shows what the proxy did.
+        if std::env::var_os("PGLINK_LOG").is_some() {
+            let _ = pglink::observe::log::init(pglink::observe::log::Format::Text);
+        }
         let parsed = match config::parse(config_json) {
             Ok(p) => p,
             Err(e) => panic!("invalid test config {config_json}: {:?}", e.errors),

@@ -1,0 +1,233 @@
+//! Server connections over time: the server going away and coming back, lifetimes, idle
+//! expiry, the warm minimum, health checks, cancel over TLS, graceful shutdown.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::wire::{WireClient, send_cancel};
+use support::*;
+
+fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn unreachable_server_is_an_error_and_recovery_is_automatic() {
+    let pg = PgServer::start();
+    let proxy = ProxyConfig::new(&pg).user(&SCRAM_USER).start();
+    let pw = Proxy::password(&SCRAM_USER);
+    let mut c = WireClient::connect(proxy.addr, SCRAM_USER.name, pw, TEST_DATABASE).unwrap();
+    assert_eq!(c.query_column("SELECT 1").unwrap(), ["1"]);
+    pg.stop();
+    // The client was idle, so it has no transaction to lose: an ERROR, not a FATAL.
+    let err = c.query_column("SELECT 2").unwrap_err();
+    assert!(err.starts_with("ERROR 08006: pglink:"), "{err}");
+    assert!(err.contains("cannot connect to server"), "{err}");
+    // The session survives and works again once the server is back.
+    pg.restart();
+    assert_eq!(c.query_column("SELECT 3").unwrap(), ["3"]);
+    // New logins work after the restart either way.
+    let mut d = WireClient::connect(proxy.addr, SCRAM_USER.name, pw, TEST_DATABASE).unwrap();
+    assert_eq!(d.query_column("SELECT 4").unwrap(), ["4"]);
+}
+
+#[test]
+fn first_login_with_the_server_down_is_fatal_08006() {
+    let pg = PgServer::start();
+    let proxy = ProxyConfig::new(&pg).user(&SCRAM_USER).start();
+    pg.stop();
+    let err = WireClient::connect(
+        proxy.addr,
+        SCRAM_USER.name,
+        Proxy::password(&SCRAM_USER),
+        TEST_DATABASE,
+    )
+    .err()
+    .expect("login must fail while the server is down");
+    assert!(err.contains("FATAL") && err.contains("08006"), "{err}");
+    assert!(err.contains("pglink:"), "{err}");
+}
+
+#[test]
+fn wrong_backend_password_reaches_the_client_with_the_servers_code() {
+    let pg = PgServer::shared();
+    // pglink accepts the client with this password but the server does not know it.
+    let user = TestUser {
+        password: Some("not_the_server_password"),
+        ..SCRAM_USER
+    };
+    let proxy = ProxyConfig::new(pg).user(&user).start();
+    let err = WireClient::connect(
+        proxy.addr,
+        user.name,
+        "not_the_server_password",
+        TEST_DATABASE,
+    )
+    .err()
+    .expect("backend login must fail");
+    assert!(err.contains("28P01"), "{err}");
+    assert!(err.contains("cannot log in to server"), "{err}");
+}
+
+#[test]
+fn lifetime_idle_time_and_minimum_are_kept() {
+    let pg = PgServer::shared();
+    let user = proxy::create_user(pg, "life");
+    let proxy = ProxyConfig::new(pg)
+        .user(&user)
+        .backend("pool_max_conns", json!(4))
+        .backend("pool_min_idle_conns", json!(2))
+        .backend("pool_max_conn_lifetime", json!("1500ms"))
+        .backend("pool_max_conn_idle_time", json!("800ms"))
+        .start();
+    let pw = Proxy::password(&user);
+    // The minimum is opened before anyone asks... once the pool has logged in once.
+    let mut c = WireClient::connect(proxy.addr, user.name, pw, TEST_DATABASE).unwrap();
+    wait_until("two warm backends", Duration::from_secs(5), || {
+        pg.backend_count(user.name) == 2
+    });
+    let first = c.query_column("SELECT pg_backend_pid()").unwrap().remove(0);
+    // Lifetime: the backend serving us is replaced.
+    wait_until("the backend is replaced", Duration::from_secs(8), || {
+        c.query_column("SELECT pg_backend_pid()").unwrap()[0] != first
+    });
+    // A burst opens more; idle expiry takes them back down to the minimum.
+    let mut more: Vec<WireClient> = (0..4)
+        .map(|_| WireClient::connect(proxy.addr, user.name, pw, TEST_DATABASE).unwrap())
+        .collect();
+    for m in &mut more {
+        m.query_column("BEGIN").unwrap();
+    }
+    assert_eq!(pg.backend_count(user.name), 4);
+    for m in &mut more {
+        m.query_column("COMMIT").unwrap();
+    }
+    wait_until(
+        "idle backends expire down to the minimum",
+        Duration::from_secs(8),
+        || pg.backend_count(user.name) == 2,
+    );
+}
+
+#[test]
+fn health_check_replaces_a_dead_idle_backend() {
+    let pg = PgServer::shared();
+    let user = proxy::create_user(pg, "health");
+    let proxy = ProxyConfig::new(pg)
+        .user(&user)
+        .backend("pool_max_conns", json!(2))
+        .backend("pool_health_check_period", json!("500ms"))
+        .start();
+    let pw = Proxy::password(&user);
+    let mut c = WireClient::connect(proxy.addr, user.name, pw, TEST_DATABASE).unwrap();
+    let pid = c.query_column("SELECT pg_backend_pid()").unwrap().remove(0);
+    // Stop the server process from answering without closing the socket: SIGSTOP.
+    let status = std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Within a few check periods the frozen backend is being health-checked (and will be
+    // closed when the check times out), so it is not lent: a new one serves us.
+    std::thread::sleep(Duration::from_millis(1600));
+    let started = Instant::now();
+    let other = c.query_column("SELECT pg_backend_pid()");
+    let _ = std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status();
+    let other = other.unwrap().remove(0);
+    assert_ne!(other, pid);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn cancel_is_delivered_over_tls_to_a_tls_backend() {
+    let pg = PgServer::shared();
+    let proxy = ProxyConfig::new(pg)
+        .user(&SCRAM_USER)
+        .backend("sslmode", json!("require"))
+        .start();
+    let pw = Proxy::password(&SCRAM_USER);
+    let mut c = WireClient::connect(proxy.addr, SCRAM_USER.name, pw, TEST_DATABASE).unwrap();
+    assert_eq!(
+        c.query_column("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .unwrap(),
+        ["t"]
+    );
+    let (pid, key) = c.key.clone().unwrap();
+    let mut m = Vec::new();
+    pglink::protocol::frontend::query(&mut m, b"SELECT pg_sleep(10)");
+    c.send(&m);
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    send_cancel(proxy.addr, pid, &key);
+    let msgs = c.until_ready().unwrap();
+    let err = msgs.iter().find_map(|m| m.error()).expect("cancelled");
+    assert_eq!(err.1, "57014");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn graceful_shutdown_lets_open_transactions_finish() {
+    let pg = PgServer::shared();
+    let proxy = ProxyConfig::new(pg).user(&SCRAM_USER).start();
+    let pw = Proxy::password(&SCRAM_USER);
+    let mut idle = WireClient::connect(proxy.addr, SCRAM_USER.name, pw, TEST_DATABASE).unwrap();
+    let mut busy = WireClient::connect(proxy.addr, SCRAM_USER.name, pw, TEST_DATABASE).unwrap();
+    busy.query_column("BEGIN").unwrap();
+    let addr = proxy.addr;
+    let stopper = std::thread::spawn(move || proxy.shutdown());
+    // The idle client is told why it is being closed.
+    let msg = idle.read().unwrap();
+    let (severity, code, _) = msg.error().unwrap();
+    assert_eq!((severity.as_str(), code.as_str()), ("FATAL", "57P01"));
+    // The open transaction can still finish...
+    assert_eq!(busy.query_column("SELECT 1").unwrap(), ["1"]);
+    busy.query_column("COMMIT").unwrap();
+    // ...after which that session ends too, and nothing new is accepted.
+    assert!(busy.read().is_ok_and(|m| m.tag == b'E') || busy.read().is_err());
+    stopper.join().unwrap();
+    assert!(std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err());
+}
+
+#[test]
+fn listens_on_ipv6_loopback_too() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("no IPv6 loopback on this machine; nothing to test");
+        return;
+    }
+    let pg = PgServer::shared();
+    let proxy = ProxyConfig::new(pg)
+        .user(&SCRAM_USER)
+        .set("listen", json!(["127.0.0.1:0"]))
+        .start();
+    // A second instance on ::1 with an explicit free port.
+    let port = std::net::TcpListener::bind("[::1]:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let v6 = ProxyConfig::new(pg)
+        .user(&SCRAM_USER)
+        .set("listen", json!([format!("[::1]:{port}")]))
+        .start();
+    let pw = Proxy::password(&SCRAM_USER);
+    let mut c = WireClient::connect(v6.addr, SCRAM_USER.name, pw, TEST_DATABASE).unwrap();
+    assert!(v6.addr.is_ipv6());
+    assert_eq!(c.query_column("SELECT 1").unwrap(), ["1"]);
+    drop(proxy);
+}
