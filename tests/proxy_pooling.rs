@@ -748,3 +748,67 @@ fn slow_reader_keeps_memory_bounded() {
     );
     assert!(hwm_kb < 64 * 1024, "peak RSS {hwm_kb} kB");
 }
+
+#[test]
+fn notification_while_held_function_call_and_flush() {
+    use pglink::protocol::frontend;
+    let pg = PgServer::shared();
+    let proxy = ProxyConfig::new(pg)
+        .user(&SCRAM_USER)
+        .backend("pool_max_conns", json!(1))
+        .start();
+    let pw = Proxy::password(&SCRAM_USER);
+    let mut c = WireClient::connect(proxy.addr, SCRAM_USER.name, pw, TEST_DATABASE).unwrap();
+    // A notification delivered at the end of the client's own transaction reaches it.
+    let msgs = c
+        .simple("LISTEN pglink_chan; NOTIFY pglink_chan, 'hello'")
+        .unwrap();
+    let note = msgs
+        .iter()
+        .find(|m| m.tag == b'A')
+        .expect("NotificationResponse");
+    let pglink::protocol::backend::BackendMessage::NotificationResponse(n) = note.decode() else {
+        unreachable!()
+    };
+    assert_eq!((n.channel, n.payload), (&b"pglink_chan"[..], &b"hello"[..]));
+    c.query_column("UNLISTEN *").unwrap();
+    // FunctionCall (fast-path): pg_backend_pid() is OID 2026.
+    let mut m = Vec::new();
+    frontend::function_call(&mut m, 2026, &[], [], 0);
+    c.send(&m);
+    let msgs = c.until_ready().unwrap();
+    assert_eq!(msgs.iter().map(|m| m.tag).collect::<Vec<_>>(), b"VZ");
+    // Flush makes the server answer what it has without a Sync; the backend stays held
+    // until the Sync.
+    let mut m = Vec::new();
+    frontend::parse(&mut m, b"", b"SELECT 7", &[]);
+    frontend::flush(&mut m);
+    c.send(&m);
+    assert_eq!(c.read().unwrap().tag, b'1');
+    let mut other = WireClient::connect(proxy.addr, SCRAM_USER.name, pw, TEST_DATABASE).unwrap();
+    let mut m = Vec::new();
+    frontend::bind(&mut m, b"", b"", &[], [], &[]);
+    frontend::execute(&mut m, b"", 0);
+    frontend::sync(&mut m);
+    c.send(&m);
+    let msgs = c.until_ready().unwrap();
+    assert_eq!(msgs.iter().map(|m| m.tag).collect::<Vec<_>>(), b"2DCZ");
+    // Only now is the single backend free for the other client.
+    assert_eq!(other.query_column("SELECT 8").unwrap(), ["8"]);
+}
+
+#[test]
+fn replication_connections_are_refused() {
+    let pg = PgServer::shared();
+    let proxy = ProxyConfig::new(pg).user(&SCRAM_USER).start();
+    let out = run_psql(
+        &proxy.dsn_with(&SCRAM_USER, "sslmode=disable replication=database"),
+        SCRAM_USER.password,
+        "IDENTIFY_SYSTEM",
+    );
+    let err = out.unwrap_err();
+    assert!(
+        err.contains("replication connections are not supported"),
+        "{err}"
+    );
+}

@@ -17,6 +17,8 @@
 //! message that needs a backend is left unconsumed while the session waits for one, so the
 //! reactor stops reading that client: a waiting client costs no buffer growth.
 
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod relay;
 mod startup;
 pub mod users;

@@ -1,0 +1,204 @@
+//! Fuzzing entry point for the client session: the fuzz target `client_session` is a one-liner
+//! over [`fuzz_session`]. Not a stable API.
+//!
+//! The input is a script of operations the reactor could perform, in any order: client bytes,
+//! a backend attached, backend bytes, an acquire failure, a lost backend, TLS established, the
+//! login timeout, the client going away. The session must never panic, never consume more
+//! than it was given, and never write to a backend it does not hold. Logins use `plaintext`
+//! after TLS with the password `pw`, which a fuzzer finds quickly from the seeds.
+#![allow(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use super::users::{DbEntry, UserEntry, UserTable};
+use super::{
+    AcquireError, AuthMethod, CancelKey, ClientTls, Env, Out, ParamList, Session, SessionConfig,
+};
+use crate::auth::{FixedRng, ScramVerifier};
+use crate::protocol::SqlState;
+
+fn users() -> &'static UserTable {
+    static USERS: OnceLock<UserTable> = OnceLock::new();
+    USERS.get_or_init(|| {
+        let mut rng = FixedRng::new(vec![3u8; 32]);
+        let entry = UserEntry {
+            name: "u".into(),
+            password: "pw".into(),
+            scram: ScramVerifier::generate(b"pw", 4096, &mut rng),
+            pool: 0,
+        };
+        let mut db = DbEntry::default();
+        db.users.insert("u".into(), Arc::new(entry));
+        UserTable {
+            databases: HashMap::from([("d".to_owned(), db)]),
+            scram_iterations: 4096,
+            mock_secret: [1; 32],
+        }
+    })
+}
+
+/// Runs one operation script.
+pub fn fuzz_session(data: &[u8]) {
+    run_script(data);
+}
+
+/// Runs a script and returns the session as it ended.
+fn run_script(data: &[u8]) -> Session {
+    let config = SessionConfig {
+        auth_method: match data.first().copied().unwrap_or(0) % 3 {
+            0 => AuthMethod::Plaintext,
+            1 => AuthMethod::Md5,
+            _ => AuthMethod::Scram,
+        },
+        tls: ClientTls::Optional,
+        channel_binding: Some(vec![7; 32]),
+        max_message_len: 1 << 16,
+    };
+    let params: Arc<ParamList> = Arc::new(vec![("server_version".into(), "15".into())]);
+    let lookup = |_| Some(params.clone());
+    let mut rng = FixedRng::new(vec![5u8; 16]);
+    let mut session = Session::new(CancelKey::new(1, [2; 32], 32), 1 << 16);
+    let (mut to_client, mut to_backend, mut actions) = (Vec::new(), Vec::new(), Vec::new());
+    let mut pending: Vec<u8> = Vec::new();
+    let mut ops = data.get(1..).unwrap_or_default();
+    while let Some((&op, rest)) = ops.split_first() {
+        let len = rest
+            .first()
+            .map_or(0, |&l| usize::from(l))
+            .min(rest.len().saturating_sub(1));
+        let arg = rest.get(1..1 + len).unwrap_or_default();
+        ops = rest.get(1 + len..).unwrap_or_default();
+        let held_before = session.holds_backend();
+        let mut out = Out {
+            to_client: &mut to_client,
+            to_backend: &mut to_backend,
+            actions: &mut actions,
+        };
+        match op % 8 {
+            0 => {
+                pending.extend_from_slice(arg);
+                let mut env = Env {
+                    config: &config,
+                    users: users(),
+                    rng: &mut rng,
+                    server_params: &lookup,
+                };
+                let n = session.on_client_data(&pending, &mut env, &mut out);
+                assert!(n <= pending.len(), "consumed more than given");
+                pending.drain(..n);
+            }
+            1 => session.on_backend_attached(&params, &mut out),
+            2 => {
+                let n = session.on_backend_data(arg, &mut out);
+                assert!(n <= arg.len(), "consumed more than given");
+            }
+            3 => {
+                let error = AcquireError::Server {
+                    code: SqlState::CONNECTION_FAILURE,
+                    message: "down".into(),
+                };
+                session.on_acquire_failed(error, &mut out);
+            }
+            4 if session.holds_backend() => session.on_backend_lost(&mut out),
+            5 => session.on_tls_established(false, true, &mut out),
+            6 => session.on_login_timeout(&mut out),
+            7 => {
+                let _ = session.detach();
+            }
+            _ => {}
+        }
+        if !held_before && !session.holds_backend() {
+            assert!(to_backend.is_empty(), "wrote to a backend it does not hold");
+        }
+        to_client.clear();
+        to_backend.clear();
+        actions.clear();
+    }
+    session
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::frontend;
+    use crate::protocol::startup::{ProtocolVersion, startup_message};
+
+    /// A login (plaintext after TLS) then a query, as an operation script; also the seed the
+    /// fuzz corpus starts from.
+    pub fn login_and_query_script() -> Vec<u8> {
+        let mut script = vec![0u8]; // plaintext
+        let mut push = |op: u8, bytes: &[u8]| {
+            if bytes.is_empty() {
+                script.extend_from_slice(&[op, 0]);
+            }
+            for chunk in bytes.chunks(255) {
+                script.push(op);
+                script.push(chunk.len() as u8);
+                script.extend_from_slice(chunk);
+            }
+        };
+        push(5, b"");
+        let mut m = Vec::new();
+        startup_message(
+            &mut m,
+            ProtocolVersion::V3_0,
+            &[(b"user", b"u"), (b"database", b"d")],
+        );
+        frontend::password(&mut m, b"pw");
+        frontend::query(&mut m, b"SELECT 1");
+        push(0, &m);
+        push(1, b"");
+        push(0, b"");
+        let mut reply = Vec::new();
+        crate::protocol::backend::command_complete(&mut reply, b"SELECT 1");
+        crate::protocol::backend::ready_for_query(
+            &mut reply,
+            crate::protocol::TransactionStatus::Idle,
+        );
+        push(2, &reply);
+        script
+    }
+
+    #[test]
+    fn seed_script_logs_in_and_runs_a_query() {
+        let session = run_script(&login_and_query_script());
+        assert!(session.is_logged_in(), "{session:?}");
+        assert!(
+            !session.holds_backend(),
+            "the query finished and the backend went back"
+        );
+    }
+
+    /// `cargo test -p pglink write_fuzz_seed -- --ignored` refreshes the committed seed.
+    #[test]
+    #[ignore]
+    fn write_fuzz_seed() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/client_session");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("login-query"), login_and_query_script()).unwrap();
+    }
+
+    #[test]
+    fn arbitrary_scripts_do_not_panic() {
+        let mut state = 0x1234_5678_u64;
+        for _ in 0..2000 {
+            let len = (state % 300) as usize;
+            let data: Vec<u8> = (0..len)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect();
+            fuzz_session(&data);
+        }
+    }
+}
