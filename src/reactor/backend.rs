@@ -470,7 +470,9 @@ impl Reactor {
         };
         let n = c.session.on_backend_data(input.filled(), &mut out);
         input.consume(n);
-        scratch.dirty.push(Tok::new(Kind::Client, ci, c.generation));
+        if c.output.as_ref().is_some_and(|o| !o.is_empty()) {
+            scratch.dirty.push(Tok::new(Kind::Client, ci, c.generation));
+        }
         scratch
             .actions
             .extend(scratch.action_buf.drain(..).map(|a| (ci, a)));
@@ -831,21 +833,18 @@ impl Reactor {
             return self.backend_lost(bi, &format!("server write failed: {e}"));
         }
         self.bufs.recycle_output(&mut b.output);
-        if b.output_len() <= HIGH_WATER
-            && let State::Lent(ci) = b.state
-        {
+        if let State::Lent(ci) = b.state {
             self.wake_client_if_paused(ci);
         }
     }
 
+    /// Resumes reading a backend that stopped, once it would really read.
     pub(super) fn wake_backend_if_paused(&mut self, bi: usize) {
-        if let Some(b) = self.backends.get_mut(bi)
-            && b.read_paused
-        {
-            b.read_paused = false;
-            self.scratch
-                .ready
-                .push(Tok::new(Kind::Backend, bi, b.generation));
+        if self.backends.get(bi).is_some_and(|b| b.read_paused) && self.backend_wants_input(bi) {
+            if let Some(b) = self.backends.get_mut(bi) {
+                b.read_paused = false;
+                self.scratch.ready.push(Tok::new(Kind::Backend, bi, b.generation));
+            }
         }
     }
 

@@ -427,30 +427,21 @@ impl Reactor {
             return self.close_client(ci, &format!("client write failed: {e}"));
         }
         self.bufs.recycle_output(&mut c.output);
-        let drained = c.output_len() <= HIGH_WATER;
-        let backend = c.backend;
-        if drained && let Some(bi) = backend {
+        if let Some(bi) = c.backend {
             self.wake_backend_if_paused(bi);
         }
-        if let Some(c) = self.clients.get_mut(ci)
-            && c.read_paused
-            && drained
-        {
-            c.read_paused = false;
-            self.scratch
-                .ready
-                .push(Tok::new(Kind::Client, ci, c.generation));
-        }
+        self.wake_client_if_paused(ci);
     }
 
+    /// Resumes reading a client that stopped, but only once it would really read: a client
+    /// paused while it waits for a backend stays paused until it gets one (waking it on every
+    /// flush would spin the loop).
     pub(super) fn wake_client_if_paused(&mut self, ci: usize) {
-        if let Some(c) = self.clients.get_mut(ci)
-            && c.read_paused
-        {
-            c.read_paused = false;
-            self.scratch
-                .ready
-                .push(Tok::new(Kind::Client, ci, c.generation));
+        if self.clients.get(ci).is_some_and(|c| c.read_paused) && self.client_wants_input(ci) {
+            if let Some(c) = self.clients.get_mut(ci) {
+                c.read_paused = false;
+                self.scratch.ready.push(Tok::new(Kind::Client, ci, c.generation));
+            }
         }
     }
 

@@ -260,7 +260,7 @@ impl Reactor {
             generations: Generations::default(),
             shards,
             timers: Timers::default(),
-            bufs: BufPool::new(256),
+            bufs: BufPool::new(64),
             scratch: Scratch {
                 sink: Vec::new(),
                 actions: VecDeque::new(),
