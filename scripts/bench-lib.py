@@ -1,0 +1,441 @@
+#!/usr/bin/env python3
+"""Helpers for scripts/bench (Python standard library only).
+
+  bench-lib.py idle --host H --port P --user U --password PW --db D --n N --pid PID
+      Open N idle client connections (startup + SCRAM-SHA-256 / MD5 / cleartext login,
+      up to ReadyForQuery), measure the RSS of process PID before and with them open,
+      print one JSON object and close the connections.
+
+  bench-lib.py report --results FILE
+      Turn the raw per-run results written by scripts/bench into the markdown report. The
+      header comes from BENCH_* environment variables (see meta_from_env).
+"""
+import argparse
+import base64
+import hashlib
+import hmac
+import json
+import os
+import resource
+import socket
+import statistics
+import struct
+import sys
+import time
+
+
+# ---------------------------------------------------------------- idle clients
+
+
+def _read_exact(sock, n):
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("server closed the connection during login")
+        buf += chunk
+    return bytes(buf)
+
+
+def _read_msg(sock):
+    head = _read_exact(sock, 5)
+    tag, length = head[:1], struct.unpack("!I", head[1:])[0]
+    return tag, _read_exact(sock, length - 4)
+
+
+def _send(sock, tag, payload):
+    sock.sendall(tag + struct.pack("!I", len(payload) + 4) + payload)
+
+
+def _error_text(body):
+    fields = {}
+    for part in body.split(b"\0"):
+        if part:
+            fields[chr(part[0])] = part[1:].decode(errors="replace")
+    return "%s %s: %s" % (fields.get("S", "?"), fields.get("C", "?"), fields.get("M", "?"))
+
+
+_SALTED_CACHE = {}
+
+
+def _scram(sock, user, password, mechanisms):
+    if b"SCRAM-SHA-256" not in mechanisms:
+        raise RuntimeError("server offers no SCRAM-SHA-256: %r" % mechanisms)
+    nonce = base64.b64encode(os.urandom(18)).decode()
+    client_first_bare = "n=,r=" + nonce
+    client_first = ("n,," + client_first_bare).encode()
+    _send(sock, b"p", b"SCRAM-SHA-256\0" + struct.pack("!i", len(client_first)) + client_first)
+    tag, body = _read_msg(sock)
+    if tag == b"E":
+        raise RuntimeError(_error_text(body))
+    code = struct.unpack("!I", body[:4])[0]
+    if tag != b"R" or code != 11:
+        raise RuntimeError("expected SASLContinue, got %r %r" % (tag, code))
+    server_first = body[4:].decode()
+    attrs = dict(kv.split("=", 1) for kv in server_first.split(","))
+    if not attrs["r"].startswith(nonce):
+        raise RuntimeError("server nonce does not extend the client nonce")
+    salt, iterations = base64.b64decode(attrs["s"]), int(attrs["i"])
+    key = (password, salt, iterations)
+    salted = _SALTED_CACHE.get(key)
+    if salted is None:
+        salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+        _SALTED_CACHE[key] = salted
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    final_without_proof = "c=biws,r=" + attrs["r"]
+    auth_message = ",".join([client_first_bare, server_first, final_without_proof]).encode()
+    signature = hmac.new(stored_key, auth_message, hashlib.sha256).digest()
+    proof = bytes(a ^ b for a, b in zip(client_key, signature))
+    final = (final_without_proof + ",p=" + base64.b64encode(proof).decode()).encode()
+    _send(sock, b"p", final)
+
+
+def login(host, port, user, password, db, timeout=30.0):
+    sock = socket.create_connection((host, port), timeout=timeout)
+    try:
+        params = b"user\0" + user.encode() + b"\0database\0" + db.encode() + b"\0\0"
+        body = struct.pack("!I", 196608) + params
+        sock.sendall(struct.pack("!I", len(body) + 4) + body)
+        while True:
+            tag, body = _read_msg(sock)
+            if tag == b"E":
+                raise RuntimeError(_error_text(body))
+            if tag == b"Z":
+                break
+            if tag != b"R":
+                continue  # ParameterStatus, BackendKeyData, NoticeResponse
+            code = struct.unpack("!I", body[:4])[0]
+            if code == 0 or code == 12:  # AuthenticationOk / SASLFinal
+                continue
+            if code == 10:
+                _scram(sock, user, password, body[4:].split(b"\0"))
+            elif code == 5:
+                inner = hashlib.md5(password.encode() + user.encode()).hexdigest()
+                outer = "md5" + hashlib.md5(inner.encode() + body[4:8]).hexdigest()
+                _send(sock, b"p", outer.encode() + b"\0")
+            elif code == 3:
+                _send(sock, b"p", password.encode() + b"\0")
+            else:
+                raise RuntimeError("unsupported authentication request %d" % code)
+        sock.settimeout(None)
+        return sock
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _status_kb(pid, field):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError("no %s in /proc/%d/status" % (field, pid))
+
+
+def cmd_idle(a):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = a.n + 100
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
+    time.sleep(0.5)
+    before = _status_kb(a.pid, "VmRSS")
+    socks, error = [], None
+    t0 = time.monotonic()
+    try:
+        for _ in range(a.n):
+            socks.append(login(a.host, a.port, a.user, a.password, a.db))
+    except Exception as e:  # report how far we got instead of a traceback
+        error = "%s after %d connections: %s" % (type(e).__name__, len(socks), e)
+    login_s = time.monotonic() - t0
+    time.sleep(1.0)
+    after = _status_kb(a.pid, "VmRSS")
+    hwm = _status_kb(a.pid, "VmHWM")
+    # Check the connections are still alive: a closed one reads EOF at once.
+    alive = 0
+    for s in socks:
+        s.setblocking(False)
+        try:
+            alive += 0 if s.recv(1) == b"" else 1
+        except BlockingIOError:
+            alive += 1
+        except OSError:
+            pass
+    for s in socks:
+        try:
+            s.setblocking(True)
+            s.sendall(b"X\0\0\0\4")  # Terminate
+        except OSError:
+            pass
+        s.close()
+    n = len(socks)
+    out = {
+        "requested": a.n,
+        "connected": n,
+        "alive": alive,
+        "rss_before_kb": before,
+        "rss_after_kb": after,
+        "vmhwm_kb": hwm,
+        "bytes_per_client": round((after - before) * 1024 / n) if n else None,
+        "login_seconds": round(login_s, 2),
+        "error": error,
+    }
+    print(json.dumps(out))
+    return 0 if error is None and alive == a.n else 1
+
+
+# ---------------------------------------------------------------- report
+
+
+def _fmt_num(x, digits=0):
+    if x is None:
+        return "–"
+    return "{:,.{d}f}".format(x, d=digits)
+
+
+def _ratio(a, b):
+    return "–" if not a or not b else "%.2f" % (a / b)
+
+
+def _int_or_none(v):
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def meta_from_env():
+    e = os.environ
+    meta = {k: e.get("BENCH_" + k.upper(), "?") for k in ("date", "command", "machine", "revision", "versions", "setup")}
+    meta["clk_tck"] = int(e.get("BENCH_CLK_TCK", "100"))
+    meta["notes"] = e.get("BENCH_NOTES", "")
+    mem = {}
+    hwm = {t: e.get("BENCH_HWM_" + t.upper()) for t in ("pgbouncer", "pglink")}
+    if any(hwm.values()):
+        mem["peak_rss_kb"] = {t: int(v) if v else None for t, v in hwm.items()}
+    idle = {}
+    for t in ("pgbouncer", "pglink"):
+        path = e.get("BENCH_IDLE_" + t.upper())
+        if path:
+            try:
+                idle[t] = json.load(open(path))
+            except (OSError, ValueError) as err:
+                idle[t] = {"error": "no result (%s)" % err}
+    if idle:
+        mem["idle"] = idle
+    meta["memory"] = mem
+    meta["wait_cpu_ms"] = {t: _int_or_none(e.get("BENCH_WAITCPU_" + t.upper())) for t in ("pgbouncer", "pglink")}
+    meta["wait_base_cpu_ms"] = {t: _int_or_none(e.get("BENCH_WAITBASE_" + t.upper())) for t in ("pgbouncer", "pglink")}
+    meta["wait_seconds"] = e.get("BENCH_WAIT_SECONDS", "?")
+    problems = []
+    path = e.get("BENCH_PROBLEMS")
+    if path and os.path.exists(path):
+        problems = [l.strip() for l in open(path) if l.strip()]
+    meta["problems"] = problems
+    return meta
+
+
+def cmd_report(a):
+    meta = meta_from_env()
+    rows = []
+    with open(a.results) as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if not line or line.startswith("#"):
+                continue
+            r = dict(zip(RESULT_FIELDS, line.split("\t")))
+            rows.append(r)
+
+    order, groups = [], {}
+    for r in rows:
+        w = r["workload"]
+        if w not in groups:
+            order.append(w)
+            groups[w] = {}
+        groups[w].setdefault(r["target"], []).append(r)
+
+    def summarise(runs):
+        good = [r for r in runs if r["rate"] != ""]
+        rates = [float(r["rate"]) for r in good]
+        cpu = [
+            float(r["cpu_ticks"]) * 1e6 / meta["clk_tck"] / float(r["units"])
+            for r in good
+            if r["cpu_ticks"] != "" and float(r["units"]) > 0
+        ]
+        failed = sum(int(r["failed"] or 0) for r in runs)
+        bad_rc = sum(1 for r in runs if r["rc"] != "0")
+        return {
+            "rate": statistics.median(rates) if rates else None,
+            "min": min(rates) if rates else None,
+            "max": max(rates) if rates else None,
+            "cpu": statistics.median(cpu) if cpu else None,
+            "failed": failed,
+            "bad_rc": bad_rc,
+            "runs": len(runs),
+        }
+
+    out = []
+    out.append("## %s — `%s`" % (meta["date"], meta["command"]))
+    out.append("")
+    out.append("- Machine: %s" % meta["machine"])
+    out.append("- Revision: %s" % meta["revision"])
+    out.append("- Versions: %s" % meta["versions"])
+    out.append("- Setup: %s" % meta["setup"])
+    out.append("")
+    tx = [w for w in order if not w.startswith("COPY")]
+    cp = [w for w in order if w.startswith("COPY")]
+    problems = []
+    if tx:
+        out.append(
+            "| Workload | direct TPS | PgBouncer TPS | pglink TPS | pglink/PgBouncer | pglink/direct "
+            "| PgBouncer CPU µs/txn | pglink CPU µs/txn | failed (d/b/l) |"
+        )
+        out.append("|---|--:|--:|--:|--:|--:|--:|--:|:-:|")
+        for w in tx:
+            s = {t: summarise(groups[w].get(t, [])) for t in ("direct", "pgbouncer", "pglink")}
+            out.append(
+                "| %s | %s | %s | %s | %s | %s | %s | %s | %s |"
+                % (
+                    w,
+                    _fmt_num(s["direct"]["rate"]),
+                    _fmt_num(s["pgbouncer"]["rate"]),
+                    _fmt_num(s["pglink"]["rate"]),
+                    _ratio(s["pglink"]["rate"], s["pgbouncer"]["rate"]),
+                    _ratio(s["pglink"]["rate"], s["direct"]["rate"]),
+                    _fmt_num(s["pgbouncer"]["cpu"], 1),
+                    _fmt_num(s["pglink"]["cpu"], 1),
+                    "/".join(
+                        str(s[t]["failed"]) + ("!" if s[t]["bad_rc"] else "")
+                        for t in ("direct", "pgbouncer", "pglink")
+                    ),
+                )
+            )
+            for t in ("direct", "pgbouncer", "pglink"):
+                if s[t]["failed"] or s[t]["bad_rc"]:
+                    problems.append(
+                        "%s via %s: %d failed transactions, %d of %d runs exited non-zero"
+                        % (w, t, s[t]["failed"], s[t]["bad_rc"], s[t]["runs"])
+                    )
+        out.append("")
+        spread = []
+        for w in tx:
+            for t in ("direct", "pgbouncer", "pglink"):
+                s = summarise(groups[w].get(t, []))
+                if s["min"] is not None and s["runs"] > 1:
+                    spread.append("%s/%s %s–%s" % (w, t, _fmt_num(s["min"]), _fmt_num(s["max"])))
+        if spread:
+            out.append("TPS range over rounds (min–max): " + "; ".join(spread) + ".")
+            out.append("")
+    if cp:
+        out.append(
+            "| COPY | direct MB/s | PgBouncer MB/s | pglink MB/s | pglink/PgBouncer | pglink/direct "
+            "| PgBouncer CPU µs/MB | pglink CPU µs/MB | failed (d/b/l) |"
+        )
+        out.append("|---|--:|--:|--:|--:|--:|--:|--:|:-:|")
+        for w in cp:
+            s = {t: summarise(groups[w].get(t, [])) for t in ("direct", "pgbouncer", "pglink")}
+            out.append(
+                "| %s | %s | %s | %s | %s | %s | %s | %s | %s |"
+                % (
+                    w,
+                    _fmt_num(s["direct"]["rate"], 1),
+                    _fmt_num(s["pgbouncer"]["rate"], 1),
+                    _fmt_num(s["pglink"]["rate"], 1),
+                    _ratio(s["pglink"]["rate"], s["pgbouncer"]["rate"]),
+                    _ratio(s["pglink"]["rate"], s["direct"]["rate"]),
+                    _fmt_num(s["pgbouncer"]["cpu"], 0),
+                    _fmt_num(s["pglink"]["cpu"], 0),
+                    "/".join(str(s[t]["bad_rc"]) for t in ("direct", "pgbouncer", "pglink")),
+                )
+            )
+            for t in ("direct", "pgbouncer", "pglink"):
+                if s[t]["bad_rc"]:
+                    problems.append("%s via %s: %d of %d runs failed" % (w, t, s[t]["bad_rc"], s[t]["runs"]))
+        out.append("")
+
+    mem = meta.get("memory", {})
+    if mem:
+        out.append("| Memory / idle cost | PgBouncer | pglink |")
+        out.append("|---|--:|--:|")
+        hwm = mem.get("peak_rss_kb", {})
+        out.append(
+            "| peak RSS over the whole run (VmHWM) | %s KiB | %s KiB |"
+            % (_fmt_num(hwm.get("pgbouncer")), _fmt_num(hwm.get("pglink")))
+        )
+        idle = mem.get("idle", {})
+        if idle:
+            b, l = idle.get("pgbouncer", {}), idle.get("pglink", {})
+            n = b.get("requested") or l.get("requested")
+            out.append(
+                "| RSS per idle client (%s clients) | %s B | %s B |"
+                % (n, _fmt_num(b.get("bytes_per_client")), _fmt_num(l.get("bytes_per_client")))
+            )
+            out.append(
+                "| RSS before → with idle clients | %s → %s KiB | %s → %s KiB |"
+                % (
+                    _fmt_num(b.get("rss_before_kb")),
+                    _fmt_num(b.get("rss_after_kb")),
+                    _fmt_num(l.get("rss_before_kb")),
+                    _fmt_num(l.get("rss_after_kb")),
+                )
+            )
+            for t, d in (("pgbouncer", b), ("pglink", l)):
+                if d.get("error") or d.get("alive") != d.get("requested"):
+                    problems.append(
+                        "idle clients via %s: %s of %s connected, %s still open at measurement; %s"
+                        % (t, d.get("connected"), d.get("requested"), d.get("alive"), d.get("error"))
+                    )
+    wait = meta.get("wait_cpu_ms", {})
+    base = meta.get("wait_base_cpu_ms", {})
+    if any(v is not None for v in wait.values()):
+        if not mem:
+            out.append("| Memory / idle cost | PgBouncer | pglink |")
+            out.append("|---|--:|--:|")
+        out.append(
+            "| proxy CPU, pool busy for %s s: no client queued → 1 client queued | %s → %s ms | %s → %s ms |"
+            % (
+                meta.get("wait_seconds"),
+                _fmt_num(base.get("pgbouncer")),
+                _fmt_num(wait.get("pgbouncer")),
+                _fmt_num(base.get("pglink")),
+                _fmt_num(wait.get("pglink")),
+            )
+        )
+    if mem or any(v is not None for v in wait.values()):
+        out.append("")
+    problems.extend(meta.get("problems", []))
+    if problems:
+        out.append("**FAILURES:**")
+        out.append("")
+        for p in problems:
+            out.append("- " + p)
+        out.append("")
+    if meta.get("notes"):
+        out.append(meta["notes"])
+        out.append("")
+    sys.stdout.write("\n".join(out) + "\n")
+    return 0
+
+
+RESULT_FIELDS = ["round", "workload", "target", "rate", "units", "failed", "rc", "cpu_ticks", "output"]
+
+
+def main():
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    i = sub.add_parser("idle")
+    i.add_argument("--host", default="127.0.0.1")
+    i.add_argument("--port", type=int, required=True)
+    i.add_argument("--user", required=True)
+    i.add_argument("--password", required=True)
+    i.add_argument("--db", required=True)
+    i.add_argument("--n", type=int, required=True)
+    i.add_argument("--pid", type=int, required=True)
+    r = sub.add_parser("report")
+    r.add_argument("--results", required=True)
+    a = p.parse_args()
+    return cmd_idle(a) if a.cmd == "idle" else cmd_report(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
