@@ -770,3 +770,230 @@ fn protocol_3_2_gets_long_cancel_keys_and_newer_minors_are_negotiated() {
         assert_eq!(e.code, "0A000", "{version:?}: {e}");
     }
 }
+
+// ---- certificates of every kind for the client side ----------------------------------------
+
+/// A self-signed certificate for localhost made by the openssl tool; returns (cert, key).
+fn openssl_self_signed(dir: &Path, name: &str, key_args: &[&str]) -> (PathBuf, PathBuf) {
+    let cert = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .args(["-addext", "subjectAltName=DNS:localhost"])
+        .args(key_args)
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl req {key_args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+    (cert, key)
+}
+
+fn proxy_with_files(pg: &PgServer, cert: &Path, key: &Path) -> Proxy {
+    ProxyConfig::new(pg)
+        .user(&SCRAM_USER)
+        .set(
+            "tls",
+            json!({
+                "sslmode": "require",
+                "cert_path": cert.to_str().unwrap(),
+                "cert_private_key_path": key.to_str().unwrap(),
+            }),
+        )
+        .start()
+}
+
+/// `tls-server-end-point` hashes the certificate with its signature's hash (SHA-256 at least):
+/// libpq computes it with OpenSSL, pglink with its own code; they must agree.
+#[test]
+fn channel_binding_agrees_with_libpq_for_rsa_and_ecdsa_certificates() {
+    let pg = PgServer::shared();
+    let dir = tempdir();
+    let kinds: [(&str, &[&str]); 4] = [
+        ("rsa-sha256", &["-newkey", "rsa:2048", "-sha256"]),
+        ("rsa-sha512", &["-newkey", "rsa:2048", "-sha512"]),
+        (
+            "p384-sha384",
+            &[
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-384",
+                "-sha384",
+            ],
+        ),
+        (
+            "p256-sha1",
+            &[
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-sha1",
+            ],
+        ),
+    ];
+    for (name, args) in kinds {
+        let (cert, key) = openssl_self_signed(dir.path(), name, args);
+        let proxy = proxy_with_files(pg, &cert, &key);
+        let dsn = format!(
+            "host=localhost port={} user={} dbname={TEST_DATABASE} sslmode=verify-full \
+             sslrootcert={} channel_binding=require",
+            proxy.port(),
+            SCRAM_USER.name,
+            cert.display()
+        );
+        // SHA-1 signatures are refused by TLS 1.3 stacks; skip what OpenSSL itself refuses.
+        match run_psql(&dsn, SCRAM_USER.password, "SELECT 1") {
+            Ok(out) => assert_eq!(out, "1", "{name}"),
+            Err(e) if name == "p256-sha1" && !e.contains("SCRAM") => {
+                println!("{name}: not usable with this OpenSSL: {e}")
+            }
+            Err(e) => panic!("{name}: {e}"),
+        }
+    }
+}
+
+/// Ed25519 has no hash for `tls-server-end-point`: pglink must not offer PLUS, and logins with
+/// libpq's default `channel_binding=prefer` must work.
+#[test]
+fn ed25519_certificate_logs_in_without_channel_binding() {
+    let pg = PgServer::shared();
+    let dir = tempdir();
+    let (cert, key) = openssl_self_signed(dir.path(), "ed25519", &["-newkey", "ed25519"]);
+    let proxy = proxy_with_files(pg, &cert, &key);
+    assert_eq!(
+        via(&proxy, &SCRAM_USER, "sslmode=require", "SELECT 1"),
+        Ok("1".into())
+    );
+    let err = via(
+        &proxy,
+        &SCRAM_USER,
+        "sslmode=require channel_binding=require",
+        "SELECT 1",
+    )
+    .unwrap_err();
+    assert!(err.contains("channel binding"), "{err}");
+    let mut c = Conn::tls(proxy.addr, client_config_any_cert(true), "localhost").unwrap();
+    let info = c
+        .login(
+            SCRAM_USER.name,
+            TEST_DATABASE,
+            "scram_pw",
+            &LoginOptions::default(),
+        )
+        .unwrap();
+    assert_eq!(info.offered, ["SCRAM-SHA-256"]);
+}
+
+#[test]
+fn generated_certificate_is_written_once_and_verifiable() {
+    let pg = PgServer::shared();
+    let dir = tempdir();
+    let cert = dir.path().join("gen.crt");
+    let key = dir.path().join("gen.key");
+    let config = || {
+        ProxyConfig::new(pg).user(&SCRAM_USER).set(
+            "tls",
+            json!({
+                "sslmode": "require",
+                "generate_cert": true,
+                "cert_path": cert.to_str().unwrap(),
+                "cert_private_key_path": key.to_str().unwrap(),
+            }),
+        )
+    };
+    let proxy = config().start();
+    assert_eq!(
+        fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let first = fs::read(&cert).unwrap();
+    let dsn = |port: u16| {
+        format!(
+            "host=localhost port={port} user={} dbname={TEST_DATABASE} sslmode=verify-full \
+             sslrootcert={} channel_binding=require",
+            SCRAM_USER.name,
+            cert.display()
+        )
+    };
+    assert_eq!(
+        run_psql(&dsn(proxy.port()), SCRAM_USER.password, "SELECT 1"),
+        Ok("1".into())
+    );
+    drop(proxy);
+    // A restart uses the same files.
+    let proxy = config().start();
+    assert_eq!(fs::read(&cert).unwrap(), first);
+    assert_eq!(
+        run_psql(&dsn(proxy.port()), SCRAM_USER.password, "SELECT 1"),
+        Ok("1".into())
+    );
+    drop(proxy);
+    // Without generate_cert, a missing file is a configuration error naming it.
+    let missing = dir.path().join("missing.crt");
+    let config = ProxyConfig::new(pg).user(&SCRAM_USER).set(
+        "tls",
+        json!({
+            "sslmode": "require",
+            "cert_path": missing.to_str().unwrap(),
+            "cert_private_key_path": key.to_str().unwrap(),
+        }),
+    );
+    let err = match pglink::config::parse(&config.json().to_string()) {
+        Ok(_) => panic!("accepted a missing certificate file"),
+        Err(e) => format!("{:?}", e.errors),
+    };
+    assert!(err.contains(missing.to_str().unwrap()), "{err}");
+}
+
+#[test]
+fn gssenc_request_is_declined_and_the_login_continues() {
+    let pg = PgServer::shared();
+    let proxy = ProxyConfig::new(pg).user(&SCRAM_USER).start();
+    use std::io::{Read as _, Write as _};
+    let mut tcp = std::net::TcpStream::connect(proxy.addr).unwrap();
+    tcp.set_read_timeout(Some(support::wire::IO_TIMEOUT))
+        .unwrap();
+    let mut req = Vec::new();
+    pglink::protocol::startup::gssenc_request(&mut req);
+    tcp.write_all(&req).unwrap();
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).unwrap();
+    assert_eq!(answer[0], b'N');
+    // The client goes on in plaintext on the same connection.
+    let mut c = Conn::from_tcp(tcp);
+    c.send_startup(SCRAM_USER.name, TEST_DATABASE, &LoginOptions::default());
+    let info = c
+        .authenticate(
+            SCRAM_USER.name,
+            "scram_pw",
+            &Binding::Prefer,
+            &mut pglink::auth::SaltedKeyCache::new(1),
+        )
+        .unwrap();
+    assert_eq!(info.method, "SCRAM-SHA-256");
+    // Direct TLS to a proxy with TLS disabled fails at once instead of hanging.
+    let proxy = ProxyConfig::new(pg)
+        .user(&SCRAM_USER)
+        .set("tls.sslmode", json!("disable"))
+        .start();
+    let started = std::time::Instant::now();
+    assert!(Conn::direct_tls(proxy.addr, client_config_any_cert(true), "localhost").is_err());
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}

@@ -248,9 +248,10 @@ impl Conn {
             .peer_certificates()
             .and_then(|c| c.first())
             .map(|c| c.to_vec());
+        // None when the certificate's signature has no hash (Ed25519): no binding possible.
         let end_point = peer_cert
             .as_deref()
-            .map(|c| tls_server_end_point(c).expect("hash the server certificate"));
+            .and_then(|c| tls_server_end_point(c).ok());
         let alpn = tls.alpn_protocol().map(<[u8]>::to_vec);
         let raw = tcp.try_clone().expect("clone socket");
         Ok(Conn {
@@ -274,6 +275,24 @@ impl Conn {
             peer_cert: None,
             alpn: None,
         }
+    }
+
+    /// The raw socket of a plain connection, for holding it open at the smallest cost (no
+    /// buffers). Panics if bytes were buffered.
+    pub fn into_tcp(self) -> TcpStream {
+        assert!(self.buf.is_empty(), "unread bytes: {:?}", self.buf);
+        self.tcp
+    }
+
+    /// The raw socket and any bytes read from it but not consumed yet.
+    pub fn into_parts(self) -> (TcpStream, Vec<u8>) {
+        (self.tcp, self.buf)
+    }
+
+    /// Back from [`into_tcp`](Self::into_tcp).
+    pub fn from_tcp(tcp: TcpStream) -> Conn {
+        let io = Box::new(tcp.try_clone().expect("clone socket"));
+        Conn::from_stream(io, tcp, Vec::new())
     }
 
     pub fn set_timeout(&self, timeout: Duration) {
