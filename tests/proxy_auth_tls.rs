@@ -997,3 +997,145 @@ fn gssenc_request_is_declined_and_the_login_continues() {
     assert!(Conn::direct_tls(proxy.addr, client_config_any_cert(true), "localhost").is_err());
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
+
+/// A root CA, an intermediate CA and a leaf for localhost (rcgen); the leaf file holds the
+/// leaf and the intermediate, as servers usually deploy them.
+fn chain_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let ca_params = |cn: &str| {
+        let mut p = CertificateParams::new(Vec::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        p
+    };
+    let root_key = KeyPair::generate().unwrap();
+    let root = ca_params("e2e root").self_signed(&root_key).unwrap();
+    let root_issuer = Issuer::new(ca_params("e2e root"), root_key);
+    let mid_key = KeyPair::generate().unwrap();
+    let mut mid_params = ca_params("e2e intermediate");
+    mid_params.use_authority_key_identifier_extension = true;
+    let mid = mid_params.signed_by(&mid_key, &root_issuer).unwrap();
+    let mid_issuer = Issuer::new(ca_params("e2e intermediate"), mid_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let mut leaf_params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    leaf_params.use_authority_key_identifier_extension = true;
+    leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf = leaf_params.signed_by(&leaf_key, &mid_issuer).unwrap();
+    let root_path = write(dir, "chain-root.crt", &root.pem(), 0o644);
+    let chain = format!("{}{}", leaf.pem(), mid.pem());
+    let cert_path = write(dir, "chain-leaf.crt", &chain, 0o644);
+    let key_path = write(dir, "chain-leaf.key", &leaf_key.serialize_pem(), 0o600);
+    (root_path, cert_path, key_path)
+}
+
+#[test]
+fn certificate_chain_is_served_and_tls12_binding_works() {
+    let pg = PgServer::shared();
+    let dir = tempdir();
+    let (root, cert, key) = chain_files(dir.path());
+    let proxy = proxy_with_files(pg, &cert, &key);
+    for extra in ["", "ssl_max_protocol_version=TLSv1.2"] {
+        let dsn = format!(
+            "host=localhost port={} user={} dbname={TEST_DATABASE} sslmode=verify-full \
+             sslrootcert={} channel_binding=require {extra}",
+            proxy.port(),
+            SCRAM_USER.name,
+            root.display()
+        );
+        assert_eq!(
+            run_psql_commands(&dsn, SCRAM_USER.password, &["\\conninfo", "SELECT 1"]).map(
+                |out| out.contains(if extra.is_empty() {
+                    "TLSv1.3"
+                } else {
+                    "TLSv1.2"
+                }) && out.ends_with('1')
+            ),
+            Ok(true),
+            "verify-full through an intermediate CA {extra}"
+        );
+    }
+}
+
+/// Encrypted client keys as `openssl pkcs8 -topk8` writes them. pglink reads PKCS#8 PBES2;
+/// whatever it cannot read must be a startup error naming the file, never a panic.
+#[test]
+fn encrypted_client_key_variants() {
+    let pg = PgServer::shared();
+    let dir = tempdir();
+    let variants: [(&str, &[&str], bool); 6] = [
+        ("openssl-default", &[], true),
+        ("aes-128-cbc", &["-v2", "aes-128-cbc"], true),
+        (
+            "sha512-prf",
+            &["-v2", "aes-256-cbc", "-v2prf", "hmacWithSHA512"],
+            false,
+        ),
+        ("scrypt", &["-scrypt"], false),
+        ("des3", &["-v2", "des3"], false),
+        ("pkcs12-pbe", &["-v1", "PBE-SHA1-3DES"], false),
+    ];
+    let mut report = Vec::new();
+    for (name, args, must_work) in variants {
+        let out = dir.path().join(format!("{name}.key"));
+        let status = Command::new("openssl")
+            .args(["pkcs8", "-topk8", "-passout", "pass:pw"])
+            .args(args)
+            .arg("-in")
+            .arg(pg.client_key_path())
+            .arg("-out")
+            .arg(&out)
+            .output()
+            .expect("run openssl");
+        if !status.status.success() {
+            report.push(format!("{name}: openssl cannot write it"));
+            continue;
+        }
+        match cert_proxy(pg, &out, Some("pw")).try_start() {
+            Ok(proxy) => {
+                assert_eq!(
+                    via(&proxy, &CERT_USER, "", "SELECT current_user"),
+                    Ok(CERT_USER.name.into()),
+                    "{name}"
+                );
+                report.push(format!("{name}: works"));
+            }
+            Err(e) => {
+                assert!(!must_work, "{name}: {e}");
+                assert!(e.contains(out.to_str().unwrap()), "{name}: {e}");
+                report.push(format!("{name}: refused: {e}"));
+            }
+        }
+    }
+    // Legacy OpenSSL PEM encryption (`Proc-Type: 4,ENCRYPTED`): refused with a hint.
+    let legacy = dir.path().join("legacy.key");
+    let out = Command::new("openssl")
+        .args(["ec", "-aes256", "-passout", "pass:pw", "-in"])
+        .arg(pg.client_key_path())
+        .arg("-out")
+        .arg(&legacy)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        fs::read_to_string(&legacy)
+            .unwrap()
+            .contains("Proc-Type: 4,ENCRYPTED")
+    );
+    match cert_proxy(pg, &legacy, Some("pw")).try_start() {
+        Ok(_) => report.push("legacy PEM: works".into()),
+        Err(e) => {
+            assert!(e.contains(legacy.to_str().unwrap()), "{e}");
+            assert!(e.contains("openssl pkcs8 -topk8"), "{e}");
+            report.push(format!("legacy PEM: refused: {e}"));
+        }
+    }
+    println!("encrypted key variants:\n  {}", report.join("\n  "));
+}

@@ -21,6 +21,22 @@ use support::{
 
 const PW: &str = "scram_pw";
 
+/// The memory tests measure this process's RSS: they run alone (write lock), every other
+/// test of this binary takes the read lock.
+static MEASURING: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn not_measuring() -> std::sync::RwLockReadGuard<'static, ()> {
+    MEASURING
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn measuring_alone() -> std::sync::RwLockWriteGuard<'static, ()> {
+    MEASURING
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn logged_in(addr: SocketAddr) -> Conn {
     let mut c = Conn::plain(addr);
     c.login(SCRAM_USER.name, TEST_DATABASE, PW, &LoginOptions::default())
@@ -56,6 +72,7 @@ fn startup_bytes(user: &str) -> Vec<u8> {
 
 #[test]
 fn max_client_connections_refuses_the_fourth_with_53300() {
+    let _guard = not_measuring();
     let pg = PgServer::shared();
     let proxy = ProxyConfig::new(pg)
         .user(&SCRAM_USER)
@@ -120,6 +137,7 @@ fn psql_sees_too_many_connections(ssl_modes: &[&str]) {
 
 #[test]
 fn max_client_connections_error_reaches_psql_without_tls() {
+    let _guard = not_measuring();
     // psql (libpq) sends its startup packet before reading: the FATAL must survive that.
     psql_sees_too_many_connections(&["sslmode=disable"]);
 }
@@ -131,6 +149,7 @@ fn max_client_connections_error_reaches_psql_without_tls() {
 #[test]
 #[ignore = "pglink bug: over max_client_connections, libpq with sslmode=prefer/require (the default) never sees the 53300 text"]
 fn max_client_connections_error_reaches_psql_with_default_sslmode() {
+    let _guard = not_measuring();
     psql_sees_too_many_connections(&["sslmode=prefer", "sslmode=require"]);
 }
 
@@ -154,6 +173,7 @@ fn assert_timed_out(what: &str, ending: &Ending) {
 
 #[test]
 fn login_timeout_closes_slow_clients_only() {
+    let _guard = not_measuring();
     let pg = PgServer::shared();
     let proxy = ProxyConfig::new(pg)
         .user(&SCRAM_USER)
@@ -251,6 +271,7 @@ fn one_reactor(pg: &PgServer) -> Proxy {
 
 #[test]
 fn malformed_startup_packets_are_refused() {
+    let _guard = not_measuring();
     let pg = PgServer::shared();
     let proxy = one_reactor(pg);
     let mut huge_startup = vec![0, 0, 0x4e, 0x20, 0, 3, 0, 0]; // 20,000 bytes claimed
@@ -338,6 +359,7 @@ fn malformed_startup_packets_are_refused() {
 
 #[test]
 fn malformed_messages_after_login_are_refused() {
+    let _guard = not_measuring();
     let pg = PgServer::shared();
     let proxy = one_reactor(pg);
     let hundred_mb = (100u32 << 20).to_be_bytes();
@@ -383,6 +405,7 @@ fn malformed_messages_after_login_are_refused() {
 #[test]
 #[ignore = "pglink bug: message type 0x00 after login panics the reactor (NUL in error text, debug builds)"]
 fn nul_message_type_after_login_is_refused() {
+    let _guard = not_measuring();
     let pg = PgServer::shared();
     let proxy = one_reactor(pg);
     for bytes in [vec![0, 0, 0, 0, 4], startup_bytes(SCRAM_USER.name)] {
@@ -398,6 +421,7 @@ fn nul_message_type_after_login_is_refused() {
 #[test]
 #[ignore = "pglink bug: message type 0x00 during authentication panics the reactor (NUL in error text, debug builds)"]
 fn nul_message_type_during_authentication_is_refused() {
+    let _guard = not_measuring();
     let pg = PgServer::shared();
     let proxy = one_reactor(pg);
     let mut c = Conn::plain(proxy.addr);
@@ -412,6 +436,7 @@ fn nul_message_type_during_authentication_is_refused() {
 
 #[test]
 fn a_thousand_random_connections_never_hang_the_proxy() {
+    let _guard = not_measuring();
     let pg = PgServer::shared();
     let proxy = one_reactor(pg);
     let addr = proxy.addr;
@@ -560,13 +585,11 @@ fn raise_open_file_limit(wanted: u64) {
 
 #[test]
 fn two_thousand_idle_clients_hold_no_backends() {
+    let _guard = measuring_alone();
     const CLIENTS: usize = 2000;
     raise_open_file_limit(2 * CLIENTS as u64 + 1000);
     let pg = PgServer::shared();
-    pg.admin_sql(
-        "DO $$ BEGIN CREATE ROLE pglink_idle LOGIN PASSWORD 'idle_pw'; \
-         EXCEPTION WHEN duplicate_object THEN NULL; END $$",
-    );
+    create_idle_role(pg);
     let pool_max = 5;
     let proxy = ProxyConfig::new(pg)
         .user(&IDLE_USER)
@@ -628,4 +651,139 @@ fn two_thousand_idle_clients_hold_no_backends() {
     wait_until("idle clients to be gone", Duration::from_secs(20), || {
         proxy.client_count() == warm.len()
     });
+}
+
+/// Env var telling [`idle_clients_child`] where to connect: `<addr> <count> <tls|plain>`.
+const CHILD_ENV: &str = "PGLINK_E2E_IDLE_CHILD";
+
+/// Run by [`idle_client_memory_plain_and_tls`] in a child process so that the client side's
+/// memory is not counted as the proxy's: logs in `count` clients, says READY, then holds them
+/// until its stdin closes.
+#[test]
+#[ignore = "child process of idle_client_memory_plain_and_tls"]
+fn idle_clients_child() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let mut parts = spec.split(' ');
+    let addr: SocketAddr = parts.next().unwrap().parse().unwrap();
+    let count: usize = parts.next().unwrap().parse().unwrap();
+    let tls = parts.next() == Some("tls");
+    let mut cache = SaltedKeyCache::new(1);
+    let config = client_config_any_cert(true);
+    let mut held = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut c = if tls {
+            Conn::tls(addr, config.clone(), "localhost").unwrap()
+        } else {
+            Conn::plain(addr)
+        };
+        c.login_cached(
+            IDLE_USER.name,
+            TEST_DATABASE,
+            "idle_pw",
+            &LoginOptions::default(),
+            &mut cache,
+        )
+        .unwrap();
+        held.push(c);
+    }
+    println!("READY {count}");
+    use std::io::Read as _;
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+    drop(held);
+}
+
+/// Creates [`IDLE_USER`] once per test process (tests run in parallel).
+fn create_idle_role(pg: &PgServer) {
+    static CREATED: std::sync::Once = std::sync::Once::new();
+    CREATED.call_once(|| {
+        pg.admin_sql("CREATE ROLE pglink_idle LOGIN PASSWORD 'idle_pw'");
+    });
+}
+
+/// Memory pglink needs per idle client, plain and TLS, with the clients in another process.
+#[test]
+fn idle_client_memory_plain_and_tls() {
+    let _guard = measuring_alone();
+    use std::io::BufRead as _;
+    use std::process::Stdio;
+    raise_open_file_limit(6000);
+    let pg = PgServer::shared();
+    create_idle_role(pg);
+    let proxy = ProxyConfig::new(pg)
+        .user(&IDLE_USER)
+        .set("max_client_connections", json!(5000))
+        .start();
+    // Warm up both kinds (pool parameters, buffer pools, TLS config).
+    let mut cache = SaltedKeyCache::new(1);
+    let mut warm = Vec::new();
+    for i in 0..20 {
+        let mut c = if i % 2 == 0 {
+            Conn::plain(proxy.addr)
+        } else {
+            Conn::tls(proxy.addr, client_config_any_cert(true), "localhost").unwrap()
+        };
+        c.login_cached(
+            IDLE_USER.name,
+            TEST_DATABASE,
+            "idle_pw",
+            &LoginOptions::default(),
+            &mut cache,
+        )
+        .unwrap();
+        assert_eq!(c.query_value("SELECT 1").unwrap().as_deref(), Some("1"));
+        warm.push(c);
+    }
+    let mut figures = Vec::new();
+    for (kind, count) in [("plain", 2000usize), ("tls", 500)] {
+        thread::sleep(Duration::from_millis(200));
+        let before = support::wire::rss_kib();
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "idle_clients_child", "--ignored", "--nocapture"])
+            .args(["--test-threads", "1"])
+            .env(CHILD_ENV, format!("{} {count} {kind}", proxy.addr))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn the client process");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("READY") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let ready = rx.recv_timeout(Duration::from_secs(120));
+        if ready.is_err() {
+            let _ = child.kill();
+            panic!("{kind}: the client process did not log in {count} clients in time");
+        }
+        thread::sleep(Duration::from_millis(200));
+        let after = support::wire::rss_kib();
+        assert_eq!(proxy.client_count(), warm.len() + count, "{kind}");
+        let per_client = after.saturating_sub(before) as f64 * 1024.0 / count as f64;
+        figures.push(format!(
+            "{kind}: {count} idle clients, pglink RSS {before} KiB -> {after} KiB = \
+             {per_client:.0} bytes per client"
+        ));
+        drop(child.stdin.take()); // the child lets go of its clients and exits
+        assert!(
+            child.wait().unwrap().success(),
+            "{kind}: client process failed"
+        );
+        wait_until(
+            "the child's clients to be gone",
+            Duration::from_secs(20),
+            || proxy.client_count() == warm.len(),
+        );
+        assert!(pg.backend_count(IDLE_USER.name) <= 5);
+    }
+    println!("{}", figures.join("\n"));
+    for c in &mut warm {
+        assert_eq!(c.query_value("SELECT 2").unwrap().as_deref(), Some("2"));
+    }
 }
