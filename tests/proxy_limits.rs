@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::thread;
@@ -193,7 +194,6 @@ fn login_timeout_closes_slow_clients_only() {
         ssl_request(&mut req);
         c.send(&req).unwrap();
         let mut answer = [0u8; 1];
-        use std::io::Read as _;
         c.tcp.read_exact(&mut answer).unwrap();
         assert_eq!(answer[0], b'S');
         let started = Instant::now();
@@ -461,7 +461,6 @@ fn a_thousand_random_connections_never_hang_the_proxy() {
                             ssl_request(&mut req);
                             c.send(&req).unwrap();
                             let mut answer = [0u8; 1];
-                            use std::io::Read as _;
                             c.tcp.read_exact(&mut answer).unwrap();
                             assert_eq!(answer[0], b'S');
                         }
@@ -480,7 +479,6 @@ fn a_thousand_random_connections_never_hang_the_proxy() {
                     bytes.extend(rng.bytes(len));
                     if kind == 2 {
                         // Raw, under the (not yet started) TLS layer.
-                        use std::io::Write as _;
                         let _ = c.tcp.write_all(&bytes);
                     } else {
                         let _ = c.send(&bytes);
@@ -525,7 +523,6 @@ enum RawEnding {
 
 /// Reads raw bytes (the answers may be anything: TLS alerts, ErrorResponses) until EOF.
 fn read_raw_until_closed(c: Conn, timeout: Duration) -> RawEnding {
-    use std::io::Read as _;
     let deadline = Instant::now() + timeout;
     let (mut tcp, mut seen) = c.into_parts();
     loop {
@@ -689,7 +686,6 @@ fn idle_clients_child() {
         held.push(c);
     }
     println!("READY {count}");
-    use std::io::Read as _;
     let _ = std::io::stdin().read_to_end(&mut Vec::new());
     drop(held);
 }
@@ -786,4 +782,59 @@ fn idle_client_memory_plain_and_tls() {
     for c in &mut warm {
         assert_eq!(c.query_value("SELECT 2").unwrap().as_deref(), Some("2"));
     }
+}
+
+/// Wraps a socket so that every write goes out one byte at a time.
+struct Dribble(TcpStream);
+
+impl std::io::Read for Dribble {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl std::io::Write for Dribble {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let n = self.0.write(&buf[..1])?;
+        thread::sleep(Duration::from_micros(300));
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+#[test]
+fn byte_by_byte_clients_log_in_and_query() {
+    let _guard = not_measuring();
+    let pg = PgServer::shared();
+    let proxy = one_reactor(pg);
+    // Plaintext: every packet and message arrives in 1-byte segments.
+    let tcp = TcpStream::connect(proxy.addr).unwrap();
+    tcp.set_nodelay(true).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    let mut c = Conn::from_stream(Box::new(Dribble(tcp.try_clone().unwrap())), tcp, Vec::new());
+    c.login(SCRAM_USER.name, TEST_DATABASE, PW, &LoginOptions::default())
+        .unwrap();
+    assert_eq!(
+        c.query_value("SELECT 'dribbled'").unwrap().as_deref(),
+        Some("dribbled")
+    );
+    // SSLRequest in two halves, then TLS.
+    let mut tcp = TcpStream::connect(proxy.addr).unwrap();
+    tcp.set_nodelay(true).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    let mut req = Vec::new();
+    ssl_request(&mut req);
+    tcp.write_all(&req[..3]).unwrap();
+    thread::sleep(Duration::from_millis(20));
+    tcp.write_all(&req[3..]).unwrap();
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).unwrap();
+    assert_eq!(answer[0], b'S');
+    psql_works(&proxy);
 }
