@@ -9,14 +9,6 @@ use serde_json::json;
 use support::wire::{WireClient, send_cancel};
 use support::*;
 
-fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn unreachable_server_is_an_error_and_recovery_is_automatic() {
     let pg = PgServer::start();

@@ -722,7 +722,7 @@ fn slow_reader_keeps_memory_bounded() {
     let mut chunk = vec![0u8; 64 * 1024];
     let received = Arc::new(AtomicUsize::new(0));
     loop {
-        let n = c.sock.read(&mut chunk).unwrap();
+        let n = c.conn.tcp.read(&mut chunk).unwrap();
         assert!(n > 0, "connection closed after {total} bytes");
         total += n;
         received.store(total, Ordering::Relaxed);

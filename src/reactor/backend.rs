@@ -843,7 +843,9 @@ impl Reactor {
         if self.backends.get(bi).is_some_and(|b| b.read_paused) && self.backend_wants_input(bi) {
             if let Some(b) = self.backends.get_mut(bi) {
                 b.read_paused = false;
-                self.scratch.ready.push(Tok::new(Kind::Backend, bi, b.generation));
+                self.scratch
+                    .ready
+                    .push(Tok::new(Kind::Backend, bi, b.generation));
             }
         }
     }

@@ -440,7 +440,9 @@ impl Reactor {
         if self.clients.get(ci).is_some_and(|c| c.read_paused) && self.client_wants_input(ci) {
             if let Some(c) = self.clients.get_mut(ci) {
                 c.read_paused = false;
-                self.scratch.ready.push(Tok::new(Kind::Client, ci, c.generation));
+                self.scratch
+                    .ready
+                    .push(Tok::new(Kind::Client, ci, c.generation));
             }
         }
     }

@@ -165,3 +165,37 @@ pub fn run_psql(conninfo: &str, password: Option<&str>, sql: &str) -> Result<Str
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
 }
+
+/// Like [`run_psql`], with several `-c` commands (backslash commands allowed, e.g.
+/// `\conninfo`), run in order in one session.
+pub fn run_psql_commands(
+    conninfo: &str,
+    password: Option<&str>,
+    commands: &[&str],
+) -> Result<String, String> {
+    let mut cmd = psql_command(password);
+    cmd.arg("-d").arg(conninfo);
+    for c in commands {
+        cmd.arg("-c").arg(c);
+    }
+    let out = process::run_with_timeout(&mut cmd, PSQL_TIMEOUT)?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .trim_end_matches('\n')
+            .to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Polls `done` every 20 ms until it is true; panics naming `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -112,6 +112,12 @@ impl ProxyConfig {
     pub fn start(self) -> Proxy {
         Proxy::start(&self.json.to_string())
     }
+
+    /// Like [`start`](Self::start), but a configuration that is valid yet cannot start
+    /// (unreadable key, wrong `sslpassword`, ...) is `Err` with `Server::start`'s message.
+    pub fn try_start(self) -> Result<Proxy, String> {
+        Proxy::try_start(&self.json.to_string())
+    }
 }
 
 /// A running pglink.
@@ -139,6 +145,23 @@ impl Proxy {
             server: Some(server),
             addr,
         }
+    }
+
+    /// [`start`](Self::start) where only `Server::start` may fail, with its error text.
+    pub fn try_start(config_json: &str) -> Result<Proxy, String> {
+        let parsed = match config::parse(config_json) {
+            Ok(p) => p,
+            Err(e) => panic!("invalid test config {config_json}: {:?}", e.errors),
+        };
+        let loaded =
+            LoadedConfig::from_parsed("test.json".as_ref(), parsed, Some(SecretsOptions::once()))
+                .unwrap_or_else(|e| panic!("secrets: {e:?}"));
+        let server = Server::start(loaded).map_err(|e| e.to_string())?;
+        let addr = server.local_addrs()[0];
+        Ok(Proxy {
+            server: Some(server),
+            addr,
+        })
     }
 
     pub fn port(&self) -> u16 {
