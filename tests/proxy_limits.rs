@@ -403,7 +403,6 @@ fn malformed_messages_after_login_are_refused() {
 /// A message type byte of 0 (e.g. a second StartupMessage) makes pglink format an error text
 /// with an interior NUL; `put_cstr`'s `debug_assert!` then panics the reactor thread.
 #[test]
-#[ignore = "pglink bug: message type 0x00 after login panics the reactor (NUL in error text, debug builds)"]
 fn nul_message_type_after_login_is_refused() {
     let _guard = not_measuring();
     let pg = PgServer::shared();
@@ -419,7 +418,6 @@ fn nul_message_type_after_login_is_refused() {
 }
 
 #[test]
-#[ignore = "pglink bug: message type 0x00 during authentication panics the reactor (NUL in error text, debug builds)"]
 fn nul_message_type_during_authentication_is_refused() {
     let _guard = not_measuring();
     let pg = PgServer::shared();

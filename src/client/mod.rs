@@ -30,7 +30,7 @@ use crate::protocol::backend as be_msg;
 use crate::protocol::framing::{Header, peek_header};
 use crate::protocol::frontend::tag as fe;
 use crate::protocol::startup::ProtocolVersion;
-use crate::protocol::{ErrorBuilder, Severity, SqlState, TransactionStatus};
+use crate::protocol::{ErrorBuilder, MessageType, Severity, SqlState, TransactionStatus};
 use relay::{BackendStop, ClientStop, Relay};
 use startup::AuthState;
 use users::{PoolId, UserTable};
@@ -462,7 +462,7 @@ impl Session {
                 self.fatal(
                     out,
                     SqlState::PROTOCOL_VIOLATION,
-                    &format!("pglink: invalid frontend message type {}", char::from(tag)),
+                    &format!("pglink: invalid frontend message type {}", MessageType(tag)),
                 );
                 data.len()
             }

@@ -23,7 +23,7 @@ use std::collections::VecDeque;
 use crate::protocol::backend::tag as be;
 use crate::protocol::framing::{FrameError, Header, peek_header};
 use crate::protocol::frontend::tag as fe;
-use crate::protocol::{ErrorFields, Severity, TransactionStatus};
+use crate::protocol::{ErrorFields, MessageType, Severity, TransactionStatus};
 
 /// Client messages the relay will queue before it stops reading from the client.
 pub const MAX_PIPELINE: usize = 4096;
@@ -85,14 +85,14 @@ impl std::fmt::Display for RelayError {
             RelayError::ClientMessage { tag, reason } => {
                 write!(
                     f,
-                    "unexpected client message {:?}: {reason}",
-                    char::from(*tag)
+                    "unexpected client message type {}: {reason}",
+                    MessageType(*tag)
                 )
             }
             RelayError::Desync { tag, expected } => write!(
                 f,
-                "server sent message {:?} while expecting {expected:?}",
-                char::from(*tag)
+                "server sent message type {} while expecting {expected:?}",
+                MessageType(*tag)
             ),
         }
     }

@@ -11,11 +11,11 @@ use super::{Action, AuthMethod, ClientTls, Env, Out, Session, State};
 use crate::auth::{
     AuthFailureKind, ScramServer, ScramVerifier, cleartext_verify, md5_verify, mechanisms,
 };
-use crate::protocol::SqlState;
 use crate::protocol::backend as be_msg;
 use crate::protocol::framing::{Header, MAX_STARTUP_PACKET_LEN, peek_header, peek_startup_len};
 use crate::protocol::frontend::{PasswordMessage, SaslInitialResponse, tag as fe};
 use crate::protocol::startup::{ProtocolVersion, StartupMessage, StartupPacket};
+use crate::protocol::{MessageType, SqlState};
 
 /// Largest password/SASL message accepted.
 const MAX_AUTH_MESSAGE: usize = 16 * 1024;
@@ -244,7 +244,7 @@ impl Session {
         if header.tag != fe::PASSWORD {
             let text = format!(
                 "pglink: expected a password response, got message type {}",
-                char::from(header.tag)
+                MessageType(header.tag)
             );
             self.fatal(out, SqlState::PROTOCOL_VIOLATION, &text);
             return data.len();

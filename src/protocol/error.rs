@@ -229,9 +229,22 @@ impl<'a> ErrorBuilder<'a> {
 
     fn encode(&self, out: &mut Vec<u8>, tag: u8) {
         write_message(out, tag, |b| {
+            // Texts may quote peer input; a NUL would end the field early, so it is shown
+            // as `\0` instead.
             let mut put = |code: u8, value: &[u8]| {
                 b.push(code);
-                put_cstr(b, value);
+                if value.contains(&0) {
+                    let mut escaped = Vec::with_capacity(value.len() + 2);
+                    for &c in value {
+                        match c {
+                            0 => escaped.extend_from_slice(b"\\0"),
+                            c => escaped.push(c),
+                        }
+                    }
+                    put_cstr(b, &escaped);
+                } else {
+                    put_cstr(b, value);
+                }
             };
             put(field::SEVERITY, self.severity.as_str().as_bytes());
             put(
@@ -264,6 +277,19 @@ pub fn notice_response(out: &mut Vec<u8>, severity: Severity, code: SqlState, me
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nul_in_a_text_is_escaped_not_a_field_end() {
+        let mut out = Vec::new();
+        ErrorBuilder::new(
+            Severity::Error,
+            SqlState::PROTOCOL_VIOLATION,
+            "type \0 here",
+        )
+        .encode_error(&mut out);
+        let fields = ErrorFields::decode(b'E', &out[5..]).unwrap();
+        assert_eq!(fields.message(), Some(&b"type \\0 here"[..]));
+    }
 
     #[test]
     fn builder_writes_both_severities_and_round_trips() {

@@ -123,6 +123,20 @@ impl DecodeError {
     }
 }
 
+/// A message type byte for texts: `'Q'` when printable, `0x01` otherwise (never a raw
+/// control byte, which could not be carried in an ErrorResponse field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageType(pub u8);
+
+impl fmt::Display for MessageType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            t if t.is_ascii_graphic() => write!(f, "'{}'", char::from(t)),
+            t => write!(f, "0x{t:02x}"),
+        }
+    }
+}
+
 /// Formats a message tag for error texts: `message 'Q'`, `message 0x01`, or `startup packet`.
 pub(crate) struct TagName(pub(crate) u8);
 

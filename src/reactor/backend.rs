@@ -21,7 +21,7 @@ use crate::client::users::PoolId;
 use crate::client::{AcquireError, Out};
 use crate::protocol::backend::tag as be;
 use crate::protocol::framing::{Header, peek_header};
-use crate::protocol::{ErrorFields, Severity, frontend};
+use crate::protocol::{ErrorFields, MessageType, Severity, frontend};
 
 /// What a backend connection is doing.
 pub(super) enum State {
@@ -523,7 +523,10 @@ impl Reactor {
             tag => {
                 self.close_backend(
                     bi,
-                    &format!("idle server sent unexpected message {:?}", char::from(tag)),
+                    &format!(
+                        "idle server sent unexpected message type {}",
+                        MessageType(tag)
+                    ),
                 );
                 return false;
             }
