@@ -82,8 +82,11 @@ fn max_client_connections_refuses_the_fourth_with_53300() {
     let mut held: Vec<Conn> = (0..3).map(|_| logged_in(proxy.addr)).collect();
     assert_eq!(proxy.client_count(), 3);
 
-    // A raw fourth connection gets FATAL 53300 without having to say anything.
-    let ending = Conn::plain(proxy.addr).read_until_closed(Duration::from_secs(5));
+    // A raw fourth connection gets FATAL 53300 once it has sent its startup packet (like
+    // PostgreSQL: that is where clients show errors).
+    let mut fourth = Conn::plain(proxy.addr);
+    fourth.send(&startup_bytes(SCRAM_USER.name)).unwrap();
+    let ending = fourth.read_until_closed(Duration::from_secs(5));
     assert!(ending.closed && !ending.hung, "{ending:?}");
     assert_eq!(ending.errors.len(), 1, "{ending:?}");
     let e = &ending.errors[0];
@@ -148,7 +151,6 @@ fn max_client_connections_error_reaches_psql_without_tls() {
 /// says only "server sent an error response during SSL exchange". PostgreSQL itself reports
 /// "too many clients" after the startup packet.
 #[test]
-#[ignore = "pglink bug: over max_client_connections, libpq with sslmode=prefer/require (the default) never sees the 53300 text"]
 fn max_client_connections_error_reaches_psql_with_default_sslmode() {
     let _guard = not_measuring();
     psql_sees_too_many_connections(&["sslmode=prefer", "sslmode=require"]);

@@ -204,6 +204,9 @@ pub struct Session {
     discard: usize,
     /// A failed acquire to report against the message that asked for it.
     failure: Option<AcquireError>,
+    /// Set for connections accepted only to be refused (too many clients, shutting down):
+    /// the FATAL goes out after SSL negotiation and the startup packet, where libpq shows it.
+    refusal: Option<(SqlState, String)>,
 }
 
 impl Session {
@@ -222,7 +225,16 @@ impl Session {
             skip_to_sync: false,
             discard: 0,
             failure: None,
+            refusal: None,
         }
+    }
+
+    /// A session that answers SSL negotiation, reads the startup packet and then refuses
+    /// with this error, as PostgreSQL does for "too many clients".
+    pub fn refusing(key: CancelKey, code: SqlState, message: String) -> Session {
+        let mut session = Session::new(key, 0);
+        session.refusal = Some((code, message));
+        session
     }
 
     pub fn pool(&self) -> Option<PoolId> {

@@ -118,6 +118,9 @@ impl Session {
     }
 
     fn on_startup_message(&mut self, m: StartupMessage<'_>, env: &mut Env<'_>, out: &mut Out<'_>) {
+        if let Some((code, message)) = self.refusal.take() {
+            return self.fatal(out, code, &message);
+        }
         if m.version.major != 3 {
             let text = format!(
                 "pglink: unsupported frontend protocol {}.{}: server supports 3.0 to 3.2",

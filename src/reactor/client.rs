@@ -12,7 +12,7 @@ use super::buf::{InBuf, OutBuf};
 use super::stream::{ReadStatus, Stream};
 use super::timer::{Timer, TokKey};
 use super::token::{Kind, Tok};
-use super::{HIGH_WATER, MAX_ACCEPTS, MAX_READS, Reactor, encode_pid};
+use super::{HIGH_WATER, MAX_ACCEPTS, MAX_READS, MAX_REFUSING, Reactor, encode_pid};
 use crate::auth::Rng as _;
 use crate::client::relay::MAX_PIPELINE;
 use crate::client::users::PoolId;
@@ -37,6 +37,8 @@ pub(super) struct Client {
     pub acquire_deadline: Option<Instant>,
     /// Reading stopped for backpressure; whoever relieves it must wake this client.
     pub read_paused: bool,
+    /// Counts towards `max_client_connections` (false for a connection being refused).
+    pub counted: bool,
     pub peer: Option<SocketAddr>,
 }
 
@@ -67,43 +69,45 @@ impl Reactor {
     }
 
     fn on_accepted(&mut self, mut sock: TcpStream, peer: SocketAddr) {
-        if self.shared.is_stopping() {
-            reject(
-                &mut sock,
+        use std::sync::atomic::Ordering;
+        let refusal = if self.shared.is_stopping() {
+            Some((
                 SqlState::CANNOT_CONNECT_NOW,
-                "pglink: the proxy is shutting down",
-            );
-            return;
-        }
-        let count = self
-            .shared
-            .clients
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
-            + 1;
-        if count > self.shared.max_clients {
-            self.shared
-                .clients
-                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                "pglink: the proxy is shutting down".to_owned(),
+            ))
+        } else if self.shared.clients.fetch_add(1, Ordering::AcqRel) >= self.shared.max_clients {
+            self.shared.clients.fetch_sub(1, Ordering::AcqRel);
             let text = format!(
                 "pglink: too many client connections (max_client_connections is {})",
                 self.shared.max_clients
             );
-            reject(&mut sock, SqlState::TOO_MANY_CONNECTIONS, &text);
-            return;
+            Some((SqlState::TOO_MANY_CONNECTIONS, text))
+        } else {
+            None
+        };
+        let counted = refusal.is_none();
+        let uncount = |shared: &super::Shared| {
+            if counted {
+                shared.clients.fetch_sub(1, Ordering::AcqRel);
+            }
+        };
+        // A refused client still gets SSL negotiation and its startup packet read (that is
+        // where libpq shows errors), unless too many are being refused at once.
+        if let Some((code, message)) = &refusal
+            && self.refusing >= MAX_REFUSING
+        {
+            return reject(&mut sock, *code, message);
         }
         let _ = sock.set_nodelay(true);
         let entry = self.clients.vacant_entry();
         let slot = entry.key();
         let Some(pid) = encode_pid(self.id, slot) else {
-            self.shared
-                .clients
-                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-            reject(
+            uncount(&self.shared);
+            return reject(
                 &mut sock,
                 SqlState::TOO_MANY_CONNECTIONS,
                 "pglink: too many client connections",
             );
-            return;
         };
         let mut secret = [0u8; 32];
         self.rng.fill(&mut secret);
@@ -115,15 +119,22 @@ impl Reactor {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             log::warn!("cannot register client {peer}: {e}");
-            self.shared
-                .clients
-                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            uncount(&self.shared);
             return;
         }
+        let key = CancelKey::new(pid, secret, 32);
+        let session = match refusal {
+            Some((code, message)) => {
+                self.refusing += 1;
+                Session::refusing(key, code, message)
+            }
+            None => Session::new(key, self.shared.max_message_len),
+        };
         entry.insert(Client {
             generation,
             stream: Stream::plain(sock),
-            session: Session::new(CancelKey::new(pid, secret, 32), self.shared.max_message_len),
+            session,
+            counted,
             input: None,
             output: None,
             backend: None,
@@ -509,9 +520,13 @@ impl Reactor {
             out.advance(n);
             self.bufs.recycle_output(&mut Some(out));
         }
-        self.shared
-            .clients
-            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        if c.counted {
+            self.shared
+                .clients
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        } else {
+            self.refusing = self.refusing.saturating_sub(1);
+        }
     }
 
     pub(super) fn client_login_timeout(&mut self, key: TokKey) {

@@ -48,6 +48,9 @@ use token::{Generations, Kind, Tok};
 const MAX_READS: usize = 8;
 /// Accepts per listener per wake-up.
 const MAX_ACCEPTS: usize = 64;
+/// Connections being refused politely (SSL negotiation and startup packet first) at once per
+/// reactor; beyond this they are refused the moment they are accepted.
+const MAX_REFUSING: usize = 64;
 /// Output queued for a peer above which the other side stops being read (backpressure).
 const HIGH_WATER: usize = 256 * 1024;
 /// Messages queued per reactor channel.
@@ -226,6 +229,8 @@ pub struct Reactor {
     now: Instant,
     /// Set once shutdown has begun: when everything is closed regardless.
     shutdown_deadline: Option<Instant>,
+    /// Connections accepted only to be refused, not yet closed.
+    refusing: usize,
 }
 
 impl Reactor {
@@ -274,6 +279,7 @@ impl Reactor {
             rng: OsRng,
             now: Instant::now(),
             shutdown_deadline: None,
+            refusing: 0,
         };
         Ok((reactor, ReactorHandle { tx, waker }))
     }
