@@ -843,13 +843,14 @@ impl Reactor {
 
     /// Resumes reading a backend that stopped, once it would really read.
     pub(super) fn wake_backend_if_paused(&mut self, bi: usize) {
-        if self.backends.get(bi).is_some_and(|b| b.read_paused) && self.backend_wants_input(bi) {
-            if let Some(b) = self.backends.get_mut(bi) {
-                b.read_paused = false;
-                self.scratch
-                    .ready
-                    .push(Tok::new(Kind::Backend, bi, b.generation));
-            }
+        if self.backends.get(bi).is_some_and(|b| b.read_paused)
+            && self.backend_wants_input(bi)
+            && let Some(b) = self.backends.get_mut(bi)
+        {
+            b.read_paused = false;
+            self.scratch
+                .ready
+                .push(Tok::new(Kind::Backend, bi, b.generation));
         }
     }
 

@@ -448,13 +448,14 @@ impl Reactor {
     /// paused while it waits for a backend stays paused until it gets one (waking it on every
     /// flush would spin the loop).
     pub(super) fn wake_client_if_paused(&mut self, ci: usize) {
-        if self.clients.get(ci).is_some_and(|c| c.read_paused) && self.client_wants_input(ci) {
-            if let Some(c) = self.clients.get_mut(ci) {
-                c.read_paused = false;
-                self.scratch
-                    .ready
-                    .push(Tok::new(Kind::Client, ci, c.generation));
-            }
+        if self.clients.get(ci).is_some_and(|c| c.read_paused)
+            && self.client_wants_input(ci)
+            && let Some(c) = self.clients.get_mut(ci)
+        {
+            c.read_paused = false;
+            self.scratch
+                .ready
+                .push(Tok::new(Kind::Client, ci, c.generation));
         }
     }
 
