@@ -150,13 +150,59 @@ fn unset_env_var_is_named_with_its_path() {
 }
 
 #[test]
-fn valid_config_reaches_the_start_seam() {
-    let file = fixture("example.json");
-    let (code, _, stderr) = run(pglink(&["-config", file.to_str().unwrap(), "-json"])
-        .env("PG_USER", "app")
-        .env("PG_PASSWORD", "pw"));
-    assert_eq!(code, 0, "{stderr}");
-    assert!(stderr.contains("configuration OK"), "{stderr}");
+fn valid_config_starts_logs_json_and_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let dir = std::env::temp_dir().join(format!("pglink-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("pglink.json");
+    // Nothing connects, so the backend need not exist.
+    std::fs::write(
+        &file,
+        r#"{"listen": "127.0.0.1:0", "tls": {"sslmode": "disable"},
+            "databases": {"db": {"users": [{"username": {"insecure_value": "u"},
+                                            "password": {"env_var": "PG_PASSWORD"}}],
+                                 "backend": {"host": "127.0.0.1", "port": 1, "database": "db",
+                                             "pool_max_conns": 1}}}}"#,
+    )
+    .unwrap();
+    let mut child = pglink(&["-config", file.to_str().unwrap(), "-json"])
+        .env("PG_PASSWORD", "secret-password")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let msg = v["msg"].as_str().unwrap().to_owned();
+        seen.push(msg.clone());
+        if msg.starts_with("ready") {
+            break;
+        }
+    }
+    assert!(
+        seen.iter()
+            .any(|m| m.starts_with("pglink listening on 127.0.0.1:")),
+        "{seen:?}"
+    );
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{rest:?}");
+    assert!(rest.iter().any(|l| l.contains("stopped")), "{rest:?}");
+    assert!(
+        !seen
+            .iter()
+            .chain(&rest)
+            .any(|l| l.contains("secret-password"))
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
