@@ -305,8 +305,14 @@ fn decrypt_pkcs8(
     };
     // Decode the PEM armour first: the DER decoder cannot parse straight from a PEM reader.
     let (_label, der) = pkcs8::der::Document::from_pem(pem).map_err(|e| err(e.to_string()))?;
-    let encrypted = pkcs8::EncryptedPrivateKeyInfoRef::try_from(der.as_bytes())
-        .map_err(|e| err(e.to_string()))?;
+    // PBES2 (AES or 3DES, PBKDF2 or scrypt) is understood; the PKCS#12 PBE schemes
+    // (`openssl pkcs8 -v1 ...`) are not and fail to parse here.
+    let encrypted = pkcs8::EncryptedPrivateKeyInfoRef::try_from(der.as_bytes()).map_err(|e| {
+        err(format!(
+            "{e}: unsupported encryption scheme; re-encrypt it with \
+             `openssl pkcs8 -topk8 -v2 aes-256-cbc -in KEY -out NEW`"
+        ))
+    })?;
     let document = encrypted
         .decrypt(password)
         .map_err(|e| err(format!("cannot decrypt (wrong sslpassword?): {e}")))?;
@@ -606,6 +612,27 @@ mod tests {
         assert!(wrong.contains("wrong sslpassword"), "{wrong}");
         let none = load_private_key(&path, None).unwrap_err().to_string();
         assert!(none.contains("no sslpassword"), "{none}");
+        // Other schemes OpenSSL produces: PBES2 with 3DES works, PKCS#12 PBE is explained.
+        for (args, ok) in [("-v2 des3", true), ("-v1 PBE-SHA1-3DES", false)] {
+            let out = dir.join("other.pem");
+            let status = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 2>/dev/null | \
+                     openssl pkcs8 -topk8 {args} -passout pass:secret -out {}",
+                    out.display()
+                ))
+                .status()
+                .unwrap();
+            assert!(status.success());
+            let loaded = load_private_key(&out, Some("secret"));
+            if ok {
+                assert!(loaded.is_ok(), "{args}: {:?}", loaded.err());
+            } else {
+                let e = loaded.unwrap_err().to_string();
+                assert!(e.contains("unsupported encryption scheme"), "{args}: {e}");
+            }
+        }
         fs::remove_dir_all(dir).unwrap();
     }
 }

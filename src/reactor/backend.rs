@@ -52,6 +52,8 @@ pub struct Backend {
     pub(super) addr: SocketAddr,
     /// The TLS negotiation this attempt uses (`allow` retries with TLS).
     pub(super) tls: TlsNegotiation,
+    /// Which of the host's addresses this connection went to.
+    pub(super) addr_index: usize,
     pub(super) params: Arc<ParamList>,
     /// The server's own cancel key for this connection.
     pub(super) server_key: Option<(u32, Vec<u8>)>,
@@ -81,6 +83,12 @@ impl Reactor {
 
     /// Starts a connection for `pool`. The caller reserved a slot in the database.
     pub(super) fn open_backend(&mut self, pool: PoolId, tls: Option<TlsNegotiation>) {
+        self.open_backend_at(pool, tls, 0);
+    }
+
+    /// Connects to the `addr_index`th address the backend host resolved to (libpq tries each
+    /// in turn when a TCP connection cannot be made).
+    fn open_backend_at(&mut self, pool: PoolId, tls: Option<TlsNegotiation>, addr_index: usize) {
         let Some(p) = self.shared.pools.get(pool) else {
             return;
         };
@@ -92,7 +100,7 @@ impl Reactor {
         let tls = tls.unwrap_or_else(|| target.sslmode.first_attempt());
         let connect = || -> std::io::Result<(TcpStream, SocketAddr)> {
             let addrs = target.addrs();
-            let addr = *addrs.first().ok_or_else(|| {
+            let addr = *addrs.get(addr_index).ok_or_else(|| {
                 std::io::Error::new(
                     std::io::ErrorKind::NotFound,
                     format!("could not resolve host \"{}\"", target.host),
@@ -140,6 +148,7 @@ impl Reactor {
             output: None,
             addr,
             tls,
+            addr_index,
             params: Arc::new(Vec::new()),
             server_key: None,
             last_used: self.now,
@@ -702,8 +711,27 @@ impl Reactor {
         let retry_tls = b.tls == TlsNegotiation::Disable
             && matches!(failure, LoginFailure::Login(LoginError::Server(_)))
             && self.pool_sslmode(pool) == Some(SslMode::Allow);
+        // A TCP connection that could not be made: try the host's next address.
+        let next_addr = (matches!(b.state, State::Connecting)
+            && self.pool_addr_count(pool) > b.addr_index + 1)
+            .then_some(b.addr_index + 1);
+        let (tls, addr_index) = (b.tls, b.addr_index);
         if let Some(shard) = self.shards.get_mut(pool) {
             shard.connecting = shard.connecting.saturating_sub(1);
+        }
+        if retry_tls || next_addr.is_some() {
+            log::debug!("backend for pool {pool}: {failure:?}; trying again");
+            // Keep the database slot: close this socket and connect again.
+            if let Some(mut b) = self.backends.try_remove(bi) {
+                let _ = self.poll.registry().deregister(&mut b.stream.sock);
+            }
+            if let Some(p) = self.shared.pools.get(pool) {
+                p.closed();
+            }
+            return match next_addr {
+                Some(next) => self.open_backend_at(pool, Some(tls), next),
+                None => self.open_backend_at(pool, Some(TlsNegotiation::Require), addr_index),
+            };
         }
         let target = self
             .shared
@@ -723,20 +751,18 @@ impl Reactor {
             ),
         };
         log::warn!("backend for pool {pool}: {message}");
-        if retry_tls {
-            // Keep the slot: close this socket and connect again with TLS.
-            if let Some(mut b) = self.backends.try_remove(bi) {
-                let _ = self.poll.registry().deregister(&mut b.stream.sock);
-            }
-            if let Some(p) = self.shared.pools.get(pool) {
-                p.closed();
-            }
-            return self.open_backend(pool, Some(TlsNegotiation::Require));
-        }
         // No automatic retry here (that would spin against a server that is down): waiters
         // learn the cause if nothing else is coming, and the next acquire tries again.
         self.discard_backend(bi);
         self.pool_connect_failed(pool, code, message);
+    }
+
+    fn pool_addr_count(&self, pool: PoolId) -> usize {
+        self.shared
+            .pools
+            .get(pool)
+            .and_then(|p| self.shared.databases.get(p.db))
+            .map_or(0, |d| d.target.addrs().len())
     }
 
     fn pool_sslmode(&self, pool: PoolId) -> Option<SslMode> {
