@@ -589,7 +589,7 @@ fn vanished_client_releases_its_locks_and_its_backend() {
         "2"
     );
     assert!(
-        pg.backend_count(SCRAM_USER.name) <= 1,
+        pg.backend_count(user.name) <= 1,
         "no server connection leaked"
     );
 }
