@@ -239,7 +239,8 @@ impl Reactor {
         }
     }
 
-    pub(super) fn backend_read(&mut self, bi: usize) {
+    /// Reads (bounded) from a backend; see `client_read` for `to_eof` and short reads.
+    pub(super) fn backend_read(&mut self, bi: usize, to_eof: bool) {
         let Some(tok) = self.backend_tok(bi) else {
             return;
         };
@@ -261,10 +262,19 @@ impl Reactor {
                     _ => return,
                 }
             }
-            match b.stream.read(input.spare()) {
+            let spare = input.spare();
+            let room = spare.len();
+            let short_plain = !b.stream.is_tls() && !to_eof;
+            match b.stream.read(spare) {
                 Ok(ReadStatus::Data(n)) => {
                     input.commit(n);
                     self.backend_after_read(bi);
+                    if short_plain && n < room {
+                        if let Some(b) = self.backends.get_mut(bi) {
+                            self.bufs.recycle_input(&mut b.input);
+                        }
+                        return;
+                    }
                 }
                 Ok(ReadStatus::WouldBlock) => {
                     self.backend_after_read(bi);

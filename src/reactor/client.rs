@@ -176,7 +176,12 @@ impl Reactor {
     }
 
     /// Reads (bounded) from the client and processes what arrived.
-    pub(super) fn client_read(&mut self, ci: usize) {
+    ///
+    /// A short read from a plain socket means it was drained (new data brings a new edge),
+    /// which saves the `WouldBlock` probe per message; `to_eof` (the event also reported the
+    /// peer closing) keeps reading so that a FIN that came with the data is not missed. TLS
+    /// always reads to `WouldBlock`: records may remain after the plaintext returned.
+    pub(super) fn client_read(&mut self, ci: usize, to_eof: bool) {
         let Some(tok) = self.client_tok(ci) else {
             return;
         };
@@ -199,11 +204,20 @@ impl Reactor {
                     _ => return, // the session is waiting for something else
                 }
             }
-            let status = c.stream.read(input.spare());
+            let spare = input.spare();
+            let room = spare.len();
+            let status = c.stream.read(spare);
+            let short_plain = !c.stream.is_tls() && !to_eof;
             match status {
                 Ok(ReadStatus::Data(n)) => {
                     input.commit(n);
                     self.client_after_read(ci);
+                    if short_plain && n < room {
+                        if let Some(c) = self.clients.get_mut(ci) {
+                            self.bufs.recycle_input(&mut c.input);
+                        }
+                        return;
+                    }
                 }
                 Ok(ReadStatus::WouldBlock) => {
                     self.client_after_read(ci);
@@ -248,6 +262,12 @@ impl Reactor {
 
     /// Feeds buffered client input to the session until it stops making progress.
     pub(super) fn client_process(&mut self, ci: usize) {
+        let outer = self.scratch.processing.replace(ci);
+        self.client_process_loop(ci);
+        self.scratch.processing = outer;
+    }
+
+    fn client_process_loop(&mut self, ci: usize) {
         loop {
             let Some(c) = self.clients.get(ci) else {
                 return;
@@ -468,13 +488,19 @@ impl Reactor {
             return;
         };
         let tok = Tok::new(Kind::Client, ci, c.generation);
+        let pipelined = c.input.as_ref().is_some_and(|i| !i.is_empty());
         self.backend_available(bi);
         if self.shared.is_stopping() {
             // Shutting down: the transaction is over, so is the session.
             return self.client_shutdown(ci);
         }
-        // Pipelined input after the transaction waits in the buffer.
-        self.scratch.ready.push(tok);
+        // Input that arrived behind the transaction waits in the buffer (or in the socket,
+        // if reading had paused).
+        if pipelined && self.scratch.processing != Some(ci) {
+            self.scratch.ready.push(tok);
+        } else {
+            self.wake_client_if_paused(ci);
+        }
     }
 
     /// Closes a client; a held backend is released, cleaned up or closed.

@@ -208,6 +208,8 @@ struct Scratch {
     dirty: Vec<Tok>,
     /// `run_actions` is on the stack.
     running_actions: bool,
+    /// The client whose input `client_process` is feeding to its session right now.
+    processing: Option<usize>,
 }
 
 pub struct Reactor {
@@ -273,6 +275,7 @@ impl Reactor {
                 ready: Vec::new(),
                 dirty: Vec::new(),
                 running_actions: false,
+                processing: None,
             },
             users,
             users_epoch,
@@ -351,8 +354,9 @@ impl Reactor {
                 if event.is_writable() {
                     self.mark_dirty(tok);
                 }
-                if event.is_readable() || event.is_read_closed() || event.is_error() {
-                    self.client_read(tok.index());
+                let closing = event.is_read_closed() || event.is_error();
+                if event.is_readable() || closing {
+                    self.client_read(tok.index(), closing);
                 }
             }
             Kind::Backend => {
@@ -362,10 +366,9 @@ impl Reactor {
                 if event.is_writable() || event.is_error() {
                     self.backend_writable(tok.index());
                 }
-                if self.backend_alive(tok)
-                    && (event.is_readable() || event.is_read_closed() || event.is_error())
-                {
-                    self.backend_read(tok.index());
+                let closing = event.is_read_closed() || event.is_error();
+                if self.backend_alive(tok) && (event.is_readable() || closing) {
+                    self.backend_read(tok.index(), closing);
                 }
             }
         }
@@ -376,13 +379,13 @@ impl Reactor {
             Kind::Client if self.client_alive(tok) => {
                 self.client_process(tok.index());
                 if self.client_alive(tok) {
-                    self.client_read(tok.index());
+                    self.client_read(tok.index(), false);
                 }
             }
             Kind::Backend if self.backend_alive(tok) => {
                 self.backend_process(tok.index());
                 if self.backend_alive(tok) {
-                    self.backend_read(tok.index());
+                    self.backend_read(tok.index(), false);
                 }
             }
             Kind::Listener => self.accept(tok.index()),

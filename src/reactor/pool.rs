@@ -111,8 +111,19 @@ impl Reactor {
             Tok::new(Kind::Backend, bi, b.generation),
         );
         self.with_session(ci, |s, _, _, out| s.on_backend_attached(&params, out));
-        self.scratch.ready.push(ctok);
-        self.scratch.ready.push(btok);
+        // The client's waiting message goes on now: in this same call when the attach comes
+        // from its own processing, otherwise on the next turn. Bytes the backend sent while
+        // idle are handled in its state (notices, parameter changes).
+        let buffered =
+            |input: &Option<super::buf::InBuf>| input.as_ref().is_some_and(|i| !i.is_empty());
+        if self.scratch.processing != Some(ci)
+            && self.clients.get(ci).is_some_and(|c| buffered(&c.input))
+        {
+            self.scratch.ready.push(ctok);
+        }
+        if self.backends.get(bi).is_some_and(|b| buffered(&b.input)) {
+            self.scratch.ready.push(btok);
+        }
         self.run_actions();
     }
 
