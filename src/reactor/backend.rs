@@ -8,7 +8,8 @@ use mio::Interest;
 use mio::net::TcpStream;
 
 use super::buf::{InBuf, OutBuf};
-use super::stream::{ReadStatus, Stream};
+use super::connio::{Filled, read_into, write_out};
+use super::stream::Stream;
 use super::timer::{Timer, TokKey};
 use super::token::{Kind, Tok};
 use super::{HIGH_WATER, MAX_READS, Reactor};
@@ -255,38 +256,35 @@ impl Reactor {
                 return;
             };
             b.read_paused = false;
-            let input = b.input.get_or_insert_with(|| self.bufs.input());
-            if input.spare().is_empty() {
-                match peek_header(input.filled(), self.shared.max_message_len) {
-                    Ok(Some(h)) if h.frame_len() > input.capacity() => input.grow(h.frame_len()),
-                    _ => return,
-                }
-            }
-            let spare = input.spare();
-            let room = spare.len();
-            let short_plain = !b.stream.is_tls() && !to_eof;
-            match b.stream.read(spare) {
-                Ok(ReadStatus::Data(n)) => {
-                    input.commit(n);
+            let filled = read_into(
+                &mut b.stream,
+                &mut b.input,
+                &mut self.bufs,
+                self.shared.max_message_len,
+                to_eof,
+            );
+            match filled {
+                Filled::Data { drained } => {
                     self.backend_after_read(bi);
-                    if short_plain && n < room {
+                    if drained {
                         if let Some(b) = self.backends.get_mut(bi) {
                             self.bufs.recycle_input(&mut b.input);
                         }
                         return;
                     }
                 }
-                Ok(ReadStatus::WouldBlock) => {
+                Filled::Blocked => {
                     self.backend_after_read(bi);
                     if let Some(b) = self.backends.get_mut(bi) {
                         self.bufs.recycle_input(&mut b.input);
                     }
                     return;
                 }
-                Ok(ReadStatus::Eof) => {
-                    return self.backend_lost(bi, "server closed the connection");
+                Filled::Full => return,
+                Filled::Eof => return self.backend_lost(bi, "server closed the connection"),
+                Filled::Failed(e) => {
+                    return self.backend_lost(bi, &format!("server read failed: {e}"));
                 }
-                Err(e) => return self.backend_lost(bi, &format!("server read failed: {e}")),
             }
             if !self.backend_alive(tok) {
                 return;
@@ -850,28 +848,9 @@ impl Reactor {
         if matches!(b.state, State::Connecting) {
             return;
         }
-        let mut failed = None;
-        if let Some(out) = b.output.as_mut() {
-            while !out.is_empty() {
-                match b.stream.write(out.pending()) {
-                    Ok(0) => break,
-                    Ok(n) => out.advance(n),
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
-                }
-            }
-        }
-        if failed.is_none()
-            && let Err(e) = b.stream.flush()
-        {
-            failed = Some(e);
-        }
-        if let Some(e) = failed {
+        if let Err(e) = write_out(&mut b.stream, &mut b.output, &mut self.bufs) {
             return self.backend_lost(bi, &format!("server write failed: {e}"));
         }
-        self.bufs.recycle_output(&mut b.output);
         if let State::Lent(ci) = b.state {
             self.wake_client_if_paused(ci);
         }

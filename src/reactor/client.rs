@@ -9,7 +9,8 @@ use mio::Interest;
 use mio::net::TcpStream;
 
 use super::buf::{InBuf, OutBuf};
-use super::stream::{ReadStatus, Stream};
+use super::connio::{Filled, read_into, write_out};
+use super::stream::Stream;
 use super::timer::{Timer, TokKey};
 use super::token::{Kind, Tok};
 use super::{HIGH_WATER, MAX_ACCEPTS, MAX_READS, MAX_REFUSING, Reactor, encode_pid};
@@ -18,7 +19,6 @@ use crate::client::relay::MAX_PIPELINE;
 use crate::client::users::PoolId;
 use crate::client::{AcquireError, Action, CancelKey, Env, Out, Session};
 use crate::pool::Pool;
-use crate::protocol::framing::peek_header;
 use crate::protocol::{ErrorBuilder, Severity, SqlState};
 use crate::tls::ALPN_POSTGRESQL;
 
@@ -196,38 +196,36 @@ impl Reactor {
                 return;
             };
             c.read_paused = false;
-            let input = c.input.get_or_insert_with(|| self.bufs.input());
-            if input.spare().is_empty() {
-                // A message bigger than the buffer that has to be seen whole.
-                match peek_header(input.filled(), self.shared.max_message_len) {
-                    Ok(Some(h)) if h.frame_len() > input.capacity() => input.grow(h.frame_len()),
-                    _ => return, // the session is waiting for something else
-                }
-            }
-            let spare = input.spare();
-            let room = spare.len();
-            let status = c.stream.read(spare);
-            let short_plain = !c.stream.is_tls() && !to_eof;
-            match status {
-                Ok(ReadStatus::Data(n)) => {
-                    input.commit(n);
+            let filled = read_into(
+                &mut c.stream,
+                &mut c.input,
+                &mut self.bufs,
+                self.shared.max_message_len,
+                to_eof,
+            );
+            match filled {
+                Filled::Data { drained } => {
                     self.client_after_read(ci);
-                    if short_plain && n < room {
+                    if drained {
                         if let Some(c) = self.clients.get_mut(ci) {
                             self.bufs.recycle_input(&mut c.input);
                         }
                         return;
                     }
                 }
-                Ok(ReadStatus::WouldBlock) => {
+                Filled::Blocked => {
                     self.client_after_read(ci);
                     if let Some(c) = self.clients.get_mut(ci) {
                         self.bufs.recycle_input(&mut c.input);
                     }
                     return;
                 }
-                Ok(ReadStatus::Eof) => return self.close_client(ci, "client disconnected"),
-                Err(e) => return self.close_client(ci, &format!("client read failed: {e}")),
+                // The session is waiting for something else (a backend, say).
+                Filled::Full => return,
+                Filled::Eof => return self.close_client(ci, "client disconnected"),
+                Filled::Failed(e) => {
+                    return self.close_client(ci, &format!("client read failed: {e}"));
+                }
             }
             if !self.client_alive(tok) {
                 return;
@@ -436,28 +434,9 @@ impl Reactor {
         let Some(c) = self.clients.get_mut(ci) else {
             return;
         };
-        let mut failed = None;
-        if let Some(out) = c.output.as_mut() {
-            while !out.is_empty() {
-                match c.stream.write(out.pending()) {
-                    Ok(0) => break,
-                    Ok(n) => out.advance(n),
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
-                }
-            }
-        }
-        if failed.is_none()
-            && let Err(e) = c.stream.flush()
-        {
-            failed = Some(e);
-        }
-        if let Some(e) = failed {
+        if let Err(e) = write_out(&mut c.stream, &mut c.output, &mut self.bufs) {
             return self.close_client(ci, &format!("client write failed: {e}"));
         }
-        self.bufs.recycle_output(&mut c.output);
         if let Some(bi) = c.backend {
             self.wake_backend_if_paused(bi);
         }

@@ -17,6 +17,7 @@ mod backend;
 pub mod buf;
 mod cancel;
 mod client;
+mod connio;
 mod pool;
 pub mod stream;
 pub mod timer;
