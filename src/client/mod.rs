@@ -21,6 +21,7 @@
 pub mod fuzzing;
 pub mod relay;
 mod startup;
+pub mod statements;
 pub mod users;
 
 use std::sync::Arc;
