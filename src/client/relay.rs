@@ -17,8 +17,18 @@
 //! The hot path looks only at 5-byte headers; message bodies are copied through in as many
 //! pieces as they arrive (a 100 MB DataRow never sits in a buffer). Only ReadyForQuery,
 //! ErrorResponse, ParameterStatus and Describe's kind byte are read.
+//!
+//! Entries are not only the client's own messages. pglink also sends requests of its own
+//! (a Parse its backend lacks, a Close to make room, a SET to bring parameters in line), whose
+//! answers are swallowed, and answers requests itself (ParseComplete for a statement the
+//! backend already has, a cached Describe, CloseComplete): such *local* entries carry their
+//! bytes and are emitted when everything before them has been answered — and dropped, like
+//! the server would drop them, when an earlier error makes it skip to Sync.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
+
+use super::statements::Statement;
 
 use crate::protocol::backend::tag as be;
 use crate::protocol::framing::{FrameError, Header, peek_header};
@@ -27,6 +37,9 @@ use crate::protocol::{ErrorFields, MessageType, Severity, TransactionStatus};
 
 /// Client messages the relay will queue before it stops reading from the client.
 pub const MAX_PIPELINE: usize = 4096;
+/// Streamed messages (DataRow, CopyData, ...) may be as large as PostgreSQL allows (1 GB of
+/// data plus framing); `max_message_len` bounds only the messages the relay reads whole.
+pub const MAX_STREAMED_MESSAGE: usize = (1 << 30) + (1 << 20);
 
 /// What a message sent to the backend will produce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +62,8 @@ pub enum Expect {
     Sync,
     /// The client's CopyDone/CopyFail: nothing, but marks where the server leaves COPY IN.
     CopyEnd,
+    /// An answer pglink gives itself (the entry's bytes), in its place in the sequence.
+    Local,
 }
 
 /// Where the responses to an entry go.
@@ -56,15 +71,49 @@ pub enum Expect {
 pub enum Route {
     /// To the client.
     Forward,
-    /// Nowhere: pglink sent the request itself (cleanup after a vanished client, injected
-    /// statements).
+    /// Dropped, except an ErrorResponse, which the client must see (pglink sent the request
+    /// on its behalf: an injected Parse whose statement no longer parses, say).
     Swallow,
+    /// Dropped entirely (cleanup after a vanished client, health checks).
+    Discard,
+    /// Dropped, and an ErrorResponse is replaced by the entry's bytes: pglink makes the server
+    /// fail a batch (so it skips to Sync and aborts the implicit transaction exactly as it
+    /// would have) and reports its own error in that place.
+    ReplaceError,
 }
 
-#[derive(Debug, Clone, Copy)]
+/// What pglink learns when an entry's request succeeds or fails.
+#[derive(Debug, Clone, Default)]
+pub enum Effect {
+    #[default]
+    None,
+    /// A Parse of `statement` sent to the backend (for the client's `client_name`, if the
+    /// client asked for it).
+    Prepare {
+        statement: Arc<Statement>,
+        client_name: Option<Box<[u8]>>,
+    },
+    /// A Describe of `statement` whose answer is worth caching.
+    Describe(Arc<Statement>),
+}
+
+/// An entry's effect resolved; the session applies these after each call.
+#[derive(Debug)]
+pub enum Outcome {
+    Succeeded(Effect),
+    /// Failed, or skipped after an earlier error.
+    Failed(Effect),
+    /// The ParameterDescription + RowDescription/NoData answering a Describe.
+    Described(Arc<Statement>, Vec<u8>),
+}
+
+#[derive(Debug)]
 struct Entry {
     expect: Expect,
     route: Route,
+    effect: Effect,
+    /// A local entry's answer, or the error that replaces the server's.
+    bytes: Option<Arc<[u8]>>,
 }
 
 /// Why the relay cannot go on. The backend is not reusable after any of these.
@@ -147,6 +196,10 @@ pub struct Relay {
     /// From the last ReadyForQuery.
     status: TransactionStatus,
     max_message_len: usize,
+    /// Resolved effects the session has not collected yet.
+    outcomes: Vec<Outcome>,
+    /// A Describe answer being collected for the statement at the head.
+    capture: Vec<u8>,
 }
 
 impl Relay {
@@ -160,6 +213,8 @@ impl Relay {
             backend_partial_route: Route::Forward,
             status: TransactionStatus::Idle,
             max_message_len,
+            outcomes: Vec::new(),
+            capture: Vec::new(),
         }
     }
 
@@ -171,6 +226,8 @@ impl Relay {
         self.client_partial = 0;
         self.backend_partial = 0;
         self.status = TransactionStatus::Idle;
+        self.outcomes.clear();
+        self.capture.clear();
     }
 
     /// Nothing outstanding, no transaction open: the backend holds nothing of this client's.
@@ -213,18 +270,91 @@ impl Relay {
         self.unsynced
     }
 
-    /// Records a request pglink sends on its own behalf (routing its responses).
-    pub fn expect(&mut self, expect: Expect, route: Route) {
-        if expect == Expect::CopyEnd && self.queue.is_empty() {
+    /// Records a request whose bytes the caller sent to the backend itself.
+    pub fn push(&mut self, expect: Expect, route: Route, effect: Effect) {
+        self.push_entry(Entry {
+            expect,
+            route,
+            effect,
+            bytes: None,
+        });
+    }
+
+    /// Records a request the server will fail (see [`Route::ReplaceError`]); `error` is the
+    /// complete ErrorResponse the client gets instead of the server's.
+    pub fn push_failing(&mut self, expect: Expect, error: Arc<[u8]>) {
+        self.push_entry(Entry {
+            expect,
+            route: Route::ReplaceError,
+            effect: Effect::None,
+            bytes: Some(error),
+        });
+    }
+
+    /// An answer pglink gives itself: written to `to_client` now if nothing is outstanding,
+    /// otherwise when everything before it has been answered.
+    pub fn push_local(&mut self, answer: &[u8], to_client: &mut Vec<u8>) {
+        if self.queue.is_empty() && self.backend_partial == 0 {
+            to_client.extend_from_slice(answer);
+            return;
+        }
+        self.push_entry(Entry {
+            expect: Expect::Local,
+            route: Route::Forward,
+            effect: Effect::None,
+            bytes: Some(answer.into()),
+        });
+    }
+
+    fn push_entry(&mut self, entry: Entry) {
+        if entry.expect == Expect::CopyEnd && self.queue.is_empty() {
             // No command is pending, so the server cannot be in COPY IN: it ignores this.
             return;
         }
-        self.queue.push_back(Entry { expect, route });
-        match expect {
+        match entry.expect {
             Expect::Sync => self.unsynced = false,
-            Expect::Cycle | Expect::CopyEnd => {}
+            Expect::Cycle | Expect::CopyEnd | Expect::Local => {}
             _ => self.unsynced = true,
         }
+        self.queue.push_back(entry);
+    }
+
+    /// Effects resolved since the last call.
+    pub fn take_outcomes(&mut self) -> std::vec::Drain<'_, Outcome> {
+        self.outcomes.drain(..)
+    }
+
+    pub fn has_outcomes(&self) -> bool {
+        !self.outcomes.is_empty()
+    }
+
+    /// Streams the rest of a client message whose beginning was forwarded.
+    pub fn continue_client_message(&mut self, data: &[u8], to_backend: &mut Vec<u8>) -> usize {
+        let n = self.client_partial.min(data.len());
+        to_backend.extend_from_slice(data.get(..n).unwrap_or_default());
+        self.client_partial -= n;
+        n
+    }
+
+    /// Forwards one client message unchanged (as much of it as `data` holds; the rest
+    /// follows through `continue_client_message`) and records what it will produce. `data`
+    /// starts at the message; a Describe must include its kind byte.
+    pub fn forward_client_message(
+        &mut self,
+        header: Header,
+        data: &[u8],
+        to_backend: &mut Vec<u8>,
+    ) -> Result<usize, RelayError> {
+        self.on_client_message(header, data.get(Header::SIZE).copied())?;
+        let n = header.frame_len().min(data.len());
+        to_backend.extend_from_slice(data.get(..n).unwrap_or_default());
+        self.client_partial = header.frame_len() - n;
+        Ok(n)
+    }
+
+    /// Whether more client messages may be queued now.
+    pub fn pipeline_full(&self) -> bool {
+        self.queue.len() >= MAX_PIPELINE
     }
 
     /// Forwards complete (or streamable) client messages from `data` to `to_backend`.
@@ -238,19 +368,17 @@ impl Relay {
         loop {
             let rest = data.get(pos..).unwrap_or_default();
             if self.client_partial > 0 {
-                let n = self.client_partial.min(rest.len());
+                let n = self.continue_client_message(rest, to_backend);
                 if n == 0 {
                     return Ok((pos, ClientStop::NeedMore));
                 }
-                to_backend.extend_from_slice(rest.get(..n).unwrap_or_default());
-                self.client_partial -= n;
                 pos += n;
                 continue;
             }
-            if self.queue.len() >= MAX_PIPELINE {
+            if self.pipeline_full() {
                 return Ok((pos, ClientStop::PipelineFull));
             }
-            let Some(header) = peek_header(rest, self.max_message_len)? else {
+            let Some(header) = peek_header(rest, MAX_STREAMED_MESSAGE)? else {
                 return Ok((pos, ClientStop::NeedMore));
             };
             if header.tag == fe::TERMINATE {
@@ -262,11 +390,7 @@ impl Relay {
             if header.tag == fe::DESCRIBE && rest.len() <= Header::SIZE {
                 return Ok((pos, ClientStop::NeedMore)); // the kind byte decides the entry
             }
-            self.on_client_message(header, rest.get(Header::SIZE).copied())?;
-            let n = header.frame_len().min(rest.len());
-            to_backend.extend_from_slice(rest.get(..n).unwrap_or_default());
-            self.client_partial = header.frame_len() - n;
-            pos += n;
+            pos += self.forward_client_message(header, rest, to_backend)?;
         }
     }
 
@@ -288,13 +412,14 @@ impl Relay {
             });
         }
         let route = Route::Forward;
+        let effect = Effect::None;
         match tag {
-            fe::QUERY | fe::FUNCTION_CALL => self.expect(Expect::Cycle, route),
-            fe::PARSE => self.expect(Expect::Parse, route),
-            fe::BIND => self.expect(Expect::Bind, route),
+            fe::QUERY | fe::FUNCTION_CALL => self.push(Expect::Cycle, route, effect.clone()),
+            fe::PARSE => self.push(Expect::Parse, route, effect.clone()),
+            fe::BIND => self.push(Expect::Bind, route, effect.clone()),
             fe::DESCRIBE => match first_body_byte {
-                Some(b'S') => self.expect(Expect::DescribeStatement, route),
-                Some(b'P') => self.expect(Expect::DescribePortal, route),
+                Some(b'S') => self.push(Expect::DescribeStatement, route, effect.clone()),
+                Some(b'P') => self.push(Expect::DescribePortal, route, effect.clone()),
                 _ => {
                     return Err(RelayError::ClientMessage {
                         tag,
@@ -302,14 +427,14 @@ impl Relay {
                     });
                 }
             },
-            fe::EXECUTE => self.expect(Expect::Execute, route),
-            fe::CLOSE => self.expect(Expect::Close, route),
+            fe::EXECUTE => self.push(Expect::Execute, route, effect.clone()),
+            fe::CLOSE => self.push(Expect::Close, route, effect.clone()),
             // The server ignores Sync during COPY IN: no ReadyForQuery will answer it.
             fe::SYNC if self.server_copy_in => {}
-            fe::SYNC => self.expect(Expect::Sync, route),
+            fe::SYNC => self.push(Expect::Sync, route, effect.clone()),
             fe::FLUSH | fe::COPY_DATA => {}
             fe::COPY_DONE | fe::COPY_FAIL if self.server_copy_in => self.server_copy_in = false,
-            fe::COPY_DONE | fe::COPY_FAIL => self.expect(Expect::CopyEnd, route),
+            fe::COPY_DONE | fe::COPY_FAIL => self.push(Expect::CopyEnd, route, effect.clone()),
             _ => {
                 return Err(RelayError::ClientMessage {
                     tag,
@@ -341,33 +466,41 @@ impl Relay {
                 }
                 self.backend_partial -= n;
                 pos += n;
+                if self.backend_partial == 0 {
+                    self.settle_head(to_client);
+                }
                 continue;
             }
-            let Some(header) = peek_header(rest, self.max_message_len)? else {
+            let Some(header) = peek_header(rest, MAX_STREAMED_MESSAGE)? else {
                 return Ok((pos, BackendStop::NeedMore));
             };
             let frame_len = header.frame_len();
             let whole = rest.get(..frame_len);
-            match header.tag {
-                // Streamed: only the tag matters.
-                be::DATA_ROW
-                | be::COPY_DATA
-                | be::COPY_DONE
-                | be::NOTICE_RESPONSE
-                | be::NOTIFICATION_RESPONSE
-                | be::ROW_DESCRIPTION
-                | be::PARAMETER_DESCRIPTION
-                | be::NO_DATA
-                | be::PARSE_COMPLETE
-                | be::BIND_COMPLETE
-                | be::CLOSE_COMPLETE
-                | be::COMMAND_COMPLETE
-                | be::EMPTY_QUERY_RESPONSE
-                | be::PORTAL_SUSPENDED
-                | be::COPY_IN_RESPONSE
-                | be::COPY_OUT_RESPONSE
-                | be::FUNCTION_CALL_RESPONSE => {
-                    let route = self.on_streamed_message(header.tag)?;
+            let tag = header.tag;
+            if frame_len > self.max_message_len && !Self::streamable(tag) {
+                return Err(RelayError::Framing(FrameError::LengthTooLarge {
+                    tag,
+                    len: header.len,
+                    max: self.max_message_len,
+                }));
+            }
+            match tag {
+                be::ROW_DESCRIPTION | be::PARAMETER_DESCRIPTION | be::NO_DATA
+                    if self.capturing() =>
+                {
+                    let Some(msg) = whole else {
+                        return Ok((pos, BackendStop::NeedMore));
+                    };
+                    self.capture.extend_from_slice(msg);
+                    let route = self.on_streamed_message(tag)?;
+                    if route == Route::Forward {
+                        to_client.extend_from_slice(msg);
+                    }
+                    pos += frame_len;
+                    self.settle_head(to_client);
+                }
+                t if Self::streamable(t) => {
+                    let route = self.on_streamed_message(t)?;
                     let n = frame_len.min(rest.len());
                     if route == Route::Forward {
                         to_client.extend_from_slice(rest.get(..n).unwrap_or_default());
@@ -375,6 +508,9 @@ impl Relay {
                     self.backend_partial = frame_len - n;
                     self.backend_partial_route = route;
                     pos += n;
+                    if self.backend_partial == 0 {
+                        self.settle_head(to_client);
+                    }
                 }
                 be::READY_FOR_QUERY => {
                     let Some(msg) = whole else {
@@ -385,25 +521,26 @@ impl Relay {
                         .copied()
                         .and_then(TransactionStatus::from_byte)
                         .ok_or(RelayError::Desync {
-                            tag: header.tag,
+                            tag,
                             expected: self.head(),
                         })?;
-                    let entry = match self.queue.front() {
-                        Some(e) if matches!(e.expect, Expect::Sync | Expect::Cycle) => *e,
-                        _ => {
-                            return Err(RelayError::Desync {
-                                tag: header.tag,
-                                expected: self.head(),
-                            });
-                        }
-                    };
-                    self.queue.pop_front();
-                    self.drop_copy_end_markers();
+                    if !self
+                        .queue
+                        .front()
+                        .is_some_and(|e| matches!(e.expect, Expect::Sync | Expect::Cycle))
+                    {
+                        return Err(RelayError::Desync {
+                            tag,
+                            expected: self.head(),
+                        });
+                    }
+                    let route = self.pop_done();
                     self.status = status;
-                    if entry.route == Route::Forward {
+                    if route == Route::Forward {
                         to_client.extend_from_slice(msg);
                     }
                     pos += frame_len;
+                    self.settle_head(to_client);
                     if self.is_idle() {
                         return Ok((pos, BackendStop::Idle));
                     }
@@ -412,22 +549,24 @@ impl Relay {
                     let Some(msg) = whole else {
                         return Ok((pos, BackendStop::NeedMore));
                     };
-                    let fatal = ErrorFields::decode(
-                        header.tag,
-                        msg.get(Header::SIZE..).unwrap_or_default(),
-                    )
-                    .ok()
-                    .and_then(|f| f.severity_kind())
-                    .is_some_and(Severity::ends_session);
-                    let route = self.queue.front().map_or(Route::Forward, |e| e.route);
-                    if route == Route::Forward || fatal {
-                        to_client.extend_from_slice(msg);
+                    let fatal =
+                        ErrorFields::decode(tag, msg.get(Header::SIZE..).unwrap_or_default())
+                            .ok()
+                            .and_then(|f| f.severity_kind())
+                            .is_some_and(Severity::ends_session);
+                    match self.queue.front() {
+                        Some(e) if e.route == Route::ReplaceError && !fatal => {
+                            to_client.extend_from_slice(e.bytes.as_deref().unwrap_or_default());
+                        }
+                        Some(e) if e.route == Route::Discard => {}
+                        _ => to_client.extend_from_slice(msg),
                     }
                     pos += frame_len;
                     if fatal {
                         return Ok((pos, BackendStop::Fatal));
                     }
                     self.on_error();
+                    self.settle_head(to_client);
                 }
                 be::PARAMETER_STATUS => {
                     let Some(msg) = whole else {
@@ -451,8 +590,69 @@ impl Relay {
         }
     }
 
+    /// Messages passed through by tag alone, in pieces if need be.
+    fn streamable(tag: u8) -> bool {
+        matches!(
+            tag,
+            be::DATA_ROW
+                | be::COPY_DATA
+                | be::COPY_DONE
+                | be::NOTICE_RESPONSE
+                | be::NOTIFICATION_RESPONSE
+                | be::ROW_DESCRIPTION
+                | be::PARAMETER_DESCRIPTION
+                | be::NO_DATA
+                | be::PARSE_COMPLETE
+                | be::BIND_COMPLETE
+                | be::CLOSE_COMPLETE
+                | be::COMMAND_COMPLETE
+                | be::EMPTY_QUERY_RESPONSE
+                | be::PORTAL_SUSPENDED
+                | be::COPY_IN_RESPONSE
+                | be::COPY_OUT_RESPONSE
+                | be::FUNCTION_CALL_RESPONSE
+        )
+    }
+
     fn head(&self) -> Option<Expect> {
         self.queue.front().map(|e| e.expect)
+    }
+
+    /// The head is a Describe whose answer is being collected for the cache.
+    fn capturing(&self) -> bool {
+        self.queue
+            .front()
+            .is_some_and(|e| matches!(e.effect, Effect::Describe(_)))
+    }
+
+    /// Pops the head entry, which completed; returns its route.
+    fn pop_done(&mut self) -> Route {
+        let Some(entry) = self.queue.pop_front() else {
+            return Route::Forward;
+        };
+        match entry.effect {
+            Effect::None => {}
+            Effect::Describe(statement) => {
+                let answer = std::mem::take(&mut self.capture);
+                self.outcomes.push(Outcome::Described(statement, answer));
+            }
+            effect => self.outcomes.push(Outcome::Succeeded(effect)),
+        }
+        entry.route
+    }
+
+    /// After the head changed: drop COPY end markers and emit local answers now due.
+    fn settle_head(&mut self, to_client: &mut Vec<u8>) {
+        while let Some(e) = self.queue.front() {
+            match e.expect {
+                Expect::CopyEnd => {}
+                Expect::Local => {
+                    to_client.extend_from_slice(e.bytes.as_deref().unwrap_or_default())
+                }
+                _ => return,
+            }
+            self.queue.pop_front();
+        }
     }
 
     /// Applies a streamed backend message to the queue; returns where it goes.
@@ -462,17 +662,18 @@ impl Relay {
         if matches!(tag, be::NOTICE_RESPONSE | be::NOTIFICATION_RESPONSE) {
             return Ok(self.queue.front().map_or(Route::Forward, |e| e.route));
         }
-        let Some(head) = self.queue.front().copied() else {
+        let Some(head) = self.queue.front() else {
             return Err(RelayError::Desync {
                 tag,
                 expected: None,
             });
         };
+        let (expect, route) = (head.expect, head.route);
         let desync = || RelayError::Desync {
             tag,
-            expected: Some(head.expect),
+            expected: Some(expect),
         };
-        let pops = match (tag, head.expect) {
+        let pops = match (tag, expect) {
             (
                 be::DATA_ROW | be::COPY_DATA | be::COPY_DONE | be::COPY_OUT_RESPONSE,
                 Cycle | Execute,
@@ -494,10 +695,9 @@ impl Relay {
             _ => return Err(desync()),
         };
         if pops {
-            self.queue.pop_front();
-            self.drop_copy_end_markers();
+            self.pop_done();
         }
-        Ok(head.route)
+        Ok(route)
     }
 
     /// The server entered COPY IN for the head entry. Syncs the client sent after it, up to
@@ -523,9 +723,11 @@ impl Relay {
 
     /// After an ErrorResponse: a simple Query (or FunctionCall) or a Sync still ends with its
     /// ReadyForQuery. An extended-protocol error makes the server discard every message up to
-    /// the next Sync, simple Queries included (PostgreSQL's `ignore_till_sync`).
+    /// the next Sync, simple Queries included (PostgreSQL's `ignore_till_sync`): those
+    /// requests never happen, and pglink's own answers among them are dropped too.
     fn on_error(&mut self) {
         self.server_copy_in = false;
+        self.capture.clear();
         if self
             .queue
             .front()
@@ -534,17 +736,11 @@ impl Relay {
             return;
         }
         while self.queue.front().is_some_and(|e| e.expect != Expect::Sync) {
-            self.queue.pop_front();
-        }
-    }
-
-    fn drop_copy_end_markers(&mut self) {
-        while self
-            .queue
-            .front()
-            .is_some_and(|e| e.expect == Expect::CopyEnd)
-        {
-            self.queue.pop_front();
+            if let Some(entry) = self.queue.pop_front()
+                && !matches!(entry.effect, Effect::None)
+            {
+                self.outcomes.push(Outcome::Failed(entry.effect));
+            }
         }
     }
 }

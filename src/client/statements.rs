@@ -136,10 +136,17 @@ impl Registry {
     /// (otherwise a new one each time, private to the caller).
     pub fn get_or_insert(&self, query: &[u8], param_types: &[u32]) -> Arc<Statement> {
         if self.capacity == 0 {
-            return Arc::new(Statement::new(NEXT_ID.fetch_add(1, Ordering::Relaxed), query, param_types));
+            return Arc::new(Statement::new(
+                NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                query,
+                param_types,
+            ));
         }
         let hash = key_hash(query, param_types);
-        let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         inner.tick += 1;
         let tick = inner.tick;
         if let Some(bucket) = inner.buckets.get_mut(&hash)
@@ -153,8 +160,16 @@ impl Registry {
         if inner.len >= self.capacity {
             self.evict_oldest(&mut inner);
         }
-        let statement = Arc::new(Statement::new(NEXT_ID.fetch_add(1, Ordering::Relaxed), query, param_types));
-        inner.buckets.entry(hash).or_default().push((statement.clone(), tick));
+        let statement = Arc::new(Statement::new(
+            NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            query,
+            param_types,
+        ));
+        inner
+            .buckets
+            .entry(hash)
+            .or_default()
+            .push((statement.clone(), tick));
         inner.len += 1;
         statement
     }
@@ -184,7 +199,10 @@ impl Registry {
     }
 
     pub fn len(&self) -> usize {
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len
     }
 
     pub fn is_empty(&self) -> bool {
@@ -218,7 +236,10 @@ impl Registry {
 
     /// Forgets every cached description (after DDL went through this database).
     pub fn forget_all_descriptions(&self) {
-        let inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (statement, _) in inner.buckets.values().flatten() {
             if statement.set_description(None) {
                 self.descriptions.fetch_sub(1, Ordering::AcqRel);
@@ -313,9 +334,16 @@ impl BackendStatements {
     /// Records `id` as prepared; returns the statement to close first when over capacity.
     pub fn insert(&mut self, id: u64) -> Option<u64> {
         self.tick += 1;
-        let evict = (self.capacity > 0 && self.prepared.len() >= self.capacity && !self.prepared.contains_key(&id))
-            .then(|| self.prepared.iter().min_by_key(|&(_, &t)| t).map(|(&id, _)| id))
-            .flatten();
+        let evict = (self.capacity > 0
+            && self.prepared.len() >= self.capacity
+            && !self.prepared.contains_key(&id))
+        .then(|| {
+            self.prepared
+                .iter()
+                .min_by_key(|&(_, &t)| t)
+                .map(|(&id, _)| id)
+        })
+        .flatten();
         if let Some(old) = evict {
             self.prepared.remove(&old);
         }
@@ -425,7 +453,11 @@ mod tests {
         assert_eq!(b.len(), 1);
         let mut unlimited_zero = BackendStatements::new(0);
         assert_eq!(unlimited_zero.insert(1), None);
-        assert_eq!(unlimited_zero.insert(2), None, "0 keeps within a lending; closed at release");
+        assert_eq!(
+            unlimited_zero.insert(2),
+            None,
+            "0 keeps within a lending; closed at release"
+        );
     }
 
     #[test]

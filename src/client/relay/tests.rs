@@ -456,7 +456,7 @@ fn parameter_status_is_forwarded_and_located() {
 #[test]
 fn swallowed_requests_produce_no_client_output() {
     let mut r = Relay::new(MAX);
-    r.expect(Expect::Cycle, Route::Swallow);
+    r.push(Expect::Cycle, Route::Swallow, Effect::None);
     let reply = cat(&[
         msg(b'N', b"SWARNING\0C25P01\0Mno transaction\0\0"),
         complete("ROLLBACK"),
@@ -495,4 +495,162 @@ fn absurd_lengths_are_rejected_before_buffering() {
     let mut short = vec![b'Q'];
     short.extend_from_slice(&3u32.to_be_bytes());
     assert!(r.on_client_data(&short, &mut Vec::new()).is_err());
+}
+
+fn statement(query: &[u8]) -> Arc<Statement> {
+    super::super::statements::Registry::new(10, 10).get_or_insert(query, &[])
+}
+
+#[test]
+fn local_answers_keep_their_place_in_the_sequence() {
+    let mut r = Relay::new(MAX);
+    let mut out = Vec::new();
+    // Nothing outstanding: emitted at once.
+    r.push_local(&msg(b'1', b""), &mut out);
+    assert_eq!(out, msg(b'1', b""));
+    out.clear();
+    // Behind a forwarded Bind: after its BindComplete, before the next message.
+    client(&mut r, &bind());
+    r.push_local(&msg(b'3', b""), &mut out);
+    client(&mut r, &cat(&[execute(), sync()]));
+    assert!(out.is_empty());
+    let reply = cat(&[msg(b'2', b""), complete("SELECT 1"), rfq(b'I')]);
+    assert_eq!(backend(&mut r, &reply, &mut out).1, BackendStop::Idle);
+    assert_eq!(
+        out,
+        cat(&[
+            msg(b'2', b""),
+            msg(b'3', b""),
+            complete("SELECT 1"),
+            rfq(b'I')
+        ])
+    );
+}
+
+#[test]
+fn local_answers_after_an_error_are_dropped_like_the_server_would() {
+    let mut r = Relay::new(MAX);
+    let mut out = Vec::new();
+    client(&mut r, &bind());
+    r.push_local(&msg(b'1', b""), &mut out);
+    client(&mut r, &sync());
+    let reply = cat(&[error("ERROR"), rfq(b'I')]);
+    assert_eq!(backend(&mut r, &reply, &mut out).1, BackendStop::Idle);
+    assert_eq!(out, reply, "no ParseComplete after the failed Bind");
+}
+
+#[test]
+fn swallowed_requests_still_show_their_errors() {
+    let mut r = Relay::new(MAX);
+    let mut out = Vec::new();
+    r.push(Expect::Parse, Route::Swallow, Effect::None);
+    client(&mut r, &cat(&[bind(), sync()]));
+    let reply = cat(&[error("ERROR"), rfq(b'I')]);
+    assert_eq!(backend(&mut r, &reply, &mut out).1, BackendStop::Idle);
+    assert_eq!(out, reply);
+    let mut r = Relay::new(MAX);
+    let mut out = Vec::new();
+    r.push(Expect::Parse, Route::Swallow, Effect::None);
+    client(&mut r, &sync());
+    let reply = cat(&[msg(b'1', b""), rfq(b'I')]);
+    backend(&mut r, &reply, &mut out);
+    assert_eq!(
+        out,
+        rfq(b'I'),
+        "the ParseComplete of an injected Parse is dropped"
+    );
+}
+
+#[test]
+fn replaced_errors_take_the_servers_place() {
+    let mut r = Relay::new(MAX);
+    let mut out = Vec::new();
+    let ours: Arc<[u8]> = error("ERROR").into();
+    r.push_failing(Expect::Bind, ours.clone());
+    client(&mut r, &cat(&[execute(), sync()]));
+    let theirs = msg(
+        b'E',
+        b"SERROR\0VERROR\0C26000\0Mprepared statement does not exist\0\0",
+    );
+    let reply = cat(&[theirs, rfq(b'I')]);
+    assert_eq!(backend(&mut r, &reply, &mut out).1, BackendStop::Idle);
+    assert_eq!(out, cat(&[ours.to_vec(), rfq(b'I')]));
+}
+
+#[test]
+fn outcomes_report_prepares_that_succeed_fail_or_are_skipped() {
+    let s1 = statement(b"a");
+    let s2 = statement(b"b");
+    let prepare = |s: &Arc<Statement>| Effect::Prepare {
+        statement: s.clone(),
+        client_name: None,
+    };
+    let mut r = Relay::new(MAX);
+    let mut out = Vec::new();
+    r.push(Expect::Parse, Route::Swallow, prepare(&s1));
+    r.push(Expect::Parse, Route::Forward, prepare(&s2));
+    client(&mut r, &sync());
+    backend(
+        &mut r,
+        &cat(&[msg(b'1', b""), error("ERROR"), rfq(b'I')]),
+        &mut out,
+    );
+    let outcomes: Vec<Outcome> = r.take_outcomes().collect();
+    assert!(
+        matches!(&outcomes[0], Outcome::Succeeded(Effect::Prepare { statement, .. }) if statement.id == s1.id)
+    );
+    assert!(
+        matches!(&outcomes[1], Outcome::Failed(Effect::Prepare { statement, .. }) if statement.id == s2.id)
+    );
+    // Skipped after an earlier error counts as failed.
+    let mut r = Relay::new(MAX);
+    client(&mut r, &bind());
+    r.push(Expect::Parse, Route::Swallow, prepare(&s1));
+    client(&mut r, &sync());
+    backend(&mut r, &cat(&[error("ERROR"), rfq(b'I')]), &mut out);
+    let outcomes: Vec<Outcome> = r.take_outcomes().collect();
+    assert_eq!(outcomes.len(), 1);
+    assert!(matches!(&outcomes[0], Outcome::Failed(_)));
+}
+
+#[test]
+fn describe_answers_are_captured_whole_even_when_split() {
+    let s = statement(b"SELECT 1");
+    let mut r = Relay::new(MAX);
+    r.push(
+        Expect::DescribeStatement,
+        Route::Forward,
+        Effect::Describe(s.clone()),
+    );
+    client(&mut r, &sync());
+    let answer = cat(&[msg(b't', b"\0\0"), row_desc()]);
+    let reply = cat(&[answer.clone(), rfq(b'I')]);
+    let mut out = Vec::new();
+    let mut buf = reply[..3].to_vec();
+    let (n, _) = backend(&mut r, &buf, &mut out);
+    buf.drain(..n);
+    buf.extend_from_slice(&reply[3..]);
+    assert_eq!(backend(&mut r, &buf, &mut out).1, BackendStop::Idle);
+    assert_eq!(out, reply);
+    let outcomes: Vec<Outcome> = r.take_outcomes().collect();
+    assert!(
+        matches!(&outcomes[0], Outcome::Described(st, bytes) if st.id == s.id && *bytes == answer)
+    );
+}
+
+#[test]
+fn streamed_messages_may_exceed_the_whole_message_limit() {
+    let mut r = Relay::new(1000);
+    client(&mut r, &query("SELECT big"));
+    let big = msg(b'D', &vec![1u8; 5000]);
+    let reply = cat(&[big, complete("SELECT 1"), rfq(b'I')]);
+    let mut out = Vec::new();
+    assert_eq!(backend(&mut r, &reply, &mut out).1, BackendStop::Idle);
+    let mut r = Relay::new(1000);
+    client(&mut r, &query("SELECT 1"));
+    let huge_error = msg(b'E', &vec![b'x'; 5000]);
+    assert!(matches!(
+        r.on_backend_data(&huge_error, &mut out),
+        Err(RelayError::Framing(_))
+    ));
 }
