@@ -23,6 +23,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::auth::{OsRng, Rng, ScramVerifier, tls_server_end_point};
 use crate::backend::{SslMode, Target};
+use crate::client::statements::Registry;
 use crate::client::users::{DbEntry, UserEntry, UserTable};
 use crate::client::{AuthMethod, ClientTls, SessionConfig};
 use crate::config::{self, BackendSslMode, CertSource, Config, LoadedConfig, ResolvedSecrets};
@@ -301,8 +302,19 @@ fn build_pools(
             lifetime_jitter: Some(backend.pool_max_conn_lifetime_jitter).filter(|j| !j.is_zero()),
             max_idle_time: backend.max_conn_idle_time(),
             health_check_period: backend.health_check_period(),
+            statement_cache_capacity: backend.statement_cache_capacity,
         };
-        let mut database = Database::new(id, name.clone(), settings, Arc::new(target));
+        let registry = Registry::new(
+            backend.prepared_statement_cache_size,
+            backend.description_cache_capacity,
+        );
+        let mut database = Database::new(
+            id,
+            name.clone(),
+            settings,
+            Arc::new(target),
+            Arc::new(registry),
+        );
         for user in secrets.users(name) {
             let pool = pools.len();
             database.pools.push(pool);

@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
+use super::statements::{BackendStatements, Registry};
 use super::users::{DbEntry, UserEntry, UserTable};
 use super::{
     AcquireError, AuthMethod, CancelKey, ClientTls, Env, Out, ParamList, Session, SessionConfig,
@@ -65,6 +66,9 @@ fn run_script(data: &[u8]) -> Session {
     let mut rng = FixedRng::new(vec![5u8; 16]);
     let mut session = Session::new(CancelKey::new(1, [2; 32], 32), 1 << 16);
     let (mut to_client, mut to_backend, mut actions) = (Vec::new(), Vec::new(), Vec::new());
+    let mut backend_statements = BackendStatements::new(4);
+    let registry = Arc::new(Registry::new(16, 16));
+    let registry_lookup = |_| Some(registry.clone());
     let mut pending: Vec<u8> = Vec::new();
     let mut ops = data.get(1..).unwrap_or_default();
     while let Some((&op, rest)) = ops.split_first() {
@@ -78,6 +82,7 @@ fn run_script(data: &[u8]) -> Session {
         let mut out = Out {
             to_client: &mut to_client,
             to_backend: &mut to_backend,
+            backend_statements: &mut backend_statements,
             actions: &mut actions,
         };
         match op % 8 {
@@ -88,6 +93,7 @@ fn run_script(data: &[u8]) -> Session {
                     users: users(),
                     rng: &mut rng,
                     server_params: &lookup,
+                    registry: &registry_lookup,
                 };
                 let n = session.on_client_data(&pending, &mut env, &mut out);
                 assert!(n <= pending.len(), "consumed more than given");

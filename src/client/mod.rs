@@ -19,6 +19,7 @@
 
 #[doc(hidden)]
 pub mod fuzzing;
+mod prepared;
 pub mod relay;
 mod startup;
 pub mod statements;
@@ -32,9 +33,11 @@ use crate::protocol::framing::{Header, peek_header};
 use crate::protocol::frontend::tag as fe;
 use crate::protocol::startup::ProtocolVersion;
 use crate::protocol::{ErrorBuilder, MessageType, Severity, SqlState, TransactionStatus};
-use relay::{BackendStop, ClientStop, Relay};
+use prepared::Handled;
+use relay::{BackendStop, MAX_STREAMED_MESSAGE, Relay};
 use startup::AuthState;
-use users::{PoolId, UserTable};
+use statements::{BackendStatements, ClientStatements, Registry};
+use users::{DbId, PoolId, UserTable};
 
 /// Server parameters as reported with ParameterStatus, in report order.
 pub type ParamList = Vec<(String, String)>;
@@ -75,6 +78,8 @@ pub struct Env<'a> {
     pub rng: &'a mut dyn Rng,
     /// Parameters learnt from a backend of the pool, if any backend has logged in yet.
     pub server_params: &'a dyn Fn(PoolId) -> Option<Arc<ParamList>>,
+    /// The prepared-statement registry of a database.
+    pub registry: &'a dyn Fn(DbId) -> Option<Arc<Registry>>,
 }
 
 /// Where a session's output goes for one call.
@@ -82,6 +87,8 @@ pub struct Out<'a> {
     pub to_client: &'a mut Vec<u8>,
     /// The held backend's output buffer (an empty scratch vector when none is held).
     pub to_backend: &'a mut Vec<u8>,
+    /// The statements the held backend has prepared (an empty scratch set when none).
+    pub backend_statements: &'a mut BackendStatements,
     pub actions: &'a mut Vec<Action>,
 }
 
@@ -208,6 +215,10 @@ pub struct Session {
     /// Set for connections accepted only to be refused (too many clients, shutting down):
     /// the FATAL goes out after SSL negotiation and the startup packet, where libpq shows it.
     refusal: Option<(SqlState, String)>,
+    /// The client's named prepared statements.
+    statements: ClientStatements,
+    /// The database's statement registry (known after login).
+    registry: Option<Arc<Registry>>,
 }
 
 impl Session {
@@ -227,6 +238,8 @@ impl Session {
             discard: 0,
             failure: None,
             refusal: None,
+            statements: ClientStatements::default(),
+            registry: None,
         }
     }
 
@@ -359,7 +372,9 @@ impl Session {
         let mut pos = 0;
         loop {
             let rest = data.get(pos..).unwrap_or_default();
-            match self.relay.on_backend_data(rest, out.to_client) {
+            let result = self.relay.on_backend_data(rest, out.to_client);
+            self.apply_outcomes(out.backend_statements);
+            match result {
                 Ok((n, BackendStop::NeedMore)) => return pos + n,
                 Ok((n, BackendStop::ParameterStatus { .. })) => pos += n,
                 Ok((n, BackendStop::Idle)) => {
@@ -460,13 +475,30 @@ impl Session {
                 data.len()
             }
             _ if self.skip_to_sync => self.consume(header, data),
-            fe::QUERY
-            | fe::PARSE
-            | fe::BIND
-            | fe::DESCRIBE
-            | fe::EXECUTE
-            | fe::CLOSE
-            | fe::FUNCTION_CALL => {
+            fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE => {
+                if header.frame_len() > self.relay_max_len() {
+                    let text = format!("pglink: message too long ({} bytes)", header.frame_len());
+                    self.fatal(out, SqlState::PROTOCOL_VIOLATION, &text);
+                    return data.len();
+                }
+                let Some(whole) = data.get(..header.frame_len()) else {
+                    return 0;
+                };
+                let body = whole.get(Header::SIZE..).unwrap_or_default();
+                match self.on_statement_message_idle(header.tag, body, out) {
+                    Handled::Done => header.frame_len(),
+                    Handled::NeedBackend => {
+                        self.state = State::Acquiring;
+                        out.actions.push(Action::Acquire);
+                        0
+                    }
+                    Handled::Invalid(e) => {
+                        self.fatal(out, SqlState::PROTOCOL_VIOLATION, &format!("pglink: {e}"));
+                        data.len()
+                    }
+                }
+            }
+            fe::QUERY | fe::EXECUTE | fe::FUNCTION_CALL => {
                 self.state = State::Acquiring;
                 out.actions.push(Action::Acquire);
                 0
@@ -509,17 +541,73 @@ impl Session {
         n
     }
 
+    /// Active: everything goes to the held backend, statement messages rewritten.
     fn on_active_bytes(&mut self, data: &[u8], out: &mut Out<'_>) -> usize {
-        match self.relay.on_client_data(data, out.to_backend) {
-            Ok((n, ClientStop::NeedMore | ClientStop::PipelineFull)) => n,
-            Ok((n, ClientStop::Terminate)) => {
-                out.actions.push(Action::Close);
-                // `detach` (called by the reactor on close) decides the backend's fate.
-                n
+        let mut pos = 0;
+        loop {
+            let rest = data.get(pos..).unwrap_or_default();
+            if self.relay.client_mid_message() {
+                let n = self.relay.continue_client_message(rest, out.to_backend);
+                if n == 0 {
+                    return pos;
+                }
+                pos += n;
+                continue;
             }
-            Err(e) => {
-                self.fatal(out, SqlState::PROTOCOL_VIOLATION, &format!("pglink: {e}"));
-                data.len()
+            if self.relay.pipeline_full() || !matches!(self.state, State::Active) {
+                return pos;
+            }
+            let header = match peek_header(rest, MAX_STREAMED_MESSAGE) {
+                Ok(Some(h)) => h,
+                Ok(None) => return pos,
+                Err(e) => {
+                    self.fatal(out, SqlState::PROTOCOL_VIOLATION, &format!("pglink: {e}"));
+                    return data.len();
+                }
+            };
+            match header.tag {
+                fe::TERMINATE => {
+                    if rest.len() < header.frame_len() {
+                        return pos;
+                    }
+                    // `detach` (called by the reactor on close) decides the backend's fate.
+                    out.actions.push(Action::Close);
+                    return pos + header.frame_len();
+                }
+                fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE => {
+                    if header.frame_len() > self.relay_max_len() {
+                        let text =
+                            format!("pglink: message too long ({} bytes)", header.frame_len());
+                        self.fatal(out, SqlState::PROTOCOL_VIOLATION, &text);
+                        return data.len();
+                    }
+                    let Some(whole) = rest.get(..header.frame_len()) else {
+                        return pos;
+                    };
+                    let body = whole.get(Header::SIZE..).unwrap_or_default();
+                    if let Handled::Invalid(e) =
+                        self.on_statement_message_active(header.tag, body, whole, out)
+                    {
+                        self.fatal(out, SqlState::PROTOCOL_VIOLATION, &format!("pglink: {e}"));
+                        return data.len();
+                    }
+                    pos += header.frame_len();
+                }
+                _ => {
+                    if header.tag == fe::DESCRIBE && rest.len() <= Header::SIZE {
+                        return pos;
+                    }
+                    match self
+                        .relay
+                        .forward_client_message(header, rest, out.to_backend)
+                    {
+                        Ok(n) => pos += n,
+                        Err(e) => {
+                            self.fatal(out, SqlState::PROTOCOL_VIOLATION, &format!("pglink: {e}"));
+                            return data.len();
+                        }
+                    }
+                }
             }
         }
     }

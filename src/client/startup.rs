@@ -184,14 +184,15 @@ impl Session {
     }
 
     fn begin_auth(&mut self, env: &mut Env<'_>, out: &mut Out<'_>) {
-        let entry = match env.users.lookup(&self.database, &self.user) {
+        let (db, entry) = match env.users.lookup(&self.database, &self.user) {
             Lookup::NoDatabase => {
                 let text = format!("pglink: database \"{}\" does not exist", self.database);
                 return self.fatal(out, SqlState::INVALID_CATALOG_NAME, &text);
             }
-            Lookup::NoUser(_) => None,
-            Lookup::User(_, entry) => Some(Arc::clone(entry)),
+            Lookup::NoUser(db) => (db, None),
+            Lookup::User(db, entry) => (db, Some(Arc::clone(entry))),
         };
+        self.registry = (env.registry)(db);
         self.pool = entry.as_ref().map(|e| e.pool);
         let auth = match env.config.auth_method {
             AuthMethod::Plaintext if !self.tls => {

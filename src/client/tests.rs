@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::statements::{BackendStatements, Registry};
 use super::users::{DbEntry, UserEntry, UserTable};
 use super::*;
 use crate::auth::{
@@ -51,6 +52,8 @@ struct Harness {
     input: Vec<u8>,
     to_client: Vec<u8>,
     to_backend: Vec<u8>,
+    backend_statements: BackendStatements,
+    registry: Arc<Registry>,
     actions: Vec<Action>,
 }
 
@@ -67,6 +70,8 @@ impl Harness {
             input: Vec::new(),
             to_client: Vec::new(),
             to_backend: Vec::new(),
+            backend_statements: BackendStatements::new(4),
+            registry: Arc::new(Registry::new(16, 16)),
             actions: Vec::new(),
         }
     }
@@ -76,6 +81,7 @@ impl Harness {
         let mut out = Out {
             to_client: &mut self.to_client,
             to_backend: &mut self.to_backend,
+            backend_statements: &mut self.backend_statements,
             actions: &mut self.actions,
         };
         f(&mut self.session, &mut out)
@@ -85,16 +91,20 @@ impl Harness {
         self.input.extend_from_slice(bytes);
         let params = self.params.clone();
         let lookup = move |_| params.clone();
+        let registry = self.registry.clone();
+        let registry_lookup = move |_| Some(registry.clone());
         let mut rng = OsRng;
         let mut env = Env {
             config: &self.config,
             users: &self.users,
             rng: &mut rng,
             server_params: &lookup,
+            registry: &registry_lookup,
         };
         let mut out = Out {
             to_client: &mut self.to_client,
             to_backend: &mut self.to_backend,
+            backend_statements: &mut self.backend_statements,
             actions: &mut self.actions,
         };
         let n = self.session.on_client_data(&self.input, &mut env, &mut out);
@@ -542,4 +552,275 @@ fn terminate_while_idle_closes_without_a_backend() {
     frontend::terminate(&mut m);
     h.send(&m);
     assert_eq!(h.take_actions(), vec![Action::Close]);
+}
+
+// ---- named prepared statements ------------------------------------------------------------
+
+/// Tags of the messages in `bytes`.
+fn tags(bytes: &[u8]) -> Vec<u8> {
+    Frames::new(bytes, 1 << 20)
+        .map(|f| f.unwrap().tag)
+        .collect()
+}
+
+/// The statement names of the Parse/Bind/Close messages in `bytes`, in order.
+fn names(bytes: &[u8]) -> Vec<(u8, String)> {
+    use crate::protocol::FrontendMessage;
+    Frames::new(bytes, 1 << 20)
+        .filter_map(|f| {
+            let f = f.unwrap();
+            let name = match FrontendMessage::decode(f.tag, f.body).unwrap() {
+                FrontendMessage::Parse(p) => p.name.to_vec(),
+                FrontendMessage::Bind(b) => b.statement.to_vec(),
+                FrontendMessage::Close(c) => c.name.to_vec(),
+                FrontendMessage::Describe(d) => d.name.to_vec(),
+                _ => return None,
+            };
+            Some((f.tag, String::from_utf8(name).unwrap()))
+        })
+        .collect()
+}
+
+fn parse_msg(name: &str, sql: &str) -> Vec<u8> {
+    let mut m = Vec::new();
+    frontend::parse(&mut m, name.as_bytes(), sql.as_bytes(), &[]);
+    m
+}
+
+fn bind_msg(name: &str) -> Vec<u8> {
+    let mut m = Vec::new();
+    frontend::bind(&mut m, b"", name.as_bytes(), &[], [], &[]);
+    m
+}
+
+fn sync_msg() -> Vec<u8> {
+    let mut m = Vec::new();
+    frontend::sync(&mut m);
+    m
+}
+
+impl Harness {
+    /// Holds a fresh backend (with its own prepared-statement set) for what follows.
+    fn attach_fresh_backend(&mut self, capacity: usize) {
+        self.backend_statements = BackendStatements::new(capacity);
+        self.call(|s, out| s.on_backend_attached(&Vec::new(), out));
+        self.take_actions();
+    }
+
+    /// Feeds backend bytes, returning the actions.
+    fn backend(&mut self, bytes: &[u8]) -> Vec<Action> {
+        let n = self.call(|s, out| s.on_backend_data(bytes, out));
+        assert_eq!(n, bytes.len());
+        self.take_actions()
+    }
+
+    fn take_backend(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.to_backend)
+    }
+}
+
+fn ready() -> Vec<u8> {
+    let mut m = Vec::new();
+    crate::protocol::backend::ready_for_query(&mut m, TransactionStatus::Idle);
+    m
+}
+
+fn simple_reply(tags_and_bodies: &[(u8, &[u8])]) -> Vec<u8> {
+    let mut m = Vec::new();
+    for (tag, body) in tags_and_bodies {
+        crate::protocol::write_message(&mut m, *tag, |b| b.extend_from_slice(body));
+    }
+    m
+}
+
+#[test]
+fn prepared_statement_is_reprepared_on_a_new_backend() {
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    h.send(&[parse_msg("s1", "SELECT 1"), sync_msg()].concat());
+    assert_eq!(
+        h.take_actions(),
+        vec![Action::Acquire],
+        "never parsed: a server must check it"
+    );
+    h.attach_fresh_backend(4);
+    h.send(&[]);
+    let sent = names(&h.take_backend());
+    assert_eq!(sent.len(), 1);
+    let (tag, server) = sent[0].clone();
+    assert_eq!(tag, b'P');
+    assert!(server.starts_with("pglink_"), "{server}");
+    assert_eq!(h.backend(&simple_reply(&[(b'1', b"")])), vec![]);
+    assert_eq!(h.backend(&ready()), vec![Action::Release]);
+    assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"1Z");
+    // Another backend, which lacks it: the Parse is injected before the Bind, under the
+    // server name, and its ParseComplete is not shown to the client.
+    h.send(&[bind_msg("s1"), sync_msg()].concat());
+    h.attach_fresh_backend(4);
+    h.send(&[]);
+    assert_eq!(
+        names(&h.take_backend()),
+        vec![(b'P', server.clone()), (b'B', server.clone())]
+    );
+    h.backend(&simple_reply(&[(b'1', b""), (b'2', b"")]));
+    assert_eq!(h.backend(&ready()), vec![Action::Release]);
+    assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"2Z");
+    // Once a server accepted it, a Parse of the same text by a new name needs no backend.
+    h.send(&[parse_msg("s2", "SELECT 1"), sync_msg()].concat());
+    assert!(h.take_actions().is_empty());
+    assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"1Z");
+}
+
+#[test]
+fn eviction_closes_the_least_recently_used_then_reuse_reprepares() {
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    h.send(&parse_msg("a", "SELECT 'a'"));
+    h.attach_fresh_backend(1);
+    h.send(&[parse_msg("b", "SELECT 'b'"), bind_msg("a"), sync_msg()].concat());
+    let sent = names(&h.take_backend());
+    let server = |i: usize| sent[i].1.clone();
+    // Parse a, then b evicts a (Close), then Bind a evicts b and re-prepares a.
+    assert_eq!(
+        sent.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+        b"PCPCPB",
+        "{sent:?}"
+    );
+    assert_eq!(server(1), server(0), "a is closed to make room for b");
+    assert_eq!(server(3), server(2), "then b for a");
+    assert_eq!(server(4), server(0));
+    assert_eq!(h.backend_statements.len(), 1);
+}
+
+#[test]
+fn close_then_reparse_of_the_same_name_is_allowed() {
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    h.send(&parse_msg("s", "SELECT 1"));
+    h.attach_fresh_backend(4);
+    h.send(&[]);
+    let mut close = Vec::new();
+    frontend::close(
+        &mut close,
+        crate::protocol::frontend::Target::Statement,
+        b"s",
+    );
+    h.send(&[close, parse_msg("s", "SELECT 2"), sync_msg()].concat());
+    let sent = tags(&h.take_backend());
+    assert_eq!(
+        sent, b"PPS",
+        "the Close stays local; the second Parse goes out"
+    );
+    h.backend(&simple_reply(&[(b'1', b""), (b'1', b"")]));
+    h.backend(&ready());
+    assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"131Z");
+}
+
+#[test]
+fn describe_is_answered_from_the_cache_the_second_time() {
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    let mut describe = Vec::new();
+    frontend::describe(
+        &mut describe,
+        crate::protocol::frontend::Target::Statement,
+        b"s",
+    );
+    h.send(&[parse_msg("s", "SELECT 1"), describe.clone(), sync_msg()].concat());
+    h.attach_fresh_backend(4);
+    h.send(&[]);
+    assert_eq!(tags(&h.take_backend()), b"PDS");
+    let answer = simple_reply(&[(b't', b"\0\0"), (b'T', b"\0\0")]);
+    h.backend(&[simple_reply(&[(b'1', b"")]), answer.clone()].concat());
+    assert_eq!(h.backend(&ready()), vec![Action::Release]);
+    h.to_client.clear();
+    // A second client of the database (same registry) describes it without a backend.
+    let mut other = Harness::new(AuthMethod::Scram, ClientTls::Optional);
+    other.registry = h.registry.clone();
+    other.scram_login("alice", PASSWORD);
+    other.to_client.clear();
+    other.take_actions();
+    other.send(
+        &[
+            parse_msg("mine", "SELECT 1"),
+            describe_named("mine"),
+            sync_msg(),
+        ]
+        .concat(),
+    );
+    assert!(other.take_actions().is_empty(), "no backend needed");
+    assert_eq!(
+        other.to_client,
+        [simple_reply(&[(b'1', b"")]), answer, ready()].concat()
+    );
+}
+
+fn describe_named(name: &str) -> Vec<u8> {
+    let mut m = Vec::new();
+    frontend::describe(
+        &mut m,
+        crate::protocol::frontend::Target::Statement,
+        name.as_bytes(),
+    );
+    m
+}
+
+#[test]
+fn duplicate_and_unknown_names_are_errors_in_their_place() {
+    // Without a backend: answered locally, the rest of the batch skipped to Sync.
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    h.send(&[bind_msg("nope"), parse_msg("x", "SELECT 1"), sync_msg()].concat());
+    let bytes = h.to_client.clone();
+    let (severity, code, message) = h.client_error();
+    assert_eq!((severity.as_str(), code.as_str()), ("ERROR", "26000"));
+    assert!(message.contains("\"nope\""), "{message}");
+    assert_eq!(tags(&bytes), b"EZ");
+    // With a backend: the server is made to fail the batch, pglink's error in its place.
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    h.send(&parse_msg("s", "SELECT 1"));
+    h.attach_fresh_backend(4);
+    h.send(&[parse_msg("s", "SELECT 2"), sync_msg()].concat());
+    let sent = h.take_backend();
+    assert_eq!(
+        tags(&sent),
+        b"PBS",
+        "the duplicate becomes a Bind the server fails"
+    );
+    let server_error = simple_reply(&[(b'E', b"SERROR\0VERROR\0C26000\0Mno such statement\0\0")]);
+    h.backend(&[simple_reply(&[(b'1', b"")]), server_error, ready()].concat());
+    let (_, code, message) = h.client_error();
+    assert_eq!(code, "42P05");
+    assert!(message.contains("\"s\" already exists"), "{message}");
+}
+
+#[test]
+fn failed_parse_forgets_the_name() {
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    h.send(&[parse_msg("s", "SELEC 1"), sync_msg()].concat());
+    h.attach_fresh_backend(4);
+    h.send(&[]);
+    h.take_backend();
+    let syntax = simple_reply(&[(b'E', b"SERROR\0VERROR\0C42601\0Msyntax error\0\0")]);
+    h.backend(&[syntax, ready()].concat());
+    assert!(
+        h.backend_statements.is_empty(),
+        "not prepared on the backend"
+    );
+    assert_eq!(h.client_error().1, "42601");
+    // The name is free again, as in PostgreSQL.
+    h.send(&[parse_msg("s", "SELECT 1"), sync_msg()].concat());
+    h.attach_fresh_backend(4);
+    h.send(&[]);
+    assert_eq!(tags(&h.take_backend()), b"PS");
+}
+
+#[test]
+fn unnamed_statements_and_portals_pass_through_untouched() {
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    let mut batch = parse_msg("", "SELECT 1");
+    frontend::bind(&mut batch, b"p1", b"", &[], [], &[]);
+    frontend::describe(&mut batch, crate::protocol::frontend::Target::Portal, b"p1");
+    frontend::execute(&mut batch, b"p1", 0);
+    frontend::close(&mut batch, crate::protocol::frontend::Target::Portal, b"p1");
+    batch.extend_from_slice(&sync_msg());
+    h.send(&batch);
+    h.attach_fresh_backend(4);
+    h.send(&[]);
+    assert_eq!(h.take_backend(), batch);
 }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::backend::Target;
 use crate::client::ParamList;
+use crate::client::statements::Registry;
 use crate::client::users::{DbId, PoolId};
 
 /// Pool settings of one database.
@@ -29,6 +30,8 @@ pub struct PoolSettings {
     pub lifetime_jitter: Option<Duration>,
     pub max_idle_time: Option<Duration>,
     pub health_check_period: Option<Duration>,
+    /// Prepared statements each backend keeps (`statement_cache_capacity`).
+    pub statement_cache_capacity: usize,
 }
 
 /// One configured database.
@@ -38,6 +41,8 @@ pub struct Database {
     pub name: String,
     pub settings: PoolSettings,
     pub target: Arc<Target>,
+    /// Named prepared statements shared by the database's clients.
+    pub registry: Arc<Registry>,
     /// Backends open or being opened for this database, across users and reactors.
     open: AtomicUsize,
     /// Pools of this database.
@@ -45,12 +50,19 @@ pub struct Database {
 }
 
 impl Database {
-    pub fn new(id: DbId, name: String, settings: PoolSettings, target: Arc<Target>) -> Database {
+    pub fn new(
+        id: DbId,
+        name: String,
+        settings: PoolSettings,
+        target: Arc<Target>,
+        registry: Arc<Registry>,
+    ) -> Database {
         Database {
             id,
             name,
             settings,
             target,
+            registry,
             open: AtomicUsize::new(0),
             pools: Vec::new(),
         }
@@ -267,8 +279,15 @@ mod tests {
             lifetime_jitter: None,
             max_idle_time: None,
             health_check_period: None,
+            statement_cache_capacity: 8,
         };
-        Database::new(0, "db".into(), settings, Arc::new(Target::for_tests()))
+        Database::new(
+            0,
+            "db".into(),
+            settings,
+            Arc::new(Target::for_tests()),
+            Arc::new(Registry::new(8, 8)),
+        )
     }
 
     #[test]

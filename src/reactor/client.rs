@@ -16,7 +16,7 @@ use super::token::{Kind, Tok};
 use super::{HIGH_WATER, MAX_ACCEPTS, MAX_READS, MAX_REFUSING, Reactor, encode_pid};
 use crate::auth::Rng as _;
 use crate::client::relay::MAX_PIPELINE;
-use crate::client::users::PoolId;
+use crate::client::users::{DbId, PoolId};
 use crate::client::{AcquireError, Action, CancelKey, Env, Out, Session};
 use crate::pool::Pool;
 use crate::protocol::{ErrorBuilder, Severity, SqlState};
@@ -311,35 +311,46 @@ impl Reactor {
         let c = clients.get_mut(ci)?;
         let pools = &shared.pools;
         let params = |p: PoolId| pools.get(p).and_then(Pool::params);
+        let databases = &shared.databases;
+        let registry = |db: DbId| databases.get(db).map(|d| d.registry.clone());
         let mut env = Env {
             config: &shared.session,
             users,
             rng,
             server_params: &params,
+            registry: &registry,
         };
         let backend = c
             .backend
             .and_then(|bi| backends.get_mut(bi).map(|b| (bi, b)));
-        let (to_backend, backend_tok) = match backend {
+        let (to_backend, backend_statements, backend_tok) = match backend {
             Some((bi, b)) => (
                 &mut b.output.get_or_insert_with(|| bufs.output()).data,
+                &mut b.statements,
                 Some(Tok::new(Kind::Backend, bi, b.generation)),
             ),
-            None => (&mut scratch.sink, None),
+            None => (&mut scratch.sink, &mut scratch.no_statements, None),
         };
         let mut out = Out {
             to_client: &mut c.output.get_or_insert_with(|| bufs.output()).data,
             to_backend,
+            backend_statements,
             actions: &mut scratch.action_buf,
         };
         let result = f(&mut c.session, c.input.as_mut(), &mut env, &mut out);
         debug_assert!(
-            scratch.sink.is_empty(),
+            scratch.sink.is_empty() && scratch.no_statements.is_empty(),
             "session wrote to a backend it does not hold"
         );
         scratch.sink.clear();
-        scratch.dirty.push(Tok::new(Kind::Client, ci, c.generation));
-        if let Some(tok) = backend_tok {
+        if c.output.as_ref().is_some_and(|o| !o.is_empty()) {
+            scratch.dirty.push(Tok::new(Kind::Client, ci, c.generation));
+        }
+        if let Some(tok) = backend_tok
+            && backends
+                .get(tok.index())
+                .is_some_and(|b| b.output_len() > 0)
+        {
             scratch.dirty.push(tok);
         }
         scratch

@@ -199,6 +199,8 @@ impl ReactorHandle {
 struct Scratch {
     /// Stands in for `to_backend` when a client holds none; always empty between calls.
     sink: Vec<u8>,
+    /// Stands in for a backend's prepared statements when a client holds none.
+    no_statements: crate::client::statements::BackendStatements,
     /// Session actions waiting to be carried out, with the client they belong to.
     actions: VecDeque<(usize, Action)>,
     /// Reused by sessions for one call.
@@ -271,6 +273,7 @@ impl Reactor {
             bufs: BufPool::new(64),
             scratch: Scratch {
                 sink: Vec::new(),
+                no_statements: crate::client::statements::BackendStatements::new(0),
                 actions: VecDeque::new(),
                 action_buf: Vec::new(),
                 ready: Vec::new(),
