@@ -19,6 +19,7 @@
 
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod inspect;
 mod prepared;
 pub mod relay;
 mod startup;

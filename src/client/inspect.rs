@@ -1,0 +1,226 @@
+//! What pglink reads in SQL text. Only three things, all by pattern, never by parsing SQL:
+//!
+//! - session parameters a statement changes (`SET`, `RESET`, `set_config(..., false)`), so
+//!   they follow the client to its next backend and never leak to another client;
+//! - statements that leave state on the server that cannot follow the client (session
+//!   advisory locks, `LISTEN`, temporary tables, `WITH HOLD` cursors, SQL `PREPARE`), which
+//!   pin the client to its backend;
+//! - `DEALLOCATE` and `DISCARD ALL`, which concern the client's own prepared statements and
+//!   session and are answered by pglink.
+//!
+//! False positives (a keyword inside a string literal) only cost a parameter read back or a
+//! pinned session; they never break anything.
+
+use std::sync::OnceLock;
+
+use regex::bytes::Regex;
+
+fn regex(cell: &'static OnceLock<Regex>, pattern: &str) -> &'static Regex {
+    // The patterns are constants checked by the unit tests below.
+    #[allow(clippy::expect_used)]
+    cell.get_or_init(|| Regex::new(pattern).expect("valid built-in pattern"))
+}
+
+const NAME: &str = r#""(?:[^"]|"")+"|[a-z_][a-z0-9_$]*(?:\.[a-z_][a-z0-9_$]*)?"#;
+
+/// A session parameter named in a statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Touched {
+    /// `SET name ...` / `RESET name` / `set_config('name', ..., false)` (lower case).
+    Param(String),
+    /// `RESET ALL`.
+    All,
+}
+
+/// Session parameters the statements in `sql` change (not `SET LOCAL`, not transaction
+/// characteristics).
+pub fn touched_params(sql: &[u8]) -> Vec<Touched> {
+    static SET: OnceLock<Regex> = OnceLock::new();
+    static SET_CONFIG: OnceLock<Regex> = OnceLock::new();
+    let set = regex(
+        &SET,
+        &format!(
+            r"(?i)(?:^|;)\s*(?:SET\s+(?:(?P<auth>SESSION\s+AUTHORIZATION)|(?:SESSION\s+)?(?P<set>TIME\s+ZONE|{NAME}))|RESET\s+(?P<reset>TIME\s+ZONE|SESSION\s+AUTHORIZATION|{NAME}))"
+        ),
+    );
+    let set_config = regex(
+        &SET_CONFIG,
+        r"(?i)set_config\s*\(\s*'([^']+)'\s*,[^;]*?,\s*false\s*\)",
+    );
+    let mut out = Vec::new();
+    for caps in set.captures_iter(sql) {
+        let (word, is_reset) = match (caps.name("auth").or(caps.name("set")), caps.name("reset")) {
+            (Some(m), _) => (m.as_bytes(), false),
+            (None, Some(m)) => (m.as_bytes(), true),
+            _ => continue,
+        };
+        let name = normalize(word);
+        match name.as_str() {
+            // Not session parameters (or only for the current transaction).
+            "local" | "transaction" | "constraints" | "characteristics" => {}
+            "all" if is_reset => out.push(Touched::All),
+            _ => out.push(Touched::Param(name)),
+        }
+    }
+    for caps in set_config.captures_iter(sql) {
+        if let Some(m) = caps.get(1) {
+            out.push(Touched::Param(normalize(m.as_bytes())));
+        }
+    }
+    out
+}
+
+/// The parameter a SET/RESET word stands for, as PostgreSQL names it (lower case).
+fn normalize(word: &[u8]) -> String {
+    let text = String::from_utf8_lossy(word);
+    if let Some(quoted) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        return quoted.replace("\"\"", "\"");
+    }
+    let lower = text.to_ascii_lowercase();
+    let words: Vec<&str> = lower.split_whitespace().collect();
+    match words.as_slice() {
+        ["time", "zone"] => "timezone".into(),
+        ["session", "authorization"] => "session_authorization".into(),
+        ["schema"] => "search_path".into(),
+        ["names"] => "client_encoding".into(),
+        _ => lower,
+    }
+}
+
+/// Why a statement pins its client to the backend, if it does.
+pub fn pin_reason(sql: &[u8]) -> Option<&'static str> {
+    static PIN: OnceLock<Regex> = OnceLock::new();
+    let pin = regex(
+        &PIN,
+        r"(?i)(?P<lock>pg_(?:try_)?advisory_lock(?:_shared)?\s*\()|(?:^|;)\s*(?:(?P<listen>LISTEN\s)|(?P<temp>CREATE\s+(?:(?:GLOBAL|LOCAL)\s+)?TEMP(?:ORARY)?\s)|(?P<prepare>PREPARE\s))|(?P<hold>\bWITH\s+HOLD\b)",
+    );
+    let caps = pin.captures(sql)?;
+    Some(if caps.name("lock").is_some() {
+        "a session advisory lock"
+    } else if caps.name("listen").is_some() {
+        "LISTEN"
+    } else if caps.name("temp").is_some() {
+        "a temporary table"
+    } else if caps.name("prepare").is_some() {
+        "SQL PREPARE"
+    } else {
+        "a WITH HOLD cursor"
+    })
+}
+
+/// A statement pglink answers itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalCommand {
+    /// `DEALLOCATE [PREPARE] name` (name as PostgreSQL resolves it: folded unless quoted).
+    Deallocate(Vec<u8>),
+    /// `DEALLOCATE [PREPARE] ALL`.
+    DeallocateAll,
+    /// `DISCARD ALL`.
+    DiscardAll,
+}
+
+/// `sql` when it is a single DEALLOCATE or DISCARD ALL statement.
+pub fn local_command(sql: &[u8]) -> Option<LocalCommand> {
+    static DEALLOCATE: OnceLock<Regex> = OnceLock::new();
+    static DISCARD: OnceLock<Regex> = OnceLock::new();
+    let deallocate = regex(
+        &DEALLOCATE,
+        &format!(r"(?i)^\s*DEALLOCATE\s+(?:PREPARE\s+)?(?P<name>{NAME})\s*;?\s*$"),
+    );
+    let discard = regex(&DISCARD, r"(?i)^\s*DISCARD\s+ALL\s*;?\s*$");
+    if discard.is_match(sql) {
+        return Some(LocalCommand::DiscardAll);
+    }
+    let caps = deallocate.captures(sql)?;
+    let name = caps.name("name")?.as_bytes();
+    if name.eq_ignore_ascii_case(b"all") {
+        return Some(LocalCommand::DeallocateAll);
+    }
+    Some(LocalCommand::Deallocate(match name.strip_prefix(b"\"").and_then(|n| n.strip_suffix(b"\"")) {
+        Some(quoted) => String::from_utf8_lossy(quoted).replace("\"\"", "\"").into_bytes(),
+        None => name.to_ascii_lowercase(),
+    }))
+}
+
+/// Whether `sql` contains DDL that may change result types, so cached statement
+/// descriptions can no longer be trusted.
+pub fn is_ddl(sql: &[u8]) -> bool {
+    static DDL: OnceLock<Regex> = OnceLock::new();
+    regex(&DDL, r"(?i)(?:^|;)\s*(?:ALTER|DROP|CREATE\s+OR\s+REPLACE|TRUNCATE|COMMENT)\s").is_match(sql)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(sql: &str) -> Vec<Touched> {
+        touched_params(sql.as_bytes())
+    }
+
+    fn p(name: &str) -> Touched {
+        Touched::Param(name.into())
+    }
+
+    #[test]
+    fn set_and_reset_name_the_parameters_they_change() {
+        assert_eq!(params("SET search_path TO foo"), [p("search_path")]);
+        assert_eq!(params("set Application_Name = 'x'"), [p("application_name")]);
+        assert_eq!(params("SET SESSION TimeZone TO 'UTC'"), [p("timezone")]);
+        assert_eq!(params("SET TIME ZONE 'UTC'; SET SCHEMA 'a'"), [p("timezone"), p("search_path")]);
+        assert_eq!(params("set names 'UTF8'"), [p("client_encoding")]);
+        assert_eq!(params("SET myapp.tenant = '7'"), [p("myapp.tenant")]);
+        assert_eq!(params(r#"SET "Weird""Name" = 1"#), [p(r#"Weird"Name"#)]);
+        assert_eq!(params("RESET work_mem; RESET ALL"), [p("work_mem"), Touched::All]);
+        assert_eq!(params("SET ROLE admin"), [p("role")]);
+        assert_eq!(params("SET SESSION AUTHORIZATION bob"), [p("session_authorization")]);
+        assert_eq!(params("SELECT set_config('app.user', '42', false)"), [p("app.user")]);
+    }
+
+    #[test]
+    fn local_and_transaction_settings_are_not_session_changes() {
+        assert!(params("SET LOCAL work_mem = '1MB'").is_empty());
+        assert!(params("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE").is_empty());
+        assert!(params("SET CONSTRAINTS ALL DEFERRED").is_empty());
+        assert!(params("SELECT set_config('a.b', '1', true)").is_empty());
+        assert!(params("SELECT 'not a SET here'").is_empty());
+        assert!(params("UPDATE t SET a = 1").is_empty());
+    }
+
+    #[test]
+    fn pinning_statements_are_recognised() {
+        let reason = |s: &str| pin_reason(s.as_bytes());
+        assert_eq!(reason("SELECT pg_advisory_lock(1)"), Some("a session advisory lock"));
+        assert_eq!(reason("select PG_TRY_ADVISORY_LOCK_SHARED(1, 2)"), Some("a session advisory lock"));
+        assert_eq!(reason("SELECT pg_advisory_xact_lock(1)"), None);
+        assert_eq!(reason("SELECT pg_advisory_unlock(1)"), None);
+        assert_eq!(reason("LISTEN chan"), Some("LISTEN"));
+        assert_eq!(reason("BEGIN; LISTEN chan; COMMIT"), Some("LISTEN"));
+        assert_eq!(reason("create temp table t (a int)"), Some("a temporary table"));
+        assert_eq!(reason("CREATE GLOBAL TEMPORARY TABLE t (a int)"), Some("a temporary table"));
+        assert_eq!(reason("DECLARE c CURSOR WITH HOLD FOR SELECT 1"), Some("a WITH HOLD cursor"));
+        assert_eq!(reason("PREPARE q AS SELECT 1"), Some("SQL PREPARE"));
+        assert_eq!(reason("SELECT 1"), None);
+        assert_eq!(reason("CREATE TABLE temperature (a int)"), None);
+        assert_eq!(reason("SELECT listen_port FROM t"), None);
+    }
+
+    #[test]
+    fn deallocate_and_discard_are_recognised_only_alone() {
+        let cmd = |s: &str| local_command(s.as_bytes());
+        assert_eq!(cmd("DEALLOCATE S_1"), Some(LocalCommand::Deallocate(b"s_1".to_vec())));
+        assert_eq!(cmd(r#"deallocate prepare "S_1";"#), Some(LocalCommand::Deallocate(b"S_1".to_vec())));
+        assert_eq!(cmd("DEALLOCATE ALL"), Some(LocalCommand::DeallocateAll));
+        assert_eq!(cmd(" discard all ; "), Some(LocalCommand::DiscardAll));
+        assert_eq!(cmd("DISCARD PLANS"), None);
+        assert_eq!(cmd("DEALLOCATE a; SELECT 1"), None);
+    }
+
+    #[test]
+    fn ddl_is_recognised() {
+        assert!(is_ddl(b"ALTER TABLE t ADD COLUMN b int"));
+        assert!(is_ddl(b"BEGIN; DROP VIEW v; COMMIT"));
+        assert!(is_ddl(b"create or replace view v as select 1"));
+        assert!(!is_ddl(b"SELECT 'alter me'"));
+        assert!(!is_ddl(b"CREATE TABLE t (a int)"), "a new table changes no existing statement");
+    }
+}
