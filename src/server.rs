@@ -25,7 +25,7 @@ use crate::auth::{OsRng, Rng, ScramVerifier, tls_server_end_point};
 use crate::backend::{SslMode, Target};
 use crate::client::statements::Registry;
 use crate::client::users::{DbEntry, UserEntry, UserTable};
-use crate::client::{AuthMethod, ClientTls, SessionConfig};
+use crate::client::{AuthMethod, ClientTls, DatabaseContext, SessionConfig};
 use crate::config::{self, BackendSslMode, CertSource, Config, LoadedConfig, ResolvedSecrets};
 use crate::pool::{Credentials, Database, Pool, PoolSettings};
 use crate::protocol::framing::DEFAULT_MAX_MESSAGE_LEN;
@@ -304,16 +304,28 @@ fn build_pools(
             health_check_period: backend.health_check_period(),
             statement_cache_capacity: backend.statement_cache_capacity,
         };
-        let registry = Registry::new(
-            backend.prepared_statement_cache_size,
-            backend.description_cache_capacity,
-        );
+        let context = DatabaseContext {
+            registry: Registry::new(
+                backend.prepared_statement_cache_size,
+                backend.description_cache_capacity,
+            ),
+            track_extra: db
+                .track_extra_parameters
+                .iter()
+                .map(|p| p.to_ascii_lowercase())
+                .collect(),
+            overrides: backend
+                .default_startup_parameters
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                .collect(),
+        };
         let mut database = Database::new(
             id,
             name.clone(),
             settings,
             Arc::new(target),
-            Arc::new(registry),
+            Arc::new(context),
         );
         for user in secrets.users(name) {
             let pool = pools.len();

@@ -16,10 +16,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-use super::statements::{BackendStatements, Registry};
+use super::statements::Registry;
 use super::users::{DbEntry, UserEntry, UserTable};
 use super::{
-    AcquireError, AuthMethod, CancelKey, ClientTls, Env, Out, ParamList, Session, SessionConfig,
+    AcquireError, AuthMethod, BackendContext, CancelKey, ClientTls, DatabaseContext, Env, Out,
+    ParamList, Session, SessionConfig,
 };
 use crate::auth::{FixedRng, ScramVerifier};
 use crate::protocol::SqlState;
@@ -66,9 +67,13 @@ fn run_script(data: &[u8]) -> Session {
     let mut rng = FixedRng::new(vec![5u8; 16]);
     let mut session = Session::new(CancelKey::new(1, [2; 32], 32), 1 << 16);
     let (mut to_client, mut to_backend, mut actions) = (Vec::new(), Vec::new(), Vec::new());
-    let mut backend_statements = BackendStatements::new(4);
-    let registry = Arc::new(Registry::new(16, 16));
-    let registry_lookup = |_| Some(registry.clone());
+    let mut backend = BackendContext::new(4);
+    let context = Arc::new(DatabaseContext {
+        registry: Registry::new(16, 16),
+        track_extra: vec!["search_path".into()],
+        overrides: Vec::new(),
+    });
+    let database = |_| Some(context.clone());
     let mut pending: Vec<u8> = Vec::new();
     let mut ops = data.get(1..).unwrap_or_default();
     while let Some((&op, rest)) = ops.split_first() {
@@ -82,7 +87,7 @@ fn run_script(data: &[u8]) -> Session {
         let mut out = Out {
             to_client: &mut to_client,
             to_backend: &mut to_backend,
-            backend_statements: &mut backend_statements,
+            backend: &mut backend,
             actions: &mut actions,
         };
         match op % 8 {
@@ -93,7 +98,7 @@ fn run_script(data: &[u8]) -> Session {
                     users: users(),
                     rng: &mut rng,
                     server_params: &lookup,
-                    registry: &registry_lookup,
+                    database: &database,
                 };
                 let n = session.on_client_data(&pending, &mut env, &mut out);
                 assert!(n <= pending.len(), "consumed more than given");

@@ -136,17 +136,25 @@ pub fn local_command(sql: &[u8]) -> Option<LocalCommand> {
     if name.eq_ignore_ascii_case(b"all") {
         return Some(LocalCommand::DeallocateAll);
     }
-    Some(LocalCommand::Deallocate(match name.strip_prefix(b"\"").and_then(|n| n.strip_suffix(b"\"")) {
-        Some(quoted) => String::from_utf8_lossy(quoted).replace("\"\"", "\"").into_bytes(),
-        None => name.to_ascii_lowercase(),
-    }))
+    Some(LocalCommand::Deallocate(
+        match name.strip_prefix(b"\"").and_then(|n| n.strip_suffix(b"\"")) {
+            Some(quoted) => String::from_utf8_lossy(quoted)
+                .replace("\"\"", "\"")
+                .into_bytes(),
+            None => name.to_ascii_lowercase(),
+        },
+    ))
 }
 
 /// Whether `sql` contains DDL that may change result types, so cached statement
 /// descriptions can no longer be trusted.
 pub fn is_ddl(sql: &[u8]) -> bool {
     static DDL: OnceLock<Regex> = OnceLock::new();
-    regex(&DDL, r"(?i)(?:^|;)\s*(?:ALTER|DROP|CREATE\s+OR\s+REPLACE|TRUNCATE|COMMENT)\s").is_match(sql)
+    regex(
+        &DDL,
+        r"(?i)(?:^|;)\s*(?:ALTER|DROP|CREATE\s+OR\s+REPLACE|TRUNCATE|COMMENT)\s",
+    )
+    .is_match(sql)
 }
 
 #[cfg(test)]
@@ -164,16 +172,31 @@ mod tests {
     #[test]
     fn set_and_reset_name_the_parameters_they_change() {
         assert_eq!(params("SET search_path TO foo"), [p("search_path")]);
-        assert_eq!(params("set Application_Name = 'x'"), [p("application_name")]);
+        assert_eq!(
+            params("set Application_Name = 'x'"),
+            [p("application_name")]
+        );
         assert_eq!(params("SET SESSION TimeZone TO 'UTC'"), [p("timezone")]);
-        assert_eq!(params("SET TIME ZONE 'UTC'; SET SCHEMA 'a'"), [p("timezone"), p("search_path")]);
+        assert_eq!(
+            params("SET TIME ZONE 'UTC'; SET SCHEMA 'a'"),
+            [p("timezone"), p("search_path")]
+        );
         assert_eq!(params("set names 'UTF8'"), [p("client_encoding")]);
         assert_eq!(params("SET myapp.tenant = '7'"), [p("myapp.tenant")]);
         assert_eq!(params(r#"SET "Weird""Name" = 1"#), [p(r#"Weird"Name"#)]);
-        assert_eq!(params("RESET work_mem; RESET ALL"), [p("work_mem"), Touched::All]);
+        assert_eq!(
+            params("RESET work_mem; RESET ALL"),
+            [p("work_mem"), Touched::All]
+        );
         assert_eq!(params("SET ROLE admin"), [p("role")]);
-        assert_eq!(params("SET SESSION AUTHORIZATION bob"), [p("session_authorization")]);
-        assert_eq!(params("SELECT set_config('app.user', '42', false)"), [p("app.user")]);
+        assert_eq!(
+            params("SET SESSION AUTHORIZATION bob"),
+            [p("session_authorization")]
+        );
+        assert_eq!(
+            params("SELECT set_config('app.user', '42', false)"),
+            [p("app.user")]
+        );
     }
 
     #[test]
@@ -189,15 +212,30 @@ mod tests {
     #[test]
     fn pinning_statements_are_recognised() {
         let reason = |s: &str| pin_reason(s.as_bytes());
-        assert_eq!(reason("SELECT pg_advisory_lock(1)"), Some("a session advisory lock"));
-        assert_eq!(reason("select PG_TRY_ADVISORY_LOCK_SHARED(1, 2)"), Some("a session advisory lock"));
+        assert_eq!(
+            reason("SELECT pg_advisory_lock(1)"),
+            Some("a session advisory lock")
+        );
+        assert_eq!(
+            reason("select PG_TRY_ADVISORY_LOCK_SHARED(1, 2)"),
+            Some("a session advisory lock")
+        );
         assert_eq!(reason("SELECT pg_advisory_xact_lock(1)"), None);
         assert_eq!(reason("SELECT pg_advisory_unlock(1)"), None);
         assert_eq!(reason("LISTEN chan"), Some("LISTEN"));
         assert_eq!(reason("BEGIN; LISTEN chan; COMMIT"), Some("LISTEN"));
-        assert_eq!(reason("create temp table t (a int)"), Some("a temporary table"));
-        assert_eq!(reason("CREATE GLOBAL TEMPORARY TABLE t (a int)"), Some("a temporary table"));
-        assert_eq!(reason("DECLARE c CURSOR WITH HOLD FOR SELECT 1"), Some("a WITH HOLD cursor"));
+        assert_eq!(
+            reason("create temp table t (a int)"),
+            Some("a temporary table")
+        );
+        assert_eq!(
+            reason("CREATE GLOBAL TEMPORARY TABLE t (a int)"),
+            Some("a temporary table")
+        );
+        assert_eq!(
+            reason("DECLARE c CURSOR WITH HOLD FOR SELECT 1"),
+            Some("a WITH HOLD cursor")
+        );
         assert_eq!(reason("PREPARE q AS SELECT 1"), Some("SQL PREPARE"));
         assert_eq!(reason("SELECT 1"), None);
         assert_eq!(reason("CREATE TABLE temperature (a int)"), None);
@@ -207,8 +245,14 @@ mod tests {
     #[test]
     fn deallocate_and_discard_are_recognised_only_alone() {
         let cmd = |s: &str| local_command(s.as_bytes());
-        assert_eq!(cmd("DEALLOCATE S_1"), Some(LocalCommand::Deallocate(b"s_1".to_vec())));
-        assert_eq!(cmd(r#"deallocate prepare "S_1";"#), Some(LocalCommand::Deallocate(b"S_1".to_vec())));
+        assert_eq!(
+            cmd("DEALLOCATE S_1"),
+            Some(LocalCommand::Deallocate(b"s_1".to_vec()))
+        );
+        assert_eq!(
+            cmd(r#"deallocate prepare "S_1";"#),
+            Some(LocalCommand::Deallocate(b"S_1".to_vec()))
+        );
         assert_eq!(cmd("DEALLOCATE ALL"), Some(LocalCommand::DeallocateAll));
         assert_eq!(cmd(" discard all ; "), Some(LocalCommand::DiscardAll));
         assert_eq!(cmd("DISCARD PLANS"), None);
@@ -221,6 +265,9 @@ mod tests {
         assert!(is_ddl(b"BEGIN; DROP VIEW v; COMMIT"));
         assert!(is_ddl(b"create or replace view v as select 1"));
         assert!(!is_ddl(b"SELECT 'alter me'"));
-        assert!(!is_ddl(b"CREATE TABLE t (a int)"), "a new table changes no existing statement");
+        assert!(
+            !is_ddl(b"CREATE TABLE t (a int)"),
+            "a new table changes no existing statement"
+        );
     }
 }

@@ -20,6 +20,7 @@
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod inspect;
+pub mod params;
 mod prepared;
 pub mod relay;
 mod startup;
@@ -34,6 +35,7 @@ use crate::protocol::framing::{Header, peek_header};
 use crate::protocol::frontend::tag as fe;
 use crate::protocol::startup::ProtocolVersion;
 use crate::protocol::{ErrorBuilder, MessageType, Severity, SqlState, TransactionStatus};
+use params::Params;
 use prepared::Handled;
 use relay::{BackendStop, MAX_STREAMED_MESSAGE, Relay};
 use startup::AuthState;
@@ -79,8 +81,35 @@ pub struct Env<'a> {
     pub rng: &'a mut dyn Rng,
     /// Parameters learnt from a backend of the pool, if any backend has logged in yet.
     pub server_params: &'a dyn Fn(PoolId) -> Option<Arc<ParamList>>,
-    /// The prepared-statement registry of a database.
-    pub registry: &'a dyn Fn(DbId) -> Option<Arc<Registry>>,
+    /// What a database's sessions share (statement registry, parameter settings).
+    pub database: &'a dyn Fn(DbId) -> Option<Arc<DatabaseContext>>,
+}
+
+/// Per-database settings and state the sessions of that database share.
+#[derive(Debug)]
+pub struct DatabaseContext {
+    pub registry: Registry,
+    /// `track_extra_parameters`: read back with the others whenever parameters are.
+    pub track_extra: Vec<String>,
+    /// `default_startup_parameters`: override the client's values for these names.
+    pub overrides: Vec<(String, String)>,
+}
+
+/// What pglink knows about a backend that goes with it from client to client.
+#[derive(Debug)]
+pub struct BackendContext {
+    pub statements: BackendStatements,
+    /// Parameter values known to be in effect on the backend.
+    pub params: Params,
+}
+
+impl BackendContext {
+    pub fn new(statement_capacity: usize) -> BackendContext {
+        BackendContext {
+            statements: BackendStatements::new(statement_capacity),
+            params: Params::default(),
+        }
+    }
 }
 
 /// Where a session's output goes for one call.
@@ -88,8 +117,8 @@ pub struct Out<'a> {
     pub to_client: &'a mut Vec<u8>,
     /// The held backend's output buffer (an empty scratch vector when none is held).
     pub to_backend: &'a mut Vec<u8>,
-    /// The statements the held backend has prepared (an empty scratch set when none).
-    pub backend_statements: &'a mut BackendStatements,
+    /// What is known of the held backend (an empty scratch context when none is held).
+    pub backend: &'a mut BackendContext,
     pub actions: &'a mut Vec<Action>,
 }
 
@@ -218,8 +247,8 @@ pub struct Session {
     refusal: Option<(SqlState, String)>,
     /// The client's named prepared statements.
     statements: ClientStatements,
-    /// The database's statement registry (known after login).
-    registry: Option<Arc<Registry>>,
+    /// The database's shared context (known after login).
+    db_context: Option<Arc<DatabaseContext>>,
 }
 
 impl Session {
@@ -240,7 +269,7 @@ impl Session {
             failure: None,
             refusal: None,
             statements: ClientStatements::default(),
-            registry: None,
+            db_context: None,
         }
     }
 
@@ -374,7 +403,7 @@ impl Session {
         loop {
             let rest = data.get(pos..).unwrap_or_default();
             let result = self.relay.on_backend_data(rest, out.to_client);
-            self.apply_outcomes(out.backend_statements);
+            self.apply_outcomes(out.backend);
             match result {
                 Ok((n, BackendStop::NeedMore)) => return pos + n,
                 Ok((n, BackendStop::ParameterStatus { .. })) => pos += n,

@@ -19,8 +19,8 @@
 use std::sync::Arc;
 
 use super::relay::{Effect, Expect, Outcome, Route};
-use super::statements::{BackendStatements, Statement, server_name};
-use super::{Out, Session};
+use super::statements::{Statement, server_name};
+use super::{BackendContext, Out, Session};
 use crate::protocol::backend as be_msg;
 use crate::protocol::frontend::{self, FrontendMessage, Target};
 use crate::protocol::{ErrorBuilder, Severity, SqlState};
@@ -59,12 +59,12 @@ impl Session {
                     return Handled::Done;
                 }
                 let types: Vec<u32> = p.param_types().collect();
-                let Some(registry) = self.registry.clone() else {
+                let Some(database) = self.db_context.clone() else {
                     return Handled::Invalid("no statement registry".into());
                 };
-                let statement = registry.get_or_insert(p.query, &types);
+                let statement = database.registry.get_or_insert(p.query, &types);
                 self.statements.insert(p.name, statement.clone());
-                if out.backend_statements.touch(statement.id) {
+                if out.backend.statements.touch(statement.id) {
                     let mut answer = Vec::with_capacity(5);
                     be_msg::parse_complete(&mut answer);
                     self.relay.push_local(&answer, out.to_client);
@@ -147,10 +147,10 @@ impl Session {
                     return Handled::Done;
                 }
                 let types: Vec<u32> = p.param_types().collect();
-                let Some(registry) = self.registry.clone() else {
+                let Some(database) = self.db_context.clone() else {
                     return Handled::NeedBackend;
                 };
-                let statement = registry.get_or_insert(p.query, &types);
+                let statement = database.registry.get_or_insert(p.query, &types);
                 if !statement.is_verified() {
                     // Never accepted by a server: a server must check it now.
                     return Handled::NeedBackend;
@@ -192,7 +192,7 @@ impl Session {
 
     /// Prepares `statement` on the held backend unless it has it.
     fn ensure_prepared(&mut self, statement: &Arc<Statement>, out: &mut Out<'_>) {
-        if !out.backend_statements.touch(statement.id) {
+        if !out.backend.statements.touch(statement.id) {
             self.prepare_on_backend(statement, None, Route::Swallow, out);
         }
     }
@@ -206,7 +206,7 @@ impl Session {
         route: Route,
         out: &mut Out<'_>,
     ) {
-        if let Some(evicted) = out.backend_statements.insert(statement.id) {
+        if let Some(evicted) = out.backend.statements.insert(statement.id) {
             frontend::close(out.to_backend, Target::Statement, &server_name(evicted));
             self.relay.push(Expect::Close, Route::Swallow, Effect::None);
         }
@@ -234,7 +234,7 @@ impl Session {
     }
 
     /// Applies what the backend's answers showed about statements.
-    pub(super) fn apply_outcomes(&mut self, statements: &mut BackendStatements) {
+    pub(super) fn apply_outcomes(&mut self, backend: &mut BackendContext) {
         if !self.relay.has_outcomes() {
             return;
         }
@@ -246,15 +246,17 @@ impl Session {
                     statement,
                     client_name,
                 }) => {
-                    statements.remove(statement.id);
+                    backend.statements.remove(statement.id);
                     if let Some(name) = client_name {
                         self.statements.remove_if(&name, statement.id);
                     }
                 }
                 Outcome::Described(statement, answer) => {
                     statement.mark_verified();
-                    if let Some(registry) = &self.registry {
-                        registry.cache_description(&statement, answer.into());
+                    if let Some(database) = &self.db_context {
+                        database
+                            .registry
+                            .cache_description(&statement, answer.into());
                     }
                 }
                 Outcome::Succeeded(_) | Outcome::Failed(_) => {}

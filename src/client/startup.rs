@@ -192,7 +192,7 @@ impl Session {
             Lookup::NoUser(db) => (db, None),
             Lookup::User(db, entry) => (db, Some(Arc::clone(entry))),
         };
-        self.registry = (env.registry)(db);
+        self.db_context = (env.database)(db);
         self.pool = entry.as_ref().map(|e| e.pool);
         let auth = match env.config.auth_method {
             AuthMethod::Plaintext if !self.tls => {

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::statements::{BackendStatements, Registry};
+use super::statements::Registry;
 use super::users::{DbEntry, UserEntry, UserTable};
 use super::*;
 use crate::auth::{
@@ -52,8 +52,8 @@ struct Harness {
     input: Vec<u8>,
     to_client: Vec<u8>,
     to_backend: Vec<u8>,
-    backend_statements: BackendStatements,
-    registry: Arc<Registry>,
+    backend: BackendContext,
+    context: Arc<DatabaseContext>,
     actions: Vec<Action>,
 }
 
@@ -70,8 +70,12 @@ impl Harness {
             input: Vec::new(),
             to_client: Vec::new(),
             to_backend: Vec::new(),
-            backend_statements: BackendStatements::new(4),
-            registry: Arc::new(Registry::new(16, 16)),
+            backend: BackendContext::new(4),
+            context: Arc::new(DatabaseContext {
+                registry: Registry::new(16, 16),
+                track_extra: Vec::new(),
+                overrides: Vec::new(),
+            }),
             actions: Vec::new(),
         }
     }
@@ -81,7 +85,7 @@ impl Harness {
         let mut out = Out {
             to_client: &mut self.to_client,
             to_backend: &mut self.to_backend,
-            backend_statements: &mut self.backend_statements,
+            backend: &mut self.backend,
             actions: &mut self.actions,
         };
         f(&mut self.session, &mut out)
@@ -91,20 +95,20 @@ impl Harness {
         self.input.extend_from_slice(bytes);
         let params = self.params.clone();
         let lookup = move |_| params.clone();
-        let registry = self.registry.clone();
-        let registry_lookup = move |_| Some(registry.clone());
+        let context = self.context.clone();
+        let database = move |_| Some(context.clone());
         let mut rng = OsRng;
         let mut env = Env {
             config: &self.config,
             users: &self.users,
             rng: &mut rng,
             server_params: &lookup,
-            registry: &registry_lookup,
+            database: &database,
         };
         let mut out = Out {
             to_client: &mut self.to_client,
             to_backend: &mut self.to_backend,
-            backend_statements: &mut self.backend_statements,
+            backend: &mut self.backend,
             actions: &mut self.actions,
         };
         let n = self.session.on_client_data(&self.input, &mut env, &mut out);
@@ -602,7 +606,7 @@ fn sync_msg() -> Vec<u8> {
 impl Harness {
     /// Holds a fresh backend (with its own prepared-statement set) for what follows.
     fn attach_fresh_backend(&mut self, capacity: usize) {
-        self.backend_statements = BackendStatements::new(capacity);
+        self.backend = BackendContext::new(capacity);
         self.call(|s, out| s.on_backend_attached(&Vec::new(), out));
         self.take_actions();
     }
@@ -687,7 +691,7 @@ fn eviction_closes_the_least_recently_used_then_reuse_reprepares() {
     assert_eq!(server(1), server(0), "a is closed to make room for b");
     assert_eq!(server(3), server(2), "then b for a");
     assert_eq!(server(4), server(0));
-    assert_eq!(h.backend_statements.len(), 1);
+    assert_eq!(h.backend.statements.len(), 1);
 }
 
 #[test]
@@ -732,7 +736,7 @@ fn describe_is_answered_from_the_cache_the_second_time() {
     h.to_client.clear();
     // A second client of the database (same registry) describes it without a backend.
     let mut other = Harness::new(AuthMethod::Scram, ClientTls::Optional);
-    other.registry = h.registry.clone();
+    other.context = h.context.clone();
     other.scram_login("alice", PASSWORD);
     other.to_client.clear();
     other.take_actions();
@@ -799,7 +803,7 @@ fn failed_parse_forgets_the_name() {
     let syntax = simple_reply(&[(b'E', b"SERROR\0VERROR\0C42601\0Msyntax error\0\0")]);
     h.backend(&[syntax, ready()].concat());
     assert!(
-        h.backend_statements.is_empty(),
+        h.backend.statements.is_empty(),
         "not prepared on the backend"
     );
     assert_eq!(h.client_error().1, "42601");

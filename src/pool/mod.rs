@@ -16,9 +16,8 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::backend::Target;
-use crate::client::ParamList;
-use crate::client::statements::Registry;
 use crate::client::users::{DbId, PoolId};
+use crate::client::{DatabaseContext, ParamList};
 
 /// Pool settings of one database.
 #[derive(Debug, Clone)]
@@ -41,8 +40,8 @@ pub struct Database {
     pub name: String,
     pub settings: PoolSettings,
     pub target: Arc<Target>,
-    /// Named prepared statements shared by the database's clients.
-    pub registry: Arc<Registry>,
+    /// Shared by the database's sessions (prepared statements, parameter settings).
+    pub context: Arc<DatabaseContext>,
     /// Backends open or being opened for this database, across users and reactors.
     open: AtomicUsize,
     /// Pools of this database.
@@ -55,14 +54,14 @@ impl Database {
         name: String,
         settings: PoolSettings,
         target: Arc<Target>,
-        registry: Arc<Registry>,
+        context: Arc<DatabaseContext>,
     ) -> Database {
         Database {
             id,
             name,
             settings,
             target,
-            registry,
+            context,
             open: AtomicUsize::new(0),
             pools: Vec::new(),
         }
@@ -286,7 +285,11 @@ mod tests {
             "db".into(),
             settings,
             Arc::new(Target::for_tests()),
-            Arc::new(Registry::new(8, 8)),
+            Arc::new(DatabaseContext {
+                registry: crate::client::statements::Registry::new(8, 8),
+                track_extra: Vec::new(),
+                overrides: Vec::new(),
+            }),
         )
     }
 

@@ -16,9 +16,9 @@ use super::{HIGH_WATER, MAX_READS, Reactor};
 use crate::auth::tls_server_end_point;
 use crate::backend::SslMode;
 use crate::backend::login::{Login, LoginError, LoginParams, LoginStep, TlsNegotiation};
+use crate::client::BackendContext;
 use crate::client::ParamList;
 use crate::client::relay::{BackendStop, Relay};
-use crate::client::statements::BackendStatements;
 use crate::client::users::PoolId;
 use crate::client::{AcquireError, Out};
 use crate::protocol::backend::tag as be;
@@ -64,8 +64,8 @@ pub struct Backend {
     pub(super) credentials_version: u64,
     pub(super) cancel_in_flight: bool,
     pub(super) read_paused: bool,
-    /// Named statements prepared on this connection.
-    pub(super) statements: BackendStatements,
+    /// Prepared statements and parameter values of this connection.
+    pub(super) context: BackendContext,
 }
 
 impl Backend {
@@ -160,7 +160,7 @@ impl Reactor {
             credentials_version,
             cancel_in_flight: false,
             read_paused: false,
-            statements: BackendStatements::new(db.settings.statement_cache_capacity),
+            context: BackendContext::new(db.settings.statement_cache_capacity),
         });
         if let Some(shard) = self.shards.get_mut(pool) {
             shard.connecting += 1;
@@ -481,16 +481,14 @@ impl Reactor {
         let (Some(b), Some(c)) = (backends.get_mut(bi), clients.get_mut(ci)) else {
             return false;
         };
-        let Backend {
-            input, statements, ..
-        } = b;
+        let Backend { input, context, .. } = b;
         let Some(input) = input.as_mut() else {
             return false;
         };
         let mut out = Out {
             to_client: &mut c.output.get_or_insert_with(|| bufs.output()).data,
             to_backend: &mut scratch.sink,
-            backend_statements: statements,
+            backend: context,
             actions: &mut scratch.action_buf,
         };
         let n = c.session.on_backend_data(input.filled(), &mut out);

@@ -312,34 +312,34 @@ impl Reactor {
         let pools = &shared.pools;
         let params = |p: PoolId| pools.get(p).and_then(Pool::params);
         let databases = &shared.databases;
-        let registry = |db: DbId| databases.get(db).map(|d| d.registry.clone());
+        let database = |db: DbId| databases.get(db).map(|d| d.context.clone());
         let mut env = Env {
             config: &shared.session,
             users,
             rng,
             server_params: &params,
-            registry: &registry,
+            database: &database,
         };
         let backend = c
             .backend
             .and_then(|bi| backends.get_mut(bi).map(|b| (bi, b)));
-        let (to_backend, backend_statements, backend_tok) = match backend {
+        let (to_backend, backend_context, backend_tok) = match backend {
             Some((bi, b)) => (
                 &mut b.output.get_or_insert_with(|| bufs.output()).data,
-                &mut b.statements,
+                &mut b.context,
                 Some(Tok::new(Kind::Backend, bi, b.generation)),
             ),
-            None => (&mut scratch.sink, &mut scratch.no_statements, None),
+            None => (&mut scratch.sink, &mut scratch.no_backend, None),
         };
         let mut out = Out {
             to_client: &mut c.output.get_or_insert_with(|| bufs.output()).data,
             to_backend,
-            backend_statements,
+            backend: backend_context,
             actions: &mut scratch.action_buf,
         };
         let result = f(&mut c.session, c.input.as_mut(), &mut env, &mut out);
         debug_assert!(
-            scratch.sink.is_empty() && scratch.no_statements.is_empty(),
+            scratch.sink.is_empty() && scratch.no_backend.statements.is_empty(),
             "session wrote to a backend it does not hold"
         );
         scratch.sink.clear();

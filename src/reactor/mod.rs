@@ -199,8 +199,8 @@ impl ReactorHandle {
 struct Scratch {
     /// Stands in for `to_backend` when a client holds none; always empty between calls.
     sink: Vec<u8>,
-    /// Stands in for a backend's prepared statements when a client holds none.
-    no_statements: crate::client::statements::BackendStatements,
+    /// Stands in for a backend's context when a client holds none.
+    no_backend: crate::client::BackendContext,
     /// Session actions waiting to be carried out, with the client they belong to.
     actions: VecDeque<(usize, Action)>,
     /// Reused by sessions for one call.
@@ -273,7 +273,7 @@ impl Reactor {
             bufs: BufPool::new(64),
             scratch: Scratch {
                 sink: Vec::new(),
-                no_statements: crate::client::statements::BackendStatements::new(0),
+                no_backend: crate::client::BackendContext::new(0),
                 actions: VecDeque::new(),
                 action_buf: Vec::new(),
                 ready: Vec::new(),

@@ -1,0 +1,265 @@
+//! Session parameters follow the client from backend to backend.
+//!
+//! A client's *desired* values start at login: the parameters the server reports, overlaid
+//! with the client's startup parameters (including `options=-c name=value`) and then with
+//! `default_startup_parameters`. They change when the client's own statements change them:
+//! reported parameters through ParameterStatus (which PostgreSQL also sends when a rollback
+//! or the end of `SET LOCAL` restores a value), others by reading them back with
+//! `current_setting` after a transaction that touched them.
+//!
+//! Each backend's *known* values are tracked the same way. When a client gets a backend
+//! whose values differ, one `SET ...; RESET ...` query goes first (its answers swallowed);
+//! a parameter the backend has from another client but this client never set is RESET, so
+//! no client sees a value it did not set.
+
+use std::fmt::Write as _;
+
+/// Parameters no client can change; never sent in a SET.
+const READ_ONLY: &[&str] = &[
+    "server_version",
+    "server_encoding",
+    "integer_datetimes",
+    "is_superuser",
+    "in_hot_standby",
+    "scram_iterations",
+];
+
+/// Values by parameter name (names compare case-insensitively; stored lower case).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Params {
+    entries: Vec<(String, String)>,
+}
+
+impl Params {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.entries
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn set(&mut self, name: &str, value: &str) {
+        let name = name.to_ascii_lowercase();
+        match self.entries.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => value.clone_into(&mut slot.1),
+            None => self.entries.push((name, value.to_owned())),
+        }
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        let name = name.to_ascii_lowercase();
+        self.entries.retain(|(n, _)| *n != name);
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.entries.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Keeps only the names `keep` accepts.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.entries.retain(|(n, _)| keep(n));
+    }
+}
+
+/// Whether pglink can send `name` in a SET (a plain or qualified identifier, not read-only).
+fn settable(name: &str) -> bool {
+    let ident = |part: &str| {
+        let mut chars = part.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+    };
+    let parts: Vec<&str> = name.split('.').collect();
+    parts.len() <= 2 && parts.iter().all(|p| ident(p)) && !READ_ONLY.contains(&name)
+}
+
+/// The statements that give a backend with `backend` values the client's `desired` ones,
+/// as one query text (empty when nothing differs). `reported` names the parameters the
+/// server reports, which are never RESET (the client always has a value for those).
+pub fn sync_query(desired: &Params, backend: &Params, reported: &dyn Fn(&str) -> bool) -> String {
+    let mut query = String::new();
+    for (name, value) in desired.iter() {
+        if settable(name) && backend.get(name) != Some(value) {
+            let _ = write!(query, "{};", set_statement(name, value));
+        }
+    }
+    for (name, _) in backend.iter() {
+        if desired.get(name).is_none() && settable(name) && !reported(name) {
+            let _ = write!(query, "{};", reset_statement(name));
+        }
+    }
+    query
+}
+
+/// `SET name TO E'value'` (the special forms where SQL has them).
+fn set_statement(name: &str, value: &str) -> String {
+    let literal = quote(value);
+    match name {
+        "role" => format!("SET ROLE {literal}"),
+        "session_authorization" => format!("SET SESSION AUTHORIZATION {literal}"),
+        _ => format!("SET {name} TO {literal}"),
+    }
+}
+
+fn reset_statement(name: &str) -> String {
+    match name {
+        "role" => "RESET ROLE".into(),
+        "session_authorization" => "RESET SESSION AUTHORIZATION".into(),
+        _ => format!("RESET {name}"),
+    }
+}
+
+/// A string literal that means `value` whatever `standard_conforming_strings` is.
+fn quote(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 3);
+    out.push_str("E'");
+    for c in value.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// `SELECT current_setting('a', true), ...` reading back `names`.
+pub fn capture_query(names: &[String]) -> String {
+    let columns: Vec<String> = names
+        .iter()
+        .map(|n| format!("pg_catalog.current_setting({}, true)", quote(n)))
+        .collect();
+    format!("SELECT {}", columns.join(", "))
+}
+
+/// `name=value` pairs from a startup `options` string (`-c name=value`, `--name=value`).
+pub fn options_settings(options: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut words = split_options(options).into_iter();
+    while let Some(word) = words.next() {
+        let setting = if word == "-c" {
+            words.next()
+        } else if let Some(rest) = word.strip_prefix("-c") {
+            Some(rest.to_owned())
+        } else {
+            word.strip_prefix("--").map(str::to_owned)
+        };
+        if let Some((name, value)) = setting.as_deref().and_then(|s| s.split_once('=')) {
+            out.push((name.replace('-', "_"), value.to_owned()));
+        }
+    }
+    out
+}
+
+/// Splits on whitespace; a backslash escapes the next character (libpq's rules).
+fn split_options(options: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => word.extend(chars.next()),
+            c if c.is_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    words
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> Params {
+        let mut p = Params::default();
+        for (n, v) in pairs {
+            p.set(n, v);
+        }
+        p
+    }
+
+    #[test]
+    fn names_are_case_insensitive() {
+        let mut p = params(&[("TimeZone", "UTC")]);
+        assert_eq!(p.get("timezone"), Some("UTC"));
+        p.set("TIMEZONE", "Europe/Paris");
+        assert_eq!(p.len(), 1);
+        p.remove("timeZone");
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn sync_sets_what_differs_and_resets_what_the_client_never_set() {
+        let reported = |n: &str| n == "timezone" || n == "application_name";
+        let desired = params(&[
+            ("TimeZone", "UTC"),
+            ("application_name", "it's"),
+            ("server_version", "15"),
+        ]);
+        let backend = params(&[
+            ("TimeZone", "UTC"),
+            ("application_name", "other"),
+            ("server_version", "16"),
+            ("search_path", "secret, public"),
+            ("role", "admin"),
+        ]);
+        assert_eq!(
+            sync_query(&desired, &backend, &reported),
+            "SET application_name TO E'it''s';RESET search_path;RESET ROLE;"
+        );
+        assert_eq!(sync_query(&desired, &desired, &reported), "");
+    }
+
+    #[test]
+    fn odd_names_and_values_are_handled_safely() {
+        let desired = params(&[("myapp.tenant", "a\\b"), ("bad name; drop", "x")]);
+        let sql = sync_query(&desired, &Params::default(), &|_| false);
+        assert_eq!(sql, "SET myapp.tenant TO E'a\\\\b';");
+        assert_eq!(
+            set_statement("session_authorization", "bob"),
+            "SET SESSION AUTHORIZATION E'bob'"
+        );
+    }
+
+    #[test]
+    fn capture_reads_back_named_settings() {
+        assert_eq!(
+            capture_query(&["search_path".into(), "x.y".into()]),
+            "SELECT pg_catalog.current_setting(E'search_path', true), pg_catalog.current_setting(E'x.y', true)"
+        );
+    }
+
+    #[test]
+    fn options_are_parsed_like_libpq() {
+        assert_eq!(
+            options_settings(
+                r"-c search_path=a,b --work-mem=64MB -cstatement_timeout=5s -c app.v=x\ y"
+            ),
+            vec![
+                ("search_path".to_owned(), "a,b".to_owned()),
+                ("work_mem".to_owned(), "64MB".to_owned()),
+                ("statement_timeout".to_owned(), "5s".to_owned()),
+                ("app.v".to_owned(), "x y".to_owned()),
+            ]
+        );
+        assert!(options_settings("-c").is_empty());
+    }
+}
