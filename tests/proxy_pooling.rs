@@ -771,7 +771,22 @@ fn notification_while_held_function_call_and_flush() {
         unreachable!()
     };
     assert_eq!((n.channel, n.payload), (&b"pglink_chan"[..], &b"hello"[..]));
-    c.query_column("UNLISTEN *").unwrap();
+    // LISTEN pinned that client to its backend; when it leaves, the backend (which still
+    // listens) is closed rather than lent to anyone else.
+    let pid = c.query_column("SELECT pg_backend_pid()").unwrap().remove(0);
+    c.vanish();
+    wait_until(
+        "the pinned backend to be closed",
+        Duration::from_secs(5),
+        || {
+            pg.admin_sql(&format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}"
+            ))
+            .trim()
+                == "0"
+        },
+    );
+    let mut c = WireClient::connect(proxy.addr, SCRAM_USER.name, pw, TEST_DATABASE).unwrap();
     // FunctionCall (fast-path): pg_backend_pid() is OID 2026.
     let mut m = Vec::new();
     frontend::function_call(&mut m, 2026, &[], [], 0);

@@ -24,6 +24,7 @@ pub mod params;
 mod prepared;
 pub mod relay;
 mod startup;
+mod state;
 pub mod statements;
 pub mod users;
 
@@ -41,6 +42,14 @@ use relay::{BackendStop, MAX_STREAMED_MESSAGE, Relay};
 use startup::AuthState;
 use statements::{BackendStatements, ClientStatements, Registry};
 use users::{DbId, PoolId, UserTable};
+
+/// A message the session needs whole (see `Session::whole_message`).
+enum Whole<'d> {
+    Complete(&'d [u8]),
+    Partial,
+    /// Over the limit; the session was failed.
+    TooLong,
+}
 
 /// Server parameters as reported with ParameterStatus, in report order.
 pub type ParamList = Vec<(String, String)>;
@@ -120,6 +129,12 @@ pub struct Out<'a> {
     /// What is known of the held backend (an empty scratch context when none is held).
     pub backend: &'a mut BackendContext,
     pub actions: &'a mut Vec<Action>,
+}
+
+/// The SQL text of a whole Query message (without its NUL).
+fn query_text(message: &[u8]) -> &[u8] {
+    let body = message.get(Header::SIZE..).unwrap_or_default();
+    body.strip_suffix(&[0]).unwrap_or(body)
 }
 
 /// Cancel keys: 4 bytes in protocol 3.0, 32 in 3.2.
@@ -249,6 +264,16 @@ pub struct Session {
     statements: ClientStatements,
     /// The database's shared context (known after login).
     db_context: Option<Arc<DatabaseContext>>,
+    /// Parameter values the client has (see `params`).
+    desired: Params,
+    /// The parameters the server reports (and their values at login).
+    reported: Option<Arc<ParamList>>,
+    /// Unreported parameters the client changed in this lending: read back before release.
+    touched: Vec<String>,
+    /// The client ran RESET ALL / DISCARD ALL in this lending.
+    reset_all: bool,
+    /// Why the session keeps its backend for good, if it does.
+    pinned: Option<&'static str>,
 }
 
 impl Session {
@@ -270,6 +295,11 @@ impl Session {
             refusal: None,
             statements: ClientStatements::default(),
             db_context: None,
+            desired: Params::default(),
+            reported: None,
+            touched: Vec::new(),
+            reset_all: false,
+            pinned: None,
         }
     }
 
@@ -362,7 +392,7 @@ impl Session {
 
     /// A backend is now held (`Acquire` succeeded). `params` are the backend's server
     /// parameters, used when this login is waiting to learn them.
-    pub fn on_backend_attached(&mut self, params: &ParamList, out: &mut Out<'_>) {
+    pub fn on_backend_attached(&mut self, params: &Arc<ParamList>, out: &mut Out<'_>) {
         match self.state {
             State::AwaitingParameters => {
                 self.finish_login(params, out);
@@ -371,6 +401,7 @@ impl Session {
             State::Acquiring => {
                 self.relay.reset();
                 self.state = State::Active;
+                self.sync_backend(out);
             }
             // Nothing asked for it (the client left meanwhile): give it back.
             _ => out.actions.push(Action::Release),
@@ -406,11 +437,29 @@ impl Session {
             self.apply_outcomes(out.backend);
             match result {
                 Ok((n, BackendStop::NeedMore)) => return pos + n,
-                Ok((n, BackendStop::ParameterStatus { .. })) => pos += n,
+                Ok((
+                    n,
+                    BackendStop::ParameterStatus {
+                        start,
+                        end,
+                        forwarded,
+                    },
+                )) => {
+                    let body = rest.get(start..end).unwrap_or_default();
+                    self.on_parameter_status(body, forwarded, out);
+                    pos += n;
+                }
                 Ok((n, BackendStop::Idle)) => {
-                    self.state = State::Idle;
-                    out.actions.push(Action::Release);
-                    return pos + n;
+                    pos += n;
+                    match self.after_transaction(out) {
+                        state::AfterTransaction::Continue => continue,
+                        state::AfterTransaction::Hold => return pos,
+                        state::AfterTransaction::Release => {
+                            self.state = State::Idle;
+                            out.actions.push(Action::Release);
+                            return pos;
+                        }
+                    }
                 }
                 Ok((n, BackendStop::Fatal)) => {
                     // The server's FATAL went to the client; the session is over.
@@ -464,13 +513,16 @@ impl Session {
         if !was_active {
             return None;
         }
-        Some(if self.relay.client_mid_message() {
-            BackendFate::Drop
-        } else if self.relay.is_idle() {
-            BackendFate::Release
-        } else {
-            BackendFate::Reset(std::mem::replace(&mut self.relay, Relay::new(0)))
-        })
+        Some(
+            if self.relay.client_mid_message() || self.pinned.is_some() {
+                // A pinned backend holds state (locks, LISTEN, temp tables) no one else may see.
+                BackendFate::Drop
+            } else if self.relay.is_idle() {
+                BackendFate::Release
+            } else {
+                BackendFate::Reset(std::mem::replace(&mut self.relay, Relay::new(0)))
+            },
+        )
     }
 
     /// Idle: answer what needs no backend, ask for one for the rest.
@@ -480,7 +532,7 @@ impl Session {
             self.discard -= n;
             return n;
         }
-        let header = match peek_header(data, self.relay_max_len()) {
+        let header = match peek_header(data, MAX_STREAMED_MESSAGE) {
             Ok(Some(h)) => h,
             Ok(None) => return 0,
             Err(e) => {
@@ -491,6 +543,11 @@ impl Session {
         if let Some(error) = self.failure.take() {
             return self.fail_waiting_message(header, data, error, out);
         }
+        let acquire = |session: &mut Session, out: &mut Out<'_>| {
+            session.state = State::Acquiring;
+            out.actions.push(Action::Acquire);
+            0
+        };
         match header.tag {
             fe::SYNC => {
                 self.skip_to_sync = false;
@@ -506,33 +563,33 @@ impl Session {
             }
             _ if self.skip_to_sync => self.consume(header, data),
             fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE => {
-                if header.frame_len() > self.relay_max_len() {
-                    let text = format!("pglink: message too long ({} bytes)", header.frame_len());
-                    self.fatal(out, SqlState::PROTOCOL_VIOLATION, &text);
-                    return data.len();
-                }
-                let Some(whole) = data.get(..header.frame_len()) else {
-                    return 0;
+                let whole = match self.whole_message(header, data, out) {
+                    Whole::Complete(whole) => whole,
+                    Whole::Partial => return 0,
+                    Whole::TooLong => return data.len(),
                 };
                 let body = whole.get(Header::SIZE..).unwrap_or_default();
                 match self.on_statement_message_idle(header.tag, body, out) {
                     Handled::Done => header.frame_len(),
-                    Handled::NeedBackend => {
-                        self.state = State::Acquiring;
-                        out.actions.push(Action::Acquire);
-                        0
-                    }
+                    Handled::NeedBackend => acquire(self, out),
                     Handled::Invalid(e) => {
                         self.fatal(out, SqlState::PROTOCOL_VIOLATION, &format!("pglink: {e}"));
                         data.len()
                     }
                 }
             }
-            fe::QUERY | fe::EXECUTE | fe::FUNCTION_CALL => {
-                self.state = State::Acquiring;
-                out.actions.push(Action::Acquire);
-                0
+            fe::QUERY => {
+                let whole = match self.whole_message(header, data, out) {
+                    Whole::Complete(whole) => whole,
+                    Whole::Partial => return 0,
+                    Whole::TooLong => return data.len(),
+                };
+                match self.on_query(query_text(whole), false, out) {
+                    state::QueryHandling::Answered => header.frame_len(),
+                    state::QueryHandling::Forward => acquire(self, out),
+                }
             }
+            fe::EXECUTE | fe::FUNCTION_CALL => acquire(self, out),
             tag => {
                 self.fatal(
                     out,
@@ -541,6 +598,29 @@ impl Session {
                 );
                 data.len()
             }
+        }
+    }
+
+    /// A message the session must see whole, bounded by the message size limit (a longer
+    /// one fails the session).
+    fn whole_message<'d>(
+        &mut self,
+        header: Header,
+        data: &'d [u8],
+        out: &mut Out<'_>,
+    ) -> Whole<'d> {
+        if header.frame_len() > self.relay_max_len() {
+            let text = format!(
+                "pglink: message too long ({} bytes, the limit is {})",
+                header.frame_len(),
+                self.relay_max_len()
+            );
+            self.fatal(out, SqlState::PROTOCOL_VIOLATION, &text);
+            return Whole::TooLong;
+        }
+        match data.get(..header.frame_len()) {
+            Some(whole) => Whole::Complete(whole),
+            None => Whole::Partial,
         }
     }
 
@@ -595,7 +675,7 @@ impl Session {
                     return data.len();
                 }
             };
-            match header.tag {
+            let failed = match header.tag {
                 fe::TERMINATE => {
                     if rest.len() < header.frame_len() {
                         return pos;
@@ -604,40 +684,45 @@ impl Session {
                     out.actions.push(Action::Close);
                     return pos + header.frame_len();
                 }
-                fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE => {
-                    if header.frame_len() > self.relay_max_len() {
-                        let text =
-                            format!("pglink: message too long ({} bytes)", header.frame_len());
-                        self.fatal(out, SqlState::PROTOCOL_VIOLATION, &text);
-                        return data.len();
-                    }
-                    let Some(whole) = rest.get(..header.frame_len()) else {
-                        return pos;
+                fe::QUERY | fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE => {
+                    let whole = match self.whole_message(header, rest, out) {
+                        Whole::Complete(whole) => whole,
+                        Whole::Partial => return pos,
+                        Whole::TooLong => return data.len(),
                     };
-                    let body = whole.get(Header::SIZE..).unwrap_or_default();
-                    if let Handled::Invalid(e) =
-                        self.on_statement_message_active(header.tag, body, whole, out)
-                    {
-                        self.fatal(out, SqlState::PROTOCOL_VIOLATION, &format!("pglink: {e}"));
-                        return data.len();
-                    }
-                    pos += header.frame_len();
-                }
-                _ => {
-                    if header.tag == fe::DESCRIBE && rest.len() <= Header::SIZE {
-                        return pos;
-                    }
-                    match self
-                        .relay
-                        .forward_client_message(header, rest, out.to_backend)
-                    {
-                        Ok(n) => pos += n,
-                        Err(e) => {
-                            self.fatal(out, SqlState::PROTOCOL_VIOLATION, &format!("pglink: {e}"));
-                            return data.len();
+                    let failed = if header.tag == fe::QUERY {
+                        match self.on_query(query_text(whole), true, out) {
+                            state::QueryHandling::Answered => None,
+                            state::QueryHandling::Forward => self
+                                .relay
+                                .forward_client_message(header, whole, out.to_backend)
+                                .err()
+                                .map(|e| e.to_string()),
                         }
-                    }
+                    } else {
+                        let body = whole.get(Header::SIZE..).unwrap_or_default();
+                        match self.on_statement_message_active(header.tag, body, whole, out) {
+                            Handled::Invalid(e) => Some(e),
+                            Handled::Done | Handled::NeedBackend => None,
+                        }
+                    };
+                    pos += header.frame_len();
+                    failed
                 }
+                _ => match self
+                    .relay
+                    .forward_client_message(header, rest, out.to_backend)
+                {
+                    Ok(n) => {
+                        pos += n;
+                        None
+                    }
+                    Err(e) => Some(e.to_string()),
+                },
+            };
+            if let Some(e) = failed {
+                self.fatal(out, SqlState::PROTOCOL_VIOLATION, &format!("pglink: {e}"));
+                return data.len();
             }
         }
     }
@@ -647,13 +732,10 @@ impl Session {
     }
 
     /// Sends the rest of the login: parameters, cancel key, ReadyForQuery.
-    fn finish_login(&mut self, server_params: &ParamList, out: &mut Out<'_>) {
-        for (name, value) in server_params {
-            let value = self
-                .startup_params
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map_or(value, |(_, v)| v);
+    fn finish_login(&mut self, server_params: &Arc<ParamList>, out: &mut Out<'_>) {
+        self.init_desired(server_params);
+        for (name, _) in server_params.iter() {
+            let value = self.desired.get(name).unwrap_or_default();
             be_msg::parameter_status(out.to_client, name.as_bytes(), value.as_bytes());
         }
         be_msg::backend_key_data(out.to_client, self.key.pid, self.key.secret());

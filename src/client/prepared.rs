@@ -81,6 +81,9 @@ impl Session {
                     );
                     return Handled::Done;
                 };
+                if statement.has_session_effects() {
+                    self.inspect_statement(&statement.query);
+                }
                 self.ensure_prepared(&statement, out);
                 b.encode_with_statement(out.to_backend, &statement.server_name);
                 self.relay.push(Expect::Bind, Route::Forward, Effect::None);
@@ -112,8 +115,11 @@ impl Session {
                 be_msg::close_complete(&mut answer);
                 self.relay.push_local(&answer, out.to_client);
             }
-            // Unnamed statements and portals: untouched.
-            _ => {
+            // Unnamed statements and portals: untouched (but looked at).
+            other => {
+                if let FrontendMessage::Parse(p) = other {
+                    self.inspect_statement(p.query);
+                }
                 let header = crate::protocol::framing::Header {
                     tag,
                     len: u32::try_from(whole.len().saturating_sub(1)).unwrap_or(u32::MAX),
@@ -259,6 +265,7 @@ impl Session {
                             .cache_description(&statement, answer.into());
                     }
                 }
+                Outcome::Captured(names, values) => self.on_captured(&names, &values, backend),
                 Outcome::Succeeded(_) | Outcome::Failed(_) => {}
             }
         }

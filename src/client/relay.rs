@@ -95,6 +95,8 @@ pub enum Effect {
     },
     /// A Describe of `statement` whose answer is worth caching.
     Describe(Arc<Statement>),
+    /// A query reading back these parameters (one row, one column each).
+    Capture(Vec<String>),
 }
 
 /// An entry's effect resolved; the session applies these after each call.
@@ -105,6 +107,8 @@ pub enum Outcome {
     Failed(Effect),
     /// The ParameterDescription + RowDescription/NoData answering a Describe.
     Described(Arc<Statement>, Vec<u8>),
+    /// Parameter values read back (`None` for a parameter the server does not know).
+    Captured(Vec<String>, Vec<Option<String>>),
 }
 
 #[derive(Debug)]
@@ -174,8 +178,13 @@ pub enum BackendStop {
     /// The transaction is over and nothing is outstanding: the backend can be released.
     /// Bytes after this point are not the client's.
     Idle,
-    /// A ParameterStatus message was forwarded; its body is at this range of the input.
-    ParameterStatus { start: usize, end: usize },
+    /// A ParameterStatus message; its body is at this range of the input. `forwarded`: the
+    /// client saw it (its own statement changed the value), not pglink's.
+    ParameterStatus {
+        start: usize,
+        end: usize,
+        forwarded: bool,
+    },
     /// The server reported a FATAL error (forwarded); it will close the connection.
     Fatal,
 }
@@ -200,6 +209,8 @@ pub struct Relay {
     outcomes: Vec<Outcome>,
     /// A Describe answer being collected for the statement at the head.
     capture: Vec<u8>,
+    /// Values of a parameter read-back at the head.
+    captured: Vec<Option<String>>,
 }
 
 impl Relay {
@@ -215,6 +226,7 @@ impl Relay {
             max_message_len,
             outcomes: Vec::new(),
             capture: Vec::new(),
+            captured: Vec::new(),
         }
     }
 
@@ -228,6 +240,7 @@ impl Relay {
         self.status = TransactionStatus::Idle;
         self.outcomes.clear();
         self.capture.clear();
+        self.captured.clear();
     }
 
     /// Nothing outstanding, no transaction open: the backend holds nothing of this client's.
@@ -485,6 +498,22 @@ impl Relay {
                 }));
             }
             match tag {
+                be::DATA_ROW if self.reading_back() => {
+                    let Some(msg) = whole else {
+                        return Ok((pos, BackendStop::NeedMore));
+                    };
+                    let body = msg.get(Header::SIZE..).unwrap_or_default();
+                    if let Ok(crate::protocol::BackendMessage::DataRow(row)) =
+                        crate::protocol::BackendMessage::decode(tag, body)
+                    {
+                        self.captured = row
+                            .columns()
+                            .map(|c| c.map(|v| String::from_utf8_lossy(v).into_owned()))
+                            .collect();
+                    }
+                    self.on_streamed_message(tag)?;
+                    pos += frame_len;
+                }
                 be::ROW_DESCRIPTION | be::PARAMETER_DESCRIPTION | be::NO_DATA
                     if self.capturing() =>
                 {
@@ -578,7 +607,14 @@ impl Relay {
                     }
                     let start = pos + Header::SIZE;
                     pos += frame_len;
-                    return Ok((pos, BackendStop::ParameterStatus { start, end: pos }));
+                    return Ok((
+                        pos,
+                        BackendStop::ParameterStatus {
+                            start,
+                            end: pos,
+                            forwarded: route == Route::Forward,
+                        },
+                    ));
                 }
                 tag => {
                     return Err(RelayError::Desync {
@@ -625,6 +661,13 @@ impl Relay {
             .is_some_and(|e| matches!(e.effect, Effect::Describe(_)))
     }
 
+    /// The head is a parameter read-back whose row is being collected.
+    fn reading_back(&self) -> bool {
+        self.queue
+            .front()
+            .is_some_and(|e| matches!(e.effect, Effect::Capture(_)))
+    }
+
     /// Pops the head entry, which completed; returns its route.
     fn pop_done(&mut self) -> Route {
         let Some(entry) = self.queue.pop_front() else {
@@ -635,6 +678,10 @@ impl Relay {
             Effect::Describe(statement) => {
                 let answer = std::mem::take(&mut self.capture);
                 self.outcomes.push(Outcome::Described(statement, answer));
+            }
+            Effect::Capture(names) => {
+                let values = std::mem::take(&mut self.captured);
+                self.outcomes.push(Outcome::Captured(names, values));
             }
             effect => self.outcomes.push(Outcome::Succeeded(effect)),
         }

@@ -32,6 +32,8 @@ pub struct Statement {
     verified: AtomicBool,
     /// ParameterDescription followed by RowDescription or NoData, as a server sent them.
     description: Mutex<Option<Arc<[u8]>>>,
+    /// Whether executing it changes session parameters or pins the session (looked at once).
+    session_effects: std::sync::OnceLock<bool>,
 }
 
 impl std::fmt::Debug for Statement {
@@ -56,7 +58,17 @@ impl Statement {
             parse_message: parse_message.into(),
             verified: AtomicBool::new(false),
             description: Mutex::new(None),
+            session_effects: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Whether its text changes session state (parameters, pinning), worth inspecting when
+    /// it is executed. Computed once per statement.
+    pub fn has_session_effects(&self) -> bool {
+        *self.session_effects.get_or_init(|| {
+            !super::inspect::touched_params(&self.query).is_empty()
+                || super::inspect::pin_reason(&self.query).is_some()
+        })
     }
 
     pub fn is_verified(&self) -> bool {

@@ -218,7 +218,7 @@ fn first_login_of_a_pool_waits_for_server_parameters() {
     h.scram_login("alice", PASSWORD);
     assert_eq!(h.client_tags(), b"RR");
     assert_eq!(h.take_actions(), vec![Action::Acquire]);
-    let params = vec![("server_version".to_owned(), "15.4".to_owned())];
+    let params = Arc::new(vec![("server_version".to_owned(), "15.4".to_owned())]);
     h.call(|s, out| s.on_backend_attached(&params, out));
     assert_eq!(h.client_tags(), b"SKZ");
     assert_eq!(h.take_actions(), vec![Action::LoggedIn, Action::Release]);
@@ -429,7 +429,7 @@ fn query_while_idle_waits_for_a_backend_then_flows() {
     assert_eq!(h.take_actions(), vec![Action::Acquire]);
     assert_eq!(h.input, q, "the message waits unconsumed");
     assert!(h.session.is_acquiring());
-    h.call(|s, out| s.on_backend_attached(&Vec::new(), out));
+    h.attach_fresh_backend(4);
     assert!(h.session.holds_backend());
     h.send(&[]);
     assert_eq!(h.to_backend, q);
@@ -511,7 +511,7 @@ fn lone_sync_and_flush_are_answered_locally() {
 fn backend_loss_mid_transaction_is_fatal_08006() {
     let mut h = Harness::logged_in(AuthMethod::Scram);
     h.send(&query("BEGIN"));
-    h.call(|s, out| s.on_backend_attached(&Vec::new(), out));
+    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
     h.send(&[]);
     h.take_actions();
     h.call(|s, out| s.on_backend_lost(out));
@@ -523,17 +523,22 @@ fn backend_loss_mid_transaction_is_fatal_08006() {
 fn detach_decides_the_backend_fate() {
     let mut h = Harness::logged_in(AuthMethod::Scram);
     h.send(&query("BEGIN"));
-    h.call(|s, out| s.on_backend_attached(&Vec::new(), out));
+    h.attach_fresh_backend(4);
     h.send(&[]);
     assert!(matches!(h.session.detach(), Some(BackendFate::Reset(_))));
 
+    // Messages pglink need not read whole (here CopyData) are streamed: half of one sent
+    // leaves the server waiting for the rest, so the backend cannot be reused.
     let mut h = Harness::logged_in(AuthMethod::Scram);
-    let q = query("SELECT 'a long query'");
-    h.send(&q[..6]);
+    h.send(&query("BEGIN"));
     assert_eq!(h.take_actions(), vec![Action::Acquire]);
-    h.call(|s, out| s.on_backend_attached(&Vec::new(), out));
+    h.attach_fresh_backend(4);
     h.send(&[]);
-    assert_eq!(h.to_backend, &q[..6], "the known part is streamed on");
+    h.take_backend();
+    let mut copy = Vec::new();
+    frontend::copy_data(&mut copy, b"a long row of data");
+    h.send(&copy[..9]);
+    assert_eq!(h.to_backend, &copy[..9], "the known part is streamed on");
     assert!(
         matches!(h.session.detach(), Some(BackendFate::Drop)),
         "half a message was sent"
@@ -606,8 +611,12 @@ fn sync_msg() -> Vec<u8> {
 impl Harness {
     /// Holds a fresh backend (with its own prepared-statement set) for what follows.
     fn attach_fresh_backend(&mut self, capacity: usize) {
+        // Like a backend that just logged in: it knows the server's parameters.
         self.backend = BackendContext::new(capacity);
-        self.call(|s, out| s.on_backend_attached(&Vec::new(), out));
+        for (name, value) in self.params.iter().flat_map(|p| p.iter()) {
+            self.backend.params.set(name, value);
+        }
+        self.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
         self.take_actions();
     }
 

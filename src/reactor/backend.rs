@@ -444,6 +444,9 @@ impl Reactor {
             return;
         };
         let login = *login;
+        for (name, value) in &login.server_params {
+            b.context.params.set(name, value);
+        }
         b.params = Arc::new(login.server_params);
         b.server_key = login.cancel_key;
         b.last_used = self.now;
@@ -481,13 +484,21 @@ impl Reactor {
         let (Some(b), Some(c)) = (backends.get_mut(bi), clients.get_mut(ci)) else {
             return false;
         };
-        let Backend { input, context, .. } = b;
+        let Backend {
+            input,
+            output,
+            context,
+            generation,
+            ..
+        } = b;
         let Some(input) = input.as_mut() else {
             return false;
         };
+        // When its transaction ends the session may send more (parameters read back,
+        // statements closed) before the backend is released.
         let mut out = Out {
             to_client: &mut c.output.get_or_insert_with(|| bufs.output()).data,
-            to_backend: &mut scratch.sink,
+            to_backend: &mut output.get_or_insert_with(|| bufs.output()).data,
             backend: context,
             actions: &mut scratch.action_buf,
         };
@@ -495,6 +506,9 @@ impl Reactor {
         input.consume(n);
         if c.output.as_ref().is_some_and(|o| !o.is_empty()) {
             scratch.dirty.push(Tok::new(Kind::Client, ci, c.generation));
+        }
+        if output.as_ref().is_some_and(|o| !o.is_empty()) {
+            scratch.dirty.push(Tok::new(Kind::Backend, bi, *generation));
         }
         scratch
             .actions

@@ -446,7 +446,14 @@ fn parameter_status_is_forwarded_and_located() {
     let mut out = Vec::new();
     let (n, stop) = r.on_backend_data(&reply, &mut out).unwrap();
     let start = complete("SET").len() + 5;
-    assert_eq!(stop, BackendStop::ParameterStatus { start, end: n });
+    assert_eq!(
+        stop,
+        BackendStop::ParameterStatus {
+            start,
+            end: n,
+            forwarded: true
+        }
+    );
     assert_eq!(&reply[start..n], b"TimeZone\0UTC\0");
     let (_, stop) = r.on_backend_data(&reply[n..], &mut out).unwrap();
     assert_eq!(stop, BackendStop::Idle);
@@ -652,5 +659,30 @@ fn streamed_messages_may_exceed_the_whole_message_limit() {
     assert!(matches!(
         r.on_backend_data(&huge_error, &mut out),
         Err(RelayError::Framing(_))
+    ));
+}
+
+#[test]
+fn parameter_read_back_collects_its_row_and_shows_nothing() {
+    let mut r = Relay::new(MAX);
+    r.push(
+        Expect::Cycle,
+        Route::Swallow,
+        Effect::Capture(vec!["search_path".into(), "nope".into()]),
+    );
+    let reply = cat(&[
+        row_desc(),
+        msg(b'D', b"\0\x02\0\0\0\x06public\xff\xff\xff\xff"),
+        complete("SELECT 1"),
+        rfq(b'I'),
+    ]);
+    let mut out = Vec::new();
+    assert_eq!(backend(&mut r, &reply, &mut out).1, BackendStop::Idle);
+    assert!(out.is_empty());
+    let outcomes: Vec<Outcome> = r.take_outcomes().collect();
+    assert!(matches!(
+        &outcomes[..],
+        [Outcome::Captured(names, values)]
+            if names.len() == 2 && *values == [Some("public".to_owned()), None]
     ));
 }
