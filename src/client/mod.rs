@@ -274,6 +274,8 @@ pub struct Session {
     reset_all: bool,
     /// Why the session keeps its backend for good, if it does.
     pinned: Option<&'static str>,
+    /// The client messages of the current batch, kept in case it must be replayed.
+    replay: Option<Vec<u8>>,
 }
 
 impl Session {
@@ -300,6 +302,7 @@ impl Session {
             touched: Vec::new(),
             reset_all: false,
             pinned: None,
+            replay: None,
         }
     }
 
@@ -460,6 +463,11 @@ impl Session {
                             return pos;
                         }
                     }
+                }
+                Ok((n, BackendStop::StalePlan { start, end })) => {
+                    let error = rest.get(start..end).unwrap_or_default().to_vec();
+                    pos += n;
+                    self.on_stale_plan(&error, out);
                 }
                 Ok((n, BackendStop::Fatal)) => {
                     // The server's FATAL went to the client; the session is over.
@@ -675,6 +683,7 @@ impl Session {
                     return data.len();
                 }
             };
+            self.record_for_replay(header.tag, rest.get(..header.frame_len()));
             let failed = match header.tag {
                 fe::TERMINATE => {
                     if rest.len() < header.frame_len() {

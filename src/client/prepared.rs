@@ -22,7 +22,7 @@ use super::relay::{Effect, Expect, Outcome, Route};
 use super::statements::{Statement, server_name};
 use super::{BackendContext, Out, Session};
 use crate::protocol::backend as be_msg;
-use crate::protocol::frontend::{self, FrontendMessage, Target};
+use crate::protocol::frontend::{self, FrontendMessage, Target, tag as fe};
 use crate::protocol::{ErrorBuilder, Severity, SqlState};
 
 /// A statement name no backend has: a Bind of it fails, which is what pglink wants when it
@@ -86,7 +86,8 @@ impl Session {
                 }
                 self.ensure_prepared(&statement, out);
                 b.encode_with_statement(out.to_backend, &statement.server_name);
-                self.relay.push(Expect::Bind, Route::Forward, Effect::None);
+                self.relay
+                    .push(Expect::Bind, Route::Forward, Effect::Bound(statement));
             }
             FrontendMessage::Describe(d) if d.target == Target::Statement && !d.name.is_empty() => {
                 let Some(statement) = self.statements.get(d.name).cloned() else {
@@ -239,6 +240,67 @@ impl Session {
         self.skip_to_sync = true;
     }
 
+    /// A batch that began with a Bind or Describe of a shared statement outside a transaction
+    /// failed with "cached plan must not change result type" before the client saw anything
+    /// of it (`error`): if the whole batch was recorded, drop the stale statement from the
+    /// backend and the description cache and send the batch again (the statement is
+    /// prepared afresh on the way); otherwise pass the error on.
+    pub(super) fn on_stale_plan(&mut self, error: &[u8], out: &mut Out<'_>) {
+        let statement = self.relay.take_stale();
+        let batch = self.replay.take().filter(|b| ends_with_sync(b));
+        let (Some(statement), Some(batch)) = (statement, batch) else {
+            self.relay.forward_error(error, out.to_client);
+            return;
+        };
+        log::debug!(
+            "statement {} changed result type: prepared again and retried",
+            statement.id
+        );
+        if let Some(database) = &self.db_context {
+            database.registry.forget_description(&statement);
+        }
+        self.relay.abandon_batch();
+        if out.backend.statements.contains(statement.id) {
+            frontend::close(out.to_backend, Target::Statement, &statement.server_name);
+            self.relay.push(Expect::Close, Route::Discard, Effect::None);
+            out.backend.statements.remove(statement.id);
+        }
+        let consumed = self.on_active_bytes(&batch, out);
+        debug_assert_eq!(
+            consumed,
+            batch.len(),
+            "a recorded batch holds whole messages"
+        );
+    }
+
+    /// Records the client messages of a batch that may have to be replayed (see
+    /// `on_stale_plan`): one starting outside a transaction with a Bind or Describe, made of
+    /// Bind, Describe, Execute, Flush and Sync only, complete and small.
+    pub(super) fn record_for_replay(&mut self, tag: u8, message: Option<&[u8]>) {
+        const LIMIT: usize = 256 * 1024;
+        let batch_start = self.relay.outstanding() == 0
+            && !self.relay.unsynced()
+            && self.relay.status() == crate::protocol::TransactionStatus::Idle;
+        if batch_start {
+            self.replay = matches!(tag, fe::BIND | fe::DESCRIBE).then(Vec::new);
+        }
+        let Some(batch) = self.replay.as_mut() else {
+            return;
+        };
+        match message {
+            Some(m)
+                if matches!(
+                    tag,
+                    fe::BIND | fe::DESCRIBE | fe::EXECUTE | fe::FLUSH | fe::SYNC
+                ) && batch.len() + m.len() <= LIMIT
+                    && !ends_with_sync(batch) =>
+            {
+                batch.extend_from_slice(m);
+            }
+            _ => self.replay = None,
+        }
+    }
+
     /// Applies what the backend's answers showed about statements.
     pub(super) fn apply_outcomes(&mut self, backend: &mut BackendContext) {
         if !self.relay.has_outcomes() {
@@ -270,6 +332,12 @@ impl Session {
             }
         }
     }
+}
+
+fn ends_with_sync(batch: &[u8]) -> bool {
+    batch.len() >= 5
+        && batch.get(batch.len() - 5) == Some(&fe::SYNC)
+        && batch.ends_with(&[0, 0, 0, 4])
 }
 
 fn already_exists(name: &[u8]) -> String {

@@ -97,6 +97,8 @@ pub enum Effect {
     Describe(Arc<Statement>),
     /// A query reading back these parameters (one row, one column each).
     Capture(Vec<String>),
+    /// A Bind of a shared statement (so a stale plan can be traced to it).
+    Bound(Arc<Statement>),
 }
 
 /// An entry's effect resolved; the session applies these after each call.
@@ -187,6 +189,11 @@ pub enum BackendStop {
     },
     /// The server reported a FATAL error (forwarded); it will close the connection.
     Fatal,
+    /// "cached plan must not change result type" for a shared statement (`take_stale`), in
+    /// a batch that started outside a transaction and has shown the client nothing yet. Not
+    /// forwarded: the session either retries the batch (`abandon_batch`) or passes the error
+    /// on (`forward_error`); the ErrorResponse is at this range of the input.
+    StalePlan { start: usize, end: usize },
 }
 
 /// Per-lending state between one client and one backend.
@@ -211,6 +218,11 @@ pub struct Relay {
     capture: Vec<u8>,
     /// Values of a parameter read-back at the head.
     captured: Vec<Option<String>>,
+    /// The current batch (entries since the queue was last empty) started outside a
+    /// transaction and nothing of it has reached the client yet: it could be replayed.
+    batch_replayable: bool,
+    /// The statement of the last `StalePlan`.
+    stale: Option<Arc<Statement>>,
 }
 
 impl Relay {
@@ -227,6 +239,8 @@ impl Relay {
             outcomes: Vec::new(),
             capture: Vec::new(),
             captured: Vec::new(),
+            batch_replayable: false,
+            stale: None,
         }
     }
 
@@ -328,6 +342,13 @@ impl Relay {
             Expect::Sync => self.unsynced = false,
             Expect::Cycle | Expect::CopyEnd | Expect::Local => {}
             _ => self.unsynced = true,
+        }
+        if self.queue.is_empty() {
+            self.batch_replayable =
+                self.status == TransactionStatus::Idle && entry.expect != Expect::Local;
+        } else if entry.expect == Expect::Local {
+            // A local answer queued inside the batch would be lost by a replay.
+            self.batch_replayable = false;
         }
         self.queue.push_back(entry);
     }
@@ -476,6 +497,7 @@ impl Relay {
                 }
                 if self.backend_partial_route == Route::Forward {
                     to_client.extend_from_slice(rest.get(..n).unwrap_or_default());
+                    self.batch_replayable = false;
                 }
                 self.backend_partial -= n;
                 pos += n;
@@ -524,6 +546,7 @@ impl Relay {
                     let route = self.on_streamed_message(tag)?;
                     if route == Route::Forward {
                         to_client.extend_from_slice(msg);
+                        self.batch_replayable = false;
                     }
                     pos += frame_len;
                     self.settle_head(to_client);
@@ -533,6 +556,7 @@ impl Relay {
                     let n = frame_len.min(rest.len());
                     if route == Route::Forward {
                         to_client.extend_from_slice(rest.get(..n).unwrap_or_default());
+                        self.batch_replayable = false;
                     }
                     self.backend_partial = frame_len - n;
                     self.backend_partial_route = route;
@@ -578,11 +602,17 @@ impl Relay {
                     let Some(msg) = whole else {
                         return Ok((pos, BackendStop::NeedMore));
                     };
-                    let fatal =
-                        ErrorFields::decode(tag, msg.get(Header::SIZE..).unwrap_or_default())
-                            .ok()
-                            .and_then(|f| f.severity_kind())
-                            .is_some_and(Severity::ends_session);
+                    let fields =
+                        ErrorFields::decode(tag, msg.get(Header::SIZE..).unwrap_or_default()).ok();
+                    let fatal = fields
+                        .and_then(|f| f.severity_kind())
+                        .is_some_and(Severity::ends_session);
+                    if let Some(statement) = self.stale_plan(fields) {
+                        self.stale = Some(statement);
+                        let start = pos;
+                        pos += frame_len;
+                        return Ok((pos, BackendStop::StalePlan { start, end: pos }));
+                    }
                     match self.queue.front() {
                         Some(e) if e.route == Route::ReplaceError && !fatal => {
                             to_client.extend_from_slice(e.bytes.as_deref().unwrap_or_default());
@@ -661,6 +691,52 @@ impl Relay {
             .is_some_and(|e| matches!(e.effect, Effect::Describe(_)))
     }
 
+    /// The statement whose stale plan this error reports, if the batch can be replayed.
+    fn stale_plan(&self, fields: Option<ErrorFields<'_>>) -> Option<Arc<Statement>> {
+        let fields = fields?;
+        if !self.batch_replayable
+            || fields.sqlstate() != Some(crate::protocol::SqlState::FEATURE_NOT_SUPPORTED)
+            || fields.message() != Some(&b"cached plan must not change result type"[..])
+        {
+            return None;
+        }
+        // Replaying is only safe if nothing was sent after the batch's Sync.
+        let last = self.queue.len().checked_sub(1)?;
+        if self.queue.iter().position(|e| e.expect == Expect::Sync) != Some(last) {
+            return None;
+        }
+        match &self.queue.front()?.effect {
+            Effect::Bound(statement) | Effect::Describe(statement) => Some(statement.clone()),
+            _ => None,
+        }
+    }
+
+    /// The statement of the last `StalePlan`.
+    pub fn take_stale(&mut self) -> Option<Arc<Statement>> {
+        self.stale.take()
+    }
+
+    /// After `StalePlan`, to retry: the failed batch's remaining answers (up to and
+    /// including the ReadyForQuery of its Sync) are dropped; the caller sends it again.
+    pub fn abandon_batch(&mut self) {
+        // Retried once: the replay is not replayed again.
+        self.batch_replayable = false;
+        self.on_error();
+        if let Some(sync) = self.queue.front_mut()
+            && sync.expect == Expect::Sync
+        {
+            sync.route = Route::Discard;
+        }
+    }
+
+    /// After `StalePlan`, not retrying: the error goes to the client as any other.
+    pub fn forward_error(&mut self, error: &[u8], to_client: &mut Vec<u8>) {
+        to_client.extend_from_slice(error);
+        self.batch_replayable = false;
+        self.on_error();
+        self.settle_head(to_client);
+    }
+
     /// The head is a parameter read-back whose row is being collected.
     fn reading_back(&self) -> bool {
         self.queue
@@ -683,6 +759,7 @@ impl Relay {
                 let values = std::mem::take(&mut self.captured);
                 self.outcomes.push(Outcome::Captured(names, values));
             }
+            Effect::Bound(_) => {}
             effect => self.outcomes.push(Outcome::Succeeded(effect)),
         }
         entry.route

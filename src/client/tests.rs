@@ -837,3 +837,94 @@ fn unnamed_statements_and_portals_pass_through_untouched() {
     h.send(&[]);
     assert_eq!(h.take_backend(), batch);
 }
+
+#[test]
+fn stale_plan_is_reprepared_and_retried_once() {
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    h.send(&[parse_msg("s", "SELECT * FROM t"), sync_msg()].concat());
+    h.attach_fresh_backend(4);
+    h.send(&[]);
+    let server = names(&h.take_backend())[0].1.clone();
+    h.backend(&[simple_reply(&[(b'1', b"")]), ready()].concat());
+    h.to_client.clear();
+    // Later, on a backend that still has the statement's old plan.
+    let mut batch = bind_msg("s");
+    frontend::execute(&mut batch, b"", 0);
+    batch.extend_from_slice(&sync_msg());
+    h.send(&batch);
+    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.take_actions();
+    h.send(&[]);
+    assert_eq!(names(&h.take_backend()), vec![(b'B', server.clone())]);
+    let stale = simple_reply(&[(
+        b'E',
+        b"SERROR\0VERROR\0C0A000\0Mcached plan must not change result type\0\0",
+    )]);
+    h.backend(&[stale.clone(), ready()].concat());
+    assert!(
+        h.to_client.is_empty(),
+        "the error and its ReadyForQuery are not shown"
+    );
+    // Closed, prepared again, and the batch sent again.
+    let resent = h.take_backend();
+    assert_eq!(tags(&resent), b"CPBES");
+    assert_eq!(
+        names(&resent)[..3],
+        [
+            (b'C', server.clone()),
+            (b'P', server.clone()),
+            (b'B', server.clone())
+        ]
+    );
+    let rows = simple_reply(&[
+        (b'3', b""),
+        (b'1', b""),
+        (b'2', b""),
+        (b'D', b"\0\x01\0\0\0\x011"),
+        (b'C', b"SELECT 1\0"),
+    ]);
+    assert_eq!(h.backend(&[rows, ready()].concat()), vec![Action::Release]);
+    assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"2DCZ");
+    // Once only: a second stale plan in the retry is the client's error.
+    h.send(&batch);
+    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.take_actions();
+    h.send(&[]);
+    h.take_backend();
+    h.backend(&[stale.clone(), ready()].concat());
+    let resent = h.take_backend();
+    h.backend(&[simple_reply(&[(b'3', b""), (b'1', b"")]), stale, ready()].concat());
+    assert_eq!(tags(&resent), b"CPBES");
+    assert_eq!(h.client_error().1, "0A000");
+}
+
+#[test]
+fn stale_plan_inside_a_transaction_is_the_clients_error() {
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    h.send(&[parse_msg("s", "SELECT * FROM t"), sync_msg()].concat());
+    h.attach_fresh_backend(4);
+    h.send(&[]);
+    h.take_backend();
+    h.backend(&[simple_reply(&[(b'1', b"")]), ready()].concat());
+    h.to_client.clear();
+    h.send(&query("BEGIN"));
+    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.take_actions();
+    h.send(&[]);
+    let mut in_block = Vec::new();
+    crate::protocol::backend::command_complete(&mut in_block, b"BEGIN");
+    crate::protocol::backend::ready_for_query(&mut in_block, TransactionStatus::InBlock);
+    h.backend(&in_block);
+    let mut batch = bind_msg("s");
+    frontend::execute(&mut batch, b"", 0);
+    batch.extend_from_slice(&sync_msg());
+    h.send(&batch);
+    h.take_backend();
+    let stale = simple_reply(&[(
+        b'E',
+        b"SERROR\0VERROR\0C0A000\0Mcached plan must not change result type\0\0",
+    )]);
+    h.backend(&stale);
+    assert!(h.take_backend().is_empty(), "nothing resent");
+    assert_eq!(h.client_error().1, "0A000");
+}

@@ -601,6 +601,14 @@ impl Reactor {
                 self.backend_available(bi);
                 true
             }
+            Ok((n, BackendStop::StalePlan { start, end })) => {
+                // No client to replay for: an error like any other.
+                let error = input.filled().get(start..end).unwrap_or_default().to_vec();
+                relay.forward_error(&error, &mut scratch.sink);
+                scratch.sink.clear();
+                input.consume(n);
+                true
+            }
             Ok((_, BackendStop::Fatal)) => {
                 self.close_backend(bi, "server reported FATAL during cleanup");
                 false
