@@ -196,6 +196,9 @@ pub enum Action {
     DropBackend,
     /// This connection was a CancelRequest.
     Cancel(CancelKey),
+    /// The session stopped taking client input for a while and takes it again: offer the
+    /// buffered input (`on_client_data`) once more.
+    ResumeInput,
     /// Flush `to_client`, then close the connection.
     Close,
 }
@@ -274,8 +277,20 @@ pub struct Session {
     reset_all: bool,
     /// Why the session keeps its backend for good, if it does.
     pinned: Option<&'static str>,
-    /// The client messages of the current batch, kept in case it must be replayed.
+    /// The client messages of the current batch, kept in case it must be replayed (see
+    /// `prepared::on_stale_plan`).
     replay: Option<Vec<u8>>,
+    /// The statement whose shape a Bind or Describe waited for (see
+    /// `prepared::prepare_for_use`); cleared once that message is handled.
+    waited_for: Option<u64>,
+    /// Client input stopped short (pipeline full, or waiting for a shape): ask for it
+    /// again (`Action::ResumeInput`) once that has passed.
+    input_blocked: bool,
+    /// A parameter sync is in flight: client input waits (see `state::sync_backend`).
+    syncing: bool,
+    /// `ResumeInput` was asked for and the client's input not looked at since: the backend
+    /// stays even if the server is idle (a sync alone does not end the lending).
+    resuming: bool,
 }
 
 impl Session {
@@ -303,6 +318,10 @@ impl Session {
             reset_all: false,
             pinned: None,
             replay: None,
+            waited_for: None,
+            input_blocked: false,
+            syncing: false,
+            resuming: false,
         }
     }
 
@@ -437,7 +456,21 @@ impl Session {
         loop {
             let rest = data.get(pos..).unwrap_or_default();
             let result = self.relay.on_backend_data(rest, out.to_client);
-            self.apply_outcomes(out.backend);
+            self.apply_outcomes(out);
+            if !matches!(self.state, State::Active) {
+                // A failed parameter sync ended the session (and released the backend, whose
+                // later bytes are not this client's).
+                return pos + result.as_ref().map_or(0, |(n, _)| *n);
+            }
+            if self.input_blocked
+                && !self.syncing
+                && !self.relay.pipeline_full()
+                && !self.waiting_for_shape()
+            {
+                self.input_blocked = false;
+                self.resuming = true;
+                out.actions.push(Action::ResumeInput);
+            }
             match result {
                 Ok((n, BackendStop::NeedMore)) => return pos + n,
                 Ok((
@@ -452,6 +485,7 @@ impl Session {
                     self.on_parameter_status(body, forwarded, out);
                     pos += n;
                 }
+                Ok((n, BackendStop::Idle)) if self.resuming => return pos + n,
                 Ok((n, BackendStop::Idle)) => {
                     pos += n;
                     match self.after_transaction(out) {
@@ -579,7 +613,7 @@ impl Session {
                 let body = whole.get(Header::SIZE..).unwrap_or_default();
                 match self.on_statement_message_idle(header.tag, body, out) {
                     Handled::Done => header.frame_len(),
-                    Handled::NeedBackend => acquire(self, out),
+                    Handled::NeedBackend | Handled::Wait => acquire(self, out),
                     Handled::Invalid(e) => {
                         self.fatal(out, SqlState::PROTOCOL_VIOLATION, &format!("pglink: {e}"));
                         data.len()
@@ -661,6 +695,7 @@ impl Session {
 
     /// Active: everything goes to the held backend, statement messages rewritten.
     fn on_active_bytes(&mut self, data: &[u8], out: &mut Out<'_>) -> usize {
+        self.resuming = false;
         let mut pos = 0;
         loop {
             let rest = data.get(pos..).unwrap_or_default();
@@ -672,7 +707,11 @@ impl Session {
                 pos += n;
                 continue;
             }
-            if self.relay.pipeline_full() || !matches!(self.state, State::Active) {
+            if !matches!(self.state, State::Active) {
+                return pos;
+            }
+            if self.syncing || self.relay.pipeline_full() || self.waiting_for_shape() {
+                self.input_blocked = true;
                 return pos;
             }
             let header = match peek_header(rest, MAX_STREAMED_MESSAGE) {
@@ -683,7 +722,10 @@ impl Session {
                     return data.len();
                 }
             };
-            self.record_for_replay(header.tag, rest.get(..header.frame_len()));
+            let batch_start = self.relay.outstanding() == 0
+                && !self.relay.unsynced()
+                && self.relay.status() == TransactionStatus::Idle;
+            let before = pos;
             let failed = match header.tag {
                 fe::TERMINATE => {
                     if rest.len() < header.frame_len() {
@@ -710,9 +752,20 @@ impl Session {
                         }
                     } else {
                         let body = whole.get(Header::SIZE..).unwrap_or_default();
-                        match self.on_statement_message_active(header.tag, body, whole, out) {
+                        let after = rest.get(header.frame_len()..).unwrap_or_default();
+                        match self.on_statement_message_active(header.tag, body, whole, after, out)
+                        {
                             Handled::Invalid(e) => Some(e),
-                            Handled::Done | Handled::NeedBackend => None,
+                            // Nothing is on its way after all: decide again at once.
+                            Handled::Wait if !self.waiting_for_shape() => continue,
+                            Handled::Wait => {
+                                self.input_blocked = true;
+                                return pos;
+                            }
+                            Handled::Done | Handled::NeedBackend => {
+                                self.waited_for = None;
+                                None
+                            }
                         }
                     };
                     pos += header.frame_len();
@@ -733,6 +786,10 @@ impl Session {
                 self.fatal(out, SqlState::PROTOCOL_VIOLATION, &format!("pglink: {e}"));
                 return data.len();
             }
+            let whole = rest
+                .get(..header.frame_len())
+                .filter(|_| pos - before == header.frame_len());
+            self.record_for_replay(batch_start, header.tag, whole);
         }
     }
 

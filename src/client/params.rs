@@ -8,9 +8,9 @@
 //! `current_setting` after a transaction that touched them.
 //!
 //! Each backend's *known* values are tracked the same way. When a client gets a backend
-//! whose values differ, one `SET ...; RESET ...` query goes first (its answers swallowed);
-//! a parameter the backend has from another client but this client never set is RESET, so
-//! no client sees a value it did not set.
+//! whose values differ, one `SELECT set_config(...); RESET ...` query goes first (its answers
+//! swallowed, an error excepted); a parameter the backend has from another client but this
+//! client never set is RESET, so no client sees a value it did not set.
 
 use std::fmt::Write as _;
 
@@ -83,31 +83,66 @@ fn settable(name: &str) -> bool {
     parts.len() <= 2 && parts.iter().all(|p| ident(p)) && !READ_ONLY.contains(&name)
 }
 
-/// The statements that give a backend with `backend` values the client's `desired` ones,
-/// as one query text (empty when nothing differs). `reported` names the parameters the
-/// server reports, which are never RESET (the client always has a value for those).
-pub fn sync_query(desired: &Params, backend: &Params, reported: &dyn Fn(&str) -> bool) -> String {
-    let mut query = String::new();
+/// A parameter change: a value to set, or `None` to reset to the server's default.
+pub type Change = (String, Option<String>);
+
+/// What a backend with `backend` values must change to have the client's `desired` ones
+/// (empty when nothing differs). `reported` names the parameters the server reports, which
+/// are never reset (the client always has a value for those).
+pub fn sync_changes(
+    desired: &Params,
+    backend: &Params,
+    reported: &dyn Fn(&str) -> bool,
+) -> Vec<Change> {
+    let mut changes = Vec::new();
     for (name, value) in desired.iter() {
         if settable(name) && backend.get(name) != Some(value) {
-            let _ = write!(query, "{};", set_statement(name, value));
+            changes.push((name.to_owned(), Some(value.to_owned())));
         }
     }
     for (name, _) in backend.iter() {
         if desired.get(name).is_none() && settable(name) && !reported(name) {
+            changes.push((name.to_owned(), None));
+        }
+    }
+    changes
+}
+
+/// One query text making `changes`. Values go through `set_config`, which takes a setting's
+/// text form exactly as `current_setting` gives it (a list such as `search_path` included);
+/// resets are `RESET` statements. PostgreSQL runs the query as one implicit transaction, so
+/// either every change happens or none does.
+pub fn sync_query(changes: &[Change]) -> String {
+    let mut query = String::new();
+    for (name, value) in changes {
+        if let Some(value) = value {
+            query.push_str(if query.is_empty() { "SELECT " } else { ", " });
+            let _ = write!(
+                query,
+                "pg_catalog.set_config({}, {}, false)",
+                quote(name),
+                quote(value)
+            );
+        }
+    }
+    if !query.is_empty() {
+        query.push(';');
+    }
+    for (name, value) in changes {
+        if value.is_none() {
             let _ = write!(query, "{};", reset_statement(name));
         }
     }
     query
 }
 
-/// `SET name TO E'value'` (the special forms where SQL has them).
-fn set_statement(name: &str, value: &str) -> String {
-    let literal = quote(value);
-    match name {
-        "role" => format!("SET ROLE {literal}"),
-        "session_authorization" => format!("SET SESSION AUTHORIZATION {literal}"),
-        _ => format!("SET {name} TO {literal}"),
+/// Records `changes` as made on a backend.
+pub fn apply(params: &mut Params, changes: &[Change]) {
+    for (name, value) in changes {
+        match value {
+            Some(value) => params.set(name, value),
+            None => params.remove(name),
+        }
     }
 }
 
@@ -213,29 +248,40 @@ mod tests {
             ("TimeZone", "UTC"),
             ("application_name", "it's"),
             ("server_version", "15"),
+            ("search_path", "\"$user\", public"),
         ]);
-        let backend = params(&[
+        let mut backend = params(&[
             ("TimeZone", "UTC"),
             ("application_name", "other"),
             ("server_version", "16"),
-            ("search_path", "secret, public"),
+            ("myapp.secret", "x"),
             ("role", "admin"),
         ]);
+        let changes = sync_changes(&desired, &backend, &reported);
         assert_eq!(
-            sync_query(&desired, &backend, &reported),
-            "SET application_name TO E'it''s';RESET search_path;RESET ROLE;"
+            sync_query(&changes),
+            "SELECT pg_catalog.set_config(E'application_name', E'it''s', false), \
+             pg_catalog.set_config(E'search_path', E'\"$user\", public', false);\
+             RESET myapp.secret;RESET ROLE;"
         );
-        assert_eq!(sync_query(&desired, &desired, &reported), "");
+        apply(&mut backend, &changes);
+        assert!(sync_changes(&desired, &backend, &reported).is_empty());
+        assert_eq!(backend.get("myapp.secret"), None);
+        assert_eq!(backend.get("server_version"), Some("16"));
+        assert_eq!(sync_query(&[]), "");
     }
 
     #[test]
     fn odd_names_and_values_are_handled_safely() {
         let desired = params(&[("myapp.tenant", "a\\b"), ("bad name; drop", "x")]);
-        let sql = sync_query(&desired, &Params::default(), &|_| false);
-        assert_eq!(sql, "SET myapp.tenant TO E'a\\\\b';");
+        let changes = sync_changes(&desired, &Params::default(), &|_| false);
         assert_eq!(
-            set_statement("session_authorization", "bob"),
-            "SET SESSION AUTHORIZATION E'bob'"
+            sync_query(&changes),
+            "SELECT pg_catalog.set_config(E'myapp.tenant', E'a\\\\b', false);"
+        );
+        assert_eq!(
+            sync_query(&[("session_authorization".into(), None)]),
+            "RESET SESSION AUTHORIZATION;"
         );
     }
 

@@ -2,26 +2,32 @@
 //! Describe and Close (see [`super::statements`] for the bookkeeping).
 //!
 //! - Parse of a new name: the (shared) statement is prepared on the held backend under its
-//!   server name, unless the backend has it already, in which case ParseComplete is answered
-//!   locally. Without a backend, a statement some server has accepted before is answered
-//!   locally too, so re-preparing costs no backend at all.
+//!   server name, followed by a Describe whose answer pglink keeps (the statement's shape),
+//!   unless the backend has it already, in which case ParseComplete is answered locally.
+//!   Without a backend, a statement some server has accepted before is answered locally too,
+//!   so re-preparing costs no backend at all.
 //! - Bind/Describe of a name: the backend gets the statement first if it lacks it (its
-//!   ParseComplete swallowed), then the message with the server name. A Describe whose answer
-//!   is cached is answered locally.
+//!   answers swallowed), then the message with the server name. If the client has seen the
+//!   statement's shape, pglink waits for the fresh copy's shape before sending the Bind: a
+//!   different one means DDL changed the result type since the client prepared it, and the
+//!   client gets PostgreSQL's own 0A000 instead of rows it would misread. A Describe whose
+//!   answer is cached for the client's shape is answered locally.
 //! - Close of a name: forgotten by the client and answered locally; the server statement
 //!   stays for others.
-//! - Errors PostgreSQL would raise (42P05 for a name in use, 26000 for an unknown one) are
-//!   pglink's own. With a backend held, pglink sends a Bind that the server must fail and
-//!   puts its error in that place, so the server skips to Sync and aborts the implicit
-//!   transaction exactly as it would have.
+//! - Errors PostgreSQL would raise (42P05 for a name in use, 26000 for an unknown one,
+//!   0A000 for a changed result type) are pglink's own. With a backend held, pglink sends a
+//!   Bind that the server must fail and puts its error in that place, so the server skips to
+//!   Sync and aborts the implicit transaction exactly as it would have.
 //! - The unnamed statement and portals pass through untouched.
 
 use std::sync::Arc;
 
+use super::params;
 use super::relay::{Effect, Expect, Outcome, Route};
-use super::statements::{Statement, server_name};
+use super::statements::{BackendShape, ClientStatement, Shape, Statement, server_name};
 use super::{BackendContext, Out, Session};
 use crate::protocol::backend as be_msg;
+use crate::protocol::framing::peek_header;
 use crate::protocol::frontend::{self, FrontendMessage, Target, tag as fe};
 use crate::protocol::{ErrorBuilder, Severity, SqlState};
 
@@ -33,10 +39,23 @@ const NO_SUCH_STATEMENT: &[u8] = b"pglink_\x01failed_batch";
 pub(super) enum Handled {
     /// Done (forwarded, rewritten, or answered).
     Done,
+    /// Not yet: a statement's shape is on its way (see `prepare_for_use`). Leave the message
+    /// unconsumed; the session asks for its input again when the answer is in.
+    Wait,
     /// Needs a backend: leave it unconsumed and acquire one.
     NeedBackend,
     /// Malformed: the connection must end.
     Invalid(String),
+}
+
+/// Whether a Bind or Describe of a client's statement can go to the held backend.
+enum Use {
+    /// Send it.
+    Go,
+    /// The statement's shape on this backend is on its way: leave the message unconsumed.
+    Wait,
+    /// A fresh copy has another shape than the client was given: 0A000.
+    Stale,
 }
 
 impl Session {
@@ -46,6 +65,7 @@ impl Session {
         tag: u8,
         body: &[u8],
         whole: &[u8],
+        after: &[u8],
         out: &mut Out<'_>,
     ) -> Handled {
         let msg = match FrontendMessage::decode(tag, body) {
@@ -63,17 +83,31 @@ impl Session {
                     return Handled::Invalid("no statement registry".into());
                 };
                 let statement = database.registry.get_or_insert(p.query, &types);
-                self.statements.insert(p.name, statement.clone());
-                if out.backend.statements.touch(statement.id) {
-                    let mut answer = Vec::with_capacity(5);
-                    be_msg::parse_complete(&mut answer);
-                    self.relay.push_local(&answer, out.to_client);
-                } else {
-                    self.prepare_on_backend(&statement, Some(p.name), Route::Forward, out);
+                let epoch = database.registry.schema_epoch();
+                let known = match out.backend.statements.touch(statement.id) {
+                    Some(BackendShape::Known { shape, epoch: e }) if e == epoch => {
+                        Some(Some(shape))
+                    }
+                    Some(BackendShape::Pending) if !self.relay.skipping_to_sync() => Some(None),
+                    _ => None,
+                };
+                match known {
+                    // The backend has a current copy (or one whose shape is on its way, which
+                    // this name learns with it).
+                    Some(shape) => {
+                        self.statements.insert(p.name, statement, shape);
+                        let mut answer = Vec::with_capacity(5);
+                        be_msg::parse_complete(&mut answer);
+                        self.relay.push_local(&answer, out.to_client);
+                    }
+                    None => {
+                        self.statements.insert(p.name, statement.clone(), None);
+                        self.prepare_on_backend(&statement, Some(p.name), Route::Forward, out);
+                    }
                 }
             }
             FrontendMessage::Bind(b) if !b.statement.is_empty() => {
-                let Some(statement) = self.statements.get(b.statement).cloned() else {
+                let Some(named) = self.statements.get(b.statement).cloned() else {
                     self.fail_batch(
                         out,
                         SqlState::INVALID_SQL_STATEMENT_NAME,
@@ -81,16 +115,36 @@ impl Session {
                     );
                     return Handled::Done;
                 };
+                // A client that describes the portal before running it learns the result
+                // shape from this very batch (libpq does): whatever shape a fresh copy has
+                // now is fine for it, as for a new Parse.
+                let named = if describes_before_executing(after, b.portal) {
+                    self.statements.forget_shape(b.statement);
+                    ClientStatement {
+                        shape: None,
+                        ..named
+                    }
+                } else {
+                    named
+                };
+                match self.prepare_for_use(&named, out) {
+                    Use::Wait => return Handled::Wait,
+                    Use::Stale => {
+                        self.fail_stale(out);
+                        return Handled::Done;
+                    }
+                    Use::Go => {}
+                }
+                let statement = named.statement;
                 if statement.has_session_effects() {
                     self.inspect_statement(&statement.query);
                 }
-                self.ensure_prepared(&statement, out);
                 b.encode_with_statement(out.to_backend, &statement.server_name);
                 self.relay
                     .push(Expect::Bind, Route::Forward, Effect::Bound(statement));
             }
             FrontendMessage::Describe(d) if d.target == Target::Statement && !d.name.is_empty() => {
-                let Some(statement) = self.statements.get(d.name).cloned() else {
+                let Some(named) = self.statements.get(d.name).cloned() else {
                     self.fail_batch(
                         out,
                         SqlState::INVALID_SQL_STATEMENT_NAME,
@@ -98,17 +152,31 @@ impl Session {
                     );
                     return Handled::Done;
                 };
-                if let Some(answer) = statement.description() {
+                if let Some(answer) = named.shape.and_then(|s| named.statement.description(s)) {
                     self.relay.push_local(&answer, out.to_client);
-                } else {
-                    self.ensure_prepared(&statement, out);
-                    frontend::describe(out.to_backend, Target::Statement, &statement.server_name);
-                    self.relay.push(
-                        Expect::DescribeStatement,
-                        Route::Forward,
-                        Effect::Describe(statement),
-                    );
+                    return Handled::Done;
                 }
+                // The client asks for the description: it takes whatever shape is current.
+                self.statements.forget_shape(d.name);
+                let named = ClientStatement {
+                    shape: None,
+                    ..named
+                };
+                match self.prepare_for_use(&named, out) {
+                    Use::Wait => return Handled::Wait,
+                    Use::Stale => {
+                        self.fail_stale(out);
+                        return Handled::Done;
+                    }
+                    Use::Go => {}
+                }
+                let statement = named.statement;
+                frontend::describe(out.to_backend, Target::Statement, &statement.server_name);
+                self.relay.push(
+                    Expect::DescribeStatement,
+                    Route::Forward,
+                    Effect::Describe(statement),
+                );
             }
             FrontendMessage::Close(c) if c.target == Target::Statement && !c.name.is_empty() => {
                 self.statements.remove(c.name);
@@ -162,11 +230,14 @@ impl Session {
                     // Never accepted by a server: a server must check it now.
                     return Handled::NeedBackend;
                 }
-                self.statements.insert(p.name, statement);
+                // The client's shape is the latest a server showed, if pglink has it; else
+                // the first backend to run it shows it.
+                let shape = statement.cached_shape();
+                self.statements.insert(p.name, statement, shape);
                 be_msg::parse_complete(out.to_client);
             }
             FrontendMessage::Describe(d) if d.target == Target::Statement && !d.name.is_empty() => {
-                let Some(statement) = self.statements.get(d.name) else {
+                let Some(named) = self.statements.get(d.name) else {
                     self.fail_locally(
                         out,
                         SqlState::INVALID_SQL_STATEMENT_NAME,
@@ -174,7 +245,7 @@ impl Session {
                     );
                     return Handled::Done;
                 };
-                match statement.description() {
+                match named.shape.and_then(|s| named.statement.description(s)) {
                     Some(answer) => out.to_client.extend_from_slice(&answer),
                     None => return Handled::NeedBackend,
                 }
@@ -197,15 +268,65 @@ impl Session {
         Handled::Done
     }
 
-    /// Prepares `statement` on the held backend unless it has it.
-    fn ensure_prepared(&mut self, statement: &Arc<Statement>, out: &mut Out<'_>) {
-        if !out.backend.statements.touch(statement.id) {
-            self.prepare_on_backend(statement, None, Route::Swallow, out);
+    /// Makes sure the held backend can run the client's statement `named` with the shape
+    /// the client knows: prepares it if the backend lacks it (or has a stale copy), and if
+    /// the client has seen a shape, waits for the copy's shape and compares.
+    fn prepare_for_use(&mut self, named: &ClientStatement, out: &mut Out<'_>) -> Use {
+        let statement = &named.statement;
+        if self.relay.skipping_to_sync() {
+            // The server discards it all until the client's Sync.
+            return Use::Go;
+        }
+        // The shape this message was waiting for has arrived: no second round.
+        let waited = self.waited_for == Some(statement.id);
+        let epoch = self
+            .db_context
+            .as_ref()
+            .map_or(0, |d| d.registry.schema_epoch());
+        match (out.backend.statements.touch(statement.id), named.shape) {
+            (Some(BackendShape::Known { shape, .. }), Some(seen)) if shape == seen => Use::Go,
+            (Some(BackendShape::Known { .. }), Some(_)) if waited => Use::Stale,
+            // The fresh copy failed to prepare: the Bind meets the client's error.
+            _ if waited => Use::Go,
+            (Some(BackendShape::Pending), None) => Use::Go,
+            (Some(BackendShape::Pending), Some(_)) => self.wait_for_shape(statement.id),
+            (Some(BackendShape::Known { shape, epoch: e }), None) if e == epoch => {
+                self.statements.learn_shape(statement.id, shape);
+                Use::Go
+            }
+            (have, seen) => {
+                if have.is_some() {
+                    // A stale copy, or one from before DDL: replace it.
+                    frontend::close(out.to_backend, Target::Statement, &statement.server_name);
+                    self.relay.push(Expect::Close, Route::Swallow, Effect::None);
+                    out.backend.statements.remove(statement.id);
+                }
+                self.prepare_on_backend(statement, None, Route::Swallow, out);
+                match seen {
+                    None => Use::Go,
+                    Some(_) => {
+                        frontend::flush(out.to_backend);
+                        self.wait_for_shape(statement.id)
+                    }
+                }
+            }
         }
     }
 
+    fn wait_for_shape(&mut self, id: u64) -> Use {
+        self.waited_for = Some(id);
+        Use::Wait
+    }
+
+    /// Whether client input must wait for a statement's shape (see `prepare_for_use`).
+    pub(super) fn waiting_for_shape(&self) -> bool {
+        self.waited_for
+            .is_some_and(|id| self.relay.awaits_shape(id))
+    }
+
     /// Sends the statement's Parse (after a Close of the least recently used statement if
-    /// the backend is at `statement_cache_capacity`).
+    /// the backend is at `statement_cache_capacity`) and a Describe for its shape. The
+    /// Parse's answer goes to the client (`route`) when it is the client's own Parse.
     fn prepare_on_backend(
         &mut self,
         statement: &Arc<Statement>,
@@ -223,6 +344,12 @@ impl Session {
             client_name: client_name.map(Into::into),
         };
         self.relay.push(Expect::Parse, route, effect);
+        frontend::describe(out.to_backend, Target::Statement, &statement.server_name);
+        self.relay.push(
+            Expect::DescribeStatement,
+            Route::Swallow,
+            Effect::Describe(statement.clone()),
+        );
     }
 
     /// Reports `message` as the error of the current batch while a backend is held: the
@@ -230,8 +357,26 @@ impl Session {
     fn fail_batch(&mut self, out: &mut Out<'_>, code: SqlState, message: &str) {
         let mut error = Vec::new();
         ErrorBuilder::new(Severity::Error, code, message).encode_error(&mut error);
+        self.fail_batch_with(out, error);
+    }
+
+    fn fail_batch_with(&mut self, out: &mut Out<'_>, error: Vec<u8>) {
         frontend::bind(out.to_backend, b"", NO_SUCH_STATEMENT, &[], [], &[]);
         self.relay.push_failing(Expect::Bind, error.into());
+    }
+
+    /// The error PostgreSQL raises when DDL changed a prepared statement's result type,
+    /// word for word (drivers such as asyncpg and pgjdbc recognise it and prepare again).
+    fn fail_stale(&mut self, out: &mut Out<'_>) {
+        let mut error = Vec::new();
+        ErrorBuilder::new(
+            Severity::Error,
+            SqlState::FEATURE_NOT_SUPPORTED,
+            "cached plan must not change result type",
+        )
+        .routine("RevalidateCachedQuery")
+        .encode_error(&mut error);
+        self.fail_batch_with(out, error);
     }
 
     /// The same without a backend: the error, then drop messages up to Sync.
@@ -240,20 +385,24 @@ impl Session {
         self.skip_to_sync = true;
     }
 
-    /// A batch that began with a Bind or Describe of a shared statement outside a transaction
-    /// failed with "cached plan must not change result type" before the client saw anything
-    /// of it (`error`): if the whole batch was recorded, drop the stale statement from the
-    /// backend and the description cache and send the batch again (the statement is
-    /// prepared afresh on the way); otherwise pass the error on.
+    /// A batch that began with a Bind of a shared statement outside a transaction failed with
+    /// "cached plan must not change result type" before the client saw anything of it
+    /// (`error`). If the whole batch was recorded and it describes its portals before running
+    /// them (so the client learns the new shape from the replay), the stale copy is closed
+    /// and the batch sent again, the statement prepared afresh on the way. Otherwise the
+    /// error goes to the client, as PostgreSQL would send it.
     pub(super) fn on_stale_plan(&mut self, error: &[u8], out: &mut Out<'_>) {
         let statement = self.relay.take_stale();
-        let batch = self.replay.take().filter(|b| ends_with_sync(b));
-        let (Some(statement), Some(batch)) = (statement, batch) else {
-            self.relay.forward_error(error, out.to_client);
+        let batch = self
+            .replay
+            .take()
+            .filter(|b| ends_with_sync(b) && batch_describes_its_portals(b));
+        let (Some(statement), Some(batch)) = (statement.clone(), batch) else {
+            self.relay.forward_error(error, statement, out.to_client);
             return;
         };
         log::debug!(
-            "statement {} changed result type: prepared again and retried",
+            "statement {} changed result type: prepared again and the batch replayed",
             statement.id
         );
         if let Some(database) = &self.db_context {
@@ -269,20 +418,18 @@ impl Session {
         debug_assert_eq!(
             consumed,
             batch.len(),
-            "a recorded batch holds whole messages"
+            "a recorded batch holds whole messages and never waits"
         );
     }
 
     /// Records the client messages of a batch that may have to be replayed (see
-    /// `on_stale_plan`): one starting outside a transaction with a Bind or Describe, made of
-    /// Bind, Describe, Execute, Flush and Sync only, complete and small.
-    pub(super) fn record_for_replay(&mut self, tag: u8, message: Option<&[u8]>) {
-        const LIMIT: usize = 256 * 1024;
-        let batch_start = self.relay.outstanding() == 0
-            && !self.relay.unsynced()
-            && self.relay.status() == crate::protocol::TransactionStatus::Idle;
+    /// `on_stale_plan`): one starting outside a transaction with a Bind (`batch_start`: the
+    /// message `tag` began a batch), made of Bind, Describe, Execute, Flush and Sync only,
+    /// whole and small. `message` is `None` if it was not handled whole.
+    pub(super) fn record_for_replay(&mut self, batch_start: bool, tag: u8, message: Option<&[u8]>) {
+        const LIMIT: usize = 64 * 1024;
         if batch_start {
-            self.replay = matches!(tag, fe::BIND | fe::DESCRIBE).then(Vec::new);
+            self.replay = (tag == fe::BIND).then(Vec::new);
         }
         let Some(batch) = self.replay.as_mut() else {
             return;
@@ -302,10 +449,11 @@ impl Session {
     }
 
     /// Applies what the backend's answers showed about statements.
-    pub(super) fn apply_outcomes(&mut self, backend: &mut BackendContext) {
+    pub(super) fn apply_outcomes(&mut self, out: &mut Out<'_>) {
         if !self.relay.has_outcomes() {
             return;
         }
+        let backend = &mut *out.backend;
         let outcomes: Vec<Outcome> = self.relay.take_outcomes().collect();
         for outcome in outcomes {
             match outcome {
@@ -320,16 +468,58 @@ impl Session {
                     }
                 }
                 Outcome::Described(statement, answer) => {
-                    statement.mark_verified();
+                    self.on_described(statement, answer, backend)
+                }
+                Outcome::StalePlan(statement) => {
+                    log::debug!("statement {} has a stale plan on its backend", statement.id);
+                    backend
+                        .statements
+                        .set_shape(statement.id, BackendShape::Stale);
+                    // Its cached description is likely out of date too.
                     if let Some(database) = &self.db_context {
-                        database
-                            .registry
-                            .cache_description(&statement, answer.into());
+                        database.registry.forget_description(&statement);
                     }
                 }
                 Outcome::Captured(names, values) => self.on_captured(&names, &values, backend),
+                Outcome::Succeeded(Effect::Sync(changes)) => {
+                    params::apply(&mut backend.params, &changes);
+                    self.syncing = false;
+                }
+                Outcome::SyncFailed(error) => {
+                    self.on_sync_failed(&error, out);
+                    return;
+                }
                 Outcome::Succeeded(_) | Outcome::Failed(_) => {}
             }
+        }
+    }
+
+    /// A Describe answer for `statement` from the held backend: its shape there, for the
+    /// client's names that have none yet, and for the description cache.
+    fn on_described(
+        &mut self,
+        statement: Arc<Statement>,
+        answer: Vec<u8>,
+        backend: &mut BackendContext,
+    ) {
+        let Some(shape) = Shape::of_description(&answer) else {
+            return;
+        };
+        statement.mark_verified();
+        let epoch = self
+            .db_context
+            .as_ref()
+            .map_or(0, |d| d.registry.schema_epoch());
+        if backend.statements.contains(statement.id) {
+            backend
+                .statements
+                .set_shape(statement.id, BackendShape::Known { shape, epoch });
+        }
+        self.statements.learn_shape(statement.id, shape);
+        if let Some(database) = &self.db_context {
+            database
+                .registry
+                .cache_description(&statement, shape, answer.into());
         }
     }
 }
@@ -338,6 +528,55 @@ fn ends_with_sync(batch: &[u8]) -> bool {
     batch.len() >= 5
         && batch.get(batch.len() - 5) == Some(&fe::SYNC)
         && batch.ends_with(&[0, 0, 0, 4])
+}
+
+/// Whether the messages in `after` (those following a Bind of `portal`, as far as they have
+/// arrived) describe the portal before executing it, within the same batch.
+fn describes_before_executing(after: &[u8], portal: &[u8]) -> bool {
+    let mut rest = after;
+    for _ in 0..16 {
+        let Ok(Some(header)) = peek_header(rest, usize::MAX) else {
+            return false;
+        };
+        let Some(body) = rest.get(5..header.frame_len()) else {
+            return false;
+        };
+        match (header.tag, body.split_first()) {
+            (fe::DESCRIBE, Some((b'P', name))) if name.strip_suffix(&[0]) == Some(portal) => {
+                return true;
+            }
+            (fe::EXECUTE, _) if body.starts_with(portal) && body.get(portal.len()) == Some(&0) => {
+                return false;
+            }
+            (fe::SYNC | fe::BIND | fe::QUERY, _) => return false,
+            _ => {}
+        }
+        rest = rest.get(header.frame_len()..).unwrap_or_default();
+    }
+    false
+}
+
+/// Whether every Bind of a recorded batch is followed by a Describe of its portal before
+/// the portal is executed.
+fn batch_describes_its_portals(batch: &[u8]) -> bool {
+    let mut rest = batch;
+    while let Ok(Some(header)) = peek_header(rest, usize::MAX) {
+        let Some(message) = rest.get(..header.frame_len()) else {
+            return false;
+        };
+        rest = rest.get(header.frame_len()..).unwrap_or_default();
+        if header.tag == fe::BIND {
+            let Ok(FrontendMessage::Bind(b)) =
+                FrontendMessage::decode(fe::BIND, message.get(5..).unwrap_or_default())
+            else {
+                return false;
+            };
+            if !describes_before_executing(rest, b.portal) {
+                return false;
+            }
+        }
+    }
+    true
 }
 
 fn already_exists(name: &[u8]) -> String {

@@ -97,6 +97,8 @@ pub enum Effect {
     Describe(Arc<Statement>),
     /// A query reading back these parameters (one row, one column each).
     Capture(Vec<String>),
+    /// A query giving the backend these parameter values (`None`: reset).
+    Sync(Vec<(String, Option<String>)>),
     /// A Bind of a shared statement (so a stale plan can be traced to it).
     Bound(Arc<Statement>),
 }
@@ -111,6 +113,11 @@ pub enum Outcome {
     Described(Arc<Statement>, Vec<u8>),
     /// Parameter values read back (`None` for a parameter the server does not know).
     Captured(Vec<String>, Vec<Option<String>>),
+    /// The server failed a Bind or Describe of the statement with "cached plan must not
+    /// change result type": its copy on this backend is stale.
+    StalePlan(Arc<Statement>),
+    /// A parameter sync (`Effect::Sync`) failed with this ErrorResponse (whole message).
+    SyncFailed(Vec<u8>),
 }
 
 #[derive(Debug)]
@@ -189,10 +196,11 @@ pub enum BackendStop {
     },
     /// The server reported a FATAL error (forwarded); it will close the connection.
     Fatal,
-    /// "cached plan must not change result type" for a shared statement (`take_stale`), in
-    /// a batch that started outside a transaction and has shown the client nothing yet. Not
-    /// forwarded: the session either retries the batch (`abandon_batch`) or passes the error
-    /// on (`forward_error`); the ErrorResponse is at this range of the input.
+    /// "cached plan must not change result type" for a shared statement (`take_stale`) in a
+    /// batch that may be replayed: it started outside a transaction and has shown the client
+    /// nothing yet. Not forwarded: the session either replays the batch (`abandon_batch`)
+    /// or passes the error on (`forward_error`); the ErrorResponse is at this range of the
+    /// input.
     StalePlan { start: usize, end: usize },
 }
 
@@ -218,11 +226,17 @@ pub struct Relay {
     capture: Vec<u8>,
     /// Values of a parameter read-back at the head.
     captured: Vec<Option<String>>,
+    /// The simple-query cycle at the head met an ErrorResponse (kept if it is a sync's).
+    cycle_failed: bool,
+    sync_error: Option<Vec<u8>>,
     /// The current batch (entries since the queue was last empty) started outside a
     /// transaction and nothing of it has reached the client yet: it could be replayed.
     batch_replayable: bool,
     /// The statement of the last `StalePlan`.
     stale: Option<Arc<Statement>>,
+    /// An extended-protocol error arrived and the server discards everything up to a Sync
+    /// pglink has not sent yet: requests sent meanwhile produce nothing.
+    skipping_to_sync: bool,
 }
 
 impl Relay {
@@ -239,6 +253,9 @@ impl Relay {
             outcomes: Vec::new(),
             capture: Vec::new(),
             captured: Vec::new(),
+            cycle_failed: false,
+            sync_error: None,
+            skipping_to_sync: false,
             batch_replayable: false,
             stale: None,
         }
@@ -255,6 +272,11 @@ impl Relay {
         self.outcomes.clear();
         self.capture.clear();
         self.captured.clear();
+        self.cycle_failed = false;
+        self.sync_error = None;
+        self.skipping_to_sync = false;
+        self.batch_replayable = false;
+        self.stale = None;
     }
 
     /// Nothing outstanding, no transaction open: the backend holds nothing of this client's.
@@ -342,6 +364,16 @@ impl Relay {
             Expect::Sync => self.unsynced = false,
             Expect::Cycle | Expect::CopyEnd | Expect::Local => {}
             _ => self.unsynced = true,
+        }
+        if self.skipping_to_sync {
+            if entry.expect != Expect::Sync {
+                // The server ignores it (and pglink drops its own answers the same way).
+                if !matches!(entry.effect, Effect::None) {
+                    self.outcomes.push(Outcome::Failed(entry.effect));
+                }
+                return;
+            }
+            self.skipping_to_sync = false;
         }
         if self.queue.is_empty() {
             self.batch_replayable =
@@ -608,10 +640,20 @@ impl Relay {
                         .and_then(|f| f.severity_kind())
                         .is_some_and(Severity::ends_session);
                     if let Some(statement) = self.stale_plan(fields) {
-                        self.stale = Some(statement);
-                        let start = pos;
-                        pos += frame_len;
-                        return Ok((pos, BackendStop::StalePlan { start, end: pos }));
+                        if self.replayable() {
+                            self.stale = Some(statement);
+                            let start = pos;
+                            pos += frame_len;
+                            return Ok((pos, BackendStop::StalePlan { start, end: pos }));
+                        }
+                        self.outcomes.push(Outcome::StalePlan(statement));
+                    }
+                    if self
+                        .queue
+                        .front()
+                        .is_some_and(|e| matches!(e.effect, Effect::Sync(_)))
+                    {
+                        self.sync_error = Some(msg.to_vec());
                     }
                     match self.queue.front() {
                         Some(e) if e.route == Route::ReplaceError && !fatal => {
@@ -634,6 +676,7 @@ impl Relay {
                     let route = self.queue.front().map_or(Route::Forward, |e| e.route);
                     if route == Route::Forward {
                         to_client.extend_from_slice(msg);
+                        self.batch_replayable = false;
                     }
                     let start = pos + Header::SIZE;
                     pos += frame_len;
@@ -691,18 +734,12 @@ impl Relay {
             .is_some_and(|e| matches!(e.effect, Effect::Describe(_)))
     }
 
-    /// The statement whose stale plan this error reports, if the batch can be replayed.
+    /// The statement whose stale plan this error reports.
     fn stale_plan(&self, fields: Option<ErrorFields<'_>>) -> Option<Arc<Statement>> {
         let fields = fields?;
-        if !self.batch_replayable
-            || fields.sqlstate() != Some(crate::protocol::SqlState::FEATURE_NOT_SUPPORTED)
+        if fields.sqlstate() != Some(crate::protocol::SqlState::FEATURE_NOT_SUPPORTED)
             || fields.message() != Some(&b"cached plan must not change result type"[..])
         {
-            return None;
-        }
-        // Replaying is only safe if nothing was sent after the batch's Sync.
-        let last = self.queue.len().checked_sub(1)?;
-        if self.queue.iter().position(|e| e.expect == Expect::Sync) != Some(last) {
             return None;
         }
         match &self.queue.front()?.effect {
@@ -711,15 +748,24 @@ impl Relay {
         }
     }
 
+    /// Whether the batch that just failed can be sent again: it started outside a
+    /// transaction, the client has seen nothing of it, and nothing was sent after its Sync.
+    fn replayable(&self) -> bool {
+        let last = self.queue.len().saturating_sub(1);
+        self.batch_replayable
+            && !self.queue.is_empty()
+            && self.queue.iter().position(|e| e.expect == Expect::Sync) == Some(last)
+    }
+
     /// The statement of the last `StalePlan`.
     pub fn take_stale(&mut self) -> Option<Arc<Statement>> {
         self.stale.take()
     }
 
-    /// After `StalePlan`, to retry: the failed batch's remaining answers (up to and
+    /// After `StalePlan`, to replay: the failed batch's remaining answers (up to and
     /// including the ReadyForQuery of its Sync) are dropped; the caller sends it again.
     pub fn abandon_batch(&mut self) {
-        // Retried once: the replay is not replayed again.
+        // Replayed once: the replay is not replayed again.
         self.batch_replayable = false;
         self.on_error();
         if let Some(sync) = self.queue.front_mut()
@@ -729,12 +775,34 @@ impl Relay {
         }
     }
 
-    /// After `StalePlan`, not retrying: the error goes to the client as any other.
-    pub fn forward_error(&mut self, error: &[u8], to_client: &mut Vec<u8>) {
+    /// After `StalePlan`, not replaying: the error goes to the client as any other, and
+    /// the statement (`stale`, from `take_stale`) is reported stale.
+    pub fn forward_error(
+        &mut self,
+        error: &[u8],
+        stale: Option<Arc<Statement>>,
+        to_client: &mut Vec<u8>,
+    ) {
         to_client.extend_from_slice(error);
         self.batch_replayable = false;
+        if let Some(statement) = stale {
+            self.outcomes.push(Outcome::StalePlan(statement));
+        }
         self.on_error();
         self.settle_head(to_client);
+    }
+
+    /// Whether the server is discarding requests up to a Sync not yet sent.
+    pub fn skipping_to_sync(&self) -> bool {
+        self.skipping_to_sync
+    }
+
+    /// Whether an answer showing statement `id`'s shape is still to come.
+    pub fn awaits_shape(&self, id: u64) -> bool {
+        self.queue.iter().any(|e| match &e.effect {
+            Effect::Describe(s) | Effect::Prepare { statement: s, .. } => s.id == id,
+            _ => false,
+        })
     }
 
     /// The head is a parameter read-back whose row is being collected.
@@ -749,6 +817,18 @@ impl Relay {
         let Some(entry) = self.queue.pop_front() else {
             return Route::Forward;
         };
+        if std::mem::take(&mut self.cycle_failed) {
+            self.captured.clear();
+            let error = self.sync_error.take();
+            match entry.effect {
+                Effect::None => {}
+                Effect::Sync(_) => self
+                    .outcomes
+                    .push(Outcome::SyncFailed(error.unwrap_or_default())),
+                effect => self.outcomes.push(Outcome::Failed(effect)),
+            }
+            return entry.route;
+        }
         match entry.effect {
             Effect::None => {}
             Effect::Describe(statement) => {
@@ -857,6 +937,7 @@ impl Relay {
             .front()
             .is_some_and(|e| matches!(e.expect, Expect::Cycle | Expect::Sync))
         {
+            self.cycle_failed = self.queue.front().map(|e| e.expect) == Some(Expect::Cycle);
             return;
         }
         while self.queue.front().is_some_and(|e| e.expect != Expect::Sync) {
@@ -866,6 +947,8 @@ impl Relay {
                 self.outcomes.push(Outcome::Failed(entry.effect));
             }
         }
+        // No Sync sent yet: whatever is sent before one is discarded too.
+        self.skipping_to_sync = self.queue.is_empty();
     }
 }
 

@@ -155,6 +155,8 @@ impl Session {
                         "pglink: replication connections are not supported",
                     );
                 }
+                // `replication=false`: an ordinary session, nothing to carry along.
+                b"replication" => {}
                 n if n.starts_with(b"_pq_.") => unknown_options.push(n),
                 n => self.startup_params.push((
                     String::from_utf8_lossy(n).into_owned(),

@@ -2,7 +2,7 @@
 //! about the client's own statements that pglink answers itself.
 //!
 //! Pinning: `LISTEN`, session advisory locks, temporary tables, `WITH HOLD` cursors and SQL
-//! `PREPARE` outside a transaction leave state on the server that cannot be moved to
+//! `PREPARE` (which outlives even a rolled-back transaction) leave state on the server that cannot be moved to
 //! another backend. A client that creates any of them keeps its backend for the rest of its
 //! session (logged once with the reason). When such a session ends its backend is closed
 //! rather than returned, so the state never reaches another client.
@@ -67,21 +67,53 @@ impl Session {
             .is_some_and(|r| r.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)))
     }
 
-    /// Sends one SET/RESET query first if the backend's parameters differ from the client's.
+    /// Sends one query first if the backend's parameters differ from the client's; the
+    /// backend's known values change when it succeeds. Client input waits for its answer:
+    /// no statement of the client may run with settings other than its own. If it fails (a
+    /// role since dropped, a startup parameter the server does not know) the session ends
+    /// with FATAL, as PostgreSQL ends a session whose settings it refuses at startup.
     pub(super) fn sync_backend(&mut self, out: &mut Out<'_>) {
         let reported = |n: &str| self.is_reported(n);
-        let sql = params::sync_query(&self.desired, &out.backend.params, &reported);
-        if sql.is_empty() {
+        let changes = params::sync_changes(&self.desired, &out.backend.params, &reported);
+        if changes.is_empty() {
             return;
         }
-        frontend::query(out.to_backend, sql.as_bytes());
-        self.relay.push(Expect::Cycle, Route::Swallow, Effect::None);
+        frontend::query(out.to_backend, params::sync_query(&changes).as_bytes());
+        self.relay
+            .push(Expect::Cycle, Route::Discard, Effect::Sync(changes));
+        self.syncing = true;
     }
 
-    /// Whether a backend with `backend` values could be used without a SET first.
-    pub fn params_match(&self, backend: &Params) -> bool {
-        let reported = |n: &str| self.is_reported(n);
-        params::sync_query(&self.desired, backend, &reported).is_empty()
+    /// The sync query failed with `error` (an ErrorResponse): FATAL with the server's code
+    /// and message, and the (clean) backend goes back to the pool.
+    pub(super) fn on_sync_failed(&mut self, error: &[u8], out: &mut Out<'_>) {
+        let fields = error
+            .get(crate::protocol::framing::Header::SIZE..)
+            .and_then(|body| {
+                crate::protocol::ErrorFields::decode(be_msg::tag::ERROR_RESPONSE, body).ok()
+            });
+        let code = fields
+            .and_then(|f| f.sqlstate())
+            .unwrap_or(SqlState::INTERNAL_ERROR);
+        let message = fields
+            .and_then(|f| f.message())
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default();
+        log::info!(
+            "client {}@{}: its session settings could not be applied ({message}); closing",
+            self.user,
+            self.database
+        );
+        let text = format!(
+            "pglink: this session's settings could not be applied on a server connection: \
+             {message}"
+        );
+        crate::protocol::ErrorBuilder::new(crate::protocol::Severity::Fatal, code, &text)
+            .encode_error(out.to_client);
+        self.syncing = false;
+        self.state = super::State::Closed;
+        out.actions.push(super::Action::Release);
+        out.actions.push(super::Action::Close);
     }
 
     /// A ParameterStatus from the held backend.
@@ -113,16 +145,13 @@ impl Session {
             }
         }
         if let Some(reason) = inspect::pin_reason(sql) {
-            // SQL PREPARE inside a transaction block lives and dies with the transaction.
-            let in_block = self.relay.status() != TransactionStatus::Idle;
-            if !(reason == "SQL PREPARE" && in_block) {
-                self.pin(reason);
-            }
+            // SQL PREPARE too, even inside a transaction block: a rollback does not undo it.
+            self.pin(reason);
         }
         if inspect::is_ddl(sql)
             && let Some(db) = &self.db_context
         {
-            db.registry.forget_all_descriptions();
+            db.registry.schema_changed();
         }
     }
 
@@ -260,6 +289,7 @@ impl Session {
             out.backend.statements.clear();
             return AfterTransaction::Continue;
         }
+        out.backend.statements.settle_pending();
         AfterTransaction::Release
     }
 

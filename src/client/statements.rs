@@ -8,6 +8,15 @@
 //! by `statement_cache_capacity`). Before a Bind or Describe of a statement its backend lacks,
 //! the session injects the Parse; a client Parse of a statement the backend already has is
 //! answered without a round trip.
+//!
+//! Result types: PostgreSQL fixes a statement's result columns when it is prepared, and if
+//! DDL later changes them it fails the statement with 0A000 "cached plan must not change
+//! result type" rather than return rows of another shape; drivers that cache descriptions
+//! (tokio-postgres, asyncpg, JDBC) rely on this. pglink keeps the same promise across
+//! backends: each client name remembers the [`Shape`] (column names, types and modifiers)
+//! the client was given, each backend the shape its copy was prepared with. Every Parse
+//! pglink sends is followed by a Describe so the shape is always known; a client whose shape
+//! differs from what a freshly prepared copy returns gets 0A000 instead of those rows.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -30,8 +39,9 @@ pub struct Statement {
     pub parse_message: Box<[u8]>,
     /// A server accepted it, so a client's Parse of it can be answered locally.
     verified: AtomicBool,
-    /// ParameterDescription followed by RowDescription or NoData, as a server sent them.
-    description: Mutex<Option<Arc<[u8]>>>,
+    /// ParameterDescription followed by RowDescription or NoData, as a server sent them,
+    /// with the shape they describe.
+    description: Mutex<Option<(Shape, Arc<[u8]>)>>,
     /// Whether executing it changes session parameters or pins the session (looked at once).
     session_effects: std::sync::OnceLock<bool>,
 }
@@ -79,22 +89,68 @@ impl Statement {
         self.verified.store(true, Ordering::Release);
     }
 
-    /// The cached Describe answer, if any.
-    pub fn description(&self) -> Option<Arc<[u8]>> {
+    /// The cached Describe answer, if it describes `shape`.
+    pub fn description(&self, shape: Shape) -> Option<Arc<[u8]>> {
+        match &*self
+            .description
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            Some((s, bytes)) if *s == shape => Some(bytes.clone()),
+            _ => None,
+        }
+    }
+
+    /// The shape of the cached Describe answer (the latest a server gave), if any.
+    pub fn cached_shape(&self) -> Option<Shape> {
         self.description
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+            .as_ref()
+            .map(|(s, _)| *s)
     }
 
-    fn set_description(&self, bytes: Option<Arc<[u8]>>) -> bool {
+    fn set_description(&self, entry: Option<(Shape, Arc<[u8]>)>) -> bool {
         let mut slot = self
             .description
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let had = slot.is_some();
-        *slot = bytes;
+        *slot = entry;
         had
+    }
+}
+
+/// What a statement returns, as PostgreSQL compares it: the result columns' names, type
+/// OIDs and type modifiers (or "no rows"), hashed. Source table and column numbers are left
+/// out: recreating a table changes them but not the result type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Shape(u64);
+
+impl Shape {
+    /// The shape a Describe (statement) answer gives: ParameterDescription, then
+    /// RowDescription or NoData. `None` if the answer is not that.
+    pub fn of_description(answer: &[u8]) -> Option<Shape> {
+        use crate::protocol::backend::BackendMessage;
+        use crate::protocol::framing::Frames;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let mut rows = None;
+        for frame in Frames::new(answer, usize::MAX) {
+            match frame.ok()?.backend().ok()? {
+                BackendMessage::ParameterDescription(_) => {}
+                BackendMessage::NoData => rows = Some(false),
+                BackendMessage::RowDescription(r) => {
+                    r.field_count().hash(&mut h);
+                    for f in r.fields() {
+                        (f.name, f.type_oid, f.type_modifier).hash(&mut h);
+                    }
+                    rows = Some(true);
+                }
+                _ => return None,
+            }
+        }
+        rows?.hash(&mut h);
+        Some(Shape(h.finish()))
     }
 }
 
@@ -117,6 +173,9 @@ pub struct Registry {
     /// `description_cache_capacity`: how many statements may keep a cached description.
     description_capacity: usize,
     descriptions: AtomicUsize,
+    /// Counts DDL seen through pglink: a backend's record of a statement's shape from
+    /// before the last one is not trusted for a client that has not seen a shape yet.
+    schema_epoch: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -141,6 +200,7 @@ impl Registry {
             capacity,
             description_capacity,
             descriptions: AtomicUsize::new(0),
+            schema_epoch: AtomicU64::new(0),
         }
     }
 
@@ -221,10 +281,11 @@ impl Registry {
         self.len() == 0
     }
 
-    /// Caches a statement's Describe answer if there is room.
-    pub fn cache_description(&self, statement: &Statement, bytes: Arc<[u8]>) {
-        if statement.description().is_some() {
-            statement.set_description(Some(bytes));
+    /// Caches a statement's Describe answer (of `shape`) if there is room; a newer answer
+    /// replaces an older one.
+    pub fn cache_description(&self, statement: &Statement, shape: Shape, bytes: Arc<[u8]>) {
+        if statement.cached_shape().is_some() {
+            statement.set_description(Some((shape, bytes)));
             return;
         }
         let reserved = self
@@ -233,21 +294,23 @@ impl Registry {
                 (n < self.description_capacity).then_some(n + 1)
             })
             .is_ok();
-        if reserved && statement.set_description(Some(bytes)) {
+        if reserved && statement.set_description(Some((shape, bytes))) {
             // Someone else filled it meanwhile.
             self.descriptions.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
-    /// Forgets a statement's description (its result type changed).
+    /// Forgets a statement's cached description (a server reported its plan stale).
     pub fn forget_description(&self, statement: &Statement) {
         if statement.set_description(None) {
             self.descriptions.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
-    /// Forgets every cached description (after DDL went through this database).
-    pub fn forget_all_descriptions(&self) {
+    /// DDL went through this database: cached descriptions may be out of date, and so may
+    /// every backend's record of its statements' shapes.
+    pub fn schema_changed(&self) {
+        self.schema_epoch.fetch_add(1, Ordering::AcqRel);
         let inner = self
             .inner
             .lock()
@@ -258,16 +321,28 @@ impl Registry {
             }
         }
     }
+
+    pub fn schema_epoch(&self) -> u64 {
+        self.schema_epoch.load(Ordering::Acquire)
+    }
+}
+
+/// A client's name for a statement.
+#[derive(Debug, Clone)]
+pub struct ClientStatement {
+    pub statement: Arc<Statement>,
+    /// The result shape the client was given; `None` until a server's answer shows it.
+    pub shape: Option<Shape>,
 }
 
 /// One client's statement names.
 #[derive(Debug, Default)]
 pub struct ClientStatements {
-    names: HashMap<Box<[u8]>, Arc<Statement>>,
+    names: HashMap<Box<[u8]>, ClientStatement>,
 }
 
 impl ClientStatements {
-    pub fn get(&self, name: &[u8]) -> Option<&Arc<Statement>> {
+    pub fn get(&self, name: &[u8]) -> Option<&ClientStatement> {
         self.names.get(name)
     }
 
@@ -275,13 +350,31 @@ impl ClientStatements {
         self.names.contains_key(name)
     }
 
-    pub fn insert(&mut self, name: &[u8], statement: Arc<Statement>) {
-        self.names.insert(name.into(), statement);
+    pub fn insert(&mut self, name: &[u8], statement: Arc<Statement>, shape: Option<Shape>) {
+        self.names
+            .insert(name.into(), ClientStatement { statement, shape });
+    }
+
+    /// The client will learn `name`'s shape anew (it asks for it, or its batch describes
+    /// the portal before running it).
+    pub fn forget_shape(&mut self, name: &[u8]) {
+        if let Some(entry) = self.names.get_mut(name) {
+            entry.shape = None;
+        }
+    }
+
+    /// A server showed statement `id`'s shape: names that had none now have it.
+    pub fn learn_shape(&mut self, id: u64, shape: Shape) {
+        for entry in self.names.values_mut() {
+            if entry.statement.id == id && entry.shape.is_none() {
+                entry.shape = Some(shape);
+            }
+        }
     }
 
     /// Removes `name` if it still refers to statement `id` (undoing a failed Parse).
     pub fn remove_if(&mut self, name: &[u8], id: u64) {
-        if self.names.get(name).is_some_and(|s| s.id == id) {
+        if self.names.get(name).is_some_and(|s| s.statement.id == id) {
             self.names.remove(name);
         }
     }
@@ -303,13 +396,26 @@ impl ClientStatements {
     }
 }
 
+/// What a backend knows of the result shape of a statement it has prepared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendShape {
+    /// Prepared in this lending; the Describe answer is on its way.
+    Pending,
+    /// As a Describe showed, when the schema epoch was `epoch`.
+    Known { shape: Shape, epoch: u64 },
+    /// The server reported the statement's plan stale: prepare it again before use.
+    Stale,
+}
+
 /// The statements one backend has prepared, least recently used evicted first.
 #[derive(Debug)]
 pub struct BackendStatements {
-    /// id → last use.
-    prepared: HashMap<u64, u64>,
+    /// id → (last use, shape).
+    prepared: HashMap<u64, (u64, BackendShape)>,
     tick: u64,
     capacity: usize,
+    /// How many are `Pending`.
+    pending: usize,
 }
 
 impl BackendStatements {
@@ -320,6 +426,7 @@ impl BackendStatements {
             prepared: HashMap::new(),
             tick: 0,
             capacity,
+            pending: 0,
         }
     }
 
@@ -327,23 +434,22 @@ impl BackendStatements {
         self.capacity
     }
 
-    /// Whether it is prepared (and marks it used).
-    pub fn touch(&mut self, id: u64) -> bool {
+    /// Its shape if it is prepared (and marks it used).
+    pub fn touch(&mut self, id: u64) -> Option<BackendShape> {
         self.tick += 1;
-        match self.prepared.get_mut(&id) {
-            Some(t) => {
-                *t = self.tick;
-                true
-            }
-            None => false,
-        }
+        let tick = self.tick;
+        self.prepared.get_mut(&id).map(|(t, shape)| {
+            *t = tick;
+            *shape
+        })
     }
 
     pub fn contains(&self, id: u64) -> bool {
         self.prepared.contains_key(&id)
     }
 
-    /// Records `id` as prepared; returns the statement to close first when over capacity.
+    /// Records `id` as being prepared (shape pending); returns the statement to close first
+    /// when over capacity.
     pub fn insert(&mut self, id: u64) -> Option<u64> {
         self.tick += 1;
         let evict = (self.capacity > 0
@@ -352,23 +458,55 @@ impl BackendStatements {
         .then(|| {
             self.prepared
                 .iter()
-                .min_by_key(|&(_, &t)| t)
+                .min_by_key(|&(_, &(t, _))| t)
                 .map(|(&id, _)| id)
         })
         .flatten();
         if let Some(old) = evict {
-            self.prepared.remove(&old);
+            self.remove(old);
         }
-        self.prepared.insert(id, self.tick);
+        let previous = self.prepared.insert(id, (self.tick, BackendShape::Pending));
+        if !matches!(previous, Some((_, BackendShape::Pending))) {
+            self.pending += 1;
+        }
         evict
     }
 
+    /// Sets the shape of a prepared statement (no-op if it is not prepared).
+    pub fn set_shape(&mut self, id: u64, shape: BackendShape) {
+        if let Some((_, s)) = self.prepared.get_mut(&id) {
+            match (*s == BackendShape::Pending, shape == BackendShape::Pending) {
+                (true, false) => self.pending -= 1,
+                (false, true) => self.pending += 1,
+                _ => {}
+            }
+            *s = shape;
+        }
+    }
+
+    /// Shapes still pending when a lending ends were never read: those copies are treated
+    /// as stale (prepared afresh when next used).
+    pub fn settle_pending(&mut self) {
+        if self.pending == 0 {
+            return;
+        }
+        for (_, shape) in self.prepared.values_mut() {
+            if *shape == BackendShape::Pending {
+                *shape = BackendShape::Stale;
+            }
+        }
+        self.pending = 0;
+    }
+
     pub fn remove(&mut self, id: u64) {
-        self.prepared.remove(&id);
+        if let Some((_, BackendShape::Pending)) = self.prepared.remove(&id) {
+            self.pending -= 1;
+        }
     }
 
     pub fn clear(&mut self) {
         self.prepared.clear();
+        self.pending = 0;
     }
 
     pub fn len(&self) -> usize {
@@ -434,22 +572,95 @@ mod tests {
         assert!(unshared.is_empty());
     }
 
+    /// ParameterDescription (no parameters) + RowDescription of `columns` (name, type), or
+    /// NoData without columns.
+    fn describe_answer(columns: &[(&str, u32)]) -> Vec<u8> {
+        let message = |tag: u8, body: &[u8]| {
+            let mut m = vec![tag];
+            m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+            m.extend_from_slice(body);
+            m
+        };
+        let mut out = message(b't', &[0, 0]);
+        if columns.is_empty() {
+            out.extend(message(b'n', &[]));
+        } else {
+            let mut body = (columns.len() as u16).to_be_bytes().to_vec();
+            for (i, (name, oid)) in columns.iter().enumerate() {
+                body.extend_from_slice(name.as_bytes());
+                body.push(0);
+                body.extend_from_slice(&(1000 + i as u32).to_be_bytes()); // table OID
+                body.extend_from_slice(&(i as i16 + 1).to_be_bytes()); // column
+                body.extend_from_slice(&oid.to_be_bytes());
+                body.extend_from_slice(&(-1i16).to_be_bytes()); // size
+                body.extend_from_slice(&(-1i32).to_be_bytes()); // modifier
+                body.extend_from_slice(&0i16.to_be_bytes()); // format
+            }
+            out.extend(message(b'T', &body));
+        }
+        out
+    }
+
     #[test]
-    fn description_cache_is_bounded() {
+    fn shapes_compare_names_and_types_but_not_source_tables() {
+        let a = Shape::of_description(&describe_answer(&[("id", 23), ("name", 25)])).unwrap();
+        let same = Shape::of_description(&describe_answer(&[("id", 23), ("name", 25)])).unwrap();
+        let wider = Shape::of_description(&describe_answer(&[("id", 23), ("name", 25), ("x", 25)]))
+            .unwrap();
+        let retyped = Shape::of_description(&describe_answer(&[("id", 20), ("name", 25)])).unwrap();
+        let none = Shape::of_description(&describe_answer(&[])).unwrap();
+        assert_eq!(a, same);
+        assert_ne!(a, wider);
+        assert_ne!(a, retyped);
+        assert_ne!(a, none);
+        assert_eq!(Shape::of_description(b"garbage"), None);
+        let mut with_table = describe_answer(&[("id", 23), ("name", 25)]);
+        // The first field's table OID sits after "t" header+count, "T" header+count, "id\0".
+        let at = 7 + 7 + 3;
+        with_table[at..at + 4].copy_from_slice(&4242u32.to_be_bytes());
+        assert_eq!(Shape::of_description(&with_table), Some(a));
+    }
+
+    #[test]
+    fn description_cache_is_bounded_and_keyed_by_shape() {
         let r = Registry::new(10, 1);
         let a = r.get_or_insert(b"a", &[]);
         let b = r.get_or_insert(b"b", &[]);
-        r.cache_description(&a, Arc::from(&b"tn"[..]));
-        r.cache_description(&b, Arc::from(&b"tn"[..]));
-        assert!(a.description().is_some());
-        assert!(b.description().is_none(), "capacity 1");
-        r.forget_description(&a);
-        r.cache_description(&b, Arc::from(&b"tT"[..]));
-        assert_eq!(b.description().as_deref(), Some(&b"tT"[..]));
-        r.forget_all_descriptions();
-        assert!(b.description().is_none());
-        r.cache_description(&a, Arc::from(&b"tn"[..]));
-        assert!(a.description().is_some(), "room again after forgetting");
+        let answer: Arc<[u8]> = describe_answer(&[("x", 23)]).into();
+        let shape = Shape::of_description(&answer).unwrap();
+        let other = Shape::of_description(&describe_answer(&[("y", 23)])).unwrap();
+        r.cache_description(&a, shape, answer.clone());
+        r.cache_description(&b, shape, answer.clone());
+        assert!(a.description(shape).is_some());
+        assert!(
+            a.description(other).is_none(),
+            "another shape is not answered"
+        );
+        assert!(b.description(shape).is_none(), "capacity 1");
+        let epoch = r.schema_epoch();
+        r.schema_changed();
+        assert_eq!(r.schema_epoch(), epoch + 1);
+        assert!(a.cached_shape().is_none());
+        r.cache_description(&b, other, answer);
+        assert_eq!(b.cached_shape(), Some(other), "room again after forgetting");
+    }
+
+    #[test]
+    fn clients_learn_shapes_they_lack() {
+        let r = Registry::new(10, 10);
+        let a = r.get_or_insert(b"a", &[]);
+        let shape = Shape::of_description(&describe_answer(&[("x", 23)])).unwrap();
+        let old = Shape::of_description(&describe_answer(&[("x", 20)])).unwrap();
+        let mut c = ClientStatements::default();
+        c.insert(b"new", a.clone(), None);
+        c.insert(b"old", a.clone(), Some(old));
+        c.learn_shape(a.id, shape);
+        assert_eq!(c.get(b"new").unwrap().shape, Some(shape));
+        assert_eq!(
+            c.get(b"old").unwrap().shape,
+            Some(old),
+            "a shape seen is kept"
+        );
     }
 
     #[test]
@@ -457,7 +668,8 @@ mod tests {
         let mut b = BackendStatements::new(2);
         assert_eq!(b.insert(1), None);
         assert_eq!(b.insert(2), None);
-        assert!(b.touch(1));
+        assert_eq!(b.touch(1), Some(BackendShape::Pending));
+        assert_eq!(b.touch(9), None);
         assert_eq!(b.insert(3), Some(2));
         assert!(b.contains(1) && b.contains(3) && !b.contains(2));
         assert_eq!(b.insert(3), None, "re-inserting does not evict");
@@ -473,12 +685,33 @@ mod tests {
     }
 
     #[test]
+    fn backend_shapes_pending_known_stale() {
+        let mut b = BackendStatements::new(10);
+        b.insert(1);
+        b.insert(2);
+        assert_eq!(b.pending, 2);
+        b.set_shape(1, BackendShape::Stale);
+        assert_eq!(b.touch(1), Some(BackendShape::Stale));
+        b.settle_pending();
+        assert_eq!(b.touch(2), Some(BackendShape::Stale), "never read: stale");
+        assert_eq!(b.pending, 0);
+        b.insert(2);
+        assert_eq!(b.pending, 1);
+        b.remove(2);
+        b.remove(2);
+        assert_eq!(b.pending, 0);
+        b.insert(3);
+        b.clear();
+        assert_eq!((b.pending, b.len()), (0, 0));
+    }
+
+    #[test]
     fn client_names_undo_only_their_own_statement() {
         let r = Registry::new(10, 10);
         let a = r.get_or_insert(b"a", &[]);
         let b = r.get_or_insert(b"b", &[]);
         let mut c = ClientStatements::default();
-        c.insert(b"s", a.clone());
+        c.insert(b"s", a.clone(), None);
         c.remove_if(b"s", b.id);
         assert!(c.contains(b"s"));
         c.remove_if(b"s", a.id);

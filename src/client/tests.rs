@@ -646,6 +646,29 @@ fn simple_reply(tags_and_bodies: &[(u8, &[u8])]) -> Vec<u8> {
     m
 }
 
+/// A Describe (statement) answer: no parameters, one int4 column named `column`.
+fn shape_answer(column: &str) -> Vec<u8> {
+    let mut row = 1u16.to_be_bytes().to_vec();
+    row.extend_from_slice(column.as_bytes());
+    row.push(0);
+    row.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // table, column
+    row.extend_from_slice(&23u32.to_be_bytes());
+    row.extend_from_slice(&[0, 4, 0xff, 0xff, 0xff, 0xff, 0, 0]); // size, modifier, format
+    simple_reply(&[(b't', b"\0\0"), (b'T', &row)])
+}
+
+/// ParseComplete and the shape answer of pglink's Describe.
+fn prepared_reply(column: &str) -> Vec<u8> {
+    [simple_reply(&[(b'1', b"")]), shape_answer(column)].concat()
+}
+
+fn stale_error() -> Vec<u8> {
+    simple_reply(&[(
+        b'E',
+        b"SERROR\0VERROR\0C0A000\0Mcached plan must not change result type\0\0",
+    )])
+}
+
 #[test]
 fn prepared_statement_is_reprepared_on_a_new_backend() {
     let mut h = Harness::logged_in(AuthMethod::Scram);
@@ -658,29 +681,177 @@ fn prepared_statement_is_reprepared_on_a_new_backend() {
     h.attach_fresh_backend(4);
     h.send(&[]);
     let sent = names(&h.take_backend());
-    assert_eq!(sent.len(), 1);
     let (tag, server) = sent[0].clone();
     assert_eq!(tag, b'P');
     assert!(server.starts_with("pglink_"), "{server}");
-    assert_eq!(h.backend(&simple_reply(&[(b'1', b"")])), vec![]);
+    assert_eq!(
+        sent,
+        vec![(b'P', server.clone()), (b'D', server.clone())],
+        "a Describe learns the statement's shape"
+    );
+    assert_eq!(h.backend(&prepared_reply("x")), vec![]);
     assert_eq!(h.backend(&ready()), vec![Action::Release]);
-    assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"1Z");
-    // Another backend, which lacks it: the Parse is injected before the Bind, under the
-    // server name, and its ParseComplete is not shown to the client.
+    assert_eq!(
+        tags(&std::mem::take(&mut h.to_client)),
+        b"1Z",
+        "only the client's own answers are shown"
+    );
+    // Another backend, which lacks it: the Parse (and Describe) go before the Bind, under
+    // the server name, and the Bind waits for the shape, which the client has seen.
     h.send(&[bind_msg("s1"), sync_msg()].concat());
     h.attach_fresh_backend(4);
     h.send(&[]);
+    let sent = h.take_backend();
     assert_eq!(
-        names(&h.take_backend()),
-        vec![(b'P', server.clone()), (b'B', server.clone())]
+        tags(&sent),
+        b"PDH",
+        "Parse, Describe, Flush; the Bind waits"
     );
-    h.backend(&simple_reply(&[(b'1', b""), (b'2', b"")]));
+    assert_eq!(
+        h.backend(&prepared_reply("x")),
+        vec![Action::ResumeInput],
+        "same shape: go on"
+    );
+    h.send(&[]);
+    assert_eq!(names(&h.take_backend()), vec![(b'B', server.clone())]);
+    h.backend(&simple_reply(&[(b'2', b"")]));
     assert_eq!(h.backend(&ready()), vec![Action::Release]);
     assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"2Z");
     // Once a server accepted it, a Parse of the same text by a new name needs no backend.
     h.send(&[parse_msg("s2", "SELECT 1"), sync_msg()].concat());
     assert!(h.take_actions().is_empty());
     assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"1Z");
+    // A backend that has it with the same shape needs nothing before the Bind.
+    h.send(&[bind_msg("s2"), sync_msg()].concat());
+    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.take_actions();
+    h.send(&[]);
+    assert_eq!(tags(&h.take_backend()), b"BS");
+}
+
+#[test]
+fn a_changed_result_type_is_postgresqls_error_not_misread_rows() {
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    h.send(&[parse_msg("s", "SELECT * FROM t"), sync_msg()].concat());
+    h.attach_fresh_backend(4);
+    h.send(&[]);
+    let server = names(&h.take_backend())[0].1.clone();
+    h.backend(&[prepared_reply("old"), ready()].concat());
+    h.to_client.clear();
+    // On a new backend the fresh copy shows another shape (DDL happened meanwhile): the
+    // client's Bind + Execute must not run; it gets 0A000 as from PostgreSQL.
+    let mut batch = bind_msg("s");
+    frontend::execute(&mut batch, b"", 0);
+    batch.extend_from_slice(&sync_msg());
+    h.send(&batch);
+    h.attach_fresh_backend(4);
+    h.send(&[]);
+    assert_eq!(tags(&h.take_backend()), b"PDH");
+    assert_eq!(h.backend(&prepared_reply("new")), vec![Action::ResumeInput]);
+    h.send(&[]);
+    let sent = h.take_backend();
+    assert_eq!(
+        tags(&sent),
+        b"BES",
+        "a Bind the server fails, then the rest"
+    );
+    assert_ne!(names(&sent)[0].1, server, "not the statement's Bind");
+    let server_error = simple_reply(&[(b'E', b"SERROR\0VERROR\0C26000\0Mno such statement\0\0")]);
+    h.backend(&[server_error, ready()].concat());
+    let bytes = h.to_client.clone();
+    let (_, code, message) = h.client_error();
+    assert_eq!(
+        (code.as_str(), message.as_str()),
+        ("0A000", "cached plan must not change result type")
+    );
+    let error = Frames::new(&bytes, 1 << 20).next().unwrap().unwrap();
+    let fields = crate::protocol::ErrorFields::decode(error.tag, error.body).unwrap();
+    assert_eq!(
+        fields.get(b'R'),
+        Some(&b"RevalidateCachedQuery"[..]),
+        "drivers recognise the error by its routine"
+    );
+    // A new name for the same text takes the new shape and runs.
+    h.send(
+        &[
+            parse_msg("s2", "SELECT * FROM t"),
+            bind_msg("s2"),
+            sync_msg(),
+        ]
+        .concat(),
+    );
+    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.take_actions();
+    h.send(&[]);
+    assert_eq!(
+        tags(&h.take_backend()),
+        b"BS",
+        "the backend has the new copy"
+    );
+}
+
+#[test]
+fn a_stale_copy_on_a_backend_is_replaced_for_clients_that_prepare_again() {
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    h.send(&[parse_msg("s", "SELECT * FROM t"), sync_msg()].concat());
+    h.attach_fresh_backend(4);
+    h.send(&[]);
+    let server = names(&h.take_backend())[0].1.clone();
+    h.backend(&[prepared_reply("old"), ready()].concat());
+    h.to_client.clear();
+    // The server reports the copy stale: PostgreSQL's error reaches the client unchanged,
+    // and nothing is retried behind its back.
+    let mut batch = bind_msg("s");
+    frontend::execute(&mut batch, b"", 0);
+    batch.extend_from_slice(&sync_msg());
+    h.send(&batch);
+    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.take_actions();
+    h.send(&[]);
+    assert_eq!(names(&h.take_backend()), vec![(b'B', server.clone())]);
+    h.backend(&[stale_error(), ready()].concat());
+    assert_eq!(h.client_error().1, "0A000");
+    assert!(h.take_backend().is_empty(), "nothing retried");
+    // The client prepares it again under a new name: the stale copy is closed and replaced,
+    // and the new name runs with the new shape.
+    h.send(
+        &[
+            parse_msg("s2", "SELECT * FROM t"),
+            bind_msg("s2"),
+            sync_msg(),
+        ]
+        .concat(),
+    );
+    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.take_actions();
+    h.send(&[]);
+    let sent = h.take_backend();
+    assert_eq!(tags(&sent), b"CPDBS", "{:?}", names(&sent));
+    assert!(names(&sent).iter().all(|(_, n)| *n == server));
+    h.backend(
+        &[
+            simple_reply(&[(b'3', b"")]),
+            prepared_reply("new"),
+            simple_reply(&[(b'2', b"")]),
+            ready(),
+        ]
+        .concat(),
+    );
+    assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"12Z");
+    // The old name, whose shape is the old one, gets 0A000 again (as in PostgreSQL).
+    h.send(&batch);
+    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.take_actions();
+    h.send(&[]);
+    assert_eq!(
+        tags(&h.take_backend()),
+        b"CPDH",
+        "the copy is checked again"
+    );
+    let answers = [simple_reply(&[(b'3', b"")]), prepared_reply("new")].concat();
+    assert_eq!(h.backend(&answers), vec![Action::ResumeInput]);
+    h.send(&[]);
+    assert_eq!(tags(&h.take_backend()), b"BES");
 }
 
 #[test]
@@ -691,15 +862,16 @@ fn eviction_closes_the_least_recently_used_then_reuse_reprepares() {
     h.send(&[parse_msg("b", "SELECT 'b'"), bind_msg("a"), sync_msg()].concat());
     let sent = names(&h.take_backend());
     let server = |i: usize| sent[i].1.clone();
-    // Parse a, then b evicts a (Close), then Bind a evicts b and re-prepares a.
+    // Parse a, then b evicts a (Close), then Bind a evicts b and re-prepares a. a's shape is
+    // not known yet, so the Bind need not wait for it.
     assert_eq!(
         sent.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
-        b"PCPCPB",
+        b"PDCPDCPDB",
         "{sent:?}"
     );
-    assert_eq!(server(1), server(0), "a is closed to make room for b");
-    assert_eq!(server(3), server(2), "then b for a");
-    assert_eq!(server(4), server(0));
+    assert_eq!(server(2), server(0), "a is closed to make room for b");
+    assert_eq!(server(5), server(3), "then b for a");
+    assert_eq!(server(6), server(0));
     assert_eq!(h.backend.statements.len(), 1);
 }
 
@@ -718,10 +890,10 @@ fn close_then_reparse_of_the_same_name_is_allowed() {
     h.send(&[close, parse_msg("s", "SELECT 2"), sync_msg()].concat());
     let sent = tags(&h.take_backend());
     assert_eq!(
-        sent, b"PPS",
+        sent, b"PDPDS",
         "the Close stays local; the second Parse goes out"
     );
-    h.backend(&simple_reply(&[(b'1', b""), (b'1', b"")]));
+    h.backend(&[prepared_reply("a"), prepared_reply("b")].concat());
     h.backend(&ready());
     assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"131Z");
 }
@@ -738,10 +910,15 @@ fn describe_is_answered_from_the_cache_the_second_time() {
     h.send(&[parse_msg("s", "SELECT 1"), describe.clone(), sync_msg()].concat());
     h.attach_fresh_backend(4);
     h.send(&[]);
-    assert_eq!(tags(&h.take_backend()), b"PDS");
-    let answer = simple_reply(&[(b't', b"\0\0"), (b'T', b"\0\0")]);
-    h.backend(&[simple_reply(&[(b'1', b"")]), answer.clone()].concat());
+    assert_eq!(
+        tags(&h.take_backend()),
+        b"PDDS",
+        "pglink's Describe for the shape, then the client's"
+    );
+    let answer = shape_answer("x");
+    h.backend(&[prepared_reply("x"), answer.clone()].concat());
     assert_eq!(h.backend(&ready()), vec![Action::Release]);
+    assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"1tTZ");
     h.to_client.clear();
     // A second client of the database (same registry) describes it without a backend.
     let mut other = Harness::new(AuthMethod::Scram, ClientTls::Optional);
@@ -792,11 +969,11 @@ fn duplicate_and_unknown_names_are_errors_in_their_place() {
     let sent = h.take_backend();
     assert_eq!(
         tags(&sent),
-        b"PBS",
+        b"PDBS",
         "the duplicate becomes a Bind the server fails"
     );
     let server_error = simple_reply(&[(b'E', b"SERROR\0VERROR\0C26000\0Mno such statement\0\0")]);
-    h.backend(&[simple_reply(&[(b'1', b"")]), server_error, ready()].concat());
+    h.backend(&[prepared_reply("x"), server_error, ready()].concat());
     let (_, code, message) = h.client_error();
     assert_eq!(code, "42P05");
     assert!(message.contains("\"s\" already exists"), "{message}");
@@ -820,7 +997,7 @@ fn failed_parse_forgets_the_name() {
     h.send(&[parse_msg("s", "SELECT 1"), sync_msg()].concat());
     h.attach_fresh_backend(4);
     h.send(&[]);
-    assert_eq!(tags(&h.take_backend()), b"PS");
+    assert_eq!(tags(&h.take_backend()), b"PDS");
 }
 
 #[test]
@@ -839,73 +1016,13 @@ fn unnamed_statements_and_portals_pass_through_untouched() {
 }
 
 #[test]
-fn stale_plan_is_reprepared_and_retried_once() {
-    let mut h = Harness::logged_in(AuthMethod::Scram);
-    h.send(&[parse_msg("s", "SELECT * FROM t"), sync_msg()].concat());
-    h.attach_fresh_backend(4);
-    h.send(&[]);
-    let server = names(&h.take_backend())[0].1.clone();
-    h.backend(&[simple_reply(&[(b'1', b"")]), ready()].concat());
-    h.to_client.clear();
-    // Later, on a backend that still has the statement's old plan.
-    let mut batch = bind_msg("s");
-    frontend::execute(&mut batch, b"", 0);
-    batch.extend_from_slice(&sync_msg());
-    h.send(&batch);
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
-    h.take_actions();
-    h.send(&[]);
-    assert_eq!(names(&h.take_backend()), vec![(b'B', server.clone())]);
-    let stale = simple_reply(&[(
-        b'E',
-        b"SERROR\0VERROR\0C0A000\0Mcached plan must not change result type\0\0",
-    )]);
-    h.backend(&[stale.clone(), ready()].concat());
-    assert!(
-        h.to_client.is_empty(),
-        "the error and its ReadyForQuery are not shown"
-    );
-    // Closed, prepared again, and the batch sent again.
-    let resent = h.take_backend();
-    assert_eq!(tags(&resent), b"CPBES");
-    assert_eq!(
-        names(&resent)[..3],
-        [
-            (b'C', server.clone()),
-            (b'P', server.clone()),
-            (b'B', server.clone())
-        ]
-    );
-    let rows = simple_reply(&[
-        (b'3', b""),
-        (b'1', b""),
-        (b'2', b""),
-        (b'D', b"\0\x01\0\0\0\x011"),
-        (b'C', b"SELECT 1\0"),
-    ]);
-    assert_eq!(h.backend(&[rows, ready()].concat()), vec![Action::Release]);
-    assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"2DCZ");
-    // Once only: a second stale plan in the retry is the client's error.
-    h.send(&batch);
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
-    h.take_actions();
-    h.send(&[]);
-    h.take_backend();
-    h.backend(&[stale.clone(), ready()].concat());
-    let resent = h.take_backend();
-    h.backend(&[simple_reply(&[(b'3', b""), (b'1', b"")]), stale, ready()].concat());
-    assert_eq!(tags(&resent), b"CPBES");
-    assert_eq!(h.client_error().1, "0A000");
-}
-
-#[test]
 fn stale_plan_inside_a_transaction_is_the_clients_error() {
     let mut h = Harness::logged_in(AuthMethod::Scram);
     h.send(&[parse_msg("s", "SELECT * FROM t"), sync_msg()].concat());
     h.attach_fresh_backend(4);
     h.send(&[]);
     h.take_backend();
-    h.backend(&[simple_reply(&[(b'1', b"")]), ready()].concat());
+    h.backend(&[prepared_reply("x"), ready()].concat());
     h.to_client.clear();
     h.send(&query("BEGIN"));
     h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
@@ -920,11 +1037,171 @@ fn stale_plan_inside_a_transaction_is_the_clients_error() {
     batch.extend_from_slice(&sync_msg());
     h.send(&batch);
     h.take_backend();
-    let stale = simple_reply(&[(
-        b'E',
-        b"SERROR\0VERROR\0C0A000\0Mcached plan must not change result type\0\0",
-    )]);
-    h.backend(&stale);
+    h.backend(&stale_error());
     assert!(h.take_backend().is_empty(), "nothing resent");
     assert_eq!(h.client_error().1, "0A000");
+}
+
+/// A client of `h` waiting with `SELECT 1` gets a backend that another client left with a
+/// setting of its own; returns the query text pglink sent first.
+fn attach_backend_with_foreign_setting(h: &mut Harness) -> String {
+    h.send(&query("SELECT 1"));
+    assert_eq!(h.take_actions(), vec![Action::Acquire]);
+    h.backend = BackendContext::new(4);
+    for (name, value) in h.params.iter().flat_map(|p| p.iter()) {
+        h.backend.params.set(name, value);
+    }
+    h.backend.params.set("myapp.tenant", "other");
+    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.send(&[]);
+    let sent = h.take_backend();
+    assert_eq!(tags(&sent), b"Q", "only the sync: the client's query waits");
+    String::from_utf8_lossy(&sent[5..]).into_owned()
+}
+
+#[test]
+fn client_statements_wait_for_the_parameter_sync() {
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    let sql = attach_backend_with_foreign_setting(&mut h);
+    assert!(sql.contains("RESET myapp.tenant"), "{sql}");
+    let done = [simple_reply(&[(b'C', b"RESET\0")]), ready()].concat();
+    assert_eq!(h.backend(&done), vec![Action::ResumeInput]);
+    assert!(h.to_client.is_empty(), "the sync's answers are not shown");
+    assert_eq!(h.backend.params.get("myapp.tenant"), None);
+    h.send(&[]);
+    assert_eq!(h.take_backend(), query("SELECT 1"));
+}
+
+#[test]
+fn a_failed_parameter_sync_ends_the_session_before_its_statements_run() {
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    attach_backend_with_foreign_setting(&mut h);
+    let error = simple_reply(&[(
+        b'E',
+        b"SERROR\0VERROR\0C42704\0Munrecognized configuration parameter \"myapp\"\0\0",
+    )]);
+    assert_eq!(
+        h.backend(&[error, ready()].concat()),
+        vec![Action::Release, Action::Close],
+        "the backend is clean: back to the pool"
+    );
+    let (severity, code, message) = h.client_error();
+    assert_eq!((severity.as_str(), code.as_str()), ("FATAL", "42704"));
+    assert!(
+        message.contains("settings could not be applied"),
+        "{message}"
+    );
+    assert!(
+        message.contains("unrecognized configuration parameter"),
+        "{message}"
+    );
+    h.send(&[]);
+    assert!(h.take_backend().is_empty(), "the client's query never ran");
+    assert_eq!(h.backend.params.get("myapp.tenant"), Some("other"));
+}
+
+fn describe_portal_msg() -> Vec<u8> {
+    let mut m = Vec::new();
+    frontend::describe(&mut m, crate::protocol::frontend::Target::Portal, b"");
+    m
+}
+
+/// A client that prepared `SELECT * FROM t` (shape "old") and now holds a backend that has
+/// the statement, about to send `batch`.
+fn client_with_prepared_statement() -> (Harness, String) {
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    h.send(&[parse_msg("s", "SELECT * FROM t"), sync_msg()].concat());
+    h.attach_fresh_backend(4);
+    h.send(&[]);
+    let server = names(&h.take_backend())[0].1.clone();
+    h.backend(&[prepared_reply("old"), ready()].concat());
+    h.to_client.clear();
+    (h, server)
+}
+
+#[test]
+fn a_batch_that_describes_its_portal_is_replayed_after_a_stale_plan() {
+    let (mut h, server) = client_with_prepared_statement();
+    // libpq's PQexecPrepared: Bind, Describe portal, Execute, Sync.
+    let mut batch = [bind_msg("s"), describe_portal_msg()].concat();
+    frontend::execute(&mut batch, b"", 0);
+    batch.extend_from_slice(&sync_msg());
+    h.send(&batch);
+    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.take_actions();
+    h.send(&[]);
+    assert_eq!(tags(&h.take_backend()), b"BDES");
+    h.backend(&[stale_error(), ready()].concat());
+    assert!(
+        h.to_client.is_empty(),
+        "the error and its ReadyForQuery are not shown"
+    );
+    let resent = h.take_backend();
+    assert_eq!(
+        tags(&resent),
+        b"CPDBDES",
+        "closed, prepared again, replayed"
+    );
+    assert!(names(&resent)[..4].iter().all(|(_, n)| *n == server));
+    let rows = [
+        simple_reply(&[(b'3', b"")]),
+        prepared_reply("new"),
+        simple_reply(&[(b'2', b"")]),
+        shape_answer("new")[7..].to_vec(), // the portal's RowDescription
+        simple_reply(&[(b'D', b"\0\x01\0\0\0\x011"), (b'C', b"SELECT 1\0")]),
+        ready(),
+    ]
+    .concat();
+    assert_eq!(h.backend(&rows), vec![Action::Release]);
+    assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"2TDCZ");
+    // Once only: a second stale plan in the replay is the client's error.
+    h.send(&batch);
+    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.take_actions();
+    h.send(&[]);
+    assert_eq!(tags(&h.take_backend()), b"BDES");
+    h.backend(&[stale_error(), ready()].concat());
+    assert_eq!(tags(&h.take_backend()), b"CPDBDES");
+    h.backend(
+        &[
+            simple_reply(&[(b'3', b"")]),
+            prepared_reply("newer"),
+            stale_error(),
+            ready(),
+        ]
+        .concat(),
+    );
+    assert_eq!(h.client_error().1, "0A000");
+}
+
+#[test]
+fn a_batch_that_relies_on_a_cached_description_gets_the_stale_plan_error() {
+    let (mut h, _) = client_with_prepared_statement();
+    let mut batch = bind_msg("s");
+    frontend::execute(&mut batch, b"", 0);
+    batch.extend_from_slice(&sync_msg());
+    h.send(&batch);
+    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.take_actions();
+    h.send(&[]);
+    h.take_backend();
+    h.backend(&[stale_error(), ready()].concat());
+    assert_eq!(h.client_error().1, "0A000");
+    assert!(h.take_backend().is_empty(), "nothing replayed");
+}
+
+#[test]
+fn a_batch_that_describes_its_portal_adopts_a_fresh_shape_without_waiting() {
+    let (mut h, _) = client_with_prepared_statement();
+    let mut batch = [bind_msg("s"), describe_portal_msg()].concat();
+    frontend::execute(&mut batch, b"", 0);
+    batch.extend_from_slice(&sync_msg());
+    h.send(&batch);
+    h.attach_fresh_backend(4);
+    h.send(&[]);
+    assert_eq!(
+        tags(&h.take_backend()),
+        b"PDBDES",
+        "prepared and run in one go: the client learns the shape from its Describe"
+    );
 }

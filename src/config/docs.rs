@@ -410,10 +410,13 @@ pub static DATABASE: Section = section(
         Field::new(
             "track_extra_parameters",
             Kind::StringList,
-            "Session parameters to carry along in addition to those PostgreSQL reports by \
-             itself (client_encoding, DateStyle, TimeZone, application_name and the like): \
-             pglink remembers each client's value and sets it on whichever server connection \
-             the client is given next. Example: `[\"search_path\"]`.",
+            "Parameters to read back from the server, together with those the client's own \
+             SET, RESET or set_config changed, after a transaction that changed settings: for \
+             a setting that a function changes as a side effect in such a transaction. Every \
+             parameter a client sends at startup or sets itself is carried to whichever server \
+             connection it gets next whether listed here or not; those PostgreSQL reports on \
+             its own (client_encoding, DateStyle, TimeZone, application_name and the like) \
+             need no reading back. Example: `[\"search_path\"]`.",
         )
         .default("[]"),
     ],

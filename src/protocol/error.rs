@@ -194,6 +194,9 @@ pub struct ErrorBuilder<'a> {
     pub message: &'a str,
     pub detail: Option<&'a str>,
     pub hint: Option<&'a str>,
+    /// The server function that raised it, for errors pglink raises in PostgreSQL's place
+    /// (drivers recognise some errors by it).
+    pub routine: Option<&'a str>,
 }
 
 impl<'a> ErrorBuilder<'a> {
@@ -204,6 +207,7 @@ impl<'a> ErrorBuilder<'a> {
             message,
             detail: None,
             hint: None,
+            routine: None,
         }
     }
 
@@ -214,6 +218,11 @@ impl<'a> ErrorBuilder<'a> {
 
     pub fn hint(mut self, hint: &'a str) -> Self {
         self.hint = Some(hint);
+        self
+    }
+
+    pub fn routine(mut self, routine: &'a str) -> Self {
+        self.routine = Some(routine);
         self
     }
 
@@ -258,6 +267,9 @@ impl<'a> ErrorBuilder<'a> {
             }
             if let Some(h) = self.hint {
                 put(field::HINT, h.as_bytes());
+            }
+            if let Some(r) = self.routine {
+                put(field::ROUTINE, r.as_bytes());
             }
             b.push(0);
         });

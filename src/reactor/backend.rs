@@ -18,7 +18,8 @@ use crate::backend::SslMode;
 use crate::backend::login::{Login, LoginError, LoginParams, LoginStep, TlsNegotiation};
 use crate::client::BackendContext;
 use crate::client::ParamList;
-use crate::client::relay::{BackendStop, Relay};
+use crate::client::relay::{BackendStop, Effect, Outcome, Relay};
+use crate::client::statements::BackendShape;
 use crate::client::users::PoolId;
 use crate::client::{AcquireError, Out};
 use crate::protocol::backend::tag as be;
@@ -585,6 +586,19 @@ impl Reactor {
         };
         let result = relay.on_backend_data(input.filled(), &mut scratch.sink);
         scratch.sink.clear();
+        for outcome in relay.take_outcomes() {
+            match outcome {
+                Outcome::Failed(Effect::Prepare { statement, .. }) => {
+                    b.context.statements.remove(statement.id);
+                }
+                Outcome::StalePlan(statement) => {
+                    b.context
+                        .statements
+                        .set_shape(statement.id, BackendShape::Stale);
+                }
+                _ => {}
+            }
+        }
         match result {
             Ok((n, BackendStop::NeedMore)) => {
                 input.consume(n);
@@ -596,6 +610,8 @@ impl Reactor {
             }
             Ok((n, BackendStop::Idle)) => {
                 input.consume(n);
+                // Shapes that were on their way were not read: prepare those afresh.
+                b.context.statements.settle_pending();
                 b.state = State::Idle;
                 b.last_used = self.now;
                 self.backend_available(bi);
@@ -604,7 +620,8 @@ impl Reactor {
             Ok((n, BackendStop::StalePlan { start, end })) => {
                 // No client to replay for: an error like any other.
                 let error = input.filled().get(start..end).unwrap_or_default().to_vec();
-                relay.forward_error(&error, &mut scratch.sink);
+                let stale = relay.take_stale();
+                relay.forward_error(&error, stale, &mut scratch.sink);
                 scratch.sink.clear();
                 input.consume(n);
                 true

@@ -390,6 +390,13 @@ impl Reactor {
                     }
                 }
                 Action::Cancel(key) => self.route_cancel(key),
+                Action::ResumeInput => {
+                    if self.scratch.processing != Some(ci)
+                        && let Some(tok) = self.client_tok(ci)
+                    {
+                        self.scratch.ready.push(tok);
+                    }
+                }
                 Action::Close => self.close_client(ci, "session ended"),
             }
         }

@@ -686,3 +686,69 @@ fn parameter_read_back_collects_its_row_and_shows_nothing() {
             if names.len() == 2 && *values == [Some("public".to_owned()), None]
     ));
 }
+
+#[test]
+fn a_failed_simple_query_cycle_reports_its_effect_failed() {
+    let sync_effect = || Effect::Sync(vec![("search_path".into(), Some("a".into()))]);
+    let mut r = Relay::new(MAX);
+    r.push(Expect::Cycle, Route::Swallow, sync_effect());
+    let mut out = Vec::new();
+    let failed = cat(&[error("ERROR"), rfq(b'I')]);
+    assert_eq!(backend(&mut r, &failed, &mut out).1, BackendStop::Idle);
+    assert_eq!(out, error("ERROR"), "the error reaches the client");
+    let outcomes: Vec<Outcome> = r.take_outcomes().collect();
+    assert!(
+        matches!(&outcomes[..], [Outcome::SyncFailed(e)] if *e == error("ERROR")),
+        "a failed sync carries its error: {outcomes:?}"
+    );
+    r.push(
+        Expect::Cycle,
+        Route::Swallow,
+        Effect::Capture(vec!["x".into()]),
+    );
+    backend(&mut r, &failed, &mut out);
+    let outcomes: Vec<Outcome> = r.take_outcomes().collect();
+    assert!(matches!(
+        &outcomes[..],
+        [Outcome::Failed(Effect::Capture(_))]
+    ));
+
+    // The flag does not outlive its cycle.
+    r.push(Expect::Cycle, Route::Swallow, sync_effect());
+    let ok = cat(&[row_desc(), data_row(), complete("SELECT 1"), rfq(b'I')]);
+    backend(&mut r, &ok, &mut out);
+    let outcomes: Vec<Outcome> = r.take_outcomes().collect();
+    assert!(matches!(
+        &outcomes[..],
+        [Outcome::Succeeded(Effect::Sync(_))]
+    ));
+}
+
+#[test]
+fn requests_sent_after_an_error_but_before_sync_expect_nothing() {
+    // The server discards everything up to the next Sync, including what the client sends
+    // after the error was already read (its batch split across reads).
+    let mut r = Relay::new(MAX);
+    let mut out = Vec::new();
+    client(&mut r, &parse());
+    let (_, stop) = backend(&mut r, &error("ERROR"), &mut out);
+    assert_eq!(stop, BackendStop::NeedMore);
+    assert!(r.skipping_to_sync());
+    client(&mut r, &cat(&[bind(), execute()]));
+    r.push(
+        Expect::Parse,
+        Route::Swallow,
+        Effect::Sync(vec![("x".into(), None)]),
+    );
+    let outcomes: Vec<Outcome> = r.take_outcomes().collect();
+    assert!(
+        matches!(&outcomes[..], [Outcome::Failed(Effect::Sync(_))]),
+        "pglink's own request is reported failed at once"
+    );
+    client(&mut r, &sync());
+    assert!(!r.skipping_to_sync());
+    out.clear();
+    assert_eq!(backend(&mut r, &rfq(b'I'), &mut out).1, BackendStop::Idle);
+    assert_eq!(out, rfq(b'I'));
+    assert!(r.is_idle());
+}
