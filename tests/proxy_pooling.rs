@@ -264,6 +264,46 @@ fn raw_pipeline_of_syncs_and_multi_statement_queries() {
 }
 
 #[test]
+fn a_pipeline_deeper_than_the_request_queue_completes() {
+    // 3000 batches of four messages each are 12,000 requests in flight, three times what
+    // one session queues: pglink must stop reading and resume as answers drain, not stall.
+    let pg = PgServer::shared();
+    let proxy = ProxyConfig::new(pg)
+        .user(&SCRAM_USER)
+        .backend("pool_max_conns", json!(1))
+        .start();
+    let mut c = WireClient::connect(
+        proxy.addr,
+        SCRAM_USER.name,
+        Proxy::password(&SCRAM_USER),
+        TEST_DATABASE,
+    )
+    .unwrap();
+    use pglink::protocol::frontend;
+    const BATCHES: usize = 1100;
+    let mut batch = Vec::new();
+    for i in 0..BATCHES {
+        frontend::parse(&mut batch, b"", format!("SELECT {i}").as_bytes(), &[]);
+        frontend::bind(&mut batch, b"", b"", &[], [], &[]);
+        frontend::execute(&mut batch, b"", 0);
+        frontend::sync(&mut batch);
+    }
+    c.send(&batch);
+    let (mut readies, mut rows) = (0, 0);
+    while readies < BATCHES {
+        let m = c.read().unwrap();
+        match m.tag {
+            b'Z' => readies += 1,
+            b'D' => rows += 1,
+            b'E' => panic!("error: {:?}", m.error()),
+            _ => {}
+        }
+    }
+    assert_eq!(rows, BATCHES);
+    assert_eq!(c.query_column("SELECT 42").unwrap(), ["42"]);
+}
+
+#[test]
 fn copy_twenty_megabytes_in_and_out_byte_exact() {
     use futures_util::SinkExt;
     use futures_util::StreamExt;

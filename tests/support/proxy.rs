@@ -27,6 +27,11 @@ pub fn create_user(pg: &PgServer, prefix: &str) -> TestUser {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let name: &'static str =
         Box::leak(format!("{prefix}_{}_{n}", std::process::id()).into_boxed_str());
+    // Concurrent GRANTs on one database row fail with "tuple concurrently updated".
+    static GRANTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _serial = GRANTS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     pg.admin_sql(&format!(
         "CREATE ROLE {name} LOGIN PASSWORD 'pw_{name}'; GRANT ALL ON DATABASE {TEST_DATABASE} TO {name}"
     ));

@@ -1,0 +1,706 @@
+//! Prepared statements and session state under transaction pooling, end to end: pgbench
+//! -M prepared, tokio-postgres, asyncpg, psycopg 3; parameters following one client and never
+//! another; pinning; DEALLOCATE/DISCARD; a result type changed under a prepared statement.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::wire::WireClient;
+use support::*;
+use tokio_postgres::NoTls;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn connect(proxy: &Proxy, user: &TestUser) -> tokio_postgres::Client {
+    let dsn = format!("{} password={}", proxy.dsn(user), Proxy::password(user));
+    let (client, conn) = tokio_postgres::connect(&dsn, NoTls)
+        .await
+        .expect("connect through pglink");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+fn table(name: &str) -> String {
+    format!("t_{name}_{}", std::process::id())
+}
+
+fn pgbench(args: &[&str], password: &str) -> std::process::Output {
+    let mut cmd = std::process::Command::new(support::process::binaries().bindir.join("pgbench"));
+    support::process::clear_pg_env(&mut cmd);
+    cmd.env("PGPASSWORD", password).args(args);
+    support::process::run_with_timeout(&mut cmd, Duration::from_secs(120)).unwrap()
+}
+
+#[test]
+fn pgbench_prepared_over_a_small_pool_without_failures() {
+    let pg = PgServer::shared();
+    let user = &SCRAM_USER;
+    let pw = user.password.unwrap();
+    let port = pg.port().to_string();
+    let init = pgbench(
+        &[
+            "-i",
+            "-s",
+            "1",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            user.name,
+            TEST_DATABASE,
+        ],
+        pw,
+    );
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    for (cache, capacity) in [(1000, 512), (0, 0)] {
+        let proxy = ProxyConfig::new(pg)
+            .user(user)
+            .backend("pool_max_conns", json!(3))
+            .backend("prepared_statement_cache_size", json!(cache))
+            .backend("statement_cache_capacity", json!(capacity))
+            .start();
+        let proxy_port = proxy.port().to_string();
+        let seconds = match cache {
+            0 => "3".to_owned(),
+            _ => std::env::var("PGLINK_PGBENCH_SECONDS").unwrap_or_else(|_| "10".into()),
+        };
+        // One pgbench thread per client: pgbench prepares synchronously, so a thread serving
+        // several clients would stall them all (holding their server connections) while one
+        // of them waits for a connection to prepare on.
+        let out = pgbench(
+            &[
+                "-M",
+                "prepared",
+                "-c",
+                "12",
+                "-j",
+                "12",
+                "-T",
+                &seconds,
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &proxy_port,
+                "-U",
+                user.name,
+                TEST_DATABASE,
+            ],
+            pw,
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "cache {cache}/{capacity}:\n{stdout}\n{stderr}"
+        );
+        let processed = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+            .and_then(|v| v.split('/').next())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        assert!(processed > 100, "processed {processed}:\n{stdout}");
+        let failed = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("number of failed transactions: "));
+        assert!(failed.is_none_or(|f| f.starts_with("0 ")), "{stdout}");
+        println!(
+            "pgbench -M prepared, statement caches {cache}/{capacity}: {processed} transactions"
+        );
+    }
+}
+
+#[test]
+fn tokio_postgres_prepared_statements_survive_changing_backends() {
+    let pg = PgServer::shared();
+    let user = proxy::create_user(pg, "prep");
+    let proxy = ProxyConfig::new(pg)
+        .user(&user)
+        .backend("pool_max_conns", json!(2))
+        .start();
+    let t = table("prep");
+    pg.admin_sql_in(
+        TEST_DATABASE,
+        &format!("CREATE TABLE {t} (c int, v int); GRANT ALL ON {t} TO PUBLIC"),
+    );
+    runtime().block_on(async {
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let client = connect(&proxy, &user).await;
+            let t = t.clone();
+            tasks.push(tokio::spawn(async move {
+                let add = client.prepare("SELECT $1::int + $2::int").await.unwrap();
+                let insert = client
+                    .prepare(&format!("INSERT INTO {t} VALUES ($1, $2)"))
+                    .await
+                    .unwrap();
+                let count = client
+                    .prepare(&format!("SELECT count(*) FROM {t} WHERE c = $1"))
+                    .await
+                    .unwrap();
+                for j in 0..15 {
+                    let sum: i32 = client.query_one(&add, &[&i, &j]).await.unwrap().get(0);
+                    assert_eq!(sum, i + j);
+                    client.batch_execute("BEGIN").await.unwrap();
+                    client.execute(&insert, &[&i, &j]).await.unwrap();
+                    client.batch_execute("COMMIT").await.unwrap();
+                    let n: i64 = client.query_one(&count, &[&i]).await.unwrap().get(0);
+                    assert_eq!(n, i64::from(j) + 1);
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+    });
+    let total = pg.admin_sql_in(TEST_DATABASE, &format!("SELECT count(*) FROM {t}"));
+    assert_eq!(total.trim(), "120");
+}
+
+#[test]
+fn session_parameters_follow_one_client_and_never_reach_another() {
+    let pg = PgServer::shared();
+    pg.admin_sql_in(
+        TEST_DATABASE,
+        "CREATE SCHEMA IF NOT EXISTS a_schema; GRANT ALL ON SCHEMA a_schema TO PUBLIC",
+    );
+    // One backend for both clients: everything must be put right on every checkout.
+    let proxy = ProxyConfig::new(pg)
+        .user(&SCRAM_USER)
+        .backend("pool_max_conns", json!(1))
+        .set(
+            &format!("databases.{TEST_DATABASE}.track_extra_parameters"),
+            json!(["search_path"]),
+        )
+        .start();
+    let pw = Proxy::password(&SCRAM_USER);
+    let mut a = WireClient::connect(proxy.addr, SCRAM_USER.name, pw, TEST_DATABASE).unwrap();
+    let mut b = WireClient::connect(proxy.addr, SCRAM_USER.name, pw, TEST_DATABASE).unwrap();
+    let show =
+        |c: &mut WireClient, name: &str| c.query_column(&format!("SHOW {name}")).unwrap().remove(0);
+    let names = [
+        "application_name",
+        "TimeZone",
+        "DateStyle",
+        "IntervalStyle",
+        "search_path",
+        "work_mem",
+    ];
+    let defaults: Vec<String> = names.iter().map(|n| show(&mut b, n)).collect();
+    a.query_column(
+        "SET application_name = 'a_app'; SET TimeZone = 'America/New_York'; SET DateStyle = 'German'; \
+         SET IntervalStyle = 'sql_standard'; SET search_path = a_schema, public; SET work_mem = '7MB'",
+    )
+    .unwrap();
+    let a_values = [
+        "a_app",
+        "America/New_York",
+        "German, DMY",
+        "sql_standard",
+        "a_schema, public",
+        "7MB",
+    ];
+    for round in 0..3 {
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(
+                show(&mut b, name),
+                defaults[i],
+                "round {round}: B sees {name} of A"
+            );
+            assert_eq!(
+                show(&mut a, name),
+                a_values[i],
+                "round {round}: A lost its {name}"
+            );
+        }
+    }
+    // A RESET goes back to the default for A too.
+    a.query_column("RESET work_mem; RESET application_name")
+        .unwrap();
+    assert_eq!(show(&mut a, "work_mem"), defaults[5]);
+    assert_eq!(show(&mut a, "application_name"), defaults[0]);
+    assert_eq!(show(&mut a, "TimeZone"), a_values[1]);
+}
+
+#[test]
+fn set_local_and_rolled_back_set_do_not_leak() {
+    let pg = PgServer::shared();
+    let proxy = ProxyConfig::new(pg)
+        .user(&SCRAM_USER)
+        .backend("pool_max_conns", json!(1))
+        .set(
+            &format!("databases.{TEST_DATABASE}.track_extra_parameters"),
+            json!(["search_path"]),
+        )
+        .start();
+    let pw = Proxy::password(&SCRAM_USER);
+    let mut a = WireClient::connect(proxy.addr, SCRAM_USER.name, pw, TEST_DATABASE).unwrap();
+    let mut b = WireClient::connect(proxy.addr, SCRAM_USER.name, pw, TEST_DATABASE).unwrap();
+    let show =
+        |c: &mut WireClient, name: &str| c.query_column(&format!("SHOW {name}")).unwrap().remove(0);
+    let tz = show(&mut a, "TimeZone");
+    let path = show(&mut a, "search_path");
+    let mem = show(&mut a, "work_mem");
+    a.query_column("BEGIN; SET LOCAL TimeZone = 'Asia/Tokyo'; SET LOCAL search_path = nowhere; SET LOCAL work_mem = '9MB'; COMMIT")
+        .unwrap();
+    a.query_column("BEGIN").unwrap();
+    a.query_column("SET TimeZone = 'Asia/Tokyo'; SET search_path = nowhere; SET work_mem = '9MB'")
+        .unwrap();
+    a.query_column("ROLLBACK").unwrap();
+    for c in [&mut a, &mut b] {
+        assert_eq!(show(c, "TimeZone"), tz);
+        assert_eq!(show(c, "search_path"), path);
+        assert_eq!(show(c, "work_mem"), mem);
+    }
+}
+
+#[test]
+fn startup_options_are_honoured_for_that_client_only() {
+    let pg = PgServer::shared();
+    let proxy = ProxyConfig::new(pg)
+        .user(&SCRAM_USER)
+        .backend("pool_max_conns", json!(1))
+        .start();
+    let with_options = run_psql(
+        &proxy.dsn_with(
+            &SCRAM_USER,
+            "sslmode=disable options='-c statement_timeout=4321 -c search_path=myschema'",
+        ),
+        SCRAM_USER.password,
+        "SHOW statement_timeout; SHOW search_path",
+    )
+    .unwrap();
+    assert_eq!(
+        with_options.lines().collect::<Vec<_>>(),
+        ["4321ms", "myschema"]
+    );
+    let plain = run_psql(
+        &proxy.dsn(&SCRAM_USER),
+        SCRAM_USER.password,
+        "SHOW statement_timeout",
+    )
+    .unwrap();
+    assert_eq!(plain, "0");
+    // A setting the server refuses ends the session before any statement runs, as
+    // PostgreSQL itself refuses such a session at startup.
+    let refused = run_psql(
+        &proxy.dsn_with(
+            &SCRAM_USER,
+            "sslmode=disable options='-c no_such_setting=1'",
+        ),
+        SCRAM_USER.password,
+        "SELECT 'ran'",
+    )
+    .unwrap_err();
+    assert!(
+        refused.contains("FATAL") && refused.contains("no_such_setting"),
+        "{refused}"
+    );
+    assert!(!refused.contains("ran"), "{refused}");
+    // The server connection it was given is fine for others.
+    assert_eq!(
+        run_psql(&proxy.dsn(&SCRAM_USER), SCRAM_USER.password, "SELECT 1").unwrap(),
+        "1"
+    );
+}
+
+/// What a client sees running a prepared statement: its column count and first value, or
+/// the SQLSTATE of its error.
+async fn run_prepared(client: &tokio_postgres::Client, stmt: &tokio_postgres::Statement) -> String {
+    match client.query(stmt, &[]).await {
+        Ok(rows) => {
+            let first: i32 = rows[0].get(0);
+            format!("{} columns, a={first}", rows[0].len())
+        }
+        Err(e) => e
+            .code()
+            .map_or_else(|| e.to_string(), |c| c.code().to_owned()),
+    }
+}
+
+/// Prepares and runs statements around two result type changes (one made behind pglink's
+/// back, one through the connection under test) and lists what the clients saw.
+async fn result_type_scenario(
+    connect: impl AsyncFn() -> tokio_postgres::Client,
+    outside_ddl: impl Fn(&str),
+    t: &str,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    let query = format!("SELECT * FROM {t}");
+    let a = connect().await;
+    let old = a.prepare(&query).await.unwrap();
+    seen.push(format!("a: {}", run_prepared(&a, &old).await));
+    outside_ddl(&format!("ALTER TABLE {t} ADD COLUMN b text DEFAULT 'x'"));
+    // Several runs, so that more than one server connection is involved.
+    for i in 0..4 {
+        seen.push(format!("a old #{i}: {}", run_prepared(&a, &old).await));
+        let b = connect().await;
+        let new = b.prepare(&query).await.unwrap();
+        seen.push(format!("b new #{i}: {}", run_prepared(&b, &new).await));
+    }
+    let renewed = a.prepare(&query).await.unwrap();
+    seen.push(format!("a renewed: {}", run_prepared(&a, &renewed).await));
+    // DDL through the connection under test.
+    a.batch_execute(&format!("ALTER TABLE {t} DROP COLUMN b"))
+        .await
+        .unwrap();
+    for i in 0..3 {
+        seen.push(format!(
+            "a renewed #{i}: {}",
+            run_prepared(&a, &renewed).await
+        ));
+        seen.push(format!("a old #{i}: {}", run_prepared(&a, &old).await));
+        let c = connect().await;
+        let fresh = c.prepare(&query).await.unwrap();
+        seen.push(format!("c fresh #{i}: {}", run_prepared(&c, &fresh).await));
+    }
+    seen
+}
+
+#[test]
+fn a_result_type_change_under_prepared_statements_behaves_as_in_postgresql() {
+    let pg = PgServer::shared();
+    let user = proxy::create_user(pg, "ddl");
+    let proxy = ProxyConfig::new(pg)
+        .user(&user)
+        .backend("pool_max_conns", json!(2))
+        .start();
+    let (direct_t, proxied_t) = (table("ddl_direct"), table("ddl_proxied"));
+    for t in [&direct_t, &proxied_t] {
+        pg.admin_sql_in(
+            TEST_DATABASE,
+            &format!(
+                "CREATE TABLE {t} (a int); INSERT INTO {t} VALUES (1); \
+                 ALTER TABLE {t} OWNER TO {}",
+                user.name
+            ),
+        );
+    }
+    let outside = |sql: &str| {
+        pg.admin_sql_in(TEST_DATABASE, sql);
+    };
+    let pw = Proxy::password(&user).to_owned();
+    let direct_dsn = format!(
+        "host=127.0.0.1 port={} user={} password={pw} dbname={TEST_DATABASE} sslmode=disable",
+        pg.port(),
+        user.name
+    );
+    runtime().block_on(async {
+        let direct = result_type_scenario(
+            async || {
+                let (client, conn) = tokio_postgres::connect(&direct_dsn, NoTls).await.unwrap();
+                tokio::spawn(conn);
+                client
+            },
+            outside,
+            &direct_t,
+        )
+        .await;
+        let proxied =
+            result_type_scenario(async || connect(&proxy, &user).await, outside, &proxied_t).await;
+        assert!(
+            direct.iter().any(|s| s.ends_with("0A000")),
+            "the scenario must exercise PostgreSQL's error: {direct:#?}"
+        );
+        assert_eq!(proxied, direct, "through pglink vs. directly");
+    });
+}
+
+#[test]
+fn a_client_that_describes_each_execution_never_sees_a_result_type_change_fail() {
+    // libpq's PQexecPrepared (psql's \bind, pgbench -M prepared) sends Bind, Describe
+    // portal, Execute, Sync: the new columns reach it with their description, so pglink
+    // re-prepares and retries where PostgreSQL would fail the statement.
+    use pglink::protocol::frontend;
+    let pg = PgServer::shared();
+    let user = proxy::create_user(pg, "ddl_libpq");
+    let proxy = ProxyConfig::new(pg)
+        .user(&user)
+        .backend("pool_max_conns", json!(2))
+        .start();
+    let t = table("ddl_libpq");
+    pg.admin_sql_in(
+        TEST_DATABASE,
+        &format!(
+            "CREATE TABLE {t} (a int); INSERT INTO {t} VALUES (1); ALTER TABLE {t} OWNER TO {}",
+            user.name
+        ),
+    );
+    let pw = Proxy::password(&user);
+    let clients: Vec<WireClient> = (0..2)
+        .map(|_| WireClient::connect(proxy.addr, user.name, pw, TEST_DATABASE).unwrap())
+        .collect();
+    let mut clients = clients;
+    let run = |c: &mut WireClient| -> Result<usize, String> {
+        let mut m = Vec::new();
+        frontend::bind(&mut m, b"", b"s", &[], [], &[]);
+        frontend::describe(&mut m, frontend::Target::Portal, b"");
+        frontend::execute(&mut m, b"", 0);
+        frontend::sync(&mut m);
+        c.send(&m);
+        let reply = c.until_ready()?;
+        if let Some((_, code, message)) = reply.iter().find_map(|m| m.error()) {
+            return Err(format!("{code}: {message}"));
+        }
+        let description = reply
+            .iter()
+            .find(|m| m.tag == b'T')
+            .expect("RowDescription");
+        let columns = u16::from_be_bytes([description.body[0], description.body[1]]);
+        let row = reply.iter().find(|m| m.tag == b'D').expect("a row");
+        assert_eq!(u16::from_be_bytes([row.body[0], row.body[1]]), columns);
+        Ok(usize::from(columns))
+    };
+    for c in &mut clients {
+        let mut m = Vec::new();
+        frontend::parse(&mut m, b"s", format!("SELECT * FROM {t}").as_bytes(), &[]);
+        frontend::sync(&mut m);
+        c.send(&m);
+        c.until_ready().unwrap();
+        // Both server connections get a copy.
+        for _ in 0..3 {
+            assert_eq!(run(c), Ok(1));
+        }
+    }
+    for (i, ddl) in [
+        format!("ALTER TABLE {t} ADD COLUMN b text DEFAULT 'x'"),
+        format!("ALTER TABLE {t} ADD COLUMN c int DEFAULT 3"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        // Behind pglink's back, then through it.
+        if i == 0 {
+            pg.admin_sql_in(TEST_DATABASE, ddl);
+        } else {
+            clients[0].query_column(ddl).unwrap();
+        }
+        for round in 0..4 {
+            for c in &mut clients {
+                assert_eq!(run(c), Ok(i + 2), "after DDL {i}, round {round}");
+            }
+        }
+    }
+}
+
+#[test]
+fn state_that_cannot_follow_pins_the_client() {
+    let pg = PgServer::shared();
+    let user = proxy::create_user(pg, "pin");
+    let proxy = ProxyConfig::new(pg)
+        .user(&user)
+        .backend("pool_max_conns", json!(1))
+        .set(
+            &format!("databases.{TEST_DATABASE}.pool_acquire_timeout_milliseconds"),
+            json!(300),
+        )
+        .start();
+    let pw = Proxy::password(&user);
+    let cases = [
+        (
+            "SELECT pg_advisory_lock(4242)",
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242",
+        ),
+        (
+            "CREATE TEMP TABLE pinned_t AS SELECT 1 AS a",
+            "SELECT count(*) FROM pinned_t",
+        ),
+        (
+            "BEGIN; DECLARE held CURSOR WITH HOLD FOR SELECT 1; COMMIT",
+            "FETCH held",
+        ),
+        ("PREPARE sqlprep AS SELECT 1", "EXECUTE sqlprep"),
+        ("LISTEN pinned_chan", "SELECT 1"),
+    ];
+    for (setup, later) in cases {
+        let mut a = WireClient::connect(proxy.addr, user.name, pw, TEST_DATABASE).unwrap();
+        a.query_column(setup).unwrap();
+        let pid = a.query_column("SELECT pg_backend_pid()").unwrap().remove(0);
+        // Another client cannot have the (only) backend: it is pinned to A.
+        let mut b = WireClient::connect(proxy.addr, user.name, pw, TEST_DATABASE).unwrap();
+        let err = b.query_column("SELECT 1").unwrap_err();
+        assert!(err.contains("53300"), "{setup}: {err}");
+        // A's state is still there in later transactions.
+        assert_eq!(a.query_column(later).unwrap(), ["1"], "{setup}");
+        assert_eq!(
+            a.query_column("SELECT pg_backend_pid()").unwrap(),
+            [pid.as_str()]
+        );
+        // When A leaves, its backend (and the state on it) goes away; B gets a fresh one.
+        a.vanish();
+        let started = Instant::now();
+        loop {
+            match b.query_column("SELECT pg_backend_pid()") {
+                Ok(p) => {
+                    assert_ne!(p[0], pid, "{setup}: the pinned backend was reused");
+                    break;
+                }
+                Err(e) if started.elapsed() < Duration::from_secs(5) => {
+                    assert!(e.contains("53300"), "{e}")
+                }
+                Err(e) => panic!("{setup}: {e}"),
+            }
+        }
+        // The lock A held went with its backend. (Taking it pins B in turn; B leaves.)
+        assert_eq!(
+            b.query_column("SELECT pg_try_advisory_lock(4242)").unwrap(),
+            ["t"]
+        );
+        b.vanish();
+    }
+    // SQL PREPARE pins even inside a rolled-back transaction: PostgreSQL keeps the
+    // statement anyway.
+    let mut a = WireClient::connect(proxy.addr, user.name, pw, TEST_DATABASE).unwrap();
+    a.query_column("BEGIN; PREPARE in_tx AS SELECT 2; ROLLBACK")
+        .unwrap();
+    assert_eq!(a.query_column("EXECUTE in_tx").unwrap(), ["2"]);
+    let mut b = WireClient::connect(proxy.addr, user.name, pw, TEST_DATABASE).unwrap();
+    let err = b.query_column("SELECT 3").unwrap_err();
+    assert!(err.contains("53300"), "{err}");
+    // A client that never pinned anything shares the backend once A is gone.
+    a.vanish();
+    let started = Instant::now();
+    while let Err(e) = b.query_column("SELECT 3") {
+        assert!(started.elapsed() < Duration::from_secs(5), "{e}");
+    }
+}
+
+#[test]
+fn deallocate_and_discard_concern_the_clients_own_statements() {
+    use pglink::protocol::frontend;
+    let pg = PgServer::shared();
+    let proxy = ProxyConfig::new(pg)
+        .user(&SCRAM_USER)
+        .backend("pool_max_conns", json!(1))
+        .start();
+    let pw = Proxy::password(&SCRAM_USER);
+    let mut c = WireClient::connect(proxy.addr, SCRAM_USER.name, pw, TEST_DATABASE).unwrap();
+    let prepare = |c: &mut WireClient, name: &str| {
+        let mut m = Vec::new();
+        frontend::parse(&mut m, name.as_bytes(), b"SELECT 41 + 1", &[]);
+        frontend::sync(&mut m);
+        c.send(&m);
+        c.until_ready().unwrap()
+    };
+    let execute = |c: &mut WireClient, name: &str| {
+        let mut m = Vec::new();
+        frontend::bind(&mut m, b"", name.as_bytes(), &[], [], &[]);
+        frontend::execute(&mut m, b"", 0);
+        frontend::sync(&mut m);
+        c.send(&m);
+        c.until_ready().unwrap()
+    };
+    prepare(&mut c, "s_1");
+    assert!(execute(&mut c, "s_1").iter().any(|m| m.tag == b'D'));
+    // Unquoted names fold to lower case, as in PostgreSQL.
+    assert_eq!(
+        c.simple("DEALLOCATE S_1")
+            .unwrap()
+            .iter()
+            .map(|m| m.tag)
+            .collect::<Vec<_>>(),
+        b"CZ"
+    );
+    let gone = execute(&mut c, "s_1");
+    assert_eq!(gone.iter().find_map(|m| m.error()).unwrap().1, "26000");
+    let err = c.query_column("DEALLOCATE s_1").unwrap_err();
+    assert!(err.contains("26000"), "{err}");
+    prepare(&mut c, "a");
+    prepare(&mut c, "b");
+    c.query_column("DEALLOCATE ALL").unwrap();
+    assert_eq!(
+        execute(&mut c, "a")
+            .iter()
+            .find_map(|m| m.error())
+            .unwrap()
+            .1,
+        "26000"
+    );
+    prepare(&mut c, "a");
+    c.query_column("SET application_name = 'changed'").unwrap();
+    c.query_column("DISCARD ALL").unwrap();
+    assert_eq!(
+        execute(&mut c, "a")
+            .iter()
+            .find_map(|m| m.error())
+            .unwrap()
+            .1,
+        "26000"
+    );
+    assert_eq!(c.query_column("SHOW application_name").unwrap(), [""]);
+    // The names are free again.
+    prepare(&mut c, "a");
+    assert!(execute(&mut c, "a").iter().any(|m| m.tag == b'D'));
+}
+
+fn python_driver(script: &str, module: &str) {
+    let pg = PgServer::shared();
+    let user = proxy::create_user(pg, module);
+    let proxy = ProxyConfig::new(pg)
+        .user(&user)
+        .backend("pool_max_conns", json!(3))
+        .start();
+    let t = table(module);
+    pg.admin_sql_in(
+        TEST_DATABASE,
+        &format!(
+            "CREATE TABLE {t} (client int, v int); ALTER TABLE {t} OWNER TO {}",
+            user.name
+        ),
+    );
+    // scripts/test points PGLINK_PYTHON at a virtualenv with the drivers.
+    let python = std::env::var("PGLINK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let probe = std::process::Command::new(&python)
+        .args(["-c", &format!("import {module}")])
+        .output();
+    assert!(
+        probe.is_ok_and(|o| o.status.success()),
+        "{python} lacks the module {module}: run scripts/test (it installs the drivers and \
+         sets PGLINK_PYTHON), or `pip install asyncpg 'psycopg[binary]'`"
+    );
+    let dsn = format!(
+        "postgresql://{}:{}@127.0.0.1:{}/{TEST_DATABASE}?sslmode=disable",
+        user.name,
+        Proxy::password(&user),
+        proxy.port()
+    );
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/drivers")
+        .join(script);
+    let mut cmd = std::process::Command::new(&python);
+    cmd.arg(path).env("PGLINK_DSN", dsn).env("PGLINK_TABLE", &t);
+    let out = support::process::run_with_timeout(&mut cmd, Duration::from_secs(120)).unwrap();
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{}", String::from_utf8_lossy(&out.stdout).trim());
+}
+
+#[test]
+fn asyncpg_with_its_statement_cache() {
+    python_driver("asyncpg_check.py", "asyncpg");
+}
+
+#[test]
+fn psycopg_with_prepare_threshold_zero_and_pipelines() {
+    python_driver("psycopg_check.py", "psycopg");
+}
