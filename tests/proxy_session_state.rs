@@ -239,6 +239,43 @@ fn session_parameters_follow_one_client_and_never_reach_another() {
 }
 
 #[test]
+fn clients_get_a_server_connection_that_already_has_their_settings() {
+    let pg = PgServer::shared();
+    let proxy = ProxyConfig::new(pg)
+        .user(&SCRAM_USER)
+        .backend("pool_max_conns", json!(2))
+        .start();
+    let pw = Proxy::password(&SCRAM_USER);
+    let mut a = WireClient::connect(proxy.addr, SCRAM_USER.name, pw, TEST_DATABASE).unwrap();
+    let mut b = WireClient::connect(proxy.addr, SCRAM_USER.name, pw, TEST_DATABASE).unwrap();
+    a.query_column("SET application_name = 'client_a'").unwrap();
+    b.query_column("SET application_name = 'client_b'").unwrap();
+    // Two server connections, each last used by one of them.
+    a.query_column("BEGIN").unwrap();
+    b.query_column("BEGIN").unwrap();
+    let pid_a = a.query_column("SELECT pg_backend_pid()").unwrap().remove(0);
+    let pid_b = b.query_column("SELECT pg_backend_pid()").unwrap().remove(0);
+    assert_ne!(pid_a, pid_b);
+    a.query_column("COMMIT").unwrap();
+    b.query_column("COMMIT").unwrap();
+    // Taking turns, each keeps finding its own: no settings to change on the way.
+    for _ in 0..5 {
+        assert_eq!(
+            a.query_column("SELECT pg_backend_pid()").unwrap(),
+            [pid_a.as_str()]
+        );
+        assert_eq!(
+            b.query_column("SELECT pg_backend_pid()").unwrap(),
+            [pid_b.as_str()]
+        );
+    }
+    assert_eq!(
+        a.query_column("SHOW application_name").unwrap(),
+        ["client_a"]
+    );
+}
+
+#[test]
 fn set_local_and_rolled_back_set_do_not_leak() {
     let pg = PgServer::shared();
     let proxy = ProxyConfig::new(pg)

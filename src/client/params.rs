@@ -24,34 +24,57 @@ const READ_ONLY: &[&str] = &[
     "scram_iterations",
 ];
 
-/// Values by parameter name (names compare case-insensitively; stored lower case).
+/// Values by parameter name (names compare case-insensitively; stored lower case, sorted,
+/// so two sets compare in one pass without allocating).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Params {
     entries: Vec<(String, String)>,
 }
 
+/// `name` in lower case, borrowed when it already is.
+fn lower(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        name.to_ascii_lowercase().into()
+    } else {
+        name.into()
+    }
+}
+
 impl Params {
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.entries.binary_search_by(|(n, _)| n.as_str().cmp(name))
+    }
+
     pub fn get(&self, name: &str) -> Option<&str> {
-        let name = name.to_ascii_lowercase();
-        self.entries
-            .iter()
-            .find(|(n, _)| *n == name)
+        let name = lower(name);
+        self.find(&name)
+            .ok()
+            .and_then(|i| self.entries.get(i))
             .map(|(_, v)| v.as_str())
     }
 
     pub fn set(&mut self, name: &str, value: &str) {
-        let name = name.to_ascii_lowercase();
-        match self.entries.iter_mut().find(|(n, _)| *n == name) {
-            Some(slot) => value.clone_into(&mut slot.1),
-            None => self.entries.push((name, value.to_owned())),
+        let name = lower(name);
+        match self.find(&name) {
+            Ok(i) => {
+                if let Some(slot) = self.entries.get_mut(i) {
+                    value.clone_into(&mut slot.1);
+                }
+            }
+            Err(i) => self
+                .entries
+                .insert(i, (name.into_owned(), value.to_owned())),
         }
     }
 
     pub fn remove(&mut self, name: &str) {
-        let name = name.to_ascii_lowercase();
-        self.entries.retain(|(n, _)| *n != name);
+        let name = lower(name);
+        if let Ok(i) = self.find(&name) {
+            self.entries.remove(i);
+        }
     }
 
+    /// In name order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.entries.iter().map(|(n, v)| (n.as_str(), v.as_str()))
     }
@@ -86,26 +109,67 @@ fn settable(name: &str) -> bool {
 /// A parameter change: a value to set, or `None` to reset to the server's default.
 pub type Change = (String, Option<String>);
 
+/// Walks what a backend with `backend` values must change to have the client's `desired`
+/// ones, in name order: `f(name, Some(value))` to set, `f(name, None)` to reset; stops when
+/// `f` returns false. `reported` names the parameters the server reports, which are never
+/// reset (the client always has a value for those).
+fn for_each_change(
+    desired: &Params,
+    backend: &Params,
+    reported: &dyn Fn(&str) -> bool,
+    mut f: impl FnMut(&str, Option<&str>) -> bool,
+) {
+    use std::cmp::Ordering;
+    let (mut d, mut b) = (desired.iter().peekable(), backend.iter().peekable());
+    loop {
+        let go_on = match (d.peek().copied(), b.peek().copied()) {
+            (None, None) => return,
+            (Some((dn, dv)), Some((bn, bv))) if dn == bn => {
+                d.next();
+                b.next();
+                dv == bv || !settable(dn) || f(dn, Some(dv))
+            }
+            (Some((dn, dv)), next_b)
+                if next_b.is_none_or(|(bn, _)| dn.cmp(bn) == Ordering::Less) =>
+            {
+                d.next();
+                !settable(dn) || f(dn, Some(dv))
+            }
+            (_, Some((bn, _))) => {
+                b.next();
+                !settable(bn) || reported(bn) || f(bn, None)
+            }
+            (_, None) => return,
+        };
+        if !go_on {
+            return;
+        }
+    }
+}
+
 /// What a backend with `backend` values must change to have the client's `desired` ones
-/// (empty when nothing differs). `reported` names the parameters the server reports, which
-/// are never reset (the client always has a value for those).
+/// (empty when nothing differs); see `for_each_change`.
 pub fn sync_changes(
     desired: &Params,
     backend: &Params,
     reported: &dyn Fn(&str) -> bool,
 ) -> Vec<Change> {
     let mut changes = Vec::new();
-    for (name, value) in desired.iter() {
-        if settable(name) && backend.get(name) != Some(value) {
-            changes.push((name.to_owned(), Some(value.to_owned())));
-        }
-    }
-    for (name, _) in backend.iter() {
-        if desired.get(name).is_none() && settable(name) && !reported(name) {
-            changes.push((name.to_owned(), None));
-        }
-    }
+    for_each_change(desired, backend, reported, |name, value| {
+        changes.push((name.to_owned(), value.map(str::to_owned)));
+        true
+    });
     changes
+}
+
+/// Whether a backend with `backend` values needs no change for the client (no allocation).
+pub fn in_sync(desired: &Params, backend: &Params, reported: &dyn Fn(&str) -> bool) -> bool {
+    let mut same = true;
+    for_each_change(desired, backend, reported, |_, _| {
+        same = false;
+        false
+    });
+    same
 }
 
 /// One query text making `changes`. Values go through `set_config`, which takes a setting's
@@ -258,6 +322,7 @@ mod tests {
             ("role", "admin"),
         ]);
         let changes = sync_changes(&desired, &backend, &reported);
+        assert!(!in_sync(&desired, &backend, &reported));
         assert_eq!(
             sync_query(&changes),
             "SELECT pg_catalog.set_config(E'application_name', E'it''s', false), \
@@ -266,6 +331,7 @@ mod tests {
         );
         apply(&mut backend, &changes);
         assert!(sync_changes(&desired, &backend, &reported).is_empty());
+        assert!(in_sync(&desired, &backend, &reported));
         assert_eq!(backend.get("myapp.secret"), None);
         assert_eq!(backend.get("server_version"), Some("16"));
         assert_eq!(sync_query(&[]), "");

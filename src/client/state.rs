@@ -74,10 +74,10 @@ impl Session {
     /// with FATAL, as PostgreSQL ends a session whose settings it refuses at startup.
     pub(super) fn sync_backend(&mut self, out: &mut Out<'_>) {
         let reported = |n: &str| self.is_reported(n);
-        let changes = params::sync_changes(&self.desired, &out.backend.params, &reported);
-        if changes.is_empty() {
+        if params::in_sync(&self.desired, &out.backend.params, &reported) {
             return;
         }
+        let changes = params::sync_changes(&self.desired, &out.backend.params, &reported);
         frontend::query(out.to_backend, params::sync_query(&changes).as_bytes());
         self.relay
             .push(Expect::Cycle, Route::Discard, Effect::Sync(changes));
@@ -114,6 +114,11 @@ impl Session {
         self.state = super::State::Closed;
         out.actions.push(super::Action::Release);
         out.actions.push(super::Action::Close);
+    }
+
+    /// Whether a backend with `backend` values needs no sync query for this client.
+    pub fn settings_match(&self, backend: &Params) -> bool {
+        params::in_sync(&self.desired, backend, &|n| self.is_reported(n))
     }
 
     /// A ParameterStatus from the held backend.

@@ -71,7 +71,10 @@ impl Reactor {
         if self.shared.is_stopping() {
             return self.fail_acquire(ci, AcquireError::ShuttingDown);
         }
-        if let Some(bi) = self.take_idle(pool) {
+        if let Some(bi) = self
+            .take_idle_matching(pool, ci)
+            .or_else(|| self.take_idle(pool))
+        {
             return self.attach(ci, bi);
         }
         let timeout = self
@@ -125,6 +128,32 @@ impl Reactor {
             self.scratch.ready.push(btok);
         }
         self.run_actions();
+    }
+
+    /// Takes one of the most recently used idle backends of `pool` whose session parameters
+    /// already are client `ci`'s (no sync query needed), if there is one.
+    fn take_idle_matching(&mut self, pool: PoolId, ci: usize) -> Option<usize> {
+        /// How many idle backends to look at: clients of one application usually share their
+        /// settings, so the first one matches.
+        const LOOK_AT: usize = 8;
+        let session = &self.clients.get(ci)?.session;
+        let idle = &self.shards.get(pool)?.idle;
+        let at = idle
+            .iter()
+            .enumerate()
+            .rev()
+            .take(LOOK_AT)
+            .find(|&(_, &bi)| {
+                self.backends.get(bi).is_some_and(|b| {
+                    b.pool == pool
+                        && matches!(b.state, State::Idle)
+                        && session.settings_match(&b.context.params)
+                })
+            })
+            .map(|(at, _)| at)?;
+        let bi = self.shards.get_mut(pool)?.idle.remove(at);
+        self.publish(pool);
+        Some(bi)
     }
 
     /// Pops a usable idle backend of `pool`.
