@@ -319,6 +319,7 @@ fn build_pools(
                 .iter()
                 .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
                 .collect(),
+            shared_params: Default::default(),
         };
         let mut database = Database::new(
             id,

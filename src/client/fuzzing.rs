@@ -72,6 +72,7 @@ fn run_script(data: &[u8]) -> Session {
         registry: Registry::new(16, 16),
         track_extra: vec!["search_path".into()],
         overrides: Vec::new(),
+        shared_params: Default::default(),
     });
     let database = |_| Some(context.clone());
     let mut pending: Vec<u8> = Vec::new();

@@ -102,6 +102,9 @@ pub struct DatabaseContext {
     pub track_extra: Vec<String>,
     /// `default_startup_parameters`: override the client's values for these names.
     pub overrides: Vec<(String, String)>,
+    /// Settings sets clients of this database started with, shared between clients that
+    /// have the same (see `params::SharedParams`).
+    pub shared_params: params::SharedParams,
 }
 
 /// What pglink knows about a backend that goes with it from client to client.
@@ -268,7 +271,8 @@ pub struct Session {
     /// The database's shared context (known after login).
     db_context: Option<Arc<DatabaseContext>>,
     /// Parameter values the client has (see `params`).
-    desired: Params,
+    /// Shared with other clients that have the same settings until this one changes one.
+    desired: Arc<Params>,
     /// The parameters the server reports (and their values at login).
     reported: Option<Arc<ParamList>>,
     /// Unreported parameters the client changed in this lending: read back before release.
@@ -312,7 +316,7 @@ impl Session {
             refusal: None,
             statements: ClientStatements::default(),
             db_context: None,
-            desired: Params::default(),
+            desired: Arc::default(),
             reported: None,
             touched: Vec::new(),
             reset_all: false,

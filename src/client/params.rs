@@ -93,6 +93,37 @@ impl Params {
     }
 }
 
+/// Recently seen settings sets of one database, so that clients with the same settings
+/// (the usual case: one application, one driver) share one copy instead of a dozen strings
+/// each. Bounded; a client that changes a setting gets a copy of its own (`Arc::make_mut`).
+#[derive(Debug, Default)]
+pub struct SharedParams {
+    recent: std::sync::Mutex<Vec<std::sync::Arc<Params>>>,
+}
+
+impl SharedParams {
+    const KEEP: usize = 8;
+
+    /// A shared copy of `params`.
+    pub fn share(&self, params: Params) -> std::sync::Arc<Params> {
+        let mut recent = self
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(at) = recent.iter().position(|p| **p == params) {
+            let shared = recent.remove(at);
+            recent.push(shared.clone());
+            return shared;
+        }
+        let shared = std::sync::Arc::new(params);
+        if recent.len() >= Self::KEEP {
+            recent.remove(0);
+        }
+        recent.push(shared.clone());
+        shared
+    }
+}
+
 /// Whether pglink can send `name` in a SET (a plain or qualified identifier, not read-only).
 fn settable(name: &str) -> bool {
     let ident = |part: &str| {
@@ -349,6 +380,20 @@ mod tests {
             sync_query(&[("session_authorization".into(), None)]),
             "RESET SESSION AUTHORIZATION;"
         );
+    }
+
+    #[test]
+    fn identical_settings_are_shared_until_one_changes() {
+        let shared = SharedParams::default();
+        let a = shared.share(params(&[("timezone", "UTC")]));
+        let mut b = shared.share(params(&[("TimeZone", "UTC")]));
+        assert!(std::sync::Arc::ptr_eq(&a, &b));
+        std::sync::Arc::make_mut(&mut b).set("timezone", "Asia/Tokyo");
+        assert_eq!(a.get("timezone"), Some("UTC"), "a copy on write");
+        for i in 0..20 {
+            shared.share(params(&[("x", &i.to_string())]));
+        }
+        assert!(shared.recent.lock().unwrap().len() <= SharedParams::KEEP);
     }
 
     #[test]

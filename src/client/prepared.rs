@@ -102,12 +102,13 @@ impl Session {
                     }
                     None => {
                         self.statements.insert(p.name, statement.clone(), None);
-                        self.prepare_on_backend(&statement, Some(p.name), Route::Forward, out);
+                        self.prepare_afresh(&statement, Some(p.name), Route::Forward, out);
                     }
                 }
             }
             FrontendMessage::Bind(b) if !b.statement.is_empty() => {
-                let Some(named) = self.statements.get(b.statement).cloned() else {
+                let name = b.statement;
+                let Some(named) = self.statements.get(name).cloned() else {
                     self.fail_batch(
                         out,
                         SqlState::INVALID_SQL_STATEMENT_NAME,
@@ -127,7 +128,7 @@ impl Session {
                 } else {
                     named
                 };
-                match self.prepare_for_use(&named, out) {
+                match self.prepare_for_use(name, &named, out) {
                     Use::Wait => return Handled::Wait,
                     Use::Stale => {
                         self.fail_stale(out);
@@ -144,7 +145,8 @@ impl Session {
                     .push(Expect::Bind, Route::Forward, Effect::Bound(statement));
             }
             FrontendMessage::Describe(d) if d.target == Target::Statement && !d.name.is_empty() => {
-                let Some(named) = self.statements.get(d.name).cloned() else {
+                let name = d.name;
+                let Some(named) = self.statements.get(name).cloned() else {
                     self.fail_batch(
                         out,
                         SqlState::INVALID_SQL_STATEMENT_NAME,
@@ -162,7 +164,7 @@ impl Session {
                     shape: None,
                     ..named
                 };
-                match self.prepare_for_use(&named, out) {
+                match self.prepare_for_use(name, &named, out) {
                     Use::Wait => return Handled::Wait,
                     Use::Stale => {
                         self.fail_stale(out);
@@ -271,7 +273,7 @@ impl Session {
     /// Makes sure the held backend can run the client's statement `named` with the shape
     /// the client knows: prepares it if the backend lacks it (or has a stale copy), and if
     /// the client has seen a shape, waits for the copy's shape and compares.
-    fn prepare_for_use(&mut self, named: &ClientStatement, out: &mut Out<'_>) -> Use {
+    fn prepare_for_use(&mut self, name: &[u8], named: &ClientStatement, out: &mut Out<'_>) -> Use {
         let statement = &named.statement;
         if self.relay.skipping_to_sync() {
             // The server discards it all until the client's Sync.
@@ -291,17 +293,11 @@ impl Session {
             (Some(BackendShape::Pending), None) => Use::Go,
             (Some(BackendShape::Pending), Some(_)) => self.wait_for_shape(statement.id),
             (Some(BackendShape::Known { shape, epoch: e }), None) if e == epoch => {
-                self.statements.learn_shape(statement.id, shape);
+                self.statements.set_shape(name, shape);
                 Use::Go
             }
-            (have, seen) => {
-                if have.is_some() {
-                    // A stale copy, or one from before DDL: replace it.
-                    frontend::close(out.to_backend, Target::Statement, &statement.server_name);
-                    self.relay.push(Expect::Close, Route::Swallow, Effect::None);
-                    out.backend.statements.remove(statement.id);
-                }
-                self.prepare_on_backend(statement, None, Route::Swallow, out);
+            (_, seen) => {
+                self.prepare_afresh(statement, None, Route::Swallow, out);
                 match seen {
                     None => Use::Go,
                     Some(_) => {
@@ -311,6 +307,24 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Prepares `statement` on the held backend; a copy the backend may have (stale, from
+    /// before DDL, or of unknown fate after an error) is closed first. PostgreSQL answers a
+    /// Close of a statement it does not have like any other.
+    fn prepare_afresh(
+        &mut self,
+        statement: &Arc<Statement>,
+        client_name: Option<&[u8]>,
+        route: Route,
+        out: &mut Out<'_>,
+    ) {
+        if out.backend.statements.contains(statement.id) {
+            frontend::close(out.to_backend, Target::Statement, &statement.server_name);
+            self.relay.push(Expect::Close, Route::Swallow, Effect::None);
+            out.backend.statements.remove(statement.id);
+        }
+        self.prepare_on_backend(statement, client_name, route, out);
     }
 
     fn wait_for_shape(&mut self, id: u64) -> Use {
@@ -462,7 +476,11 @@ impl Session {
                     statement,
                     client_name,
                 }) => {
-                    backend.statements.remove(statement.id);
+                    // Failed or skipped: whether the server has a copy is unknown, so the
+                    // next use closes it first.
+                    backend
+                        .statements
+                        .set_shape(statement.id, BackendShape::Stale);
                     if let Some(name) = client_name {
                         self.statements.remove_if(&name, statement.id);
                     }

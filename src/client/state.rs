@@ -57,7 +57,10 @@ impl Session {
                 desired.set(name, value);
             }
         }
-        self.desired = desired;
+        self.desired = match &self.db_context {
+            Some(db) => db.shared_params.share(desired),
+            None => Arc::new(desired),
+        };
         self.reported = Some(server_params.clone());
     }
 
@@ -132,8 +135,8 @@ impl Session {
             String::from_utf8_lossy(value),
         );
         out.backend.params.set(&name, &value);
-        if forwarded {
-            self.desired.set(&name, &value);
+        if forwarded && self.desired.get(&name) != Some(&*value) {
+            Arc::make_mut(&mut self.desired).set(&name, &value);
         }
     }
 
@@ -263,7 +266,7 @@ impl Session {
                     .as_ref()
                     .is_some_and(|r| r.iter().any(|(rn, _)| rn.eq_ignore_ascii_case(n)))
             };
-            self.desired.retain(&is_reported);
+            Arc::make_mut(&mut self.desired).retain(&is_reported);
             out.backend.params.retain(&is_reported);
         }
         if !self.touched.is_empty() {
@@ -308,11 +311,15 @@ impl Session {
         for (name, value) in names.iter().zip(values) {
             match value {
                 Some(v) => {
-                    self.desired.set(name, v);
+                    if self.desired.get(name) != Some(v.as_str()) {
+                        Arc::make_mut(&mut self.desired).set(name, v);
+                    }
                     backend.params.set(name, v);
                 }
                 None => {
-                    self.desired.remove(name);
+                    if self.desired.get(name).is_some() {
+                        Arc::make_mut(&mut self.desired).remove(name);
+                    }
                     backend.params.remove(name);
                 }
             }

@@ -363,6 +363,13 @@ impl ClientStatements {
         }
     }
 
+    /// `name` now has `shape` (it is about to be shown rows of it).
+    pub fn set_shape(&mut self, name: &[u8], shape: Shape) {
+        if let Some(entry) = self.names.get_mut(name) {
+            entry.shape = Some(shape);
+        }
+    }
+
     /// A server showed statement `id`'s shape: names that had none now have it.
     pub fn learn_shape(&mut self, id: u64, shape: Shape) {
         for entry in self.names.values_mut() {

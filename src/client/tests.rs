@@ -75,6 +75,7 @@ impl Harness {
                 registry: Registry::new(16, 16),
                 track_extra: Vec::new(),
                 overrides: Vec::new(),
+                shared_params: Default::default(),
             }),
             actions: Vec::new(),
         }
@@ -988,16 +989,27 @@ fn failed_parse_forgets_the_name() {
     h.take_backend();
     let syntax = simple_reply(&[(b'E', b"SERROR\0VERROR\0C42601\0Msyntax error\0\0")]);
     h.backend(&[syntax, ready()].concat());
-    assert!(
-        h.backend.statements.is_empty(),
-        "not prepared on the backend"
-    );
     assert_eq!(h.client_error().1, "42601");
     // The name is free again, as in PostgreSQL.
     h.send(&[parse_msg("s", "SELECT 1"), sync_msg()].concat());
     h.attach_fresh_backend(4);
     h.send(&[]);
     assert_eq!(tags(&h.take_backend()), b"PDS");
+    // On the backend where the Parse failed, the same text is closed before it is prepared
+    // again: after a failure pglink cannot tell whether the server has a copy.
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    h.send(&[parse_msg("s", "SELEC 1"), sync_msg()].concat());
+    h.attach_fresh_backend(4);
+    h.send(&[]);
+    h.take_backend();
+    let syntax = simple_reply(&[(b'E', b"SERROR\0VERROR\0C42601\0Msyntax error\0\0")]);
+    h.backend(&[syntax, ready()].concat());
+    h.to_client.clear();
+    h.send(&[parse_msg("t", "SELEC 1"), sync_msg()].concat());
+    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.take_actions();
+    h.send(&[]);
+    assert_eq!(tags(&h.take_backend()), b"CPDS");
 }
 
 #[test]

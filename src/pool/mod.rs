@@ -289,6 +289,7 @@ mod tests {
                 registry: crate::client::statements::Registry::new(8, 8),
                 track_extra: Vec::new(),
                 overrides: Vec::new(),
+                shared_params: Default::default(),
             }),
         )
     }

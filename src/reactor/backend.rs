@@ -588,10 +588,8 @@ impl Reactor {
         scratch.sink.clear();
         for outcome in relay.take_outcomes() {
             match outcome {
-                Outcome::Failed(Effect::Prepare { statement, .. }) => {
-                    b.context.statements.remove(statement.id);
-                }
-                Outcome::StalePlan(statement) => {
+                Outcome::Failed(Effect::Prepare { statement, .. })
+                | Outcome::StalePlan(statement) => {
                     b.context
                         .statements
                         .set_shape(statement.id, BackendShape::Stale);
