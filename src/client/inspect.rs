@@ -21,6 +21,56 @@ fn regex(cell: &'static OnceLock<Regex>, pattern: &str) -> &'static Regex {
     cell.get_or_init(|| Regex::new(pattern).expect("valid built-in pattern"))
 }
 
+/// Whether `sql` could hold anything the functions below look for. A cheap scan (first word
+/// of each statement, three substrings) so that ordinary statements — nearly all of them —
+/// skip the patterns; every pattern below needs one of these to match.
+pub fn worth_inspecting(sql: &[u8]) -> bool {
+    const FIRST_WORDS: &[&[u8]] = &[
+        b"set",
+        b"reset",
+        b"listen",
+        b"prepare",
+        b"create",
+        b"alter",
+        b"drop",
+        b"truncate",
+        b"comment",
+        b"deallocate",
+        b"discard",
+    ];
+    let starts = std::iter::once(0).chain(
+        sql.iter()
+            .enumerate()
+            .filter(|&(_, &b)| b == b';')
+            .map(|(i, _)| i + 1),
+    );
+    for start in starts {
+        let rest = sql.get(start..).unwrap_or_default();
+        let word_at = rest
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .unwrap_or(rest.len());
+        let rest = rest.get(word_at..).unwrap_or_default();
+        let len = rest
+            .iter()
+            .position(|b| !b.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
+        let word = rest.get(..len).unwrap_or_default();
+        if FIRST_WORDS.iter().any(|w| w.eq_ignore_ascii_case(word)) {
+            return true;
+        }
+    }
+    [&b"set_config"[..], b"advisory", b"hold"]
+        .iter()
+        .any(|needle| contains_ignore_case(sql, needle))
+}
+
+fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
 const NAME: &str = r#""(?:[^"]|"")+"|[a-z_][a-z0-9_$]*(?:\.[a-z_][a-z0-9_$]*)?"#;
 
 /// A session parameter named in a statement.
@@ -257,6 +307,50 @@ mod tests {
         assert_eq!(cmd(" discard all ; "), Some(LocalCommand::DiscardAll));
         assert_eq!(cmd("DISCARD PLANS"), None);
         assert_eq!(cmd("DEALLOCATE a; SELECT 1"), None);
+    }
+
+    #[test]
+    fn the_prefilter_lets_through_everything_a_pattern_finds() {
+        let found = [
+            "SET search_path TO foo",
+            "  set Application_Name = 'x'",
+            "BEGIN;\n\tRESET work_mem",
+            "SELECT set_config('app.user', '42', false)",
+            "SELECT PG_TRY_ADVISORY_LOCK_SHARED(1, 2)",
+            "BEGIN; LISTEN chan; COMMIT",
+            "create temp table t (a int)",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "PREPARE q AS SELECT 1",
+            " discard all ; ",
+            "deallocate prepare \"S_1\";",
+            "BEGIN; DROP VIEW v; COMMIT",
+            "create or replace view v as select 1",
+            "TRUNCATE t",
+            "COMMENT ON TABLE t IS 'x'",
+            "ALTER TABLE t ADD COLUMN b int",
+        ];
+        for sql in found {
+            let sql = sql.as_bytes();
+            assert!(
+                !touched_params(sql).is_empty()
+                    || pin_reason(sql).is_some()
+                    || local_command(sql).is_some()
+                    || is_ddl(sql),
+                "{}",
+                String::from_utf8_lossy(sql)
+            );
+            assert!(worth_inspecting(sql), "{}", String::from_utf8_lossy(sql));
+        }
+        for sql in [
+            "SELECT 1",
+            "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 2",
+            "INSERT INTO pgbench_history (tid, bid) VALUES (1, 2)",
+            "BEGIN",
+            "END",
+            "select * from settings",
+        ] {
+            assert!(!worth_inspecting(sql.as_bytes()), "{sql}");
+        }
     }
 
     #[test]

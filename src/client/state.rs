@@ -142,6 +142,9 @@ impl Session {
 
     /// Notes what a statement text the client sends does to session state.
     pub(super) fn inspect_statement(&mut self, sql: &[u8]) {
+        if !inspect::worth_inspecting(sql) {
+            return;
+        }
         for touched in inspect::touched_params(sql) {
             match touched {
                 Touched::All => self.reset_all = true,
@@ -181,6 +184,9 @@ impl Session {
     /// A simple Query: DEALLOCATE and DISCARD ALL are about the client's own statements and
     /// session, and answered here; anything else goes to the backend (`held`: one is held).
     pub(super) fn on_query(&mut self, sql: &[u8], held: bool, out: &mut Out<'_>) -> QueryHandling {
+        if !inspect::worth_inspecting(sql) {
+            return QueryHandling::Forward;
+        }
         match inspect::local_command(sql) {
             Some(LocalCommand::Deallocate(name))
                 if self.statements.contains(&name) || self.pinned.is_none() =>
