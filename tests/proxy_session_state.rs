@@ -88,9 +88,9 @@ fn pgbench_prepared_over_a_small_pool_without_failures() {
                 "-M",
                 "prepared",
                 "-c",
-                "12",
+                "24",
                 "-j",
-                "12",
+                "24",
                 "-T",
                 &seconds,
                 "-h",
@@ -141,7 +141,7 @@ fn tokio_postgres_prepared_statements_survive_changing_backends() {
     );
     runtime().block_on(async {
         let mut tasks = Vec::new();
-        for i in 0..8 {
+        for i in 0..20 {
             let client = connect(&proxy, &user).await;
             let t = t.clone();
             tasks.push(tokio::spawn(async move {
@@ -170,7 +170,7 @@ fn tokio_postgres_prepared_statements_survive_changing_backends() {
         }
     });
     let total = pg.admin_sql_in(TEST_DATABASE, &format!("SELECT count(*) FROM {t}"));
-    assert_eq!(total.trim(), "120");
+    assert_eq!(total.trim(), "300");
 }
 
 #[test]

@@ -10,7 +10,7 @@ import asyncpg
 
 DSN = os.environ["PGLINK_DSN"]
 TABLE = os.environ["PGLINK_TABLE"]
-CLIENTS = 12
+CLIENTS = 20
 
 
 async def client(i: int) -> None:

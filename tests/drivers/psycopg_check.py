@@ -9,7 +9,7 @@ import psycopg
 
 DSN = os.environ["PGLINK_DSN"]
 TABLE = os.environ["PGLINK_TABLE"]
-CLIENTS = 10
+CLIENTS = 20
 errors = []
 
 
