@@ -108,6 +108,45 @@ fn lifetime_idle_time_and_minimum_are_kept() {
 }
 
 #[test]
+fn idle_time_counts_from_the_last_client_not_the_last_health_check() {
+    let pg = PgServer::shared();
+    let user = proxy::create_user(pg, "idlecheck");
+    let proxy = ProxyConfig::new(pg)
+        .user(&user)
+        .backend("pool_max_conns", json!(3))
+        .backend("pool_max_conn_idle_time", json!("1s"))
+        .backend("pool_health_check_period", json!("200ms"))
+        .start();
+    let pw = Proxy::password(&user);
+    let mut clients: Vec<WireClient> = (0..3)
+        .map(|_| WireClient::connect(proxy.addr, user.name, pw, TEST_DATABASE).unwrap())
+        .collect();
+    for c in &mut clients {
+        c.query_column("BEGIN").unwrap();
+    }
+    assert_eq!(pg.backend_count(user.name), 3);
+    // A long transaction: idle time starts when it ends, not when it began.
+    std::thread::sleep(Duration::from_millis(1200));
+    for c in &mut clients {
+        c.query_column("COMMIT").unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        pg.backend_count(user.name),
+        3,
+        "closed before they were idle 1 s"
+    );
+    // Health checks every 200 ms must not make the connections look freshly used.
+    wait_until(
+        "idle backends close although health-checked",
+        Duration::from_secs(5),
+        || pg.backend_count(user.name) == 0,
+    );
+    // And the pool still works afterwards.
+    assert_eq!(clients[0].query_column("SELECT 1").unwrap(), ["1"]);
+}
+
+#[test]
 fn health_check_replaces_a_dead_idle_backend() {
     let pg = PgServer::shared();
     let user = proxy::create_user(pg, "health");
@@ -130,15 +169,21 @@ fn health_check_replaces_a_dead_idle_backend() {
     std::thread::sleep(Duration::from_millis(1600));
     let started = Instant::now();
     let other = c.query_column("SELECT pg_backend_pid()");
+    let took = started.elapsed();
+    // Stay frozen past the check's deadline (5 s), so that the check fails.
+    std::thread::sleep(Duration::from_millis(5000));
     let _ = std::process::Command::new("kill")
         .args(["-CONT", &pid])
         .status();
     let other = other.unwrap().remove(0);
     assert_ne!(other, pid);
-    assert!(
-        started.elapsed() < Duration::from_secs(8),
-        "{:?}",
-        started.elapsed()
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    // The check timed out and pglink closed the frozen connection: once thawed, that server
+    // process finds its socket closed and exits.
+    wait_until(
+        "the frozen backend is closed",
+        Duration::from_secs(10),
+        || !pg.backend_pids(user.name).contains(&pid),
     );
 }
 

@@ -60,7 +60,12 @@ pub struct Backend {
     pub(super) params: Arc<ParamList>,
     /// The server's own cancel key for this connection.
     pub(super) server_key: Option<(u32, Vec<u8>)>,
-    pub(super) last_used: Instant,
+    /// When a client last gave this connection back (or it logged in): what
+    /// `pool_max_conn_idle_time` counts from. Health checks do not reset it.
+    pub(super) idle_since: Instant,
+    /// When this connection was last known to work (used, logged in or health-checked): what
+    /// `pool_health_check_period` counts from.
+    pub(super) checked_at: Instant,
     pub(super) expires: Option<Instant>,
     pub(super) credentials_version: u64,
     pub(super) cancel_in_flight: bool,
@@ -156,7 +161,8 @@ impl Reactor {
             addr_index,
             params: Arc::new(Vec::new()),
             server_key: None,
-            last_used: self.now,
+            idle_since: self.now,
+            checked_at: self.now,
             expires: None,
             credentials_version,
             cancel_in_flight: false,
@@ -450,7 +456,8 @@ impl Reactor {
         }
         b.params = Arc::new(login.server_params);
         b.server_key = login.cancel_key;
-        b.last_used = self.now;
+        b.idle_since = self.now;
+        b.checked_at = self.now;
         let pool = b.pool;
         if let Some(p) = self.shared.pools.get(pool) {
             p.set_params(b.params.clone());
@@ -581,9 +588,11 @@ impl Reactor {
         let Some(b) = backends.get_mut(bi) else {
             return false;
         };
-        let (State::Draining { relay, .. }, Some(input)) = (&mut b.state, b.input.as_mut()) else {
+        let (State::Draining { relay, reset }, Some(input)) = (&mut b.state, b.input.as_mut())
+        else {
             return false;
         };
+        let reset = *reset;
         let result = relay.on_backend_data(input.filled(), &mut scratch.sink);
         scratch.sink.clear();
         for outcome in relay.take_outcomes() {
@@ -611,7 +620,11 @@ impl Reactor {
                 // Shapes that were on their way were not read: prepare those afresh.
                 b.context.statements.settle_pending();
                 b.state = State::Idle;
-                b.last_used = self.now;
+                b.checked_at = self.now;
+                if reset {
+                    // Cleaned up after a vanished client: idle from now on.
+                    b.idle_since = self.now;
+                }
                 self.backend_available(bi);
                 true
             }
@@ -686,7 +699,6 @@ impl Reactor {
             relay: Box::new(relay),
             reset: false,
         };
-        b.last_used = self.now;
         let tok = Tok::new(Kind::Backend, bi, b.generation);
         self.mark_dirty(tok);
         self.timers.add(

@@ -486,7 +486,7 @@ impl Reactor {
         };
         let tok = Tok::new(Kind::Client, ci, c.generation);
         let pipelined = c.input.as_ref().is_some_and(|i| !i.is_empty());
-        self.backend_available(bi);
+        self.backend_released(bi);
         if self.shared.is_stopping() {
             // Shutting down: the transaction is over, so is the session.
             return self.client_shutdown(ci);
@@ -518,7 +518,7 @@ impl Reactor {
         let fate = c.session.detach();
         if let Some(bi) = c.backend.take() {
             match fate {
-                Some(crate::client::BackendFate::Release) => self.backend_available(bi),
+                Some(crate::client::BackendFate::Release) => self.backend_released(bi),
                 Some(crate::client::BackendFate::Reset(relay)) => self.start_reset(bi, relay),
                 Some(crate::client::BackendFate::Drop) | None => {
                     self.close_backend(bi, "client left mid-message");

@@ -105,7 +105,6 @@ impl Reactor {
             return;
         };
         b.state = State::Lent(ci);
-        b.last_used = self.now;
         c.backend = Some(bi);
         c.acquire_deadline = None;
         let params = b.params.clone();
@@ -194,6 +193,15 @@ impl Reactor {
             .unwrap_or_default();
         self.publish(pool);
         waiters
+    }
+
+    /// A client gave backend `bi` back at the end of a transaction.
+    pub(super) fn backend_released(&mut self, bi: usize) {
+        if let Some(b) = self.backends.get_mut(bi) {
+            b.idle_since = self.now;
+            b.checked_at = self.now;
+        }
+        self.backend_available(bi);
     }
 
     /// Backend `bi` is free (logged in, released, cleaned up, or handed over).
@@ -386,7 +394,8 @@ impl Reactor {
                 let Some(b) = self.backends.get(bi) else {
                     continue;
                 };
-                let idle_for = self.now.saturating_duration_since(b.last_used);
+                let idle_for = self.now.saturating_duration_since(b.idle_since);
+                let unchecked_for = self.now.saturating_duration_since(b.checked_at);
                 let expired =
                     b.expires.is_some_and(|at| at <= self.now) || b.credentials_version != version;
                 let idle_too_long = settings.max_idle_time.is_some_and(|max| idle_for > max)
@@ -407,7 +416,7 @@ impl Reactor {
                     );
                 } else if settings
                     .health_check_period
-                    .is_some_and(|period| idle_for >= period)
+                    .is_some_and(|period| unchecked_for >= period)
                 {
                     self.forget_idle(pool, bi);
                     self.start_health_check(bi);

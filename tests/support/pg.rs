@@ -328,6 +328,20 @@ impl PgServer {
         self.admin_sql(&sql).parse().expect("count")
     }
 
+    /// Process ids (as text) of the client backends of `user`.
+    pub fn backend_pids(&self, user: &str) -> Vec<String> {
+        let sql = format!(
+            "SELECT string_agg(pid::text, ',') FROM pg_stat_activity \
+             WHERE backend_type = 'client backend' AND usename = {}",
+            quote_literal(user)
+        );
+        let pids = self.admin_sql(&sql);
+        pids.split(',')
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// `pg_terminate_backend` every client backend of `user`; returns how many were signalled.
     pub fn terminate_backends(&self, user: &str) -> usize {
         let sql = format!(
