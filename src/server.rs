@@ -483,6 +483,10 @@ fn start_resolver(shared: &Arc<Shared>) -> Result<Option<Resolver>, StartError> 
 
 /// Listener sockets for every reactor: the first reactor binds (so port 0 picks a port), the
 /// others bind the same addresses with SO_REUSEPORT and the kernel spreads connections.
+///
+/// SO_REUSEPORT would also let a second pglink (or anything else of the same OS user that
+/// sets it) bind the same port and silently take a share of the connections. So each fixed
+/// port is first probed with a plain bind, which fails while anyone listens there.
 fn bind_listeners(
     config: &Config,
     reactors: usize,
@@ -500,6 +504,9 @@ fn bind_listeners(
     let mut bound = Vec::new();
     let mut first = Vec::new();
     for addr in wanted {
+        if addr.port() != 0 {
+            probe_free(addr)?;
+        }
         let socket = bind_one(addr)?;
         let local = socket.local_addr().map_err(|error| StartError::Listen {
             addr: addr.to_string(),
@@ -518,6 +525,22 @@ fn bind_listeners(
         );
     }
     Ok((all, bound))
+}
+
+/// Fails with `AddrInUse` when something listens on `addr`, SO_REUSEPORT or not.
+fn probe_free(addr: SocketAddr) -> Result<(), StartError> {
+    let err = |error| StartError::Listen {
+        addr: addr.to_string(),
+        error,
+    };
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true).map_err(err)?;
+    }
+    // SO_REUSEADDR so that connections of an earlier run in TIME_WAIT do not count.
+    socket.set_reuse_address(true).map_err(err)?;
+    socket.bind(&addr.into()).map_err(err)
 }
 
 fn bind_one(addr: SocketAddr) -> Result<TcpListener, StartError> {

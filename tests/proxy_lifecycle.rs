@@ -268,3 +268,21 @@ fn listens_on_ipv6_loopback_too() {
     assert_eq!(c.query_column("SELECT 1").unwrap(), ["1"]);
     drop(proxy);
 }
+
+#[test]
+fn a_second_instance_cannot_share_the_port() {
+    let pg = PgServer::shared();
+    let first = ProxyConfig::new(pg).user(&SCRAM_USER).start();
+    // The first instance's sockets use SO_REUSEPORT (one per reactor); a second instance on
+    // the same port must be refused, not handed half of the connections.
+    let err = ProxyConfig::new(pg)
+        .user(&SCRAM_USER)
+        .set("listen", json!(format!("127.0.0.1:{}", first.port())))
+        .try_start()
+        .err()
+        .expect("the port is taken");
+    assert!(err.contains("in use"), "{err}");
+    let pw = Proxy::password(&SCRAM_USER);
+    let mut c = WireClient::connect(first.addr, SCRAM_USER.name, pw, TEST_DATABASE).unwrap();
+    assert_eq!(c.query_column("SELECT 1").unwrap(), ["1"]);
+}
