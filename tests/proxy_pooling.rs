@@ -580,12 +580,41 @@ fn killed_backends_idle_and_mid_transaction() {
     let (severity, code, _) = msg
         .error()
         .expect("an error for the client whose transaction died");
-    assert_eq!(severity, "FATAL");
-    assert!(code == "57P01" || code == "08006", "{code}");
+    // The server said why (terminated by an administrator): its own FATAL is passed on.
+    assert_eq!((severity.as_str(), code.as_str()), ("FATAL", "57P01"));
     assert!(a.read().is_err(), "the session is closed");
     assert_eq!(b.query_column("SELECT 4").unwrap(), ["4"]);
     let mut c = WireClient::connect(proxy.addr, MD5_USER.name, pw, TEST_DATABASE).unwrap();
     assert_eq!(c.query_column("SELECT 5").unwrap(), ["5"]);
+}
+
+#[test]
+fn server_connections_lost_without_a_word_idle_and_mid_transaction() {
+    let pg = PgServer::shared();
+    let relay = support::tcprelay::TcpRelay::start(pg.port());
+    let proxy = ProxyConfig::new(pg)
+        .user(&SCRAM_USER)
+        .backend("host", json!("127.0.0.1"))
+        .backend("port", json!(relay.port()))
+        .backend("pool_max_conns", json!(2))
+        .start();
+    let pw = Proxy::password(&SCRAM_USER);
+    let mut a = WireClient::connect(proxy.addr, SCRAM_USER.name, pw, TEST_DATABASE).unwrap();
+    let mut b = WireClient::connect(proxy.addr, SCRAM_USER.name, pw, TEST_DATABASE).unwrap();
+    a.query_column("BEGIN").unwrap();
+    assert_eq!(b.query_column("SELECT 1").unwrap(), ["1"]);
+    // Both server connections (one held by `a`, one idle) vanish, with no FATAL from the
+    // server: the network dropped them.
+    relay.cut();
+    let msg = a.read().unwrap();
+    let (severity, code, message) = msg.error().expect("the client in a transaction is told");
+    assert_eq!((severity.as_str(), code.as_str()), ("FATAL", "08006"));
+    assert!(message.starts_with("pglink:"), "{message}");
+    assert!(a.read().is_err(), "the session is closed");
+    // The idle client never notices: its next statement gets a new server connection.
+    assert_eq!(b.query_column("SELECT 2").unwrap(), ["2"]);
+    let mut c = WireClient::connect(proxy.addr, SCRAM_USER.name, pw, TEST_DATABASE).unwrap();
+    assert_eq!(c.query_column("SELECT 3").unwrap(), ["3"]);
 }
 
 #[test]

@@ -514,6 +514,14 @@ impl Session {
                     out.actions.push(Action::Close);
                     return pos + n;
                 }
+                Err(relay::RelayError::CopyBoth) if !self.relay.backend_mid_message() => {
+                    self.fatal(
+                        out,
+                        SqlState::FEATURE_NOT_SUPPORTED,
+                        "pglink: COPY BOTH (streaming replication) is not supported",
+                    );
+                    return data.len();
+                }
                 Err(e) => {
                     log::warn!("client {}@{}: {e}; closing", self.user, self.database);
                     self.on_backend_lost(out);

@@ -138,6 +138,9 @@ pub enum RelayError {
     ClientMessage { tag: u8, reason: &'static str },
     /// The backend sent a message the queue does not account for.
     Desync { tag: u8, expected: Option<Expect> },
+    /// The backend started COPY BOTH. PostgreSQL uses it only for streaming replication,
+    /// whose connections pglink refuses at startup, so it is not relayed.
+    CopyBoth,
 }
 
 impl std::fmt::Display for RelayError {
@@ -156,6 +159,9 @@ impl std::fmt::Display for RelayError {
                 "server sent message type {} while expecting {expected:?}",
                 MessageType(*tag)
             ),
+            RelayError::CopyBoth => {
+                write!(f, "COPY BOTH (streaming replication) is not supported")
+            }
         }
     }
 }
@@ -689,6 +695,7 @@ impl Relay {
                         },
                     ));
                 }
+                be::COPY_BOTH_RESPONSE => return Err(RelayError::CopyBoth),
                 tag => {
                     return Err(RelayError::Desync {
                         tag,

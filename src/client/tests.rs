@@ -521,6 +521,22 @@ fn backend_loss_mid_transaction_is_fatal_08006() {
 }
 
 #[test]
+fn copy_both_from_the_server_is_refused_clearly() {
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    h.send(&query("START_REPLICATION 0/0"));
+    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.send(&[]);
+    h.take_actions();
+    // CopyBothResponse: text format, no columns.
+    let reply = [b'W', 0, 0, 0, 7, 0, 0, 0];
+    h.call(|s, out| s.on_backend_data(&reply, out));
+    let (severity, code, message) = h.client_error();
+    assert_eq!((severity.as_str(), code.as_str()), ("FATAL", "0A000"));
+    assert!(message.contains("COPY BOTH"), "{message}");
+    assert_eq!(h.take_actions(), vec![Action::DropBackend, Action::Close]);
+}
+
+#[test]
 fn detach_decides_the_backend_fate() {
     let mut h = Harness::logged_in(AuthMethod::Scram);
     h.send(&query("BEGIN"));

@@ -26,6 +26,7 @@ pub mod cluster;
 pub mod pg;
 pub mod process;
 pub mod proxy;
+pub mod tcprelay;
 pub mod wire;
 pub mod workdir;
 
