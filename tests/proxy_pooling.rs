@@ -443,6 +443,105 @@ fn copy_errors_leave_the_session_usable() {
 }
 
 #[test]
+fn waiters_are_served_first_come_first_served_across_reactors() {
+    let pg = PgServer::shared();
+    let user = proxy::create_user(pg, "fifo");
+    let proxy = ProxyConfig::new(pg)
+        .user(&user)
+        .backend("pool_max_conns", json!(1))
+        .set(
+            &format!("databases.{TEST_DATABASE}.pool_acquire_timeout_milliseconds"),
+            json!(20_000),
+        )
+        .start();
+    let pw = Proxy::password(&user);
+    let t = table("fifo");
+    pg.admin_sql_in(
+        TEST_DATABASE,
+        &format!("CREATE TABLE {t} (id serial PRIMARY KEY, n int); GRANT ALL ON {t}, {t}_id_seq TO PUBLIC"),
+    );
+    let mut holder = WireClient::connect(proxy.addr, user.name, pw, TEST_DATABASE).unwrap();
+    holder.query_column("BEGIN").unwrap();
+    // Two reactors: the waiters land on either; the order must hold across both.
+    let mut waiters: Vec<WireClient> = (0..6)
+        .map(|_| WireClient::connect(proxy.addr, user.name, pw, TEST_DATABASE).unwrap())
+        .collect();
+    for (i, w) in waiters.iter_mut().enumerate() {
+        let mut m = Vec::new();
+        pglink::protocol::frontend::query(
+            &mut m,
+            format!("INSERT INTO {t} (n) VALUES ({i})").as_bytes(),
+        );
+        w.send(&m);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    holder.query_column("COMMIT").unwrap();
+    for w in &mut waiters {
+        let msgs = w.until_ready().unwrap();
+        assert!(msgs.iter().all(|m| m.tag != b'E'), "{msgs:?}");
+    }
+    let order = pg.admin_sql_in(
+        TEST_DATABASE,
+        &format!("SELECT string_agg(n::text, ',' ORDER BY id) FROM {t}"),
+    );
+    assert_eq!(order.trim(), "0,1,2,3,4,5");
+}
+
+#[test]
+fn idle_connections_of_one_user_make_room_for_another() {
+    let pg = PgServer::shared();
+    let first = proxy::create_user(pg, "roomfirst");
+    let others: Vec<TestUser> = (0..5)
+        .map(|_| proxy::create_user(pg, "roomother"))
+        .collect();
+    let mut config = ProxyConfig::new(pg)
+        .user(&first)
+        .backend("pool_max_conns", json!(2))
+        .set(
+            &format!("databases.{TEST_DATABASE}.pool_acquire_timeout_milliseconds"),
+            json!(3000),
+        );
+    for u in &others {
+        config = config.user(u);
+    }
+    let proxy = config.start();
+    let count = || {
+        pg.backend_count(first.name)
+            + others
+                .iter()
+                .map(|u| pg.backend_count(u.name))
+                .sum::<usize>()
+    };
+    // Each round: the first user fills the database's two connections and leaves them idle;
+    // a user without a connection then needs one. With two reactors the idle ones are on
+    // the other reactor about half of the time.
+    for other in &others {
+        let pw = Proxy::password(&first);
+        let mut a = WireClient::connect(proxy.addr, first.name, pw, TEST_DATABASE).unwrap();
+        let mut b = WireClient::connect(proxy.addr, first.name, pw, TEST_DATABASE).unwrap();
+        a.query_column("BEGIN").unwrap();
+        b.query_column("BEGIN").unwrap();
+        a.query_column("COMMIT").unwrap();
+        b.query_column("COMMIT").unwrap();
+        let mut o = WireClient::connect(
+            proxy.addr,
+            other.name,
+            Proxy::password(other),
+            TEST_DATABASE,
+        )
+        .unwrap();
+        let started = Instant::now();
+        assert_eq!(o.query_column("SELECT 1").unwrap(), ["1"], "{}", other.name);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(count() <= 2, "pool_max_conns is for all users together");
+    }
+}
+
+#[test]
 fn acquire_timeout_is_an_error_and_the_session_survives() {
     let pg = PgServer::shared();
     let proxy = ProxyConfig::new(pg)

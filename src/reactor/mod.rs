@@ -162,8 +162,17 @@ pub enum Msg {
     Cancel(CancelKey),
     /// Reactor `from` has a client waiting for `pool` and this one has an idle backend.
     WantBackend { pool: usize, from: usize },
-    /// Reply to `WantBackend` when the idle backend was gone by then.
+    /// Reply to `WantBackend` when the idle backend was gone by then, and to `MakeRoom`
+    /// (whether or not room was made): reactor `pool`'s waiters may try again.
     NoBackend { pool: usize },
+    /// Reactor `from` has a client waiting for `pool`, whose database is at
+    /// `pool_max_conns`, and this one has an idle backend of `victim` (another user of that
+    /// database): close it so that `from` can open one.
+    MakeRoom {
+        pool: usize,
+        victim: usize,
+        from: usize,
+    },
     /// An idle backend handed over (already deregistered from the sender's poll);
     /// `requested` when it answers a `WantBackend`.
     Backend {
@@ -419,6 +428,7 @@ impl Reactor {
                 Msg::Cancel(key) => self.cancel_local(key),
                 Msg::WantBackend { pool, from } => self.give_idle_backend(pool, from),
                 Msg::NoBackend { pool } => self.steal_failed(pool),
+                Msg::MakeRoom { pool, victim, from } => self.make_room(pool, victim, from),
                 Msg::Backend { backend, requested } => self.adopt_backend(backend, requested),
                 Msg::CancelDone { backend } => self.cancel_done(backend),
             }

@@ -361,15 +361,48 @@ impl Reactor {
                 .copied()
                 .filter(|&o| o != pool)
                 .find_map(|o| self.take_idle(o));
-            match other {
-                Some(bi) => {
-                    self.close_backend(bi, "making room for another user of the database");
-                    if db.try_reserve() {
-                        self.open_backend(pool, None);
-                    }
+            if let Some(bi) = other {
+                self.close_backend(bi, "making room for another user of the database");
+                if db.try_reserve() {
+                    self.open_backend(pool, None);
                 }
-                None => return,
+                continue;
             }
+            // Or one on another reactor: ask it to close that one and tell us.
+            let remote = db
+                .pools
+                .iter()
+                .copied()
+                .filter(|&o| o != pool)
+                .find_map(|o| {
+                    let r = shared.pools.get(o)?.reactor_with_idle(self.id)?;
+                    Some((o, shared.reactor(r)?))
+                });
+            let asked = remote.is_some_and(|(victim, h)| {
+                h.send(Msg::MakeRoom {
+                    pool,
+                    victim,
+                    from: self.id,
+                })
+                .is_ok()
+            });
+            if !asked {
+                return;
+            }
+            if let Some(shard) = self.shards.get_mut(pool) {
+                shard.steals += 1;
+            }
+        }
+    }
+
+    /// Another reactor's client waits for `pool` at its database's cap: close an idle
+    /// backend of `victim` here, then let that reactor try again.
+    pub(super) fn make_room(&mut self, pool: PoolId, victim: PoolId, from: usize) {
+        if let Some(bi) = self.take_idle(victim) {
+            self.close_backend(bi, "making room for another user of the database");
+        }
+        if let Some(h) = self.shared.reactor(from) {
+            let _ = h.send(Msg::NoBackend { pool });
         }
     }
 
