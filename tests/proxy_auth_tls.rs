@@ -167,6 +167,90 @@ fn backend_sslmodes_connect_and_really_use_tls() {
     }
 }
 
+/// A stand-in server that answers SSLRequest with 'S' and completes a TLS handshake with
+/// `cert` (signed by the harness CA), recording the SNI each client sent; it never gets as
+/// far as PostgreSQL's startup.
+fn fake_tls_server(
+    cert: support::certs::LeafCert,
+) -> (u16, std::sync::mpsc::Receiver<Option<String>>) {
+    use rustls::pki_types::pem::PemObject as _;
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let chain = vec![rustls::pki_types::CertificateDer::from(
+        cert.cert_der.clone(),
+    )];
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let config = std::sync::Arc::new(config);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut sock) = conn else { return };
+            let mut request = [0u8; 8];
+            if sock.read_exact(&mut request).is_err() || sock.write_all(b"S").is_err() {
+                continue;
+            }
+            let mut tls = rustls::ServerConnection::new(config.clone()).unwrap();
+            while tls.is_handshaking() {
+                if tls.complete_io(&mut sock).is_err() {
+                    break;
+                }
+            }
+            if tx.send(tls.server_name().map(str::to_owned)).is_err() {
+                return;
+            }
+        }
+    });
+    (port, rx)
+}
+
+#[test]
+fn verify_full_checks_the_host_name_and_sends_it_as_sni() {
+    let pg = PgServer::shared();
+    let dir = tempdir();
+    let ca = write(dir.path(), "ca.crt", &pg.certs().ca_cert_pem, 0o644);
+    // Signed by the CA pglink trusts, but for another name than the one it connects to.
+    let (port, sni) = fake_tls_server(pg.certs().issue_server(&["elsewhere.invalid"]));
+    for (mode, name_error) in [("verify-full", true), ("verify-ca", false)] {
+        let proxy = ProxyConfig::new(pg)
+            .user(&SCRAM_USER)
+            .backend("host", json!("localhost"))
+            .backend("port", json!(port))
+            .backend("sslmode", json!(mode))
+            .backend("sslrootcert", path_json(&ca))
+            .backend("connect_timeout", json!("2s"))
+            .start();
+        let mut c = Conn::plain(proxy.addr);
+        let e = c
+            .login(
+                SCRAM_USER.name,
+                TEST_DATABASE,
+                "scram_pw",
+                &LoginOptions::default(),
+            )
+            .unwrap_err()
+            .server_error();
+        // verify-ca accepts the certificate (and then the stand-in server goes silent).
+        assert_eq!(e.code, "08006", "{mode}: {e}");
+        assert_eq!(e.message.contains("certificate"), name_error, "{mode}: {e}");
+        assert_eq!(
+            sni.recv_timeout(std::time::Duration::from_secs(5))
+                .unwrap()
+                .as_deref(),
+            Some("localhost"),
+            "{mode}: SNI"
+        );
+    }
+}
+
 /// Bug reason shared by the tests that see a failed backend login hidden behind a pool timeout.
 const RETRY_STORM: &str = "pglink bug: a failed backend login is retried at once in a loop; \
                            waiters get 53300 pool timeout instead of the cause";

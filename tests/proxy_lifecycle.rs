@@ -286,3 +286,49 @@ fn a_second_instance_cannot_share_the_port() {
     let mut c = WireClient::connect(first.addr, SCRAM_USER.name, pw, TEST_DATABASE).unwrap();
     assert_eq!(c.query_column("SELECT 1").unwrap(), ["1"]);
 }
+
+#[test]
+fn cleanup_that_does_not_finish_in_time_closes_the_connection() {
+    let pg = PgServer::shared();
+    let user = proxy::create_user(pg, "cleanup");
+    let proxy = ProxyConfig::new(pg)
+        .user(&user)
+        .backend("pool_max_conns", json!(1))
+        .set(
+            &format!("databases.{TEST_DATABASE}.pool_acquire_timeout_milliseconds"),
+            json!(15_000),
+        )
+        .start();
+    let pw = Proxy::password(&user);
+    let mut a = WireClient::connect(proxy.addr, user.name, pw, TEST_DATABASE).unwrap();
+    a.query_column("BEGIN").unwrap();
+    let pid = a.query_column("SELECT pg_backend_pid()").unwrap().remove(0);
+    // The server process stops answering; then its client vanishes mid-transaction. The
+    // ROLLBACK pglink sends is never answered.
+    let status = std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    a.vanish();
+    let started = Instant::now();
+    let mut b = WireClient::connect(proxy.addr, user.name, pw, TEST_DATABASE).unwrap();
+    let got = b.query_column("SELECT pg_backend_pid()");
+    let took = started.elapsed();
+    let _ = std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status();
+    // With a pool of one, b is served only once the stuck connection was given up (after
+    // the 5 s cleanup limit) and a new one opened.
+    let other = got.unwrap().remove(0);
+    assert_ne!(other, pid);
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(9),
+        "{took:?}"
+    );
+    wait_until(
+        "the stuck backend is closed",
+        Duration::from_secs(10),
+        || !pg.backend_pids(user.name).contains(&pid),
+    );
+}
