@@ -849,72 +849,194 @@ fn pgbench_simple_and_extended_without_failures() {
     }
 }
 
-#[test]
-fn slow_reader_keeps_memory_bounded() {
-    use std::io::Read;
-    let pg = PgServer::shared();
-    // A separate pglink process, so its RSS is its own.
-    let config = ProxyConfig::new(pg).user(&SCRAM_USER).json().clone();
-    let dir = std::env::temp_dir().join(format!("pglink-rss-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let mut config = config;
-    config["listen"] = json!(format!("127.0.0.1:{port}"));
-    let path = dir.join("pglink.json");
-    std::fs::write(&path, config.to_string()).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pglink"))
-        .arg("-config")
-        .arg(&path)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "pglink did not start");
-        std::thread::sleep(Duration::from_millis(50));
+/// pglink as a separate process (so that its RSS is its own), killed on drop.
+struct ChildProxy {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    addr: std::net::SocketAddr,
+}
+
+impl ChildProxy {
+    fn start(config: &ProxyConfig, name: &str) -> ChildProxy {
+        let dir = std::env::temp_dir().join(format!("pglink-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let mut config = config.json().clone();
+        config["listen"] = json!(format!("127.0.0.1:{port}"));
+        let path = dir.join("pglink.json");
+        std::fs::write(&path, config.to_string()).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_pglink"))
+            .arg("-config")
+            .arg(&path)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "pglink did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ChildProxy { child, dir, addr }
     }
-    let pw = Proxy::password(&SCRAM_USER);
-    let mut c = WireClient::connect(addr, SCRAM_USER.name, pw, TEST_DATABASE).unwrap();
-    let mut m = Vec::new();
-    // 200 rows of 1 MB each.
-    pglink::protocol::frontend::query(
-        &mut m,
-        b"SELECT repeat('x', 1000000) FROM generate_series(1, 200)",
-    );
-    c.send(&m);
+
+    /// A `/proc/<pid>/status` figure in kB (`VmHWM`, `VmRSS`).
+    fn status_kb(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| {
+                v.trim_start_matches(':')
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap()
+    }
+}
+
+impl Drop for ChildProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Reads everything up to the final ReadyForQuery slowly (about 40 MB/s at most).
+fn read_slowly_until_ready(c: &mut WireClient) -> usize {
+    use std::io::Read;
     let mut total = 0usize;
     let mut chunk = vec![0u8; 64 * 1024];
-    let received = Arc::new(AtomicUsize::new(0));
+    let mut tail: Vec<u8> = Vec::new();
     loop {
         let n = c.conn.tcp.read(&mut chunk).unwrap();
         assert!(n > 0, "connection closed after {total} bytes");
         total += n;
-        received.store(total, Ordering::Relaxed);
-        // Read slowly: about 40 MB/s at most.
         std::thread::sleep(Duration::from_micros(1500));
-        if chunk[..n].ends_with(&[b'Z', 0, 0, 0, 5, b'I']) {
-            break;
+        // The last six bytes seen, across reads.
+        tail.extend_from_slice(&chunk[..n]);
+        let keep = tail.len().saturating_sub(6);
+        tail.drain(..keep);
+        if tail == [b'Z', 0, 0, 0, 5, b'I'] {
+            return total;
         }
     }
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
-    let hwm_kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = std::fs::remove_dir_all(&dir);
-    assert!(total > 200_000_000, "received {total} bytes");
+}
+
+#[test]
+fn slow_reader_keeps_memory_bounded() {
+    let pg = PgServer::shared();
+    let proxy = ChildProxy::start(&ProxyConfig::new(pg).user(&SCRAM_USER), "rss");
+    let pw = Proxy::password(&SCRAM_USER);
+    for (what, sql) in [
+        // 200 rows of 1 MB each.
+        (
+            "rows",
+            "SELECT repeat('x', 1000000) FROM generate_series(1, 200)",
+        ),
+        (
+            "COPY OUT",
+            "COPY (SELECT repeat('x', 1000000) FROM generate_series(1, 200)) TO STDOUT",
+        ),
+    ] {
+        let mut c = WireClient::connect(proxy.addr, SCRAM_USER.name, pw, TEST_DATABASE).unwrap();
+        let mut m = Vec::new();
+        pglink::protocol::frontend::query(&mut m, sql.as_bytes());
+        c.send(&m);
+        let total = read_slowly_until_ready(&mut c);
+        assert!(total > 200_000_000, "{what}: received {total} bytes");
+    }
+    let hwm_kb = proxy.status_kb("VmHWM");
     println!(
-        "pglink peak RSS while streaming 200 MB to a slow reader: {} MB",
+        "pglink peak RSS while streaming 200 MB twice to a slow reader: {} MB",
         hwm_kb / 1024
     );
     assert!(hwm_kb < 64 * 1024, "peak RSS {hwm_kb} kB");
+}
+
+#[test]
+fn copy_in_to_a_stalled_server_stops_reading_the_client() {
+    use pglink::protocol::frontend;
+    let pg = PgServer::shared();
+    let user = proxy::create_user(pg, "copyin");
+    let proxy = ChildProxy::start(&ProxyConfig::new(pg).user(&user), "copyin");
+    let t = table("copy_stall");
+    pg.admin_sql_in(
+        TEST_DATABASE,
+        &format!("CREATE TABLE {t} (v text); GRANT ALL ON {t} TO PUBLIC"),
+    );
+    let mut c =
+        WireClient::connect(proxy.addr, user.name, Proxy::password(&user), TEST_DATABASE).unwrap();
+    let mut m = Vec::new();
+    frontend::query(&mut m, format!("COPY {t} FROM STDIN").as_bytes());
+    c.send(&m);
+    assert_eq!(c.read().unwrap().tag, b'G', "CopyInResponse");
+    let pid = pg.backend_pids(user.name).remove(0);
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // 200 MB of rows from another thread: it must block (pglink stops reading from the
+    // client when the server does not read), not pile up inside pglink.
+    let mut writer = c.conn.tcp.try_clone().unwrap();
+    writer.set_write_timeout(None).unwrap();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let sent2 = sent.clone();
+    let feeder = std::thread::spawn(move || {
+        use std::io::Write;
+        let line = format!("{}\n", "y".repeat(999));
+        let mut m = Vec::new();
+        for _ in 0..1000 {
+            frontend::copy_data(&mut m, line.as_bytes());
+        }
+        for _ in 0..200 {
+            writer.write_all(&m).unwrap();
+            sent2.fetch_add(m.len(), Ordering::Relaxed);
+        }
+        let mut done = Vec::new();
+        frontend::copy_done(&mut done);
+        writer.write_all(&done).unwrap();
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let stalled_at = sent.load(Ordering::Relaxed);
+    let rss_kb = proxy.status_kb("VmHWM");
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    feeder.join().unwrap();
+    let msgs = c.until_ready().unwrap();
+    assert!(
+        msgs.iter().all(|m| m.tag != b'E'),
+        "{:?}",
+        msgs.iter().find_map(|m| m.error())
+    );
+    assert!(
+        stalled_at < 100_000_000,
+        "pglink kept reading: {stalled_at} bytes taken"
+    );
+    assert!(
+        rss_kb < 64 * 1024,
+        "peak RSS {rss_kb} kB while the server was stalled"
+    );
+    assert_eq!(
+        pg.admin_sql_in(TEST_DATABASE, &format!("SELECT count(*) FROM {t}"))
+            .trim(),
+        "200000"
+    );
 }
 
 #[test]
