@@ -70,6 +70,8 @@ pub struct Backend {
     pub(super) credentials_version: u64,
     pub(super) cancel_in_flight: bool,
     pub(super) read_paused: bool,
+    /// The last read found the socket empty (see `Client::drained`).
+    pub(super) drained: bool,
     /// Prepared statements and parameter values of this connection.
     pub(super) context: BackendContext,
 }
@@ -167,6 +169,7 @@ impl Reactor {
             credentials_version,
             cancel_in_flight: false,
             read_paused: false,
+            drained: false,
             context: BackendContext::new(db.settings.statement_cache_capacity),
         });
         if let Some(shard) = self.shards.get_mut(pool) {
@@ -256,6 +259,9 @@ impl Reactor {
         let Some(tok) = self.backend_tok(bi) else {
             return;
         };
+        if let Some(b) = self.backends.get_mut(bi) {
+            b.drained = false;
+        }
         for _ in 0..MAX_READS {
             if !self.backend_wants_input(bi) {
                 if let Some(b) = self.backends.get_mut(bi) {
@@ -276,6 +282,9 @@ impl Reactor {
             );
             match filled {
                 Filled::Data { drained } => {
+                    if drained {
+                        b.drained = true;
+                    }
                     self.backend_after_read(bi);
                     if drained {
                         if let Some(b) = self.backends.get_mut(bi) {
@@ -285,6 +294,7 @@ impl Reactor {
                     }
                 }
                 Filled::Blocked => {
+                    b.drained = true;
                     self.backend_after_read(bi);
                     if let Some(b) = self.backends.get_mut(bi) {
                         self.bufs.recycle_input(&mut b.input);

@@ -37,6 +37,9 @@ pub(super) struct Client {
     pub acquire_deadline: Option<Instant>,
     /// Reading stopped for backpressure; whoever relieves it must wake this client.
     pub read_paused: bool,
+    /// The last read found the socket empty: until the next readiness event there is
+    /// nothing to read, so revisiting the client (to process buffered input) skips the read.
+    pub drained: bool,
     /// Counts towards `max_client_connections` (false for a connection being refused).
     pub counted: bool,
     pub peer: Option<SocketAddr>,
@@ -141,6 +144,7 @@ impl Reactor {
             handshake: None,
             acquire_deadline: None,
             read_paused: false,
+            drained: false,
             peer: Some(peer),
         });
         self.timers.add(
@@ -185,6 +189,9 @@ impl Reactor {
         let Some(tok) = self.client_tok(ci) else {
             return;
         };
+        if let Some(c) = self.clients.get_mut(ci) {
+            c.drained = false;
+        }
         for _ in 0..MAX_READS {
             if !self.client_wants_input(ci) {
                 if let Some(c) = self.clients.get_mut(ci) {
@@ -205,6 +212,9 @@ impl Reactor {
             );
             match filled {
                 Filled::Data { drained } => {
+                    if drained {
+                        c.drained = true;
+                    }
                     self.client_after_read(ci);
                     if drained {
                         if let Some(c) = self.clients.get_mut(ci) {
@@ -214,6 +224,7 @@ impl Reactor {
                     }
                 }
                 Filled::Blocked => {
+                    c.drained = true;
                     self.client_after_read(ci);
                     if let Some(c) = self.clients.get_mut(ci) {
                         self.bufs.recycle_input(&mut c.input);

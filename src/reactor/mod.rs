@@ -391,13 +391,17 @@ impl Reactor {
         match tok.kind {
             Kind::Client if self.client_alive(tok) => {
                 self.client_process(tok.index());
-                if self.client_alive(tok) {
+                if self.clients.get(tok.index()).is_some_and(|c| !c.drained)
+                    && self.client_alive(tok)
+                {
                     self.client_read(tok.index(), false);
                 }
             }
             Kind::Backend if self.backend_alive(tok) => {
                 self.backend_process(tok.index());
-                if self.backend_alive(tok) {
+                if self.backends.get(tok.index()).is_some_and(|b| !b.drained)
+                    && self.backend_alive(tok)
+                {
                     self.backend_read(tok.index(), false);
                 }
             }
