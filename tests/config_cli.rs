@@ -55,6 +55,8 @@ fn every_problem_is_reported_with_its_path() {
         "pglink: config: databases.typos.backend.port: must be between 1 and 65535",
         r#"pglink: config: databases.typos.backend.sslmode: invalid value "always": expected one of disable, allow, prefer, require, verify-ca, verify-full"#,
         r#"pglink: config: databases.typos.backend.connect_timeout: invalid duration "ten""#,
+        // A type error in the backend leaves the rest of the database checked.
+        "pglink: config: databases.semantic.backend.port: expected an integer, found a string",
         "pglink: config: databases.semantic.users[0].password: several secret sources: set exactly one of insecure_value, env_var or aws_secret_arn",
         "pglink: config: databases.semantic.users[1].username: duplicate username: same as databases.semantic.users[0].username",
         "pglink: config: databases.semantic.users[1].password.key: required with aws_secret_arn",
@@ -62,8 +64,15 @@ fn every_problem_is_reported_with_its_path() {
         "pglink: config: warning: databases.semantic.backend.pool_max_con: unknown key (ignored)",
         "pglink: config: opentelemetry.sampling_rate: 2 is out of range: must be between 0 and 1",
         "pglink: config: opentelemetry.application_name_sql_regex: regular expression has no capture group",
+        // ...and type errors in opentelemetry leave its other rules checked.
+        "pglink: config: opentelemetry.traceparent_sql_regex: required when opentelemetry.enabled is true",
         "pglink: config: flight_recorder.output_dir: required field is missing",
     ];
+    if !cfg!(feature = "otel") {
+        expected.push(
+            "pglink: config: opentelemetry.enabled: OpenTelemetry support is not compiled into this pglink",
+        );
+    }
     if cfg!(feature = "metrics") {
         expected.push(r#"pglink: config: prometheus.path: must start with "/""#);
     } else {
