@@ -214,6 +214,66 @@ fn valid_config_starts_logs_json_and_stops_on_sigterm() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// The messages of the error-level JSON log lines on stderr.
+fn logged_errors(stderr: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["level"] == "error")
+        .filter_map(|v| v["msg"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn check_refuses_what_start_refuses() {
+    // A directory of its own: valid_config_starts_logs_json_and_stops_on_sigterm removes the
+    // shared one when it finishes.
+    let dir = std::env::temp_dir().join(format!("pglink-cli-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut sections = vec![(
+        "flight_recorder",
+        format!(r#"{{"output_dir": {:?}}}"#, dir.to_str().unwrap()),
+    )];
+    if cfg!(feature = "metrics") {
+        sections.push(("prometheus", r#"{"listen": "127.0.0.1:0"}"#.into()));
+    }
+    if cfg!(feature = "otel") {
+        sections.push((
+            "opentelemetry",
+            r#"{"enabled": true, "traceparent_sql_regex": true}"#.into(),
+        ));
+    }
+    for (name, section) in sections {
+        let text = format!(
+            r#"{{"listen": "127.0.0.1:0", "tls": {{"sslmode": "disable"}}, "{name}": {section},
+                "databases": {{"db": {{"users": [{{"username": {{"insecure_value": "u"}},
+                                                  "password": {{"insecure_value": "p"}}}}],
+                                       "backend": {{"host": "127.0.0.1", "port": 1,
+                                                   "database": "db", "pool_max_conns": 1}}}}}}}}"#
+        );
+        let file = dir.join(format!("unimplemented-{name}.json"));
+        std::fs::write(&file, text).unwrap();
+        let file = file.to_str().unwrap();
+        let (code, stdout, stderr) = run(&mut pglink(&["-config", file, "-check", "-json"]));
+        assert_eq!(code, 1, "{name}: {stdout}{stderr}");
+        assert!(!stdout.contains("configuration OK"), "{name}: {stdout}");
+        let checked = logged_errors(&stderr);
+        assert_eq!(
+            checked,
+            vec![format!(
+                "cannot start: {name}: not implemented in this version of pglink yet; remove \
+                 the section(s) to start"
+            )],
+            "{stderr}"
+        );
+        // A real start fails before listening, with the same message and status.
+        let (code, _, stderr) = run(&mut pglink(&["-config", file, "-json"]));
+        assert_eq!(code, 1, "{name}: {stderr}");
+        assert_eq!(logged_errors(&stderr), checked, "{name}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn usage_errors_exit_2() {
     for (args, first_line) in [
