@@ -100,6 +100,12 @@ fn load_and_start(file: PathBuf, json_logs: bool, check_only: bool) -> ExitCode 
         }
     };
     if check_only {
+        // Refuse what a start would refuse, with the same message and status.
+        if let Err(e) = crate::server::refuse_unimplemented(&loaded.config) {
+            log::error!("cannot start: {e}");
+            loaded.secrets.stop();
+            return ExitCode::from(EXIT_FAILURE);
+        }
         let secrets = loaded.secrets.current();
         let users: usize = secrets.databases.values().map(Vec::len).sum();
         println!(

@@ -225,8 +225,9 @@ impl Stopper {
 }
 
 /// Observability sections are validated by the config layer but not built yet: say so
-/// instead of running silently without them.
-fn refuse_unimplemented(config: &Config) -> Result<(), StartError> {
+/// instead of running silently without them. [`Server::start_with`] calls this first, and
+/// `pglink -check` calls it too, so a configuration that passes the check gets past it.
+pub fn refuse_unimplemented(config: &Config) -> Result<(), StartError> {
     let mut missing = Vec::new();
     if config.prometheus.is_some() {
         missing.push("prometheus");

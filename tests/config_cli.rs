@@ -55,6 +55,8 @@ fn every_problem_is_reported_with_its_path() {
         "pglink: config: databases.typos.backend.port: must be between 1 and 65535",
         r#"pglink: config: databases.typos.backend.sslmode: invalid value "always": expected one of disable, allow, prefer, require, verify-ca, verify-full"#,
         r#"pglink: config: databases.typos.backend.connect_timeout: invalid duration "ten""#,
+        // A type error in the backend leaves the rest of the database checked.
+        "pglink: config: databases.semantic.backend.port: expected an integer, found a string",
         "pglink: config: databases.semantic.users[0].password: several secret sources: set exactly one of insecure_value, env_var or aws_secret_arn",
         "pglink: config: databases.semantic.users[1].username: duplicate username: same as databases.semantic.users[0].username",
         "pglink: config: databases.semantic.users[1].password.key: required with aws_secret_arn",
@@ -62,8 +64,15 @@ fn every_problem_is_reported_with_its_path() {
         "pglink: config: warning: databases.semantic.backend.pool_max_con: unknown key (ignored)",
         "pglink: config: opentelemetry.sampling_rate: 2 is out of range: must be between 0 and 1",
         "pglink: config: opentelemetry.application_name_sql_regex: regular expression has no capture group",
+        // ...and type errors in opentelemetry leave its other rules checked.
+        "pglink: config: opentelemetry.traceparent_sql_regex: required when opentelemetry.enabled is true",
         "pglink: config: flight_recorder.output_dir: required field is missing",
     ];
+    if !cfg!(feature = "otel") {
+        expected.push(
+            "pglink: config: opentelemetry.enabled: OpenTelemetry support is not compiled into this pglink",
+        );
+    }
     if cfg!(feature = "metrics") {
         expected.push(r#"pglink: config: prometheus.path: must start with "/""#);
     } else {
@@ -202,6 +211,66 @@ fn valid_config_starts_logs_json_and_stops_on_sigterm() {
             .chain(&rest)
             .any(|l| l.contains("secret-password"))
     );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The messages of the error-level JSON log lines on stderr.
+fn logged_errors(stderr: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["level"] == "error")
+        .filter_map(|v| v["msg"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn check_refuses_what_start_refuses() {
+    // A directory of its own: valid_config_starts_logs_json_and_stops_on_sigterm removes the
+    // shared one when it finishes.
+    let dir = std::env::temp_dir().join(format!("pglink-cli-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut sections = vec![(
+        "flight_recorder",
+        format!(r#"{{"output_dir": {:?}}}"#, dir.to_str().unwrap()),
+    )];
+    if cfg!(feature = "metrics") {
+        sections.push(("prometheus", r#"{"listen": "127.0.0.1:0"}"#.into()));
+    }
+    if cfg!(feature = "otel") {
+        sections.push((
+            "opentelemetry",
+            r#"{"enabled": true, "traceparent_sql_regex": true}"#.into(),
+        ));
+    }
+    for (name, section) in sections {
+        let text = format!(
+            r#"{{"listen": "127.0.0.1:0", "tls": {{"sslmode": "disable"}}, "{name}": {section},
+                "databases": {{"db": {{"users": [{{"username": {{"insecure_value": "u"}},
+                                                  "password": {{"insecure_value": "p"}}}}],
+                                       "backend": {{"host": "127.0.0.1", "port": 1,
+                                                   "database": "db", "pool_max_conns": 1}}}}}}}}"#
+        );
+        let file = dir.join(format!("unimplemented-{name}.json"));
+        std::fs::write(&file, text).unwrap();
+        let file = file.to_str().unwrap();
+        let (code, stdout, stderr) = run(&mut pglink(&["-config", file, "-check", "-json"]));
+        assert_eq!(code, 1, "{name}: {stdout}{stderr}");
+        assert!(!stdout.contains("configuration OK"), "{name}: {stdout}");
+        let checked = logged_errors(&stderr);
+        assert_eq!(
+            checked,
+            vec![format!(
+                "cannot start: {name}: not implemented in this version of pglink yet; remove \
+                 the section(s) to start"
+            )],
+            "{stderr}"
+        );
+        // A real start fails before listening, with the same message and status.
+        let (code, _, stderr) = run(&mut pglink(&["-config", file, "-json"]));
+        assert_eq!(code, 1, "{name}: {stderr}");
+        assert_eq!(logged_errors(&stderr), checked, "{name}");
+    }
     let _ = std::fs::remove_dir_all(dir);
 }
 

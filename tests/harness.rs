@@ -412,6 +412,24 @@ fn child_process_holding_a_server() {
 
 /// The directory is removed and no process is left: not the postmaster, and nothing whose
 /// command line mentions the directory (postmaster `-D`, watchdog).
+#[test]
+fn missing_binaries_say_what_to_install() {
+    let dir = std::env::temp_dir().join(format!("pglink-no-postgres-{}", std::process::id()));
+    let message = support::process::locate_binaries(Some(dir.as_os_str())).unwrap_err();
+    let want = format!(
+        "PostgreSQL not found: PGLINK_PG_BINDIR={} lacks initdb or postgres; install \
+         PostgreSQL with `apt-get install -y postgresql`",
+        dir.display()
+    );
+    assert!(message.starts_with(&want), "{message}");
+    assert!(
+        message.contains("point PGLINK_PG_BINDIR at a directory holding initdb, postgres and psql")
+    );
+    // The discovery the other tests use still works.
+    let found = support::process::binaries();
+    assert!(found.initdb.is_file() && found.postgres.is_file() && found.psql.is_file());
+}
+
 fn assert_gone(dir: &Path, postmaster: u32) {
     let needle = dir.to_string_lossy().into_owned();
     wait_for("the server directory and processes to go", || {

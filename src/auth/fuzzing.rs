@@ -213,19 +213,47 @@ mod tests {
         }
     }
 
+    /// Each target's seeds and the corpus directory they are committed in.
+    fn committed_corpus() -> [(std::path::PathBuf, Vec<Vec<u8>>); 2] {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+        [
+            (root.join("scram_server"), scram_server_seeds()),
+            (root.join("scram_client"), scram_client_seeds()),
+        ]
+    }
+
+    fn seed_file(dir: &std::path::Path, i: usize) -> std::path::PathBuf {
+        dir.join(format!("seed-{i}"))
+    }
+
+    /// The committed seeds are what this code produces (after a change to SCRAM or to the
+    /// input layout, rewrite them with `write_fuzz_corpus`).
+    #[test]
+    fn committed_seeds_are_current() {
+        for (dir, seeds) in committed_corpus() {
+            for (i, seed) in seeds.iter().enumerate() {
+                let file = seed_file(&dir, i);
+                let committed =
+                    std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+                assert!(
+                    committed == *seed,
+                    "{} is stale: run `cargo test --lib write_fuzz_corpus -- --ignored`",
+                    file.display()
+                );
+            }
+            let extra = seed_file(&dir, seeds.len());
+            assert!(!extra.exists(), "{} is left over", extra.display());
+        }
+    }
+
     /// Writes the seeds to `fuzz/corpus/`: `cargo test --lib write_fuzz_corpus -- --ignored`.
     #[test]
     #[ignore = "writes files; run by hand when the seeds change"]
     fn write_fuzz_corpus() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
-        for (target, seeds) in [
-            ("scram_server", scram_server_seeds()),
-            ("scram_client", scram_client_seeds()),
-        ] {
-            let dir = root.join(target);
+        for (dir, seeds) in committed_corpus() {
             std::fs::create_dir_all(&dir).unwrap();
             for (i, s) in seeds.iter().enumerate() {
-                std::fs::write(dir.join(format!("seed-{i}")), s).unwrap();
+                std::fs::write(seed_file(&dir, i), s).unwrap();
             }
         }
     }

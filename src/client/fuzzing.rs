@@ -187,14 +187,25 @@ mod tests {
         );
     }
 
+    fn seed_dir() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/client_session")
+    }
+
+    #[test]
+    fn committed_seed_is_current() {
+        let committed = std::fs::read(seed_dir().join("login-query")).unwrap();
+        assert!(
+            committed == login_and_query_script(),
+            "stale seed: run `cargo test -p pglink write_fuzz_seed -- --ignored`"
+        );
+    }
+
     /// `cargo test -p pglink write_fuzz_seed -- --ignored` refreshes the committed seed.
     #[test]
     #[ignore]
     fn write_fuzz_seed() {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/client_session");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("login-query"), login_and_query_script()).unwrap();
+        std::fs::create_dir_all(seed_dir()).unwrap();
+        std::fs::write(seed_dir().join("login-query"), login_and_query_script()).unwrap();
     }
 
     #[test]

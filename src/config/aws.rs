@@ -1,9 +1,11 @@
 //! AWS Secrets Manager (cargo feature `aws`): the secrets thread and its fetches.
 //!
 //! One OS thread runs a tokio current-thread runtime and owns one SDK client, built with the
-//! lean rustls/ring HTTP client (see DEPENDENCIES.md). Credentials, region and endpoint come
-//! from the standard AWS environment, including `AWS_ENDPOINT_URL_SECRETS_MANAGER`, which the
-//! tests use to point the SDK at a local fake.
+//! lean rustls/ring HTTP client, the TLS stack the rest of pglink uses, instead of the SDK's
+//! default one (the SDK crates are used without default features; see the `aws` dependencies
+//! in `Cargo.toml`). Credentials, region and endpoint come from the standard AWS environment,
+//! including `AWS_ENDPOINT_URL_SECRETS_MANAGER`, which the tests use to point the SDK at a
+//! local fake.
 
 use std::future::{Future, poll_fn};
 use std::pin::pin;

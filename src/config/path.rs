@@ -1,5 +1,6 @@
 //! JSON paths (`databases.mydb.users[0].password`) and the problems reported against them.
 
+use std::collections::BTreeSet;
 use std::fmt;
 
 /// A JSON path inside `pglink.json`, printed the way users write it.
@@ -43,6 +44,14 @@ impl Path {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Whether this path is `outer` or leads into it (`a.b[0]` is within `a.b`, `a.bc` is not).
+    pub fn is_within(&self, outer: &Path) -> bool {
+        match self.0.strip_prefix(&outer.0) {
+            Some(rest) => outer.0.is_empty() || rest.is_empty() || rest.starts_with(['.', '[']),
+            None => false,
+        }
+    }
 }
 
 impl fmt::Display for Path {
@@ -80,11 +89,15 @@ impl fmt::Display for Problem {
     }
 }
 
-/// Errors and warnings collected while loading.
+/// Errors and warnings collected while loading, and the paths of the values the schema pass
+/// removed because they were wrong.
 #[derive(Debug, Default)]
 pub(crate) struct Problems {
     pub errors: Vec<Problem>,
     pub warnings: Vec<Problem>,
+    /// Values removed by the schema pass (their errors are in `errors`). The typed config
+    /// holds defaults in their place, so rules reading them are skipped.
+    pruned: BTreeSet<Path>,
 }
 
 impl Problems {
@@ -93,6 +106,18 @@ impl Problems {
     }
     pub fn warn(&mut self, path: impl fmt::Display, message: impl Into<String>) {
         self.warnings.push(Problem::new(path, message));
+    }
+    /// Records that the value at `path` was wrong and has been removed.
+    pub fn prune(&mut self, path: Path) {
+        self.pruned.insert(path);
+    }
+    /// Whether the value at exactly `path` was removed.
+    pub fn was_pruned(&self, path: &Path) -> bool {
+        self.pruned.contains(path)
+    }
+    /// Whether the value at `path`, or anything inside it, was removed.
+    pub fn pruned_within(&self, path: &Path) -> bool {
+        self.pruned.iter().any(|q| q.is_within(path))
     }
 }
 
@@ -113,5 +138,22 @@ mod tests {
             r#"databases["my.db"]"#
         );
         assert_eq!(Path::root().key("").to_string(), r#"[""]"#);
+    }
+
+    #[test]
+    fn within() {
+        let tls = Path::root().key("tls");
+        assert!(tls.key("cert_path").is_within(&tls));
+        assert!(tls.is_within(&tls));
+        assert!(tls.is_within(&Path::root()));
+        assert!(!Path::root().key("tlsx").is_within(&tls));
+        let users = Path::root().key("users");
+        assert!(users.index(0).key("password").is_within(&users));
+        let mut p = Problems::default();
+        p.prune(Path::root().key("a-b"));
+        p.prune(Path::root().key("a").key("c"));
+        assert!(p.pruned_within(&Path::root().key("a")));
+        assert!(!p.was_pruned(&Path::root().key("a")));
+        assert!(!p.pruned_within(&Path::root().key("b")));
     }
 }

@@ -6,9 +6,14 @@
 //! still run on the rest:
 //!
 //! - a member whose value is wrong is removed (its default applies, or its section becomes
-//!   incomplete);
-//! - a section with any error is removed from its parent (a database with an error is left out
-//!   of the semantic checks; its errors are already reported);
+//!   incomplete), and its path is remembered as pruned ([`Problems::prune`]) so that the
+//!   semantic pass does not report rules about a default the user never wrote;
+//! - a section stays as long as every required member is left: a database whose backend
+//!   `port` is wrong still has its users and pool sizes checked, an `opentelemetry` section
+//!   with a bad `sampling_rate` still gets its required-when and compiled-in checks;
+//! - a section that lost a required member is removed from its parent in turn (its errors are
+//!   already reported); an array with an item that had to go is removed whole, so that the
+//!   indices in later messages still match the file;
 //! - `null` counts as absent, as in Go's `encoding/json`.
 //!
 //! After this pass, `serde_json::from_value::<Config>` succeeds on what is left.
@@ -39,16 +44,15 @@ pub(crate) fn check_root(value: &mut Value, p: &mut Problems) -> bool {
     true
 }
 
-/// Checks one object against `section`; returns the number of errors found inside it.
+/// Checks one object against `section`, removing the members that are wrong. Returns whether
+/// what is left is still a `section`: false when a required member is absent or was removed.
 fn check_section(
     map: &mut Map<String, Value>,
     section: &Section,
     path: &Path,
     p: &mut Problems,
-) -> usize {
-    let before = p.errors.len();
+) -> bool {
     map.retain(|_, v| !v.is_null());
-    let mut broken = Vec::new();
     let keys: Vec<String> = map.keys().cloned().collect();
     for key in keys {
         let member = path.key(&key);
@@ -63,18 +67,20 @@ fn check_section(
         };
         if !keep {
             map.remove(&key);
-            broken.push(key);
+            p.prune(member);
         }
     }
+    let mut complete = true;
     for field in section.fields {
-        if field.required == Required::Yes
-            && !map.contains_key(field.name)
-            && !broken.iter().any(|b| b == field.name)
-        {
-            p.error(path.key(field.name), "required field is missing");
+        if field.required == Required::Yes && !map.contains_key(field.name) {
+            complete = false;
+            let member = path.key(field.name);
+            if !p.was_pruned(&member) {
+                p.error(member, "required field is missing");
+            }
         }
     }
-    p.errors.len() - before
+    complete
 }
 
 /// Checks one value; returns false when it must be removed from its parent.
@@ -100,7 +106,7 @@ fn check_value(value: &mut Value, kind: Kind, path: &Path, p: &mut Problems) -> 
         Kind::StringMap => return check_string_map(value, path, p),
         Kind::Section(section) => {
             return match value.as_object_mut() {
-                Some(map) => check_section(map, section, path, p) == 0,
+                Some(map) => check_section(map, section, path, p),
                 None => {
                     p.error(
                         path,
@@ -249,19 +255,22 @@ fn check_array(
     ok
 }
 
+/// Keeps the members that are strings; a map key is its own path, so the rest stays valid.
 fn check_string_map(value: &mut Value, path: &Path, p: &mut Problems) -> bool {
     let Value::Object(map) = value else {
         p.error(path, type_error("an object of strings", value));
         return false;
     };
-    let mut ok = true;
-    for (key, item) in map.iter() {
-        if let Err(message) = expect_string(item) {
-            p.error(path.key(key), message);
-            ok = false;
+    map.retain(|key, item| match expect_string(item) {
+        Ok(_) => true,
+        Err(message) => {
+            let member = path.key(key);
+            p.error(&member, message);
+            p.prune(member);
+            false
         }
-    }
-    ok
+    });
+    true
 }
 
 fn check_map(value: &mut Value, section: &'static Section, path: &Path, p: &mut Problems) -> bool {
@@ -275,10 +284,19 @@ fn check_map(value: &mut Value, section: &'static Section, path: &Path, p: &mut 
     if map.is_empty() {
         p.error(path, "at least one entry is required");
     }
-    map.retain(|key, entry| check_value(entry, Kind::Section(section), &path.key(key), p));
+    map.retain(|key, entry| {
+        let entry_path = path.key(key);
+        let keep = check_value(entry, Kind::Section(section), &entry_path, p);
+        if !keep {
+            p.prune(entry_path);
+        }
+        keep
+    });
     true
 }
 
+/// An item that is not a complete `section` takes the whole array with it: removing just the
+/// item would shift the indices of the paths reported later.
 fn check_list(value: &mut Value, section: &'static Section, path: &Path, p: &mut Problems) -> bool {
     let Value::Array(items) = value else {
         p.error(

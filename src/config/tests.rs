@@ -650,6 +650,85 @@ fn broken_database_does_not_hide_others() {
 }
 
 #[test]
+fn type_error_in_a_member_keeps_the_section_checked() {
+    let mut v = with(&[
+        (
+            "/opentelemetry",
+            json!({"enabled": true, "sampling_rate": 2}),
+        ),
+        (&format!("{BACKEND}/port"), json!("x")),
+        (&format!("{BACKEND}/pool_min_idle_conns"), json!(6)),
+    ]);
+    v["databases"]["mydb"]["users"][1]["username"] = json!({"insecure_value": "alice"});
+    let mut want = vec![
+        "databases.mydb.backend.port: expected an integer, found a string",
+        "opentelemetry.sampling_rate: 2 is out of range: must be between 0 and 1",
+        "databases.mydb.users[1].username: duplicate username: same as databases.mydb.users[0].username",
+        "databases.mydb.backend.pool_min_idle_conns: 6 idle connections per user × 2 users = 12, more than pool_max_conns (10)",
+    ];
+    if !cfg!(feature = "otel") {
+        want.push(
+            "opentelemetry.enabled: OpenTelemetry support is not compiled into this pglink (rebuild with cargo feature \"otel\")",
+        );
+    }
+    want.push(
+        "opentelemetry.traceparent_sql_regex: required when opentelemetry.enabled is true (true, false or a regular expression)",
+    );
+    assert_eq!(errors_of(&v), want);
+}
+
+#[test]
+fn pruned_members_raise_no_rules_about_their_defaults() {
+    let key = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/config/dummy.pem"
+    );
+    for (edits, want) in [
+        (
+            vec![("/tls", json!({"sslmode": "bogus"}))],
+            "tls.sslmode: invalid value \"bogus\": expected one of disable, allow, prefer, require",
+        ),
+        (
+            vec![(
+                "/tls",
+                json!({"cert_path": "", "cert_private_key_path": key}),
+            )],
+            "tls.cert_path: path must not be empty",
+        ),
+        (
+            vec![(
+                "/tls",
+                json!({"sslmode": "require", "generate_cert": "yes"}),
+            )],
+            "tls.generate_cert: expected true or false, found a string",
+        ),
+        (
+            vec![(
+                &*format!("{USER0}/password"),
+                json!({"aws_secret_arn": 7, "key": "k"}),
+            )],
+            "databases.mydb.users[0].password.aws_secret_arn: expected a string, found a number",
+        ),
+        (
+            vec![
+                (&*format!("{BACKEND}/sslcert"), json!(key)),
+                (&*format!("{BACKEND}/sslkey"), json!("")),
+            ],
+            "databases.mydb.backend.sslkey: path must not be empty",
+        ),
+        (
+            vec![(
+                "/opentelemetry",
+                json!({"traceparent_sql_regex": 5, "enabled": false}),
+            )],
+            "opentelemetry.traceparent_sql_regex: expected true, false or a regular expression, found a number",
+        ),
+    ] {
+        assert_eq!(errors_of(&with(&edits)), vec![want], "{edits:?}");
+    }
+}
+
+#[test]
 fn unknown_keys_are_warnings() {
     let p = assert_ok(&[
         (&format!("{BACKEND}/pool_max_con"), json!(3)),

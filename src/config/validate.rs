@@ -1,7 +1,10 @@
 //! Second loading pass: rules that span fields, files on disk, and compiled-in features.
 //!
 //! Runs on the typed [`Config`] left after the schema pass pruned broken values, so that a
-//! config with a type error in one database still gets the rest checked.
+//! config with a type error in one database, or in one member of a section, still gets the
+//! rest checked. A pruned member reads as its default here; a rule that reads it is skipped
+//! (see [`any_pruned`]), so the user hears about the value they wrote, not about a default
+//! they never chose.
 
 use std::collections::HashMap;
 use std::path::Path as FsPath;
@@ -41,6 +44,11 @@ pub(crate) fn validate(config: &Config, p: &mut Problems) {
 }
 
 fn validate_tls(tls: &TlsConfig, path: &Path, p: &mut Problems) {
+    if any_pruned(p, path, &["cert_path", "cert_private_key_path"]) {
+        return;
+    }
+    // Whether a certificate is needed, and may be generated, depends on these two.
+    let settled = !any_pruned(p, path, &["sslmode", "generate_cert"]);
     let enabled = tls.sslmode.tls_enabled();
     match (&tls.cert_path, &tls.cert_private_key_path) {
         (Some(_), None) => p.error(
@@ -51,7 +59,7 @@ fn validate_tls(tls: &TlsConfig, path: &Path, p: &mut Problems) {
             path.key("cert_path"),
             "required when cert_private_key_path is set (give both or neither)",
         ),
-        (None, None) if enabled && !tls.generate_cert => p.error(
+        (None, None) if settled && enabled && !tls.generate_cert => p.error(
             path,
             format!(
                 "sslmode {} needs a certificate: set cert_path and cert_private_key_path, or \
@@ -59,7 +67,7 @@ fn validate_tls(tls: &TlsConfig, path: &Path, p: &mut Problems) {
                 tls.sslmode
             ),
         ),
-        (Some(cert), Some(key)) if enabled => {
+        (Some(cert), Some(key)) if settled && enabled => {
             let cert_exists = cert.exists();
             let key_exists = key.exists();
             if tls.generate_cert {
@@ -131,6 +139,7 @@ fn validate_database(name: &str, db: &DatabaseConfig, path: &Path, p: &mut Probl
         // Duplicates among values known at load time; resolved values are compared again when
         // secrets are read.
         let known = match (&user.username.insecure_value, &user.username.env_var) {
+            _ if p.pruned_within(&user_path.key("username")) => None,
             (Some(v), None) => Some(("value", v.as_str())),
             (None, Some(var)) => Some(("env", var.as_str())),
             _ => None,
@@ -178,12 +187,14 @@ fn validate_backend(b: &BackendConfig, path: &Path, users: usize, p: &mut Proble
             ),
         );
     }
+    let pair_pruned = any_pruned(p, path, &["sslcert", "sslkey"]);
     match (&b.sslcert, &b.sslkey) {
+        _ if pair_pruned => {}
         (Some(_), None) => p.error(path.key("sslkey"), "required when sslcert is set"),
         (None, Some(_)) => p.error(path.key("sslcert"), "required when sslkey is set"),
         _ => {}
     }
-    if b.sslpassword.is_some() && b.sslkey.is_none() {
+    if b.sslpassword.is_some() && b.sslkey.is_none() && !pair_pruned {
         p.warn(path.key("sslpassword"), "ignored without sslkey");
     }
     for (field, file) in [
@@ -210,6 +221,7 @@ fn validate_backend(b: &BackendConfig, path: &Path, users: usize, p: &mut Proble
     }
     if b.pool_max_conn_lifetime_jitter > b.pool_max_conn_lifetime
         && !b.pool_max_conn_lifetime.is_zero()
+        && !any_pruned(p, path, &["pool_max_conn_lifetime"])
     {
         p.warn(
             path.key("pool_max_conn_lifetime_jitter"),
@@ -236,6 +248,7 @@ fn validate_secret(s: &SecretRef, path: &Path, p: &mut Problems) {
     .filter(|set| **set)
     .count();
     match sources {
+        _ if any_pruned(p, path, &["insecure_value", "env_var", "aws_secret_arn"]) => {}
         0 => p.error(
             path,
             "no secret source: set exactly one of insecure_value, env_var or aws_secret_arn",
@@ -248,6 +261,7 @@ fn validate_secret(s: &SecretRef, path: &Path, p: &mut Problems) {
         ),
     }
     match (&s.aws_secret_arn, &s.key) {
+        _ if any_pruned(p, path, &["aws_secret_arn", "key"]) => {}
         (Some(_), None) => p.error(
             path.key("key"),
             "required with aws_secret_arn (the member of the secret's JSON object to use)",
@@ -260,15 +274,15 @@ fn validate_secret(s: &SecretRef, path: &Path, p: &mut Problems) {
             if key.is_empty() {
                 p.error(path.key("key"), "must not be empty");
             }
-            if !cfg!(feature = "aws") {
-                p.error(
-                    path.key("aws_secret_arn"),
-                    "AWS Secrets Manager support is not compiled into this pglink (rebuild \
-                     with cargo feature \"aws\")",
-                );
-            }
         }
         (None, None) => {}
+    }
+    if s.aws_secret_arn.is_some() && !cfg!(feature = "aws") {
+        p.error(
+            path.key("aws_secret_arn"),
+            "AWS Secrets Manager support is not compiled into this pglink (rebuild with cargo \
+             feature \"aws\")",
+        );
     }
     if let Some(var) = &s.env_var
         && (var.is_empty() || var.contains(['=', '\0']))
@@ -291,7 +305,7 @@ fn validate_otel(o: &OpenTelemetryConfig, path: &Path, p: &mut Problems) {
              feature \"otel\")",
         );
     }
-    if o.traceparent_sql_regex.is_none() {
+    if o.traceparent_sql_regex.is_none() && !any_pruned(p, path, &["traceparent_sql_regex"]) {
         p.error(
             path.key("traceparent_sql_regex"),
             "required when opentelemetry.enabled is true (true, false or a regular expression)",
@@ -344,4 +358,10 @@ fn validate_flight_recorder(fr: &FlightRecorderConfig, path: &Path, p: &mut Prob
             format!("{} exists and is not a directory", fr.output_dir.display()),
         );
     }
+}
+
+/// Whether the schema pass removed any of `fields` of the section at `path`, or something
+/// inside one of them.
+fn any_pruned(p: &Problems, path: &Path, fields: &[&str]) -> bool {
+    fields.iter().any(|f| p.pruned_within(&path.key(f)))
 }

@@ -12,8 +12,8 @@
 //!   backend that logged in.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use crate::backend::Target;
 use crate::client::users::{DbId, PoolId};
@@ -116,21 +116,14 @@ pub struct Pool {
     open: AtomicUsize,
     idle: Box<[AtomicU32]>,
     waiting: Box<[AtomicU32]>,
-    /// Per reactor: when its oldest waiter started waiting (nanoseconds since `EPOCH`), or
-    /// `u64::MAX` with nobody waiting.
+    /// Per reactor: when its oldest waiter started waiting (nanoseconds on the reactors'
+    /// common clock, see [`Pool::set_waiting`]), or `u64::MAX` with nobody waiting.
     oldest_wait: Box<[AtomicU64]>,
-}
-
-/// Reference point for waiter timestamps shared between threads.
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
 }
 
 impl Pool {
     pub fn new(id: PoolId, db: DbId, credentials: Credentials, reactors: usize) -> Pool {
         let counters = || (0..reactors).map(|_| AtomicU32::new(0)).collect();
-        epoch();
         Pool {
             id,
             db,
@@ -206,21 +199,24 @@ impl Pool {
     }
 
     /// Publishes a reactor's waiter count and when its oldest waiter started waiting.
-    pub fn set_waiting(&self, reactor: usize, n: usize, oldest: Option<Instant>) {
+    ///
+    /// Times are durations since a reference instant all reactors share (the pool reads no
+    /// clock): the reactors convert their `Instant`s to and from it.
+    pub fn set_waiting(&self, reactor: usize, n: usize, oldest: Option<Duration>) {
         if let Some(c) = self.waiting.get(reactor) {
             c.store(u32::try_from(n).unwrap_or(u32::MAX), Ordering::Release);
         }
         if let Some(c) = self.oldest_wait.get(reactor) {
             let nanos = oldest.map_or(u64::MAX, |t| {
-                u64::try_from(t.saturating_duration_since(epoch()).as_nanos())
-                    .unwrap_or(u64::MAX - 1)
+                u64::try_from(t.as_nanos()).unwrap_or(u64::MAX - 1)
             });
             c.store(nanos, Ordering::Release);
         }
     }
 
-    /// The other reactor whose oldest waiter has waited longest, and since when.
-    pub fn oldest_waiter_elsewhere(&self, except: usize) -> Option<(usize, Instant)> {
+    /// The other reactor whose oldest waiter has waited longest, and since when (on the
+    /// clock of [`Pool::set_waiting`]).
+    pub fn oldest_waiter_elsewhere(&self, except: usize) -> Option<(usize, Duration)> {
         self.oldest_wait
             .iter()
             .enumerate()
@@ -228,7 +224,7 @@ impl Pool {
             .map(|(i, c)| (i, c.load(Ordering::Acquire)))
             .filter(|&(_, nanos)| nanos != u64::MAX)
             .min_by_key(|&(_, nanos)| nanos)
-            .map(|(i, nanos)| (i, epoch() + Duration::from_nanos(nanos)))
+            .map(|(i, nanos)| (i, Duration::from_nanos(nanos)))
     }
 
     /// Another reactor with an idle backend of this pool, preferring the fullest.
@@ -327,14 +323,16 @@ mod tests {
         pool.set_idle(2, 1);
         assert_eq!(pool.reactor_with_idle(0), Some(2));
         assert_eq!(pool.reactor_with_idle(1), Some(0));
-        let now = Instant::now();
-        pool.set_waiting(1, 2, Some(now));
-        pool.set_waiting(2, 1, Some(now + Duration::from_millis(5)));
+        let since = Duration::from_millis(7);
+        pool.set_waiting(1, 2, Some(since));
+        pool.set_waiting(2, 1, Some(since + Duration::from_millis(5)));
         assert_eq!(pool.reactor_with_waiters(0), Some(1));
         assert_eq!(pool.reactor_with_waiters(1), Some(2));
-        let (r, since) = pool.oldest_waiter_elsewhere(0).unwrap();
-        assert_eq!(r, 1);
-        assert!(since.max(now) - since.min(now) < Duration::from_micros(10));
+        assert_eq!(pool.oldest_waiter_elsewhere(0), Some((1, since)));
+        assert_eq!(
+            pool.oldest_waiter_elsewhere(1),
+            Some((2, since + Duration::from_millis(5)))
+        );
         pool.set_waiting(1, 0, None);
         assert_eq!(pool.oldest_waiter_elsewhere(0).map(|(r, _)| r), Some(2));
         assert_eq!(pool.total_idle(), 5);

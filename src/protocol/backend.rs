@@ -7,7 +7,10 @@
 use super::{
     CopyData, DecodeError, ErrorFields, I16s, Oids, Values,
     cursor::{CStrs, Cursor},
-    write::{put_count, put_counted, put_cstr, put_u32, put_value, write_message},
+    write::{
+        put_count, put_counted, put_cstr, put_i16, put_i32, put_u32, put_value, put_values,
+        write_message,
+    },
 };
 
 mod auth;
@@ -153,6 +156,16 @@ fn field_description<'a>(c: &mut Cursor<'a>) -> Result<FieldDescription<'a>, Dec
         type_modifier: c.i32("type modifier")?,
         format: c.i16("format code")?,
     })
+}
+
+fn put_field_description(out: &mut Vec<u8>, f: &FieldDescription<'_>) {
+    put_cstr(out, f.name);
+    put_u32(out, f.table_oid);
+    put_i16(out, f.column_attr);
+    put_u32(out, f.type_oid);
+    put_i16(out, f.type_size);
+    put_i32(out, f.type_modifier);
+    put_i16(out, f.format);
 }
 
 /// Iterator over a validated RowDescription.
@@ -439,16 +452,12 @@ impl<'a> BackendMessage<'a> {
             }),
             M::CommandComplete(c) => command_complete(out, c.tag),
             M::ErrorResponse(f) | M::NoticeResponse(f) => f.encode(out, tag),
-            M::NotificationResponse(n) => write_message(out, tag, |b| {
-                put_u32(b, n.pid);
-                put_cstr(b, n.channel);
-                put_cstr(b, n.payload);
-            }),
+            M::NotificationResponse(n) => notification_response(out, n.pid, n.channel, n.payload),
             M::CopyInResponse(r) | M::CopyOutResponse(r) | M::CopyBothResponse(r) => {
                 r.encode(out, tag)
             }
             M::CopyData(d) => d.encode(out),
-            M::FunctionCallResponse(r) => write_message(out, tag, |b| put_value(b, r.result)),
+            M::FunctionCallResponse(r) => function_call_response(out, r.result),
             M::NegotiateProtocolVersion(n) => write_message(out, tag, |b| {
                 put_u32(b, n.newest_minor);
                 put_u32(b, n.count);
@@ -535,6 +544,68 @@ pub fn command_complete(out: &mut Vec<u8>, command_tag: &[u8]) {
     write_message(out, tag::COMMAND_COMPLETE, |b| put_cstr(b, command_tag));
 }
 
+/// ParameterDescription: the type OID of each parameter of a statement.
+pub fn parameter_description(out: &mut Vec<u8>, types: &[u32]) {
+    write_message(out, tag::PARAMETER_DESCRIPTION, |b| {
+        put_count(b, types.len());
+        types.iter().for_each(|&t| put_u32(b, t));
+    });
+}
+
+/// RowDescription: one entry per result column.
+pub fn row_description(out: &mut Vec<u8>, fields: &[FieldDescription<'_>]) {
+    write_message(out, tag::ROW_DESCRIPTION, |b| {
+        put_count(b, fields.len());
+        fields.iter().for_each(|f| put_field_description(b, f));
+    });
+}
+
+/// DataRow: the column values of one row; `None` is NULL.
+pub fn data_row<'v>(out: &mut Vec<u8>, columns: impl IntoIterator<Item = Option<&'v [u8]>>) {
+    write_message(out, tag::DATA_ROW, |b| put_values(b, columns));
+}
+
+pub fn portal_suspended(out: &mut Vec<u8>) {
+    write_message(out, tag::PORTAL_SUSPENDED, |_| {});
+}
+
+/// NotificationResponse: a NOTIFY on `channel` from backend process `pid`.
+pub fn notification_response(out: &mut Vec<u8>, pid: u32, channel: &[u8], payload: &[u8]) {
+    write_message(out, tag::NOTIFICATION_RESPONSE, |b| {
+        put_u32(b, pid);
+        put_cstr(b, channel);
+        put_cstr(b, payload);
+    });
+}
+
+/// CopyInResponse: `format` 0 (text) or 1 (binary) overall, then one format code per column.
+pub fn copy_in_response(out: &mut Vec<u8>, format: u8, column_formats: &[i16]) {
+    copy_response(out, tag::COPY_IN_RESPONSE, format, column_formats);
+}
+
+/// CopyOutResponse; arguments as for [`copy_in_response`].
+pub fn copy_out_response(out: &mut Vec<u8>, format: u8, column_formats: &[i16]) {
+    copy_response(out, tag::COPY_OUT_RESPONSE, format, column_formats);
+}
+
+/// CopyBothResponse (replication); arguments as for [`copy_in_response`].
+pub fn copy_both_response(out: &mut Vec<u8>, format: u8, column_formats: &[i16]) {
+    copy_response(out, tag::COPY_BOTH_RESPONSE, format, column_formats);
+}
+
+fn copy_response(out: &mut Vec<u8>, tag: u8, format: u8, column_formats: &[i16]) {
+    write_message(out, tag, |b| {
+        b.push(format);
+        put_count(b, column_formats.len());
+        column_formats.iter().for_each(|&f| put_i16(b, f));
+    });
+}
+
+/// FunctionCallResponse: the function's result; `None` is NULL.
+pub fn function_call_response(out: &mut Vec<u8>, result: Option<&[u8]>) {
+    write_message(out, tag::FUNCTION_CALL_RESPONSE, |b| put_value(b, result));
+}
+
 /// NegotiateProtocolVersion: the newest minor we speak and the `_pq_.*` options we ignored.
 pub fn negotiate_protocol_version(out: &mut Vec<u8>, newest_minor: u32, unrecognized: &[&[u8]]) {
     write_message(out, tag::NEGOTIATE_PROTOCOL_VERSION, |b| {
@@ -548,6 +619,25 @@ pub fn negotiate_protocol_version(out: &mut Vec<u8>, newest_minor: u32, unrecogn
 mod tests {
     use super::*;
     use crate::protocol::{Severity, SqlState, error_response, write::put_i32};
+
+    const FIELD_ID: FieldDescription<'static> = FieldDescription {
+        name: b"id",
+        table_oid: 16384,
+        column_attr: 1,
+        type_oid: 23,
+        type_size: 4,
+        type_modifier: -1,
+        format: 0,
+    };
+    const FIELD_NAME: FieldDescription<'static> = FieldDescription {
+        name: b"name",
+        table_oid: 16384,
+        column_attr: 2,
+        type_oid: 25,
+        type_size: -1,
+        type_modifier: -1,
+        format: 1,
+    };
 
     fn roundtrip(bytes: &[u8]) -> BackendMessage<'_> {
         let msg = BackendMessage::decode(bytes[0], &bytes[5..]).unwrap();
@@ -577,6 +667,21 @@ mod tests {
             no_data,
             empty_query_response,
             |o| command_complete(o, b"SELECT 1"),
+            |o| parameter_description(o, &[]),
+            |o| parameter_description(o, &[23, 25]),
+            |o| row_description(o, &[]),
+            |o| row_description(o, &[FIELD_ID, FIELD_NAME]),
+            |o| data_row(o, []),
+            |o| data_row(o, [Some(&b"a"[..]), None, Some(b"")]),
+            portal_suspended,
+            |o| notification_response(o, 7, b"jobs", b"42"),
+            |o| notification_response(o, 7, b"jobs", b""),
+            |o| copy_in_response(o, 0, &[]),
+            |o| copy_in_response(o, 1, &[1, 1]),
+            |o| copy_out_response(o, 0, &[0, 0, 0]),
+            |o| copy_both_response(o, 1, &[]),
+            |o| function_call_response(o, Some(b"\0\0\0\x01")),
+            |o| function_call_response(o, None),
             |o| negotiate_protocol_version(o, 0, &[b"_pq_.foo"]),
             |o| error_response(o, Severity::Error, SqlState::QUERY_CANCELED, "x"),
             |o| copy_data(o, b"row"),
@@ -641,6 +746,62 @@ mod tests {
         assert_eq!(
             d.columns().collect::<Vec<_>>(),
             vec![Some(&b"a"[..]), None, Some(&b""[..])]
+        );
+    }
+
+    #[test]
+    fn builder_views() {
+        let mut out = Vec::new();
+        row_description(&mut out, &[FIELD_ID, FIELD_NAME]);
+        let BackendMessage::RowDescription(r) = roundtrip(&out) else {
+            panic!()
+        };
+        assert_eq!(r.fields().collect::<Vec<_>>(), vec![FIELD_ID, FIELD_NAME]);
+        let mut out = Vec::new();
+        parameter_description(&mut out, &[23, 25]);
+        let BackendMessage::ParameterDescription(p) = roundtrip(&out) else {
+            panic!()
+        };
+        assert_eq!(p.types().collect::<Vec<_>>(), vec![23, 25]);
+        let mut out = Vec::new();
+        copy_out_response(&mut out, 1, &[1, 0]);
+        assert_eq!(out, b"H\0\0\0\x0b\x01\0\x02\0\x01\0\0");
+        let BackendMessage::CopyOutResponse(c) = roundtrip(&out) else {
+            panic!()
+        };
+        assert_eq!(
+            (c.format, c.column_formats().collect::<Vec<_>>()),
+            (1, vec![1, 0])
+        );
+        let mut out = Vec::new();
+        notification_response(&mut out, 9, b"ch", b"hi");
+        assert_eq!(
+            roundtrip(&out),
+            BackendMessage::NotificationResponse(NotificationResponse {
+                pid: 9,
+                channel: b"ch",
+                payload: b"hi"
+            })
+        );
+        let mut out = Vec::new();
+        function_call_response(&mut out, None);
+        assert_eq!(out, b"V\0\0\0\x08\xff\xff\xff\xff");
+    }
+
+    #[test]
+    fn portal_suspended_decodes() {
+        // As PostgreSQL sends it after `Execute` with a row limit that the portal outran.
+        let bytes = b"s\0\0\0\x04";
+        assert_eq!(roundtrip(bytes), BackendMessage::PortalSuspended);
+        let mut out = Vec::new();
+        portal_suspended(&mut out);
+        assert_eq!(out, bytes);
+        assert_eq!(
+            BackendMessage::decode(b's', b"x").unwrap_err(),
+            DecodeError::TrailingBytes {
+                tag: b's',
+                extra: 1
+            }
         );
     }
 

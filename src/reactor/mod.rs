@@ -80,6 +80,9 @@ pub struct Shared {
     reactors: OnceLock<Vec<ReactorHandle>>,
     cancels_in_flight: AtomicUsize,
     stopping: AtomicBool,
+    /// The reference instant of times shared between reactors (pool waiters): the pool
+    /// state holds durations since it and reads no clock itself.
+    pub epoch: Instant,
 }
 
 impl Shared {
@@ -110,7 +113,13 @@ impl Shared {
             reactors: OnceLock::new(),
             cancels_in_flight: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
+            epoch: Instant::now(),
         }
+    }
+
+    /// `t` on the reactors' common clock (see [`Shared::epoch`]).
+    pub fn since_epoch(&self, t: Instant) -> Duration {
+        t.saturating_duration_since(self.epoch)
     }
 
     /// Publishes a new login table (secret rotation).

@@ -55,7 +55,9 @@ impl Reactor {
             p.set_waiting(
                 self.id,
                 s.waiters.len(),
-                s.waiters.front().map(|&(_, since)| since),
+                s.waiters
+                    .front()
+                    .map(|&(_, since)| self.shared.since_epoch(since)),
             );
         }
     }
@@ -235,7 +237,8 @@ impl Reactor {
             .shared
             .pools
             .get(pool)
-            .and_then(|p| p.oldest_waiter_elsewhere(self.id));
+            .and_then(|p| p.oldest_waiter_elsewhere(self.id))
+            .map(|(r, since)| (r, self.shared.epoch + since));
         let hand_to = match (ours, theirs) {
             (_, None) => None,
             (None, Some((r, _))) => Some(r),

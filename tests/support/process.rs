@@ -25,29 +25,37 @@ pub struct PgBinaries {
     pub psql: PathBuf,
 }
 
-/// The binaries, found once per process: `PGLINK_PG_BINDIR`, else `pg_config --bindir` if it
-/// holds `initdb` and `postgres`, else the highest `/usr/lib/postgresql/<version>/bin`.
+/// The binaries, found once per process by [`locate_binaries`] (panicking with its message).
 pub fn binaries() -> &'static PgBinaries {
     static BINARIES: OnceLock<PgBinaries> = OnceLock::new();
     BINARIES.get_or_init(|| {
-        let bindir = find_bindir()
-            .unwrap_or_else(|why| panic!("PostgreSQL not found: {why}; {INSTALL_HINT}"));
-        let psql = [bindir.join("psql"), PathBuf::from("/usr/bin/psql")]
-            .into_iter()
-            .find(|p| p.is_file())
-            .unwrap_or_else(|| panic!("psql not found in {}; {INSTALL_HINT}", bindir.display()));
-        PgBinaries {
-            initdb: bindir.join("initdb"),
-            postgres: bindir.join("postgres"),
-            psql,
-            bindir,
-        }
+        locate_binaries(std::env::var_os("PGLINK_PG_BINDIR").as_deref())
+            .unwrap_or_else(|message| panic!("{message}"))
     })
 }
 
-fn find_bindir() -> Result<PathBuf, String> {
+/// Finds the binaries: in `bindir_override` (the value of `PGLINK_PG_BINDIR`) if given, else
+/// in `pg_config --bindir` if it holds `initdb` and `postgres`, else in the highest
+/// `/usr/lib/postgresql/<version>/bin`. The error is the whole message for the user, saying
+/// what is missing and what to install.
+pub fn locate_binaries(bindir_override: Option<&OsStr>) -> Result<PgBinaries, String> {
+    let bindir = find_bindir(bindir_override)
+        .map_err(|why| format!("PostgreSQL not found: {why}; {INSTALL_HINT}"))?;
+    let psql = [bindir.join("psql"), PathBuf::from("/usr/bin/psql")]
+        .into_iter()
+        .find(|p| p.is_file())
+        .ok_or_else(|| format!("psql not found in {}; {INSTALL_HINT}", bindir.display()))?;
+    Ok(PgBinaries {
+        initdb: bindir.join("initdb"),
+        postgres: bindir.join("postgres"),
+        psql,
+        bindir,
+    })
+}
+
+fn find_bindir(bindir_override: Option<&OsStr>) -> Result<PathBuf, String> {
     let complete = |dir: &Path| ["initdb", "postgres"].iter().all(|b| dir.join(b).is_file());
-    if let Some(dir) = std::env::var_os("PGLINK_PG_BINDIR") {
+    if let Some(dir) = bindir_override {
         let dir = PathBuf::from(dir);
         return if complete(&dir) {
             Ok(dir)

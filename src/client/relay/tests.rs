@@ -1,4 +1,5 @@
 use super::*;
+use crate::protocol::backend as backend_msg;
 
 const MAX: usize = 1 << 20;
 
@@ -11,6 +12,13 @@ fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
 
 fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
     parts.concat()
+}
+
+/// The bytes a protocol builder appends.
+fn built(build: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut out = Vec::new();
+    build(&mut out);
+    out
 }
 
 // Client messages.
@@ -44,10 +52,13 @@ fn rfq(status: u8) -> Vec<u8> {
     msg(b'Z', &[status])
 }
 fn row_desc() -> Vec<u8> {
-    msg(b'T', b"\0\0")
+    built(|o| backend_msg::row_description(o, &[]))
+}
+fn param_desc() -> Vec<u8> {
+    built(|o| backend_msg::parameter_description(o, &[]))
 }
 fn data_row() -> Vec<u8> {
-    msg(b'D', b"\0\x01\0\0\0\x011")
+    built(|o| backend_msg::data_row(o, [Some(&b"1"[..])]))
 }
 fn complete(tag: &str) -> Vec<u8> {
     msg(b'C', format!("{tag}\0").as_bytes())
@@ -59,7 +70,7 @@ fn error(severity: &str) -> Vec<u8> {
     )
 }
 fn copy_in_response() -> Vec<u8> {
-    msg(b'G', b"\0\0\0")
+    built(|o| backend_msg::copy_in_response(o, 0, &[]))
 }
 
 /// Feeds backend bytes until the relay stops for something other than a ParameterStatus.
@@ -185,7 +196,7 @@ fn describe_statement_and_portal() {
     );
     let reply = cat(&[
         msg(b'1', b""),
-        msg(b't', b"\0\0"),
+        param_desc(),
         row_desc(),
         msg(b'2', b""),
         msg(b'n', b""),
@@ -307,7 +318,7 @@ fn copy_out_streams_through() {
     let mut r = Relay::new(MAX);
     client(&mut r, &query("COPY t TO STDOUT"));
     let reply = cat(&[
-        msg(b'H', b"\0\0\0"),
+        built(|o| backend_msg::copy_out_response(o, 0, &[])),
         copy_data(b"1\n"),
         copy_data(b"2\n"),
         msg(b'c', b""),
@@ -630,7 +641,7 @@ fn describe_answers_are_captured_whole_even_when_split() {
         Effect::Describe(s.clone()),
     );
     client(&mut r, &sync());
-    let answer = cat(&[msg(b't', b"\0\0"), row_desc()]);
+    let answer = cat(&[param_desc(), row_desc()]);
     let reply = cat(&[answer.clone(), rfq(b'I')]);
     let mut out = Vec::new();
     let mut buf = reply[..3].to_vec();
@@ -672,7 +683,7 @@ fn parameter_read_back_collects_its_row_and_shows_nothing() {
     );
     let reply = cat(&[
         row_desc(),
-        msg(b'D', b"\0\x02\0\0\0\x06public\xff\xff\xff\xff"),
+        built(|o| backend_msg::data_row(o, [Some(&b"public"[..]), None])),
         complete("SELECT 1"),
         rfq(b'I'),
     ]);
