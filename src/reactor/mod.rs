@@ -197,6 +197,10 @@ pub enum Msg {
 pub struct ReactorHandle {
     tx: SyncSender<Msg>,
     waker: Arc<Waker>,
+    /// The reactor is in (or about to enter) a blocking poll: a message needs a wake-up.
+    /// While it is busy it reads its inbox every turn anyway, so the `eventfd` write and the
+    /// extra poll wake-up are skipped.
+    sleeping: Arc<AtomicBool>,
 }
 
 impl ReactorHandle {
@@ -205,7 +209,12 @@ impl ReactorHandle {
     fn send(&self, msg: Msg) -> Result<(), Msg> {
         match self.tx.try_send(msg) {
             Ok(()) => {
-                let _ = self.waker.wake();
+                // Pairs with the fence in `Reactor::run`: either the reactor sees this message
+                // when it drains its inbox after announcing it sleeps, or we see it sleeping.
+                std::sync::atomic::fence(Ordering::SeqCst);
+                if self.sleeping.load(Ordering::SeqCst) {
+                    let _ = self.waker.wake();
+                }
                 Ok(())
             }
             Err(TrySendError::Full(m) | TrySendError::Disconnected(m)) => Err(m),
@@ -239,6 +248,8 @@ pub struct Reactor {
     shared: Arc<Shared>,
     listeners: Vec<TcpListener>,
     inbox: Receiver<Msg>,
+    /// Shared with this reactor's handles (see `ReactorHandle::sleeping`).
+    sleeping: Arc<AtomicBool>,
     clients: Slab<Client>,
     backends: Slab<Backend>,
     generations: Generations,
@@ -283,6 +294,7 @@ impl Reactor {
             shared,
             listeners,
             inbox,
+            sleeping: Arc::new(AtomicBool::new(false)),
             clients: Slab::new(),
             backends: Slab::new(),
             generations: Generations::default(),
@@ -306,7 +318,15 @@ impl Reactor {
             shutdown_deadline: None,
             refusing: 0,
         };
-        Ok((reactor, ReactorHandle { tx, waker }))
+        let sleeping = reactor.sleeping.clone();
+        Ok((
+            reactor,
+            ReactorHandle {
+                tx,
+                waker,
+                sleeping,
+            },
+        ))
     }
 
     /// Runs until shutdown completes.
@@ -316,12 +336,23 @@ impl Reactor {
             .add(self.now + MAINTENANCE_PERIOD, Timer::PoolMaintenance);
         let mut ready = Vec::new();
         loop {
-            let timeout = if self.scratch.ready.is_empty() {
+            // Messages from other reactors are read every turn; only a reactor about to block
+            // asks to be woken for them (announce, then look once more).
+            self.sleeping.store(true, Ordering::SeqCst);
+            std::sync::atomic::fence(Ordering::SeqCst);
+            self.on_messages();
+            self.run_actions();
+            let timeout = if self.scratch.ready.is_empty() && self.scratch.dirty.is_empty() {
                 self.timers.next_timeout(self.now)
             } else {
                 Some(Duration::ZERO)
             };
-            if let Err(e) = self.poll.poll(&mut events, timeout)
+            if timeout == Some(Duration::ZERO) {
+                self.sleeping.store(false, Ordering::Relaxed);
+            }
+            let polled = self.poll.poll(&mut events, timeout);
+            self.sleeping.store(false, Ordering::Relaxed);
+            if let Err(e) = polled
                 && e.kind() != io::ErrorKind::Interrupted
             {
                 log::error!("reactor {}: poll failed: {e}", self.id);
