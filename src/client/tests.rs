@@ -1217,3 +1217,74 @@ fn a_batch_that_describes_its_portal_adopts_a_fresh_shape_without_waiting() {
         "prepared and run in one go: the client learns the shape from its Describe"
     );
 }
+
+#[test]
+fn duplicate_parse_without_a_backend_is_42p05_and_skips_to_sync() {
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    h.send(&[parse_msg("s", "SELECT 1"), sync_msg()].concat());
+    h.attach_fresh_backend(4);
+    h.send(&[]);
+    let server = names(&h.take_backend())[0].1.clone();
+    assert_eq!(
+        h.backend(&[prepared_reply("x"), ready()].concat()),
+        vec![Action::Release]
+    );
+    h.to_client.clear();
+    // No backend is held: the duplicate is answered locally, the rest of its batch dropped.
+    h.send(&[parse_msg("s", "SELECT 2"), bind_msg("s"), sync_msg()].concat());
+    assert!(h.take_actions().is_empty(), "no backend needed");
+    let bytes = h.to_client.clone();
+    let (severity, code, message) = h.client_error();
+    assert_eq!((severity.as_str(), code.as_str()), ("ERROR", "42P05"));
+    assert!(message.contains("\"s\" already exists"), "{message}");
+    assert_eq!(
+        tags(&bytes),
+        b"EZ",
+        "the Bind was skipped, the Sync answered"
+    );
+    // The name still means the first statement.
+    h.send(&[bind_msg("s"), sync_msg()].concat());
+    assert_eq!(h.take_actions(), vec![Action::Acquire]);
+    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.take_actions();
+    h.send(&[]);
+    assert_eq!(names(&h.take_backend()), vec![(b'B', server)]);
+}
+
+#[test]
+fn cached_describe_is_answered_in_its_place_while_a_backend_is_held() {
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    h.send(&[parse_msg("s", "SELECT 1"), describe_named("s"), sync_msg()].concat());
+    h.attach_fresh_backend(4);
+    h.send(&[]);
+    h.take_backend();
+    let answer = shape_answer("x");
+    h.backend(&[prepared_reply("x"), answer.clone(), ready()].concat());
+    h.to_client.clear();
+    // The Bind needs the backend; the Describe that follows it is pglink's to answer, after
+    // the answers to what went before it.
+    let mut batch = bind_msg("s");
+    frontend::execute(&mut batch, b"", 0);
+    batch.extend_from_slice(&describe_named("s"));
+    batch.extend_from_slice(&sync_msg());
+    h.send(&batch);
+    assert_eq!(h.take_actions(), vec![Action::Acquire]);
+    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.take_actions();
+    h.send(&[]);
+    assert_eq!(
+        tags(&h.take_backend()),
+        b"BES",
+        "no Describe goes to the server"
+    );
+    let rows = simple_reply(&[
+        (b'2', b""),
+        (b'D', b"\0\x01\0\0\0\x011"),
+        (b'C', b"SELECT 1\0"),
+    ]);
+    assert_eq!(
+        h.backend(&[rows.clone(), ready()].concat()),
+        vec![Action::Release]
+    );
+    assert_eq!(h.to_client, [rows, answer, ready()].concat());
+}
