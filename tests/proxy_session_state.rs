@@ -559,6 +559,10 @@ fn state_that_cannot_follow_pins_the_client() {
             "SELECT count(*) FROM pinned_t",
         ),
         (
+            "SELECT 1 AS a INTO TEMP pinned_into",
+            "SELECT count(*) FROM pinned_into",
+        ),
+        (
             "BEGIN; DECLARE held CURSOR WITH HOLD FOR SELECT 1; COMMIT",
             "FETCH held",
         ),

@@ -22,7 +22,7 @@ fn regex(cell: &'static OnceLock<Regex>, pattern: &str) -> &'static Regex {
 }
 
 /// Whether `sql` could hold anything the functions below look for. A cheap scan (first word
-/// of each statement, three substrings) so that ordinary statements — nearly all of them —
+/// of each statement, four substrings) so that ordinary statements — nearly all of them —
 /// skip the patterns; every pattern below needs one of these to match.
 pub fn worth_inspecting(sql: &[u8]) -> bool {
     const FIRST_WORDS: &[&[u8]] = &[
@@ -60,15 +60,21 @@ pub fn worth_inspecting(sql: &[u8]) -> bool {
             return true;
         }
     }
-    [&b"set_config"[..], b"advisory", b"hold"]
-        .iter()
-        .any(|needle| contains_ignore_case(sql, needle))
+    contains_any_ignore_case(sql, &[b"set_config", b"advisory", b"hold", b"temp"])
 }
 
-fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
+/// Whether any of `needles` (lower case, not empty) occurs in `haystack`, ignoring ASCII case:
+/// one pass, looking further only where a needle's first byte is.
+fn contains_any_ignore_case(haystack: &[u8], needles: &[&[u8]]) -> bool {
+    haystack.iter().enumerate().any(|(i, b)| {
+        let b = b.to_ascii_lowercase();
+        needles.iter().any(|needle| {
+            needle.first() == Some(&b)
+                && haystack
+                    .get(i..i + needle.len())
+                    .is_some_and(|w| w.eq_ignore_ascii_case(needle))
+        })
+    })
 }
 
 const NAME: &str = r#""(?:[^"]|"")+"|[a-z_][a-z0-9_$]*(?:\.[a-z_][a-z0-9_$]*)?"#;
@@ -142,7 +148,7 @@ pub fn pin_reason(sql: &[u8]) -> Option<&'static str> {
     static PIN: OnceLock<Regex> = OnceLock::new();
     let pin = regex(
         &PIN,
-        r"(?i)(?P<lock>pg_(?:try_)?advisory_lock(?:_shared)?\s*\()|(?:^|;)\s*(?:(?P<listen>LISTEN\s)|(?P<temp>CREATE\s+(?:(?:GLOBAL|LOCAL)\s+)?TEMP(?:ORARY)?\s)|(?P<prepare>PREPARE\s))|(?P<hold>\bWITH\s+HOLD\b)",
+        r"(?i)(?P<lock>pg_(?:try_)?advisory_lock(?:_shared)?\s*\()|(?:^|;)\s*(?:(?P<listen>LISTEN\s)|(?P<temp>CREATE\s+(?:(?:GLOBAL|LOCAL)\s+)?TEMP(?:ORARY)?\s|(?:\(\s*)?(?:SELECT|WITH)\b[^;]*?\bINTO\s+TEMP(?:ORARY)?\s)|(?P<prepare>PREPARE\s))|(?P<hold>\bWITH\s+HOLD\b)",
     );
     let caps = pin.captures(sql)?;
     Some(if caps.name("lock").is_some() {
@@ -283,6 +289,29 @@ mod tests {
             Some("a temporary table")
         );
         assert_eq!(
+            reason("SELECT * INTO TEMP t FROM s"),
+            Some("a temporary table")
+        );
+        assert_eq!(
+            reason("BEGIN; select a, b\ninto temporary table t from s; COMMIT"),
+            Some("a temporary table")
+        );
+        assert_eq!(
+            reason("WITH x AS (SELECT 1 AS a) SELECT a INTO TEMP t FROM x"),
+            Some("a temporary table")
+        );
+        assert_eq!(
+            reason("SELECT * INTO t FROM s"),
+            None,
+            "a table like any other"
+        );
+        assert_eq!(
+            reason("INSERT INTO temp VALUES (1)"),
+            None,
+            "a table named temp"
+        );
+        assert_eq!(reason("SELECT * INTO temp_copy FROM s"), None);
+        assert_eq!(
             reason("DECLARE c CURSOR WITH HOLD FOR SELECT 1"),
             Some("a WITH HOLD cursor")
         );
@@ -319,6 +348,7 @@ mod tests {
             "SELECT PG_TRY_ADVISORY_LOCK_SHARED(1, 2)",
             "BEGIN; LISTEN chan; COMMIT",
             "create temp table t (a int)",
+            "SELECT * INTO\n TEMPORARY t FROM s",
             "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
             "PREPARE q AS SELECT 1",
             " discard all ; ",
