@@ -11,7 +11,9 @@
 //!   statement's shape, pglink waits for the fresh copy's shape before sending the Bind: a
 //!   different one means DDL changed the result type since the client prepared it, and the
 //!   client gets PostgreSQL's own 0A000 instead of rows it would misread. A Describe whose
-//!   answer is cached for the client's shape is answered locally.
+//!   answer is cached for the client's shape is answered locally. A copy prepared in an
+//!   earlier batch of the same pipeline (a Sync between) is not counted on until its answer
+//!   is in: an error before it in that batch makes the server skip its Parse.
 //! - Close of a name: forgotten by the client and answered locally; the server statement
 //!   stays for others.
 //! - Errors PostgreSQL would raise (42P05 for a name in use, 26000 for an unknown one,
@@ -88,7 +90,13 @@ impl Session {
                     Some(BackendShape::Known { shape, epoch: e }) if e == epoch => {
                         Some(Some(shape))
                     }
-                    Some(BackendShape::Pending) if !self.relay.skipping_to_sync() => Some(None),
+                    // Prepared in this batch: whatever fails that Parse fails this one too.
+                    Some(BackendShape::Pending)
+                        if !self.relay.skipping_to_sync()
+                            && !self.relay.preparing_before_sync(statement.id) =>
+                    {
+                        Some(None)
+                    }
                     _ => None,
                 };
                 match known {
@@ -285,17 +293,24 @@ impl Session {
             .db_context
             .as_ref()
             .map_or(0, |d| d.registry.schema_epoch());
-        match (out.backend.statements.touch(statement.id), named.shape) {
+        let on_backend = out.backend.statements.touch(statement.id);
+        // A copy prepared in an earlier batch of this pipeline exists only if nothing before
+        // it in that batch fails (the server skips to Sync after an error): wait for it.
+        let earlier_batch = on_backend == Some(BackendShape::Pending)
+            && self.relay.preparing_before_sync(statement.id);
+        match (on_backend, named.shape) {
             (Some(BackendShape::Known { shape, .. }), Some(seen)) if shape == seen => Use::Go,
             (Some(BackendShape::Known { .. }), Some(_)) if waited => Use::Stale,
-            // The fresh copy failed to prepare: the Bind meets the client's error.
-            _ if waited => Use::Go,
+            (Some(BackendShape::Known { .. }), None) if waited => Use::Go,
+            (Some(BackendShape::Pending), _) if earlier_batch => self.wait_for_shape(statement.id),
             (Some(BackendShape::Pending), None) => Use::Go,
             (Some(BackendShape::Pending), Some(_)) => self.wait_for_shape(statement.id),
             (Some(BackendShape::Known { shape, epoch: e }), None) if e == epoch => {
                 self.statements.set_shape(name, shape);
                 Use::Go
             }
+            // Not there, stale, or its Parse failed or was skipped (an error in the same batch
+            // leaves the relay skipping to Sync, and the message goes as it is, above).
             (_, seen) => {
                 self.prepare_afresh(statement, None, Route::Swallow, out);
                 match seen {

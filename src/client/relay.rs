@@ -805,6 +805,23 @@ impl Relay {
         })
     }
 
+    /// Whether statement `id` is being prepared in a batch whose Sync was sent already: an
+    /// error earlier in that batch makes the server skip the Parse, so later batches must
+    /// not count on the copy until its answer is in. (The latest Parse of it decides.)
+    pub fn preparing_before_sync(&self, id: u64) -> bool {
+        let (mut preparing, mut synced) = (false, false);
+        for entry in &self.queue {
+            match &entry.effect {
+                Effect::Prepare { statement, .. } if statement.id == id => {
+                    (preparing, synced) = (true, false);
+                }
+                _ if preparing && entry.expect == Expect::Sync => synced = true,
+                _ => {}
+            }
+        }
+        synced
+    }
+
     /// The head is a parameter read-back whose row is being collected.
     fn reading_back(&self) -> bool {
         self.queue

@@ -1288,3 +1288,120 @@ fn cached_describe_is_answered_in_its_place_while_a_backend_is_held() {
     );
     assert_eq!(h.to_client, [rows, answer, ready()].concat());
 }
+
+fn syntax_error() -> Vec<u8> {
+    simple_reply(&[(b'E', b"SERROR\0VERROR\0C42601\0Msyntax error\0\0")])
+}
+
+/// Bind of `name`, Describe of its portal, Execute, Sync (libpq's PQexecPrepared).
+fn exec_prepared(name: &str) -> Vec<u8> {
+    let mut m = [bind_msg(name), describe_portal_msg()].concat();
+    frontend::execute(&mut m, b"", 0);
+    m.extend_from_slice(&sync_msg());
+    m
+}
+
+/// What a server answers to `exec_prepared` of a one-column statement.
+fn exec_reply() -> Vec<u8> {
+    [
+        simple_reply(&[(b'2', b"")]),
+        shape_answer("x")[7..].to_vec(), // the portal's RowDescription
+        simple_reply(&[(b'D', b"\0\x01\0\0\0\x011"), (b'C', b"SELECT 1\0")]),
+        ready(),
+    ]
+    .concat()
+}
+
+/// A client that prepared `s1` on one backend, now about to use a fresh one.
+fn client_with_s1() -> Harness {
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    h.send(&[parse_msg("s1", "SELECT 1"), sync_msg()].concat());
+    h.attach_fresh_backend(4);
+    h.send(&[]);
+    h.take_backend();
+    h.backend(&[prepared_reply("x"), ready()].concat());
+    h.to_client.clear();
+    h
+}
+
+#[test]
+fn pipeline_error_before_a_batch_that_needs_an_injected_parse() {
+    let mut h = client_with_s1();
+    let mut failing = parse_msg("", "SELEC 1");
+    frontend::bind(&mut failing, b"", b"", &[], [], &[]);
+    frontend::execute(&mut failing, b"", 0);
+    failing.extend_from_slice(&sync_msg());
+    h.send(&[failing, exec_prepared("s1")].concat());
+    h.attach_fresh_backend(4);
+    h.send(&[]);
+    assert_eq!(
+        tags(&h.take_backend()),
+        b"PBESPDBDES",
+        "the failing batch as sent, then s1 prepared before its Bind"
+    );
+    // The first batch fails; the server skips to its Sync and runs the second.
+    let answers = [syntax_error(), ready(), prepared_reply("x"), exec_reply()].concat();
+    assert_eq!(h.backend(&answers), vec![Action::Release]);
+    assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"EZ2TDCZ");
+}
+
+#[test]
+fn pipeline_error_skips_an_injected_parse_that_a_later_batch_relies_on() {
+    let mut h = client_with_s1();
+    // The first batch fails before s1, prepared for it, exists; the second uses s1 again.
+    let failing = [parse_msg("", "SELEC 1"), exec_prepared("s1")].concat();
+    h.send(&[failing, exec_prepared("s1")].concat());
+    h.attach_fresh_backend(4);
+    h.send(&[]);
+    assert_eq!(
+        tags(&h.take_backend()),
+        b"PPDBDES",
+        "the second batch waits: its statement is prepared in a batch that may fail"
+    );
+    let skipped = [syntax_error(), ready()].concat();
+    assert_eq!(h.backend(&skipped), vec![Action::ResumeInput]);
+    assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"EZ");
+    h.send(&[]);
+    assert_eq!(
+        tags(&h.take_backend()),
+        b"CPDBDES",
+        "the skipped copy is prepared again"
+    );
+    let answers = [
+        simple_reply(&[(b'3', b"")]),
+        prepared_reply("x"),
+        exec_reply(),
+    ]
+    .concat();
+    assert_eq!(h.backend(&answers), vec![Action::Release]);
+    assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"2TDCZ");
+}
+
+#[test]
+fn a_parse_answered_from_a_copy_prepared_in_an_earlier_batch_waits_for_nothing() {
+    // The same name by another Parse in a later batch: prepared again rather than relying on
+    // a copy whose batch may fail.
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    h.send(&[parse_msg("a", "SELECT 1"), sync_msg()].concat());
+    h.attach_fresh_backend(4);
+    h.send(&[]);
+    h.take_backend();
+    h.backend(&[prepared_reply("x"), ready()].concat());
+    h.to_client.clear();
+    let failing = [parse_msg("", "SELEC 1"), exec_prepared("a")].concat();
+    let later = [parse_msg("b", "SELECT 1"), exec_prepared("b")].concat();
+    h.send(&[failing, later].concat());
+    h.attach_fresh_backend(4);
+    h.send(&[]);
+    assert_eq!(tags(&h.take_backend()), b"PPDBDESCPDBDES");
+    let answers = [
+        syntax_error(),
+        ready(),
+        simple_reply(&[(b'3', b"")]),
+        prepared_reply("x"),
+        exec_reply(),
+    ]
+    .concat();
+    assert_eq!(h.backend(&answers), vec![Action::Release]);
+    assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"EZ12TDCZ");
+}
