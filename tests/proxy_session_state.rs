@@ -675,7 +675,18 @@ fn deallocate_and_discard_concern_the_clients_own_statements() {
     );
     prepare(&mut c, "a");
     c.query_column("SET application_name = 'changed'").unwrap();
-    c.query_column("DISCARD ALL").unwrap();
+    // As PostgreSQL does, the reset of a reported parameter is reported.
+    let discarded = c.simple("DISCARD ALL").unwrap();
+    assert_eq!(
+        discarded.iter().map(|m| m.tag).collect::<Vec<_>>(),
+        b"CSZ",
+        "{discarded:?}"
+    );
+    assert!(matches!(
+        discarded[1].decode(),
+        pglink::protocol::BackendMessage::ParameterStatus(p)
+            if p.name == b"application_name" && p.value.is_empty()
+    ));
     assert_eq!(
         execute(&mut c, "a")
             .iter()

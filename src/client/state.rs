@@ -213,10 +213,11 @@ impl Session {
             {
                 self.statements.clear();
                 self.touched.clear();
-                if let Some(reported) = self.reported.clone() {
-                    self.init_desired(&reported);
-                }
-                self.answer_command(b"DISCARD ALL", held, out);
+                let mut answer = Vec::with_capacity(64);
+                be_msg::command_complete(&mut answer, b"DISCARD ALL");
+                self.reset_to_startup(&mut answer);
+                be_msg::ready_for_query(&mut answer, self.relay.status());
+                self.emit_local(&answer, held, out);
                 QueryHandling::Answered
             }
             Some(LocalCommand::DiscardAll | LocalCommand::DeallocateAll) => {
@@ -232,6 +233,27 @@ impl Session {
                     self.inspect_statement(sql);
                 }
                 QueryHandling::Forward
+            }
+        }
+    }
+
+    /// Puts the client's settings back to its startup values (what RESET ALL restores in
+    /// PostgreSQL) and writes a ParameterStatus to `statuses` for every reported parameter
+    /// whose value that changes, as the server would.
+    pub(super) fn reset_to_startup(&mut self, statuses: &mut Vec<u8>) {
+        let Some(reported) = self.reported.clone() else {
+            return;
+        };
+        let before = self.desired.clone();
+        self.init_desired(&reported);
+        for (name, _) in reported.iter() {
+            let value = self.desired.get(name);
+            if value != before.get(name) {
+                be_msg::parameter_status(
+                    statuses,
+                    name.as_bytes(),
+                    value.unwrap_or_default().as_bytes(),
+                );
             }
         }
     }

@@ -1405,3 +1405,52 @@ fn a_parse_answered_from_a_copy_prepared_in_an_earlier_batch_waits_for_nothing()
     assert_eq!(h.backend(&answers), vec![Action::Release]);
     assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"EZ12TDCZ");
 }
+
+/// The ParameterStatus messages in `bytes`, as (name, value).
+fn parameter_statuses(bytes: &[u8]) -> Vec<(String, String)> {
+    Frames::new(bytes, 1 << 20)
+        .filter_map(|f| match f.unwrap().backend() {
+            Ok(BackendMessage::ParameterStatus(p)) => Some((
+                String::from_utf8_lossy(p.name).into_owned(),
+                String::from_utf8_lossy(p.value).into_owned(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Runs `sql` on a fresh backend that answers with `reply` then ReadyForQuery (idle).
+fn run_query(h: &mut Harness, sql: &str, reply: &[u8]) {
+    h.send(&query(sql));
+    assert_eq!(h.take_actions(), vec![Action::Acquire]);
+    h.attach_fresh_backend(4);
+    h.send(&[]);
+    assert_eq!(h.take_backend(), query(sql));
+    assert_eq!(
+        h.backend(&[reply, &ready()[..]].concat()),
+        vec![Action::Release]
+    );
+}
+
+#[test]
+fn a_locally_answered_discard_all_reports_the_parameters_it_resets() {
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    let set = simple_reply(&[(b'C', b"SET\0"), (b'S', b"application_name\0mine\0")]);
+    run_query(&mut h, "SET application_name = 'mine'", &set);
+    h.to_client.clear();
+    h.send(&query("DISCARD ALL"));
+    assert!(h.take_actions().is_empty(), "answered without a backend");
+    let bytes = std::mem::take(&mut h.to_client);
+    assert_eq!(
+        tags(&bytes),
+        b"CSZ",
+        "as PostgreSQL: the change before ReadyForQuery"
+    );
+    assert_eq!(
+        parameter_statuses(&bytes),
+        [("application_name".to_owned(), String::new())]
+    );
+    // Nothing changed this time: nothing reported.
+    h.send(&query("DISCARD ALL"));
+    assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"CZ");
+}
