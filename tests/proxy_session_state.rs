@@ -701,6 +701,73 @@ fn deallocate_and_discard_concern_the_clients_own_statements() {
     assert!(execute(&mut c, "a").iter().any(|m| m.tag == b'D'));
 }
 
+#[test]
+fn deallocate_all_run_by_the_server_leaves_other_clients_statements_working() {
+    use pglink::protocol::frontend;
+    let pg = PgServer::shared();
+    let user = proxy::create_user(pg, "dealloc");
+    // One server connection: whatever one client does to it, the other meets.
+    let proxy = ProxyConfig::new(pg)
+        .user(&user)
+        .backend("pool_max_conns", json!(1))
+        .start();
+    let pw = Proxy::password(&user);
+    let mut b = WireClient::connect(proxy.addr, user.name, pw, TEST_DATABASE).unwrap();
+    let execute = |c: &mut WireClient, name: &str| {
+        let mut m = Vec::new();
+        frontend::bind(&mut m, b"", name.as_bytes(), &[], [], &[]);
+        frontend::execute(&mut m, b"", 0);
+        frontend::sync(&mut m);
+        c.send(&m);
+        c.until_ready().unwrap()
+    };
+    runtime().block_on(async {
+        let a = connect(&proxy, &user).await;
+        let add = a.prepare("SELECT $1::int + 1").await.unwrap();
+        let one: i32 = a.query_one(&add, &[&1]).await.unwrap().get(0);
+        assert_eq!(one, 2);
+        // B shares A's server statement, then drops every statement in a longer query (which
+        // pglink cannot answer itself) and through the extended protocol.
+        let mut m = Vec::new();
+        frontend::parse(&mut m, b"b1", b"SELECT $1::int + 1", &[]);
+        frontend::sync(&mut m);
+        b.send(&m);
+        b.until_ready().unwrap();
+        assert_eq!(b.query_column("DEALLOCATE ALL; SELECT 1").unwrap(), ["1"]);
+        let gone = execute(&mut b, "b1");
+        assert_eq!(gone.iter().find_map(|m| m.error()).unwrap().1, "26000");
+        for i in 0..3 {
+            let n: i32 = a.query_one(&add, &[&i]).await.unwrap().get(0);
+            assert_eq!(n, i + 1, "A's statement after B's DEALLOCATE ALL");
+        }
+        let mut m = Vec::new();
+        frontend::parse(&mut m, b"", b"DISCARD ALL", &[]);
+        frontend::bind(&mut m, b"", b"", &[], [], &[]);
+        frontend::execute(&mut m, b"", 0);
+        frontend::sync(&mut m);
+        b.send(&m);
+        let discarded = b.until_ready().unwrap();
+        assert!(
+            discarded.iter().all(|m| m.error().is_none()),
+            "{discarded:?}"
+        );
+        let n: i32 = a.query_one(&add, &[&41]).await.unwrap().get(0);
+        assert_eq!(n, 42, "A's statement after B's DISCARD ALL");
+        // A name only pglink uses is not the client's to drop.
+        let err = b.query_column("DEALLOCATE pglink_1").unwrap_err();
+        assert!(err.contains("26000"), "{err}");
+        // In a transaction block the block is aborted, as by PostgreSQL's own error.
+        b.query_column("BEGIN").unwrap();
+        let err = b.query_column("DEALLOCATE pglink_1").unwrap_err();
+        assert!(err.contains("26000") && err.contains("pglink:"), "{err}");
+        let err = b.query_column("SELECT 1").unwrap_err();
+        assert!(err.contains("25P02"), "{err}");
+        b.query_column("ROLLBACK").unwrap();
+        let n: i32 = a.query_one(&add, &[&1]).await.unwrap().get(0);
+        assert_eq!(n, 2);
+    });
+}
+
 fn python_driver(script: &str, module: &str) {
     let pg = PgServer::shared();
     let user = proxy::create_user(pg, module);

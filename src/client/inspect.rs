@@ -6,7 +6,8 @@
 //!   advisory locks, `LISTEN`, temporary tables, `WITH HOLD` cursors, SQL `PREPARE`), which
 //!   pin the client to its backend;
 //! - `DEALLOCATE` and `DISCARD ALL`, which concern the client's own prepared statements and
-//!   session and are answered by pglink.
+//!   session and are answered by pglink, and `DEALLOCATE` of one of pglink's own server
+//!   names, which is refused.
 //!
 //! False positives (a keyword inside a string literal) only cost a parameter read back or a
 //! pinned session; they never break anything.
@@ -192,14 +193,33 @@ pub fn local_command(sql: &[u8]) -> Option<LocalCommand> {
     if name.eq_ignore_ascii_case(b"all") {
         return Some(LocalCommand::DeallocateAll);
     }
-    Some(LocalCommand::Deallocate(
-        match name.strip_prefix(b"\"").and_then(|n| n.strip_suffix(b"\"")) {
-            Some(quoted) => String::from_utf8_lossy(quoted)
-                .replace("\"\"", "\"")
-                .into_bytes(),
-            None => name.to_ascii_lowercase(),
-        },
-    ))
+    Some(LocalCommand::Deallocate(statement_name(name)))
+}
+
+/// A statement name as PostgreSQL resolves it: folded to lower case unless quoted.
+fn statement_name(name: &[u8]) -> Vec<u8> {
+    match name.strip_prefix(b"\"").and_then(|n| n.strip_suffix(b"\"")) {
+        Some(quoted) => String::from_utf8_lossy(quoted)
+            .replace("\"\"", "\"")
+            .into_bytes(),
+        None => name.to_ascii_lowercase(),
+    }
+}
+
+/// The first statement name `DEALLOCATE` in `sql` names that is one of pglink's server names
+/// (`pglink_…`). No client created such a statement, so pglink refuses it as PostgreSQL
+/// would (26000) rather than let the server drop a statement other clients share.
+pub fn deallocates_server_name(sql: &[u8]) -> Option<String> {
+    static DEALLOCATE: OnceLock<Regex> = OnceLock::new();
+    let deallocate = regex(
+        &DEALLOCATE,
+        &format!(r"(?i)(?:^|;)\s*DEALLOCATE\s+(?:PREPARE\s+)?(?P<name>{NAME})"),
+    );
+    deallocate.captures_iter(sql).find_map(|caps| {
+        let name = statement_name(caps.name("name")?.as_bytes());
+        name.starts_with(super::statements::SERVER_NAME_PREFIX)
+            .then(|| String::from_utf8_lossy(&name).into_owned())
+    })
 }
 
 /// Whether `sql` contains DDL that may change result types, so cached statement
@@ -339,6 +359,24 @@ mod tests {
     }
 
     #[test]
+    fn deallocating_a_server_name_is_recognised_anywhere() {
+        let found = |s: &str| deallocates_server_name(s.as_bytes());
+        assert_eq!(found("DEALLOCATE pglink_7"), Some("pglink_7".into()));
+        assert_eq!(
+            found("SELECT 1; deallocate prepare PGLINK_12; SELECT 2"),
+            Some("pglink_12".into())
+        );
+        assert_eq!(found(r#"DEALLOCATE "pglink_3""#), Some("pglink_3".into()));
+        assert_eq!(
+            found(r#"DEALLOCATE "PGLINK_3""#),
+            None,
+            "quoted: another name"
+        );
+        assert_eq!(found("DEALLOCATE mine; DEALLOCATE ALL"), None);
+        assert_eq!(found("SELECT 'DEALLOCATE pglink_1'"), None);
+    }
+
+    #[test]
     fn the_prefilter_lets_through_everything_a_pattern_finds() {
         let found = [
             "SET search_path TO foo",
@@ -353,6 +391,7 @@ mod tests {
             "PREPARE q AS SELECT 1",
             " discard all ; ",
             "deallocate prepare \"S_1\";",
+            "SELECT 1;DEALLOCATE pglink_1",
             "BEGIN; DROP VIEW v; COMMIT",
             "create or replace view v as select 1",
             "TRUNCATE t",
@@ -365,6 +404,7 @@ mod tests {
                 !touched_params(sql).is_empty()
                     || pin_reason(sql).is_some()
                     || local_command(sql).is_some()
+                    || deallocates_server_name(sql).is_some()
                     || is_ddl(sql),
                 "{}",
                 String::from_utf8_lossy(sql)

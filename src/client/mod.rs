@@ -122,6 +122,16 @@ impl BackendContext {
             params: Params::default(),
         }
     }
+
+    /// The parameters a backend has right after login, and again after RESET ALL: those the
+    /// server reported, and the startup parameters pglink logged in with
+    /// (`default_startup_parameters`) for the others.
+    pub fn set_login_params(&mut self, reported: &ParamList, startup: &[(String, String)]) {
+        self.params = Params::default();
+        for (name, value) in startup.iter().chain(reported.iter()) {
+            self.params.set(name, value);
+        }
+    }
 }
 
 /// Where a session's output goes for one call.

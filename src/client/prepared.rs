@@ -80,6 +80,10 @@ impl Session {
                     self.fail_batch(out, SqlState::DUPLICATE_PSTATEMENT, &already_exists(p.name));
                     return Handled::Done;
                 }
+                if let Some(message) = refused_statement(p.query) {
+                    self.fail_batch(out, SqlState::INVALID_SQL_STATEMENT_NAME, &message);
+                    return Handled::Done;
+                }
                 let types: Vec<u32> = p.param_types().collect();
                 let Some(database) = self.db_context.clone() else {
                     return Handled::Invalid("no statement registry".into());
@@ -103,13 +107,16 @@ impl Session {
                     // The backend has a current copy (or one whose shape is on its way, which
                     // this name learns with it).
                     Some(shape) => {
-                        self.statements.insert(p.name, statement, shape);
+                        self.statements
+                            .insert(p.name, statement, shape, self.relay.pushed());
                         let mut answer = Vec::with_capacity(5);
                         be_msg::parse_complete(&mut answer);
                         self.relay.push_local(&answer, out.to_client);
                     }
                     None => {
-                        self.statements.insert(p.name, statement.clone(), None);
+                        let since = self.relay.pushed();
+                        self.statements
+                            .insert(p.name, statement.clone(), None, since);
                         self.prepare_afresh(&statement, Some(p.name), Route::Forward, out);
                     }
                 }
@@ -197,6 +204,10 @@ impl Session {
             // Unnamed statements and portals: untouched (but looked at).
             other => {
                 if let FrontendMessage::Parse(p) = other {
+                    if let Some(message) = refused_statement(p.query) {
+                        self.fail_batch(out, SqlState::INVALID_SQL_STATEMENT_NAME, &message);
+                        return Handled::Done;
+                    }
                     self.inspect_statement(p.query);
                 }
                 let header = crate::protocol::framing::Header {
@@ -231,6 +242,10 @@ impl Session {
                     self.fail_locally(out, SqlState::DUPLICATE_PSTATEMENT, &already_exists(p.name));
                     return Handled::Done;
                 }
+                if let Some(message) = refused_statement(p.query) {
+                    self.fail_locally(out, SqlState::INVALID_SQL_STATEMENT_NAME, &message);
+                    return Handled::Done;
+                }
                 let types: Vec<u32> = p.param_types().collect();
                 let Some(database) = self.db_context.clone() else {
                     return Handled::NeedBackend;
@@ -243,7 +258,8 @@ impl Session {
                 // The client's shape is the latest a server showed, if pglink has it; else
                 // the first backend to run it shows it.
                 let shape = statement.cached_shape();
-                self.statements.insert(p.name, statement, shape);
+                self.statements
+                    .insert(p.name, statement, shape, self.relay.pushed());
                 be_msg::parse_complete(out.to_client);
             }
             FrontendMessage::Describe(d) if d.target == Target::Statement && !d.name.is_empty() => {
@@ -522,6 +538,7 @@ impl Session {
                     self.on_sync_failed(&error, out);
                     return;
                 }
+                Outcome::Reset(reset) => self.on_server_reset(reset, backend),
                 Outcome::Succeeded(_) | Outcome::Failed(_) => {}
             }
         }
@@ -610,6 +627,15 @@ fn batch_describes_its_portals(batch: &[u8]) -> bool {
         }
     }
     true
+}
+
+/// The error for a statement text pglink does not let through: DEALLOCATE of one of its own
+/// server names (see `inspect::deallocates_server_name`).
+fn refused_statement(query: &[u8]) -> Option<String> {
+    if !super::inspect::worth_inspecting(query) {
+        return None;
+    }
+    super::inspect::deallocates_server_name(query).map(|name| does_not_exist(name.as_bytes()))
 }
 
 fn already_exists(name: &[u8]) -> String {

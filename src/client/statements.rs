@@ -333,6 +333,9 @@ pub struct ClientStatement {
     pub statement: Arc<Statement>,
     /// The result shape the client was given; `None` until a server's answer shows it.
     pub shape: Option<Shape>,
+    /// When the name was made, as a request sequence number (`Relay::pushed`): a
+    /// DEALLOCATE ALL sent before that does not remove it.
+    pub since: u64,
 }
 
 /// One client's statement names.
@@ -350,9 +353,21 @@ impl ClientStatements {
         self.names.contains_key(name)
     }
 
-    pub fn insert(&mut self, name: &[u8], statement: Arc<Statement>, shape: Option<Shape>) {
-        self.names
-            .insert(name.into(), ClientStatement { statement, shape });
+    pub fn insert(
+        &mut self,
+        name: &[u8],
+        statement: Arc<Statement>,
+        shape: Option<Shape>,
+        since: u64,
+    ) {
+        self.names.insert(
+            name.into(),
+            ClientStatement {
+                statement,
+                shape,
+                since,
+            },
+        );
     }
 
     /// The client will learn `name`'s shape anew (it asks for it, or its batch describes
@@ -392,6 +407,11 @@ impl ClientStatements {
 
     pub fn clear(&mut self) {
         self.names.clear();
+    }
+
+    /// Removes the names made before request `seq` (a DEALLOCATE ALL the server ran).
+    pub fn forget_up_to(&mut self, seq: u64) {
+        self.names.retain(|_, s| s.since > seq);
     }
 
     pub fn len(&self) -> usize {
@@ -514,6 +534,18 @@ impl BackendStatements {
     pub fn clear(&mut self) {
         self.prepared.clear();
         self.pending = 0;
+    }
+
+    /// Forgets every statement but those in `keep` (the server dropped the others).
+    pub fn retain_only(&mut self, keep: &[u64]) {
+        let pending = &mut self.pending;
+        self.prepared.retain(|id, (_, shape)| {
+            let kept = keep.contains(id);
+            if !kept && *shape == BackendShape::Pending {
+                *pending -= 1;
+            }
+            kept
+        });
     }
 
     pub fn len(&self) -> usize {
@@ -659,8 +691,8 @@ mod tests {
         let shape = Shape::of_description(&describe_answer(&[("x", 23)])).unwrap();
         let old = Shape::of_description(&describe_answer(&[("x", 20)])).unwrap();
         let mut c = ClientStatements::default();
-        c.insert(b"new", a.clone(), None);
-        c.insert(b"old", a.clone(), Some(old));
+        c.insert(b"new", a.clone(), None, 0);
+        c.insert(b"old", a.clone(), Some(old), 0);
         c.learn_shape(a.id, shape);
         assert_eq!(c.get(b"new").unwrap().shape, Some(shape));
         assert_eq!(
@@ -713,12 +745,31 @@ mod tests {
     }
 
     #[test]
+    fn a_server_reset_keeps_only_what_came_after_it() {
+        let r = Registry::new(10, 10);
+        let (a, b) = (r.get_or_insert(b"a", &[]), r.get_or_insert(b"b", &[]));
+        let mut c = ClientStatements::default();
+        c.insert(b"before", a.clone(), None, 3);
+        c.insert(b"after", b.clone(), None, 4);
+        c.forget_up_to(3);
+        assert!(!c.contains(b"before") && c.contains(b"after"));
+        let mut backend = BackendStatements::new(10);
+        backend.insert(a.id);
+        backend.insert(b.id);
+        backend.set_shape(a.id, BackendShape::Stale);
+        backend.retain_only(&[b.id]);
+        assert!(!backend.contains(a.id) && backend.contains(b.id));
+        backend.retain_only(&[]);
+        assert_eq!((backend.len(), backend.pending), (0, 0));
+    }
+
+    #[test]
     fn client_names_undo_only_their_own_statement() {
         let r = Registry::new(10, 10);
         let a = r.get_or_insert(b"a", &[]);
         let b = r.get_or_insert(b"b", &[]);
         let mut c = ClientStatements::default();
-        c.insert(b"s", a.clone(), None);
+        c.insert(b"s", a.clone(), None, 0);
         c.remove_if(b"s", b.id);
         assert!(c.contains(b"s"));
         c.remove_if(b"s", a.id);

@@ -142,21 +142,28 @@ impl Harness {
     }
 
     fn startup(&mut self, user: &str, database: &str) {
+        self.startup_with(user, database, &[]);
+    }
+
+    fn startup_with(&mut self, user: &str, database: &str, extra: &[(&str, &str)]) {
+        let mut params: Vec<(&[u8], &[u8])> = vec![
+            (b"user", user.as_bytes()),
+            (b"database", database.as_bytes()),
+        ];
+        params.extend(extra.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())));
         let mut m = Vec::new();
-        startup_message(
-            &mut m,
-            ProtocolVersion::V3_0,
-            &[
-                (b"user", user.as_bytes()),
-                (b"database", database.as_bytes()),
-            ],
-        );
+        startup_message(&mut m, ProtocolVersion::V3_0, &params);
         self.send(&m);
     }
 
     /// Runs a SCRAM login for `user` with `password`.
     fn scram_login(&mut self, user: &str, password: &str) {
-        self.startup(user, "db");
+        self.scram_login_with(user, password, &[]);
+    }
+
+    /// The same with more startup parameters.
+    fn scram_login_with(&mut self, user: &str, password: &str, extra: &[(&str, &str)]) {
+        self.startup_with(user, "db", extra);
         let bytes = std::mem::take(&mut self.to_client);
         let frame = Frames::new(&bytes, 1 << 20).next().unwrap().unwrap();
         assert!(matches!(
@@ -188,8 +195,13 @@ impl Harness {
     }
 
     fn logged_in(auth: AuthMethod) -> Harness {
+        Harness::logged_in_with(auth, &[])
+    }
+
+    /// Logged in with these startup parameters.
+    fn logged_in_with(auth: AuthMethod, extra: &[(&str, &str)]) -> Harness {
         let mut h = Harness::new(auth, ClientTls::Optional);
-        h.scram_login("alice", PASSWORD);
+        h.scram_login_with("alice", PASSWORD, extra);
         assert!(h.session.is_logged_in(), "{:?}", h.session);
         h.to_client.clear();
         h.take_actions();
@@ -1453,4 +1465,274 @@ fn a_locally_answered_discard_all_reports_the_parameters_it_resets() {
     // Nothing changed this time: nothing reported.
     h.send(&query("DISCARD ALL"));
     assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"CZ");
+}
+
+// ---- DEALLOCATE ALL / DISCARD ALL run by the server ---------------------------------------
+
+fn command_complete(tag: &str) -> Vec<u8> {
+    let mut m = Vec::new();
+    crate::protocol::backend::command_complete(&mut m, tag.as_bytes());
+    m
+}
+
+fn ready_with(status: TransactionStatus) -> Vec<u8> {
+    let mut m = Vec::new();
+    crate::protocol::backend::ready_for_query(&mut m, status);
+    m
+}
+
+/// Rows of `SELECT 1` as a simple query answers them (without ReadyForQuery).
+fn select_one_rows() -> Vec<u8> {
+    [
+        shape_answer("x")[7..].to_vec(),
+        simple_reply(&[(b'D', b"\0\x01\0\0\0\x011")]),
+        command_complete("SELECT 1"),
+    ]
+    .concat()
+}
+
+#[test]
+fn deallocate_all_in_a_longer_query_forgets_the_backends_statements() {
+    let mut h = client_with_s1();
+    let server = h.session.statements.get(b"s1").unwrap().statement.id;
+    assert!(h.backend.statements.contains(server));
+    let sql = "DEALLOCATE ALL; SELECT 1";
+    h.send(&query(sql));
+    assert_eq!(
+        h.take_actions(),
+        vec![Action::Acquire],
+        "for the server to run"
+    );
+    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.take_actions();
+    h.send(&[]);
+    assert_eq!(h.take_backend(), query(sql));
+    let answer = [
+        command_complete("DEALLOCATE ALL"),
+        select_one_rows(),
+        ready(),
+    ]
+    .concat();
+    assert_eq!(h.backend(&answer), vec![Action::Release]);
+    assert_eq!(h.to_client, answer);
+    assert!(h.backend.statements.is_empty(), "the server has none left");
+    assert!(h.session.statements.is_empty(), "nor has the client");
+    // The next use of the text on that backend prepares it again.
+    h.to_client.clear();
+    h.send(
+        &[
+            parse_msg("again", "SELECT 1"),
+            bind_msg("again"),
+            sync_msg(),
+        ]
+        .concat(),
+    );
+    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.take_actions();
+    h.send(&[]);
+    assert_eq!(
+        tags(&h.take_backend()),
+        b"PDH",
+        "prepared again; the Bind waits for its shape"
+    );
+}
+
+#[test]
+fn a_server_reset_spares_what_was_pipelined_after_it() {
+    let mut h = client_with_s1();
+    let sql = "DEALLOCATE ALL; SELECT 1";
+    h.send(&query(sql));
+    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.take_actions();
+    h.send(&[]);
+    // Before its answer, a new statement (prepared on the backend) and a new name for a
+    // statement pglink answers locally (the backend has it, until the reset runs).
+    h.send(
+        &[
+            parse_msg("s2", "SELECT 2"),
+            parse_msg("s3", "SELECT 1"),
+            sync_msg(),
+        ]
+        .concat(),
+    );
+    assert_eq!(tags(&h.take_backend()), b"QPDS");
+    let s2 = h.session.statements.get(b"s2").unwrap().statement.id;
+    let s3 = h.session.statements.get(b"s3").unwrap().statement.id;
+    h.backend(
+        &[
+            command_complete("DEALLOCATE ALL"),
+            select_one_rows(),
+            ready(),
+        ]
+        .concat(),
+    );
+    assert!(!h.session.statements.contains(b"s1"));
+    assert!(h.session.statements.contains(b"s2") && h.session.statements.contains(b"s3"));
+    assert!(
+        h.backend.statements.contains(s2),
+        "prepared after the reset"
+    );
+    assert!(!h.backend.statements.contains(s3), "dropped by the reset");
+    assert_eq!(
+        h.backend(&[prepared_reply("y"), ready()].concat()),
+        vec![Action::Release]
+    );
+}
+
+#[test]
+fn discard_all_through_the_extended_protocol_resets_statements_and_parameters() {
+    let mut h = client_with_s1();
+    let set = simple_reply(&[(b'C', b"SET\0"), (b'S', b"application_name\0mine\0")]);
+    h.send(&query("SET application_name = 'mine'"));
+    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.take_actions();
+    h.send(&[]);
+    h.take_backend();
+    h.backend(&[set, ready()].concat());
+    h.to_client.clear();
+    let mut batch = parse_msg("", "DISCARD ALL");
+    frontend::bind(&mut batch, b"", b"", &[], [], &[]);
+    frontend::execute(&mut batch, b"", 0);
+    batch.extend_from_slice(&sync_msg());
+    h.send(&batch);
+    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.take_actions();
+    h.send(&[]);
+    assert_eq!(h.take_backend(), batch, "the server runs it");
+    let answer = [
+        simple_reply(&[(b'1', b""), (b'2', b"")]),
+        command_complete("DISCARD ALL"),
+        simple_reply(&[(b'S', b"application_name\0\0")]),
+        ready(),
+    ]
+    .concat();
+    assert_eq!(h.backend(&answer), vec![Action::Release]);
+    assert_eq!(h.to_client, answer, "the server's own report of the reset");
+    assert!(h.backend.statements.is_empty() && h.session.statements.is_empty());
+    assert_eq!(h.session.desired.get("application_name"), Some(""));
+}
+
+#[test]
+fn discard_all_refused_in_a_transaction_block_forgets_nothing() {
+    let mut h = client_with_s1();
+    h.send(&query("BEGIN"));
+    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.take_actions();
+    h.send(&[]);
+    h.take_backend();
+    h.backend(
+        &[
+            command_complete("BEGIN"),
+            ready_with(TransactionStatus::InBlock),
+        ]
+        .concat(),
+    );
+    h.send(&query("DISCARD ALL"));
+    assert_eq!(h.take_backend(), query("DISCARD ALL"), "the server decides");
+    let refused = simple_reply(&[(
+        b'E',
+        b"SERROR\0VERROR\0C25001\0MDISCARD ALL cannot run inside a transaction block\0\0",
+    )]);
+    h.backend(&[refused, ready_with(TransactionStatus::Failed)].concat());
+    assert_eq!(h.session.statements.len(), 1);
+    assert_eq!(h.backend.statements.len(), 1, "the server still has it");
+}
+
+#[test]
+fn deallocating_a_server_name_is_refused() {
+    // Without a backend: answered locally.
+    let mut h = client_with_s1();
+    h.send(&query("DEALLOCATE pglink_1"));
+    assert!(h.take_actions().is_empty());
+    let bytes = h.to_client.clone();
+    let (_, code, message) = h.client_error();
+    assert_eq!(code, "26000");
+    assert!(message.contains("\"pglink_1\" does not exist"), "{message}");
+    assert_eq!(tags(&bytes), b"EZ");
+    // In a transaction block: the server fails a query in its place, so the block is
+    // aborted as PostgreSQL would abort it.
+    h.send(&query("BEGIN"));
+    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.take_actions();
+    h.send(&[]);
+    h.take_backend();
+    h.backend(
+        &[
+            command_complete("BEGIN"),
+            ready_with(TransactionStatus::InBlock),
+        ]
+        .concat(),
+    );
+    h.to_client.clear();
+    h.send(&query("SELECT 1; DEALLOCATE pglink_1"));
+    let sent = h.take_backend();
+    assert_ne!(sent, query("SELECT 1; DEALLOCATE pglink_1"));
+    assert!(!sent.windows(8).any(|w| w == b"pglink_1"), "not sent");
+    let server_error = simple_reply(&[(b'E', b"SERROR\0VERROR\0C26000\0Mno such statement\0\0")]);
+    h.backend(&[server_error, ready_with(TransactionStatus::Failed)].concat());
+    let bytes = h.to_client.clone();
+    let (_, code, message) = h.client_error();
+    assert_eq!(code, "26000");
+    assert!(message.starts_with("pglink: "), "{message}");
+    assert_eq!(tags(&bytes), b"EZ");
+    assert_eq!(bytes.last(), Some(&b'E'), "the block is aborted");
+    // Through the extended protocol, named or not.
+    h.send(&[parse_msg("", "DEALLOCATE pglink_1"), sync_msg()].concat());
+    assert_eq!(
+        tags(&h.take_backend()),
+        b"BS",
+        "a Bind the server fails in its place"
+    );
+}
+
+#[test]
+fn reset_all_puts_back_the_clients_startup_values_before_anything_else_runs() {
+    let mut h = Harness::logged_in_with(
+        AuthMethod::Scram,
+        &[("application_name", "psql"), ("options", "-c work_mem=5MB")],
+    );
+    assert_eq!(h.session.desired.get("work_mem"), Some("5MB"));
+    h.send(&query("RESET ALL"));
+    // A backend that already has the client's settings.
+    h.backend = BackendContext::new(4);
+    h.backend.params = (*h.session.desired).clone();
+    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.take_actions();
+    h.send(&[]);
+    assert_eq!(h.take_backend(), query("RESET ALL"));
+    // The server goes back to its own startup values and reports the reported ones.
+    let answer = [
+        command_complete("RESET"),
+        simple_reply(&[(b'S', b"application_name\0\0")]),
+        ready(),
+    ]
+    .concat();
+    assert_eq!(h.backend(&answer), vec![]);
+    let bytes = std::mem::take(&mut h.to_client);
+    assert_eq!(tags(&bytes), b"CSZS");
+    assert_eq!(
+        parameter_statuses(&bytes),
+        [
+            ("application_name".to_owned(), String::new()),
+            ("application_name".to_owned(), "psql".to_owned())
+        ],
+        "the server's report, then the client's own value, as PostgreSQL would give it"
+    );
+    let sync = String::from_utf8_lossy(&h.take_backend()[5..]).into_owned();
+    assert!(
+        sync.contains("'application_name', E'psql'") && sync.contains("'work_mem', E'5MB'"),
+        "{sync}"
+    );
+    assert_eq!(
+        h.backend(
+            &[
+                simple_reply(&[(b'T', b"\0\0"), (b'C', b"SELECT 1\0")]),
+                ready()
+            ]
+            .concat()
+        ),
+        vec![Action::Release]
+    );
+    assert_eq!(h.session.desired.get("work_mem"), Some("5MB"));
+    assert_eq!(h.backend.params.get("work_mem"), Some("5MB"));
 }

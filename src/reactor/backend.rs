@@ -576,7 +576,10 @@ impl Reactor {
     /// Draining: swallow responses until the backend is idle again, then return it.
     fn backend_drain(&mut self, bi: usize) -> bool {
         let Reactor {
-            backends, scratch, ..
+            backends,
+            scratch,
+            shared,
+            ..
         } = self;
         let Some(b) = backends.get_mut(bi) else {
             return false;
@@ -593,6 +596,18 @@ impl Reactor {
                     b.context
                         .statements
                         .set_shape(statement.id, BackendShape::Stale);
+                }
+                Outcome::Reset(reset) => {
+                    b.context.statements.retain_only(&reset.preparing);
+                    if reset.discard_all {
+                        // Back to what it had at login.
+                        let startup = shared
+                            .pools
+                            .get(b.pool)
+                            .and_then(|p| shared.databases.get(p.db))
+                            .map_or(&[][..], |db| &db.target.startup_params[..]);
+                        b.context.set_login_params(&b.params, startup);
+                    }
                 }
                 _ => {}
             }
