@@ -768,6 +768,67 @@ fn deallocate_all_run_by_the_server_leaves_other_clients_statements_working() {
     });
 }
 
+#[test]
+fn one_statement_text_under_two_search_paths_is_two_statements() {
+    let pg = PgServer::shared();
+    let user = proxy::create_user(pg, "paths");
+    let proxy = ProxyConfig::new(pg)
+        .user(&user)
+        .backend("pool_max_conns", json!(1))
+        .start();
+    let (sa, sb) = (table("path_a"), table("path_b"));
+    pg.admin_sql_in(
+        TEST_DATABASE,
+        &format!(
+            "CREATE SCHEMA {sa} AUTHORIZATION {u}; CREATE SCHEMA {sb} AUTHORIZATION {u}; \
+             CREATE TABLE {sa}.same (a int); INSERT INTO {sa}.same VALUES (1); \
+             CREATE TABLE {sb}.same (b text, c int); INSERT INTO {sb}.same VALUES ('two', 2); \
+             ALTER TABLE {sa}.same OWNER TO {u}; ALTER TABLE {sb}.same OWNER TO {u}",
+            u = user.name
+        ),
+    );
+    runtime().block_on(async {
+        let a = connect(&proxy, &user).await;
+        a.batch_execute(&format!("SET search_path = {sa}"))
+            .await
+            .unwrap();
+        let b = connect(&proxy, &user).await;
+        b.batch_execute(&format!("SET search_path = {sb}"))
+            .await
+            .unwrap();
+        // The same text, prepared by each (one server connection for both).
+        let in_a = a.prepare("SELECT * FROM same").await.unwrap();
+        let in_b = b.prepare("SELECT * FROM same").await.unwrap();
+        let columns = |s: &tokio_postgres::Statement| -> Vec<String> {
+            s.columns().iter().map(|c| c.name().to_owned()).collect()
+        };
+        assert_eq!(columns(&in_a), ["a"]);
+        assert_eq!(
+            columns(&in_b),
+            ["b", "c"],
+            "B's own table, not A's description"
+        );
+        for round in 0..3 {
+            let row = a.query_one(&in_a, &[]).await.unwrap();
+            assert_eq!(row.get::<_, i32>(0), 1, "round {round}");
+            let row = b.query_one(&in_b, &[]).await.unwrap();
+            assert_eq!(
+                (row.get::<_, String>(0), row.get::<_, i32>(1)),
+                ("two".to_owned(), 2),
+                "round {round}"
+            );
+        }
+        // A third client with A's path prepares it again: A's columns.
+        let c = connect(&proxy, &user).await;
+        c.batch_execute(&format!("SET search_path = {sa}"))
+            .await
+            .unwrap();
+        let in_c = c.prepare("SELECT * FROM same").await.unwrap();
+        assert_eq!(columns(&in_c), ["a"]);
+        assert_eq!(c.query_one(&in_c, &[]).await.unwrap().get::<_, i32>(0), 1);
+    });
+}
+
 fn python_driver(script: &str, module: &str) {
     let pg = PgServer::shared();
     let user = proxy::create_user(pg, module);

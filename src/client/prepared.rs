@@ -1,8 +1,8 @@
 //! Named prepared statements across backends: how the session rewrites Parse, Bind,
 //! Describe and Close (see [`super::statements`] for the bookkeeping).
 //!
-//! - Parse of a new name: the (shared) statement is prepared on the held backend under its
-//!   server name, followed by a Describe whose answer pglink keeps (the statement's shape),
+//! - Parse of a new name: the (shared) statement — one per text, parameter types and
+//!   `search_path` — is prepared on the held backend under its server name, followed by a Describe whose answer pglink keeps (the statement's shape),
 //!   unless the backend has it already, in which case ParseComplete is answered locally.
 //!   Without a backend, a statement some server has accepted before is answered locally too,
 //!   so re-preparing costs no backend at all.
@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use super::params;
 use super::relay::{Effect, Expect, Outcome, Route};
-use super::statements::{BackendShape, ClientStatement, Shape, Statement, server_name};
+use super::statements::{BackendShape, ClientStatement, Key, Shape, Statement, server_name};
 use super::{BackendContext, Out, Session};
 use crate::protocol::backend as be_msg;
 use crate::protocol::framing::peek_header;
@@ -88,7 +88,11 @@ impl Session {
                 let Some(database) = self.db_context.clone() else {
                     return Handled::Invalid("no statement registry".into());
                 };
-                let statement = database.registry.get_or_insert(p.query, &types);
+                let statement = database.registry.get_or_insert(&Key {
+                    query: p.query,
+                    param_types: &types,
+                    search_path: self.desired.get("search_path"),
+                });
                 let epoch = database.registry.schema_epoch();
                 let known = match out.backend.statements.touch(statement.id) {
                     Some(BackendShape::Known { shape, epoch: e }) if e == epoch => {
@@ -250,7 +254,11 @@ impl Session {
                 let Some(database) = self.db_context.clone() else {
                     return Handled::NeedBackend;
                 };
-                let statement = database.registry.get_or_insert(p.query, &types);
+                let statement = database.registry.get_or_insert(&Key {
+                    query: p.query,
+                    param_types: &types,
+                    search_path: self.desired.get("search_path"),
+                });
                 if !statement.is_verified() {
                     // Never accepted by a server: a server must check it now.
                     return Handled::NeedBackend;

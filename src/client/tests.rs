@@ -633,6 +633,14 @@ impl Harness {
         self.take_actions();
     }
 
+    /// Holds `backend`, given the client's settings already (no sync needed).
+    fn attach_matching_backend(&mut self, backend: BackendContext) {
+        self.backend = backend;
+        self.backend.params = (*self.session.desired).clone();
+        self.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+        self.take_actions();
+    }
+
     /// Feeds backend bytes, returning the actions.
     fn backend(&mut self, bytes: &[u8]) -> Vec<Action> {
         let n = self.call(|s, out| s.on_backend_data(bytes, out));
@@ -1735,4 +1743,75 @@ fn reset_all_puts_back_the_clients_startup_values_before_anything_else_runs() {
     );
     assert_eq!(h.session.desired.get("work_mem"), Some("5MB"));
     assert_eq!(h.backend.params.get("work_mem"), Some("5MB"));
+}
+
+#[test]
+fn clients_with_different_search_paths_do_not_share_a_statement_or_its_description() {
+    let mut a = Harness::logged_in_with(AuthMethod::Scram, &[("options", "-c search_path=a")]);
+    a.send(
+        &[
+            parse_msg("s", "SELECT * FROM t"),
+            describe_named("s"),
+            sync_msg(),
+        ]
+        .concat(),
+    );
+    a.attach_matching_backend(BackendContext::new(4));
+    a.send(&[]);
+    let a_server = names(&a.take_backend())[0].1.clone();
+    a.backend(&[prepared_reply("from_a"), shape_answer("from_a"), ready()].concat());
+    // The same text from a client whose path resolves it to another table: not answered
+    // from A's statement (verified, described and cached), but prepared for its own path.
+    let mut b = Harness::new(AuthMethod::Scram, ClientTls::Optional);
+    b.context = a.context.clone();
+    b.scram_login_with("alice", PASSWORD, &[("options", "-c search_path=b")]);
+    b.to_client.clear();
+    b.take_actions();
+    b.send(
+        &[
+            parse_msg("s", "SELECT * FROM t"),
+            describe_named("s"),
+            sync_msg(),
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        b.take_actions(),
+        vec![Action::Acquire],
+        "a server must check it"
+    );
+    // A's backend, with B's settings by now.
+    b.attach_matching_backend(std::mem::replace(&mut a.backend, BackendContext::new(0)));
+    b.send(&[]);
+    let sent = names(&b.take_backend());
+    assert_eq!(
+        sent.len(),
+        3,
+        "Parse, Describe and the client's Describe: {sent:?}"
+    );
+    assert_ne!(sent[0].1, a_server, "a server statement of its own");
+    // A client with A's path shares A's statement, answered without a backend.
+    let mut c = Harness::new(AuthMethod::Scram, ClientTls::Optional);
+    c.context = a.context.clone();
+    c.scram_login_with("alice", PASSWORD, &[("options", "-c search_path=a")]);
+    c.to_client.clear();
+    c.take_actions();
+    c.send(
+        &[
+            parse_msg("mine", "SELECT * FROM t"),
+            describe_named("mine"),
+            sync_msg(),
+        ]
+        .concat(),
+    );
+    assert!(c.take_actions().is_empty());
+    assert_eq!(
+        c.to_client,
+        [
+            simple_reply(&[(b'1', b"")]),
+            shape_answer("from_a"),
+            ready()
+        ]
+        .concat()
+    );
 }
