@@ -239,6 +239,59 @@ fn session_parameters_follow_one_client_and_never_reach_another() {
 }
 
 #[test]
+fn extra_parameters_changed_with_bound_arguments_follow_their_client() {
+    let pg = PgServer::shared();
+    pg.admin_sql_in(
+        TEST_DATABASE,
+        "CREATE SCHEMA IF NOT EXISTS a_schema; GRANT ALL ON SCHEMA a_schema TO PUBLIC; \
+         CREATE OR REPLACE FUNCTION pglink_set_path(p text) RETURNS text LANGUAGE sql \
+         AS $$ SELECT set_config('search_path', p, false) $$",
+    );
+    // One backend: whatever A leaves on it, B gets next.
+    let proxy = ProxyConfig::new(pg)
+        .user(&SCRAM_USER)
+        .backend("pool_max_conns", json!(1))
+        .set(
+            &format!("databases.{TEST_DATABASE}.track_extra_parameters"),
+            json!(["search_path"]),
+        )
+        .start();
+    runtime().block_on(async {
+        let a = connect(&proxy, &SCRAM_USER).await;
+        let b = connect(&proxy, &SCRAM_USER).await;
+        let show = async |c: &tokio_postgres::Client| -> String {
+            c.query_one("SHOW search_path", &[]).await.unwrap().get(0)
+        };
+        let default = show(&b).await;
+        assert_ne!(default, "a_schema");
+        // The text names no parameter: only reading the extras back after the transaction
+        // shows what it changed.
+        let set = a.prepare("SELECT set_config($1, $2, false)").await.unwrap();
+        a.batch_execute("BEGIN").await.unwrap();
+        a.query_one(&set, &[&"search_path", &"a_schema"])
+            .await
+            .unwrap();
+        a.batch_execute("COMMIT").await.unwrap();
+        for round in 0..3 {
+            assert_eq!(
+                show(&b).await,
+                default,
+                "round {round}: B sees A's search_path"
+            );
+            assert_eq!(show(&a).await, "a_schema", "round {round}: A lost its own");
+        }
+        // A function that changes it, called by a statement that names no setting.
+        a.batch_execute("RESET search_path").await.unwrap();
+        assert_eq!(show(&a).await, default);
+        a.query_one("SELECT pglink_set_path('a_schema, public')", &[])
+            .await
+            .unwrap();
+        assert_eq!(show(&b).await, default, "B sees the path A's function set");
+        assert_eq!(show(&a).await, "a_schema, public");
+    });
+}
+
+#[test]
 fn clients_get_a_server_connection_that_already_has_their_settings() {
     let pg = PgServer::shared();
     let proxy = ProxyConfig::new(pg)

@@ -87,6 +87,9 @@ pub enum Touched {
     Param(String),
     /// `RESET ALL`.
     All,
+    /// `set_config(...)` whose parameter name is not a literal (a bound parameter, say):
+    /// some parameter, which one the text does not say.
+    Unknown,
 }
 
 /// Session parameters the statements in `sql` change (not `SET LOCAL`, not transaction
@@ -100,10 +103,14 @@ pub fn touched_params(sql: &[u8]) -> Vec<Touched> {
             r"(?i)(?:^|;)\s*(?:SET\s+(?:(?P<auth>SESSION\s+AUTHORIZATION)|(?:SESSION\s+)?(?P<set>TIME\s+ZONE|{NAME}))|RESET\s+(?P<reset>TIME\s+ZONE|SESSION\s+AUTHORIZATION|{NAME}))"
         ),
     );
+    static SET_CONFIG_ANY: OnceLock<Regex> = OnceLock::new();
+    // A literal name, and `false` or a bound parameter (which may be false) for is_local.
     let set_config = regex(
         &SET_CONFIG,
-        r"(?i)set_config\s*\(\s*'([^']+)'\s*,[^;]*?,\s*false\s*\)",
+        r"(?i)set_config\s*\(\s*'([^']+)'\s*,[^;]*?,\s*(?:false|\$\d+)\s*\)",
     );
+    // A name that is not a literal.
+    let set_config_any = regex(&SET_CONFIG_ANY, r"(?i)set_config\s*\(\s*[^'\s]");
     let mut out = Vec::new();
     for caps in set.captures_iter(sql) {
         let (word, is_reset) = match (caps.name("auth").or(caps.name("set")), caps.name("reset")) {
@@ -123,6 +130,9 @@ pub fn touched_params(sql: &[u8]) -> Vec<Touched> {
         if let Some(m) = caps.get(1) {
             out.push(Touched::Param(normalize(m.as_bytes())));
         }
+    }
+    if set_config_any.is_match(sql) {
+        out.push(Touched::Unknown);
     }
     out
 }
@@ -273,6 +283,19 @@ mod tests {
             params("SELECT set_config('app.user', '42', false)"),
             [p("app.user")]
         );
+        assert_eq!(
+            params("SELECT set_config('search_path', $1, $2)"),
+            [p("search_path")],
+            "is_local may be false"
+        );
+        assert_eq!(
+            params("SELECT set_config($1, $2, false)"),
+            [Touched::Unknown]
+        );
+        assert_eq!(
+            params("select pg_catalog.set_config( name, 'x', false) from t"),
+            [Touched::Unknown]
+        );
     }
 
     #[test]
@@ -383,6 +406,7 @@ mod tests {
             "  set Application_Name = 'x'",
             "BEGIN;\n\tRESET work_mem",
             "SELECT set_config('app.user', '42', false)",
+            "SELECT set_config($1, $2, false)",
             "SELECT PG_TRY_ADVISORY_LOCK_SHARED(1, 2)",
             "BEGIN; LISTEN chan; COMMIT",
             "create temp table t (a int)",

@@ -98,7 +98,7 @@ pub struct Env<'a> {
 #[derive(Debug)]
 pub struct DatabaseContext {
     pub registry: Registry,
-    /// `track_extra_parameters`: read back with the others whenever parameters are.
+    /// `track_extra_parameters`: read back after every transaction that ran a statement.
     pub track_extra: Vec<String>,
     /// `default_startup_parameters`: override the client's values for these names.
     pub overrides: Vec<(String, String)>,
@@ -287,6 +287,9 @@ pub struct Session {
     reported: Option<Arc<ParamList>>,
     /// Unreported parameters the client changed in this lending: read back before release.
     touched: Vec<String>,
+    /// A client statement ran since the last read-back (Query, Execute, FunctionCall went
+    /// to the server): `track_extra_parameters` are read back after the transaction.
+    ran: bool,
     /// The client ran RESET ALL / DISCARD ALL in this lending.
     reset_all: bool,
     /// Why the session keeps its backend for good, if it does.
@@ -329,6 +332,7 @@ impl Session {
             desired: Arc::default(),
             reported: None,
             touched: Vec::new(),
+            ran: false,
             reset_all: false,
             pinned: None,
             replay: None,
@@ -758,11 +762,13 @@ impl Session {
                     let failed = if header.tag == fe::QUERY {
                         match self.on_query(query_text(whole), true, out) {
                             state::QueryHandling::Answered => None,
-                            state::QueryHandling::Forward => self
-                                .relay
-                                .forward_client_message(header, whole, out.to_backend)
-                                .err()
-                                .map(|e| e.to_string()),
+                            state::QueryHandling::Forward => {
+                                self.ran = true;
+                                self.relay
+                                    .forward_client_message(header, whole, out.to_backend)
+                                    .err()
+                                    .map(|e| e.to_string())
+                            }
                         }
                     } else {
                         let body = whole.get(Header::SIZE..).unwrap_or_default();
@@ -785,16 +791,19 @@ impl Session {
                     pos += header.frame_len();
                     failed
                 }
-                _ => match self
-                    .relay
-                    .forward_client_message(header, rest, out.to_backend)
-                {
-                    Ok(n) => {
-                        pos += n;
-                        None
+                tag => {
+                    self.ran |= matches!(tag, fe::EXECUTE | fe::FUNCTION_CALL);
+                    match self
+                        .relay
+                        .forward_client_message(header, rest, out.to_backend)
+                    {
+                        Ok(n) => {
+                            pos += n;
+                            None
+                        }
+                        Err(e) => Some(e.to_string()),
                     }
-                    Err(e) => Some(e.to_string()),
-                },
+                }
             };
             if let Some(e) = failed {
                 self.fatal(out, SqlState::PROTOCOL_VIOLATION, &format!("pglink: {e}"));

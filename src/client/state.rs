@@ -155,9 +155,12 @@ impl Session {
         for touched in inspect::touched_params(sql) {
             match touched {
                 Touched::All => self.reset_all = true,
-                Touched::Param(name) => {
-                    if !self.is_reported(&name) && !self.touched.contains(&name) {
-                        self.touched.push(name);
+                Touched::Param(name) => self.touch(name),
+                // Which one is not in the text: any of those tracked.
+                Touched::Unknown => {
+                    let extras = self.db_context.as_ref().map(|db| db.track_extra.clone());
+                    for name in extras.into_iter().flatten() {
+                        self.touch(name);
                     }
                 }
             }
@@ -170,6 +173,13 @@ impl Session {
             && let Some(db) = &self.db_context
         {
             db.registry.schema_changed();
+        }
+    }
+
+    /// Notes that the client's statements changed `name` (read back after the transaction).
+    fn touch(&mut self, name: String) {
+        if !self.is_reported(&name) && !self.touched.contains(&name) {
+            self.touched.push(name);
         }
     }
 
@@ -338,7 +348,13 @@ impl Session {
             self.reset_to_startup(out.to_client);
             self.sync_backend(out);
         }
-        if !self.touched.is_empty() {
+        // `track_extra_parameters` are read back after every transaction that ran a
+        // statement (a function or a `set_config` with bound arguments may have changed
+        // them; a pinned session's values go nowhere), the others when the client's
+        // statements named them. The client has its ReadyForQuery already: the read-back
+        // costs it nothing, the backend one round trip before it goes back to the pool.
+        let read_extras = std::mem::take(&mut self.ran) && self.pinned.is_none();
+        if !self.touched.is_empty() || read_extras && self.has_extras_to_read() {
             let mut names = std::mem::take(&mut self.touched);
             if let Some(db) = &self.db_context {
                 for extra in &db.track_extra {
@@ -371,6 +387,13 @@ impl Session {
         }
         out.backend.statements.settle_pending();
         AfterTransaction::Release
+    }
+
+    /// Whether `track_extra_parameters` names a parameter the server does not report.
+    fn has_extras_to_read(&self) -> bool {
+        self.db_context
+            .as_ref()
+            .is_some_and(|db| db.track_extra.iter().any(|n| !self.is_reported(n)))
     }
 
     /// Parameter values read back after the client changed them.

@@ -1815,3 +1815,110 @@ fn clients_with_different_search_paths_do_not_share_a_statement_or_its_descripti
         .concat()
     );
 }
+
+// ---- track_extra_parameters ---------------------------------------------------------------
+
+/// A harness whose database reads back `extras` (`track_extra_parameters`).
+fn logged_in_tracking(extras: &[&str]) -> Harness {
+    let mut h = Harness::new(AuthMethod::Scram, ClientTls::Optional);
+    h.context = Arc::new(DatabaseContext {
+        registry: Registry::new(16, 16),
+        track_extra: extras.iter().map(|e| e.to_string()).collect(),
+        overrides: Vec::new(),
+        shared_params: Default::default(),
+    });
+    h.scram_login("alice", PASSWORD);
+    h.to_client.clear();
+    h.take_actions();
+    h
+}
+
+/// The answer to a read-back of one parameter.
+fn captured(value: &str) -> Vec<u8> {
+    let mut row = 1u16.to_be_bytes().to_vec();
+    row.extend_from_slice(&(value.len() as u32).to_be_bytes());
+    row.extend_from_slice(value.as_bytes());
+    [
+        shape_answer("current_setting")[7..].to_vec(),
+        simple_reply(&[(b'D', &row), (b'C', b"SELECT 1\0")]),
+        ready(),
+    ]
+    .concat()
+}
+
+#[test]
+fn extras_are_read_back_after_a_set_config_with_bound_arguments() {
+    let mut h = logged_in_tracking(&["search_path"]);
+    let mut batch = parse_msg("", "SELECT set_config($1, $2, false)");
+    frontend::bind(&mut batch, b"", b"", &[], [], &[]);
+    frontend::execute(&mut batch, b"", 0);
+    batch.extend_from_slice(&sync_msg());
+    h.send(&batch);
+    h.attach_matching_backend(BackendContext::new(4));
+    h.send(&[]);
+    assert_eq!(h.take_backend(), batch);
+    let answer = [
+        simple_reply(&[(b'1', b""), (b'2', b"")]),
+        simple_reply(&[(b'D', b"\0\x01\0\0\0\x08a_schema"), (b'C', b"SELECT 1\0")]),
+        ready(),
+    ]
+    .concat();
+    assert_eq!(
+        h.backend(&answer),
+        vec![],
+        "the backend is kept for the read-back"
+    );
+    assert_eq!(
+        h.to_client, answer,
+        "the client has its ReadyForQuery already"
+    );
+    let sent = h.take_backend();
+    assert_eq!(tags(&sent), b"Q");
+    assert!(
+        String::from_utf8_lossy(&sent).contains("current_setting(E'search_path', true)"),
+        "{sent:?}"
+    );
+    h.to_client.clear();
+    assert_eq!(h.backend(&captured("a_schema")), vec![Action::Release]);
+    assert!(h.to_client.is_empty(), "the read-back is not shown");
+    assert_eq!(h.session.desired.get("search_path"), Some("a_schema"));
+    assert_eq!(h.backend.params.get("search_path"), Some("a_schema"));
+}
+
+#[test]
+fn extras_are_read_back_after_every_transaction_that_ran_a_statement() {
+    let mut h = logged_in_tracking(&["search_path", "application_name"]);
+    h.send(&query("SELECT f()"));
+    h.attach_matching_backend(BackendContext::new(4));
+    h.send(&[]);
+    h.take_backend();
+    assert_eq!(h.backend(&[select_one_rows(), ready()].concat()), vec![]);
+    let sent = String::from_utf8_lossy(&h.take_backend()).into_owned();
+    assert!(sent.contains("'search_path'"), "{sent}");
+    assert!(
+        !sent.contains("application_name"),
+        "reported parameters need no reading: {sent}"
+    );
+    assert_eq!(h.backend(&captured("other")), vec![Action::Release]);
+    assert_eq!(h.session.desired.get("search_path"), Some("other"));
+    // A lending that ran nothing (a Describe pglink could not answer) reads nothing back.
+    h.send(&[parse_msg("s", "SELECT 1"), sync_msg()].concat());
+    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.take_actions();
+    h.send(&[]);
+    h.take_backend();
+    assert_eq!(
+        h.backend(&[prepared_reply("x"), ready()].concat()),
+        vec![Action::Release]
+    );
+    // Without extras nothing is read back either.
+    let mut plain = Harness::logged_in(AuthMethod::Scram);
+    plain.send(&query("SELECT f()"));
+    plain.attach_matching_backend(BackendContext::new(4));
+    plain.send(&[]);
+    plain.take_backend();
+    assert_eq!(
+        plain.backend(&[select_one_rows(), ready()].concat()),
+        vec![Action::Release]
+    );
+}
