@@ -410,6 +410,57 @@ fn startup_options_are_honoured_for_that_client_only() {
     );
 }
 
+#[test]
+fn default_startup_parameters_win_over_the_clients_and_a_later_set_is_its_own() {
+    let pg = PgServer::shared();
+    let proxy = ProxyConfig::new(pg)
+        .user(&SCRAM_USER)
+        .backend("pool_max_conns", json!(1))
+        .backend(
+            "default_startup_parameters",
+            json!({"statement_timeout": "1234ms"}),
+        )
+        .start();
+    let pw = Proxy::password(&SCRAM_USER);
+    runtime().block_on(async {
+        let dsn = format!(
+            "{} password={pw}",
+            proxy.dsn_with(
+                &SCRAM_USER,
+                "sslmode=disable options='-c statement_timeout=4321 -c work_mem=7MB'"
+            )
+        );
+        let (a, conn) = tokio_postgres::connect(&dsn, NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let b = connect(&proxy, &SCRAM_USER).await;
+        let show = async |c: &tokio_postgres::Client, name: &str| -> String {
+            let sql = format!("SHOW {name}");
+            c.query_one(&sql, &[]).await.unwrap().get(0)
+        };
+        assert_eq!(show(&a, "statement_timeout").await, "1234ms", "configured");
+        assert_eq!(
+            show(&a, "work_mem").await,
+            "7MB",
+            "the client's other options"
+        );
+        assert_eq!(show(&b, "statement_timeout").await, "1234ms");
+        a.batch_execute("SET statement_timeout = '5s'")
+            .await
+            .unwrap();
+        for round in 0..3 {
+            assert_eq!(show(&a, "statement_timeout").await, "5s", "round {round}");
+            assert_eq!(
+                show(&b, "statement_timeout").await,
+                "1234ms",
+                "round {round}: B sees A's SET"
+            );
+        }
+        // RESET goes back to the session's startup value, which is the configured one.
+        a.batch_execute("RESET statement_timeout").await.unwrap();
+        assert_eq!(show(&a, "statement_timeout").await, "1234ms");
+    });
+}
+
 /// What a client sees running a prepared statement: its column count and first value, or
 /// the SQLSTATE of its error.
 async fn run_prepared(client: &tokio_postgres::Client, stmt: &tokio_postgres::Statement) -> String {

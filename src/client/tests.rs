@@ -1922,3 +1922,68 @@ fn extras_are_read_back_after_every_transaction_that_ran_a_statement() {
         vec![Action::Release]
     );
 }
+
+// ---- default_startup_parameters ---------------------------------------------------------
+
+#[test]
+fn default_startup_parameters_override_the_clients_own() {
+    let context = Arc::new(DatabaseContext {
+        registry: Registry::new(16, 16),
+        track_extra: Vec::new(),
+        overrides: vec![("statement_timeout".into(), "1234ms".into())],
+        shared_params: Default::default(),
+    });
+    let login = |extra: &[(&str, &str)]| {
+        let mut h = Harness::new(AuthMethod::Scram, ClientTls::Optional);
+        h.context = context.clone();
+        h.scram_login_with("alice", PASSWORD, extra);
+        h.to_client.clear();
+        h.take_actions();
+        h
+    };
+    let mut a = login(&[("options", "-c statement_timeout=4321 -c work_mem=7MB")]);
+    assert_eq!(a.session.desired.get("statement_timeout"), Some("1234ms"));
+    assert_eq!(
+        a.session.desired.get("work_mem"),
+        Some("7MB"),
+        "others are kept"
+    );
+    // A server connection that logged in with the configured value needs only work_mem.
+    let mut fresh = BackendContext::new(4);
+    let reported: ParamList = a.params.as_deref().cloned().unwrap_or_default();
+    fresh.set_login_params(&reported, &context.overrides);
+    a.send(&query("SET statement_timeout = '5s'"));
+    a.backend = fresh;
+    a.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    a.take_actions();
+    a.send(&[]);
+    let sync = String::from_utf8_lossy(&a.take_backend()).into_owned();
+    assert!(
+        sync.contains("'work_mem', E'7MB'") && !sync.contains("statement_timeout"),
+        "{sync}"
+    );
+    let synced = [
+        simple_reply(&[(b'T', b"\0\0"), (b'C', b"SELECT 1\0")]),
+        ready(),
+    ]
+    .concat();
+    assert_eq!(a.backend(&synced), vec![Action::ResumeInput]);
+    a.send(&[]);
+    assert_eq!(a.take_backend(), query("SET statement_timeout = '5s'"));
+    // The client's own SET afterwards is its own.
+    assert_eq!(
+        a.backend(&[command_complete("SET"), ready()].concat()),
+        vec![]
+    );
+    a.take_backend();
+    assert_eq!(a.backend(&captured("5s")), vec![Action::Release]);
+    assert_eq!(a.session.desired.get("statement_timeout"), Some("5s"));
+    // Another client on that connection gets the configured value back first.
+    let mut b = login(&[("options", "-c statement_timeout=1")]);
+    b.send(&query("SHOW statement_timeout"));
+    b.backend = std::mem::replace(&mut a.backend, BackendContext::new(0));
+    b.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    b.send(&[]);
+    let sync = String::from_utf8_lossy(&b.take_backend()).into_owned();
+    assert!(sync.contains("'statement_timeout', E'1234ms'"), "{sync}");
+}

@@ -445,9 +445,15 @@ impl Reactor {
             return;
         };
         let login = *login;
-        for (name, value) in &login.server_params {
-            b.context.params.set(name, value);
-        }
+        // It has the values it logged in with, the configured ones included: clients whose
+        // settings match need no sync query on its first lending.
+        let startup = self
+            .shared
+            .pools
+            .get(b.pool)
+            .and_then(|p| self.shared.databases.get(p.db))
+            .map_or(&[][..], |db| &db.target.startup_params[..]);
+        b.context.set_login_params(&login.server_params, startup);
         b.params = Arc::new(login.server_params);
         b.server_key = login.cancel_key;
         b.last_used = self.now;
