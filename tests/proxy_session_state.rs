@@ -238,6 +238,162 @@ fn session_parameters_follow_one_client_and_never_reach_another() {
     assert_eq!(show(&mut a, "TimeZone"), a_values[1]);
 }
 
+/// The five settings a client of the concurrent test gives itself, as SHOW prints them.
+fn own_settings(i: usize) -> [(&'static str, String); 5] {
+    const DATE_STYLES: [&str; 8] = [
+        "ISO, MDY",
+        "ISO, DMY",
+        "ISO, YMD",
+        "SQL, MDY",
+        "SQL, DMY",
+        "Postgres, MDY",
+        "Postgres, DMY",
+        "German, DMY",
+    ];
+    const INTERVAL_STYLES: [&str; 4] = ["postgres", "postgres_verbose", "sql_standard", "iso_8601"];
+    // Etc/GMT+1 … Etc/GMT+12, then Etc/GMT-1 … Etc/GMT-14: a zone of its own per client.
+    let zone = match i % 26 {
+        n @ 0..12 => format!("Etc/GMT+{}", n + 1),
+        n => format!("Etc/GMT-{}", n - 11),
+    };
+    [
+        ("application_name", format!("client_{i}")),
+        ("TimeZone", zone),
+        ("DateStyle", DATE_STYLES[i % DATE_STYLES.len()].to_owned()),
+        (
+            "IntervalStyle",
+            INTERVAL_STYLES[i % INTERVAL_STYLES.len()].to_owned(),
+        ),
+        ("search_path", format!("s_{i}, public")),
+    ]
+}
+
+/// `SET [LOCAL] name = value;` for each setting (search_path as a list, the others quoted).
+fn set_all(local: &str, settings: &[(&str, String)]) -> String {
+    settings
+        .iter()
+        .map(|(name, value)| match *name {
+            "search_path" => format!("SET {local} {name} = {value};"),
+            _ => format!("SET {local} {name} = '{value}';"),
+        })
+        .collect()
+}
+
+/// The values of `names` as one client sees them, in one round trip.
+async fn show_all(client: &tokio_postgres::Client, names: &[&str]) -> Vec<String> {
+    let sql: String = names.iter().map(|n| format!("SHOW {n};")).collect();
+    client
+        .simple_query(&sql)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn many_clients_over_a_small_pool_each_keep_their_own_settings() {
+    const CLIENTS: usize = 24;
+    const ROUNDS: usize = 12;
+    let pg = PgServer::shared();
+    let user = proxy::create_user(pg, "many_settings");
+    let proxy = ProxyConfig::new(pg)
+        .user(&user)
+        .backend("pool_max_conns", json!(3))
+        .set(
+            &format!("databases.{TEST_DATABASE}.track_extra_parameters"),
+            json!(["search_path"]),
+        )
+        .set(
+            &format!("databases.{TEST_DATABASE}.pool_acquire_timeout_milliseconds"),
+            json!(20000),
+        )
+        .start();
+    runtime().block_on(async {
+        let names = own_settings(0).map(|(n, _)| n);
+        let bystander = connect(&proxy, &user).await;
+        let defaults = show_all(&bystander, &names).await;
+        let mut tasks = Vec::new();
+        for i in 0..CLIENTS {
+            let client = connect(&proxy, &user).await;
+            let default_path = defaults[4].clone();
+            tasks.push(tokio::spawn(async move {
+                let own = own_settings(i);
+                let names: Vec<&str> = own.iter().map(|(n, _)| *n).collect();
+                let mut values: Vec<String> = own.iter().map(|(_, v)| v.clone()).collect();
+                // Every third client keeps the default search_path at first and changes it
+                // only with set_config and bound arguments, which only the read-back of
+                // track_extra_parameters sees; the others' search_path is their own.
+                let changes_path = i % 3 == 0;
+                let to_set = if changes_path {
+                    values[4] = default_path.clone();
+                    &own[..4]
+                } else {
+                    &own[..]
+                };
+                client.batch_execute(&set_all("", to_set)).await.unwrap();
+                let set_config = client
+                    .prepare("SELECT set_config($1, $2, false)")
+                    .await
+                    .unwrap();
+                // Another client's values, for SET LOCAL and rolled-back SETs.
+                let other = own_settings(i + 7);
+                let other_values: Vec<String> = other.iter().map(|(_, v)| v.clone()).collect();
+                let set_other = |local: &str| set_all(local, &other);
+                for round in 0..ROUNDS {
+                    match (i + round) % 4 {
+                        // Alternately away from the default and back.
+                        0 if changes_path => {
+                            let path = match round % 8 {
+                                0..4 => format!("s_{i}_{round}, public"),
+                                _ => default_path.clone(),
+                            };
+                            client
+                                .query_one(&set_config, &[&"search_path", &path])
+                                .await
+                                .unwrap();
+                            values[4] = path;
+                        }
+                        0 => {
+                            client.simple_query("SELECT 1").await.unwrap();
+                        }
+                        1 => {
+                            let sql = format!("BEGIN; {}", set_other("LOCAL"));
+                            client.batch_execute(&sql).await.unwrap();
+                            let inside = show_all(&client, &names).await;
+                            assert_eq!(inside, other_values, "client {i}: SET LOCAL in effect");
+                            client.batch_execute("COMMIT").await.unwrap();
+                        }
+                        2 => {
+                            client.batch_execute("BEGIN").await.unwrap();
+                            client.batch_execute(&set_other("")).await.unwrap();
+                            client.batch_execute("ROLLBACK").await.unwrap();
+                        }
+                        _ => {
+                            client.batch_execute("BEGIN").await.unwrap();
+                            client.simple_query("SELECT 1").await.unwrap();
+                            client.batch_execute("COMMIT").await.unwrap();
+                        }
+                    }
+                    assert_eq!(
+                        show_all(&client, &names).await,
+                        values,
+                        "client {i}, round {round}"
+                    );
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        // A client that set nothing has the server's defaults still.
+        assert_eq!(show_all(&bystander, &names).await, defaults);
+    });
+}
+
 #[test]
 fn extra_parameters_changed_with_bound_arguments_follow_their_client() {
     let pg = PgServer::shared();
