@@ -448,6 +448,41 @@ fn extra_parameters_changed_with_bound_arguments_follow_their_client() {
 }
 
 #[test]
+fn settings_of_a_client_that_leaves_mid_transaction_do_not_stay_behind() {
+    use pglink::protocol::frontend;
+    let pg = PgServer::shared();
+    let user = proxy::create_user(pg, "vanish_set");
+    let proxy = ProxyConfig::new(pg)
+        .user(&user)
+        .backend("pool_max_conns", json!(1))
+        .start();
+    let pw = Proxy::password(&user);
+    let mut b = WireClient::connect(proxy.addr, user.name, pw, TEST_DATABASE).unwrap();
+    let work_mem = b.query_column("SHOW work_mem").unwrap();
+    let app = b.query_column("SHOW application_name").unwrap();
+    for sql in [
+        "SET work_mem = '77MB'",
+        "SET application_name = 'gone'",
+        "SELECT set_config('work_mem', '78MB', false)",
+    ] {
+        // A's statement and its goodbye arrive together: pglink cleans up after it.
+        let mut a = WireClient::connect(proxy.addr, user.name, pw, TEST_DATABASE).unwrap();
+        let mut m = Vec::new();
+        frontend::query(&mut m, sql.as_bytes());
+        frontend::terminate(&mut m);
+        a.send(&m);
+        for _ in 0..3 {
+            assert_eq!(b.query_column("SHOW work_mem").unwrap(), work_mem, "{sql}");
+            assert_eq!(
+                b.query_column("SHOW application_name").unwrap(),
+                app,
+                "{sql}"
+            );
+        }
+    }
+}
+
+#[test]
 fn clients_get_a_server_connection_that_already_has_their_settings() {
     let pg = PgServer::shared();
     let proxy = ProxyConfig::new(pg)

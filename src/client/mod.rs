@@ -577,6 +577,10 @@ impl Session {
             if self.relay.client_mid_message() || self.pinned.is_some() {
                 // A pinned backend holds state (locks, LISTEN, temp tables) no one else may see.
                 BackendFate::Drop
+            } else if !self.relay.is_idle() && self.settings_in_doubt() {
+                // Its parameters may have changed in ways only this session would have
+                // read back: nobody may get it with settings pglink does not know.
+                BackendFate::Drop
             } else if self.relay.is_idle() {
                 BackendFate::Release
             } else {

@@ -900,6 +900,13 @@ impl Relay {
         synced
     }
 
+    /// Whether a parameter read-back (or a sync) is on its way.
+    pub fn reads_back_parameters(&self) -> bool {
+        self.queue
+            .iter()
+            .any(|e| matches!(e.effect, Effect::Capture(_) | Effect::Sync(_)))
+    }
+
     /// The head is a parameter read-back whose row is being collected.
     fn reading_back(&self) -> bool {
         self.queue

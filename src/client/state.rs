@@ -389,6 +389,17 @@ impl Session {
         AfterTransaction::Release
     }
 
+    /// Whether the held backend's parameters may differ from its record in ways still to be
+    /// read back (or being read back, or synced): a session ending now leaves them unknown.
+    /// Reported parameters do not count: the server reports them to whoever drains it.
+    pub(super) fn settings_in_doubt(&self) -> bool {
+        !self.touched.is_empty()
+            || self.reset_all
+            || self.syncing
+            || self.relay.reads_back_parameters()
+            || self.ran && self.has_extras_to_read()
+    }
+
     /// Whether `track_extra_parameters` names a parameter the server does not report.
     fn has_extras_to_read(&self) -> bool {
         self.db_context

@@ -1987,3 +1987,29 @@ fn default_startup_parameters_override_the_clients_own() {
     let sync = String::from_utf8_lossy(&b.take_backend()).into_owned();
     assert!(sync.contains("'statement_timeout', E'1234ms'"), "{sync}");
 }
+
+#[test]
+fn a_backend_whose_settings_are_in_doubt_is_not_reused_after_its_client_leaves() {
+    // The client's SET is on its way when it leaves: what it did is unknown.
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    h.send(&query("SET work_mem = '77MB'"));
+    h.attach_matching_backend(BackendContext::new(4));
+    h.send(&[]);
+    assert!(matches!(h.session.detach(), Some(BackendFate::Drop)));
+    // The same once it is done but the value is still being read back.
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    h.send(&query("SET work_mem = '77MB'"));
+    h.attach_matching_backend(BackendContext::new(4));
+    h.send(&[]);
+    assert_eq!(
+        h.backend(&[command_complete("SET"), ready()].concat()),
+        vec![]
+    );
+    assert!(matches!(h.session.detach(), Some(BackendFate::Drop)));
+    // A reported parameter is reported to whoever drains the backend: it can be reused.
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    h.send(&query("SET application_name = 'gone'"));
+    h.attach_matching_backend(BackendContext::new(4));
+    h.send(&[]);
+    assert!(matches!(h.session.detach(), Some(BackendFate::Reset(_))));
+}

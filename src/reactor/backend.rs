@@ -623,7 +623,16 @@ impl Reactor {
                 input.consume(n);
                 n > 0
             }
-            Ok((n, BackendStop::ParameterStatus { .. })) => {
+            Ok((n, BackendStop::ParameterStatus { start, end, .. })) => {
+                // A statement of the client that left changed it (or a rollback restored it).
+                let body = input.filled().get(start..end).unwrap_or_default();
+                let mut parts = body.split(|&b| b == 0);
+                if let (Some(name), Some(value)) = (parts.next(), parts.next()) {
+                    b.context.params.set(
+                        &String::from_utf8_lossy(name),
+                        &String::from_utf8_lossy(value),
+                    );
+                }
                 input.consume(n);
                 true
             }
