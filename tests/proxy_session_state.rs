@@ -238,6 +238,250 @@ fn session_parameters_follow_one_client_and_never_reach_another() {
     assert_eq!(show(&mut a, "TimeZone"), a_values[1]);
 }
 
+/// The five settings a client of the concurrent test gives itself, as SHOW prints them.
+fn own_settings(i: usize) -> [(&'static str, String); 5] {
+    const DATE_STYLES: [&str; 8] = [
+        "ISO, MDY",
+        "ISO, DMY",
+        "ISO, YMD",
+        "SQL, MDY",
+        "SQL, DMY",
+        "Postgres, MDY",
+        "Postgres, DMY",
+        "German, DMY",
+    ];
+    const INTERVAL_STYLES: [&str; 4] = ["postgres", "postgres_verbose", "sql_standard", "iso_8601"];
+    // Etc/GMT+1 … Etc/GMT+12, then Etc/GMT-1 … Etc/GMT-14: a zone of its own per client.
+    let zone = match i % 26 {
+        n @ 0..12 => format!("Etc/GMT+{}", n + 1),
+        n => format!("Etc/GMT-{}", n - 11),
+    };
+    [
+        ("application_name", format!("client_{i}")),
+        ("TimeZone", zone),
+        ("DateStyle", DATE_STYLES[i % DATE_STYLES.len()].to_owned()),
+        (
+            "IntervalStyle",
+            INTERVAL_STYLES[i % INTERVAL_STYLES.len()].to_owned(),
+        ),
+        ("search_path", format!("s_{i}, public")),
+    ]
+}
+
+/// `SET [LOCAL] name = value;` for each setting (search_path as a list, the others quoted).
+fn set_all(local: &str, settings: &[(&str, String)]) -> String {
+    settings
+        .iter()
+        .map(|(name, value)| match *name {
+            "search_path" => format!("SET {local} {name} = {value};"),
+            _ => format!("SET {local} {name} = '{value}';"),
+        })
+        .collect()
+}
+
+/// The values of `names` as one client sees them, in one round trip.
+async fn show_all(client: &tokio_postgres::Client, names: &[&str]) -> Vec<String> {
+    let sql: String = names.iter().map(|n| format!("SHOW {n};")).collect();
+    client
+        .simple_query(&sql)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn many_clients_over_a_small_pool_each_keep_their_own_settings() {
+    const CLIENTS: usize = 24;
+    const ROUNDS: usize = 12;
+    let pg = PgServer::shared();
+    let user = proxy::create_user(pg, "many_settings");
+    let proxy = ProxyConfig::new(pg)
+        .user(&user)
+        .backend("pool_max_conns", json!(3))
+        .set(
+            &format!("databases.{TEST_DATABASE}.track_extra_parameters"),
+            json!(["search_path"]),
+        )
+        .set(
+            &format!("databases.{TEST_DATABASE}.pool_acquire_timeout_milliseconds"),
+            json!(20000),
+        )
+        .start();
+    runtime().block_on(async {
+        let names = own_settings(0).map(|(n, _)| n);
+        let bystander = connect(&proxy, &user).await;
+        let defaults = show_all(&bystander, &names).await;
+        let mut tasks = Vec::new();
+        for i in 0..CLIENTS {
+            let client = connect(&proxy, &user).await;
+            let default_path = defaults[4].clone();
+            tasks.push(tokio::spawn(async move {
+                let own = own_settings(i);
+                let names: Vec<&str> = own.iter().map(|(n, _)| *n).collect();
+                let mut values: Vec<String> = own.iter().map(|(_, v)| v.clone()).collect();
+                // Every third client keeps the default search_path at first and changes it
+                // only with set_config and bound arguments, which only the read-back of
+                // track_extra_parameters sees; the others' search_path is their own.
+                let changes_path = i % 3 == 0;
+                let to_set = if changes_path {
+                    values[4] = default_path.clone();
+                    &own[..4]
+                } else {
+                    &own[..]
+                };
+                client.batch_execute(&set_all("", to_set)).await.unwrap();
+                let set_config = client
+                    .prepare("SELECT set_config($1, $2, false)")
+                    .await
+                    .unwrap();
+                // Another client's values, for SET LOCAL and rolled-back SETs.
+                let other = own_settings(i + 7);
+                let other_values: Vec<String> = other.iter().map(|(_, v)| v.clone()).collect();
+                let set_other = |local: &str| set_all(local, &other);
+                for round in 0..ROUNDS {
+                    match (i + round) % 4 {
+                        // Alternately away from the default and back.
+                        0 if changes_path => {
+                            let path = match round % 8 {
+                                0..4 => format!("s_{i}_{round}, public"),
+                                _ => default_path.clone(),
+                            };
+                            client
+                                .query_one(&set_config, &[&"search_path", &path])
+                                .await
+                                .unwrap();
+                            values[4] = path;
+                        }
+                        0 => {
+                            client.simple_query("SELECT 1").await.unwrap();
+                        }
+                        1 => {
+                            let sql = format!("BEGIN; {}", set_other("LOCAL"));
+                            client.batch_execute(&sql).await.unwrap();
+                            let inside = show_all(&client, &names).await;
+                            assert_eq!(inside, other_values, "client {i}: SET LOCAL in effect");
+                            client.batch_execute("COMMIT").await.unwrap();
+                        }
+                        2 => {
+                            client.batch_execute("BEGIN").await.unwrap();
+                            client.batch_execute(&set_other("")).await.unwrap();
+                            client.batch_execute("ROLLBACK").await.unwrap();
+                        }
+                        _ => {
+                            client.batch_execute("BEGIN").await.unwrap();
+                            client.simple_query("SELECT 1").await.unwrap();
+                            client.batch_execute("COMMIT").await.unwrap();
+                        }
+                    }
+                    assert_eq!(
+                        show_all(&client, &names).await,
+                        values,
+                        "client {i}, round {round}"
+                    );
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        // A client that set nothing has the server's defaults still.
+        assert_eq!(show_all(&bystander, &names).await, defaults);
+    });
+}
+
+#[test]
+fn extra_parameters_changed_with_bound_arguments_follow_their_client() {
+    let pg = PgServer::shared();
+    pg.admin_sql_in(
+        TEST_DATABASE,
+        "CREATE SCHEMA IF NOT EXISTS a_schema; GRANT ALL ON SCHEMA a_schema TO PUBLIC; \
+         CREATE OR REPLACE FUNCTION pglink_set_path(p text) RETURNS text LANGUAGE sql \
+         AS $$ SELECT set_config('search_path', p, false) $$",
+    );
+    // One backend: whatever A leaves on it, B gets next.
+    let proxy = ProxyConfig::new(pg)
+        .user(&SCRAM_USER)
+        .backend("pool_max_conns", json!(1))
+        .set(
+            &format!("databases.{TEST_DATABASE}.track_extra_parameters"),
+            json!(["search_path"]),
+        )
+        .start();
+    runtime().block_on(async {
+        let a = connect(&proxy, &SCRAM_USER).await;
+        let b = connect(&proxy, &SCRAM_USER).await;
+        let show = async |c: &tokio_postgres::Client| -> String {
+            c.query_one("SHOW search_path", &[]).await.unwrap().get(0)
+        };
+        let default = show(&b).await;
+        assert_ne!(default, "a_schema");
+        // The text names no parameter: only reading the extras back after the transaction
+        // shows what it changed.
+        let set = a.prepare("SELECT set_config($1, $2, false)").await.unwrap();
+        a.batch_execute("BEGIN").await.unwrap();
+        a.query_one(&set, &[&"search_path", &"a_schema"])
+            .await
+            .unwrap();
+        a.batch_execute("COMMIT").await.unwrap();
+        for round in 0..3 {
+            assert_eq!(
+                show(&b).await,
+                default,
+                "round {round}: B sees A's search_path"
+            );
+            assert_eq!(show(&a).await, "a_schema", "round {round}: A lost its own");
+        }
+        // A function that changes it, called by a statement that names no setting.
+        a.batch_execute("RESET search_path").await.unwrap();
+        assert_eq!(show(&a).await, default);
+        a.query_one("SELECT pglink_set_path('a_schema, public')", &[])
+            .await
+            .unwrap();
+        assert_eq!(show(&b).await, default, "B sees the path A's function set");
+        assert_eq!(show(&a).await, "a_schema, public");
+    });
+}
+
+#[test]
+fn settings_of_a_client_that_leaves_mid_transaction_do_not_stay_behind() {
+    use pglink::protocol::frontend;
+    let pg = PgServer::shared();
+    let user = proxy::create_user(pg, "vanish_set");
+    let proxy = ProxyConfig::new(pg)
+        .user(&user)
+        .backend("pool_max_conns", json!(1))
+        .start();
+    let pw = Proxy::password(&user);
+    let mut b = WireClient::connect(proxy.addr, user.name, pw, TEST_DATABASE).unwrap();
+    let work_mem = b.query_column("SHOW work_mem").unwrap();
+    let app = b.query_column("SHOW application_name").unwrap();
+    for sql in [
+        "SET work_mem = '77MB'",
+        "SET application_name = 'gone'",
+        "SELECT set_config('work_mem', '78MB', false)",
+    ] {
+        // A's statement and its goodbye arrive together: pglink cleans up after it.
+        let mut a = WireClient::connect(proxy.addr, user.name, pw, TEST_DATABASE).unwrap();
+        let mut m = Vec::new();
+        frontend::query(&mut m, sql.as_bytes());
+        frontend::terminate(&mut m);
+        a.send(&m);
+        for _ in 0..3 {
+            assert_eq!(b.query_column("SHOW work_mem").unwrap(), work_mem, "{sql}");
+            assert_eq!(
+                b.query_column("SHOW application_name").unwrap(),
+                app,
+                "{sql}"
+            );
+        }
+    }
+}
+
 #[test]
 fn clients_get_a_server_connection_that_already_has_their_settings() {
     let pg = PgServer::shared();
@@ -355,6 +599,57 @@ fn startup_options_are_honoured_for_that_client_only() {
         run_psql(&proxy.dsn(&SCRAM_USER), SCRAM_USER.password, "SELECT 1").unwrap(),
         "1"
     );
+}
+
+#[test]
+fn default_startup_parameters_win_over_the_clients_and_a_later_set_is_its_own() {
+    let pg = PgServer::shared();
+    let proxy = ProxyConfig::new(pg)
+        .user(&SCRAM_USER)
+        .backend("pool_max_conns", json!(1))
+        .backend(
+            "default_startup_parameters",
+            json!({"statement_timeout": "1234ms"}),
+        )
+        .start();
+    let pw = Proxy::password(&SCRAM_USER);
+    runtime().block_on(async {
+        let dsn = format!(
+            "{} password={pw}",
+            proxy.dsn_with(
+                &SCRAM_USER,
+                "sslmode=disable options='-c statement_timeout=4321 -c work_mem=7MB'"
+            )
+        );
+        let (a, conn) = tokio_postgres::connect(&dsn, NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let b = connect(&proxy, &SCRAM_USER).await;
+        let show = async |c: &tokio_postgres::Client, name: &str| -> String {
+            let sql = format!("SHOW {name}");
+            c.query_one(&sql, &[]).await.unwrap().get(0)
+        };
+        assert_eq!(show(&a, "statement_timeout").await, "1234ms", "configured");
+        assert_eq!(
+            show(&a, "work_mem").await,
+            "7MB",
+            "the client's other options"
+        );
+        assert_eq!(show(&b, "statement_timeout").await, "1234ms");
+        a.batch_execute("SET statement_timeout = '5s'")
+            .await
+            .unwrap();
+        for round in 0..3 {
+            assert_eq!(show(&a, "statement_timeout").await, "5s", "round {round}");
+            assert_eq!(
+                show(&b, "statement_timeout").await,
+                "1234ms",
+                "round {round}: B sees A's SET"
+            );
+        }
+        // RESET goes back to the session's startup value, which is the configured one.
+        a.batch_execute("RESET statement_timeout").await.unwrap();
+        assert_eq!(show(&a, "statement_timeout").await, "1234ms");
+    });
 }
 
 /// What a client sees running a prepared statement: its column count and first value, or
@@ -559,6 +854,10 @@ fn state_that_cannot_follow_pins_the_client() {
             "SELECT count(*) FROM pinned_t",
         ),
         (
+            "SELECT 1 AS a INTO TEMP pinned_into",
+            "SELECT count(*) FROM pinned_into",
+        ),
+        (
             "BEGIN; DECLARE held CURSOR WITH HOLD FOR SELECT 1; COMMIT",
             "FETCH held",
         ),
@@ -671,7 +970,18 @@ fn deallocate_and_discard_concern_the_clients_own_statements() {
     );
     prepare(&mut c, "a");
     c.query_column("SET application_name = 'changed'").unwrap();
-    c.query_column("DISCARD ALL").unwrap();
+    // As PostgreSQL does, the reset of a reported parameter is reported.
+    let discarded = c.simple("DISCARD ALL").unwrap();
+    assert_eq!(
+        discarded.iter().map(|m| m.tag).collect::<Vec<_>>(),
+        b"CSZ",
+        "{discarded:?}"
+    );
+    assert!(matches!(
+        discarded[1].decode(),
+        pglink::protocol::BackendMessage::ParameterStatus(p)
+            if p.name == b"application_name" && p.value.is_empty()
+    ));
     assert_eq!(
         execute(&mut c, "a")
             .iter()
@@ -684,6 +994,134 @@ fn deallocate_and_discard_concern_the_clients_own_statements() {
     // The names are free again.
     prepare(&mut c, "a");
     assert!(execute(&mut c, "a").iter().any(|m| m.tag == b'D'));
+}
+
+#[test]
+fn deallocate_all_run_by_the_server_leaves_other_clients_statements_working() {
+    use pglink::protocol::frontend;
+    let pg = PgServer::shared();
+    let user = proxy::create_user(pg, "dealloc");
+    // One server connection: whatever one client does to it, the other meets.
+    let proxy = ProxyConfig::new(pg)
+        .user(&user)
+        .backend("pool_max_conns", json!(1))
+        .start();
+    let pw = Proxy::password(&user);
+    let mut b = WireClient::connect(proxy.addr, user.name, pw, TEST_DATABASE).unwrap();
+    let execute = |c: &mut WireClient, name: &str| {
+        let mut m = Vec::new();
+        frontend::bind(&mut m, b"", name.as_bytes(), &[], [], &[]);
+        frontend::execute(&mut m, b"", 0);
+        frontend::sync(&mut m);
+        c.send(&m);
+        c.until_ready().unwrap()
+    };
+    runtime().block_on(async {
+        let a = connect(&proxy, &user).await;
+        let add = a.prepare("SELECT $1::int + 1").await.unwrap();
+        let one: i32 = a.query_one(&add, &[&1]).await.unwrap().get(0);
+        assert_eq!(one, 2);
+        // B shares A's server statement, then drops every statement in a longer query (which
+        // pglink cannot answer itself) and through the extended protocol.
+        let mut m = Vec::new();
+        frontend::parse(&mut m, b"b1", b"SELECT $1::int + 1", &[]);
+        frontend::sync(&mut m);
+        b.send(&m);
+        b.until_ready().unwrap();
+        assert_eq!(b.query_column("DEALLOCATE ALL; SELECT 1").unwrap(), ["1"]);
+        let gone = execute(&mut b, "b1");
+        assert_eq!(gone.iter().find_map(|m| m.error()).unwrap().1, "26000");
+        for i in 0..3 {
+            let n: i32 = a.query_one(&add, &[&i]).await.unwrap().get(0);
+            assert_eq!(n, i + 1, "A's statement after B's DEALLOCATE ALL");
+        }
+        let mut m = Vec::new();
+        frontend::parse(&mut m, b"", b"DISCARD ALL", &[]);
+        frontend::bind(&mut m, b"", b"", &[], [], &[]);
+        frontend::execute(&mut m, b"", 0);
+        frontend::sync(&mut m);
+        b.send(&m);
+        let discarded = b.until_ready().unwrap();
+        assert!(
+            discarded.iter().all(|m| m.error().is_none()),
+            "{discarded:?}"
+        );
+        let n: i32 = a.query_one(&add, &[&41]).await.unwrap().get(0);
+        assert_eq!(n, 42, "A's statement after B's DISCARD ALL");
+        // A name only pglink uses is not the client's to drop.
+        let err = b.query_column("DEALLOCATE pglink_1").unwrap_err();
+        assert!(err.contains("26000"), "{err}");
+        // In a transaction block the block is aborted, as by PostgreSQL's own error.
+        b.query_column("BEGIN").unwrap();
+        let err = b.query_column("DEALLOCATE pglink_1").unwrap_err();
+        assert!(err.contains("26000") && err.contains("pglink:"), "{err}");
+        let err = b.query_column("SELECT 1").unwrap_err();
+        assert!(err.contains("25P02"), "{err}");
+        b.query_column("ROLLBACK").unwrap();
+        let n: i32 = a.query_one(&add, &[&1]).await.unwrap().get(0);
+        assert_eq!(n, 2);
+    });
+}
+
+#[test]
+fn one_statement_text_under_two_search_paths_is_two_statements() {
+    let pg = PgServer::shared();
+    let user = proxy::create_user(pg, "paths");
+    let proxy = ProxyConfig::new(pg)
+        .user(&user)
+        .backend("pool_max_conns", json!(1))
+        .start();
+    let (sa, sb) = (table("path_a"), table("path_b"));
+    pg.admin_sql_in(
+        TEST_DATABASE,
+        &format!(
+            "CREATE SCHEMA {sa} AUTHORIZATION {u}; CREATE SCHEMA {sb} AUTHORIZATION {u}; \
+             CREATE TABLE {sa}.same (a int); INSERT INTO {sa}.same VALUES (1); \
+             CREATE TABLE {sb}.same (b text, c int); INSERT INTO {sb}.same VALUES ('two', 2); \
+             ALTER TABLE {sa}.same OWNER TO {u}; ALTER TABLE {sb}.same OWNER TO {u}",
+            u = user.name
+        ),
+    );
+    runtime().block_on(async {
+        let a = connect(&proxy, &user).await;
+        a.batch_execute(&format!("SET search_path = {sa}"))
+            .await
+            .unwrap();
+        let b = connect(&proxy, &user).await;
+        b.batch_execute(&format!("SET search_path = {sb}"))
+            .await
+            .unwrap();
+        // The same text, prepared by each (one server connection for both).
+        let in_a = a.prepare("SELECT * FROM same").await.unwrap();
+        let in_b = b.prepare("SELECT * FROM same").await.unwrap();
+        let columns = |s: &tokio_postgres::Statement| -> Vec<String> {
+            s.columns().iter().map(|c| c.name().to_owned()).collect()
+        };
+        assert_eq!(columns(&in_a), ["a"]);
+        assert_eq!(
+            columns(&in_b),
+            ["b", "c"],
+            "B's own table, not A's description"
+        );
+        for round in 0..3 {
+            let row = a.query_one(&in_a, &[]).await.unwrap();
+            assert_eq!(row.get::<_, i32>(0), 1, "round {round}");
+            let row = b.query_one(&in_b, &[]).await.unwrap();
+            assert_eq!(
+                (row.get::<_, String>(0), row.get::<_, i32>(1)),
+                ("two".to_owned(), 2),
+                "round {round}"
+            );
+        }
+        // A third client with A's path prepares it again: A's columns.
+        let c = connect(&proxy, &user).await;
+        c.batch_execute(&format!("SET search_path = {sa}"))
+            .await
+            .unwrap();
+        let in_c = c.prepare("SELECT * FROM same").await.unwrap();
+        assert_eq!(columns(&in_c), ["a"]);
+        assert_eq!(c.query_one(&in_c, &[]).await.unwrap().get::<_, i32>(0), 1);
+    });
 }
 
 fn python_driver(script: &str, module: &str) {

@@ -174,6 +174,24 @@ mod tests {
             crate::protocol::TransactionStatus::Idle,
         );
         push(2, &reply);
+        // The database tracks search_path: its value is read back before the backend goes.
+        let mut read_back = Vec::new();
+        crate::protocol::write_message(&mut read_back, b'T', |b| {
+            b.extend_from_slice(&1u16.to_be_bytes());
+            b.extend_from_slice(b"current_setting\0");
+            b.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 25, 0xff, 0xff]);
+            b.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0, 0]);
+        });
+        crate::protocol::write_message(&mut read_back, b'D', |b| {
+            b.extend_from_slice(&[0, 1, 0, 0, 0, 6]);
+            b.extend_from_slice(b"public");
+        });
+        crate::protocol::backend::command_complete(&mut read_back, b"SELECT 1");
+        crate::protocol::backend::ready_for_query(
+            &mut read_back,
+            crate::protocol::TransactionStatus::Idle,
+        );
+        push(2, &read_back);
         script
     }
 

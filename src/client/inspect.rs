@@ -6,7 +6,8 @@
 //!   advisory locks, `LISTEN`, temporary tables, `WITH HOLD` cursors, SQL `PREPARE`), which
 //!   pin the client to its backend;
 //! - `DEALLOCATE` and `DISCARD ALL`, which concern the client's own prepared statements and
-//!   session and are answered by pglink.
+//!   session and are answered by pglink, and `DEALLOCATE` of one of pglink's own server
+//!   names, which is refused.
 //!
 //! False positives (a keyword inside a string literal) only cost a parameter read back or a
 //! pinned session; they never break anything.
@@ -22,7 +23,7 @@ fn regex(cell: &'static OnceLock<Regex>, pattern: &str) -> &'static Regex {
 }
 
 /// Whether `sql` could hold anything the functions below look for. A cheap scan (first word
-/// of each statement, three substrings) so that ordinary statements — nearly all of them —
+/// of each statement, four substrings) so that ordinary statements — nearly all of them —
 /// skip the patterns; every pattern below needs one of these to match.
 pub fn worth_inspecting(sql: &[u8]) -> bool {
     const FIRST_WORDS: &[&[u8]] = &[
@@ -60,15 +61,21 @@ pub fn worth_inspecting(sql: &[u8]) -> bool {
             return true;
         }
     }
-    [&b"set_config"[..], b"advisory", b"hold"]
-        .iter()
-        .any(|needle| contains_ignore_case(sql, needle))
+    contains_any_ignore_case(sql, &[b"set_config", b"advisory", b"hold", b"temp"])
 }
 
-fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
+/// Whether any of `needles` (lower case, not empty) occurs in `haystack`, ignoring ASCII case:
+/// one pass, looking further only where a needle's first byte is.
+fn contains_any_ignore_case(haystack: &[u8], needles: &[&[u8]]) -> bool {
+    haystack.iter().enumerate().any(|(i, b)| {
+        let b = b.to_ascii_lowercase();
+        needles.iter().any(|needle| {
+            needle.first() == Some(&b)
+                && haystack
+                    .get(i..i + needle.len())
+                    .is_some_and(|w| w.eq_ignore_ascii_case(needle))
+        })
+    })
 }
 
 const NAME: &str = r#""(?:[^"]|"")+"|[a-z_][a-z0-9_$]*(?:\.[a-z_][a-z0-9_$]*)?"#;
@@ -80,6 +87,9 @@ pub enum Touched {
     Param(String),
     /// `RESET ALL`.
     All,
+    /// `set_config(...)` whose parameter name is not a literal (a bound parameter, say):
+    /// some parameter, which one the text does not say.
+    Unknown,
 }
 
 /// Session parameters the statements in `sql` change (not `SET LOCAL`, not transaction
@@ -93,10 +103,14 @@ pub fn touched_params(sql: &[u8]) -> Vec<Touched> {
             r"(?i)(?:^|;)\s*(?:SET\s+(?:(?P<auth>SESSION\s+AUTHORIZATION)|(?:SESSION\s+)?(?P<set>TIME\s+ZONE|{NAME}))|RESET\s+(?P<reset>TIME\s+ZONE|SESSION\s+AUTHORIZATION|{NAME}))"
         ),
     );
+    static SET_CONFIG_ANY: OnceLock<Regex> = OnceLock::new();
+    // A literal name, and `false` or a bound parameter (which may be false) for is_local.
     let set_config = regex(
         &SET_CONFIG,
-        r"(?i)set_config\s*\(\s*'([^']+)'\s*,[^;]*?,\s*false\s*\)",
+        r"(?i)set_config\s*\(\s*'([^']+)'\s*,[^;]*?,\s*(?:false|\$\d+)\s*\)",
     );
+    // A name that is not a literal.
+    let set_config_any = regex(&SET_CONFIG_ANY, r"(?i)set_config\s*\(\s*[^'\s]");
     let mut out = Vec::new();
     for caps in set.captures_iter(sql) {
         let (word, is_reset) = match (caps.name("auth").or(caps.name("set")), caps.name("reset")) {
@@ -116,6 +130,9 @@ pub fn touched_params(sql: &[u8]) -> Vec<Touched> {
         if let Some(m) = caps.get(1) {
             out.push(Touched::Param(normalize(m.as_bytes())));
         }
+    }
+    if set_config_any.is_match(sql) {
+        out.push(Touched::Unknown);
     }
     out
 }
@@ -142,7 +159,7 @@ pub fn pin_reason(sql: &[u8]) -> Option<&'static str> {
     static PIN: OnceLock<Regex> = OnceLock::new();
     let pin = regex(
         &PIN,
-        r"(?i)(?P<lock>pg_(?:try_)?advisory_lock(?:_shared)?\s*\()|(?:^|;)\s*(?:(?P<listen>LISTEN\s)|(?P<temp>CREATE\s+(?:(?:GLOBAL|LOCAL)\s+)?TEMP(?:ORARY)?\s)|(?P<prepare>PREPARE\s))|(?P<hold>\bWITH\s+HOLD\b)",
+        r"(?i)(?P<lock>pg_(?:try_)?advisory_lock(?:_shared)?\s*\()|(?:^|;)\s*(?:(?P<listen>LISTEN\s)|(?P<temp>CREATE\s+(?:(?:GLOBAL|LOCAL)\s+)?TEMP(?:ORARY)?\s|(?:\(\s*)?(?:SELECT|WITH)\b[^;]*?\bINTO\s+TEMP(?:ORARY)?\s)|(?P<prepare>PREPARE\s))|(?P<hold>\bWITH\s+HOLD\b)",
     );
     let caps = pin.captures(sql)?;
     Some(if caps.name("lock").is_some() {
@@ -186,14 +203,33 @@ pub fn local_command(sql: &[u8]) -> Option<LocalCommand> {
     if name.eq_ignore_ascii_case(b"all") {
         return Some(LocalCommand::DeallocateAll);
     }
-    Some(LocalCommand::Deallocate(
-        match name.strip_prefix(b"\"").and_then(|n| n.strip_suffix(b"\"")) {
-            Some(quoted) => String::from_utf8_lossy(quoted)
-                .replace("\"\"", "\"")
-                .into_bytes(),
-            None => name.to_ascii_lowercase(),
-        },
-    ))
+    Some(LocalCommand::Deallocate(statement_name(name)))
+}
+
+/// A statement name as PostgreSQL resolves it: folded to lower case unless quoted.
+fn statement_name(name: &[u8]) -> Vec<u8> {
+    match name.strip_prefix(b"\"").and_then(|n| n.strip_suffix(b"\"")) {
+        Some(quoted) => String::from_utf8_lossy(quoted)
+            .replace("\"\"", "\"")
+            .into_bytes(),
+        None => name.to_ascii_lowercase(),
+    }
+}
+
+/// The first statement name `DEALLOCATE` in `sql` names that is one of pglink's server names
+/// (`pglink_…`). No client created such a statement, so pglink refuses it as PostgreSQL
+/// would (26000) rather than let the server drop a statement other clients share.
+pub fn deallocates_server_name(sql: &[u8]) -> Option<String> {
+    static DEALLOCATE: OnceLock<Regex> = OnceLock::new();
+    let deallocate = regex(
+        &DEALLOCATE,
+        &format!(r"(?i)(?:^|;)\s*DEALLOCATE\s+(?:PREPARE\s+)?(?P<name>{NAME})"),
+    );
+    deallocate.captures_iter(sql).find_map(|caps| {
+        let name = statement_name(caps.name("name")?.as_bytes());
+        name.starts_with(super::statements::SERVER_NAME_PREFIX)
+            .then(|| String::from_utf8_lossy(&name).into_owned())
+    })
 }
 
 /// Whether `sql` contains DDL that may change result types, so cached statement
@@ -247,6 +283,19 @@ mod tests {
             params("SELECT set_config('app.user', '42', false)"),
             [p("app.user")]
         );
+        assert_eq!(
+            params("SELECT set_config('search_path', $1, $2)"),
+            [p("search_path")],
+            "is_local may be false"
+        );
+        assert_eq!(
+            params("SELECT set_config($1, $2, false)"),
+            [Touched::Unknown]
+        );
+        assert_eq!(
+            params("select pg_catalog.set_config( name, 'x', false) from t"),
+            [Touched::Unknown]
+        );
     }
 
     #[test]
@@ -283,6 +332,29 @@ mod tests {
             Some("a temporary table")
         );
         assert_eq!(
+            reason("SELECT * INTO TEMP t FROM s"),
+            Some("a temporary table")
+        );
+        assert_eq!(
+            reason("BEGIN; select a, b\ninto temporary table t from s; COMMIT"),
+            Some("a temporary table")
+        );
+        assert_eq!(
+            reason("WITH x AS (SELECT 1 AS a) SELECT a INTO TEMP t FROM x"),
+            Some("a temporary table")
+        );
+        assert_eq!(
+            reason("SELECT * INTO t FROM s"),
+            None,
+            "a table like any other"
+        );
+        assert_eq!(
+            reason("INSERT INTO temp VALUES (1)"),
+            None,
+            "a table named temp"
+        );
+        assert_eq!(reason("SELECT * INTO temp_copy FROM s"), None);
+        assert_eq!(
             reason("DECLARE c CURSOR WITH HOLD FOR SELECT 1"),
             Some("a WITH HOLD cursor")
         );
@@ -310,19 +382,40 @@ mod tests {
     }
 
     #[test]
+    fn deallocating_a_server_name_is_recognised_anywhere() {
+        let found = |s: &str| deallocates_server_name(s.as_bytes());
+        assert_eq!(found("DEALLOCATE pglink_7"), Some("pglink_7".into()));
+        assert_eq!(
+            found("SELECT 1; deallocate prepare PGLINK_12; SELECT 2"),
+            Some("pglink_12".into())
+        );
+        assert_eq!(found(r#"DEALLOCATE "pglink_3""#), Some("pglink_3".into()));
+        assert_eq!(
+            found(r#"DEALLOCATE "PGLINK_3""#),
+            None,
+            "quoted: another name"
+        );
+        assert_eq!(found("DEALLOCATE mine; DEALLOCATE ALL"), None);
+        assert_eq!(found("SELECT 'DEALLOCATE pglink_1'"), None);
+    }
+
+    #[test]
     fn the_prefilter_lets_through_everything_a_pattern_finds() {
         let found = [
             "SET search_path TO foo",
             "  set Application_Name = 'x'",
             "BEGIN;\n\tRESET work_mem",
             "SELECT set_config('app.user', '42', false)",
+            "SELECT set_config($1, $2, false)",
             "SELECT PG_TRY_ADVISORY_LOCK_SHARED(1, 2)",
             "BEGIN; LISTEN chan; COMMIT",
             "create temp table t (a int)",
+            "SELECT * INTO\n TEMPORARY t FROM s",
             "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
             "PREPARE q AS SELECT 1",
             " discard all ; ",
             "deallocate prepare \"S_1\";",
+            "SELECT 1;DEALLOCATE pglink_1",
             "BEGIN; DROP VIEW v; COMMIT",
             "create or replace view v as select 1",
             "TRUNCATE t",
@@ -335,6 +428,7 @@ mod tests {
                 !touched_params(sql).is_empty()
                     || pin_reason(sql).is_some()
                     || local_command(sql).is_some()
+                    || deallocates_server_name(sql).is_some()
                     || is_ddl(sql),
                 "{}",
                 String::from_utf8_lossy(sql)

@@ -98,7 +98,7 @@ pub struct Env<'a> {
 #[derive(Debug)]
 pub struct DatabaseContext {
     pub registry: Registry,
-    /// `track_extra_parameters`: read back with the others whenever parameters are.
+    /// `track_extra_parameters`: read back after every transaction that ran a statement.
     pub track_extra: Vec<String>,
     /// `default_startup_parameters`: override the client's values for these names.
     pub overrides: Vec<(String, String)>,
@@ -120,6 +120,16 @@ impl BackendContext {
         BackendContext {
             statements: BackendStatements::new(statement_capacity),
             params: Params::default(),
+        }
+    }
+
+    /// The parameters a backend has right after login, and again after RESET ALL: those the
+    /// server reported, and the startup parameters pglink logged in with
+    /// (`default_startup_parameters`) for the others.
+    pub fn set_login_params(&mut self, reported: &ParamList, startup: &[(String, String)]) {
+        self.params = Params::default();
+        for (name, value) in startup.iter().chain(reported.iter()) {
+            self.params.set(name, value);
         }
     }
 }
@@ -277,6 +287,9 @@ pub struct Session {
     reported: Option<Arc<ParamList>>,
     /// Unreported parameters the client changed in this lending: read back before release.
     touched: Vec<String>,
+    /// A client statement ran since the last read-back (Query, Execute, FunctionCall went
+    /// to the server): `track_extra_parameters` are read back after the transaction.
+    ran: bool,
     /// The client ran RESET ALL / DISCARD ALL in this lending.
     reset_all: bool,
     /// Why the session keeps its backend for good, if it does.
@@ -319,6 +332,7 @@ impl Session {
             desired: Arc::default(),
             reported: None,
             touched: Vec::new(),
+            ran: false,
             reset_all: false,
             pinned: None,
             replay: None,
@@ -571,6 +585,10 @@ impl Session {
             if self.relay.client_mid_message() || self.pinned.is_some() {
                 // A pinned backend holds state (locks, LISTEN, temp tables) no one else may see.
                 BackendFate::Drop
+            } else if !self.relay.is_idle() && self.settings_in_doubt() {
+                // Its parameters may have changed in ways only this session would have
+                // read back: nobody may get it with settings pglink does not know.
+                BackendFate::Drop
             } else if self.relay.is_idle() {
                 BackendFate::Release
             } else {
@@ -756,11 +774,13 @@ impl Session {
                     let failed = if header.tag == fe::QUERY {
                         match self.on_query(query_text(whole), true, out) {
                             state::QueryHandling::Answered => None,
-                            state::QueryHandling::Forward => self
-                                .relay
-                                .forward_client_message(header, whole, out.to_backend)
-                                .err()
-                                .map(|e| e.to_string()),
+                            state::QueryHandling::Forward => {
+                                self.ran = true;
+                                self.relay
+                                    .forward_client_message(header, whole, out.to_backend)
+                                    .err()
+                                    .map(|e| e.to_string())
+                            }
                         }
                     } else {
                         let body = whole.get(Header::SIZE..).unwrap_or_default();
@@ -783,16 +803,19 @@ impl Session {
                     pos += header.frame_len();
                     failed
                 }
-                _ => match self
-                    .relay
-                    .forward_client_message(header, rest, out.to_backend)
-                {
-                    Ok(n) => {
-                        pos += n;
-                        None
+                tag => {
+                    self.ran |= matches!(tag, fe::EXECUTE | fe::FUNCTION_CALL);
+                    match self
+                        .relay
+                        .forward_client_message(header, rest, out.to_backend)
+                    {
+                        Ok(n) => {
+                            pos += n;
+                            None
+                        }
+                        Err(e) => Some(e.to_string()),
                     }
-                    Err(e) => Some(e.to_string()),
-                },
+                }
             };
             if let Some(e) = failed {
                 self.fatal(out, SqlState::PROTOCOL_VIOLATION, &format!("pglink: {e}"));

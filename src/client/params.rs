@@ -5,7 +5,9 @@
 //! `default_startup_parameters`. They change when the client's own statements change them:
 //! reported parameters through ParameterStatus (which PostgreSQL also sends when a rollback
 //! or the end of `SET LOCAL` restores a value), others by reading them back with
-//! `current_setting` after a transaction that touched them.
+//! `current_setting` after a transaction whose text named them, and
+//! `track_extra_parameters` after every transaction that ran a statement (a function may
+//! have changed them).
 //!
 //! Each backend's *known* values are tracked the same way. When a client gets a backend
 //! whose values differ, one `SELECT set_config(...); RESET ...` query goes first (its answers

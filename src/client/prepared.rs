@@ -1,8 +1,8 @@
 //! Named prepared statements across backends: how the session rewrites Parse, Bind,
 //! Describe and Close (see [`super::statements`] for the bookkeeping).
 //!
-//! - Parse of a new name: the (shared) statement is prepared on the held backend under its
-//!   server name, followed by a Describe whose answer pglink keeps (the statement's shape),
+//! - Parse of a new name: the (shared) statement — one per text, parameter types and
+//!   `search_path` — is prepared on the held backend under its server name, followed by a Describe whose answer pglink keeps (the statement's shape),
 //!   unless the backend has it already, in which case ParseComplete is answered locally.
 //!   Without a backend, a statement some server has accepted before is answered locally too,
 //!   so re-preparing costs no backend at all.
@@ -11,7 +11,9 @@
 //!   statement's shape, pglink waits for the fresh copy's shape before sending the Bind: a
 //!   different one means DDL changed the result type since the client prepared it, and the
 //!   client gets PostgreSQL's own 0A000 instead of rows it would misread. A Describe whose
-//!   answer is cached for the client's shape is answered locally.
+//!   answer is cached for the client's shape is answered locally. A copy prepared in an
+//!   earlier batch of the same pipeline (a Sync between) is not counted on until its answer
+//!   is in: an error before it in that batch makes the server skip its Parse.
 //! - Close of a name: forgotten by the client and answered locally; the server statement
 //!   stays for others.
 //! - Errors PostgreSQL would raise (42P05 for a name in use, 26000 for an unknown one,
@@ -24,7 +26,7 @@ use std::sync::Arc;
 
 use super::params;
 use super::relay::{Effect, Expect, Outcome, Route};
-use super::statements::{BackendShape, ClientStatement, Shape, Statement, server_name};
+use super::statements::{BackendShape, ClientStatement, Key, Shape, Statement, server_name};
 use super::{BackendContext, Out, Session};
 use crate::protocol::backend as be_msg;
 use crate::protocol::framing::peek_header;
@@ -78,30 +80,47 @@ impl Session {
                     self.fail_batch(out, SqlState::DUPLICATE_PSTATEMENT, &already_exists(p.name));
                     return Handled::Done;
                 }
+                if let Some(message) = refused_statement(p.query) {
+                    self.fail_batch(out, SqlState::INVALID_SQL_STATEMENT_NAME, &message);
+                    return Handled::Done;
+                }
                 let types: Vec<u32> = p.param_types().collect();
                 let Some(database) = self.db_context.clone() else {
                     return Handled::Invalid("no statement registry".into());
                 };
-                let statement = database.registry.get_or_insert(p.query, &types);
+                let statement = database.registry.get_or_insert(&Key {
+                    query: p.query,
+                    param_types: &types,
+                    search_path: self.desired.get("search_path"),
+                });
                 let epoch = database.registry.schema_epoch();
                 let known = match out.backend.statements.touch(statement.id) {
                     Some(BackendShape::Known { shape, epoch: e }) if e == epoch => {
                         Some(Some(shape))
                     }
-                    Some(BackendShape::Pending) if !self.relay.skipping_to_sync() => Some(None),
+                    // Prepared in this batch: whatever fails that Parse fails this one too.
+                    Some(BackendShape::Pending)
+                        if !self.relay.skipping_to_sync()
+                            && !self.relay.preparing_before_sync(statement.id) =>
+                    {
+                        Some(None)
+                    }
                     _ => None,
                 };
                 match known {
                     // The backend has a current copy (or one whose shape is on its way, which
                     // this name learns with it).
                     Some(shape) => {
-                        self.statements.insert(p.name, statement, shape);
+                        self.statements
+                            .insert(p.name, statement, shape, self.relay.pushed());
                         let mut answer = Vec::with_capacity(5);
                         be_msg::parse_complete(&mut answer);
                         self.relay.push_local(&answer, out.to_client);
                     }
                     None => {
-                        self.statements.insert(p.name, statement.clone(), None);
+                        let since = self.relay.pushed();
+                        self.statements
+                            .insert(p.name, statement.clone(), None, since);
                         self.prepare_afresh(&statement, Some(p.name), Route::Forward, out);
                     }
                 }
@@ -189,6 +208,10 @@ impl Session {
             // Unnamed statements and portals: untouched (but looked at).
             other => {
                 if let FrontendMessage::Parse(p) = other {
+                    if let Some(message) = refused_statement(p.query) {
+                        self.fail_batch(out, SqlState::INVALID_SQL_STATEMENT_NAME, &message);
+                        return Handled::Done;
+                    }
                     self.inspect_statement(p.query);
                 }
                 let header = crate::protocol::framing::Header {
@@ -223,11 +246,19 @@ impl Session {
                     self.fail_locally(out, SqlState::DUPLICATE_PSTATEMENT, &already_exists(p.name));
                     return Handled::Done;
                 }
+                if let Some(message) = refused_statement(p.query) {
+                    self.fail_locally(out, SqlState::INVALID_SQL_STATEMENT_NAME, &message);
+                    return Handled::Done;
+                }
                 let types: Vec<u32> = p.param_types().collect();
                 let Some(database) = self.db_context.clone() else {
                     return Handled::NeedBackend;
                 };
-                let statement = database.registry.get_or_insert(p.query, &types);
+                let statement = database.registry.get_or_insert(&Key {
+                    query: p.query,
+                    param_types: &types,
+                    search_path: self.desired.get("search_path"),
+                });
                 if !statement.is_verified() {
                     // Never accepted by a server: a server must check it now.
                     return Handled::NeedBackend;
@@ -235,7 +266,8 @@ impl Session {
                 // The client's shape is the latest a server showed, if pglink has it; else
                 // the first backend to run it shows it.
                 let shape = statement.cached_shape();
-                self.statements.insert(p.name, statement, shape);
+                self.statements
+                    .insert(p.name, statement, shape, self.relay.pushed());
                 be_msg::parse_complete(out.to_client);
             }
             FrontendMessage::Describe(d) if d.target == Target::Statement && !d.name.is_empty() => {
@@ -285,17 +317,24 @@ impl Session {
             .db_context
             .as_ref()
             .map_or(0, |d| d.registry.schema_epoch());
-        match (out.backend.statements.touch(statement.id), named.shape) {
+        let on_backend = out.backend.statements.touch(statement.id);
+        // A copy prepared in an earlier batch of this pipeline exists only if nothing before
+        // it in that batch fails (the server skips to Sync after an error): wait for it.
+        let earlier_batch = on_backend == Some(BackendShape::Pending)
+            && self.relay.preparing_before_sync(statement.id);
+        match (on_backend, named.shape) {
             (Some(BackendShape::Known { shape, .. }), Some(seen)) if shape == seen => Use::Go,
             (Some(BackendShape::Known { .. }), Some(_)) if waited => Use::Stale,
-            // The fresh copy failed to prepare: the Bind meets the client's error.
-            _ if waited => Use::Go,
+            (Some(BackendShape::Known { .. }), None) if waited => Use::Go,
+            (Some(BackendShape::Pending), _) if earlier_batch => self.wait_for_shape(statement.id),
             (Some(BackendShape::Pending), None) => Use::Go,
             (Some(BackendShape::Pending), Some(_)) => self.wait_for_shape(statement.id),
             (Some(BackendShape::Known { shape, epoch: e }), None) if e == epoch => {
                 self.statements.set_shape(name, shape);
                 Use::Go
             }
+            // Not there, stale, or its Parse failed or was skipped (an error in the same batch
+            // leaves the relay skipping to Sync, and the message goes as it is, above).
             (_, seen) => {
                 self.prepare_afresh(statement, None, Route::Swallow, out);
                 match seen {
@@ -507,6 +546,7 @@ impl Session {
                     self.on_sync_failed(&error, out);
                     return;
                 }
+                Outcome::Reset(reset) => self.on_server_reset(reset, backend),
                 Outcome::Succeeded(_) | Outcome::Failed(_) => {}
             }
         }
@@ -595,6 +635,15 @@ fn batch_describes_its_portals(batch: &[u8]) -> bool {
         }
     }
     true
+}
+
+/// The error for a statement text pglink does not let through: DEALLOCATE of one of its own
+/// server names (see `inspect::deallocates_server_name`).
+fn refused_statement(query: &[u8]) -> Option<String> {
+    if !super::inspect::worth_inspecting(query) {
+        return None;
+    }
+    super::inspect::deallocates_server_name(query).map(|name| does_not_exist(name.as_bytes()))
 }
 
 fn already_exists(name: &[u8]) -> String {

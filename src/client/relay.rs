@@ -78,7 +78,8 @@ pub enum Route {
     Discard,
     /// Dropped, and an ErrorResponse is replaced by the entry's bytes: pglink makes the server
     /// fail a batch (so it skips to Sync and aborts the implicit transaction exactly as it
-    /// would have) and reports its own error in that place.
+    /// would have) and reports its own error in that place. A failed Query's ReadyForQuery
+    /// still goes to the client.
     ReplaceError,
 }
 
@@ -118,10 +119,45 @@ pub enum Outcome {
     StalePlan(Arc<Statement>),
     /// A parameter sync (`Effect::Sync`) failed with this ErrorResponse (whole message).
     SyncFailed(Vec<u8>),
+    /// The server reported DEALLOCATE ALL or DISCARD ALL (`CommandComplete`): every prepared
+    /// statement on the backend is gone.
+    Reset(ServerReset),
+}
+
+/// What a DEALLOCATE ALL or DISCARD ALL the server ran did, and where in the sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerReset {
+    /// DISCARD ALL (which also resets every parameter), not only DEALLOCATE ALL.
+    pub discard_all: bool,
+    /// The sequence number (see [`Relay::pushed`]) of the request that ran it: what was
+    /// prepared under a number up to this one is gone, what came later is not.
+    pub seq: u64,
+    /// Statements whose Parse was sent after that request (still on their way): they
+    /// exist after it.
+    pub preparing: Vec<u64>,
+}
+
+impl ServerReset {
+    /// CommandComplete frame lengths that may be a reset: the only ones whose tag is read.
+    const FRAME_LENS: [usize; 2] = [
+        Header::SIZE + b"DISCARD ALL\0".len(),
+        Header::SIZE + b"DEALLOCATE ALL\0".len(),
+    ];
+
+    /// `Some(discard_all)` if a CommandComplete body is one of the two tags.
+    fn from_tag(body: &[u8]) -> Option<bool> {
+        match body {
+            b"DISCARD ALL\0" => Some(true),
+            b"DEALLOCATE ALL\0" => Some(false),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Entry {
+    /// Its place in the sequence of requests (see [`Relay::pushed`]).
+    seq: u64,
     expect: Expect,
     route: Route,
     effect: Effect,
@@ -243,6 +279,8 @@ pub struct Relay {
     /// An extended-protocol error arrived and the server discards everything up to a Sync
     /// pglink has not sent yet: requests sent meanwhile produce nothing.
     skipping_to_sync: bool,
+    /// Requests recorded so far, over all lendings (see [`Relay::pushed`]).
+    pushed: u64,
 }
 
 impl Relay {
@@ -264,6 +302,7 @@ impl Relay {
             skipping_to_sync: false,
             batch_replayable: false,
             stale: None,
+            pushed: 0,
         }
     }
 
@@ -283,6 +322,12 @@ impl Relay {
         self.skipping_to_sync = false;
         self.batch_replayable = false;
         self.stale = None;
+    }
+
+    /// How many requests were recorded before now, over all lendings (never reset): a
+    /// request recorded later has a sequence number at least this.
+    pub fn pushed(&self) -> u64 {
+        self.pushed
     }
 
     /// Nothing outstanding, no transaction open: the backend holds nothing of this client's.
@@ -328,6 +373,7 @@ impl Relay {
     /// Records a request whose bytes the caller sent to the backend itself.
     pub fn push(&mut self, expect: Expect, route: Route, effect: Effect) {
         self.push_entry(Entry {
+            seq: 0,
             expect,
             route,
             effect,
@@ -339,6 +385,7 @@ impl Relay {
     /// complete ErrorResponse the client gets instead of the server's.
     pub fn push_failing(&mut self, expect: Expect, error: Arc<[u8]>) {
         self.push_entry(Entry {
+            seq: 0,
             expect,
             route: Route::ReplaceError,
             effect: Effect::None,
@@ -354,6 +401,7 @@ impl Relay {
             return;
         }
         self.push_entry(Entry {
+            seq: 0,
             expect: Expect::Local,
             route: Route::Forward,
             effect: Effect::None,
@@ -361,7 +409,9 @@ impl Relay {
         });
     }
 
-    fn push_entry(&mut self, entry: Entry) {
+    fn push_entry(&mut self, mut entry: Entry) {
+        entry.seq = self.pushed;
+        self.pushed += 1;
         if entry.expect == Expect::CopyEnd && self.queue.is_empty() {
             // No command is pending, so the server cannot be in COPY IN: it ignores this.
             return;
@@ -589,6 +639,33 @@ impl Relay {
                     pos += frame_len;
                     self.settle_head(to_client);
                 }
+                // Read whole only when it could be DISCARD ALL or DEALLOCATE ALL.
+                be::COMMAND_COMPLETE if ServerReset::FRAME_LENS.contains(&frame_len) => {
+                    let Some(msg) = whole else {
+                        return Ok((pos, BackendStop::NeedMore));
+                    };
+                    let seq = self.queue.front().map_or(0, |e| e.seq);
+                    let route = self.on_streamed_message(tag)?;
+                    if route == Route::Forward {
+                        to_client.extend_from_slice(msg);
+                        self.batch_replayable = false;
+                    }
+                    pos += frame_len;
+                    if let Some(discard_all) =
+                        ServerReset::from_tag(msg.get(Header::SIZE..).unwrap_or_default())
+                    {
+                        let preparing = self.queue.iter().filter_map(|e| match &e.effect {
+                            Effect::Prepare { statement, .. } => Some(statement.id),
+                            _ => None,
+                        });
+                        self.outcomes.push(Outcome::Reset(ServerReset {
+                            discard_all,
+                            seq,
+                            preparing: preparing.collect(),
+                        }));
+                    }
+                    self.settle_head(to_client);
+                }
                 t if Self::streamable(t) => {
                     let route = self.on_streamed_message(t)?;
                     let n = frame_len.min(rest.len());
@@ -627,7 +704,8 @@ impl Relay {
                     }
                     let route = self.pop_done();
                     self.status = status;
-                    if route == Route::Forward {
+                    // A Query pglink makes the server fail is still the client's.
+                    if matches!(route, Route::Forward | Route::ReplaceError) {
                         to_client.extend_from_slice(msg);
                     }
                     pos += frame_len;
@@ -810,6 +888,30 @@ impl Relay {
             Effect::Describe(s) | Effect::Prepare { statement: s, .. } => s.id == id,
             _ => false,
         })
+    }
+
+    /// Whether statement `id` is being prepared in a batch whose Sync was sent already: an
+    /// error earlier in that batch makes the server skip the Parse, so later batches must
+    /// not count on the copy until its answer is in. (The latest Parse of it decides.)
+    pub fn preparing_before_sync(&self, id: u64) -> bool {
+        let (mut preparing, mut synced) = (false, false);
+        for entry in &self.queue {
+            match &entry.effect {
+                Effect::Prepare { statement, .. } if statement.id == id => {
+                    (preparing, synced) = (true, false);
+                }
+                _ if preparing && entry.expect == Expect::Sync => synced = true,
+                _ => {}
+            }
+        }
+        synced
+    }
+
+    /// Whether a parameter read-back (or a sync) is on its way.
+    pub fn reads_back_parameters(&self) -> bool {
+        self.queue
+            .iter()
+            .any(|e| matches!(e.effect, Effect::Capture(_) | Effect::Sync(_)))
     }
 
     /// The head is a parameter read-back whose row is being collected.

@@ -11,12 +11,19 @@ use std::sync::Arc;
 
 use super::inspect::{self, LocalCommand, Touched};
 use super::params::{self, Params};
-use super::relay::{Effect, Expect, Route};
+use super::relay::{Effect, Expect, Route, ServerReset};
 use super::statements::server_name;
 use super::{BackendContext, Out, ParamList, Session};
+use crate::protocol::SqlState;
 use crate::protocol::backend as be_msg;
 use crate::protocol::frontend::{self, Target};
-use crate::protocol::{SqlState, TransactionStatus};
+
+/// A query the server fails (26000, no such statement) without effects.
+const FAILING_QUERY: &[u8] = b"DEALLOCATE \"pglink_\x01failed_query\"";
+
+fn not_found(name: &str) -> String {
+    format!("pglink: prepared statement \"{name}\" does not exist")
+}
 
 /// What to do when a transaction has ended and nothing is outstanding.
 pub(super) enum AfterTransaction {
@@ -148,9 +155,12 @@ impl Session {
         for touched in inspect::touched_params(sql) {
             match touched {
                 Touched::All => self.reset_all = true,
-                Touched::Param(name) => {
-                    if !self.is_reported(&name) && !self.touched.contains(&name) {
-                        self.touched.push(name);
+                Touched::Param(name) => self.touch(name),
+                // Which one is not in the text: any of those tracked.
+                Touched::Unknown => {
+                    let extras = self.db_context.as_ref().map(|db| db.track_extra.clone());
+                    for name in extras.into_iter().flatten() {
+                        self.touch(name);
                     }
                 }
             }
@@ -163,6 +173,13 @@ impl Session {
             && let Some(db) = &self.db_context
         {
             db.registry.schema_changed();
+        }
+    }
+
+    /// Notes that the client's statements changed `name` (read back after the transaction).
+    fn touch(&mut self, name: String) {
+        if !self.is_reported(&name) && !self.touched.contains(&name) {
+            self.touched.push(name);
         }
     }
 
@@ -183,20 +200,33 @@ impl Session {
 
     /// A simple Query: DEALLOCATE and DISCARD ALL are about the client's own statements and
     /// session, and answered here; anything else goes to the backend (`held`: one is held).
+    ///
+    /// Answered here only as a statement of its own (what drivers and poolers send). Within
+    /// a longer text, in an extended-protocol statement, in a transaction block or in a
+    /// pinned session they go to the server, and its CommandComplete ("DEALLOCATE ALL",
+    /// "DISCARD ALL") says what happened (see `on_server_reset`). So does a DISCARD ALL
+    /// while a backend is held: pglink's answer could not be ordered after the parameter
+    /// read-back still on its way.
     pub(super) fn on_query(&mut self, sql: &[u8], held: bool, out: &mut Out<'_>) -> QueryHandling {
         if !inspect::worth_inspecting(sql) {
             return QueryHandling::Forward;
+        }
+        if let Some(name) = inspect::deallocates_server_name(sql) {
+            self.fail_query(
+                SqlState::INVALID_SQL_STATEMENT_NAME,
+                &not_found(&name),
+                held,
+                out,
+            );
+            return QueryHandling::Answered;
         }
         match inspect::local_command(sql) {
             Some(LocalCommand::Deallocate(name))
                 if self.statements.contains(&name) || self.pinned.is_none() =>
             {
                 if !self.statements.remove(&name) {
-                    let text = format!(
-                        "pglink: prepared statement \"{}\" does not exist",
-                        String::from_utf8_lossy(&name)
-                    );
-                    self.answer_error(SqlState::INVALID_SQL_STATEMENT_NAME, &text, held, out);
+                    let text = not_found(&String::from_utf8_lossy(&name));
+                    self.fail_query(SqlState::INVALID_SQL_STATEMENT_NAME, &text, held, out);
                     return QueryHandling::Answered;
                 }
                 self.answer_command(b"DEALLOCATE", held, out);
@@ -207,31 +237,43 @@ impl Session {
                 self.answer_command(b"DEALLOCATE ALL", held, out);
                 QueryHandling::Answered
             }
-            // Inside a transaction block the server refuses it (25001): let it.
-            Some(LocalCommand::DiscardAll)
-                if self.pinned.is_none() && self.relay.status() == TransactionStatus::Idle =>
-            {
+            // Without a backend no transaction is open (inside one the server refuses it).
+            Some(LocalCommand::DiscardAll) if !held && self.pinned.is_none() => {
                 self.statements.clear();
                 self.touched.clear();
-                if let Some(reported) = self.reported.clone() {
-                    self.init_desired(&reported);
-                }
-                self.answer_command(b"DISCARD ALL", held, out);
+                let mut answer = Vec::with_capacity(64);
+                be_msg::command_complete(&mut answer, b"DISCARD ALL");
+                self.reset_to_startup(&mut answer);
+                be_msg::ready_for_query(&mut answer, self.relay.status());
+                self.emit_local(&answer, held, out);
                 QueryHandling::Answered
-            }
-            Some(LocalCommand::DiscardAll | LocalCommand::DeallocateAll) => {
-                // A pinned session's backend really has SQL statements to drop: forward, and
-                // forget the protocol-level ones it will lose too.
-                self.statements.clear();
-                out.backend.statements.clear();
-                self.reset_all = true;
-                QueryHandling::Forward
             }
             _ => {
                 if held {
                     self.inspect_statement(sql);
                 }
                 QueryHandling::Forward
+            }
+        }
+    }
+
+    /// Puts the client's settings back to its startup values (what RESET ALL restores in
+    /// PostgreSQL) and writes a ParameterStatus to `statuses` for every reported parameter
+    /// whose value that changes, as the server would.
+    pub(super) fn reset_to_startup(&mut self, statuses: &mut Vec<u8>) {
+        let Some(reported) = self.reported.clone() else {
+            return;
+        };
+        let before = self.desired.clone();
+        self.init_desired(&reported);
+        for (name, _) in reported.iter() {
+            let value = self.desired.get(name);
+            if value != before.get(name) {
+                be_msg::parameter_status(
+                    statuses,
+                    name.as_bytes(),
+                    value.unwrap_or_default().as_bytes(),
+                );
             }
         }
     }
@@ -244,12 +286,20 @@ impl Session {
         self.emit_local(&answer, held, out);
     }
 
-    fn answer_error(&mut self, code: SqlState, message: &str, held: bool, out: &mut Out<'_>) {
-        let mut answer = Vec::with_capacity(64);
+    /// An error (and ReadyForQuery) in the Query's place. With a backend held the server is
+    /// made to fail a query instead, with this error in its place, so that a transaction
+    /// block is aborted as PostgreSQL would abort it.
+    fn fail_query(&mut self, code: SqlState, message: &str, held: bool, out: &mut Out<'_>) {
+        let mut error = Vec::with_capacity(64);
         crate::protocol::ErrorBuilder::new(crate::protocol::Severity::Error, code, message)
-            .encode_error(&mut answer);
-        be_msg::ready_for_query(&mut answer, self.relay.status());
-        self.emit_local(&answer, held, out);
+            .encode_error(&mut error);
+        if held {
+            frontend::query(out.to_backend, FAILING_QUERY);
+            self.relay.push_failing(Expect::Cycle, error.into());
+        } else {
+            be_msg::ready_for_query(&mut error, self.relay.status());
+            out.to_client.extend_from_slice(&error);
+        }
     }
 
     fn emit_local(&mut self, answer: &[u8], held: bool, out: &mut Out<'_>) {
@@ -260,11 +310,28 @@ impl Session {
         }
     }
 
+    /// The server ran DEALLOCATE ALL or DISCARD ALL for this client (its CommandComplete
+    /// said so): the backend's prepared statements are gone but for those prepared after it,
+    /// and so are the client's names made before it. DISCARD ALL reset every parameter too.
+    ///
+    /// `DEALLOCATE name` is not followed this way (its CommandComplete does not say which):
+    /// a client's own statement names are answered locally, and a server name `pglink_<n>`,
+    /// which no client created, is refused with 26000 (`inspect::deallocates_server_name`).
+    pub(super) fn on_server_reset(&mut self, reset: ServerReset, backend: &mut BackendContext) {
+        backend.statements.retain_only(&reset.preparing);
+        self.statements.forget_up_to(reset.seq);
+        if reset.discard_all {
+            self.reset_all = true;
+        }
+    }
+
     /// The transaction is over with nothing outstanding: read back parameters the client
     /// changed, drop statements a zero-capacity backend must not keep, or release.
     pub(super) fn after_transaction(&mut self, out: &mut Out<'_>) -> AfterTransaction {
         if self.reset_all {
-            // RESET ALL / DISCARD ALL: unreported parameters are back at their defaults.
+            // RESET ALL / DISCARD ALL: the server put its parameters back to its own startup
+            // values (the reported ones said so); the client's go back to those it started
+            // with, and the backend is given them before anything else runs.
             self.reset_all = false;
             let reported = self.reported.clone();
             let is_reported = |n: &str| {
@@ -272,10 +339,22 @@ impl Session {
                     .as_ref()
                     .is_some_and(|r| r.iter().any(|(rn, _)| rn.eq_ignore_ascii_case(n)))
             };
-            Arc::make_mut(&mut self.desired).retain(&is_reported);
-            out.backend.params.retain(&is_reported);
+            out.backend.params.retain(is_reported);
+            if let Some(db) = &self.db_context {
+                for (name, value) in db.overrides.iter().filter(|(n, _)| !is_reported(n)) {
+                    out.backend.params.set(name, value);
+                }
+            }
+            self.reset_to_startup(out.to_client);
+            self.sync_backend(out);
         }
-        if !self.touched.is_empty() {
+        // `track_extra_parameters` are read back after every transaction that ran a
+        // statement (a function or a `set_config` with bound arguments may have changed
+        // them; a pinned session's values go nowhere), the others when the client's
+        // statements named them. The client has its ReadyForQuery already: the read-back
+        // costs it nothing, the backend one round trip before it goes back to the pool.
+        let read_extras = std::mem::take(&mut self.ran) && self.pinned.is_none();
+        if !self.touched.is_empty() || read_extras && self.has_extras_to_read() {
             let mut names = std::mem::take(&mut self.touched);
             if let Some(db) = &self.db_context {
                 for extra in &db.track_extra {
@@ -287,6 +366,9 @@ impl Session {
             frontend::query(out.to_backend, params::capture_query(&names).as_bytes());
             self.relay
                 .push(Expect::Cycle, Route::Swallow, Effect::Capture(names));
+            return AfterTransaction::Continue;
+        }
+        if self.syncing {
             return AfterTransaction::Continue;
         }
         if self.pinned.is_some() {
@@ -305,6 +387,24 @@ impl Session {
         }
         out.backend.statements.settle_pending();
         AfterTransaction::Release
+    }
+
+    /// Whether the held backend's parameters may differ from its record in ways still to be
+    /// read back (or being read back, or synced): a session ending now leaves them unknown.
+    /// Reported parameters do not count: the server reports them to whoever drains it.
+    pub(super) fn settings_in_doubt(&self) -> bool {
+        !self.touched.is_empty()
+            || self.reset_all
+            || self.syncing
+            || self.relay.reads_back_parameters()
+            || self.ran && self.has_extras_to_read()
+    }
+
+    /// Whether `track_extra_parameters` names a parameter the server does not report.
+    fn has_extras_to_read(&self) -> bool {
+        self.db_context
+            .as_ref()
+            .is_some_and(|db| db.track_extra.iter().any(|n| !self.is_reported(n)))
     }
 
     /// Parameter values read back after the client changed them.

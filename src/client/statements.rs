@@ -1,9 +1,18 @@
 //! Named prepared statements under transaction pooling.
 //!
 //! A client's named statement must work on whichever backend it gets next, so pglink gives
-//! every distinct statement — (query text, parameter type OIDs), compared in full, never by
-//! hash alone — a server-side name `pglink_<id>` in a per-database [`Registry`] shared by all
-//! clients of that database. Each client keeps its own names ([`ClientStatements`]); each
+//! every distinct statement — (query text, parameter type OIDs, the client's `search_path`),
+//! compared in full, never by hash alone — a server-side name `pglink_<id>` in a
+//! per-database [`Registry`] shared by all clients of that database.
+//!
+//! The `search_path` is part of the key because it decides what the text means: the same
+//! text under two paths may name two tables with different columns. PostgreSQL parses a
+//! prepared statement again when the path it was planned under changes, so one server
+//! statement shared by clients with different paths would be re-planned at every change
+//! of client (and fail with 0A000 where the columns differ), and a description cached for
+//! one path would be handed to a client of another. The client's value when it sends the
+//! Parse counts (as pglink knows it: from its startup parameters and settings read back
+//! after its transactions, so a path changed earlier in the same transaction is not seen). Each client keeps its own names ([`ClientStatements`]); each
 //! backend remembers which statements it has prepared ([`BackendStatements`], an LRU bounded
 //! by `statement_cache_capacity`). Before a Bind or Describe of a statement its backend lacks,
 //! the session injects the Parse; a client Parse of a statement the backend already has is
@@ -35,6 +44,8 @@ pub struct Statement {
     pub server_name: Box<[u8]>,
     pub query: Box<[u8]>,
     pub param_types: Box<[u32]>,
+    /// The `search_path` of the clients that share it (`None`: the server's default).
+    pub search_path: Option<Box<str>>,
     /// The Parse message that prepares it on a backend.
     pub parse_message: Box<[u8]>,
     /// A server accepted it, so a client's Parse of it can be answered locally.
@@ -56,7 +67,12 @@ impl std::fmt::Debug for Statement {
 }
 
 impl Statement {
-    fn new(id: u64, query: &[u8], param_types: &[u32]) -> Statement {
+    fn new(id: u64, key: &Key<'_>) -> Statement {
+        let Key {
+            query,
+            param_types,
+            search_path,
+        } = *key;
         let server_name = server_name(id);
         let mut parse_message = Vec::with_capacity(query.len() + 32 + 4 * param_types.len());
         frontend::parse(&mut parse_message, &server_name, query, param_types);
@@ -65,6 +81,7 @@ impl Statement {
             server_name,
             query: query.into(),
             param_types: param_types.into(),
+            search_path: search_path.map(Into::into),
             parse_message: parse_message.into(),
             verified: AtomicBool::new(false),
             description: Mutex::new(None),
@@ -186,11 +203,27 @@ struct RegistryInner {
     tick: u64,
 }
 
-fn key_hash(query: &[u8], param_types: &[u32]) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    query.hash(&mut h);
-    param_types.hash(&mut h);
-    h.finish()
+/// What makes two Parses the same statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key<'a> {
+    pub query: &'a [u8],
+    pub param_types: &'a [u32],
+    /// The client's `search_path`, if it has one other than the server's default.
+    pub search_path: Option<&'a str>,
+}
+
+impl Key<'_> {
+    fn hash(&self) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        Hash::hash(self, &mut h);
+        h.finish()
+    }
+
+    fn matches(&self, statement: &Statement) -> bool {
+        *statement.query == *self.query
+            && *statement.param_types == *self.param_types
+            && statement.search_path.as_deref() == self.search_path
+    }
 }
 
 impl Registry {
@@ -204,17 +237,13 @@ impl Registry {
         }
     }
 
-    /// The statement for this text and these parameter types, shared when sharing is on
-    /// (otherwise a new one each time, private to the caller).
-    pub fn get_or_insert(&self, query: &[u8], param_types: &[u32]) -> Arc<Statement> {
+    /// The statement for this key, shared when sharing is on (otherwise a new one each
+    /// time, private to the caller).
+    pub fn get_or_insert(&self, key: &Key<'_>) -> Arc<Statement> {
         if self.capacity == 0 {
-            return Arc::new(Statement::new(
-                NEXT_ID.fetch_add(1, Ordering::Relaxed),
-                query,
-                param_types,
-            ));
+            return Arc::new(Statement::new(NEXT_ID.fetch_add(1, Ordering::Relaxed), key));
         }
-        let hash = key_hash(query, param_types);
+        let hash = key.hash();
         let mut inner = self
             .inner
             .lock()
@@ -222,9 +251,7 @@ impl Registry {
         inner.tick += 1;
         let tick = inner.tick;
         if let Some(bucket) = inner.buckets.get_mut(&hash)
-            && let Some(entry) = bucket
-                .iter_mut()
-                .find(|(s, _)| *s.query == *query && *s.param_types == *param_types)
+            && let Some(entry) = bucket.iter_mut().find(|(s, _)| key.matches(s))
         {
             entry.1 = tick;
             return entry.0.clone();
@@ -232,11 +259,7 @@ impl Registry {
         if inner.len >= self.capacity {
             self.evict_oldest(&mut inner);
         }
-        let statement = Arc::new(Statement::new(
-            NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            query,
-            param_types,
-        ));
+        let statement = Arc::new(Statement::new(NEXT_ID.fetch_add(1, Ordering::Relaxed), key));
         inner
             .buckets
             .entry(hash)
@@ -333,6 +356,9 @@ pub struct ClientStatement {
     pub statement: Arc<Statement>,
     /// The result shape the client was given; `None` until a server's answer shows it.
     pub shape: Option<Shape>,
+    /// When the name was made, as a request sequence number (`Relay::pushed`): a
+    /// DEALLOCATE ALL sent before that does not remove it.
+    pub since: u64,
 }
 
 /// One client's statement names.
@@ -350,9 +376,21 @@ impl ClientStatements {
         self.names.contains_key(name)
     }
 
-    pub fn insert(&mut self, name: &[u8], statement: Arc<Statement>, shape: Option<Shape>) {
-        self.names
-            .insert(name.into(), ClientStatement { statement, shape });
+    pub fn insert(
+        &mut self,
+        name: &[u8],
+        statement: Arc<Statement>,
+        shape: Option<Shape>,
+        since: u64,
+    ) {
+        self.names.insert(
+            name.into(),
+            ClientStatement {
+                statement,
+                shape,
+                since,
+            },
+        );
     }
 
     /// The client will learn `name`'s shape anew (it asks for it, or its batch describes
@@ -392,6 +430,11 @@ impl ClientStatements {
 
     pub fn clear(&mut self) {
         self.names.clear();
+    }
+
+    /// Removes the names made before request `seq` (a DEALLOCATE ALL the server ran).
+    pub fn forget_up_to(&mut self, seq: u64) {
+        self.names.retain(|_, s| s.since > seq);
     }
 
     pub fn len(&self) -> usize {
@@ -516,6 +559,18 @@ impl BackendStatements {
         self.pending = 0;
     }
 
+    /// Forgets every statement but those in `keep` (the server dropped the others).
+    pub fn retain_only(&mut self, keep: &[u64]) {
+        let pending = &mut self.pending;
+        self.prepared.retain(|id, (_, shape)| {
+            let kept = keep.contains(id);
+            if !kept && *shape == BackendShape::Pending {
+                *pending -= 1;
+            }
+            kept
+        });
+    }
+
     pub fn len(&self) -> usize {
         self.prepared.len()
     }
@@ -534,13 +589,32 @@ impl BackendStatements {
 mod tests {
     use super::*;
 
+    impl Registry {
+        fn get_text(&self, query: &[u8], param_types: &[u32]) -> Arc<Statement> {
+            self.get_or_insert(&Key {
+                query,
+                param_types,
+                search_path: None,
+            })
+        }
+    }
+
+    fn key_hash(query: &[u8], param_types: &[u32]) -> u64 {
+        Key {
+            query,
+            param_types,
+            search_path: None,
+        }
+        .hash()
+    }
+
     #[test]
     fn same_text_and_types_share_one_statement() {
         let r = Registry::new(10, 10);
-        let a = r.get_or_insert(b"SELECT $1", &[23]);
-        let b = r.get_or_insert(b"SELECT $1", &[23]);
-        let c = r.get_or_insert(b"SELECT $1", &[20]);
-        let d = r.get_or_insert(b"SELECT $1 ", &[23]);
+        let a = r.get_text(b"SELECT $1", &[23]);
+        let b = r.get_text(b"SELECT $1", &[23]);
+        let c = r.get_text(b"SELECT $1", &[20]);
+        let d = r.get_text(b"SELECT $1 ", &[23]);
         assert!(Arc::ptr_eq(&a, &b));
         assert_ne!(a.id, c.id, "different parameter types");
         assert_ne!(a.id, d.id, "different text");
@@ -550,31 +624,48 @@ mod tests {
     }
 
     #[test]
+    fn the_search_path_is_part_of_the_key() {
+        let r = Registry::new(10, 10);
+        let key = |search_path| Key {
+            query: b"SELECT * FROM t",
+            param_types: &[],
+            search_path,
+        };
+        let default = r.get_or_insert(&key(None));
+        let a = r.get_or_insert(&key(Some("a")));
+        let b = r.get_or_insert(&key(Some("b")));
+        assert_ne!(default.id, a.id);
+        assert_ne!(a.id, b.id, "one text, two meanings");
+        assert!(Arc::ptr_eq(&a, &r.get_or_insert(&key(Some("a")))));
+        assert_eq!(b.search_path.as_deref(), Some("b"));
+    }
+
+    #[test]
     fn colliding_hashes_still_compare_full_text() {
         // Force two statements into one bucket and check lookups compare the text.
         let r = Registry::new(10, 10);
-        let a = r.get_or_insert(b"SELECT 1", &[]);
+        let a = r.get_text(b"SELECT 1", &[]);
         {
             let mut inner = r.inner.lock().unwrap();
             let bucket = inner.buckets.remove(&key_hash(b"SELECT 1", &[])).unwrap();
             inner.buckets.insert(key_hash(b"SELECT 2", &[]), bucket);
         }
-        let b = r.get_or_insert(b"SELECT 2", &[]);
+        let b = r.get_text(b"SELECT 2", &[]);
         assert_ne!(a.id, b.id, "a bare hash match must not return another text");
     }
 
     #[test]
     fn registry_is_bounded_and_zero_disables_sharing() {
         let r = Registry::new(2, 2);
-        let a = r.get_or_insert(b"a", &[]);
-        r.get_or_insert(b"b", &[]);
-        r.get_or_insert(b"a", &[]); // a is now more recent than b
-        r.get_or_insert(b"c", &[]); // evicts b
+        let a = r.get_text(b"a", &[]);
+        r.get_text(b"b", &[]);
+        r.get_text(b"a", &[]); // a is now more recent than b
+        r.get_text(b"c", &[]); // evicts b
         assert_eq!(r.len(), 2);
-        assert!(Arc::ptr_eq(&a, &r.get_or_insert(b"a", &[])));
+        assert!(Arc::ptr_eq(&a, &r.get_text(b"a", &[])));
         let unshared = Registry::new(0, 0);
-        let x = unshared.get_or_insert(b"a", &[]);
-        let y = unshared.get_or_insert(b"a", &[]);
+        let x = unshared.get_text(b"a", &[]);
+        let y = unshared.get_text(b"a", &[]);
         assert_ne!(x.id, y.id);
         assert!(unshared.is_empty());
     }
@@ -631,8 +722,8 @@ mod tests {
     #[test]
     fn description_cache_is_bounded_and_keyed_by_shape() {
         let r = Registry::new(10, 1);
-        let a = r.get_or_insert(b"a", &[]);
-        let b = r.get_or_insert(b"b", &[]);
+        let a = r.get_text(b"a", &[]);
+        let b = r.get_text(b"b", &[]);
         let answer: Arc<[u8]> = describe_answer(&[("x", 23)]).into();
         let shape = Shape::of_description(&answer).unwrap();
         let other = Shape::of_description(&describe_answer(&[("y", 23)])).unwrap();
@@ -655,12 +746,12 @@ mod tests {
     #[test]
     fn clients_learn_shapes_they_lack() {
         let r = Registry::new(10, 10);
-        let a = r.get_or_insert(b"a", &[]);
+        let a = r.get_text(b"a", &[]);
         let shape = Shape::of_description(&describe_answer(&[("x", 23)])).unwrap();
         let old = Shape::of_description(&describe_answer(&[("x", 20)])).unwrap();
         let mut c = ClientStatements::default();
-        c.insert(b"new", a.clone(), None);
-        c.insert(b"old", a.clone(), Some(old));
+        c.insert(b"new", a.clone(), None, 0);
+        c.insert(b"old", a.clone(), Some(old), 0);
         c.learn_shape(a.id, shape);
         assert_eq!(c.get(b"new").unwrap().shape, Some(shape));
         assert_eq!(
@@ -713,12 +804,31 @@ mod tests {
     }
 
     #[test]
+    fn a_server_reset_keeps_only_what_came_after_it() {
+        let r = Registry::new(10, 10);
+        let (a, b) = (r.get_text(b"a", &[]), r.get_text(b"b", &[]));
+        let mut c = ClientStatements::default();
+        c.insert(b"before", a.clone(), None, 3);
+        c.insert(b"after", b.clone(), None, 4);
+        c.forget_up_to(3);
+        assert!(!c.contains(b"before") && c.contains(b"after"));
+        let mut backend = BackendStatements::new(10);
+        backend.insert(a.id);
+        backend.insert(b.id);
+        backend.set_shape(a.id, BackendShape::Stale);
+        backend.retain_only(&[b.id]);
+        assert!(!backend.contains(a.id) && backend.contains(b.id));
+        backend.retain_only(&[]);
+        assert_eq!((backend.len(), backend.pending), (0, 0));
+    }
+
+    #[test]
     fn client_names_undo_only_their_own_statement() {
         let r = Registry::new(10, 10);
-        let a = r.get_or_insert(b"a", &[]);
-        let b = r.get_or_insert(b"b", &[]);
+        let a = r.get_text(b"a", &[]);
+        let b = r.get_text(b"b", &[]);
         let mut c = ClientStatements::default();
-        c.insert(b"s", a.clone(), None);
+        c.insert(b"s", a.clone(), None, 0);
         c.remove_if(b"s", b.id);
         assert!(c.contains(b"s"));
         c.remove_if(b"s", a.id);

@@ -142,21 +142,28 @@ impl Harness {
     }
 
     fn startup(&mut self, user: &str, database: &str) {
+        self.startup_with(user, database, &[]);
+    }
+
+    fn startup_with(&mut self, user: &str, database: &str, extra: &[(&str, &str)]) {
+        let mut params: Vec<(&[u8], &[u8])> = vec![
+            (b"user", user.as_bytes()),
+            (b"database", database.as_bytes()),
+        ];
+        params.extend(extra.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())));
         let mut m = Vec::new();
-        startup_message(
-            &mut m,
-            ProtocolVersion::V3_0,
-            &[
-                (b"user", user.as_bytes()),
-                (b"database", database.as_bytes()),
-            ],
-        );
+        startup_message(&mut m, ProtocolVersion::V3_0, &params);
         self.send(&m);
     }
 
     /// Runs a SCRAM login for `user` with `password`.
     fn scram_login(&mut self, user: &str, password: &str) {
-        self.startup(user, "db");
+        self.scram_login_with(user, password, &[]);
+    }
+
+    /// The same with more startup parameters.
+    fn scram_login_with(&mut self, user: &str, password: &str, extra: &[(&str, &str)]) {
+        self.startup_with(user, "db", extra);
         let bytes = std::mem::take(&mut self.to_client);
         let frame = Frames::new(&bytes, 1 << 20).next().unwrap().unwrap();
         assert!(matches!(
@@ -188,8 +195,13 @@ impl Harness {
     }
 
     fn logged_in(auth: AuthMethod) -> Harness {
+        Harness::logged_in_with(auth, &[])
+    }
+
+    /// Logged in with these startup parameters.
+    fn logged_in_with(auth: AuthMethod, extra: &[(&str, &str)]) -> Harness {
         let mut h = Harness::new(auth, ClientTls::Optional);
-        h.scram_login("alice", PASSWORD);
+        h.scram_login_with("alice", PASSWORD, extra);
         assert!(h.session.is_logged_in(), "{:?}", h.session);
         h.to_client.clear();
         h.take_actions();
@@ -633,6 +645,14 @@ impl Harness {
         for (name, value) in self.params.iter().flat_map(|p| p.iter()) {
             self.backend.params.set(name, value);
         }
+        self.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+        self.take_actions();
+    }
+
+    /// Holds `backend`, given the client's settings already (no sync needed).
+    fn attach_matching_backend(&mut self, backend: BackendContext) {
+        self.backend = backend;
+        self.backend.params = (*self.session.desired).clone();
         self.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
         self.take_actions();
     }
@@ -1232,4 +1252,780 @@ fn a_batch_that_describes_its_portal_adopts_a_fresh_shape_without_waiting() {
         b"PDBDES",
         "prepared and run in one go: the client learns the shape from its Describe"
     );
+}
+
+#[test]
+fn duplicate_parse_without_a_backend_is_42p05_and_skips_to_sync() {
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    h.send(&[parse_msg("s", "SELECT 1"), sync_msg()].concat());
+    h.attach_fresh_backend(4);
+    h.send(&[]);
+    let server = names(&h.take_backend())[0].1.clone();
+    assert_eq!(
+        h.backend(&[prepared_reply("x"), ready()].concat()),
+        vec![Action::Release]
+    );
+    h.to_client.clear();
+    // No backend is held: the duplicate is answered locally, the rest of its batch dropped.
+    h.send(&[parse_msg("s", "SELECT 2"), bind_msg("s"), sync_msg()].concat());
+    assert!(h.take_actions().is_empty(), "no backend needed");
+    let bytes = h.to_client.clone();
+    let (severity, code, message) = h.client_error();
+    assert_eq!((severity.as_str(), code.as_str()), ("ERROR", "42P05"));
+    assert!(message.contains("\"s\" already exists"), "{message}");
+    assert_eq!(
+        tags(&bytes),
+        b"EZ",
+        "the Bind was skipped, the Sync answered"
+    );
+    // The name still means the first statement.
+    h.send(&[bind_msg("s"), sync_msg()].concat());
+    assert_eq!(h.take_actions(), vec![Action::Acquire]);
+    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.take_actions();
+    h.send(&[]);
+    assert_eq!(names(&h.take_backend()), vec![(b'B', server)]);
+}
+
+#[test]
+fn cached_describe_is_answered_in_its_place_while_a_backend_is_held() {
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    h.send(&[parse_msg("s", "SELECT 1"), describe_named("s"), sync_msg()].concat());
+    h.attach_fresh_backend(4);
+    h.send(&[]);
+    h.take_backend();
+    let answer = shape_answer("x");
+    h.backend(&[prepared_reply("x"), answer.clone(), ready()].concat());
+    h.to_client.clear();
+    // The Bind needs the backend; the Describe that follows it is pglink's to answer, after
+    // the answers to what went before it.
+    let mut batch = bind_msg("s");
+    frontend::execute(&mut batch, b"", 0);
+    batch.extend_from_slice(&describe_named("s"));
+    batch.extend_from_slice(&sync_msg());
+    h.send(&batch);
+    assert_eq!(h.take_actions(), vec![Action::Acquire]);
+    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.take_actions();
+    h.send(&[]);
+    assert_eq!(
+        tags(&h.take_backend()),
+        b"BES",
+        "no Describe goes to the server"
+    );
+    let rows = simple_reply(&[
+        (b'2', b""),
+        (b'D', b"\0\x01\0\0\0\x011"),
+        (b'C', b"SELECT 1\0"),
+    ]);
+    assert_eq!(
+        h.backend(&[rows.clone(), ready()].concat()),
+        vec![Action::Release]
+    );
+    assert_eq!(h.to_client, [rows, answer, ready()].concat());
+}
+
+fn syntax_error() -> Vec<u8> {
+    simple_reply(&[(b'E', b"SERROR\0VERROR\0C42601\0Msyntax error\0\0")])
+}
+
+/// Bind of `name`, Describe of its portal, Execute, Sync (libpq's PQexecPrepared).
+fn exec_prepared(name: &str) -> Vec<u8> {
+    let mut m = [bind_msg(name), describe_portal_msg()].concat();
+    frontend::execute(&mut m, b"", 0);
+    m.extend_from_slice(&sync_msg());
+    m
+}
+
+/// What a server answers to `exec_prepared` of a one-column statement.
+fn exec_reply() -> Vec<u8> {
+    [
+        simple_reply(&[(b'2', b"")]),
+        shape_answer("x")[7..].to_vec(), // the portal's RowDescription
+        simple_reply(&[(b'D', b"\0\x01\0\0\0\x011"), (b'C', b"SELECT 1\0")]),
+        ready(),
+    ]
+    .concat()
+}
+
+/// A client that prepared `s1` on one backend, now about to use a fresh one.
+fn client_with_s1() -> Harness {
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    h.send(&[parse_msg("s1", "SELECT 1"), sync_msg()].concat());
+    h.attach_fresh_backend(4);
+    h.send(&[]);
+    h.take_backend();
+    h.backend(&[prepared_reply("x"), ready()].concat());
+    h.to_client.clear();
+    h
+}
+
+#[test]
+fn pipeline_error_before_a_batch_that_needs_an_injected_parse() {
+    let mut h = client_with_s1();
+    let mut failing = parse_msg("", "SELEC 1");
+    frontend::bind(&mut failing, b"", b"", &[], [], &[]);
+    frontend::execute(&mut failing, b"", 0);
+    failing.extend_from_slice(&sync_msg());
+    h.send(&[failing, exec_prepared("s1")].concat());
+    h.attach_fresh_backend(4);
+    h.send(&[]);
+    assert_eq!(
+        tags(&h.take_backend()),
+        b"PBESPDBDES",
+        "the failing batch as sent, then s1 prepared before its Bind"
+    );
+    // The first batch fails; the server skips to its Sync and runs the second.
+    let answers = [syntax_error(), ready(), prepared_reply("x"), exec_reply()].concat();
+    assert_eq!(h.backend(&answers), vec![Action::Release]);
+    assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"EZ2TDCZ");
+}
+
+#[test]
+fn pipeline_error_skips_an_injected_parse_that_a_later_batch_relies_on() {
+    let mut h = client_with_s1();
+    // The first batch fails before s1, prepared for it, exists; the second uses s1 again.
+    let failing = [parse_msg("", "SELEC 1"), exec_prepared("s1")].concat();
+    h.send(&[failing, exec_prepared("s1")].concat());
+    h.attach_fresh_backend(4);
+    h.send(&[]);
+    assert_eq!(
+        tags(&h.take_backend()),
+        b"PPDBDES",
+        "the second batch waits: its statement is prepared in a batch that may fail"
+    );
+    let skipped = [syntax_error(), ready()].concat();
+    assert_eq!(h.backend(&skipped), vec![Action::ResumeInput]);
+    assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"EZ");
+    h.send(&[]);
+    assert_eq!(
+        tags(&h.take_backend()),
+        b"CPDBDES",
+        "the skipped copy is prepared again"
+    );
+    let answers = [
+        simple_reply(&[(b'3', b"")]),
+        prepared_reply("x"),
+        exec_reply(),
+    ]
+    .concat();
+    assert_eq!(h.backend(&answers), vec![Action::Release]);
+    assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"2TDCZ");
+}
+
+#[test]
+fn a_parse_answered_from_a_copy_prepared_in_an_earlier_batch_waits_for_nothing() {
+    // The same name by another Parse in a later batch: prepared again rather than relying on
+    // a copy whose batch may fail.
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    h.send(&[parse_msg("a", "SELECT 1"), sync_msg()].concat());
+    h.attach_fresh_backend(4);
+    h.send(&[]);
+    h.take_backend();
+    h.backend(&[prepared_reply("x"), ready()].concat());
+    h.to_client.clear();
+    let failing = [parse_msg("", "SELEC 1"), exec_prepared("a")].concat();
+    let later = [parse_msg("b", "SELECT 1"), exec_prepared("b")].concat();
+    h.send(&[failing, later].concat());
+    h.attach_fresh_backend(4);
+    h.send(&[]);
+    assert_eq!(tags(&h.take_backend()), b"PPDBDESCPDBDES");
+    let answers = [
+        syntax_error(),
+        ready(),
+        simple_reply(&[(b'3', b"")]),
+        prepared_reply("x"),
+        exec_reply(),
+    ]
+    .concat();
+    assert_eq!(h.backend(&answers), vec![Action::Release]);
+    assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"EZ12TDCZ");
+}
+
+/// The ParameterStatus messages in `bytes`, as (name, value).
+fn parameter_statuses(bytes: &[u8]) -> Vec<(String, String)> {
+    Frames::new(bytes, 1 << 20)
+        .filter_map(|f| match f.unwrap().backend() {
+            Ok(BackendMessage::ParameterStatus(p)) => Some((
+                String::from_utf8_lossy(p.name).into_owned(),
+                String::from_utf8_lossy(p.value).into_owned(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Runs `sql` on a fresh backend that answers with `reply` then ReadyForQuery (idle).
+fn run_query(h: &mut Harness, sql: &str, reply: &[u8]) {
+    h.send(&query(sql));
+    assert_eq!(h.take_actions(), vec![Action::Acquire]);
+    h.attach_fresh_backend(4);
+    h.send(&[]);
+    assert_eq!(h.take_backend(), query(sql));
+    assert_eq!(
+        h.backend(&[reply, &ready()[..]].concat()),
+        vec![Action::Release]
+    );
+}
+
+#[test]
+fn a_locally_answered_discard_all_reports_the_parameters_it_resets() {
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    let set = simple_reply(&[(b'C', b"SET\0"), (b'S', b"application_name\0mine\0")]);
+    run_query(&mut h, "SET application_name = 'mine'", &set);
+    h.to_client.clear();
+    h.send(&query("DISCARD ALL"));
+    assert!(h.take_actions().is_empty(), "answered without a backend");
+    let bytes = std::mem::take(&mut h.to_client);
+    assert_eq!(
+        tags(&bytes),
+        b"CSZ",
+        "as PostgreSQL: the change before ReadyForQuery"
+    );
+    assert_eq!(
+        parameter_statuses(&bytes),
+        [("application_name".to_owned(), String::new())]
+    );
+    // Nothing changed this time: nothing reported.
+    h.send(&query("DISCARD ALL"));
+    assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"CZ");
+}
+
+// ---- DEALLOCATE ALL / DISCARD ALL run by the server ---------------------------------------
+
+fn command_complete(tag: &str) -> Vec<u8> {
+    let mut m = Vec::new();
+    crate::protocol::backend::command_complete(&mut m, tag.as_bytes());
+    m
+}
+
+fn ready_with(status: TransactionStatus) -> Vec<u8> {
+    let mut m = Vec::new();
+    crate::protocol::backend::ready_for_query(&mut m, status);
+    m
+}
+
+/// Rows of `SELECT 1` as a simple query answers them (without ReadyForQuery).
+fn select_one_rows() -> Vec<u8> {
+    [
+        shape_answer("x")[7..].to_vec(),
+        simple_reply(&[(b'D', b"\0\x01\0\0\0\x011")]),
+        command_complete("SELECT 1"),
+    ]
+    .concat()
+}
+
+#[test]
+fn deallocate_all_in_a_longer_query_forgets_the_backends_statements() {
+    let mut h = client_with_s1();
+    let server = h.session.statements.get(b"s1").unwrap().statement.id;
+    assert!(h.backend.statements.contains(server));
+    let sql = "DEALLOCATE ALL; SELECT 1";
+    h.send(&query(sql));
+    assert_eq!(
+        h.take_actions(),
+        vec![Action::Acquire],
+        "for the server to run"
+    );
+    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.take_actions();
+    h.send(&[]);
+    assert_eq!(h.take_backend(), query(sql));
+    let answer = [
+        command_complete("DEALLOCATE ALL"),
+        select_one_rows(),
+        ready(),
+    ]
+    .concat();
+    assert_eq!(h.backend(&answer), vec![Action::Release]);
+    assert_eq!(h.to_client, answer);
+    assert!(h.backend.statements.is_empty(), "the server has none left");
+    assert!(h.session.statements.is_empty(), "nor has the client");
+    // The next use of the text on that backend prepares it again.
+    h.to_client.clear();
+    h.send(
+        &[
+            parse_msg("again", "SELECT 1"),
+            bind_msg("again"),
+            sync_msg(),
+        ]
+        .concat(),
+    );
+    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.take_actions();
+    h.send(&[]);
+    assert_eq!(
+        tags(&h.take_backend()),
+        b"PDH",
+        "prepared again; the Bind waits for its shape"
+    );
+}
+
+#[test]
+fn a_server_reset_spares_what_was_pipelined_after_it() {
+    let mut h = client_with_s1();
+    let sql = "DEALLOCATE ALL; SELECT 1";
+    h.send(&query(sql));
+    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.take_actions();
+    h.send(&[]);
+    // Before its answer, a new statement (prepared on the backend) and a new name for a
+    // statement pglink answers locally (the backend has it, until the reset runs).
+    h.send(
+        &[
+            parse_msg("s2", "SELECT 2"),
+            parse_msg("s3", "SELECT 1"),
+            sync_msg(),
+        ]
+        .concat(),
+    );
+    assert_eq!(tags(&h.take_backend()), b"QPDS");
+    let s2 = h.session.statements.get(b"s2").unwrap().statement.id;
+    let s3 = h.session.statements.get(b"s3").unwrap().statement.id;
+    h.backend(
+        &[
+            command_complete("DEALLOCATE ALL"),
+            select_one_rows(),
+            ready(),
+        ]
+        .concat(),
+    );
+    assert!(!h.session.statements.contains(b"s1"));
+    assert!(h.session.statements.contains(b"s2") && h.session.statements.contains(b"s3"));
+    assert!(
+        h.backend.statements.contains(s2),
+        "prepared after the reset"
+    );
+    assert!(!h.backend.statements.contains(s3), "dropped by the reset");
+    assert_eq!(
+        h.backend(&[prepared_reply("y"), ready()].concat()),
+        vec![Action::Release]
+    );
+}
+
+#[test]
+fn discard_all_through_the_extended_protocol_resets_statements_and_parameters() {
+    let mut h = client_with_s1();
+    let set = simple_reply(&[(b'C', b"SET\0"), (b'S', b"application_name\0mine\0")]);
+    h.send(&query("SET application_name = 'mine'"));
+    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.take_actions();
+    h.send(&[]);
+    h.take_backend();
+    h.backend(&[set, ready()].concat());
+    h.to_client.clear();
+    let mut batch = parse_msg("", "DISCARD ALL");
+    frontend::bind(&mut batch, b"", b"", &[], [], &[]);
+    frontend::execute(&mut batch, b"", 0);
+    batch.extend_from_slice(&sync_msg());
+    h.send(&batch);
+    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.take_actions();
+    h.send(&[]);
+    assert_eq!(h.take_backend(), batch, "the server runs it");
+    let answer = [
+        simple_reply(&[(b'1', b""), (b'2', b"")]),
+        command_complete("DISCARD ALL"),
+        simple_reply(&[(b'S', b"application_name\0\0")]),
+        ready(),
+    ]
+    .concat();
+    assert_eq!(h.backend(&answer), vec![Action::Release]);
+    assert_eq!(h.to_client, answer, "the server's own report of the reset");
+    assert!(h.backend.statements.is_empty() && h.session.statements.is_empty());
+    assert_eq!(h.session.desired.get("application_name"), Some(""));
+}
+
+#[test]
+fn discard_all_refused_in_a_transaction_block_forgets_nothing() {
+    let mut h = client_with_s1();
+    h.send(&query("BEGIN"));
+    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.take_actions();
+    h.send(&[]);
+    h.take_backend();
+    h.backend(
+        &[
+            command_complete("BEGIN"),
+            ready_with(TransactionStatus::InBlock),
+        ]
+        .concat(),
+    );
+    h.send(&query("DISCARD ALL"));
+    assert_eq!(h.take_backend(), query("DISCARD ALL"), "the server decides");
+    let refused = simple_reply(&[(
+        b'E',
+        b"SERROR\0VERROR\0C25001\0MDISCARD ALL cannot run inside a transaction block\0\0",
+    )]);
+    h.backend(&[refused, ready_with(TransactionStatus::Failed)].concat());
+    assert_eq!(h.session.statements.len(), 1);
+    assert_eq!(h.backend.statements.len(), 1, "the server still has it");
+}
+
+#[test]
+fn deallocating_a_server_name_is_refused() {
+    // Without a backend: answered locally.
+    let mut h = client_with_s1();
+    h.send(&query("DEALLOCATE pglink_1"));
+    assert!(h.take_actions().is_empty());
+    let bytes = h.to_client.clone();
+    let (_, code, message) = h.client_error();
+    assert_eq!(code, "26000");
+    assert!(message.contains("\"pglink_1\" does not exist"), "{message}");
+    assert_eq!(tags(&bytes), b"EZ");
+    // In a transaction block: the server fails a query in its place, so the block is
+    // aborted as PostgreSQL would abort it.
+    h.send(&query("BEGIN"));
+    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.take_actions();
+    h.send(&[]);
+    h.take_backend();
+    h.backend(
+        &[
+            command_complete("BEGIN"),
+            ready_with(TransactionStatus::InBlock),
+        ]
+        .concat(),
+    );
+    h.to_client.clear();
+    h.send(&query("SELECT 1; DEALLOCATE pglink_1"));
+    let sent = h.take_backend();
+    assert_ne!(sent, query("SELECT 1; DEALLOCATE pglink_1"));
+    assert!(!sent.windows(8).any(|w| w == b"pglink_1"), "not sent");
+    let server_error = simple_reply(&[(b'E', b"SERROR\0VERROR\0C26000\0Mno such statement\0\0")]);
+    h.backend(&[server_error, ready_with(TransactionStatus::Failed)].concat());
+    let bytes = h.to_client.clone();
+    let (_, code, message) = h.client_error();
+    assert_eq!(code, "26000");
+    assert!(message.starts_with("pglink: "), "{message}");
+    assert_eq!(tags(&bytes), b"EZ");
+    assert_eq!(bytes.last(), Some(&b'E'), "the block is aborted");
+    // Through the extended protocol, named or not.
+    h.send(&[parse_msg("", "DEALLOCATE pglink_1"), sync_msg()].concat());
+    assert_eq!(
+        tags(&h.take_backend()),
+        b"BS",
+        "a Bind the server fails in its place"
+    );
+}
+
+#[test]
+fn reset_all_puts_back_the_clients_startup_values_before_anything_else_runs() {
+    let mut h = Harness::logged_in_with(
+        AuthMethod::Scram,
+        &[("application_name", "psql"), ("options", "-c work_mem=5MB")],
+    );
+    assert_eq!(h.session.desired.get("work_mem"), Some("5MB"));
+    h.send(&query("RESET ALL"));
+    // A backend that already has the client's settings.
+    h.backend = BackendContext::new(4);
+    h.backend.params = (*h.session.desired).clone();
+    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.take_actions();
+    h.send(&[]);
+    assert_eq!(h.take_backend(), query("RESET ALL"));
+    // The server goes back to its own startup values and reports the reported ones.
+    let answer = [
+        command_complete("RESET"),
+        simple_reply(&[(b'S', b"application_name\0\0")]),
+        ready(),
+    ]
+    .concat();
+    assert_eq!(h.backend(&answer), vec![]);
+    let bytes = std::mem::take(&mut h.to_client);
+    assert_eq!(tags(&bytes), b"CSZS");
+    assert_eq!(
+        parameter_statuses(&bytes),
+        [
+            ("application_name".to_owned(), String::new()),
+            ("application_name".to_owned(), "psql".to_owned())
+        ],
+        "the server's report, then the client's own value, as PostgreSQL would give it"
+    );
+    let sync = String::from_utf8_lossy(&h.take_backend()[5..]).into_owned();
+    assert!(
+        sync.contains("'application_name', E'psql'") && sync.contains("'work_mem', E'5MB'"),
+        "{sync}"
+    );
+    assert_eq!(
+        h.backend(
+            &[
+                simple_reply(&[(b'T', b"\0\0"), (b'C', b"SELECT 1\0")]),
+                ready()
+            ]
+            .concat()
+        ),
+        vec![Action::Release]
+    );
+    assert_eq!(h.session.desired.get("work_mem"), Some("5MB"));
+    assert_eq!(h.backend.params.get("work_mem"), Some("5MB"));
+}
+
+#[test]
+fn clients_with_different_search_paths_do_not_share_a_statement_or_its_description() {
+    let mut a = Harness::logged_in_with(AuthMethod::Scram, &[("options", "-c search_path=a")]);
+    a.send(
+        &[
+            parse_msg("s", "SELECT * FROM t"),
+            describe_named("s"),
+            sync_msg(),
+        ]
+        .concat(),
+    );
+    a.attach_matching_backend(BackendContext::new(4));
+    a.send(&[]);
+    let a_server = names(&a.take_backend())[0].1.clone();
+    a.backend(&[prepared_reply("from_a"), shape_answer("from_a"), ready()].concat());
+    // The same text from a client whose path resolves it to another table: not answered
+    // from A's statement (verified, described and cached), but prepared for its own path.
+    let mut b = Harness::new(AuthMethod::Scram, ClientTls::Optional);
+    b.context = a.context.clone();
+    b.scram_login_with("alice", PASSWORD, &[("options", "-c search_path=b")]);
+    b.to_client.clear();
+    b.take_actions();
+    b.send(
+        &[
+            parse_msg("s", "SELECT * FROM t"),
+            describe_named("s"),
+            sync_msg(),
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        b.take_actions(),
+        vec![Action::Acquire],
+        "a server must check it"
+    );
+    // A's backend, with B's settings by now.
+    b.attach_matching_backend(std::mem::replace(&mut a.backend, BackendContext::new(0)));
+    b.send(&[]);
+    let sent = names(&b.take_backend());
+    assert_eq!(
+        sent.len(),
+        3,
+        "Parse, Describe and the client's Describe: {sent:?}"
+    );
+    assert_ne!(sent[0].1, a_server, "a server statement of its own");
+    // A client with A's path shares A's statement, answered without a backend.
+    let mut c = Harness::new(AuthMethod::Scram, ClientTls::Optional);
+    c.context = a.context.clone();
+    c.scram_login_with("alice", PASSWORD, &[("options", "-c search_path=a")]);
+    c.to_client.clear();
+    c.take_actions();
+    c.send(
+        &[
+            parse_msg("mine", "SELECT * FROM t"),
+            describe_named("mine"),
+            sync_msg(),
+        ]
+        .concat(),
+    );
+    assert!(c.take_actions().is_empty());
+    assert_eq!(
+        c.to_client,
+        [
+            simple_reply(&[(b'1', b"")]),
+            shape_answer("from_a"),
+            ready()
+        ]
+        .concat()
+    );
+}
+
+// ---- track_extra_parameters ---------------------------------------------------------------
+
+/// A harness whose database reads back `extras` (`track_extra_parameters`).
+fn logged_in_tracking(extras: &[&str]) -> Harness {
+    let mut h = Harness::new(AuthMethod::Scram, ClientTls::Optional);
+    h.context = Arc::new(DatabaseContext {
+        registry: Registry::new(16, 16),
+        track_extra: extras.iter().map(|e| e.to_string()).collect(),
+        overrides: Vec::new(),
+        shared_params: Default::default(),
+    });
+    h.scram_login("alice", PASSWORD);
+    h.to_client.clear();
+    h.take_actions();
+    h
+}
+
+/// The answer to a read-back of one parameter.
+fn captured(value: &str) -> Vec<u8> {
+    let mut row = 1u16.to_be_bytes().to_vec();
+    row.extend_from_slice(&(value.len() as u32).to_be_bytes());
+    row.extend_from_slice(value.as_bytes());
+    [
+        shape_answer("current_setting")[7..].to_vec(),
+        simple_reply(&[(b'D', &row), (b'C', b"SELECT 1\0")]),
+        ready(),
+    ]
+    .concat()
+}
+
+#[test]
+fn extras_are_read_back_after_a_set_config_with_bound_arguments() {
+    let mut h = logged_in_tracking(&["search_path"]);
+    let mut batch = parse_msg("", "SELECT set_config($1, $2, false)");
+    frontend::bind(&mut batch, b"", b"", &[], [], &[]);
+    frontend::execute(&mut batch, b"", 0);
+    batch.extend_from_slice(&sync_msg());
+    h.send(&batch);
+    h.attach_matching_backend(BackendContext::new(4));
+    h.send(&[]);
+    assert_eq!(h.take_backend(), batch);
+    let answer = [
+        simple_reply(&[(b'1', b""), (b'2', b"")]),
+        simple_reply(&[(b'D', b"\0\x01\0\0\0\x08a_schema"), (b'C', b"SELECT 1\0")]),
+        ready(),
+    ]
+    .concat();
+    assert_eq!(
+        h.backend(&answer),
+        vec![],
+        "the backend is kept for the read-back"
+    );
+    assert_eq!(
+        h.to_client, answer,
+        "the client has its ReadyForQuery already"
+    );
+    let sent = h.take_backend();
+    assert_eq!(tags(&sent), b"Q");
+    assert!(
+        String::from_utf8_lossy(&sent).contains("current_setting(E'search_path', true)"),
+        "{sent:?}"
+    );
+    h.to_client.clear();
+    assert_eq!(h.backend(&captured("a_schema")), vec![Action::Release]);
+    assert!(h.to_client.is_empty(), "the read-back is not shown");
+    assert_eq!(h.session.desired.get("search_path"), Some("a_schema"));
+    assert_eq!(h.backend.params.get("search_path"), Some("a_schema"));
+}
+
+#[test]
+fn extras_are_read_back_after_every_transaction_that_ran_a_statement() {
+    let mut h = logged_in_tracking(&["search_path", "application_name"]);
+    h.send(&query("SELECT f()"));
+    h.attach_matching_backend(BackendContext::new(4));
+    h.send(&[]);
+    h.take_backend();
+    assert_eq!(h.backend(&[select_one_rows(), ready()].concat()), vec![]);
+    let sent = String::from_utf8_lossy(&h.take_backend()).into_owned();
+    assert!(sent.contains("'search_path'"), "{sent}");
+    assert!(
+        !sent.contains("application_name"),
+        "reported parameters need no reading: {sent}"
+    );
+    assert_eq!(h.backend(&captured("other")), vec![Action::Release]);
+    assert_eq!(h.session.desired.get("search_path"), Some("other"));
+    // A lending that ran nothing (a Describe pglink could not answer) reads nothing back.
+    h.send(&[parse_msg("s", "SELECT 1"), sync_msg()].concat());
+    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.take_actions();
+    h.send(&[]);
+    h.take_backend();
+    assert_eq!(
+        h.backend(&[prepared_reply("x"), ready()].concat()),
+        vec![Action::Release]
+    );
+    // Without extras nothing is read back either.
+    let mut plain = Harness::logged_in(AuthMethod::Scram);
+    plain.send(&query("SELECT f()"));
+    plain.attach_matching_backend(BackendContext::new(4));
+    plain.send(&[]);
+    plain.take_backend();
+    assert_eq!(
+        plain.backend(&[select_one_rows(), ready()].concat()),
+        vec![Action::Release]
+    );
+}
+
+// ---- default_startup_parameters ---------------------------------------------------------
+
+#[test]
+fn default_startup_parameters_override_the_clients_own() {
+    let context = Arc::new(DatabaseContext {
+        registry: Registry::new(16, 16),
+        track_extra: Vec::new(),
+        overrides: vec![("statement_timeout".into(), "1234ms".into())],
+        shared_params: Default::default(),
+    });
+    let login = |extra: &[(&str, &str)]| {
+        let mut h = Harness::new(AuthMethod::Scram, ClientTls::Optional);
+        h.context = context.clone();
+        h.scram_login_with("alice", PASSWORD, extra);
+        h.to_client.clear();
+        h.take_actions();
+        h
+    };
+    let mut a = login(&[("options", "-c statement_timeout=4321 -c work_mem=7MB")]);
+    assert_eq!(a.session.desired.get("statement_timeout"), Some("1234ms"));
+    assert_eq!(
+        a.session.desired.get("work_mem"),
+        Some("7MB"),
+        "others are kept"
+    );
+    // A server connection that logged in with the configured value needs only work_mem.
+    let mut fresh = BackendContext::new(4);
+    let reported: ParamList = a.params.as_deref().cloned().unwrap_or_default();
+    fresh.set_login_params(&reported, &context.overrides);
+    a.send(&query("SET statement_timeout = '5s'"));
+    a.backend = fresh;
+    a.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    a.take_actions();
+    a.send(&[]);
+    let sync = String::from_utf8_lossy(&a.take_backend()).into_owned();
+    assert!(
+        sync.contains("'work_mem', E'7MB'") && !sync.contains("statement_timeout"),
+        "{sync}"
+    );
+    let synced = [
+        simple_reply(&[(b'T', b"\0\0"), (b'C', b"SELECT 1\0")]),
+        ready(),
+    ]
+    .concat();
+    assert_eq!(a.backend(&synced), vec![Action::ResumeInput]);
+    a.send(&[]);
+    assert_eq!(a.take_backend(), query("SET statement_timeout = '5s'"));
+    // The client's own SET afterwards is its own.
+    assert_eq!(
+        a.backend(&[command_complete("SET"), ready()].concat()),
+        vec![]
+    );
+    a.take_backend();
+    assert_eq!(a.backend(&captured("5s")), vec![Action::Release]);
+    assert_eq!(a.session.desired.get("statement_timeout"), Some("5s"));
+    // Another client on that connection gets the configured value back first.
+    let mut b = login(&[("options", "-c statement_timeout=1")]);
+    b.send(&query("SHOW statement_timeout"));
+    b.backend = std::mem::replace(&mut a.backend, BackendContext::new(0));
+    b.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    b.send(&[]);
+    let sync = String::from_utf8_lossy(&b.take_backend()).into_owned();
+    assert!(sync.contains("'statement_timeout', E'1234ms'"), "{sync}");
+}
+
+#[test]
+fn a_backend_whose_settings_are_in_doubt_is_not_reused_after_its_client_leaves() {
+    // The client's SET is on its way when it leaves: what it did is unknown.
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    h.send(&query("SET work_mem = '77MB'"));
+    h.attach_matching_backend(BackendContext::new(4));
+    h.send(&[]);
+    assert!(matches!(h.session.detach(), Some(BackendFate::Drop)));
+    // The same once it is done but the value is still being read back.
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    h.send(&query("SET work_mem = '77MB'"));
+    h.attach_matching_backend(BackendContext::new(4));
+    h.send(&[]);
+    assert_eq!(
+        h.backend(&[command_complete("SET"), ready()].concat()),
+        vec![]
+    );
+    assert!(matches!(h.session.detach(), Some(BackendFate::Drop)));
+    // A reported parameter is reported to whoever drains the backend: it can be reused.
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    h.send(&query("SET application_name = 'gone'"));
+    h.attach_matching_backend(BackendContext::new(4));
+    h.send(&[]);
+    assert!(matches!(h.session.detach(), Some(BackendFate::Reset(_))));
 }

@@ -410,13 +410,18 @@ pub static DATABASE: Section = section(
         Field::new(
             "track_extra_parameters",
             Kind::StringList,
-            "Parameters to read back from the server, together with those the client's own \
-             SET, RESET or set_config changed, after a transaction that changed settings: for \
-             a setting that a function changes as a side effect in such a transaction. Every \
-             parameter a client sends at startup or sets itself is carried to whichever server \
-             connection it gets next whether listed here or not; those PostgreSQL reports on \
-             its own (client_encoding, DateStyle, TimeZone, application_name and the like) \
-             need no reading back. Example: `[\"search_path\"]`.",
+            "Parameters whose values pglink reads back from the server after every \
+             transaction that ran a statement, so that they follow the client to its next \
+             server connection and never reach another client even when the statement text \
+             does not name them: a function that calls set_config, set_config with bound \
+             arguments. The cost is one extra round trip per transaction on the server \
+             connection, after the client has its answer and before the connection goes back \
+             to the pool. Without this, a parameter follows its client when the client's own \
+             startup parameters, SET, RESET or set_config with a literal name change it; a \
+             change of any other parameter inside a function is not seen. Parameters \
+             PostgreSQL reports on its own (client_encoding, DateStyle, TimeZone, \
+             IntervalStyle, application_name and the like) need no listing. Example: \
+             `[\"search_path\"]`.",
         )
         .default("[]"),
     ],

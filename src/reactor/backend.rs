@@ -461,9 +461,15 @@ impl Reactor {
             return;
         };
         let login = *login;
-        for (name, value) in &login.server_params {
-            b.context.params.set(name, value);
-        }
+        // It has the values it logged in with, the configured ones included: clients whose
+        // settings match need no sync query on its first lending.
+        let startup = self
+            .shared
+            .pools
+            .get(b.pool)
+            .and_then(|p| self.shared.databases.get(p.db))
+            .map_or(&[][..], |db| &db.target.startup_params[..]);
+        b.context.set_login_params(&login.server_params, startup);
         b.params = Arc::new(login.server_params);
         b.server_key = login.cancel_key;
         b.idle_since = self.now;
@@ -593,7 +599,10 @@ impl Reactor {
     /// Draining: swallow responses until the backend is idle again, then return it.
     fn backend_drain(&mut self, bi: usize) -> bool {
         let Reactor {
-            backends, scratch, ..
+            backends,
+            scratch,
+            shared,
+            ..
         } = self;
         let Some(b) = backends.get_mut(bi) else {
             return false;
@@ -613,6 +622,18 @@ impl Reactor {
                         .statements
                         .set_shape(statement.id, BackendShape::Stale);
                 }
+                Outcome::Reset(reset) => {
+                    b.context.statements.retain_only(&reset.preparing);
+                    if reset.discard_all {
+                        // Back to what it had at login.
+                        let startup = shared
+                            .pools
+                            .get(b.pool)
+                            .and_then(|p| shared.databases.get(p.db))
+                            .map_or(&[][..], |db| &db.target.startup_params[..]);
+                        b.context.set_login_params(&b.params, startup);
+                    }
+                }
                 _ => {}
             }
         }
@@ -621,7 +642,16 @@ impl Reactor {
                 input.consume(n);
                 n > 0
             }
-            Ok((n, BackendStop::ParameterStatus { .. })) => {
+            Ok((n, BackendStop::ParameterStatus { start, end, .. })) => {
+                // A statement of the client that left changed it (or a rollback restored it).
+                let body = input.filled().get(start..end).unwrap_or_default();
+                let mut parts = body.split(|&b| b == 0);
+                if let (Some(name), Some(value)) = (parts.next(), parts.next()) {
+                    b.context.params.set(
+                        &String::from_utf8_lossy(name),
+                        &String::from_utf8_lossy(value),
+                    );
+                }
                 input.consume(n);
                 true
             }

@@ -516,7 +516,11 @@ fn absurd_lengths_are_rejected_before_buffering() {
 }
 
 fn statement(query: &[u8]) -> Arc<Statement> {
-    super::super::statements::Registry::new(10, 10).get_or_insert(query, &[])
+    super::super::statements::Registry::new(10, 10).get_or_insert(&super::super::statements::Key {
+        query,
+        param_types: &[],
+        search_path: None,
+    })
 }
 
 #[test]
