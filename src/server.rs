@@ -126,6 +126,7 @@ impl Server {
             config.max_client_connections as usize,
             config.client_login_timeout,
             DEFAULT_MAX_MESSAGE_LEN,
+            reactors,
         ));
         let resolver = start_resolver(&shared)?;
         let (listeners, local_addrs) = bind_listeners(config, reactors)?;

@@ -138,7 +138,7 @@ impl Session {
                 }
                 let statement = named.statement;
                 if statement.has_session_effects() {
-                    self.inspect_statement(&statement.query);
+                    self.inspect_statement(&statement.query, out);
                 }
                 b.encode_with_statement(out.to_backend, &statement.server_name);
                 self.relay
@@ -189,7 +189,7 @@ impl Session {
             // Unnamed statements and portals: untouched (but looked at).
             other => {
                 if let FrontendMessage::Parse(p) = other {
-                    self.inspect_statement(p.query);
+                    self.inspect_statement(p.query, out);
                 }
                 let header = crate::protocol::framing::Header {
                     tag,
@@ -227,11 +227,16 @@ impl Session {
                 let Some(database) = self.db_context.clone() else {
                     return Handled::NeedBackend;
                 };
-                let statement = database.registry.get_or_insert(p.query, &types);
-                if !statement.is_verified() {
-                    // Never accepted by a server: a server must check it now.
+                // A statement that is new, or that no server has accepted yet, must be
+                // checked by a server now (and is looked up again then).
+                let Some(statement) = database
+                    .registry
+                    .find(p.query, &types)
+                    .filter(|s| s.is_verified())
+                else {
                     return Handled::NeedBackend;
-                }
+                };
+                database.registry.count_hit();
                 // The client's shape is the latest a server showed, if pglink has it; else
                 // the first backend to run it shows it.
                 let shape = statement.cached_shape();
@@ -371,6 +376,7 @@ impl Session {
     fn fail_batch(&mut self, out: &mut Out<'_>, code: SqlState, message: &str) {
         let mut error = Vec::new();
         ErrorBuilder::new(Severity::Error, code, message).encode_error(&mut error);
+        out.stats.error_sent(code);
         self.fail_batch_with(out, error);
     }
 
@@ -390,12 +396,14 @@ impl Session {
         )
         .routine("RevalidateCachedQuery")
         .encode_error(&mut error);
+        out.stats.error_sent(SqlState::FEATURE_NOT_SUPPORTED);
         self.fail_batch_with(out, error);
     }
 
     /// The same without a backend: the error, then drop messages up to Sync.
     pub(super) fn fail_locally(&mut self, out: &mut Out<'_>, code: SqlState, message: &str) {
         ErrorBuilder::new(Severity::Error, code, message).encode_error(out.to_client);
+        out.stats.error_sent(code);
         self.skip_to_sync = true;
     }
 

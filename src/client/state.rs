@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use super::inspect::{self, LocalCommand, Touched};
+use super::inspect::{self, LocalCommand, PinReason, Touched};
 use super::params::{self, Params};
 use super::relay::{Effect, Expect, Route};
 use super::statements::server_name;
@@ -113,6 +113,7 @@ impl Session {
         );
         crate::protocol::ErrorBuilder::new(crate::protocol::Severity::Fatal, code, &text)
             .encode_error(out.to_client);
+        out.stats.error_sent(code);
         self.syncing = false;
         self.state = super::State::Closed;
         out.actions.push(super::Action::Release);
@@ -141,7 +142,7 @@ impl Session {
     }
 
     /// Notes what a statement text the client sends does to session state.
-    pub(super) fn inspect_statement(&mut self, sql: &[u8]) {
+    pub(super) fn inspect_statement(&mut self, sql: &[u8], out: &mut Out<'_>) {
         if !inspect::worth_inspecting(sql) {
             return;
         }
@@ -157,7 +158,7 @@ impl Session {
         }
         if let Some(reason) = inspect::pin_reason(sql) {
             // SQL PREPARE too, even inside a transaction block: a rollback does not undo it.
-            self.pin(reason);
+            self.pin(reason, out);
         }
         if inspect::is_ddl(sql)
             && let Some(db) = &self.db_context
@@ -166,7 +167,9 @@ impl Session {
         }
     }
 
-    fn pin(&mut self, reason: &'static str) {
+    /// Pins the session (once). The reactor counts the pin down again when it removes the
+    /// client ([`Session::pinned`]).
+    fn pin(&mut self, reason: PinReason, out: &mut Out<'_>) {
         if self.pinned.is_none() {
             log::info!(
                 "client {}@{} pinned to its server connection: it used {reason}",
@@ -174,10 +177,14 @@ impl Session {
                 self.database
             );
             self.pinned = Some(reason);
+            if let Some(p) = self.pool.and_then(|p| out.stats.pool(p)) {
+                p.pinned(reason);
+            }
         }
     }
 
-    pub fn pinned(&self) -> Option<&'static str> {
+    /// Why the session keeps its backend for good, if it does.
+    pub fn pinned(&self) -> Option<PinReason> {
         self.pinned
     }
 
@@ -229,7 +236,7 @@ impl Session {
             }
             _ => {
                 if held {
-                    self.inspect_statement(sql);
+                    self.inspect_statement(sql, out);
                 }
                 QueryHandling::Forward
             }
@@ -248,6 +255,7 @@ impl Session {
         let mut answer = Vec::with_capacity(64);
         crate::protocol::ErrorBuilder::new(crate::protocol::Severity::Error, code, message)
             .encode_error(&mut answer);
+        out.stats.error_sent(code);
         be_msg::ready_for_query(&mut answer, self.relay.status());
         self.emit_local(&answer, held, out);
     }
