@@ -133,7 +133,7 @@ impl Shared {
         self.stats.len()
     }
 
-    /// Reactor threads running their loop (all of them until shutdown, unless one failed).
+    /// Reactors created and not yet stopped (all of them until shutdown, unless one failed).
     pub fn reactors_running(&self) -> usize {
         self.running.load(Ordering::Acquire)
     }
@@ -273,6 +273,9 @@ pub struct Reactor {
     now: Instant,
     /// This reactor's counters (also in `Shared::stats`); only this thread writes them.
     stats: Arc<ReactorStats>,
+    /// Counts this reactor in `Shared::reactors_running` from its creation until its loop
+    /// ends (or its thread unwinds), so a server that has started reports every reactor.
+    _running: Running,
     /// Set once shutdown has begun: when everything is closed regardless.
     shutdown_deadline: Option<Instant>,
     /// Connections accepted only to be refused, not yet closed.
@@ -305,6 +308,7 @@ impl Reactor {
             .get(id)
             .cloned()
             .unwrap_or_else(|| Arc::new(ReactorStats::new(0, 0)));
+        let running = Running::enter(shared.clone());
         let reactor = Reactor {
             id,
             poll,
@@ -332,6 +336,7 @@ impl Reactor {
             rng: OsRng,
             now: Instant::now(),
             stats,
+            _running: running,
             shutdown_deadline: None,
             refusing: 0,
         };
@@ -340,7 +345,6 @@ impl Reactor {
 
     /// Runs until shutdown completes.
     pub fn run(mut self) {
-        let _running = Running::enter(self.shared.clone());
         if let Some(tid) = current_thread_id() {
             self.stats.set_thread_id(tid);
         }
@@ -552,7 +556,7 @@ impl Reactor {
     }
 }
 
-/// Counts a reactor thread as running while it is in its loop (also if it panics).
+/// Counts a reactor as running while it exists (see `Reactor::_running`).
 struct Running(Arc<Shared>);
 
 impl Running {
