@@ -9,7 +9,8 @@
 //!    │  pool shards + cross-reactor hand-off      │
 //!    └─────────────┬───────────────┬──────────────┘
 //!                  │ TCP / TLS     │ channels + mio::Waker
-//!           PostgreSQL          helper threads: secrets refresh, DNS, cancel delivery
+//!           PostgreSQL          helper threads: secrets refresh, DNS, cancel delivery,
+//!                               metrics/admin HTTP (reads the reactors' atomics)
 //! ```
 //!
 //! The lower layers are *sans-IO*: they take bytes and `Instant`s and hand back bytes and
@@ -28,7 +29,8 @@
 //! - [`server`]: starting and stopping the whole thing — the embedding API.
 //! - [`config`]: the `pglink.json` model, defaults, validation and secret resolution.
 //! - [`tls`]: rustls configuration for both sides.
-//! - [`observe`]: logging (metrics, tracing and the flight recorder will live here).
+//! - [`observe`]: logging; hot-path counters (every build) and, with the `metrics` feature,
+//!   their Prometheus exposition and the admin endpoint (`/healthz`, `/debug/pools`).
 //! - [`cli`]: the `pglink` command line.
 //!
 //! # The session contract

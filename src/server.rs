@@ -52,6 +52,11 @@ pub enum StartError {
         addr: String,
         error: std::io::Error,
     },
+    /// The metrics endpoint (`prometheus.listen`) could not listen.
+    MetricsListen {
+        addr: String,
+        error: std::io::Error,
+    },
     Thread(std::io::Error),
     /// A configured feature is not available.
     Unsupported(String),
@@ -65,6 +70,9 @@ impl fmt::Display for StartError {
                 write!(f, "databases.{database}.backend: {error}")
             }
             StartError::Listen { addr, error } => write!(f, "cannot listen on {addr}: {error}"),
+            StartError::MetricsListen { addr, error } => {
+                write!(f, "prometheus.listen: cannot listen on {addr}: {error}")
+            }
             StartError::Thread(e) => write!(f, "cannot start threads: {e}"),
             StartError::Unsupported(what) => f.write_str(what),
         }
@@ -80,6 +88,9 @@ pub struct Server {
     local_addrs: Vec<SocketAddr>,
     resolver: Option<Resolver>,
     secrets: Option<config::SecretsWatcher>,
+    #[cfg(feature = "metrics")]
+    admin: Option<crate::observe::http::AdminServer>,
+    metrics_addrs: Vec<SocketAddr>,
 }
 
 impl Server {
@@ -100,6 +111,14 @@ impl Server {
     /// Starts pglink with already-resolved secrets (no refresh).
     pub fn start_with(config: &Config, secrets: &ResolvedSecrets) -> Result<Server, StartError> {
         refuse_unimplemented(config)?;
+        #[cfg(not(feature = "metrics"))]
+        if config.prometheus.is_some() {
+            return Err(StartError::Unsupported(
+                "prometheus: Prometheus metrics are not compiled into this pglink (rebuild with \
+                 cargo feature \"metrics\", or remove the prometheus section)"
+                    .into(),
+            ));
+        }
         let reactors = config.effective_reactor_threads().max(1);
         let (server_tls, channel_binding) = client_tls(config)?;
         let (databases, pools, users) = build_pools(config, secrets, reactors)?;
@@ -126,9 +145,19 @@ impl Server {
             config.max_client_connections as usize,
             config.client_login_timeout,
             DEFAULT_MAX_MESSAGE_LEN,
+            reactors,
         ));
         let resolver = start_resolver(&shared)?;
         let (listeners, local_addrs) = bind_listeners(config, reactors)?;
+        // Bound before any thread starts, so that a taken port fails the start cleanly.
+        #[cfg(feature = "metrics")]
+        let metrics_listeners = match &config.prometheus {
+            Some(p) => Some(
+                crate::observe::http::bind(&p.listen)
+                    .map_err(|(addr, error)| StartError::MetricsListen { addr, error })?,
+            ),
+            None => None,
+        };
         let mut handles = Vec::with_capacity(reactors);
         let mut loops = Vec::with_capacity(reactors);
         for (id, sockets) in listeners.into_iter().enumerate() {
@@ -155,18 +184,37 @@ impl Server {
                 .join(", "),
             shared.databases.len()
         );
-        Ok(Server {
+        #[allow(unused_mut)]
+        let mut server = Server {
             shared,
             reactors: threads,
             local_addrs,
             resolver,
             secrets: None,
-        })
+            #[cfg(feature = "metrics")]
+            admin: None,
+            metrics_addrs: Vec::new(),
+        };
+        #[cfg(feature = "metrics")]
+        if let (Some(listeners), Some(p)) = (metrics_listeners, &config.prometheus) {
+            // On failure `server` is dropped, which stops the reactors again.
+            let admin =
+                crate::observe::http::AdminServer::start(listeners, server.shared.clone(), &p.path)
+                    .map_err(StartError::Thread)?;
+            server.metrics_addrs = admin.local_addrs().to_vec();
+            server.admin = Some(admin);
+        }
+        Ok(server)
     }
 
     /// The addresses actually bound (useful with port 0).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local_addrs
+    }
+
+    /// Where the metrics endpoint listens (empty without a `prometheus` section).
+    pub fn metrics_addrs(&self) -> &[SocketAddr] {
+        &self.metrics_addrs
     }
 
     /// Clients connected right now.
@@ -202,6 +250,11 @@ impl Server {
         if let Some(secrets) = self.secrets.take() {
             secrets.stop();
         }
+        // Last: /healthz answers 503 while the reactors wind down.
+        #[cfg(feature = "metrics")]
+        if let Some(admin) = self.admin.take() {
+            admin.stop();
+        }
     }
 }
 
@@ -229,9 +282,6 @@ impl Stopper {
 /// `pglink -check` calls it too, so a configuration that passes the check gets past it.
 pub fn refuse_unimplemented(config: &Config) -> Result<(), StartError> {
     let mut missing = Vec::new();
-    if config.prometheus.is_some() {
-        missing.push("prometheus");
-    }
     if config.opentelemetry.as_ref().is_some_and(|o| o.enabled) {
         missing.push("opentelemetry");
     }

@@ -224,6 +224,17 @@ fn logged_errors(stderr: &str) -> Vec<String> {
         .collect()
 }
 
+/// A configuration of one database, listening on an ephemeral port, with `extra` members.
+fn config_with(extra: &str) -> String {
+    format!(
+        r#"{{"listen": "127.0.0.1:0", "tls": {{"sslmode": "disable"}}, {extra}
+            "databases": {{"db": {{"users": [{{"username": {{"insecure_value": "u"}},
+                                              "password": {{"insecure_value": "p"}}}}],
+                                   "backend": {{"host": "127.0.0.1", "port": 1,
+                                               "database": "db", "pool_max_conns": 1}}}}}}}}"#
+    )
+}
+
 #[test]
 fn check_refuses_what_start_refuses() {
     // A directory of its own: valid_config_starts_logs_json_and_stops_on_sigterm removes the
@@ -234,9 +245,6 @@ fn check_refuses_what_start_refuses() {
         "flight_recorder",
         format!(r#"{{"output_dir": {:?}}}"#, dir.to_str().unwrap()),
     )];
-    if cfg!(feature = "metrics") {
-        sections.push(("prometheus", r#"{"listen": "127.0.0.1:0"}"#.into()));
-    }
     if cfg!(feature = "otel") {
         sections.push((
             "opentelemetry",
@@ -244,13 +252,7 @@ fn check_refuses_what_start_refuses() {
         ));
     }
     for (name, section) in sections {
-        let text = format!(
-            r#"{{"listen": "127.0.0.1:0", "tls": {{"sslmode": "disable"}}, "{name}": {section},
-                "databases": {{"db": {{"users": [{{"username": {{"insecure_value": "u"}},
-                                                  "password": {{"insecure_value": "p"}}}}],
-                                       "backend": {{"host": "127.0.0.1", "port": 1,
-                                                   "database": "db", "pool_max_conns": 1}}}}}}}}"#
-        );
+        let text = config_with(&format!(r#""{name}": {section},"#));
         let file = dir.join(format!("unimplemented-{name}.json"));
         std::fs::write(&file, text).unwrap();
         let file = file.to_str().unwrap();
@@ -271,6 +273,45 @@ fn check_refuses_what_start_refuses() {
         assert_eq!(code, 1, "{name}: {stderr}");
         assert_eq!(logged_errors(&stderr), checked, "{name}");
     }
+    // Prometheus is implemented: -check accepts it (and a build without the feature rejects
+    // it as invalid, see invalid_config_lists_every_problem).
+    if cfg!(feature = "metrics") {
+        let file = dir.join("prometheus.json");
+        std::fs::write(
+            &file,
+            config_with(r#""prometheus": {"listen": "127.0.0.1:0"},"#),
+        )
+        .unwrap();
+        let (code, stdout, stderr) =
+            run(&mut pglink(&["-config", file.to_str().unwrap(), "-check"]));
+        assert_eq!(code, 0, "{stdout}{stderr}");
+        assert!(stdout.contains("configuration OK"), "{stdout}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn taken_metrics_port_fails_the_start_naming_prometheus_listen() {
+    if !cfg!(feature = "metrics") {
+        return;
+    }
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = std::env::temp_dir().join(format!("pglink-cli-metrics-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("taken.json");
+    let prometheus = format!(r#""prometheus": {{"listen": "{addr}"}},"#);
+    std::fs::write(&file, config_with(&prometheus)).unwrap();
+    let (code, _, stderr) = run(&mut pglink(&["-config", file.to_str().unwrap(), "-json"]));
+    assert_eq!(code, 1, "{stderr}");
+    let errors = logged_errors(&stderr);
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].starts_with(&format!(
+            "cannot start: prometheus.listen: cannot listen on {addr}:"
+        )),
+        "{errors:?}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 

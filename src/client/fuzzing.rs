@@ -68,6 +68,7 @@ fn run_script(data: &[u8]) -> Session {
     let mut session = Session::new(CancelKey::new(1, [2; 32], 32), 1 << 16);
     let (mut to_client, mut to_backend, mut actions) = (Vec::new(), Vec::new(), Vec::new());
     let mut backend = BackendContext::new(4);
+    let stats = crate::observe::metrics::ReactorStats::new(4, 4);
     let context = Arc::new(DatabaseContext {
         registry: Registry::new(16, 16),
         track_extra: vec!["search_path".into()],
@@ -90,6 +91,7 @@ fn run_script(data: &[u8]) -> Session {
             to_backend: &mut to_backend,
             backend: &mut backend,
             actions: &mut actions,
+            stats: &stats,
         };
         match op % 8 {
             0 => {

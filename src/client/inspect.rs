@@ -154,8 +154,35 @@ fn normalize(word: &[u8]) -> String {
     }
 }
 
+crate::observe::metrics::label_enum! {
+    /// Server-side state that pins a session to its server connection.
+    pub enum PinReason {
+        Listen = "listen",
+        /// `pg_advisory_lock`, `pg_try_advisory_lock` and their shared variants.
+        AdvisoryLock = "advisory_lock",
+        TemporaryTable = "temporary_table",
+        /// `DECLARE … WITH HOLD`.
+        WithHoldCursor = "with_hold_cursor",
+        /// SQL `PREPARE` (a rollback does not undo it).
+        SqlPrepare = "sql_prepare",
+    }
+}
+
+impl std::fmt::Display for PinReason {
+    /// What the session used, for the log line: "it used {reason}".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PinReason::Listen => "LISTEN",
+            PinReason::AdvisoryLock => "a session advisory lock",
+            PinReason::TemporaryTable => "a temporary table",
+            PinReason::WithHoldCursor => "a WITH HOLD cursor",
+            PinReason::SqlPrepare => "SQL PREPARE",
+        })
+    }
+}
+
 /// Why a statement pins its client to the backend, if it does.
-pub fn pin_reason(sql: &[u8]) -> Option<&'static str> {
+pub fn pin_reason(sql: &[u8]) -> Option<PinReason> {
     static PIN: OnceLock<Regex> = OnceLock::new();
     let pin = regex(
         &PIN,
@@ -163,15 +190,15 @@ pub fn pin_reason(sql: &[u8]) -> Option<&'static str> {
     );
     let caps = pin.captures(sql)?;
     Some(if caps.name("lock").is_some() {
-        "a session advisory lock"
+        PinReason::AdvisoryLock
     } else if caps.name("listen").is_some() {
-        "LISTEN"
+        PinReason::Listen
     } else if caps.name("temp").is_some() {
-        "a temporary table"
+        PinReason::TemporaryTable
     } else if caps.name("prepare").is_some() {
-        "SQL PREPARE"
+        PinReason::SqlPrepare
     } else {
-        "a WITH HOLD cursor"
+        PinReason::WithHoldCursor
     })
 }
 
@@ -313,35 +340,38 @@ mod tests {
         let reason = |s: &str| pin_reason(s.as_bytes());
         assert_eq!(
             reason("SELECT pg_advisory_lock(1)"),
-            Some("a session advisory lock")
+            Some(PinReason::AdvisoryLock)
         );
         assert_eq!(
             reason("select PG_TRY_ADVISORY_LOCK_SHARED(1, 2)"),
-            Some("a session advisory lock")
+            Some(PinReason::AdvisoryLock)
         );
         assert_eq!(reason("SELECT pg_advisory_xact_lock(1)"), None);
         assert_eq!(reason("SELECT pg_advisory_unlock(1)"), None);
-        assert_eq!(reason("LISTEN chan"), Some("LISTEN"));
-        assert_eq!(reason("BEGIN; LISTEN chan; COMMIT"), Some("LISTEN"));
+        assert_eq!(reason("LISTEN chan"), Some(PinReason::Listen));
+        assert_eq!(
+            reason("BEGIN; LISTEN chan; COMMIT"),
+            Some(PinReason::Listen)
+        );
         assert_eq!(
             reason("create temp table t (a int)"),
-            Some("a temporary table")
+            Some(PinReason::TemporaryTable)
         );
         assert_eq!(
             reason("CREATE GLOBAL TEMPORARY TABLE t (a int)"),
-            Some("a temporary table")
+            Some(PinReason::TemporaryTable)
         );
         assert_eq!(
             reason("SELECT * INTO TEMP t FROM s"),
-            Some("a temporary table")
+            Some(PinReason::TemporaryTable)
         );
         assert_eq!(
             reason("BEGIN; select a, b\ninto temporary table t from s; COMMIT"),
-            Some("a temporary table")
+            Some(PinReason::TemporaryTable)
         );
         assert_eq!(
             reason("WITH x AS (SELECT 1 AS a) SELECT a INTO TEMP t FROM x"),
-            Some("a temporary table")
+            Some(PinReason::TemporaryTable)
         );
         assert_eq!(
             reason("SELECT * INTO t FROM s"),
@@ -356,12 +386,17 @@ mod tests {
         assert_eq!(reason("SELECT * INTO temp_copy FROM s"), None);
         assert_eq!(
             reason("DECLARE c CURSOR WITH HOLD FOR SELECT 1"),
-            Some("a WITH HOLD cursor")
+            Some(PinReason::WithHoldCursor)
         );
-        assert_eq!(reason("PREPARE q AS SELECT 1"), Some("SQL PREPARE"));
+        assert_eq!(reason("PREPARE q AS SELECT 1"), Some(PinReason::SqlPrepare));
         assert_eq!(reason("SELECT 1"), None);
         assert_eq!(reason("CREATE TABLE temperature (a int)"), None);
         assert_eq!(reason("SELECT listen_port FROM t"), None);
+        assert_eq!(
+            PinReason::AdvisoryLock.to_string(),
+            "a session advisory lock"
+        );
+        assert_eq!(PinReason::WithHoldCursor.label(), "with_hold_cursor");
     }
 
     #[test]

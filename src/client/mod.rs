@@ -31,6 +31,7 @@ pub mod users;
 use std::sync::Arc;
 
 use crate::auth::Rng;
+use crate::observe::metrics::ReactorStats;
 use crate::protocol::backend as be_msg;
 use crate::protocol::framing::{Header, peek_header};
 use crate::protocol::frontend::tag as fe;
@@ -142,6 +143,8 @@ pub struct Out<'a> {
     /// What is known of the held backend (an empty scratch context when none is held).
     pub backend: &'a mut BackendContext,
     pub actions: &'a mut Vec<Action>,
+    /// The driving reactor's counters (pins, authentication failures, transactions, errors).
+    pub stats: &'a ReactorStats,
 }
 
 /// The SQL text of a whole Query message (without its NUL).
@@ -262,6 +265,8 @@ pub struct Session {
     tls: bool,
     protocol: ProtocolVersion,
     pool: Option<PoolId>,
+    /// The database, once the startup packet named a configured one.
+    db: Option<DbId>,
     database: String,
     user: String,
     /// Startup parameters other than user/database (application_name, client_encoding, ...).
@@ -293,7 +298,7 @@ pub struct Session {
     /// The client ran RESET ALL / DISCARD ALL in this lending.
     reset_all: bool,
     /// Why the session keeps its backend for good, if it does.
-    pinned: Option<&'static str>,
+    pinned: Option<inspect::PinReason>,
     /// The client messages of the current batch, kept in case it must be replayed (see
     /// `prepared::on_stale_plan`).
     replay: Option<Vec<u8>>,
@@ -319,6 +324,7 @@ impl Session {
             tls: false,
             protocol: ProtocolVersion::V3_0,
             pool: None,
+            db: None,
             database: String::new(),
             user: String::new(),
             startup_params: Vec::new(),
@@ -508,8 +514,12 @@ impl Session {
                     pos += n;
                     match self.after_transaction(out) {
                         state::AfterTransaction::Continue => continue,
-                        state::AfterTransaction::Hold => return pos,
+                        state::AfterTransaction::Hold => {
+                            self.transaction_done(out);
+                            return pos;
+                        }
                         state::AfterTransaction::Release => {
+                            self.transaction_done(out);
                             self.state = State::Idle;
                             out.actions.push(Action::Release);
                             return pos;
@@ -708,6 +718,7 @@ impl Session {
     ) -> usize {
         let (code, message) = acquire_error_text(&error);
         ErrorBuilder::new(Severity::Error, code, &message).encode_error(out.to_client);
+        out.stats.error_sent(code);
         if matches!(header.tag, fe::QUERY | fe::FUNCTION_CALL) {
             be_msg::ready_for_query(out.to_client, TransactionStatus::Idle);
         } else {
@@ -845,9 +856,18 @@ impl Session {
         out.actions.push(Action::LoggedIn);
     }
 
+    /// A transaction ended with nothing outstanding (the backend goes back, or stays with a
+    /// pinned session).
+    fn transaction_done(&self, out: &mut Out<'_>) {
+        if let Some(p) = self.pool.and_then(|p| out.stats.pool(p)) {
+            p.transactions.inc();
+        }
+    }
+
     /// Queues a FATAL error and closes the session.
     fn fatal(&mut self, out: &mut Out<'_>, code: SqlState, message: &str) {
         ErrorBuilder::new(Severity::Fatal, code, message).encode_error(out.to_client);
+        out.stats.error_sent(code);
         if matches!(self.state, State::Active) {
             out.actions.push(Action::DropBackend);
         }

@@ -157,7 +157,7 @@ impl Session {
                 }
                 let statement = named.statement;
                 if statement.has_session_effects() {
-                    self.inspect_statement(&statement.query);
+                    self.inspect_statement(&statement.query, out);
                 }
                 b.encode_with_statement(out.to_backend, &statement.server_name);
                 self.relay
@@ -212,7 +212,7 @@ impl Session {
                         self.fail_batch(out, SqlState::INVALID_SQL_STATEMENT_NAME, &message);
                         return Handled::Done;
                     }
-                    self.inspect_statement(p.query);
+                    self.inspect_statement(p.query, out);
                 }
                 let header = crate::protocol::framing::Header {
                     tag,
@@ -254,15 +254,20 @@ impl Session {
                 let Some(database) = self.db_context.clone() else {
                     return Handled::NeedBackend;
                 };
-                let statement = database.registry.get_or_insert(&Key {
-                    query: p.query,
-                    param_types: &types,
-                    search_path: self.desired.get("search_path"),
-                });
-                if !statement.is_verified() {
-                    // Never accepted by a server: a server must check it now.
+                // A statement that is new, or that no server has accepted yet, must be
+                // checked by a server now (and is looked up again then).
+                let Some(statement) = database
+                    .registry
+                    .find(&Key {
+                        query: p.query,
+                        param_types: &types,
+                        search_path: self.desired.get("search_path"),
+                    })
+                    .filter(|s| s.is_verified())
+                else {
                     return Handled::NeedBackend;
-                }
+                };
+                database.registry.count_hit();
                 // The client's shape is the latest a server showed, if pglink has it; else
                 // the first backend to run it shows it.
                 let shape = statement.cached_shape();
@@ -410,6 +415,7 @@ impl Session {
     fn fail_batch(&mut self, out: &mut Out<'_>, code: SqlState, message: &str) {
         let mut error = Vec::new();
         ErrorBuilder::new(Severity::Error, code, message).encode_error(&mut error);
+        out.stats.error_sent(code);
         self.fail_batch_with(out, error);
     }
 
@@ -429,12 +435,14 @@ impl Session {
         )
         .routine("RevalidateCachedQuery")
         .encode_error(&mut error);
+        out.stats.error_sent(SqlState::FEATURE_NOT_SUPPORTED);
         self.fail_batch_with(out, error);
     }
 
     /// The same without a backend: the error, then drop messages up to Sync.
     pub(super) fn fail_locally(&mut self, out: &mut Out<'_>, code: SqlState, message: &str) {
         ErrorBuilder::new(Severity::Error, code, message).encode_error(out.to_client);
+        out.stats.error_sent(code);
         self.skip_to_sync = true;
     }
 

@@ -194,6 +194,7 @@ impl Session {
             Lookup::NoUser(db) => (db, None),
             Lookup::User(db, entry) => (db, Some(Arc::clone(entry))),
         };
+        self.db = Some(db);
         self.db_context = (env.database)(db);
         self.pool = entry.as_ref().map(|e| e.pool);
         let auth = match env.config.auth_method {
@@ -328,6 +329,9 @@ impl Session {
     }
 
     fn password_failed(&mut self, out: &mut Out<'_>) {
+        if let Some(db) = self.db.and_then(|db| out.stats.database(db)) {
+            db.auth_failures.inc();
+        }
         let text = format!(
             "pglink: password authentication failed for user \"{}\"",
             self.user

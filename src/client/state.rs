@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use super::inspect::{self, LocalCommand, Touched};
+use super::inspect::{self, LocalCommand, PinReason, Touched};
 use super::params::{self, Params};
 use super::relay::{Effect, Expect, Route, ServerReset};
 use super::statements::server_name;
@@ -120,6 +120,7 @@ impl Session {
         );
         crate::protocol::ErrorBuilder::new(crate::protocol::Severity::Fatal, code, &text)
             .encode_error(out.to_client);
+        out.stats.error_sent(code);
         self.syncing = false;
         self.state = super::State::Closed;
         out.actions.push(super::Action::Release);
@@ -148,7 +149,7 @@ impl Session {
     }
 
     /// Notes what a statement text the client sends does to session state.
-    pub(super) fn inspect_statement(&mut self, sql: &[u8]) {
+    pub(super) fn inspect_statement(&mut self, sql: &[u8], out: &mut Out<'_>) {
         if !inspect::worth_inspecting(sql) {
             return;
         }
@@ -167,7 +168,7 @@ impl Session {
         }
         if let Some(reason) = inspect::pin_reason(sql) {
             // SQL PREPARE too, even inside a transaction block: a rollback does not undo it.
-            self.pin(reason);
+            self.pin(reason, out);
         }
         if inspect::is_ddl(sql)
             && let Some(db) = &self.db_context
@@ -183,7 +184,9 @@ impl Session {
         }
     }
 
-    fn pin(&mut self, reason: &'static str) {
+    /// Pins the session (once). The reactor counts the pin down again when it removes the
+    /// client ([`Session::pinned`]).
+    fn pin(&mut self, reason: PinReason, out: &mut Out<'_>) {
         if self.pinned.is_none() {
             log::info!(
                 "client {}@{} pinned to its server connection: it used {reason}",
@@ -191,10 +194,14 @@ impl Session {
                 self.database
             );
             self.pinned = Some(reason);
+            if let Some(p) = self.pool.and_then(|p| out.stats.pool(p)) {
+                p.pinned(reason);
+            }
         }
     }
 
-    pub fn pinned(&self) -> Option<&'static str> {
+    /// Why the session keeps its backend for good, if it does.
+    pub fn pinned(&self) -> Option<PinReason> {
         self.pinned
     }
 
@@ -250,7 +257,7 @@ impl Session {
             }
             _ => {
                 if held {
-                    self.inspect_statement(sql);
+                    self.inspect_statement(sql, out);
                 }
                 QueryHandling::Forward
             }
@@ -293,6 +300,7 @@ impl Session {
         let mut error = Vec::with_capacity(64);
         crate::protocol::ErrorBuilder::new(crate::protocol::Severity::Error, code, message)
             .encode_error(&mut error);
+        out.stats.error_sent(code);
         if held {
             frontend::query(out.to_backend, FAILING_QUERY);
             self.relay.push_failing(Expect::Cycle, error.into());

@@ -193,6 +193,25 @@ pub struct Registry {
     /// Counts DDL seen through pglink: a backend's record of a statement's shape from
     /// before the last one is not trusted for a client that has not seen a shape yet.
     schema_epoch: AtomicU64,
+    /// Lookups and evictions, for metrics (read without the lock).
+    hits: AtomicU64,
+    misses: AtomicU64,
+    evictions: AtomicU64,
+    /// `RegistryInner::len`, readable without the lock.
+    len: AtomicUsize,
+}
+
+/// What [`Registry::counts`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RegistryCounts {
+    /// Distinct statements registered now.
+    pub statements: usize,
+    /// Parses of a statement already registered.
+    pub hits: u64,
+    /// Parses that registered a new statement.
+    pub misses: u64,
+    /// Statements dropped to stay within `prepared_statement_cache_size`.
+    pub evictions: u64,
 }
 
 #[derive(Debug, Default)]
@@ -234,11 +253,55 @@ impl Registry {
             description_capacity,
             descriptions: AtomicUsize::new(0),
             schema_epoch: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+            len: AtomicUsize::new(0),
         }
     }
 
-    /// The statement for this key, shared when sharing is on (otherwise a new one each
-    /// time, private to the caller).
+    /// Registry size and lookup counts (without taking the lock). With sharing off
+    /// (`prepared_statement_cache_size` 0) nothing is registered or counted.
+    pub fn counts(&self) -> RegistryCounts {
+        RegistryCounts {
+            statements: self.len.load(Ordering::Relaxed),
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The registered statement for this key, if there is one
+    /// (never with sharing off). Not counted as a hit or miss: a Parse looked at before a
+    /// backend is held is looked up again with [`Registry::get_or_insert`] once one is,
+    /// unless [`Registry::count_hit`] says it was answered from what this found.
+    pub fn find(&self, key: &Key<'_>) -> Option<Arc<Statement>> {
+        if self.capacity == 0 {
+            return None;
+        }
+        let hash = key.hash();
+        let mut inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        inner.tick += 1;
+        let tick = inner.tick;
+        let entry = inner
+            .buckets
+            .get_mut(&hash)?
+            .iter_mut()
+            .find(|(s, _)| key.matches(s))?;
+        entry.1 = tick;
+        Some(entry.0.clone())
+    }
+
+    /// A Parse was answered from a statement [`Registry::find`] returned.
+    pub fn count_hit(&self) {
+        self.hits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The statement for this key, shared when sharing is on
+    /// (otherwise a new one each time, private to the caller). Counts a hit or a miss.
     pub fn get_or_insert(&self, key: &Key<'_>) -> Arc<Statement> {
         if self.capacity == 0 {
             return Arc::new(Statement::new(NEXT_ID.fetch_add(1, Ordering::Relaxed), key));
@@ -254,8 +317,10 @@ impl Registry {
             && let Some(entry) = bucket.iter_mut().find(|(s, _)| key.matches(s))
         {
             entry.1 = tick;
+            self.hits.fetch_add(1, Ordering::Relaxed);
             return entry.0.clone();
         }
+        self.misses.fetch_add(1, Ordering::Relaxed);
         if inner.len >= self.capacity {
             self.evict_oldest(&mut inner);
         }
@@ -266,6 +331,7 @@ impl Registry {
             .or_default()
             .push((statement.clone(), tick));
         inner.len += 1;
+        self.len.store(inner.len, Ordering::Relaxed);
         statement
     }
 
@@ -290,6 +356,8 @@ impl Registry {
                 inner.buckets.remove(&hash);
             }
             inner.len -= 1;
+            self.len.store(inner.len, Ordering::Relaxed);
+            self.evictions.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -597,6 +665,14 @@ mod tests {
                 search_path: None,
             })
         }
+
+        fn find_text(&self, query: &[u8], param_types: &[u32]) -> Option<Arc<Statement>> {
+            self.find(&Key {
+                query,
+                param_types,
+                search_path: None,
+            })
+        }
     }
 
     fn key_hash(query: &[u8], param_types: &[u32]) -> u64 {
@@ -662,12 +738,29 @@ mod tests {
         r.get_text(b"a", &[]); // a is now more recent than b
         r.get_text(b"c", &[]); // evicts b
         assert_eq!(r.len(), 2);
+        let counts = r.counts();
+        assert_eq!(
+            counts,
+            RegistryCounts {
+                statements: 2,
+                hits: 1,
+                misses: 3,
+                evictions: 1
+            }
+        );
         assert!(Arc::ptr_eq(&a, &r.get_text(b"a", &[])));
+        let found = r.find_text(b"a", &[]).unwrap();
+        assert!(Arc::ptr_eq(&a, &found));
+        assert!(r.find_text(b"b", &[]).is_none(), "evicted");
+        assert_eq!(r.counts().hits, 2, "find itself counts nothing");
+        r.count_hit();
+        assert_eq!(r.counts().hits, 3);
         let unshared = Registry::new(0, 0);
         let x = unshared.get_text(b"a", &[]);
         let y = unshared.get_text(b"a", &[]);
         assert_ne!(x.id, y.id);
         assert!(unshared.is_empty());
+        assert!(unshared.find_text(b"a", &[]).is_none());
     }
 
     /// ParameterDescription (no parameters) + RowDescription of `columns` (name, type), or

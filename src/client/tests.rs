@@ -55,6 +55,7 @@ struct Harness {
     backend: BackendContext,
     context: Arc<DatabaseContext>,
     actions: Vec<Action>,
+    stats: ReactorStats,
 }
 
 impl Harness {
@@ -78,6 +79,7 @@ impl Harness {
                 shared_params: Default::default(),
             }),
             actions: Vec::new(),
+            stats: ReactorStats::new(4, 4),
         }
     }
 
@@ -88,6 +90,7 @@ impl Harness {
             to_backend: &mut self.to_backend,
             backend: &mut self.backend,
             actions: &mut self.actions,
+            stats: &self.stats,
         };
         f(&mut self.session, &mut out)
     }
@@ -111,6 +114,7 @@ impl Harness {
             to_backend: &mut self.to_backend,
             backend: &mut self.backend,
             actions: &mut self.actions,
+            stats: &self.stats,
         };
         let n = self.session.on_client_data(&self.input, &mut env, &mut out);
         self.input.drain(..n);

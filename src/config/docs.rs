@@ -767,19 +767,24 @@ pub static OPENTELEMETRY: Section = section(
 pub static PROMETHEUS: Section = section(
     "PrometheusConfig",
     "prometheus",
-    "An HTTP endpoint serving metrics in the Prometheus text format. The object being \
-     present turns it on.",
+    "An HTTP endpoint serving metrics in the Prometheus text format, together with \
+     `GET /healthz` (200 `ok` while pglink runs, 503 while it stops) and `GET /debug/pools` \
+     (JSON: per pool its database, user, clients, waiting clients, server connections by \
+     state and `pool_max_conns`). The object being present turns it on. The metrics are \
+     listed in the README.",
     &[
         Field::new(
             "listen",
             Kind::Listen,
-            "Address of the metrics HTTP server, `\"host:port\"` or `\":port\"`.",
+            "Address of the metrics HTTP server, `\"host:port\"` or `\":port\"` (every \
+             interface). Startup fails if it cannot be bound.",
         )
         .default("\":9090\""),
         Field::new(
             "path",
             Kind::String,
-            "URL path serving the metrics; must begin with `/`.",
+            "URL path serving the metrics; must begin with `/` and be neither `/healthz` nor \
+             `/debug/pools`.",
         )
         .default("\"/metrics\""),
     ],

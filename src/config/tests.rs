@@ -562,6 +562,10 @@ fn prometheus_rules() {
             &prom(json!({"path": "metrics"})),
             "prometheus.path: must start with \"/\"",
         );
+        assert_error(
+            &prom(json!({"path": "/healthz"})),
+            "prometheus.path: /healthz is served by the admin endpoint; choose another path",
+        );
         assert_error_starts(
             &prom(json!({"listen": "localhost"})),
             "prometheus.listen: listen address \"localhost\" has no port",

@@ -346,6 +346,14 @@ fn validate_prometheus(prom: &PrometheusConfig, path: &Path, p: &mut Problems) {
     }
     if !prom.path.starts_with('/') {
         p.error(path.key("path"), "must start with \"/\"");
+    } else if prom.path == "/healthz" || prom.path == "/debug/pools" {
+        p.error(
+            path.key("path"),
+            format!(
+                "{} is served by the admin endpoint; choose another path",
+                prom.path
+            ),
+        );
     }
 }
 

@@ -22,6 +22,7 @@ use crate::client::relay::{BackendStop, Effect, Outcome, Relay};
 use crate::client::statements::BackendShape;
 use crate::client::users::PoolId;
 use crate::client::{AcquireError, Out};
+use crate::observe::metrics::{BackendState, CloseReason};
 use crate::protocol::backend::tag as be;
 use crate::protocol::framing::{Header, peek_header};
 use crate::protocol::{ErrorFields, MessageType, Severity, frontend};
@@ -76,6 +77,18 @@ pub struct Backend {
     pub(super) context: BackendContext,
 }
 
+impl State {
+    /// The state as metrics count it.
+    fn gauge(&self) -> BackendState {
+        match self {
+            State::Connecting | State::LoggingIn { .. } => BackendState::Opening,
+            State::Idle => BackendState::Idle,
+            State::Lent(_) => BackendState::InUse,
+            State::Draining { .. } | State::Parked => BackendState::Draining,
+        }
+    }
+}
+
 impl Backend {
     pub(super) fn output_len(&self) -> usize {
         self.output.as_ref().map_or(0, OutBuf::len)
@@ -87,6 +100,35 @@ impl Backend {
 }
 
 impl Reactor {
+    /// Every change of a backend's state goes through here (and its arrival and departure
+    /// through [`Reactor::insert_backend`] and [`Reactor::remove_backend`]), which keeps the
+    /// per-state gauges exact. Returns the previous state.
+    pub(super) fn set_backend_state(&mut self, bi: usize, state: State) -> Option<State> {
+        let b = self.backends.get_mut(bi)?;
+        let old = std::mem::replace(&mut b.state, state);
+        if let Some(p) = self.stats.pool(b.pool) {
+            p.backend_moved(Some(old.gauge()), Some(b.state.gauge()));
+        }
+        Some(old)
+    }
+
+    /// Puts a backend into the slab under a new token; returns its index.
+    fn insert_backend(&mut self, backend: Backend) -> usize {
+        if let Some(p) = self.stats.pool(backend.pool) {
+            p.backend_moved(None, Some(backend.state.gauge()));
+        }
+        self.backends.insert(backend)
+    }
+
+    /// Takes a backend out of the slab (closed, or handed to another reactor).
+    pub(super) fn remove_backend(&mut self, bi: usize) -> Option<Backend> {
+        let b = self.backends.try_remove(bi)?;
+        if let Some(p) = self.stats.pool(b.pool) {
+            p.backend_moved(Some(b.state.gauge()), None);
+        }
+        Some(b)
+    }
+
     pub(super) fn backend_tok(&self, bi: usize) -> Option<Tok> {
         self.backends
             .get(bi)
@@ -108,6 +150,9 @@ impl Reactor {
             return;
         };
         p.opened();
+        if let Some(s) = self.stats.pool(pool) {
+            s.connect_attempts.inc();
+        }
         let target = db.target.clone();
         let tls = tls.unwrap_or_else(|| target.sslmode.first_attempt());
         let connect = || -> std::io::Result<(TcpStream, SocketAddr)> {
@@ -124,6 +169,9 @@ impl Reactor {
             Ok(s) => s,
             Err(e) => {
                 self.release_capacity(pool);
+                if let Some(s) = self.stats.pool(pool) {
+                    s.connect_failures.inc();
+                }
                 let message = format!(
                     "cannot connect to server {}:{}: {e}",
                     target.host, target.port
@@ -136,14 +184,16 @@ impl Reactor {
             }
         };
         let generation = self.generations.bump();
-        let entry = self.backends.vacant_entry();
-        let tok = Tok::new(Kind::Backend, entry.key(), generation);
+        let tok = Tok::new(Kind::Backend, self.backends.vacant_key(), generation);
         if let Err(e) = self.poll.registry().register(
             &mut sock,
             tok.to_token(),
             Interest::READABLE | Interest::WRITABLE,
         ) {
             self.release_capacity(pool);
+            if let Some(s) = self.stats.pool(pool) {
+                s.connect_failures.inc();
+            }
             return self.pool_connect_failed(
                 pool,
                 crate::protocol::SqlState::CONNECTION_FAILURE,
@@ -151,7 +201,8 @@ impl Reactor {
             );
         }
         let (_, credentials_version) = p.credentials();
-        entry.insert(Backend {
+        let statement_capacity = db.settings.statement_cache_capacity;
+        self.insert_backend(Backend {
             generation,
             stream: Stream::plain(sock),
             pool,
@@ -170,7 +221,7 @@ impl Reactor {
             cancel_in_flight: false,
             read_paused: false,
             drained: false,
-            context: BackendContext::new(db.settings.statement_cache_capacity),
+            context: BackendContext::new(statement_capacity),
         });
         if let Some(shard) = self.shards.get_mut(pool) {
             shard.connecting += 1;
@@ -230,10 +281,13 @@ impl Reactor {
         };
         let out = &mut b.output.get_or_insert_with(|| self.bufs.output()).data;
         let login = Login::start(params, out);
-        b.state = State::LoggingIn {
-            login: Box::new(login),
-            handshaking: false,
-        };
+        self.set_backend_state(
+            bi,
+            State::LoggingIn {
+                login: Box::new(login),
+                handshaking: false,
+            },
+        );
         if let Some(tok) = self.backend_tok(bi) {
             self.mark_dirty(tok);
         }
@@ -279,6 +333,7 @@ impl Reactor {
                 &mut self.bufs,
                 self.shared.max_message_len,
                 to_eof,
+                &self.stats.server_bytes_received,
             );
             match filled {
                 Filled::Data { drained } => {
@@ -454,10 +509,10 @@ impl Reactor {
     }
 
     fn backend_logged_in(&mut self, bi: usize) {
-        let Some(b) = self.backends.get_mut(bi) else {
+        let Some(State::LoggingIn { login, .. }) = self.set_backend_state(bi, State::Idle) else {
             return;
         };
-        let State::LoggingIn { login, .. } = std::mem::replace(&mut b.state, State::Idle) else {
+        let Some(b) = self.backends.get_mut(bi) else {
             return;
         };
         let login = *login;
@@ -503,6 +558,7 @@ impl Reactor {
             backends,
             bufs,
             scratch,
+            stats,
             ..
         } = self;
         let (Some(b), Some(c)) = (backends.get_mut(bi), clients.get_mut(ci)) else {
@@ -525,6 +581,7 @@ impl Reactor {
             to_backend: &mut output.get_or_insert_with(|| bufs.output()).data,
             backend: context,
             actions: &mut scratch.action_buf,
+            stats,
         };
         let n = c.session.on_backend_data(input.filled(), &mut out);
         input.consume(n);
@@ -558,7 +615,11 @@ impl Reactor {
             Ok(Some(h)) => h,
             Ok(None) => return false,
             Err(e) => {
-                self.close_backend(bi, &format!("invalid message from idle server: {e}"));
+                self.close_backend(
+                    bi,
+                    CloseReason::ProtocolError,
+                    &format!("invalid message from idle server: {e}"),
+                );
                 return false;
             }
         };
@@ -577,13 +638,18 @@ impl Reactor {
                     .and_then(|f| f.severity_kind())
                     .is_some_and(Severity::ends_session)
                 {
-                    self.close_backend(bi, &format!("server ended idle connection: {message}"));
+                    self.close_backend(
+                        bi,
+                        CloseReason::ServerClosed,
+                        &format!("server ended idle connection: {message}"),
+                    );
                     return false;
                 }
             }
             tag => {
                 self.close_backend(
                     bi,
+                    CloseReason::ProtocolError,
                     &format!(
                         "idle server sent unexpected message type {}",
                         MessageType(tag)
@@ -659,12 +725,12 @@ impl Reactor {
                 input.consume(n);
                 // Shapes that were on their way were not read: prepare those afresh.
                 b.context.statements.settle_pending();
-                b.state = State::Idle;
                 b.checked_at = self.now;
                 if reset {
                     // Cleaned up after a vanished client: idle from now on.
                     b.idle_since = self.now;
                 }
+                // Draining → Idle (or Parked) there.
                 self.backend_available(bi);
                 true
             }
@@ -678,11 +744,15 @@ impl Reactor {
                 true
             }
             Ok((_, BackendStop::Fatal)) => {
-                self.close_backend(bi, "server reported FATAL during cleanup");
+                self.close_backend(
+                    bi,
+                    drain_failure(reset),
+                    "server reported FATAL during cleanup",
+                );
                 false
             }
             Err(e) => {
-                self.close_backend(bi, &format!("cleanup failed: {e}"));
+                self.close_backend(bi, drain_failure(reset), &format!("cleanup failed: {e}"));
                 false
             }
         }
@@ -705,13 +775,20 @@ impl Reactor {
         frontend::query(&mut cleanup, b"ROLLBACK");
         let out = &mut b.output.get_or_insert_with(|| self.bufs.output()).data;
         if relay.on_client_data(&cleanup, out).is_err() {
-            return self.close_backend(bi, "cannot clean up after client");
+            return self.close_backend(
+                bi,
+                CloseReason::ResetFailed,
+                "cannot clean up after client",
+            );
         }
-        b.state = State::Draining {
-            relay: Box::new(relay),
-            reset: true,
-        };
         let tok = Tok::new(Kind::Backend, bi, b.generation);
+        self.set_backend_state(
+            bi,
+            State::Draining {
+                relay: Box::new(relay),
+                reset: true,
+            },
+        );
         self.mark_dirty(tok);
         self.scratch.ready.push(tok);
         self.timers.add(
@@ -735,11 +812,14 @@ impl Reactor {
         if relay.on_client_data(&query, out).is_err() {
             return;
         }
-        b.state = State::Draining {
-            relay: Box::new(relay),
-            reset: false,
-        };
         let tok = Tok::new(Kind::Backend, bi, b.generation);
+        self.set_backend_state(
+            bi,
+            State::Draining {
+                relay: Box::new(relay),
+                reset: false,
+            },
+        );
         self.mark_dirty(tok);
         self.timers.add(
             self.now + self.shared.reset_timeout,
@@ -762,7 +842,7 @@ impl Reactor {
             } else {
                 "health check timed out"
             };
-            self.close_backend(tok.index(), why);
+            self.close_backend(tok.index(), drain_failure(reset), why);
         }
     }
 
@@ -793,14 +873,14 @@ impl Reactor {
                 if let Some(c) = self.clients.get_mut(ci) {
                     c.backend = None;
                 }
-                self.close_backend(bi, why);
+                self.close_backend(bi, CloseReason::ServerClosed, why);
                 self.with_session(ci, |s, _, _, out| s.on_backend_lost(out));
                 self.run_actions();
             }
             State::Connecting | State::LoggingIn { .. } => {
                 self.backend_login_failed(bi, LoginFailure::Io(why.to_owned()));
             }
-            _ => self.close_backend(bi, why),
+            _ => self.close_backend(bi, CloseReason::ServerClosed, why),
         }
     }
 
@@ -822,10 +902,13 @@ impl Reactor {
         if let Some(shard) = self.shards.get_mut(pool) {
             shard.connecting = shard.connecting.saturating_sub(1);
         }
+        if let Some(s) = self.stats.pool(pool) {
+            s.connect_failures.inc();
+        }
         if retry_tls || next_addr.is_some() {
             log::debug!("backend for pool {pool}: {failure:?}; trying again");
             // Keep the database slot: close this socket and connect again.
-            if let Some(mut b) = self.backends.try_remove(bi) {
+            if let Some(mut b) = self.remove_backend(bi) {
                 let _ = self.poll.registry().deregister(&mut b.stream.sock);
             }
             if let Some(p) = self.shared.pools.get(pool) {
@@ -902,16 +985,25 @@ impl Reactor {
     }
 
     /// Closes a backend (politely with Terminate when it is idle).
-    pub(super) fn close_backend(&mut self, bi: usize, why: &str) {
+    /// `reason` is counted for backends that had logged in; `why` is logged.
+    pub(super) fn close_backend(&mut self, bi: usize, reason: CloseReason, why: &str) {
         log::debug!("backend {bi} closed: {why}");
-        if let Some(b) = self.backends.get_mut(bi)
-            && matches!(b.state, State::Idle)
-        {
+        let Some(b) = self.backends.get_mut(bi) else {
+            return;
+        };
+        if matches!(b.state, State::Idle) {
             let mut bye = Vec::new();
             frontend::terminate(&mut bye);
-            let _ = b.stream.write(&bye);
+            if let Ok(n) = b.stream.write(&bye) {
+                self.stats.server_bytes_sent.add(n as u64);
+            }
         }
-        let pool = self.backends.get(bi).map(|b| b.pool);
+        if !b.is_logging_in()
+            && let Some(p) = self.stats.pool(b.pool)
+        {
+            p.closed(reason);
+        }
+        let pool = Some(b.pool);
         self.discard_backend(bi);
         // The pool may be below its minimum or have waiters now.
         if let Some(pool) = pool {
@@ -921,7 +1013,7 @@ impl Reactor {
 
     /// Drops a backend's connection and gives its slot back.
     fn discard_backend(&mut self, bi: usize) {
-        let Some(mut b) = self.backends.try_remove(bi) else {
+        let Some(mut b) = self.remove_backend(bi) else {
             return;
         };
         if matches!(b.state, State::Idle) {
@@ -943,7 +1035,12 @@ impl Reactor {
         if matches!(b.state, State::Connecting) {
             return;
         }
-        if let Err(e) = write_out(&mut b.stream, &mut b.output, &mut self.bufs) {
+        if let Err(e) = write_out(
+            &mut b.stream,
+            &mut b.output,
+            &mut self.bufs,
+            &self.stats.server_bytes_sent,
+        ) {
             return self.backend_lost(bi, &format!("server write failed: {e}"));
         }
         if let State::Lent(ci) = b.state {
@@ -968,8 +1065,7 @@ impl Reactor {
     /// `WantBackend`s).
     pub(super) fn adopt_backend(&mut self, mut backend: Box<Backend>, requested: bool) {
         let generation = self.generations.bump();
-        let entry = self.backends.vacant_entry();
-        let bi = entry.key();
+        let bi = self.backends.vacant_key();
         let tok = Tok::new(Kind::Backend, bi, generation);
         if self
             .poll
@@ -985,16 +1081,27 @@ impl Reactor {
             return;
         }
         backend.generation = generation;
+        // A handed-over backend is idle (it travels only from a reactor's idle stack).
         backend.state = State::Idle;
         backend.read_paused = false;
         let pool = backend.pool;
-        entry.insert(*backend);
+        let inserted = self.insert_backend(*backend);
+        debug_assert_eq!(inserted, bi);
         if requested && let Some(shard) = self.shards.get_mut(pool) {
             shard.steals = shard.steals.saturating_sub(1);
         }
         self.scratch.ready.push(tok);
         self.backend_available(bi);
         self.grow(pool);
+    }
+}
+
+/// Why a drain (cleanup after a vanished client, or a health check) that failed closes.
+fn drain_failure(reset: bool) -> CloseReason {
+    if reset {
+        CloseReason::ResetFailed
+    } else {
+        CloseReason::HealthCheckFailed
     }
 }
 

@@ -25,6 +25,7 @@ use super::token::{Kind, Tok};
 use super::{Msg, Reactor, decode_pid};
 use crate::auth::constant_time_eq;
 use crate::client::CancelKey;
+use crate::observe::metrics::CancelOutcome;
 use crate::protocol::startup::{cancel_request, ssl_request};
 
 /// Cancel deliveries running at once (each is a short-lived thread).
@@ -42,9 +43,19 @@ impl Reactor {
             Some(h) => {
                 if h.send(Msg::Cancel(key)).is_err() {
                     log::warn!("cancel request dropped: reactor {reactor} is overloaded");
+                    self.count_cancel(CancelOutcome::Overloaded);
                 }
             }
-            None => log::debug!("cancel request for unknown reactor {reactor} ignored"),
+            None => {
+                log::debug!("cancel request for unknown reactor {reactor} ignored");
+                self.count_cancel(CancelOutcome::UnknownKey);
+            }
+        }
+    }
+
+    fn count_cancel(&self, outcome: CancelOutcome) {
+        if let Some(c) = self.stats.cancels.get(outcome.index()) {
+            c.inc();
         }
     }
 
@@ -52,29 +63,34 @@ impl Reactor {
     pub(super) fn cancel_local(&mut self, key: CancelKey) {
         let (_, slot) = decode_pid(key.pid);
         let Some(c) = self.clients.get(slot) else {
-            return;
+            return self.count_cancel(CancelOutcome::UnknownKey);
         };
         let ours = c.session.cancel_key();
         if ours.pid != key.pid || !constant_time_eq(ours.secret(), key.secret()) {
             log::debug!("cancel request with a wrong key ignored");
-            return;
+            return self.count_cancel(CancelOutcome::UnknownKey);
         }
-        match c.backend {
+        let outcome = match c.backend {
             Some(bi) => self.cancel_backend_query(bi),
-            None => log::debug!("cancel request for an idle session: nothing to cancel"),
-        }
+            None => {
+                log::debug!("cancel request for an idle session: nothing to cancel");
+                CancelOutcome::Idle
+            }
+        };
+        self.count_cancel(outcome);
     }
 
-    /// Delivers a cancel to backend `bi`'s server (on a helper thread).
-    pub(super) fn cancel_backend_query(&mut self, bi: usize) {
+    /// Delivers a cancel to backend `bi`'s server (on a helper thread). `Forwarded` also
+    /// when a delivery to it is already under way.
+    pub(super) fn cancel_backend_query(&mut self, bi: usize) -> CancelOutcome {
         let Some(b) = self.backends.get_mut(bi) else {
-            return;
+            return CancelOutcome::Idle;
         };
         let Some((pid, secret)) = b.server_key.clone() else {
-            return;
+            return CancelOutcome::Idle;
         };
         if b.cancel_in_flight {
-            return;
+            return CancelOutcome::Forwarded;
         }
         let Some(target) = self
             .shared
@@ -83,13 +99,13 @@ impl Reactor {
             .and_then(|p| self.shared.databases.get(p.db))
             .map(|d| d.target.clone())
         else {
-            return;
+            return CancelOutcome::Idle;
         };
         let in_flight = self.shared.cancels_in_flight.fetch_add(1, Ordering::AcqRel);
         if in_flight >= MAX_CANCELS_IN_FLIGHT {
             self.shared.cancels_in_flight.fetch_sub(1, Ordering::AcqRel);
             log::warn!("cancel request dropped: {in_flight} cancels already in flight");
-            return;
+            return CancelOutcome::Overloaded;
         }
         let tls = if b.stream.is_tls() {
             target.tls.clone().zip(target.server_name.clone())
@@ -117,7 +133,9 @@ impl Reactor {
             if let Some(b) = self.backends.get_mut(bi) {
                 b.cancel_in_flight = false;
             }
+            return CancelOutcome::Overloaded;
         }
+        CancelOutcome::Forwarded
     }
 
     pub(super) fn cancel_done(&mut self, tok: Tok) {

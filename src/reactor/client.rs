@@ -18,6 +18,7 @@ use crate::auth::Rng as _;
 use crate::client::relay::MAX_PIPELINE;
 use crate::client::users::{DbId, PoolId};
 use crate::client::{AcquireError, Action, CancelKey, Env, Out, Session};
+use crate::observe::metrics::{CloseReason, ReactorStats, RefuseReason};
 use crate::pool::Pool;
 use crate::protocol::{ErrorBuilder, Severity, SqlState};
 use crate::tls::ALPN_POSTGRESQL;
@@ -35,6 +36,10 @@ pub(super) struct Client {
     pub handshake: Option<bool>,
     /// Deadline of the current wait for a backend.
     pub acquire_deadline: Option<Instant>,
+    /// When the current wait for a backend began (for the acquire-wait histogram).
+    pub waiting_since: Option<Instant>,
+    /// Logged in (counted in its pool's client gauge until it closes).
+    pub logged_in: bool,
     /// Reading stopped for backpressure; whoever relieves it must wake this client.
     pub read_paused: bool,
     /// The last read found the socket empty: until the next readiness event there is
@@ -75,6 +80,7 @@ impl Reactor {
         use std::sync::atomic::Ordering;
         let refusal = if self.shared.is_stopping() {
             Some((
+                RefuseReason::ShuttingDown,
                 SqlState::CANNOT_CONNECT_NOW,
                 "pglink: the proxy is shutting down".to_owned(),
             ))
@@ -84,10 +90,22 @@ impl Reactor {
                 "pglink: too many client connections (max_client_connections is {})",
                 self.shared.max_clients
             );
-            Some((SqlState::TOO_MANY_CONNECTIONS, text))
+            Some((
+                RefuseReason::TooManyClients,
+                SqlState::TOO_MANY_CONNECTIONS,
+                text,
+            ))
         } else {
             None
         };
+        match &refusal {
+            Some((reason, ..)) => {
+                if let Some(c) = self.stats.clients_refused.get(reason.index()) {
+                    c.inc();
+                }
+            }
+            None => self.stats.clients_accepted.inc(),
+        }
         let counted = refusal.is_none();
         let uncount = |shared: &super::Shared| {
             if counted {
@@ -96,10 +114,10 @@ impl Reactor {
         };
         // A refused client still gets SSL negotiation and its startup packet read (that is
         // where libpq shows errors), unless too many are being refused at once.
-        if let Some((code, message)) = &refusal
+        if let Some((_, code, message)) = &refusal
             && self.refusing >= MAX_REFUSING
         {
-            return reject(&mut sock, *code, message);
+            return reject(&mut sock, *code, message, &self.stats);
         }
         let _ = sock.set_nodelay(true);
         let entry = self.clients.vacant_entry();
@@ -110,6 +128,7 @@ impl Reactor {
                 &mut sock,
                 SqlState::TOO_MANY_CONNECTIONS,
                 "pglink: too many client connections",
+                &self.stats,
             );
         };
         let mut secret = [0u8; 32];
@@ -127,7 +146,7 @@ impl Reactor {
         }
         let key = CancelKey::new(pid, secret, 32);
         let session = match refusal {
-            Some((code, message)) => {
+            Some((_, code, message)) => {
                 self.refusing += 1;
                 Session::refusing(key, code, message)
             }
@@ -143,6 +162,8 @@ impl Reactor {
             backend: None,
             handshake: None,
             acquire_deadline: None,
+            waiting_since: None,
+            logged_in: false,
             read_paused: false,
             drained: false,
             peer: Some(peer),
@@ -209,6 +230,7 @@ impl Reactor {
                 &mut self.bufs,
                 self.shared.max_message_len,
                 to_eof,
+                &self.stats.client_bytes_received,
             );
             match filled {
                 Filled::Data { drained } => {
@@ -317,6 +339,7 @@ impl Reactor {
             rng,
             bufs,
             scratch,
+            stats,
             ..
         } = self;
         let c = clients.get_mut(ci)?;
@@ -347,6 +370,7 @@ impl Reactor {
             to_backend,
             backend: backend_context,
             actions: &mut scratch.action_buf,
+            stats,
         };
         let result = f(&mut c.session, c.input.as_mut(), &mut env, &mut out);
         debug_assert!(
@@ -384,7 +408,12 @@ impl Reactor {
             match action {
                 Action::StartTls { direct } => self.client_start_tls(ci, direct),
                 Action::LoggedIn => {
-                    if let Some(c) = self.clients.get(ci) {
+                    if let Some(c) = self.clients.get_mut(ci) {
+                        c.logged_in = true;
+                        if let Some(p) = c.session.pool().and_then(|p| self.stats.pool(p)) {
+                            p.logins.inc();
+                            p.clients.inc();
+                        }
                         log::debug!(
                             "client {} logged in as {}@{}",
                             c.peer.map_or_else(String::new, |p| p.to_string()),
@@ -397,7 +426,11 @@ impl Reactor {
                 Action::Release => self.release_from(ci),
                 Action::DropBackend => {
                     if let Some(bi) = self.clients.get_mut(ci).and_then(|c| c.backend.take()) {
-                        self.close_backend(bi, "unusable after the client's session");
+                        self.close_backend(
+                            bi,
+                            CloseReason::Unusable,
+                            "unusable after the client's session",
+                        );
                     }
                 }
                 Action::Cancel(key) => self.route_cancel(key),
@@ -426,7 +459,10 @@ impl Reactor {
             while !out.is_empty() {
                 match c.stream.write(out.pending()) {
                     Ok(0) | Err(_) => return self.close_client(ci, "cannot send SSL response"),
-                    Ok(n) => out.advance(n),
+                    Ok(n) => {
+                        out.advance(n);
+                        self.stats.client_bytes_sent.add(n as u64);
+                    }
                 }
             }
         }
@@ -463,7 +499,12 @@ impl Reactor {
         let Some(c) = self.clients.get_mut(ci) else {
             return;
         };
-        if let Err(e) = write_out(&mut c.stream, &mut c.output, &mut self.bufs) {
+        if let Err(e) = write_out(
+            &mut c.stream,
+            &mut c.output,
+            &mut self.bufs,
+            &self.stats.client_bytes_sent,
+        ) {
             return self.close_client(ci, &format!("client write failed: {e}"));
         }
         if let Some(bi) = c.backend {
@@ -527,19 +568,34 @@ impl Reactor {
             self.remove_waiter(pool, Tok::new(Kind::Client, ci, c.generation));
         }
         let fate = c.session.detach();
+        let pinned = c.session.pinned();
+        if let Some(p) = c.session.pool().and_then(|p| self.stats.pool(p)) {
+            if c.logged_in {
+                p.clients.dec();
+            }
+            if let Some(reason) = pinned {
+                p.unpinned(reason);
+            }
+        }
         if let Some(bi) = c.backend.take() {
             match fate {
                 Some(crate::client::BackendFate::Release) => self.backend_released(bi),
                 Some(crate::client::BackendFate::Reset(relay)) => self.start_reset(bi, relay),
+                Some(crate::client::BackendFate::Drop) | None if pinned.is_some() => {
+                    self.close_backend(bi, CloseReason::Pinned, "pinned session ended");
+                }
                 Some(crate::client::BackendFate::Drop) | None => {
-                    self.close_backend(bi, "client left mid-message");
+                    self.close_backend(bi, CloseReason::ClientGone, "client left mid-message");
                 }
             }
         }
         if let Some(out) = c.output.as_mut() {
             while !out.is_empty() {
                 match c.stream.write(out.pending()) {
-                    Ok(n) if n > 0 => out.advance(n),
+                    Ok(n) if n > 0 => {
+                        out.advance(n);
+                        self.stats.client_bytes_sent.add(n as u64);
+                    }
                     _ => break,
                 }
             }
@@ -594,9 +650,13 @@ impl Reactor {
             return; // an earlier wait's timer
         }
         c.acquire_deadline = None;
+        c.waiting_since = None;
         let Some(pool) = c.session.pool() else {
             return;
         };
+        if let Some(p) = self.stats.pool(pool) {
+            p.acquire_timeouts.inc();
+        }
         self.remove_waiter(pool, tok);
         let db = self
             .shared
@@ -613,6 +673,9 @@ impl Reactor {
 
     /// Reports a failed wait to a client and lets it go on with its input.
     pub(super) fn fail_acquire(&mut self, ci: usize, error: AcquireError) {
+        if let Some(c) = self.clients.get_mut(ci) {
+            c.waiting_since = None;
+        }
         self.with_session(ci, |s, _, _, out| s.on_acquire_failed(error, out));
         self.run_actions();
         if let Some(tok) = self.client_tok(ci) {
@@ -630,15 +693,17 @@ impl Reactor {
                 "pglink: the proxy is shutting down",
             )
             .encode_error(out);
+            self.stats.error_sent(SqlState::ADMIN_SHUTDOWN);
         }
         self.close_client(ci, "shutdown");
     }
 }
 
 /// Refuses a connection before any state is created: one FATAL message, best effort.
-fn reject(sock: &mut TcpStream, code: crate::protocol::SqlState, message: &str) {
+fn reject(sock: &mut TcpStream, code: SqlState, message: &str, stats: &ReactorStats) {
     let mut buf = Vec::with_capacity(128);
     ErrorBuilder::new(Severity::Fatal, code, message).encode_error(&mut buf);
+    stats.error_sent(code);
     let _ = sock.write(&buf);
     let _ = sock.shutdown(std::net::Shutdown::Both);
 }

@@ -5,6 +5,7 @@ use std::io;
 
 use super::buf::{BufPool, InBuf, OutBuf};
 use super::stream::{ReadStatus, Stream};
+use crate::observe::metrics::Counter;
 use crate::protocol::framing::peek_header;
 
 /// What one read attempt gave.
@@ -26,13 +27,14 @@ pub(super) enum Filled {
 /// message that must be seen whole grows to that message's size, which `max_len` bounds.
 /// `to_eof`: the peer is closing, so a short read must not count as drained (a FIN that came
 /// with the data has no further edge). TLS never counts as drained: records may remain in the
-/// socket after the plaintext that was returned.
+/// socket after the plaintext that was returned. Bytes read are added to `received`.
 pub(super) fn read_into(
     stream: &mut Stream,
     slot: &mut Option<InBuf>,
     bufs: &mut BufPool,
     max_len: usize,
     to_eof: bool,
+    received: &Counter,
 ) -> Filled {
     let input = slot.get_or_insert_with(|| bufs.input());
     if input.spare().is_empty() {
@@ -46,6 +48,7 @@ pub(super) fn read_into(
     match stream.read(spare) {
         Ok(ReadStatus::Data(n)) => {
             input.commit(n);
+            received.add(n as u64);
             Filled::Data {
                 drained: n < room && !to_eof && !stream.is_tls(),
             }
@@ -57,17 +60,22 @@ pub(super) fn read_into(
 }
 
 /// Writes as much pending output as the socket takes, then pushes out buffered TLS records;
-/// gives the buffer back to the pool once everything is written.
+/// gives the buffer back to the pool once everything is written. Bytes written are added to
+/// `sent`.
 pub(super) fn write_out(
     stream: &mut Stream,
     slot: &mut Option<OutBuf>,
     bufs: &mut BufPool,
+    sent: &Counter,
 ) -> io::Result<()> {
     if let Some(out) = slot.as_mut() {
         while !out.is_empty() {
             match stream.write(out.pending())? {
                 0 => break,
-                n => out.advance(n),
+                n => {
+                    out.advance(n);
+                    sent.add(n as u64);
+                }
             }
         }
     }

@@ -37,6 +37,7 @@ use slab::Slab;
 use crate::auth::OsRng;
 use crate::client::users::UserTable;
 use crate::client::{Action, CancelKey, SessionConfig};
+use crate::observe::metrics::{CloseReason, ReactorStats};
 use crate::pool::{Database, Pool};
 use backend::Backend;
 use buf::BufPool;
@@ -83,6 +84,10 @@ pub struct Shared {
     /// The reference instant of times shared between reactors (pool waiters): the pool
     /// state holds durations since it and reads no clock itself.
     pub epoch: Instant,
+    /// Each reactor's counters, by reactor id (see `observe::metrics`).
+    pub stats: Vec<Arc<ReactorStats>>,
+    /// Reactor threads inside their loop right now.
+    running: AtomicUsize,
 }
 
 impl Shared {
@@ -96,7 +101,11 @@ impl Shared {
         max_clients: usize,
         login_timeout: Duration,
         max_message_len: usize,
+        reactors: usize,
     ) -> Shared {
+        let stats = (0..reactors)
+            .map(|_| Arc::new(ReactorStats::new(pools.len(), databases.len())))
+            .collect();
         Shared {
             databases,
             pools,
@@ -114,7 +123,19 @@ impl Shared {
             cancels_in_flight: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             epoch: Instant::now(),
+            stats,
+            running: AtomicUsize::new(0),
         }
+    }
+
+    /// Reactors configured.
+    pub fn reactor_count(&self) -> usize {
+        self.stats.len()
+    }
+
+    /// Reactors created and not yet stopped (all of them until shutdown, unless one failed).
+    pub fn reactors_running(&self) -> usize {
+        self.running.load(Ordering::Acquire)
     }
 
     /// `t` on the reactors' common clock (see [`Shared::epoch`]).
@@ -261,6 +282,11 @@ pub struct Reactor {
     users_epoch: u64,
     rng: OsRng,
     now: Instant,
+    /// This reactor's counters (also in `Shared::stats`); only this thread writes them.
+    stats: Arc<ReactorStats>,
+    /// Counts this reactor in `Shared::reactors_running` from its creation until its loop
+    /// ends (or its thread unwinds), so a server that has started reports every reactor.
+    _running: Running,
     /// Set once shutdown has begun: when everything is closed regardless.
     shutdown_deadline: Option<Instant>,
     /// Connections accepted only to be refused, not yet closed.
@@ -288,6 +314,12 @@ impl Reactor {
         let shards = (0..shared.pools.len()).map(|_| Shard::default()).collect();
         let users = shared.users();
         let users_epoch = shared.users_epoch.load(Ordering::Acquire);
+        let stats = shared
+            .stats
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(ReactorStats::new(0, 0)));
+        let running = Running::enter(shared.clone());
         let reactor = Reactor {
             id,
             poll,
@@ -315,6 +347,8 @@ impl Reactor {
             users_epoch,
             rng: OsRng,
             now: Instant::now(),
+            stats,
+            _running: running,
             shutdown_deadline: None,
             refusing: 0,
         };
@@ -331,6 +365,9 @@ impl Reactor {
 
     /// Runs until shutdown completes.
     pub fn run(mut self) {
+        if let Some(tid) = current_thread_id() {
+            self.stats.set_thread_id(tid);
+        }
         let mut events = Events::with_capacity(1024);
         self.timers
             .add(self.now + MAINTENANCE_PERIOD, Timer::PoolMaintenance);
@@ -359,6 +396,7 @@ impl Reactor {
                 return;
             }
             self.now = Instant::now();
+            self.stats.wakeups.inc();
             self.refresh_users();
             for event in &events {
                 self.on_event(Tok::from_token(event.token()), event);
@@ -531,7 +569,7 @@ impl Reactor {
         }
         for s in 0..self.shards.len() {
             while let Some(bi) = self.take_idle(s) {
-                self.close_backend(bi, "shutting down");
+                self.close_backend(bi, CloseReason::Shutdown, "shutting down");
             }
         }
     }
@@ -544,9 +582,33 @@ impl Reactor {
         }
         let backends: Vec<usize> = self.backends.iter().map(|(i, _)| i).collect();
         for bi in backends {
-            self.close_backend(bi, "shutting down");
+            self.close_backend(bi, CloseReason::Shutdown, "shutting down");
         }
     }
+}
+
+/// Counts a reactor as running while it exists (see `Reactor::_running`).
+struct Running(Arc<Shared>);
+
+impl Running {
+    fn enter(shared: Arc<Shared>) -> Running {
+        shared.running.fetch_add(1, Ordering::AcqRel);
+        Running(shared)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The calling thread's kernel thread id (Linux: `/proc/thread-self` links to
+/// `<pid>/task/<tid>`), so its CPU time can be read from `/proc` without a clock read per
+/// loop turn.
+fn current_thread_id() -> Option<u64> {
+    let link = std::fs::read_link("/proc/thread-self").ok()?;
+    link.file_name()?.to_str()?.parse().ok()
 }
 
 /// Encodes a proxy-issued cancel pid: positive i32, reactor id and slab slot.

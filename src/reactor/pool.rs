@@ -17,6 +17,7 @@ use super::{Msg, Reactor};
 use crate::auth::SaltedKeyCache;
 use crate::client::AcquireError;
 use crate::client::users::PoolId;
+use crate::observe::metrics::CloseReason;
 
 pub(super) struct Shard {
     /// Idle backends (slab indexes), most recently used last.
@@ -92,6 +93,7 @@ impl Reactor {
             return;
         };
         c.acquire_deadline = Some(deadline);
+        c.waiting_since = Some(self.now);
         let tok = Tok::new(Kind::Client, ci, c.generation);
         if let Some(shard) = self.shards.get_mut(pool) {
             shard.waiters.push_back((tok, self.now));
@@ -103,12 +105,21 @@ impl Reactor {
 
     /// Lends backend `bi` to client `ci`.
     fn attach(&mut self, ci: usize, bi: usize) {
+        if !self.clients.contains(ci) {
+            return;
+        }
+        self.set_backend_state(bi, State::Lent(ci));
         let (Some(c), Some(b)) = (self.clients.get_mut(ci), self.backends.get_mut(bi)) else {
             return;
         };
-        b.state = State::Lent(ci);
         c.backend = Some(bi);
         c.acquire_deadline = None;
+        let waited = c.waiting_since.take().map_or(Duration::ZERO, |since| {
+            self.now.saturating_duration_since(since)
+        });
+        if let Some(p) = self.stats.pool(b.pool) {
+            p.acquire_wait.observe(waited);
+        }
         let params = b.params.clone();
         let (ctok, btok) = (
             Tok::new(Kind::Client, ci, c.generation),
@@ -208,25 +219,32 @@ impl Reactor {
 
     /// Backend `bi` is free (logged in, released, cleaned up, or handed over).
     pub(super) fn backend_available(&mut self, bi: usize) {
-        let Some(b) = self.backends.get_mut(bi) else {
+        let Some(b) = self.backends.get(bi) else {
             return;
         };
         let pool = b.pool;
         if b.cancel_in_flight {
             // Not lendable until the cancel is delivered: it must not hit the next client.
-            b.state = State::Parked;
+            self.set_backend_state(bi, State::Parked);
             return;
         }
-        b.state = State::Idle;
-        let stale = self
+        let stale = if self
             .shared
             .pools
             .get(pool)
             .is_some_and(|p| b.credentials_version != p.credentials_version())
-            || b.expires.is_some_and(|at| at <= self.now)
-            || self.shared.is_stopping();
-        if stale {
-            return self.close_backend(bi, "expired or credentials changed");
+        {
+            Some((CloseReason::CredentialsChanged, "credentials changed"))
+        } else if b.expires.is_some_and(|at| at <= self.now) {
+            Some((CloseReason::Lifetime, "lifetime over"))
+        } else if self.shared.is_stopping() {
+            Some((CloseReason::Shutdown, "shutting down"))
+        } else {
+            None
+        };
+        self.set_backend_state(bi, State::Idle);
+        if let Some((reason, why)) = stale {
+            return self.close_backend(bi, reason, why);
         }
         self.drop_dead_waiters(pool);
         let ours = self
@@ -285,7 +303,7 @@ impl Reactor {
         let Some(handle) = self.shared.reactor(to).cloned() else {
             return false;
         };
-        let Some(mut b) = self.backends.try_remove(bi) else {
+        let Some(mut b) = self.remove_backend(bi) else {
             return false;
         };
         let _ = self.poll.registry().deregister(&mut b.stream.sock);
@@ -365,7 +383,11 @@ impl Reactor {
                 .filter(|&o| o != pool)
                 .find_map(|o| self.take_idle(o));
             if let Some(bi) = other {
-                self.close_backend(bi, "making room for another user of the database");
+                self.close_backend(
+                    bi,
+                    CloseReason::MakingRoom,
+                    "making room for another user of the database",
+                );
                 if db.try_reserve() {
                     self.open_backend(pool, None);
                 }
@@ -402,7 +424,11 @@ impl Reactor {
     /// backend of `victim` here, then let that reactor try again.
     pub(super) fn make_room(&mut self, pool: PoolId, victim: PoolId, from: usize) {
         if let Some(bi) = self.take_idle(victim) {
-            self.close_backend(bi, "making room for another user of the database");
+            self.close_backend(
+                bi,
+                CloseReason::MakingRoom,
+                "making room for another user of the database",
+            );
         }
         if let Some(h) = self.shared.reactor(from) {
             let _ = h.send(Msg::NoBackend { pool });
@@ -432,8 +458,8 @@ impl Reactor {
                 };
                 let idle_for = self.now.saturating_duration_since(b.idle_since);
                 let unchecked_for = self.now.saturating_duration_since(b.checked_at);
-                let expired =
-                    b.expires.is_some_and(|at| at <= self.now) || b.credentials_version != version;
+                let rotated = b.credentials_version != version;
+                let expired = b.expires.is_some_and(|at| at <= self.now) || rotated;
                 let idle_too_long = settings.max_idle_time.is_some_and(|max| idle_for > max)
                     && self
                         .shared
@@ -442,14 +468,14 @@ impl Reactor {
                         .is_some_and(|p| p.total_idle() > settings.min_idle);
                 if expired || idle_too_long {
                     self.forget_idle(pool, bi);
-                    self.close_backend(
-                        bi,
-                        if expired {
-                            "lifetime over"
-                        } else {
-                            "idle too long"
-                        },
-                    );
+                    let (reason, why) = if rotated {
+                        (CloseReason::CredentialsChanged, "credentials changed")
+                    } else if expired {
+                        (CloseReason::Lifetime, "lifetime over")
+                    } else {
+                        (CloseReason::IdleTimeout, "idle too long")
+                    };
+                    self.close_backend(bi, reason, why);
                 } else if settings
                     .health_check_period
                     .is_some_and(|period| unchecked_for >= period)

@@ -191,6 +191,13 @@ impl Proxy {
         user.password.unwrap_or(PROXY_ONLY_PASSWORD)
     }
 
+    /// Where the metrics endpoint listens (with a `prometheus` section).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.server
+            .as_ref()
+            .and_then(|s| s.metrics_addrs().first().copied())
+    }
+
     pub fn client_count(&self) -> usize {
         self.server.as_ref().map_or(0, Server::client_count)
     }
