@@ -337,9 +337,7 @@ impl Reactor {
             );
             match filled {
                 Filled::Data { drained } => {
-                    if drained {
-                        b.drained = true;
-                    }
+                    b.drained = drained;
                     self.backend_after_read(bi);
                     if drained {
                         if let Some(b) = self.backends.get_mut(bi) {

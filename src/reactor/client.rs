@@ -234,9 +234,7 @@ impl Reactor {
             );
             match filled {
                 Filled::Data { drained } => {
-                    if drained {
-                        c.drained = true;
-                    }
+                    c.drained = drained;
                     self.client_after_read(ci);
                     if drained {
                         if let Some(c) = self.clients.get_mut(ci) {
