@@ -6,7 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::wire::{WireClient, send_cancel};
+use support::wire::WireClient;
 use support::*;
 
 #[test]
@@ -201,21 +201,8 @@ fn cancel_is_delivered_over_tls_to_a_tls_backend() {
             .unwrap(),
         ["t"]
     );
-    let (pid, key) = c.key.clone().unwrap();
-    let mut m = Vec::new();
-    pglink::protocol::frontend::query(&mut m, b"SELECT pg_sleep(10)");
-    c.send(&m);
-    std::thread::sleep(Duration::from_millis(300));
-    let started = Instant::now();
-    send_cancel(proxy.addr, pid, &key);
-    let msgs = c.until_ready().unwrap();
-    let err = msgs.iter().find_map(|m| m.error()).expect("cancelled");
-    assert_eq!(err.1, "57014");
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        started.elapsed()
-    );
+    let took = c.cancel_a_sleep(proxy.addr);
+    assert!(took < Duration::from_secs(1), "{took:?}");
 }
 
 #[test]

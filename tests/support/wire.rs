@@ -772,6 +772,23 @@ impl WireClient {
             .collect())
     }
 
+    /// Runs `SELECT pg_sleep(10)`, sends a CancelRequest with this session's key to `addr`
+    /// after 300 ms, checks that the query failed with 57014 and returns how long that took
+    /// after the cancel was sent.
+    pub fn cancel_a_sleep(&mut self, addr: SocketAddr) -> Duration {
+        let (pid, key) = self.key.clone().expect("BackendKeyData at login");
+        let mut m = Vec::new();
+        frontend::query(&mut m, b"SELECT pg_sleep(10)");
+        self.send(&m);
+        std::thread::sleep(Duration::from_millis(300));
+        let started = std::time::Instant::now();
+        send_cancel(addr, pid, &key);
+        let msgs = self.until_ready().unwrap();
+        let err = msgs.iter().find_map(|m| m.error()).expect("cancelled");
+        assert_eq!(err.1, "57014", "{err:?}");
+        started.elapsed()
+    }
+
     /// Closes the TCP connection without a Terminate message.
     pub fn vanish(self) {
         let _ = self.conn.tcp.shutdown(Shutdown::Both);
