@@ -48,6 +48,7 @@ pub mod backend;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod engine;
 pub mod observe;
 pub mod pool;
 pub mod protocol;

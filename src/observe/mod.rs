@@ -4,6 +4,7 @@
 
 #[cfg(feature = "metrics")]
 pub mod http;
+pub mod events;
 pub mod log;
 pub mod metrics;
 #[cfg(feature = "metrics")]
