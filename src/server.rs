@@ -27,6 +27,7 @@ use crate::client::statements::Registry;
 use crate::client::users::{DbEntry, UserEntry, UserTable};
 use crate::client::{AuthMethod, ClientTls, DatabaseContext, SessionConfig};
 use crate::config::{self, BackendSslMode, CertSource, Config, LoadedConfig, ResolvedSecrets};
+use crate::engine::Context;
 use crate::pool::{Credentials, Database, Pool, PoolSettings};
 use crate::protocol::framing::DEFAULT_MAX_MESSAGE_LEN;
 use crate::reactor::{Reactor, Shared};
@@ -136,17 +137,17 @@ impl Server {
             channel_binding,
             max_message_len: DEFAULT_MAX_MESSAGE_LEN,
         };
-        let shared = Arc::new(Shared::new(
+        let context = Context::new(
             databases,
             pools,
-            users,
             session,
-            server_tls,
             config.max_client_connections as usize,
             config.client_login_timeout,
             DEFAULT_MAX_MESSAGE_LEN,
             reactors,
-        ));
+            std::time::Instant::now(),
+        );
+        let shared = Arc::new(Shared::new(context, users, server_tls));
         let resolver = start_resolver(&shared)?;
         let (listeners, local_addrs) = bind_listeners(config, reactors)?;
         // Bound before any thread starts, so that a taken port fails the start cleanly.
@@ -182,7 +183,7 @@ impl Server {
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join(", "),
-            shared.databases.len()
+            shared.ctx.databases.len()
         );
         #[allow(unused_mut)]
         let mut server = Server {
@@ -486,9 +487,9 @@ fn user_table(config: &Config, secrets: &ResolvedSecrets, databases: &[Database]
 /// Rotated secrets: new logins and pool credentials (backends with the old ones are replaced
 /// as they come back to the pool).
 fn apply_secrets(shared: &Shared, config: &Config, secrets: &ResolvedSecrets) {
-    for db in &shared.databases {
+    for db in &shared.ctx.databases {
         for (i, user) in secrets.users(&db.name).iter().enumerate() {
-            if let Some(pool) = db.pools.get(i).and_then(|&p| shared.pools.get(p)) {
+            if let Some(pool) = db.pools.get(i).and_then(|&p| shared.ctx.pools.get(p)) {
                 pool.set_credentials(Credentials {
                     user: user.username.clone(),
                     password: user.password.clone(),
@@ -496,7 +497,7 @@ fn apply_secrets(shared: &Shared, config: &Config, secrets: &ResolvedSecrets) {
             }
         }
     }
-    shared.set_users(user_table(config, secrets, &shared.databases));
+    shared.set_users(user_table(config, secrets, &shared.ctx.databases));
 }
 
 /// The resolver thread and the channel that stops it.
@@ -504,7 +505,7 @@ type Resolver = (Sender<()>, JoinHandle<()>);
 
 /// Resolves backend host names now and then again periodically, off the reactor threads.
 fn start_resolver(shared: &Arc<Shared>) -> Result<Option<Resolver>, StartError> {
-    for db in &shared.databases {
+    for db in &shared.ctx.databases {
         if let Err(e) = db.target.resolve() {
             log::warn!(
                 "databases.{}.backend.host: {e}; retrying every {RESOLVE_PERIOD:?}",
@@ -512,7 +513,7 @@ fn start_resolver(shared: &Arc<Shared>) -> Result<Option<Resolver>, StartError> 
             );
         }
     }
-    if shared.databases.iter().all(|d| d.target.is_ip()) {
+    if shared.ctx.databases.iter().all(|d| d.target.is_ip()) {
         return Ok(None);
     }
     let (stop, stopped): (Sender<()>, Receiver<()>) = std::sync::mpsc::channel();
@@ -521,7 +522,7 @@ fn start_resolver(shared: &Arc<Shared>) -> Result<Option<Resolver>, StartError> 
         .name("pglink-resolver".into())
         .spawn(move || {
             while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(RESOLVE_PERIOD) {
-                for db in shared.databases.iter().filter(|d| !d.target.is_ip()) {
+                for db in shared.ctx.databases.iter().filter(|d| !d.target.is_ip()) {
                     if let Err(e) = db.target.resolve() {
                         log::warn!("databases.{}.backend.host: {e}", db.name);
                     }

@@ -36,6 +36,8 @@ pub enum ServerState {
     Draining,
     /// Free, but a cancel for it is still being delivered.
     Parked,
+    /// Moved to another reactor (which records it again as idle).
+    HandedOff,
     Closed,
 }
 

@@ -290,7 +290,7 @@ impl Collector for ProxyCollector {
 /// The families, in [`METRICS`] order; those without samples are left out.
 fn families(shared: &Shared) -> Vec<MetricFamily> {
     let mut f = Families::default();
-    let reactors = &shared.stats;
+    let reactors = &shared.ctx.stats;
     let sum = |get: &dyn Fn(&ReactorStats) -> u64| reactors.iter().map(|r| get(r)).sum::<u64>();
 
     f.gauge(&CLIENTS_CONNECTED, &[], shared.client_count() as f64);
@@ -305,7 +305,7 @@ fn families(shared: &Shared) -> Vec<MetricFamily> {
             f.counter(&ERRORS_SENT, &[class], n);
         }
     }
-    for db in &shared.databases {
+    for db in &shared.ctx.databases {
         let name = db.name.as_str();
         let failures = sum(&|r| r.database(db.id).map_or(0, |d| d.auth_failures.get()));
         f.counter(&AUTH_FAILURES, &[name], failures);
@@ -317,8 +317,9 @@ fn families(shared: &Shared) -> Vec<MetricFamily> {
         f.counter(&STATEMENT_MISSES, &[name], counts.misses);
         f.counter(&STATEMENT_EVICTIONS, &[name], counts.evictions);
     }
-    for pool in &shared.pools {
+    for pool in &shared.ctx.pools {
         let database = shared
+            .ctx
             .databases
             .get(pool.db)
             .map_or("", |d| d.name.as_str());
@@ -525,11 +526,13 @@ pub fn registry(shared: Arc<Shared>) -> prometheus::Registry {
 /// connections by state and the database's `pool_max_conns`.
 pub fn pools_json(shared: &Shared) -> String {
     let pools: Vec<serde_json::Value> = shared
+        .ctx
         .pools
         .iter()
         .map(|pool| {
-            let db = shared.databases.get(pool.db);
+            let db = shared.ctx.databases.get(pool.db);
             let stats: Vec<&PoolStats> = shared
+                .ctx
                 .stats
                 .iter()
                 .filter_map(|r| r.pool(pool.id))

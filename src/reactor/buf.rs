@@ -1,12 +1,12 @@
-//! Per-connection byte buffers, taken from a per-reactor pool.
+//! Per-connection input buffers, taken from a per-reactor pool.
 //!
-//! A connection holds a buffer only while bytes are in flight (a partial message read, or
-//! output the socket has not taken yet) and gives it back when it drains, so an idle client
-//! costs no buffer memory and a busy reactor allocates nothing in the steady state.
+//! A connection holds a buffer only while bytes are in flight (a partial message, or input
+//! the engine cannot use yet) and gives it back when it drains, so an idle client costs no
+//! buffer memory and a busy reactor allocates nothing in the steady state. (Output buffers
+//! belong to the engine, which writes into them: see `engine::output`.)
 //!
-//! Input buffers are fully initialised once and read into directly (no zeroing per read);
-//! `start..end` is the unconsumed data. Output buffers are appended to and written from a
-//! cursor.
+//! Buffers are fully initialised once and read into directly (no zeroing per read);
+//! `start..end` is the unconsumed data.
 
 /// Size of pooled buffers; also the most read per `read` call.
 pub const BUF_SIZE: usize = 16 * 1024;
@@ -74,53 +74,16 @@ impl InBuf {
     }
 }
 
-/// Output not yet taken by the socket.
 #[derive(Debug)]
-pub struct OutBuf {
-    pub data: Vec<u8>,
-    pos: usize,
-}
-
-impl OutBuf {
-    /// Bytes still to write.
-    pub fn pending(&self) -> &[u8] {
-        self.data.get(self.pos..).unwrap_or_default()
-    }
-
-    pub fn len(&self) -> usize {
-        self.data.len() - self.pos
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.pos >= self.data.len()
-    }
-
-    /// `n` bytes were written.
-    pub fn advance(&mut self, n: usize) {
-        self.pos += n;
-        if self.pos >= self.data.len() {
-            self.data.clear();
-            self.pos = 0;
-        } else if self.pos > BUF_SIZE && self.pos * 2 > self.data.len() {
-            // Keep appends cheap when a slow reader leaves a tail behind.
-            self.data.drain(..self.pos);
-            self.pos = 0;
-        }
-    }
-}
-
-#[derive(Debug)]
-pub struct BufPool {
+pub struct InPool {
     inputs: Vec<Vec<u8>>,
-    outputs: Vec<Vec<u8>>,
     max_free: usize,
 }
 
-impl BufPool {
-    pub fn new(max_free: usize) -> BufPool {
-        BufPool {
+impl InPool {
+    pub fn new(max_free: usize) -> InPool {
+        InPool {
             inputs: Vec::new(),
-            outputs: Vec::new(),
             max_free,
         }
     }
@@ -132,14 +95,6 @@ impl BufPool {
             start: 0,
             end: 0,
         }
-    }
-
-    pub fn output(&mut self) -> OutBuf {
-        let data = self
-            .outputs
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(BUF_SIZE));
-        OutBuf { data, pos: 0 }
     }
 
     /// Takes back `slot`'s input buffer if it holds nothing.
@@ -155,24 +110,6 @@ impl BufPool {
             }
         }
     }
-
-    /// Takes back `slot`'s output buffer if everything was written.
-    pub fn recycle_output(&mut self, slot: &mut Option<OutBuf>) {
-        if slot.as_ref().is_some_and(OutBuf::is_empty)
-            && let Some(mut buf) = slot.take()
-            && self.outputs.len() < self.max_free
-        {
-            buf.data.clear();
-            if buf.data.capacity() > BUF_SIZE * 4 {
-                buf.data.shrink_to(BUF_SIZE);
-            }
-            self.outputs.push(buf.data);
-        }
-    }
-
-    pub fn free_count(&self) -> usize {
-        self.inputs.len() + self.outputs.len()
-    }
 }
 
 #[cfg(test)]
@@ -181,7 +118,7 @@ mod tests {
 
     #[test]
     fn input_compacts_and_grows() {
-        let mut pool = BufPool::new(4);
+        let mut pool = InPool::new(4);
         let mut buf = pool.input();
         let spare = buf.spare();
         assert_eq!(spare.len(), BUF_SIZE);
@@ -205,32 +142,5 @@ mod tests {
             BUF_SIZE,
             "grown buffers come back at normal size"
         );
-    }
-
-    #[test]
-    fn output_is_recycled_only_when_written() {
-        let mut pool = BufPool::new(4);
-        let mut slot = Some(pool.output());
-        slot.as_mut().unwrap().data.extend_from_slice(b"hello");
-        pool.recycle_output(&mut slot);
-        assert!(slot.is_some());
-        let out = slot.as_mut().unwrap();
-        out.advance(2);
-        assert_eq!(out.pending(), b"llo");
-        out.advance(3);
-        assert!(out.is_empty());
-        pool.recycle_output(&mut slot);
-        assert!(slot.is_none());
-        assert_eq!(pool.free_count(), 1);
-    }
-
-    #[test]
-    fn slow_reader_tail_is_compacted() {
-        let mut pool = BufPool::new(1);
-        let mut out = pool.output();
-        out.data.resize(BUF_SIZE * 3, 1);
-        out.advance(BUF_SIZE * 2);
-        assert_eq!(out.len(), BUF_SIZE);
-        assert_eq!(out.data.len(), BUF_SIZE, "written prefix dropped");
     }
 }

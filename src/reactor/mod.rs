@@ -1,146 +1,79 @@
-//! The reactor layer: mio event loops that own sockets, TLS record I/O, timers and buffers,
-//! and drive the sans-IO client sessions and backend logins.
+//! The reactor: the driver that turns epoll events into engine calls and the engine's I/O
+//! commands into syscalls. It decides nothing about connections; the engine does.
 //!
 //! One reactor per thread, each with its own `Poll`, listener sockets (SO_REUSEPORT, so the
-//! kernel spreads new connections), slabs of client and backend connections, deadline heap
-//! and buffer pool. Nothing on the hot path takes a lock. Reactors talk to each other only
-//! through bounded channels plus a `mio::Waker`: cancel requests for a client on another
-//! reactor, and idle backends handed over to where a client waits.
+//! kernel spreads new connections), engine, sockets and input buffers. Nothing on the hot
+//! path takes a lock. Reactors talk to each other only through bounded channels plus a
+//! `mio::Waker`: the engines' messages, and server connections (socket and all) handed
+//! over to where a client waits.
 //!
 //! Loop discipline (mio's "draining readiness"): edge-triggered, so every readable socket is
-//! read until `WouldBlock` — but at most `MAX_READS` times per wake-up; a connection that
-//! still has data goes on the `ready` list and is revisited next turn with a zero poll
-//! timeout. Output produced while handling events is coalesced and written once per
-//! connection at the end of the turn. One clock read per turn.
+//! read until `WouldBlock` — but at most a few times per wake-up; a connection that still
+//! has data goes on the `ready` list and is revisited next turn with a zero poll timeout.
+//! After every engine call its I/O commands are carried out, in order; output is coalesced
+//! and written once per connection at the end of the turn. One clock read per turn.
 
-mod backend;
-pub mod buf;
+mod buf;
 mod cancel;
-mod client;
-mod connio;
-mod pool;
+mod conn;
 pub mod stream;
-pub mod timer;
-pub mod token;
+mod token;
 
-use std::collections::VecDeque;
-use std::io;
+use std::io::{self, Write as _};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use mio::net::TcpListener;
+use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Waker};
-use slab::Slab;
 
 use crate::auth::OsRng;
 use crate::client::users::UserTable;
-use crate::client::{Action, CancelKey, SessionConfig};
-use crate::observe::metrics::{CloseReason, ReactorStats};
-use crate::pool::{Database, Pool};
-use backend::Backend;
-use buf::BufPool;
-use client::Client;
-use pool::Shard;
-use timer::{Timer, Timers};
-use token::{Generations, Kind, Tok};
+use crate::engine::{Accept, Conn, Context, Engine, Failure, Io, Mailbox, Message, Transfer};
+use crate::observe::metrics::ReactorStats;
+use buf::InPool;
+use conn::{Socket, Sockets};
+use stream::Stream;
+use token::{Kind, Tok};
 
-/// Reads per connection per wake-up before yielding to other connections.
-const MAX_READS: usize = 8;
 /// Accepts per listener per wake-up.
 const MAX_ACCEPTS: usize = 64;
-/// Connections being refused politely (SSL negotiation and startup packet first) at once per
-/// reactor; beyond this they are refused the moment they are accepted.
-const MAX_REFUSING: usize = 64;
-/// Output queued for a peer above which the other side stops being read (backpressure).
-const HIGH_WATER: usize = 256 * 1024;
 /// Messages queued per reactor channel.
 const CHANNEL_CAPACITY: usize = 4096;
-/// Pool maintenance period.
-const MAINTENANCE_PERIOD: Duration = Duration::from_millis(500);
-/// How long open transactions may run on after a shutdown starts.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// State every reactor shares (read-mostly).
+/// State every reactor shares.
 pub struct Shared {
-    pub databases: Vec<Database>,
-    pub pools: Vec<Pool>,
+    /// What the engines share.
+    pub ctx: Arc<Context>,
     users: RwLock<Arc<UserTable>>,
     users_epoch: AtomicU64,
-    pub session: SessionConfig,
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    pub max_clients: usize,
-    clients: AtomicUsize,
-    pub login_timeout: Duration,
-    /// How long cleanup after a vanished client may take before the backend is closed.
-    pub reset_timeout: Duration,
-    pub max_message_len: usize,
-    /// Instance id carried in cancel keys (several pglinks behind one load balancer).
-    pub instance_id: u8,
     reactors: OnceLock<Vec<ReactorHandle>>,
-    cancels_in_flight: AtomicUsize,
-    stopping: AtomicBool,
-    /// The reference instant of times shared between reactors (pool waiters): the pool
-    /// state holds durations since it and reads no clock itself.
-    pub epoch: Instant,
-    /// Each reactor's counters, by reactor id (see `observe::metrics`).
-    pub stats: Vec<Arc<ReactorStats>>,
     /// Reactor threads inside their loop right now.
     running: AtomicUsize,
 }
 
 impl Shared {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        databases: Vec<Database>,
-        pools: Vec<Pool>,
-        users: UserTable,
-        session: SessionConfig,
-        tls: Option<Arc<rustls::ServerConfig>>,
-        max_clients: usize,
-        login_timeout: Duration,
-        max_message_len: usize,
-        reactors: usize,
-    ) -> Shared {
-        let stats = (0..reactors)
-            .map(|_| Arc::new(ReactorStats::new(pools.len(), databases.len())))
-            .collect();
+    pub fn new(ctx: Context, users: UserTable, tls: Option<Arc<rustls::ServerConfig>>) -> Shared {
         Shared {
-            databases,
-            pools,
+            ctx: Arc::new(ctx),
             users: RwLock::new(Arc::new(users)),
             users_epoch: AtomicU64::new(0),
-            session,
             tls,
-            max_clients,
-            clients: AtomicUsize::new(0),
-            login_timeout,
-            reset_timeout: Duration::from_secs(5),
-            max_message_len,
-            instance_id: 0,
             reactors: OnceLock::new(),
-            cancels_in_flight: AtomicUsize::new(0),
-            stopping: AtomicBool::new(false),
-            epoch: Instant::now(),
-            stats,
             running: AtomicUsize::new(0),
         }
     }
 
     /// Reactors configured.
     pub fn reactor_count(&self) -> usize {
-        self.stats.len()
+        self.ctx.stats.len()
     }
 
     /// Reactors created and not yet stopped (all of them until shutdown, unless one failed).
     pub fn reactors_running(&self) -> usize {
         self.running.load(Ordering::Acquire)
-    }
-
-    /// `t` on the reactors' common clock (see [`Shared::epoch`]).
-    pub fn since_epoch(&self, t: Instant) -> Duration {
-        t.saturating_duration_since(self.epoch)
     }
 
     /// Publishes a new login table (secret rotation).
@@ -161,7 +94,7 @@ impl Shared {
 
     /// Clients connected right now (all reactors).
     pub fn client_count(&self) -> usize {
-        self.clients.load(Ordering::Acquire)
+        self.ctx.client_count()
     }
 
     pub fn set_reactors(&self, handles: Vec<ReactorHandle>) {
@@ -175,48 +108,45 @@ impl Shared {
     /// Starts a shutdown: every reactor stops accepting and winds down (it notices the flag
     /// on its next turn; the waker makes that turn happen now).
     pub fn stop(&self) {
-        self.stopping.store(true, Ordering::Release);
+        self.ctx.stop();
         for r in self.reactors.get().into_iter().flatten() {
             let _ = r.waker.wake();
         }
     }
 
     pub fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::Acquire)
+        self.ctx.is_stopping()
     }
 }
 
-/// Messages between reactors.
-pub enum Msg {
-    /// A CancelRequest received elsewhere for a client of this reactor.
-    Cancel(CancelKey),
-    /// Reactor `from` has a client waiting for `pool` and this one has an idle backend.
-    WantBackend { pool: usize, from: usize },
-    /// Reply to `WantBackend` when the idle backend was gone by then, and to `MakeRoom`
-    /// (whether or not room was made): reactor `pool`'s waiters may try again.
-    NoBackend { pool: usize },
-    /// Reactor `from` has a client waiting for `pool`, whose database is at
-    /// `pool_max_conns`, and this one has an idle backend of `victim` (another user of that
-    /// database): close it so that `from` can open one.
-    MakeRoom {
-        pool: usize,
-        victim: usize,
-        from: usize,
+/// The engines' messages travel between reactors as they are.
+impl Mailbox for Shared {
+    fn send(&self, to: usize, msg: Message) -> Result<(), Message> {
+        match self.reactor(to) {
+            Some(h) => h.send(Envelope::Engine(msg)).map_err(|e| match e {
+                Envelope::Engine(m) => m,
+                // Only engine messages are sent here.
+                Envelope::Server { .. } => Message::NoServer { pool: usize::MAX },
+            }),
+            None => Err(msg),
+        }
+    }
+}
+
+/// What reactors send each other.
+pub(crate) enum Envelope {
+    Engine(Message),
+    /// An idle server connection handed over: the engine's record and the socket.
+    Server {
+        transfer: Transfer,
+        socket: Box<Socket>,
     },
-    /// An idle backend handed over (already deregistered from the sender's poll);
-    /// `requested` when it answers a `WantBackend`.
-    Backend {
-        backend: Box<Backend>,
-        requested: bool,
-    },
-    /// A forwarded cancel finished; the backend may be lent again.
-    CancelDone { backend: Tok },
 }
 
 /// How to reach a reactor from another thread.
 #[derive(Clone)]
 pub struct ReactorHandle {
-    tx: SyncSender<Msg>,
+    tx: SyncSender<Envelope>,
     waker: Arc<Waker>,
     /// The reactor is in (or about to enter) a blocking poll: a message needs a wake-up.
     /// While it is busy it reads its inbox every turn anyway, so the `eventfd` write and the
@@ -225,10 +155,9 @@ pub struct ReactorHandle {
 }
 
 impl ReactorHandle {
-    /// Sends without blocking. A full channel drops the message (callers cope: a lost
-    /// `WantBackend` only delays a waiter to its timeout) and returns it.
-    fn send(&self, msg: Msg) -> Result<(), Msg> {
-        match self.tx.try_send(msg) {
+    /// Sends without blocking; a full channel gives the envelope back.
+    fn send(&self, envelope: Envelope) -> Result<(), Envelope> {
+        match self.tx.try_send(envelope) {
             Ok(()) => {
                 // Pairs with the fence in `Reactor::run`: either the reactor sees this message
                 // when it drains its inbox after announcing it sleeps, or we see it sleeping.
@@ -238,29 +167,9 @@ impl ReactorHandle {
                 }
                 Ok(())
             }
-            Err(TrySendError::Full(m) | TrySendError::Disconnected(m)) => Err(m),
+            Err(TrySendError::Full(e) | TrySendError::Disconnected(e)) => Err(e),
         }
     }
-}
-
-/// Per-turn scratch the handlers share (split from `Reactor` to keep borrows simple).
-struct Scratch {
-    /// Stands in for `to_backend` when a client holds none; always empty between calls.
-    sink: Vec<u8>,
-    /// Stands in for a backend's context when a client holds none.
-    no_backend: crate::client::BackendContext,
-    /// Session actions waiting to be carried out, with the client they belong to.
-    actions: VecDeque<(usize, Action)>,
-    /// Reused by sessions for one call.
-    action_buf: Vec<Action>,
-    /// Connections to revisit (more input may be waiting).
-    ready: Vec<Tok>,
-    /// Connections with output to flush at the end of the turn.
-    dirty: Vec<Tok>,
-    /// `run_actions` is on the stack.
-    running_actions: bool,
-    /// The client whose input `client_process` is feeding to its session right now.
-    processing: Option<usize>,
 }
 
 pub struct Reactor {
@@ -268,29 +177,26 @@ pub struct Reactor {
     poll: Poll,
     shared: Arc<Shared>,
     listeners: Vec<TcpListener>,
-    inbox: Receiver<Msg>,
+    inbox: Receiver<Envelope>,
     /// Shared with this reactor's handles (see `ReactorHandle::sleeping`).
     sleeping: Arc<AtomicBool>,
-    clients: Slab<Client>,
-    backends: Slab<Backend>,
-    generations: Generations,
-    shards: Vec<Shard>,
-    timers: Timers,
-    bufs: BufPool,
-    scratch: Scratch,
-    users: Arc<UserTable>,
+    engine: Engine,
+    sockets: Sockets,
+    inputs: InPool,
+    /// Connections (and listeners) to revisit: more input may be waiting.
+    ready: Vec<Tok>,
+    /// Connections with output to write at the end of the turn.
+    dirty: Vec<Tok>,
+    /// Server connections handed over that could not be sent: adopted again once the
+    /// engine's current commands are carried out.
+    returned: Vec<(Transfer, Box<Socket>)>,
     users_epoch: u64,
-    rng: OsRng,
     now: Instant,
-    /// This reactor's counters (also in `Shared::stats`); only this thread writes them.
+    /// This reactor's counters (also in `Context::stats`); only this thread writes them.
     stats: Arc<ReactorStats>,
     /// Counts this reactor in `Shared::reactors_running` from its creation until its loop
     /// ends (or its thread unwinds), so a server that has started reports every reactor.
     _running: Running,
-    /// Set once shutdown has begun: when everything is closed regardless.
-    shutdown_deadline: Option<Instant>,
-    /// Connections accepted only to be refused, not yet closed.
-    refusing: usize,
 }
 
 impl Reactor {
@@ -305,62 +211,52 @@ impl Reactor {
         let (tx, inbox) = std::sync::mpsc::sync_channel(CHANNEL_CAPACITY);
         let mut listeners = listeners;
         for (i, l) in listeners.iter_mut().enumerate() {
-            poll.registry().register(
-                l,
-                Tok::new(Kind::Listener, i, 0).to_token(),
-                Interest::READABLE,
-            )?;
+            poll.registry()
+                .register(l, Tok::listener(i).to_token(), Interest::READABLE)?;
         }
-        let shards = (0..shared.pools.len()).map(|_| Shard::default()).collect();
-        let users = shared.users();
-        let users_epoch = shared.users_epoch.load(Ordering::Acquire);
+        let now = Instant::now();
         let stats = shared
+            .ctx
             .stats
             .get(id)
             .cloned()
             .unwrap_or_else(|| Arc::new(ReactorStats::new(0, 0)));
+        let mailbox: Arc<dyn Mailbox> = shared.clone();
+        let engine = Engine::new(
+            id,
+            shared.ctx.clone(),
+            mailbox,
+            shared.users(),
+            Box::new(OsRng),
+            now,
+        );
+        let users_epoch = shared.users_epoch.load(Ordering::Acquire);
         let running = Running::enter(shared.clone());
+        let sleeping = Arc::new(AtomicBool::new(false));
+        let handle = ReactorHandle {
+            tx,
+            waker,
+            sleeping: sleeping.clone(),
+        };
         let reactor = Reactor {
             id,
             poll,
             shared,
             listeners,
             inbox,
-            sleeping: Arc::new(AtomicBool::new(false)),
-            clients: Slab::new(),
-            backends: Slab::new(),
-            generations: Generations::default(),
-            shards,
-            timers: Timers::default(),
-            bufs: BufPool::new(64),
-            scratch: Scratch {
-                sink: Vec::new(),
-                no_backend: crate::client::BackendContext::new(0),
-                actions: VecDeque::new(),
-                action_buf: Vec::new(),
-                ready: Vec::new(),
-                dirty: Vec::new(),
-                running_actions: false,
-                processing: None,
-            },
-            users,
+            sleeping,
+            engine,
+            sockets: Sockets::default(),
+            inputs: InPool::new(64),
+            ready: Vec::new(),
+            dirty: Vec::new(),
+            returned: Vec::new(),
             users_epoch,
-            rng: OsRng,
-            now: Instant::now(),
+            now,
             stats,
             _running: running,
-            shutdown_deadline: None,
-            refusing: 0,
         };
-        let sleeping = reactor.sleeping.clone();
-        Ok((
-            reactor,
-            ReactorHandle {
-                tx,
-                waker,
-                sleeping,
-            },
-        ))
+        Ok((reactor, handle))
     }
 
     /// Runs until shutdown completes.
@@ -369,18 +265,18 @@ impl Reactor {
             self.stats.set_thread_id(tid);
         }
         let mut events = Events::with_capacity(1024);
-        self.timers
-            .add(self.now + MAINTENANCE_PERIOD, Timer::PoolMaintenance);
         let mut ready = Vec::new();
+        let mut shutting_down = false;
         loop {
             // Messages from other reactors are read every turn; only a reactor about to block
             // asks to be woken for them (announce, then look once more).
             self.sleeping.store(true, Ordering::SeqCst);
             std::sync::atomic::fence(Ordering::SeqCst);
             self.on_messages();
-            self.run_actions();
-            let timeout = if self.scratch.ready.is_empty() && self.scratch.dirty.is_empty() {
-                self.timers.next_timeout(self.now)
+            let timeout = if self.ready.is_empty() && self.dirty.is_empty() {
+                self.engine
+                    .poll_timeout()
+                    .map(|at| at.saturating_duration_since(self.now))
             } else {
                 Some(Duration::ZERO)
             };
@@ -401,26 +297,21 @@ impl Reactor {
             for event in &events {
                 self.on_event(Tok::from_token(event.token()), event);
             }
-            std::mem::swap(&mut ready, &mut self.scratch.ready);
+            std::mem::swap(&mut ready, &mut self.ready);
             for tok in ready.drain(..) {
                 self.on_ready(tok);
             }
-            while let Some((at, timer)) = self.timers.pop_due(self.now) {
-                self.on_timer(at, timer);
-            }
-            if self.shared.is_stopping() {
-                match self.shutdown_deadline {
-                    None => self.begin_shutdown(),
-                    Some(at) if at <= self.now => self.force_shutdown(),
-                    Some(_) => {}
-                }
+            self.engine.handle_timeout(self.now);
+            self.carry_out_io();
+            if !shutting_down && self.shared.is_stopping() {
+                shutting_down = true;
+                self.engine.handle_shutdown(self.now);
+                self.carry_out_io();
             }
             self.flush_dirty();
-            if self.shutdown_deadline.is_some()
-                && self.clients.is_empty()
-                && self.backends.is_empty()
-            {
+            if self.engine.is_finished() {
                 log::debug!("reactor {} stopped", self.id);
+                debug_assert!(self.sockets.is_empty(), "sockets outlive their connections");
                 return;
             }
         }
@@ -429,160 +320,280 @@ impl Reactor {
     fn refresh_users(&mut self) {
         let epoch = self.shared.users_epoch.load(Ordering::Acquire);
         if epoch != self.users_epoch {
-            self.users = self.shared.users();
+            self.engine.set_users(self.shared.users());
             self.users_epoch = epoch;
         }
     }
 
     fn on_event(&mut self, tok: Tok, event: &mio::event::Event) {
-        match tok.kind {
-            Kind::Listener => self.accept(tok.index()),
-            Kind::Waker => self.on_messages(),
-            Kind::Client => {
-                if !self.client_alive(tok) {
-                    return;
-                }
-                if event.is_writable() {
-                    self.mark_dirty(tok);
-                }
-                let closing = event.is_read_closed() || event.is_error();
-                if event.is_readable() || closing {
-                    self.client_read(tok.index(), closing);
-                }
+        let Some(conn) = tok.as_conn() else {
+            match tok.kind {
+                Kind::Listener => self.accept(tok.index as usize),
+                _ => self.on_messages(),
             }
-            Kind::Backend => {
-                if !self.backend_alive(tok) {
-                    return;
-                }
-                if event.is_writable() || event.is_error() {
-                    self.backend_writable(tok.index());
-                }
-                let closing = event.is_read_closed() || event.is_error();
-                if self.backend_alive(tok) && (event.is_readable() || closing) {
-                    self.backend_read(tok.index(), closing);
-                }
+            return;
+        };
+        let Some(s) = self.sockets.get(conn) else {
+            return; // stale: the connection closed, its slot may hold another
+        };
+        if s.connecting {
+            if event.is_writable() || event.is_error() {
+                self.connect_done(conn);
             }
+        } else if event.is_writable() {
+            self.dirty.push(tok);
+        }
+        let closing = event.is_read_closed() || event.is_error();
+        if (event.is_readable() || closing) && self.sockets.get(conn).is_some() {
+            self.read(conn, closing);
         }
     }
 
     fn on_ready(&mut self, tok: Tok) {
-        match tok.kind {
-            Kind::Client if self.client_alive(tok) => {
-                self.client_process(tok.index());
-                if self.clients.get(tok.index()).is_some_and(|c| !c.drained)
-                    && self.client_alive(tok)
-                {
-                    self.client_read(tok.index(), false);
-                }
-            }
-            Kind::Backend if self.backend_alive(tok) => {
-                self.backend_process(tok.index());
-                if self.backends.get(tok.index()).is_some_and(|b| !b.drained)
-                    && self.backend_alive(tok)
-                {
-                    self.backend_read(tok.index(), false);
-                }
-            }
-            Kind::Listener => self.accept(tok.index()),
-            _ => {}
+        match tok.as_conn() {
+            Some(conn) => self.revisit(conn),
+            None if tok.kind == Kind::Listener => self.accept(tok.index as usize),
+            None => {}
         }
-    }
-
-    fn client_alive(&self, tok: Tok) -> bool {
-        self.clients
-            .get(tok.index())
-            .is_some_and(|c| c.generation == tok.generation)
-    }
-
-    fn backend_alive(&self, tok: Tok) -> bool {
-        self.backends
-            .get(tok.index())
-            .is_some_and(|b| b.generation == tok.generation)
-    }
-
-    fn mark_dirty(&mut self, tok: Tok) {
-        self.scratch.dirty.push(tok);
     }
 
     fn on_messages(&mut self) {
-        while let Ok(msg) = self.inbox.try_recv() {
-            match msg {
-                Msg::Cancel(key) => self.cancel_local(key),
-                Msg::WantBackend { pool, from } => self.give_idle_backend(pool, from),
-                Msg::NoBackend { pool } => self.steal_failed(pool),
-                Msg::MakeRoom { pool, victim, from } => self.make_room(pool, victim, from),
-                Msg::Backend { backend, requested } => self.adopt_backend(backend, requested),
-                Msg::CancelDone { backend } => self.cancel_done(backend),
+        while let Ok(envelope) = self.inbox.try_recv() {
+            match envelope {
+                Envelope::Engine(msg) => {
+                    self.engine.handle_message(msg, self.now);
+                    self.carry_out_io();
+                }
+                Envelope::Server { transfer, socket } => self.adopt(transfer, socket),
             }
         }
     }
 
-    fn on_timer(&mut self, at: Instant, timer: Timer) {
-        match timer {
-            Timer::ClientLogin(key) => self.client_login_timeout(key),
-            Timer::AcquireTimeout(key) => self.acquire_timeout(key, at),
-            Timer::BackendConnect(key) => self.backend_connect_timeout(key),
-            Timer::BackendReset(key) | Timer::HealthCheck(key) => self.backend_drain_timeout(key),
-            Timer::PoolMaintenance => {
-                self.maintain_pools();
-                self.timers
-                    .add(self.now + MAINTENANCE_PERIOD, Timer::PoolMaintenance);
+    /// Takes in a server connection handed over (or returned because it could not be sent).
+    fn adopt(&mut self, transfer: Transfer, mut socket: Box<Socket>) {
+        let id = self.engine.handle_adopt(transfer, self.now);
+        socket.generation = id.generation();
+        self.register(Conn::Server(id), *socket);
+        self.carry_out_io();
+    }
+
+    fn accept(&mut self, li: usize) {
+        for _ in 0..MAX_ACCEPTS {
+            let Some(listener) = self.listeners.get(li) else {
+                return;
+            };
+            match listener.accept() {
+                Ok((sock, peer)) => self.on_accepted(sock, peer),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Typically EMFILE; the next connection attempt brings a new edge.
+                    log::warn!("accept failed: {e}");
+                    return;
+                }
+            }
+        }
+        self.ready.push(Tok::listener(li));
+    }
+
+    fn on_accepted(&mut self, mut sock: TcpStream, peer: std::net::SocketAddr) {
+        match self.engine.handle_accept(self.now) {
+            Accept::Reject(bytes) => {
+                let _ = sock.write(&bytes);
+                let _ = sock.shutdown(std::net::Shutdown::Both);
+            }
+            Accept::Client(id) => {
+                let _ = sock.set_nodelay(true);
+                log::debug!("client {peer} connected as {id:?}");
+                let socket = Socket::new(Stream::plain(sock), id.generation(), peer);
+                self.register(Conn::Client(id), socket);
+            }
+        }
+        self.carry_out_io();
+    }
+
+    /// Carries out the engine's I/O commands, in order, until it has none.
+    fn carry_out_io(&mut self) {
+        while let Some(io) = self.engine.poll_io() {
+            match io {
+                Io::Flush(conn) => self.dirty.push(Tok::conn(conn)),
+                Io::Resume(conn) => self.ready.push(Tok::conn(conn)),
+                Io::Connect {
+                    server,
+                    target,
+                    addr_index,
+                } => self.connect(server, &target, addr_index),
+                Io::ClientTls { client, direct } => self.start_client_tls(client, direct),
+                Io::ServerTls { server, target } => self.start_server_tls(server, &target),
+                Io::Close { conn, last } => {
+                    self.close(conn, last.as_ref().map_or(&[][..], |o| o.pending()));
+                }
+                Io::HandOff {
+                    server,
+                    to,
+                    transfer,
+                } => self.hand_off(server, to, transfer),
+                Io::Cancel {
+                    server,
+                    target,
+                    tls,
+                    pid,
+                    secret,
+                } => self.deliver_cancel(server, &target, tls, pid, secret),
+                Io::StopAccepting => {
+                    for mut l in self.listeners.drain(..) {
+                        let _ = self.poll.registry().deregister(&mut l);
+                    }
+                }
+            }
+        }
+        // The engine hands out ids only while it has no commands pending, so that a slot is
+        // never reused before its close has been carried out.
+        while let Some((transfer, socket)) = self.returned.pop() {
+            self.adopt(transfer, socket);
+        }
+    }
+
+    fn hand_off(&mut self, server: crate::engine::ServerId, to: usize, transfer: Transfer) {
+        let Some(mut socket) = self.sockets.take(Conn::Server(server)) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut socket.stream.sock);
+        let envelope = Envelope::Server {
+            transfer,
+            socket: Box::new(socket),
+        };
+        let sent = match self.shared.reactor(to) {
+            Some(h) => h.send(envelope),
+            None => Err(envelope),
+        };
+        if let Err(Envelope::Server { transfer, socket }) = sent {
+            self.returned.push((transfer.unrequested(), socket));
+        }
+    }
+
+    /// Opens the TCP connection of a server connection.
+    fn connect(
+        &mut self,
+        server: crate::engine::ServerId,
+        target: &crate::backend::Target,
+        addr_index: usize,
+    ) {
+        let addrs = target.addrs();
+        let connected = addrs
+            .get(addr_index)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("could not resolve host \"{}\"", target.host),
+                )
+            })
+            .and_then(|&addr| Ok((TcpStream::connect(addr)?, addr)));
+        match connected {
+            Ok((sock, addr)) => {
+                let mut socket = Socket::new(Stream::plain(sock), server.generation(), addr);
+                socket.connecting = true;
+                self.register(Conn::Server(server), socket);
+            }
+            Err(e) => self.engine.handle_connect_failed(server, e, self.now),
+        }
+    }
+
+    /// Answers the client's SSLRequest in plaintext, then starts TLS as the server.
+    fn start_client_tls(&mut self, client: crate::engine::ClientId, direct: bool) {
+        let conn = Conn::Client(client);
+        let Some(config) = self.shared.tls.clone() else {
+            return self
+                .engine
+                .handle_closed(conn, Failure::TlsNotConfigured, self.now);
+        };
+        let Some(s) = self.sockets.get(conn) else {
+            return;
+        };
+        // The 'S' answer goes out in plaintext before the handshake starts.
+        let pending = self.engine.output(conn);
+        let mut written = 0;
+        while let Some(rest) = pending.get(written..).filter(|r| !r.is_empty()) {
+            match s.stream.write(rest) {
+                Ok(n) if n > 0 => written += n,
+                Ok(_) => {
+                    let e = io::Error::from(io::ErrorKind::WriteZero);
+                    return self.engine.handle_closed(conn, Failure::Write(e), self.now);
+                }
+                Err(e) => return self.engine.handle_closed(conn, Failure::Write(e), self.now),
+            }
+        }
+        self.stats.client_bytes_sent.add(written as u64);
+        let started = rustls::ServerConnection::new(config)
+            .map_err(io::Error::other)
+            .and_then(|tls| {
+                let tls = rustls::Connection::Server(tls);
+                if direct {
+                    // The bytes already read are the ClientHello.
+                    let prefix = s.input.as_ref().map(|i| i.filled().to_vec());
+                    if let Some(input) = s.input.as_mut() {
+                        input.consume(input.len());
+                    }
+                    s.stream
+                        .start_tls_with_prefix(tls, &prefix.unwrap_or_default())
+                } else {
+                    s.stream.start_tls(tls);
+                    Ok(())
+                }
+            });
+        match started {
+            Ok(()) => {
+                s.handshake = true;
+                self.engine.handle_sent(conn, written, self.now);
+                self.dirty.push(Tok::conn(conn));
+                self.ready.push(Tok::conn(conn));
+            }
+            Err(e) => self.engine.handle_closed(conn, Failure::Tls(e), self.now),
+        }
+    }
+
+    /// Starts TLS as a client of the server `target`.
+    fn start_server_tls(
+        &mut self,
+        server: crate::engine::ServerId,
+        target: &crate::backend::Target,
+    ) {
+        let conn = Conn::Server(server);
+        let (Some(config), Some(name)) = (target.tls.clone(), target.server_name.clone()) else {
+            return self
+                .engine
+                .handle_closed(conn, Failure::TlsNotConfigured, self.now);
+        };
+        let Some(s) = self.sockets.get(conn) else {
+            return;
+        };
+        match rustls::ClientConnection::new(config, name) {
+            Ok(tls) => {
+                s.stream.start_tls(rustls::Connection::Client(tls));
+                s.handshake = true;
+                self.dirty.push(Tok::conn(conn));
+                self.ready.push(Tok::conn(conn));
+            }
+            Err(e) => {
+                let e = io::Error::other(e);
+                self.engine.handle_closed(conn, Failure::Tls(e), self.now);
             }
         }
     }
 
     /// Writes all coalesced output of this turn.
     fn flush_dirty(&mut self) {
-        let mut dirty = std::mem::take(&mut self.scratch.dirty);
-        dirty.sort_unstable_by_key(|t| (t.index, t.kind as u8));
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable_by_key(|t| (t.index, t.kind as u8, t.generation));
         dirty.dedup();
         for tok in dirty.drain(..) {
-            match tok.kind {
-                Kind::Client if self.client_alive(tok) => self.client_flush(tok.index()),
-                Kind::Backend if self.backend_alive(tok) => self.backend_flush(tok.index()),
-                _ => {}
+            if let Some(conn) = tok.as_conn() {
+                self.flush(conn);
             }
         }
-        // Flushing can queue more (e.g. a backend resumed after its client drained).
-        if self.scratch.dirty.is_empty() {
-            self.scratch.dirty = dirty;
-        }
-    }
-
-    /// Shutdown: stop accepting; idle clients are closed now, clients in a transaction when
-    /// it ends; idle backends are closed.
-    fn begin_shutdown(&mut self) {
-        self.shutdown_deadline = Some(self.now + SHUTDOWN_GRACE);
-        self.timers
-            .add(self.now + SHUTDOWN_GRACE, Timer::PoolMaintenance);
-        for mut l in self.listeners.drain(..) {
-            let _ = self.poll.registry().deregister(&mut l);
-        }
-        let idle: Vec<usize> = self
-            .clients
-            .iter()
-            .filter(|(_, c)| !c.session.holds_backend())
-            .map(|(i, _)| i)
-            .collect();
-        for ci in idle {
-            self.client_shutdown(ci);
-        }
-        for s in 0..self.shards.len() {
-            while let Some(bi) = self.take_idle(s) {
-                self.close_backend(bi, CloseReason::Shutdown, "shutting down");
-            }
-        }
-    }
-
-    /// The grace period is over: close whatever is left.
-    fn force_shutdown(&mut self) {
-        let clients: Vec<usize> = self.clients.iter().map(|(i, _)| i).collect();
-        for ci in clients {
-            self.client_shutdown(ci);
-        }
-        let backends: Vec<usize> = self.backends.iter().map(|(i, _)| i).collect();
-        for bi in backends {
-            self.close_backend(bi, CloseReason::Shutdown, "shutting down");
+        // Flushing can queue more (e.g. a server connection resumed after its client drained).
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
         }
     }
 }
@@ -609,38 +620,4 @@ impl Drop for Running {
 fn current_thread_id() -> Option<u64> {
     let link = std::fs::read_link("/proc/thread-self").ok()?;
     link.file_name()?.to_str()?.parse().ok()
-}
-
-/// Encodes a proxy-issued cancel pid: positive i32, reactor id and slab slot.
-pub(crate) const SLOT_BITS: u32 = 22;
-
-pub(crate) fn encode_pid(reactor: usize, slot: usize) -> Option<u32> {
-    let reactor = u32::try_from(reactor)
-        .ok()
-        .filter(|r| *r < (1 << (31 - SLOT_BITS)))?;
-    let slot = u32::try_from(slot).ok().filter(|s| *s < (1 << SLOT_BITS))?;
-    Some((reactor << SLOT_BITS) | slot)
-}
-
-pub(crate) fn decode_pid(pid: u32) -> (usize, usize) {
-    (
-        (pid >> SLOT_BITS) as usize,
-        (pid & ((1 << SLOT_BITS) - 1)) as usize,
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cancel_pids_round_trip_and_stay_positive() {
-        for (r, s) in [(0, 0), (1, 5), (511, (1 << SLOT_BITS) - 1)] {
-            let pid = encode_pid(r, s).unwrap();
-            assert!(i32::try_from(pid).is_ok());
-            assert_eq!(decode_pid(pid), (r, s));
-        }
-        assert!(encode_pid(512, 0).is_none());
-        assert!(encode_pid(0, 1 << SLOT_BITS).is_none());
-    }
 }

@@ -1,16 +1,19 @@
 //! mio tokens: connection kind + slab index + generation.
 //!
-//! A slab slot is reused as soon as a connection closes, possibly while events for the old
-//! connection are still in the current `Events` batch. The generation in the token (also
-//! stored in the slot) lets the reactor ignore such stale events.
+//! The engine's ids carry the generation of a slot's occupant; the token does too, so an
+//! event for a connection that closed (its slot possibly reused within the same `Events`
+//! batch) is recognised as stale and ignored.
 
 use mio::Token;
+
+use crate::engine::id::GENERATION_BITS;
+use crate::engine::{ClientId, Conn, ServerId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Listener,
     Client,
-    Backend,
+    Server,
     Waker,
 }
 
@@ -23,8 +26,7 @@ pub struct Tok {
 }
 
 const KIND_BITS: u32 = 2;
-const GEN_BITS: u32 = 30;
-const GEN_MASK: u64 = (1 << GEN_BITS) - 1;
+const GEN_MASK: u64 = (1 << GENERATION_BITS) - 1;
 
 impl Tok {
     pub const WAKER: Tok = Tok {
@@ -33,27 +35,44 @@ impl Tok {
         generation: 0,
     };
 
-    pub fn new(kind: Kind, index: usize, generation: u32) -> Tok {
+    pub fn listener(index: usize) -> Tok {
         Tok {
-            kind,
-            // Slab indexes are bounded by max_client_connections and pool sizes, far below 2^32.
+            kind: Kind::Listener,
             index: u32::try_from(index).unwrap_or(u32::MAX),
-            generation: generation & GEN_MASK as u32,
+            generation: 0,
         }
     }
 
-    pub fn index(self) -> usize {
-        self.index as usize
+    pub fn conn(conn: Conn) -> Tok {
+        let (kind, index, generation) = match conn {
+            Conn::Client(c) => (Kind::Client, c.index(), c.generation()),
+            Conn::Server(s) => (Kind::Server, s.index(), s.generation()),
+        };
+        Tok {
+            kind,
+            index: u32::try_from(index).unwrap_or(u32::MAX),
+            generation,
+        }
+    }
+
+    /// The connection this token names, if it names one.
+    pub fn as_conn(self) -> Option<Conn> {
+        let index = self.index as usize;
+        match self.kind {
+            Kind::Client => Some(Conn::Client(ClientId::new(index, self.generation))),
+            Kind::Server => Some(Conn::Server(ServerId::new(index, self.generation))),
+            Kind::Listener | Kind::Waker => None,
+        }
     }
 
     pub fn to_token(self) -> Token {
         let kind = match self.kind {
             Kind::Listener => 0u64,
             Kind::Client => 1,
-            Kind::Backend => 2,
+            Kind::Server => 2,
             Kind::Waker => 3,
         };
-        let raw = (u64::from(self.index) << (KIND_BITS + GEN_BITS))
+        let raw = (u64::from(self.index) << (KIND_BITS + GENERATION_BITS))
             | ((u64::from(self.generation) & GEN_MASK) << KIND_BITS)
             | kind;
         Token(raw as usize)
@@ -64,26 +83,14 @@ impl Tok {
         let kind = match raw & 0b11 {
             0 => Kind::Listener,
             1 => Kind::Client,
-            2 => Kind::Backend,
+            2 => Kind::Server,
             _ => Kind::Waker,
         };
         Tok {
             kind,
-            index: (raw >> (KIND_BITS + GEN_BITS)) as u32,
+            index: (raw >> (KIND_BITS + GENERATION_BITS)) as u32,
             generation: ((raw >> KIND_BITS) & GEN_MASK) as u32,
         }
-    }
-}
-
-/// Hands out generations for slab slots; wraps at 2^30, which is harmless because a stale
-/// event can only be one `poll` old.
-#[derive(Debug, Default)]
-pub struct Generations(u32);
-
-impl Generations {
-    pub fn bump(&mut self) -> u32 {
-        self.0 = (self.0 + 1) & GEN_MASK as u32;
-        self.0
     }
 }
 
@@ -93,27 +100,26 @@ mod tests {
 
     #[test]
     fn tokens_round_trip() {
-        for kind in [Kind::Listener, Kind::Client, Kind::Backend, Kind::Waker] {
-            for (index, generation) in [
-                (0, 0),
-                (1, 7),
-                (123_456, (1 << 30) - 1),
-                (u32::MAX as usize, 5),
-            ] {
-                let tok = Tok::new(kind, index, generation);
+        for kind in [Kind::Listener, Kind::Client, Kind::Server, Kind::Waker] {
+            for (index, generation) in [(0, 0), (1, 7), (123_456, (1 << 30) - 1), (u32::MAX, 5)] {
+                let tok = Tok {
+                    kind,
+                    index,
+                    generation,
+                };
                 assert_eq!(Tok::from_token(tok.to_token()), tok);
             }
         }
     }
 
     #[test]
-    fn generations_differ_between_uses() {
-        let mut g = Generations::default();
-        let a = g.bump();
-        let b = g.bump();
+    fn connection_tokens_name_their_connection() {
+        let conn = Conn::Server(ServerId::new(9, 3));
+        assert_eq!(Tok::conn(conn).as_conn(), Some(conn));
         assert_ne!(
-            Tok::new(Kind::Client, 3, a).to_token(),
-            Tok::new(Kind::Client, 3, b).to_token()
+            Tok::conn(Conn::Client(ClientId::new(3, 1))).to_token(),
+            Tok::conn(Conn::Client(ClientId::new(3, 2))).to_token()
         );
+        assert_eq!(Tok::listener(2).as_conn(), None);
     }
 }

@@ -1,0 +1,496 @@
+//! Client connections in the engine: accepting (or refusing), feeding input to the session
+//! and carrying out the actions it emits, flow control, timeouts, closing.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::id::{ClientId, ServerId};
+use super::io::{Conn, Io, TlsInfo};
+use super::output::OutBuf;
+use super::timer::{ClientDeadlines, ClientTimer};
+use super::{Accept, Engine, HIGH_WATER, MAX_REFUSING, MAX_STEPS, encode_pid};
+use crate::client::relay::MAX_PIPELINE;
+use crate::client::users::{DbId, PoolId};
+use crate::client::{AcquireError, Action, BackendFate, CancelKey, Env, Out, Session};
+use crate::observe::metrics::{CloseReason, RefuseReason};
+use crate::pool::Pool;
+use crate::protocol::{ErrorBuilder, Severity, SqlState};
+
+/// One client connection.
+pub(super) struct ClientConn {
+    pub generation: u32,
+    pub session: Session,
+    pub output: Option<OutBuf>,
+    /// The server connection held while the session is active.
+    pub server: Option<ServerId>,
+    /// When the current wait for a server connection began (acquire-wait histogram).
+    pub waiting_since: Option<Instant>,
+    pub deadlines: ClientDeadlines,
+    /// Logged in (counted in its pool's client gauge until it closes).
+    pub logged_in: bool,
+    /// Counts towards `max_client_connections` (false for a connection being refused).
+    pub counted: bool,
+    /// Reading stopped (backpressure, or the session waits): wake it when that passes.
+    pub read_paused: bool,
+    /// The driver holds input of this client that the session has not used yet.
+    pub pending_input: bool,
+    /// An `Io::Flush` for it is queued and not yet answered by `handle_sent`.
+    pub flush_queued: bool,
+    /// The TLS handshake asked for is direct (no SSLRequest before the ClientHello).
+    pub tls_direct: bool,
+}
+
+impl ClientConn {
+    fn output_len(&self) -> usize {
+        self.output.as_ref().map_or(0, OutBuf::len)
+    }
+}
+
+impl Engine {
+    /// The driver accepted a connection: a new client, or a refusal.
+    pub fn handle_accept(&mut self, now: Instant) -> Accept {
+        self.now = now;
+        let ctx = &self.ctx;
+        let refusal = if ctx.is_stopping() {
+            Some((
+                RefuseReason::ShuttingDown,
+                SqlState::CANNOT_CONNECT_NOW,
+                "pglink: the proxy is shutting down".to_owned(),
+            ))
+        } else if ctx.clients.fetch_add(1, Ordering::AcqRel) >= ctx.max_clients {
+            ctx.clients.fetch_sub(1, Ordering::AcqRel);
+            let text = format!(
+                "pglink: too many client connections (max_client_connections is {})",
+                ctx.max_clients
+            );
+            Some((
+                RefuseReason::TooManyClients,
+                SqlState::TOO_MANY_CONNECTIONS,
+                text,
+            ))
+        } else {
+            None
+        };
+        match &refusal {
+            Some((reason, ..)) => {
+                if let Some(c) = self.stats.clients_refused.get(reason.index()) {
+                    c.inc();
+                }
+            }
+            None => self.stats.clients_accepted.inc(),
+        }
+        let counted = refusal.is_none();
+        // A refused client still gets SSL negotiation and its startup packet read (that is
+        // where libpq shows errors), unless too many are being refused at once.
+        if let Some((_, code, message)) = &refusal
+            && self.refusing >= MAX_REFUSING
+        {
+            return self.reject(*code, message);
+        }
+        let slot = self.clients.vacant_key();
+        let Some(pid) = encode_pid(self.id, slot) else {
+            if counted {
+                self.ctx.clients.fetch_sub(1, Ordering::AcqRel);
+            }
+            return self.reject(
+                SqlState::TOO_MANY_CONNECTIONS,
+                "pglink: too many client connections",
+            );
+        };
+        let mut secret = [0u8; 32];
+        self.rng.fill(&mut secret);
+        let key = CancelKey::new(pid, secret, 32);
+        let session = match refusal {
+            Some((_, code, message)) => {
+                self.refusing += 1;
+                Session::refusing(key, code, message)
+            }
+            None => Session::new(key, self.ctx.max_message_len),
+        };
+        let generation = self.generations.bump();
+        let id = ClientId::new(slot, generation);
+        let mut conn = ClientConn {
+            generation,
+            session,
+            output: None,
+            server: None,
+            waiting_since: None,
+            deadlines: ClientDeadlines::default(),
+            logged_in: false,
+            counted,
+            read_paused: false,
+            pending_input: false,
+            flush_queued: false,
+            tls_direct: false,
+        };
+        self.timers.client(
+            &mut conn.deadlines,
+            id,
+            ClientTimer::Login,
+            self.now + self.ctx.login_timeout,
+        );
+        self.clients.insert(conn);
+        log::debug!("client {pid} connected (slot {slot})");
+        Accept::Client(id)
+    }
+
+    fn reject(&self, code: SqlState, message: &str) -> Accept {
+        let mut bytes = Vec::with_capacity(128);
+        ErrorBuilder::new(Severity::Fatal, code, message).encode_error(&mut bytes);
+        self.stats.error_sent(code);
+        Accept::Reject(bytes)
+    }
+
+    /// Whether reading more from the client is useful now.
+    pub(super) fn client_wants_input(&self, id: ClientId) -> bool {
+        let Some(c) = self.client(id) else {
+            return false;
+        };
+        if c.session.is_closed() || c.session.is_acquiring() || c.output_len() > HIGH_WATER {
+            return false;
+        }
+        match c.server.and_then(|s| self.server(s)) {
+            Some(s) => {
+                s.output_len() <= HIGH_WATER && c.session.relay().outstanding() < MAX_PIPELINE
+            }
+            None => true,
+        }
+    }
+
+    /// Feeds client bytes to the session, carrying out its actions between calls, until it
+    /// stops making progress; returns how many bytes it used.
+    pub(super) fn client_input(&mut self, id: ClientId, data: &[u8]) -> usize {
+        let outer = self.processing.replace(id);
+        let mut pos = 0;
+        for _ in 0..MAX_STEPS {
+            if self.client(id).is_none() {
+                break;
+            }
+            let rest = data.get(pos..).unwrap_or_default();
+            let step = self.with_session(id, |session, env, out| {
+                let n = session.on_client_data(rest, env, out);
+                (n, !out.actions.is_empty())
+            });
+            let Some((n, acted)) = step else { break };
+            pos += n;
+            self.run_actions();
+            if (n == 0 && !acted) || pos >= data.len() {
+                break;
+            }
+        }
+        self.processing = outer;
+        if let Some(c) = self.client_mut(id) {
+            c.pending_input = pos < data.len();
+        }
+        pos
+    }
+
+    /// Runs `f` on the client's session with its environment and outputs (the held server
+    /// connection's, if any), then queues the actions it emitted and the flushes it needs.
+    pub(super) fn with_session<R>(
+        &mut self,
+        id: ClientId,
+        f: impl FnOnce(&mut Session, &mut Env<'_>, &mut Out<'_>) -> R,
+    ) -> Option<R> {
+        let Engine {
+            clients,
+            servers,
+            ctx,
+            users,
+            rng,
+            bufs,
+            scratch,
+            stats,
+            actions,
+            ..
+        } = self;
+        let c = clients
+            .get_mut(id.index())
+            .filter(|c| c.generation == id.generation())?;
+        let pools = &ctx.pools;
+        let params = |p: PoolId| pools.get(p).and_then(Pool::params);
+        let databases = &ctx.databases;
+        let database = |db: DbId| databases.get(db).map(|d| d.context.clone());
+        let mut env = Env {
+            config: &ctx.session,
+            users,
+            rng: &mut **rng,
+            server_params: &params,
+            database: &database,
+        };
+        let held = c.server.and_then(|s| {
+            servers
+                .get_mut(s.index())
+                .filter(|sv| sv.generation == s.generation())
+                .map(|sv| (s, sv))
+        });
+        let (to_backend, backend, server) = match held {
+            Some((s, sv)) => (bufs.get(&mut sv.output), &mut sv.context, Some(s)),
+            None => (&mut scratch.sink, &mut scratch.no_backend, None),
+        };
+        let mut out = Out {
+            to_client: bufs.get(&mut c.output),
+            to_backend,
+            backend,
+            actions: &mut scratch.action_buf,
+            stats,
+        };
+        let result = f(&mut c.session, &mut env, &mut out);
+        debug_assert!(
+            scratch.sink.is_empty() && scratch.no_backend.statements.is_empty(),
+            "session wrote to a server connection it does not hold"
+        );
+        scratch.sink.clear();
+        actions.extend(scratch.action_buf.drain(..).map(|a| (id, a)));
+        let client_has_output = c.output.as_ref().is_some_and(|o| !o.is_empty());
+        bufs.recycle(&mut c.output);
+        let server_has_output = match server.and_then(|s| servers.get_mut(s.index())) {
+            Some(sv) if sv.output_len() > 0 => true,
+            Some(sv) => {
+                bufs.recycle(&mut sv.output);
+                false
+            }
+            None => false,
+        };
+        if client_has_output {
+            self.queue_flush(Conn::Client(id));
+        }
+        if let Some(s) = server
+            && server_has_output
+        {
+            self.queue_flush(Conn::Server(s));
+        }
+        Some(result)
+    }
+
+    /// Carries out one session action.
+    pub(super) fn on_action(&mut self, id: ClientId, action: Action) {
+        match action {
+            Action::StartTls { direct } => {
+                if let Some(c) = self.client_mut(id) {
+                    c.tls_direct = direct;
+                }
+                self.io.push_back(Io::ClientTls { client: id, direct });
+            }
+            Action::LoggedIn => self.client_logged_in(id),
+            Action::Acquire => self.acquire(id),
+            Action::Release => self.release_from(id),
+            Action::DropBackend => {
+                if let Some(s) = self.client_mut(id).and_then(|c| c.server.take()) {
+                    self.close_server(
+                        s,
+                        CloseReason::Unusable,
+                        "unusable after the client's session",
+                    );
+                }
+            }
+            Action::Cancel(key) => self.route_cancel(key),
+            Action::ResumeInput => {
+                if self.processing != Some(id) {
+                    self.io.push_back(Io::Resume(Conn::Client(id)));
+                }
+            }
+            Action::Close => self.close_client(id, "session ended"),
+        }
+    }
+
+    fn client_logged_in(&mut self, id: ClientId) {
+        let Some(c) = self.client_mut(id) else {
+            return;
+        };
+        c.logged_in = true;
+        c.deadlines.stop(ClientTimer::Login);
+        let pool = c.session.pool();
+        log::debug!(
+            "client {} logged in as {}@{}",
+            c.session.cancel_key().pid,
+            c.session.user(),
+            c.session.database()
+        );
+        if let Some(p) = pool.and_then(|p| self.stats.pool(p)) {
+            p.logins.inc();
+            p.clients.inc();
+        }
+    }
+
+    /// The TLS handshake finished: the session goes on with the plaintext.
+    pub(super) fn client_tls_established(&mut self, id: ClientId, info: &TlsInfo) {
+        let direct = self.client(id).is_some_and(|c| c.tls_direct);
+        self.with_session(id, |s, _, out| {
+            s.on_tls_established(direct, info.alpn_postgresql, out);
+        });
+    }
+
+    /// The driver wrote `n` bytes to the client: wake whoever stopped for backpressure.
+    pub(super) fn client_sent(&mut self, id: ClientId, n: usize) {
+        let Some(c) = self.client_mut(id) else {
+            return;
+        };
+        c.flush_queued = false;
+        if let Some(out) = c.output.as_mut() {
+            out.advance(n);
+        }
+        let server = c.server;
+        let Engine { bufs, clients, .. } = self;
+        if let Some(c) = clients.get_mut(id.index()) {
+            bufs.recycle(&mut c.output);
+        }
+        if let Some(s) = server {
+            self.wake_server_if_paused(s);
+        }
+        self.wake_client_if_paused(id);
+    }
+
+    /// Resumes reading a client that stopped, but only once it would really read: a client
+    /// paused while it waits for a server connection stays paused until it gets one (waking
+    /// it on every flush would spin the loop).
+    pub(super) fn wake_client_if_paused(&mut self, id: ClientId) {
+        if self.client(id).is_some_and(|c| c.read_paused) && self.client_wants_input(id) {
+            if let Some(c) = self.client_mut(id) {
+                c.read_paused = false;
+            }
+            self.io.push_back(Io::Resume(Conn::Client(id)));
+        }
+    }
+
+    /// Offers a client's buffered input again (it was waiting for something that came).
+    pub(super) fn resume_client(&mut self, id: ClientId) {
+        if self.processing != Some(id) {
+            self.io.push_back(Io::Resume(Conn::Client(id)));
+        }
+    }
+
+    /// The client's held server connection finished its transaction.
+    pub(super) fn release_from(&mut self, id: ClientId) {
+        let Some(c) = self.client_mut(id) else {
+            return;
+        };
+        let Some(s) = c.server.take() else {
+            return;
+        };
+        let pipelined = c.pending_input;
+        self.server_released(s);
+        if self.ctx.is_stopping() {
+            // Shutting down: the transaction is over, so is the session.
+            return self.client_shutdown(id);
+        }
+        // Input that arrived behind the transaction waits in the driver's buffer (or in the
+        // socket, if reading had paused).
+        if pipelined {
+            self.resume_client(id);
+        } else {
+            self.wake_client_if_paused(id);
+        }
+    }
+
+    /// Closes a client; a held server connection is released, cleaned up or closed.
+    pub(super) fn close_client(&mut self, id: ClientId, why: &str) {
+        if self.client(id).is_none() {
+            return;
+        }
+        let mut c = self.clients.remove(id.index());
+        log::debug!("client {} closed: {why}", c.session.cancel_key().pid);
+        if c.session.is_acquiring()
+            && let Some(pool) = c.session.pool()
+        {
+            self.remove_waiter(pool, id);
+        }
+        let fate = c.session.detach();
+        let pinned = c.session.pinned();
+        if let Some(p) = c.session.pool().and_then(|p| self.stats.pool(p)) {
+            if c.logged_in {
+                p.clients.dec();
+            }
+            if let Some(reason) = pinned {
+                p.unpinned(reason);
+            }
+        }
+        if let Some(s) = c.server.take() {
+            match fate {
+                Some(BackendFate::Release) => self.server_released(s),
+                Some(BackendFate::Reset(relay)) => self.start_reset(s, relay),
+                Some(BackendFate::Drop) | None if pinned.is_some() => {
+                    self.close_server(s, CloseReason::Pinned, "pinned session ended");
+                }
+                Some(BackendFate::Drop) | None => {
+                    self.close_server(s, CloseReason::ClientGone, "client left mid-message");
+                }
+            }
+        }
+        if c.counted {
+            self.ctx.clients.fetch_sub(1, Ordering::AcqRel);
+        } else {
+            self.refusing = self.refusing.saturating_sub(1);
+        }
+        self.io.push_back(Io::Close {
+            conn: Conn::Client(id),
+            last: c.output.take(),
+        });
+    }
+
+    pub(super) fn on_client_timer(&mut self, id: ClientId, timer: ClientTimer) {
+        match timer {
+            ClientTimer::Login => {
+                self.with_session(id, |s, _, out| s.on_login_timeout(out));
+            }
+            ClientTimer::Acquire => self.acquire_timeout(id),
+        }
+    }
+
+    fn acquire_timeout(&mut self, id: ClientId) {
+        let Some(c) = self.client_mut(id) else {
+            return;
+        };
+        if !c.session.is_acquiring() {
+            return;
+        }
+        c.waiting_since = None;
+        let Some(pool) = c.session.pool() else {
+            return;
+        };
+        if let Some(p) = self.stats.pool(pool) {
+            p.acquire_timeouts.inc();
+        }
+        self.remove_waiter(pool, id);
+        let db = self.ctx.pool_database(pool).map(|(_, db)| db);
+        let error = AcquireError::Timeout {
+            database: db.map(|d| d.name.clone()).unwrap_or_default(),
+            pool_size: db.map_or(0, |d| d.settings.max_conns),
+            waited_ms: db.map_or(0, |d| d.settings.acquire_timeout.as_millis() as u64),
+        };
+        self.fail_acquire(id, error);
+    }
+
+    /// Reports a failed wait to a client and lets it go on with its input.
+    pub(super) fn fail_acquire(&mut self, id: ClientId, error: AcquireError) {
+        if let Some(c) = self.client_mut(id) {
+            c.waiting_since = None;
+            c.deadlines.stop(ClientTimer::Acquire);
+        }
+        self.with_session(id, |s, _, out| s.on_acquire_failed(error, out));
+        self.resume_client(id);
+    }
+
+    /// Shutdown of a client: FATAL 57P01, then close.
+    pub(super) fn client_shutdown(&mut self, id: ClientId) {
+        let Engine {
+            clients,
+            bufs,
+            stats,
+            ..
+        } = self;
+        if let Some(c) = clients
+            .get_mut(id.index())
+            .filter(|c| c.generation == id.generation())
+        {
+            ErrorBuilder::new(
+                Severity::Fatal,
+                SqlState::ADMIN_SHUTDOWN,
+                "pglink: the proxy is shutting down",
+            )
+            .encode_error(bufs.get(&mut c.output));
+            stats.error_sent(SqlState::ADMIN_SHUTDOWN);
+        }
+        self.close_client(id, "shutdown");
+    }
+}

@@ -1,0 +1,116 @@
+//! Why a server connection could not be made, or was lost.
+
+use std::fmt;
+
+use super::io::Failure;
+use crate::backend::login::LoginError;
+use crate::protocol::{Severity, SqlState};
+
+/// A server connection's failure.
+#[derive(Debug)]
+pub enum ServerError {
+    /// No TCP connection could be made (refused, unreachable, the host has no address).
+    Connect(std::io::Error),
+    /// `connect_timeout` passed before the login finished.
+    Timeout,
+    /// The driver lost the connection (the server closed it, I/O or TLS failed).
+    Lost(Failure),
+    /// The server refused the login, or broke the protocol during it.
+    Login(LoginError),
+}
+
+impl ServerError {
+    /// The SQLSTATE clients waiting for this connection are given.
+    pub fn sqlstate(&self) -> SqlState {
+        match self {
+            ServerError::Login(e) => e.sqlstate(),
+            ServerError::Connect(_) | ServerError::Timeout | ServerError::Lost(_) => {
+                SqlState::CONNECTION_FAILURE
+            }
+        }
+    }
+
+    /// Waiting clients get an ERROR: their sessions go on, and the next statement tries a
+    /// new connection.
+    pub fn severity(&self) -> Severity {
+        match self {
+            ServerError::Connect(_)
+            | ServerError::Timeout
+            | ServerError::Lost(_)
+            | ServerError::Login(_) => Severity::Error,
+        }
+    }
+
+    /// Whether the server answered and refused (as opposed to never answering usefully).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, ServerError::Login(LoginError::Server(_)))
+    }
+
+    /// What a waiting client is told, naming the server (`host:port`).
+    pub fn for_client(&self, server: &str) -> String {
+        match self {
+            ServerError::Login(e) => format!("cannot log in to server {server}: {e}"),
+            _ => format!("cannot connect to server {server}: {self}"),
+        }
+    }
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerError::Connect(e) => write!(f, "{e}"),
+            ServerError::Timeout => f.write_str("timeout expired"),
+            ServerError::Lost(Failure::Eof) => f.write_str("server closed the connection"),
+            ServerError::Lost(Failure::Read(e)) => write!(f, "server read failed: {e}"),
+            ServerError::Lost(Failure::Write(e)) => write!(f, "server write failed: {e}"),
+            ServerError::Lost(Failure::Register(e)) => {
+                write!(f, "cannot register server socket: {e}")
+            }
+            ServerError::Lost(Failure::TlsNotConfigured) => {
+                f.write_str("TLS is not configured for this backend")
+            }
+            ServerError::Lost(Failure::Tls(e)) => write!(f, "TLS setup failed: {e}"),
+            ServerError::Login(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::login::ServerError as Refusal;
+
+    #[test]
+    fn texts_and_codes() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let e = ServerError::Connect(refused);
+        assert_eq!(e.sqlstate(), SqlState::CONNECTION_FAILURE);
+        assert!(
+            e.for_client("h:5432")
+                .starts_with("cannot connect to server h:5432: ")
+        );
+        assert_eq!(
+            ServerError::Timeout.for_client("h:1"),
+            "cannot connect to server h:1: timeout expired"
+        );
+        assert_eq!(
+            ServerError::Lost(Failure::Eof).to_string(),
+            "server closed the connection"
+        );
+        let login = ServerError::Login(LoginError::Server(Refusal {
+            code: SqlState::INVALID_PASSWORD,
+            message: "password authentication failed".into(),
+            detail: None,
+        }));
+        assert_eq!(login.sqlstate(), SqlState::INVALID_PASSWORD);
+        assert!(login.is_refusal());
+        assert!(
+            login
+                .for_client("h:1")
+                .starts_with("cannot log in to server h:1: ")
+        );
+        assert_eq!(login.severity(), Severity::Error);
+    }
+}
