@@ -48,10 +48,25 @@ pub mod backend;
 pub mod cli;
 pub mod client;
 pub mod config;
-pub mod engine;
+pub(crate) mod engine;
 pub mod observe;
-pub mod pool;
+pub(crate) mod pool;
 pub mod protocol;
-pub mod reactor;
+pub(crate) mod reactor;
 pub mod server;
 pub mod tls;
+
+/// The entry points of the cargo-fuzz targets (`fuzz/`): built only with `--cfg fuzzing`,
+/// which `cargo fuzz` sets, and never into a release build.
+#[cfg(fuzzing)]
+pub mod fuzzing {
+    pub use crate::auth::fuzzing::{scram_client_exchange, scram_server_exchange};
+    pub use crate::client::fuzzing::fuzz_session as client_session;
+    /// The `engine` target: its virtual clock starts now.
+    pub fn engine(data: &[u8]) {
+        crate::engine::fuzzing::fuzz_engine(data, std::time::Instant::now());
+    }
+    pub use crate::protocol::fuzzing::{
+        fuzz_backend_roundtrip, fuzz_framing, fuzz_frontend_roundtrip, fuzz_startup_packet,
+    };
+}

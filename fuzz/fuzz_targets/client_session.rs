@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| pglink::client::fuzzing::fuzz_session(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| pglink::fuzzing::client_session(data));

@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| pglink::protocol::fuzzing::fuzz_framing(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| pglink::fuzzing::fuzz_framing(data));

@@ -1,5 +1,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    pglink::auth::fuzzing::scram_server_exchange(data);
+    pglink::fuzzing::scram_server_exchange(data);
 });

@@ -109,6 +109,7 @@ pub fn scram_client_exchange(data: &[u8]) -> bool {
 }
 
 /// Valid exchanges for the server target (plain, `y` without PLUS offered, PLUS).
+#[cfg(test)]
 pub fn scram_server_seeds() -> Vec<Vec<u8>> {
     [(0u8, false), (1, false), (1, true)]
         .into_iter()
@@ -143,6 +144,7 @@ pub fn scram_server_seeds() -> Vec<Vec<u8>> {
 }
 
 /// Valid exchanges for the client target (`n`, `y`, PLUS).
+#[cfg(test)]
 pub fn scram_client_seeds() -> Vec<Vec<u8>> {
     [0u8, 1, 3]
         .into_iter()

@@ -29,8 +29,8 @@
 pub mod channel_binding;
 mod ct;
 mod error;
-#[doc(hidden)]
-pub mod fuzzing;
+#[cfg(any(test, fuzzing))]
+pub(crate) mod fuzzing;
 pub mod md5;
 pub mod rng;
 pub mod scram;

@@ -17,8 +17,8 @@
 //! message that needs a backend is left unconsumed while the session waits for one, so the
 //! reactor stops reading that client: a waiting client costs no buffer growth.
 
-#[doc(hidden)]
-pub mod fuzzing;
+#[cfg(any(test, fuzzing))]
+pub(crate) mod fuzzing;
 pub mod inspect;
 pub mod params;
 mod prepared;
@@ -448,6 +448,9 @@ impl Session {
                 self.relay.reset();
                 self.state = State::Active;
                 self.sync_backend(out);
+                // The message that asked for the backend has not been looked at yet: a
+                // parameter sync that completes first must not end the lending.
+                self.resuming = true;
             }
             // Nothing asked for it (the client left meanwhile): give it back.
             _ => out.actions.push(Action::Release),

@@ -49,6 +49,10 @@ impl ClientConn {
 impl Engine {
     /// The driver accepted a connection: a new client, or a refusal.
     pub fn handle_accept(&mut self, now: Instant) -> Accept {
+        debug_assert!(
+            self.io.is_empty(),
+            "ids are handed out with no commands pending"
+        );
         self.now = now;
         let ctx = &self.ctx;
         let refusal = if ctx.is_stopping() {

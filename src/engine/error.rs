@@ -4,7 +4,7 @@ use std::fmt;
 
 use super::io::Failure;
 use crate::backend::login::LoginError;
-use crate::protocol::{Severity, SqlState};
+use crate::protocol::SqlState;
 
 /// A server connection's failure.
 #[derive(Debug)]
@@ -27,17 +27,6 @@ impl ServerError {
             ServerError::Connect(_) | ServerError::Timeout | ServerError::Lost(_) => {
                 SqlState::CONNECTION_FAILURE
             }
-        }
-    }
-
-    /// Waiting clients get an ERROR: their sessions go on, and the next statement tries a
-    /// new connection.
-    pub fn severity(&self) -> Severity {
-        match self {
-            ServerError::Connect(_)
-            | ServerError::Timeout
-            | ServerError::Lost(_)
-            | ServerError::Login(_) => Severity::Error,
         }
     }
 
@@ -111,6 +100,5 @@ mod tests {
                 .for_client("h:1")
                 .starts_with("cannot log in to server h:1: ")
         );
-        assert_eq!(login.severity(), Severity::Error);
     }
 }

@@ -44,6 +44,13 @@ mod pool;
 mod server;
 pub mod timer;
 
+#[cfg(any(test, fuzzing))]
+pub mod fuzzing;
+#[cfg(any(test, fuzzing))]
+pub mod harness;
+#[cfg(test)]
+mod tests;
+
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -260,7 +267,9 @@ impl Engine {
         }
     }
 
-    /// Where state changes are recorded from now on.
+    /// Where state changes are recorded from now on (the tests' recorder today; the flight
+    /// recorder and tracing will install theirs).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn set_event_sink(&mut self, sink: Box<dyn EventSink + Send>) {
         self.events = sink;
     }
@@ -270,6 +279,7 @@ impl Engine {
         self.users = users;
     }
 
+    #[cfg(any(test, fuzzing))]
     pub fn id(&self) -> usize {
         self.id
     }
@@ -294,7 +304,8 @@ impl Engine {
         self.shutdown_at.is_some() && self.clients.is_empty() && self.servers.is_empty()
     }
 
-    /// Connections of each kind (for tests and introspection).
+    /// Connections of each kind.
+    #[cfg(any(test, fuzzing))]
     pub fn connection_counts(&self) -> (usize, usize) {
         (self.clients.len(), self.servers.len())
     }

@@ -86,6 +86,7 @@ impl OutPool {
         }
     }
 
+    #[cfg(test)]
     pub fn free_count(&self) -> usize {
         self.free.len()
     }

@@ -33,6 +33,11 @@ pub(super) struct Shard {
     pub steals: usize,
     /// SCRAM keys derived from this pool's password (PBKDF2 once, not per connection).
     pub salted_keys: SaltedKeyCache,
+    /// Logins that failed in a row (reset by one that succeeds).
+    pub login_failures: u32,
+    /// No connection is opened to keep `pool_min_idle_conns` before this (back-off after
+    /// failed logins). A client's own statement always tries at once.
+    pub refill_after: Option<Instant>,
 }
 
 impl Default for Shard {
@@ -43,6 +48,8 @@ impl Default for Shard {
             connecting: 0,
             steals: 0,
             salted_keys: SaltedKeyCache::new(4),
+            login_failures: 0,
+            refill_after: None,
         }
     }
 }
@@ -51,6 +58,27 @@ impl Default for Shard {
 /// much longer than ours: global first-come-first-served, without bouncing connections
 /// between engines when the difference is noise.
 const FAIRNESS_SLACK: Duration = Duration::from_millis(2);
+/// The first wait before refilling `pool_min_idle_conns` after a failed login; it doubles
+/// with every failure in a row, up to `MAX_REFILL_BACKOFF`.
+const REFILL_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_REFILL_BACKOFF: Duration = Duration::from_secs(30);
+
+impl Shard {
+    /// A login failed: back off before the next refill.
+    pub fn login_failed(&mut self, now: Instant) {
+        self.login_failures = self.login_failures.saturating_add(1);
+        let wait = REFILL_BACKOFF
+            .saturating_mul(1 << self.login_failures.saturating_sub(1).min(16))
+            .min(MAX_REFILL_BACKOFF);
+        self.refill_after = Some(now + wait);
+    }
+
+    /// A login succeeded.
+    pub fn login_succeeded(&mut self) {
+        self.login_failures = 0;
+        self.refill_after = None;
+    }
+}
 
 impl Engine {
     /// Publishes this shard's idle and waiter counts for the other engines.
@@ -453,7 +481,16 @@ impl Engine {
                     self.start_health_check(s);
                 }
             }
-            if pool % engines == self.id && settings.min_idle > 0 && !ctx.is_stopping() {
+            let backing_off = self
+                .shards
+                .get(pool)
+                .and_then(|s| s.refill_after)
+                .is_some_and(|at| self.now < at);
+            if pool % engines == self.id
+                && settings.min_idle > 0
+                && !ctx.is_stopping()
+                && !backing_off
+            {
                 let connecting = self.shards.get(pool).map_or(0, |s| s.connecting);
                 let have = p.total_idle() + connecting;
                 for _ in have..settings.min_idle {

@@ -74,7 +74,7 @@ impl State {
         }
     }
 
-    fn is_logging_in(&self) -> bool {
+    pub(super) fn is_logging_in(&self) -> bool {
         matches!(self, State::Connecting { .. } | State::LoggingIn { .. })
     }
 }
@@ -444,6 +444,7 @@ impl Engine {
         let pool = s.pool;
         if let Some(shard) = self.shards.get_mut(pool) {
             shard.connecting = shard.connecting.saturating_sub(1);
+            shard.login_succeeded();
         }
         log::debug!("server connection {} for pool {pool} logged in", id.index());
         self.server_available(id);
@@ -765,6 +766,10 @@ impl Engine {
         }
         let message = error.for_client(&format!("{}:{}", target.host, target.port));
         log::warn!("server connection for pool {pool}: {message}");
+        let now = self.now;
+        if let Some(shard) = self.shards.get_mut(pool) {
+            shard.login_failed(now);
+        }
         // No automatic retry here (that would spin against a server that is down): waiters
         // learn the cause if nothing else is coming, and the next acquire tries again.
         self.discard_server(id);
@@ -904,6 +909,10 @@ impl Engine {
     /// Takes in a server connection handed over by another engine (or one that could not
     /// be sent); the driver registers its socket under the returned id.
     pub fn handle_adopt(&mut self, transfer: Transfer, now: Instant) -> ServerId {
+        debug_assert!(
+            self.io.is_empty(),
+            "ids are handed out with no commands pending"
+        );
         self.now = now;
         let Transfer {
             mut conn,

@@ -89,10 +89,6 @@ impl<const N: usize> Deadlines<N> {
 }
 
 impl ClientDeadlines {
-    pub fn get_timer(&self, timer: ClientTimer) -> Option<Instant> {
-        self.get(timer.slot())
-    }
-
     pub fn stop(&mut self, timer: ClientTimer) {
         self.set(timer.slot(), None);
     }
@@ -108,10 +104,6 @@ impl ClientDeadlines {
 }
 
 impl ServerDeadlines {
-    pub fn get_timer(&self, timer: ServerTimer) -> Option<Instant> {
-        self.get(timer.slot())
-    }
-
     pub fn stop(&mut self, timer: ServerTimer) {
         self.set(timer.slot(), None);
     }
@@ -174,10 +166,12 @@ impl Timers {
         }
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.heap.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }

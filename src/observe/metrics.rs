@@ -133,6 +133,7 @@ macro_rules! label_enum {
             pub const COUNT: usize = Self::ALL.len();
 
             /// The label value in metrics.
+            #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
             pub fn label(self) -> &'static str {
                 match self {
                     $($name::$variant => $label,)+
@@ -285,17 +286,9 @@ impl ReactorStats {
         self.pools.get(pool)
     }
 
-    pub fn pools(&self) -> &[PoolStats] {
-        &self.pools
-    }
-
     #[inline]
     pub fn database(&self, db: usize) -> Option<&DatabaseStats> {
         self.databases.get(db)
-    }
-
-    pub fn databases(&self) -> &[DatabaseStats] {
-        &self.databases
     }
 
     /// pglink sent an ErrorResponse with `code`.

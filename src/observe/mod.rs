@@ -4,8 +4,8 @@
 
 pub mod events;
 #[cfg(feature = "metrics")]
-pub mod http;
+pub(crate) mod http;
 pub mod log;
-pub mod metrics;
+pub(crate) mod metrics;
 #[cfg(feature = "metrics")]
-pub mod prometheus;
+pub(crate) mod prometheus;

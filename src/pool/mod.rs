@@ -82,6 +82,8 @@ impl Database {
         debug_assert!(prev > 0, "connection slot released twice");
     }
 
+    /// Connections open or opening (the metrics and the tests read it).
+    #[cfg_attr(not(any(feature = "metrics", test, fuzzing)), allow(dead_code))]
     pub fn open_count(&self) -> usize {
         self.open.load(Ordering::Acquire)
     }
@@ -106,6 +108,7 @@ impl std::fmt::Debug for Credentials {
 /// One (database, user) pool.
 #[derive(Debug)]
 pub struct Pool {
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub id: PoolId,
     pub db: DbId,
     credentials: RwLock<Arc<Credentials>>,
@@ -233,6 +236,7 @@ impl Pool {
     }
 
     /// Another reactor with clients waiting for this pool, preferring the longest queue.
+    #[cfg(test)]
     pub fn reactor_with_waiters(&self, except: usize) -> Option<usize> {
         self.busiest(&self.waiting, except)
     }
@@ -244,6 +248,7 @@ impl Pool {
             .sum()
     }
 
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub fn total_waiting(&self) -> usize {
         self.waiting
             .iter()

@@ -32,8 +32,8 @@ mod cursor;
 pub mod error;
 pub mod framing;
 pub mod frontend;
-#[doc(hidden)]
-pub mod fuzzing;
+#[cfg(any(test, fuzzing))]
+pub(crate) mod fuzzing;
 pub mod sqlstate;
 pub mod startup;
 #[cfg(test)]

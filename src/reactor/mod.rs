@@ -67,11 +67,13 @@ impl Shared {
     }
 
     /// Reactors configured.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub fn reactor_count(&self) -> usize {
         self.ctx.stats.len()
     }
 
     /// Reactors created and not yet stopped (all of them until shutdown, unless one failed).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub fn reactors_running(&self) -> usize {
         self.running.load(Ordering::Acquire)
     }
@@ -364,16 +366,16 @@ impl Reactor {
                     self.engine.handle_message(msg, self.now);
                     self.carry_out_io();
                 }
-                Envelope::Server { transfer, socket } => self.adopt(transfer, socket),
+                Envelope::Server { transfer, socket } => self.adopt(transfer, *socket),
             }
         }
     }
 
     /// Takes in a server connection handed over (or returned because it could not be sent).
-    fn adopt(&mut self, transfer: Transfer, mut socket: Box<Socket>) {
+    fn adopt(&mut self, transfer: Transfer, mut socket: Socket) {
         let id = self.engine.handle_adopt(transfer, self.now);
         socket.generation = id.generation();
-        self.register(Conn::Server(id), *socket);
+        self.register(Conn::Server(id), socket);
         self.carry_out_io();
     }
 
@@ -450,7 +452,7 @@ impl Reactor {
         // The engine hands out ids only while it has no commands pending, so that a slot is
         // never reused before its close has been carried out.
         while let Some((transfer, socket)) = self.returned.pop() {
-            self.adopt(transfer, socket);
+            self.adopt(transfer, *socket);
         }
     }
 

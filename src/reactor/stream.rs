@@ -132,11 +132,6 @@ impl Stream {
         }
     }
 
-    /// Whether TLS holds bytes the socket has not taken yet.
-    pub fn has_pending_output(&self) -> bool {
-        self.tls.as_ref().is_some_and(|t| t.wants_write())
-    }
-
     /// Queues a TLS close_notify and tries to send it (best effort, before closing).
     pub fn close_notify(&mut self) {
         if let Some(tls) = self.tls.as_deref_mut() {

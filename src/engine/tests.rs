@@ -1,0 +1,591 @@
+//! Deterministic scenarios: real engines, scripted clients and a scripted PostgreSQL on a
+//! virtual clock (see `harness`). One behaviour per scenario; every one checks the world's
+//! invariants as it goes.
+
+use std::time::Duration;
+
+use super::harness::{Connects, Setup, World};
+use crate::observe::metrics::CloseReason;
+use crate::protocol::backend::tag as be;
+use crate::protocol::frontend;
+use crate::protocol::{Severity, SqlState};
+
+const MS: Duration = Duration::from_millis(1);
+const S: Duration = Duration::from_secs(1);
+
+fn world(setup: Setup) -> World {
+    World::new(setup, std::time::Instant::now())
+}
+
+/// A client's `SELECT '<marker>'` and what it got back.
+fn select(w: &mut World, c: usize, n: usize) -> Vec<String> {
+    w.query(c, &format!("SELECT '{}'", World::marker(c, n)));
+    let got = w.take(c);
+    World::rows_of(&got)
+}
+
+#[test]
+fn login_learns_parameters_from_a_first_server_connection_and_gives_it_back() {
+    let mut w = world(Setup::default());
+    let c = w.login(0, 0);
+    assert_eq!(
+        w.open_servers(),
+        1,
+        "the first login opened one to learn parameters"
+    );
+    assert!(w.is_idle(0), "and gave it back");
+    assert_eq!(select(&mut w, c, 1), vec![World::marker(c, 1)]);
+    w.check();
+}
+
+#[test]
+fn acquire_timeout_is_an_error_53300_and_the_session_goes_on() {
+    let mut w = world(Setup {
+        max_conns: 1,
+        ..Setup::default()
+    });
+    let a = w.login(0, 0);
+    let b = w.login(0, 0);
+    w.query(a, "SELECT pg_sleep(10)");
+    let held = w.server_of(a).unwrap();
+    w.query(b, "SELECT 'x'");
+    assert!(w.tags(b).is_empty(), "b waits");
+    w.advance(999 * MS);
+    assert!(
+        w.tags(b).is_empty(),
+        "still within pool_acquire_timeout_milliseconds"
+    );
+    w.advance(MS);
+    let got = w.take(b);
+    let (code, severity, message) = World::error_of(&got).unwrap();
+    assert_eq!(code, SqlState::TOO_MANY_CONNECTIONS);
+    assert_eq!(severity, Severity::Error, "an ERROR, not a FATAL");
+    assert!(
+        message.starts_with("pglink: no server connection"),
+        "{message}"
+    );
+    assert_eq!(got.last().map(|m| m.0), Some(be::READY_FOR_QUERY));
+    w.check();
+    w.release(held);
+    w.take(a);
+    assert_eq!(
+        select(&mut w, b, 2),
+        vec![World::marker(b, 2)],
+        "b's session survived"
+    );
+    w.check();
+}
+
+#[test]
+fn waiters_are_served_first_come_first_served() {
+    let mut w = world(Setup {
+        max_conns: 1,
+        acquire_timeout: 60 * S,
+        ..Setup::default()
+    });
+    let a = w.login(0, 0);
+    let (b, c) = (w.login(0, 0), w.login(0, 0));
+    w.query(a, "SELECT pg_sleep(1)");
+    let s = w.server_of(a).unwrap();
+    w.query(b, "SELECT pg_sleep(1)");
+    w.advance(MS);
+    w.query(c, "SELECT pg_sleep(1)");
+    w.release(s);
+    assert_eq!(w.server_of(b), Some(s), "b waited longer");
+    assert_eq!(w.server_of(c), None);
+    w.release(s);
+    assert_eq!(w.server_of(c), Some(s));
+    w.check();
+}
+
+#[test]
+fn a_user_at_the_database_cap_makes_room_by_closing_another_users_idle_connection() {
+    let mut w = world(Setup {
+        max_conns: 1,
+        ..Setup::default()
+    });
+    let alice = w.login(0, 0);
+    assert!(w.is_idle(0), "alice's pool keeps its connection");
+    let bob = w.connect(0, 1);
+    w.settle();
+    assert!(w.tags(bob).contains(&be::READY_FOR_QUERY), "bob logged in");
+    assert_eq!(w.closes(CloseReason::MakingRoom), 1);
+    assert_eq!(w.open_servers(), 1, "never more than pool_max_conns");
+    assert_eq!(select(&mut w, bob, 1), vec![World::marker(bob, 1)]);
+    assert_eq!(select(&mut w, alice, 1), vec![World::marker(alice, 1)]);
+    assert_eq!(w.closes(CloseReason::MakingRoom), 2, "and back");
+    w.check();
+}
+
+#[test]
+fn an_idle_connection_on_another_engine_is_handed_over() {
+    let mut w = world(Setup {
+        engines: 2,
+        max_conns: 1,
+        ..Setup::default()
+    });
+    let a = w.login(0, 0);
+    assert_eq!(w.servers[0].engine, 0);
+    let b = w.login(1, 0);
+    assert_eq!(w.open_servers(), 1, "borrowed, not opened");
+    assert_eq!(select(&mut w, b, 1), vec![World::marker(b, 1)]);
+    assert_eq!(w.servers[0].engine, 1, "the connection moved to b's engine");
+    assert_eq!(select(&mut w, a, 1), vec![World::marker(a, 1)]);
+    assert_eq!(w.servers[0].engine, 0, "and back to a's");
+    assert_eq!(w.open_servers(), 1);
+    w.check();
+}
+
+#[test]
+fn a_connection_freed_goes_to_the_engine_whose_client_waited_longer() {
+    let mut w = world(Setup {
+        engines: 2,
+        max_conns: 1,
+        acquire_timeout: 60 * S,
+        ..Setup::default()
+    });
+    let a = w.login(0, 0);
+    let b = w.login(1, 0);
+    let c = w.login(0, 0);
+    w.query(a, "SELECT pg_sleep(1)");
+    let s = w.server_of(a).unwrap();
+    w.query(b, "SELECT pg_sleep(1)");
+    w.advance(10 * MS);
+    w.query(c, "SELECT pg_sleep(1)");
+    w.release(s);
+    assert_eq!(
+        w.server_of(b),
+        Some(s),
+        "b, on the other engine, waited longest"
+    );
+    w.release(s);
+    assert_eq!(w.server_of(c), Some(s));
+    w.check();
+}
+
+#[test]
+fn lifetime_ends_at_a_jittered_deadline() {
+    let mut w = world(Setup {
+        max_lifetime: Some(10 * S),
+        lifetime_jitter: Some(5 * S),
+        ..Setup::default()
+    });
+    let c = w.login(0, 0);
+    // The harness's random bytes put the jitter half-way: 2.5 s.
+    w.advance_by_steps(12 * S, 250 * MS);
+    assert!(w.is_idle(0), "alive at 12 s");
+    w.advance_by_steps(S, 250 * MS);
+    assert!(!w.is_idle(0), "closed by 13 s");
+    assert_eq!(w.closes(CloseReason::Lifetime), 1);
+    assert_eq!(
+        select(&mut w, c, 1),
+        vec![World::marker(c, 1)],
+        "a new one serves"
+    );
+    w.check();
+}
+
+#[test]
+fn a_connection_released_after_its_lifetime_closes_instead_of_going_back() {
+    let mut w = world(Setup {
+        max_lifetime: Some(S),
+        ..Setup::default()
+    });
+    let c = w.login(0, 0);
+    w.query(c, "SELECT pg_sleep(5)");
+    let s = w.server_of(c).unwrap();
+    w.advance(2 * S);
+    w.release(s);
+    assert!(w.servers[s].closed);
+    assert_eq!(w.closes(CloseReason::Lifetime), 1);
+    w.check();
+}
+
+#[test]
+fn idle_connections_expire_but_health_checks_do_not_keep_them() {
+    let mut w = world(Setup {
+        max_idle_time: Some(5 * S),
+        health_check_period: Some(S),
+        ..Setup::default()
+    });
+    w.login(0, 0);
+    w.advance_by_steps(4 * S, 250 * MS);
+    assert!(w.is_idle(0));
+    assert!(
+        w.servers[0].queries.iter().filter(|q| q.is_empty()).count() >= 2,
+        "health checks ran: {:?}",
+        w.servers[0].queries
+    );
+    w.advance_by_steps(2 * S, 250 * MS);
+    assert!(w.servers[0].closed, "idle for 5 s despite the checks");
+    assert_eq!(w.closes(CloseReason::IdleTimeout), 1);
+    w.check();
+}
+
+#[test]
+fn a_health_check_closes_a_server_that_does_not_answer() {
+    let mut w = world(Setup {
+        health_check_period: Some(S),
+        ..Setup::default()
+    });
+    w.login(0, 0);
+    w.servers[0].silent = true;
+    w.advance_by_steps(S + 500 * MS, 250 * MS);
+    assert!(!w.is_idle(0), "being checked");
+    assert!(!w.servers[0].closed);
+    w.advance_by_steps(5 * S, 250 * MS);
+    assert!(w.servers[0].closed, "no answer within the reset timeout");
+    assert_eq!(w.closes(CloseReason::HealthCheckFailed), 1);
+    w.check();
+}
+
+#[test]
+fn min_idle_connections_are_opened_and_refilled() {
+    let mut w = world(Setup {
+        min_idle: 2,
+        ..Setup::default()
+    });
+    w.advance(500 * MS);
+    assert_eq!(w.open_servers(), 2);
+    w.kill(0);
+    assert_eq!(w.open_servers(), 1);
+    w.advance(500 * MS);
+    assert_eq!(w.open_servers(), 2, "refilled at the next maintenance");
+    w.check();
+}
+
+#[test]
+fn a_refused_login_fails_waiters_and_is_retried_with_back_off() {
+    let mut w = world(Setup {
+        min_idle: 1,
+        ..Setup::default()
+    });
+    w.connects = Connects::RefuseLogin;
+    let c = w.connect(0, 0);
+    w.settle();
+    let got = w.take(c);
+    let (code, severity, message) = World::error_of(&got).unwrap();
+    assert_eq!(code, SqlState::INVALID_PASSWORD, "{message}");
+    assert_eq!(
+        severity,
+        Severity::Fatal,
+        "a login that waited for parameters ends"
+    );
+    assert!(message.contains("cannot log in to server"), "{message}");
+    let ctx = w.ctx.clone();
+    let attempts = || ctx.stats[0].pool(0).unwrap().connect_attempts.get();
+    let before = attempts();
+    w.advance_by_steps(10 * S, 100 * MS);
+    // Every 500 ms without back-off; after 0.5, 1, 2 and 4 s with it.
+    let tried = attempts() - before;
+    assert!(
+        (3..=5).contains(&tried),
+        "min-idle refills back off: {tried} attempts in 10 s"
+    );
+    w.connects = Connects::Accept;
+    w.advance_by_steps(20 * S, 100 * MS);
+    assert_eq!(
+        w.open_servers(),
+        2,
+        "each user's pool refilled once logins work"
+    );
+    w.check();
+}
+
+#[test]
+fn a_refused_tcp_connection_is_an_error_08006_for_the_waiting_statement() {
+    let mut w = world(Setup::default());
+    let c = w.login(0, 0);
+    w.kill(0);
+    w.connects = Connects::Refuse;
+    w.query(c, "SELECT 'x'");
+    let got = w.take(c);
+    let (code, severity, message) = World::error_of(&got).unwrap();
+    assert_eq!(code, SqlState::CONNECTION_FAILURE);
+    assert_eq!(severity, Severity::Error);
+    assert!(message.contains("cannot connect to server"), "{message}");
+    w.connects = Connects::Accept;
+    assert_eq!(select(&mut w, c, 1), vec![World::marker(c, 1)]);
+    w.check();
+}
+
+#[test]
+fn a_connect_that_hangs_times_out() {
+    let mut w = world(Setup {
+        acquire_timeout: 60 * S,
+        ..Setup::default()
+    });
+    let c = w.login(0, 0);
+    w.kill(0);
+    w.connects = Connects::Hang;
+    w.query(c, "SELECT 'x'");
+    w.advance(5 * S);
+    let (code, _, message) = World::error_of(&w.take(c)).unwrap();
+    assert_eq!(code, SqlState::CONNECTION_FAILURE);
+    assert!(message.contains("timeout expired"), "{message}");
+    w.check();
+}
+
+#[test]
+fn a_client_that_vanishes_mid_transaction_is_cancelled_and_rolled_back() {
+    let mut w = world(Setup {
+        max_conns: 1,
+        ..Setup::default()
+    });
+    let a = w.login(0, 0);
+    w.query(a, "BEGIN");
+    w.query(a, "SELECT pg_sleep(100)");
+    let s = w.server_of(a).unwrap();
+    w.disconnect(a);
+    assert_eq!(w.servers[s].cancels, 1, "what ran was cancelled");
+    assert_eq!(
+        w.servers[s].queries.last().map(String::as_str),
+        Some("ROLLBACK")
+    );
+    assert!(w.is_idle(s), "and the connection went back");
+    let b = w.login(0, 0);
+    assert_eq!(select(&mut w, b, 1), vec![World::marker(b, 1)]);
+    assert_eq!(w.open_servers(), 1);
+    w.check();
+}
+
+#[test]
+fn cleanup_after_a_vanished_client_gives_up_at_its_deadline() {
+    let mut w = world(Setup::default());
+    let a = w.login(0, 0);
+    w.query(a, "BEGIN");
+    let s = w.server_of(a).unwrap();
+    w.servers[s].silent = true;
+    w.disconnect(a);
+    assert!(!w.servers[s].closed, "draining");
+    w.advance(4 * S);
+    assert!(!w.servers[s].closed);
+    w.advance(S);
+    assert!(w.servers[s].closed, "closed at the reset deadline");
+    assert_eq!(w.closes(CloseReason::ResetFailed), 1);
+    w.check();
+}
+
+#[test]
+fn a_cancel_reaches_only_the_connection_its_client_holds() {
+    let mut w = world(Setup::default());
+    let a = w.login(0, 0);
+    let b = w.login(0, 0);
+    w.query(a, "SELECT pg_sleep(10)");
+    w.query(b, "SELECT pg_sleep(10)");
+    let (sa, sb) = (w.server_of(a).unwrap(), w.server_of(b).unwrap());
+    w.cancel(a, 0);
+    assert_eq!((w.servers[sa].cancels, w.servers[sb].cancels), (1, 0));
+    let (code, _, _) = World::error_of(&w.take(a)).unwrap();
+    assert_eq!(code, SqlState::QUERY_CANCELED);
+    w.release(sb);
+    w.take(b);
+    w.cancel(b, 0);
+    assert_eq!(
+        w.servers[sb].cancels, 0,
+        "b holds nothing now: nothing is cancelled"
+    );
+    w.check();
+}
+
+#[test]
+fn a_connection_is_not_lent_again_until_its_cancel_was_delivered() {
+    let mut w = world(Setup {
+        max_conns: 1,
+        acquire_timeout: 60 * S,
+        ..Setup::default()
+    });
+    let a = w.login(0, 0);
+    let b = w.login(0, 0);
+    w.auto_mail = false;
+    w.query(a, "SELECT pg_sleep(10)");
+    let s = w.server_of(a).unwrap();
+    w.cancel(a, 0);
+    w.take(a);
+    w.query(b, "SELECT 'x'");
+    assert_eq!(
+        w.server_of(b),
+        None,
+        "parked until the delivery reports back"
+    );
+    w.deliver_all();
+    w.settle();
+    assert_eq!(World::rows_of(&w.take(b)), vec!["x".to_owned()]);
+    assert!(w.is_idle(s));
+    w.check();
+}
+
+#[test]
+fn a_cancel_arriving_on_the_other_engine_is_routed_to_its_client() {
+    let mut w = world(Setup {
+        engines: 2,
+        ..Setup::default()
+    });
+    let a = w.login(0, 0);
+    w.query(a, "SELECT pg_sleep(10)");
+    let s = w.server_of(a).unwrap();
+    w.cancel(a, 1);
+    assert_eq!(w.servers[s].cancels, 1);
+    w.check();
+}
+
+#[test]
+fn a_server_lost_mid_transaction_is_fatal_08006_for_its_client_only() {
+    let mut w = world(Setup::default());
+    let a = w.login(0, 0);
+    let b = w.login(0, 0);
+    w.query(a, "BEGIN");
+    let s = w.server_of(a).unwrap();
+    w.kill(s);
+    let (code, severity, _) = World::error_of(&w.take(a)).unwrap();
+    assert_eq!(
+        (code, severity),
+        (SqlState::CONNECTION_FAILURE, Severity::Fatal)
+    );
+    assert!(w.clients[a].closed);
+    assert_eq!(select(&mut w, b, 1), vec![World::marker(b, 1)]);
+    w.check();
+}
+
+#[test]
+fn pipelined_batches_release_only_after_the_last_sync() {
+    let mut w = world(Setup {
+        max_conns: 1,
+        acquire_timeout: 60 * S,
+        ..Setup::default()
+    });
+    let a = w.login(0, 0);
+    let b = w.login(0, 0);
+    let mut batch = Vec::new();
+    for n in 0..3 {
+        frontend::parse(
+            &mut batch,
+            b"",
+            format!("SELECT '{}'", World::marker(a, n)).as_bytes(),
+            &[],
+        );
+        frontend::bind(&mut batch, b"", b"", &[], [], &[]);
+        frontend::execute(&mut batch, b"", 0);
+        frontend::sync(&mut batch);
+    }
+    w.query(b, "SELECT pg_sleep(1)");
+    let s = w.server_of(b).unwrap();
+    w.send(a, &batch);
+    w.settle();
+    w.release(s);
+    w.take(b);
+    let got = w.take(a);
+    assert_eq!(
+        World::rows_of(&got),
+        (0..3).map(|n| World::marker(a, n)).collect::<Vec<_>>()
+    );
+    let ready = got.iter().filter(|m| m.0 == be::READY_FOR_QUERY).count();
+    assert_eq!(ready, 3);
+    assert!(w.is_idle(s), "released after the third ReadyForQuery");
+    w.check();
+}
+
+#[test]
+fn a_login_that_never_finishes_is_cut_off() {
+    let mut w = world(Setup {
+        login_timeout: 2 * S,
+        ..Setup::default()
+    });
+    let c = w.connect_mute(0, 0);
+    w.advance(2 * S - MS);
+    assert!(!w.clients[c].closed);
+    w.advance(MS);
+    let (code, severity, _) = World::error_of(&w.take(c)).unwrap();
+    assert_eq!(
+        (code, severity),
+        (SqlState::QUERY_CANCELED, Severity::Fatal)
+    );
+    assert!(w.clients[c].closed);
+    w.check();
+}
+
+#[test]
+fn shutdown_closes_idle_clients_at_once_and_busy_ones_when_their_transaction_ends() {
+    let mut w = world(Setup::default());
+    let idle = w.login(0, 0);
+    let busy = w.login(0, 0);
+    w.query(busy, "SELECT pg_sleep(1)");
+    let s = w.server_of(busy).unwrap();
+    w.engines[0].handle_shutdown(w.now);
+    w.settle();
+    let (code, _, _) = World::error_of(&w.take(idle)).unwrap();
+    assert_eq!(code, SqlState::ADMIN_SHUTDOWN);
+    assert!(w.clients[idle].closed);
+    assert!(!w.clients[busy].closed);
+    w.release(s);
+    assert!(w.clients[busy].closed, "closed once its transaction ended");
+    assert!(w.engines[0].is_finished());
+    w.check();
+}
+
+#[test]
+fn events_follow_a_server_connection_through_its_states() {
+    use crate::observe::events::{Event, Recorded, ServerState};
+    use std::sync::{Arc, Mutex};
+    struct Shared(Arc<Mutex<Recorded>>);
+    impl crate::observe::events::EventSink for Shared {
+        fn record(&mut self, at: std::time::Instant, event: Event) {
+            self.0.lock().unwrap().record(at, event);
+        }
+    }
+    let mut w = world(Setup::default());
+    let log = Arc::new(Mutex::new(Recorded::default()));
+    w.engines[0].set_event_sink(Box::new(Shared(log.clone())));
+    let c = w.login(0, 0);
+    select(&mut w, c, 1);
+    let states: Vec<ServerState> = log
+        .lock()
+        .unwrap()
+        .0
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::Server { state, .. } => Some(*state),
+            Event::Client { .. } => None,
+        })
+        .collect();
+    use ServerState::*;
+    assert_eq!(
+        states,
+        vec![Connecting, LoggingIn, Idle, Lent, Idle, Lent, Idle]
+    );
+}
+
+#[test]
+fn a_parameter_sync_that_ends_before_the_waiting_message_runs_keeps_the_lending() {
+    let mut w = world(Setup {
+        max_conns: 1,
+        acquire_timeout: 60 * S,
+        ..Setup::default()
+    });
+    let a = w.login(0, 0);
+    let b = w.login(0, 0);
+    // a changes a setting pglink then reads back (the scripted server answers the read-back
+    // with a value of its own): the connection's settings now differ from b's.
+    w.query(a, "SET application_name = 'x'");
+    w.take(a);
+    w.query(a, "SELECT pg_sleep(1)");
+    let s = w.server_of(a).unwrap();
+    w.query(b, &format!("SELECT '{}'", World::marker(b, 1)));
+    // b is handed the connection when a's statement ends; pglink first brings the settings in
+    // line, and b's statement must run on the connection whatever the order of events: the
+    // sync alone is not a transaction that gives the connection back.
+    let ctx = w.ctx.clone();
+    let transactions = || ctx.stats[0].pool(0).unwrap().transactions.get();
+    let before = transactions();
+    w.release(s);
+    w.take(a);
+    assert_eq!(World::rows_of(&w.take(b)), vec![World::marker(b, 1)]);
+    assert_eq!(transactions() - before, 2, "a's statement, then b's");
+    let syncs = w.servers[s]
+        .queries
+        .iter()
+        .filter(|q| q.contains("set_config") || q.starts_with("RESET"))
+        .count();
+    assert_eq!(syncs, 1, "one sync: {:?}", w.servers[s].queries);
+    w.check();
+}
