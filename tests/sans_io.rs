@@ -99,7 +99,7 @@ fn test_code_from(path: &Path, text: &str) -> usize {
     let lines: Vec<&str> = text.lines().collect();
     lines
         .windows(2)
-        .position(|w| w[0].trim() == "#[cfg(test)]" && w[1].starts_with("mod tests"))
+        .position(|w| w[0].trim() == "#[cfg(test)]" && w[1].starts_with("mod tests {"))
         .unwrap_or(lines.len())
 }
 

@@ -1,5 +1,6 @@
 //! The server side: where backends are and how to log in to them.
 
+pub mod cancel;
 pub mod login;
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs as _};

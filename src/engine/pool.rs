@@ -350,6 +350,11 @@ impl Engine {
     /// user's idle connection when the database is at its cap.
     pub(super) fn grow(&mut self, pool: PoolId) {
         let ctx = self.ctx.clone();
+        if ctx.is_stopping() {
+            // Every connection that becomes free now closes: opening one for a waiter would
+            // loop (the waiters are closed as their reactor winds down).
+            return;
+        }
         let Some((p, db)) = ctx.pool_database(pool) else {
             return;
         };

@@ -589,3 +589,31 @@ fn a_parameter_sync_that_ends_before_the_waiting_message_runs_keeps_the_lending(
     assert_eq!(syncs, 1, "one sync: {:?}", w.servers[s].queries);
     w.check();
 }
+
+#[test]
+fn while_stopping_no_connection_is_opened_for_waiters() {
+    let mut w = world(Setup {
+        engines: 2,
+        max_conns: 1,
+        acquire_timeout: 60 * S,
+        ..Setup::default()
+    });
+    let a = w.login(1, 0);
+    let b = w.login(1, 0);
+    w.query(a, "SELECT pg_sleep(1)");
+    let s = w.server_of(a).unwrap();
+    w.query(b, "SELECT 'x'");
+    // Another reactor starts the shutdown; this one has not wound down yet.
+    let now = w.now;
+    w.engines[0].handle_shutdown(now);
+    w.settle();
+    let opened = w.servers.len();
+    w.release(s);
+    assert!(w.servers[s].closed, "a connection freed while stopping closes");
+    assert_eq!(w.servers.len(), opened, "and none is opened in its place");
+    w.engines[1].handle_shutdown(now);
+    w.settle();
+    let (code, _, _) = World::error_of(&w.take(b)).unwrap();
+    assert_eq!(code, SqlState::ADMIN_SHUTDOWN);
+    w.check();
+}

@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::{ListenAddr, ListenHost};
-use crate::reactor::Shared;
+use crate::server::Shared;
 
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 const PLAIN: &str = "text/plain; charset=utf-8";

@@ -22,7 +22,7 @@ use crate::observe::metrics::{
     BackendState, CancelOutcome, CloseReason, PoolStats, ReactorStats, RefuseReason,
     SQLSTATE_CLASSES,
 };
-use crate::reactor::Shared;
+use crate::server::Shared;
 
 /// One metric family: name, help, type and label names.
 #[derive(Debug)]

@@ -10,7 +10,6 @@ use super::Reactor;
 use super::buf::{InBuf, InPool};
 use super::stream::{ReadStatus, Stream};
 use super::token::Tok;
-use crate::auth::tls_server_end_point;
 use crate::engine::{Conn, Failure, TlsInfo};
 use crate::observe::metrics::Counter;
 use crate::protocol::framing::peek_header;
@@ -238,18 +237,14 @@ impl Reactor {
                 return;
             }
             s.handshake = false;
-            let tls = s.stream.tls();
             let info = match conn {
                 Conn::Client(_) => TlsInfo {
-                    alpn_postgresql: tls.and_then(|t| t.alpn_protocol()) == Some(ALPN_POSTGRESQL),
+                    alpn_postgresql: s.stream.alpn() == Some(ALPN_POSTGRESQL),
                     channel_binding: None,
                 },
                 Conn::Server(_) => TlsInfo {
                     alpn_postgresql: false,
-                    channel_binding: tls
-                        .and_then(|t| t.peer_certificates())
-                        .and_then(|certs| certs.first())
-                        .and_then(|cert| tls_server_end_point(cert).ok()),
+                    channel_binding: s.stream.peer_end_point(),
                 },
             };
             self.engine.handle_tls_established(conn, info, self.now);
@@ -292,18 +287,8 @@ impl Reactor {
         if s.connecting {
             return;
         }
-        let pending = self.engine.output(conn);
-        let mut written = 0;
-        let result = loop {
-            let Some(rest) = pending.get(written..).filter(|r| !r.is_empty()) else {
-                break s.stream.flush().map(|_| ());
-            };
-            match s.stream.write(rest) {
-                Ok(0) => break s.stream.flush().map(|_| ()),
-                Ok(n) => written += n,
-                Err(e) => break Err(e),
-            }
-        };
+        let (written, result) = s.stream.write_some(self.engine.output(conn));
+        let result = result.and_then(|()| s.stream.flush().map(|_| ()));
         self.sent(conn).add(written as u64);
         match result {
             Ok(()) => self.engine.handle_sent(conn, written, self.now),
@@ -341,16 +326,7 @@ impl Reactor {
         let Some(mut s) = self.sockets.take(conn) else {
             return;
         };
-        let mut rest = last;
-        while !rest.is_empty() {
-            match s.stream.write(rest) {
-                Ok(n) if n > 0 => {
-                    self.sent(conn).add(n as u64);
-                    rest = rest.get(n..).unwrap_or_default();
-                }
-                _ => break,
-            }
-        }
+        self.sent(conn).add(s.stream.write_some(last).0 as u64);
         s.stream.close_notify();
         let _ = self.poll.registry().deregister(&mut s.stream.sock);
         if let Some(mut input) = s.input.take() {

@@ -14,112 +14,37 @@
 //! and written once per connection at the end of the turn. One clock read per turn.
 
 mod buf;
-mod cancel;
 mod conn;
 pub mod stream;
 mod token;
 
 use std::io::{self, Write as _};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Waker};
 
 use crate::auth::OsRng;
-use crate::client::users::UserTable;
-use crate::engine::{Accept, Conn, Context, Engine, Failure, Io, Mailbox, Message, Transfer};
+use crate::backend::{Target, cancel};
+use crate::engine::{
+    Accept, ClientId, Conn, Engine, Failure, Io, Mailbox, Message, ServerId, Transfer,
+};
 use crate::observe::metrics::ReactorStats;
 use buf::InPool;
 use conn::{Socket, Sockets};
+pub use stream::ServerTlsConfig;
 use stream::Stream;
+
+use crate::server::Shared;
 use token::{Kind, Tok};
 
 /// Accepts per listener per wake-up.
 const MAX_ACCEPTS: usize = 64;
 /// Messages queued per reactor channel.
 const CHANNEL_CAPACITY: usize = 4096;
-
-/// State every reactor shares.
-pub struct Shared {
-    /// What the engines share.
-    pub ctx: Arc<Context>,
-    users: RwLock<Arc<UserTable>>,
-    users_epoch: AtomicU64,
-    pub tls: Option<Arc<rustls::ServerConfig>>,
-    reactors: OnceLock<Vec<ReactorHandle>>,
-    /// Reactor threads inside their loop right now.
-    running: AtomicUsize,
-}
-
-impl Shared {
-    pub fn new(ctx: Context, users: UserTable, tls: Option<Arc<rustls::ServerConfig>>) -> Shared {
-        Shared {
-            ctx: Arc::new(ctx),
-            users: RwLock::new(Arc::new(users)),
-            users_epoch: AtomicU64::new(0),
-            tls,
-            reactors: OnceLock::new(),
-            running: AtomicUsize::new(0),
-        }
-    }
-
-    /// Reactors configured.
-    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-    pub fn reactor_count(&self) -> usize {
-        self.ctx.stats.len()
-    }
-
-    /// Reactors created and not yet stopped (all of them until shutdown, unless one failed).
-    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-    pub fn reactors_running(&self) -> usize {
-        self.running.load(Ordering::Acquire)
-    }
-
-    /// Publishes a new login table (secret rotation).
-    pub fn set_users(&self, users: UserTable) {
-        *self
-            .users
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(users);
-        self.users_epoch.fetch_add(1, Ordering::AcqRel);
-    }
-
-    fn users(&self) -> Arc<UserTable> {
-        self.users
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Clients connected right now (all reactors).
-    pub fn client_count(&self) -> usize {
-        self.ctx.client_count()
-    }
-
-    pub fn set_reactors(&self, handles: Vec<ReactorHandle>) {
-        let _ = self.reactors.set(handles);
-    }
-
-    fn reactor(&self, id: usize) -> Option<&ReactorHandle> {
-        self.reactors.get().and_then(|r| r.get(id))
-    }
-
-    /// Starts a shutdown: every reactor stops accepting and winds down (it notices the flag
-    /// on its next turn; the waker makes that turn happen now).
-    pub fn stop(&self) {
-        self.ctx.stop();
-        for r in self.reactors.get().into_iter().flatten() {
-            let _ = r.waker.wake();
-        }
-    }
-
-    pub fn is_stopping(&self) -> bool {
-        self.ctx.is_stopping()
-    }
-}
 
 /// The engines' messages travel between reactors as they are.
 impl Mailbox for Shared {
@@ -136,7 +61,7 @@ impl Mailbox for Shared {
 }
 
 /// What reactors send each other.
-pub(crate) enum Envelope {
+pub enum Envelope {
     Engine(Message),
     /// An idle server connection handed over: the engine's record and the socket.
     Server {
@@ -157,6 +82,11 @@ pub struct ReactorHandle {
 }
 
 impl ReactorHandle {
+    /// Wakes the reactor (it reads its inbox and the stop flag on every turn).
+    pub fn wake(&self) {
+        let _ = self.waker.wake();
+    }
+
     /// Sends without blocking; a full channel gives the envelope back.
     fn send(&self, envelope: Envelope) -> Result<(), Envelope> {
         match self.tx.try_send(envelope) {
@@ -232,7 +162,7 @@ impl Reactor {
             Box::new(OsRng),
             now,
         );
-        let users_epoch = shared.users_epoch.load(Ordering::Acquire);
+        let users_epoch = shared.users_epoch();
         let running = Running::enter(shared.clone());
         let sleeping = Arc::new(AtomicBool::new(false));
         let handle = ReactorHandle {
@@ -320,7 +250,7 @@ impl Reactor {
     }
 
     fn refresh_users(&mut self) {
-        let epoch = self.shared.users_epoch.load(Ordering::Acquire);
+        let epoch = self.shared.users_epoch();
         if epoch != self.users_epoch {
             self.engine.set_users(self.shared.users());
             self.users_epoch = epoch;
@@ -441,7 +371,7 @@ impl Reactor {
                     tls,
                     pid,
                     secret,
-                } => self.deliver_cancel(server, &target, tls, pid, secret),
+                } => self.cancel(server, &target, tls, pid, secret),
                 Io::StopAccepting => {
                     for mut l in self.listeners.drain(..) {
                         let _ = self.poll.registry().deregister(&mut l);
@@ -456,7 +386,7 @@ impl Reactor {
         }
     }
 
-    fn hand_off(&mut self, server: crate::engine::ServerId, to: usize, transfer: Transfer) {
+    fn hand_off(&mut self, server: ServerId, to: usize, transfer: Transfer) {
         let Some(mut socket) = self.sockets.take(Conn::Server(server)) else {
             return;
         };
@@ -475,12 +405,7 @@ impl Reactor {
     }
 
     /// Opens the TCP connection of a server connection.
-    fn connect(
-        &mut self,
-        server: crate::engine::ServerId,
-        target: &crate::backend::Target,
-        addr_index: usize,
-    ) {
+    fn connect(&mut self, server: ServerId, target: &Target, addr_index: usize) {
         let addrs = target.addrs();
         let connected = addrs
             .get(addr_index)
@@ -502,7 +427,7 @@ impl Reactor {
     }
 
     /// Answers the client's SSLRequest in plaintext, then starts TLS as the server.
-    fn start_client_tls(&mut self, client: crate::engine::ClientId, direct: bool) {
+    fn start_client_tls(&mut self, client: ClientId, direct: bool) {
         let conn = Conn::Client(client);
         let Some(config) = self.shared.tls.clone() else {
             return self
@@ -514,35 +439,24 @@ impl Reactor {
         };
         // The 'S' answer goes out in plaintext before the handshake starts.
         let pending = self.engine.output(conn);
-        let mut written = 0;
-        while let Some(rest) = pending.get(written..).filter(|r| !r.is_empty()) {
-            match s.stream.write(rest) {
-                Ok(n) if n > 0 => written += n,
-                Ok(_) => {
-                    let e = io::Error::from(io::ErrorKind::WriteZero);
-                    return self.engine.handle_closed(conn, Failure::Write(e), self.now);
-                }
-                Err(e) => return self.engine.handle_closed(conn, Failure::Write(e), self.now),
-            }
-        }
+        let (written, result) = s.stream.write_some(pending);
         self.stats.client_bytes_sent.add(written as u64);
-        let started = rustls::ServerConnection::new(config)
-            .map_err(io::Error::other)
-            .and_then(|tls| {
-                let tls = rustls::Connection::Server(tls);
-                if direct {
-                    // The bytes already read are the ClientHello.
-                    let prefix = s.input.as_ref().map(|i| i.filled().to_vec());
-                    if let Some(input) = s.input.as_mut() {
-                        input.consume(input.len());
-                    }
-                    s.stream
-                        .start_tls_with_prefix(tls, &prefix.unwrap_or_default())
-                } else {
-                    s.stream.start_tls(tls);
-                    Ok(())
-                }
-            });
+        let result = result.and_then(|()| match written == pending.len() {
+            true => Ok(()),
+            false => Err(io::ErrorKind::WriteZero.into()),
+        });
+        if let Err(e) = result {
+            return self.engine.handle_closed(conn, Failure::Write(e), self.now);
+        }
+        // Direct TLS: the bytes already read are the ClientHello.
+        let prefix = direct.then(|| {
+            let prefix = s.input.as_ref().map(|i| i.filled().to_vec());
+            if let Some(input) = s.input.as_mut() {
+                input.consume(input.len());
+            }
+            prefix.unwrap_or_default()
+        });
+        let started = s.stream.accept_tls(config, prefix.as_deref());
         match started {
             Ok(()) => {
                 s.handshake = true;
@@ -555,11 +469,7 @@ impl Reactor {
     }
 
     /// Starts TLS as a client of the server `target`.
-    fn start_server_tls(
-        &mut self,
-        server: crate::engine::ServerId,
-        target: &crate::backend::Target,
-    ) {
+    fn start_server_tls(&mut self, server: ServerId, target: &Target) {
         let conn = Conn::Server(server);
         let (Some(config), Some(name)) = (target.tls.clone(), target.server_name.clone()) else {
             return self
@@ -569,17 +479,37 @@ impl Reactor {
         let Some(s) = self.sockets.get(conn) else {
             return;
         };
-        match rustls::ClientConnection::new(config, name) {
-            Ok(tls) => {
-                s.stream.start_tls(rustls::Connection::Client(tls));
+        match s.stream.connect_tls(config, name) {
+            Ok(()) => {
                 s.handshake = true;
                 self.dirty.push(Tok::conn(conn));
                 self.ready.push(Tok::conn(conn));
             }
-            Err(e) => {
-                let e = io::Error::other(e);
-                self.engine.handle_closed(conn, Failure::Tls(e), self.now);
-            }
+            Err(e) => self.engine.handle_closed(conn, Failure::Tls(e), self.now),
+        }
+    }
+
+    /// Delivers a cancel for `server` (whose real key is `pid`/`secret`) on a helper thread,
+    /// which then tells this reactor's engine it is done.
+    fn cancel(&mut self, server: ServerId, target: &Target, tls: bool, pid: u32, secret: Vec<u8>) {
+        let done = Message::CancelDone { server };
+        let tls = tls
+            .then(|| target.tls.clone().zip(target.server_name.clone()))
+            .flatten();
+        let (shared, me, report) = (self.shared.clone(), self.id, done.clone());
+        let spawned = match self.sockets.get(Conn::Server(server)) {
+            Some(s) => cancel::spawn(s.peer, tls, pid, secret, move || {
+                shared.ctx.cancel_delivered();
+                if let Some(h) = shared.reactor(me) {
+                    let _ = h.send(Envelope::Engine(report));
+                }
+            }),
+            None => Err(io::ErrorKind::NotFound.into()),
+        };
+        if let Err(e) = spawned {
+            log::warn!("cancel request dropped: {e}");
+            self.shared.ctx.cancel_delivered();
+            self.engine.handle_message(done, self.now);
         }
     }
 
@@ -605,14 +535,14 @@ struct Running(Arc<Shared>);
 
 impl Running {
     fn enter(shared: Arc<Shared>) -> Running {
-        shared.running.fetch_add(1, Ordering::AcqRel);
+        shared.reactor_started();
         Running(shared)
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.0.running.fetch_sub(1, Ordering::AcqRel);
+        self.0.reactor_stopped();
     }
 }
 

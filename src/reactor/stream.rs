@@ -1,12 +1,20 @@
-//! A non-blocking TCP socket with an optional TLS session on top.
+//! A non-blocking TCP socket with an optional TLS session on top: the one module of the
+//! reactor that knows rustls.
 //!
-//! The reactor reads plaintext into its scratch buffer and writes plaintext from connection
-//! buffers; this type hides whether rustls sits in between. rustls' own buffers are capped
+//! The reactor reads plaintext into connection buffers and writes plaintext from the
+//! engine's; this type hides whether rustls sits in between. rustls' own buffers are capped
 //! (`TLS_BUFFER_LIMIT`) so a slow TLS peer applies backpressure like a plain one.
 
 use std::io::{self, Read as _, Write as _};
+use std::sync::Arc;
 
 use mio::net::TcpStream;
+use rustls::pki_types::ServerName;
+
+use crate::auth::tls_server_end_point;
+
+/// Client-side TLS settings (`tls`), as the reactor holds them.
+pub type ServerTlsConfig = rustls::ServerConfig;
 
 /// Cap on plaintext rustls buffers while the socket is not taking data.
 pub const TLS_BUFFER_LIMIT: usize = 64 * 1024;
@@ -42,14 +50,14 @@ impl Stream {
 
     /// Wraps the socket in TLS from now on. Bytes already read in plaintext are not replayed
     /// (the caller checked there were none: CVE-2021-23214).
-    pub fn start_tls(&mut self, mut conn: rustls::Connection) {
+    fn start_tls(&mut self, mut conn: rustls::Connection) {
         conn.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
         self.tls = Some(Box::new(conn));
     }
 
     /// Starts TLS on a connection whose first bytes (already read, in `prefix`) are the
     /// peer's ClientHello: direct TLS without SSLRequest.
-    pub fn start_tls_with_prefix(
+    fn start_tls_with_prefix(
         &mut self,
         conn: rustls::Connection,
         mut prefix: &[u8],
@@ -66,12 +74,48 @@ impl Stream {
         Ok(())
     }
 
+    /// Starts TLS as the server (toward a client); `direct`: `prefix` (the bytes already
+    /// read) is the client's ClientHello, sent without SSLRequest.
+    pub fn accept_tls(
+        &mut self,
+        config: Arc<ServerTlsConfig>,
+        prefix: Option<&[u8]>,
+    ) -> io::Result<()> {
+        let tls = rustls::ServerConnection::new(config).map_err(io::Error::other)?;
+        let tls = rustls::Connection::Server(tls);
+        match prefix {
+            Some(prefix) => self.start_tls_with_prefix(tls, prefix),
+            None => {
+                self.start_tls(tls);
+                Ok(())
+            }
+        }
+    }
+
+    /// Starts TLS as a client of a server called `name`.
+    pub fn connect_tls(
+        &mut self,
+        config: Arc<rustls::ClientConfig>,
+        name: ServerName<'static>,
+    ) -> io::Result<()> {
+        let tls = rustls::ClientConnection::new(config, name).map_err(io::Error::other)?;
+        self.start_tls(rustls::Connection::Client(tls));
+        Ok(())
+    }
+
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
     }
 
-    pub fn tls(&self) -> Option<&rustls::Connection> {
-        self.tls.as_deref()
+    /// The protocol ALPN settled on, if any.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        self.tls.as_deref().and_then(|t| t.alpn_protocol())
+    }
+
+    /// `tls-server-end-point` channel-binding data of the peer's certificate.
+    pub fn peer_end_point(&self) -> Option<Vec<u8>> {
+        let certs = self.tls.as_deref()?.peer_certificates()?;
+        tls_server_end_point(certs.first()?).ok()
     }
 
     pub fn is_handshaking(&self) -> bool {
@@ -121,6 +165,20 @@ impl Stream {
         let taken = tls.writer().write(data)?;
         flush_tls(tls, &mut self.sock)?;
         Ok(taken)
+    }
+
+    /// Writes as much of `data` as the socket takes now; returns how much that was, and the
+    /// error that stopped it, if one did.
+    pub fn write_some(&mut self, data: &[u8]) -> (usize, io::Result<()>) {
+        let mut written = 0;
+        while let Some(rest) = data.get(written..).filter(|r| !r.is_empty()) {
+            match self.write(rest) {
+                Ok(0) => break,
+                Ok(n) => written += n,
+                Err(e) => return (written, Err(e)),
+            }
+        }
+        (written, Ok(()))
     }
 
     /// Pushes buffered TLS records (handshake or data) to the socket. `Ok(true)` when nothing

@@ -9,6 +9,8 @@
 //! # Ok(()) }
 //! ```
 
+mod shared;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -30,8 +32,9 @@ use crate::config::{self, BackendSslMode, CertSource, Config, LoadedConfig, Reso
 use crate::engine::Context;
 use crate::pool::{Credentials, Database, Pool, PoolSettings};
 use crate::protocol::framing::DEFAULT_MAX_MESSAGE_LEN;
-use crate::reactor::{Reactor, Shared};
+use crate::reactor::Reactor;
 use crate::tls;
+pub(crate) use shared::Shared;
 
 /// How often hosts that are names (not IP addresses) are resolved again.
 const RESOLVE_PERIOD: Duration = Duration::from_secs(30);

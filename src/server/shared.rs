@@ -1,0 +1,102 @@
+//! What the threads of a running server share: the engines' context, the login table
+//! (replaced when secrets rotate), the client-side TLS settings, and how to reach each
+//! reactor.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+
+use crate::client::users::UserTable;
+use crate::engine::Context;
+use crate::reactor::{ReactorHandle, ServerTlsConfig};
+
+/// State every reactor shares.
+pub struct Shared {
+    /// What the engines share.
+    pub ctx: Arc<Context>,
+    users: RwLock<Arc<UserTable>>,
+    users_epoch: AtomicU64,
+    pub tls: Option<Arc<ServerTlsConfig>>,
+    reactors: OnceLock<Vec<ReactorHandle>>,
+    /// Reactor threads inside their loop right now.
+    running: AtomicUsize,
+}
+
+impl Shared {
+    pub fn new(ctx: Context, users: UserTable, tls: Option<Arc<ServerTlsConfig>>) -> Shared {
+        Shared {
+            ctx: Arc::new(ctx),
+            users: RwLock::new(Arc::new(users)),
+            users_epoch: AtomicU64::new(0),
+            tls,
+            reactors: OnceLock::new(),
+            running: AtomicUsize::new(0),
+        }
+    }
+
+    /// Reactors configured.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub fn reactor_count(&self) -> usize {
+        self.ctx.stats.len()
+    }
+
+    /// Reactors created and not yet stopped (all of them until shutdown, unless one failed).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub fn reactors_running(&self) -> usize {
+        self.running.load(Ordering::Acquire)
+    }
+
+    /// Publishes a new login table (secret rotation).
+    pub fn set_users(&self, users: UserTable) {
+        *self
+            .users
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(users);
+        self.users_epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn users(&self) -> Arc<UserTable> {
+        self.users
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Clients connected right now (all reactors).
+    pub fn client_count(&self) -> usize {
+        self.ctx.client_count()
+    }
+
+    pub fn set_reactors(&self, handles: Vec<ReactorHandle>) {
+        let _ = self.reactors.set(handles);
+    }
+
+    pub(crate) fn reactor(&self, id: usize) -> Option<&ReactorHandle> {
+        self.reactors.get().and_then(|r| r.get(id))
+    }
+
+    /// Starts a shutdown: every reactor stops accepting and winds down (it notices the flag
+    /// on its next turn; the waker makes that turn happen now).
+    pub fn stop(&self) {
+        self.ctx.stop();
+        for r in self.reactors.get().into_iter().flatten() {
+            r.wake();
+        }
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.ctx.is_stopping()
+    }
+
+    /// Bumped with every new login table.
+    pub(crate) fn users_epoch(&self) -> u64 {
+        self.users_epoch.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn reactor_started(&self) {
+        self.running.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn reactor_stopped(&self) {
+        self.running.fetch_sub(1, Ordering::AcqRel);
+    }
+}
