@@ -8,7 +8,8 @@
 
   bench-lib.py report --results FILE
       Turn the raw per-run results written by scripts/bench into the markdown report. The
-      header comes from BENCH_* environment variables (see meta_from_env).
+      header comes from BENCH_* environment variables (see meta_from_env): BENCH_TARGETS names
+      the targets that ran (direct pgbouncer pglink, and pglink-base with --baseline).
 """
 import argparse
 import base64
@@ -186,6 +187,10 @@ def cmd_idle(a):
 
 # ---------------------------------------------------------------- report
 
+LABELS = {"direct": "direct", "pgbouncer": "PgBouncer", "pglink": "pglink", "pglink-base": "pglink-base"}
+ABBREV = {"direct": "d", "pgbouncer": "b", "pglink": "l", "pglink-base": "lb"}
+BASE = "pglink-base"
+
 
 def _fmt_num(x, digits=0):
     if x is None:
@@ -204,18 +209,27 @@ def _int_or_none(v):
         return None
 
 
+def _env_key(target):
+    """Suffix of a target's BENCH_* variables: pglink-base -> PGLINK_BASE."""
+    return target.upper().replace("-", "_")
+
+
 def meta_from_env():
     e = os.environ
     meta = {k: e.get("BENCH_" + k.upper(), "?") for k in ("date", "command", "machine", "revision", "versions", "setup")}
     meta["clk_tck"] = int(e.get("BENCH_CLK_TCK", "100"))
     meta["notes"] = e.get("BENCH_NOTES", "")
+    meta["baseline"] = e.get("BENCH_BASELINE", "")
+    targets = e.get("BENCH_TARGETS", "").split() or ["direct", "pgbouncer", "pglink"]
+    proxies = [t for t in targets if t != "direct"]
+    meta["targets"], meta["proxies"] = targets, proxies
     mem = {}
-    hwm = {t: e.get("BENCH_HWM_" + t.upper()) for t in ("pgbouncer", "pglink")}
+    hwm = {t: e.get("BENCH_HWM_" + _env_key(t)) for t in proxies}
     if any(hwm.values()):
         mem["peak_rss_kb"] = {t: int(v) if v else None for t, v in hwm.items()}
     idle = {}
-    for t in ("pgbouncer", "pglink"):
-        path = e.get("BENCH_IDLE_" + t.upper())
+    for t in proxies:
+        path = e.get("BENCH_IDLE_" + _env_key(t))
         if path:
             try:
                 idle[t] = json.load(open(path))
@@ -224,8 +238,8 @@ def meta_from_env():
     if idle:
         mem["idle"] = idle
     meta["memory"] = mem
-    meta["wait_cpu_ms"] = {t: _int_or_none(e.get("BENCH_WAITCPU_" + t.upper())) for t in ("pgbouncer", "pglink")}
-    meta["wait_base_cpu_ms"] = {t: _int_or_none(e.get("BENCH_WAITBASE_" + t.upper())) for t in ("pgbouncer", "pglink")}
+    meta["wait_cpu_ms"] = {t: _int_or_none(e.get("BENCH_WAITCPU_" + _env_key(t))) for t in proxies}
+    meta["wait_base_cpu_ms"] = {t: _int_or_none(e.get("BENCH_WAITBASE_" + _env_key(t))) for t in proxies}
     meta["wait_seconds"] = e.get("BENCH_WAIT_SECONDS", "?")
     problems = []
     path = e.get("BENCH_PROBLEMS")
@@ -235,8 +249,50 @@ def meta_from_env():
     return meta
 
 
+def _table(columns, keys):
+    """columns: (header, alignment, cell function); keys: one row each -> markdown lines."""
+    lines = [
+        "| " + " | ".join(c[0] for c in columns) + " |",
+        "|" + "|".join(c[1] for c in columns) + "|",
+    ]
+    for k in keys:
+        lines.append("| " + " | ".join(c[2](k) for c in columns) + " |")
+    return lines
+
+
+def _rate_columns(targets, summary, unit, rate_digits, cpu_unit, cpu_digits, failed_cell):
+    """The columns of a workload table: rates, ratios, proxy CPU, failures. The pglink-base columns
+    appear only when that target ran."""
+    base = BASE in targets
+    cols = [("Workload" if unit == "TPS" else "COPY", "---", lambda w: w)]
+    for t in targets:
+        cols.append(("%s %s" % (LABELS[t], unit), "--:", lambda w, t=t: _fmt_num(summary(w, t)["rate"], rate_digits)))
+    cols.append(("pglink/PgBouncer", "--:", lambda w: _ratio(summary(w, "pglink")["rate"], summary(w, "pgbouncer")["rate"])))
+    cols.append(("pglink/direct", "--:", lambda w: _ratio(summary(w, "pglink")["rate"], summary(w, "direct")["rate"])))
+    if base:
+        cols.append(
+            ("pglink/pglink-base %s" % unit, "--:", lambda w: _ratio(summary(w, "pglink")["rate"], summary(w, BASE)["rate"]))
+        )
+    for t in targets:
+        if t != "direct":
+            cols.append(("%s CPU %s" % (LABELS[t], cpu_unit), "--:", lambda w, t=t: _fmt_num(summary(w, t)["cpu"], cpu_digits)))
+    if base:
+        cols.append(
+            ("pglink/pglink-base CPU", "--:", lambda w: _ratio(summary(w, "pglink")["cpu"], summary(w, BASE)["cpu"]))
+        )
+    cols.append(
+        (
+            "failed (%s)" % "/".join(ABBREV[t] for t in targets),
+            ":-:",
+            lambda w: "/".join(failed_cell(summary(w, t)) for t in targets),
+        )
+    )
+    return cols
+
+
 def cmd_report(a):
     meta = meta_from_env()
+    targets, proxies = meta["targets"], meta["proxies"]
     rows = []
     with open(a.results) as f:
         for line in f:
@@ -274,11 +330,16 @@ def cmd_report(a):
             "runs": len(runs),
         }
 
+    def summary(w, t):
+        return summarise(groups[w].get(t, []))
+
     out = []
     out.append("## %s — `%s`" % (meta["date"], meta["command"]))
     out.append("")
     out.append("- Machine: %s" % meta["machine"])
     out.append("- Revision: %s" % meta["revision"])
+    if meta["baseline"]:
+        out.append("- Compared: %s" % meta["baseline"])
     out.append("- Versions: %s" % meta["versions"])
     out.append("- Setup: %s" % meta["setup"])
     out.append("")
@@ -286,122 +347,82 @@ def cmd_report(a):
     cp = [w for w in order if w.startswith("COPY")]
     problems = []
     if tx:
-        out.append(
-            "| Workload | direct TPS | PgBouncer TPS | pglink TPS | pglink/PgBouncer | pglink/direct "
-            "| PgBouncer CPU µs/txn | pglink CPU µs/txn | failed (d/b/l) |"
+        cols = _rate_columns(
+            targets, summary, "TPS", 0, "µs/txn", 1, lambda s: str(s["failed"]) + ("!" if s["bad_rc"] else "")
         )
-        out.append("|---|--:|--:|--:|--:|--:|--:|--:|:-:|")
+        out.extend(_table(cols, tx))
         for w in tx:
-            s = {t: summarise(groups[w].get(t, [])) for t in ("direct", "pgbouncer", "pglink")}
-            out.append(
-                "| %s | %s | %s | %s | %s | %s | %s | %s | %s |"
-                % (
-                    w,
-                    _fmt_num(s["direct"]["rate"]),
-                    _fmt_num(s["pgbouncer"]["rate"]),
-                    _fmt_num(s["pglink"]["rate"]),
-                    _ratio(s["pglink"]["rate"], s["pgbouncer"]["rate"]),
-                    _ratio(s["pglink"]["rate"], s["direct"]["rate"]),
-                    _fmt_num(s["pgbouncer"]["cpu"], 1),
-                    _fmt_num(s["pglink"]["cpu"], 1),
-                    "/".join(
-                        str(s[t]["failed"]) + ("!" if s[t]["bad_rc"] else "")
-                        for t in ("direct", "pgbouncer", "pglink")
-                    ),
-                )
-            )
-            for t in ("direct", "pgbouncer", "pglink"):
-                if s[t]["failed"] or s[t]["bad_rc"]:
+            for t in targets:
+                s = summary(w, t)
+                if s["failed"] or s["bad_rc"]:
                     problems.append(
                         "%s via %s: %d failed transactions, %d of %d runs exited non-zero"
-                        % (w, t, s[t]["failed"], s[t]["bad_rc"], s[t]["runs"])
+                        % (w, t, s["failed"], s["bad_rc"], s["runs"])
                     )
         out.append("")
         spread = []
         for w in tx:
-            for t in ("direct", "pgbouncer", "pglink"):
-                s = summarise(groups[w].get(t, []))
+            for t in targets:
+                s = summary(w, t)
                 if s["min"] is not None and s["runs"] > 1:
                     spread.append("%s/%s %s–%s" % (w, t, _fmt_num(s["min"]), _fmt_num(s["max"])))
         if spread:
             out.append("TPS range over rounds (min–max): " + "; ".join(spread) + ".")
             out.append("")
     if cp:
-        out.append(
-            "| COPY | direct MB/s | PgBouncer MB/s | pglink MB/s | pglink/PgBouncer | pglink/direct "
-            "| PgBouncer CPU µs/MB | pglink CPU µs/MB | failed (d/b/l) |"
-        )
-        out.append("|---|--:|--:|--:|--:|--:|--:|--:|:-:|")
+        cols = _rate_columns(targets, summary, "MB/s", 1, "µs/MB", 0, lambda s: str(s["bad_rc"]))
+        out.extend(_table(cols, cp))
         for w in cp:
-            s = {t: summarise(groups[w].get(t, [])) for t in ("direct", "pgbouncer", "pglink")}
-            out.append(
-                "| %s | %s | %s | %s | %s | %s | %s | %s | %s |"
-                % (
-                    w,
-                    _fmt_num(s["direct"]["rate"], 1),
-                    _fmt_num(s["pgbouncer"]["rate"], 1),
-                    _fmt_num(s["pglink"]["rate"], 1),
-                    _ratio(s["pglink"]["rate"], s["pgbouncer"]["rate"]),
-                    _ratio(s["pglink"]["rate"], s["direct"]["rate"]),
-                    _fmt_num(s["pgbouncer"]["cpu"], 0),
-                    _fmt_num(s["pglink"]["cpu"], 0),
-                    "/".join(str(s[t]["bad_rc"]) for t in ("direct", "pgbouncer", "pglink")),
-                )
-            )
-            for t in ("direct", "pgbouncer", "pglink"):
-                if s[t]["bad_rc"]:
-                    problems.append("%s via %s: %d of %d runs failed" % (w, t, s[t]["bad_rc"], s[t]["runs"]))
+            for t in targets:
+                s = summary(w, t)
+                if s["bad_rc"]:
+                    problems.append("%s via %s: %d of %d runs failed" % (w, t, s["bad_rc"], s["runs"]))
         out.append("")
 
     mem = meta.get("memory", {})
+    wait = meta.get("wait_cpu_ms", {})
+    base = meta.get("wait_base_cpu_ms", {})
+    have_wait = any(v is not None for v in wait.values())
+    if mem or have_wait:
+        out.append("| Memory / idle cost | " + " | ".join(LABELS[t] for t in proxies) + " |")
+        out.append("|---|" + "|".join("--:" for _ in proxies) + "|")
     if mem:
-        out.append("| Memory / idle cost | PgBouncer | pglink |")
-        out.append("|---|--:|--:|")
         hwm = mem.get("peak_rss_kb", {})
         out.append(
-            "| peak RSS over the whole run (VmHWM) | %s KiB | %s KiB |"
-            % (_fmt_num(hwm.get("pgbouncer")), _fmt_num(hwm.get("pglink")))
+            "| peak RSS over the whole run (VmHWM) | "
+            + " | ".join("%s KiB" % _fmt_num(hwm.get(t)) for t in proxies)
+            + " |"
         )
         idle = mem.get("idle", {})
         if idle:
-            b, l = idle.get("pgbouncer", {}), idle.get("pglink", {})
-            n = b.get("requested") or l.get("requested")
+            d = {t: idle.get(t, {}) for t in proxies}
+            n = next((d[t].get("requested") for t in proxies if d[t].get("requested")), None)
             out.append(
-                "| RSS per idle client (%s clients) | %s B | %s B |"
-                % (n, _fmt_num(b.get("bytes_per_client")), _fmt_num(l.get("bytes_per_client")))
+                "| RSS per idle client (%s clients) | " % n
+                + " | ".join("%s B" % _fmt_num(d[t].get("bytes_per_client")) for t in proxies)
+                + " |"
             )
             out.append(
-                "| RSS before → with idle clients | %s → %s KiB | %s → %s KiB |"
-                % (
-                    _fmt_num(b.get("rss_before_kb")),
-                    _fmt_num(b.get("rss_after_kb")),
-                    _fmt_num(l.get("rss_before_kb")),
-                    _fmt_num(l.get("rss_after_kb")),
+                "| RSS before → with idle clients | "
+                + " | ".join(
+                    "%s → %s KiB" % (_fmt_num(d[t].get("rss_before_kb")), _fmt_num(d[t].get("rss_after_kb")))
+                    for t in proxies
                 )
+                + " |"
             )
-            for t, d in (("pgbouncer", b), ("pglink", l)):
-                if d.get("error") or d.get("alive") != d.get("requested"):
+            for t in proxies:
+                if d[t].get("error") or d[t].get("alive") != d[t].get("requested"):
                     problems.append(
                         "idle clients via %s: %s of %s connected, %s still open at measurement; %s"
-                        % (t, d.get("connected"), d.get("requested"), d.get("alive"), d.get("error"))
+                        % (t, d[t].get("connected"), d[t].get("requested"), d[t].get("alive"), d[t].get("error"))
                     )
-    wait = meta.get("wait_cpu_ms", {})
-    base = meta.get("wait_base_cpu_ms", {})
-    if any(v is not None for v in wait.values()):
-        if not mem:
-            out.append("| Memory / idle cost | PgBouncer | pglink |")
-            out.append("|---|--:|--:|")
+    if have_wait:
         out.append(
-            "| proxy CPU, pool busy for %s s: no client queued → 1 client queued | %s → %s ms | %s → %s ms |"
-            % (
-                meta.get("wait_seconds"),
-                _fmt_num(base.get("pgbouncer")),
-                _fmt_num(wait.get("pgbouncer")),
-                _fmt_num(base.get("pglink")),
-                _fmt_num(wait.get("pglink")),
-            )
+            "| proxy CPU, pool busy for %s s: no client queued → 1 client queued | " % meta.get("wait_seconds")
+            + " | ".join("%s → %s ms" % (_fmt_num(base.get(t)), _fmt_num(wait.get(t))) for t in proxies)
+            + " |"
         )
-    if mem or any(v is not None for v in wait.values()):
+    if mem or have_wait:
         out.append("")
     problems.extend(meta.get("problems", []))
     if problems:
