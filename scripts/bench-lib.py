@@ -9,7 +9,9 @@
   bench-lib.py report --results FILE
       Turn the raw per-run results written by scripts/bench into the markdown report. The
       header comes from BENCH_* environment variables (see meta_from_env): BENCH_TARGETS names
-      the targets that ran (direct pgbouncer pglink, and pglink-base with --baseline).
+      the targets that ran (direct pgbouncer pglink, and pglink-base with --baseline), and
+      BENCH_SYSCALLS the table of strace -c runs of --syscalls (workload, target, transactions,
+      pgbench exit, strace exit, summary file).
 """
 import argparse
 import base64
@@ -17,6 +19,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import resource
 import socket
 import statistics
@@ -241,6 +244,7 @@ def meta_from_env():
     meta["wait_cpu_ms"] = {t: _int_or_none(e.get("BENCH_WAITCPU_" + _env_key(t))) for t in proxies}
     meta["wait_base_cpu_ms"] = {t: _int_or_none(e.get("BENCH_WAITBASE_" + _env_key(t))) for t in proxies}
     meta["wait_seconds"] = e.get("BENCH_WAIT_SECONDS", "?")
+    meta["syscalls"] = e.get("BENCH_SYSCALLS", "")
     problems = []
     path = e.get("BENCH_PROBLEMS")
     if path and os.path.exists(path):
@@ -288,6 +292,118 @@ def _rate_columns(targets, summary, unit, rate_digits, cpu_unit, cpu_digits, fai
         )
     )
     return cols
+
+
+# Syscalls shown in their own column of the syscall table; others only when frequent enough.
+MAIN_SYSCALLS = ["recvfrom", "read", "sendto", "write", "epoll_wait", "epoll_ctl"]
+OTHER_SYSCALL_MIN = 0.05  # per transaction
+
+
+def parse_strace_summary(path):
+    """strace -c's table -> ({syscall: (calls, errors)}, (total calls, total errors)).
+
+    The columns are fixed-width and right-aligned under the dashed rule, so each cell is cut out
+    between the ends of two dash runs (a blank cell, e.g. no errors, is then simply empty)."""
+    with open(path) as f:
+        lines = [l.rstrip("\n") for l in f]
+    rule = next((l for l in lines if l.startswith("---")), None)
+    header = next((l for l in lines if l.startswith("% time")), None)
+    if rule is None or header is None:
+        raise ValueError("no strace -c table in %s" % path)
+    ends = [m.end() for m in re.finditer(r"-+", rule)]
+
+    def cells(line):
+        starts = [0] + ends[:-1]
+        out = [line[a:b].strip() for a, b in zip(starts[:-1], ends[:-1])]
+        return out + [line[ends[-2] :].strip()]
+
+    names = cells(header)
+    calls_i, errors_i, name_i = names.index("calls"), names.index("errors"), len(names) - 1
+    counts, total = {}, None
+    for line in lines:
+        if not line.strip() or line.startswith("---") or line.startswith("% time"):
+            continue
+        c = cells(line)
+        entry = (int(c[calls_i] or 0), int(c[errors_i] or 0))
+        if c[name_i] == "total":
+            total = entry
+        else:
+            counts[c[name_i]] = entry
+    if total is None:
+        total = (sum(v[0] for v in counts.values()), sum(v[1] for v in counts.values()))
+    return counts, total
+
+
+def syscall_section(meta, problems):
+    path = meta.get("syscalls")
+    if not path or not os.path.exists(path):
+        return []
+    runs = []
+    with open(path) as f:
+        for line in f:
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) != 6:
+                continue
+            w, t, txns, rc, strace_rc, summary = parts
+            r = {"workload": w, "target": t, "txns": int(txns or 0), "counts": None, "total": None}
+            try:
+                r["counts"], r["total"] = parse_strace_summary(summary)
+            except (OSError, ValueError, StopIteration) as err:
+                problems.append("syscalls: %s via %s: %s" % (w, t, err))
+            runs.append(r)
+    if not runs:
+        return []
+
+    def per(r, calls):
+        return calls / r["txns"] if r["counts"] is not None and r["txns"] > 0 else None
+
+    def main_cell(r, name):
+        if r["counts"] is None or r["txns"] <= 0:
+            return "–"
+        calls = r["counts"].get(name, (0, 0))[0]
+        return "%.2f" % per(r, calls) if calls else "–"
+
+    def others(r):
+        if r["counts"] is None or r["txns"] <= 0:
+            return "–"
+        rest = sorted(
+            ((n, c / r["txns"]) for n, (c, _) in r["counts"].items() if n not in MAIN_SYSCALLS),
+            key=lambda x: -x[1],
+        )
+        shown = ["%s %.2f" % (n, v) for n, v in rest if v > OTHER_SYSCALL_MIN]
+        return ", ".join(shown) or "–"
+
+    cols = [
+        ("Syscalls per transaction", "---", lambda r: r["workload"]),
+        ("proxy", "---", lambda r: LABELS.get(r["target"], r["target"])),
+        ("transactions", "--:", lambda r: _fmt_num(r["txns"])),
+        ("total", "--:", lambda r: _fmt_num(per(r, r["total"][0]) if r["total"] else None, 2)),
+    ]
+    for name in MAIN_SYSCALLS:
+        cols.append((name, "--:", lambda r, name=name: main_cell(r, name)))
+    cols.append(("failed calls", "--:", lambda r: _fmt_num(per(r, r["total"][1]) if r["total"] else None, 2)))
+    cols.append(("others > %.2f" % OTHER_SYSCALL_MIN, "---", others))
+    out = _table(cols, runs)
+    out.append("")
+    total = {(r["workload"], r["target"]): per(r, r["total"][0]) if r["total"] else None for r in runs}
+    workloads = []
+    for r in runs:
+        if r["workload"] not in workloads:
+            workloads.append(r["workload"])
+    ratios = []
+    for other in ("pgbouncer", BASE):
+        if any(r["target"] == other for r in runs):
+            ratios.append(
+                "pglink/%s: %s"
+                % (
+                    LABELS[other],
+                    ", ".join("%s %s" % (w, _ratio(total.get((w, "pglink")), total.get((w, other)))) for w in workloads),
+                )
+            )
+    if ratios:
+        out.append("Total syscalls per transaction, " + "; ".join(ratios) + ".")
+        out.append("")
+    return out
 
 
 def cmd_report(a):
@@ -424,6 +540,7 @@ def cmd_report(a):
         )
     if mem or have_wait:
         out.append("")
+    out.extend(syscall_section(meta, problems))
     problems.extend(meta.get("problems", []))
     if problems:
         out.append("**FAILURES:**")
