@@ -8,7 +8,10 @@
 
   bench-lib.py report --results FILE
       Turn the raw per-run results written by scripts/bench into the markdown report. The
-      header comes from BENCH_* environment variables (see meta_from_env).
+      header comes from BENCH_* environment variables (see meta_from_env): BENCH_TARGETS names
+      the targets that ran (direct pgbouncer pglink, and pglink-base with --baseline), and
+      BENCH_SYSCALLS the table of strace -c runs of --syscalls (workload, target, transactions,
+      pgbench exit, strace exit, summary file).
 """
 import argparse
 import base64
@@ -16,6 +19,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import resource
 import socket
 import statistics
@@ -186,6 +190,10 @@ def cmd_idle(a):
 
 # ---------------------------------------------------------------- report
 
+LABELS = {"direct": "direct", "pgbouncer": "PgBouncer", "pglink": "pglink", "pglink-base": "pglink-base"}
+ABBREV = {"direct": "d", "pgbouncer": "b", "pglink": "l", "pglink-base": "lb"}
+BASE = "pglink-base"
+
 
 def _fmt_num(x, digits=0):
     if x is None:
@@ -204,18 +212,27 @@ def _int_or_none(v):
         return None
 
 
+def _env_key(target):
+    """Suffix of a target's BENCH_* variables: pglink-base -> PGLINK_BASE."""
+    return target.upper().replace("-", "_")
+
+
 def meta_from_env():
     e = os.environ
     meta = {k: e.get("BENCH_" + k.upper(), "?") for k in ("date", "command", "machine", "revision", "versions", "setup")}
     meta["clk_tck"] = int(e.get("BENCH_CLK_TCK", "100"))
     meta["notes"] = e.get("BENCH_NOTES", "")
+    meta["baseline"] = e.get("BENCH_BASELINE", "")
+    targets = e.get("BENCH_TARGETS", "").split() or ["direct", "pgbouncer", "pglink"]
+    proxies = [t for t in targets if t != "direct"]
+    meta["targets"], meta["proxies"] = targets, proxies
     mem = {}
-    hwm = {t: e.get("BENCH_HWM_" + t.upper()) for t in ("pgbouncer", "pglink")}
+    hwm = {t: e.get("BENCH_HWM_" + _env_key(t)) for t in proxies}
     if any(hwm.values()):
         mem["peak_rss_kb"] = {t: int(v) if v else None for t, v in hwm.items()}
     idle = {}
-    for t in ("pgbouncer", "pglink"):
-        path = e.get("BENCH_IDLE_" + t.upper())
+    for t in proxies:
+        path = e.get("BENCH_IDLE_" + _env_key(t))
         if path:
             try:
                 idle[t] = json.load(open(path))
@@ -224,9 +241,10 @@ def meta_from_env():
     if idle:
         mem["idle"] = idle
     meta["memory"] = mem
-    meta["wait_cpu_ms"] = {t: _int_or_none(e.get("BENCH_WAITCPU_" + t.upper())) for t in ("pgbouncer", "pglink")}
-    meta["wait_base_cpu_ms"] = {t: _int_or_none(e.get("BENCH_WAITBASE_" + t.upper())) for t in ("pgbouncer", "pglink")}
+    meta["wait_cpu_ms"] = {t: _int_or_none(e.get("BENCH_WAITCPU_" + _env_key(t))) for t in proxies}
+    meta["wait_base_cpu_ms"] = {t: _int_or_none(e.get("BENCH_WAITBASE_" + _env_key(t))) for t in proxies}
     meta["wait_seconds"] = e.get("BENCH_WAIT_SECONDS", "?")
+    meta["syscalls"] = e.get("BENCH_SYSCALLS", "")
     problems = []
     path = e.get("BENCH_PROBLEMS")
     if path and os.path.exists(path):
@@ -235,8 +253,162 @@ def meta_from_env():
     return meta
 
 
+def _table(columns, keys):
+    """columns: (header, alignment, cell function); keys: one row each -> markdown lines."""
+    lines = [
+        "| " + " | ".join(c[0] for c in columns) + " |",
+        "|" + "|".join(c[1] for c in columns) + "|",
+    ]
+    for k in keys:
+        lines.append("| " + " | ".join(c[2](k) for c in columns) + " |")
+    return lines
+
+
+def _rate_columns(targets, summary, unit, rate_digits, cpu_unit, cpu_digits, failed_cell):
+    """The columns of a workload table: rates, ratios, proxy CPU, failures. The pglink-base columns
+    appear only when that target ran."""
+    base = BASE in targets
+    cols = [("Workload" if unit == "TPS" else "COPY", "---", lambda w: w)]
+    for t in targets:
+        cols.append(("%s %s" % (LABELS[t], unit), "--:", lambda w, t=t: _fmt_num(summary(w, t)["rate"], rate_digits)))
+    cols.append(("pglink/PgBouncer", "--:", lambda w: _ratio(summary(w, "pglink")["rate"], summary(w, "pgbouncer")["rate"])))
+    cols.append(("pglink/direct", "--:", lambda w: _ratio(summary(w, "pglink")["rate"], summary(w, "direct")["rate"])))
+    if base:
+        cols.append(
+            ("pglink/pglink-base %s" % unit, "--:", lambda w: _ratio(summary(w, "pglink")["rate"], summary(w, BASE)["rate"]))
+        )
+    for t in targets:
+        if t != "direct":
+            cols.append(("%s CPU %s" % (LABELS[t], cpu_unit), "--:", lambda w, t=t: _fmt_num(summary(w, t)["cpu"], cpu_digits)))
+    if base:
+        cols.append(
+            ("pglink/pglink-base CPU", "--:", lambda w: _ratio(summary(w, "pglink")["cpu"], summary(w, BASE)["cpu"]))
+        )
+    cols.append(
+        (
+            "failed (%s)" % "/".join(ABBREV[t] for t in targets),
+            ":-:",
+            lambda w: "/".join(failed_cell(summary(w, t)) for t in targets),
+        )
+    )
+    return cols
+
+
+# Syscalls shown in their own column of the syscall table; others only when frequent enough.
+MAIN_SYSCALLS = ["recvfrom", "read", "sendto", "write", "epoll_wait", "epoll_ctl"]
+OTHER_SYSCALL_MIN = 0.05  # per transaction
+
+
+def parse_strace_summary(path):
+    """strace -c's table -> ({syscall: (calls, errors)}, (total calls, total errors)).
+
+    The columns are fixed-width and right-aligned under the dashed rule, so each cell is cut out
+    between the ends of two dash runs (a blank cell, e.g. no errors, is then simply empty)."""
+    with open(path) as f:
+        lines = [l.rstrip("\n") for l in f]
+    rule = next((l for l in lines if l.startswith("---")), None)
+    header = next((l for l in lines if l.startswith("% time")), None)
+    if rule is None or header is None:
+        raise ValueError("no strace -c table in %s" % path)
+    ends = [m.end() for m in re.finditer(r"-+", rule)]
+
+    def cells(line):
+        starts = [0] + ends[:-1]
+        out = [line[a:b].strip() for a, b in zip(starts[:-1], ends[:-1])]
+        return out + [line[ends[-2] :].strip()]
+
+    names = cells(header)
+    calls_i, errors_i, name_i = names.index("calls"), names.index("errors"), len(names) - 1
+    counts, total = {}, None
+    for line in lines:
+        if not line.strip() or line.startswith("---") or line.startswith("% time"):
+            continue
+        c = cells(line)
+        entry = (int(c[calls_i] or 0), int(c[errors_i] or 0))
+        if c[name_i] == "total":
+            total = entry
+        else:
+            counts[c[name_i]] = entry
+    if total is None:
+        total = (sum(v[0] for v in counts.values()), sum(v[1] for v in counts.values()))
+    return counts, total
+
+
+def syscall_section(meta, problems):
+    path = meta.get("syscalls")
+    if not path or not os.path.exists(path):
+        return []
+    runs = []
+    with open(path) as f:
+        for line in f:
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) != 6:
+                continue
+            w, t, txns, rc, strace_rc, summary = parts
+            r = {"workload": w, "target": t, "txns": int(txns or 0), "counts": None, "total": None}
+            try:
+                r["counts"], r["total"] = parse_strace_summary(summary)
+            except (OSError, ValueError, StopIteration) as err:
+                problems.append("syscalls: %s via %s: %s" % (w, t, err))
+            runs.append(r)
+    if not runs:
+        return []
+
+    def per(r, calls):
+        return calls / r["txns"] if r["counts"] is not None and r["txns"] > 0 else None
+
+    def main_cell(r, name):
+        if r["counts"] is None or r["txns"] <= 0:
+            return "–"
+        calls = r["counts"].get(name, (0, 0))[0]
+        return "%.2f" % per(r, calls) if calls else "–"
+
+    def others(r):
+        if r["counts"] is None or r["txns"] <= 0:
+            return "–"
+        rest = sorted(
+            ((n, c / r["txns"]) for n, (c, _) in r["counts"].items() if n not in MAIN_SYSCALLS),
+            key=lambda x: -x[1],
+        )
+        shown = ["%s %.2f" % (n, v) for n, v in rest if v > OTHER_SYSCALL_MIN]
+        return ", ".join(shown) or "–"
+
+    cols = [
+        ("Syscalls per transaction", "---", lambda r: r["workload"]),
+        ("proxy", "---", lambda r: LABELS.get(r["target"], r["target"])),
+        ("transactions", "--:", lambda r: _fmt_num(r["txns"])),
+        ("total", "--:", lambda r: _fmt_num(per(r, r["total"][0]) if r["total"] else None, 2)),
+    ]
+    for name in MAIN_SYSCALLS:
+        cols.append((name, "--:", lambda r, name=name: main_cell(r, name)))
+    cols.append(("failed calls", "--:", lambda r: _fmt_num(per(r, r["total"][1]) if r["total"] else None, 2)))
+    cols.append(("others > %.2f" % OTHER_SYSCALL_MIN, "---", others))
+    out = _table(cols, runs)
+    out.append("")
+    total = {(r["workload"], r["target"]): per(r, r["total"][0]) if r["total"] else None for r in runs}
+    workloads = []
+    for r in runs:
+        if r["workload"] not in workloads:
+            workloads.append(r["workload"])
+    ratios = []
+    for other in ("pgbouncer", BASE):
+        if any(r["target"] == other for r in runs):
+            ratios.append(
+                "pglink/%s: %s"
+                % (
+                    LABELS[other],
+                    ", ".join("%s %s" % (w, _ratio(total.get((w, "pglink")), total.get((w, other)))) for w in workloads),
+                )
+            )
+    if ratios:
+        out.append("Total syscalls per transaction, " + "; ".join(ratios) + ".")
+        out.append("")
+    return out
+
+
 def cmd_report(a):
     meta = meta_from_env()
+    targets, proxies = meta["targets"], meta["proxies"]
     rows = []
     with open(a.results) as f:
         for line in f:
@@ -274,11 +446,16 @@ def cmd_report(a):
             "runs": len(runs),
         }
 
+    def summary(w, t):
+        return summarise(groups[w].get(t, []))
+
     out = []
     out.append("## %s — `%s`" % (meta["date"], meta["command"]))
     out.append("")
     out.append("- Machine: %s" % meta["machine"])
     out.append("- Revision: %s" % meta["revision"])
+    if meta["baseline"]:
+        out.append("- Compared: %s" % meta["baseline"])
     out.append("- Versions: %s" % meta["versions"])
     out.append("- Setup: %s" % meta["setup"])
     out.append("")
@@ -286,123 +463,84 @@ def cmd_report(a):
     cp = [w for w in order if w.startswith("COPY")]
     problems = []
     if tx:
-        out.append(
-            "| Workload | direct TPS | PgBouncer TPS | pglink TPS | pglink/PgBouncer | pglink/direct "
-            "| PgBouncer CPU µs/txn | pglink CPU µs/txn | failed (d/b/l) |"
+        cols = _rate_columns(
+            targets, summary, "TPS", 0, "µs/txn", 1, lambda s: str(s["failed"]) + ("!" if s["bad_rc"] else "")
         )
-        out.append("|---|--:|--:|--:|--:|--:|--:|--:|:-:|")
+        out.extend(_table(cols, tx))
         for w in tx:
-            s = {t: summarise(groups[w].get(t, [])) for t in ("direct", "pgbouncer", "pglink")}
-            out.append(
-                "| %s | %s | %s | %s | %s | %s | %s | %s | %s |"
-                % (
-                    w,
-                    _fmt_num(s["direct"]["rate"]),
-                    _fmt_num(s["pgbouncer"]["rate"]),
-                    _fmt_num(s["pglink"]["rate"]),
-                    _ratio(s["pglink"]["rate"], s["pgbouncer"]["rate"]),
-                    _ratio(s["pglink"]["rate"], s["direct"]["rate"]),
-                    _fmt_num(s["pgbouncer"]["cpu"], 1),
-                    _fmt_num(s["pglink"]["cpu"], 1),
-                    "/".join(
-                        str(s[t]["failed"]) + ("!" if s[t]["bad_rc"] else "")
-                        for t in ("direct", "pgbouncer", "pglink")
-                    ),
-                )
-            )
-            for t in ("direct", "pgbouncer", "pglink"):
-                if s[t]["failed"] or s[t]["bad_rc"]:
+            for t in targets:
+                s = summary(w, t)
+                if s["failed"] or s["bad_rc"]:
                     problems.append(
                         "%s via %s: %d failed transactions, %d of %d runs exited non-zero"
-                        % (w, t, s[t]["failed"], s[t]["bad_rc"], s[t]["runs"])
+                        % (w, t, s["failed"], s["bad_rc"], s["runs"])
                     )
         out.append("")
         spread = []
         for w in tx:
-            for t in ("direct", "pgbouncer", "pglink"):
-                s = summarise(groups[w].get(t, []))
+            for t in targets:
+                s = summary(w, t)
                 if s["min"] is not None and s["runs"] > 1:
                     spread.append("%s/%s %s–%s" % (w, t, _fmt_num(s["min"]), _fmt_num(s["max"])))
         if spread:
             out.append("TPS range over rounds (min–max): " + "; ".join(spread) + ".")
             out.append("")
     if cp:
-        out.append(
-            "| COPY | direct MB/s | PgBouncer MB/s | pglink MB/s | pglink/PgBouncer | pglink/direct "
-            "| PgBouncer CPU µs/MB | pglink CPU µs/MB | failed (d/b/l) |"
-        )
-        out.append("|---|--:|--:|--:|--:|--:|--:|--:|:-:|")
+        cols = _rate_columns(targets, summary, "MB/s", 1, "µs/MB", 0, lambda s: str(s["bad_rc"]))
+        out.extend(_table(cols, cp))
         for w in cp:
-            s = {t: summarise(groups[w].get(t, [])) for t in ("direct", "pgbouncer", "pglink")}
-            out.append(
-                "| %s | %s | %s | %s | %s | %s | %s | %s | %s |"
-                % (
-                    w,
-                    _fmt_num(s["direct"]["rate"], 1),
-                    _fmt_num(s["pgbouncer"]["rate"], 1),
-                    _fmt_num(s["pglink"]["rate"], 1),
-                    _ratio(s["pglink"]["rate"], s["pgbouncer"]["rate"]),
-                    _ratio(s["pglink"]["rate"], s["direct"]["rate"]),
-                    _fmt_num(s["pgbouncer"]["cpu"], 0),
-                    _fmt_num(s["pglink"]["cpu"], 0),
-                    "/".join(str(s[t]["bad_rc"]) for t in ("direct", "pgbouncer", "pglink")),
-                )
-            )
-            for t in ("direct", "pgbouncer", "pglink"):
-                if s[t]["bad_rc"]:
-                    problems.append("%s via %s: %d of %d runs failed" % (w, t, s[t]["bad_rc"], s[t]["runs"]))
+            for t in targets:
+                s = summary(w, t)
+                if s["bad_rc"]:
+                    problems.append("%s via %s: %d of %d runs failed" % (w, t, s["bad_rc"], s["runs"]))
         out.append("")
 
     mem = meta.get("memory", {})
+    wait = meta.get("wait_cpu_ms", {})
+    base = meta.get("wait_base_cpu_ms", {})
+    have_wait = any(v is not None for v in wait.values())
+    if mem or have_wait:
+        out.append("| Memory / idle cost | " + " | ".join(LABELS[t] for t in proxies) + " |")
+        out.append("|---|" + "|".join("--:" for _ in proxies) + "|")
     if mem:
-        out.append("| Memory / idle cost | PgBouncer | pglink |")
-        out.append("|---|--:|--:|")
         hwm = mem.get("peak_rss_kb", {})
         out.append(
-            "| peak RSS over the whole run (VmHWM) | %s KiB | %s KiB |"
-            % (_fmt_num(hwm.get("pgbouncer")), _fmt_num(hwm.get("pglink")))
+            "| peak RSS over the whole run (VmHWM) | "
+            + " | ".join("%s KiB" % _fmt_num(hwm.get(t)) for t in proxies)
+            + " |"
         )
         idle = mem.get("idle", {})
         if idle:
-            b, l = idle.get("pgbouncer", {}), idle.get("pglink", {})
-            n = b.get("requested") or l.get("requested")
+            d = {t: idle.get(t, {}) for t in proxies}
+            n = next((d[t].get("requested") for t in proxies if d[t].get("requested")), None)
             out.append(
-                "| RSS per idle client (%s clients) | %s B | %s B |"
-                % (n, _fmt_num(b.get("bytes_per_client")), _fmt_num(l.get("bytes_per_client")))
+                "| RSS per idle client (%s clients) | " % n
+                + " | ".join("%s B" % _fmt_num(d[t].get("bytes_per_client")) for t in proxies)
+                + " |"
             )
             out.append(
-                "| RSS before → with idle clients | %s → %s KiB | %s → %s KiB |"
-                % (
-                    _fmt_num(b.get("rss_before_kb")),
-                    _fmt_num(b.get("rss_after_kb")),
-                    _fmt_num(l.get("rss_before_kb")),
-                    _fmt_num(l.get("rss_after_kb")),
+                "| RSS before → with idle clients | "
+                + " | ".join(
+                    "%s → %s KiB" % (_fmt_num(d[t].get("rss_before_kb")), _fmt_num(d[t].get("rss_after_kb")))
+                    for t in proxies
                 )
+                + " |"
             )
-            for t, d in (("pgbouncer", b), ("pglink", l)):
-                if d.get("error") or d.get("alive") != d.get("requested"):
+            for t in proxies:
+                if d[t].get("error") or d[t].get("alive") != d[t].get("requested"):
                     problems.append(
                         "idle clients via %s: %s of %s connected, %s still open at measurement; %s"
-                        % (t, d.get("connected"), d.get("requested"), d.get("alive"), d.get("error"))
+                        % (t, d[t].get("connected"), d[t].get("requested"), d[t].get("alive"), d[t].get("error"))
                     )
-    wait = meta.get("wait_cpu_ms", {})
-    base = meta.get("wait_base_cpu_ms", {})
-    if any(v is not None for v in wait.values()):
-        if not mem:
-            out.append("| Memory / idle cost | PgBouncer | pglink |")
-            out.append("|---|--:|--:|")
+    if have_wait:
         out.append(
-            "| proxy CPU, pool busy for %s s: no client queued → 1 client queued | %s → %s ms | %s → %s ms |"
-            % (
-                meta.get("wait_seconds"),
-                _fmt_num(base.get("pgbouncer")),
-                _fmt_num(wait.get("pgbouncer")),
-                _fmt_num(base.get("pglink")),
-                _fmt_num(wait.get("pglink")),
-            )
+            "| proxy CPU, pool busy for %s s: no client queued → 1 client queued | " % meta.get("wait_seconds")
+            + " | ".join("%s → %s ms" % (_fmt_num(base.get(t)), _fmt_num(wait.get(t))) for t in proxies)
+            + " |"
         )
-    if mem or any(v is not None for v in wait.values()):
+    if mem or have_wait:
         out.append("")
+    out.extend(syscall_section(meta, problems))
     problems.extend(meta.get("problems", []))
     if problems:
         out.append("**FAILURES:**")
