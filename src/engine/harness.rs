@@ -139,6 +139,8 @@ pub struct FakeServer {
     held: Option<Held>,
     /// Answers nothing at all.
     pub silent: bool,
+    /// Closed by the server while being handed over.
+    killed_in_transit: bool,
     statements: HashMap<Vec<u8>, Vec<u8>>,
     portals: HashMap<Vec<u8>, Vec<u8>>,
     /// Simple queries received, in order.
@@ -506,6 +508,11 @@ impl World {
         if server.closed {
             return;
         }
+        if server.engine == usize::MAX {
+            // On its way to another engine: that one sees the close when it adopts it.
+            server.killed_in_transit = true;
+            return;
+        }
         server.closed = true;
         let (e, id) = (server.engine, server.id);
         self.engines[e].handle_closed(Conn::Server(id), Failure::Eof, self.now);
@@ -580,6 +587,9 @@ impl World {
             server.engine = to;
             server.id = id;
             server.readable = true;
+            if server.killed_in_transit {
+                self.kill(s);
+            }
             self.settle_io();
             return true;
         }
@@ -699,6 +709,7 @@ impl World {
                     skipping: false,
                     held: None,
                     silent: false,
+                    killed_in_transit: false,
                     statements: HashMap::new(),
                     portals: HashMap::new(),
                     queries: Vec::new(),

@@ -609,7 +609,10 @@ fn while_stopping_no_connection_is_opened_for_waiters() {
     w.settle();
     let opened = w.servers.len();
     w.release(s);
-    assert!(w.servers[s].closed, "a connection freed while stopping closes");
+    assert!(
+        w.servers[s].closed,
+        "a connection freed while stopping closes"
+    );
     assert_eq!(w.servers.len(), opened, "and none is opened in its place");
     w.engines[1].handle_shutdown(now);
     w.settle();

@@ -328,6 +328,10 @@ fn cpu_time_of_this_thread_is_readable_on_linux() {
     while cpu < Duration::from_millis(10) && spin.elapsed() < Duration::from_secs(10) {
         cpu = thread_cpu_time(tid).expect("schedstat or stat");
     }
-    assert!(cpu >= Duration::from_millis(10), "{cpu:?} after {:?}", spin.elapsed());
+    assert!(
+        cpu >= Duration::from_millis(10),
+        "{cpu:?} after {:?}",
+        spin.elapsed()
+    );
     assert_eq!(thread_cpu_time(u64::MAX), None);
 }
