@@ -3,34 +3,43 @@
 //! ```text
 //!             clients (libpq, JDBC, asyncpg, pgx, ...)
 //!                  │  TCP / TLS
-//!    ┌─────────────▼──────────────────────────────┐
-//!    │ reactor 0 … reactor N-1   (mio::Poll each) │  one thread per reactor, no locks on
-//!    │  slab<Client>  slab<Backend>  timers       │  the hot path
-//!    │  pool shards + cross-reactor hand-off      │
-//!    └─────────────┬───────────────┬──────────────┘
-//!                  │ TCP / TLS     │ channels + mio::Waker
+//!    ┌─────────────▼───────────────────────────────────┐
+//!    │ reactor 0 … reactor N-1 (one thread each)       │  mio, sockets, TLS records,
+//!    │   driver: events → engine calls, I/O commands   │  input buffers, the waker
+//!    │   → syscalls                                    │
+//!    │ ┌─────────────────────────────────────────────┐ │
+//!    │ │ engine (sans-IO): client and server          │ │  sessions, pool shard, timers,
+//!    │ │ connection records, pool policy, deadlines   │ │  output buffers
+//!    │ └─────────────────────────────────────────────┘ │
+//!    └─────────────┬───────────────┬───────────────────┘
+//!                  │ TCP / TLS     │ channels + mio::Waker (engine messages, hand-offs)
 //!           PostgreSQL          helper threads: secrets refresh, DNS, cancel delivery,
-//!                               metrics/admin HTTP (reads the reactors' atomics)
+//!                               metrics/admin HTTP (reads the engines' atomics)
 //! ```
 //!
-//! The lower layers are *sans-IO*: they take bytes and `Instant`s and hand back bytes and
-//! actions, never touching a socket, a thread or the clock, so unit tests and `cargo fuzz`
-//! drive the real state machines.
+//! Everything that decides is *sans-IO*: it takes bytes, events and `Instant`s and hands back
+//! bytes, I/O commands and the next deadline, never touching a socket, a thread or the clock,
+//! so unit tests, deterministic scenarios on a virtual clock and `cargo fuzz` drive the real
+//! logic.
 //!
 //! - [`protocol`]: framing and borrowed message views/builders for protocol 3.0 and 3.2, the
 //!   SQLSTATE table.
 //! - [`auth`]: SCRAM-SHA-256(-PLUS) server and client, md5, channel binding.
-//! - [`client`]: one client connection's session — startup, authentication, and the
-//!   [`client::relay`] that forwards a transaction and decides when its backend can be
-//!   released.
-//! - [`backend`]: where servers are and how pglink logs in to them.
-//! - [`pool`]: pool state shared between reactors (capacity, idle and waiter counts).
-//! - [`reactor`]: the mio event loops doing all I/O, TLS records, timers and buffers.
+//! - `client`: one client connection's session — startup, authentication, and the relay
+//!   that forwards a transaction and decides when its server connection can be released.
+//! - [`backend`]: where servers are, how pglink logs in to them, how a cancel reaches them.
+//! - `engine`: one per reactor — client and server connection records behind
+//!   generation-carrying ids, the server-connection lifecycle, pool policy (acquire, hand-off
+//!   between reactors, making room, minimum idle, expiry, health checks), every deadline, and
+//!   which connection a cancel may reach; with the deterministic test harness and the
+//!   `engine` fuzz target.
+//! - `pool`: pool state shared between engines (capacity, idle and waiter counts).
+//! - `reactor`: the mio event loops that drive the engines: sockets, TLS records, buffers.
 //! - [`server`]: starting and stopping the whole thing — the embedding API.
 //! - [`config`]: the `pglink.json` model, defaults, validation and secret resolution.
 //! - [`tls`]: rustls configuration for both sides.
-//! - [`observe`]: logging; hot-path counters (every build) and, with the `metrics` feature,
-//!   their Prometheus exposition and the admin endpoint (`/healthz`, `/debug/pools`).
+//! - [`observe`]: logging, state-change events, hot-path counters (every build) and, with
+//!   the `metrics` feature, their Prometheus exposition and the admin endpoint.
 //! - [`cli`]: the `pglink` command line.
 //!
 //! # The session contract
