@@ -1,4 +1,15 @@
-//! The server side: where backends are and how to log in to them.
+//! The server side: where backends are, how to log in to them, and how a cancel reaches them.
+//! Server bytes never panic the process: indexing, `unwrap`, `expect` and `panic!` are denied
+//! outside tests, as in `protocol`.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic
+    )
+)]
 
 pub mod cancel;
 pub mod login;
