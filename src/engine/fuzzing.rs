@@ -427,6 +427,23 @@ mod tests {
         }
     }
 
+    /// Every committed input (the seeds, and inputs that once failed) runs clean.
+    #[test]
+    fn committed_corpus_runs_clean() {
+        let mut ran = 0;
+        for entry in std::fs::read_dir(seed_dir()).unwrap() {
+            let path = entry.unwrap().path();
+            let data = std::fs::read(&path).unwrap();
+            let run = std::panic::catch_unwind(|| fuzz_engine(&data, Instant::now()));
+            assert!(run.is_ok(), "{} fails", path.display());
+            ran += 1;
+        }
+        assert!(
+            ran >= seeds().len() + 4,
+            "seeds and regressions are committed"
+        );
+    }
+
     #[test]
     fn committed_seeds_are_current() {
         for (name, script) in seeds() {

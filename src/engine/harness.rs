@@ -141,6 +141,8 @@ pub struct FakeServer {
     pub silent: bool,
     /// Closed by the server while being handed over.
     killed_in_transit: bool,
+    /// The server decided to close the connection (Terminate, or bytes it cannot read).
+    hang_up: bool,
     statements: HashMap<Vec<u8>, Vec<u8>>,
     portals: HashMap<Vec<u8>, Vec<u8>>,
     /// Simple queries received, in order.
@@ -504,6 +506,12 @@ impl World {
 
     /// The server closes the connection.
     pub fn kill(&mut self, s: ServerNo) {
+        self.hang_up(s);
+        self.settle_io();
+    }
+
+    /// The server's side of the connection closes; its engine is told.
+    fn hang_up(&mut self, s: ServerNo) {
         let server = &mut self.servers[s];
         if server.closed {
             return;
@@ -516,7 +524,6 @@ impl World {
         server.closed = true;
         let (e, id) = (server.engine, server.id);
         self.engines[e].handle_closed(Conn::Server(id), Failure::Eof, self.now);
-        self.settle_io();
     }
 
     /// Bytes from server `s` (garbage, or an asynchronous message).
@@ -587,9 +594,6 @@ impl World {
             server.engine = to;
             server.id = id;
             server.readable = true;
-            if server.killed_in_transit {
-                self.kill(s);
-            }
             self.settle_io();
             return true;
         }
@@ -710,6 +714,7 @@ impl World {
                     held: None,
                     silent: false,
                     killed_in_transit: false,
+                    hang_up: false,
                     statements: HashMap::new(),
                     portals: HashMap::new(),
                     queries: Vec::new(),
@@ -805,8 +810,20 @@ impl World {
             if server.closed || server.connecting || server.engine == usize::MAX {
                 continue;
             }
+            if server.killed_in_transit {
+                // Closed while being handed over: where it arrived sees the close.
+                server.killed_in_transit = false;
+                self.hang_up(s);
+                progress = true;
+                continue;
+            }
             if server.answer(login_refused) {
                 progress = true;
+            }
+            if server.hang_up {
+                self.hang_up(s);
+                progress = true;
+                continue;
             }
             if server.readable && !server.outbox.is_empty() {
                 server.readable = false;
@@ -942,12 +959,12 @@ impl FakeClient {
 impl FakeServer {
     /// Processes what pglink sent; says whether anything was answered.
     fn answer(&mut self, login_refused: bool) -> bool {
-        if self.silent || self.held.is_some() {
+        if self.silent || self.held.is_some() || self.hang_up {
             return false;
         }
         let mut progress = false;
         loop {
-            if self.held.is_some() || self.closed {
+            if self.held.is_some() || self.closed || self.hang_up {
                 return progress;
             }
             if !self.logged_in {
@@ -992,7 +1009,7 @@ impl FakeServer {
             progress = true;
             self.readable = true;
             let Ok(msg) = FrontendMessage::decode(h.tag, &frame[5..]) else {
-                self.closed = true;
+                self.hang_up = true;
                 return true;
             };
             self.on_message(msg);
@@ -1055,7 +1072,7 @@ impl FakeServer {
                 self.portals.remove(&b""[..]);
                 be::ready_for_query(&mut self.outbox, self.txn);
             }
-            FrontendMessage::Terminate => self.closed = true,
+            FrontendMessage::Terminate => self.hang_up = true,
             FrontendMessage::Flush
             | FrontendMessage::CopyData(_)
             | FrontendMessage::CopyDone
