@@ -9,6 +9,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::marker::PhantomData;
 use std::time::Instant;
 
 use super::id::{ClientId, ServerId};
@@ -34,7 +35,14 @@ pub enum ServerTimer {
     Cancel,
 }
 
-impl ClientTimer {
+/// A closed set of per-connection timers: each has a slot in its connection's table.
+pub trait TimerKind: Copy {
+    /// How many slots a table needs.
+    const COUNT: usize;
+    fn slot(self) -> usize;
+}
+
+impl TimerKind for ClientTimer {
     const COUNT: usize = 2;
 
     fn slot(self) -> usize {
@@ -42,13 +50,16 @@ impl ClientTimer {
     }
 }
 
-impl ServerTimer {
+impl TimerKind for ServerTimer {
     const COUNT: usize = 3;
 
     fn slot(self) -> usize {
         self as usize
     }
 }
+
+/// The most slots a table has (of all kinds).
+const MAX_SLOTS: usize = 3;
 
 /// What a heap entry is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -61,55 +72,42 @@ pub enum Timer {
     Shutdown,
 }
 
-/// A connection's deadline slots.
+/// A connection's deadline table: one slot per timer of its kind.
 #[derive(Debug, Clone)]
-pub struct Deadlines<const N: usize>([Option<Instant>; N]);
+pub struct Deadlines<T> {
+    at: [Option<Instant>; MAX_SLOTS],
+    kind: PhantomData<T>,
+}
 
-impl<const N: usize> Default for Deadlines<N> {
+impl<T> Default for Deadlines<T> {
     fn default() -> Self {
-        Deadlines([None; N])
+        Deadlines {
+            at: [None; MAX_SLOTS],
+            kind: PhantomData,
+        }
     }
 }
 
 /// Deadlines of a client connection.
-pub type ClientDeadlines = Deadlines<{ ClientTimer::COUNT }>;
+pub type ClientDeadlines = Deadlines<ClientTimer>;
 /// Deadlines of a server connection.
-pub type ServerDeadlines = Deadlines<{ ServerTimer::COUNT }>;
+pub type ServerDeadlines = Deadlines<ServerTimer>;
 
-impl<const N: usize> Deadlines<N> {
-    fn get(&self, slot: usize) -> Option<Instant> {
-        self.0.get(slot).copied().flatten()
-    }
-
-    fn set(&mut self, slot: usize, at: Option<Instant>) {
-        if let Some(s) = self.0.get_mut(slot) {
+impl<T: TimerKind> Deadlines<T> {
+    fn set(&mut self, timer: T, at: Option<Instant>) {
+        debug_assert!(T::COUNT <= MAX_SLOTS && timer.slot() < T::COUNT);
+        if let Some(s) = self.at.get_mut(timer.slot()) {
             *s = at;
         }
     }
-}
 
-impl ClientDeadlines {
-    pub fn stop(&mut self, timer: ClientTimer) {
-        self.set(timer.slot(), None);
+    pub fn stop(&mut self, timer: T) {
+        self.set(timer, None);
     }
 
     /// Clears `timer` if it is due exactly `at` (the heap entry is current); says so.
-    pub fn take_due(&mut self, timer: ClientTimer, at: Instant) -> bool {
-        let due = self.get(timer.slot()) == Some(at);
-        if due {
-            self.stop(timer);
-        }
-        due
-    }
-}
-
-impl ServerDeadlines {
-    pub fn stop(&mut self, timer: ServerTimer) {
-        self.set(timer.slot(), None);
-    }
-
-    pub fn take_due(&mut self, timer: ServerTimer, at: Instant) -> bool {
-        let due = self.get(timer.slot()) == Some(at);
+    pub fn take_due(&mut self, timer: T, at: Instant) -> bool {
+        let due = self.at.get(timer.slot()).copied().flatten() == Some(at);
         if due {
             self.stop(timer);
         }
@@ -132,7 +130,7 @@ impl Timers {
         t: ClientTimer,
         at: Instant,
     ) {
-        deadlines.set(t.slot(), Some(at));
+        deadlines.set(t, Some(at));
         self.heap.push(Reverse((at, Timer::Client(id, t))));
     }
 
@@ -144,7 +142,7 @@ impl Timers {
         t: ServerTimer,
         at: Instant,
     ) {
-        deadlines.set(t.slot(), Some(at));
+        deadlines.set(t, Some(at));
         self.heap.push(Reverse((at, Timer::Server(id, t))));
     }
 
