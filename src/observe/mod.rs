@@ -2,9 +2,9 @@
 //! Prometheus exposition and the admin HTTP endpoint. Tracing and the flight recorder will
 //! hang off here too.
 
+pub mod events;
 #[cfg(feature = "metrics")]
 pub mod http;
-pub mod events;
 pub mod log;
 pub mod metrics;
 #[cfg(feature = "metrics")]
