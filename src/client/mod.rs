@@ -17,6 +17,7 @@
 //! message that needs a backend is left unconsumed while the session waits for one, so the
 //! reactor stops reading that client: a waiting client costs no buffer growth.
 
+mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod inspect;
@@ -30,13 +31,15 @@ pub mod users;
 
 use std::sync::Arc;
 
+pub use error::{AcquireError, SessionError};
+
 use crate::auth::Rng;
 use crate::observe::metrics::ReactorStats;
+use crate::protocol::TransactionStatus;
 use crate::protocol::backend as be_msg;
 use crate::protocol::framing::{Header, peek_header};
 use crate::protocol::frontend::tag as fe;
 use crate::protocol::startup::ProtocolVersion;
-use crate::protocol::{ErrorBuilder, MessageType, Severity, SqlState, TransactionStatus};
 use params::Params;
 use prepared::Handled;
 use relay::{BackendStop, MAX_STREAMED_MESSAGE, Relay};
@@ -219,21 +222,6 @@ pub enum Action {
     Close,
 }
 
-/// Why no backend could be had.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AcquireError {
-    /// Nothing free within `pool_acquire_timeout_milliseconds`.
-    Timeout {
-        database: String,
-        pool_size: usize,
-        waited_ms: u64,
-    },
-    /// Connecting or logging in to the server failed.
-    Server { code: SqlState, message: String },
-    /// pglink is shutting down.
-    ShuttingDown,
-}
-
 /// What should happen to the held backend when the client goes away.
 #[derive(Debug)]
 pub enum BackendFate {
@@ -280,7 +268,7 @@ pub struct Session {
     failure: Option<AcquireError>,
     /// Set for connections accepted only to be refused (too many clients, shutting down):
     /// the FATAL goes out after SSL negotiation and the startup packet, where libpq shows it.
-    refusal: Option<(SqlState, String)>,
+    refusal: Option<SessionError>,
     /// The client's named prepared statements.
     statements: ClientStatements,
     /// The database's shared context (known after login).
@@ -350,10 +338,10 @@ impl Session {
     }
 
     /// A session that answers SSL negotiation, reads the startup packet and then refuses
-    /// with this error, as PostgreSQL does for "too many clients".
-    pub fn refusing(key: CancelKey, code: SqlState, message: String) -> Session {
+    /// with `error`, as PostgreSQL does for "too many clients".
+    pub fn refusing(key: CancelKey, error: SessionError) -> Session {
         let mut session = Session::new(key, 0);
-        session.refusal = Some((code, message));
+        session.refusal = Some(error);
         session
     }
 
@@ -424,12 +412,7 @@ impl Session {
     pub fn on_tls_established(&mut self, direct: bool, alpn_postgresql: bool, out: &mut Out<'_>) {
         self.tls = true;
         if direct && !alpn_postgresql {
-            self.fatal(
-                out,
-                SqlState::PROTOCOL_VIOLATION,
-                "pglink: direct TLS connections must negotiate ALPN \"postgresql\"",
-            );
-            return;
+            return self.fail(SessionError::DirectTlsWithoutAlpn, out);
         }
         if let State::AwaitingTls = self.state {
             self.state = State::AwaitingStartup;
@@ -458,10 +441,7 @@ impl Session {
     /// a login waiting for server parameters gets a FATAL.
     pub fn on_acquire_failed(&mut self, error: AcquireError, out: &mut Out<'_>) {
         match self.state {
-            State::AwaitingParameters => {
-                let (code, message) = acquire_error_text(&error);
-                self.fatal(out, code, &message);
-            }
+            State::AwaitingParameters => self.fail(SessionError::NoServerForLogin(error), out),
             State::Acquiring => {
                 self.failure = Some(error);
                 self.state = State::Idle;
@@ -539,11 +519,7 @@ impl Session {
                     return pos + n;
                 }
                 Err(relay::RelayError::CopyBoth) if !self.relay.backend_mid_message() => {
-                    self.fatal(
-                        out,
-                        SqlState::FEATURE_NOT_SUPPORTED,
-                        "pglink: COPY BOTH (streaming replication) is not supported",
-                    );
+                    self.fail(SessionError::Relay(relay::RelayError::CopyBoth), out);
                     return data.len();
                 }
                 Err(e) => {
@@ -565,22 +541,14 @@ impl Session {
             out.actions.push(Action::Close);
             return;
         }
-        // `fatal` drops the held backend too.
-        self.fatal(
-            out,
-            SqlState::CONNECTION_FAILURE,
-            "pglink: lost the connection to the server during the transaction",
-        );
+        // `fail` drops the held backend too.
+        self.fail(SessionError::ServerLost, out);
     }
 
     /// The login deadline passed before authentication finished.
     pub fn on_login_timeout(&mut self, out: &mut Out<'_>) {
         if !self.is_logged_in() && !self.is_closed() {
-            self.fatal(
-                out,
-                SqlState::QUERY_CANCELED,
-                "pglink: canceling authentication due to timeout",
-            );
+            self.fail(SessionError::LoginTimeout, out);
         }
     }
 
@@ -618,7 +586,7 @@ impl Session {
             Ok(Some(h)) => h,
             Ok(None) => return 0,
             Err(e) => {
-                self.fatal(out, SqlState::PROTOCOL_VIOLATION, &format!("pglink: {e}"));
+                self.fail(SessionError::Framing(e), out);
                 return data.len();
             }
         };
@@ -655,7 +623,7 @@ impl Session {
                     Handled::Done => header.frame_len(),
                     Handled::NeedBackend | Handled::Wait => acquire(self, out),
                     Handled::Invalid(e) => {
-                        self.fatal(out, SqlState::PROTOCOL_VIOLATION, &format!("pglink: {e}"));
+                        self.fail(e, out);
                         data.len()
                     }
                 }
@@ -673,11 +641,7 @@ impl Session {
             }
             fe::EXECUTE | fe::FUNCTION_CALL => acquire(self, out),
             tag => {
-                self.fatal(
-                    out,
-                    SqlState::PROTOCOL_VIOLATION,
-                    &format!("pglink: invalid frontend message type {}", MessageType(tag)),
-                );
+                self.fail(SessionError::UnexpectedMessage { tag }, out);
                 data.len()
             }
         }
@@ -692,12 +656,11 @@ impl Session {
         out: &mut Out<'_>,
     ) -> Whole<'d> {
         if header.frame_len() > self.relay_max_len() {
-            let text = format!(
-                "pglink: message too long ({} bytes, the limit is {})",
-                header.frame_len(),
-                self.relay_max_len()
-            );
-            self.fatal(out, SqlState::PROTOCOL_VIOLATION, &text);
+            let error = SessionError::MessageTooLong {
+                len: header.frame_len(),
+                max: self.relay_max_len(),
+            };
+            self.fail(error, out);
             return Whole::TooLong;
         }
         match data.get(..header.frame_len()) {
@@ -716,9 +679,7 @@ impl Session {
         error: AcquireError,
         out: &mut Out<'_>,
     ) -> usize {
-        let (code, message) = acquire_error_text(&error);
-        ErrorBuilder::new(Severity::Error, code, &message).encode_error(out.to_client);
-        out.stats.error_sent(code);
+        SessionError::NoServer(error).encode(out.to_client, out.stats);
         if matches!(header.tag, fe::QUERY | fe::FUNCTION_CALL) {
             be_msg::ready_for_query(out.to_client, TransactionStatus::Idle);
         } else {
@@ -759,7 +720,7 @@ impl Session {
                 Ok(Some(h)) => h,
                 Ok(None) => return pos,
                 Err(e) => {
-                    self.fatal(out, SqlState::PROTOCOL_VIOLATION, &format!("pglink: {e}"));
+                    self.fail(SessionError::Framing(e), out);
                     return data.len();
                 }
             };
@@ -790,7 +751,7 @@ impl Session {
                                 self.relay
                                     .forward_client_message(header, whole, out.to_backend)
                                     .err()
-                                    .map(|e| e.to_string())
+                                    .map(SessionError::Relay)
                             }
                         }
                     } else {
@@ -824,12 +785,12 @@ impl Session {
                             pos += n;
                             None
                         }
-                        Err(e) => Some(e.to_string()),
+                        Err(e) => Some(SessionError::Relay(e)),
                     }
                 }
             };
             if let Some(e) = failed {
-                self.fatal(out, SqlState::PROTOCOL_VIOLATION, &format!("pglink: {e}"));
+                self.fail(e, out);
                 return data.len();
             }
             let whole = rest
@@ -864,36 +825,20 @@ impl Session {
         }
     }
 
-    /// Queues a FATAL error and closes the session.
-    fn fatal(&mut self, out: &mut Out<'_>, code: SqlState, message: &str) {
-        ErrorBuilder::new(Severity::Fatal, code, message).encode_error(out.to_client);
-        out.stats.error_sent(code);
+    /// Ends the session with a FATAL `error`; a held backend is dropped (what it was doing
+    /// for the client cannot be finished).
+    fn fail(&mut self, error: SessionError, out: &mut Out<'_>) {
+        self.end(&error, Action::DropBackend, out);
+    }
+
+    /// Queues `error` and closes the session; `held` is what becomes of a held backend.
+    fn end(&mut self, error: &SessionError, held: Action, out: &mut Out<'_>) {
+        error.encode(out.to_client, out.stats);
         if matches!(self.state, State::Active) {
-            out.actions.push(Action::DropBackend);
+            out.actions.push(held);
         }
         self.state = State::Closed;
         out.actions.push(Action::Close);
-    }
-}
-
-fn acquire_error_text(error: &AcquireError) -> (SqlState, String) {
-    match error {
-        AcquireError::Timeout {
-            database,
-            pool_size,
-            waited_ms,
-        } => (
-            SqlState::TOO_MANY_CONNECTIONS,
-            format!(
-                "pglink: no server connection for database \"{database}\" became free within \
-                 {waited_ms} ms (pool_max_conns {pool_size})"
-            ),
-        ),
-        AcquireError::Server { code, message } => (*code, format!("pglink: {message}")),
-        AcquireError::ShuttingDown => (
-            SqlState::ADMIN_SHUTDOWN,
-            "pglink: the proxy is shutting down".to_owned(),
-        ),
     }
 }
 

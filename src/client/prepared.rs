@@ -27,11 +27,10 @@ use std::sync::Arc;
 use super::params;
 use super::relay::{Effect, Expect, Outcome, Route};
 use super::statements::{BackendShape, ClientStatement, Key, Shape, Statement, server_name};
-use super::{BackendContext, Out, Session};
+use super::{BackendContext, Out, Session, SessionError};
 use crate::protocol::backend as be_msg;
 use crate::protocol::framing::peek_header;
 use crate::protocol::frontend::{self, FrontendMessage, Target, tag as fe};
-use crate::protocol::{ErrorBuilder, Severity, SqlState};
 
 /// A statement name no backend has: a Bind of it fails, which is what pglink wants when it
 /// must fail a batch on the server's side.
@@ -46,8 +45,8 @@ pub(super) enum Handled {
     Wait,
     /// Needs a backend: leave it unconsumed and acquire one.
     NeedBackend,
-    /// Malformed: the connection must end.
-    Invalid(String),
+    /// Malformed: the connection must end with this error.
+    Invalid(SessionError),
 }
 
 /// Whether a Bind or Describe of a client's statement can go to the held backend.
@@ -72,21 +71,21 @@ impl Session {
     ) -> Handled {
         let msg = match FrontendMessage::decode(tag, body) {
             Ok(m) => m,
-            Err(e) => return Handled::Invalid(e.to_string()),
+            Err(e) => return Handled::Invalid(SessionError::InvalidMessage(e)),
         };
         match msg {
             FrontendMessage::Parse(p) if !p.name.is_empty() => {
                 if self.statements.contains(p.name) {
-                    self.fail_batch(out, SqlState::DUPLICATE_PSTATEMENT, &already_exists(p.name));
+                    self.fail_batch(&SessionError::duplicate_statement(p.name), out);
                     return Handled::Done;
                 }
-                if let Some(message) = refused_statement(p.query) {
-                    self.fail_batch(out, SqlState::INVALID_SQL_STATEMENT_NAME, &message);
+                if let Some(error) = refused_statement(p.query) {
+                    self.fail_batch(&error, out);
                     return Handled::Done;
                 }
                 let types: Vec<u32> = p.param_types().collect();
                 let Some(database) = self.db_context.clone() else {
-                    return Handled::Invalid("no statement registry".into());
+                    return Handled::Invalid(SessionError::NoStatementRegistry);
                 };
                 let statement = database.registry.get_or_insert(&Key {
                     query: p.query,
@@ -128,11 +127,7 @@ impl Session {
             FrontendMessage::Bind(b) if !b.statement.is_empty() => {
                 let name = b.statement;
                 let Some(named) = self.statements.get(name).cloned() else {
-                    self.fail_batch(
-                        out,
-                        SqlState::INVALID_SQL_STATEMENT_NAME,
-                        &does_not_exist(b.statement),
-                    );
+                    self.fail_batch(&SessionError::unknown_statement(b.statement), out);
                     return Handled::Done;
                 };
                 // A client that describes the portal before running it learns the result
@@ -150,7 +145,7 @@ impl Session {
                 match self.prepare_for_use(name, &named, out) {
                     Use::Wait => return Handled::Wait,
                     Use::Stale => {
-                        self.fail_stale(out);
+                        self.fail_batch(&SessionError::StalePlan, out);
                         return Handled::Done;
                     }
                     Use::Go => {}
@@ -166,11 +161,7 @@ impl Session {
             FrontendMessage::Describe(d) if d.target == Target::Statement && !d.name.is_empty() => {
                 let name = d.name;
                 let Some(named) = self.statements.get(name).cloned() else {
-                    self.fail_batch(
-                        out,
-                        SqlState::INVALID_SQL_STATEMENT_NAME,
-                        &does_not_exist(d.name),
-                    );
+                    self.fail_batch(&SessionError::unknown_statement(d.name), out);
                     return Handled::Done;
                 };
                 if let Some(answer) = named.shape.and_then(|s| named.statement.description(s)) {
@@ -186,7 +177,7 @@ impl Session {
                 match self.prepare_for_use(name, &named, out) {
                     Use::Wait => return Handled::Wait,
                     Use::Stale => {
-                        self.fail_stale(out);
+                        self.fail_batch(&SessionError::StalePlan, out);
                         return Handled::Done;
                     }
                     Use::Go => {}
@@ -208,8 +199,8 @@ impl Session {
             // Unnamed statements and portals: untouched (but looked at).
             other => {
                 if let FrontendMessage::Parse(p) = other {
-                    if let Some(message) = refused_statement(p.query) {
-                        self.fail_batch(out, SqlState::INVALID_SQL_STATEMENT_NAME, &message);
+                    if let Some(error) = refused_statement(p.query) {
+                        self.fail_batch(&error, out);
                         return Handled::Done;
                     }
                     self.inspect_statement(p.query, out);
@@ -222,7 +213,7 @@ impl Session {
                     .relay
                     .forward_client_message(header, whole, out.to_backend)
                 {
-                    return Handled::Invalid(e.to_string());
+                    return Handled::Invalid(SessionError::Relay(e));
                 }
             }
         }
@@ -238,16 +229,16 @@ impl Session {
     ) -> Handled {
         let msg = match FrontendMessage::decode(tag, body) {
             Ok(m) => m,
-            Err(e) => return Handled::Invalid(e.to_string()),
+            Err(e) => return Handled::Invalid(SessionError::InvalidMessage(e)),
         };
         match msg {
             FrontendMessage::Parse(p) if !p.name.is_empty() => {
                 if self.statements.contains(p.name) {
-                    self.fail_locally(out, SqlState::DUPLICATE_PSTATEMENT, &already_exists(p.name));
+                    self.fail_locally(SessionError::duplicate_statement(p.name), out);
                     return Handled::Done;
                 }
-                if let Some(message) = refused_statement(p.query) {
-                    self.fail_locally(out, SqlState::INVALID_SQL_STATEMENT_NAME, &message);
+                if let Some(error) = refused_statement(p.query) {
+                    self.fail_locally(error, out);
                     return Handled::Done;
                 }
                 let types: Vec<u32> = p.param_types().collect();
@@ -277,11 +268,7 @@ impl Session {
             }
             FrontendMessage::Describe(d) if d.target == Target::Statement && !d.name.is_empty() => {
                 let Some(named) = self.statements.get(d.name) else {
-                    self.fail_locally(
-                        out,
-                        SqlState::INVALID_SQL_STATEMENT_NAME,
-                        &does_not_exist(d.name),
-                    );
+                    self.fail_locally(SessionError::unknown_statement(d.name), out);
                     return Handled::Done;
                 };
                 match named.shape.and_then(|s| named.statement.description(s)) {
@@ -296,11 +283,7 @@ impl Session {
             FrontendMessage::Bind(b)
                 if !b.statement.is_empty() && !self.statements.contains(b.statement) =>
             {
-                self.fail_locally(
-                    out,
-                    SqlState::INVALID_SQL_STATEMENT_NAME,
-                    &does_not_exist(b.statement),
-                );
+                self.fail_locally(SessionError::unknown_statement(b.statement), out);
             }
             _ => return Handled::NeedBackend,
         }
@@ -410,39 +393,18 @@ impl Session {
         );
     }
 
-    /// Reports `message` as the error of the current batch while a backend is held: the
+    /// Reports `error` as the error of the current batch while a backend is held: the
     /// server fails a Bind in its place, skipping to Sync as it would for a real error.
-    fn fail_batch(&mut self, out: &mut Out<'_>, code: SqlState, message: &str) {
-        let mut error = Vec::new();
-        ErrorBuilder::new(Severity::Error, code, message).encode_error(&mut error);
-        out.stats.error_sent(code);
-        self.fail_batch_with(out, error);
-    }
-
-    fn fail_batch_with(&mut self, out: &mut Out<'_>, error: Vec<u8>) {
+    fn fail_batch(&mut self, error: &SessionError, out: &mut Out<'_>) {
+        let mut bytes = Vec::new();
+        error.encode(&mut bytes, out.stats);
         frontend::bind(out.to_backend, b"", NO_SUCH_STATEMENT, &[], [], &[]);
-        self.relay.push_failing(Expect::Bind, error.into());
-    }
-
-    /// The error PostgreSQL raises when DDL changed a prepared statement's result type,
-    /// word for word (drivers such as asyncpg and pgjdbc recognise it and prepare again).
-    fn fail_stale(&mut self, out: &mut Out<'_>) {
-        let mut error = Vec::new();
-        ErrorBuilder::new(
-            Severity::Error,
-            SqlState::FEATURE_NOT_SUPPORTED,
-            "cached plan must not change result type",
-        )
-        .routine("RevalidateCachedQuery")
-        .encode_error(&mut error);
-        out.stats.error_sent(SqlState::FEATURE_NOT_SUPPORTED);
-        self.fail_batch_with(out, error);
+        self.relay.push_failing(Expect::Bind, bytes.into());
     }
 
     /// The same without a backend: the error, then drop messages up to Sync.
-    pub(super) fn fail_locally(&mut self, out: &mut Out<'_>, code: SqlState, message: &str) {
-        ErrorBuilder::new(Severity::Error, code, message).encode_error(out.to_client);
-        out.stats.error_sent(code);
+    pub(super) fn fail_locally(&mut self, error: SessionError, out: &mut Out<'_>) {
+        error.encode(out.to_client, out.stats);
         self.skip_to_sync = true;
     }
 
@@ -647,23 +609,10 @@ fn batch_describes_its_portals(batch: &[u8]) -> bool {
 
 /// The error for a statement text pglink does not let through: DEALLOCATE of one of its own
 /// server names (see `inspect::deallocates_server_name`).
-fn refused_statement(query: &[u8]) -> Option<String> {
+fn refused_statement(query: &[u8]) -> Option<SessionError> {
     if !super::inspect::worth_inspecting(query) {
         return None;
     }
-    super::inspect::deallocates_server_name(query).map(|name| does_not_exist(name.as_bytes()))
-}
-
-fn already_exists(name: &[u8]) -> String {
-    format!(
-        "pglink: prepared statement \"{}\" already exists",
-        String::from_utf8_lossy(name)
-    )
-}
-
-fn does_not_exist(name: &[u8]) -> String {
-    format!(
-        "pglink: prepared statement \"{}\" does not exist",
-        String::from_utf8_lossy(name)
-    )
+    super::inspect::deallocates_server_name(query)
+        .map(|name| SessionError::unknown_statement(name.as_bytes()))
 }

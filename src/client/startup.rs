@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use super::users::{Lookup, UserEntry};
-use super::{Action, AuthMethod, ClientTls, Env, Out, Session, State};
+use super::{Action, AuthMethod, ClientTls, Env, Out, Session, SessionError, State};
 use crate::auth::{
     AuthFailureKind, ScramServer, ScramVerifier, cleartext_verify, md5_verify, mechanisms,
 };
@@ -15,7 +15,6 @@ use crate::protocol::backend as be_msg;
 use crate::protocol::framing::{Header, MAX_STARTUP_PACKET_LEN, peek_header, peek_startup_len};
 use crate::protocol::frontend::{PasswordMessage, SaslInitialResponse, tag as fe};
 use crate::protocol::startup::{ProtocolVersion, StartupMessage, StartupPacket};
-use crate::protocol::{MessageType, SqlState};
 
 /// Largest password/SASL message accepted.
 const MAX_AUTH_MESSAGE: usize = 16 * 1024;
@@ -56,11 +55,7 @@ impl Session {
     ) -> usize {
         if data.first() == Some(&TLS_HANDSHAKE_RECORD) && !self.tls {
             if env.config.tls == ClientTls::Disabled {
-                self.fatal(
-                    out,
-                    SqlState::PROTOCOL_VIOLATION,
-                    "pglink: TLS is disabled on this server",
-                );
+                self.fail(SessionError::TlsDisabled, out);
                 return data.len();
             }
             self.state = State::AwaitingTls;
@@ -71,11 +66,7 @@ impl Session {
             Ok(Some(len)) => len,
             Ok(None) => return 0,
             Err(e) => {
-                self.fatal(
-                    out,
-                    SqlState::PROTOCOL_VIOLATION,
-                    &format!("pglink: invalid startup packet: {e}"),
-                );
+                self.fail(SessionError::StartupPacketLength(e), out);
                 return data.len();
             }
         };
@@ -83,19 +74,11 @@ impl Session {
             return 0;
         };
         match StartupPacket::decode(packet) {
-            Err(e) => self.fatal(
-                out,
-                SqlState::PROTOCOL_VIOLATION,
-                &format!("pglink: invalid startup packet: {e}"),
-            ),
+            Err(e) => self.fail(SessionError::InvalidStartupPacket(e), out),
             Ok(StartupPacket::SslRequest) => {
                 if data.len() > len {
                     // Bytes sent before the handshake must not be trusted (CVE-2021-23214).
-                    self.fatal(
-                        out,
-                        SqlState::PROTOCOL_VIOLATION,
-                        "pglink: received unencrypted data after SSL request",
-                    );
+                    self.fail(SessionError::UnencryptedDataAfterSslRequest, out);
                 } else if self.tls || env.config.tls == ClientTls::Disabled {
                     out.to_client.push(b'N');
                 } else {
@@ -118,29 +101,21 @@ impl Session {
     }
 
     fn on_startup_message(&mut self, m: StartupMessage<'_>, env: &mut Env<'_>, out: &mut Out<'_>) {
-        if let Some((code, message)) = self.refusal.take() {
-            return self.fatal(out, code, &message);
+        if let Some(error) = self.refusal.take() {
+            return self.fail(error, out);
         }
         if m.version.major != 3 {
-            let text = format!(
-                "pglink: unsupported frontend protocol {}.{}: server supports 3.0 to 3.2",
-                m.version.major, m.version.minor
-            );
-            return self.fatal(out, SqlState::FEATURE_NOT_SUPPORTED, &text);
+            let error = SessionError::UnsupportedProtocol {
+                major: m.version.major,
+                minor: m.version.minor,
+            };
+            return self.fail(error, out);
         }
         if env.config.tls == ClientTls::Required && !self.tls {
-            return self.fatal(
-                out,
-                SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
-                "pglink: this server accepts only TLS connections (sslmode=require)",
-            );
+            return self.fail(SessionError::TlsRequired, out);
         }
         let Some(user) = m.user().filter(|u| !u.is_empty()) else {
-            return self.fatal(
-                out,
-                SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
-                "pglink: no PostgreSQL user name specified in startup packet",
-            );
+            return self.fail(SessionError::NoUserName, out);
         };
         self.user = String::from_utf8_lossy(user).into_owned();
         self.database = String::from_utf8_lossy(m.database().unwrap_or(user)).into_owned();
@@ -149,11 +124,7 @@ impl Session {
             match name {
                 b"user" | b"database" => {}
                 b"replication" if !matches!(value, b"false" | b"off" | b"no" | b"0") => {
-                    return self.fatal(
-                        out,
-                        SqlState::FEATURE_NOT_SUPPORTED,
-                        "pglink: replication connections are not supported",
-                    );
+                    return self.fail(SessionError::ReplicationUnsupported, out);
                 }
                 // `replication=false`: an ordinary session, nothing to carry along.
                 b"replication" => {}
@@ -188,8 +159,8 @@ impl Session {
     fn begin_auth(&mut self, env: &mut Env<'_>, out: &mut Out<'_>) {
         let (db, entry) = match env.users.lookup(&self.database, &self.user) {
             Lookup::NoDatabase => {
-                let text = format!("pglink: database \"{}\" does not exist", self.database);
-                return self.fatal(out, SqlState::INVALID_CATALOG_NAME, &text);
+                let database = self.database.clone();
+                return self.fail(SessionError::UnknownDatabase { database }, out);
             }
             Lookup::NoUser(db) => (db, None),
             Lookup::User(db, entry) => (db, Some(Arc::clone(entry))),
@@ -199,11 +170,7 @@ impl Session {
         self.pool = entry.as_ref().map(|e| e.pool);
         let auth = match env.config.auth_method {
             AuthMethod::Plaintext if !self.tls => {
-                return self.fatal(
-                    out,
-                    SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
-                    "pglink: plaintext password authentication requires a TLS connection",
-                );
+                return self.fail(SessionError::PlaintextNeedsTls, out);
             }
             AuthMethod::Plaintext => {
                 be_msg::authentication_cleartext(out.to_client);
@@ -241,7 +208,7 @@ impl Session {
             Ok(Some(h)) => h,
             Ok(None) => return 0,
             Err(e) => {
-                self.fatal(out, SqlState::PROTOCOL_VIOLATION, &format!("pglink: {e}"));
+                self.fail(SessionError::Framing(e), out);
                 return data.len();
             }
         };
@@ -249,11 +216,7 @@ impl Session {
             return 0;
         };
         if header.tag != fe::PASSWORD {
-            let text = format!(
-                "pglink: expected a password response, got message type {}",
-                MessageType(header.tag)
-            );
-            self.fatal(out, SqlState::PROTOCOL_VIOLATION, &text);
+            self.fail(SessionError::ExpectedPassword { tag: header.tag }, out);
             return data.len();
         }
         let State::Authenticating(auth) = std::mem::replace(&mut self.state, State::Closed) else {
@@ -263,11 +226,9 @@ impl Session {
             Ok(Some(next)) => self.state = State::Authenticating(next),
             Ok(None) => self.authenticated(env, out),
             Err(AuthFailureKind::InvalidCredentials) => self.password_failed(out),
-            Err(AuthFailureKind::ProtocolViolation) => self.fatal(
-                out,
-                SqlState::PROTOCOL_VIOLATION,
-                "pglink: malformed authentication message",
-            ),
+            Err(AuthFailureKind::ProtocolViolation) => {
+                self.fail(SessionError::MalformedAuthMessage, out)
+            }
         }
         header.frame_len()
     }
@@ -332,11 +293,8 @@ impl Session {
         if let Some(db) = self.db.and_then(|db| out.stats.database(db)) {
             db.auth_failures.inc();
         }
-        let text = format!(
-            "pglink: password authentication failed for user \"{}\"",
-            self.user
-        );
-        self.fatal(out, SqlState::INVALID_PASSWORD, &text);
+        let user = self.user.clone();
+        self.fail(SessionError::PasswordFailed { user }, out);
     }
 
     /// Authentication succeeded: AuthenticationOk, then the parameters (learning them from a

@@ -13,17 +13,13 @@ use super::inspect::{self, LocalCommand, PinReason, Touched};
 use super::params::{self, Params};
 use super::relay::{Effect, Expect, Route, ServerReset};
 use super::statements::server_name;
-use super::{BackendContext, Out, ParamList, Session};
+use super::{Action, BackendContext, Out, ParamList, Session, SessionError};
 use crate::protocol::SqlState;
 use crate::protocol::backend as be_msg;
 use crate::protocol::frontend::{self, Target};
 
 /// A query the server fails (26000, no such statement) without effects.
 const FAILING_QUERY: &[u8] = b"DEALLOCATE \"pglink_\x01failed_query\"";
-
-fn not_found(name: &str) -> String {
-    format!("pglink: prepared statement \"{name}\" does not exist")
-}
 
 /// What to do when a transaction has ended and nothing is outstanding.
 pub(super) enum AfterTransaction {
@@ -114,17 +110,12 @@ impl Session {
             self.user,
             self.database
         );
-        let text = format!(
-            "pglink: this session's settings could not be applied on a server connection: \
-             {message}"
-        );
-        crate::protocol::ErrorBuilder::new(crate::protocol::Severity::Fatal, code, &text)
-            .encode_error(out.to_client);
-        out.stats.error_sent(code);
         self.syncing = false;
-        self.state = super::State::Closed;
-        out.actions.push(super::Action::Release);
-        out.actions.push(super::Action::Close);
+        let error = SessionError::SettingsRejected {
+            code,
+            message: message.into_owned(),
+        };
+        self.end(&error, Action::Release, out);
     }
 
     /// Whether a backend with `backend` values needs no sync query for this client.
@@ -219,12 +210,7 @@ impl Session {
             return QueryHandling::Forward;
         }
         if let Some(name) = inspect::deallocates_server_name(sql) {
-            self.fail_query(
-                SqlState::INVALID_SQL_STATEMENT_NAME,
-                &not_found(&name),
-                held,
-                out,
-            );
+            self.fail_query(SessionError::UnknownStatement { name }, held, out);
             return QueryHandling::Answered;
         }
         match inspect::local_command(sql) {
@@ -232,8 +218,7 @@ impl Session {
                 if self.statements.contains(&name) || self.pinned.is_none() =>
             {
                 if !self.statements.remove(&name) {
-                    let text = not_found(&String::from_utf8_lossy(&name));
-                    self.fail_query(SqlState::INVALID_SQL_STATEMENT_NAME, &text, held, out);
+                    self.fail_query(SessionError::unknown_statement(&name), held, out);
                     return QueryHandling::Answered;
                 }
                 self.answer_command(b"DEALLOCATE", held, out);
@@ -296,17 +281,15 @@ impl Session {
     /// An error (and ReadyForQuery) in the Query's place. With a backend held the server is
     /// made to fail a query instead, with this error in its place, so that a transaction
     /// block is aborted as PostgreSQL would abort it.
-    fn fail_query(&mut self, code: SqlState, message: &str, held: bool, out: &mut Out<'_>) {
-        let mut error = Vec::with_capacity(64);
-        crate::protocol::ErrorBuilder::new(crate::protocol::Severity::Error, code, message)
-            .encode_error(&mut error);
-        out.stats.error_sent(code);
+    fn fail_query(&mut self, error: SessionError, held: bool, out: &mut Out<'_>) {
+        let mut answer = Vec::with_capacity(64);
+        error.encode(&mut answer, out.stats);
         if held {
             frontend::query(out.to_backend, FAILING_QUERY);
-            self.relay.push_failing(Expect::Cycle, error.into());
+            self.relay.push_failing(Expect::Cycle, answer.into());
         } else {
-            be_msg::ready_for_query(&mut error, self.relay.status());
-            out.to_client.extend_from_slice(&error);
+            be_msg::ready_for_query(&mut answer, self.relay.status());
+            out.to_client.extend_from_slice(&answer);
         }
     }
 

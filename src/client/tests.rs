@@ -9,6 +9,7 @@ use super::*;
 use crate::auth::{
     ClientChannelBinding, FixedRng, OsRng, ScramClient, ScramVerifier, md5_password,
 };
+use crate::protocol::SqlState;
 use crate::protocol::backend::{Authentication, BackendMessage};
 use crate::protocol::framing::Frames;
 use crate::protocol::frontend;

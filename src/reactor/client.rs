@@ -17,10 +17,9 @@ use super::{HIGH_WATER, MAX_ACCEPTS, MAX_READS, MAX_REFUSING, Reactor, encode_pi
 use crate::auth::Rng as _;
 use crate::client::relay::MAX_PIPELINE;
 use crate::client::users::{DbId, PoolId};
-use crate::client::{AcquireError, Action, CancelKey, Env, Out, Session};
+use crate::client::{AcquireError, Action, CancelKey, Env, Out, Session, SessionError};
 use crate::observe::metrics::{CloseReason, ReactorStats, RefuseReason};
 use crate::pool::Pool;
-use crate::protocol::{ErrorBuilder, Severity, SqlState};
 use crate::tls::ALPN_POSTGRESQL;
 
 /// One client connection.
@@ -79,22 +78,13 @@ impl Reactor {
     fn on_accepted(&mut self, mut sock: TcpStream, peer: SocketAddr) {
         use std::sync::atomic::Ordering;
         let refusal = if self.shared.is_stopping() {
-            Some((
-                RefuseReason::ShuttingDown,
-                SqlState::CANNOT_CONNECT_NOW,
-                "pglink: the proxy is shutting down".to_owned(),
-            ))
+            Some((RefuseReason::ShuttingDown, SessionError::NotAccepting))
         } else if self.shared.clients.fetch_add(1, Ordering::AcqRel) >= self.shared.max_clients {
             self.shared.clients.fetch_sub(1, Ordering::AcqRel);
-            let text = format!(
-                "pglink: too many client connections (max_client_connections is {})",
-                self.shared.max_clients
-            );
-            Some((
-                RefuseReason::TooManyClients,
-                SqlState::TOO_MANY_CONNECTIONS,
-                text,
-            ))
+            let error = SessionError::TooManyClients {
+                max_client_connections: self.shared.max_clients,
+            };
+            Some((RefuseReason::TooManyClients, error))
         } else {
             None
         };
@@ -114,22 +104,17 @@ impl Reactor {
         };
         // A refused client still gets SSL negotiation and its startup packet read (that is
         // where libpq shows errors), unless too many are being refused at once.
-        if let Some((_, code, message)) = &refusal
+        if let Some((_, error)) = &refusal
             && self.refusing >= MAX_REFUSING
         {
-            return reject(&mut sock, *code, message, &self.stats);
+            return reject(&mut sock, error, &self.stats);
         }
         let _ = sock.set_nodelay(true);
         let entry = self.clients.vacant_entry();
         let slot = entry.key();
         let Some(pid) = encode_pid(self.id, slot) else {
             uncount(&self.shared);
-            return reject(
-                &mut sock,
-                SqlState::TOO_MANY_CONNECTIONS,
-                "pglink: too many client connections",
-                &self.stats,
-            );
+            return reject(&mut sock, &SessionError::NoClientSlot, &self.stats);
         };
         let mut secret = [0u8; 32];
         self.rng.fill(&mut secret);
@@ -146,9 +131,9 @@ impl Reactor {
         }
         let key = CancelKey::new(pid, secret, 32);
         let session = match refusal {
-            Some((_, code, message)) => {
+            Some((_, error)) => {
                 self.refusing += 1;
-                Session::refusing(key, code, message)
+                Session::refusing(key, error)
             }
             None => Session::new(key, self.shared.max_message_len),
         };
@@ -685,23 +670,16 @@ impl Reactor {
     pub(super) fn client_shutdown(&mut self, ci: usize) {
         if let Some(c) = self.clients.get_mut(ci) {
             let out = &mut c.output.get_or_insert_with(|| self.bufs.output()).data;
-            ErrorBuilder::new(
-                Severity::Fatal,
-                SqlState::ADMIN_SHUTDOWN,
-                "pglink: the proxy is shutting down",
-            )
-            .encode_error(out);
-            self.stats.error_sent(SqlState::ADMIN_SHUTDOWN);
+            SessionError::ShuttingDown.encode(out, &self.stats);
         }
         self.close_client(ci, "shutdown");
     }
 }
 
 /// Refuses a connection before any state is created: one FATAL message, best effort.
-fn reject(sock: &mut TcpStream, code: SqlState, message: &str, stats: &ReactorStats) {
+fn reject(sock: &mut TcpStream, error: &SessionError, stats: &ReactorStats) {
     let mut buf = Vec::with_capacity(128);
-    ErrorBuilder::new(Severity::Fatal, code, message).encode_error(&mut buf);
-    stats.error_sent(code);
+    error.encode(&mut buf, stats);
     let _ = sock.write(&buf);
     let _ = sock.shutdown(std::net::Shutdown::Both);
 }
