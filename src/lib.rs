@@ -38,8 +38,10 @@
 //! A client holds a backend from the first message that needs one until the ReadyForQuery
 //! with status idle that answers the last Query/Sync it sent (the relay's queue of expected
 //! responses knows which one that is, even in pipelines and after errors). Everything pglink
-//! says itself is an ErrorResponse whose message starts with `pglink:` and whose SQLSTATE is
-//! the one PostgreSQL would use. A client never sees another client's results, and a cancel
+//! says itself is an ErrorResponse ([`client::SessionError`]) whose message starts with
+//! `pglink:` and whose SQLSTATE is the one PostgreSQL would use; the one exception is an error
+//! PostgreSQL itself would raise, which pglink raises in its place word for word (a changed
+//! result type: drivers recognise it by its text). A client never sees another client's results, and a cancel
 //! never reaches a backend lent to someone else.
 #![forbid(unsafe_code)]
 
@@ -55,3 +57,18 @@ pub mod protocol;
 pub mod reactor;
 pub mod server;
 pub mod tls;
+
+/// A fixed starting point in time for tests, deterministic scenarios and fuzzing of the
+/// sans-IO modules, which take `now` from their caller and may not read the clock themselves.
+/// Not a stable API.
+#[doc(hidden)]
+pub mod test_clock {
+    use std::sync::OnceLock;
+    use std::time::Instant;
+
+    /// The same instant for the whole process (the clock is read once, on the first call).
+    pub fn epoch() -> Instant {
+        static EPOCH: OnceLock<Instant> = OnceLock::new();
+        *EPOCH.get_or_init(Instant::now)
+    }
+}

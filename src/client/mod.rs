@@ -10,16 +10,26 @@
 //!      Idle ◀──Release── Active (holds a backend; the relay forwards both ways)
 //!        │                 ▲
 //!        └──Acquire──▶ Acquiring
+//!
+//!  any state ──FATAL, Terminate, detach──▶ Closed
 //! ```
 //!
 //! The reactor feeds it bytes and events and carries out the [`Action`]s it emits. Bytes for
 //! the client go to `Out::to_client`, bytes for the held backend to `Out::to_backend`. A
 //! message that needs a backend is left unconsumed while the session waits for one, so the
 //! reactor stops reading that client: a waiting client costs no buffer growth.
+//!
+//! The state is an enum whose variants carry what only means something in them (the
+//! failure owed to a waiting message while idle, everything about one lending while
+//! active), and every change of state goes through [`Session::set_state`], which records an
+//! [`Event`] with the engine's clock (`Out::now`). The errors the session raises itself are
+//! [`SessionError`]s; a FATAL one ends the session for good.
 
+mod active;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+mod idle;
 pub mod inspect;
 pub mod params;
 mod prepared;
@@ -30,30 +40,23 @@ pub mod statements;
 pub mod users;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 pub use error::{AcquireError, SessionError};
 
 use crate::auth::Rng;
+use crate::engine::id::ServerId;
+use crate::observe::events::{ClientState, Event, EventSink};
 use crate::observe::metrics::ReactorStats;
 use crate::protocol::TransactionStatus;
 use crate::protocol::backend as be_msg;
-use crate::protocol::framing::{Header, peek_header};
-use crate::protocol::frontend::tag as fe;
+use crate::protocol::framing::Header;
 use crate::protocol::startup::ProtocolVersion;
 use params::Params;
-use prepared::Handled;
-use relay::{BackendStop, MAX_STREAMED_MESSAGE, Relay};
+use relay::Relay;
 use startup::AuthState;
 use statements::{BackendStatements, ClientStatements, Registry};
 use users::{DbId, PoolId, UserTable};
-
-/// A message the session needs whole (see `Session::whole_message`).
-enum Whole<'d> {
-    Complete(&'d [u8]),
-    Partial,
-    /// Over the limit; the session was failed.
-    TooLong,
-}
 
 /// Server parameters as reported with ParameterStatus, in report order.
 pub type ParamList = Vec<(String, String)>;
@@ -138,7 +141,7 @@ impl BackendContext {
     }
 }
 
-/// Where a session's output goes for one call.
+/// Where a session's output goes for one call, and when the call happens.
 pub struct Out<'a> {
     pub to_client: &'a mut Vec<u8>,
     /// The held backend's output buffer (an empty scratch vector when none is held).
@@ -148,6 +151,10 @@ pub struct Out<'a> {
     pub actions: &'a mut Vec<Action>,
     /// The driving reactor's counters (pins, authentication failures, transactions, errors).
     pub stats: &'a ReactorStats,
+    /// The time of this call, from the engine's clock (the session never reads a clock).
+    pub now: Instant,
+    /// Where state changes are recorded.
+    pub events: &'a mut dyn EventSink,
 }
 
 /// The SQL text of a whole Query message (without its NUL).
@@ -233,16 +240,108 @@ pub enum BackendFate {
     Drop,
 }
 
+/// A session's state, with what only means something in it.
 #[derive(Debug)]
 enum State {
-    AwaitingStartup,
-    AwaitingTls,
+    /// Waiting for the startup packet (or an SSLRequest, GSSENCRequest or CancelRequest).
+    /// `refusal`: the connection was accepted only to be refused with this error, which goes
+    /// out once the startup packet is in (where libpq shows it).
+    AwaitingStartup { refusal: Option<SessionError> },
+    /// Waiting for the TLS handshake the client asked for.
+    AwaitingTls { refusal: Option<SessionError> },
+    /// Waiting for the client's password or SASL messages.
     Authenticating(AuthState),
-    AwaitingParameters,
-    Idle,
-    Acquiring,
-    Active,
-    Closed,
+    /// Authenticated, waiting for a server connection of the pool to learn the server's
+    /// parameters from (the pool's first login), since `since`.
+    AwaitingParameters { since: Instant },
+    /// Logged in and holding no server connection: waiting for the client's next message.
+    Idle(Idle),
+    /// Waiting, since `since`, for a server connection for the client's message (left
+    /// unconsumed meanwhile).
+    Acquiring { since: Instant },
+    /// Holding a server connection; the relay forwards both ways.
+    Active(Lending),
+    /// Over; later input is ignored. `leftover`: a server connection the session still held
+    /// when it ended without failing it (shutdown), and its fate, for [`Session::detach`].
+    Closed {
+        leftover: Option<(ServerId, BackendFate)>,
+    },
+}
+
+impl State {
+    fn closed() -> State {
+        State::Closed { leftover: None }
+    }
+
+    /// The state's name, for events.
+    fn kind(&self) -> ClientState {
+        match self {
+            State::AwaitingStartup { .. } => ClientState::AwaitingStartup,
+            State::AwaitingTls { .. } => ClientState::AwaitingTls,
+            State::Authenticating(_) => ClientState::Authenticating,
+            State::AwaitingParameters { .. } => ClientState::AwaitingParameters,
+            State::Idle(_) => ClientState::Idle,
+            State::Acquiring { .. } => ClientState::Acquiring,
+            State::Active(_) => ClientState::Active,
+            State::Closed { .. } => ClientState::Closed,
+        }
+    }
+}
+
+/// Idle: what is owed to the client's next messages.
+#[derive(Debug, Default)]
+struct Idle {
+    /// A failed acquire to report against the message that asked for it.
+    failure: Option<AcquireError>,
+    /// After a local error in extended protocol: drop messages until Sync.
+    skip_to_sync: bool,
+    /// Bytes of a client message being dropped.
+    discard: usize,
+}
+
+/// Active: one lending of a server connection. Everything here starts afresh with the next
+/// lending (a pinned session keeps its lending for good).
+#[derive(Debug)]
+struct Lending {
+    /// The server connection held.
+    server: ServerId,
+    /// Client input stopped short (pipeline full, or waiting for a shape): ask for it
+    /// again (`Action::ResumeInput`) once that has passed.
+    input_blocked: bool,
+    /// A parameter sync is in flight: client input waits (see `state::sync_backend`).
+    syncing: bool,
+    /// `ResumeInput` was asked for and the client's input not looked at since: the backend
+    /// stays even if the server is idle (a sync alone does not end the lending).
+    resuming: bool,
+    /// The statement whose shape a Bind or Describe waited for (see
+    /// `prepared::prepare_for_use`); cleared once that message is handled.
+    waited_for: Option<u64>,
+    /// The client messages of the current batch, kept in case it must be replayed (see
+    /// `prepared::on_stale_plan`).
+    replay: Option<Vec<u8>>,
+    /// Unreported parameters the client changed: read back before release.
+    touched: Vec<String>,
+    /// A client statement ran since the last read-back (Query, Execute, FunctionCall went
+    /// to the server): `track_extra_parameters` are read back after the transaction.
+    ran: bool,
+    /// The client ran RESET ALL / DISCARD ALL.
+    reset_all: bool,
+}
+
+impl Lending {
+    fn new(server: ServerId) -> Lending {
+        Lending {
+            server,
+            input_blocked: false,
+            syncing: false,
+            resuming: false,
+            waited_for: None,
+            replay: None,
+            touched: Vec::new(),
+            ran: false,
+            reset_all: false,
+        }
+    }
 }
 
 /// One client connection's protocol state.
@@ -259,16 +358,8 @@ pub struct Session {
     user: String,
     /// Startup parameters other than user/database (application_name, client_encoding, ...).
     startup_params: ParamList,
+    /// The relay of the current lending (kept between lendings for its allocations).
     relay: Relay,
-    /// After a local error in extended protocol: drop messages until Sync.
-    skip_to_sync: bool,
-    /// Bytes of a client message being dropped.
-    discard: usize,
-    /// A failed acquire to report against the message that asked for it.
-    failure: Option<AcquireError>,
-    /// Set for connections accepted only to be refused (too many clients, shutting down):
-    /// the FATAL goes out after SSL negotiation and the startup packet, where libpq shows it.
-    refusal: Option<SessionError>,
     /// The client's named prepared statements.
     statements: ClientStatements,
     /// The database's shared context (known after login).
@@ -278,36 +369,15 @@ pub struct Session {
     desired: Arc<Params>,
     /// The parameters the server reports (and their values at login).
     reported: Option<Arc<ParamList>>,
-    /// Unreported parameters the client changed in this lending: read back before release.
-    touched: Vec<String>,
-    /// A client statement ran since the last read-back (Query, Execute, FunctionCall went
-    /// to the server): `track_extra_parameters` are read back after the transaction.
-    ran: bool,
-    /// The client ran RESET ALL / DISCARD ALL in this lending.
-    reset_all: bool,
     /// Why the session keeps its backend for good, if it does.
     pinned: Option<inspect::PinReason>,
-    /// The client messages of the current batch, kept in case it must be replayed (see
-    /// `prepared::on_stale_plan`).
-    replay: Option<Vec<u8>>,
-    /// The statement whose shape a Bind or Describe waited for (see
-    /// `prepared::prepare_for_use`); cleared once that message is handled.
-    waited_for: Option<u64>,
-    /// Client input stopped short (pipeline full, or waiting for a shape): ask for it
-    /// again (`Action::ResumeInput`) once that has passed.
-    input_blocked: bool,
-    /// A parameter sync is in flight: client input waits (see `state::sync_backend`).
-    syncing: bool,
-    /// `ResumeInput` was asked for and the client's input not looked at since: the backend
-    /// stays even if the server is idle (a sync alone does not end the lending).
-    resuming: bool,
 }
 
 impl Session {
     /// A new session; `key` is the proxy-issued cancel key (pid encodes reactor and slot).
     pub fn new(key: CancelKey, max_message_len: usize) -> Session {
         Session {
-            state: State::AwaitingStartup,
+            state: State::AwaitingStartup { refusal: None },
             key,
             tls: false,
             protocol: ProtocolVersion::V3_0,
@@ -317,32 +387,23 @@ impl Session {
             user: String::new(),
             startup_params: Vec::new(),
             relay: Relay::new(max_message_len),
-            skip_to_sync: false,
-            discard: 0,
-            failure: None,
-            refusal: None,
             statements: ClientStatements::default(),
             db_context: None,
             desired: Arc::default(),
             reported: None,
-            touched: Vec::new(),
-            ran: false,
-            reset_all: false,
             pinned: None,
-            replay: None,
-            waited_for: None,
-            input_blocked: false,
-            syncing: false,
-            resuming: false,
         }
     }
 
     /// A session that answers SSL negotiation, reads the startup packet and then refuses
     /// with `error`, as PostgreSQL does for "too many clients".
     pub fn refusing(key: CancelKey, error: SessionError) -> Session {
-        let mut session = Session::new(key, 0);
-        session.refusal = Some(error);
-        session
+        Session {
+            state: State::AwaitingStartup {
+                refusal: Some(error),
+            },
+            ..Session::new(key, 0)
+        }
     }
 
     pub fn pool(&self) -> Option<PoolId> {
@@ -363,21 +424,40 @@ impl Session {
 
     /// Holds a backend (the reactor must keep it attached).
     pub fn holds_backend(&self) -> bool {
-        matches!(self.state, State::Active)
+        matches!(self.state, State::Active(_))
+    }
+
+    /// The server connection held, if any.
+    pub fn server(&self) -> Option<ServerId> {
+        self.lending().map(|l| l.server)
     }
 
     /// Waiting for a backend.
     pub fn is_acquiring(&self) -> bool {
-        matches!(self.state, State::Acquiring | State::AwaitingParameters)
+        matches!(
+            self.state,
+            State::Acquiring { .. } | State::AwaitingParameters { .. }
+        )
+    }
+
+    /// When the current wait for a backend began (for the acquire-wait histogram).
+    pub fn waiting_since(&self) -> Option<Instant> {
+        match self.state {
+            State::Acquiring { since } | State::AwaitingParameters { since } => Some(since),
+            _ => None,
+        }
     }
 
     /// Startup and authentication are done.
     pub fn is_logged_in(&self) -> bool {
-        matches!(self.state, State::Idle | State::Acquiring | State::Active)
+        matches!(
+            self.state,
+            State::Idle(_) | State::Acquiring { .. } | State::Active(_)
+        )
     }
 
     pub fn is_closed(&self) -> bool {
-        matches!(self.state, State::Closed)
+        matches!(self.state, State::Closed { .. })
     }
 
     /// The relay of the current lending (for the reactor's flow control).
@@ -393,14 +473,14 @@ impl Session {
             let rest = data.get(pos..).unwrap_or_default();
             let before = pos;
             pos += match self.state {
-                State::AwaitingStartup => self.on_startup_bytes(rest, env, out),
+                State::AwaitingStartup { .. } => self.on_startup_bytes(rest, env, out),
                 State::Authenticating(_) => self.on_auth_bytes(rest, env, out),
-                State::Idle => self.on_idle_bytes(rest, out),
-                State::Active => self.on_active_bytes(rest, out),
-                State::AwaitingTls
-                | State::AwaitingParameters
-                | State::Acquiring
-                | State::Closed => 0,
+                State::Idle(_) => self.on_idle_bytes(rest, out),
+                State::Active(_) => self.on_active_bytes(rest, out),
+                State::AwaitingTls { .. }
+                | State::AwaitingParameters { .. }
+                | State::Acquiring { .. }
+                | State::Closed { .. } => 0,
             };
             if pos == before || pos >= data.len() {
                 return pos;
@@ -414,22 +494,28 @@ impl Session {
         if direct && !alpn_postgresql {
             return self.fail(SessionError::DirectTlsWithoutAlpn, out);
         }
-        if let State::AwaitingTls = self.state {
-            self.state = State::AwaitingStartup;
+        if let State::AwaitingTls { refusal } = &mut self.state {
+            let refusal = refusal.take();
+            self.set_state(State::AwaitingStartup { refusal }, out);
         }
     }
 
-    /// A backend is now held (`Acquire` succeeded). `params` are the backend's server
-    /// parameters, used when this login is waiting to learn them.
-    pub fn on_backend_attached(&mut self, params: &Arc<ParamList>, out: &mut Out<'_>) {
+    /// A backend is now held (`Acquire` succeeded): `server` is its id. `params` are the
+    /// backend's server parameters, used when this login is waiting to learn them.
+    pub fn on_backend_attached(
+        &mut self,
+        server: ServerId,
+        params: &Arc<ParamList>,
+        out: &mut Out<'_>,
+    ) {
         match self.state {
-            State::AwaitingParameters => {
+            State::AwaitingParameters { .. } => {
                 self.finish_login(params, out);
                 out.actions.push(Action::Release);
             }
-            State::Acquiring => {
+            State::Acquiring { .. } => {
                 self.relay.reset();
-                self.state = State::Active;
+                self.set_state(State::Active(Lending::new(server)), out);
                 self.sync_backend(out);
             }
             // Nothing asked for it (the client left meanwhile): give it back.
@@ -441,103 +527,30 @@ impl Session {
     /// a login waiting for server parameters gets a FATAL.
     pub fn on_acquire_failed(&mut self, error: AcquireError, out: &mut Out<'_>) {
         match self.state {
-            State::AwaitingParameters => self.fail(SessionError::NoServerForLogin(error), out),
-            State::Acquiring => {
-                self.failure = Some(error);
-                self.state = State::Idle;
+            State::AwaitingParameters { .. } => {
+                self.fail(SessionError::NoServerForLogin(error), out)
+            }
+            State::Acquiring { .. } => {
+                let idle = Idle {
+                    failure: Some(error),
+                    ..Idle::default()
+                };
+                self.set_state(State::Idle(idle), out);
             }
             _ => {}
-        }
-    }
-
-    /// Backend bytes while a backend is held; returns how many were consumed. Bytes after a
-    /// `Release` are not this client's.
-    pub fn on_backend_data(&mut self, data: &[u8], out: &mut Out<'_>) -> usize {
-        if !matches!(self.state, State::Active) {
-            return 0;
-        }
-        let mut pos = 0;
-        loop {
-            let rest = data.get(pos..).unwrap_or_default();
-            let result = self.relay.on_backend_data(rest, out.to_client);
-            self.apply_outcomes(out);
-            if !matches!(self.state, State::Active) {
-                // A failed parameter sync ended the session (and released the backend, whose
-                // later bytes are not this client's).
-                return pos + result.as_ref().map_or(0, |(n, _)| *n);
-            }
-            if self.input_blocked
-                && !self.syncing
-                && !self.relay.pipeline_full()
-                && !self.waiting_for_shape()
-            {
-                self.input_blocked = false;
-                self.resuming = true;
-                out.actions.push(Action::ResumeInput);
-            }
-            match result {
-                Ok((n, BackendStop::NeedMore)) => return pos + n,
-                Ok((
-                    n,
-                    BackendStop::ParameterStatus {
-                        start,
-                        end,
-                        forwarded,
-                    },
-                )) => {
-                    let body = rest.get(start..end).unwrap_or_default();
-                    self.on_parameter_status(body, forwarded, out);
-                    pos += n;
-                }
-                Ok((n, BackendStop::Idle)) if self.resuming => return pos + n,
-                Ok((n, BackendStop::Idle)) => {
-                    pos += n;
-                    match self.after_transaction(out) {
-                        state::AfterTransaction::Continue => continue,
-                        state::AfterTransaction::Hold => {
-                            self.transaction_done(out);
-                            return pos;
-                        }
-                        state::AfterTransaction::Release => {
-                            self.transaction_done(out);
-                            self.state = State::Idle;
-                            out.actions.push(Action::Release);
-                            return pos;
-                        }
-                    }
-                }
-                Ok((n, BackendStop::StalePlan { start, end })) => {
-                    let error = rest.get(start..end).unwrap_or_default().to_vec();
-                    pos += n;
-                    self.on_stale_plan(&error, out);
-                }
-                Ok((n, BackendStop::Fatal)) => {
-                    // The server's FATAL went to the client; the session is over.
-                    self.state = State::Closed;
-                    out.actions.push(Action::DropBackend);
-                    out.actions.push(Action::Close);
-                    return pos + n;
-                }
-                Err(relay::RelayError::CopyBoth) if !self.relay.backend_mid_message() => {
-                    self.fail(SessionError::Relay(relay::RelayError::CopyBoth), out);
-                    return data.len();
-                }
-                Err(e) => {
-                    log::warn!("client {}@{}: {e}; closing", self.user, self.database);
-                    self.on_backend_lost(out);
-                    return data.len();
-                }
-            }
         }
     }
 
     /// The held backend failed (closed, reset, or protocol desync): the client's transaction
     /// is gone, so the client gets FATAL 08006 and is closed.
     pub fn on_backend_lost(&mut self, out: &mut Out<'_>) {
+        if self.is_closed() {
+            return;
+        }
         if self.relay.backend_mid_message() {
             // A message is half sent; another message cannot be framed after it.
             out.actions.push(Action::DropBackend);
-            self.state = State::Closed;
+            self.set_state(State::closed(), out);
             out.actions.push(Action::Close);
             return;
         }
@@ -552,251 +565,80 @@ impl Session {
         }
     }
 
-    /// The client is gone (or being closed): decides what happens to a held backend.
-    pub fn detach(&mut self) -> Option<BackendFate> {
-        let was_active = matches!(self.state, State::Active);
-        self.state = State::Closed;
-        if !was_active {
+    /// The proxy is shutting down: the session ends with FATAL 57P01 and `Action::Close`. A
+    /// server connection it holds meets the fate it would if the client left now, handed
+    /// over by [`Session::detach`]. A closed session gets nothing more (only the `Close`).
+    pub fn on_shutdown(&mut self, out: &mut Out<'_>) {
+        if !self.is_closed() {
+            // Mid-way through a server message the client cannot be sent an error.
+            if !self.relay.backend_mid_message() || !self.holds_backend() {
+                SessionError::ShuttingDown.encode(out.to_client, out.stats);
+            }
+            let leftover = self.backend_fate();
+            self.set_state(State::Closed { leftover }, out);
+        }
+        out.actions.push(Action::Close);
+    }
+
+    /// The client is gone (or being closed): decides what happens to a held backend, and
+    /// returns it with its id.
+    pub fn detach(&mut self, out: &mut Out<'_>) -> Option<(ServerId, BackendFate)> {
+        let fate = self.backend_fate();
+        match self.set_state(State::closed(), out) {
+            State::Closed { leftover } => leftover,
+            _ => fate,
+        }
+    }
+
+    /// What becomes of the held backend if the session ends now (it is `Reset`'s relay).
+    fn backend_fate(&mut self) -> Option<(ServerId, BackendFate)> {
+        let State::Active(lending) = &self.state else {
             return None;
-        }
-        Some(
-            if self.relay.client_mid_message() || self.pinned.is_some() {
-                // A pinned backend holds state (locks, LISTEN, temp tables) no one else may see.
-                BackendFate::Drop
-            } else if !self.relay.is_idle() && self.settings_in_doubt() {
-                // Its parameters may have changed in ways only this session would have
-                // read back: nobody may get it with settings pglink does not know.
-                BackendFate::Drop
-            } else if self.relay.is_idle() {
-                BackendFate::Release
-            } else {
-                BackendFate::Reset(std::mem::replace(&mut self.relay, Relay::new(0)))
-            },
-        )
-    }
-
-    /// Idle: answer what needs no backend, ask for one for the rest.
-    fn on_idle_bytes(&mut self, data: &[u8], out: &mut Out<'_>) -> usize {
-        if self.discard > 0 {
-            let n = self.discard.min(data.len());
-            self.discard -= n;
-            return n;
-        }
-        let header = match peek_header(data, MAX_STREAMED_MESSAGE) {
-            Ok(Some(h)) => h,
-            Ok(None) => return 0,
-            Err(e) => {
-                self.fail(SessionError::Framing(e), out);
-                return data.len();
-            }
         };
-        if let Some(error) = self.failure.take() {
-            return self.fail_waiting_message(header, data, error, out);
-        }
-        let acquire = |session: &mut Session, out: &mut Out<'_>| {
-            session.state = State::Acquiring;
-            out.actions.push(Action::Acquire);
-            0
-        };
-        match header.tag {
-            fe::SYNC => {
-                self.skip_to_sync = false;
-                be_msg::ready_for_query(out.to_client, TransactionStatus::Idle);
-                self.consume(header, data)
-            }
-            // Outside COPY the server ignores these, and Flush has nothing to flush.
-            fe::FLUSH | fe::COPY_DATA | fe::COPY_DONE | fe::COPY_FAIL => self.consume(header, data),
-            fe::TERMINATE => {
-                self.state = State::Closed;
-                out.actions.push(Action::Close);
-                data.len()
-            }
-            _ if self.skip_to_sync => self.consume(header, data),
-            fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE => {
-                let whole = match self.whole_message(header, data, out) {
-                    Whole::Complete(whole) => whole,
-                    Whole::Partial => return 0,
-                    Whole::TooLong => return data.len(),
-                };
-                let body = whole.get(Header::SIZE..).unwrap_or_default();
-                match self.on_statement_message_idle(header.tag, body, out) {
-                    Handled::Done => header.frame_len(),
-                    Handled::NeedBackend | Handled::Wait => acquire(self, out),
-                    Handled::Invalid(e) => {
-                        self.fail(e, out);
-                        data.len()
-                    }
-                }
-            }
-            fe::QUERY => {
-                let whole = match self.whole_message(header, data, out) {
-                    Whole::Complete(whole) => whole,
-                    Whole::Partial => return 0,
-                    Whole::TooLong => return data.len(),
-                };
-                match self.on_query(query_text(whole), false, out) {
-                    state::QueryHandling::Answered => header.frame_len(),
-                    state::QueryHandling::Forward => acquire(self, out),
-                }
-            }
-            fe::EXECUTE | fe::FUNCTION_CALL => acquire(self, out),
-            tag => {
-                self.fail(SessionError::UnexpectedMessage { tag }, out);
-                data.len()
-            }
-        }
-    }
-
-    /// A message the session must see whole, bounded by the message size limit (a longer
-    /// one fails the session).
-    fn whole_message<'d>(
-        &mut self,
-        header: Header,
-        data: &'d [u8],
-        out: &mut Out<'_>,
-    ) -> Whole<'d> {
-        if header.frame_len() > self.relay_max_len() {
-            let error = SessionError::MessageTooLong {
-                len: header.frame_len(),
-                max: self.relay_max_len(),
-            };
-            self.fail(error, out);
-            return Whole::TooLong;
-        }
-        match data.get(..header.frame_len()) {
-            Some(whole) => Whole::Complete(whole),
-            None => Whole::Partial,
-        }
-    }
-
-    /// Reports a failed acquire against the message that needed the backend: a simple Query
-    /// gets ERROR + ReadyForQuery; an extended-protocol message gets ERROR and the rest of its
-    /// batch is dropped up to Sync, as the server itself would.
-    fn fail_waiting_message(
-        &mut self,
-        header: Header,
-        data: &[u8],
-        error: AcquireError,
-        out: &mut Out<'_>,
-    ) -> usize {
-        SessionError::NoServer(error).encode(out.to_client, out.stats);
-        if matches!(header.tag, fe::QUERY | fe::FUNCTION_CALL) {
-            be_msg::ready_for_query(out.to_client, TransactionStatus::Idle);
+        let server = lending.server;
+        let in_doubt = self.settings_in_doubt(lending);
+        let fate = if self.relay.client_mid_message() || self.pinned.is_some() {
+            // A pinned backend holds state (locks, LISTEN, temp tables) no one else may see.
+            BackendFate::Drop
+        } else if !self.relay.is_idle() && in_doubt {
+            // Its parameters may have changed in ways only this session would have
+            // read back: nobody may get it with settings pglink does not know.
+            BackendFate::Drop
+        } else if self.relay.is_idle() {
+            BackendFate::Release
         } else {
-            self.skip_to_sync = true;
+            BackendFate::Reset(std::mem::replace(&mut self.relay, Relay::new(0)))
+        };
+        Some((server, fate))
+    }
+
+    /// Every change of state goes through here: it records the change as an event when the
+    /// state's kind changes. Returns the previous state.
+    fn set_state(&mut self, state: State, out: &mut Out<'_>) -> State {
+        let kind = state.kind();
+        let old = std::mem::replace(&mut self.state, state);
+        if old.kind() != kind {
+            let event = Event::Client {
+                pid: self.key.pid,
+                state: kind,
+            };
+            out.events.record(out.now, event);
         }
-        self.consume(header, data)
+        old
     }
 
-    /// Consumes one message (or the part of it that has arrived, dropping the rest later).
-    fn consume(&mut self, header: Header, data: &[u8]) -> usize {
-        let n = header.frame_len().min(data.len());
-        self.discard = header.frame_len() - n;
-        n
+    /// The lending, while a backend is held.
+    fn lending(&self) -> Option<&Lending> {
+        match &self.state {
+            State::Active(lending) => Some(lending),
+            _ => None,
+        }
     }
 
-    /// Active: everything goes to the held backend, statement messages rewritten.
-    fn on_active_bytes(&mut self, data: &[u8], out: &mut Out<'_>) -> usize {
-        self.resuming = false;
-        let mut pos = 0;
-        loop {
-            let rest = data.get(pos..).unwrap_or_default();
-            if self.relay.client_mid_message() {
-                let n = self.relay.continue_client_message(rest, out.to_backend);
-                if n == 0 {
-                    return pos;
-                }
-                pos += n;
-                continue;
-            }
-            if !matches!(self.state, State::Active) {
-                return pos;
-            }
-            if self.syncing || self.relay.pipeline_full() || self.waiting_for_shape() {
-                self.input_blocked = true;
-                return pos;
-            }
-            let header = match peek_header(rest, MAX_STREAMED_MESSAGE) {
-                Ok(Some(h)) => h,
-                Ok(None) => return pos,
-                Err(e) => {
-                    self.fail(SessionError::Framing(e), out);
-                    return data.len();
-                }
-            };
-            let batch_start = self.relay.outstanding() == 0
-                && !self.relay.unsynced()
-                && self.relay.status() == TransactionStatus::Idle;
-            let before = pos;
-            let failed = match header.tag {
-                fe::TERMINATE => {
-                    if rest.len() < header.frame_len() {
-                        return pos;
-                    }
-                    // `detach` (called by the reactor on close) decides the backend's fate.
-                    out.actions.push(Action::Close);
-                    return pos + header.frame_len();
-                }
-                fe::QUERY | fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE => {
-                    let whole = match self.whole_message(header, rest, out) {
-                        Whole::Complete(whole) => whole,
-                        Whole::Partial => return pos,
-                        Whole::TooLong => return data.len(),
-                    };
-                    let failed = if header.tag == fe::QUERY {
-                        match self.on_query(query_text(whole), true, out) {
-                            state::QueryHandling::Answered => None,
-                            state::QueryHandling::Forward => {
-                                self.ran = true;
-                                self.relay
-                                    .forward_client_message(header, whole, out.to_backend)
-                                    .err()
-                                    .map(SessionError::Relay)
-                            }
-                        }
-                    } else {
-                        let body = whole.get(Header::SIZE..).unwrap_or_default();
-                        let after = rest.get(header.frame_len()..).unwrap_or_default();
-                        match self.on_statement_message_active(header.tag, body, whole, after, out)
-                        {
-                            Handled::Invalid(e) => Some(e),
-                            // Nothing is on its way after all: decide again at once.
-                            Handled::Wait if !self.waiting_for_shape() => continue,
-                            Handled::Wait => {
-                                self.input_blocked = true;
-                                return pos;
-                            }
-                            Handled::Done | Handled::NeedBackend => {
-                                self.waited_for = None;
-                                None
-                            }
-                        }
-                    };
-                    pos += header.frame_len();
-                    failed
-                }
-                tag => {
-                    self.ran |= matches!(tag, fe::EXECUTE | fe::FUNCTION_CALL);
-                    match self
-                        .relay
-                        .forward_client_message(header, rest, out.to_backend)
-                    {
-                        Ok(n) => {
-                            pos += n;
-                            None
-                        }
-                        Err(e) => Some(SessionError::Relay(e)),
-                    }
-                }
-            };
-            if let Some(e) = failed {
-                self.fail(e, out);
-                return data.len();
-            }
-            let whole = rest
-                .get(..header.frame_len())
-                .filter(|_| pos - before == header.frame_len());
-            self.record_for_replay(batch_start, header.tag, whole);
+    fn lending_mut(&mut self) -> Option<&mut Lending> {
+        match &mut self.state {
+            State::Active(lending) => Some(lending),
+            _ => None,
         }
     }
 
@@ -813,7 +655,7 @@ impl Session {
         }
         be_msg::backend_key_data(out.to_client, self.key.pid, self.key.secret());
         be_msg::ready_for_query(out.to_client, TransactionStatus::Idle);
-        self.state = State::Idle;
+        self.set_state(State::Idle(Idle::default()), out);
         out.actions.push(Action::LoggedIn);
     }
 
@@ -831,13 +673,17 @@ impl Session {
         self.end(&error, Action::DropBackend, out);
     }
 
-    /// Queues `error` and closes the session; `held` is what becomes of a held backend.
+    /// Ends the session with `error` (once: a closed session stays closed and says nothing
+    /// more); `held` is what becomes of a held backend.
     fn end(&mut self, error: &SessionError, held: Action, out: &mut Out<'_>) {
+        if self.is_closed() {
+            return;
+        }
         error.encode(out.to_client, out.stats);
-        if matches!(self.state, State::Active) {
+        if self.holds_backend() {
             out.actions.push(held);
         }
-        self.state = State::Closed;
+        self.set_state(State::closed(), out);
         out.actions.push(Action::Close);
     }
 }

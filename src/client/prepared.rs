@@ -300,7 +300,7 @@ impl Session {
             return Use::Go;
         }
         // The shape this message was waiting for has arrived: no second round.
-        let waited = self.waited_for == Some(statement.id);
+        let waited = self.lending().and_then(|l| l.waited_for) == Some(statement.id);
         let epoch = self
             .db_context
             .as_ref()
@@ -355,13 +355,16 @@ impl Session {
     }
 
     fn wait_for_shape(&mut self, id: u64) -> Use {
-        self.waited_for = Some(id);
+        if let Some(lending) = self.lending_mut() {
+            lending.waited_for = Some(id);
+        }
         Use::Wait
     }
 
     /// Whether client input must wait for a statement's shape (see `prepare_for_use`).
     pub(super) fn waiting_for_shape(&self) -> bool {
-        self.waited_for
+        self.lending()
+            .and_then(|l| l.waited_for)
             .is_some_and(|id| self.relay.awaits_shape(id))
     }
 
@@ -402,12 +405,6 @@ impl Session {
         self.relay.push_failing(Expect::Bind, bytes.into());
     }
 
-    /// The same without a backend: the error, then drop messages up to Sync.
-    pub(super) fn fail_locally(&mut self, error: SessionError, out: &mut Out<'_>) {
-        error.encode(out.to_client, out.stats);
-        self.skip_to_sync = true;
-    }
-
     /// A batch that began with a Bind of a shared statement outside a transaction failed with
     /// "cached plan must not change result type" before the client saw anything of it
     /// (`error`). If the whole batch was recorded and it describes its portals before running
@@ -417,8 +414,8 @@ impl Session {
     pub(super) fn on_stale_plan(&mut self, error: &[u8], out: &mut Out<'_>) {
         let statement = self.relay.take_stale();
         let batch = self
-            .replay
-            .take()
+            .lending_mut()
+            .and_then(|l| l.replay.take())
             .filter(|b| ends_with_sync(b) && batch_describes_its_portals(b));
         let (Some(statement), Some(batch)) = (statement.clone(), batch) else {
             self.relay.forward_error(error, statement, out.to_client);
@@ -451,10 +448,13 @@ impl Session {
     /// whole and small. `message` is `None` if it was not handled whole.
     pub(super) fn record_for_replay(&mut self, batch_start: bool, tag: u8, message: Option<&[u8]>) {
         const LIMIT: usize = 64 * 1024;
+        let Some(lending) = self.lending_mut() else {
+            return;
+        };
         if batch_start {
-            self.replay = (tag == fe::BIND).then(Vec::new);
+            lending.replay = (tag == fe::BIND).then(Vec::new);
         }
-        let Some(batch) = self.replay.as_mut() else {
+        let Some(batch) = lending.replay.as_mut() else {
             return;
         };
         match message {
@@ -467,7 +467,7 @@ impl Session {
             {
                 batch.extend_from_slice(m);
             }
-            _ => self.replay = None,
+            _ => lending.replay = None,
         }
     }
 
@@ -510,7 +510,9 @@ impl Session {
                 Outcome::Captured(names, values) => self.on_captured(&names, &values, backend),
                 Outcome::Succeeded(Effect::Sync(changes)) => {
                     params::apply(&mut backend.params, &changes);
-                    self.syncing = false;
+                    if let Some(lending) = self.lending_mut() {
+                        lending.syncing = false;
+                    }
                 }
                 Outcome::SyncFailed(error) => {
                     self.on_sync_failed(&error, out);

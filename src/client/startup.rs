@@ -32,6 +32,9 @@ pub(super) enum AuthState {
     ScramInitial(Box<ScramVerifier>, bool),
     /// Waiting for the client-final message. `bool`: the user exists.
     ScramFinal(Box<ScramServer>, bool),
+    /// A message is being checked (only for the length of the call that checks it: the
+    /// previous step is moved out, and the next one, or another state, put in).
+    Checking,
 }
 
 impl std::fmt::Debug for AuthState {
@@ -41,6 +44,7 @@ impl std::fmt::Debug for AuthState {
             AuthState::Md5 { .. } => "Md5",
             AuthState::ScramInitial(..) => "ScramInitial",
             AuthState::ScramFinal(..) => "ScramFinal",
+            AuthState::Checking => "Checking",
         })
     }
 }
@@ -58,7 +62,7 @@ impl Session {
                 self.fail(SessionError::TlsDisabled, out);
                 return data.len();
             }
-            self.state = State::AwaitingTls;
+            self.await_tls(out);
             out.actions.push(Action::StartTls { direct: true });
             return 0;
         }
@@ -83,7 +87,7 @@ impl Session {
                     out.to_client.push(b'N');
                 } else {
                     out.to_client.push(b'S');
-                    self.state = State::AwaitingTls;
+                    self.await_tls(out);
                     out.actions.push(Action::StartTls { direct: false });
                 }
             }
@@ -92,7 +96,7 @@ impl Session {
             Ok(StartupPacket::Cancel(c)) => {
                 out.actions
                     .push(Action::Cancel(super::CancelKey::from_request(c.pid, c.key)));
-                self.state = State::Closed;
+                self.set_state(State::closed(), out);
                 out.actions.push(Action::Close);
             }
             Ok(StartupPacket::Startup(m)) => self.on_startup_message(m, env, out),
@@ -100,8 +104,22 @@ impl Session {
         len
     }
 
+    /// A TLS handshake starts (a refusal waits for the startup packet that follows it).
+    fn await_tls(&mut self, out: &mut Out<'_>) {
+        let refusal = self.take_refusal();
+        self.set_state(State::AwaitingTls { refusal }, out);
+    }
+
+    /// The error a connection accepted only to be refused is to get.
+    fn take_refusal(&mut self) -> Option<SessionError> {
+        match &mut self.state {
+            State::AwaitingStartup { refusal } | State::AwaitingTls { refusal } => refusal.take(),
+            _ => None,
+        }
+    }
+
     fn on_startup_message(&mut self, m: StartupMessage<'_>, env: &mut Env<'_>, out: &mut Out<'_>) {
-        if let Some(error) = self.refusal.take() {
+        if let Some(error) = self.take_refusal() {
             return self.fail(error, out);
         }
         if m.version.major != 3 {
@@ -194,7 +212,7 @@ impl Session {
                 AuthState::ScramInitial(Box::new(verifier), exists)
             }
         };
-        self.state = State::Authenticating(auth);
+        self.set_state(State::Authenticating(auth), out);
     }
 
     /// During authentication: the client's password / SASL messages.
@@ -219,11 +237,14 @@ impl Session {
             self.fail(SessionError::ExpectedPassword { tag: header.tag }, out);
             return data.len();
         }
-        let State::Authenticating(auth) = std::mem::replace(&mut self.state, State::Closed) else {
+        let State::Authenticating(auth) = &mut self.state else {
             return 0;
         };
+        let auth = std::mem::replace(auth, AuthState::Checking);
         match self.on_auth_message(auth, body, env, out) {
-            Ok(Some(next)) => self.state = State::Authenticating(next),
+            Ok(Some(next)) => {
+                self.set_state(State::Authenticating(next), out);
+            }
             Ok(None) => self.authenticated(env, out),
             Err(AuthFailureKind::InvalidCredentials) => self.password_failed(out),
             Err(AuthFailureKind::ProtocolViolation) => {
@@ -286,6 +307,9 @@ impl Session {
                 be_msg::sasl_final(out.to_client, &last);
                 Ok(None)
             }
+            // Not a step a message can be checked against (cannot happen: a message is checked
+            // against the step it was moved out of).
+            AuthState::Checking => Err(AuthFailureKind::ProtocolViolation),
         }
     }
 
@@ -307,7 +331,7 @@ impl Session {
         match (env.server_params)(pool) {
             Some(params) => self.finish_login(&params, out),
             None => {
-                self.state = State::AwaitingParameters;
+                self.set_state(State::AwaitingParameters { since: out.now }, out);
                 out.actions.push(Action::Acquire);
             }
         }

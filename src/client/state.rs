@@ -13,7 +13,7 @@ use super::inspect::{self, LocalCommand, PinReason, Touched};
 use super::params::{self, Params};
 use super::relay::{Effect, Expect, Route, ServerReset};
 use super::statements::server_name;
-use super::{Action, BackendContext, Out, ParamList, Session, SessionError};
+use super::{Action, BackendContext, Lending, Out, ParamList, Session, SessionError};
 use crate::protocol::SqlState;
 use crate::protocol::backend as be_msg;
 use crate::protocol::frontend::{self, Target};
@@ -87,7 +87,9 @@ impl Session {
         frontend::query(out.to_backend, params::sync_query(&changes).as_bytes());
         self.relay
             .push(Expect::Cycle, Route::Discard, Effect::Sync(changes));
-        self.syncing = true;
+        if let Some(lending) = self.lending_mut() {
+            lending.syncing = true;
+        }
     }
 
     /// The sync query failed with `error` (an ErrorResponse): FATAL with the server's code
@@ -110,7 +112,6 @@ impl Session {
             self.user,
             self.database
         );
-        self.syncing = false;
         let error = SessionError::SettingsRejected {
             code,
             message: message.into_owned(),
@@ -123,7 +124,8 @@ impl Session {
         params::in_sync(&self.desired, backend, &|n| self.is_reported(n))
     }
 
-    /// A ParameterStatus from the held backend.
+    /// A ParameterStatus from the held backend: the backend's value, and the client's if it
+    /// saw the message (its own statement changed the value).
     pub(super) fn on_parameter_status(&mut self, body: &[u8], forwarded: bool, out: &mut Out<'_>) {
         let mut parts = body.split(|&b| b == 0);
         let (Some(name), Some(value)) = (parts.next(), parts.next()) else {
@@ -146,7 +148,11 @@ impl Session {
         }
         for touched in inspect::touched_params(sql) {
             match touched {
-                Touched::All => self.reset_all = true,
+                Touched::All => {
+                    if let Some(lending) = self.lending_mut() {
+                        lending.reset_all = true;
+                    }
+                }
                 Touched::Param(name) => self.touch(name),
                 // Which one is not in the text: any of those tracked.
                 Touched::Unknown => {
@@ -170,8 +176,13 @@ impl Session {
 
     /// Notes that the client's statements changed `name` (read back after the transaction).
     fn touch(&mut self, name: String) {
-        if !self.is_reported(&name) && !self.touched.contains(&name) {
-            self.touched.push(name);
+        if self.is_reported(&name) {
+            return;
+        }
+        if let Some(lending) = self.lending_mut()
+            && !lending.touched.contains(&name)
+        {
+            lending.touched.push(name);
         }
     }
 
@@ -230,9 +241,9 @@ impl Session {
                 QueryHandling::Answered
             }
             // Without a backend no transaction is open (inside one the server refuses it).
+            // (Without a backend no parameter waits to be read back either.)
             Some(LocalCommand::DiscardAll) if !held && self.pinned.is_none() => {
                 self.statements.clear();
-                self.touched.clear();
                 let mut answer = Vec::with_capacity(64);
                 be_msg::command_complete(&mut answer, b"DISCARD ALL");
                 self.reset_to_startup(&mut answer);
@@ -293,7 +304,7 @@ impl Session {
         }
     }
 
-    fn emit_local(&mut self, answer: &[u8], held: bool, out: &mut Out<'_>) {
+    pub(super) fn emit_local(&mut self, answer: &[u8], held: bool, out: &mut Out<'_>) {
         if held {
             self.relay.push_local(answer, out.to_client);
         } else {
@@ -311,19 +322,27 @@ impl Session {
     pub(super) fn on_server_reset(&mut self, reset: ServerReset, backend: &mut BackendContext) {
         backend.statements.retain_only(&reset.preparing);
         self.statements.forget_up_to(reset.seq);
-        if reset.discard_all {
-            self.reset_all = true;
+        if reset.discard_all
+            && let Some(lending) = self.lending_mut()
+        {
+            lending.reset_all = true;
         }
     }
 
     /// The transaction is over with nothing outstanding: read back parameters the client
     /// changed, drop statements a zero-capacity backend must not keep, or release.
     pub(super) fn after_transaction(&mut self, out: &mut Out<'_>) -> AfterTransaction {
-        if self.reset_all {
+        let Some(lending) = self.lending_mut() else {
+            return AfterTransaction::Continue;
+        };
+        let reset_all = std::mem::take(&mut lending.reset_all);
+        // `track_extra_parameters` are read back after every transaction that ran a
+        // statement (see below); taken now, as the read-back query runs no client statement.
+        let ran = std::mem::take(&mut lending.ran);
+        if reset_all {
             // RESET ALL / DISCARD ALL: the server put its parameters back to its own startup
             // values (the reported ones said so); the client's go back to those it started
             // with, and the backend is given them before anything else runs.
-            self.reset_all = false;
             let reported = self.reported.clone();
             let is_reported = |n: &str| {
                 reported
@@ -344,9 +363,13 @@ impl Session {
         // them; a pinned session's values go nowhere), the others when the client's
         // statements named them. The client has its ReadyForQuery already: the read-back
         // costs it nothing, the backend one round trip before it goes back to the pool.
-        let read_extras = std::mem::take(&mut self.ran) && self.pinned.is_none();
-        if !self.touched.is_empty() || read_extras && self.has_extras_to_read() {
-            let mut names = std::mem::take(&mut self.touched);
+        let read_extras = ran && self.pinned.is_none();
+        let touched = self.lending().is_some_and(|l| !l.touched.is_empty());
+        if touched || read_extras && self.has_extras_to_read() {
+            let mut names = self
+                .lending_mut()
+                .map(|l| std::mem::take(&mut l.touched))
+                .unwrap_or_default();
             if let Some(db) = &self.db_context {
                 for extra in &db.track_extra {
                     if !names.contains(extra) && !self.is_reported(extra) {
@@ -359,7 +382,7 @@ impl Session {
                 .push(Expect::Cycle, Route::Swallow, Effect::Capture(names));
             return AfterTransaction::Continue;
         }
-        if self.syncing {
+        if self.lending().is_some_and(|l| l.syncing) {
             return AfterTransaction::Continue;
         }
         if self.pinned.is_some() {
@@ -383,12 +406,12 @@ impl Session {
     /// Whether the held backend's parameters may differ from its record in ways still to be
     /// read back (or being read back, or synced): a session ending now leaves them unknown.
     /// Reported parameters do not count: the server reports them to whoever drains it.
-    pub(super) fn settings_in_doubt(&self) -> bool {
-        !self.touched.is_empty()
-            || self.reset_all
-            || self.syncing
+    pub(super) fn settings_in_doubt(&self, lending: &Lending) -> bool {
+        !lending.touched.is_empty()
+            || lending.reset_all
+            || lending.syncing
             || self.relay.reads_back_parameters()
-            || self.ran && self.has_extras_to_read()
+            || lending.ran && self.has_extras_to_read()
     }
 
     /// Whether `track_extra_parameters` names a parameter the server does not report.

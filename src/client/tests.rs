@@ -9,13 +9,19 @@ use super::*;
 use crate::auth::{
     ClientChannelBinding, FixedRng, OsRng, ScramClient, ScramVerifier, md5_password,
 };
-use crate::protocol::SqlState;
+use crate::observe::events::Recorded;
 use crate::protocol::backend::{Authentication, BackendMessage};
 use crate::protocol::framing::Frames;
 use crate::protocol::frontend;
-use crate::protocol::startup::{cancel_request, ssl_request, startup_message};
+use crate::protocol::startup::{ProtocolVersion, cancel_request, ssl_request, startup_message};
+use crate::protocol::{SqlState, TransactionStatus};
 
 const PASSWORD: &str = "secret";
+
+/// The server connection the scenarios lend.
+fn server_id() -> ServerId {
+    ServerId::new(3, 1)
+}
 
 fn users() -> UserTable {
     let mut rng = FixedRng::new(vec![7u8; 64]);
@@ -57,6 +63,9 @@ struct Harness {
     context: Arc<DatabaseContext>,
     actions: Vec<Action>,
     stats: ReactorStats,
+    /// The engine's clock for the next call.
+    now: Instant,
+    events: Recorded,
 }
 
 impl Harness {
@@ -81,6 +90,8 @@ impl Harness {
             }),
             actions: Vec::new(),
             stats: ReactorStats::new(4, 4),
+            now: crate::test_clock::epoch(),
+            events: Recorded::default(),
         }
     }
 
@@ -92,6 +103,8 @@ impl Harness {
             backend: &mut self.backend,
             actions: &mut self.actions,
             stats: &self.stats,
+            now: self.now,
+            events: &mut self.events,
         };
         f(&mut self.session, &mut out)
     }
@@ -116,6 +129,8 @@ impl Harness {
             backend: &mut self.backend,
             actions: &mut self.actions,
             stats: &self.stats,
+            now: self.now,
+            events: &mut self.events,
         };
         let n = self.session.on_client_data(&self.input, &mut env, &mut out);
         self.input.drain(..n);
@@ -237,7 +252,7 @@ fn first_login_of_a_pool_waits_for_server_parameters() {
     assert_eq!(h.client_tags(), b"RR");
     assert_eq!(h.take_actions(), vec![Action::Acquire]);
     let params = Arc::new(vec![("server_version".to_owned(), "15.4".to_owned())]);
-    h.call(|s, out| s.on_backend_attached(&params, out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &params, out));
     assert_eq!(h.client_tags(), b"SKZ");
     assert_eq!(h.take_actions(), vec![Action::LoggedIn, Action::Release]);
 }
@@ -529,7 +544,7 @@ fn lone_sync_and_flush_are_answered_locally() {
 fn backend_loss_mid_transaction_is_fatal_08006() {
     let mut h = Harness::logged_in(AuthMethod::Scram);
     h.send(&query("BEGIN"));
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.send(&[]);
     h.take_actions();
     h.call(|s, out| s.on_backend_lost(out));
@@ -541,7 +556,7 @@ fn backend_loss_mid_transaction_is_fatal_08006() {
 fn copy_both_from_the_server_is_refused_clearly() {
     let mut h = Harness::logged_in(AuthMethod::Scram);
     h.send(&query("START_REPLICATION 0/0"));
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.send(&[]);
     h.take_actions();
     // CopyBothResponse: text format, no columns.
@@ -559,7 +574,8 @@ fn detach_decides_the_backend_fate() {
     h.send(&query("BEGIN"));
     h.attach_fresh_backend(4);
     h.send(&[]);
-    assert!(matches!(h.session.detach(), Some(BackendFate::Reset(_))));
+    assert!(matches!(h.call(|s, out| s.detach(out)),
+        Some((id, BackendFate::Reset(_))) if id == server_id()));
 
     // Messages pglink need not read whole (here CopyData) are streamed: half of one sent
     // leaves the server waiting for the rest, so the backend cannot be reused.
@@ -574,7 +590,8 @@ fn detach_decides_the_backend_fate() {
     h.send(&copy[..9]);
     assert_eq!(h.to_backend, &copy[..9], "the known part is streamed on");
     assert!(
-        matches!(h.session.detach(), Some(BackendFate::Drop)),
+        matches!(h.call(|s, out| s.detach(out)),
+        Some((id, BackendFate::Drop)) if id == server_id()),
         "half a message was sent"
     );
 }
@@ -650,7 +667,7 @@ impl Harness {
         for (name, value) in self.params.iter().flat_map(|p| p.iter()) {
             self.backend.params.set(name, value);
         }
-        self.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+        self.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
         self.take_actions();
     }
 
@@ -658,7 +675,7 @@ impl Harness {
     fn attach_matching_backend(&mut self, backend: BackendContext) {
         self.backend = backend;
         self.backend.params = (*self.session.desired).clone();
-        self.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+        self.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
         self.take_actions();
     }
 
@@ -765,7 +782,7 @@ fn prepared_statement_is_reprepared_on_a_new_backend() {
     assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"1Z");
     // A backend that has it with the same shape needs nothing before the Bind.
     h.send(&[bind_msg("s2"), sync_msg()].concat());
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(tags(&h.take_backend()), b"BS");
@@ -822,7 +839,7 @@ fn a_changed_result_type_is_postgresqls_error_not_misread_rows() {
         ]
         .concat(),
     );
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(
@@ -847,7 +864,7 @@ fn a_stale_copy_on_a_backend_is_replaced_for_clients_that_prepare_again() {
     frontend::execute(&mut batch, b"", 0);
     batch.extend_from_slice(&sync_msg());
     h.send(&batch);
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(names(&h.take_backend()), vec![(b'B', server.clone())]);
@@ -864,7 +881,7 @@ fn a_stale_copy_on_a_backend_is_replaced_for_clients_that_prepare_again() {
         ]
         .concat(),
     );
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     let sent = h.take_backend();
@@ -882,7 +899,7 @@ fn a_stale_copy_on_a_backend_is_replaced_for_clients_that_prepare_again() {
     assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"12Z");
     // The old name, whose shape is the old one, gets 0A000 again (as in PostgreSQL).
     h.send(&batch);
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(
@@ -1047,7 +1064,7 @@ fn failed_parse_forgets_the_name() {
     h.backend(&[syntax, ready()].concat());
     h.to_client.clear();
     h.send(&[parse_msg("t", "SELEC 1"), sync_msg()].concat());
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(tags(&h.take_backend()), b"CPDS");
@@ -1078,7 +1095,7 @@ fn stale_plan_inside_a_transaction_is_the_clients_error() {
     h.backend(&[prepared_reply("x"), ready()].concat());
     h.to_client.clear();
     h.send(&query("BEGIN"));
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     let mut in_block = Vec::new();
@@ -1105,7 +1122,7 @@ fn attach_backend_with_foreign_setting(h: &mut Harness) -> String {
         h.backend.params.set(name, value);
     }
     h.backend.params.set("myapp.tenant", "other");
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.send(&[]);
     let sent = h.take_backend();
     assert_eq!(tags(&sent), b"Q", "only the sync: the client's query waits");
@@ -1180,7 +1197,7 @@ fn a_batch_that_describes_its_portal_is_replayed_after_a_stale_plan() {
     frontend::execute(&mut batch, b"", 0);
     batch.extend_from_slice(&sync_msg());
     h.send(&batch);
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(tags(&h.take_backend()), b"BDES");
@@ -1209,7 +1226,7 @@ fn a_batch_that_describes_its_portal_is_replayed_after_a_stale_plan() {
     assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"2TDCZ");
     // Once only: a second stale plan in the replay is the client's error.
     h.send(&batch);
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(tags(&h.take_backend()), b"BDES");
@@ -1234,7 +1251,7 @@ fn a_batch_that_relies_on_a_cached_description_gets_the_stale_plan_error() {
     frontend::execute(&mut batch, b"", 0);
     batch.extend_from_slice(&sync_msg());
     h.send(&batch);
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     h.take_backend();
@@ -1286,7 +1303,7 @@ fn duplicate_parse_without_a_backend_is_42p05_and_skips_to_sync() {
     // The name still means the first statement.
     h.send(&[bind_msg("s"), sync_msg()].concat());
     assert_eq!(h.take_actions(), vec![Action::Acquire]);
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(names(&h.take_backend()), vec![(b'B', server)]);
@@ -1310,7 +1327,7 @@ fn cached_describe_is_answered_in_its_place_while_a_backend_is_held() {
     batch.extend_from_slice(&sync_msg());
     h.send(&batch);
     assert_eq!(h.take_actions(), vec![Action::Acquire]);
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(
@@ -1532,7 +1549,7 @@ fn deallocate_all_in_a_longer_query_forgets_the_backends_statements() {
         vec![Action::Acquire],
         "for the server to run"
     );
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(h.take_backend(), query(sql));
@@ -1556,7 +1573,7 @@ fn deallocate_all_in_a_longer_query_forgets_the_backends_statements() {
         ]
         .concat(),
     );
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(
@@ -1571,7 +1588,7 @@ fn a_server_reset_spares_what_was_pipelined_after_it() {
     let mut h = client_with_s1();
     let sql = "DEALLOCATE ALL; SELECT 1";
     h.send(&query(sql));
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     // Before its answer, a new statement (prepared on the backend) and a new name for a
@@ -1613,7 +1630,7 @@ fn discard_all_through_the_extended_protocol_resets_statements_and_parameters() 
     let mut h = client_with_s1();
     let set = simple_reply(&[(b'C', b"SET\0"), (b'S', b"application_name\0mine\0")]);
     h.send(&query("SET application_name = 'mine'"));
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     h.take_backend();
@@ -1624,7 +1641,7 @@ fn discard_all_through_the_extended_protocol_resets_statements_and_parameters() 
     frontend::execute(&mut batch, b"", 0);
     batch.extend_from_slice(&sync_msg());
     h.send(&batch);
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(h.take_backend(), batch, "the server runs it");
@@ -1645,7 +1662,7 @@ fn discard_all_through_the_extended_protocol_resets_statements_and_parameters() 
 fn discard_all_refused_in_a_transaction_block_forgets_nothing() {
     let mut h = client_with_s1();
     h.send(&query("BEGIN"));
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     h.take_backend();
@@ -1681,7 +1698,7 @@ fn deallocating_a_server_name_is_refused() {
     // In a transaction block: the server fails a query in its place, so the block is
     // aborted as PostgreSQL would abort it.
     h.send(&query("BEGIN"));
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     h.take_backend();
@@ -1725,7 +1742,7 @@ fn reset_all_puts_back_the_clients_startup_values_before_anything_else_runs() {
     // A backend that already has the client's settings.
     h.backend = BackendContext::new(4);
     h.backend.params = (*h.session.desired).clone();
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(h.take_backend(), query("RESET ALL"));
@@ -1924,7 +1941,7 @@ fn extras_are_read_back_after_every_transaction_that_ran_a_statement() {
     assert_eq!(h.session.desired.get("search_path"), Some("other"));
     // A lending that ran nothing (a Describe pglink could not answer) reads nothing back.
     h.send(&[parse_msg("s", "SELECT 1"), sync_msg()].concat());
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     h.take_backend();
@@ -1975,7 +1992,7 @@ fn default_startup_parameters_override_the_clients_own() {
     fresh.set_login_params(&reported, &context.overrides);
     a.send(&query("SET statement_timeout = '5s'"));
     a.backend = fresh;
-    a.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    a.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     a.take_actions();
     a.send(&[]);
     let sync = String::from_utf8_lossy(&a.take_backend()).into_owned();
@@ -2003,7 +2020,7 @@ fn default_startup_parameters_override_the_clients_own() {
     let mut b = login(&[("options", "-c statement_timeout=1")]);
     b.send(&query("SHOW statement_timeout"));
     b.backend = std::mem::replace(&mut a.backend, BackendContext::new(0));
-    b.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    b.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     b.send(&[]);
     let sync = String::from_utf8_lossy(&b.take_backend()).into_owned();
     assert!(sync.contains("'statement_timeout', E'1234ms'"), "{sync}");
@@ -2016,7 +2033,8 @@ fn a_backend_whose_settings_are_in_doubt_is_not_reused_after_its_client_leaves()
     h.send(&query("SET work_mem = '77MB'"));
     h.attach_matching_backend(BackendContext::new(4));
     h.send(&[]);
-    assert!(matches!(h.session.detach(), Some(BackendFate::Drop)));
+    assert!(matches!(h.call(|s, out| s.detach(out)),
+        Some((id, BackendFate::Drop)) if id == server_id()));
     // The same once it is done but the value is still being read back.
     let mut h = Harness::logged_in(AuthMethod::Scram);
     h.send(&query("SET work_mem = '77MB'"));
@@ -2026,11 +2044,236 @@ fn a_backend_whose_settings_are_in_doubt_is_not_reused_after_its_client_leaves()
         h.backend(&[command_complete("SET"), ready()].concat()),
         vec![]
     );
-    assert!(matches!(h.session.detach(), Some(BackendFate::Drop)));
+    assert!(matches!(h.call(|s, out| s.detach(out)),
+        Some((id, BackendFate::Drop)) if id == server_id()));
     // A reported parameter is reported to whoever drains the backend: it can be reused.
     let mut h = Harness::logged_in(AuthMethod::Scram);
     h.send(&query("SET application_name = 'gone'"));
     h.attach_matching_backend(BackendContext::new(4));
     h.send(&[]);
-    assert!(matches!(h.session.detach(), Some(BackendFate::Reset(_))));
+    assert!(matches!(h.call(|s, out| s.detach(out)),
+        Some((id, BackendFate::Reset(_))) if id == server_id()));
+}
+
+// ---- states, events, errors ----------------------------------------------------------------
+
+#[test]
+fn state_changes_are_recorded_as_events_with_the_engines_clock() {
+    use crate::observe::events::{ClientState as S, Event};
+    use std::time::Duration;
+    let ms = Duration::from_millis;
+    let mut h = Harness::new(AuthMethod::Scram, ClientTls::Optional);
+    let t0 = h.now;
+    h.scram_login("alice", PASSWORD);
+    assert!(h.session.is_logged_in());
+    h.now = t0 + ms(5);
+    h.send(&query("SELECT 1"));
+    assert!(h.session.is_acquiring());
+    assert_eq!(h.session.waiting_since(), Some(t0 + ms(5)));
+    assert_eq!(h.session.server(), None);
+    h.now = t0 + ms(7);
+    h.attach_fresh_backend(4);
+    assert_eq!(h.session.server(), Some(server_id()));
+    assert_eq!(h.session.waiting_since(), None);
+    h.send(&[]);
+    h.now = t0 + ms(8);
+    let reply = [command_complete("SELECT 1"), ready()].concat();
+    assert_eq!(h.backend(&reply), vec![Action::Release]);
+    assert_eq!(h.session.server(), None);
+    h.now = t0 + ms(9);
+    assert!(h.call(|s, out| s.detach(out)).is_none());
+    let walk: Vec<(Duration, S)> = h
+        .events
+        .0
+        .iter()
+        .map(|(at, event)| match event {
+            Event::Client { pid, state } => {
+                assert_eq!(*pid, 42);
+                (at.duration_since(t0), *state)
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        walk,
+        vec![
+            (ms(0), S::Authenticating),
+            (ms(0), S::Idle),
+            (ms(5), S::Acquiring),
+            (ms(7), S::Active),
+            (ms(8), S::Idle),
+            (ms(9), S::Closed),
+        ],
+        "one event per change of state (SASL's steps are one state)"
+    );
+}
+
+#[test]
+fn a_login_waiting_for_server_parameters_says_since_when() {
+    let mut h = Harness::new(AuthMethod::Scram, ClientTls::Optional);
+    h.params = None;
+    h.now += std::time::Duration::from_secs(1);
+    h.scram_login("alice", PASSWORD);
+    assert!(h.session.is_acquiring() && !h.session.is_logged_in());
+    assert_eq!(h.session.waiting_since(), Some(h.now));
+    let error = AcquireError::Server {
+        code: SqlState::CONNECTION_FAILURE,
+        message: "cannot connect to server db:5432: refused".into(),
+    };
+    h.to_client.clear();
+    h.take_actions();
+    h.call(|s, out| s.on_acquire_failed(error, out));
+    let (severity, code, message) = h.client_error();
+    assert_eq!(
+        (severity.as_str(), code.as_str(), message.as_str()),
+        (
+            "FATAL",
+            "08006",
+            "pglink: cannot connect to server db:5432: refused"
+        )
+    );
+    assert_eq!(h.take_actions(), vec![Action::Close]);
+    assert_eq!(h.session.waiting_since(), None);
+}
+
+#[test]
+fn shutdown_ends_an_idle_session_with_57p01_for_good() {
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    h.call(|s, out| s.on_shutdown(out));
+    let (severity, code, message) = h.client_error();
+    assert_eq!(
+        (severity.as_str(), code.as_str(), message.as_str()),
+        ("FATAL", "57P01", "pglink: the proxy is shutting down")
+    );
+    assert_eq!(h.take_actions(), vec![Action::Close]);
+    assert!(h.session.is_closed());
+    // A fatal error is sticky: nothing is read or said any more.
+    h.send(&query("SELECT 1"));
+    h.call(|s, out| s.on_login_timeout(out));
+    h.call(|s, out| s.on_backend_lost(out));
+    h.call(|s, out| s.on_shutdown(out));
+    assert!(h.to_client.is_empty(), "{:?}", h.to_client);
+    assert_eq!(h.take_actions(), vec![Action::Close]);
+    assert!(h.call(|s, out| s.detach(out)).is_none());
+}
+
+#[test]
+fn shutdown_of_an_active_session_leaves_its_backend_to_detach() {
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    h.send(&query("SELECT pg_sleep(1)"));
+    h.attach_fresh_backend(4);
+    h.send(&[]);
+    h.call(|s, out| s.on_shutdown(out));
+    assert_eq!(h.client_error().1, "57P01");
+    assert_eq!(
+        h.take_actions(),
+        vec![Action::Close],
+        "the backend is not dropped: it is cleaned up as for a client that left"
+    );
+    assert!(h.session.is_closed() && !h.session.holds_backend());
+    assert!(matches!(
+        h.call(|s, out| s.detach(out)),
+        Some((id, BackendFate::Reset(_))) if id == server_id()
+    ));
+}
+
+#[test]
+fn a_refused_connection_is_told_after_tls_and_its_startup_packet() {
+    let mut h = Harness::new(AuthMethod::Scram, ClientTls::Optional);
+    let error = SessionError::TooManyClients {
+        max_client_connections: 3,
+    };
+    h.session = Session::refusing(CancelKey::new(42, [5; 32], 32), error);
+    let mut m = Vec::new();
+    ssl_request(&mut m);
+    h.send(&m);
+    assert_eq!(h.to_client, b"S");
+    assert_eq!(h.take_actions(), vec![Action::StartTls { direct: false }]);
+    h.to_client.clear();
+    h.call(|s, out| s.on_tls_established(false, false, out));
+    assert!(h.to_client.is_empty());
+    h.startup("alice", "db");
+    let (severity, code, message) = h.client_error();
+    assert_eq!(
+        (severity.as_str(), code.as_str(), message.as_str()),
+        (
+            "FATAL",
+            "53300",
+            "pglink: too many client connections (max_client_connections is 3)"
+        )
+    );
+    assert_eq!(h.take_actions(), vec![Action::Close]);
+}
+
+#[test]
+fn a_fatal_error_is_sticky() {
+    let mut h = Harness::new(AuthMethod::Scram, ClientTls::Optional);
+    h.send(&[0, 0, 0, 3, 1, 2, 3, 4]);
+    assert_eq!(h.client_error().1, "08P01");
+    assert_eq!(h.take_actions(), vec![Action::Close]);
+    h.call(|s, out| s.on_login_timeout(out));
+    h.call(|s, out| s.on_tls_established(true, false, out));
+    assert!(h.to_client.is_empty(), "one FATAL, not two");
+    assert!(h.take_actions().is_empty());
+}
+
+/// A session in a transaction block, its backend held.
+fn in_a_transaction() -> Harness {
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    h.send(&query("BEGIN"));
+    h.attach_fresh_backend(4);
+    h.send(&[]);
+    h.take_backend();
+    let begun = [
+        command_complete("BEGIN"),
+        ready_with(TransactionStatus::InBlock),
+    ]
+    .concat();
+    assert!(h.backend(&begun).is_empty());
+    h.to_client.clear();
+    h
+}
+
+#[test]
+fn statement_errors_are_the_same_with_and_without_a_backend() {
+    let refused = parse_msg("d", "DEALLOCATE pglink_1");
+    let cases = [
+        (
+            bind_msg("nope"),
+            "26000",
+            "pglink: prepared statement \"nope\" does not exist",
+        ),
+        (
+            describe_named("nope"),
+            "26000",
+            "pglink: prepared statement \"nope\" does not exist",
+        ),
+        (
+            refused,
+            "26000",
+            "pglink: prepared statement \"pglink_1\" does not exist",
+        ),
+    ];
+    for (message, code, text) in cases {
+        // Without a backend: the error at once, the rest of the batch skipped.
+        let mut idle = Harness::logged_in(AuthMethod::Scram);
+        idle.send(&[message.clone(), bind_msg(""), sync_msg()].concat());
+        assert!(idle.take_actions().is_empty(), "no backend needed");
+        assert_eq!(tags(&idle.to_client), b"EZ");
+        let local = idle.client_error();
+        // With one: the server fails a Bind in its place, which skips the rest too.
+        let mut held = in_a_transaction();
+        held.send(&[message, bind_msg(""), sync_msg()].concat());
+        assert_eq!(tags(&held.take_backend()), b"BBS");
+        let server_error =
+            simple_reply(&[(b'E', b"SERROR\0VERROR\0C26000\0Mno such statement\0\0")]);
+        held.backend(&[server_error, ready_with(TransactionStatus::Failed)].concat());
+        let bytes = held.to_client.clone();
+        assert_eq!(tags(&bytes), b"EZ");
+        assert_eq!(held.client_error(), local);
+        assert_eq!(
+            local,
+            ("ERROR".to_owned(), code.to_owned(), text.to_owned())
+        );
+    }
 }

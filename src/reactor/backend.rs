@@ -22,6 +22,7 @@ use crate::client::relay::{BackendStop, Effect, Outcome, Relay};
 use crate::client::statements::BackendShape;
 use crate::client::users::PoolId;
 use crate::client::{AcquireError, Out};
+use crate::observe::events::NoEvents;
 use crate::observe::metrics::{BackendState, CloseReason};
 use crate::protocol::backend::tag as be;
 use crate::protocol::framing::{Header, peek_header};
@@ -557,6 +558,7 @@ impl Reactor {
             bufs,
             scratch,
             stats,
+            now,
             ..
         } = self;
         let (Some(b), Some(c)) = (backends.get_mut(bi), clients.get_mut(ci)) else {
@@ -580,6 +582,8 @@ impl Reactor {
             backend: context,
             actions: &mut scratch.action_buf,
             stats,
+            now: *now,
+            events: &mut NoEvents,
         };
         let n = c.session.on_backend_data(input.filled(), &mut out);
         input.consume(n);

@@ -18,6 +18,7 @@ use crate::auth::Rng as _;
 use crate::client::relay::MAX_PIPELINE;
 use crate::client::users::{DbId, PoolId};
 use crate::client::{AcquireError, Action, CancelKey, Env, Out, Session, SessionError};
+use crate::observe::events::NoEvents;
 use crate::observe::metrics::{CloseReason, ReactorStats, RefuseReason};
 use crate::pool::Pool;
 use crate::tls::ALPN_POSTGRESQL;
@@ -323,6 +324,7 @@ impl Reactor {
             bufs,
             scratch,
             stats,
+            now,
             ..
         } = self;
         let c = clients.get_mut(ci)?;
@@ -354,6 +356,8 @@ impl Reactor {
             backend: backend_context,
             actions: &mut scratch.action_buf,
             stats,
+            now: *now,
+            events: &mut NoEvents,
         };
         let result = f(&mut c.session, c.input.as_mut(), &mut env, &mut out);
         debug_assert!(
@@ -550,7 +554,19 @@ impl Reactor {
         {
             self.remove_waiter(pool, Tok::new(Kind::Client, ci, c.generation));
         }
-        let fate = c.session.detach();
+        let fate = {
+            let (mut to_client, mut to_backend, mut actions) = (Vec::new(), Vec::new(), Vec::new());
+            let mut out = Out {
+                to_client: &mut to_client,
+                to_backend: &mut to_backend,
+                backend: &mut self.scratch.no_backend,
+                actions: &mut actions,
+                stats: &self.stats,
+                now: self.now,
+                events: &mut NoEvents,
+            };
+            c.session.detach(&mut out).map(|(_, fate)| fate)
+        };
         let pinned = c.session.pinned();
         if let Some(p) = c.session.pool().and_then(|p| self.stats.pool(p)) {
             if c.logged_in {
@@ -668,10 +684,9 @@ impl Reactor {
 
     /// Shutdown of an idle client: FATAL 57P01, then close.
     pub(super) fn client_shutdown(&mut self, ci: usize) {
-        if let Some(c) = self.clients.get_mut(ci) {
-            let out = &mut c.output.get_or_insert_with(|| self.bufs.output()).data;
-            SessionError::ShuttingDown.encode(out, &self.stats);
-        }
+        self.with_session(ci, |s, _, _, out| s.on_shutdown(out));
+        self.run_actions();
+        // Within `run_actions` the session's `Close` waits its turn: close it now anyway.
         self.close_client(ci, "shutdown");
     }
 }

@@ -125,7 +125,10 @@ impl Reactor {
             Tok::new(Kind::Client, ci, c.generation),
             Tok::new(Kind::Backend, bi, b.generation),
         );
-        self.with_session(ci, |s, _, _, out| s.on_backend_attached(&params, out));
+        let server = crate::engine::id::ServerId::new(bi, btok.generation);
+        self.with_session(ci, |s, _, _, out| {
+            s.on_backend_attached(server, &params, out)
+        });
         // The client's waiting message goes on now: in this same call when the attach comes
         // from its own processing, otherwise on the next turn. Bytes the backend sent while
         // idle are handled in its state (notices, parameter changes).
