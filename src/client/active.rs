@@ -7,7 +7,7 @@ use super::prepared::Handled;
 use super::relay::{self, BackendStop, MAX_STREAMED_MESSAGE};
 use super::{Action, Out, Session, SessionError, State, query_text, state};
 use crate::protocol::TransactionStatus;
-use crate::protocol::framing::{Header, peek_header};
+use crate::protocol::framing::peek_header;
 use crate::protocol::frontend::tag as fe;
 
 impl Session {
@@ -73,10 +73,8 @@ impl Session {
                             }
                         }
                     } else {
-                        let body = whole.get(Header::SIZE..).unwrap_or_default();
                         let after = rest.get(header.frame_len()..).unwrap_or_default();
-                        match self.on_statement_message_active(header.tag, body, whole, after, out)
-                        {
+                        match self.on_statement_message(header.tag, whole, after, out) {
                             Handled::Invalid(e) => Some(e),
                             // Nothing is on its way after all: decide again at once.
                             Handled::Wait if !self.waiting_for_shape() => continue,

@@ -74,8 +74,7 @@ impl Session {
                     Whole::Partial => return 0,
                     Whole::TooLong => return data.len(),
                 };
-                let body = whole.get(Header::SIZE..).unwrap_or_default();
-                match self.on_statement_message_idle(header.tag, body, out) {
+                match self.on_statement_message(header.tag, whole, &[], out) {
                     Handled::Done => header.frame_len(),
                     Handled::NeedBackend | Handled::Wait => acquire(self, out),
                     Handled::Invalid(e) => {

@@ -29,7 +29,7 @@ use super::relay::{Effect, Expect, Outcome, Route};
 use super::statements::{BackendShape, ClientStatement, Key, Shape, Statement, server_name};
 use super::{BackendContext, Out, Session, SessionError};
 use crate::protocol::backend as be_msg;
-use crate::protocol::framing::peek_header;
+use crate::protocol::framing::{Header, peek_header};
 use crate::protocol::frontend::{self, FrontendMessage, Target, tag as fe};
 
 /// A statement name no backend has: a Bind of it fails, which is what pglink wants when it
@@ -60,15 +60,21 @@ enum Use {
 }
 
 impl Session {
-    /// Parse, Bind, Describe or Close while a backend is held.
-    pub(super) fn on_statement_message_active(
+    /// Parse, Bind, Describe or Close (`whole`: the message; `after`: the client bytes that
+    /// follow it, as far as they have arrived). With a backend held, named statements are
+    /// rewritten onto it; without one, what can be answered locally is, and the rest needs a
+    /// backend. Names are checked, and errors raised, the same way in both cases: in the
+    /// batch's place on the server when one is held (`fail_batch`), locally otherwise
+    /// (`fail_locally`).
+    pub(super) fn on_statement_message(
         &mut self,
         tag: u8,
-        body: &[u8],
         whole: &[u8],
         after: &[u8],
         out: &mut Out<'_>,
     ) -> Handled {
+        let held = self.holds_backend();
+        let body = whole.get(Header::SIZE..).unwrap_or_default();
         let msg = match FrontendMessage::decode(tag, body) {
             Ok(m) => m,
             Err(e) => return Handled::Invalid(SessionError::InvalidMessage(e)),
@@ -76,60 +82,45 @@ impl Session {
         match msg {
             FrontendMessage::Parse(p) if !p.name.is_empty() => {
                 if self.statements.contains(p.name) {
-                    self.fail_batch(&SessionError::duplicate_statement(p.name), out);
-                    return Handled::Done;
+                    return self.fail_statement(SessionError::duplicate_statement(p.name), out);
                 }
                 if let Some(error) = refused_statement(p.query) {
-                    self.fail_batch(&error, out);
-                    return Handled::Done;
+                    return self.fail_statement(error, out);
                 }
                 let types: Vec<u32> = p.param_types().collect();
                 let Some(database) = self.db_context.clone() else {
-                    return Handled::Invalid(SessionError::NoStatementRegistry);
+                    return if held {
+                        Handled::Invalid(SessionError::NoStatementRegistry)
+                    } else {
+                        Handled::NeedBackend
+                    };
                 };
-                let statement = database.registry.get_or_insert(&Key {
+                let key = Key {
                     query: p.query,
                     param_types: &types,
                     search_path: self.desired.get("search_path"),
-                });
-                let epoch = database.registry.schema_epoch();
-                let known = match out.backend.statements.touch(statement.id) {
-                    Some(BackendShape::Known { shape, epoch: e }) if e == epoch => {
-                        Some(Some(shape))
-                    }
-                    // Prepared in this batch: whatever fails that Parse fails this one too.
-                    Some(BackendShape::Pending)
-                        if !self.relay.skipping_to_sync()
-                            && !self.relay.preparing_before_sync(statement.id) =>
-                    {
-                        Some(None)
-                    }
-                    _ => None,
                 };
-                match known {
-                    // The backend has a current copy (or one whose shape is on its way, which
-                    // this name learns with it).
-                    Some(shape) => {
-                        self.statements
-                            .insert(p.name, statement, shape, self.relay.pushed());
-                        let mut answer = Vec::with_capacity(5);
-                        be_msg::parse_complete(&mut answer);
-                        self.relay.push_local(&answer, out.to_client);
-                    }
-                    None => {
-                        let since = self.relay.pushed();
-                        self.statements
-                            .insert(p.name, statement.clone(), None, since);
-                        self.prepare_afresh(&statement, Some(p.name), Route::Forward, out);
-                    }
+                if held {
+                    let statement = database.registry.get_or_insert(&key);
+                    let epoch = database.registry.schema_epoch();
+                    return self.parse_on_backend(p.name, statement, epoch, out);
                 }
+                // A statement that is new, or that no server has accepted yet, must be
+                // checked by a server now (and is looked up again then).
+                let Some(statement) = database.registry.find(&key).filter(|s| s.is_verified())
+                else {
+                    return Handled::NeedBackend;
+                };
+                database.registry.count_hit();
+                self.parse_without_backend(p.name, statement, out)
             }
             FrontendMessage::Bind(b) if !b.statement.is_empty() => {
-                let name = b.statement;
-                let Some(named) = self.statements.get(name).cloned() else {
-                    self.fail_batch(&SessionError::unknown_statement(b.statement), out);
-                    return Handled::Done;
+                let Some(named) = self.statements.get(b.statement).cloned() else {
+                    return self.fail_statement(SessionError::unknown_statement(b.statement), out);
                 };
+                if !held {
+                    return Handled::NeedBackend;
+                }
                 // A client that describes the portal before running it learns the result
                 // shape from this very batch (libpq does): whatever shape a fresh copy has
                 // now is fine for it, as for a new Parse.
@@ -142,12 +133,9 @@ impl Session {
                 } else {
                     named
                 };
-                match self.prepare_for_use(name, &named, out) {
+                match self.prepare_for_use(b.statement, &named, out) {
                     Use::Wait => return Handled::Wait,
-                    Use::Stale => {
-                        self.fail_batch(&SessionError::StalePlan, out);
-                        return Handled::Done;
-                    }
+                    Use::Stale => return self.fail_statement(SessionError::StalePlan, out),
                     Use::Go => {}
                 }
                 let statement = named.statement;
@@ -157,16 +145,18 @@ impl Session {
                 b.encode_with_statement(out.to_backend, &statement.server_name);
                 self.relay
                     .push(Expect::Bind, Route::Forward, Effect::Bound(statement));
+                Handled::Done
             }
             FrontendMessage::Describe(d) if d.target == Target::Statement && !d.name.is_empty() => {
-                let name = d.name;
-                let Some(named) = self.statements.get(name).cloned() else {
-                    self.fail_batch(&SessionError::unknown_statement(d.name), out);
-                    return Handled::Done;
+                let Some(named) = self.statements.get(d.name).cloned() else {
+                    return self.fail_statement(SessionError::unknown_statement(d.name), out);
                 };
                 if let Some(answer) = named.shape.and_then(|s| named.statement.description(s)) {
-                    self.relay.push_local(&answer, out.to_client);
+                    self.emit_local(&answer, held, out);
                     return Handled::Done;
+                }
+                if !held {
+                    return Handled::NeedBackend;
                 }
                 // The client asks for the description: it takes whatever shape is current.
                 self.statements.forget_shape(d.name);
@@ -174,12 +164,9 @@ impl Session {
                     shape: None,
                     ..named
                 };
-                match self.prepare_for_use(name, &named, out) {
+                match self.prepare_for_use(d.name, &named, out) {
                     Use::Wait => return Handled::Wait,
-                    Use::Stale => {
-                        self.fail_batch(&SessionError::StalePlan, out);
-                        return Handled::Done;
-                    }
+                    Use::Stale => return self.fail_statement(SessionError::StalePlan, out),
                     Use::Go => {}
                 }
                 let statement = named.statement;
@@ -189,104 +176,104 @@ impl Session {
                     Route::Forward,
                     Effect::Describe(statement),
                 );
+                Handled::Done
             }
             FrontendMessage::Close(c) if c.target == Target::Statement && !c.name.is_empty() => {
                 self.statements.remove(c.name);
                 let mut answer = Vec::with_capacity(5);
                 be_msg::close_complete(&mut answer);
-                self.relay.push_local(&answer, out.to_client);
+                self.emit_local(&answer, held, out);
+                Handled::Done
             }
-            // Unnamed statements and portals: untouched (but looked at).
+            // Unnamed statements and portals: untouched (but looked at) on the backend.
+            _ if !held => Handled::NeedBackend,
             other => {
                 if let FrontendMessage::Parse(p) = other {
                     if let Some(error) = refused_statement(p.query) {
-                        self.fail_batch(&error, out);
-                        return Handled::Done;
+                        return self.fail_statement(error, out);
                     }
                     self.inspect_statement(p.query, out);
                 }
-                let header = crate::protocol::framing::Header {
+                let header = Header {
                     tag,
                     len: u32::try_from(whole.len().saturating_sub(1)).unwrap_or(u32::MAX),
                 };
-                if let Err(e) = self
+                match self
                     .relay
                     .forward_client_message(header, whole, out.to_backend)
                 {
-                    return Handled::Invalid(SessionError::Relay(e));
+                    Ok(_) => Handled::Done,
+                    Err(e) => Handled::Invalid(SessionError::Relay(e)),
                 }
+            }
+        }
+    }
+
+    /// Reports an error of the current extended-protocol batch in its place: on the server's
+    /// side while a backend is held, locally otherwise. Either way what follows in the batch
+    /// is skipped up to Sync.
+    fn fail_statement(&mut self, error: SessionError, out: &mut Out<'_>) -> Handled {
+        if self.holds_backend() {
+            self.fail_batch(&error, out);
+        } else {
+            self.fail_locally(error, out);
+        }
+        Handled::Done
+    }
+
+    /// Parse of a new name with a backend held: the shared statement is prepared on it,
+    /// unless it has a current copy already (then ParseComplete is answered locally).
+    fn parse_on_backend(
+        &mut self,
+        name: &[u8],
+        statement: Arc<Statement>,
+        epoch: u64,
+        out: &mut Out<'_>,
+    ) -> Handled {
+        let known = match out.backend.statements.touch(statement.id) {
+            Some(BackendShape::Known { shape, epoch: e }) if e == epoch => Some(Some(shape)),
+            // Prepared in this batch: whatever fails that Parse fails this one too.
+            Some(BackendShape::Pending)
+                if !self.relay.skipping_to_sync()
+                    && !self.relay.preparing_before_sync(statement.id) =>
+            {
+                Some(None)
+            }
+            _ => None,
+        };
+        match known {
+            // The backend has a current copy (or one whose shape is on its way, which this
+            // name learns with it).
+            Some(shape) => {
+                self.statements
+                    .insert(name, statement, shape, self.relay.pushed());
+                let mut answer = Vec::with_capacity(5);
+                be_msg::parse_complete(&mut answer);
+                self.relay.push_local(&answer, out.to_client);
+            }
+            None => {
+                let since = self.relay.pushed();
+                self.statements.insert(name, statement.clone(), None, since);
+                self.prepare_afresh(&statement, Some(name), Route::Forward, out);
             }
         }
         Handled::Done
     }
 
-    /// Parse, Bind, Describe or Close without a backend: answered locally when possible.
-    pub(super) fn on_statement_message_idle(
+    /// Parse of a new name without a backend, of a statement some server has accepted
+    /// before: answered locally.
+    fn parse_without_backend(
         &mut self,
-        tag: u8,
-        body: &[u8],
+        name: &[u8],
+        statement: Arc<Statement>,
         out: &mut Out<'_>,
     ) -> Handled {
-        let msg = match FrontendMessage::decode(tag, body) {
-            Ok(m) => m,
-            Err(e) => return Handled::Invalid(SessionError::InvalidMessage(e)),
-        };
-        match msg {
-            FrontendMessage::Parse(p) if !p.name.is_empty() => {
-                if self.statements.contains(p.name) {
-                    self.fail_locally(SessionError::duplicate_statement(p.name), out);
-                    return Handled::Done;
-                }
-                if let Some(error) = refused_statement(p.query) {
-                    self.fail_locally(error, out);
-                    return Handled::Done;
-                }
-                let types: Vec<u32> = p.param_types().collect();
-                let Some(database) = self.db_context.clone() else {
-                    return Handled::NeedBackend;
-                };
-                // A statement that is new, or that no server has accepted yet, must be
-                // checked by a server now (and is looked up again then).
-                let Some(statement) = database
-                    .registry
-                    .find(&Key {
-                        query: p.query,
-                        param_types: &types,
-                        search_path: self.desired.get("search_path"),
-                    })
-                    .filter(|s| s.is_verified())
-                else {
-                    return Handled::NeedBackend;
-                };
-                database.registry.count_hit();
-                // The client's shape is the latest a server showed, if pglink has it; else
-                // the first backend to run it shows it.
-                let shape = statement.cached_shape();
-                self.statements
-                    .insert(p.name, statement, shape, self.relay.pushed());
-                be_msg::parse_complete(out.to_client);
-            }
-            FrontendMessage::Describe(d) if d.target == Target::Statement && !d.name.is_empty() => {
-                let Some(named) = self.statements.get(d.name) else {
-                    self.fail_locally(SessionError::unknown_statement(d.name), out);
-                    return Handled::Done;
-                };
-                match named.shape.and_then(|s| named.statement.description(s)) {
-                    Some(answer) => out.to_client.extend_from_slice(&answer),
-                    None => return Handled::NeedBackend,
-                }
-            }
-            FrontendMessage::Close(c) if c.target == Target::Statement && !c.name.is_empty() => {
-                self.statements.remove(c.name);
-                be_msg::close_complete(out.to_client);
-            }
-            FrontendMessage::Bind(b)
-                if !b.statement.is_empty() && !self.statements.contains(b.statement) =>
-            {
-                self.fail_locally(SessionError::unknown_statement(b.statement), out);
-            }
-            _ => return Handled::NeedBackend,
-        }
+        // The client's shape is the latest a server showed, if pglink has it; else the first
+        // backend to run it shows it.
+        let shape = statement.cached_shape();
+        self.statements
+            .insert(name, statement, shape, self.relay.pushed());
+        be_msg::parse_complete(out.to_client);
         Handled::Done
     }
 
