@@ -22,7 +22,7 @@
 //! - [`auth`]: SCRAM-SHA-256(-PLUS) server and client, md5, channel binding.
 //! - [`client`]: one client connection's session — startup, authentication, and the
 //!   [`client::relay`] that forwards a transaction and decides when its backend can be
-//!   released.
+//!   released — and the [`client::Drain`] that cleans a backend up after a client that left.
 //! - [`backend`]: where servers are and how pglink logs in to them.
 //! - [`pool`]: pool state shared between reactors (capacity, idle and waiter counts).
 //! - [`reactor`]: the mio event loops doing all I/O, TLS records, timers and buffers.

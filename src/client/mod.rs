@@ -26,6 +26,8 @@
 //! [`SessionError`]s; a FATAL one ends the session for good.
 
 mod active;
+mod context;
+mod drain;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -42,6 +44,8 @@ pub mod users;
 use std::sync::Arc;
 use std::time::Instant;
 
+pub use context::{BackendContext, DatabaseContext};
+pub use drain::{Drain, DrainKind, DrainStep};
 pub use error::{AcquireError, SessionError};
 
 use crate::auth::Rng;
@@ -55,7 +59,7 @@ use crate::protocol::startup::ProtocolVersion;
 use params::Params;
 use relay::Relay;
 use startup::AuthState;
-use statements::{BackendStatements, ClientStatements, Registry};
+use statements::ClientStatements;
 use users::{DbId, PoolId, UserTable};
 
 /// Server parameters as reported with ParameterStatus, in report order.
@@ -99,46 +103,6 @@ pub struct Env<'a> {
     pub server_params: &'a dyn Fn(PoolId) -> Option<Arc<ParamList>>,
     /// What a database's sessions share (statement registry, parameter settings).
     pub database: &'a dyn Fn(DbId) -> Option<Arc<DatabaseContext>>,
-}
-
-/// Per-database settings and state the sessions of that database share.
-#[derive(Debug)]
-pub struct DatabaseContext {
-    pub registry: Registry,
-    /// `track_extra_parameters`: read back after every transaction that ran a statement.
-    pub track_extra: Vec<String>,
-    /// `default_startup_parameters`: override the client's values for these names.
-    pub overrides: Vec<(String, String)>,
-    /// Settings sets clients of this database started with, shared between clients that
-    /// have the same (see `params::SharedParams`).
-    pub shared_params: params::SharedParams,
-}
-
-/// What pglink knows about a backend that goes with it from client to client.
-#[derive(Debug)]
-pub struct BackendContext {
-    pub statements: BackendStatements,
-    /// Parameter values known to be in effect on the backend.
-    pub params: Params,
-}
-
-impl BackendContext {
-    pub fn new(statement_capacity: usize) -> BackendContext {
-        BackendContext {
-            statements: BackendStatements::new(statement_capacity),
-            params: Params::default(),
-        }
-    }
-
-    /// The parameters a backend has right after login, and again after RESET ALL: those the
-    /// server reported, and the startup parameters pglink logged in with
-    /// (`default_startup_parameters`) for the others.
-    pub fn set_login_params(&mut self, reported: &ParamList, startup: &[(String, String)]) {
-        self.params = Params::default();
-        for (name, value) in startup.iter().chain(reported.iter()) {
-            self.params.set(name, value);
-        }
-    }
 }
 
 /// Where a session's output goes for one call, and when the call happens.
@@ -234,7 +198,7 @@ pub enum Action {
 pub enum BackendFate {
     /// Nothing outstanding: back to the pool.
     Release,
-    /// Roll back / drain first, with this relay state.
+    /// Roll back / drain first, with this relay state (see [`Drain::reset`]).
     Reset(Relay),
     /// The protocol state is unknowable (half a message was sent): close it.
     Drop,

@@ -24,7 +24,6 @@
 
 use std::sync::Arc;
 
-use super::params;
 use super::relay::{Effect, Expect, Outcome, Route};
 use super::statements::{BackendShape, ClientStatement, Key, Shape, Statement, server_name};
 use super::{BackendContext, Out, Session, SessionError};
@@ -458,45 +457,38 @@ impl Session {
         }
     }
 
-    /// Applies what the backend's answers showed about statements.
+    /// Applies what the backend's answers showed: first to what is known of the backend
+    /// (the part a drain shares, [`BackendContext::apply_outcome`]), then to the client's
+    /// statements, parameters and the shared registry.
     pub(super) fn apply_outcomes(&mut self, out: &mut Out<'_>) {
         if !self.relay.has_outcomes() {
             return;
         }
-        let backend = &mut *out.backend;
         let outcomes: Vec<Outcome> = self.relay.take_outcomes().collect();
         for outcome in outcomes {
+            out.backend.apply_outcome(&outcome);
             match outcome {
                 Outcome::Succeeded(Effect::Prepare { statement, .. }) => statement.mark_verified(),
                 Outcome::Failed(Effect::Prepare {
                     statement,
                     client_name,
                 }) => {
-                    // Failed or skipped: whether the server has a copy is unknown, so the
-                    // next use closes it first.
-                    backend
-                        .statements
-                        .set_shape(statement.id, BackendShape::Stale);
                     if let Some(name) = client_name {
                         self.statements.remove_if(&name, statement.id);
                     }
                 }
                 Outcome::Described(statement, answer) => {
-                    self.on_described(statement, answer, backend)
+                    self.on_described(statement, answer, out.backend)
                 }
                 Outcome::StalePlan(statement) => {
                     log::debug!("statement {} has a stale plan on its backend", statement.id);
-                    backend
-                        .statements
-                        .set_shape(statement.id, BackendShape::Stale);
                     // Its cached description is likely out of date too.
                     if let Some(database) = &self.db_context {
                         database.registry.forget_description(&statement);
                     }
                 }
-                Outcome::Captured(names, values) => self.on_captured(&names, &values, backend),
-                Outcome::Succeeded(Effect::Sync(changes)) => {
-                    params::apply(&mut backend.params, &changes);
+                Outcome::Captured(names, values) => self.on_captured(&names, &values),
+                Outcome::Succeeded(Effect::Sync(_)) => {
                     if let Some(lending) = self.lending_mut() {
                         lending.syncing = false;
                     }
@@ -505,7 +497,7 @@ impl Session {
                     self.on_sync_failed(&error, out);
                     return;
                 }
-                Outcome::Reset(reset) => self.on_server_reset(reset, backend),
+                Outcome::Reset(reset) => self.on_server_reset(&reset),
                 Outcome::Succeeded(_) | Outcome::Failed(_) => {}
             }
         }

@@ -13,7 +13,7 @@ use super::inspect::{self, LocalCommand, PinReason, Touched};
 use super::params::{self, Params};
 use super::relay::{Effect, Expect, Route, ServerReset};
 use super::statements::server_name;
-use super::{Action, BackendContext, Lending, Out, ParamList, Session, SessionError};
+use super::{Action, Lending, Out, ParamList, Session, SessionError};
 use crate::protocol::SqlState;
 use crate::protocol::backend as be_msg;
 use crate::protocol::frontend::{self, Target};
@@ -127,15 +127,9 @@ impl Session {
     /// A ParameterStatus from the held backend: the backend's value, and the client's if it
     /// saw the message (its own statement changed the value).
     pub(super) fn on_parameter_status(&mut self, body: &[u8], forwarded: bool, out: &mut Out<'_>) {
-        let mut parts = body.split(|&b| b == 0);
-        let (Some(name), Some(value)) = (parts.next(), parts.next()) else {
+        let Some((name, value)) = out.backend.on_parameter_status(body) else {
             return;
         };
-        let (name, value) = (
-            String::from_utf8_lossy(name),
-            String::from_utf8_lossy(value),
-        );
-        out.backend.params.set(&name, &value);
         if forwarded && self.desired.get(&name) != Some(&*value) {
             Arc::make_mut(&mut self.desired).set(&name, &value);
         }
@@ -319,8 +313,9 @@ impl Session {
     /// `DEALLOCATE name` is not followed this way (its CommandComplete does not say which):
     /// a client's own statement names are answered locally, and a server name `pglink_<n>`,
     /// which no client created, is refused with 26000 (`inspect::deallocates_server_name`).
-    pub(super) fn on_server_reset(&mut self, reset: ServerReset, backend: &mut BackendContext) {
-        backend.statements.retain_only(&reset.preparing);
+    ///
+    /// The backend's side of it (its statements) is `BackendContext::apply_outcome`'s.
+    pub(super) fn on_server_reset(&mut self, reset: &ServerReset) {
         self.statements.forget_up_to(reset.seq);
         if reset.discard_all
             && let Some(lending) = self.lending_mut()
@@ -422,25 +417,19 @@ impl Session {
     }
 
     /// Parameter values read back after the client changed them.
-    pub(super) fn on_captured(
-        &mut self,
-        names: &[String],
-        values: &[Option<String>],
-        backend: &mut BackendContext,
-    ) {
+    /// (The backend's are `BackendContext::apply_outcome`'s.)
+    pub(super) fn on_captured(&mut self, names: &[String], values: &[Option<String>]) {
         for (name, value) in names.iter().zip(values) {
             match value {
                 Some(v) => {
                     if self.desired.get(name) != Some(v.as_str()) {
                         Arc::make_mut(&mut self.desired).set(name, v);
                     }
-                    backend.params.set(name, v);
                 }
                 None => {
                     if self.desired.get(name).is_some() {
                         Arc::make_mut(&mut self.desired).remove(name);
                     }
-                    backend.params.remove(name);
                 }
             }
         }

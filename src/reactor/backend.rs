@@ -18,10 +18,9 @@ use crate::backend::SslMode;
 use crate::backend::login::{Login, LoginError, LoginParams, LoginStep, TlsNegotiation};
 use crate::client::BackendContext;
 use crate::client::ParamList;
-use crate::client::relay::{BackendStop, Effect, Outcome, Relay};
-use crate::client::statements::BackendShape;
+use crate::client::relay::Relay;
 use crate::client::users::PoolId;
-use crate::client::{AcquireError, Out};
+use crate::client::{AcquireError, Drain, DrainKind, DrainStep, Out};
 use crate::observe::events::NoEvents;
 use crate::observe::metrics::{BackendState, CloseReason};
 use crate::protocol::backend::tag as be;
@@ -41,8 +40,8 @@ pub(super) enum State {
     Idle,
     /// Lent to the client at this slab index.
     Lent(usize),
-    /// Finishing what a vanished client left (`reset`), or answering a health check.
-    Draining { relay: Box<Relay>, reset: bool },
+    /// Finishing what a vanished client left, or answering a health check.
+    Draining(Box<Drain>),
     /// Released while a cancel for it is still being delivered; not lendable until done.
     Parked,
 }
@@ -85,7 +84,7 @@ impl State {
             State::Connecting | State::LoggingIn { .. } => BackendState::Opening,
             State::Idle => BackendState::Idle,
             State::Lent(_) => BackendState::InUse,
-            State::Draining { .. } | State::Parked => BackendState::Draining,
+            State::Draining(_) | State::Parked => BackendState::Draining,
         }
     }
 }
@@ -416,7 +415,7 @@ impl Reactor {
                 State::LoggingIn { .. } => self.backend_login_step(bi),
                 State::Lent(ci) => self.backend_to_client(bi, ci),
                 State::Idle | State::Parked => self.backend_idle_message(bi),
-                State::Draining { .. } => self.backend_drain(bi),
+                State::Draining(_) => self.backend_drain(bi),
             };
             if !progressed {
                 return;
@@ -667,66 +666,27 @@ impl Reactor {
     /// Draining: swallow responses until the backend is idle again, then return it.
     fn backend_drain(&mut self, bi: usize) -> bool {
         let Reactor {
-            backends,
-            scratch,
-            shared,
-            ..
+            backends, shared, ..
         } = self;
         let Some(b) = backends.get_mut(bi) else {
             return false;
         };
-        let (State::Draining { relay, reset }, Some(input)) = (&mut b.state, b.input.as_mut())
-        else {
+        let (State::Draining(drain), Some(input)) = (&mut b.state, b.input.as_mut()) else {
             return false;
         };
-        let reset = *reset;
-        let result = relay.on_backend_data(input.filled(), &mut scratch.sink);
-        scratch.sink.clear();
-        for outcome in relay.take_outcomes() {
-            match outcome {
-                Outcome::Failed(Effect::Prepare { statement, .. })
-                | Outcome::StalePlan(statement) => {
-                    b.context
-                        .statements
-                        .set_shape(statement.id, BackendShape::Stale);
-                }
-                Outcome::Reset(reset) => {
-                    b.context.statements.retain_only(&reset.preparing);
-                    if reset.discard_all {
-                        // Back to what it had at login.
-                        let startup = shared
-                            .pools
-                            .get(b.pool)
-                            .and_then(|p| shared.databases.get(p.db))
-                            .map_or(&[][..], |db| &db.target.startup_params[..]);
-                        b.context.set_login_params(&b.params, startup);
-                    }
-                }
-                _ => {}
-            }
-        }
-        match result {
-            Ok((n, BackendStop::NeedMore)) => {
+        let reset = drain.kind() == DrainKind::Reset;
+        let startup = shared
+            .pools
+            .get(b.pool)
+            .and_then(|p| shared.databases.get(p.db))
+            .map_or(&[][..], |db| &db.target.startup_params[..]);
+        match drain.on_server_data(input.filled(), &mut b.context, &b.params, startup) {
+            Ok((n, DrainStep::NeedMore)) => {
                 input.consume(n);
                 n > 0
             }
-            Ok((n, BackendStop::ParameterStatus { start, end, .. })) => {
-                // A statement of the client that left changed it (or a rollback restored it).
-                let body = input.filled().get(start..end).unwrap_or_default();
-                let mut parts = body.split(|&b| b == 0);
-                if let (Some(name), Some(value)) = (parts.next(), parts.next()) {
-                    b.context.params.set(
-                        &String::from_utf8_lossy(name),
-                        &String::from_utf8_lossy(value),
-                    );
-                }
+            Ok((n, DrainStep::Idle)) => {
                 input.consume(n);
-                true
-            }
-            Ok((n, BackendStop::Idle)) => {
-                input.consume(n);
-                // Shapes that were on their way were not read: prepare those afresh.
-                b.context.statements.settle_pending();
                 b.checked_at = self.now;
                 if reset {
                     // Cleaned up after a vanished client: idle from now on.
@@ -736,16 +696,7 @@ impl Reactor {
                 self.backend_available(bi);
                 true
             }
-            Ok((n, BackendStop::StalePlan { start, end })) => {
-                // No client to replay for: an error like any other.
-                let error = input.filled().get(start..end).unwrap_or_default().to_vec();
-                let stale = relay.take_stale();
-                relay.forward_error(&error, stale, &mut scratch.sink);
-                scratch.sink.clear();
-                input.consume(n);
-                true
-            }
-            Ok((_, BackendStop::Fatal)) => {
+            Ok((_, DrainStep::Fatal)) => {
                 self.close_backend(
                     bi,
                     drain_failure(reset),
@@ -762,35 +713,21 @@ impl Reactor {
 
     /// The client vanished mid-transaction: cancel what runs, finish any COPY or batch, roll
     /// back, and return the backend once it is idle (or close it at the deadline).
-    pub(super) fn start_reset(&mut self, bi: usize, mut relay: Relay) {
+    pub(super) fn start_reset(&mut self, bi: usize, relay: Relay) {
         let Some(b) = self.backends.get_mut(bi) else {
             return;
         };
-        let running = relay.outstanding() > 0;
-        let mut cleanup = Vec::new();
-        if relay.server_in_copy_in() {
-            frontend::copy_fail(&mut cleanup, b"pglink: client disconnected");
-        }
-        if relay.unsynced() {
-            frontend::sync(&mut cleanup);
-        }
-        frontend::query(&mut cleanup, b"ROLLBACK");
         let out = &mut b.output.get_or_insert_with(|| self.bufs.output()).data;
-        if relay.on_client_data(&cleanup, out).is_err() {
+        let Ok(drain) = Drain::reset(relay, out) else {
             return self.close_backend(
                 bi,
                 CloseReason::ResetFailed,
                 "cannot clean up after client",
             );
-        }
+        };
+        let running = drain.needs_cancel();
         let tok = Tok::new(Kind::Backend, bi, b.generation);
-        self.set_backend_state(
-            bi,
-            State::Draining {
-                relay: Box::new(relay),
-                reset: true,
-            },
-        );
+        self.set_backend_state(bi, State::Draining(Box::new(drain)));
         self.mark_dirty(tok);
         self.scratch.ready.push(tok);
         self.timers.add(
@@ -807,21 +744,10 @@ impl Reactor {
         let Some(b) = self.backends.get_mut(bi) else {
             return;
         };
-        let mut relay = Relay::new(self.shared.max_message_len);
-        let mut query = Vec::new();
-        frontend::query(&mut query, b"");
         let out = &mut b.output.get_or_insert_with(|| self.bufs.output()).data;
-        if relay.on_client_data(&query, out).is_err() {
-            return;
-        }
+        let drain = Drain::health_check(self.shared.max_message_len, out);
         let tok = Tok::new(Kind::Backend, bi, b.generation);
-        self.set_backend_state(
-            bi,
-            State::Draining {
-                relay: Box::new(relay),
-                reset: false,
-            },
-        );
+        self.set_backend_state(bi, State::Draining(Box::new(drain)));
         self.mark_dirty(tok);
         self.timers.add(
             self.now + self.shared.reset_timeout,
@@ -837,8 +763,9 @@ impl Reactor {
         };
         if self.backend_alive(tok)
             && let Some(b) = self.backends.get(tok.index())
-            && let State::Draining { reset, .. } = b.state
+            && let State::Draining(drain) = &b.state
         {
+            let reset = drain.kind() == DrainKind::Reset;
             let why = if reset {
                 "cleanup after client timed out"
             } else {
