@@ -24,6 +24,18 @@
 //! active), and every change of state goes through [`Session::set_state`], which records an
 //! [`Event`] with the engine's clock (`Out::now`). The errors the session raises itself are
 //! [`SessionError`]s; a FATAL one ends the session for good.
+//!
+//! Client bytes never panic the process: this module denies indexing, `unwrap`, `expect`
+//! and `panic!` outside tests.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic
+    )
+)]
 
 mod active;
 mod context;
@@ -153,7 +165,9 @@ impl CancelKey {
     pub fn from_request(pid: u32, key: &[u8]) -> CancelKey {
         let mut bytes = [0u8; 32];
         let len = key.len().min(32);
-        bytes[..len].copy_from_slice(&key[..len]);
+        if let (Some(to), Some(from)) = (bytes.get_mut(..len), key.get(..len)) {
+            to.copy_from_slice(from);
+        }
         CancelKey {
             pid,
             bytes,
