@@ -26,7 +26,8 @@
 //!   SQLSTATE table.
 //! - [`auth`]: SCRAM-SHA-256(-PLUS) server and client, md5, channel binding.
 //! - `client`: one client connection's session — startup, authentication, and the relay
-//!   that forwards a transaction and decides when its server connection can be released.
+//!   that forwards a transaction and decides when its server connection can be released —
+//!   and the drain that cleans a server connection up after a client that left.
 //! - [`backend`]: where servers are, how pglink logs in to them, how a cancel reaches them.
 //! - `engine`: one per reactor — client and server connection records behind
 //!   generation-carrying ids, the server-connection lifecycle, pool policy (acquire, hand-off
@@ -47,8 +48,10 @@
 //! A client holds a backend from the first message that needs one until the ReadyForQuery
 //! with status idle that answers the last Query/Sync it sent (the relay's queue of expected
 //! responses knows which one that is, even in pipelines and after errors). Everything pglink
-//! says itself is an ErrorResponse whose message starts with `pglink:` and whose SQLSTATE is
-//! the one PostgreSQL would use. A client never sees another client's results, and a cancel
+//! says itself is an ErrorResponse ([`client::SessionError`]) whose message starts with
+//! `pglink:` and whose SQLSTATE is the one PostgreSQL would use; the one exception is an error
+//! PostgreSQL itself would raise, which pglink raises in its place word for word (a changed
+//! result type: drivers recognise it by its text). A client never sees another client's results, and a cancel
 //! never reaches a backend lent to someone else.
 #![forbid(unsafe_code)]
 
@@ -78,4 +81,18 @@ pub mod fuzzing {
     pub use crate::protocol::fuzzing::{
         fuzz_backend_roundtrip, fuzz_framing, fuzz_frontend_roundtrip, fuzz_startup_packet,
     };
+}
+
+/// A fixed starting point in time for tests, deterministic scenarios and fuzzing of the
+/// sans-IO modules, which take `now` from their caller and may not read the clock themselves.
+#[cfg(any(test, fuzzing))]
+pub(crate) mod test_clock {
+    use std::sync::OnceLock;
+    use std::time::Instant;
+
+    /// The same instant for the whole process (the clock is read once, on the first call).
+    pub fn epoch() -> Instant {
+        static EPOCH: OnceLock<Instant> = OnceLock::new();
+        *EPOCH.get_or_init(Instant::now)
+    }
 }

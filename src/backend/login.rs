@@ -8,7 +8,7 @@ use crate::auth::{Rng, SaltedKeyCache, ScramClient, ScramError, md5_password, se
 use crate::protocol::backend::{Authentication, BackendMessage};
 use crate::protocol::framing::{Header, peek_header};
 use crate::protocol::startup::{ProtocolVersion, ssl_request, startup_message};
-use crate::protocol::{DecodeError, FrameError, SqlState, frontend};
+use crate::protocol::{DecodeError, FrameError, Severity, SqlState, frontend};
 
 /// Largest message accepted while logging in (authentication data, parameter values).
 const MAX_LOGIN_MESSAGE: usize = 64 * 1024;
@@ -101,11 +101,32 @@ impl fmt::Display for LoginError {
 impl std::error::Error for LoginError {}
 
 impl LoginError {
-    /// SQLSTATE to report to a client that waited for this connection.
+    /// SQLSTATE to report to a client that waited for this connection: the server's own
+    /// for a refusal, 08006 (connection failure) for everything else.
     pub fn sqlstate(&self) -> SqlState {
         match self {
             LoginError::Server(e) => e.code,
-            _ => SqlState::CONNECTION_FAILURE,
+            LoginError::TlsRefused
+            | LoginError::UnsupportedAuth(_)
+            | LoginError::Scram(_)
+            | LoginError::Frame(_)
+            | LoginError::Decode(_)
+            | LoginError::Protocol(_) => SqlState::CONNECTION_FAILURE,
+        }
+    }
+
+    /// Every login error ends the server connection: FATAL. (A client that waited for the
+    /// connection is told with the severity its own wait calls for: ERROR for a statement,
+    /// FATAL for a login.)
+    pub fn severity(&self) -> Severity {
+        match self {
+            LoginError::Server(_)
+            | LoginError::TlsRefused
+            | LoginError::UnsupportedAuth(_)
+            | LoginError::Scram(_)
+            | LoginError::Frame(_)
+            | LoginError::Decode(_)
+            | LoginError::Protocol(_) => Severity::Fatal,
         }
     }
 }
@@ -339,4 +360,30 @@ impl Login {
 
 fn lossy(bytes: Option<&[u8]>) -> String {
     String::from_utf8_lossy(bytes.unwrap_or_default()).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn login_errors_carry_the_servers_code_or_08006_and_are_fatal() {
+        let refused = LoginError::Server(ServerError {
+            code: SqlState::INVALID_PASSWORD,
+            message: "password authentication failed for user \"app\"".into(),
+            detail: None,
+        });
+        assert_eq!(refused.sqlstate(), SqlState::INVALID_PASSWORD);
+        for e in [
+            refused,
+            LoginError::TlsRefused,
+            LoginError::UnsupportedAuth("GSSAPI"),
+            LoginError::Protocol("data after the SSL response"),
+        ] {
+            assert_eq!(e.severity(), Severity::Fatal, "{e}");
+            if !matches!(e, LoginError::Server(_)) {
+                assert_eq!(e.sqlstate(), SqlState::CONNECTION_FAILURE, "{e}");
+            }
+        }
+    }
 }

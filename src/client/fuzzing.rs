@@ -23,7 +23,9 @@ use super::{
     ParamList, Session, SessionConfig,
 };
 use crate::auth::{FixedRng, ScramVerifier};
-use crate::protocol::SqlState;
+use crate::engine::error::{ConnectFailure, ServerError};
+use crate::engine::id::ServerId;
+use crate::observe::events::{Event, Recorded};
 
 fn users() -> &'static UserTable {
     static USERS: OnceLock<UserTable> = OnceLock::new();
@@ -77,8 +79,12 @@ fn run_script(data: &[u8]) -> Session {
     });
     let database = |_| Some(context.clone());
     let mut pending: Vec<u8> = Vec::new();
+    let mut now = crate::test_clock::epoch();
+    let mut attached = 0;
+    let mut events = Recorded::default();
     let mut ops = data.get(1..).unwrap_or_default();
     while let Some((&op, rest)) = ops.split_first() {
+        now += std::time::Duration::from_millis(1);
         let len = rest
             .first()
             .map_or(0, |&l| usize::from(l))
@@ -92,6 +98,8 @@ fn run_script(data: &[u8]) -> Session {
             backend: &mut backend,
             actions: &mut actions,
             stats: &stats,
+            now,
+            events: &mut events,
         };
         match op % 8 {
             0 => {
@@ -107,28 +115,39 @@ fn run_script(data: &[u8]) -> Session {
                 assert!(n <= pending.len(), "consumed more than given");
                 pending.drain(..n);
             }
-            1 => session.on_backend_attached(&params, &mut out),
+            1 => {
+                attached += 1;
+                session.on_backend_attached(ServerId::new(0, attached), &params, &mut out);
+            }
             2 => {
                 let n = session.on_backend_data(arg, &mut out);
                 assert!(n <= arg.len(), "consumed more than given");
             }
             3 => {
-                let error = AcquireError::Server {
-                    code: SqlState::CONNECTION_FAILURE,
-                    message: "down".into(),
-                };
+                let error =
+                    AcquireError::Server(ConnectFailure::new("db:5432", ServerError::Timeout));
                 session.on_acquire_failed(error, &mut out);
             }
             4 if session.holds_backend() => session.on_backend_lost(&mut out),
             5 => session.on_tls_established(false, true, &mut out),
             6 => session.on_login_timeout(&mut out),
             7 => {
-                let _ = session.detach();
+                let _ = session.detach(&mut out);
             }
             _ => {}
         }
         if !held_before && !session.holds_backend() {
             assert!(to_backend.is_empty(), "wrote to a backend it does not hold");
+        }
+        assert_eq!(session.server().is_some(), session.holds_backend());
+        assert_eq!(session.waiting_since().is_some(), session.is_acquiring());
+        if let [
+            ..,
+            (_, Event::Client { state: a, .. }),
+            (_, Event::Client { state: b, .. }),
+        ] = events.0.as_slice()
+        {
+            assert_ne!(a, b, "an event for a state change that changed nothing");
         }
         to_client.clear();
         to_backend.clear();

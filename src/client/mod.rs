@@ -10,15 +10,40 @@
 //!      Idle ◀──Release── Active (holds a backend; the relay forwards both ways)
 //!        │                 ▲
 //!        └──Acquire──▶ Acquiring
+//!
+//!  any state ──FATAL, Terminate, detach──▶ Closed
 //! ```
 //!
 //! The reactor feeds it bytes and events and carries out the [`Action`]s it emits. Bytes for
 //! the client go to `Out::to_client`, bytes for the held backend to `Out::to_backend`. A
 //! message that needs a backend is left unconsumed while the session waits for one, so the
 //! reactor stops reading that client: a waiting client costs no buffer growth.
+//!
+//! The state is an enum whose variants carry what only means something in them (the
+//! failure owed to a waiting message while idle, everything about one lending while
+//! active), and every change of state goes through [`Session::set_state`], which records an
+//! [`Event`] with the engine's clock (`Out::now`). The errors the session raises itself are
+//! [`SessionError`]s; a FATAL one ends the session for good.
+//!
+//! Client bytes never panic the process: this module denies indexing, `unwrap`, `expect`
+//! and `panic!` outside tests.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic
+    )
+)]
 
+mod active;
+mod context;
+mod drain;
+mod error;
 #[cfg(any(test, fuzzing))]
 pub(crate) mod fuzzing;
+mod idle;
 pub mod inspect;
 pub mod params;
 mod prepared;
@@ -29,28 +54,25 @@ pub mod statements;
 pub mod users;
 
 use std::sync::Arc;
+use std::time::Instant;
+
+pub use context::{BackendContext, DatabaseContext};
+pub use drain::{Drain, DrainKind, DrainStep};
+pub use error::{AcquireError, SessionError};
 
 use crate::auth::Rng;
+use crate::engine::id::ServerId;
+use crate::observe::events::{ClientState, Event, EventSink};
 use crate::observe::metrics::ReactorStats;
+use crate::protocol::TransactionStatus;
 use crate::protocol::backend as be_msg;
-use crate::protocol::framing::{Header, peek_header};
-use crate::protocol::frontend::tag as fe;
+use crate::protocol::framing::Header;
 use crate::protocol::startup::ProtocolVersion;
-use crate::protocol::{ErrorBuilder, MessageType, Severity, SqlState, TransactionStatus};
 use params::Params;
-use prepared::Handled;
-use relay::{BackendStop, MAX_STREAMED_MESSAGE, Relay};
+use relay::Relay;
 use startup::AuthState;
-use statements::{BackendStatements, ClientStatements, Registry};
+use statements::ClientStatements;
 use users::{DbId, PoolId, UserTable};
-
-/// A message the session needs whole (see `Session::whole_message`).
-enum Whole<'d> {
-    Complete(&'d [u8]),
-    Partial,
-    /// Over the limit; the session was failed.
-    TooLong,
-}
 
 /// Server parameters as reported with ParameterStatus, in report order.
 pub type ParamList = Vec<(String, String)>;
@@ -95,47 +117,7 @@ pub struct Env<'a> {
     pub database: &'a dyn Fn(DbId) -> Option<Arc<DatabaseContext>>,
 }
 
-/// Per-database settings and state the sessions of that database share.
-#[derive(Debug)]
-pub struct DatabaseContext {
-    pub registry: Registry,
-    /// `track_extra_parameters`: read back after every transaction that ran a statement.
-    pub track_extra: Vec<String>,
-    /// `default_startup_parameters`: override the client's values for these names.
-    pub overrides: Vec<(String, String)>,
-    /// Settings sets clients of this database started with, shared between clients that
-    /// have the same (see `params::SharedParams`).
-    pub shared_params: params::SharedParams,
-}
-
-/// What pglink knows about a backend that goes with it from client to client.
-#[derive(Debug)]
-pub struct BackendContext {
-    pub statements: BackendStatements,
-    /// Parameter values known to be in effect on the backend.
-    pub params: Params,
-}
-
-impl BackendContext {
-    pub fn new(statement_capacity: usize) -> BackendContext {
-        BackendContext {
-            statements: BackendStatements::new(statement_capacity),
-            params: Params::default(),
-        }
-    }
-
-    /// The parameters a backend has right after login, and again after RESET ALL: those the
-    /// server reported, and the startup parameters pglink logged in with
-    /// (`default_startup_parameters`) for the others.
-    pub fn set_login_params(&mut self, reported: &ParamList, startup: &[(String, String)]) {
-        self.params = Params::default();
-        for (name, value) in startup.iter().chain(reported.iter()) {
-            self.params.set(name, value);
-        }
-    }
-}
-
-/// Where a session's output goes for one call.
+/// Where a session's output goes for one call, and when the call happens.
 pub struct Out<'a> {
     pub to_client: &'a mut Vec<u8>,
     /// The held backend's output buffer (an empty scratch vector when none is held).
@@ -145,6 +127,10 @@ pub struct Out<'a> {
     pub actions: &'a mut Vec<Action>,
     /// The driving reactor's counters (pins, authentication failures, transactions, errors).
     pub stats: &'a ReactorStats,
+    /// The time of this call, from the engine's clock (the session never reads a clock).
+    pub now: Instant,
+    /// Where state changes are recorded.
+    pub events: &'a mut dyn EventSink,
 }
 
 /// The SQL text of a whole Query message (without its NUL).
@@ -179,7 +165,9 @@ impl CancelKey {
     pub fn from_request(pid: u32, key: &[u8]) -> CancelKey {
         let mut bytes = [0u8; 32];
         let len = key.len().min(32);
-        bytes[..len].copy_from_slice(&key[..len]);
+        if let (Some(to), Some(from)) = (bytes.get_mut(..len), key.get(..len)) {
+            to.copy_from_slice(from);
+        }
         CancelKey {
             pid,
             bytes,
@@ -206,10 +194,10 @@ pub enum Action {
     LoggedIn,
     /// Get a backend from the session's pool and call `on_backend_attached`.
     Acquire,
-    /// The held backend is clean: return it to the pool.
-    Release,
-    /// The held backend is unusable: close it.
-    DropBackend,
+    /// This backend, held until now, is clean: return it to the pool.
+    Release(ServerId),
+    /// This backend, held until now, is unusable: close it.
+    DropBackend(ServerId),
     /// This connection was a CancelRequest.
     Cancel(CancelKey),
     /// The session stopped taking client input for a while and takes it again: offer the
@@ -219,42 +207,119 @@ pub enum Action {
     Close,
 }
 
-/// Why no backend could be had.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AcquireError {
-    /// Nothing free within `pool_acquire_timeout_milliseconds`.
-    Timeout {
-        database: String,
-        pool_size: usize,
-        waited_ms: u64,
-    },
-    /// Connecting or logging in to the server failed.
-    Server { code: SqlState, message: String },
-    /// pglink is shutting down.
-    ShuttingDown,
-}
-
 /// What should happen to the held backend when the client goes away.
 #[derive(Debug)]
 pub enum BackendFate {
     /// Nothing outstanding: back to the pool.
     Release,
-    /// Roll back / drain first, with this relay state.
+    /// Roll back / drain first, with this relay state (see [`Drain::reset`]).
     Reset(Relay),
     /// The protocol state is unknowable (half a message was sent): close it.
     Drop,
 }
 
+/// A session's state, with what only means something in it.
 #[derive(Debug)]
 enum State {
-    AwaitingStartup,
-    AwaitingTls,
+    /// Waiting for the startup packet (or an SSLRequest, GSSENCRequest or CancelRequest).
+    /// `refusal`: the connection was accepted only to be refused with this error, which goes
+    /// out once the startup packet is in (where libpq shows it).
+    AwaitingStartup { refusal: Option<SessionError> },
+    /// Waiting for the TLS handshake the client asked for.
+    AwaitingTls { refusal: Option<SessionError> },
+    /// Waiting for the client's password or SASL messages.
     Authenticating(AuthState),
-    AwaitingParameters,
-    Idle,
-    Acquiring,
-    Active,
-    Closed,
+    /// Authenticated, waiting for a server connection of the pool to learn the server's
+    /// parameters from (the pool's first login), since `since`.
+    AwaitingParameters { since: Instant },
+    /// Logged in and holding no server connection: waiting for the client's next message.
+    Idle(Idle),
+    /// Waiting, since `since`, for a server connection for the client's message (left
+    /// unconsumed meanwhile).
+    Acquiring { since: Instant },
+    /// Holding a server connection; the relay forwards both ways.
+    Active(Lending),
+    /// Over; later input is ignored. `leftover`: a server connection the session still held
+    /// when it ended without failing it (shutdown), and its fate, for [`Session::detach`].
+    Closed {
+        leftover: Option<(ServerId, BackendFate)>,
+    },
+}
+
+impl State {
+    fn closed() -> State {
+        State::Closed { leftover: None }
+    }
+
+    /// The state's name, for events.
+    fn kind(&self) -> ClientState {
+        match self {
+            State::AwaitingStartup { .. } => ClientState::AwaitingStartup,
+            State::AwaitingTls { .. } => ClientState::AwaitingTls,
+            State::Authenticating(_) => ClientState::Authenticating,
+            State::AwaitingParameters { .. } => ClientState::AwaitingParameters,
+            State::Idle(_) => ClientState::Idle,
+            State::Acquiring { .. } => ClientState::Acquiring,
+            State::Active(_) => ClientState::Active,
+            State::Closed { .. } => ClientState::Closed,
+        }
+    }
+}
+
+/// Idle: what is owed to the client's next messages.
+#[derive(Debug, Default)]
+struct Idle {
+    /// A failed acquire to report against the message that asked for it.
+    failure: Option<AcquireError>,
+    /// After a local error in extended protocol: drop messages until Sync.
+    skip_to_sync: bool,
+    /// Bytes of a client message being dropped.
+    discard: usize,
+}
+
+/// Active: one lending of a server connection. Everything here starts afresh with the next
+/// lending (a pinned session keeps its lending for good).
+#[derive(Debug)]
+struct Lending {
+    /// The server connection held.
+    server: ServerId,
+    /// Client input stopped short (pipeline full, or waiting for a shape): ask for it
+    /// again (`Action::ResumeInput`) once that has passed.
+    input_blocked: bool,
+    /// A parameter sync is in flight: client input waits (see `state::sync_backend`).
+    syncing: bool,
+    /// `ResumeInput` was asked for and the client's input not looked at since: the backend
+    /// stays even if the server is idle (a sync alone does not end the lending).
+    resuming: bool,
+    /// The statement whose shape a Bind or Describe waited for (see
+    /// `prepared::prepare_for_use`); cleared once that message is handled.
+    waited_for: Option<u64>,
+    /// The client messages of the current batch, kept in case it must be replayed (see
+    /// `prepared::on_stale_plan`).
+    replay: Option<Vec<u8>>,
+    /// Unreported parameters the client changed: read back before release.
+    touched: Vec<String>,
+    /// A client statement ran since the last read-back (Query, Execute, FunctionCall went
+    /// to the server): `track_extra_parameters` are read back after the transaction.
+    ran: bool,
+    /// The client ran RESET ALL / DISCARD ALL.
+    reset_all: bool,
+}
+
+impl Lending {
+    fn new(server: ServerId) -> Lending {
+        Lending {
+            server,
+            input_blocked: false,
+            syncing: false,
+            resuming: false,
+            waited_for: None,
+            replay: None,
+            touched: Vec::new(),
+            ran: false,
+            reset_all: false,
+        }
+    }
 }
 
 /// One client connection's protocol state.
@@ -271,16 +336,8 @@ pub struct Session {
     user: String,
     /// Startup parameters other than user/database (application_name, client_encoding, ...).
     startup_params: ParamList,
+    /// The relay of the current lending (kept between lendings for its allocations).
     relay: Relay,
-    /// After a local error in extended protocol: drop messages until Sync.
-    skip_to_sync: bool,
-    /// Bytes of a client message being dropped.
-    discard: usize,
-    /// A failed acquire to report against the message that asked for it.
-    failure: Option<AcquireError>,
-    /// Set for connections accepted only to be refused (too many clients, shutting down):
-    /// the FATAL goes out after SSL negotiation and the startup packet, where libpq shows it.
-    refusal: Option<(SqlState, String)>,
     /// The client's named prepared statements.
     statements: ClientStatements,
     /// The database's shared context (known after login).
@@ -290,36 +347,15 @@ pub struct Session {
     desired: Arc<Params>,
     /// The parameters the server reports (and their values at login).
     reported: Option<Arc<ParamList>>,
-    /// Unreported parameters the client changed in this lending: read back before release.
-    touched: Vec<String>,
-    /// A client statement ran since the last read-back (Query, Execute, FunctionCall went
-    /// to the server): `track_extra_parameters` are read back after the transaction.
-    ran: bool,
-    /// The client ran RESET ALL / DISCARD ALL in this lending.
-    reset_all: bool,
     /// Why the session keeps its backend for good, if it does.
     pinned: Option<inspect::PinReason>,
-    /// The client messages of the current batch, kept in case it must be replayed (see
-    /// `prepared::on_stale_plan`).
-    replay: Option<Vec<u8>>,
-    /// The statement whose shape a Bind or Describe waited for (see
-    /// `prepared::prepare_for_use`); cleared once that message is handled.
-    waited_for: Option<u64>,
-    /// Client input stopped short (pipeline full, or waiting for a shape): ask for it
-    /// again (`Action::ResumeInput`) once that has passed.
-    input_blocked: bool,
-    /// A parameter sync is in flight: client input waits (see `state::sync_backend`).
-    syncing: bool,
-    /// `ResumeInput` was asked for and the client's input not looked at since: the backend
-    /// stays even if the server is idle (a sync alone does not end the lending).
-    resuming: bool,
 }
 
 impl Session {
     /// A new session; `key` is the proxy-issued cancel key (pid encodes reactor and slot).
     pub fn new(key: CancelKey, max_message_len: usize) -> Session {
         Session {
-            state: State::AwaitingStartup,
+            state: State::AwaitingStartup { refusal: None },
             key,
             tls: false,
             protocol: ProtocolVersion::V3_0,
@@ -329,32 +365,23 @@ impl Session {
             user: String::new(),
             startup_params: Vec::new(),
             relay: Relay::new(max_message_len),
-            skip_to_sync: false,
-            discard: 0,
-            failure: None,
-            refusal: None,
             statements: ClientStatements::default(),
             db_context: None,
             desired: Arc::default(),
             reported: None,
-            touched: Vec::new(),
-            ran: false,
-            reset_all: false,
             pinned: None,
-            replay: None,
-            waited_for: None,
-            input_blocked: false,
-            syncing: false,
-            resuming: false,
         }
     }
 
     /// A session that answers SSL negotiation, reads the startup packet and then refuses
-    /// with this error, as PostgreSQL does for "too many clients".
-    pub fn refusing(key: CancelKey, code: SqlState, message: String) -> Session {
-        let mut session = Session::new(key, 0);
-        session.refusal = Some((code, message));
-        session
+    /// with `error`, as PostgreSQL does for "too many clients".
+    pub fn refusing(key: CancelKey, error: SessionError) -> Session {
+        Session {
+            state: State::AwaitingStartup {
+                refusal: Some(error),
+            },
+            ..Session::new(key, 0)
+        }
     }
 
     pub fn pool(&self) -> Option<PoolId> {
@@ -375,21 +402,40 @@ impl Session {
 
     /// Holds a backend (the reactor must keep it attached).
     pub fn holds_backend(&self) -> bool {
-        matches!(self.state, State::Active)
+        matches!(self.state, State::Active(_))
+    }
+
+    /// The server connection held, if any.
+    pub fn server(&self) -> Option<ServerId> {
+        self.lending().map(|l| l.server)
     }
 
     /// Waiting for a backend.
     pub fn is_acquiring(&self) -> bool {
-        matches!(self.state, State::Acquiring | State::AwaitingParameters)
+        matches!(
+            self.state,
+            State::Acquiring { .. } | State::AwaitingParameters { .. }
+        )
+    }
+
+    /// When the current wait for a backend began (for the acquire-wait histogram).
+    pub fn waiting_since(&self) -> Option<Instant> {
+        match self.state {
+            State::Acquiring { since } | State::AwaitingParameters { since } => Some(since),
+            _ => None,
+        }
     }
 
     /// Startup and authentication are done.
     pub fn is_logged_in(&self) -> bool {
-        matches!(self.state, State::Idle | State::Acquiring | State::Active)
+        matches!(
+            self.state,
+            State::Idle(_) | State::Acquiring { .. } | State::Active(_)
+        )
     }
 
     pub fn is_closed(&self) -> bool {
-        matches!(self.state, State::Closed)
+        matches!(self.state, State::Closed { .. })
     }
 
     /// The relay of the current lending (for the reactor's flow control).
@@ -405,14 +451,14 @@ impl Session {
             let rest = data.get(pos..).unwrap_or_default();
             let before = pos;
             pos += match self.state {
-                State::AwaitingStartup => self.on_startup_bytes(rest, env, out),
+                State::AwaitingStartup { .. } => self.on_startup_bytes(rest, env, out),
                 State::Authenticating(_) => self.on_auth_bytes(rest, env, out),
-                State::Idle => self.on_idle_bytes(rest, out),
-                State::Active => self.on_active_bytes(rest, out),
-                State::AwaitingTls
-                | State::AwaitingParameters
-                | State::Acquiring
-                | State::Closed => 0,
+                State::Idle(_) => self.on_idle_bytes(rest, out),
+                State::Active(_) => self.on_active_bytes(rest, out),
+                State::AwaitingTls { .. }
+                | State::AwaitingParameters { .. }
+                | State::Acquiring { .. }
+                | State::Closed { .. } => 0,
             };
             if pos == before || pos >= data.len() {
                 return pos;
@@ -424,36 +470,40 @@ impl Session {
     pub fn on_tls_established(&mut self, direct: bool, alpn_postgresql: bool, out: &mut Out<'_>) {
         self.tls = true;
         if direct && !alpn_postgresql {
-            self.fatal(
-                out,
-                SqlState::PROTOCOL_VIOLATION,
-                "pglink: direct TLS connections must negotiate ALPN \"postgresql\"",
-            );
-            return;
+            return self.fail(SessionError::DirectTlsWithoutAlpn, out);
         }
-        if let State::AwaitingTls = self.state {
-            self.state = State::AwaitingStartup;
+        if let State::AwaitingTls { refusal } = &mut self.state {
+            let refusal = refusal.take();
+            self.set_state(State::AwaitingStartup { refusal }, out);
         }
     }
 
-    /// A backend is now held (`Acquire` succeeded). `params` are the backend's server
-    /// parameters, used when this login is waiting to learn them.
-    pub fn on_backend_attached(&mut self, params: &Arc<ParamList>, out: &mut Out<'_>) {
+    /// A backend is now held (`Acquire` succeeded): `server` is its id. `params` are the
+    /// backend's server parameters, used when this login is waiting to learn them.
+    pub fn on_backend_attached(
+        &mut self,
+        server: ServerId,
+        params: &Arc<ParamList>,
+        out: &mut Out<'_>,
+    ) {
         match self.state {
-            State::AwaitingParameters => {
+            State::AwaitingParameters { .. } => {
                 self.finish_login(params, out);
-                out.actions.push(Action::Release);
+                out.actions.push(Action::Release(server));
             }
-            State::Acquiring => {
+            State::Acquiring { .. } => {
                 self.relay.reset();
-                self.state = State::Active;
-                self.sync_backend(out);
                 // The message that asked for the backend has not been looked at yet: a
                 // parameter sync that completes first must not end the lending.
-                self.resuming = true;
+                let lending = Lending {
+                    resuming: true,
+                    ..Lending::new(server)
+                };
+                self.set_state(State::Active(lending), out);
+                self.sync_backend(out);
             }
             // Nothing asked for it (the client left meanwhile): give it back.
-            _ => out.actions.push(Action::Release),
+            _ => out.actions.push(Action::Release(server)),
         }
     }
 
@@ -461,384 +511,120 @@ impl Session {
     /// a login waiting for server parameters gets a FATAL.
     pub fn on_acquire_failed(&mut self, error: AcquireError, out: &mut Out<'_>) {
         match self.state {
-            State::AwaitingParameters => {
-                let (code, message) = acquire_error_text(&error);
-                self.fatal(out, code, &message);
+            State::AwaitingParameters { .. } => {
+                self.fail(SessionError::NoServerForLogin(error), out)
             }
-            State::Acquiring => {
-                self.failure = Some(error);
-                self.state = State::Idle;
+            State::Acquiring { .. } => {
+                let idle = Idle {
+                    failure: Some(error),
+                    ..Idle::default()
+                };
+                self.set_state(State::Idle(idle), out);
             }
             _ => {}
-        }
-    }
-
-    /// Backend bytes while a backend is held; returns how many were consumed. Bytes after a
-    /// `Release` are not this client's.
-    pub fn on_backend_data(&mut self, data: &[u8], out: &mut Out<'_>) -> usize {
-        if !matches!(self.state, State::Active) {
-            return 0;
-        }
-        let mut pos = 0;
-        loop {
-            let rest = data.get(pos..).unwrap_or_default();
-            let result = self.relay.on_backend_data(rest, out.to_client);
-            self.apply_outcomes(out);
-            if !matches!(self.state, State::Active) {
-                // A failed parameter sync ended the session (and released the backend, whose
-                // later bytes are not this client's).
-                return pos + result.as_ref().map_or(0, |(n, _)| *n);
-            }
-            if self.input_blocked
-                && !self.syncing
-                && !self.relay.pipeline_full()
-                && !self.waiting_for_shape()
-            {
-                self.input_blocked = false;
-                self.resuming = true;
-                out.actions.push(Action::ResumeInput);
-            }
-            match result {
-                Ok((n, BackendStop::NeedMore)) => return pos + n,
-                Ok((
-                    n,
-                    BackendStop::ParameterStatus {
-                        start,
-                        end,
-                        forwarded,
-                    },
-                )) => {
-                    let body = rest.get(start..end).unwrap_or_default();
-                    self.on_parameter_status(body, forwarded, out);
-                    pos += n;
-                }
-                Ok((n, BackendStop::Idle)) if self.resuming => return pos + n,
-                Ok((n, BackendStop::Idle)) => {
-                    pos += n;
-                    match self.after_transaction(out) {
-                        state::AfterTransaction::Continue => continue,
-                        state::AfterTransaction::Hold => {
-                            self.transaction_done(out);
-                            return pos;
-                        }
-                        state::AfterTransaction::Release => {
-                            self.transaction_done(out);
-                            self.state = State::Idle;
-                            out.actions.push(Action::Release);
-                            return pos;
-                        }
-                    }
-                }
-                Ok((n, BackendStop::StalePlan { start, end })) => {
-                    let error = rest.get(start..end).unwrap_or_default().to_vec();
-                    pos += n;
-                    self.on_stale_plan(&error, out);
-                }
-                Ok((n, BackendStop::Fatal)) => {
-                    // The server's FATAL went to the client; the session is over.
-                    self.state = State::Closed;
-                    out.actions.push(Action::DropBackend);
-                    out.actions.push(Action::Close);
-                    return pos + n;
-                }
-                Err(relay::RelayError::CopyBoth) if !self.relay.backend_mid_message() => {
-                    self.fatal(
-                        out,
-                        SqlState::FEATURE_NOT_SUPPORTED,
-                        "pglink: COPY BOTH (streaming replication) is not supported",
-                    );
-                    return data.len();
-                }
-                Err(e) => {
-                    log::warn!("client {}@{}: {e}; closing", self.user, self.database);
-                    self.on_backend_lost(out);
-                    return data.len();
-                }
-            }
         }
     }
 
     /// The held backend failed (closed, reset, or protocol desync): the client's transaction
     /// is gone, so the client gets FATAL 08006 and is closed.
     pub fn on_backend_lost(&mut self, out: &mut Out<'_>) {
+        if self.is_closed() {
+            return;
+        }
         if self.relay.backend_mid_message() {
             // A message is half sent; another message cannot be framed after it.
-            out.actions.push(Action::DropBackend);
-            self.state = State::Closed;
+            if let Some(server) = self.server() {
+                out.actions.push(Action::DropBackend(server));
+            }
+            self.set_state(State::closed(), out);
             out.actions.push(Action::Close);
             return;
         }
-        // `fatal` drops the held backend too.
-        self.fatal(
-            out,
-            SqlState::CONNECTION_FAILURE,
-            "pglink: lost the connection to the server during the transaction",
-        );
+        // `fail` drops the held backend too.
+        self.fail(SessionError::ServerLost, out);
     }
 
     /// The login deadline passed before authentication finished.
     pub fn on_login_timeout(&mut self, out: &mut Out<'_>) {
         if !self.is_logged_in() && !self.is_closed() {
-            self.fatal(
-                out,
-                SqlState::QUERY_CANCELED,
-                "pglink: canceling authentication due to timeout",
-            );
+            self.fail(SessionError::LoginTimeout, out);
         }
     }
 
-    /// The client is gone (or being closed): decides what happens to a held backend.
-    pub fn detach(&mut self) -> Option<BackendFate> {
-        let was_active = matches!(self.state, State::Active);
-        self.state = State::Closed;
-        if !was_active {
+    /// The proxy is shutting down: the session ends with FATAL 57P01 and `Action::Close`. A
+    /// server connection it holds meets the fate it would if the client left now, handed
+    /// over by [`Session::detach`]. A closed session gets nothing more (only the `Close`).
+    pub fn on_shutdown(&mut self, out: &mut Out<'_>) {
+        if !self.is_closed() {
+            // Mid-way through a server message the client cannot be sent an error.
+            if !self.relay.backend_mid_message() || !self.holds_backend() {
+                SessionError::ShuttingDown.encode(out.to_client, out.stats);
+            }
+            let leftover = self.backend_fate();
+            self.set_state(State::Closed { leftover }, out);
+        }
+        out.actions.push(Action::Close);
+    }
+
+    /// The client is gone (or being closed): decides what happens to a held backend, and
+    /// returns it with its id.
+    pub fn detach(&mut self, out: &mut Out<'_>) -> Option<(ServerId, BackendFate)> {
+        let fate = self.backend_fate();
+        match self.set_state(State::closed(), out) {
+            State::Closed { leftover } => leftover,
+            _ => fate,
+        }
+    }
+
+    /// What becomes of the held backend if the session ends now (it is `Reset`'s relay).
+    fn backend_fate(&mut self) -> Option<(ServerId, BackendFate)> {
+        let State::Active(lending) = &self.state else {
             return None;
-        }
-        Some(
-            if self.relay.client_mid_message() || self.pinned.is_some() {
-                // A pinned backend holds state (locks, LISTEN, temp tables) no one else may see.
-                BackendFate::Drop
-            } else if !self.relay.is_idle() && self.settings_in_doubt() {
-                // Its parameters may have changed in ways only this session would have
-                // read back: nobody may get it with settings pglink does not know.
-                BackendFate::Drop
-            } else if self.relay.is_idle() {
-                BackendFate::Release
-            } else {
-                BackendFate::Reset(std::mem::replace(&mut self.relay, Relay::new(0)))
-            },
-        )
-    }
-
-    /// Idle: answer what needs no backend, ask for one for the rest.
-    fn on_idle_bytes(&mut self, data: &[u8], out: &mut Out<'_>) -> usize {
-        if self.discard > 0 {
-            let n = self.discard.min(data.len());
-            self.discard -= n;
-            return n;
-        }
-        let header = match peek_header(data, MAX_STREAMED_MESSAGE) {
-            Ok(Some(h)) => h,
-            Ok(None) => return 0,
-            Err(e) => {
-                self.fatal(out, SqlState::PROTOCOL_VIOLATION, &format!("pglink: {e}"));
-                return data.len();
-            }
         };
-        if let Some(error) = self.failure.take() {
-            return self.fail_waiting_message(header, data, error, out);
-        }
-        let acquire = |session: &mut Session, out: &mut Out<'_>| {
-            session.state = State::Acquiring;
-            out.actions.push(Action::Acquire);
-            0
-        };
-        match header.tag {
-            fe::SYNC => {
-                self.skip_to_sync = false;
-                be_msg::ready_for_query(out.to_client, TransactionStatus::Idle);
-                self.consume(header, data)
-            }
-            // Outside COPY the server ignores these, and Flush has nothing to flush.
-            fe::FLUSH | fe::COPY_DATA | fe::COPY_DONE | fe::COPY_FAIL => self.consume(header, data),
-            fe::TERMINATE => {
-                self.state = State::Closed;
-                out.actions.push(Action::Close);
-                data.len()
-            }
-            _ if self.skip_to_sync => self.consume(header, data),
-            fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE => {
-                let whole = match self.whole_message(header, data, out) {
-                    Whole::Complete(whole) => whole,
-                    Whole::Partial => return 0,
-                    Whole::TooLong => return data.len(),
-                };
-                let body = whole.get(Header::SIZE..).unwrap_or_default();
-                match self.on_statement_message_idle(header.tag, body, out) {
-                    Handled::Done => header.frame_len(),
-                    Handled::NeedBackend | Handled::Wait => acquire(self, out),
-                    Handled::Invalid(e) => {
-                        self.fatal(out, SqlState::PROTOCOL_VIOLATION, &format!("pglink: {e}"));
-                        data.len()
-                    }
-                }
-            }
-            fe::QUERY => {
-                let whole = match self.whole_message(header, data, out) {
-                    Whole::Complete(whole) => whole,
-                    Whole::Partial => return 0,
-                    Whole::TooLong => return data.len(),
-                };
-                match self.on_query(query_text(whole), false, out) {
-                    state::QueryHandling::Answered => header.frame_len(),
-                    state::QueryHandling::Forward => acquire(self, out),
-                }
-            }
-            fe::EXECUTE | fe::FUNCTION_CALL => acquire(self, out),
-            tag => {
-                self.fatal(
-                    out,
-                    SqlState::PROTOCOL_VIOLATION,
-                    &format!("pglink: invalid frontend message type {}", MessageType(tag)),
-                );
-                data.len()
-            }
-        }
-    }
-
-    /// A message the session must see whole, bounded by the message size limit (a longer
-    /// one fails the session).
-    fn whole_message<'d>(
-        &mut self,
-        header: Header,
-        data: &'d [u8],
-        out: &mut Out<'_>,
-    ) -> Whole<'d> {
-        if header.frame_len() > self.relay_max_len() {
-            let text = format!(
-                "pglink: message too long ({} bytes, the limit is {})",
-                header.frame_len(),
-                self.relay_max_len()
-            );
-            self.fatal(out, SqlState::PROTOCOL_VIOLATION, &text);
-            return Whole::TooLong;
-        }
-        match data.get(..header.frame_len()) {
-            Some(whole) => Whole::Complete(whole),
-            None => Whole::Partial,
-        }
-    }
-
-    /// Reports a failed acquire against the message that needed the backend: a simple Query
-    /// gets ERROR + ReadyForQuery; an extended-protocol message gets ERROR and the rest of its
-    /// batch is dropped up to Sync, as the server itself would.
-    fn fail_waiting_message(
-        &mut self,
-        header: Header,
-        data: &[u8],
-        error: AcquireError,
-        out: &mut Out<'_>,
-    ) -> usize {
-        let (code, message) = acquire_error_text(&error);
-        ErrorBuilder::new(Severity::Error, code, &message).encode_error(out.to_client);
-        out.stats.error_sent(code);
-        if matches!(header.tag, fe::QUERY | fe::FUNCTION_CALL) {
-            be_msg::ready_for_query(out.to_client, TransactionStatus::Idle);
+        let server = lending.server;
+        let in_doubt = self.settings_in_doubt(lending);
+        let fate = if self.relay.client_mid_message() || self.pinned.is_some() {
+            // A pinned backend holds state (locks, LISTEN, temp tables) no one else may see.
+            BackendFate::Drop
+        } else if !self.relay.is_idle() && in_doubt {
+            // Its parameters may have changed in ways only this session would have
+            // read back: nobody may get it with settings pglink does not know.
+            BackendFate::Drop
+        } else if self.relay.is_idle() {
+            BackendFate::Release
         } else {
-            self.skip_to_sync = true;
+            BackendFate::Reset(std::mem::replace(&mut self.relay, Relay::new(0)))
+        };
+        Some((server, fate))
+    }
+
+    /// Every change of state goes through here: it records the change as an event when the
+    /// state's kind changes. Returns the previous state.
+    fn set_state(&mut self, state: State, out: &mut Out<'_>) -> State {
+        let kind = state.kind();
+        let old = std::mem::replace(&mut self.state, state);
+        if old.kind() != kind {
+            let event = Event::Client {
+                pid: self.key.pid,
+                state: kind,
+            };
+            out.events.record(out.now, event);
         }
-        self.consume(header, data)
+        old
     }
 
-    /// Consumes one message (or the part of it that has arrived, dropping the rest later).
-    fn consume(&mut self, header: Header, data: &[u8]) -> usize {
-        let n = header.frame_len().min(data.len());
-        self.discard = header.frame_len() - n;
-        n
+    /// The lending, while a backend is held.
+    fn lending(&self) -> Option<&Lending> {
+        match &self.state {
+            State::Active(lending) => Some(lending),
+            _ => None,
+        }
     }
 
-    /// Active: everything goes to the held backend, statement messages rewritten.
-    fn on_active_bytes(&mut self, data: &[u8], out: &mut Out<'_>) -> usize {
-        self.resuming = false;
-        let mut pos = 0;
-        loop {
-            let rest = data.get(pos..).unwrap_or_default();
-            if self.relay.client_mid_message() {
-                let n = self.relay.continue_client_message(rest, out.to_backend);
-                if n == 0 {
-                    return pos;
-                }
-                pos += n;
-                continue;
-            }
-            if !matches!(self.state, State::Active) {
-                return pos;
-            }
-            if self.syncing || self.relay.pipeline_full() || self.waiting_for_shape() {
-                self.input_blocked = true;
-                return pos;
-            }
-            let header = match peek_header(rest, MAX_STREAMED_MESSAGE) {
-                Ok(Some(h)) => h,
-                Ok(None) => return pos,
-                Err(e) => {
-                    self.fatal(out, SqlState::PROTOCOL_VIOLATION, &format!("pglink: {e}"));
-                    return data.len();
-                }
-            };
-            let batch_start = self.relay.outstanding() == 0
-                && !self.relay.unsynced()
-                && self.relay.status() == TransactionStatus::Idle;
-            let before = pos;
-            let failed = match header.tag {
-                fe::TERMINATE => {
-                    if rest.len() < header.frame_len() {
-                        return pos;
-                    }
-                    // `detach` (called by the reactor on close) decides the backend's fate.
-                    out.actions.push(Action::Close);
-                    return pos + header.frame_len();
-                }
-                fe::QUERY | fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE => {
-                    let whole = match self.whole_message(header, rest, out) {
-                        Whole::Complete(whole) => whole,
-                        Whole::Partial => return pos,
-                        Whole::TooLong => return data.len(),
-                    };
-                    let failed = if header.tag == fe::QUERY {
-                        match self.on_query(query_text(whole), true, out) {
-                            state::QueryHandling::Answered => None,
-                            state::QueryHandling::Forward => {
-                                self.ran = true;
-                                self.relay
-                                    .forward_client_message(header, whole, out.to_backend)
-                                    .err()
-                                    .map(|e| e.to_string())
-                            }
-                        }
-                    } else {
-                        let body = whole.get(Header::SIZE..).unwrap_or_default();
-                        let after = rest.get(header.frame_len()..).unwrap_or_default();
-                        match self.on_statement_message_active(header.tag, body, whole, after, out)
-                        {
-                            Handled::Invalid(e) => Some(e),
-                            // Nothing is on its way after all: decide again at once.
-                            Handled::Wait if !self.waiting_for_shape() => continue,
-                            Handled::Wait => {
-                                self.input_blocked = true;
-                                return pos;
-                            }
-                            Handled::Done | Handled::NeedBackend => {
-                                self.waited_for = None;
-                                None
-                            }
-                        }
-                    };
-                    pos += header.frame_len();
-                    failed
-                }
-                tag => {
-                    self.ran |= matches!(tag, fe::EXECUTE | fe::FUNCTION_CALL);
-                    match self
-                        .relay
-                        .forward_client_message(header, rest, out.to_backend)
-                    {
-                        Ok(n) => {
-                            pos += n;
-                            None
-                        }
-                        Err(e) => Some(e.to_string()),
-                    }
-                }
-            };
-            if let Some(e) = failed {
-                self.fatal(out, SqlState::PROTOCOL_VIOLATION, &format!("pglink: {e}"));
-                return data.len();
-            }
-            let whole = rest
-                .get(..header.frame_len())
-                .filter(|_| pos - before == header.frame_len());
-            self.record_for_replay(batch_start, header.tag, whole);
+    fn lending_mut(&mut self) -> Option<&mut Lending> {
+        match &mut self.state {
+            State::Active(lending) => Some(lending),
+            _ => None,
         }
     }
 
@@ -855,7 +641,7 @@ impl Session {
         }
         be_msg::backend_key_data(out.to_client, self.key.pid, self.key.secret());
         be_msg::ready_for_query(out.to_client, TransactionStatus::Idle);
-        self.state = State::Idle;
+        self.set_state(State::Idle(Idle::default()), out);
         out.actions.push(Action::LoggedIn);
     }
 
@@ -867,36 +653,24 @@ impl Session {
         }
     }
 
-    /// Queues a FATAL error and closes the session.
-    fn fatal(&mut self, out: &mut Out<'_>, code: SqlState, message: &str) {
-        ErrorBuilder::new(Severity::Fatal, code, message).encode_error(out.to_client);
-        out.stats.error_sent(code);
-        if matches!(self.state, State::Active) {
-            out.actions.push(Action::DropBackend);
-        }
-        self.state = State::Closed;
-        out.actions.push(Action::Close);
+    /// Ends the session with a FATAL `error`; a held backend is dropped (what it was doing
+    /// for the client cannot be finished).
+    fn fail(&mut self, error: SessionError, out: &mut Out<'_>) {
+        self.end(&error, Action::DropBackend, out);
     }
-}
 
-fn acquire_error_text(error: &AcquireError) -> (SqlState, String) {
-    match error {
-        AcquireError::Timeout {
-            database,
-            pool_size,
-            waited_ms,
-        } => (
-            SqlState::TOO_MANY_CONNECTIONS,
-            format!(
-                "pglink: no server connection for database \"{database}\" became free within \
-                 {waited_ms} ms (pool_max_conns {pool_size})"
-            ),
-        ),
-        AcquireError::Server { code, message } => (*code, format!("pglink: {message}")),
-        AcquireError::ShuttingDown => (
-            SqlState::ADMIN_SHUTDOWN,
-            "pglink: the proxy is shutting down".to_owned(),
-        ),
+    /// Ends the session with `error` (once: a closed session stays closed and says nothing
+    /// more); `held` is what becomes of a held backend.
+    fn end(&mut self, error: &SessionError, held: fn(ServerId) -> Action, out: &mut Out<'_>) {
+        if self.is_closed() {
+            return;
+        }
+        error.encode(out.to_client, out.stats);
+        if let Some(server) = self.server() {
+            out.actions.push(held(server));
+        }
+        self.set_state(State::closed(), out);
+        out.actions.push(Action::Close);
     }
 }
 

@@ -24,14 +24,12 @@
 
 use std::sync::Arc;
 
-use super::params;
 use super::relay::{Effect, Expect, Outcome, Route};
 use super::statements::{BackendShape, ClientStatement, Key, Shape, Statement, server_name};
-use super::{BackendContext, Out, Session};
+use super::{BackendContext, Out, Session, SessionError};
 use crate::protocol::backend as be_msg;
-use crate::protocol::framing::peek_header;
+use crate::protocol::framing::{Header, peek_header};
 use crate::protocol::frontend::{self, FrontendMessage, Target, tag as fe};
-use crate::protocol::{ErrorBuilder, Severity, SqlState};
 
 /// A statement name no backend has: a Bind of it fails, which is what pglink wants when it
 /// must fail a batch on the server's side.
@@ -46,8 +44,8 @@ pub(super) enum Handled {
     Wait,
     /// Needs a backend: leave it unconsumed and acquire one.
     NeedBackend,
-    /// Malformed: the connection must end.
-    Invalid(String),
+    /// Malformed: the connection must end with this error.
+    Invalid(SessionError),
 }
 
 /// Whether a Bind or Describe of a client's statement can go to the held backend.
@@ -61,80 +59,67 @@ enum Use {
 }
 
 impl Session {
-    /// Parse, Bind, Describe or Close while a backend is held.
-    pub(super) fn on_statement_message_active(
+    /// Parse, Bind, Describe or Close (`whole`: the message; `after`: the client bytes that
+    /// follow it, as far as they have arrived). With a backend held, named statements are
+    /// rewritten onto it; without one, what can be answered locally is, and the rest needs a
+    /// backend. Names are checked, and errors raised, the same way in both cases: in the
+    /// batch's place on the server when one is held (`fail_batch`), locally otherwise
+    /// (`fail_locally`).
+    pub(super) fn on_statement_message(
         &mut self,
         tag: u8,
-        body: &[u8],
         whole: &[u8],
         after: &[u8],
         out: &mut Out<'_>,
     ) -> Handled {
+        let held = self.holds_backend();
+        let body = whole.get(Header::SIZE..).unwrap_or_default();
         let msg = match FrontendMessage::decode(tag, body) {
             Ok(m) => m,
-            Err(e) => return Handled::Invalid(e.to_string()),
+            Err(e) => return Handled::Invalid(SessionError::InvalidMessage(e)),
         };
         match msg {
             FrontendMessage::Parse(p) if !p.name.is_empty() => {
                 if self.statements.contains(p.name) {
-                    self.fail_batch(out, SqlState::DUPLICATE_PSTATEMENT, &already_exists(p.name));
-                    return Handled::Done;
+                    return self.fail_statement(SessionError::duplicate_statement(p.name), out);
                 }
-                if let Some(message) = refused_statement(p.query) {
-                    self.fail_batch(out, SqlState::INVALID_SQL_STATEMENT_NAME, &message);
-                    return Handled::Done;
+                if let Some(error) = refused_statement(p.query) {
+                    return self.fail_statement(error, out);
                 }
                 let types: Vec<u32> = p.param_types().collect();
                 let Some(database) = self.db_context.clone() else {
-                    return Handled::Invalid("no statement registry".into());
+                    return if held {
+                        Handled::Invalid(SessionError::NoStatementRegistry)
+                    } else {
+                        Handled::NeedBackend
+                    };
                 };
-                let statement = database.registry.get_or_insert(&Key {
+                let key = Key {
                     query: p.query,
                     param_types: &types,
                     search_path: self.desired.get("search_path"),
-                });
-                let epoch = database.registry.schema_epoch();
-                let known = match out.backend.statements.touch(statement.id) {
-                    Some(BackendShape::Known { shape, epoch: e }) if e == epoch => {
-                        Some(Some(shape))
-                    }
-                    // Prepared in this batch: whatever fails that Parse fails this one too.
-                    Some(BackendShape::Pending)
-                        if !self.relay.skipping_to_sync()
-                            && !self.relay.preparing_before_sync(statement.id) =>
-                    {
-                        Some(None)
-                    }
-                    _ => None,
                 };
-                match known {
-                    // The backend has a current copy (or one whose shape is on its way, which
-                    // this name learns with it).
-                    Some(shape) => {
-                        self.statements
-                            .insert(p.name, statement, shape, self.relay.pushed());
-                        let mut answer = Vec::with_capacity(5);
-                        be_msg::parse_complete(&mut answer);
-                        self.relay.push_local(&answer, out.to_client);
-                    }
-                    None => {
-                        let since = self.relay.pushed();
-                        self.statements
-                            .insert(p.name, statement.clone(), None, since);
-                        self.prepare_afresh(&statement, Some(p.name), Route::Forward, out);
-                    }
+                if held {
+                    let statement = database.registry.get_or_insert(&key);
+                    let epoch = database.registry.schema_epoch();
+                    return self.parse_on_backend(p.name, statement, epoch, out);
                 }
+                // A statement that is new, or that no server has accepted yet, must be
+                // checked by a server now (and is looked up again then).
+                let Some(statement) = database.registry.find(&key).filter(|s| s.is_verified())
+                else {
+                    return Handled::NeedBackend;
+                };
+                database.registry.count_hit();
+                self.parse_without_backend(p.name, statement, out)
             }
             FrontendMessage::Bind(b) if !b.statement.is_empty() => {
-                let name = b.statement;
-                let Some(named) = self.statements.get(name).cloned() else {
-                    self.fail_batch(
-                        out,
-                        SqlState::INVALID_SQL_STATEMENT_NAME,
-                        &does_not_exist(b.statement),
-                    );
-                    return Handled::Done;
+                let Some(named) = self.statements.get(b.statement).cloned() else {
+                    return self.fail_statement(SessionError::unknown_statement(b.statement), out);
                 };
+                if !held {
+                    return Handled::NeedBackend;
+                }
                 // A client that describes the portal before running it learns the result
                 // shape from this very batch (libpq does): whatever shape a fresh copy has
                 // now is fine for it, as for a new Parse.
@@ -147,12 +132,9 @@ impl Session {
                 } else {
                     named
                 };
-                match self.prepare_for_use(name, &named, out) {
+                match self.prepare_for_use(b.statement, &named, out) {
                     Use::Wait => return Handled::Wait,
-                    Use::Stale => {
-                        self.fail_stale(out);
-                        return Handled::Done;
-                    }
+                    Use::Stale => return self.fail_statement(SessionError::StalePlan, out),
                     Use::Go => {}
                 }
                 let statement = named.statement;
@@ -162,20 +144,18 @@ impl Session {
                 b.encode_with_statement(out.to_backend, &statement.server_name);
                 self.relay
                     .push(Expect::Bind, Route::Forward, Effect::Bound(statement));
+                Handled::Done
             }
             FrontendMessage::Describe(d) if d.target == Target::Statement && !d.name.is_empty() => {
-                let name = d.name;
-                let Some(named) = self.statements.get(name).cloned() else {
-                    self.fail_batch(
-                        out,
-                        SqlState::INVALID_SQL_STATEMENT_NAME,
-                        &does_not_exist(d.name),
-                    );
-                    return Handled::Done;
+                let Some(named) = self.statements.get(d.name).cloned() else {
+                    return self.fail_statement(SessionError::unknown_statement(d.name), out);
                 };
                 if let Some(answer) = named.shape.and_then(|s| named.statement.description(s)) {
-                    self.relay.push_local(&answer, out.to_client);
+                    self.emit_local(&answer, held, out);
                     return Handled::Done;
+                }
+                if !held {
+                    return Handled::NeedBackend;
                 }
                 // The client asks for the description: it takes whatever shape is current.
                 self.statements.forget_shape(d.name);
@@ -183,12 +163,9 @@ impl Session {
                     shape: None,
                     ..named
                 };
-                match self.prepare_for_use(name, &named, out) {
+                match self.prepare_for_use(d.name, &named, out) {
                     Use::Wait => return Handled::Wait,
-                    Use::Stale => {
-                        self.fail_stale(out);
-                        return Handled::Done;
-                    }
+                    Use::Stale => return self.fail_statement(SessionError::StalePlan, out),
                     Use::Go => {}
                 }
                 let statement = named.statement;
@@ -198,112 +175,104 @@ impl Session {
                     Route::Forward,
                     Effect::Describe(statement),
                 );
+                Handled::Done
             }
             FrontendMessage::Close(c) if c.target == Target::Statement && !c.name.is_empty() => {
                 self.statements.remove(c.name);
                 let mut answer = Vec::with_capacity(5);
                 be_msg::close_complete(&mut answer);
-                self.relay.push_local(&answer, out.to_client);
+                self.emit_local(&answer, held, out);
+                Handled::Done
             }
-            // Unnamed statements and portals: untouched (but looked at).
+            // Unnamed statements and portals: untouched (but looked at) on the backend.
+            _ if !held => Handled::NeedBackend,
             other => {
                 if let FrontendMessage::Parse(p) = other {
-                    if let Some(message) = refused_statement(p.query) {
-                        self.fail_batch(out, SqlState::INVALID_SQL_STATEMENT_NAME, &message);
-                        return Handled::Done;
+                    if let Some(error) = refused_statement(p.query) {
+                        return self.fail_statement(error, out);
                     }
                     self.inspect_statement(p.query, out);
                 }
-                let header = crate::protocol::framing::Header {
+                let header = Header {
                     tag,
                     len: u32::try_from(whole.len().saturating_sub(1)).unwrap_or(u32::MAX),
                 };
-                if let Err(e) = self
+                match self
                     .relay
                     .forward_client_message(header, whole, out.to_backend)
                 {
-                    return Handled::Invalid(e.to_string());
+                    Ok(_) => Handled::Done,
+                    Err(e) => Handled::Invalid(SessionError::Relay(e)),
                 }
+            }
+        }
+    }
+
+    /// Reports an error of the current extended-protocol batch in its place: on the server's
+    /// side while a backend is held, locally otherwise. Either way what follows in the batch
+    /// is skipped up to Sync.
+    fn fail_statement(&mut self, error: SessionError, out: &mut Out<'_>) -> Handled {
+        if self.holds_backend() {
+            self.fail_batch(&error, out);
+        } else {
+            self.fail_locally(error, out);
+        }
+        Handled::Done
+    }
+
+    /// Parse of a new name with a backend held: the shared statement is prepared on it,
+    /// unless it has a current copy already (then ParseComplete is answered locally).
+    fn parse_on_backend(
+        &mut self,
+        name: &[u8],
+        statement: Arc<Statement>,
+        epoch: u64,
+        out: &mut Out<'_>,
+    ) -> Handled {
+        let known = match out.backend.statements.touch(statement.id) {
+            Some(BackendShape::Known { shape, epoch: e }) if e == epoch => Some(Some(shape)),
+            // Prepared in this batch: whatever fails that Parse fails this one too.
+            Some(BackendShape::Pending)
+                if !self.relay.skipping_to_sync()
+                    && !self.relay.preparing_before_sync(statement.id) =>
+            {
+                Some(None)
+            }
+            _ => None,
+        };
+        match known {
+            // The backend has a current copy (or one whose shape is on its way, which this
+            // name learns with it).
+            Some(shape) => {
+                self.statements
+                    .insert(name, statement, shape, self.relay.pushed());
+                let mut answer = Vec::with_capacity(5);
+                be_msg::parse_complete(&mut answer);
+                self.relay.push_local(&answer, out.to_client);
+            }
+            None => {
+                let since = self.relay.pushed();
+                self.statements.insert(name, statement.clone(), None, since);
+                self.prepare_afresh(&statement, Some(name), Route::Forward, out);
             }
         }
         Handled::Done
     }
 
-    /// Parse, Bind, Describe or Close without a backend: answered locally when possible.
-    pub(super) fn on_statement_message_idle(
+    /// Parse of a new name without a backend, of a statement some server has accepted
+    /// before: answered locally.
+    fn parse_without_backend(
         &mut self,
-        tag: u8,
-        body: &[u8],
+        name: &[u8],
+        statement: Arc<Statement>,
         out: &mut Out<'_>,
     ) -> Handled {
-        let msg = match FrontendMessage::decode(tag, body) {
-            Ok(m) => m,
-            Err(e) => return Handled::Invalid(e.to_string()),
-        };
-        match msg {
-            FrontendMessage::Parse(p) if !p.name.is_empty() => {
-                if self.statements.contains(p.name) {
-                    self.fail_locally(out, SqlState::DUPLICATE_PSTATEMENT, &already_exists(p.name));
-                    return Handled::Done;
-                }
-                if let Some(message) = refused_statement(p.query) {
-                    self.fail_locally(out, SqlState::INVALID_SQL_STATEMENT_NAME, &message);
-                    return Handled::Done;
-                }
-                let types: Vec<u32> = p.param_types().collect();
-                let Some(database) = self.db_context.clone() else {
-                    return Handled::NeedBackend;
-                };
-                // A statement that is new, or that no server has accepted yet, must be
-                // checked by a server now (and is looked up again then).
-                let Some(statement) = database
-                    .registry
-                    .find(&Key {
-                        query: p.query,
-                        param_types: &types,
-                        search_path: self.desired.get("search_path"),
-                    })
-                    .filter(|s| s.is_verified())
-                else {
-                    return Handled::NeedBackend;
-                };
-                database.registry.count_hit();
-                // The client's shape is the latest a server showed, if pglink has it; else
-                // the first backend to run it shows it.
-                let shape = statement.cached_shape();
-                self.statements
-                    .insert(p.name, statement, shape, self.relay.pushed());
-                be_msg::parse_complete(out.to_client);
-            }
-            FrontendMessage::Describe(d) if d.target == Target::Statement && !d.name.is_empty() => {
-                let Some(named) = self.statements.get(d.name) else {
-                    self.fail_locally(
-                        out,
-                        SqlState::INVALID_SQL_STATEMENT_NAME,
-                        &does_not_exist(d.name),
-                    );
-                    return Handled::Done;
-                };
-                match named.shape.and_then(|s| named.statement.description(s)) {
-                    Some(answer) => out.to_client.extend_from_slice(&answer),
-                    None => return Handled::NeedBackend,
-                }
-            }
-            FrontendMessage::Close(c) if c.target == Target::Statement && !c.name.is_empty() => {
-                self.statements.remove(c.name);
-                be_msg::close_complete(out.to_client);
-            }
-            FrontendMessage::Bind(b)
-                if !b.statement.is_empty() && !self.statements.contains(b.statement) =>
-            {
-                self.fail_locally(
-                    out,
-                    SqlState::INVALID_SQL_STATEMENT_NAME,
-                    &does_not_exist(b.statement),
-                );
-            }
-            _ => return Handled::NeedBackend,
-        }
+        // The client's shape is the latest a server showed, if pglink has it; else the first
+        // backend to run it shows it.
+        let shape = statement.cached_shape();
+        self.statements
+            .insert(name, statement, shape, self.relay.pushed());
+        be_msg::parse_complete(out.to_client);
         Handled::Done
     }
 
@@ -317,7 +286,7 @@ impl Session {
             return Use::Go;
         }
         // The shape this message was waiting for has arrived: no second round.
-        let waited = self.waited_for == Some(statement.id);
+        let waited = self.lending().and_then(|l| l.waited_for) == Some(statement.id);
         let epoch = self
             .db_context
             .as_ref()
@@ -372,13 +341,16 @@ impl Session {
     }
 
     fn wait_for_shape(&mut self, id: u64) -> Use {
-        self.waited_for = Some(id);
+        if let Some(lending) = self.lending_mut() {
+            lending.waited_for = Some(id);
+        }
         Use::Wait
     }
 
     /// Whether client input must wait for a statement's shape (see `prepare_for_use`).
     pub(super) fn waiting_for_shape(&self) -> bool {
-        self.waited_for
+        self.lending()
+            .and_then(|l| l.waited_for)
             .is_some_and(|id| self.relay.awaits_shape(id))
     }
 
@@ -410,40 +382,13 @@ impl Session {
         );
     }
 
-    /// Reports `message` as the error of the current batch while a backend is held: the
+    /// Reports `error` as the error of the current batch while a backend is held: the
     /// server fails a Bind in its place, skipping to Sync as it would for a real error.
-    fn fail_batch(&mut self, out: &mut Out<'_>, code: SqlState, message: &str) {
-        let mut error = Vec::new();
-        ErrorBuilder::new(Severity::Error, code, message).encode_error(&mut error);
-        out.stats.error_sent(code);
-        self.fail_batch_with(out, error);
-    }
-
-    fn fail_batch_with(&mut self, out: &mut Out<'_>, error: Vec<u8>) {
+    fn fail_batch(&mut self, error: &SessionError, out: &mut Out<'_>) {
+        let mut bytes = Vec::new();
+        error.encode(&mut bytes, out.stats);
         frontend::bind(out.to_backend, b"", NO_SUCH_STATEMENT, &[], [], &[]);
-        self.relay.push_failing(Expect::Bind, error.into());
-    }
-
-    /// The error PostgreSQL raises when DDL changed a prepared statement's result type,
-    /// word for word (drivers such as asyncpg and pgjdbc recognise it and prepare again).
-    fn fail_stale(&mut self, out: &mut Out<'_>) {
-        let mut error = Vec::new();
-        ErrorBuilder::new(
-            Severity::Error,
-            SqlState::FEATURE_NOT_SUPPORTED,
-            "cached plan must not change result type",
-        )
-        .routine("RevalidateCachedQuery")
-        .encode_error(&mut error);
-        out.stats.error_sent(SqlState::FEATURE_NOT_SUPPORTED);
-        self.fail_batch_with(out, error);
-    }
-
-    /// The same without a backend: the error, then drop messages up to Sync.
-    pub(super) fn fail_locally(&mut self, out: &mut Out<'_>, code: SqlState, message: &str) {
-        ErrorBuilder::new(Severity::Error, code, message).encode_error(out.to_client);
-        out.stats.error_sent(code);
-        self.skip_to_sync = true;
+        self.relay.push_failing(Expect::Bind, bytes.into());
     }
 
     /// A batch that began with a Bind of a shared statement outside a transaction failed with
@@ -455,8 +400,8 @@ impl Session {
     pub(super) fn on_stale_plan(&mut self, error: &[u8], out: &mut Out<'_>) {
         let statement = self.relay.take_stale();
         let batch = self
-            .replay
-            .take()
+            .lending_mut()
+            .and_then(|l| l.replay.take())
             .filter(|b| ends_with_sync(b) && batch_describes_its_portals(b));
         let (Some(statement), Some(batch)) = (statement.clone(), batch) else {
             self.relay.forward_error(error, statement, out.to_client);
@@ -489,10 +434,13 @@ impl Session {
     /// whole and small. `message` is `None` if it was not handled whole.
     pub(super) fn record_for_replay(&mut self, batch_start: bool, tag: u8, message: Option<&[u8]>) {
         const LIMIT: usize = 64 * 1024;
+        let Some(lending) = self.lending_mut() else {
+            return;
+        };
         if batch_start {
-            self.replay = (tag == fe::BIND).then(Vec::new);
+            lending.replay = (tag == fe::BIND).then(Vec::new);
         }
-        let Some(batch) = self.replay.as_mut() else {
+        let Some(batch) = lending.replay.as_mut() else {
             return;
         };
         match message {
@@ -505,56 +453,51 @@ impl Session {
             {
                 batch.extend_from_slice(m);
             }
-            _ => self.replay = None,
+            _ => lending.replay = None,
         }
     }
 
-    /// Applies what the backend's answers showed about statements.
+    /// Applies what the backend's answers showed: first to what is known of the backend
+    /// (the part a drain shares, [`BackendContext::apply_outcome`]), then to the client's
+    /// statements, parameters and the shared registry.
     pub(super) fn apply_outcomes(&mut self, out: &mut Out<'_>) {
         if !self.relay.has_outcomes() {
             return;
         }
-        let backend = &mut *out.backend;
         let outcomes: Vec<Outcome> = self.relay.take_outcomes().collect();
         for outcome in outcomes {
+            out.backend.apply_outcome(&outcome);
             match outcome {
                 Outcome::Succeeded(Effect::Prepare { statement, .. }) => statement.mark_verified(),
                 Outcome::Failed(Effect::Prepare {
                     statement,
                     client_name,
                 }) => {
-                    // Failed or skipped: whether the server has a copy is unknown, so the
-                    // next use closes it first.
-                    backend
-                        .statements
-                        .set_shape(statement.id, BackendShape::Stale);
                     if let Some(name) = client_name {
                         self.statements.remove_if(&name, statement.id);
                     }
                 }
                 Outcome::Described(statement, answer) => {
-                    self.on_described(statement, answer, backend)
+                    self.on_described(statement, answer, out.backend)
                 }
                 Outcome::StalePlan(statement) => {
                     log::debug!("statement {} has a stale plan on its backend", statement.id);
-                    backend
-                        .statements
-                        .set_shape(statement.id, BackendShape::Stale);
                     // Its cached description is likely out of date too.
                     if let Some(database) = &self.db_context {
                         database.registry.forget_description(&statement);
                     }
                 }
-                Outcome::Captured(names, values) => self.on_captured(&names, &values, backend),
-                Outcome::Succeeded(Effect::Sync(changes)) => {
-                    params::apply(&mut backend.params, &changes);
-                    self.syncing = false;
+                Outcome::Captured(names, values) => self.on_captured(&names, &values),
+                Outcome::Succeeded(Effect::Sync(_)) => {
+                    if let Some(lending) = self.lending_mut() {
+                        lending.syncing = false;
+                    }
                 }
                 Outcome::SyncFailed(error) => {
                     self.on_sync_failed(&error, out);
                     return;
                 }
-                Outcome::Reset(reset) => self.on_server_reset(reset, backend),
+                Outcome::Reset(reset) => self.on_server_reset(&reset),
                 Outcome::Succeeded(_) | Outcome::Failed(_) => {}
             }
         }
@@ -647,23 +590,10 @@ fn batch_describes_its_portals(batch: &[u8]) -> bool {
 
 /// The error for a statement text pglink does not let through: DEALLOCATE of one of its own
 /// server names (see `inspect::deallocates_server_name`).
-fn refused_statement(query: &[u8]) -> Option<String> {
+fn refused_statement(query: &[u8]) -> Option<SessionError> {
     if !super::inspect::worth_inspecting(query) {
         return None;
     }
-    super::inspect::deallocates_server_name(query).map(|name| does_not_exist(name.as_bytes()))
-}
-
-fn already_exists(name: &[u8]) -> String {
-    format!(
-        "pglink: prepared statement \"{}\" already exists",
-        String::from_utf8_lossy(name)
-    )
-}
-
-fn does_not_exist(name: &[u8]) -> String {
-    format!(
-        "pglink: prepared statement \"{}\" does not exist",
-        String::from_utf8_lossy(name)
-    )
+    super::inspect::deallocates_server_name(query)
+        .map(|name| SessionError::unknown_statement(name.as_bytes()))
 }

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use super::users::{Lookup, UserEntry};
-use super::{Action, AuthMethod, ClientTls, Env, Out, Session, State};
+use super::{Action, AuthMethod, ClientTls, Env, Out, Session, SessionError, State};
 use crate::auth::{
     AuthFailureKind, ScramServer, ScramVerifier, cleartext_verify, md5_verify, mechanisms,
 };
@@ -15,7 +15,6 @@ use crate::protocol::backend as be_msg;
 use crate::protocol::framing::{Header, MAX_STARTUP_PACKET_LEN, peek_header, peek_startup_len};
 use crate::protocol::frontend::{PasswordMessage, SaslInitialResponse, tag as fe};
 use crate::protocol::startup::{ProtocolVersion, StartupMessage, StartupPacket};
-use crate::protocol::{MessageType, SqlState};
 
 /// Largest password/SASL message accepted.
 const MAX_AUTH_MESSAGE: usize = 16 * 1024;
@@ -33,6 +32,9 @@ pub(super) enum AuthState {
     ScramInitial(Box<ScramVerifier>, bool),
     /// Waiting for the client-final message. `bool`: the user exists.
     ScramFinal(Box<ScramServer>, bool),
+    /// A message is being checked (only for the length of the call that checks it: the
+    /// previous step is moved out, and the next one, or another state, put in).
+    Checking,
 }
 
 impl std::fmt::Debug for AuthState {
@@ -42,6 +44,7 @@ impl std::fmt::Debug for AuthState {
             AuthState::Md5 { .. } => "Md5",
             AuthState::ScramInitial(..) => "ScramInitial",
             AuthState::ScramFinal(..) => "ScramFinal",
+            AuthState::Checking => "Checking",
         })
     }
 }
@@ -56,14 +59,10 @@ impl Session {
     ) -> usize {
         if data.first() == Some(&TLS_HANDSHAKE_RECORD) && !self.tls {
             if env.config.tls == ClientTls::Disabled {
-                self.fatal(
-                    out,
-                    SqlState::PROTOCOL_VIOLATION,
-                    "pglink: TLS is disabled on this server",
-                );
+                self.fail(SessionError::TlsDisabled, out);
                 return data.len();
             }
-            self.state = State::AwaitingTls;
+            self.await_tls(out);
             out.actions.push(Action::StartTls { direct: true });
             return 0;
         }
@@ -71,11 +70,7 @@ impl Session {
             Ok(Some(len)) => len,
             Ok(None) => return 0,
             Err(e) => {
-                self.fatal(
-                    out,
-                    SqlState::PROTOCOL_VIOLATION,
-                    &format!("pglink: invalid startup packet: {e}"),
-                );
+                self.fail(SessionError::StartupPacketLength(e), out);
                 return data.len();
             }
         };
@@ -83,24 +78,16 @@ impl Session {
             return 0;
         };
         match StartupPacket::decode(packet) {
-            Err(e) => self.fatal(
-                out,
-                SqlState::PROTOCOL_VIOLATION,
-                &format!("pglink: invalid startup packet: {e}"),
-            ),
+            Err(e) => self.fail(SessionError::InvalidStartupPacket(e), out),
             Ok(StartupPacket::SslRequest) => {
                 if data.len() > len {
                     // Bytes sent before the handshake must not be trusted (CVE-2021-23214).
-                    self.fatal(
-                        out,
-                        SqlState::PROTOCOL_VIOLATION,
-                        "pglink: received unencrypted data after SSL request",
-                    );
+                    self.fail(SessionError::UnencryptedDataAfterSslRequest, out);
                 } else if self.tls || env.config.tls == ClientTls::Disabled {
                     out.to_client.push(b'N');
                 } else {
                     out.to_client.push(b'S');
-                    self.state = State::AwaitingTls;
+                    self.await_tls(out);
                     out.actions.push(Action::StartTls { direct: false });
                 }
             }
@@ -109,7 +96,7 @@ impl Session {
             Ok(StartupPacket::Cancel(c)) => {
                 out.actions
                     .push(Action::Cancel(super::CancelKey::from_request(c.pid, c.key)));
-                self.state = State::Closed;
+                self.set_state(State::closed(), out);
                 out.actions.push(Action::Close);
             }
             Ok(StartupPacket::Startup(m)) => self.on_startup_message(m, env, out),
@@ -117,30 +104,36 @@ impl Session {
         len
     }
 
+    /// A TLS handshake starts (a refusal waits for the startup packet that follows it).
+    fn await_tls(&mut self, out: &mut Out<'_>) {
+        let refusal = self.take_refusal();
+        self.set_state(State::AwaitingTls { refusal }, out);
+    }
+
+    /// The error a connection accepted only to be refused is to get.
+    fn take_refusal(&mut self) -> Option<SessionError> {
+        match &mut self.state {
+            State::AwaitingStartup { refusal } | State::AwaitingTls { refusal } => refusal.take(),
+            _ => None,
+        }
+    }
+
     fn on_startup_message(&mut self, m: StartupMessage<'_>, env: &mut Env<'_>, out: &mut Out<'_>) {
-        if let Some((code, message)) = self.refusal.take() {
-            return self.fatal(out, code, &message);
+        if let Some(error) = self.take_refusal() {
+            return self.fail(error, out);
         }
         if m.version.major != 3 {
-            let text = format!(
-                "pglink: unsupported frontend protocol {}.{}: server supports 3.0 to 3.2",
-                m.version.major, m.version.minor
-            );
-            return self.fatal(out, SqlState::FEATURE_NOT_SUPPORTED, &text);
+            let error = SessionError::UnsupportedProtocol {
+                major: m.version.major,
+                minor: m.version.minor,
+            };
+            return self.fail(error, out);
         }
         if env.config.tls == ClientTls::Required && !self.tls {
-            return self.fatal(
-                out,
-                SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
-                "pglink: this server accepts only TLS connections (sslmode=require)",
-            );
+            return self.fail(SessionError::TlsRequired, out);
         }
         let Some(user) = m.user().filter(|u| !u.is_empty()) else {
-            return self.fatal(
-                out,
-                SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
-                "pglink: no PostgreSQL user name specified in startup packet",
-            );
+            return self.fail(SessionError::NoUserName, out);
         };
         self.user = String::from_utf8_lossy(user).into_owned();
         self.database = String::from_utf8_lossy(m.database().unwrap_or(user)).into_owned();
@@ -149,11 +142,7 @@ impl Session {
             match name {
                 b"user" | b"database" => {}
                 b"replication" if !matches!(value, b"false" | b"off" | b"no" | b"0") => {
-                    return self.fatal(
-                        out,
-                        SqlState::FEATURE_NOT_SUPPORTED,
-                        "pglink: replication connections are not supported",
-                    );
+                    return self.fail(SessionError::ReplicationUnsupported, out);
                 }
                 // `replication=false`: an ordinary session, nothing to carry along.
                 b"replication" => {}
@@ -188,8 +177,8 @@ impl Session {
     fn begin_auth(&mut self, env: &mut Env<'_>, out: &mut Out<'_>) {
         let (db, entry) = match env.users.lookup(&self.database, &self.user) {
             Lookup::NoDatabase => {
-                let text = format!("pglink: database \"{}\" does not exist", self.database);
-                return self.fatal(out, SqlState::INVALID_CATALOG_NAME, &text);
+                let database = self.database.clone();
+                return self.fail(SessionError::UnknownDatabase { database }, out);
             }
             Lookup::NoUser(db) => (db, None),
             Lookup::User(db, entry) => (db, Some(Arc::clone(entry))),
@@ -199,11 +188,7 @@ impl Session {
         self.pool = entry.as_ref().map(|e| e.pool);
         let auth = match env.config.auth_method {
             AuthMethod::Plaintext if !self.tls => {
-                return self.fatal(
-                    out,
-                    SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
-                    "pglink: plaintext password authentication requires a TLS connection",
-                );
+                return self.fail(SessionError::PlaintextNeedsTls, out);
             }
             AuthMethod::Plaintext => {
                 be_msg::authentication_cleartext(out.to_client);
@@ -227,7 +212,7 @@ impl Session {
                 AuthState::ScramInitial(Box::new(verifier), exists)
             }
         };
-        self.state = State::Authenticating(auth);
+        self.set_state(State::Authenticating(auth), out);
     }
 
     /// During authentication: the client's password / SASL messages.
@@ -241,7 +226,7 @@ impl Session {
             Ok(Some(h)) => h,
             Ok(None) => return 0,
             Err(e) => {
-                self.fatal(out, SqlState::PROTOCOL_VIOLATION, &format!("pglink: {e}"));
+                self.fail(SessionError::Framing(e), out);
                 return data.len();
             }
         };
@@ -249,25 +234,22 @@ impl Session {
             return 0;
         };
         if header.tag != fe::PASSWORD {
-            let text = format!(
-                "pglink: expected a password response, got message type {}",
-                MessageType(header.tag)
-            );
-            self.fatal(out, SqlState::PROTOCOL_VIOLATION, &text);
+            self.fail(SessionError::ExpectedPassword { tag: header.tag }, out);
             return data.len();
         }
-        let State::Authenticating(auth) = std::mem::replace(&mut self.state, State::Closed) else {
+        let State::Authenticating(auth) = &mut self.state else {
             return 0;
         };
+        let auth = std::mem::replace(auth, AuthState::Checking);
         match self.on_auth_message(auth, body, env, out) {
-            Ok(Some(next)) => self.state = State::Authenticating(next),
+            Ok(Some(next)) => {
+                self.set_state(State::Authenticating(next), out);
+            }
             Ok(None) => self.authenticated(env, out),
             Err(AuthFailureKind::InvalidCredentials) => self.password_failed(out),
-            Err(AuthFailureKind::ProtocolViolation) => self.fatal(
-                out,
-                SqlState::PROTOCOL_VIOLATION,
-                "pglink: malformed authentication message",
-            ),
+            Err(AuthFailureKind::ProtocolViolation) => {
+                self.fail(SessionError::MalformedAuthMessage, out)
+            }
         }
         header.frame_len()
     }
@@ -325,6 +307,9 @@ impl Session {
                 be_msg::sasl_final(out.to_client, &last);
                 Ok(None)
             }
+            // Not a step a message can be checked against (cannot happen: a message is checked
+            // against the step it was moved out of).
+            AuthState::Checking => Err(AuthFailureKind::ProtocolViolation),
         }
     }
 
@@ -332,11 +317,8 @@ impl Session {
         if let Some(db) = self.db.and_then(|db| out.stats.database(db)) {
             db.auth_failures.inc();
         }
-        let text = format!(
-            "pglink: password authentication failed for user \"{}\"",
-            self.user
-        );
-        self.fatal(out, SqlState::INVALID_PASSWORD, &text);
+        let user = self.user.clone();
+        self.fail(SessionError::PasswordFailed { user }, out);
     }
 
     /// Authentication succeeded: AuthenticationOk, then the parameters (learning them from a
@@ -349,7 +331,7 @@ impl Session {
         match (env.server_params)(pool) {
             Some(params) => self.finish_login(&params, out),
             None => {
-                self.state = State::AwaitingParameters;
+                self.set_state(State::AwaitingParameters { since: out.now }, out);
                 out.actions.push(Action::Acquire);
             }
         }

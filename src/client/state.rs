@@ -13,17 +13,13 @@ use super::inspect::{self, LocalCommand, PinReason, Touched};
 use super::params::{self, Params};
 use super::relay::{Effect, Expect, Route, ServerReset};
 use super::statements::server_name;
-use super::{BackendContext, Out, ParamList, Session};
+use super::{Action, Lending, Out, ParamList, Session, SessionError};
 use crate::protocol::SqlState;
 use crate::protocol::backend as be_msg;
 use crate::protocol::frontend::{self, Target};
 
 /// A query the server fails (26000, no such statement) without effects.
 const FAILING_QUERY: &[u8] = b"DEALLOCATE \"pglink_\x01failed_query\"";
-
-fn not_found(name: &str) -> String {
-    format!("pglink: prepared statement \"{name}\" does not exist")
-}
 
 /// What to do when a transaction has ended and nothing is outstanding.
 pub(super) enum AfterTransaction {
@@ -91,7 +87,9 @@ impl Session {
         frontend::query(out.to_backend, params::sync_query(&changes).as_bytes());
         self.relay
             .push(Expect::Cycle, Route::Discard, Effect::Sync(changes));
-        self.syncing = true;
+        if let Some(lending) = self.lending_mut() {
+            lending.syncing = true;
+        }
     }
 
     /// The sync query failed with `error` (an ErrorResponse): FATAL with the server's code
@@ -114,17 +112,11 @@ impl Session {
             self.user,
             self.database
         );
-        let text = format!(
-            "pglink: this session's settings could not be applied on a server connection: \
-             {message}"
-        );
-        crate::protocol::ErrorBuilder::new(crate::protocol::Severity::Fatal, code, &text)
-            .encode_error(out.to_client);
-        out.stats.error_sent(code);
-        self.syncing = false;
-        self.state = super::State::Closed;
-        out.actions.push(super::Action::Release);
-        out.actions.push(super::Action::Close);
+        let error = SessionError::SettingsRejected {
+            code,
+            message: message.into_owned(),
+        };
+        self.end(&error, Action::Release, out);
     }
 
     /// Whether a backend with `backend` values needs no sync query for this client.
@@ -132,17 +124,12 @@ impl Session {
         params::in_sync(&self.desired, backend, &|n| self.is_reported(n))
     }
 
-    /// A ParameterStatus from the held backend.
+    /// A ParameterStatus from the held backend: the backend's value, and the client's if it
+    /// saw the message (its own statement changed the value).
     pub(super) fn on_parameter_status(&mut self, body: &[u8], forwarded: bool, out: &mut Out<'_>) {
-        let mut parts = body.split(|&b| b == 0);
-        let (Some(name), Some(value)) = (parts.next(), parts.next()) else {
+        let Some((name, value)) = out.backend.on_parameter_status(body) else {
             return;
         };
-        let (name, value) = (
-            String::from_utf8_lossy(name),
-            String::from_utf8_lossy(value),
-        );
-        out.backend.params.set(&name, &value);
         if forwarded && self.desired.get(&name) != Some(&*value) {
             Arc::make_mut(&mut self.desired).set(&name, &value);
         }
@@ -155,7 +142,11 @@ impl Session {
         }
         for touched in inspect::touched_params(sql) {
             match touched {
-                Touched::All => self.reset_all = true,
+                Touched::All => {
+                    if let Some(lending) = self.lending_mut() {
+                        lending.reset_all = true;
+                    }
+                }
                 Touched::Param(name) => self.touch(name),
                 // Which one is not in the text: any of those tracked.
                 Touched::Unknown => {
@@ -179,8 +170,13 @@ impl Session {
 
     /// Notes that the client's statements changed `name` (read back after the transaction).
     fn touch(&mut self, name: String) {
-        if !self.is_reported(&name) && !self.touched.contains(&name) {
-            self.touched.push(name);
+        if self.is_reported(&name) {
+            return;
+        }
+        if let Some(lending) = self.lending_mut()
+            && !lending.touched.contains(&name)
+        {
+            lending.touched.push(name);
         }
     }
 
@@ -219,12 +215,7 @@ impl Session {
             return QueryHandling::Forward;
         }
         if let Some(name) = inspect::deallocates_server_name(sql) {
-            self.fail_query(
-                SqlState::INVALID_SQL_STATEMENT_NAME,
-                &not_found(&name),
-                held,
-                out,
-            );
+            self.fail_query(SessionError::UnknownStatement { name }, held, out);
             return QueryHandling::Answered;
         }
         match inspect::local_command(sql) {
@@ -232,8 +223,7 @@ impl Session {
                 if self.statements.contains(&name) || self.pinned.is_none() =>
             {
                 if !self.statements.remove(&name) {
-                    let text = not_found(&String::from_utf8_lossy(&name));
-                    self.fail_query(SqlState::INVALID_SQL_STATEMENT_NAME, &text, held, out);
+                    self.fail_query(SessionError::unknown_statement(&name), held, out);
                     return QueryHandling::Answered;
                 }
                 self.answer_command(b"DEALLOCATE", held, out);
@@ -245,9 +235,9 @@ impl Session {
                 QueryHandling::Answered
             }
             // Without a backend no transaction is open (inside one the server refuses it).
+            // (Without a backend no parameter waits to be read back either.)
             Some(LocalCommand::DiscardAll) if !held && self.pinned.is_none() => {
                 self.statements.clear();
-                self.touched.clear();
                 let mut answer = Vec::with_capacity(64);
                 be_msg::command_complete(&mut answer, b"DISCARD ALL");
                 self.reset_to_startup(&mut answer);
@@ -296,21 +286,19 @@ impl Session {
     /// An error (and ReadyForQuery) in the Query's place. With a backend held the server is
     /// made to fail a query instead, with this error in its place, so that a transaction
     /// block is aborted as PostgreSQL would abort it.
-    fn fail_query(&mut self, code: SqlState, message: &str, held: bool, out: &mut Out<'_>) {
-        let mut error = Vec::with_capacity(64);
-        crate::protocol::ErrorBuilder::new(crate::protocol::Severity::Error, code, message)
-            .encode_error(&mut error);
-        out.stats.error_sent(code);
+    fn fail_query(&mut self, error: SessionError, held: bool, out: &mut Out<'_>) {
+        let mut answer = Vec::with_capacity(64);
+        error.encode(&mut answer, out.stats);
         if held {
             frontend::query(out.to_backend, FAILING_QUERY);
-            self.relay.push_failing(Expect::Cycle, error.into());
+            self.relay.push_failing(Expect::Cycle, answer.into());
         } else {
-            be_msg::ready_for_query(&mut error, self.relay.status());
-            out.to_client.extend_from_slice(&error);
+            be_msg::ready_for_query(&mut answer, self.relay.status());
+            out.to_client.extend_from_slice(&answer);
         }
     }
 
-    fn emit_local(&mut self, answer: &[u8], held: bool, out: &mut Out<'_>) {
+    pub(super) fn emit_local(&mut self, answer: &[u8], held: bool, out: &mut Out<'_>) {
         if held {
             self.relay.push_local(answer, out.to_client);
         } else {
@@ -325,22 +313,31 @@ impl Session {
     /// `DEALLOCATE name` is not followed this way (its CommandComplete does not say which):
     /// a client's own statement names are answered locally, and a server name `pglink_<n>`,
     /// which no client created, is refused with 26000 (`inspect::deallocates_server_name`).
-    pub(super) fn on_server_reset(&mut self, reset: ServerReset, backend: &mut BackendContext) {
-        backend.statements.retain_only(&reset.preparing);
+    ///
+    /// The backend's side of it (its statements) is `BackendContext::apply_outcome`'s.
+    pub(super) fn on_server_reset(&mut self, reset: &ServerReset) {
         self.statements.forget_up_to(reset.seq);
-        if reset.discard_all {
-            self.reset_all = true;
+        if reset.discard_all
+            && let Some(lending) = self.lending_mut()
+        {
+            lending.reset_all = true;
         }
     }
 
     /// The transaction is over with nothing outstanding: read back parameters the client
     /// changed, drop statements a zero-capacity backend must not keep, or release.
     pub(super) fn after_transaction(&mut self, out: &mut Out<'_>) -> AfterTransaction {
-        if self.reset_all {
+        let Some(lending) = self.lending_mut() else {
+            return AfterTransaction::Continue;
+        };
+        let reset_all = std::mem::take(&mut lending.reset_all);
+        // `track_extra_parameters` are read back after every transaction that ran a
+        // statement (see below); taken now, as the read-back query runs no client statement.
+        let ran = std::mem::take(&mut lending.ran);
+        if reset_all {
             // RESET ALL / DISCARD ALL: the server put its parameters back to its own startup
             // values (the reported ones said so); the client's go back to those it started
             // with, and the backend is given them before anything else runs.
-            self.reset_all = false;
             let reported = self.reported.clone();
             let is_reported = |n: &str| {
                 reported
@@ -361,9 +358,13 @@ impl Session {
         // them; a pinned session's values go nowhere), the others when the client's
         // statements named them. The client has its ReadyForQuery already: the read-back
         // costs it nothing, the backend one round trip before it goes back to the pool.
-        let read_extras = std::mem::take(&mut self.ran) && self.pinned.is_none();
-        if !self.touched.is_empty() || read_extras && self.has_extras_to_read() {
-            let mut names = std::mem::take(&mut self.touched);
+        let read_extras = ran && self.pinned.is_none();
+        let touched = self.lending().is_some_and(|l| !l.touched.is_empty());
+        if touched || read_extras && self.has_extras_to_read() {
+            let mut names = self
+                .lending_mut()
+                .map(|l| std::mem::take(&mut l.touched))
+                .unwrap_or_default();
             if let Some(db) = &self.db_context {
                 for extra in &db.track_extra {
                     if !names.contains(extra) && !self.is_reported(extra) {
@@ -376,7 +377,7 @@ impl Session {
                 .push(Expect::Cycle, Route::Swallow, Effect::Capture(names));
             return AfterTransaction::Continue;
         }
-        if self.syncing {
+        if self.lending().is_some_and(|l| l.syncing) {
             return AfterTransaction::Continue;
         }
         if self.pinned.is_some() {
@@ -400,12 +401,12 @@ impl Session {
     /// Whether the held backend's parameters may differ from its record in ways still to be
     /// read back (or being read back, or synced): a session ending now leaves them unknown.
     /// Reported parameters do not count: the server reports them to whoever drains it.
-    pub(super) fn settings_in_doubt(&self) -> bool {
-        !self.touched.is_empty()
-            || self.reset_all
-            || self.syncing
+    pub(super) fn settings_in_doubt(&self, lending: &Lending) -> bool {
+        !lending.touched.is_empty()
+            || lending.reset_all
+            || lending.syncing
             || self.relay.reads_back_parameters()
-            || self.ran && self.has_extras_to_read()
+            || lending.ran && self.has_extras_to_read()
     }
 
     /// Whether `track_extra_parameters` names a parameter the server does not report.
@@ -416,25 +417,19 @@ impl Session {
     }
 
     /// Parameter values read back after the client changed them.
-    pub(super) fn on_captured(
-        &mut self,
-        names: &[String],
-        values: &[Option<String>],
-        backend: &mut BackendContext,
-    ) {
+    /// (The backend's are `BackendContext::apply_outcome`'s.)
+    pub(super) fn on_captured(&mut self, names: &[String], values: &[Option<String>]) {
         for (name, value) in names.iter().zip(values) {
             match value {
                 Some(v) => {
                     if self.desired.get(name) != Some(v.as_str()) {
                         Arc::make_mut(&mut self.desired).set(name, v);
                     }
-                    backend.params.set(name, v);
                 }
                 None => {
                     if self.desired.get(name).is_some() {
                         Arc::make_mut(&mut self.desired).remove(name);
                     }
-                    backend.params.remove(name);
                 }
             }
         }

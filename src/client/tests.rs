@@ -9,12 +9,20 @@ use super::*;
 use crate::auth::{
     ClientChannelBinding, FixedRng, OsRng, ScramClient, ScramVerifier, md5_password,
 };
+use crate::engine::error::{ConnectFailure, ServerError};
+use crate::observe::events::Recorded;
+use crate::protocol::TransactionStatus;
 use crate::protocol::backend::{Authentication, BackendMessage};
 use crate::protocol::framing::Frames;
 use crate::protocol::frontend;
-use crate::protocol::startup::{cancel_request, ssl_request, startup_message};
+use crate::protocol::startup::{ProtocolVersion, cancel_request, ssl_request, startup_message};
 
 const PASSWORD: &str = "secret";
+
+/// The server connection the scenarios lend.
+fn server_id() -> ServerId {
+    ServerId::new(3, 1)
+}
 
 fn users() -> UserTable {
     let mut rng = FixedRng::new(vec![7u8; 64]);
@@ -56,6 +64,9 @@ struct Harness {
     context: Arc<DatabaseContext>,
     actions: Vec<Action>,
     stats: ReactorStats,
+    /// The engine's clock for the next call.
+    now: Instant,
+    events: Recorded,
 }
 
 impl Harness {
@@ -80,6 +91,8 @@ impl Harness {
             }),
             actions: Vec::new(),
             stats: ReactorStats::new(4, 4),
+            now: crate::test_clock::epoch(),
+            events: Recorded::default(),
         }
     }
 
@@ -91,6 +104,8 @@ impl Harness {
             backend: &mut self.backend,
             actions: &mut self.actions,
             stats: &self.stats,
+            now: self.now,
+            events: &mut self.events,
         };
         f(&mut self.session, &mut out)
     }
@@ -115,6 +130,8 @@ impl Harness {
             backend: &mut self.backend,
             actions: &mut self.actions,
             stats: &self.stats,
+            now: self.now,
+            events: &mut self.events,
         };
         let n = self.session.on_client_data(&self.input, &mut env, &mut out);
         self.input.drain(..n);
@@ -236,9 +253,12 @@ fn first_login_of_a_pool_waits_for_server_parameters() {
     assert_eq!(h.client_tags(), b"RR");
     assert_eq!(h.take_actions(), vec![Action::Acquire]);
     let params = Arc::new(vec![("server_version".to_owned(), "15.4".to_owned())]);
-    h.call(|s, out| s.on_backend_attached(&params, out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &params, out));
     assert_eq!(h.client_tags(), b"SKZ");
-    assert_eq!(h.take_actions(), vec![Action::LoggedIn, Action::Release]);
+    assert_eq!(
+        h.take_actions(),
+        vec![Action::LoggedIn, Action::Release(server_id())]
+    );
 }
 
 #[test]
@@ -455,7 +475,7 @@ fn query_while_idle_waits_for_a_backend_then_flows() {
     crate::protocol::backend::ready_for_query(&mut reply, TransactionStatus::Idle);
     let n = h.call(|s, out| s.on_backend_data(&reply, out));
     assert_eq!(n, reply.len());
-    assert_eq!(h.take_actions(), vec![Action::Release]);
+    assert_eq!(h.take_actions(), vec![Action::Release(server_id())]);
     assert_eq!(h.to_client, reply);
     assert!(!h.session.holds_backend());
 }
@@ -495,10 +515,10 @@ fn acquire_failure_in_extended_protocol_skips_to_sync() {
     frontend::execute(&mut batch, b"", 0);
     h.send(&batch);
     h.take_actions();
-    let error = AcquireError::Server {
-        code: SqlState::CONNECTION_FAILURE,
-        message: "cannot connect".into(),
-    };
+    let error = AcquireError::Server(ConnectFailure::new(
+        "db:5432",
+        ServerError::Connect(std::io::ErrorKind::ConnectionRefused.into()),
+    ));
     h.call(|s, out| s.on_acquire_failed(error, out));
     h.send(&[]);
     assert_eq!(h.client_tags(), b"E");
@@ -528,19 +548,22 @@ fn lone_sync_and_flush_are_answered_locally() {
 fn backend_loss_mid_transaction_is_fatal_08006() {
     let mut h = Harness::logged_in(AuthMethod::Scram);
     h.send(&query("BEGIN"));
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.send(&[]);
     h.take_actions();
     h.call(|s, out| s.on_backend_lost(out));
     assert_eq!(h.client_error().1, "08006");
-    assert_eq!(h.take_actions(), vec![Action::DropBackend, Action::Close]);
+    assert_eq!(
+        h.take_actions(),
+        vec![Action::DropBackend(server_id()), Action::Close]
+    );
 }
 
 #[test]
 fn copy_both_from_the_server_is_refused_clearly() {
     let mut h = Harness::logged_in(AuthMethod::Scram);
     h.send(&query("START_REPLICATION 0/0"));
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.send(&[]);
     h.take_actions();
     // CopyBothResponse: text format, no columns.
@@ -549,7 +572,10 @@ fn copy_both_from_the_server_is_refused_clearly() {
     let (severity, code, message) = h.client_error();
     assert_eq!((severity.as_str(), code.as_str()), ("FATAL", "0A000"));
     assert!(message.contains("COPY BOTH"), "{message}");
-    assert_eq!(h.take_actions(), vec![Action::DropBackend, Action::Close]);
+    assert_eq!(
+        h.take_actions(),
+        vec![Action::DropBackend(server_id()), Action::Close]
+    );
 }
 
 #[test]
@@ -558,7 +584,8 @@ fn detach_decides_the_backend_fate() {
     h.send(&query("BEGIN"));
     h.attach_fresh_backend(4);
     h.send(&[]);
-    assert!(matches!(h.session.detach(), Some(BackendFate::Reset(_))));
+    assert!(matches!(h.call(|s, out| s.detach(out)),
+        Some((id, BackendFate::Reset(_))) if id == server_id()));
 
     // Messages pglink need not read whole (here CopyData) are streamed: half of one sent
     // leaves the server waiting for the rest, so the backend cannot be reused.
@@ -573,7 +600,8 @@ fn detach_decides_the_backend_fate() {
     h.send(&copy[..9]);
     assert_eq!(h.to_backend, &copy[..9], "the known part is streamed on");
     assert!(
-        matches!(h.session.detach(), Some(BackendFate::Drop)),
+        matches!(h.call(|s, out| s.detach(out)),
+        Some((id, BackendFate::Drop)) if id == server_id()),
         "half a message was sent"
     );
 }
@@ -649,7 +677,7 @@ impl Harness {
         for (name, value) in self.params.iter().flat_map(|p| p.iter()) {
             self.backend.params.set(name, value);
         }
-        self.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+        self.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
         self.take_actions();
     }
 
@@ -657,7 +685,7 @@ impl Harness {
     fn attach_matching_backend(&mut self, backend: BackendContext) {
         self.backend = backend;
         self.backend.params = (*self.session.desired).clone();
-        self.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+        self.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
         self.take_actions();
     }
 
@@ -731,7 +759,7 @@ fn prepared_statement_is_reprepared_on_a_new_backend() {
         "a Describe learns the statement's shape"
     );
     assert_eq!(h.backend(&prepared_reply("x")), vec![]);
-    assert_eq!(h.backend(&ready()), vec![Action::Release]);
+    assert_eq!(h.backend(&ready()), vec![Action::Release(server_id())]);
     assert_eq!(
         tags(&std::mem::take(&mut h.to_client)),
         b"1Z",
@@ -756,7 +784,7 @@ fn prepared_statement_is_reprepared_on_a_new_backend() {
     h.send(&[]);
     assert_eq!(names(&h.take_backend()), vec![(b'B', server.clone())]);
     h.backend(&simple_reply(&[(b'2', b"")]));
-    assert_eq!(h.backend(&ready()), vec![Action::Release]);
+    assert_eq!(h.backend(&ready()), vec![Action::Release(server_id())]);
     assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"2Z");
     // Once a server accepted it, a Parse of the same text by a new name needs no backend.
     h.send(&[parse_msg("s2", "SELECT 1"), sync_msg()].concat());
@@ -764,7 +792,7 @@ fn prepared_statement_is_reprepared_on_a_new_backend() {
     assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"1Z");
     // A backend that has it with the same shape needs nothing before the Bind.
     h.send(&[bind_msg("s2"), sync_msg()].concat());
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(tags(&h.take_backend()), b"BS");
@@ -821,7 +849,7 @@ fn a_changed_result_type_is_postgresqls_error_not_misread_rows() {
         ]
         .concat(),
     );
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(
@@ -846,7 +874,7 @@ fn a_stale_copy_on_a_backend_is_replaced_for_clients_that_prepare_again() {
     frontend::execute(&mut batch, b"", 0);
     batch.extend_from_slice(&sync_msg());
     h.send(&batch);
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(names(&h.take_backend()), vec![(b'B', server.clone())]);
@@ -863,7 +891,7 @@ fn a_stale_copy_on_a_backend_is_replaced_for_clients_that_prepare_again() {
         ]
         .concat(),
     );
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     let sent = h.take_backend();
@@ -881,7 +909,7 @@ fn a_stale_copy_on_a_backend_is_replaced_for_clients_that_prepare_again() {
     assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"12Z");
     // The old name, whose shape is the old one, gets 0A000 again (as in PostgreSQL).
     h.send(&batch);
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(
@@ -958,7 +986,7 @@ fn describe_is_answered_from_the_cache_the_second_time() {
     );
     let answer = shape_answer("x");
     h.backend(&[prepared_reply("x"), answer.clone()].concat());
-    assert_eq!(h.backend(&ready()), vec![Action::Release]);
+    assert_eq!(h.backend(&ready()), vec![Action::Release(server_id())]);
     assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"1tTZ");
     h.to_client.clear();
     // A second client of the database (same registry) describes it without a backend.
@@ -1046,7 +1074,7 @@ fn failed_parse_forgets_the_name() {
     h.backend(&[syntax, ready()].concat());
     h.to_client.clear();
     h.send(&[parse_msg("t", "SELEC 1"), sync_msg()].concat());
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(tags(&h.take_backend()), b"CPDS");
@@ -1077,7 +1105,7 @@ fn stale_plan_inside_a_transaction_is_the_clients_error() {
     h.backend(&[prepared_reply("x"), ready()].concat());
     h.to_client.clear();
     h.send(&query("BEGIN"));
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     let mut in_block = Vec::new();
@@ -1104,7 +1132,7 @@ fn attach_backend_with_foreign_setting(h: &mut Harness) -> String {
         h.backend.params.set(name, value);
     }
     h.backend.params.set("myapp.tenant", "other");
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.send(&[]);
     let sent = h.take_backend();
     assert_eq!(tags(&sent), b"Q", "only the sync: the client's query waits");
@@ -1134,7 +1162,7 @@ fn a_failed_parameter_sync_ends_the_session_before_its_statements_run() {
     )]);
     assert_eq!(
         h.backend(&[error, ready()].concat()),
-        vec![Action::Release, Action::Close],
+        vec![Action::Release(server_id()), Action::Close],
         "the backend is clean: back to the pool"
     );
     let (severity, code, message) = h.client_error();
@@ -1179,7 +1207,7 @@ fn a_batch_that_describes_its_portal_is_replayed_after_a_stale_plan() {
     frontend::execute(&mut batch, b"", 0);
     batch.extend_from_slice(&sync_msg());
     h.send(&batch);
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(tags(&h.take_backend()), b"BDES");
@@ -1204,11 +1232,11 @@ fn a_batch_that_describes_its_portal_is_replayed_after_a_stale_plan() {
         ready(),
     ]
     .concat();
-    assert_eq!(h.backend(&rows), vec![Action::Release]);
+    assert_eq!(h.backend(&rows), vec![Action::Release(server_id())]);
     assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"2TDCZ");
     // Once only: a second stale plan in the replay is the client's error.
     h.send(&batch);
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(tags(&h.take_backend()), b"BDES");
@@ -1233,7 +1261,7 @@ fn a_batch_that_relies_on_a_cached_description_gets_the_stale_plan_error() {
     frontend::execute(&mut batch, b"", 0);
     batch.extend_from_slice(&sync_msg());
     h.send(&batch);
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     h.take_backend();
@@ -1267,7 +1295,7 @@ fn duplicate_parse_without_a_backend_is_42p05_and_skips_to_sync() {
     let server = names(&h.take_backend())[0].1.clone();
     assert_eq!(
         h.backend(&[prepared_reply("x"), ready()].concat()),
-        vec![Action::Release]
+        vec![Action::Release(server_id())]
     );
     h.to_client.clear();
     // No backend is held: the duplicate is answered locally, the rest of its batch dropped.
@@ -1285,7 +1313,7 @@ fn duplicate_parse_without_a_backend_is_42p05_and_skips_to_sync() {
     // The name still means the first statement.
     h.send(&[bind_msg("s"), sync_msg()].concat());
     assert_eq!(h.take_actions(), vec![Action::Acquire]);
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(names(&h.take_backend()), vec![(b'B', server)]);
@@ -1309,7 +1337,7 @@ fn cached_describe_is_answered_in_its_place_while_a_backend_is_held() {
     batch.extend_from_slice(&sync_msg());
     h.send(&batch);
     assert_eq!(h.take_actions(), vec![Action::Acquire]);
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(
@@ -1324,7 +1352,7 @@ fn cached_describe_is_answered_in_its_place_while_a_backend_is_held() {
     ]);
     assert_eq!(
         h.backend(&[rows.clone(), ready()].concat()),
-        vec![Action::Release]
+        vec![Action::Release(server_id())]
     );
     assert_eq!(h.to_client, [rows, answer, ready()].concat());
 }
@@ -1381,7 +1409,7 @@ fn pipeline_error_before_a_batch_that_needs_an_injected_parse() {
     );
     // The first batch fails; the server skips to its Sync and runs the second.
     let answers = [syntax_error(), ready(), prepared_reply("x"), exec_reply()].concat();
-    assert_eq!(h.backend(&answers), vec![Action::Release]);
+    assert_eq!(h.backend(&answers), vec![Action::Release(server_id())]);
     assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"EZ2TDCZ");
 }
 
@@ -1413,7 +1441,7 @@ fn pipeline_error_skips_an_injected_parse_that_a_later_batch_relies_on() {
         exec_reply(),
     ]
     .concat();
-    assert_eq!(h.backend(&answers), vec![Action::Release]);
+    assert_eq!(h.backend(&answers), vec![Action::Release(server_id())]);
     assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"2TDCZ");
 }
 
@@ -1442,7 +1470,7 @@ fn a_parse_answered_from_a_copy_prepared_in_an_earlier_batch_waits_for_nothing()
         exec_reply(),
     ]
     .concat();
-    assert_eq!(h.backend(&answers), vec![Action::Release]);
+    assert_eq!(h.backend(&answers), vec![Action::Release(server_id())]);
     assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"EZ12TDCZ");
 }
 
@@ -1468,7 +1496,7 @@ fn run_query(h: &mut Harness, sql: &str, reply: &[u8]) {
     assert_eq!(h.take_backend(), query(sql));
     assert_eq!(
         h.backend(&[reply, &ready()[..]].concat()),
-        vec![Action::Release]
+        vec![Action::Release(server_id())]
     );
 }
 
@@ -1531,7 +1559,7 @@ fn deallocate_all_in_a_longer_query_forgets_the_backends_statements() {
         vec![Action::Acquire],
         "for the server to run"
     );
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(h.take_backend(), query(sql));
@@ -1541,7 +1569,7 @@ fn deallocate_all_in_a_longer_query_forgets_the_backends_statements() {
         ready(),
     ]
     .concat();
-    assert_eq!(h.backend(&answer), vec![Action::Release]);
+    assert_eq!(h.backend(&answer), vec![Action::Release(server_id())]);
     assert_eq!(h.to_client, answer);
     assert!(h.backend.statements.is_empty(), "the server has none left");
     assert!(h.session.statements.is_empty(), "nor has the client");
@@ -1555,7 +1583,7 @@ fn deallocate_all_in_a_longer_query_forgets_the_backends_statements() {
         ]
         .concat(),
     );
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(
@@ -1570,7 +1598,7 @@ fn a_server_reset_spares_what_was_pipelined_after_it() {
     let mut h = client_with_s1();
     let sql = "DEALLOCATE ALL; SELECT 1";
     h.send(&query(sql));
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     // Before its answer, a new statement (prepared on the backend) and a new name for a
@@ -1603,7 +1631,7 @@ fn a_server_reset_spares_what_was_pipelined_after_it() {
     assert!(!h.backend.statements.contains(s3), "dropped by the reset");
     assert_eq!(
         h.backend(&[prepared_reply("y"), ready()].concat()),
-        vec![Action::Release]
+        vec![Action::Release(server_id())]
     );
 }
 
@@ -1612,7 +1640,7 @@ fn discard_all_through_the_extended_protocol_resets_statements_and_parameters() 
     let mut h = client_with_s1();
     let set = simple_reply(&[(b'C', b"SET\0"), (b'S', b"application_name\0mine\0")]);
     h.send(&query("SET application_name = 'mine'"));
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     h.take_backend();
@@ -1623,7 +1651,7 @@ fn discard_all_through_the_extended_protocol_resets_statements_and_parameters() 
     frontend::execute(&mut batch, b"", 0);
     batch.extend_from_slice(&sync_msg());
     h.send(&batch);
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(h.take_backend(), batch, "the server runs it");
@@ -1634,7 +1662,7 @@ fn discard_all_through_the_extended_protocol_resets_statements_and_parameters() 
         ready(),
     ]
     .concat();
-    assert_eq!(h.backend(&answer), vec![Action::Release]);
+    assert_eq!(h.backend(&answer), vec![Action::Release(server_id())]);
     assert_eq!(h.to_client, answer, "the server's own report of the reset");
     assert!(h.backend.statements.is_empty() && h.session.statements.is_empty());
     assert_eq!(h.session.desired.get("application_name"), Some(""));
@@ -1644,7 +1672,7 @@ fn discard_all_through_the_extended_protocol_resets_statements_and_parameters() 
 fn discard_all_refused_in_a_transaction_block_forgets_nothing() {
     let mut h = client_with_s1();
     h.send(&query("BEGIN"));
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     h.take_backend();
@@ -1680,7 +1708,7 @@ fn deallocating_a_server_name_is_refused() {
     // In a transaction block: the server fails a query in its place, so the block is
     // aborted as PostgreSQL would abort it.
     h.send(&query("BEGIN"));
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     h.take_backend();
@@ -1724,7 +1752,7 @@ fn reset_all_puts_back_the_clients_startup_values_before_anything_else_runs() {
     // A backend that already has the client's settings.
     h.backend = BackendContext::new(4);
     h.backend.params = (*h.session.desired).clone();
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(h.take_backend(), query("RESET ALL"));
@@ -1759,7 +1787,7 @@ fn reset_all_puts_back_the_clients_startup_values_before_anything_else_runs() {
             ]
             .concat()
         ),
-        vec![Action::Release]
+        vec![Action::Release(server_id())]
     );
     assert_eq!(h.session.desired.get("work_mem"), Some("5MB"));
     assert_eq!(h.backend.params.get("work_mem"), Some("5MB"));
@@ -1899,7 +1927,10 @@ fn extras_are_read_back_after_a_set_config_with_bound_arguments() {
         "{sent:?}"
     );
     h.to_client.clear();
-    assert_eq!(h.backend(&captured("a_schema")), vec![Action::Release]);
+    assert_eq!(
+        h.backend(&captured("a_schema")),
+        vec![Action::Release(server_id())]
+    );
     assert!(h.to_client.is_empty(), "the read-back is not shown");
     assert_eq!(h.session.desired.get("search_path"), Some("a_schema"));
     assert_eq!(h.backend.params.get("search_path"), Some("a_schema"));
@@ -1919,17 +1950,20 @@ fn extras_are_read_back_after_every_transaction_that_ran_a_statement() {
         !sent.contains("application_name"),
         "reported parameters need no reading: {sent}"
     );
-    assert_eq!(h.backend(&captured("other")), vec![Action::Release]);
+    assert_eq!(
+        h.backend(&captured("other")),
+        vec![Action::Release(server_id())]
+    );
     assert_eq!(h.session.desired.get("search_path"), Some("other"));
     // A lending that ran nothing (a Describe pglink could not answer) reads nothing back.
     h.send(&[parse_msg("s", "SELECT 1"), sync_msg()].concat());
-    h.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     h.take_actions();
     h.send(&[]);
     h.take_backend();
     assert_eq!(
         h.backend(&[prepared_reply("x"), ready()].concat()),
-        vec![Action::Release]
+        vec![Action::Release(server_id())]
     );
     // Without extras nothing is read back either.
     let mut plain = Harness::logged_in(AuthMethod::Scram);
@@ -1939,7 +1973,7 @@ fn extras_are_read_back_after_every_transaction_that_ran_a_statement() {
     plain.take_backend();
     assert_eq!(
         plain.backend(&[select_one_rows(), ready()].concat()),
-        vec![Action::Release]
+        vec![Action::Release(server_id())]
     );
 }
 
@@ -1974,7 +2008,7 @@ fn default_startup_parameters_override_the_clients_own() {
     fresh.set_login_params(&reported, &context.overrides);
     a.send(&query("SET statement_timeout = '5s'"));
     a.backend = fresh;
-    a.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    a.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     a.take_actions();
     a.send(&[]);
     let sync = String::from_utf8_lossy(&a.take_backend()).into_owned();
@@ -1996,13 +2030,16 @@ fn default_startup_parameters_override_the_clients_own() {
         vec![]
     );
     a.take_backend();
-    assert_eq!(a.backend(&captured("5s")), vec![Action::Release]);
+    assert_eq!(
+        a.backend(&captured("5s")),
+        vec![Action::Release(server_id())]
+    );
     assert_eq!(a.session.desired.get("statement_timeout"), Some("5s"));
     // Another client on that connection gets the configured value back first.
     let mut b = login(&[("options", "-c statement_timeout=1")]);
     b.send(&query("SHOW statement_timeout"));
     b.backend = std::mem::replace(&mut a.backend, BackendContext::new(0));
-    b.call(|s, out| s.on_backend_attached(&Arc::new(Vec::new()), out));
+    b.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
     b.send(&[]);
     let sync = String::from_utf8_lossy(&b.take_backend()).into_owned();
     assert!(sync.contains("'statement_timeout', E'1234ms'"), "{sync}");
@@ -2015,7 +2052,8 @@ fn a_backend_whose_settings_are_in_doubt_is_not_reused_after_its_client_leaves()
     h.send(&query("SET work_mem = '77MB'"));
     h.attach_matching_backend(BackendContext::new(4));
     h.send(&[]);
-    assert!(matches!(h.session.detach(), Some(BackendFate::Drop)));
+    assert!(matches!(h.call(|s, out| s.detach(out)),
+        Some((id, BackendFate::Drop)) if id == server_id()));
     // The same once it is done but the value is still being read back.
     let mut h = Harness::logged_in(AuthMethod::Scram);
     h.send(&query("SET work_mem = '77MB'"));
@@ -2025,11 +2063,236 @@ fn a_backend_whose_settings_are_in_doubt_is_not_reused_after_its_client_leaves()
         h.backend(&[command_complete("SET"), ready()].concat()),
         vec![]
     );
-    assert!(matches!(h.session.detach(), Some(BackendFate::Drop)));
+    assert!(matches!(h.call(|s, out| s.detach(out)),
+        Some((id, BackendFate::Drop)) if id == server_id()));
     // A reported parameter is reported to whoever drains the backend: it can be reused.
     let mut h = Harness::logged_in(AuthMethod::Scram);
     h.send(&query("SET application_name = 'gone'"));
     h.attach_matching_backend(BackendContext::new(4));
     h.send(&[]);
-    assert!(matches!(h.session.detach(), Some(BackendFate::Reset(_))));
+    assert!(matches!(h.call(|s, out| s.detach(out)),
+        Some((id, BackendFate::Reset(_))) if id == server_id()));
+}
+
+// ---- states, events, errors ----------------------------------------------------------------
+
+#[test]
+fn state_changes_are_recorded_as_events_with_the_engines_clock() {
+    use crate::observe::events::{ClientState as S, Event};
+    use std::time::Duration;
+    let ms = Duration::from_millis;
+    let mut h = Harness::new(AuthMethod::Scram, ClientTls::Optional);
+    let t0 = h.now;
+    h.scram_login("alice", PASSWORD);
+    assert!(h.session.is_logged_in());
+    h.now = t0 + ms(5);
+    h.send(&query("SELECT 1"));
+    assert!(h.session.is_acquiring());
+    assert_eq!(h.session.waiting_since(), Some(t0 + ms(5)));
+    assert_eq!(h.session.server(), None);
+    h.now = t0 + ms(7);
+    h.attach_fresh_backend(4);
+    assert_eq!(h.session.server(), Some(server_id()));
+    assert_eq!(h.session.waiting_since(), None);
+    h.send(&[]);
+    h.now = t0 + ms(8);
+    let reply = [command_complete("SELECT 1"), ready()].concat();
+    assert_eq!(h.backend(&reply), vec![Action::Release(server_id())]);
+    assert_eq!(h.session.server(), None);
+    h.now = t0 + ms(9);
+    assert!(h.call(|s, out| s.detach(out)).is_none());
+    let walk: Vec<(Duration, S)> = h
+        .events
+        .0
+        .iter()
+        .map(|(at, event)| match event {
+            Event::Client { pid, state } => {
+                assert_eq!(*pid, 42);
+                (at.duration_since(t0), *state)
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        walk,
+        vec![
+            (ms(0), S::Authenticating),
+            (ms(0), S::Idle),
+            (ms(5), S::Acquiring),
+            (ms(7), S::Active),
+            (ms(8), S::Idle),
+            (ms(9), S::Closed),
+        ],
+        "one event per change of state (SASL's steps are one state)"
+    );
+}
+
+#[test]
+fn a_login_waiting_for_server_parameters_says_since_when() {
+    let mut h = Harness::new(AuthMethod::Scram, ClientTls::Optional);
+    h.params = None;
+    h.now += std::time::Duration::from_secs(1);
+    h.scram_login("alice", PASSWORD);
+    assert!(h.session.is_acquiring() && !h.session.is_logged_in());
+    assert_eq!(h.session.waiting_since(), Some(h.now));
+    let error = AcquireError::Server(ConnectFailure::new(
+        "db:5432",
+        ServerError::Connect(std::io::Error::other("refused")),
+    ));
+    h.to_client.clear();
+    h.take_actions();
+    h.call(|s, out| s.on_acquire_failed(error, out));
+    let (severity, code, message) = h.client_error();
+    assert_eq!(
+        (severity.as_str(), code.as_str(), message.as_str()),
+        (
+            "FATAL",
+            "08006",
+            "pglink: cannot connect to server db:5432: refused"
+        )
+    );
+    assert_eq!(h.take_actions(), vec![Action::Close]);
+    assert_eq!(h.session.waiting_since(), None);
+}
+
+#[test]
+fn shutdown_ends_an_idle_session_with_57p01_for_good() {
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    h.call(|s, out| s.on_shutdown(out));
+    let (severity, code, message) = h.client_error();
+    assert_eq!(
+        (severity.as_str(), code.as_str(), message.as_str()),
+        ("FATAL", "57P01", "pglink: the proxy is shutting down")
+    );
+    assert_eq!(h.take_actions(), vec![Action::Close]);
+    assert!(h.session.is_closed());
+    // A fatal error is sticky: nothing is read or said any more.
+    h.send(&query("SELECT 1"));
+    h.call(|s, out| s.on_login_timeout(out));
+    h.call(|s, out| s.on_backend_lost(out));
+    h.call(|s, out| s.on_shutdown(out));
+    assert!(h.to_client.is_empty(), "{:?}", h.to_client);
+    assert_eq!(h.take_actions(), vec![Action::Close]);
+    assert!(h.call(|s, out| s.detach(out)).is_none());
+}
+
+#[test]
+fn shutdown_of_an_active_session_leaves_its_backend_to_detach() {
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    h.send(&query("SELECT pg_sleep(1)"));
+    h.attach_fresh_backend(4);
+    h.send(&[]);
+    h.call(|s, out| s.on_shutdown(out));
+    assert_eq!(h.client_error().1, "57P01");
+    assert_eq!(
+        h.take_actions(),
+        vec![Action::Close],
+        "the backend is not dropped: it is cleaned up as for a client that left"
+    );
+    assert!(h.session.is_closed() && !h.session.holds_backend());
+    assert!(matches!(
+        h.call(|s, out| s.detach(out)),
+        Some((id, BackendFate::Reset(_))) if id == server_id()
+    ));
+}
+
+#[test]
+fn a_refused_connection_is_told_after_tls_and_its_startup_packet() {
+    let mut h = Harness::new(AuthMethod::Scram, ClientTls::Optional);
+    let error = SessionError::TooManyClients {
+        max_client_connections: 3,
+    };
+    h.session = Session::refusing(CancelKey::new(42, [5; 32], 32), error);
+    let mut m = Vec::new();
+    ssl_request(&mut m);
+    h.send(&m);
+    assert_eq!(h.to_client, b"S");
+    assert_eq!(h.take_actions(), vec![Action::StartTls { direct: false }]);
+    h.to_client.clear();
+    h.call(|s, out| s.on_tls_established(false, false, out));
+    assert!(h.to_client.is_empty());
+    h.startup("alice", "db");
+    let (severity, code, message) = h.client_error();
+    assert_eq!(
+        (severity.as_str(), code.as_str(), message.as_str()),
+        (
+            "FATAL",
+            "53300",
+            "pglink: too many client connections (max_client_connections is 3)"
+        )
+    );
+    assert_eq!(h.take_actions(), vec![Action::Close]);
+}
+
+#[test]
+fn a_fatal_error_is_sticky() {
+    let mut h = Harness::new(AuthMethod::Scram, ClientTls::Optional);
+    h.send(&[0, 0, 0, 3, 1, 2, 3, 4]);
+    assert_eq!(h.client_error().1, "08P01");
+    assert_eq!(h.take_actions(), vec![Action::Close]);
+    h.call(|s, out| s.on_login_timeout(out));
+    h.call(|s, out| s.on_tls_established(true, false, out));
+    assert!(h.to_client.is_empty(), "one FATAL, not two");
+    assert!(h.take_actions().is_empty());
+}
+
+/// A session in a transaction block, its backend held.
+fn in_a_transaction() -> Harness {
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    h.send(&query("BEGIN"));
+    h.attach_fresh_backend(4);
+    h.send(&[]);
+    h.take_backend();
+    let begun = [
+        command_complete("BEGIN"),
+        ready_with(TransactionStatus::InBlock),
+    ]
+    .concat();
+    assert!(h.backend(&begun).is_empty());
+    h.to_client.clear();
+    h
+}
+
+#[test]
+fn statement_errors_are_the_same_with_and_without_a_backend() {
+    let refused = parse_msg("d", "DEALLOCATE pglink_1");
+    let cases = [
+        (
+            bind_msg("nope"),
+            "26000",
+            "pglink: prepared statement \"nope\" does not exist",
+        ),
+        (
+            describe_named("nope"),
+            "26000",
+            "pglink: prepared statement \"nope\" does not exist",
+        ),
+        (
+            refused,
+            "26000",
+            "pglink: prepared statement \"pglink_1\" does not exist",
+        ),
+    ];
+    for (message, code, text) in cases {
+        // Without a backend: the error at once, the rest of the batch skipped.
+        let mut idle = Harness::logged_in(AuthMethod::Scram);
+        idle.send(&[message.clone(), bind_msg(""), sync_msg()].concat());
+        assert!(idle.take_actions().is_empty(), "no backend needed");
+        assert_eq!(tags(&idle.to_client), b"EZ");
+        let local = idle.client_error();
+        // With one: the server fails a Bind in its place, which skips the rest too.
+        let mut held = in_a_transaction();
+        held.send(&[message, bind_msg(""), sync_msg()].concat());
+        assert_eq!(tags(&held.take_backend()), b"BBS");
+        let server_error =
+            simple_reply(&[(b'E', b"SERROR\0VERROR\0C26000\0Mno such statement\0\0")]);
+        held.backend(&[server_error, ready_with(TransactionStatus::Failed)].concat());
+        let bytes = held.to_client.clone();
+        assert_eq!(tags(&bytes), b"EZ");
+        assert_eq!(held.client_error(), local);
+        assert_eq!(
+            local,
+            ("ERROR".to_owned(), code.to_owned(), text.to_owned())
+        );
+    }
 }

@@ -63,7 +63,7 @@ impl Engine {
             log::debug!("cancel request with a wrong key ignored");
             return self.count_cancel(CancelOutcome::UnknownKey);
         }
-        let outcome = match c.server {
+        let outcome = match c.session.server() {
             Some(s) => self.cancel_server_query(s),
             None => {
                 log::debug!("cancel request for an idle session: nothing to cancel");

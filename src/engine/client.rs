@@ -11,20 +11,17 @@ use super::timer::{ClientDeadlines, ClientTimer};
 use super::{Accept, Engine, HIGH_WATER, MAX_REFUSING, MAX_STEPS, encode_pid};
 use crate::client::relay::MAX_PIPELINE;
 use crate::client::users::{DbId, PoolId};
-use crate::client::{AcquireError, Action, BackendFate, CancelKey, Env, Out, Session};
+use crate::client::{
+    AcquireError, Action, BackendFate, CancelKey, Env, Out, Session, SessionError,
+};
 use crate::observe::metrics::{CloseReason, RefuseReason};
 use crate::pool::Pool;
-use crate::protocol::{ErrorBuilder, Severity, SqlState};
 
 /// One client connection.
 pub(super) struct ClientConn {
     pub generation: u32,
     pub session: Session,
     pub output: Option<OutBuf>,
-    /// The server connection held while the session is active.
-    pub server: Option<ServerId>,
-    /// When the current wait for a server connection began (acquire-wait histogram).
-    pub waiting_since: Option<Instant>,
     pub deadlines: ClientDeadlines,
     /// Logged in (counted in its pool's client gauge until it closes).
     pub logged_in: bool,
@@ -56,22 +53,13 @@ impl Engine {
         self.now = now;
         let ctx = &self.ctx;
         let refusal = if ctx.is_stopping() {
-            Some((
-                RefuseReason::ShuttingDown,
-                SqlState::CANNOT_CONNECT_NOW,
-                "pglink: the proxy is shutting down".to_owned(),
-            ))
+            Some((RefuseReason::ShuttingDown, SessionError::NotAccepting))
         } else if ctx.clients.fetch_add(1, Ordering::AcqRel) >= ctx.max_clients {
             ctx.clients.fetch_sub(1, Ordering::AcqRel);
-            let text = format!(
-                "pglink: too many client connections (max_client_connections is {})",
-                ctx.max_clients
-            );
-            Some((
-                RefuseReason::TooManyClients,
-                SqlState::TOO_MANY_CONNECTIONS,
-                text,
-            ))
+            let error = SessionError::TooManyClients {
+                max_client_connections: ctx.max_clients,
+            };
+            Some((RefuseReason::TooManyClients, error))
         } else {
             None
         };
@@ -86,28 +74,25 @@ impl Engine {
         let counted = refusal.is_none();
         // A refused client still gets SSL negotiation and its startup packet read (that is
         // where libpq shows errors), unless too many are being refused at once.
-        if let Some((_, code, message)) = &refusal
+        if let Some((_, error)) = &refusal
             && self.refusing >= MAX_REFUSING
         {
-            return self.reject(*code, message);
+            return self.reject(error);
         }
         let slot = self.clients.vacant_key();
         let Some(pid) = encode_pid(self.id, slot) else {
             if counted {
                 self.ctx.clients.fetch_sub(1, Ordering::AcqRel);
             }
-            return self.reject(
-                SqlState::TOO_MANY_CONNECTIONS,
-                "pglink: too many client connections",
-            );
+            return self.reject(&SessionError::NoClientSlot);
         };
         let mut secret = [0u8; 32];
         self.rng.fill(&mut secret);
         let key = CancelKey::new(pid, secret, 32);
         let session = match refusal {
-            Some((_, code, message)) => {
+            Some((_, error)) => {
                 self.refusing += 1;
-                Session::refusing(key, code, message)
+                Session::refusing(key, error)
             }
             None => Session::new(key, self.ctx.max_message_len),
         };
@@ -117,8 +102,6 @@ impl Engine {
             generation,
             session,
             output: None,
-            server: None,
-            waiting_since: None,
             deadlines: ClientDeadlines::default(),
             logged_in: false,
             counted,
@@ -138,10 +121,9 @@ impl Engine {
         Accept::Client(id)
     }
 
-    fn reject(&self, code: SqlState, message: &str) -> Accept {
+    fn reject(&self, error: &SessionError) -> Accept {
         let mut bytes = Vec::with_capacity(128);
-        ErrorBuilder::new(Severity::Fatal, code, message).encode_error(&mut bytes);
-        self.stats.error_sent(code);
+        error.encode(&mut bytes, &self.stats);
         Accept::Reject(bytes)
     }
 
@@ -153,7 +135,7 @@ impl Engine {
         if c.session.is_closed() || c.session.is_acquiring() || c.output_len() > HIGH_WATER {
             return false;
         }
-        match c.server.and_then(|s| self.server(s)) {
+        match c.session.server().and_then(|s| self.server(s)) {
             Some(s) => {
                 s.output_len() <= HIGH_WATER && c.session.relay().outstanding() < MAX_PIPELINE
             }
@@ -196,6 +178,18 @@ impl Engine {
         id: ClientId,
         f: impl FnOnce(&mut Session, &mut Env<'_>, &mut Out<'_>) -> R,
     ) -> Option<R> {
+        let held = self.client(id)?.session.server();
+        self.session_call(id, held, f)
+    }
+
+    /// `with_session` with the server connection whose output the session writes to given
+    /// explicitly (the one being attached, before the session holds it).
+    pub(super) fn session_call<R>(
+        &mut self,
+        id: ClientId,
+        held: Option<ServerId>,
+        f: impl FnOnce(&mut Session, &mut Env<'_>, &mut Out<'_>) -> R,
+    ) -> Option<R> {
         let Engine {
             clients,
             servers,
@@ -206,6 +200,8 @@ impl Engine {
             scratch,
             stats,
             actions,
+            events,
+            now,
             ..
         } = self;
         let c = clients
@@ -222,7 +218,7 @@ impl Engine {
             server_params: &params,
             database: &database,
         };
-        let held = c.server.and_then(|s| {
+        let held = held.and_then(|s| {
             servers
                 .get_mut(s.index())
                 .filter(|sv| sv.generation == s.generation())
@@ -238,6 +234,8 @@ impl Engine {
             backend,
             actions: &mut scratch.action_buf,
             stats,
+            now: *now,
+            events: &mut **events,
         };
         let result = f(&mut c.session, &mut env, &mut out);
         debug_assert!(
@@ -278,16 +276,12 @@ impl Engine {
             }
             Action::LoggedIn => self.client_logged_in(id),
             Action::Acquire => self.acquire(id),
-            Action::Release => self.release_from(id),
-            Action::DropBackend => {
-                if let Some(s) = self.client_mut(id).and_then(|c| c.server.take()) {
-                    self.close_server(
-                        s,
-                        CloseReason::Unusable,
-                        "unusable after the client's session",
-                    );
-                }
-            }
+            Action::Release(s) => self.release_from(id, s),
+            Action::DropBackend(s) => self.close_server(
+                s,
+                CloseReason::Unusable,
+                "unusable after the client's session",
+            ),
             Action::Cancel(key) => self.route_cancel(key),
             Action::ResumeInput => {
                 if self.processing != Some(id) {
@@ -334,7 +328,7 @@ impl Engine {
         if let Some(out) = c.output.as_mut() {
             out.advance(n);
         }
-        let server = c.server;
+        let server = c.session.server();
         let Engine { bufs, clients, .. } = self;
         if let Some(c) = clients.get_mut(id.index()) {
             bufs.recycle(&mut c.output);
@@ -364,12 +358,9 @@ impl Engine {
         }
     }
 
-    /// The client's held server connection finished its transaction.
-    pub(super) fn release_from(&mut self, id: ClientId) {
-        let Some(c) = self.client_mut(id) else {
-            return;
-        };
-        let Some(s) = c.server.take() else {
+    /// The client gave server connection `s` back: its transaction is over.
+    pub(super) fn release_from(&mut self, id: ClientId, s: ServerId) {
+        let Some(c) = self.client(id) else {
             return;
         };
         let pipelined = c.pending_input;
@@ -399,7 +390,28 @@ impl Engine {
         {
             self.remove_waiter(pool, id);
         }
-        let fate = c.session.detach();
+        let held = {
+            let Engine {
+                scratch,
+                bufs,
+                stats,
+                events,
+                ..
+            } = self;
+            let mut out = Out {
+                to_client: bufs.get(&mut c.output),
+                to_backend: &mut scratch.sink,
+                backend: &mut scratch.no_backend,
+                actions: &mut scratch.action_buf,
+                stats,
+                now: self.now,
+                events: &mut **events,
+            };
+            let held = c.session.detach(&mut out);
+            scratch.sink.clear();
+            scratch.action_buf.clear();
+            held
+        };
         let pinned = c.session.pinned();
         if let Some(p) = c.session.pool().and_then(|p| self.stats.pool(p)) {
             if c.logged_in {
@@ -409,17 +421,16 @@ impl Engine {
                 p.unpinned(reason);
             }
         }
-        if let Some(s) = c.server.take() {
-            match fate {
-                Some(BackendFate::Release) => self.server_released(s),
-                Some(BackendFate::Reset(relay)) => self.start_reset(s, relay),
-                Some(BackendFate::Drop) | None if pinned.is_some() => {
-                    self.close_server(s, CloseReason::Pinned, "pinned session ended");
-                }
-                Some(BackendFate::Drop) | None => {
-                    self.close_server(s, CloseReason::ClientGone, "client left mid-message");
-                }
+        match held {
+            Some((s, BackendFate::Release)) => self.server_released(s),
+            Some((s, BackendFate::Reset(relay))) => self.start_reset(s, relay),
+            Some((s, BackendFate::Drop)) if pinned.is_some() => {
+                self.close_server(s, CloseReason::Pinned, "pinned session ended");
             }
+            Some((s, BackendFate::Drop)) => {
+                self.close_server(s, CloseReason::ClientGone, "client left mid-message");
+            }
+            None => {}
         }
         if c.counted {
             self.ctx.clients.fetch_sub(1, Ordering::AcqRel);
@@ -442,13 +453,12 @@ impl Engine {
     }
 
     fn acquire_timeout(&mut self, id: ClientId) {
-        let Some(c) = self.client_mut(id) else {
+        let Some(c) = self.client(id) else {
             return;
         };
         if !c.session.is_acquiring() {
             return;
         }
-        c.waiting_since = None;
         let Some(pool) = c.session.pool() else {
             return;
         };
@@ -468,33 +478,15 @@ impl Engine {
     /// Reports a failed wait to a client and lets it go on with its input.
     pub(super) fn fail_acquire(&mut self, id: ClientId, error: AcquireError) {
         if let Some(c) = self.client_mut(id) {
-            c.waiting_since = None;
             c.deadlines.stop(ClientTimer::Acquire);
         }
         self.with_session(id, |s, _, out| s.on_acquire_failed(error, out));
         self.resume_client(id);
     }
 
-    /// Shutdown of a client: FATAL 57P01, then close.
+    /// Shutdown of a client: FATAL 57P01, then close (as the session's actions are carried
+    /// out).
     pub(super) fn client_shutdown(&mut self, id: ClientId) {
-        let Engine {
-            clients,
-            bufs,
-            stats,
-            ..
-        } = self;
-        if let Some(c) = clients
-            .get_mut(id.index())
-            .filter(|c| c.generation == id.generation())
-        {
-            ErrorBuilder::new(
-                Severity::Fatal,
-                SqlState::ADMIN_SHUTDOWN,
-                "pglink: the proxy is shutting down",
-            )
-            .encode_error(bufs.get(&mut c.output));
-            stats.error_sent(SqlState::ADMIN_SHUTDOWN);
-        }
-        self.close_client(id, "shutdown");
+        self.with_session(id, |s, _, out| s.on_shutdown(out));
     }
 }

@@ -1,6 +1,7 @@
 //! Why a server connection could not be made, or was lost.
 
 use std::fmt;
+use std::sync::Arc;
 
 use super::io::Failure;
 use crate::backend::login::LoginError;
@@ -65,6 +66,48 @@ impl fmt::Display for ServerError {
 }
 
 impl std::error::Error for ServerError {}
+
+/// A server connection that could not be had, as the clients that waited for it hear of it:
+/// which server (`host:port`) and why. Cheap to clone for every waiter.
+#[derive(Debug, Clone)]
+pub struct ConnectFailure {
+    server: Arc<str>,
+    error: Arc<ServerError>,
+}
+
+impl ConnectFailure {
+    pub fn new(server: impl Into<Arc<str>>, error: ServerError) -> ConnectFailure {
+        ConnectFailure {
+            server: server.into(),
+            error: Arc::new(error),
+        }
+    }
+
+    pub fn sqlstate(&self) -> SqlState {
+        self.error.sqlstate()
+    }
+
+    pub fn error(&self) -> &ServerError {
+        &self.error
+    }
+}
+
+impl fmt::Display for ConnectFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.error.for_client(&self.server))
+    }
+}
+
+/// Two failures are the same when they name the same server, code and cause.
+impl PartialEq for ConnectFailure {
+    fn eq(&self, other: &Self) -> bool {
+        self.server == other.server
+            && self.sqlstate() == other.sqlstate()
+            && self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for ConnectFailure {}
 
 #[cfg(test)]
 mod tests {

@@ -488,7 +488,10 @@ impl World {
     /// The fake server connection client `c` holds right now.
     pub fn server_of(&self, c: ClientNo) -> Option<ServerNo> {
         let client = &self.clients[c];
-        let held = self.engines[client.engine].client(client.id)?.server?;
+        let held = self.engines[client.engine]
+            .client(client.id)?
+            .session
+            .server()?;
         self.servers
             .iter()
             .position(|s| !s.closed && s.engine == client.engine && s.id == held)
@@ -1205,7 +1208,7 @@ impl Engine {
     pub fn check_invariants(&self) -> Result<(), String> {
         for (i, c) in &self.clients {
             let id = ClientId::new(i, c.generation);
-            if let Some(s) = c.server {
+            if let Some(s) = c.session.server() {
                 match self.server(s).map(|sv| &sv.state) {
                     Some(State::Lent(owner)) if *owner == id => {}
                     other => {
@@ -1237,7 +1240,7 @@ impl Engine {
                         return Err(format!("{c:?} holds two server connections"));
                     }
                     lent.push(c);
-                    if self.client(c).and_then(|cl| cl.server) != Some(id) {
+                    if self.client(c).and_then(|cl| cl.session.server()) != Some(id) {
                         return Err(format!("{id:?} is lent to {c:?}, which does not hold it"));
                     }
                 }

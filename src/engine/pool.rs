@@ -119,7 +119,6 @@ impl Engine {
         let Some(c) = self.clients.get_mut(id.index()) else {
             return;
         };
-        c.waiting_since = Some(now);
         self.timers
             .client(&mut c.deadlines, id, ClientTimer::Acquire, now + timeout);
         if let Some(shard) = self.shards.get_mut(pool) {
@@ -144,19 +143,18 @@ impl Engine {
         ) else {
             return;
         };
-        cl.server = Some(s);
         cl.deadlines.stop(ClientTimer::Acquire);
         let waited = cl
-            .waiting_since
-            .take()
+            .session
+            .waiting_since()
             .map_or(Duration::ZERO, |since| now.saturating_duration_since(since));
         if let Some(p) = self.stats.pool(sv.pool) {
             p.acquire_wait.observe(waited);
         }
         let params = sv.params.clone();
         let (client_buffered, server_buffered) = (cl.pending_input, sv.pending_input);
-        self.with_session(c, |session, _, out| {
-            session.on_backend_attached(&params, out);
+        self.session_call(c, Some(s), |session, _, out| {
+            session.on_backend_attached(s, &params, out);
         });
         // The client's waiting message goes on now: in this same call when the attach comes
         // from its own processing, otherwise the driver offers it again. Bytes the server sent
@@ -311,9 +309,7 @@ impl Engine {
     /// Removes waiters at the head of the queue that no longer wait (closed or served).
     fn drop_dead_waiters(&mut self, pool: PoolId) {
         while let Some(&(c, _)) = self.shards.get(pool).and_then(|s| s.waiters.front()) {
-            let waiting = self
-                .client(c)
-                .is_some_and(|cl| cl.session.is_acquiring() && cl.server.is_none());
+            let waiting = self.client(c).is_some_and(|cl| cl.session.is_acquiring());
             if waiting {
                 break;
             }

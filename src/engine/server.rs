@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::error::ServerError;
+use super::error::{ConnectFailure, ServerError};
 use super::id::{ClientId, ServerId};
 use super::io::{Conn, Failure, Io, TlsInfo, Transfer};
 use super::output::OutBuf;
@@ -452,7 +452,10 @@ impl Engine {
 
     /// Lent: the client's session decides what the server's bytes become.
     fn server_to_client(&mut self, id: ServerId, client: ClientId, data: &[u8]) -> (usize, bool) {
-        debug_assert_eq!(self.client(client).and_then(|c| c.server), Some(id));
+        debug_assert_eq!(
+            self.client(client).and_then(|c| c.session.server()),
+            Some(id)
+        );
         // When its transaction ends the session may send more (parameters read back,
         // statements closed) before the connection is released.
         let n = self
@@ -704,9 +707,6 @@ impl Engine {
         match s.state {
             State::Lent(c) => {
                 log::warn!("server connection {} lost while lent: {error}", id.index());
-                if let Some(cl) = self.client_mut(c) {
-                    cl.server = None;
-                }
                 self.close_server(id, CloseReason::ServerClosed, &error.to_string());
                 self.with_session(c, |s, _, out| s.on_backend_lost(out));
             }
@@ -764,8 +764,8 @@ impl Engine {
                 None => self.open_server(pool, Some(TlsNegotiation::Require), addr_index),
             };
         }
-        let message = error.for_client(&format!("{}:{}", target.host, target.port));
-        log::warn!("server connection for pool {pool}: {message}");
+        let failure = ConnectFailure::new(format!("{}:{}", target.host, target.port), error);
+        log::warn!("server connection for pool {pool}: {failure}");
         let now = self.now;
         if let Some(shard) = self.shards.get_mut(pool) {
             shard.login_failed(now);
@@ -773,17 +773,12 @@ impl Engine {
         // No automatic retry here (that would spin against a server that is down): waiters
         // learn the cause if nothing else is coming, and the next acquire tries again.
         self.discard_server(id);
-        self.pool_connect_failed(pool, error.sqlstate(), message);
+        self.pool_connect_failed(pool, failure);
     }
 
     /// Nothing will serve this pool's waiters (no connection open or opening anywhere): they
     /// get the error now instead of waiting for their timeout.
-    fn pool_connect_failed(
-        &mut self,
-        pool: PoolId,
-        code: crate::protocol::SqlState,
-        message: String,
-    ) {
+    fn pool_connect_failed(&mut self, pool: PoolId, failure: ConnectFailure) {
         let nothing_coming = self
             .ctx
             .pools
@@ -794,11 +789,7 @@ impl Engine {
         }
         for c in self.take_waiters(pool) {
             if self.client(c).is_some() {
-                let error = AcquireError::Server {
-                    code,
-                    message: message.clone(),
-                };
-                self.fail_acquire(c, error);
+                self.fail_acquire(c, AcquireError::Server(failure.clone()));
             }
         }
     }
@@ -840,11 +831,6 @@ impl Engine {
         };
         if matches!(s.state, State::Idle) {
             self.forget_idle(s.pool, id);
-        }
-        if let State::Lent(c) = s.state
-            && let Some(cl) = self.client_mut(c)
-        {
-            cl.server = None;
         }
         self.release_capacity(s.pool);
         self.io.push_back(Io::Close {
