@@ -58,7 +58,7 @@
 pub mod auth;
 pub mod backend;
 pub mod cli;
-pub mod client;
+pub(crate) mod client;
 pub mod config;
 pub(crate) mod engine;
 pub mod observe;

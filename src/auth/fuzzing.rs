@@ -8,10 +8,12 @@
 
 use std::sync::{Arc, OnceLock};
 
+use super::ScramError;
+#[cfg(test)]
+use super::mechanisms;
 use super::rng::FixedRng;
 use super::scram::{ScramKeys, ScramServer, ScramVerifier};
 use super::scram_client::{ScramClient, select_mechanism};
-use super::{ScramError, mechanisms};
 
 const PASSWORD: &[u8] = b"pencil";
 /// RFC 7677's salt ("W22ZaJ0SNY7soEsUEjb6gQ==").

@@ -62,7 +62,6 @@ fn run_script(data: &[u8]) -> Session {
         },
         tls: ClientTls::Optional,
         channel_binding: Some(vec![7; 32]),
-        max_message_len: 1 << 16,
     };
     let params: Arc<ParamList> = Arc::new(vec![("server_version".into(), "15".into())]);
     let lookup = |_| Some(params.clone());

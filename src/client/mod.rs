@@ -103,7 +103,6 @@ pub struct SessionConfig {
     pub tls: ClientTls,
     /// `tls-server-end-point` channel-binding data of our certificate (SCRAM-SHA-256-PLUS).
     pub channel_binding: Option<Vec<u8>>,
-    pub max_message_len: usize,
 }
 
 /// What a session needs from its surroundings for one call.

@@ -81,10 +81,12 @@ impl Params {
         self.entries.iter().map(|(n, v)| (n.as_str(), v.as_str()))
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

@@ -201,7 +201,8 @@ pub struct Registry {
     len: AtomicUsize,
 }
 
-/// What [`Registry::counts`] reports.
+/// What [`Registry::counts`] reports (the metrics read it).
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RegistryCounts {
     /// Distinct statements registered now.
@@ -262,6 +263,7 @@ impl Registry {
 
     /// Registry size and lookup counts (without taking the lock). With sharing off
     /// (`prepared_statement_cache_size` 0) nothing is registered or counted.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub fn counts(&self) -> RegistryCounts {
         RegistryCounts {
             statements: self.len.load(Ordering::Relaxed),
@@ -361,6 +363,7 @@ impl Registry {
         }
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.inner
             .lock()
@@ -368,6 +371,7 @@ impl Registry {
             .len
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -505,10 +509,12 @@ impl ClientStatements {
         self.names.retain(|_, s| s.since > seq);
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.names.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
     }
@@ -639,6 +645,7 @@ impl BackendStatements {
         });
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.prepared.len()
     }

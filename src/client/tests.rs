@@ -46,7 +46,6 @@ fn config(auth_method: AuthMethod, tls: ClientTls) -> SessionConfig {
         auth_method,
         tls,
         channel_binding: Some(vec![1; 32]),
-        max_message_len: 1 << 20,
     }
 }
 

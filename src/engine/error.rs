@@ -86,10 +86,6 @@ impl ConnectFailure {
     pub fn sqlstate(&self) -> SqlState {
         self.error.sqlstate()
     }
-
-    pub fn error(&self) -> &ServerError {
-        &self.error
-    }
 }
 
 impl fmt::Display for ConnectFailure {

@@ -265,7 +265,6 @@ impl World {
             auth_method: AuthMethod::Md5,
             tls: ClientTls::Disabled,
             channel_binding: None,
-            max_message_len: 1 << 20,
         };
         let ctx = Arc::new(Context::new(
             vec![db],

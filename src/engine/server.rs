@@ -21,10 +21,9 @@ use super::timer::{ServerDeadlines, ServerTimer};
 use super::{Engine, HIGH_WATER, MAX_STEPS};
 use crate::backend::SslMode;
 use crate::backend::login::{Login, LoginParams, LoginStep, TlsNegotiation};
-use crate::client::relay::{BackendStop, Effect, Outcome, Relay};
-use crate::client::statements::BackendShape;
+use crate::client::relay::Relay;
 use crate::client::users::PoolId;
-use crate::client::{AcquireError, BackendContext, ParamList};
+use crate::client::{AcquireError, BackendContext, Drain, DrainKind, DrainStep, ParamList};
 use crate::observe::events::{Event, ServerState};
 use crate::observe::metrics::{BackendState, CloseReason};
 use crate::protocol::backend::tag as be;
@@ -45,8 +44,8 @@ pub(super) enum State {
     Idle,
     /// Lent to this client.
     Lent(ClientId),
-    /// Finishing what a vanished client left (`reset`), or answering a health check.
-    Draining { relay: Box<Relay>, reset: bool },
+    /// Finishing what a vanished client left, or answering a health check.
+    Draining(Box<Drain>),
     /// Released while a cancel for it is still being delivered; not lendable until done.
     Parked,
 }
@@ -58,7 +57,7 @@ impl State {
             State::Connecting { .. } | State::LoggingIn { .. } => BackendState::Opening,
             State::Idle => BackendState::Idle,
             State::Lent(_) => BackendState::InUse,
-            State::Draining { .. } | State::Parked => BackendState::Draining,
+            State::Draining(_) | State::Parked => BackendState::Draining,
         }
     }
 
@@ -69,7 +68,7 @@ impl State {
             State::LoggingIn { .. } => ServerState::LoggingIn,
             State::Idle => ServerState::Idle,
             State::Lent(_) => ServerState::Lent,
-            State::Draining { .. } => ServerState::Draining,
+            State::Draining(_) => ServerState::Draining,
             State::Parked => ServerState::Parked,
         }
     }
@@ -318,7 +317,7 @@ impl Engine {
                 State::LoggingIn { .. } => self.login_step(id, rest),
                 State::Lent(c) => self.server_to_client(id, c, rest),
                 State::Idle | State::Parked => self.idle_message(id, rest),
-                State::Draining { .. } => self.drain_step(id, rest),
+                State::Draining(_) => self.drain_step(id, rest),
             };
             pos += n;
             self.run_actions();
@@ -513,59 +512,20 @@ impl Engine {
 
     /// Draining: swallow responses until the server is idle again, then return it.
     fn drain_step(&mut self, id: ServerId, data: &[u8]) -> (usize, bool) {
-        let Engine {
-            servers,
-            scratch,
-            ctx,
-            ..
-        } = self;
+        let Engine { servers, ctx, .. } = self;
         let Some(s) = servers.get_mut(id.index()) else {
             return (0, false);
         };
-        let State::Draining { relay, reset } = &mut s.state else {
+        let State::Draining(drain) = &mut s.state else {
             return (0, false);
         };
-        let reset = *reset;
-        let result = relay.on_backend_data(data, &mut scratch.sink);
-        scratch.sink.clear();
-        for outcome in relay.take_outcomes() {
-            match outcome {
-                Outcome::Failed(Effect::Prepare { statement, .. })
-                | Outcome::StalePlan(statement) => {
-                    s.context
-                        .statements
-                        .set_shape(statement.id, BackendShape::Stale);
-                }
-                Outcome::Reset(reset) => {
-                    s.context.statements.retain_only(&reset.preparing);
-                    if reset.discard_all {
-                        // Back to what it had at login.
-                        let startup = ctx
-                            .pool_database(s.pool)
-                            .map_or(&[][..], |(_, db)| &db.target.startup_params[..]);
-                        s.context.set_login_params(&s.params, startup);
-                    }
-                }
-                _ => {}
-            }
-        }
-        match result {
-            Ok((n, BackendStop::NeedMore)) => (n, n > 0),
-            Ok((n, BackendStop::ParameterStatus { start, end, .. })) => {
-                // A statement of the client that left changed it (or a rollback restored it).
-                let body = data.get(start..end).unwrap_or_default();
-                let mut parts = body.split(|&b| b == 0);
-                if let (Some(name), Some(value)) = (parts.next(), parts.next()) {
-                    s.context.params.set(
-                        &String::from_utf8_lossy(name),
-                        &String::from_utf8_lossy(value),
-                    );
-                }
-                (n, true)
-            }
-            Ok((n, BackendStop::Idle)) => {
-                // Shapes that were on their way were not read: prepare those afresh.
-                s.context.statements.settle_pending();
+        let reset = drain.kind() == DrainKind::Reset;
+        let startup = ctx
+            .pool_database(s.pool)
+            .map_or(&[][..], |(_, db)| &db.target.startup_params[..]);
+        match drain.on_server_data(data, &mut s.context, &s.params, startup) {
+            Ok((n, DrainStep::NeedMore)) => (n, n > 0),
+            Ok((n, DrainStep::Idle)) => {
                 s.checked_at = self.now;
                 if reset {
                     // Cleaned up after a vanished client: idle from now on.
@@ -576,15 +536,7 @@ impl Engine {
                 self.server_available(id);
                 (n, true)
             }
-            Ok((n, BackendStop::StalePlan { start, end })) => {
-                // No client to replay for: an error like any other.
-                let error = data.get(start..end).unwrap_or_default().to_vec();
-                let stale = relay.take_stale();
-                relay.forward_error(&error, stale, &mut scratch.sink);
-                scratch.sink.clear();
-                (n, true)
-            }
-            Ok((_, BackendStop::Fatal)) => {
+            Ok((_, DrainStep::Fatal)) => {
                 let why = "server reported FATAL during cleanup";
                 self.close_server(id, drain_failure(reset), why);
                 (0, false)
@@ -599,35 +551,16 @@ impl Engine {
 
     /// The client vanished mid-transaction: cancel what runs, finish any COPY or batch, roll
     /// back, and return the connection once it is idle (or close it at the deadline).
-    pub(super) fn start_reset(&mut self, id: ServerId, mut relay: Relay) {
+    pub(super) fn start_reset(&mut self, id: ServerId, relay: Relay) {
         let Engine { servers, bufs, .. } = self;
         let Some(s) = servers.get_mut(id.index()) else {
             return;
         };
-        let running = relay.outstanding() > 0;
-        let mut cleanup = Vec::new();
-        if relay.server_in_copy_in() {
-            frontend::copy_fail(&mut cleanup, b"pglink: client disconnected");
-        }
-        if relay.unsynced() {
-            frontend::sync(&mut cleanup);
-        }
-        frontend::query(&mut cleanup, b"ROLLBACK");
-        if relay
-            .on_client_data(&cleanup, bufs.get(&mut s.output))
-            .is_err()
-        {
+        let Ok(drain) = Drain::reset(relay, bufs.get(&mut s.output)) else {
             return self.close_server(id, CloseReason::ResetFailed, "cannot clean up after client");
-        }
-        self.set_state(
-            id,
-            State::Draining {
-                relay: Box::new(relay),
-                reset: true,
-            },
-        );
-        self.start_drain_timer(id);
-        self.queue_flush(Conn::Server(id));
+        };
+        let running = drain.needs_cancel();
+        self.start_drain(id, drain);
         // Bytes the server sent before the client left go through the drain now.
         self.io.push_back(Io::Resume(Conn::Server(id)));
         if running {
@@ -644,22 +577,12 @@ impl Engine {
         let Some(s) = servers.get_mut(id.index()) else {
             return;
         };
-        let mut relay = Relay::new(ctx.max_message_len);
-        let mut query = Vec::new();
-        frontend::query(&mut query, b"");
-        if relay
-            .on_client_data(&query, bufs.get(&mut s.output))
-            .is_err()
-        {
-            return;
-        }
-        self.set_state(
-            id,
-            State::Draining {
-                relay: Box::new(relay),
-                reset: false,
-            },
-        );
+        let drain = Drain::health_check(ctx.max_message_len, bufs.get(&mut s.output));
+        self.start_drain(id, drain);
+    }
+
+    fn start_drain(&mut self, id: ServerId, drain: Drain) {
+        self.set_state(id, State::Draining(Box::new(drain)));
         self.start_drain_timer(id);
         self.queue_flush(Conn::Server(id));
     }
@@ -677,13 +600,14 @@ impl Engine {
             return;
         };
         match (timer, &s.state) {
-            (ServerTimer::Drain, State::Draining { reset, .. }) => {
-                let why = if *reset {
+            (ServerTimer::Drain, State::Draining(drain)) => {
+                let reset = drain.kind() == DrainKind::Reset;
+                let why = if reset {
                     "cleanup after client timed out"
                 } else {
                     "health check timed out"
                 };
-                self.close_server(id, drain_failure(*reset), why);
+                self.close_server(id, drain_failure(reset), why);
             }
             (ServerTimer::Connect, state) if state.is_logging_in() => {
                 self.login_failed(id, ServerError::Timeout);

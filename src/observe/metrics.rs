@@ -34,6 +34,7 @@ impl Counter {
         self.add(1);
     }
 
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub fn get(&self) -> u64 {
         self.0.load(Relaxed)
     }
@@ -60,6 +61,7 @@ impl Gauge {
         self.add(-1);
     }
 
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub fn get(&self) -> i64 {
         self.0.load(Relaxed)
     }
@@ -102,15 +104,18 @@ impl<const N: usize> Histogram<N> {
             .add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
     }
 
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub fn bounds_us(&self) -> &'static [u64; N] {
         self.bounds_us
     }
 
     /// Observations per bucket (the last one above every bound), not cumulative.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub fn counts(&self) -> impl Iterator<Item = u64> + '_ {
         self.counts.iter().map(Counter::get)
     }
 
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub fn sum(&self) -> Duration {
         Duration::from_nanos(self.sum_ns.get())
     }
@@ -302,6 +307,7 @@ impl ReactorStats {
         self.thread_id.store(tid, Relaxed);
     }
 
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub fn thread_id(&self) -> Option<u64> {
         Some(self.thread_id.load(Relaxed)).filter(|&t| t != 0)
     }

@@ -138,7 +138,6 @@ impl Server {
                 config::SslMode::Require => ClientTls::Required,
             },
             channel_binding,
-            max_message_len: DEFAULT_MAX_MESSAGE_LEN,
         };
         let context = Context::new(
             databases,

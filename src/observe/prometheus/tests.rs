@@ -66,7 +66,6 @@ fn shared() -> Arc<Shared> {
         auth_method: AuthMethod::Scram,
         tls: ClientTls::Optional,
         channel_binding: None,
-        max_message_len: 1 << 20,
     };
     let context = crate::engine::Context::new(
         databases,
