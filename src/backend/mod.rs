@@ -11,7 +11,7 @@
     )
 )]
 
-pub mod cancel;
+pub(crate) mod cancel;
 pub mod login;
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs as _};

@@ -98,7 +98,7 @@ fn run_script(data: &[u8]) -> Session {
             actions: &mut actions,
             stats: &stats,
             now,
-            events: &mut events,
+            events: Some(&mut events),
         };
         match op % 8 {
             0 => {

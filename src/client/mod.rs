@@ -129,7 +129,7 @@ pub struct Out<'a> {
     /// The time of this call, from the engine's clock (the session never reads a clock).
     pub now: Instant,
     /// Where state changes are recorded.
-    pub events: &'a mut dyn EventSink,
+    pub events: Option<&'a mut dyn EventSink>,
 }
 
 /// The SQL text of a whole Query message (without its NUL).
@@ -212,7 +212,7 @@ pub enum BackendFate {
     /// Nothing outstanding: back to the pool.
     Release,
     /// Roll back / drain first, with this relay state (see [`Drain::reset`]).
-    Reset(Relay),
+    Reset(Box<Relay>),
     /// The protocol state is unknowable (half a message was sent): close it.
     Drop,
 }
@@ -592,7 +592,7 @@ impl Session {
         } else if self.relay.is_idle() {
             BackendFate::Release
         } else {
-            BackendFate::Reset(std::mem::replace(&mut self.relay, Relay::new(0)))
+            BackendFate::Reset(Box::new(std::mem::replace(&mut self.relay, Relay::new(0))))
         };
         Some((server, fate))
     }
@@ -607,7 +607,9 @@ impl Session {
                 pid: self.key.pid,
                 state: kind,
             };
-            out.events.record(out.now, event);
+            if let Some(events) = out.events.as_deref_mut() {
+                events.record(out.now, event);
+            }
         }
         old
     }

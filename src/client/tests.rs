@@ -104,7 +104,7 @@ impl Harness {
             actions: &mut self.actions,
             stats: &self.stats,
             now: self.now,
-            events: &mut self.events,
+            events: Some(&mut self.events),
         };
         f(&mut self.session, &mut out)
     }
@@ -130,7 +130,7 @@ impl Harness {
             actions: &mut self.actions,
             stats: &self.stats,
             now: self.now,
-            events: &mut self.events,
+            events: Some(&mut self.events),
         };
         let n = self.session.on_client_data(&self.input, &mut env, &mut out);
         self.input.drain(..n);

@@ -14,6 +14,7 @@ use crate::client::users::{DbId, PoolId};
 use crate::client::{
     AcquireError, Action, BackendFate, CancelKey, Env, Out, Session, SessionError,
 };
+use crate::observe::events::EventSink;
 use crate::observe::metrics::{CloseReason, RefuseReason};
 use crate::pool::Pool;
 
@@ -178,16 +179,15 @@ impl Engine {
         id: ClientId,
         f: impl FnOnce(&mut Session, &mut Env<'_>, &mut Out<'_>) -> R,
     ) -> Option<R> {
-        let held = self.client(id)?.session.server();
-        self.session_call(id, held, f)
+        self.session_call(id, None, f)
     }
 
-    /// `with_session` with the server connection whose output the session writes to given
-    /// explicitly (the one being attached, before the session holds it).
+    /// `with_session`, the session writing to server connection `attaching` (one it does
+    /// not hold yet) if given, else to the one it holds.
     pub(super) fn session_call<R>(
         &mut self,
         id: ClientId,
-        held: Option<ServerId>,
+        attaching: Option<ServerId>,
         f: impl FnOnce(&mut Session, &mut Env<'_>, &mut Out<'_>) -> R,
     ) -> Option<R> {
         let Engine {
@@ -218,7 +218,7 @@ impl Engine {
             server_params: &params,
             database: &database,
         };
-        let held = held.and_then(|s| {
+        let held = attaching.or_else(|| c.session.server()).and_then(|s| {
             servers
                 .get_mut(s.index())
                 .filter(|sv| sv.generation == s.generation())
@@ -235,7 +235,7 @@ impl Engine {
             actions: &mut scratch.action_buf,
             stats,
             now: *now,
-            events: &mut **events,
+            events: events.as_deref_mut().map(|e| e as &mut dyn EventSink),
         };
         let result = f(&mut c.session, &mut env, &mut out);
         debug_assert!(
@@ -244,16 +244,11 @@ impl Engine {
         );
         scratch.sink.clear();
         actions.extend(scratch.action_buf.drain(..).map(|a| (id, a)));
+        // Buffers left empty stay until the connection's next flush gives them back.
         let client_has_output = c.output.as_ref().is_some_and(|o| !o.is_empty());
-        bufs.recycle(&mut c.output);
-        let server_has_output = match server.and_then(|s| servers.get_mut(s.index())) {
-            Some(sv) if sv.output_len() > 0 => true,
-            Some(sv) => {
-                bufs.recycle(&mut sv.output);
-                false
-            }
-            None => false,
-        };
+        let server_has_output = server
+            .and_then(|s| servers.get(s.index()))
+            .is_some_and(|sv| sv.output_len() > 0);
         if client_has_output {
             self.queue_flush(Conn::Client(id));
         }
@@ -405,7 +400,7 @@ impl Engine {
                 actions: &mut scratch.action_buf,
                 stats,
                 now: self.now,
-                events: &mut **events,
+                events: events.as_deref_mut().map(|e| e as &mut dyn EventSink),
             };
             let held = c.session.detach(&mut out);
             scratch.sink.clear();
@@ -423,7 +418,7 @@ impl Engine {
         }
         match held {
             Some((s, BackendFate::Release)) => self.server_released(s),
-            Some((s, BackendFate::Reset(relay))) => self.start_reset(s, relay),
+            Some((s, BackendFate::Reset(relay))) => self.start_reset(s, *relay),
             Some((s, BackendFate::Drop)) if pinned.is_some() => {
                 self.close_server(s, CloseReason::Pinned, "pinned session ended");
             }

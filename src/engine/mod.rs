@@ -61,7 +61,7 @@ use slab::Slab;
 use crate::auth::Rng;
 use crate::client::users::UserTable;
 use crate::client::{Action, BackendContext, SessionConfig};
-use crate::observe::events::{EventSink, NoEvents};
+use crate::observe::events::{Event, EventSink};
 use crate::observe::metrics::ReactorStats;
 use crate::pool::{Database, Pool};
 use client::ClientConn;
@@ -196,7 +196,8 @@ pub struct Engine {
     users: Arc<UserTable>,
     rng: Box<dyn Rng + Send>,
     stats: Arc<ReactorStats>,
-    events: Box<dyn EventSink + Send>,
+    /// Where state changes are recorded, if anywhere.
+    events: Option<Box<dyn EventSink + Send>>,
     now: Instant,
     io: VecDeque<Io>,
     /// Session actions waiting to be carried out, in order, with their client.
@@ -252,7 +253,7 @@ impl Engine {
             users,
             rng,
             stats,
-            events: Box::new(NoEvents),
+            events: None,
             now,
             io: VecDeque::new(),
             actions: VecDeque::new(),
@@ -271,7 +272,14 @@ impl Engine {
     /// recorder and tracing will install theirs).
     #[cfg_attr(not(test), allow(dead_code))]
     pub fn set_event_sink(&mut self, sink: Box<dyn EventSink + Send>) {
-        self.events = sink;
+        self.events = Some(sink);
+    }
+
+    /// Records a state change, if anything listens.
+    fn record(&mut self, event: Event) {
+        if let Some(events) = self.events.as_deref_mut() {
+            events.record(self.now, event);
+        }
     }
 
     /// A new login table (secrets rotated).

@@ -142,7 +142,7 @@ impl Engine {
                 pool: u32::try_from(s.pool).unwrap_or(u32::MAX),
                 state: s.state.event(),
             };
-            self.events.record(self.now, event);
+            self.record(event);
         }
         Some(old)
     }
@@ -157,14 +157,11 @@ impl Engine {
         let state = conn.state.event();
         let generation = conn.generation;
         let id = ServerId::new(self.servers.insert(conn), generation);
-        self.events.record(
-            self.now,
-            Event::Server {
-                server: id,
-                pool,
-                state,
-            },
-        );
+        self.record(Event::Server {
+            server: id,
+            pool,
+            state,
+        });
         id
     }
 
@@ -176,14 +173,11 @@ impl Engine {
             p.backend_moved(Some(s.state.gauge()), None);
         }
         let pool = u32::try_from(s.pool).unwrap_or(u32::MAX);
-        self.events.record(
-            self.now,
-            Event::Server {
-                server: id,
-                pool,
-                state: leaving,
-            },
-        );
+        self.record(Event::Server {
+            server: id,
+            pool,
+            state: leaving,
+        });
         Some(s)
     }
 

@@ -516,8 +516,10 @@ impl Reactor {
     /// Writes all coalesced output of this turn.
     fn flush_dirty(&mut self) {
         let mut dirty = std::mem::take(&mut self.dirty);
-        dirty.sort_unstable_by_key(|t| (t.index, t.kind as u8, t.generation));
-        dirty.dedup();
+        if dirty.len() > 1 {
+            dirty.sort_unstable_by_key(|t| (t.index, t.kind as u8, t.generation));
+            dirty.dedup();
+        }
         for tok in dirty.drain(..) {
             if let Some(conn) = tok.as_conn() {
                 self.flush(conn);
