@@ -485,6 +485,27 @@ impl Session {
         params: &Arc<ParamList>,
         out: &mut Out<'_>,
     ) {
+        self.attached(server, params, false, out);
+    }
+
+    /// `on_backend_attached` for a backend whose settings were just found to match this
+    /// session's ([`Session::settings_match`], nothing changed since): no check again.
+    pub fn on_matching_backend_attached(
+        &mut self,
+        server: ServerId,
+        params: &Arc<ParamList>,
+        out: &mut Out<'_>,
+    ) {
+        self.attached(server, params, true, out);
+    }
+
+    fn attached(
+        &mut self,
+        server: ServerId,
+        params: &Arc<ParamList>,
+        settings_match: bool,
+        out: &mut Out<'_>,
+    ) {
         match self.state {
             State::AwaitingParameters { .. } => {
                 self.finish_login(params, out);
@@ -499,7 +520,9 @@ impl Session {
                     ..Lending::new(server)
                 };
                 self.set_state(State::Active(lending), out);
-                self.sync_backend(out);
+                if !settings_match {
+                    self.sync_backend(out);
+                }
             }
             // Nothing asked for it (the client left meanwhile): give it back.
             _ => out.actions.push(Action::Release(server)),

@@ -202,6 +202,7 @@ impl Engine {
             actions,
             events,
             now,
+            io,
             ..
         } = self;
         let c = clients
@@ -244,18 +245,19 @@ impl Engine {
         );
         scratch.sink.clear();
         actions.extend(scratch.action_buf.drain(..).map(|a| (id, a)));
-        // Buffers left empty stay until the connection's next flush gives them back.
-        let client_has_output = c.output.as_ref().is_some_and(|o| !o.is_empty());
-        let server_has_output = server
-            .and_then(|s| servers.get(s.index()))
-            .is_some_and(|sv| sv.output_len() > 0);
-        if client_has_output {
-            self.queue_flush(Conn::Client(id));
+        // Output waiting is flushed at the end of the turn (one flush queued per connection);
+        // buffers left empty stay until the connection's next flush gives them back.
+        if !c.flush_queued && c.output.as_ref().is_some_and(|o| !o.is_empty()) {
+            c.flush_queued = true;
+            io.push_back(Io::Flush(Conn::Client(id)));
         }
         if let Some(s) = server
-            && server_has_output
+            && let Some(sv) = servers.get_mut(s.index())
+            && !sv.flush_queued
+            && sv.output_len() > 0
         {
-            self.queue_flush(Conn::Server(s));
+            sv.flush_queued = true;
+            io.push_back(Io::Flush(Conn::Server(s)));
         }
         Some(result)
     }

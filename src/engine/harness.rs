@@ -671,6 +671,10 @@ impl World {
             Io::Flush(conn) => {
                 let out = self.engines[e].output(conn).to_vec();
                 let n = out.len();
+                if n == 0 {
+                    // As the reactor does: a flush that finds nothing says nothing.
+                    return;
+                }
                 match conn {
                     Conn::Client(id) => {
                         if let Some(c) = self.client_by_id(e, id) {
@@ -1207,6 +1211,11 @@ impl Engine {
     pub fn check_invariants(&self) -> Result<(), String> {
         for (i, c) in &self.clients {
             let id = ClientId::new(i, c.generation);
+            if c.flush_queued && c.output.as_ref().is_none_or(|o| o.is_empty()) {
+                return Err(format!(
+                    "client {id:?} has a flush queued and nothing to write"
+                ));
+            }
             if let Some(s) = c.session.server() {
                 match self.server(s).map(|sv| &sv.state) {
                     Some(State::Lent(owner)) if *owner == id => {}
@@ -1233,6 +1242,9 @@ impl Engine {
         let mut lent = Vec::new();
         for (i, s) in &self.servers {
             let id = ServerId::new(i, s.generation);
+            if s.flush_queued && s.output.as_ref().is_none_or(|o| o.is_empty()) {
+                return Err(format!("{id:?} has a flush queued and nothing to write"));
+            }
             match s.state {
                 State::Lent(c) => {
                     if lent.contains(&c) {

@@ -301,6 +301,12 @@ impl Engine {
         self.io.pop_front()
     }
 
+    /// Whether an I/O command is waiting.
+    #[inline]
+    pub fn has_io(&self) -> bool {
+        !self.io.is_empty()
+    }
+
     /// When [`Engine::handle_timeout`] must be called next (it may find nothing due: timers
     /// are cancelled lazily).
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -522,7 +528,14 @@ impl Engine {
 
     /// Carries out queued session actions, which may queue more, in order. Only the
     /// `handle_*` entry points call this, last: handlers queue, they never recurse.
+    #[inline]
     fn run_actions(&mut self) {
+        if !self.actions.is_empty() {
+            self.run_queued_actions();
+        }
+    }
+
+    fn run_queued_actions(&mut self) {
         while let Some((c, action)) = self.actions.pop_front() {
             if self.client(c).is_some() {
                 self.on_action(c, action);
@@ -555,13 +568,17 @@ impl Engine {
     }
 
     /// Asks the driver to write `conn`'s output at the end of the turn (once per turn).
+    ///
+    /// Only output that is there is queued: a flush always finds bytes to write, and the
+    /// driver may skip telling the engine about a flush that found none.
     fn queue_flush(&mut self, conn: Conn) {
-        let flag = match conn {
-            Conn::Client(c) => self.client_mut(c).map(|c| &mut c.flush_queued),
-            Conn::Server(s) => self.server_mut(s).map(|s| &mut s.flush_queued),
+        let slot = match conn {
+            Conn::Client(c) => self.client_mut(c).map(|c| (&mut c.flush_queued, &c.output)),
+            Conn::Server(s) => self.server_mut(s).map(|s| (&mut s.flush_queued, &s.output)),
         };
-        if let Some(flag) = flag
+        if let Some((flag, output)) = slot
             && !*flag
+            && output.as_ref().is_some_and(|o| !o.is_empty())
         {
             *flag = true;
             self.io.push_back(Io::Flush(conn));

@@ -103,11 +103,11 @@ impl Engine {
         if self.ctx.is_stopping() {
             return self.fail_acquire(id, AcquireError::ShuttingDown);
         }
-        if let Some(s) = self
-            .take_idle_matching(pool, id)
-            .or_else(|| self.take_idle(pool))
-        {
-            return self.attach(id, s);
+        if let Some(s) = self.take_idle_matching(pool, id) {
+            return self.attach(id, s, true);
+        }
+        if let Some(s) = self.take_idle(pool) {
+            return self.attach(id, s, false);
         }
         let timeout = self
             .ctx
@@ -128,8 +128,9 @@ impl Engine {
         self.grow(pool);
     }
 
-    /// Lends server connection `s` to client `c`.
-    fn attach(&mut self, c: ClientId, s: ServerId) {
+    /// Lends server connection `s` to client `c`; `settings_match`: the client's settings
+    /// were just found to be the connection's (no need to look again).
+    fn attach(&mut self, c: ClientId, s: ServerId, settings_match: bool) {
         if self.client(c).is_none() {
             return;
         }
@@ -154,7 +155,11 @@ impl Engine {
         let params = sv.params.clone();
         let (client_buffered, server_buffered) = (cl.pending_input, sv.pending_input);
         self.session_call(c, Some(s), |session, _, out| {
-            session.on_backend_attached(s, &params, out);
+            if settings_match {
+                session.on_matching_backend_attached(s, &params, out);
+            } else {
+                session.on_backend_attached(s, &params, out);
+            }
         });
         // The client's waiting message goes on now: in this same call when the attach comes
         // from its own processing, otherwise the driver offers it again. Bytes the server sent
@@ -298,7 +303,7 @@ impl Engine {
             .and_then(|sh| sh.waiters.pop_front())
         {
             self.publish(pool);
-            return self.attach(c, s);
+            return self.attach(c, s, false);
         }
         if let Some(shard) = self.shards.get_mut(pool) {
             shard.idle.push(s);

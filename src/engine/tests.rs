@@ -620,3 +620,20 @@ fn while_stopping_no_connection_is_opened_for_waiters() {
     assert_eq!(code, SqlState::ADMIN_SHUTDOWN);
     w.check();
 }
+
+#[test]
+fn a_connection_whose_settings_match_is_lent_without_a_sync() {
+    let mut w = world(Setup::default());
+    let (a, b) = (w.login(0, 0), w.login(0, 0));
+    assert_eq!(select(&mut w, a, 1), vec![World::marker(a, 1)]);
+    assert_eq!(select(&mut w, b, 1), vec![World::marker(b, 1)]);
+    assert_eq!(
+        w.servers[0].queries,
+        vec![
+            format!("SELECT '{}'", World::marker(a, 1)),
+            format!("SELECT '{}'", World::marker(b, 1))
+        ],
+        "the statements, and nothing else"
+    );
+    w.check();
+}

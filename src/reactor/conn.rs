@@ -31,6 +31,8 @@ pub struct Socket {
     pub(super) handshake: bool,
     /// A server connection's TCP connect is in progress.
     pub(super) connecting: bool,
+    /// On the reactor's list of connections to write at the end of the turn.
+    pub(super) dirty: bool,
     pub(super) peer: SocketAddr,
 }
 
@@ -43,6 +45,7 @@ impl Socket {
             drained: false,
             handshake: false,
             connecting: false,
+            dirty: false,
             peer,
         }
     }
@@ -232,7 +235,8 @@ impl Reactor {
             return;
         };
         if s.handshake {
-            self.dirty.push(Tok::conn(conn)); // handshake records to send
+            s.dirty = true; // handshake records to send
+            self.dirty.push(conn);
             if s.stream.is_handshaking() {
                 return;
             }
@@ -284,10 +288,21 @@ impl Reactor {
         let Some(s) = self.sockets.get(conn) else {
             return;
         };
+        s.dirty = false;
         if s.connecting {
             return;
         }
-        let (written, result) = s.stream.write_some(self.engine.output(conn));
+        let pending = self.engine.output(conn);
+        if pending.is_empty() {
+            // Nothing of the engine's to write (a writable event, say; the engine was told of
+            // everything written before): only TLS records rustls may still hold.
+            if let Err(e) = s.stream.flush() {
+                self.engine.handle_closed(conn, Failure::Write(e), self.now);
+                self.carry_out_io();
+            }
+            return;
+        }
+        let (written, result) = s.stream.write_some(pending);
         let result = result.and_then(|()| s.stream.flush().map(|_| ()));
         self.sent(conn).add(written as u64);
         match result {
@@ -295,6 +310,16 @@ impl Reactor {
             Err(e) => self.engine.handle_closed(conn, Failure::Write(e), self.now),
         }
         self.carry_out_io();
+    }
+
+    /// Puts `conn` on the list of connections to write at the end of the turn (once).
+    pub(super) fn mark_dirty(&mut self, conn: Conn) {
+        if let Some(s) = self.sockets.get(conn)
+            && !s.dirty
+        {
+            s.dirty = true;
+            self.dirty.push(conn);
+        }
     }
 
     /// The connection failed or the peer closed it.

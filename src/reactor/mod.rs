@@ -117,8 +117,9 @@ pub struct Reactor {
     inputs: InPool,
     /// Connections (and listeners) to revisit: more input may be waiting.
     ready: Vec<Tok>,
-    /// Connections with output to write at the end of the turn.
-    dirty: Vec<Tok>,
+    /// Connections with output to write at the end of the turn (each once: see
+    /// `Socket::dirty`).
+    dirty: Vec<Conn>,
     /// Server connections handed over that could not be sent: adopted again once the
     /// engine's current commands are carried out.
     returned: Vec<(Transfer, Box<Socket>)>,
@@ -273,7 +274,7 @@ impl Reactor {
                 self.connect_done(conn);
             }
         } else if event.is_writable() {
-            self.dirty.push(tok);
+            self.mark_dirty(conn);
         }
         let closing = event.is_read_closed() || event.is_error();
         if (event.is_readable() || closing) && self.sockets.get(conn).is_some() {
@@ -305,6 +306,8 @@ impl Reactor {
     fn adopt(&mut self, transfer: Transfer, mut socket: Socket) {
         let id = self.engine.handle_adopt(transfer, self.now);
         socket.generation = id.generation();
+        // On no list of this reactor's yet.
+        socket.dirty = false;
         self.register(Conn::Server(id), socket);
         self.carry_out_io();
     }
@@ -345,10 +348,17 @@ impl Reactor {
     }
 
     /// Carries out the engine's I/O commands, in order, until it has none.
+    #[inline]
     fn carry_out_io(&mut self) {
+        if self.engine.has_io() || !self.returned.is_empty() {
+            self.carry_out_commands();
+        }
+    }
+
+    fn carry_out_commands(&mut self) {
         while let Some(io) = self.engine.poll_io() {
             match io {
-                Io::Flush(conn) => self.dirty.push(Tok::conn(conn)),
+                Io::Flush(conn) => self.mark_dirty(conn),
                 Io::Resume(conn) => self.ready.push(Tok::conn(conn)),
                 Io::Connect {
                     server,
@@ -461,7 +471,8 @@ impl Reactor {
             Ok(()) => {
                 s.handshake = true;
                 self.engine.handle_sent(conn, written, self.now);
-                self.dirty.push(Tok::conn(conn));
+                s.dirty = true;
+                self.dirty.push(conn);
                 self.ready.push(Tok::conn(conn));
             }
             Err(e) => self.engine.handle_closed(conn, Failure::Tls(e), self.now),
@@ -482,7 +493,8 @@ impl Reactor {
         match s.stream.connect_tls(config, name) {
             Ok(()) => {
                 s.handshake = true;
-                self.dirty.push(Tok::conn(conn));
+                s.dirty = true;
+                self.dirty.push(conn);
                 self.ready.push(Tok::conn(conn));
             }
             Err(e) => self.engine.handle_closed(conn, Failure::Tls(e), self.now),
@@ -516,14 +528,8 @@ impl Reactor {
     /// Writes all coalesced output of this turn.
     fn flush_dirty(&mut self) {
         let mut dirty = std::mem::take(&mut self.dirty);
-        if dirty.len() > 1 {
-            dirty.sort_unstable_by_key(|t| (t.index, t.kind as u8, t.generation));
-            dirty.dedup();
-        }
-        for tok in dirty.drain(..) {
-            if let Some(conn) = tok.as_conn() {
-                self.flush(conn);
-            }
+        for conn in dirty.drain(..) {
+            self.flush(conn);
         }
         // Flushing can queue more (e.g. a server connection resumed after its client drained).
         if self.dirty.is_empty() {
