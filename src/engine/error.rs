@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::io::Failure;
 use crate::backend::login::LoginError;
-use crate::protocol::SqlState;
+use crate::protocol::{Severity, SqlState};
 
 /// A server connection's failure.
 #[derive(Debug)]
@@ -27,6 +27,17 @@ impl ServerError {
             ServerError::Login(e) => e.sqlstate(),
             ServerError::Connect(_) | ServerError::Timeout | ServerError::Lost(_) => {
                 SqlState::CONNECTION_FAILURE
+            }
+        }
+    }
+
+    /// Every one of these ends the server connection: FATAL. (A client that waited for it is
+    /// told with the severity its own wait calls for, as [`LoginError::severity`] says.)
+    pub fn severity(&self) -> Severity {
+        match self {
+            ServerError::Login(e) => e.severity(),
+            ServerError::Connect(_) | ServerError::Timeout | ServerError::Lost(_) => {
+                Severity::Fatal
             }
         }
     }
@@ -86,6 +97,10 @@ impl ConnectFailure {
     pub fn sqlstate(&self) -> SqlState {
         self.error.sqlstate()
     }
+
+    pub fn severity(&self) -> Severity {
+        self.error.severity()
+    }
 }
 
 impl fmt::Display for ConnectFailure {
@@ -115,6 +130,7 @@ mod tests {
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         let e = ServerError::Connect(refused);
         assert_eq!(e.sqlstate(), SqlState::CONNECTION_FAILURE);
+        assert_eq!(e.severity(), Severity::Fatal);
         assert!(
             e.for_client("h:5432")
                 .starts_with("cannot connect to server h:5432: ")

@@ -683,7 +683,11 @@ impl Engine {
             };
         }
         let failure = ConnectFailure::new(format!("{}:{}", target.host, target.port), error);
-        log::warn!("server connection for pool {pool}: {failure}");
+        log::warn!(
+            "server connection for pool {pool}: {} {}: {failure}",
+            failure.severity().as_str(),
+            failure.sqlstate()
+        );
         let now = self.now;
         if let Some(shard) = self.shards.get_mut(pool) {
             shard.login_failed(now);
