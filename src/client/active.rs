@@ -51,9 +51,13 @@ impl Session {
                     if rest.len() < header.frame_len() {
                         return pos;
                     }
-                    // `detach` (called by the reactor on close) decides the backend's fate.
+                    // The session is over now, whatever follows in the same read: the held
+                    // backend meets the fate it would if the client left, handed over by
+                    // `detach` when the engine closes the client.
+                    let leftover = self.backend_fate();
+                    self.set_state(State::Closed { leftover }, out);
                     out.actions.push(Action::Close);
-                    return pos + header.frame_len();
+                    return data.len();
                 }
                 fe::QUERY | fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE => {
                     let whole = match self.whole_message(header, rest, out) {

@@ -599,7 +599,7 @@ impl Session {
     }
 
     /// What becomes of the held backend if the session ends now (it is `Reset`'s relay).
-    fn backend_fate(&mut self) -> Option<(ServerId, BackendFate)> {
+    pub(super) fn backend_fate(&mut self) -> Option<(ServerId, BackendFate)> {
         let State::Active(lending) = &self.state else {
             return None;
         };

@@ -439,7 +439,7 @@ mod tests {
             ran += 1;
         }
         assert!(
-            ran >= seeds().len() + 4,
+            ran >= seeds().len() + 5,
             "seeds and regressions are committed"
         );
     }

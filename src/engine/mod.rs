@@ -539,7 +539,30 @@ impl Engine {
         while let Some((c, action)) = self.actions.pop_front() {
             if self.client(c).is_some() {
                 self.on_action(c, action);
+            } else {
+                self.orphan_action(c, action);
             }
+        }
+    }
+
+    /// An action of a client already closed. A session hands its server connection over
+    /// when it closes, so none should name one; if one does, and the connection is still
+    /// lent to that client, it is closed rather than lost to the pool for good.
+    #[cold]
+    fn orphan_action(&mut self, c: ClientId, action: Action) {
+        let (Action::Release(s) | Action::DropBackend(s)) = action else {
+            return;
+        };
+        if self
+            .server(s)
+            .is_some_and(|sv| matches!(sv.state, server::State::Lent(owner) if owner == c))
+        {
+            debug_assert!(false, "{s:?} still lent to closed client {c:?}");
+            self.close_server(
+                s,
+                crate::observe::metrics::CloseReason::Unusable,
+                "its client closed first",
+            );
         }
     }
 

@@ -350,6 +350,41 @@ fn a_client_that_vanishes_mid_transaction_is_cancelled_and_rolled_back() {
 }
 
 #[test]
+fn a_terminate_mid_transaction_ends_the_session_whatever_follows_it() {
+    // Found by the `engine` fuzz target: a Terminate and more bytes in one read used to
+    // leave the connection lent to a client that was gone (the pool lost it for good).
+    let mut w = world(Setup {
+        max_conns: 1,
+        ..Setup::default()
+    });
+    let a = w.login(0, 0);
+    w.query(a, "BEGIN");
+    w.query(a, "SELECT pg_sleep(100)");
+    w.take(a);
+    let s = w.server_of(a).unwrap();
+    let mut bytes = Vec::new();
+    frontend::terminate(&mut bytes);
+    bytes.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xb7]);
+    w.send(a, &bytes);
+    w.settle();
+    assert!(w.clients[a].closed, "Terminate closed the client");
+    let got = w.take(a);
+    assert!(
+        World::error_of(&got).is_none(),
+        "and what followed it was not read: {got:?}"
+    );
+    assert_eq!(w.servers[s].cancels, 1, "what ran was cancelled");
+    assert_eq!(
+        w.servers[s].queries.last().map(String::as_str),
+        Some("ROLLBACK")
+    );
+    assert!(w.is_idle(s), "and the connection went back");
+    let b = w.login(0, 0);
+    assert_eq!(select(&mut w, b, 1), vec![World::marker(b, 1)]);
+    w.check();
+}
+
+#[test]
 fn cleanup_after_a_vanished_client_gives_up_at_its_deadline() {
     let mut w = world(Setup::default());
     let a = w.login(0, 0);
