@@ -97,7 +97,12 @@ impl Engine {
 
     /// A client needs a server connection from its pool.
     pub(super) fn acquire(&mut self, id: ClientId) {
-        let Some(pool) = self.client(id).and_then(|c| c.session.pool()) else {
+        // A session that stopped waiting before its request ran (it closed) gets nothing.
+        let Some(pool) = self
+            .client(id)
+            .filter(|c| c.session.is_acquiring())
+            .and_then(|c| c.session.pool())
+        else {
             return;
         };
         if self.ctx.is_stopping() {
