@@ -307,10 +307,25 @@ impl Engine {
         !self.io.is_empty()
     }
 
-    /// When [`Engine::handle_timeout`] must be called next (it may find nothing due: timers
-    /// are cancelled lazily).
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.next()
+    /// When [`Engine::handle_timeout`] must be called next. Timers are cancelled lazily:
+    /// entries of timers stopped or re-armed since are dropped here, so the driver does not
+    /// wake for them (after a burst of waits for a server connection there are thousands).
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        while let Some((at, timer)) = self.timers.peek() {
+            if self.timer_is_current(at, timer) {
+                return Some(at);
+            }
+            self.timers.pop();
+        }
+        None
+    }
+
+    fn timer_is_current(&self, at: Instant, timer: Timer) -> bool {
+        match timer {
+            Timer::Client(c, t) => self.client(c).is_some_and(|cl| cl.deadlines.is_at(t, at)),
+            Timer::Server(s, t) => self.server(s).is_some_and(|sv| sv.deadlines.is_at(t, at)),
+            Timer::Maintenance | Timer::Shutdown => true,
+        }
     }
 
     /// Shutdown has begun and every connection is gone: the driver may stop.

@@ -99,6 +99,40 @@ fn waiters_are_served_first_come_first_served() {
 }
 
 #[test]
+fn a_wait_that_ended_does_not_wake_the_driver_at_its_old_deadline() {
+    let mut w = world(Setup {
+        max_conns: 1,
+        acquire_timeout: 60 * S,
+        ..Setup::default()
+    });
+    let a = w.login(0, 0);
+    let b = w.login(0, 0);
+    w.query(a, "SELECT pg_sleep(1)");
+    let s = w.server_of(a).unwrap();
+    w.advance(7 * MS); // off the maintenance period's grid
+    w.query(b, &format!("SELECT '{}'", World::marker(b, 1)));
+    let stale = w.now + 60 * S;
+    w.release(s);
+    let got = w.take(b);
+    assert_eq!(
+        World::rows_of(&got),
+        vec![World::marker(b, 1)],
+        "b was served"
+    );
+    let mut wakeups = 0;
+    while let Some(at) = w.engines[0].poll_timeout() {
+        if at > stale {
+            break;
+        }
+        assert_ne!(at, stale, "woken for b's acquire deadline");
+        w.advance(at.saturating_duration_since(w.now));
+        wakeups += 1;
+    }
+    assert!(wakeups <= 130, "only maintenance wakes it: {wakeups}");
+    w.check();
+}
+
+#[test]
 fn a_user_at_the_database_cap_makes_room_by_closing_another_users_idle_connection() {
     let mut w = world(Setup {
         max_conns: 1,

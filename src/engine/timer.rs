@@ -105,9 +105,14 @@ impl<T: TimerKind> Deadlines<T> {
         self.set(timer, None);
     }
 
+    /// Whether `timer` is armed for exactly `at` (a heap entry for it is current).
+    pub fn is_at(&self, timer: T, at: Instant) -> bool {
+        self.at.get(timer.slot()).copied().flatten() == Some(at)
+    }
+
     /// Clears `timer` if it is due exactly `at` (the heap entry is current); says so.
     pub fn take_due(&mut self, timer: T, at: Instant) -> bool {
-        let due = self.at.get(timer.slot()).copied().flatten() == Some(at);
+        let due = self.is_at(timer, at);
         if due {
             self.stop(timer);
         }
@@ -151,9 +156,14 @@ impl Timers {
         self.heap.push(Reverse((at, timer)));
     }
 
-    /// The earliest scheduled deadline (possibly of an entry that will turn out stale).
-    pub fn next(&self) -> Option<Instant> {
-        self.heap.peek().map(|Reverse((at, _))| *at)
+    /// The earliest entry (possibly stale).
+    pub fn peek(&self) -> Option<(Instant, Timer)> {
+        self.heap.peek().map(|Reverse(e)| *e)
+    }
+
+    /// Drops the earliest entry.
+    pub fn pop(&mut self) {
+        self.heap.pop();
     }
 
     /// Pops one entry due at `now`.
@@ -190,7 +200,7 @@ mod tests {
         timers.client(&mut da, a, ClientTimer::Login, now + ms(30));
         timers.client(&mut db, b, ClientTimer::Acquire, now + ms(10));
         timers.engine(Timer::Maintenance, now + ms(20));
-        assert_eq!(timers.next(), Some(now + ms(10)));
+        assert_eq!(timers.peek().map(|(at, _)| at), Some(now + ms(10)));
         assert_eq!(timers.pop_due(now), None);
         let later = now + ms(25);
         let (at, t) = timers.pop_due(later).unwrap();
