@@ -402,6 +402,43 @@ fn malformed_messages_after_login_are_refused() {
     });
 }
 
+/// A Terminate with more bytes behind it in the same packet, mid-transaction: the session
+/// ends at the Terminate (nothing after it is read, so no error) and the server connection
+/// is cleaned up and lent again. It once stayed lent to the departed client: with a pool of
+/// one, the next client waited for nothing.
+#[test]
+fn a_terminate_with_bytes_behind_it_gives_the_server_connection_back() {
+    let _guard = not_measuring();
+    let pg = PgServer::shared();
+    let proxy = ProxyConfig::new(pg)
+        .user(&SCRAM_USER)
+        .set("reactor_threads", json!(1))
+        .backend("pool_max_conns", json!(1))
+        .set(
+            &format!("databases.{TEST_DATABASE}.pool_acquire_timeout_milliseconds"),
+            json!(3000),
+        )
+        .start();
+    let mut c = logged_in(proxy.addr);
+    c.simple_query("BEGIN").unwrap();
+    let mut bytes = Vec::new();
+    frontend::query(&mut bytes, b"SELECT pg_sleep(0.2)");
+    frontend::terminate(&mut bytes);
+    bytes.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xb7]);
+    c.send(&bytes).unwrap();
+    let ending = c.read_until_closed(WAIT);
+    assert!(ending.closed, "{ending:?}");
+    assert!(
+        ending.errors.is_empty(),
+        "read past the Terminate: {ending:?}"
+    );
+    let mut d = logged_in(proxy.addr);
+    assert_eq!(
+        d.query_value("SELECT 'lent again'").unwrap().as_deref(),
+        Some("lent again")
+    );
+}
+
 /// A message type byte of 0 (e.g. a second StartupMessage) makes pglink format an error text
 /// with an interior NUL; `put_cstr`'s `debug_assert!` then panics the reactor thread.
 #[test]
