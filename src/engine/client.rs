@@ -8,7 +8,7 @@ use super::id::{ClientId, ServerId};
 use super::io::{Conn, Io, TlsInfo};
 use super::output::OutBuf;
 use super::timer::{ClientDeadlines, ClientTimer};
-use super::{Accept, Engine, HIGH_WATER, MAX_REFUSING, MAX_STEPS, encode_pid};
+use super::{Accept, Engine, HIGH_WATER, MAX_REFUSING, MAX_STEPS, encode_pid, flush_due};
 use crate::client::relay::MAX_PIPELINE;
 use crate::client::users::{DbId, PoolId};
 use crate::client::{
@@ -245,18 +245,16 @@ impl Engine {
         );
         scratch.sink.clear();
         actions.extend(scratch.action_buf.drain(..).map(|a| (id, a)));
-        // Output waiting is flushed at the end of the turn (one flush queued per connection);
-        // buffers left empty stay until the connection's next flush gives them back.
-        if !c.flush_queued && c.output.as_ref().is_some_and(|o| !o.is_empty()) {
-            c.flush_queued = true;
+        // Output waiting is flushed at the end of the turn; buffers left empty stay until
+        // the connection's next flush gives them back.
+        if flush_due(&mut c.flush_queued, &c.output) {
             io.push_back(Io::Flush(Conn::Client(id)));
         }
         if let Some(s) = server
-            && let Some(sv) = servers.get_mut(s.index())
-            && !sv.flush_queued
-            && sv.output_len() > 0
+            && servers
+                .get_mut(s.index())
+                .is_some_and(|sv| flush_due(&mut sv.flush_queued, &sv.output))
         {
-            sv.flush_queued = true;
             io.push_back(Io::Flush(Conn::Server(s)));
         }
         Some(result)

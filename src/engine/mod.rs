@@ -68,7 +68,7 @@ use client::ClientConn;
 pub use error::ServerError;
 pub use id::{ClientId, ServerId};
 pub use io::{Conn, Failure, Io, Mailbox, Message, TlsInfo, Transfer};
-use output::OutPool;
+use output::{OutBuf, OutPool};
 use pool::Shard;
 use server::ServerConn;
 use timer::{Timer, Timers};
@@ -605,23 +605,29 @@ impl Engine {
             .filter(|s| s.generation == id.generation())
     }
 
-    /// Asks the driver to write `conn`'s output at the end of the turn (once per turn).
-    ///
-    /// Only output that is there is queued: a flush always finds bytes to write, and the
-    /// driver may skip telling the engine about a flush that found none.
+    /// Asks the driver to write `conn`'s output at the end of the turn (see [`flush_due`]).
     fn queue_flush(&mut self, conn: Conn) {
-        let slot = match conn {
-            Conn::Client(c) => self.client_mut(c).map(|c| (&mut c.flush_queued, &c.output)),
-            Conn::Server(s) => self.server_mut(s).map(|s| (&mut s.flush_queued, &s.output)),
+        let due = match conn {
+            Conn::Client(c) => self
+                .client_mut(c)
+                .is_some_and(|c| flush_due(&mut c.flush_queued, &c.output)),
+            Conn::Server(s) => self
+                .server_mut(s)
+                .is_some_and(|s| flush_due(&mut s.flush_queued, &s.output)),
         };
-        if let Some((flag, output)) = slot
-            && !*flag
-            && output.as_ref().is_some_and(|o| !o.is_empty())
-        {
-            *flag = true;
+        if due {
             self.io.push_back(Io::Flush(conn));
         }
     }
+}
+
+/// Whether a flush of this output is to be queued now, noting it in the connection's
+/// `queued` flag: once per turn, and only for output that is there. (A flush always finds
+/// bytes to write, and the driver may skip telling the engine about a flush that found none.)
+fn flush_due(queued: &mut bool, output: &Option<OutBuf>) -> bool {
+    let due = !*queued && output.as_ref().is_some_and(|o| !o.is_empty());
+    *queued |= due;
+    due
 }
 
 /// Encodes a proxy-issued cancel pid: positive i32, engine id and slab slot.
