@@ -116,7 +116,7 @@ fn run_script(data: &[u8]) -> Session {
             }
             1 => {
                 attached += 1;
-                session.on_backend_attached(ServerId::new(0, attached), &params, &mut out);
+                session.on_backend_attached(ServerId::new(0, attached), &params, false, &mut out);
             }
             2 => {
                 let n = session.on_backend_data(arg, &mut out);

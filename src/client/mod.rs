@@ -479,27 +479,9 @@ impl Session {
 
     /// A backend is now held (`Acquire` succeeded): `server` is its id. `params` are the
     /// backend's server parameters, used when this login is waiting to learn them.
+    /// `settings_match`: the backend's settings were just found to match this session's
+    /// ([`Session::settings_match`], nothing changed since), so they are not checked again.
     pub fn on_backend_attached(
-        &mut self,
-        server: ServerId,
-        params: &Arc<ParamList>,
-        out: &mut Out<'_>,
-    ) {
-        self.attached(server, params, false, out);
-    }
-
-    /// `on_backend_attached` for a backend whose settings were just found to match this
-    /// session's ([`Session::settings_match`], nothing changed since): no check again.
-    pub fn on_matching_backend_attached(
-        &mut self,
-        server: ServerId,
-        params: &Arc<ParamList>,
-        out: &mut Out<'_>,
-    ) {
-        self.attached(server, params, true, out);
-    }
-
-    fn attached(
         &mut self,
         server: ServerId,
         params: &Arc<ParamList>,

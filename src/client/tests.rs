@@ -252,7 +252,7 @@ fn first_login_of_a_pool_waits_for_server_parameters() {
     assert_eq!(h.client_tags(), b"RR");
     assert_eq!(h.take_actions(), vec![Action::Acquire]);
     let params = Arc::new(vec![("server_version".to_owned(), "15.4".to_owned())]);
-    h.call(|s, out| s.on_backend_attached(server_id(), &params, out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &params, false, out));
     assert_eq!(h.client_tags(), b"SKZ");
     assert_eq!(
         h.take_actions(),
@@ -547,7 +547,7 @@ fn lone_sync_and_flush_are_answered_locally() {
 fn backend_loss_mid_transaction_is_fatal_08006() {
     let mut h = Harness::logged_in(AuthMethod::Scram);
     h.send(&query("BEGIN"));
-    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), false, out));
     h.send(&[]);
     h.take_actions();
     h.call(|s, out| s.on_backend_lost(out));
@@ -562,7 +562,7 @@ fn backend_loss_mid_transaction_is_fatal_08006() {
 fn copy_both_from_the_server_is_refused_clearly() {
     let mut h = Harness::logged_in(AuthMethod::Scram);
     h.send(&query("START_REPLICATION 0/0"));
-    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), false, out));
     h.send(&[]);
     h.take_actions();
     // CopyBothResponse: text format, no columns.
@@ -676,7 +676,7 @@ impl Harness {
         for (name, value) in self.params.iter().flat_map(|p| p.iter()) {
             self.backend.params.set(name, value);
         }
-        self.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
+        self.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), false, out));
         self.take_actions();
     }
 
@@ -684,7 +684,7 @@ impl Harness {
     fn attach_matching_backend(&mut self, backend: BackendContext) {
         self.backend = backend;
         self.backend.params = (*self.session.desired).clone();
-        self.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
+        self.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), false, out));
         self.take_actions();
     }
 
@@ -791,7 +791,7 @@ fn prepared_statement_is_reprepared_on_a_new_backend() {
     assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"1Z");
     // A backend that has it with the same shape needs nothing before the Bind.
     h.send(&[bind_msg("s2"), sync_msg()].concat());
-    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), false, out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(tags(&h.take_backend()), b"BS");
@@ -848,7 +848,7 @@ fn a_changed_result_type_is_postgresqls_error_not_misread_rows() {
         ]
         .concat(),
     );
-    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), false, out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(
@@ -873,7 +873,7 @@ fn a_stale_copy_on_a_backend_is_replaced_for_clients_that_prepare_again() {
     frontend::execute(&mut batch, b"", 0);
     batch.extend_from_slice(&sync_msg());
     h.send(&batch);
-    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), false, out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(names(&h.take_backend()), vec![(b'B', server.clone())]);
@@ -890,7 +890,7 @@ fn a_stale_copy_on_a_backend_is_replaced_for_clients_that_prepare_again() {
         ]
         .concat(),
     );
-    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), false, out));
     h.take_actions();
     h.send(&[]);
     let sent = h.take_backend();
@@ -908,7 +908,7 @@ fn a_stale_copy_on_a_backend_is_replaced_for_clients_that_prepare_again() {
     assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"12Z");
     // The old name, whose shape is the old one, gets 0A000 again (as in PostgreSQL).
     h.send(&batch);
-    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), false, out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(
@@ -1073,7 +1073,7 @@ fn failed_parse_forgets_the_name() {
     h.backend(&[syntax, ready()].concat());
     h.to_client.clear();
     h.send(&[parse_msg("t", "SELEC 1"), sync_msg()].concat());
-    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), false, out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(tags(&h.take_backend()), b"CPDS");
@@ -1104,7 +1104,7 @@ fn stale_plan_inside_a_transaction_is_the_clients_error() {
     h.backend(&[prepared_reply("x"), ready()].concat());
     h.to_client.clear();
     h.send(&query("BEGIN"));
-    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), false, out));
     h.take_actions();
     h.send(&[]);
     let mut in_block = Vec::new();
@@ -1131,7 +1131,7 @@ fn attach_backend_with_foreign_setting(h: &mut Harness) -> String {
         h.backend.params.set(name, value);
     }
     h.backend.params.set("myapp.tenant", "other");
-    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), false, out));
     h.send(&[]);
     let sent = h.take_backend();
     assert_eq!(tags(&sent), b"Q", "only the sync: the client's query waits");
@@ -1206,7 +1206,7 @@ fn a_batch_that_describes_its_portal_is_replayed_after_a_stale_plan() {
     frontend::execute(&mut batch, b"", 0);
     batch.extend_from_slice(&sync_msg());
     h.send(&batch);
-    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), false, out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(tags(&h.take_backend()), b"BDES");
@@ -1235,7 +1235,7 @@ fn a_batch_that_describes_its_portal_is_replayed_after_a_stale_plan() {
     assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"2TDCZ");
     // Once only: a second stale plan in the replay is the client's error.
     h.send(&batch);
-    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), false, out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(tags(&h.take_backend()), b"BDES");
@@ -1260,7 +1260,7 @@ fn a_batch_that_relies_on_a_cached_description_gets_the_stale_plan_error() {
     frontend::execute(&mut batch, b"", 0);
     batch.extend_from_slice(&sync_msg());
     h.send(&batch);
-    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), false, out));
     h.take_actions();
     h.send(&[]);
     h.take_backend();
@@ -1312,7 +1312,7 @@ fn duplicate_parse_without_a_backend_is_42p05_and_skips_to_sync() {
     // The name still means the first statement.
     h.send(&[bind_msg("s"), sync_msg()].concat());
     assert_eq!(h.take_actions(), vec![Action::Acquire]);
-    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), false, out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(names(&h.take_backend()), vec![(b'B', server)]);
@@ -1336,7 +1336,7 @@ fn cached_describe_is_answered_in_its_place_while_a_backend_is_held() {
     batch.extend_from_slice(&sync_msg());
     h.send(&batch);
     assert_eq!(h.take_actions(), vec![Action::Acquire]);
-    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), false, out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(
@@ -1558,7 +1558,7 @@ fn deallocate_all_in_a_longer_query_forgets_the_backends_statements() {
         vec![Action::Acquire],
         "for the server to run"
     );
-    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), false, out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(h.take_backend(), query(sql));
@@ -1582,7 +1582,7 @@ fn deallocate_all_in_a_longer_query_forgets_the_backends_statements() {
         ]
         .concat(),
     );
-    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), false, out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(
@@ -1597,7 +1597,7 @@ fn a_server_reset_spares_what_was_pipelined_after_it() {
     let mut h = client_with_s1();
     let sql = "DEALLOCATE ALL; SELECT 1";
     h.send(&query(sql));
-    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), false, out));
     h.take_actions();
     h.send(&[]);
     // Before its answer, a new statement (prepared on the backend) and a new name for a
@@ -1639,7 +1639,7 @@ fn discard_all_through_the_extended_protocol_resets_statements_and_parameters() 
     let mut h = client_with_s1();
     let set = simple_reply(&[(b'C', b"SET\0"), (b'S', b"application_name\0mine\0")]);
     h.send(&query("SET application_name = 'mine'"));
-    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), false, out));
     h.take_actions();
     h.send(&[]);
     h.take_backend();
@@ -1650,7 +1650,7 @@ fn discard_all_through_the_extended_protocol_resets_statements_and_parameters() 
     frontend::execute(&mut batch, b"", 0);
     batch.extend_from_slice(&sync_msg());
     h.send(&batch);
-    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), false, out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(h.take_backend(), batch, "the server runs it");
@@ -1671,7 +1671,7 @@ fn discard_all_through_the_extended_protocol_resets_statements_and_parameters() 
 fn discard_all_refused_in_a_transaction_block_forgets_nothing() {
     let mut h = client_with_s1();
     h.send(&query("BEGIN"));
-    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), false, out));
     h.take_actions();
     h.send(&[]);
     h.take_backend();
@@ -1707,7 +1707,7 @@ fn deallocating_a_server_name_is_refused() {
     // In a transaction block: the server fails a query in its place, so the block is
     // aborted as PostgreSQL would abort it.
     h.send(&query("BEGIN"));
-    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), false, out));
     h.take_actions();
     h.send(&[]);
     h.take_backend();
@@ -1751,7 +1751,7 @@ fn reset_all_puts_back_the_clients_startup_values_before_anything_else_runs() {
     // A backend that already has the client's settings.
     h.backend = BackendContext::new(4);
     h.backend.params = (*h.session.desired).clone();
-    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), false, out));
     h.take_actions();
     h.send(&[]);
     assert_eq!(h.take_backend(), query("RESET ALL"));
@@ -1956,7 +1956,7 @@ fn extras_are_read_back_after_every_transaction_that_ran_a_statement() {
     assert_eq!(h.session.desired.get("search_path"), Some("other"));
     // A lending that ran nothing (a Describe pglink could not answer) reads nothing back.
     h.send(&[parse_msg("s", "SELECT 1"), sync_msg()].concat());
-    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
+    h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), false, out));
     h.take_actions();
     h.send(&[]);
     h.take_backend();
@@ -2007,7 +2007,7 @@ fn default_startup_parameters_override_the_clients_own() {
     fresh.set_login_params(&reported, &context.overrides);
     a.send(&query("SET statement_timeout = '5s'"));
     a.backend = fresh;
-    a.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
+    a.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), false, out));
     a.take_actions();
     a.send(&[]);
     let sync = String::from_utf8_lossy(&a.take_backend()).into_owned();
@@ -2038,7 +2038,7 @@ fn default_startup_parameters_override_the_clients_own() {
     let mut b = login(&[("options", "-c statement_timeout=1")]);
     b.send(&query("SHOW statement_timeout"));
     b.backend = std::mem::replace(&mut a.backend, BackendContext::new(0));
-    b.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), out));
+    b.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), false, out));
     b.send(&[]);
     let sync = String::from_utf8_lossy(&b.take_backend()).into_owned();
     assert!(sync.contains("'statement_timeout', E'1234ms'"), "{sync}");

@@ -160,11 +160,7 @@ impl Engine {
         let params = sv.params.clone();
         let (client_buffered, server_buffered) = (cl.pending_input, sv.pending_input);
         self.session_call(c, Some(s), |session, _, out| {
-            if settings_match {
-                session.on_matching_backend_attached(s, &params, out);
-            } else {
-                session.on_backend_attached(s, &params, out);
-            }
+            session.on_backend_attached(s, &params, settings_match, out);
         });
         // The client's waiting message goes on now: in this same call when the attach comes
         // from its own processing, otherwise the driver offers it again. Bytes the server sent
