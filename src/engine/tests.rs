@@ -362,6 +362,16 @@ fn a_connect_that_hangs_times_out() {
 
 #[test]
 fn a_client_that_vanishes_mid_transaction_is_cancelled_and_rolled_back() {
+    let (mut w, a, s) = sleeping_in_a_transaction();
+    w.disconnect(a);
+    assert_cleaned_up_and_lent_again(&mut w, s);
+    assert_eq!(w.open_servers(), 1);
+    w.check();
+}
+
+/// A pool of one, its connection lent to a client inside a transaction, in `pg_sleep`:
+/// the world, the client and the server connection.
+fn sleeping_in_a_transaction() -> (World, usize, usize) {
     let mut w = world(Setup {
         max_conns: 1,
         ..Setup::default()
@@ -370,10 +380,7 @@ fn a_client_that_vanishes_mid_transaction_is_cancelled_and_rolled_back() {
     w.query(a, "BEGIN");
     w.query(a, "SELECT pg_sleep(100)");
     let s = w.server_of(a).unwrap();
-    w.disconnect(a);
-    assert_cleaned_up_and_lent_again(&mut w, s);
-    assert_eq!(w.open_servers(), 1);
-    w.check();
+    (w, a, s)
 }
 
 /// Server connection `s`, left mid-transaction in `pg_sleep` by a client that is gone, had
@@ -393,15 +400,8 @@ fn assert_cleaned_up_and_lent_again(w: &mut World, s: usize) {
 fn a_terminate_mid_transaction_ends_the_session_whatever_follows_it() {
     // Found by the `engine` fuzz target: a Terminate and more bytes in one read used to
     // leave the connection lent to a client that was gone (the pool lost it for good).
-    let mut w = world(Setup {
-        max_conns: 1,
-        ..Setup::default()
-    });
-    let a = w.login(0, 0);
-    w.query(a, "BEGIN");
-    w.query(a, "SELECT pg_sleep(100)");
+    let (mut w, a, s) = sleeping_in_a_transaction();
     w.take(a);
-    let s = w.server_of(a).unwrap();
     let mut bytes = Vec::new();
     frontend::terminate(&mut bytes);
     bytes.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xb7]);
