@@ -17,12 +17,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use super::statements::Registry;
-use super::users::{DbEntry, UserEntry, UserTable};
+use super::users::{DbEntry, ScramSecret, UserEntry, UserTable};
 use super::{
     AcquireError, AuthMethod, BackendContext, CancelKey, ClientTls, DatabaseContext, Env, Out,
     ParamList, Session, SessionConfig,
 };
-use crate::auth::{FixedRng, ScramVerifier};
+use crate::auth::FixedRng;
 use crate::engine::error::{ConnectFailure, ServerError};
 use crate::engine::id::ServerId;
 use crate::observe::events::{Event, Recorded};
@@ -31,12 +31,9 @@ fn users() -> &'static UserTable {
     static USERS: OnceLock<UserTable> = OnceLock::new();
     USERS.get_or_init(|| {
         let mut rng = FixedRng::new(vec![3u8; 32]);
-        let entry = UserEntry {
-            name: "u".into(),
-            password: "pw".into(),
-            scram: ScramVerifier::generate(b"pw", 4096, &mut rng),
-            pool: 0,
-        };
+        let scram = Arc::new(ScramSecret::new("pw", 4096, &mut rng));
+        scram.derive();
+        let entry = UserEntry::new("u".into(), "pw".into(), 0, scram);
         let mut db = DbEntry::default();
         db.users.insert("u".into(), Arc::new(entry));
         UserTable {

@@ -72,7 +72,7 @@ use params::Params;
 use relay::Relay;
 use startup::AuthState;
 use statements::ClientStatements;
-use users::{DbId, PoolId, UserTable};
+use users::{DbId, PoolId, ScramSecret, UserTable};
 
 /// Server parameters as reported with ParameterStatus, in report order.
 pub type ParamList = Vec<(String, String)>;
@@ -189,6 +189,8 @@ pub enum Action {
     /// Flush `to_client` in plaintext, then run a TLS handshake (`direct`: the bytes already
     /// received are the ClientHello).
     StartTls { direct: bool },
+    /// Derive this SCRAM secret off the reactor, then call `on_verifier_ready`.
+    DeriveVerifier(Arc<ScramSecret>),
     /// Login finished (stop the login timer).
     LoggedIn,
     /// Get a backend from the session's pool and call `on_backend_attached`.

@@ -28,6 +28,9 @@ pub(super) enum AuthState {
         user: Option<Arc<UserEntry>>,
         salt: [u8; 4],
     },
+    /// Waiting for the user's SCRAM verifier to be derived (nothing sent yet; the client has
+    /// nothing to send either).
+    AwaitingVerifier(Arc<UserEntry>),
     /// Waiting for SASLInitialResponse; the verifier is the user's or a mock.
     ScramInitial(Box<ScramVerifier>, bool),
     /// Waiting for the client-final message. `bool`: the user exists.
@@ -42,6 +45,7 @@ impl std::fmt::Debug for AuthState {
         f.write_str(match self {
             AuthState::Cleartext(_) => "Cleartext",
             AuthState::Md5 { .. } => "Md5",
+            AuthState::AwaitingVerifier(_) => "AwaitingVerifier",
             AuthState::ScramInitial(..) => "ScramInitial",
             AuthState::ScramFinal(..) => "ScramFinal",
             AuthState::Checking => "Checking",
@@ -200,19 +204,47 @@ impl Session {
                 be_msg::authentication_md5(out.to_client, salt);
                 AuthState::Md5 { user: entry, salt }
             }
-            AuthMethod::Scram => {
-                let plus = self.tls && env.config.channel_binding.is_some();
-                let list: Vec<&[u8]> = mechanisms(plus).iter().map(|m| m.as_bytes()).collect();
-                be_msg::authentication_sasl(out.to_client, &list);
-                let exists = entry.is_some();
-                let verifier = match entry {
-                    Some(e) => e.scram.clone(),
-                    None => env.users.mock_verifier(&self.user),
-                };
-                AuthState::ScramInitial(Box::new(verifier), exists)
-            }
+            AuthMethod::Scram => match entry {
+                Some(e) if e.scram.get().is_none() => {
+                    // Derived off the reactor; `on_verifier_ready` goes on from here.
+                    out.actions.push(Action::DeriveVerifier(e.scram.clone()));
+                    AuthState::AwaitingVerifier(e)
+                }
+                entry => self.offer_scram(entry, env, out),
+            },
         };
         self.set_state(State::Authenticating(auth), out);
+    }
+
+    /// AuthenticationSASL, and the exchange's first step against the user's verifier (which
+    /// must have been derived) or, for an unknown user, a mock.
+    fn offer_scram(
+        &mut self,
+        entry: Option<Arc<UserEntry>>,
+        env: &mut Env<'_>,
+        out: &mut Out<'_>,
+    ) -> AuthState {
+        let plus = self.tls && env.config.channel_binding.is_some();
+        let list: Vec<&[u8]> = mechanisms(plus).iter().map(|m| m.as_bytes()).collect();
+        be_msg::authentication_sasl(out.to_client, &list);
+        let exists = entry.is_some();
+        let verifier = match entry {
+            Some(e) => e.scram.derive().clone(),
+            None => env.users.mock_verifier(&self.user),
+        };
+        AuthState::ScramInitial(Box::new(verifier), exists)
+    }
+
+    /// The user's SCRAM verifier, asked for with [`Action::DeriveVerifier`], is ready: the
+    /// exchange starts, and input that arrived meanwhile is looked at.
+    pub fn on_verifier_ready(&mut self, env: &mut Env<'_>, out: &mut Out<'_>) {
+        let State::Authenticating(AuthState::AwaitingVerifier(entry)) = &self.state else {
+            return;
+        };
+        let entry = entry.clone();
+        let auth = self.offer_scram(Some(entry), env, out);
+        self.set_state(State::Authenticating(auth), out);
+        out.actions.push(Action::ResumeInput);
     }
 
     /// During authentication: the client's password / SASL messages.
@@ -240,6 +272,10 @@ impl Session {
         let State::Authenticating(auth) = &mut self.state else {
             return 0;
         };
+        if matches!(auth, AuthState::AwaitingVerifier(_)) {
+            // Early: left for `on_verifier_ready`.
+            return 0;
+        }
         let auth = std::mem::replace(auth, AuthState::Checking);
         match self.on_auth_message(auth, body, env, out) {
             Ok(Some(next)) => {
@@ -308,8 +344,10 @@ impl Session {
                 Ok(None)
             }
             // Not a step a message can be checked against (cannot happen: a message is checked
-            // against the step it was moved out of).
-            AuthState::Checking => Err(AuthFailureKind::ProtocolViolation),
+            // against the step it was moved out of, and none is while awaiting the verifier).
+            AuthState::Checking | AuthState::AwaitingVerifier(_) => {
+                Err(AuthFailureKind::ProtocolViolation)
+            }
         }
     }
 

@@ -4,11 +4,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::statements::Registry;
-use super::users::{DbEntry, UserEntry, UserTable};
+use super::users::{DbEntry, ScramSecret, UserEntry, UserTable};
 use super::*;
-use crate::auth::{
-    ClientChannelBinding, FixedRng, OsRng, ScramClient, ScramVerifier, md5_password,
-};
+use crate::auth::{ClientChannelBinding, FixedRng, OsRng, ScramClient, md5_password};
 use crate::engine::error::{ConnectFailure, ServerError};
 use crate::observe::events::Recorded;
 use crate::protocol::TransactionStatus;
@@ -26,12 +24,9 @@ fn server_id() -> ServerId {
 
 fn users() -> UserTable {
     let mut rng = FixedRng::new(vec![7u8; 64]);
-    let entry = UserEntry {
-        name: "alice".into(),
-        password: PASSWORD.into(),
-        scram: ScramVerifier::generate(PASSWORD.as_bytes(), 4096, &mut rng),
-        pool: 0,
-    };
+    let scram = Arc::new(ScramSecret::new(PASSWORD, 4096, &mut rng));
+    scram.derive();
+    let entry = UserEntry::new("alice".into(), PASSWORD.into(), 0, scram);
     let mut db = DbEntry::default();
     db.users.insert("alice".into(), Arc::new(entry));
     UserTable {
@@ -111,6 +106,14 @@ impl Harness {
 
     fn send(&mut self, bytes: &[u8]) {
         self.input.extend_from_slice(bytes);
+        let input = std::mem::take(&mut self.input);
+        let n = self.with_env(|session, env, out| session.on_client_data(&input, env, out));
+        self.input = input;
+        self.input.drain(..n);
+    }
+
+    /// Calls a session method with everything the engine would give it.
+    fn with_env<R>(&mut self, f: impl FnOnce(&mut Session, &mut Env<'_>, &mut Out<'_>) -> R) -> R {
         let params = self.params.clone();
         let lookup = move |_| params.clone();
         let context = self.context.clone();
@@ -132,8 +135,7 @@ impl Harness {
             now: self.now,
             events: Some(&mut self.events),
         };
-        let n = self.session.on_client_data(&self.input, &mut env, &mut out);
-        self.input.drain(..n);
+        f(&mut self.session, &mut env, &mut out)
     }
 
     fn take_actions(&mut self) -> Vec<Action> {
@@ -241,6 +243,86 @@ fn scram_login_sends_parameters_key_and_ready() {
     h.scram_login("alice", PASSWORD);
     // SASLFinal, AuthenticationOk, 2 ParameterStatus, BackendKeyData, ReadyForQuery.
     assert_eq!(h.client_tags(), b"RRSSKZ");
+    assert_eq!(h.take_actions(), vec![Action::LoggedIn]);
+}
+
+#[test]
+fn a_scram_login_waits_for_a_verifier_not_derived_yet() {
+    let mut h = Harness::new(AuthMethod::Scram, ClientTls::Optional);
+    let mut rng = FixedRng::new(vec![8u8; 16]);
+    let lazy = Arc::new(ScramSecret::new(PASSWORD, 4096, &mut rng));
+    let entry = UserEntry::new("alice".into(), PASSWORD.into(), 0, lazy.clone());
+    h.users
+        .databases
+        .get_mut("db")
+        .unwrap()
+        .users
+        .insert("alice".into(), Arc::new(entry));
+    h.startup("alice", "db");
+    // Nothing goes out (the SASL offer would carry a salt the keys are not derived for yet);
+    // the engine is asked to have it derived off the reactor.
+    assert_eq!(h.client_tags(), b"");
+    assert_eq!(h.take_actions(), vec![Action::DeriveVerifier(lazy.clone())]);
+    assert!(
+        lazy.get().is_none(),
+        "the session does not derive it itself"
+    );
+    // A client that does not wait for the offer: its bytes stay unconsumed meanwhile.
+    let mut early = Vec::new();
+    frontend::sasl_response(&mut early, b"early");
+    h.send(&early);
+    assert_eq!(h.input, early);
+    assert_eq!(h.client_tags(), b"");
+    lazy.derive();
+    h.with_env(|s, env, out| s.on_verifier_ready(env, out));
+    assert_eq!(h.client_tags(), b"R", "AuthenticationSASL");
+    assert_eq!(h.take_actions(), vec![Action::ResumeInput]);
+    // A second report (a duplicate) changes nothing.
+    h.with_env(|s, env, out| s.on_verifier_ready(env, out));
+    assert_eq!(h.client_tags(), b"");
+    assert!(h.take_actions().is_empty());
+}
+
+#[test]
+fn a_scram_login_completes_once_its_verifier_is_derived() {
+    let mut h = Harness::new(AuthMethod::Scram, ClientTls::Optional);
+    let mut rng = FixedRng::new(vec![8u8; 16]);
+    let lazy = Arc::new(ScramSecret::new(PASSWORD, 4096, &mut rng));
+    let entry = UserEntry::new("alice".into(), PASSWORD.into(), 0, lazy.clone());
+    h.users
+        .databases
+        .get_mut("db")
+        .unwrap()
+        .users
+        .insert("alice".into(), Arc::new(entry));
+    h.startup("alice", "db");
+    assert_eq!(h.take_actions(), vec![Action::DeriveVerifier(lazy.clone())]);
+    lazy.derive();
+    h.with_env(|s, env, out| s.on_verifier_ready(env, out));
+    h.take_actions();
+    // The offer is out: the rest of the exchange runs as for any user, against the salt
+    // chosen before the keys were derived.
+    let mut client = ScramClient::new(
+        PASSWORD.as_bytes(),
+        ClientChannelBinding::Unsupported,
+        &mut OsRng,
+    );
+    h.to_client.clear();
+    let mut m = Vec::new();
+    frontend::sasl_initial_response(&mut m, b"SCRAM-SHA-256", Some(&client.client_first()));
+    h.send(&m);
+    let bytes = std::mem::take(&mut h.to_client);
+    let frame = Frames::new(&bytes, 1 << 20).next().unwrap().unwrap();
+    let BackendMessage::Authentication(Authentication::SaslContinue { data }) =
+        frame.backend().unwrap()
+    else {
+        panic!("no server-first");
+    };
+    let last = client.on_server_first(data).unwrap();
+    let mut m = Vec::new();
+    frontend::sasl_response(&mut m, &last);
+    h.send(&m);
+    assert!(h.session.is_logged_in(), "{:?}", h.session);
     assert_eq!(h.take_actions(), vec![Action::LoggedIn]);
 }
 

@@ -1,10 +1,10 @@
 //! Who may log in where: databases by name, users by name, each user's password, its SCRAM
-//! verifier (derived once, when secrets load) and the pool serving it.
+//! verifier (derived once per user, off the reactors, and cached) and the pool serving it.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use crate::auth::ScramVerifier;
+use crate::auth::{Rng, ScramVerifier};
 
 /// Index of a database in the server's database table.
 pub type DbId = usize;
@@ -15,8 +15,83 @@ pub type PoolId = usize;
 pub struct UserEntry {
     pub name: String,
     pub password: String,
-    pub scram: ScramVerifier,
+    pub scram: Arc<ScramSecret>,
     pub pool: PoolId,
+}
+
+impl UserEntry {
+    /// A user whose SCRAM verifier is derived when first needed
+    /// ([`ScramSecret::derive`]).
+    pub fn new(name: String, password: String, pool: PoolId, scram: Arc<ScramSecret>) -> Self {
+        UserEntry {
+            name,
+            password,
+            scram,
+            pool,
+        }
+    }
+}
+
+/// A user's SCRAM verifier, derived lazily: the salt is chosen up front (cheap), the keys —
+/// `iterations` HMACs of PBKDF2, about half a millisecond at PostgreSQL's default — only when a
+/// helper thread gets to them, so that neither the start nor a reload waits for every user's,
+/// and no reactor ever computes one.
+pub struct ScramSecret {
+    password: String,
+    salt: [u8; ScramVerifier::SALT_LEN],
+    iterations: u32,
+    verifier: OnceLock<ScramVerifier>,
+}
+
+impl ScramSecret {
+    /// A secret with a fresh random salt; nothing is derived yet.
+    pub fn new(password: &str, iterations: u32, rng: &mut dyn Rng) -> Self {
+        let mut salt = [0u8; ScramVerifier::SALT_LEN];
+        rng.fill(&mut salt);
+        ScramSecret {
+            password: password.to_owned(),
+            salt,
+            iterations,
+            verifier: OnceLock::new(),
+        }
+    }
+
+    /// The verifier, if it has been derived.
+    pub fn get(&self) -> Option<&ScramVerifier> {
+        self.verifier.get()
+    }
+
+    /// The verifier, deriving it first if needed (expensive: not on a reactor thread).
+    /// Threads racing here compute the same value; one of them is kept.
+    pub fn derive(&self) -> &ScramVerifier {
+        self.verifier.get_or_init(|| {
+            ScramVerifier::derive(self.password.as_bytes(), &self.salt, self.iterations)
+        })
+    }
+
+    /// Whether this secret is for `password` at `iterations` (a new login table keeps the
+    /// secret, derived or not, of every user whose password did not change).
+    pub fn is_for(&self, password: &str, iterations: u32) -> bool {
+        self.iterations == iterations && self.password == password
+    }
+}
+
+/// Equal when the same verifier comes out of them (tests compare session actions).
+impl PartialEq for ScramSecret {
+    fn eq(&self, other: &Self) -> bool {
+        self.salt == other.salt && self.is_for(&other.password, other.iterations)
+    }
+}
+
+impl Eq for ScramSecret {}
+
+impl std::fmt::Debug for ScramSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScramSecret")
+            .field("iterations", &self.iterations)
+            .field("derived", &self.verifier.get().is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for UserEntry {
@@ -61,6 +136,31 @@ impl UserTable {
                 Some(entry) => Lookup::User(db.id, entry),
             },
         }
+    }
+
+    /// The SCRAM secret `user` of `database` has in this table, if its password is still
+    /// `password` at `iterations`.
+    pub fn scram_secret(
+        &self,
+        database: &str,
+        user: &str,
+        password: &str,
+        iterations: u32,
+    ) -> Option<Arc<ScramSecret>> {
+        let entry = self.databases.get(database)?.users.get(user)?;
+        entry
+            .scram
+            .is_for(password, iterations)
+            .then(|| entry.scram.clone())
+    }
+
+    /// Every user's SCRAM secret, for deriving them ahead of logins.
+    pub fn scram_secrets(&self) -> Vec<Arc<ScramSecret>> {
+        self.databases
+            .values()
+            .flat_map(|db| db.users.values())
+            .map(|u| u.scram.clone())
+            .collect()
     }
 
     /// The verifier an unknown user is checked against.

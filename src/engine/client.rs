@@ -269,6 +269,9 @@ impl Engine {
                 }
                 self.io.push_back(Io::ClientTls { client: id, direct });
             }
+            Action::DeriveVerifier(secret) => {
+                self.io.push_back(Io::DeriveVerifier { client: id, secret });
+            }
             Action::LoggedIn => self.client_logged_in(id),
             Action::Acquire => self.acquire(id),
             Action::Release(s) => self.release_from(id, s),

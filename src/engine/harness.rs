@@ -29,10 +29,10 @@ use super::id::{ClientId, ServerId};
 use super::io::{Conn, Failure, Io, Mailbox, Message, Transfer};
 use super::server::State;
 use super::{Accept, Context, Engine};
-use crate::auth::{FixedRng, ScramVerifier, md5_password};
+use crate::auth::{FixedRng, md5_password};
 use crate::backend::{SslMode, Target};
 use crate::client::statements::Registry;
-use crate::client::users::{DbEntry, UserEntry, UserTable};
+use crate::client::users::{DbEntry, ScramSecret, UserEntry, UserTable};
 use crate::client::{AuthMethod, ClientTls, DatabaseContext, SessionConfig};
 use crate::pool::{Credentials, Database, Pool, PoolSettings};
 use crate::protocol::backend::{
@@ -186,21 +186,19 @@ pub struct World {
     next_pid: u32,
     /// Cancel deliveries asked for and not yet reported back (engine, server id).
     cancels_pending: VecDeque<(usize, ServerId)>,
+    /// SCRAM verifiers asked for and not yet reported derived (engine, client, secret).
+    verifiers_pending: VecDeque<(usize, ClientId, Arc<ScramSecret>)>,
 }
 
 fn users() -> Arc<UserTable> {
     static USERS_TABLE: OnceLock<Arc<UserTable>> = OnceLock::new();
     let table = USERS_TABLE.get_or_init(|| {
         let mut rng = FixedRng::new(vec![7u8; 64]);
-        let scram = ScramVerifier::generate(PASSWORD.as_bytes(), 4096, &mut rng);
+        let scram = Arc::new(ScramSecret::new(PASSWORD, 4096, &mut rng));
+        scram.derive();
         let mut db = DbEntry::default();
         for (pool, name) in USERS.iter().enumerate() {
-            let entry = UserEntry {
-                name: (*name).into(),
-                password: PASSWORD.into(),
-                scram: scram.clone(),
-                pool,
-            };
+            let entry = UserEntry::new((*name).into(), PASSWORD.into(), pool, scram.clone());
             db.users.insert((*name).into(), Arc::new(entry));
         }
         Arc::new(UserTable {
@@ -298,6 +296,7 @@ impl World {
             connects: Connects::Accept,
             next_pid: 1000,
             cancels_pending: VecDeque::new(),
+            verifiers_pending: VecDeque::new(),
         }
     }
 
@@ -605,6 +604,12 @@ impl World {
             self.settle_io();
             return true;
         }
+        if let Some((e, client, secret)) = self.verifiers_pending.pop_front() {
+            secret.derive();
+            self.engines[e].handle_message(Message::VerifierReady { client }, self.now);
+            self.settle_io();
+            return true;
+        }
         let next = self.mail.0.lock().unwrap().pop_front();
         match next {
             Some((to, msg)) => {
@@ -789,6 +794,9 @@ impl World {
                     self.servers[s].on_cancel();
                 }
                 self.cancels_pending.push_back((e, server));
+            }
+            Io::DeriveVerifier { client, secret } => {
+                self.verifiers_pending.push_back((e, client, secret));
             }
             Io::StopAccepting => {}
         }

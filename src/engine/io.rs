@@ -8,7 +8,7 @@ use super::output::OutBuf;
 use super::server::ServerConn;
 use crate::backend::Target;
 use crate::client::CancelKey;
-use crate::client::users::PoolId;
+use crate::client::users::{PoolId, ScramSecret};
 
 /// A connection of either kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -63,6 +63,12 @@ pub enum Io {
         pid: u32,
         secret: Vec<u8>,
     },
+    /// Derive this SCRAM secret's verifier off the loop (`ScramSecret::derive`), then send
+    /// [`Message::VerifierReady`] to this reactor.
+    DeriveVerifier {
+        client: ClientId,
+        secret: Arc<ScramSecret>,
+    },
     /// Stop accepting connections (shutdown has begun).
     StopAccepting,
 }
@@ -104,6 +110,8 @@ pub enum Message {
     },
     /// A cancel delivery for this server connection finished: it may be lent again.
     CancelDone { server: ServerId },
+    /// The SCRAM verifier this client's login asked for (`Io::DeriveVerifier`) is derived.
+    VerifierReady { client: ClientId },
 }
 
 /// How an engine reaches the others.

@@ -453,6 +453,9 @@ impl Engine {
             Message::NoServer { pool } => self.steal_failed(pool),
             Message::MakeRoom { pool, victim, from } => self.make_room(pool, victim, from),
             Message::CancelDone { server } => self.cancel_done(server),
+            Message::VerifierReady { client } => {
+                self.session_call(client, None, |s, env, out| s.on_verifier_ready(env, out));
+            }
         }
         self.run_actions();
     }

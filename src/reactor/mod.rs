@@ -29,6 +29,7 @@ use mio::{Events, Interest, Poll, Waker};
 
 use crate::auth::OsRng;
 use crate::backend::{Target, cancel};
+use crate::client::users::ScramSecret;
 use crate::engine::{
     Accept, ClientId, Conn, Engine, Failure, Io, Mailbox, Message, ServerId, Transfer,
 };
@@ -382,6 +383,7 @@ impl Reactor {
                     pid,
                     secret,
                 } => self.cancel(server, &target, tls, pid, secret),
+                Io::DeriveVerifier { client, secret } => self.derive_verifier(client, secret),
                 Io::StopAccepting => {
                     for mut l in self.listeners.drain(..) {
                         let _ = self.poll.registry().deregister(&mut l);
@@ -512,9 +514,7 @@ impl Reactor {
         let spawned = match self.sockets.get(Conn::Server(server)) {
             Some(s) => cancel::spawn(s.peer, tls, pid, secret, move || {
                 shared.ctx.cancel_delivered();
-                if let Some(h) = shared.reactor(me) {
-                    let _ = h.send(Envelope::Engine(report));
-                }
+                deliver(&shared, me, report);
             }),
             None => Err(io::ErrorKind::NotFound.into()),
         };
@@ -522,6 +522,19 @@ impl Reactor {
             log::warn!("cancel request dropped: {e}");
             self.shared.ctx.cancel_delivered();
             self.engine.handle_message(done, self.now);
+        }
+    }
+
+    /// Has `client`'s SCRAM verifier derived on the verifier thread, which then tells this
+    /// reactor's engine it is ready.
+    fn derive_verifier(&mut self, client: ClientId, secret: Arc<ScramSecret>) {
+        let ready = Message::VerifierReady { client };
+        let (shared, me, report) = (self.shared.clone(), self.id, ready.clone());
+        let done = Box::new(move || deliver(&shared, me, report));
+        if let Err(secret) = self.shared.verifiers.for_login(secret, done) {
+            // The thread has stopped (shutting down): better a stall here than a hung login.
+            secret.derive();
+            self.engine.handle_message(ready, self.now);
         }
     }
 
@@ -536,6 +549,22 @@ impl Reactor {
             self.dirty = dirty;
         }
     }
+}
+
+/// Sends a helper thread's report to reactor `to`, waiting a little while its inbox is full
+/// (a lost report would leave a connection waiting for its deadline).
+fn deliver(shared: &Shared, to: usize, mut msg: Message) {
+    for _ in 0..1000 {
+        match Mailbox::send(shared, to, msg) {
+            Ok(()) => return,
+            Err(back) if shared.reactor(to).is_some() && !shared.is_stopping() => {
+                msg = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(_) => return,
+        }
+    }
+    log::warn!("reactor {to} did not take a helper thread's report for a second; dropped");
 }
 
 /// Counts a reactor as running while it exists (see `Reactor::_running`).

@@ -10,6 +10,7 @@
 //! ```
 
 mod shared;
+mod verifiers;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -23,10 +24,10 @@ use std::time::Duration;
 use mio::net::TcpListener;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::auth::{OsRng, Rng, ScramVerifier, tls_server_end_point};
+use crate::auth::{OsRng, Rng, tls_server_end_point};
 use crate::backend::{SslMode, Target};
 use crate::client::statements::Registry;
-use crate::client::users::{DbEntry, UserEntry, UserTable};
+use crate::client::users::{DbEntry, ScramSecret, UserEntry, UserTable};
 use crate::client::{AuthMethod, ClientTls, DatabaseContext, SessionConfig};
 use crate::config::{self, BackendSslMode, CertSource, Config, LoadedConfig, ResolvedSecrets};
 use crate::engine::Context;
@@ -35,6 +36,9 @@ use crate::protocol::framing::DEFAULT_MAX_MESSAGE_LEN;
 use crate::reactor::Reactor;
 use crate::tls;
 pub(crate) use shared::Shared;
+use verifiers::Deriver;
+#[cfg(all(test, feature = "metrics"))]
+pub(crate) use verifiers::Verifiers;
 
 /// How often hosts that are names (not IP addresses) are resolved again.
 const RESOLVE_PERIOD: Duration = Duration::from_secs(30);
@@ -91,6 +95,7 @@ pub struct Server {
     reactors: Vec<JoinHandle<()>>,
     local_addrs: Vec<SocketAddr>,
     resolver: Option<Resolver>,
+    deriver: Option<Deriver>,
     secrets: Option<config::SecretsWatcher>,
     #[cfg(feature = "metrics")]
     admin: Option<crate::observe::http::AdminServer>,
@@ -149,7 +154,11 @@ impl Server {
             reactors,
             std::time::Instant::now(),
         );
-        let shared = Arc::new(Shared::new(context, users, server_tls));
+        let deriver = Deriver::start().map_err(StartError::Thread)?;
+        let ahead = users.scram_secrets();
+        let shared = Arc::new(Shared::new(context, users, server_tls, deriver.verifiers()));
+        // Every user's verifier, derived while the first clients connect.
+        shared.verifiers.ahead(ahead);
         let resolver = start_resolver(&shared)?;
         let (listeners, local_addrs) = bind_listeners(config, reactors)?;
         // Bound before any thread starts, so that a taken port fails the start cleanly.
@@ -193,6 +202,7 @@ impl Server {
             reactors: threads,
             local_addrs,
             resolver,
+            deriver: Some(deriver),
             secrets: None,
             #[cfg(feature = "metrics")]
             admin: None,
@@ -252,6 +262,10 @@ impl Server {
         }
         if let Some(secrets) = self.secrets.take() {
             secrets.stop();
+        }
+        // After the reactors (which send it work) and the secrets watcher (which too).
+        if let Some(mut deriver) = self.deriver.take() {
+            deriver.stop();
         }
         // Last: /healthz answers 503 while the reactors wind down.
         #[cfg(feature = "metrics")]
@@ -397,7 +411,7 @@ fn build_pools(
         }
         databases.push(database);
     }
-    let users = user_table(config, secrets, &databases);
+    let users = user_table(config, secrets, &databases, None);
     Ok((databases, pools, users))
 }
 
@@ -450,8 +464,15 @@ fn backend_target(name: &str, b: &config::BackendConfig) -> Result<Target, Start
     ))
 }
 
-/// The login table: SCRAM verifiers are derived here, once per user, not per login.
-fn user_table(config: &Config, secrets: &ResolvedSecrets, databases: &[Database]) -> UserTable {
+/// The login table. SCRAM verifiers are not derived here but later, off the reactors
+/// (`verifiers`); a user whose password is unchanged since `previous` keeps its secret,
+/// derived or not.
+fn user_table(
+    config: &Config,
+    secrets: &ResolvedSecrets,
+    databases: &[Database],
+    previous: Option<&UserTable>,
+) -> UserTable {
     let mut rng = OsRng;
     let mut mock_secret = [0u8; 32];
     rng.fill(&mut mock_secret);
@@ -462,20 +483,24 @@ fn user_table(config: &Config, secrets: &ResolvedSecrets, databases: &[Database]
             let Some(&pool) = db.pools.get(i) else {
                 continue;
             };
-            let scram = ScramVerifier::generate(
-                user.password.as_bytes(),
-                config.scram_iterations,
-                &mut rng,
-            );
-            users.insert(
-                user.username.clone(),
-                Arc::new(UserEntry {
-                    name: user.username.clone(),
-                    password: user.password.clone(),
-                    scram,
-                    pool,
-                }),
-            );
+            let scram = previous
+                .and_then(|t| {
+                    t.scram_secret(
+                        &db.name,
+                        &user.username,
+                        &user.password,
+                        config.scram_iterations,
+                    )
+                })
+                .unwrap_or_else(|| {
+                    Arc::new(ScramSecret::new(
+                        &user.password,
+                        config.scram_iterations,
+                        &mut rng,
+                    ))
+                });
+            let entry = UserEntry::new(user.username.clone(), user.password.clone(), pool, scram);
+            users.insert(user.username.clone(), Arc::new(entry));
         }
         table.insert(db.name.clone(), DbEntry { id: db.id, users });
     }
@@ -499,7 +524,15 @@ fn apply_secrets(shared: &Shared, config: &Config, secrets: &ResolvedSecrets) {
             }
         }
     }
-    shared.set_users(user_table(config, secrets, &shared.ctx.databases));
+    let users = user_table(
+        config,
+        secrets,
+        &shared.ctx.databases,
+        Some(&shared.users()),
+    );
+    let ahead = users.scram_secrets();
+    shared.set_users(users);
+    shared.verifiers.ahead(ahead);
 }
 
 /// The resolver thread and the channel that stops it.

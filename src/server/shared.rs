@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
+use super::verifiers::Verifiers;
 use crate::client::users::UserTable;
 use crate::engine::Context;
 use crate::reactor::{ReactorHandle, ServerTlsConfig};
@@ -16,18 +17,26 @@ pub struct Shared {
     users: RwLock<Arc<UserTable>>,
     users_epoch: AtomicU64,
     pub tls: Option<Arc<ServerTlsConfig>>,
+    /// The SCRAM verifier thread.
+    pub(crate) verifiers: Verifiers,
     reactors: OnceLock<Vec<ReactorHandle>>,
     /// Reactor threads inside their loop right now.
     running: AtomicUsize,
 }
 
 impl Shared {
-    pub fn new(ctx: Context, users: UserTable, tls: Option<Arc<ServerTlsConfig>>) -> Shared {
+    pub(crate) fn new(
+        ctx: Context,
+        users: UserTable,
+        tls: Option<Arc<ServerTlsConfig>>,
+        verifiers: Verifiers,
+    ) -> Shared {
         Shared {
             ctx: Arc::new(ctx),
             users: RwLock::new(Arc::new(users)),
             users_epoch: AtomicU64::new(0),
             tls,
+            verifiers,
             reactors: OnceLock::new(),
             running: AtomicUsize::new(0),
         }

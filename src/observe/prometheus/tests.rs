@@ -77,7 +77,12 @@ fn shared() -> Arc<Shared> {
         2,
         std::time::Instant::now(),
     );
-    Arc::new(Shared::new(context, users, None))
+    Arc::new(Shared::new(
+        context,
+        users,
+        None,
+        crate::server::Verifiers::none(),
+    ))
 }
 
 /// The exposition's sample lines (no comments), and the whole text.
