@@ -1,16 +1,18 @@
 //! The admin HTTP endpoint (feature `metrics`): `prometheus.path` (the metrics, Prometheus
 //! text format), `GET /healthz` and `GET /debug/pools`.
 //!
-//! tiny_http parses the requests on its own threads; one thread per listening socket answers
-//! them, reading only the reactors' atomics (see `observe::prometheus`). Nothing here is on
-//! a reactor's path: a slow or stuck scraper delays other scrapes, never a client. Request
-//! bodies are never read.
+//! One thread per listening socket (`pglink-metrics`) reads each request's head (bounded in
+//! size and time), answers it with `Connection: close` and reads only the reactors' atomics
+//! (see `observe::prometheus`). Nothing here is on a reactor's path: a slow or stuck scraper
+//! delays other scrapes, never a client. Request bodies are never read. The threads are
+//! pglink's own, named and joined on shutdown, as an embedding host expects.
 
-use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::io::{self, Read as _, Write as _};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -61,10 +63,16 @@ fn bind_one(addr: SocketAddr, dual_stack: bool) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
-/// The running endpoint: one tiny_http server and answering thread per listening socket.
+/// How long one request may take to arrive, and its answer to be taken.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest request head (request line and headers) read.
+const MAX_HEAD: usize = 8 * 1024;
+
+/// The running endpoint: one answering thread per listening socket.
 pub struct AdminServer {
-    servers: Vec<Arc<tiny_http::Server>>,
     threads: Vec<JoinHandle<()>>,
+    /// The listening sockets the threads accept on (shut down to wake them).
+    listeners: Vec<TcpListener>,
     addrs: Vec<SocketAddr>,
     stopping: Arc<AtomicBool>,
 }
@@ -79,17 +87,14 @@ impl AdminServer {
         let registry = Arc::new(super::prometheus::registry(shared.clone()));
         let stopping = Arc::new(AtomicBool::new(false));
         let mut admin = AdminServer {
-            servers: Vec::new(),
             threads: Vec::new(),
+            listeners: Vec::new(),
             addrs: Vec::new(),
             stopping: stopping.clone(),
         };
         for listener in listeners {
             admin.addrs.push(listener.local_addr()?);
-            let server = tiny_http::Server::from_listener(listener, None)
-                .map_err(|e| io::Error::other(e.to_string()))?;
-            let server = Arc::new(server);
-            admin.servers.push(server.clone());
+            admin.listeners.push(listener.try_clone()?);
             let handler = Handler {
                 shared: shared.clone(),
                 registry: registry.clone(),
@@ -98,7 +103,7 @@ impl AdminServer {
             let stopping = stopping.clone();
             let thread = std::thread::Builder::new()
                 .name("pglink-metrics".into())
-                .spawn(move || handler.serve(&server, &stopping))?;
+                .spawn(move || handler.serve(&listener, &stopping))?;
             admin.threads.push(thread);
         }
         log::info!(
@@ -124,14 +129,14 @@ impl AdminServer {
 
     fn shutdown(&mut self) {
         self.stopping.store(true, Ordering::Release);
-        for server in &self.servers {
-            server.unblock();
+        // Shutting a listening socket down wakes the thread blocked in its `accept` (Linux);
+        // it sees the flag and returns.
+        for listener in self.listeners.drain(..) {
+            let _ = socket2::SockRef::from(&listener).shutdown(std::net::Shutdown::Both);
         }
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
-        // Dropping the last reference stops tiny_http's accept thread and closes the socket.
-        self.servers.clear();
     }
 }
 
@@ -147,34 +152,48 @@ struct Handler {
     path: String,
 }
 
+/// A request's method and path, as far as this endpoint cares.
+#[derive(Debug, PartialEq, Eq)]
+struct Request {
+    head_only: bool,
+    /// `None`: a method other than GET and HEAD.
+    path: Option<String>,
+}
+
 impl Handler {
-    fn serve(&self, server: &tiny_http::Server, stopping: &AtomicBool) {
+    /// Answers connections one at a time until stopped (a slow scraper delays the next
+    /// scrape by at most `IO_TIMEOUT`, never a client of the proxy).
+    fn serve(&self, listener: &TcpListener, stopping: &AtomicBool) {
         loop {
-            match server.recv() {
-                Ok(request) => self.answer(request),
-                Err(e) => {
-                    if !stopping.load(Ordering::Acquire) {
-                        log::warn!("metrics endpoint stopped: {e}");
+            let accepted = listener.accept();
+            if stopping.load(Ordering::Acquire) {
+                return;
+            }
+            match accepted {
+                Ok((stream, _)) => {
+                    if let Err(e) = self.answer(stream) {
+                        log::debug!("metrics: cannot answer a request: {e}");
                     }
-                    return;
+                }
+                Err(e) => {
+                    log::warn!("metrics: accept failed: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
                 }
             }
         }
     }
 
-    fn answer(&self, request: tiny_http::Request) {
-        let path = request.url().split('?').next().unwrap_or_default();
-        let (status, content_type, body) = match request.method() {
-            tiny_http::Method::Get | tiny_http::Method::Head => self.route(path),
-            _ => (405, PLAIN, "only GET is supported\n".to_owned()),
+    fn answer(&self, mut stream: TcpStream) -> io::Result<()> {
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        let Some(request) = read_request(&mut stream)? else {
+            return write_response(&mut stream, 400, PLAIN, "bad request\n", false);
         };
-        let mut response = tiny_http::Response::from_string(body).with_status_code(status);
-        if let Ok(header) = tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type) {
-            response.add_header(header);
-        }
-        if let Err(e) = request.respond(response) {
-            log::debug!("metrics: cannot answer a request: {e}");
-        }
+        let (status, content_type, body) = match &request.path {
+            Some(path) => self.route(path.split('?').next().unwrap_or_default()),
+            None => (405, PLAIN, "only GET is supported\n".to_owned()),
+        };
+        write_response(&mut stream, status, content_type, &body, request.head_only)
     }
 
     fn route(&self, path: &str) -> (u16, &'static str, String) {
@@ -194,6 +213,105 @@ impl Handler {
             }
             "/debug/pools" => (200, JSON, super::prometheus::pools_json(&self.shared)),
             _ => (404, PLAIN, "not found\n".to_owned()),
+        }
+    }
+}
+
+/// Reads a request head; `None` when it is not HTTP/1.x or too long.
+fn read_request(stream: &mut TcpStream) -> io::Result<Option<Request>> {
+    let mut head = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        if head.len() > MAX_HEAD {
+            return Ok(None);
+        }
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        head.extend_from_slice(&chunk[..n]);
+    }
+    Ok(parse_request_line(&head))
+}
+
+fn parse_request_line(head: &[u8]) -> Option<Request> {
+    let line = head.split(|&b| b == b'\r').next()?;
+    let line = std::str::from_utf8(line).ok()?;
+    let mut parts = line.split(' ');
+    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || !version.starts_with("HTTP/1.") || !target.starts_with('/') {
+        return None;
+    }
+    Some(Request {
+        head_only: method == "HEAD",
+        path: matches!(method, "GET" | "HEAD").then(|| target.to_owned()),
+    })
+}
+
+fn write_response(
+    stream: &mut TcpStream,
+    status: u16,
+    content_type: &str,
+    body: &str,
+    head_only: bool,
+) -> io::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        503 => "Service Unavailable",
+        _ => "",
+    };
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if !head_only {
+        out.extend_from_slice(body.as_bytes());
+    }
+    stream.write_all(&out)?;
+    stream.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_lines() {
+        let get = |path: &str| Request {
+            head_only: false,
+            path: Some(path.into()),
+        };
+        assert_eq!(
+            parse_request_line(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Some(get("/metrics"))
+        );
+        assert_eq!(
+            parse_request_line(b"HEAD /healthz?x=1 HTTP/1.0\r\n\r\n"),
+            Some(Request {
+                head_only: true,
+                path: Some("/healthz?x=1".into())
+            })
+        );
+        assert_eq!(
+            parse_request_line(b"POST /metrics HTTP/1.1\r\n\r\n"),
+            Some(Request {
+                head_only: false,
+                path: None
+            })
+        );
+        for bad in [
+            &b"GET /metrics\r\n\r\n"[..],
+            b"GET metrics HTTP/1.1\r\n\r\n",
+            b"GET /a b HTTP/1.1\r\n\r\n",
+            b"SSH-2.0-OpenSSH\r\n\r\n",
+            b"\xff\xfe /x HTTP/1.1\r\n\r\n",
+        ] {
+            assert_eq!(parse_request_line(bad), None, "{bad:?}");
         }
     }
 }
