@@ -18,14 +18,15 @@ const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 pub type CancelTls = Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>;
 
 /// Sends a cancel for the backend `pid`/`secret` of the server at `addr` on a new thread,
-/// then calls `done` (whatever happened). Fails only if no thread could be started.
+/// then calls `done` (whatever happened). Fails only if no thread could be started. The
+/// thread ends within a few `CANCEL_TIMEOUT`s; the server joins it on shutdown.
 pub fn spawn(
     addr: SocketAddr,
     tls: CancelTls,
     pid: u32,
     secret: Vec<u8>,
     done: impl FnOnce() + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("pglink-cancel".into())
         .spawn(move || {
@@ -34,7 +35,6 @@ pub fn spawn(
             }
             done();
         })
-        .map(|_| ())
 }
 
 /// Sends a CancelRequest and waits for the server to close the connection.

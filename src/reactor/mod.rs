@@ -518,10 +518,13 @@ impl Reactor {
             }),
             None => Err(io::ErrorKind::NotFound.into()),
         };
-        if let Err(e) = spawned {
-            log::warn!("cancel request dropped: {e}");
-            self.shared.ctx.cancel_delivered();
-            self.engine.handle_message(done, self.now);
+        match spawned {
+            Ok(thread) => self.shared.add_helper(thread),
+            Err(e) => {
+                log::warn!("cancel request dropped: {e}");
+                self.shared.ctx.cancel_delivered();
+                self.engine.handle_message(done, self.now);
+            }
         }
     }
 

@@ -267,6 +267,8 @@ impl Server {
         if let Some(mut deriver) = self.deriver.take() {
             deriver.stop();
         }
+        // Cancel deliveries still under way (each bounded by its timeouts).
+        self.shared.join_helpers();
         // Last: /healthz answers 503 while the reactors wind down.
         #[cfg(feature = "metrics")]
         if let Some(admin) = self.admin.take() {

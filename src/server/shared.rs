@@ -3,7 +3,8 @@
 //! reactor.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::thread::JoinHandle;
 
 use super::verifiers::Verifiers;
 use crate::client::users::UserTable;
@@ -22,6 +23,8 @@ pub struct Shared {
     reactors: OnceLock<Vec<ReactorHandle>>,
     /// Reactor threads inside their loop right now.
     running: AtomicUsize,
+    /// Short-lived helper threads (cancel deliveries), joined on shutdown.
+    helpers: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Shared {
@@ -39,6 +42,7 @@ impl Shared {
             verifiers,
             reactors: OnceLock::new(),
             running: AtomicUsize::new(0),
+            helpers: Mutex::new(Vec::new()),
         }
     }
 
@@ -99,6 +103,23 @@ impl Shared {
     /// Bumped with every new login table.
     pub(crate) fn users_epoch(&self) -> u64 {
         self.users_epoch.load(Ordering::Acquire)
+    }
+
+    /// Keeps a helper thread's handle for [`Shared::join_helpers`] (and forgets those that
+    /// have finished).
+    pub(crate) fn add_helper(&self, thread: JoinHandle<()>) {
+        let mut helpers = self.helpers.lock().unwrap_or_else(PoisonError::into_inner);
+        helpers.retain(|t| !t.is_finished());
+        helpers.push(thread);
+    }
+
+    /// Waits for every helper thread still running.
+    pub(crate) fn join_helpers(&self) {
+        let helpers =
+            std::mem::take(&mut *self.helpers.lock().unwrap_or_else(PoisonError::into_inner));
+        for t in helpers {
+            let _ = t.join();
+        }
     }
 
     pub(crate) fn reactor_started(&self) {
