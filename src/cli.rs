@@ -1,8 +1,9 @@
-//! The `pglink` command line.
+//! The `pglink` command line. It lives in the binary, not the library: installing signal
+//! handlers and a logger is the program's business, never an embedder's.
 //!
 //! Flags follow Go's `flag` package, as the original pglink did: single dash (`-config FILE`),
 //! double dash accepted too, `-config=FILE`, boolean flags as `-json` or `-json=false`. The
-//! flags themselves are documented in the field table ([`crate::config::docs::FLAGS`]).
+//! flags themselves are documented in the field table ([`pglink::config::docs::FLAGS`]).
 //!
 //! Exit status: 0 success, 1 startup failure (including unreadable secrets), 2 usage error or
 //! invalid configuration.
@@ -16,9 +17,9 @@ use std::time::Duration;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 
-use crate::observe::log::Format as LogFormat;
+use pglink::observe::log::Format as LogFormat;
 
-use crate::config::{self, LoadError, LoadedConfig, SecretsOptions, docs};
+use pglink::config::{self, LoadError, LoadedConfig, SecretsOptions, docs};
 
 /// Exit status for a bad command line or an invalid configuration.
 pub const EXIT_USAGE: u8 = 2;
@@ -68,7 +69,7 @@ fn load_and_start(file: PathBuf, json_logs: bool, check_only: bool) -> ExitCode 
     } else {
         LogFormat::Text
     };
-    if let Err(message) = crate::observe::log::init(format) {
+    if let Err(message) = pglink::observe::log::init(format) {
         eprintln!("pglink: {message}");
         return ExitCode::from(EXIT_USAGE);
     }
@@ -101,7 +102,7 @@ fn load_and_start(file: PathBuf, json_logs: bool, check_only: bool) -> ExitCode 
     };
     if check_only {
         // Refuse what a start would refuse, with the same message and status.
-        if let Err(e) = crate::server::refuse_unimplemented(&loaded.config) {
+        if let Err(e) = pglink::server::refuse_unimplemented(&loaded.config) {
             log::error!("cannot start: {e}");
             loaded.secrets.stop();
             return ExitCode::from(EXIT_FAILURE);
@@ -139,8 +140,8 @@ pub fn start(loaded: LoadedConfig, _json_logs: bool) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     }
-    let tls = crate::server::describe_tls(&loaded.config);
-    let server = match crate::server::Server::start(loaded) {
+    let tls = pglink::server::describe_tls(&loaded.config);
+    let server = match pglink::Server::start_loaded(loaded) {
         Ok(server) => server,
         Err(e) => {
             log::error!("cannot start: {e}");

@@ -22,13 +22,23 @@
 //! so unit tests, deterministic scenarios on a virtual clock and `cargo fuzz` drive the real
 //! logic.
 //!
+//! # Embedding
+//!
+//! The public API is [`Config`] (from a path, JSON text or a JSON value) and
+//! [`Server::start`], which returns a [`ServerHandle`]: see [`server`]. The building blocks
+//! [`protocol`] (the wire protocol's messages) and [`auth`] (SCRAM and md5, both sides) are
+//! public too, as is the configuration model in [`config`]. The modules listed below them are
+//! `#[doc(hidden)]`: public only for pglink's own binary and integration tests, not an API.
+//!
+//! # Modules
+//!
 //! - [`protocol`]: framing and borrowed message views/builders for protocol 3.0 and 3.2, the
 //!   SQLSTATE table.
 //! - [`auth`]: SCRAM-SHA-256(-PLUS) server and client, md5, channel binding.
 //! - `client`: one client connection's session — startup, authentication, and the relay
 //!   that forwards a transaction and decides when its server connection can be released —
 //!   and the drain that cleans a server connection up after a client that left.
-//! - [`backend`]: where servers are, how pglink logs in to them, how a cancel reaches them.
+//! - `backend`: where servers are, how pglink logs in to them, how a cancel reaches them.
 //! - `engine`: one per reactor — client and server connection records behind
 //!   generation-carrying ids, the server-connection lifecycle, pool policy (acquire, hand-off
 //!   between reactors, making room, minimum idle, expiry, health checks), every deadline, and
@@ -36,19 +46,21 @@
 //!   `engine` fuzz target.
 //! - `pool`: pool state shared between engines (capacity, idle and waiter counts).
 //! - `reactor`: the mio event loops that drive the engines: sockets, TLS records, buffers.
-//! - [`server`]: starting and stopping the whole thing — the embedding API.
+//! - [`server`]: starting and stopping the whole thing — the embedding API — and its helper
+//!   threads (name resolution, SCRAM verifiers).
 //! - [`config`]: the `pglink.json` model, defaults, validation and secret resolution.
-//! - [`tls`]: rustls configuration for both sides.
-//! - [`observe`]: logging, state-change events, hot-path counters (every build) and, with
+//! - `tls`: rustls configuration for both sides.
+//! - `observe`: logging, state-change events, hot-path counters (every build) and, with
 //!   the `metrics` feature, their Prometheus exposition and the admin endpoint.
-//! - [`cli`]: the `pglink` command line.
+//!
+//! The `pglink` command line (flags, signals, logger) is the binary's own (`src/cli.rs`).
 //!
 //! # The session contract
 //!
 //! A client holds a backend from the first message that needs one until the ReadyForQuery
 //! with status idle that answers the last Query/Sync it sent (the relay's queue of expected
 //! responses knows which one that is, even in pipelines and after errors). Everything pglink
-//! says itself is an ErrorResponse ([`client::SessionError`]) whose message starts with
+//! says itself is an ErrorResponse (`client::SessionError`) whose message starts with
 //! `pglink:` and whose SQLSTATE is the one PostgreSQL would use; the one exception is an error
 //! PostgreSQL itself would raise, which pglink raises in its place word for word (a changed
 //! result type: drivers recognise it by its text). A client never sees another client's results, and a cancel
@@ -56,17 +68,22 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+#[doc(hidden)]
 pub mod backend;
-pub mod cli;
 pub(crate) mod client;
 pub mod config;
 pub(crate) mod engine;
+#[doc(hidden)]
 pub mod observe;
 pub(crate) mod pool;
 pub mod protocol;
 pub(crate) mod reactor;
 pub mod server;
+#[doc(hidden)]
 pub mod tls;
+
+pub use config::{Config, ConfigError};
+pub use server::{Server, ServerHandle, StartError, Stopper};
 
 /// The entry points of the cargo-fuzz targets (`fuzz/`): built only with `--cfg fuzzing`,
 /// which `cargo fuzz` sets, and never into a release build.

@@ -1,7 +1,9 @@
-//! The `pglink` binary: everything lives in the library ([`pglink::cli`]).
+//! The `pglink` binary: the command line ([`cli`]) around the library's [`pglink::Server`].
+
+mod cli;
 
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    pglink::cli::main()
+    cli::main()
 }

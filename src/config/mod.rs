@@ -97,11 +97,20 @@ pub fn load_file(file: &Path) -> Result<ParsedConfig, ConfigError> {
     }
 }
 
+/// Validates a configuration given as a JSON value (what `pglink.json` holds).
+pub fn parse_value(value: serde_json::Value) -> Result<ParsedConfig, ConfigError> {
+    check_value(value)
+}
+
 fn parse_named(text: &str, name: &str) -> Result<ParsedConfig, ConfigError> {
-    let mut value: serde_json::Value = serde_json::from_str(text).map_err(|e| ConfigError {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| ConfigError {
         errors: vec![syntax_problem(&e, name)],
         warnings: Vec::new(),
     })?;
+    check_value(value)
+}
+
+fn check_value(mut value: serde_json::Value) -> Result<ParsedConfig, ConfigError> {
     let mut problems = path::Problems::default();
     if !schema::check_root(&mut value, &mut problems) {
         return Err(ConfigError {
@@ -141,6 +150,67 @@ fn syntax_problem(e: &serde_json::Error, name: &str) -> Problem {
             e.column()
         ),
     )
+}
+
+/// The ways to get a [`Config`] for [`crate::Server::start`]: every one validates it as
+/// `pglink -check` does and logs its warnings (unknown keys, for instance) through the `log`
+/// facade.
+///
+/// ```
+/// let config = pglink::Config::from_value(serde_json::json!({
+///     "listen": "127.0.0.1:0",
+///     "databases": {
+///         "app": {
+///             "users": [{
+///                 "username": { "insecure_value": "app" },
+///                 "password": { "insecure_value": "secret" }
+///             }],
+///             "backend": {
+///                 "host": "127.0.0.1", "port": 5432, "database": "app", "pool_max_conns": 10
+///             }
+///         }
+///     }
+/// }))?;
+/// assert!(config.databases.contains_key("app"));
+///
+/// let text = r#"{"listen": "127.0.0.1:0", "databases": {}}"#;
+/// let invalid = pglink::Config::from_json(text).unwrap_err();
+/// assert!(invalid.to_string().contains("databases"));
+/// # Ok::<(), pglink::ConfigError>(())
+/// ```
+impl Config {
+    /// Reads and validates a `pglink.json` file.
+    pub fn from_path(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        load_file(path.as_ref()).map(ParsedConfig::logged)
+    }
+
+    /// Validates a configuration written as JSON text.
+    pub fn from_json(text: &str) -> Result<Config, ConfigError> {
+        parse(text).map(ParsedConfig::logged)
+    }
+
+    /// Validates a configuration given as a JSON value.
+    pub fn from_value(value: serde_json::Value) -> Result<Config, ConfigError> {
+        parse_value(value).map(ParsedConfig::logged)
+    }
+}
+
+impl std::str::FromStr for Config {
+    type Err = ConfigError;
+
+    fn from_str(text: &str) -> Result<Config, ConfigError> {
+        Config::from_json(text)
+    }
+}
+
+impl ParsedConfig {
+    /// The configuration, its warnings logged.
+    fn logged(self) -> Config {
+        for w in &self.warnings {
+            log::warn!("config: {w}");
+        }
+        self.config
+    }
 }
 
 /// Why [`LoadedConfig::load`] failed.

@@ -1,12 +1,20 @@
-//! Starting and stopping the proxy. This is the embedding API: build a [`Server`] from a
-//! configuration and its resolved secrets, and stop it with [`Server::shutdown`].
+//! Starting and stopping the proxy: the embedding API.
+//!
+//! [`Server::start`] takes a validated [`Config`], resolves its secrets (environment
+//! variables, files, AWS Secrets Manager), binds every listen address and starts the threads;
+//! it returns a [`ServerHandle`] once pglink accepts connections. The library installs no
+//! signal handler, sets no logger (it logs through the `log` facade: the host picks one),
+//! keeps no global state and never exits the process; several servers can run in one process.
+//! Every thread it starts is named `pglink-*` and joined by [`ServerHandle::shutdown`] (or
+//! when the handle is dropped).
 //!
 //! ```no_run
-//! # fn demo(loaded: pglink::config::LoadedConfig) -> Result<(), pglink::server::StartError> {
-//! let server = pglink::server::Server::start(loaded)?;
-//! println!("listening on {:?}", server.local_addrs());
-//! server.shutdown(); // lets open transactions finish (bounded), then closes everything
-//! # Ok(()) }
+//! let config = pglink::Config::from_path("pglink.json")?;
+//! let server = pglink::Server::start(config)?;
+//! println!("pglink listening on {:?}", server.local_addrs());
+//! // ... later: no new connections, open transactions may finish (bounded), then all closes.
+//! server.shutdown();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 mod shared;
@@ -68,6 +76,8 @@ pub enum StartError {
     Thread(std::io::Error),
     /// A configured feature is not available.
     Unsupported(String),
+    /// A secret could not be resolved ([`Server::start`] resolves them).
+    Secrets(config::SecretsError),
 }
 
 impl fmt::Display for StartError {
@@ -83,14 +93,20 @@ impl fmt::Display for StartError {
             }
             StartError::Thread(e) => write!(f, "cannot start threads: {e}"),
             StartError::Unsupported(what) => f.write_str(what),
+            StartError::Secrets(e) => write!(f, "secrets: {e}"),
         }
     }
 }
 
 impl std::error::Error for StartError {}
 
-/// A running proxy.
-pub struct Server {
+/// Starts pglink; see the [module documentation](self).
+#[derive(Debug)]
+pub struct Server(());
+
+/// A running pglink, from [`Server::start`]. Dropping it stops the server as
+/// [`ServerHandle::shutdown`] does.
+pub struct ServerHandle {
     shared: Arc<Shared>,
     reactors: Vec<JoinHandle<()>>,
     local_addrs: Vec<SocketAddr>,
@@ -103,9 +119,24 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts pglink for a loaded configuration. Secret rotation (the watcher's refreshes)
-    /// updates logins and pool credentials while running.
-    pub fn start(loaded: LoadedConfig) -> Result<Server, StartError> {
+    /// Resolves the secrets of `config` (blocking: AWS secrets are fetched, bounded by their
+    /// timeout), then starts pglink; returns once it accepts connections. AWS secrets are
+    /// refreshed while it runs, and logins and pool credentials follow them.
+    pub fn start(config: Config) -> Result<ServerHandle, StartError> {
+        let options = config::SecretsOptions::for_config(&config);
+        let secrets =
+            config::SecretsWatcher::start(&config, options).map_err(StartError::Secrets)?;
+        Server::start_loaded(LoadedConfig {
+            path: PathBuf::new(),
+            config: Arc::new(config),
+            warnings: Vec::new(),
+            secrets,
+        })
+    }
+
+    /// Starts pglink for a configuration whose secrets are already resolved and watched
+    /// ([`LoadedConfig::load`]).
+    pub fn start_loaded(loaded: LoadedConfig) -> Result<ServerHandle, StartError> {
         let mut server = Server::start_with(&loaded.config, &loaded.secrets.current())?;
         let shared = server.shared.clone();
         let config = loaded.config.clone();
@@ -118,7 +149,10 @@ impl Server {
     }
 
     /// Starts pglink with already-resolved secrets (no refresh).
-    pub fn start_with(config: &Config, secrets: &ResolvedSecrets) -> Result<Server, StartError> {
+    pub fn start_with(
+        config: &Config,
+        secrets: &ResolvedSecrets,
+    ) -> Result<ServerHandle, StartError> {
         refuse_unimplemented(config)?;
         #[cfg(not(feature = "metrics"))]
         if config.prometheus.is_some() {
@@ -197,7 +231,7 @@ impl Server {
             shared.ctx.databases.len()
         );
         #[allow(unused_mut)]
-        let mut server = Server {
+        let mut server = ServerHandle {
             shared,
             reactors: threads,
             local_addrs,
@@ -219,13 +253,16 @@ impl Server {
         }
         Ok(server)
     }
+}
 
+impl ServerHandle {
     /// The addresses actually bound (useful with port 0).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local_addrs
     }
 
-    /// Where the metrics endpoint listens (empty without a `prometheus` section).
+    /// Where the metrics and admin HTTP endpoint listens (empty without a `prometheus`
+    /// section).
     pub fn metrics_addrs(&self) -> &[SocketAddr] {
         &self.metrics_addrs
     }
@@ -235,7 +272,8 @@ impl Server {
         self.shared.client_count()
     }
 
-    /// Something that can ask the server to stop from another thread (a signal handler loop).
+    /// Something that can ask the server to stop from another thread (a signal handler loop),
+    /// while this thread waits in [`ServerHandle::join`].
     pub fn stopper(&self) -> Stopper {
         Stopper(self.shared.clone())
     }
@@ -244,15 +282,15 @@ impl Server {
     /// (up to a grace period), then everything closes. Returns when all threads have ended.
     pub fn shutdown(mut self) {
         self.shared.stop();
-        self.join();
+        self.join_threads();
     }
 
-    /// Waits until the server stops (after [`Stopper::stop`]).
-    pub fn wait(mut self) {
-        self.join();
+    /// Waits until the server has stopped (after [`Stopper::stop`]) and its threads ended.
+    pub fn join(mut self) {
+        self.join_threads();
     }
 
-    fn join(&mut self) {
+    fn join_threads(&mut self) {
         for t in self.reactors.drain(..) {
             let _ = t.join();
         }
@@ -277,12 +315,21 @@ impl Server {
     }
 }
 
-impl Drop for Server {
+impl Drop for ServerHandle {
     fn drop(&mut self) {
         if !self.reactors.is_empty() {
             self.shared.stop();
-            self.join();
+            self.join_threads();
         }
+    }
+}
+
+impl fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("local_addrs", &self.local_addrs)
+            .field("metrics_addrs", &self.metrics_addrs)
+            .finish_non_exhaustive()
     }
 }
 
@@ -291,6 +338,7 @@ impl Drop for Server {
 pub struct Stopper(Arc<Shared>);
 
 impl Stopper {
+    /// Starts the graceful stop [`ServerHandle::shutdown`] does, without waiting for it.
     pub fn stop(&self) {
         self.0.stop();
     }

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use serde_json::{Value, json};
 
 use pglink::config::{self, LoadedConfig, SecretsOptions};
-use pglink::server::Server;
+use pglink::{Server, ServerHandle};
 
 use super::pg::PgServer;
 use super::{TEST_DATABASE, TestUser};
@@ -127,7 +127,7 @@ impl ProxyConfig {
 
 /// A running pglink.
 pub struct Proxy {
-    server: Option<Server>,
+    server: Option<ServerHandle>,
     pub addr: SocketAddr,
 }
 
@@ -144,7 +144,8 @@ impl Proxy {
         let loaded =
             LoadedConfig::from_parsed("test.json".as_ref(), parsed, Some(SecretsOptions::once()))
                 .unwrap_or_else(|e| panic!("secrets: {e:?}"));
-        let server = Server::start(loaded).unwrap_or_else(|e| panic!("pglink did not start: {e}"));
+        let server =
+            Server::start_loaded(loaded).unwrap_or_else(|e| panic!("pglink did not start: {e}"));
         let addr = server.local_addrs()[0];
         Proxy {
             server: Some(server),
@@ -161,7 +162,7 @@ impl Proxy {
         let loaded =
             LoadedConfig::from_parsed("test.json".as_ref(), parsed, Some(SecretsOptions::once()))
                 .unwrap_or_else(|e| panic!("secrets: {e:?}"));
-        let server = Server::start(loaded).map_err(|e| e.to_string())?;
+        let server = Server::start_loaded(loaded).map_err(|e| e.to_string())?;
         let addr = server.local_addrs()[0];
         Ok(Proxy {
             server: Some(server),
@@ -199,7 +200,7 @@ impl Proxy {
     }
 
     pub fn client_count(&self) -> usize {
-        self.server.as_ref().map_or(0, Server::client_count)
+        self.server.as_ref().map_or(0, ServerHandle::client_count)
     }
 
     /// Graceful shutdown (also done on drop).
