@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use support::proxy::ChildProxy;
 use support::wire::{WireClient, send_cancel};
 use support::*;
 use tokio_postgres::NoTls;
@@ -846,66 +847,6 @@ fn pgbench_simple_and_extended_without_failures() {
             assert!(failed.starts_with("0 "), "pgbench -M {mode}: {failed}");
         }
         println!("pgbench -M {mode}: {processed} transactions");
-    }
-}
-
-/// pglink as a separate process (so that its RSS is its own), killed on drop.
-struct ChildProxy {
-    child: std::process::Child,
-    dir: std::path::PathBuf,
-    addr: std::net::SocketAddr,
-}
-
-impl ChildProxy {
-    fn start(config: &ProxyConfig, name: &str) -> ChildProxy {
-        let dir = std::env::temp_dir().join(format!("pglink-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let mut config = config.json().clone();
-        config["listen"] = json!(format!("127.0.0.1:{port}"));
-        let path = dir.join("pglink.json");
-        std::fs::write(&path, config.to_string()).unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_pglink"))
-            .arg("-config")
-            .arg(&path)
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "pglink did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        ChildProxy { child, dir, addr }
-    }
-
-    /// A `/proc/<pid>/status` figure in kB (`VmHWM`, `VmRSS`).
-    fn status_kb(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| {
-                v.trim_start_matches(':')
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .unwrap()
-    }
-}
-
-impl Drop for ChildProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

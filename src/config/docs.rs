@@ -342,6 +342,15 @@ pub static CONFIG: Section = section(
         )
         .default("\"5m\"")
         .extension(),
+        Field::new(
+            "shutdown_timeout",
+            Kind::Duration,
+            "On SIGTERM or SIGINT pglink stops accepting connections, ends idle sessions with \
+             FATAL 57P01 and lets open transactions finish for up to this long; then it closes \
+             what is left and exits. A second signal exits at once.",
+        )
+        .default("\"30s\"")
+        .extension(),
     ],
 );
 
@@ -947,9 +956,19 @@ pub static NOTES: &[Note] = &[
                file paths are resolved against the working directory.",
     },
     Note {
+        title: "Signals",
+        body: "SIGTERM or SIGINT starts a graceful shutdown: pglink stops accepting \
+               connections, ends idle sessions with FATAL 57P01, lets open transactions finish \
+               for up to `shutdown_timeout`, closes what is left and exits with status 0; \
+               metrics and `/healthz` (503, `draining`) stay up meanwhile. A second SIGTERM or \
+               SIGINT exits at once, with status 1. SIGHUP (reload) and SIGUSR1 (flight \
+               recorder snapshot) are not handled yet and end the process like any unhandled \
+               signal.",
+    },
+    Note {
         title: "Exit status",
         body: "0: success (for `-help` and `-check`, or a clean shutdown). 1: pglink could not \
-               start, including a secret that could not be read. 2: invalid command line or \
-               invalid configuration.",
+               start, including a secret that could not be read, or a shutdown was cut short \
+               by a second signal. 2: invalid command line or invalid configuration.",
     },
 ];

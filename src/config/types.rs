@@ -50,6 +50,9 @@ pub struct Config {
     /// pglink extension: how often secrets from external stores are fetched again; 0 = never.
     #[serde(default = "default_secret_refresh_interval", with = "serde_duration")]
     pub secret_refresh_interval: Duration,
+    /// pglink extension: how long open transactions may run on after SIGTERM or SIGINT.
+    #[serde(default = "default_shutdown_timeout", with = "serde_duration")]
+    pub shutdown_timeout: Duration,
 }
 
 /// `tls`: TLS towards clients.
@@ -582,6 +585,9 @@ fn default_client_login_timeout() -> Duration {
 }
 fn default_secret_refresh_interval() -> Duration {
     Duration::from_secs(300)
+}
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_pool_acquire_timeout_ms() -> u64 {
     1000

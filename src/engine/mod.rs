@@ -77,8 +77,6 @@ use timer::{Timer, Timers};
 pub const HIGH_WATER: usize = 256 * 1024;
 /// Pool maintenance period.
 const MAINTENANCE_PERIOD: Duration = Duration::from_millis(500);
-/// How long open transactions may run on after a shutdown starts.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Connections being refused politely (SSL negotiation and startup packet first) at once
 /// per engine; beyond this they are refused the moment they are accepted.
 const MAX_REFUSING: usize = 64;
@@ -108,6 +106,8 @@ pub struct Context {
     pub epoch: Instant,
     /// Each engine's counters, by engine id (see `observe::metrics`).
     pub stats: Vec<Arc<ReactorStats>>,
+    /// How long open transactions may run on after a shutdown starts (`shutdown_timeout`).
+    pub shutdown_grace: Duration,
 }
 
 impl Context {
@@ -139,6 +139,7 @@ impl Context {
             stopping: AtomicBool::new(false),
             epoch,
             stats,
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 
@@ -468,7 +469,7 @@ impl Engine {
         if self.shutdown_at.is_some() {
             return;
         }
-        let at = now + SHUTDOWN_GRACE;
+        let at = now + self.ctx.shutdown_grace;
         self.shutdown_at = Some(at);
         self.timers.engine(Timer::Shutdown, at);
         self.io.push_back(Io::StopAccepting);

@@ -204,7 +204,7 @@ impl Handler {
             "/healthz" => {
                 let (running, all) = (self.shared.reactors_running(), self.shared.reactor_count());
                 if self.shared.is_stopping() {
-                    (503, PLAIN, "stopping\n".to_owned())
+                    (503, PLAIN, "draining\n".to_owned())
                 } else if running < all {
                     (503, PLAIN, format!("{running} of {all} reactors running\n"))
                 } else {

@@ -178,7 +178,7 @@ impl Server {
             },
             channel_binding,
         };
-        let context = Context::new(
+        let mut context = Context::new(
             databases,
             pools,
             session,
@@ -188,6 +188,7 @@ impl Server {
             reactors,
             std::time::Instant::now(),
         );
+        context.shutdown_grace = config.shutdown_timeout;
         let deriver = Deriver::start().map_err(StartError::Thread)?;
         let ahead = users.scram_secrets();
         let shared = Arc::new(Shared::new(context, users, server_tls, deriver.verifiers()));

@@ -218,3 +218,84 @@ impl Drop for Proxy {
         }
     }
 }
+
+/// pglink as a separate process, started from the binary with `config` (whose `listen` is
+/// replaced by a free port), killed on drop.
+pub struct ChildProxy {
+    pub child: std::process::Child,
+    dir: std::path::PathBuf,
+    pub addr: std::net::SocketAddr,
+}
+
+impl ChildProxy {
+    pub fn start(config: &ProxyConfig, name: &str) -> ChildProxy {
+        let dir = std::env::temp_dir().join(format!("pglink-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let mut config = config.json().clone();
+        config["listen"] = json!(format!("127.0.0.1:{port}"));
+        let path = dir.join("pglink.json");
+        std::fs::write(&path, config.to_string()).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_pglink"))
+            .arg("-config")
+            .arg(&path)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(std::time::Instant::now() < deadline, "pglink did not start");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        ChildProxy { child, dir, addr }
+    }
+
+    /// A `/proc/<pid>/status` figure in kB (`VmHWM`, `VmRSS`).
+    pub fn status_kb(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| {
+                v.trim_start_matches(':')
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap()
+    }
+}
+
+impl ChildProxy {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits up to `timeout` for the process to exit; its status, or `None` if still running.
+    pub fn wait_exit(&mut self, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for ChildProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
