@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use pglink::observe::log::Format as LogFormat;
 
@@ -131,6 +131,7 @@ fn print_problems(prefix: &str, problems: &[config::Problem]) {
 /// stops gracefully (open transactions may finish); a second one exits at once.
 pub fn start(loaded: LoadedConfig, _json_logs: bool) -> ExitCode {
     let stop = Arc::new(AtomicBool::new(false));
+    let reload = Arc::new(AtomicBool::new(false));
     for signal in [SIGINT, SIGTERM] {
         // Order matters: the conditional exit sees the flag set by an earlier signal.
         let registered = signal_hook::flag::register_conditional_shutdown(signal, 1, stop.clone())
@@ -140,6 +141,11 @@ pub fn start(loaded: LoadedConfig, _json_logs: bool) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     }
+    if let Err(e) = signal_hook::flag::register(SIGHUP, reload.clone()) {
+        eprintln!("pglink: cannot install signal handlers: {e}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
+    let path = loaded.path.clone();
     let tls = pglink::server::describe_tls(&loaded.config);
     let server = match pglink::Server::start_loaded(loaded) {
         Ok(server) => server,
@@ -150,6 +156,11 @@ pub fn start(loaded: LoadedConfig, _json_logs: bool) -> ExitCode {
     };
     log::info!("ready ({tls})");
     while !stop.load(Ordering::Acquire) {
+        if reload.swap(false, Ordering::AcqRel) {
+            log::info!("SIGHUP: reloading {}", path.display());
+            // Problems are logged (each with its JSON path) and counted by the server.
+            let _ = server.reload_file(&path);
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
     log::info!("shutting down: waiting for open transactions (a second signal exits now)");

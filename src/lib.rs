@@ -83,7 +83,7 @@ pub mod server;
 pub mod tls;
 
 pub use config::{Config, ConfigError};
-pub use server::{Server, ServerHandle, StartError, Stopper};
+pub use server::{ReloadError, ReloadOutcome, Server, ServerHandle, StartError, Stopper};
 
 /// The entry points of the cargo-fuzz targets (`fuzz/`): built only with `--cfg fuzzing`,
 /// which `cargo fuzz` sets, and never into a release build.

@@ -136,6 +136,8 @@ pub enum SessionError {
     SettingsRejected { code: SqlState, message: String },
     /// The proxy is shutting down and ends the session.
     ShuttingDown,
+    /// A reload removed the session's user or database from the configuration.
+    Removed { user: String, database: String },
 
     // ---- prepared statements (ERROR, the batch skips to Sync) ------------------------------
     /// Parse of a name the client has in use (42P05).
@@ -203,7 +205,7 @@ impl SessionError {
             SessionError::NoServer(e) | SessionError::NoServerForLogin(e) => e.sqlstate(),
             SessionError::ServerLost => SqlState::CONNECTION_FAILURE,
             SessionError::SettingsRejected { code, .. } => *code,
-            SessionError::ShuttingDown => SqlState::ADMIN_SHUTDOWN,
+            SessionError::ShuttingDown | SessionError::Removed { .. } => SqlState::ADMIN_SHUTDOWN,
             SessionError::DuplicateStatement { .. } => SqlState::DUPLICATE_PSTATEMENT,
             SessionError::UnknownStatement { .. } => SqlState::INVALID_SQL_STATEMENT_NAME,
         }
@@ -243,7 +245,8 @@ impl SessionError {
             | SessionError::NoServerForLogin(_)
             | SessionError::ServerLost
             | SessionError::SettingsRejected { .. }
-            | SessionError::ShuttingDown => Severity::Fatal,
+            | SessionError::ShuttingDown
+            | SessionError::Removed { .. } => Severity::Fatal,
         }
     }
 
@@ -283,6 +286,10 @@ impl fmt::Display for SessionError {
             ),
             SessionError::NoClientSlot => f.write_str("too many client connections"),
             SessionError::NotAccepting | SessionError::ShuttingDown => f.write_str(SHUTTING_DOWN),
+            SessionError::Removed { user, database } => write!(
+                f,
+                "user \"{user}\" of database \"{database}\" is no longer in the configuration"
+            ),
             SessionError::TlsDisabled => f.write_str("TLS is disabled on this server"),
             SessionError::StartupPacketLength(e) => write!(f, "invalid startup packet: {e}"),
             SessionError::InvalidStartupPacket(e) => write!(f, "invalid startup packet: {e}"),

@@ -561,10 +561,25 @@ impl Session {
     /// server connection it holds meets the fate it would if the client left now, handed
     /// over by [`Session::detach`]. A closed session gets nothing more (only the `Close`).
     pub fn on_shutdown(&mut self, out: &mut Out<'_>) {
+        self.end_fatal(SessionError::ShuttingDown, out);
+    }
+
+    /// A reload removed this session's user or database.
+    pub fn on_removed(&mut self, out: &mut Out<'_>) {
+        let error = SessionError::Removed {
+            user: self.user.clone(),
+            database: self.database.clone(),
+        };
+        self.end_fatal(error, out);
+    }
+
+    /// Ends the session with a FATAL `error` (unless it is closed already); a held server
+    /// connection's fate goes with it.
+    fn end_fatal(&mut self, error: SessionError, out: &mut Out<'_>) {
         if !self.is_closed() {
             // Mid-way through a server message the client cannot be sent an error.
             if !self.relay.backend_mid_message() || !self.holds_backend() {
-                SessionError::ShuttingDown.encode(out.to_client, out.stats);
+                error.encode(out.to_client, out.stats);
             }
             let leftover = self.backend_fate();
             self.set_state(State::Closed { leftover }, out);

@@ -961,9 +961,10 @@ pub static NOTES: &[Note] = &[
                connections, ends idle sessions with FATAL 57P01, lets open transactions finish \
                for up to `shutdown_timeout`, closes what is left and exits with status 0; \
                metrics and `/healthz` (503, `draining`) stay up meanwhile. A second SIGTERM or \
-               SIGINT exits at once, with status 1. SIGHUP (reload) and SIGUSR1 (flight \
-               recorder snapshot) are not handled yet and end the process like any unhandled \
-               signal.",
+               SIGINT exits at once, with status 1. SIGHUP reloads the configuration file \
+               without dropping sessions (an invalid file is refused whole and logged; the \
+               running configuration stays). SIGUSR1 (flight recorder snapshot) is not handled \
+               yet and ends the process like any unhandled signal.",
     },
     Note {
         title: "Exit status",

@@ -90,7 +90,7 @@ impl Engine {
         };
         let target = db.target.clone();
         let tls = s.uses_tls;
-        let in_flight = self.ctx.cancels_in_flight.fetch_add(1, Ordering::AcqRel);
+        let in_flight = self.ctx.rt.cancels_in_flight.fetch_add(1, Ordering::AcqRel);
         if in_flight >= MAX_CANCELS_IN_FLIGHT {
             self.ctx.cancel_delivered();
             log::warn!("cancel request dropped: {in_flight} cancels already in flight");

@@ -16,7 +16,6 @@ use crate::client::{
 };
 use crate::observe::events::EventSink;
 use crate::observe::metrics::{CloseReason, RefuseReason};
-use crate::pool::Pool;
 
 /// One client connection.
 pub(super) struct ClientConn {
@@ -55,8 +54,8 @@ impl Engine {
         let ctx = &self.ctx;
         let refusal = if ctx.is_stopping() {
             Some((RefuseReason::ShuttingDown, SessionError::NotAccepting))
-        } else if ctx.clients.fetch_add(1, Ordering::AcqRel) >= ctx.max_clients {
-            ctx.clients.fetch_sub(1, Ordering::AcqRel);
+        } else if ctx.rt.clients.fetch_add(1, Ordering::AcqRel) >= ctx.max_clients {
+            ctx.rt.clients.fetch_sub(1, Ordering::AcqRel);
             let error = SessionError::TooManyClients {
                 max_client_connections: ctx.max_clients,
             };
@@ -83,7 +82,7 @@ impl Engine {
         let slot = self.clients.vacant_key();
         let Some(pid) = encode_pid(self.id, slot) else {
             if counted {
-                self.ctx.clients.fetch_sub(1, Ordering::AcqRel);
+                self.ctx.rt.clients.fetch_sub(1, Ordering::AcqRel);
             }
             return self.reject(&SessionError::NoClientSlot);
         };
@@ -209,7 +208,7 @@ impl Engine {
             .get_mut(id.index())
             .filter(|c| c.generation == id.generation())?;
         let pools = &ctx.pools;
-        let params = |p: PoolId| pools.get(p).and_then(Pool::params);
+        let params = |p: PoolId| pools.get(p).and_then(|p| p.params());
         let databases = &ctx.databases;
         let database = |db: DbId| databases.get(db).map(|d| d.context.clone());
         let mut env = Env {
@@ -362,10 +361,16 @@ impl Engine {
             return;
         };
         let pipelined = c.pending_input;
+        let removed = c.session.pool().is_some_and(|p| self.pool_removed(p));
         self.server_released(s);
         if self.ctx.is_stopping() {
             // Shutting down: the transaction is over, so is the session.
             return self.client_shutdown(id);
+        }
+        if removed {
+            // A reload removed its user or database: the transaction is over, so is the
+            // session.
+            return self.client_removed(id);
         }
         // Input that arrived behind the transaction waits in the driver's buffer (or in the
         // socket, if reading had paused).
@@ -431,7 +436,7 @@ impl Engine {
             None => {}
         }
         if c.counted {
-            self.ctx.clients.fetch_sub(1, Ordering::AcqRel);
+            self.ctx.rt.clients.fetch_sub(1, Ordering::AcqRel);
         } else {
             self.refusing = self.refusing.saturating_sub(1);
         }

@@ -256,7 +256,7 @@ impl World {
                     user: (*user).into(),
                     password: PASSWORD.into(),
                 };
-                Pool::new(id, 0, creds, setup.engines)
+                Arc::new(Pool::new(id, 0, creds, setup.engines))
             })
             .collect();
         let session = SessionConfig {
@@ -561,6 +561,56 @@ impl World {
             }
             self.settle_io();
         }
+    }
+
+    // ---------------------------------------------------------------- reload
+
+    /// The configuration in effect with `edit` applied to copies of its databases (same
+    /// ids, pools and targets unless `edit` changes them), as a reload builds it.
+    pub fn reloaded(&self, edit: impl FnOnce(&mut Vec<Database>)) -> Context {
+        let mut databases: Vec<Database> = self
+            .ctx
+            .databases
+            .iter()
+            .map(|d| {
+                let mut next = d.reloaded(d.settings.clone(), d.target.clone(), d.context.clone());
+                next.pools = d.pools.clone();
+                next
+            })
+            .collect();
+        edit(&mut databases);
+        self.ctx.reloaded(
+            databases,
+            self.ctx.pools.clone(),
+            self.ctx.session.clone(),
+            self.ctx.max_clients,
+            self.ctx.login_timeout,
+        )
+    }
+
+    /// A target like the test database's, at another port (a moved server).
+    pub fn moved_target() -> Arc<Target> {
+        Arc::new(Target::new(
+            "127.0.0.1".into(),
+            5433,
+            DATABASE.into(),
+            Duration::from_secs(5),
+            SslMode::Disable,
+            None,
+            None,
+            Vec::new(),
+        ))
+    }
+
+    /// Puts `next` in effect on every engine, as the reactors do on their next turn.
+    pub fn reload(&mut self, next: Context) {
+        let next = Arc::new(next);
+        self.ctx = next.clone();
+        for e in 0..self.engines.len() {
+            self.engines[e].handle_reload(next.clone(), self.now);
+            self.settle_io();
+        }
+        self.settle();
     }
 
     // ---------------------------------------------------------------- time and mail

@@ -41,6 +41,7 @@ pub mod id;
 pub mod io;
 pub mod output;
 mod pool;
+mod reload;
 mod server;
 pub mod timer;
 
@@ -87,11 +88,16 @@ const MAX_STEPS: usize = 4096;
 /// What all engines share: the pools and the settings (read-mostly; counters are atomics).
 #[derive(Debug)]
 pub struct Context {
+    /// By id; a database removed by a reload stays as a tombstone (`removed`) so that ids
+    /// are never reused.
     pub databases: Vec<Database>,
-    pub pools: Vec<Pool>,
+    /// By id; shared with the configurations before and after a reload (a removed one is
+    /// marked so, and stays).
+    pub pools: Vec<Arc<Pool>>,
     pub session: SessionConfig,
     pub max_clients: usize,
-    clients: AtomicUsize,
+    /// What lives as long as the server, whatever the configuration: counts and flags.
+    rt: Arc<Runtime>,
     pub login_timeout: Duration,
     /// How long cleanup after a vanished client (or a health check) may take before the
     /// server connection is closed.
@@ -99,8 +105,6 @@ pub struct Context {
     pub max_message_len: usize,
     /// Engines (reactors) in this process.
     pub reactors: usize,
-    cancels_in_flight: AtomicUsize,
-    stopping: AtomicBool,
     /// The reference instant of times shared between engines (pool waiters): the pool state
     /// holds durations since it and reads no clock itself.
     pub epoch: Instant,
@@ -110,11 +114,19 @@ pub struct Context {
     pub shutdown_grace: Duration,
 }
 
+/// The part of the [`Context`] that a reload does not replace.
+#[derive(Debug, Default)]
+struct Runtime {
+    clients: AtomicUsize,
+    cancels_in_flight: AtomicUsize,
+    stopping: AtomicBool,
+}
+
 impl Context {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         databases: Vec<Database>,
-        pools: Vec<Pool>,
+        pools: Vec<Arc<Pool>>,
         session: SessionConfig,
         max_clients: usize,
         login_timeout: Duration,
@@ -130,37 +142,66 @@ impl Context {
             pools,
             session,
             max_clients,
-            clients: AtomicUsize::new(0),
+            rt: Arc::default(),
             login_timeout,
             reset_timeout: Duration::from_secs(5),
             max_message_len,
             reactors,
-            cancels_in_flight: AtomicUsize::new(0),
-            stopping: AtomicBool::new(false),
             epoch,
             stats,
             shutdown_grace: Duration::from_secs(30),
         }
     }
 
+    /// The next configuration: `databases` and `pools` must extend this one's (same ids for
+    /// the same things, tombstones for removed ones); the counts, the stop flag, the clock
+    /// and the counters carry over, grown for the new pools.
+    pub fn reloaded(
+        &self,
+        databases: Vec<Database>,
+        pools: Vec<Arc<Pool>>,
+        session: SessionConfig,
+        max_clients: usize,
+        login_timeout: Duration,
+    ) -> Context {
+        debug_assert!(databases.len() >= self.databases.len() && pools.len() >= self.pools.len());
+        for stats in &self.stats {
+            stats.grow(pools.len(), databases.len());
+        }
+        Context {
+            databases,
+            pools,
+            session,
+            max_clients,
+            rt: self.rt.clone(),
+            login_timeout,
+            reset_timeout: self.reset_timeout,
+            max_message_len: self.max_message_len,
+            reactors: self.reactors,
+            epoch: self.epoch,
+            stats: self.stats.clone(),
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
+
     /// Clients connected right now (all engines).
     pub fn client_count(&self) -> usize {
-        self.clients.load(Ordering::Acquire)
+        self.rt.clients.load(Ordering::Acquire)
     }
 
     /// Marks the start of a shutdown; every engine sees it on its next call.
     pub fn stop(&self) {
-        self.stopping.store(true, Ordering::Release);
+        self.rt.stopping.store(true, Ordering::Release);
     }
 
     pub fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::Acquire)
+        self.rt.stopping.load(Ordering::Acquire)
     }
 
     /// A cancel delivery finished (the driver's delivery reports it before telling the
     /// engine, so the count stays right even if that message is lost).
     pub fn cancel_delivered(&self) {
-        self.cancels_in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.rt.cancels_in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// `t` on the engines' common clock (see [`Context::epoch`]).

@@ -108,6 +108,9 @@ impl Engine {
         if self.ctx.is_stopping() {
             return self.fail_acquire(id, AcquireError::ShuttingDown);
         }
+        if self.pool_removed(pool) {
+            return self.client_removed(id);
+        }
         if let Some(s) = self.take_idle_matching(pool, id) {
             return self.attach(id, s, true);
         }
@@ -266,6 +269,8 @@ impl Engine {
             .is_some_and(|p| sv.credentials_version != p.credentials_version())
         {
             Some((CloseReason::CredentialsChanged, "credentials changed"))
+        } else if let Some(why) = self.retirement(s) {
+            Some((CloseReason::Reconfigured, why))
         } else if sv.expires.is_some_and(|at| at <= self.now) {
             Some((CloseReason::Lifetime, "lifetime over"))
         } else if self.ctx.is_stopping() {
@@ -453,6 +458,9 @@ impl Engine {
             let Some((p, db)) = ctx.pool_database(pool) else {
                 continue;
             };
+            if p.is_removed() || db.removed {
+                continue;
+            }
             let settings = &db.settings;
             let version = p.credentials_version();
             let idle: Vec<ServerId> = self

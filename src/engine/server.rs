@@ -19,8 +19,8 @@ use super::io::{Conn, Failure, Io, TlsInfo, Transfer};
 use super::output::OutBuf;
 use super::timer::{ServerDeadlines, ServerTimer};
 use super::{Engine, HIGH_WATER, MAX_STEPS};
-use crate::backend::SslMode;
 use crate::backend::login::{Login, LoginParams, LoginStep, TlsNegotiation};
+use crate::backend::{SslMode, Target};
 use crate::client::relay::Relay;
 use crate::client::users::PoolId;
 use crate::client::{AcquireError, BackendContext, Drain, DrainKind, DrainStep, ParamList};
@@ -99,6 +99,9 @@ pub struct ServerConn {
     pub(super) checked_at: Instant,
     pub(super) expires: Option<Instant>,
     pub(super) credentials_version: u64,
+    /// The server it connects to, as configured when it was opened: after a reload that
+    /// changed it, the connection is retired when next idle.
+    pub(super) target: Arc<Target>,
     pub(super) cancel_in_flight: bool,
     pub(super) deadlines: ServerDeadlines,
     pub(super) read_paused: bool,
@@ -211,6 +214,7 @@ impl Engine {
             checked_at: self.now,
             expires: None,
             credentials_version,
+            target: target.clone(),
             cancel_in_flight: false,
             deadlines: ServerDeadlines::default(),
             read_paused: false,
@@ -250,15 +254,15 @@ impl Engine {
         let State::Connecting { addr_index } = s.state else {
             return;
         };
-        let Some((p, db)) = self.ctx.pool_database(s.pool) else {
+        let Some(p) = self.ctx.pools.get(s.pool) else {
             return;
         };
         let (creds, version) = p.credentials();
         let params = LoginParams {
             user: creds.user.clone(),
             password: creds.password.clone(),
-            database: db.target.database.clone(),
-            startup_params: db.target.startup_params.clone(),
+            database: s.target.database.clone(),
+            startup_params: s.target.startup_params.clone(),
             tls: s.tls,
         };
         let Engine { servers, bufs, .. } = self;
@@ -374,11 +378,8 @@ impl Engine {
             *handshaking = true;
         }
         s.uses_tls = true;
-        let pool = s.pool;
-        if let Some((_, db)) = self.ctx.pool_database(pool) {
-            let target = db.target.clone();
-            self.io.push_back(Io::ServerTls { server: id, target });
-        }
+        let target = s.target.clone();
+        self.io.push_back(Io::ServerTls { server: id, target });
     }
 
     /// The TLS handshake with the server is done: the login goes on inside it.
@@ -419,7 +420,7 @@ impl Engine {
         // It has the values it logged in with, the configured ones included: clients whose
         // settings match need no sync query on its first lending.
         s.context
-            .set_login_params(&login.server_params, &db.target.startup_params);
+            .set_login_params(&login.server_params, &s.target.startup_params);
         s.params = Arc::new(login.server_params);
         s.server_key = login.cancel_key;
         s.idle_since = now;
@@ -506,7 +507,7 @@ impl Engine {
 
     /// Draining: swallow responses until the server is idle again, then return it.
     fn drain_step(&mut self, id: ServerId, data: &[u8]) -> (usize, bool) {
-        let Engine { servers, ctx, .. } = self;
+        let Engine { servers, .. } = self;
         let Some(s) = servers.get_mut(id.index()) else {
             return (0, false);
         };
@@ -514,10 +515,7 @@ impl Engine {
             return (0, false);
         };
         let reset = drain.kind() == DrainKind::Reset;
-        let startup = ctx
-            .pool_database(s.pool)
-            .map_or(&[][..], |(_, db)| &db.target.startup_params[..]);
-        match drain.on_server_data(data, &mut s.context, &s.params, startup) {
+        match drain.on_server_data(data, &mut s.context, &s.params, &s.target.startup_params) {
             Ok((n, DrainStep::NeedMore)) => (n, n > 0),
             Ok((n, DrainStep::Idle)) => {
                 s.checked_at = self.now;
@@ -641,10 +639,7 @@ impl Engine {
             return;
         };
         let pool = s.pool;
-        let Some((_, db)) = self.ctx.pool_database(pool) else {
-            return;
-        };
-        let target = db.target.clone();
+        let target = s.target.clone();
         let retry_tls = s.tls == TlsNegotiation::Disable
             && error.is_refusal()
             && target.sslmode == SslMode::Allow;

@@ -705,3 +705,98 @@ fn a_connection_whose_settings_match_is_lent_without_a_sync() {
     );
     w.check();
 }
+
+// ---------------------------------------------------------------- reload
+
+#[test]
+fn a_moved_server_retires_idle_connections_now_and_a_lent_one_when_it_comes_back() {
+    let mut w = world(Setup {
+        max_conns: 2,
+        ..Setup::default()
+    });
+    let (a, b) = (w.login(0, 0), w.login(0, 0));
+    w.query(a, "SELECT pg_sleep(10)");
+    let lent = w.server_of(a).unwrap();
+    assert_eq!(select(&mut w, b, 1), vec![World::marker(b, 1)]);
+    let idle = (0..w.servers.len()).find(|&s| w.is_idle(s)).unwrap();
+    let next = w.reloaded(|dbs| dbs[0].target = World::moved_target());
+    w.reload(next);
+    assert!(w.servers[idle].closed, "the idle one closes at once");
+    assert!(
+        !w.servers[lent].closed,
+        "the lent one serves its transaction to the end"
+    );
+    assert_eq!(w.closes(CloseReason::Reconfigured), 1);
+    w.release(lent);
+    w.take(a);
+    assert!(w.servers[lent].closed, "and closes when it comes back");
+    assert_eq!(w.closes(CloseReason::Reconfigured), 2);
+    // Both sessions go on, on connections to the moved server.
+    assert_eq!(select(&mut w, a, 2), vec![World::marker(a, 2)]);
+    assert_eq!(select(&mut w, b, 3), vec![World::marker(b, 3)]);
+    w.check();
+}
+
+#[test]
+fn a_removed_users_sessions_end_57p01_when_idle_and_others_carry_on() {
+    let mut w = world(Setup {
+        max_conns: 3,
+        ..Setup::default()
+    });
+    let keep = w.login(0, 0);
+    let (idle, busy) = (w.login(0, 1), w.login(0, 1));
+    w.query(busy, "SELECT pg_sleep(10)");
+    let held = w.server_of(busy).unwrap();
+    let next = w.reloaded(|_| {});
+    next.pools[1].remove();
+    w.reload(next);
+    let got = w.take(idle);
+    let (code, severity, message) = World::error_of(&got).expect("an error for the idle one");
+    assert_eq!(
+        (code, severity),
+        (SqlState::ADMIN_SHUTDOWN, Severity::Fatal)
+    );
+    assert!(message.starts_with("pglink: user"), "{message}");
+    assert!(w.clients[idle].closed);
+    assert!(!w.clients[busy].closed, "in a transaction: not yet");
+    w.release(held);
+    let got = w.take(busy);
+    assert!(
+        got.iter().any(|m| m.0 == be::READY_FOR_QUERY),
+        "its transaction ends normally"
+    );
+    assert_eq!(
+        World::error_of(&got).map(|e| e.0),
+        Some(SqlState::ADMIN_SHUTDOWN),
+        "then the session ends"
+    );
+    assert!(w.clients[busy].closed);
+    assert!(
+        w.servers[held].closed,
+        "a removed user's connection is not kept"
+    );
+    assert_eq!(select(&mut w, keep, 1), vec![World::marker(keep, 1)]);
+    w.check();
+}
+
+#[test]
+fn a_lowered_pool_max_conns_closes_connections_as_they_come_back() {
+    let mut w = world(Setup {
+        max_conns: 3,
+        ..Setup::default()
+    });
+    let clients: Vec<usize> = (0..3).map(|_| w.login(0, 0)).collect();
+    for &c in &clients {
+        w.query(c, "SELECT pg_sleep(10)");
+    }
+    let held: Vec<usize> = clients.iter().map(|&c| w.server_of(c).unwrap()).collect();
+    let next = w.reloaded(|dbs| dbs[0].settings.max_conns = 1);
+    w.reload(next);
+    for (&c, &s) in clients.iter().zip(&held) {
+        w.release(s);
+        w.take(c);
+    }
+    assert_eq!(w.open_servers(), 1, "down to the new pool_max_conns");
+    assert_eq!(w.closes(CloseReason::Reconfigured), 2);
+    w.check();
+}

@@ -220,6 +220,9 @@ label_enum! {
         MakingRoom = "making_room",
         /// pglink is shutting down.
         Shutdown = "shutdown",
+        /// A reload changed its server's settings, lowered `pool_max_conns` below the
+        /// connections open, or removed its user or database.
+        Reconfigured = "reconfigured",
     }
 }
 
@@ -258,8 +261,8 @@ pub struct ReactorStats {
     /// ErrorResponses pglink itself sent to clients, by SQLSTATE class
     /// ([`sqlstate_class_index`]).
     pub errors_sent: Box<[Counter]>,
-    pools: Box<[PoolStats]>,
-    databases: Box<[DatabaseStats]>,
+    pools: Grow<PoolStats>,
+    databases: Grow<DatabaseStats>,
     /// The reactor thread's kernel thread id (0 until known), so that its CPU time can be
     /// read from `/proc` at scrape time instead of timing every loop turn.
     thread_id: AtomicU64,
@@ -279,8 +282,8 @@ impl ReactorStats {
             errors_sent: (0..=SQLSTATE_CLASSES.len())
                 .map(|_| Counter::default())
                 .collect(),
-            pools: (0..pools).map(|_| PoolStats::default()).collect(),
-            databases: (0..databases).map(|_| DatabaseStats::default()).collect(),
+            pools: Grow::with_len(pools),
+            databases: Grow::with_len(databases),
             thread_id: AtomicU64::new(0),
         }
     }
@@ -289,6 +292,13 @@ impl ReactorStats {
     #[inline]
     pub fn pool(&self, pool: usize) -> Option<&PoolStats> {
         self.pools.get(pool)
+    }
+
+    /// Makes room for counters of `pools` pools and `databases` databases (a reload added
+    /// some); the counters already there stay where they are.
+    pub fn grow(&self, pools: usize, databases: usize) {
+        self.pools.grow(pools);
+        self.databases.grow(databases);
     }
 
     #[inline]
@@ -487,5 +497,82 @@ mod tests {
         for (i, r) in CloseReason::ALL.iter().enumerate() {
             assert_eq!(r.index(), i);
         }
+    }
+}
+
+/// An append-only table of counters that grows without moving them: segments of doubling
+/// size (64, 128, 256, ...), each allocated once, so readers on other threads and `&self`
+/// references stay valid while a reload adds pools.
+#[derive(Debug)]
+struct Grow<T> {
+    segments: [std::sync::OnceLock<Box<[T]>>; GROW_SEGMENTS],
+    len: AtomicU64,
+}
+
+const GROW_BASE: usize = 64;
+const GROW_SEGMENTS: usize = 24;
+
+impl<T: Default> Grow<T> {
+    fn with_len(len: usize) -> Grow<T> {
+        let table = Grow {
+            segments: std::array::from_fn(|_| std::sync::OnceLock::new()),
+            len: AtomicU64::new(0),
+        };
+        table.grow(len);
+        table
+    }
+
+    /// Segment and offset of index `i`.
+    fn locate(i: usize) -> (usize, usize) {
+        let q = i / GROW_BASE + 1;
+        let segment = (usize::BITS - 1 - q.leading_zeros()) as usize;
+        (segment, i - GROW_BASE * ((1 << segment) - 1))
+    }
+
+    /// Ensures indices below `len` exist.
+    fn grow(&self, len: usize) {
+        if len == 0 {
+            return;
+        }
+        let (last, _) = Self::locate(len - 1);
+        for (k, segment) in self.segments.iter().enumerate().take(last + 1) {
+            segment.get_or_init(|| (0..GROW_BASE << k).map(|_| T::default()).collect());
+        }
+        self.len.fetch_max(len as u64, Relaxed);
+    }
+
+    #[inline]
+    fn get(&self, i: usize) -> Option<&T> {
+        if i as u64 >= self.len.load(Relaxed) {
+            return None;
+        }
+        let (segment, offset) = Self::locate(i);
+        self.segments.get(segment)?.get()?.get(offset)
+    }
+}
+
+#[cfg(test)]
+mod grow_tests {
+    use super::*;
+
+    #[test]
+    fn grows_without_moving_what_is_there() {
+        let table: Grow<Counter> = Grow::with_len(3);
+        assert!(table.get(2).is_some() && table.get(3).is_none());
+        table.get(1).unwrap().inc();
+        let before: *const Counter = table.get(1).unwrap();
+        table.grow(1000);
+        assert!(std::ptr::eq(before, table.get(1).unwrap()));
+        assert_eq!(table.get(1).unwrap().get(), 1);
+        assert!(table.get(999).is_some() && table.get(1000).is_none());
+        // Every index lands in its own slot.
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..1000 {
+            assert!(seen.insert(table.get(i).unwrap() as *const Counter), "{i}");
+        }
+        assert_eq!(Grow::<Counter>::locate(63), (0, 63));
+        assert_eq!(Grow::<Counter>::locate(64), (1, 0));
+        assert_eq!(Grow::<Counter>::locate(191), (1, 127));
+        assert_eq!(Grow::<Counter>::locate(192), (2, 0));
     }
 }

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use prometheus::core::{Collector, Desc};
@@ -221,6 +222,13 @@ pub const REACTORS_RUNNING: Meta = meta(
     "Reactor threads running their event loop.",
 );
 
+pub const CONFIG_RELOADS: Meta = meta(
+    "pglink_config_reloads_total",
+    COUNTER,
+    &["result"],
+    "Configuration reloads (SIGHUP, the embedding API), applied (success) or refused (failure).",
+);
+
 /// Every family pglink exports.
 pub const METRICS: &[&Meta] = &[
     &CLIENTS_CONNECTED,
@@ -251,6 +259,7 @@ pub const METRICS: &[&Meta] = &[
     &REACTOR_WAKEUPS,
     &REACTOR_CPU,
     &REACTORS_RUNNING,
+    &CONFIG_RELOADS,
 ];
 
 /// Reads the reactors' counters at scrape time.
@@ -290,7 +299,8 @@ impl Collector for ProxyCollector {
 /// The families, in [`METRICS`] order; those without samples are left out.
 fn families(shared: &Shared) -> Vec<MetricFamily> {
     let mut f = Families::default();
-    let reactors = &shared.ctx.stats;
+    let ctx = shared.ctx();
+    let reactors = shared.stats();
     let sum = |get: &dyn Fn(&ReactorStats) -> u64| reactors.iter().map(|r| get(r)).sum::<u64>();
 
     f.gauge(&CLIENTS_CONNECTED, &[], shared.client_count() as f64);
@@ -305,7 +315,7 @@ fn families(shared: &Shared) -> Vec<MetricFamily> {
             f.counter(&ERRORS_SENT, &[class], n);
         }
     }
-    for db in &shared.ctx.databases {
+    for db in ctx.databases.iter().filter(|d| !d.removed) {
         let name = db.name.as_str();
         let failures = sum(&|r| r.database(db.id).map_or(0, |d| d.auth_failures.get()));
         f.counter(&AUTH_FAILURES, &[name], failures);
@@ -317,12 +327,8 @@ fn families(shared: &Shared) -> Vec<MetricFamily> {
         f.counter(&STATEMENT_MISSES, &[name], counts.misses);
         f.counter(&STATEMENT_EVICTIONS, &[name], counts.evictions);
     }
-    for pool in &shared.ctx.pools {
-        let database = shared
-            .ctx
-            .databases
-            .get(pool.db)
-            .map_or("", |d| d.name.as_str());
+    for pool in ctx.pools.iter().filter(|p| !p.is_removed()) {
+        let database = ctx.databases.get(pool.db).map_or("", |d| d.name.as_str());
         let user = pool.credentials().0.user.clone();
         let labels = [database, user.as_str()];
         let stats: Vec<&PoolStats> = reactors.iter().filter_map(|r| r.pool(pool.id)).collect();
@@ -379,6 +385,9 @@ fn families(shared: &Shared) -> Vec<MetricFamily> {
         }
     }
     f.gauge(&REACTORS_RUNNING, &[], shared.reactors_running() as f64);
+    for (result, n) in ["success", "failure"].iter().zip(&shared.reloads) {
+        f.counter(&CONFIG_RELOADS, &[result], n.load(Relaxed));
+    }
     f.finish()
 }
 
@@ -525,18 +534,14 @@ pub fn registry(shared: Arc<Shared>) -> prometheus::Registry {
 /// `GET /debug/pools`: per pool, its database and user, clients, waiters, server
 /// connections by state and the database's `pool_max_conns`.
 pub fn pools_json(shared: &Shared) -> String {
-    let pools: Vec<serde_json::Value> = shared
-        .ctx
+    let ctx = shared.ctx();
+    let pools: Vec<serde_json::Value> = ctx
         .pools
         .iter()
+        .filter(|p| !p.is_removed())
         .map(|pool| {
-            let db = shared.ctx.databases.get(pool.db);
-            let stats: Vec<&PoolStats> = shared
-                .ctx
-                .stats
-                .iter()
-                .filter_map(|r| r.pool(pool.id))
-                .collect();
+            let db = ctx.databases.get(pool.db);
+            let stats: Vec<&PoolStats> = ctx.stats.iter().filter_map(|r| r.pool(pool.id)).collect();
             let level = |get: &dyn Fn(&PoolStats) -> i64| stats.iter().map(|p| get(p)).sum::<i64>();
             let backends: serde_json::Map<String, serde_json::Value> = BackendState::ALL
                 .iter()

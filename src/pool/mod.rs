@@ -11,7 +11,7 @@
 //! - the current credentials (secrets rotate) and the server parameters learnt from the first
 //!   backend that logged in.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -42,10 +42,13 @@ pub struct Database {
     pub target: Arc<Target>,
     /// Shared by the database's sessions (prepared statements, parameter settings).
     pub context: Arc<DatabaseContext>,
-    /// Backends open or being opened for this database, across users and reactors.
-    open: AtomicUsize,
+    /// Backends open or being opened for this database, across users and reactors; shared
+    /// with the same database in the configurations before and after a reload.
+    open: Arc<AtomicUsize>,
     /// Pools of this database.
     pub pools: Vec<PoolId>,
+    /// Removed from the configuration by a reload (its id stays taken).
+    pub removed: bool,
 }
 
 impl Database {
@@ -62,9 +65,50 @@ impl Database {
             settings,
             target,
             context,
-            open: AtomicUsize::new(0),
+            open: Arc::new(AtomicUsize::new(0)),
             pools: Vec::new(),
+            removed: false,
         }
+    }
+
+    /// The same database in a reloaded configuration: the connection count (and whatever
+    /// `settings`, `target` and `context` the caller keeps) carries over.
+    pub fn reloaded(
+        &self,
+        settings: PoolSettings,
+        target: Arc<Target>,
+        context: Arc<DatabaseContext>,
+    ) -> Database {
+        Database {
+            id: self.id,
+            name: self.name.clone(),
+            settings,
+            target,
+            context,
+            open: self.open.clone(),
+            pools: Vec::new(),
+            removed: false,
+        }
+    }
+
+    /// This database, removed by a reload: its id stays taken so nothing is confused with
+    /// it, and its connections are closed as they come back.
+    pub fn tombstone(&self) -> Database {
+        Database {
+            removed: true,
+            pools: self.pools.clone(),
+            ..self.reloaded(
+                self.settings.clone(),
+                self.target.clone(),
+                self.context.clone(),
+            )
+        }
+    }
+
+    /// Whether more connections are open than `pool_max_conns` allows now (a reload
+    /// lowered it): connections coming back are closed instead of kept.
+    pub fn over_limit(&self) -> bool {
+        self.open.load(Ordering::Acquire) > self.settings.max_conns
     }
 
     /// Reserves a connection slot if the database is below `pool_max_conns`.
@@ -122,6 +166,8 @@ pub struct Pool {
     /// Per reactor: when its oldest waiter started waiting (nanoseconds on the reactors'
     /// common clock, see [`Pool::set_waiting`]), or `u64::MAX` with nobody waiting.
     oldest_wait: Box<[AtomicU64]>,
+    /// Its user (or database) was removed from the configuration by a reload.
+    removed: AtomicBool,
 }
 
 impl Pool {
@@ -137,7 +183,17 @@ impl Pool {
             idle: counters(),
             waiting: counters(),
             oldest_wait: (0..reactors).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            removed: AtomicBool::new(false),
         }
+    }
+
+    /// Marks the pool removed by a reload (for good: a user added again gets a new pool).
+    pub fn remove(&self) {
+        self.removed.store(true, Ordering::Release);
+    }
+
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
     }
 
     pub fn credentials(&self) -> (Arc<Credentials>, u64) {

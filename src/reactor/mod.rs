@@ -124,7 +124,8 @@ pub struct Reactor {
     /// Server connections handed over that could not be sent: adopted again once the
     /// engine's current commands are carried out.
     returned: Vec<(Transfer, Box<Socket>)>,
-    users_epoch: u64,
+    /// The `Shared::epoch` of the configuration and login table the engine has.
+    epoch: u64,
     now: Instant,
     /// This reactor's counters (also in `Context::stats`); only this thread writes them.
     stats: Arc<ReactorStats>,
@@ -150,21 +151,14 @@ impl Reactor {
         }
         let now = Instant::now();
         let stats = shared
-            .ctx
-            .stats
+            .stats()
             .get(id)
             .cloned()
             .unwrap_or_else(|| Arc::new(ReactorStats::new(0, 0)));
         let mailbox: Arc<dyn Mailbox> = shared.clone();
-        let engine = Engine::new(
-            id,
-            shared.ctx.clone(),
-            mailbox,
-            shared.users(),
-            Box::new(OsRng),
-            now,
-        );
-        let users_epoch = shared.users_epoch();
+        let epoch = shared.epoch();
+        let (ctx, users) = shared.current();
+        let engine = Engine::new(id, ctx, mailbox, users, Box::new(OsRng), now);
         let running = Running::enter(shared.clone());
         let sleeping = Arc::new(AtomicBool::new(false));
         let handle = ReactorHandle {
@@ -185,7 +179,7 @@ impl Reactor {
             ready: Vec::new(),
             dirty: Vec::new(),
             returned: Vec::new(),
-            users_epoch,
+            epoch,
             now,
             stats,
             _running: running,
@@ -227,7 +221,7 @@ impl Reactor {
             }
             self.now = Instant::now();
             self.stats.wakeups.inc();
-            self.refresh_users();
+            self.refresh_config();
             for event in &events {
                 self.on_event(Tok::from_token(event.token()), event);
             }
@@ -251,11 +245,17 @@ impl Reactor {
         }
     }
 
-    fn refresh_users(&mut self) {
-        let epoch = self.shared.users_epoch();
-        if epoch != self.users_epoch {
-            self.engine.set_users(self.shared.users());
-            self.users_epoch = epoch;
+    /// Hands the engine a reloaded configuration or a new login table, if there is one.
+    fn refresh_config(&mut self) {
+        let epoch = self.shared.epoch();
+        if epoch != self.epoch {
+            self.epoch = epoch;
+            let (ctx, users) = self.shared.current();
+            self.engine.set_users(users);
+            if !Arc::ptr_eq(&ctx, self.engine.context()) {
+                self.engine.handle_reload(ctx, self.now);
+                self.carry_out_io();
+            }
         }
     }
 
@@ -441,7 +441,7 @@ impl Reactor {
     /// Answers the client's SSLRequest in plaintext, then starts TLS as the server.
     fn start_client_tls(&mut self, client: ClientId, direct: bool) {
         let conn = Conn::Client(client);
-        let Some(config) = self.shared.tls.clone() else {
+        let Some(config) = self.shared.tls() else {
             return self
                 .engine
                 .handle_closed(conn, Failure::TlsNotConfigured, self.now);
@@ -513,7 +513,7 @@ impl Reactor {
         let (shared, me, report) = (self.shared.clone(), self.id, done.clone());
         let spawned = match self.sockets.get(Conn::Server(server)) {
             Some(s) => cancel::spawn(s.peer, tls, pid, secret, move || {
-                shared.ctx.cancel_delivered();
+                shared.cancel_delivered();
                 deliver(&shared, me, report);
             }),
             None => Err(io::ErrorKind::NotFound.into()),
@@ -522,7 +522,7 @@ impl Reactor {
             Ok(thread) => self.shared.add_helper(thread),
             Err(e) => {
                 log::warn!("cancel request dropped: {e}");
-                self.shared.ctx.cancel_delivered();
+                self.shared.cancel_delivered();
                 self.engine.handle_message(done, self.now);
             }
         }

@@ -100,6 +100,34 @@ impl fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
+/// What [`ServerHandle::reload`] applied.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadOutcome {
+    /// Settings that differ in the new configuration but take effect only after a restart
+    /// (their JSON paths, e.g. `listen`); they keep their old values until then.
+    pub restart_needed: Vec<String>,
+}
+
+/// Why a reload was refused; the server goes on with its previous configuration.
+#[derive(Debug)]
+pub enum ReloadError {
+    /// The new configuration is invalid (every problem, with its JSON path).
+    Config(config::ConfigError),
+    /// It is valid but cannot be applied (a secret, a certificate, a feature).
+    Apply(StartError),
+}
+
+impl fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReloadError::Config(e) => write!(f, "invalid configuration: {e}"),
+            ReloadError::Apply(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ReloadError {}
+
 /// Starts pglink; see the [module documentation](self).
 #[derive(Debug)]
 pub struct Server(());
@@ -112,7 +140,8 @@ pub struct ServerHandle {
     local_addrs: Vec<SocketAddr>,
     resolver: Option<Resolver>,
     deriver: Option<Deriver>,
-    secrets: Option<config::SecretsWatcher>,
+    reloader: Arc<Reloader>,
+    secrets: std::sync::Mutex<Option<config::SecretsWatcher>>,
     #[cfg(feature = "metrics")]
     admin: Option<crate::observe::http::AdminServer>,
     metrics_addrs: Vec<SocketAddr>,
@@ -137,14 +166,8 @@ impl Server {
     /// Starts pglink for a configuration whose secrets are already resolved and watched
     /// ([`LoadedConfig::load`]).
     pub fn start_loaded(loaded: LoadedConfig) -> Result<ServerHandle, StartError> {
-        let mut server = Server::start_with(&loaded.config, &loaded.secrets.current())?;
-        let shared = server.shared.clone();
-        let config = loaded.config.clone();
-        loaded.secrets.set_on_change(Box::new(move |secrets| {
-            apply_secrets(&shared, &config, &secrets);
-            log::info!("secrets refreshed; logins and pool credentials updated");
-        }));
-        server.secrets = Some(loaded.secrets);
+        let server = Server::start_with(&loaded.config, &loaded.secrets.current())?;
+        server.watch_secrets(loaded.secrets);
         Ok(server)
     }
 
@@ -164,20 +187,9 @@ impl Server {
         }
         let reactors = config.effective_reactor_threads().max(1);
         let (server_tls, channel_binding) = client_tls(config)?;
-        let (databases, pools, users) = build_pools(config, secrets, reactors)?;
-        let session = SessionConfig {
-            auth_method: match config.auth_method {
-                config::AuthMethod::Plaintext => AuthMethod::Plaintext,
-                config::AuthMethod::Md5Password => AuthMethod::Md5,
-                config::AuthMethod::ScramSha256 => AuthMethod::Scram,
-            },
-            tls: match config.client_sslmode() {
-                config::SslMode::Disable => ClientTls::Disabled,
-                config::SslMode::Allow | config::SslMode::Prefer => ClientTls::Optional,
-                config::SslMode::Require => ClientTls::Required,
-            },
-            channel_binding,
-        };
+        let (databases, pools) = build_catalog(config, secrets, reactors, None, &mut Vec::new())?;
+        let users = user_table(config, secrets, &databases, None);
+        let session = session_config(config, channel_binding);
         let mut context = Context::new(
             databases,
             pools,
@@ -195,6 +207,12 @@ impl Server {
         // Every user's verifier, derived while the first clients connect.
         shared.verifiers.ahead(ahead);
         let resolver = start_resolver(&shared)?;
+        let reloader = Arc::new(Reloader {
+            shared: shared.clone(),
+            config: std::sync::Mutex::new(Arc::new(config.clone())),
+            reactors,
+            watcher: Default::default(),
+        });
         let (listeners, local_addrs) = bind_listeners(config, reactors)?;
         // Bound before any thread starts, so that a taken port fails the start cleanly.
         #[cfg(feature = "metrics")]
@@ -229,7 +247,7 @@ impl Server {
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join(", "),
-            shared.ctx.databases.len()
+            shared.ctx().databases.len()
         );
         #[allow(unused_mut)]
         let mut server = ServerHandle {
@@ -238,7 +256,8 @@ impl Server {
             local_addrs,
             resolver,
             deriver: Some(deriver),
-            secrets: None,
+            reloader,
+            secrets: std::sync::Mutex::new(None),
             #[cfg(feature = "metrics")]
             admin: None,
             metrics_addrs: Vec::new(),
@@ -266,6 +285,81 @@ impl ServerHandle {
     /// section).
     pub fn metrics_addrs(&self) -> &[SocketAddr] {
         &self.metrics_addrs
+    }
+
+    /// Applies a new configuration without dropping sessions (see the README's "Reload"):
+    /// secrets are resolved again; databases and users may come and go; pool sizes, timeouts,
+    /// lifetimes, health checks, a backend's address, TLS and credentials, the client-side
+    /// certificate and `auth_method` change. Server connections made with settings that
+    /// changed are retired when next idle; sessions of a removed database or user end with
+    /// FATAL 57P01 when next idle. Settings that need a restart are listed in the outcome and
+    /// keep their old values. On error nothing changes.
+    pub fn reload(&self, config: Config) -> Result<ReloadOutcome, ReloadError> {
+        let result = self.try_reload(config);
+        self.count_reload(&result);
+        result
+    }
+
+    /// Reads, validates and applies `path` ([`ServerHandle::reload`]); counts the outcome in
+    /// `pglink_config_reloads_total` either way.
+    pub fn reload_file(&self, path: &std::path::Path) -> Result<ReloadOutcome, ReloadError> {
+        let result = Config::from_path(path)
+            .map_err(ReloadError::Config)
+            .and_then(|config| self.try_reload(config));
+        self.count_reload(&result);
+        result
+    }
+
+    fn try_reload(&self, config: Config) -> Result<ReloadOutcome, ReloadError> {
+        let apply = ReloadError::Apply;
+        refuse_unimplemented(&config).map_err(apply)?;
+        #[cfg(not(feature = "metrics"))]
+        if config.prometheus.is_some() {
+            return Err(apply(StartError::Unsupported(
+                "prometheus: Prometheus metrics are not compiled into this pglink".into(),
+            )));
+        }
+        let options = config::SecretsOptions::for_config(&config);
+        let watcher = config::SecretsWatcher::start(&config, options)
+            .map_err(|e| apply(StartError::Secrets(e)))?;
+        let config = Arc::new(config);
+        let outcome = self
+            .reloader
+            .apply(&config, &watcher.current())
+            .map_err(apply)?;
+        self.watch_secrets(watcher);
+        for field in &outcome.restart_needed {
+            log::warn!("reload: {field} changed but takes effect only after a restart");
+        }
+        log::info!("configuration reloaded");
+        Ok(outcome)
+    }
+
+    fn count_reload(&self, result: &Result<ReloadOutcome, ReloadError>) {
+        let slot = &self.shared.reloads[usize::from(result.is_err())];
+        slot.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Err(e) = result {
+            log::error!("reload refused, the previous configuration stays in effect: {e}");
+        }
+    }
+
+    /// Makes `watcher` the one whose refreshes apply, and stops the previous one.
+    fn watch_secrets(&self, watcher: config::SecretsWatcher) {
+        use std::sync::atomic::Ordering;
+        let generation = self.reloader.watcher.fetch_add(1, Ordering::AcqRel) + 1;
+        let reloader = self.reloader.clone();
+        watcher.set_on_change(Box::new(move |secrets| {
+            reloader.rotate(generation, &secrets)
+        }));
+        let previous = self
+            .secrets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .replace(watcher);
+        // Outside the lock: its thread may be inside `rotate` (which then does nothing).
+        if let Some(previous) = previous {
+            previous.stop();
+        }
     }
 
     /// Clients connected right now.
@@ -299,7 +393,12 @@ impl ServerHandle {
             let _ = stop.send(());
             let _ = thread.join();
         }
-        if let Some(secrets) = self.secrets.take() {
+        let secrets = self
+            .secrets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(secrets) = secrets {
             secrets.stop();
         }
         // After the reactors (which send it work) and the secrets watcher (which too).
@@ -400,19 +499,70 @@ fn client_tls(config: &Config) -> Result<ClientTlsSetup, StartError> {
     Ok((Some(server), channel_binding))
 }
 
-type Built = (Vec<Database>, Vec<Pool>, UserTable);
+/// Databases by id and one pool per (database, configured user), by id.
+type Catalog = (Vec<Database>, Vec<Arc<Pool>>);
 
-/// Databases, one pool per (database, configured user), and the login table.
-fn build_pools(
+/// The databases and pools of `config`. With `old` (a reload, `old_config` being what
+/// `old` was built from), every database and user that stays keeps its id, its pool (with
+/// the new password) and its prepared-statement registry, and keeps its server target unless
+/// the settings it is built from changed; removed ones stay as tombstones; new ones are
+/// appended. Settings that cannot change without a restart are added to `restart` (and keep
+/// their old values).
+fn build_catalog(
     config: &Config,
     secrets: &ResolvedSecrets,
     reactors: usize,
-) -> Result<Built, StartError> {
-    let mut databases = Vec::new();
-    let mut pools = Vec::new();
-    for (id, (name, db)) in config.databases.iter().enumerate() {
-        let backend = &db.backend;
-        let target = backend_target(name, backend)?;
+    old: Option<(&Context, &Config)>,
+    restart: &mut Vec<String>,
+) -> Result<Catalog, StartError> {
+    let mut databases: Vec<Database> = Vec::new();
+    let mut pools: Vec<Arc<Pool>> = Vec::new();
+    if let Some((ctx, _)) = old {
+        databases.extend(ctx.databases.iter().map(Database::tombstone));
+        pools.extend(ctx.pools.iter().cloned());
+    }
+    for (name, db) in &config.databases {
+        let kept = old.and_then(|(ctx, old_config)| {
+            let before = ctx
+                .databases
+                .iter()
+                .find(|d| d.name == *name && !d.removed)?;
+            Some((before, old_config.databases.get(name)?))
+        });
+        let backend = match kept {
+            // Settings shared with the registry and the server connections' parameters
+            // stay as they were until a restart.
+            Some((_, before)) => {
+                let mut backend = db.backend.clone();
+                let path = format!("databases.{name}");
+                let mut keep = |field: &str, changed: bool| {
+                    if changed {
+                        restart.push(format!("{path}.{field}"));
+                    }
+                };
+                keep(
+                    "backend.prepared_statement_cache_size",
+                    backend.prepared_statement_cache_size
+                        != before.backend.prepared_statement_cache_size,
+                );
+                keep(
+                    "backend.description_cache_capacity",
+                    backend.description_cache_capacity != before.backend.description_cache_capacity,
+                );
+                keep(
+                    "backend.default_startup_parameters",
+                    backend.default_startup_parameters != before.backend.default_startup_parameters,
+                );
+                keep(
+                    "track_extra_parameters",
+                    db.track_extra_parameters != before.track_extra_parameters,
+                );
+                backend.default_startup_parameters =
+                    before.backend.default_startup_parameters.clone();
+                backend
+            }
+            None => db.backend.clone(),
+        };
         let settings = PoolSettings {
             max_conns: backend.pool_max_conns as usize,
             min_idle: backend.pool_min_idle_conns as usize,
@@ -423,47 +573,119 @@ fn build_pools(
             health_check_period: backend.health_check_period(),
             statement_cache_capacity: backend.statement_cache_capacity,
         };
-        let context = DatabaseContext {
-            registry: Registry::new(
-                backend.prepared_statement_cache_size,
-                backend.description_cache_capacity,
-            ),
-            track_extra: db
-                .track_extra_parameters
-                .iter()
-                .map(|p| p.to_ascii_lowercase())
-                .collect(),
-            overrides: backend
-                .default_startup_parameters
-                .iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-                .collect(),
-            shared_params: Default::default(),
+        let mut database = match kept {
+            Some((before, before_config)) => {
+                let target = if same_target(&backend, &before_config.backend) {
+                    before.target.clone()
+                } else {
+                    Arc::new(backend_target(name, &backend)?)
+                };
+                before.reloaded(settings, target, before.context.clone())
+            }
+            None => {
+                let context = DatabaseContext {
+                    registry: Registry::new(
+                        backend.prepared_statement_cache_size,
+                        backend.description_cache_capacity,
+                    ),
+                    track_extra: db
+                        .track_extra_parameters
+                        .iter()
+                        .map(|p| p.to_ascii_lowercase())
+                        .collect(),
+                    overrides: backend
+                        .default_startup_parameters
+                        .iter()
+                        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                        .collect(),
+                    shared_params: Default::default(),
+                };
+                let target = backend_target(name, &backend)?;
+                Database::new(
+                    databases.len(),
+                    name.clone(),
+                    settings,
+                    Arc::new(target),
+                    Arc::new(context),
+                )
+            }
         };
-        let mut database = Database::new(
-            id,
-            name.clone(),
-            settings,
-            Arc::new(target),
-            Arc::new(context),
-        );
+        let id = database.id;
         for user in secrets.users(name) {
-            let pool = pools.len();
+            let credentials = Credentials {
+                user: user.username.clone(),
+                password: user.password.clone(),
+            };
+            let existing = pools
+                .iter()
+                .find(|p| p.db == id && !p.is_removed() && p.credentials().0.user == user.username);
+            let pool = match existing {
+                Some(p) => {
+                    p.set_credentials(credentials);
+                    p.id
+                }
+                None => {
+                    let pool = pools.len();
+                    pools.push(Arc::new(Pool::new(pool, id, credentials, reactors)));
+                    pool
+                }
+            };
             database.pools.push(pool);
-            pools.push(Pool::new(
-                pool,
-                id,
-                Credentials {
-                    user: user.username.clone(),
-                    password: user.password.clone(),
-                },
-                reactors,
-            ));
         }
-        databases.push(database);
+        match databases.get_mut(id) {
+            Some(slot) => *slot = database,
+            None => databases.push(database),
+        }
     }
-    let users = user_table(config, secrets, &databases, None);
-    Ok((databases, pools, users))
+    // Whatever the new configuration does not name any more.
+    for db in &databases {
+        for &p in db.pools.iter().filter(|_| db.removed) {
+            if let Some(pool) = pools.get(p) {
+                pool.remove();
+            }
+        }
+    }
+    for pool in &pools {
+        let listed = databases
+            .get(pool.db)
+            .is_some_and(|d| !d.removed && d.pools.contains(&pool.id));
+        if !listed {
+            pool.remove();
+        }
+    }
+    Ok((databases, pools))
+}
+
+/// Whether two backend sections build the same server target (address, database, timeout,
+/// TLS settings), so connections made for one may serve the other.
+fn same_target(a: &config::BackendConfig, b: &config::BackendConfig) -> bool {
+    a.host == b.host
+        && a.port == b.port
+        && a.database == b.database
+        && a.connect_timeout == b.connect_timeout
+        && a.sslmode == b.sslmode
+        && a.sslkey == b.sslkey
+        && a.sslcert == b.sslcert
+        && a.sslrootcert == b.sslrootcert
+        && a.sslpassword.as_ref().map(|p| p.expose()) == b.sslpassword.as_ref().map(|p| p.expose())
+        && a.default_startup_parameters == b.default_startup_parameters
+}
+
+/// What sessions are told and offered: `auth_method`, client TLS, channel binding.
+fn session_config(config: &Config, channel_binding: Option<Vec<u8>>) -> SessionConfig {
+    SessionConfig {
+        auth_method: match config.auth_method {
+            config::AuthMethod::Plaintext => AuthMethod::Plaintext,
+            config::AuthMethod::Md5Password => AuthMethod::Md5,
+            config::AuthMethod::ScramSha256 => AuthMethod::Scram,
+        },
+        tls: match config.client_sslmode() {
+            config::SslMode::Disable => ClientTls::Disabled,
+            config::SslMode::Allow | config::SslMode::Prefer => ClientTls::Optional,
+            config::SslMode::Require => ClientTls::Required,
+        },
+        channel_binding,
+    }
 }
 
 fn backend_target(name: &str, b: &config::BackendConfig) -> Result<Target, StartError> {
@@ -528,7 +750,7 @@ fn user_table(
     let mut mock_secret = [0u8; 32];
     rng.fill(&mut mock_secret);
     let mut table = HashMap::new();
-    for db in databases {
+    for db in databases.iter().filter(|d| !d.removed) {
         let mut users = HashMap::new();
         for (i, user) in secrets.users(&db.name).iter().enumerate() {
             let Some(&pool) = db.pools.get(i) else {
@@ -562,36 +784,126 @@ fn user_table(
     }
 }
 
-/// Rotated secrets: new logins and pool credentials (backends with the old ones are replaced
-/// as they come back to the pool).
-fn apply_secrets(shared: &Shared, config: &Config, secrets: &ResolvedSecrets) {
-    for db in &shared.ctx.databases {
-        for (i, user) in secrets.users(&db.name).iter().enumerate() {
-            if let Some(pool) = db.pools.get(i).and_then(|&p| shared.ctx.pools.get(p)) {
-                pool.set_credentials(Credentials {
-                    user: user.username.clone(),
-                    password: user.password.clone(),
-                });
-            }
+/// What reloads and secret rotations share: the configuration in effect (whose lock also
+/// keeps them from running at the same time) and how to publish a new one.
+struct Reloader {
+    shared: Arc<Shared>,
+    config: std::sync::Mutex<Arc<Config>>,
+    reactors: usize,
+    /// Which secrets watcher's refreshes apply (a reload starts a new one).
+    watcher: std::sync::atomic::AtomicU64,
+}
+
+impl Reloader {
+    /// Secrets rotated (refreshed from AWS) by the watcher of generation `watcher`: the
+    /// configuration in effect again with them, unless a reload has replaced that watcher.
+    fn rotate(&self, watcher: u64, secrets: &ResolvedSecrets) {
+        let current = self
+            .config
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.watcher.load(std::sync::atomic::Ordering::Acquire) != watcher {
+            return;
+        }
+        let config = current.clone();
+        match self.apply_locked(current, &config, secrets) {
+            Ok(_) => log::info!("secrets refreshed; logins and pool credentials updated"),
+            Err(e) => log::warn!("secrets refreshed but not applied: {e}"),
         }
     }
-    let users = user_table(
-        config,
-        secrets,
-        &shared.ctx.databases,
-        Some(&shared.users()),
-    );
-    let ahead = users.scram_secrets();
-    shared.set_users(users);
-    shared.verifiers.ahead(ahead);
+
+    /// Builds the configuration `config` with `secrets` on top of the one in effect and
+    /// publishes it; returns what needs a restart.
+    fn apply(
+        &self,
+        config: &Arc<Config>,
+        secrets: &ResolvedSecrets,
+    ) -> Result<ReloadOutcome, StartError> {
+        let current = self
+            .config
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.apply_locked(current, config, secrets)
+    }
+
+    fn apply_locked(
+        &self,
+        mut current: std::sync::MutexGuard<'_, Arc<Config>>,
+        config: &Arc<Config>,
+        secrets: &ResolvedSecrets,
+    ) -> Result<ReloadOutcome, StartError> {
+        let (ctx, users) = self.shared.current();
+        let mut outcome = ReloadOutcome {
+            restart_needed: restart_only_changes(&current, config),
+        };
+        let tls_changed = current.tls != config.tls;
+        let new_tls = if tls_changed {
+            Some(client_tls(config)?)
+        } else {
+            None
+        };
+        let (databases, pools) = build_catalog(
+            config,
+            secrets,
+            self.reactors,
+            Some((&ctx, &current)),
+            &mut outcome.restart_needed,
+        )?;
+        for db in databases.iter().filter(|d| !d.removed) {
+            if let Err(e) = db.target.resolve() {
+                log::warn!(
+                    "databases.{}.backend.host: {e}; retrying every {RESOLVE_PERIOD:?}",
+                    db.name
+                );
+            }
+        }
+        let table = user_table(config, secrets, &databases, Some(&users));
+        let channel_binding = match &new_tls {
+            Some((_, binding)) => binding.clone(),
+            None => ctx.session.channel_binding.clone(),
+        };
+        let mut next = ctx.reloaded(
+            databases,
+            pools,
+            session_config(config, channel_binding),
+            config.max_client_connections as usize,
+            config.client_login_timeout,
+        );
+        next.shutdown_grace = config.shutdown_timeout;
+        if let Some((server_tls, _)) = new_tls {
+            self.shared.set_tls(server_tls);
+        }
+        let ahead = table.scram_secrets();
+        self.shared.publish(next, table);
+        self.shared.verifiers.ahead(ahead);
+        *current = config.clone();
+        Ok(outcome)
+    }
+}
+
+/// Top-level settings a reload cannot apply (the listeners, the threads and the metrics
+/// endpoint are made once, at the start).
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut fields = Vec::new();
+    if old.listen_addrs() != new.listen_addrs() {
+        fields.push("listen".to_owned());
+    }
+    if old.effective_reactor_threads() != new.effective_reactor_threads() {
+        fields.push("reactor_threads".to_owned());
+    }
+    if old.prometheus != new.prometheus {
+        fields.push("prometheus".to_owned());
+    }
+    fields
 }
 
 /// The resolver thread and the channel that stops it.
 type Resolver = (Sender<()>, JoinHandle<()>);
 
-/// Resolves backend host names now and then again periodically, off the reactor threads.
+/// Resolves backend host names now and then again periodically, off the reactor threads
+/// (those of the configuration in effect: a reload may add some).
 fn start_resolver(shared: &Arc<Shared>) -> Result<Option<Resolver>, StartError> {
-    for db in &shared.ctx.databases {
+    for db in &shared.ctx().databases {
         if let Err(e) = db.target.resolve() {
             log::warn!(
                 "databases.{}.backend.host: {e}; retrying every {RESOLVE_PERIOD:?}",
@@ -599,16 +911,18 @@ fn start_resolver(shared: &Arc<Shared>) -> Result<Option<Resolver>, StartError> 
             );
         }
     }
-    if shared.ctx.databases.iter().all(|d| d.target.is_ip()) {
-        return Ok(None);
-    }
     let (stop, stopped): (Sender<()>, Receiver<()>) = std::sync::mpsc::channel();
     let shared = shared.clone();
     let thread = std::thread::Builder::new()
         .name("pglink-resolver".into())
         .spawn(move || {
             while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(RESOLVE_PERIOD) {
-                for db in shared.ctx.databases.iter().filter(|d| !d.target.is_ip()) {
+                let ctx = shared.ctx();
+                let names = ctx
+                    .databases
+                    .iter()
+                    .filter(|d| !d.removed && !d.target.is_ip());
+                for db in names {
                     if let Err(e) = db.target.resolve() {
                         log::warn!("databases.{}.backend.host: {e}", db.name);
                     }

@@ -13,11 +13,18 @@ use crate::reactor::{ReactorHandle, ServerTlsConfig};
 
 /// State every reactor shares.
 pub struct Shared {
-    /// What the engines share.
-    pub ctx: Arc<Context>,
-    users: RwLock<Arc<UserTable>>,
-    users_epoch: AtomicU64,
-    pub tls: Option<Arc<ServerTlsConfig>>,
+    /// The configuration in effect: what the engines share, and the login table. Replaced
+    /// as a whole by a reload (and the table alone when secrets rotate); `epoch` counts the
+    /// replacements, so a reactor sees a new one with one atomic load per turn.
+    current: RwLock<(Arc<Context>, Arc<UserTable>)>,
+    epoch: AtomicU64,
+    /// The first configuration, for what every configuration shares (counts, the stop flag,
+    /// the counters) without taking the lock.
+    base: Arc<Context>,
+    /// The client-side TLS configuration (a reload may replace it).
+    tls: RwLock<Option<Arc<ServerTlsConfig>>>,
+    /// Reloads applied and refused, for `pglink_config_reloads_total`.
+    pub(crate) reloads: [AtomicU64; 2],
     /// The SCRAM verifier thread.
     pub(crate) verifiers: Verifiers,
     reactors: OnceLock<Vec<ReactorHandle>>,
@@ -34,11 +41,13 @@ impl Shared {
         tls: Option<Arc<ServerTlsConfig>>,
         verifiers: Verifiers,
     ) -> Shared {
+        let ctx = Arc::new(ctx);
         Shared {
-            ctx: Arc::new(ctx),
-            users: RwLock::new(Arc::new(users)),
-            users_epoch: AtomicU64::new(0),
-            tls,
+            base: ctx.clone(),
+            current: RwLock::new((ctx, Arc::new(users))),
+            epoch: AtomicU64::new(0),
+            tls: RwLock::new(tls),
+            reloads: Default::default(),
             verifiers,
             reactors: OnceLock::new(),
             running: AtomicUsize::new(0),
@@ -46,10 +55,47 @@ impl Shared {
         }
     }
 
+    /// What the engines share now.
+    pub fn ctx(&self) -> Arc<Context> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .clone()
+    }
+
+    /// The configuration in effect and its login table.
+    pub(crate) fn current(&self) -> (Arc<Context>, Arc<UserTable>) {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Puts a reloaded configuration in effect.
+    pub(crate) fn publish(&self, ctx: Context, users: UserTable) {
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) =
+            (Arc::new(ctx), Arc::new(users));
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.wake_all();
+    }
+
+    /// The client-side TLS configuration for new handshakes.
+    pub(crate) fn tls(&self) -> Option<Arc<ServerTlsConfig>> {
+        self.tls
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn set_tls(&self, tls: Option<Arc<ServerTlsConfig>>) {
+        *self.tls.write().unwrap_or_else(PoisonError::into_inner) = tls;
+    }
+
     /// Reactors configured.
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub fn reactor_count(&self) -> usize {
-        self.ctx.stats.len()
+        self.base.stats.len()
     }
 
     /// Reactors created and not yet stopped (all of them until shutdown, unless one failed).
@@ -58,25 +104,9 @@ impl Shared {
         self.running.load(Ordering::Acquire)
     }
 
-    /// Publishes a new login table (secret rotation).
-    pub fn set_users(&self, users: UserTable) {
-        *self
-            .users
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(users);
-        self.users_epoch.fetch_add(1, Ordering::AcqRel);
-    }
-
-    pub(crate) fn users(&self) -> Arc<UserTable> {
-        self.users
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
     /// Clients connected right now (all reactors).
     pub fn client_count(&self) -> usize {
-        self.ctx.client_count()
+        self.base.client_count()
     }
 
     pub fn set_reactors(&self, handles: Vec<ReactorHandle>) {
@@ -90,19 +120,33 @@ impl Shared {
     /// Starts a shutdown: every reactor stops accepting and winds down (it notices the flag
     /// on its next turn; the waker makes that turn happen now).
     pub fn stop(&self) {
-        self.ctx.stop();
+        self.base.stop();
+        self.wake_all();
+    }
+
+    fn wake_all(&self) {
         for r in self.reactors.get().into_iter().flatten() {
             r.wake();
         }
     }
 
     pub fn is_stopping(&self) -> bool {
-        self.ctx.is_stopping()
+        self.base.is_stopping()
     }
 
-    /// Bumped with every new login table.
-    pub(crate) fn users_epoch(&self) -> u64 {
-        self.users_epoch.load(Ordering::Acquire)
+    /// A cancel delivery finished (see `Context::cancel_delivered`).
+    pub(crate) fn cancel_delivered(&self) {
+        self.base.cancel_delivered();
+    }
+
+    /// Every reactor's counters (the same in every configuration).
+    pub fn stats(&self) -> &[Arc<crate::observe::metrics::ReactorStats>] {
+        &self.base.stats
+    }
+
+    /// Bumped with every new configuration or login table.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
     }
 
     /// Keeps a helper thread's handle for [`Shared::join_helpers`] (and forgets those that

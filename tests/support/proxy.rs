@@ -113,6 +113,11 @@ impl ProxyConfig {
         &self.json
     }
 
+    /// The configuration being built, to edit in place.
+    pub fn json_mut(&mut self) -> &mut Value {
+        &mut self.json
+    }
+
     /// Validates the configuration and starts pglink; panics with every problem otherwise.
     pub fn start(self) -> Proxy {
         Proxy::start(&self.json.to_string())
@@ -203,6 +208,22 @@ impl Proxy {
         self.server.as_ref().map_or(0, ServerHandle::client_count)
     }
 
+    /// Validates `config` (`Config::from_value`) and applies it with `ServerHandle::reload`;
+    /// `Err` carries the validation or reload error text.
+    pub fn reload(&self, config: &Value) -> Result<pglink::ReloadOutcome, String> {
+        let config = pglink::Config::from_value(config.clone()).map_err(|e| e.to_string())?;
+        self.handle().reload(config).map_err(|e| e.to_string())
+    }
+
+    /// `ServerHandle::reload_file`: reads, validates and applies `path`.
+    pub fn reload_file(&self, path: &std::path::Path) -> Result<pglink::ReloadOutcome, String> {
+        self.handle().reload_file(path).map_err(|e| e.to_string())
+    }
+
+    fn handle(&self) -> &ServerHandle {
+        self.server.as_ref().expect("pglink is running")
+    }
+
     /// Graceful shutdown (also done on drop).
     pub fn shutdown(mut self) {
         if let Some(s) = self.server.take() {
@@ -229,6 +250,11 @@ pub struct ChildProxy {
 
 impl ChildProxy {
     pub fn start(config: &ProxyConfig, name: &str) -> ChildProxy {
+        ChildProxy::start_with_env(config, name, &[])
+    }
+
+    /// [`start`](Self::start) with extra environment variables for the process.
+    pub fn start_with_env(config: &ProxyConfig, name: &str, env: &[(&str, &str)]) -> ChildProxy {
         let dir = std::env::temp_dir().join(format!("pglink-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let port = {
@@ -242,6 +268,7 @@ impl ChildProxy {
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_pglink"))
             .arg("-config")
             .arg(&path)
+            .envs(env.iter().copied())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
@@ -275,6 +302,19 @@ impl ChildProxy {
 impl ChildProxy {
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The configuration file the process was started with (rewrite it, then send SIGHUP).
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.dir.join("pglink.json")
+    }
+
+    /// Rewrites [`config_path`](Self::config_path) with `config`, its `listen` replaced by
+    /// the address the process listens on (as [`start`](Self::start) did).
+    pub fn write_config(&self, config: &Value) {
+        let mut config = config.clone();
+        config["listen"] = json!(self.addr.to_string());
+        std::fs::write(self.config_path(), config.to_string()).unwrap();
     }
 
     /// Waits up to `timeout` for the process to exit; its status, or `None` if still running.

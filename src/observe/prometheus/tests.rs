@@ -45,7 +45,7 @@ fn shared() -> Arc<Shared> {
         );
         for user in users {
             db.pools.push(pools.len());
-            pools.push(Pool::new(
+            pools.push(Arc::new(Pool::new(
                 pools.len(),
                 id,
                 Credentials {
@@ -53,7 +53,7 @@ fn shared() -> Arc<Shared> {
                     password: "pw".into(),
                 },
                 2,
-            ));
+            )));
         }
         databases.push(db);
     }
@@ -103,7 +103,7 @@ fn has(samples: &[String], line: &str) -> bool {
 #[test]
 fn counters_are_summed_over_reactors_with_pool_labels() {
     let shared = shared();
-    let (r0, r1) = (&shared.ctx.stats[0], &shared.ctx.stats[1]);
+    let (r0, r1) = (&shared.stats()[0], &shared.stats()[1]);
     r0.pool(0).unwrap().transactions.add(3);
     r1.pool(0).unwrap().transactions.add(2);
     r1.pool(1).unwrap().transactions.inc();
@@ -170,7 +170,7 @@ fn counters_are_summed_over_reactors_with_pool_labels() {
 #[test]
 fn acquire_wait_histogram_has_cumulative_buckets_in_seconds() {
     let shared = shared();
-    let (r0, r1) = (&shared.ctx.stats[0], &shared.ctx.stats[1]);
+    let (r0, r1) = (&shared.stats()[0], &shared.stats()[1]);
     r0.pool(0).unwrap().acquire_wait.observe(Duration::ZERO);
     r0.pool(0)
         .unwrap()
@@ -219,12 +219,12 @@ const ACQUIRE_WAIT_BUCKETS: usize = crate::observe::metrics::ACQUIRE_WAIT_BOUNDS
 #[test]
 fn gauges_show_server_connections_by_state() {
     let shared = shared();
-    let p = shared.ctx.stats[1].pool(2).unwrap();
+    let p = shared.stats()[1].pool(2).unwrap();
     p.backend_moved(None, Some(BackendState::Opening));
     p.backend_moved(None, Some(BackendState::Opening));
     p.backend_moved(Some(BackendState::Opening), Some(BackendState::InUse));
     p.clients.add(3);
-    shared.ctx.pools[2].set_waiting(1, 2, Some(Duration::from_millis(1)));
+    shared.ctx().pools[2].set_waiting(1, 2, Some(Duration::from_millis(1)));
     let (s, text) = scrape(&shared);
     for line in [
         r#"pglink_pool_server_connections{database="we\"ird",user="carol",state="opening"} 1"#,
@@ -252,7 +252,7 @@ fn gauges_show_server_connections_by_state() {
 #[test]
 fn prepared_statement_registry_counts_per_database() {
     let shared = shared();
-    let registry = &shared.ctx.databases[0].context.registry;
+    let registry = &shared.ctx().databases[0].context.registry;
     let key = |query: &'static [u8]| crate::client::statements::Key {
         query,
         param_types: &[],
@@ -281,9 +281,9 @@ fn every_family_is_described_exported_and_documented() {
         .ok()
         .and_then(|l| l.file_name()?.to_str()?.parse().ok())
     {
-        shared.ctx.stats[0].set_thread_id(tid);
+        shared.stats()[0].set_thread_id(tid);
     }
-    shared.ctx.stats[0].error_sent(SqlState::ADMIN_SHUTDOWN);
+    shared.stats()[0].error_sent(SqlState::ADMIN_SHUTDOWN);
     let collector = ProxyCollector::new(shared.clone());
     assert_eq!(
         collector.desc().len(),
