@@ -155,7 +155,8 @@ pub fn start(loaded: LoadedConfig, _json_logs: bool) -> ExitCode {
         }
     };
     log::info!("ready ({tls})");
-    while !stop.load(Ordering::Acquire) {
+    // Until a signal, or the admin console's SHUTDOWN.
+    while !stop.load(Ordering::Acquire) && !server.is_stopping() {
         if reload.swap(false, Ordering::AcqRel) {
             log::info!("SIGHUP: reloading {}", path.display());
             // Problems are logged (each with its JSON path) and counted by the server.

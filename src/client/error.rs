@@ -138,6 +138,10 @@ pub enum SessionError {
     ShuttingDown,
     /// A reload removed the session's user or database from the configuration.
     Removed { user: String, database: String },
+    /// A user not in `admin_users` logged in to the admin console (42501).
+    NotAdmin { user: String },
+    /// The admin console got a message other than a simple Query or Terminate (08P01).
+    ConsoleProtocol { tag: u8 },
 
     // ---- prepared statements (ERROR, the batch skips to Sync) ------------------------------
     /// Parse of a name the client has in use (42P05).
@@ -206,6 +210,8 @@ impl SessionError {
             SessionError::ServerLost => SqlState::CONNECTION_FAILURE,
             SessionError::SettingsRejected { code, .. } => *code,
             SessionError::ShuttingDown | SessionError::Removed { .. } => SqlState::ADMIN_SHUTDOWN,
+            SessionError::NotAdmin { .. } => SqlState::INSUFFICIENT_PRIVILEGE,
+            SessionError::ConsoleProtocol { .. } => SqlState::PROTOCOL_VIOLATION,
             SessionError::DuplicateStatement { .. } => SqlState::DUPLICATE_PSTATEMENT,
             SessionError::UnknownStatement { .. } => SqlState::INVALID_SQL_STATEMENT_NAME,
         }
@@ -246,7 +252,9 @@ impl SessionError {
             | SessionError::ServerLost
             | SessionError::SettingsRejected { .. }
             | SessionError::ShuttingDown
-            | SessionError::Removed { .. } => Severity::Fatal,
+            | SessionError::Removed { .. }
+            | SessionError::NotAdmin { .. }
+            | SessionError::ConsoleProtocol { .. } => Severity::Fatal,
         }
     }
 
@@ -286,6 +294,15 @@ impl fmt::Display for SessionError {
             ),
             SessionError::NoClientSlot => f.write_str("too many client connections"),
             SessionError::NotAccepting | SessionError::ShuttingDown => f.write_str(SHUTTING_DOWN),
+            SessionError::NotAdmin { user } => write!(
+                f,
+                "user \"{user}\" may not use the admin console (it is not in admin_users)"
+            ),
+            SessionError::ConsoleProtocol { tag } => write!(
+                f,
+                "the admin console takes simple queries only, not message type {}",
+                char::from(*tag).escape_default()
+            ),
             SessionError::Removed { user, database } => write!(
                 f,
                 "user \"{user}\" of database \"{database}\" is no longer in the configuration"

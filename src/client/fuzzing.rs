@@ -40,6 +40,7 @@ fn users() -> &'static UserTable {
             databases: HashMap::from([("d".to_owned(), db)]),
             scram_iterations: 4096,
             mock_secret: [1; 32],
+            console: Default::default(),
         }
     })
 }

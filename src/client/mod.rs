@@ -38,6 +38,7 @@
 )]
 
 mod active;
+mod console;
 mod context;
 mod drain;
 mod error;
@@ -193,6 +194,8 @@ pub enum Action {
     DeriveVerifier(Arc<ScramSecret>),
     /// Login finished (stop the login timer).
     LoggedIn,
+    /// Run this admin console command, then call `on_console_reply`.
+    Console(String),
     /// Get a backend from the session's pool and call `on_backend_attached`.
     Acquire,
     /// This backend, held until now, is clean: return it to the pool.
@@ -240,6 +243,8 @@ enum State {
     Acquiring { since: Instant },
     /// Holding a server connection; the relay forwards both ways.
     Active(Lending),
+    /// Logged in to the admin console; `busy` while a command runs (input waits).
+    Console { busy: bool },
     /// Over; later input is ignored. `leftover`: a server connection the session still held
     /// when it ended without failing it (shutdown), and its fate, for [`Session::detach`].
     Closed {
@@ -262,6 +267,8 @@ impl State {
             State::Idle(_) => ClientState::Idle,
             State::Acquiring { .. } => ClientState::Acquiring,
             State::Active(_) => ClientState::Active,
+            State::Console { busy: false } => ClientState::Idle,
+            State::Console { busy: true } => ClientState::Active,
             State::Closed { .. } => ClientState::Closed,
         }
     }
@@ -333,6 +340,8 @@ pub struct Session {
     pool: Option<PoolId>,
     /// The database, once the startup packet named a configured one.
     db: Option<DbId>,
+    /// A login to the admin console: whether the user is in `admin_users`.
+    console: Option<bool>,
     database: String,
     user: String,
     /// Startup parameters other than user/database (application_name, client_encoding, ...).
@@ -362,6 +371,7 @@ impl Session {
             protocol: ProtocolVersion::V3_0,
             pool: None,
             db: None,
+            console: None,
             database: String::new(),
             user: String::new(),
             startup_params: Vec::new(),
@@ -431,8 +441,36 @@ impl Session {
     pub fn is_logged_in(&self) -> bool {
         matches!(
             self.state,
-            State::Idle(_) | State::Acquiring { .. } | State::Active(_)
+            State::Idle(_) | State::Acquiring { .. } | State::Active(_) | State::Console { .. }
         )
+    }
+
+    /// What the session is doing, as the admin console's `SHOW CLIENTS` says it.
+    pub fn activity(&self) -> &'static str {
+        match self.state {
+            State::AwaitingStartup { .. }
+            | State::AwaitingTls { .. }
+            | State::Authenticating(_)
+            | State::AwaitingParameters { .. } => "login",
+            State::Idle(_) => "idle",
+            State::Acquiring { .. } => "waiting",
+            State::Active(_) => "active",
+            State::Console { .. } => "console",
+            State::Closed { .. } => "closed",
+        }
+    }
+
+    /// The client's `application_name` now.
+    pub fn application_name(&self) -> &str {
+        self.desired
+            .get("application_name")
+            .or_else(|| {
+                self.startup_params
+                    .iter()
+                    .find(|(k, _)| k == "application_name")
+                    .map(|(_, v)| v.as_str())
+            })
+            .unwrap_or_default()
     }
 
     pub fn is_closed(&self) -> bool {
@@ -455,10 +493,12 @@ impl Session {
                 State::AwaitingStartup { .. } => self.on_startup_bytes(rest, env, out),
                 State::Authenticating(_) => self.on_auth_bytes(rest, env, out),
                 State::Idle(_) => self.on_idle_bytes(rest, out),
+                State::Console { busy: false } => self.on_console_bytes(rest, out),
                 State::Active(_) => self.on_active_bytes(rest, out),
                 State::AwaitingTls { .. }
                 | State::AwaitingParameters { .. }
                 | State::Acquiring { .. }
+                | State::Console { busy: true }
                 | State::Closed { .. } => 0,
             };
             if pos == before || pos >= data.len() {

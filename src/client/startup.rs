@@ -179,17 +179,20 @@ impl Session {
     }
 
     fn begin_auth(&mut self, env: &mut Env<'_>, out: &mut Out<'_>) {
-        let (db, entry) = match env.users.lookup(&self.database, &self.user) {
+        let entry = match env.users.lookup(&self.database, &self.user) {
             Lookup::NoDatabase => {
                 let database = self.database.clone();
                 return self.fail(SessionError::UnknownDatabase { database }, out);
             }
-            Lookup::NoUser(db) => (db, None),
-            Lookup::User(db, entry) => (db, Some(Arc::clone(entry))),
+            Lookup::NoUser(db) => self.in_database(db, None, env),
+            Lookup::User(db, entry) => self.in_database(db, Some(Arc::clone(entry)), env),
+            // The console: a configured user's password, checked like any login, so that
+            // nobody learns who exists; whether it is an admin counts only afterwards.
+            Lookup::Console(found) => {
+                self.console = Some(found.is_some_and(|(_, admin)| admin));
+                found.map(|(entry, _)| Arc::clone(entry))
+            }
         };
-        self.db = Some(db);
-        self.db_context = (env.database)(db);
-        self.pool = entry.as_ref().map(|e| e.pool);
         let auth = match env.config.auth_method {
             AuthMethod::Plaintext if !self.tls => {
                 return self.fail(SessionError::PlaintextNeedsTls, out);
@@ -214,6 +217,19 @@ impl Session {
             },
         };
         self.set_state(State::Authenticating(auth), out);
+    }
+
+    /// The login is for database `db` (and `entry`'s pool, if the user exists).
+    fn in_database(
+        &mut self,
+        db: super::users::DbId,
+        entry: Option<Arc<UserEntry>>,
+        env: &mut Env<'_>,
+    ) -> Option<Arc<UserEntry>> {
+        self.db = Some(db);
+        self.db_context = (env.database)(db);
+        self.pool = entry.as_ref().map(|e| e.pool);
+        entry
     }
 
     /// AuthenticationSASL, and the exchange's first step against the user's verifier (which
@@ -362,6 +378,17 @@ impl Session {
     /// Authentication succeeded: AuthenticationOk, then the parameters (learning them from a
     /// backend first when this pool has none yet).
     fn authenticated(&mut self, env: &mut Env<'_>, out: &mut Out<'_>) {
+        match self.console {
+            Some(true) => {
+                be_msg::authentication_ok(out.to_client);
+                return self.finish_console_login(out);
+            }
+            Some(false) => {
+                let user = self.user.clone();
+                return self.fail(SessionError::NotAdmin { user }, out);
+            }
+            None => {}
+        }
         let Some(pool) = self.pool else {
             return self.password_failed(out);
         };

@@ -33,6 +33,7 @@ fn users() -> UserTable {
         databases: HashMap::from([("db".to_owned(), db)]),
         scram_iterations: 4096,
         mock_secret: [9; 32],
+        console: Default::default(),
     }
 }
 
@@ -324,6 +325,96 @@ fn a_scram_login_completes_once_its_verifier_is_derived() {
     h.send(&m);
     assert!(h.session.is_logged_in(), "{:?}", h.session);
     assert_eq!(h.take_actions(), vec![Action::LoggedIn]);
+}
+
+/// A harness whose `alice` may (or may not) use the admin console.
+fn console_harness(admin: bool) -> Harness {
+    let mut h = Harness::new(AuthMethod::Scram, ClientTls::Optional);
+    let entry = h.users.databases["db"].users["alice"].clone();
+    h.users.console.insert("alice".into(), (entry, admin));
+    h
+}
+
+/// A SCRAM login of alice to the console database.
+fn console_login(h: &mut Harness) {
+    h.startup_with("alice", "pglink", &[]);
+    let mut client = ScramClient::new(
+        PASSWORD.as_bytes(),
+        ClientChannelBinding::Unsupported,
+        &mut OsRng,
+    );
+    h.to_client.clear();
+    let mut m = Vec::new();
+    frontend::sasl_initial_response(&mut m, b"SCRAM-SHA-256", Some(&client.client_first()));
+    h.send(&m);
+    let bytes = std::mem::take(&mut h.to_client);
+    let frame = Frames::new(&bytes, 1 << 20).next().unwrap().unwrap();
+    let BackendMessage::Authentication(Authentication::SaslContinue { data }) =
+        frame.backend().unwrap()
+    else {
+        panic!("no server-first");
+    };
+    let last = client.on_server_first(data).unwrap();
+    let mut m = Vec::new();
+    frontend::sasl_response(&mut m, &last);
+    h.send(&m);
+}
+
+#[test]
+fn an_admin_logs_in_to_the_console_and_its_queries_become_commands() {
+    let mut h = console_harness(true);
+    console_login(&mut h);
+    assert!(h.session.is_logged_in(), "{:?}", h.session);
+    assert_eq!(
+        h.take_actions(),
+        vec![Action::LoggedIn],
+        "no server connection needed"
+    );
+    let tags = h.client_tags();
+    assert_eq!(tags.first(), Some(&b'R'));
+    assert!(tags.ends_with(b"KZ"), "{tags:?}");
+    // A query is a command for the console thread; input waits until it is answered.
+    h.send(&query("SHOW POOLS;"));
+    assert_eq!(
+        h.take_actions(),
+        vec![Action::Console("SHOW POOLS;".into())]
+    );
+    h.send(&query("SHOW VERSION"));
+    assert!(!h.input.is_empty(), "the second one waits");
+    assert!(h.take_actions().is_empty());
+    let mut answer = Vec::new();
+    crate::protocol::backend::command_complete(&mut answer, b"SHOW");
+    h.call(|s, out| s.on_console_reply(&answer, out));
+    assert_eq!(h.client_tags(), b"CZ");
+    assert_eq!(h.take_actions(), vec![Action::ResumeInput]);
+    h.send(&[]);
+    assert_eq!(
+        h.take_actions(),
+        vec![Action::Console("SHOW VERSION".into())]
+    );
+}
+
+#[test]
+fn a_user_not_in_admin_users_is_refused_42501_after_authenticating() {
+    let mut h = console_harness(false);
+    console_login(&mut h);
+    let (severity, code, message) = h.client_error();
+    assert_eq!((severity.as_str(), code.as_str()), ("FATAL", "42501"));
+    assert!(message.contains("admin_users"), "{message}");
+    assert!(h.session.is_closed());
+}
+
+#[test]
+fn the_console_takes_simple_queries_only() {
+    let mut h = console_harness(true);
+    console_login(&mut h);
+    h.take_actions();
+    h.to_client.clear();
+    let mut parse = Vec::new();
+    frontend::parse(&mut parse, b"", b"SHOW POOLS", &[]);
+    h.send(&parse);
+    let (severity, code, _) = h.client_error();
+    assert_eq!((severity.as_str(), code.as_str()), ("FATAL", "08P01"));
 }
 
 #[test]

@@ -117,6 +117,9 @@ pub struct UserTable {
     /// Key for mock SCRAM verifiers of unknown users (random per process), so that an unknown
     /// user fails exactly like a wrong password.
     pub mock_secret: [u8; 32],
+    /// Logins to the admin console: every configured user by name (its entry under the first
+    /// database that has it: that password logs in), and whether it is in `admin_users`.
+    pub console: HashMap<String, (Arc<UserEntry>, bool)>,
 }
 
 /// Outcome of looking up a login.
@@ -125,10 +128,15 @@ pub enum Lookup<'a> {
     /// The database exists; the user does not. Authentication proceeds against a mock.
     NoUser(DbId),
     User(DbId, &'a Arc<UserEntry>),
+    /// The admin console: the user, if configured anywhere, and whether it may use it.
+    Console(Option<(&'a Arc<UserEntry>, bool)>),
 }
 
 impl UserTable {
     pub fn lookup(&self, database: &str, user: &str) -> Lookup<'_> {
+        if database == crate::config::ADMIN_DATABASE {
+            return Lookup::Console(self.console.get(user).map(|(e, admin)| (e, *admin)));
+        }
         match self.databases.get(database) {
             None => Lookup::NoDatabase,
             Some(db) => match db.users.get(user) {

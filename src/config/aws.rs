@@ -115,7 +115,10 @@ fn run(
     init_tx: mpsc::Sender<Initial>,
     mut stop: oneshot::Receiver<()>,
 ) {
+    // Its blocking pool (name resolution) is pglink's too: named, and joined when the
+    // runtime is dropped at the end of this thread.
     let runtime = match tokio::runtime::Builder::new_current_thread()
+        .thread_name("pglink-secrets-io")
         .enable_all()
         .build()
     {

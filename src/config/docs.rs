@@ -343,6 +343,17 @@ pub static CONFIG: Section = section(
         .default("\"5m\"")
         .extension(),
         Field::new(
+            "admin_users",
+            Kind::StringList,
+            "Users who may log in to the admin console: the virtual database `pglink` \
+             (`psql -h HOST -p PORT -U USER pglink`), with PgBouncer's SHOW, RELOAD, PAUSE, \
+             RESUME, RECONNECT and SHUTDOWN commands. Each must be a user configured under some \
+             database and logs in with that user's password. Other users are refused with \
+             42501.",
+        )
+        .default("[]")
+        .extension(),
+        Field::new(
             "shutdown_timeout",
             Kind::Duration,
             "On SIGTERM or SIGINT pglink stops accepting connections, ends idle sessions with \

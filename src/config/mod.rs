@@ -31,6 +31,8 @@ pub mod secrets;
 mod types;
 mod validate;
 
+pub use validate::ADMIN_DATABASE;
+
 #[cfg(feature = "aws")]
 mod aws;
 

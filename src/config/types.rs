@@ -53,6 +53,9 @@ pub struct Config {
     /// pglink extension: how long open transactions may run on after SIGTERM or SIGINT.
     #[serde(default = "default_shutdown_timeout", with = "serde_duration")]
     pub shutdown_timeout: Duration,
+    /// pglink extension: users who may log in to the admin console (database `pglink`).
+    #[serde(default)]
+    pub admin_users: Vec<String>,
 }
 
 /// `tls`: TLS towards clients.

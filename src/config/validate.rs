@@ -17,6 +17,9 @@ use super::types::{
 };
 
 /// Checks every cross-field rule, adding errors (and warnings) to `p`.
+/// The admin console's virtual database.
+pub const ADMIN_DATABASE: &str = "pglink";
+
 pub(crate) fn validate(config: &Config, p: &mut Problems) {
     let root = Path::root();
     if config.auth_method == AuthMethod::Plaintext && !config.client_sslmode().tls_enabled() {
@@ -31,6 +34,20 @@ pub(crate) fn validate(config: &Config, p: &mut Problems) {
     }
     for (name, db) in &config.databases {
         validate_database(name, db, &root.key("databases").key(name), p);
+    }
+    if config.databases.contains_key(ADMIN_DATABASE) {
+        p.error(
+            root.key("databases").key(ADMIN_DATABASE),
+            "the database name \"pglink\" is the admin console's; give this one another name",
+        );
+    }
+    for (i, name) in config.admin_users.iter().enumerate() {
+        if name.is_empty() {
+            p.error(
+                root.key("admin_users").index(i),
+                "a user name cannot be empty",
+            );
+        }
     }
     if let Some(otel) = &config.opentelemetry {
         validate_otel(otel, &root.key("opentelemetry"), p);

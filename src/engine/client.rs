@@ -271,6 +271,12 @@ impl Engine {
             Action::DeriveVerifier(secret) => {
                 self.io.push_back(Io::DeriveVerifier { client: id, secret });
             }
+            Action::Console(command) => {
+                self.io.push_back(Io::Console {
+                    client: id,
+                    command,
+                });
+            }
             Action::LoggedIn => self.client_logged_in(id),
             Action::Acquire => self.acquire(id),
             Action::Release(s) => self.release_from(id, s),

@@ -205,6 +205,7 @@ fn users() -> Arc<UserTable> {
             databases: HashMap::from([(DATABASE.to_owned(), db)]),
             scram_iterations: 4096,
             mock_secret: [3; 32],
+            console: Default::default(),
         })
     });
     table.clone()
@@ -847,6 +848,12 @@ impl World {
             }
             Io::DeriveVerifier { client, secret } => {
                 self.verifiers_pending.push_back((e, client, secret));
+            }
+            // No console thread here: every command answers with a bare CommandComplete.
+            Io::Console { client, .. } => {
+                let mut answer = Vec::new();
+                crate::protocol::backend::command_complete(&mut answer, b"SHOW");
+                self.engines[e].handle_message(Message::ConsoleReply { client, answer }, self.now);
             }
             Io::StopAccepting => {}
         }

@@ -69,6 +69,9 @@ pub enum Io {
         client: ClientId,
         secret: Arc<ScramSecret>,
     },
+    /// Run this admin console command for `client` off the loop, then send
+    /// [`Message::ConsoleReply`] to this reactor.
+    Console { client: ClientId, command: String },
     /// Stop accepting connections (shutdown has begun).
     StopAccepting,
 }
@@ -112,6 +115,11 @@ pub enum Message {
     CancelDone { server: ServerId },
     /// The SCRAM verifier this client's login asked for (`Io::DeriveVerifier`) is derived.
     VerifierReady { client: ClientId },
+    /// The answer to this console client's command (`Io::Console`): protocol messages.
+    ConsoleReply { client: ClientId, answer: Vec<u8> },
+    /// Pools were paused, resumed or told to reconnect: act on it now (close what is idle
+    /// and retired, open connections for clients waiting on a resumed pool).
+    Maintain,
 }
 
 /// How an engine reaches the others.

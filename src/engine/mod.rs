@@ -36,6 +36,7 @@
 
 mod cancel;
 mod client;
+pub mod console;
 pub mod error;
 pub mod id;
 pub mod io;
@@ -495,6 +496,13 @@ impl Engine {
             Message::NoServer { pool } => self.steal_failed(pool),
             Message::MakeRoom { pool, victim, from } => self.make_room(pool, victim, from),
             Message::CancelDone { server } => self.cancel_done(server),
+            Message::Maintain => self.maintain_now(),
+            Message::ConsoleReply { client, answer } => {
+                self.session_call(client, None, |s, _, out| s.on_console_reply(&answer, out));
+                if self.shutdown_at.is_some() {
+                    self.client_shutdown(client);
+                }
+            }
             Message::VerifierReady { client } => {
                 self.session_call(client, None, |s, env, out| s.on_verifier_ready(env, out));
             }
@@ -517,7 +525,8 @@ impl Engine {
         let idle: Vec<ClientId> = self
             .clients
             .iter()
-            .filter(|(_, c)| !c.session.holds_backend())
+            // A console command under way (SHUTDOWN itself, say) is answered first.
+            .filter(|(_, c)| !c.session.holds_backend() && !c.session.is_console_busy())
             .map(|(i, c)| ClientId::new(i, c.generation))
             .collect();
         for c in idle {

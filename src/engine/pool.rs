@@ -111,10 +111,14 @@ impl Engine {
         if self.pool_removed(pool) {
             return self.client_removed(id);
         }
-        if let Some(s) = self.take_idle_matching(pool, id) {
+        let paused = self
+            .ctx
+            .pool_database(pool)
+            .is_some_and(|(_, db)| db.is_paused());
+        if !paused && let Some(s) = self.take_idle_matching(pool, id) {
             return self.attach(id, s, true);
         }
-        if let Some(s) = self.take_idle(pool) {
+        if !paused && let Some(s) = self.take_idle(pool) {
             return self.attach(id, s, false);
         }
         let timeout = self
@@ -365,6 +369,10 @@ impl Engine {
         let Some((p, db)) = ctx.pool_database(pool) else {
             return;
         };
+        if db.is_paused() {
+            // PAUSE: waiters wait (up to their acquire timeout) until RESUME.
+            return;
+        }
         let uncovered = self.shards.get(pool).map_or(0, |s| {
             s.waiters.len().saturating_sub(s.connecting + s.steals)
         });
@@ -458,7 +466,7 @@ impl Engine {
             let Some((p, db)) = ctx.pool_database(pool) else {
                 continue;
             };
-            if p.is_removed() || db.removed {
+            if p.is_removed() || db.removed || db.is_paused() {
                 continue;
             }
             let settings = &db.settings;

@@ -34,19 +34,7 @@ impl Engine {
             self.shards
                 .resize_with(self.ctx.pools.len(), Shard::default);
         }
-        for pool in 0..self.shards.len() {
-            let idle = self
-                .shards
-                .get(pool)
-                .map(|s| s.idle.clone())
-                .unwrap_or_default();
-            for s in idle {
-                if let Some(why) = self.retirement(s) {
-                    self.forget_idle(pool, s);
-                    self.close_server(s, CloseReason::Reconfigured, why);
-                }
-            }
-        }
+        self.retire_idle();
         let removed: Vec<ClientId> = self
             .clients
             .iter()
@@ -58,12 +46,7 @@ impl Engine {
             self.client_removed(c);
         }
         // A larger pool serves clients already waiting, not only the next ones.
-        let waiting: Vec<PoolId> = (0..self.shards.len())
-            .filter(|&p| self.shards.get(p).is_some_and(|s| !s.waiters.is_empty()))
-            .collect();
-        for pool in waiting {
-            self.grow(pool);
-        }
+        self.serve_waiters();
         self.run_actions();
     }
 
@@ -87,9 +70,47 @@ impl Engine {
             Some("its server's settings changed")
         } else if db.over_limit() {
             Some("pool_max_conns was lowered")
+        } else if db.is_paused() {
+            Some("the database is paused")
+        } else if sv.reconnect_epoch != db.reconnect_epoch() {
+            Some("RECONNECT")
         } else {
             None
         }
+    }
+
+    /// Closes the idle server connections that may not serve any more.
+    fn retire_idle(&mut self) {
+        for pool in 0..self.shards.len() {
+            let idle = self
+                .shards
+                .get(pool)
+                .map(|s| s.idle.clone())
+                .unwrap_or_default();
+            for s in idle {
+                if let Some(why) = self.retirement(s) {
+                    self.forget_idle(pool, s);
+                    self.close_server(s, CloseReason::Reconfigured, why);
+                }
+            }
+        }
+    }
+
+    /// Opens server connections for clients waiting on pools that may have them now (grown
+    /// or resumed).
+    fn serve_waiters(&mut self) {
+        let waiting: Vec<PoolId> = (0..self.shards.len())
+            .filter(|&p| self.shards.get(p).is_some_and(|s| !s.waiters.is_empty()))
+            .collect();
+        for pool in waiting {
+            self.grow(pool);
+        }
+    }
+
+    /// PAUSE, RESUME or RECONNECT happened (`Message::Maintain`).
+    pub(super) fn maintain_now(&mut self) {
+        self.retire_idle();
+        self.serve_waiters();
     }
 
     /// Ends the session of a client whose user or database was removed.

@@ -102,6 +102,8 @@ pub struct ServerConn {
     /// The server it connects to, as configured when it was opened: after a reload that
     /// changed it, the connection is retired when next idle.
     pub(super) target: Arc<Target>,
+    /// Its database's RECONNECT count when it was opened.
+    pub(super) reconnect_epoch: u64,
     pub(super) cancel_in_flight: bool,
     pub(super) deadlines: ServerDeadlines,
     pub(super) read_paused: bool,
@@ -215,6 +217,7 @@ impl Engine {
             expires: None,
             credentials_version,
             target: target.clone(),
+            reconnect_epoch: db.reconnect_epoch(),
             cancel_in_flight: false,
             deadlines: ServerDeadlines::default(),
             read_paused: false,

@@ -33,6 +33,17 @@ pub struct PoolSettings {
     pub statement_cache_capacity: usize,
 }
 
+/// The part of a [`Database`] that reloads keep.
+#[derive(Debug, Default)]
+struct DbShared {
+    /// Backends open or being opened for this database, across users and reactors.
+    open: AtomicUsize,
+    /// PAUSE: no server connection is lent or opened; those that come back close.
+    paused: AtomicBool,
+    /// Bumped by RECONNECT: connections opened before are closed when next idle.
+    reconnect: AtomicU64,
+}
+
 /// One configured database.
 #[derive(Debug)]
 pub struct Database {
@@ -42,9 +53,9 @@ pub struct Database {
     pub target: Arc<Target>,
     /// Shared by the database's sessions (prepared statements, parameter settings).
     pub context: Arc<DatabaseContext>,
-    /// Backends open or being opened for this database, across users and reactors; shared
-    /// with the same database in the configurations before and after a reload.
-    open: Arc<AtomicUsize>,
+    /// What stays with the database across reloads: its connection count, and the admin
+    /// console's PAUSE and RECONNECT.
+    shared: Arc<DbShared>,
     /// Pools of this database.
     pub pools: Vec<PoolId>,
     /// Removed from the configuration by a reload (its id stays taken).
@@ -65,7 +76,7 @@ impl Database {
             settings,
             target,
             context,
-            open: Arc::new(AtomicUsize::new(0)),
+            shared: Arc::default(),
             pools: Vec::new(),
             removed: false,
         }
@@ -85,7 +96,7 @@ impl Database {
             settings,
             target,
             context,
-            open: self.open.clone(),
+            shared: self.shared.clone(),
             pools: Vec::new(),
             removed: false,
         }
@@ -108,12 +119,32 @@ impl Database {
     /// Whether more connections are open than `pool_max_conns` allows now (a reload
     /// lowered it): connections coming back are closed instead of kept.
     pub fn over_limit(&self) -> bool {
-        self.open.load(Ordering::Acquire) > self.settings.max_conns
+        self.shared.open.load(Ordering::Acquire) > self.settings.max_conns
+    }
+
+    /// PAUSE (`true`) or RESUME (`false`).
+    pub fn set_paused(&self, paused: bool) {
+        self.shared.paused.store(paused, Ordering::Release);
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.shared.paused.load(Ordering::Acquire)
+    }
+
+    /// RECONNECT: connections opened until now are closed as they become idle.
+    pub fn reconnect(&self) {
+        self.shared.reconnect.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Counts RECONNECTs; a server connection remembers the count it was opened under.
+    pub fn reconnect_epoch(&self) -> u64 {
+        self.shared.reconnect.load(Ordering::Acquire)
     }
 
     /// Reserves a connection slot if the database is below `pool_max_conns`.
     pub fn try_reserve(&self) -> bool {
-        self.open
+        self.shared
+            .open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.settings.max_conns).then_some(n + 1)
             })
@@ -122,14 +153,14 @@ impl Database {
 
     /// Gives a slot back (the backend closed or its connection attempt failed).
     pub fn release_slot(&self) {
-        let prev = self.open.fetch_sub(1, Ordering::AcqRel);
+        let prev = self.shared.open.fetch_sub(1, Ordering::AcqRel);
         debug_assert!(prev > 0, "connection slot released twice");
     }
 
     /// Connections open or opening (the metrics and the tests read it).
     #[cfg_attr(not(any(feature = "metrics", test, fuzzing)), allow(dead_code))]
     pub fn open_count(&self) -> usize {
-        self.open.load(Ordering::Acquire)
+        self.shared.open.load(Ordering::Acquire)
     }
 }
 

@@ -30,6 +30,7 @@ use mio::{Events, Interest, Poll, Waker};
 use crate::auth::OsRng;
 use crate::backend::{Target, cancel};
 use crate::client::users::ScramSecret;
+use crate::engine::console::{ClientRow, ServerRow};
 use crate::engine::{
     Accept, ClientId, Conn, Engine, Failure, Io, Mailbox, Message, ServerId, Transfer,
 };
@@ -47,6 +48,47 @@ const MAX_ACCEPTS: usize = 64;
 /// Messages queued per reactor channel.
 const CHANNEL_CAPACITY: usize = 4096;
 
+/// One reactor's connections, for the admin console: each with its peer's address.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub reactor: usize,
+    pub clients: Vec<(ClientRow, Option<std::net::SocketAddr>)>,
+    pub servers: Vec<(ServerRow, Option<std::net::SocketAddr>)>,
+}
+
+impl Shared {
+    /// Every reactor's connections (those that answer within `timeout`).
+    pub(crate) fn snapshots(&self, timeout: Duration) -> Vec<Snapshot> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut asked = 0;
+        for id in 0..self.reactor_count() {
+            if let Some(h) = self.reactor(id)
+                && h.send(Envelope::Snapshot(tx.clone())).is_ok()
+            {
+                asked += 1;
+            }
+        }
+        let deadline = Instant::now() + timeout;
+        let mut got = Vec::with_capacity(asked);
+        while got.len() < asked {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(s) => got.push(s),
+                Err(_) => break,
+            }
+        }
+        got.sort_by_key(|s| s.reactor);
+        got
+    }
+
+    /// Tells every reactor's engine to act on PAUSE, RESUME or RECONNECT now.
+    pub(crate) fn maintain_all(&self) {
+        for id in 0..self.reactor_count() {
+            let _ = Mailbox::send(self, id, Message::Maintain);
+        }
+    }
+}
+
 /// The engines' messages travel between reactors as they are.
 impl Mailbox for Shared {
     fn send(&self, to: usize, msg: Message) -> Result<(), Message> {
@@ -54,7 +96,9 @@ impl Mailbox for Shared {
             Some(h) => h.send(Envelope::Engine(msg)).map_err(|e| match e {
                 Envelope::Engine(m) => m,
                 // Only engine messages are sent here.
-                Envelope::Server { .. } => Message::NoServer { pool: usize::MAX },
+                Envelope::Server { .. } | Envelope::Snapshot(_) => {
+                    Message::NoServer { pool: usize::MAX }
+                }
             }),
             None => Err(msg),
         }
@@ -64,6 +108,8 @@ impl Mailbox for Shared {
 /// What reactors send each other.
 pub enum Envelope {
     Engine(Message),
+    /// The admin console asks for this reactor's connections.
+    Snapshot(std::sync::mpsc::Sender<Snapshot>),
     /// An idle server connection handed over: the engine's record and the socket.
     Server {
         transfer: Transfer,
@@ -299,7 +345,33 @@ impl Reactor {
                     self.carry_out_io();
                 }
                 Envelope::Server { transfer, socket } => self.adopt(transfer, *socket),
+                Envelope::Snapshot(reply) => {
+                    let _ = reply.send(self.snapshot());
+                }
             }
+        }
+    }
+
+    /// The engine's connections with their peers' addresses.
+    fn snapshot(&mut self) -> Snapshot {
+        let (clients, servers) = self.engine.snapshot();
+        let mut peer = |conn| self.sockets.get(conn).map(|s| s.peer);
+        Snapshot {
+            reactor: self.id,
+            clients: clients
+                .into_iter()
+                .map(|c| {
+                    let addr = peer(Conn::Client(c.id));
+                    (c, addr)
+                })
+                .collect(),
+            servers: servers
+                .into_iter()
+                .map(|sv| {
+                    let addr = peer(Conn::Server(sv.id));
+                    (sv, addr)
+                })
+                .collect(),
         }
     }
 
@@ -384,6 +456,7 @@ impl Reactor {
                     secret,
                 } => self.cancel(server, &target, tls, pid, secret),
                 Io::DeriveVerifier { client, secret } => self.derive_verifier(client, secret),
+                Io::Console { client, command } => self.console(client, command),
                 Io::StopAccepting => {
                     for mut l in self.listeners.drain(..) {
                         let _ = self.poll.registry().deregister(&mut l);
@@ -541,6 +614,15 @@ impl Reactor {
         }
     }
 
+    /// Runs an admin console command on the console thread, which answers this reactor's
+    /// engine.
+    fn console(&mut self, client: ClientId, command: String) {
+        if let Err(answer) = self.shared.run_console(self.id, client, command) {
+            self.engine
+                .handle_message(Message::ConsoleReply { client, answer }, self.now);
+        }
+    }
+
     /// Writes all coalesced output of this turn.
     fn flush_dirty(&mut self) {
         let mut dirty = std::mem::take(&mut self.dirty);
@@ -556,7 +638,7 @@ impl Reactor {
 
 /// Sends a helper thread's report to reactor `to`, waiting a little while its inbox is full
 /// (a lost report would leave a connection waiting for its deadline).
-fn deliver(shared: &Shared, to: usize, mut msg: Message) {
+pub(crate) fn deliver(shared: &Shared, to: usize, mut msg: Message) {
     for _ in 0..1000 {
         match Mailbox::send(shared, to, msg) {
             Ok(()) => return,

@@ -17,6 +17,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod console;
 mod shared;
 mod verifiers;
 
@@ -78,6 +79,9 @@ pub enum StartError {
     Unsupported(String),
     /// A secret could not be resolved ([`Server::start`] resolves them).
     Secrets(config::SecretsError),
+    /// The configuration contradicts its resolved secrets (e.g. an admin user that is no
+    /// configured user).
+    Invalid(String),
 }
 
 impl fmt::Display for StartError {
@@ -94,6 +98,7 @@ impl fmt::Display for StartError {
             StartError::Thread(e) => write!(f, "cannot start threads: {e}"),
             StartError::Unsupported(what) => f.write_str(what),
             StartError::Secrets(e) => write!(f, "secrets: {e}"),
+            StartError::Invalid(what) => f.write_str(what),
         }
     }
 }
@@ -141,7 +146,7 @@ pub struct ServerHandle {
     resolver: Option<Resolver>,
     deriver: Option<Deriver>,
     reloader: Arc<Reloader>,
-    secrets: std::sync::Mutex<Option<config::SecretsWatcher>>,
+    console: Option<console::Console>,
     #[cfg(feature = "metrics")]
     admin: Option<crate::observe::http::AdminServer>,
     metrics_addrs: Vec<SocketAddr>,
@@ -167,7 +172,14 @@ impl Server {
     /// ([`LoadedConfig::load`]).
     pub fn start_loaded(loaded: LoadedConfig) -> Result<ServerHandle, StartError> {
         let server = Server::start_with(&loaded.config, &loaded.secrets.current())?;
-        server.watch_secrets(loaded.secrets);
+        server.reloader.watch_secrets(loaded.secrets);
+        if !loaded.path.as_os_str().is_empty() {
+            *server
+                .reloader
+                .path
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(loaded.path);
+        }
         Ok(server)
     }
 
@@ -187,8 +199,11 @@ impl Server {
         }
         let reactors = config.effective_reactor_threads().max(1);
         let (server_tls, channel_binding) = client_tls(config)?;
-        let (databases, pools) = build_catalog(config, secrets, reactors, None, &mut Vec::new())?;
+        let (databases, pools, changes) =
+            build_catalog(config, secrets, reactors, None, &mut Vec::new())?;
+        changes.commit();
         let users = user_table(config, secrets, &databases, None);
+        check_admin_users(config, &users)?;
         let session = session_config(config, channel_binding);
         let mut context = Context::new(
             databases,
@@ -212,7 +227,11 @@ impl Server {
             config: std::sync::Mutex::new(Arc::new(config.clone())),
             reactors,
             watcher: Default::default(),
+            secrets: std::sync::Mutex::new(None),
+            path: std::sync::Mutex::new(None),
         });
+        let console = console::Console::start(reloader.clone()).map_err(StartError::Thread)?;
+        shared.set_console(console.handle());
         let (listeners, local_addrs) = bind_listeners(config, reactors)?;
         // Bound before any thread starts, so that a taken port fails the start cleanly.
         #[cfg(feature = "metrics")]
@@ -257,7 +276,7 @@ impl Server {
             resolver,
             deriver: Some(deriver),
             reloader,
-            secrets: std::sync::Mutex::new(None),
+            console: Some(console),
             #[cfg(feature = "metrics")]
             admin: None,
             metrics_addrs: Vec::new(),
@@ -295,71 +314,18 @@ impl ServerHandle {
     /// FATAL 57P01 when next idle. Settings that need a restart are listed in the outcome and
     /// keep their old values. On error nothing changes.
     pub fn reload(&self, config: Config) -> Result<ReloadOutcome, ReloadError> {
-        let result = self.try_reload(config);
-        self.count_reload(&result);
-        result
+        self.reloader.reload(config)
     }
 
     /// Reads, validates and applies `path` ([`ServerHandle::reload`]); counts the outcome in
     /// `pglink_config_reloads_total` either way.
     pub fn reload_file(&self, path: &std::path::Path) -> Result<ReloadOutcome, ReloadError> {
-        let result = Config::from_path(path)
-            .map_err(ReloadError::Config)
-            .and_then(|config| self.try_reload(config));
-        self.count_reload(&result);
-        result
+        self.reloader.reload_file(path)
     }
 
-    fn try_reload(&self, config: Config) -> Result<ReloadOutcome, ReloadError> {
-        let apply = ReloadError::Apply;
-        refuse_unimplemented(&config).map_err(apply)?;
-        #[cfg(not(feature = "metrics"))]
-        if config.prometheus.is_some() {
-            return Err(apply(StartError::Unsupported(
-                "prometheus: Prometheus metrics are not compiled into this pglink".into(),
-            )));
-        }
-        let options = config::SecretsOptions::for_config(&config);
-        let watcher = config::SecretsWatcher::start(&config, options)
-            .map_err(|e| apply(StartError::Secrets(e)))?;
-        let config = Arc::new(config);
-        let outcome = self
-            .reloader
-            .apply(&config, &watcher.current())
-            .map_err(apply)?;
-        self.watch_secrets(watcher);
-        for field in &outcome.restart_needed {
-            log::warn!("reload: {field} changed but takes effect only after a restart");
-        }
-        log::info!("configuration reloaded");
-        Ok(outcome)
-    }
-
-    fn count_reload(&self, result: &Result<ReloadOutcome, ReloadError>) {
-        let slot = &self.shared.reloads[usize::from(result.is_err())];
-        slot.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Err(e) = result {
-            log::error!("reload refused, the previous configuration stays in effect: {e}");
-        }
-    }
-
-    /// Makes `watcher` the one whose refreshes apply, and stops the previous one.
-    fn watch_secrets(&self, watcher: config::SecretsWatcher) {
-        use std::sync::atomic::Ordering;
-        let generation = self.reloader.watcher.fetch_add(1, Ordering::AcqRel) + 1;
-        let reloader = self.reloader.clone();
-        watcher.set_on_change(Box::new(move |secrets| {
-            reloader.rotate(generation, &secrets)
-        }));
-        let previous = self
-            .secrets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .replace(watcher);
-        // Outside the lock: its thread may be inside `rotate` (which then does nothing).
-        if let Some(previous) = previous {
-            previous.stop();
-        }
+    /// Whether a shutdown has begun (SHUTDOWN from the admin console, or a [`Stopper`]).
+    pub fn is_stopping(&self) -> bool {
+        self.shared.is_stopping()
     }
 
     /// Clients connected right now.
@@ -393,13 +359,9 @@ impl ServerHandle {
             let _ = stop.send(());
             let _ = thread.join();
         }
-        let secrets = self
-            .secrets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(secrets) = secrets {
-            secrets.stop();
+        self.reloader.stop_secrets();
+        if let Some(mut console) = self.console.take() {
+            console.stop();
         }
         // After the reactors (which send it work) and the secrets watcher (which too).
         if let Some(mut deriver) = self.deriver.take() {
@@ -499,8 +461,29 @@ fn client_tls(config: &Config) -> Result<ClientTlsSetup, StartError> {
     Ok((Some(server), channel_binding))
 }
 
-/// Databases by id and one pool per (database, configured user), by id.
-type Catalog = (Vec<Database>, Vec<Arc<Pool>>);
+/// Databases by id and one pool per (database, configured user), by id; and what must
+/// change in the pools the running configuration shares with it, once it is certain to be
+/// put in effect ([`PoolChanges::commit`]).
+type Catalog = (Vec<Database>, Vec<Arc<Pool>>, PoolChanges);
+
+/// Changes to pools shared with the configuration in effect, held back until the new one
+/// is known to be valid as a whole: a refused reload changes nothing.
+#[derive(Default)]
+struct PoolChanges {
+    credentials: Vec<(Arc<Pool>, Credentials)>,
+    removed: Vec<Arc<Pool>>,
+}
+
+impl PoolChanges {
+    fn commit(self) {
+        for (pool, credentials) in self.credentials {
+            pool.set_credentials(credentials);
+        }
+        for pool in self.removed {
+            pool.remove();
+        }
+    }
+}
 
 /// The databases and pools of `config`. With `old` (a reload, `old_config` being what
 /// `old` was built from), every database and user that stays keeps its id, its pool (with
@@ -517,6 +500,7 @@ fn build_catalog(
 ) -> Result<Catalog, StartError> {
     let mut databases: Vec<Database> = Vec::new();
     let mut pools: Vec<Arc<Pool>> = Vec::new();
+    let mut changes = PoolChanges::default();
     if let Some((ctx, _)) = old {
         databases.extend(ctx.databases.iter().map(Database::tombstone));
         pools.extend(ctx.pools.iter().cloned());
@@ -621,7 +605,7 @@ fn build_catalog(
                 .find(|p| p.db == id && !p.is_removed() && p.credentials().0.user == user.username);
             let pool = match existing {
                 Some(p) => {
-                    p.set_credentials(credentials);
+                    changes.credentials.push((p.clone(), credentials));
                     p.id
                 }
                 None => {
@@ -638,22 +622,15 @@ fn build_catalog(
         }
     }
     // Whatever the new configuration does not name any more.
-    for db in &databases {
-        for &p in db.pools.iter().filter(|_| db.removed) {
-            if let Some(pool) = pools.get(p) {
-                pool.remove();
-            }
-        }
-    }
     for pool in &pools {
         let listed = databases
             .get(pool.db)
             .is_some_and(|d| !d.removed && d.pools.contains(&pool.id));
-        if !listed {
-            pool.remove();
+        if !listed && !pool.is_removed() {
+            changes.removed.push(pool.clone());
         }
     }
-    Ok((databases, pools))
+    Ok((databases, pools, changes))
 }
 
 /// Whether two backend sections build the same server target (address, database, timeout,
@@ -777,11 +754,45 @@ fn user_table(
         }
         table.insert(db.name.clone(), DbEntry { id: db.id, users });
     }
+    // The admin console: every user, by its first database's entry.
+    let mut console = HashMap::new();
+    for db in databases.iter().filter(|d| !d.removed) {
+        for (name, entry) in table.get(&db.name).into_iter().flat_map(|d| &d.users) {
+            console.entry(name.clone()).or_insert_with(|| {
+                let admin = config.admin_users.iter().any(|a| a == name);
+                (entry.clone(), admin)
+            });
+        }
+    }
     UserTable {
         databases: table,
         scram_iterations: config.scram_iterations,
         mock_secret,
+        console,
     }
+}
+
+/// Every `admin_users` entry must name a configured user (whose password it logs in with).
+fn check_admin_users(config: &Config, users: &UserTable) -> Result<(), StartError> {
+    let missing: Vec<&str> = config
+        .admin_users
+        .iter()
+        .filter(|a| !users.console.contains_key(a.as_str()))
+        .map(String::as_str)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(StartError::Invalid(format!(
+        "admin_users: {} not a user of any database (an admin logs in with a configured \
+         user's password)",
+        missing
+            .iter()
+            .map(|m| format!("\"{m}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+            + if missing.len() == 1 { " is" } else { " are" }
+    )))
 }
 
 /// What reloads and secret rotations share: the configuration in effect (whose lock also
@@ -792,9 +803,104 @@ struct Reloader {
     reactors: usize,
     /// Which secrets watcher's refreshes apply (a reload starts a new one).
     watcher: std::sync::atomic::AtomicU64,
+    /// The secrets watcher in effect (its refresh thread, for AWS secrets).
+    secrets: std::sync::Mutex<Option<config::SecretsWatcher>>,
+    /// The file the configuration came from, if any (RELOAD reads it again).
+    path: std::sync::Mutex<Option<PathBuf>>,
 }
 
 impl Reloader {
+    /// The configuration in effect.
+    fn config(&self) -> Arc<Config> {
+        self.config
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The configuration file, if the server was started from one.
+    fn path(&self) -> Option<PathBuf> {
+        self.path
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn reload(self: &Arc<Self>, config: Config) -> Result<ReloadOutcome, ReloadError> {
+        let result = self.try_reload(config);
+        self.count_reload(&result);
+        result
+    }
+
+    fn reload_file(self: &Arc<Self>, path: &std::path::Path) -> Result<ReloadOutcome, ReloadError> {
+        let result = Config::from_path(path)
+            .map_err(ReloadError::Config)
+            .and_then(|config| self.try_reload(config));
+        self.count_reload(&result);
+        result
+    }
+
+    fn try_reload(self: &Arc<Self>, config: Config) -> Result<ReloadOutcome, ReloadError> {
+        let apply = ReloadError::Apply;
+        refuse_unimplemented(&config).map_err(apply)?;
+        #[cfg(not(feature = "metrics"))]
+        if config.prometheus.is_some() {
+            return Err(apply(StartError::Unsupported(
+                "prometheus: Prometheus metrics are not compiled into this pglink".into(),
+            )));
+        }
+        let options = config::SecretsOptions::for_config(&config);
+        let watcher = config::SecretsWatcher::start(&config, options)
+            .map_err(|e| apply(StartError::Secrets(e)))?;
+        let config = Arc::new(config);
+        let outcome = self.apply(&config, &watcher.current()).map_err(apply)?;
+        self.watch_secrets(watcher);
+        for field in &outcome.restart_needed {
+            log::warn!("reload: {field} changed but takes effect only after a restart");
+        }
+        log::info!("configuration reloaded");
+        Ok(outcome)
+    }
+
+    fn count_reload(&self, result: &Result<ReloadOutcome, ReloadError>) {
+        let slot = &self.shared.reloads[usize::from(result.is_err())];
+        slot.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Err(e) = result {
+            log::error!("reload refused, the previous configuration stays in effect: {e}");
+        }
+    }
+
+    /// Makes `watcher` the one whose refreshes apply, and stops the previous one.
+    fn watch_secrets(self: &Arc<Self>, watcher: config::SecretsWatcher) {
+        use std::sync::atomic::Ordering;
+        let generation = self.watcher.fetch_add(1, Ordering::AcqRel) + 1;
+        let reloader = self.clone();
+        watcher.set_on_change(Box::new(move |secrets| {
+            reloader.rotate(generation, &secrets)
+        }));
+        let previous = self
+            .secrets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .replace(watcher);
+        // Outside the lock: its thread may be inside `rotate` (which then does nothing).
+        if let Some(previous) = previous {
+            previous.stop();
+        }
+    }
+
+    /// Stops the secrets watcher (which also ends the reference its callback holds).
+    fn stop_secrets(&self) {
+        let secrets = self
+            .secrets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(secrets) = secrets {
+            secrets.stop();
+        }
+    }
+
     /// Secrets rotated (refreshed from AWS) by the watcher of generation `watcher`: the
     /// configuration in effect again with them, unless a reload has replaced that watcher.
     fn rotate(&self, watcher: u64, secrets: &ResolvedSecrets) {
@@ -842,7 +948,7 @@ impl Reloader {
         } else {
             None
         };
-        let (databases, pools) = build_catalog(
+        let (databases, pools, changes) = build_catalog(
             config,
             secrets,
             self.reactors,
@@ -858,6 +964,7 @@ impl Reloader {
             }
         }
         let table = user_table(config, secrets, &databases, Some(&users));
+        check_admin_users(config, &table)?;
         let channel_binding = match &new_tls {
             Some((_, binding)) => binding.clone(),
             None => ctx.session.channel_binding.clone(),
@@ -870,6 +977,8 @@ impl Reloader {
             config.client_login_timeout,
         );
         next.shutdown_grace = config.shutdown_timeout;
+        // Valid as a whole: from here on it takes effect.
+        changes.commit();
         if let Some((server_tls, _)) = new_tls {
             self.shared.set_tls(server_tls);
         }

@@ -32,6 +32,8 @@ pub struct Shared {
     running: AtomicUsize,
     /// Short-lived helper threads (cancel deliveries), joined on shutdown.
     helpers: Mutex<Vec<JoinHandle<()>>>,
+    /// Where admin console commands go.
+    console: OnceLock<super::console::ConsoleHandle>,
 }
 
 impl Shared {
@@ -52,6 +54,7 @@ impl Shared {
             reactors: OnceLock::new(),
             running: AtomicUsize::new(0),
             helpers: Mutex::new(Vec::new()),
+            console: OnceLock::new(),
         }
     }
 
@@ -147,6 +150,31 @@ impl Shared {
     /// Bumped with every new configuration or login table.
     pub(crate) fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_console(&self, console: super::console::ConsoleHandle) {
+        let _ = self.console.set(console);
+    }
+
+    /// Has an admin console command of `client` (of reactor `reactor`) run; when it cannot
+    /// be, the answer to give the client instead.
+    pub(crate) fn run_console(
+        &self,
+        reactor: usize,
+        client: crate::engine::ClientId,
+        command: String,
+    ) -> Result<(), Vec<u8>> {
+        let job = super::console::Job {
+            reactor,
+            client,
+            command,
+        };
+        match self.console.get() {
+            Some(console) => console
+                .submit(job)
+                .map_err(|_| super::console::unavailable()),
+            None => Err(super::console::unavailable()),
+        }
     }
 
     /// Keeps a helper thread's handle for [`Shared::join_helpers`] (and forgets those that

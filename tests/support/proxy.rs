@@ -146,9 +146,8 @@ impl Proxy {
             Ok(p) => p,
             Err(e) => panic!("invalid test config {config_json}: {:?}", e.errors),
         };
-        let loaded =
-            LoadedConfig::from_parsed("test.json".as_ref(), parsed, Some(SecretsOptions::once()))
-                .unwrap_or_else(|e| panic!("secrets: {e:?}"));
+        let loaded = LoadedConfig::from_parsed("".as_ref(), parsed, Some(SecretsOptions::once()))
+            .unwrap_or_else(|e| panic!("secrets: {e:?}"));
         let server =
             Server::start_loaded(loaded).unwrap_or_else(|e| panic!("pglink did not start: {e}"));
         let addr = server.local_addrs()[0];
@@ -164,9 +163,8 @@ impl Proxy {
             Ok(p) => p,
             Err(e) => panic!("invalid test config {config_json}: {:?}", e.errors),
         };
-        let loaded =
-            LoadedConfig::from_parsed("test.json".as_ref(), parsed, Some(SecretsOptions::once()))
-                .unwrap_or_else(|e| panic!("secrets: {e:?}"));
+        let loaded = LoadedConfig::from_parsed("".as_ref(), parsed, Some(SecretsOptions::once()))
+            .unwrap_or_else(|e| panic!("secrets: {e:?}"));
         let server = Server::start_loaded(loaded).map_err(|e| e.to_string())?;
         let addr = server.local_addrs()[0];
         Ok(Proxy {

@@ -61,6 +61,7 @@ fn shared() -> Arc<Shared> {
         databases: Default::default(),
         scram_iterations: 4096,
         mock_secret: [0; 32],
+        console: Default::default(),
     };
     let session = SessionConfig {
         auth_method: AuthMethod::Scram,
