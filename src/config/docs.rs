@@ -545,10 +545,10 @@ pub static BACKEND: Section = section(
              against, or `\"system\"` for the platform's trust store, as libpq's \
              `sslrootcert=system`: the CA bundle and hashed certificate directory OpenSSL \
              uses by default, or the ones the `SSL_CERT_FILE` and `SSL_CERT_DIR` environment \
-             variables name (read at startup and at each reload). Anyone can get a publicly \
-             trusted certificate for a name they control, so with `\"system\"` only \
-             `sslmode` `verify-full` is allowed, and it is the default. A file named \
-             `system` is written `./system`.",
+             variables name (read at startup, and at a reload that changes this section). \
+             Anyone can get a publicly trusted certificate for a name they control, so with \
+             `\"system\"` only `sslmode` `verify-full` is allowed, and it is the default. A \
+             file named `system` is written `./system`.",
         ),
         Field::new(
             "sslpassword",

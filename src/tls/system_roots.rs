@@ -30,7 +30,8 @@ const SYSTEM_CA_DIRS: &[&str] = &["/etc/ssl/certs", "/etc/pki/tls/certs"];
 ///
 /// Both are read, as OpenSSL reads both: setting `SSL_CERT_FILE` to a private CA adds it to
 /// what the system directory already trusts. A certificate found twice counts once. The
-/// variables are read when a configuration is loaded (startup, reload), not per connection.
+/// variables and files are read when a backend's TLS configuration is built (at startup, and
+/// at a reload that changes that backend), not per connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SystemRoots {
     file: Option<PathBuf>,
