@@ -6,7 +6,8 @@
 //! - Backend side: pglink is the TLS client with libpq's `sslmode` semantics. `require` encrypts
 //!   without checking the certificate (unless a root certificate is given, which libpq then
 //!   checks like `verify-ca`), `verify-ca` checks the chain, `verify-full` the chain and the
-//!   host name (sent as SNI).
+//!   host name (sent as SNI). `sslrootcert=system` trusts the platform's CA store, found the
+//!   way OpenSSL (and so libpq) finds its default store: see [`SystemRoots`].
 //!
 //! Record I/O is not here: the reactor drives `rustls::Connection`s over its sockets.
 
@@ -27,12 +28,11 @@ use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureSc
 /// ALPN protocol name PostgreSQL uses (required for direct TLS connections).
 pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
 
-/// Root certificate bundles tried for `sslrootcert=system`, as OpenSSL's default store would be.
-const SYSTEM_CA_BUNDLES: &[&str] = &[
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/cert.pem",
-];
+/// The `sslrootcert` value that means the platform's trust store, as in libpq.
+pub const SYSTEM_ROOT_CERT: &str = "system";
+
+mod system_roots;
+pub use system_roots::SystemRoots;
 
 /// Errors building TLS configuration. They name the file involved.
 #[derive(Debug)]
@@ -70,7 +70,10 @@ pub enum TlsError {
     NoRootCertificate {
         mode: &'static str,
     },
-    NoSystemRoots,
+    /// `sslrootcert=system` found no certificate; says where it looked.
+    NoSystemRoots {
+        tried: String,
+    },
 }
 
 impl fmt::Display for TlsError {
@@ -101,11 +104,9 @@ impl fmt::Display for TlsError {
                 f,
                 "sslmode {mode} needs sslrootcert (a PEM file of trusted CA certificates, or \"system\")"
             ),
-            TlsError::NoSystemRoots => write!(
-                f,
-                "sslrootcert=system: no CA bundle found (tried {})",
-                SYSTEM_CA_BUNDLES.join(", ")
-            ),
+            TlsError::NoSystemRoots { tried } => {
+                write!(f, "sslrootcert=system: no CA certificate found in {tried}")
+            }
         }
     }
 }
@@ -407,24 +408,26 @@ pub fn backend_client_config(
 }
 
 fn load_roots(root: &str) -> Result<RootCertStore, TlsError> {
-    let path = if root == "system" {
-        SYSTEM_CA_BUNDLES
-            .iter()
-            .map(Path::new)
-            .find(|p| p.exists())
-            .ok_or(TlsError::NoSystemRoots)?
-            .to_owned()
-    } else {
-        PathBuf::from(root)
-    };
+    if root == SYSTEM_ROOT_CERT {
+        return SystemRoots::from_env().load();
+    }
+    let path = PathBuf::from(root);
     let mut store = RootCertStore::empty();
     for cert in load_certs(&path)? {
-        store.add(cert).map_err(|e| TlsError::BadCertificate {
-            path: path.clone(),
-            detail: e.to_string(),
-        })?;
+        add_root(&mut store, cert, &path)?;
     }
     Ok(store)
+}
+
+fn add_root(
+    store: &mut RootCertStore,
+    cert: CertificateDer<'static>,
+    path: &Path,
+) -> Result<(), TlsError> {
+    store.add(cert).map_err(|e| TlsError::BadCertificate {
+        path: path.to_owned(),
+        detail: e.to_string(),
+    })
 }
 
 /// `sslmode=require` without a root certificate: the connection is encrypted but the peer is

@@ -2,10 +2,13 @@
 //!
 //! The SDK reads region, credentials and endpoint from the environment, which is process-wide
 //! (and `set_var` is unsafe, which this crate forbids), so every case runs in a child process
-//! with its own environment: the real `pglink -check` binary for the one-shot cases, and this
-//! test binary itself (`rotation_child`) for the refresh case. One parent test drives them all
-//! in sequence.
+//! with its own environment: the real `pglink -check` binary for the one-shot cases, this
+//! test binary itself (`rotation_child`) for the refresh case, and a running `pglink` in front
+//! of the harness PostgreSQL for the end-to-end rotations (`rotation_*`). One parent test
+//! drives the first two in sequence.
 #![cfg(feature = "aws")]
+
+mod support;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -423,4 +426,197 @@ fn rotation_child() {
         started.elapsed() < Duration::from_secs(5),
         "stop joins promptly"
     );
+}
+
+// ---- rotation end to end: a running pglink, the harness PostgreSQL ---------------------------
+
+/// How the running pglink learns of the rotated secret.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Pickup {
+    /// Its own refresh (`secret_refresh_interval: "1s"`).
+    RefreshTimer,
+    /// SIGHUP with refreshing off (`secret_refresh_interval: 0`): the reload fetches again.
+    Sighup,
+}
+
+/// `pglink_pool_server_closes_total{reason="credentials_changed"}` of `user`, when built with
+/// metrics.
+fn credentials_closes(metrics_port: u16, user: &str) -> Option<u64> {
+    if !cfg!(feature = "metrics") {
+        return None;
+    }
+    let mut s = TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: pglink\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    let labels = format!("user=\"{user}\",reason=\"credentials_changed\"}}");
+    let line = body
+        .lines()
+        .find(|l| l.starts_with("pglink_pool_server_closes_total{") && l.contains(&labels))
+        .unwrap_or_else(|| panic!("no {labels} closes in\n{body}"));
+    Some(line.rsplit(' ').next().unwrap().parse().unwrap())
+}
+
+/// The rotation the operations issue describes: the password changes in PostgreSQL, then in
+/// the secret; pglink picks it up (`pickup`). A session inside a transaction keeps its server
+/// connection to COMMIT; the idle server connection made with the old password is closed
+/// (`credentials_changed`) without waiting for a client, and the idle session's next query
+/// runs on a new one; new logins take the new password and refuse the old one with 28P01.
+fn rotation_end_to_end(pickup: Pickup) {
+    use support::wire::WireClient;
+    use support::{PgServer, ProxyConfig, TEST_DATABASE, wait_until};
+
+    let pg = PgServer::shared();
+    let user = support::proxy::create_user(pg, "rot");
+    let (old_pw, new_pw) = (user.password.unwrap(), "rotated-pw-0002");
+    let arn = format!(
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:{}",
+        user.name
+    );
+    let (fake, port) = Fake::start();
+    fake.set(&arn, Answer::String(creds(user.name, old_pw)));
+
+    let refresh = match pickup {
+        Pickup::RefreshTimer => "1s",
+        Pickup::Sighup => "0",
+    };
+    let metrics_port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut config = ProxyConfig::new(pg)
+        .set("secret_refresh_interval", serde_json::json!(refresh))
+        .set(
+            &format!("databases.{TEST_DATABASE}.users"),
+            serde_json::json!([{
+                "username": {"aws_secret_arn": arn, "key": "username"},
+                "password": {"aws_secret_arn": arn, "key": "password"}
+            }]),
+        );
+    if cfg!(feature = "metrics") {
+        config = config.set(
+            "prometheus",
+            serde_json::json!({"listen": format!("127.0.0.1:{metrics_port}")}),
+        );
+    }
+    let log = std::env::temp_dir().join(format!(
+        "pglink-rotation-{}-{:?}.log",
+        std::process::id(),
+        pickup
+    ));
+    let proxy =
+        support::proxy::ChildProxy::start_with(&config, &format!("rotation-{pickup:?}"), |cmd| {
+            aws_env(cmd, port)
+                .env("PGLINK_LOG", "info")
+                .stderr(std::fs::File::create(&log).unwrap());
+        });
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let addr = proxy.addr;
+    let login = |pw: &str| WireClient::connect(addr, user.name, pw, TEST_DATABASE);
+    let pid_of = |c: &mut WireClient| c.query_column("SELECT pg_backend_pid()").unwrap()[0].clone();
+    let table = format!("{}_t", user.name);
+
+    // Session A inside a transaction, session B idle after a query: two server connections.
+    let mut a = login(old_pw).unwrap();
+    a.query_column("BEGIN").unwrap();
+    let pid_a = pid_of(&mut a);
+    a.query_column(&format!(
+        "CREATE TABLE {table} (v int); INSERT INTO {table} VALUES (1)"
+    ))
+    .unwrap();
+    let mut b = login(old_pw).unwrap();
+    let pid_b = pid_of(&mut b);
+    assert_ne!(pid_a, pid_b);
+
+    // Rotate: PostgreSQL first, then the secret.
+    pg.admin_sql(&format!("ALTER ROLE {} PASSWORD '{new_pw}'", user.name));
+    fake.set(&arn, Answer::String(creds(user.name, new_pw)));
+    if pickup == Pickup::Sighup {
+        // Refreshing is off: nothing changes until the signal.
+        std::thread::sleep(Duration::from_millis(1500));
+        let refused = login(new_pw).err().unwrap_or_default();
+        assert!(
+            refused.starts_with("FATAL 28P01"),
+            "before SIGHUP: {refused}"
+        );
+        assert_eq!(fake.requests_for(&arn), 1, "fetched once, at startup");
+        assert!(support::process::signal(proxy.pid(), "HUP"));
+    }
+    wait_until(
+        "pglink to take the new password",
+        Duration::from_secs(20),
+        || login(new_pw).is_ok(),
+    );
+
+    // The idle server connection made with the old password is retired while idle ...
+    wait_until(
+        "the idle old-password server connection to close",
+        Duration::from_secs(10),
+        || !pg.backend_pids(user.name).contains(&pid_b),
+    );
+    // ... while the one inside a transaction stays with its session to the end.
+    assert!(
+        pg.backend_pids(user.name).contains(&pid_a),
+        "{}",
+        log_text()
+    );
+    assert_eq!(
+        pid_of(&mut a),
+        pid_a,
+        "same server connection within the transaction"
+    );
+    a.query_column("COMMIT").unwrap();
+    wait_until(
+        "the old-password server connection to close after COMMIT",
+        Duration::from_secs(10),
+        || !pg.backend_pids(user.name).contains(&pid_a),
+    );
+
+    // The idle session goes on, on a server connection made with the new password.
+    let pid_b2 = pid_of(&mut b);
+    assert!(pid_b2 != pid_a && pid_b2 != pid_b, "{pid_b2} is new");
+    assert_eq!(
+        b.query_column(&format!("SELECT sum(v) FROM {table}"))
+            .unwrap(),
+        ["1"]
+    );
+
+    // New logins: the new password works, the old one is refused like any wrong password.
+    let mut c = login(new_pw).unwrap();
+    assert_eq!(c.query_column("SELECT 1").unwrap(), ["1"]);
+    let refused = login(old_pw).err().unwrap_or_default();
+    assert!(
+        refused.starts_with("FATAL 28P01"),
+        "old password: {refused}"
+    );
+    if let Some(closed) = credentials_closes(metrics_port, user.name) {
+        assert_eq!(closed, 2, "the two old-password connections");
+    }
+    c.query_column(&format!("DROP TABLE {table}")).unwrap();
+    if pickup == Pickup::Sighup {
+        assert!(
+            log_text().contains("configuration reloaded"),
+            "{}",
+            log_text()
+        );
+    } else {
+        assert!(fake.requests_for(&arn) >= 2);
+        assert!(log_text().contains("secrets refreshed"), "{}", log_text());
+    }
+    let _ = std::fs::remove_file(&log);
+}
+
+#[test]
+fn rotation_picked_up_by_the_refresh_timer() {
+    rotation_end_to_end(Pickup::RefreshTimer);
+}
+
+#[test]
+fn rotation_picked_up_by_sighup() {
+    rotation_end_to_end(Pickup::Sighup);
 }

@@ -309,6 +309,95 @@ fn backend_certificate_from_a_foreign_ca_fails_the_login_without_hanging() {
     assert_eq!(e.severity, "FATAL", "{e}");
 }
 
+/// `sslrootcert: "system"` means the platform's trust store, which does not hold the
+/// harness CA that signed the test server's certificate: the login fails with 08006 naming
+/// the certificate problem. (Were the harness CA used, as with `sslrootcert: <ca file>`,
+/// the same configuration would log in: `backend_sslmodes_connect_and_really_use_tls`.)
+#[test]
+fn sslrootcert_system_does_not_trust_the_harness_ca() {
+    let pg = PgServer::shared();
+    // With sslmode written out, and left to its libpq default (verify-full with "system").
+    for sslmode in [Some("verify-full"), None] {
+        let mut config = ProxyConfig::new(pg)
+            .user(&SCRAM_USER)
+            .backend("host", json!("localhost"))
+            .backend("sslrootcert", json!("system"));
+        config = match sslmode {
+            Some(mode) => config.backend("sslmode", json!(mode)),
+            None => {
+                let backend = &mut config.json_mut()["databases"][TEST_DATABASE]["backend"];
+                backend.as_object_mut().unwrap().remove("sslmode");
+                config
+            }
+        };
+        let proxy = config.start();
+        let e = Conn::plain(proxy.addr)
+            .login(
+                SCRAM_USER.name,
+                TEST_DATABASE,
+                "scram_pw",
+                &LoginOptions::default(),
+            )
+            .unwrap_err()
+            .server_error();
+        assert_eq!(e.code, "08006", "{sslmode:?}: {e}");
+        assert!(
+            e.message.contains("certificate") && e.message.contains("UnknownIssuer"),
+            "{sslmode:?}: {e}"
+        );
+        // libpq's client sees the same.
+        let err = via(&proxy, &SCRAM_USER, "", "SELECT 1").unwrap_err();
+        assert!(err.contains("certificate"), "{sslmode:?}: {err}");
+    }
+}
+
+/// `SSL_CERT_FILE` and `SSL_CERT_DIR` change what "system" trusts, as they do for OpenSSL
+/// and so for libpq. Set only on a child pglink: tests share this process's environment.
+#[test]
+fn sslrootcert_system_honours_ssl_cert_file_and_ssl_cert_dir() {
+    let pg = PgServer::shared();
+    let dir = tempdir();
+    // An OpenSSL hashed directory holding the harness CA (`openssl rehash` names).
+    let certs = dir.path().join("certs");
+    fs::create_dir(&certs).unwrap();
+    let hash = Command::new("openssl")
+        .args(["x509", "-noout", "-subject_hash", "-in"])
+        .arg(pg.ca_cert_path())
+        .output()
+        .expect("the openssl command line tool is needed");
+    assert!(hash.status.success());
+    let hash = String::from_utf8(hash.stdout).unwrap();
+    write(
+        &certs,
+        &format!("{}.0", hash.trim()),
+        &pg.certs().ca_cert_pem,
+        0o644,
+    );
+    let config = ProxyConfig::new(pg)
+        .user(&SCRAM_USER)
+        .backend("host", json!("localhost"))
+        .backend("sslmode", json!("verify-full"))
+        .backend("sslrootcert", json!("system"));
+    let ca = pg.ca_cert_path();
+    let certs_dir = certs.to_str().unwrap();
+    for (name, env) in [
+        ("sysroot-file", [("SSL_CERT_FILE", ca.to_str().unwrap())]),
+        ("sysroot-dir", [("SSL_CERT_DIR", certs_dir)]),
+    ] {
+        let proxy = support::proxy::ChildProxy::start_with_env(&config, name, &env);
+        let dsn = format!(
+            "host=127.0.0.1 port={} user={} dbname={TEST_DATABASE} sslmode=disable",
+            proxy.addr.port(),
+            SCRAM_USER.name
+        );
+        assert_eq!(
+            run_psql(&dsn, SCRAM_USER.password, SSL_IN_USE),
+            Ok("t".to_string()),
+            "{name}: the harness CA is trusted through {env:?}"
+        );
+    }
+}
+
 #[test]
 fn tls_only_role_works_with_allow() {
     let pg = PgServer::shared();

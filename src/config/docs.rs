@@ -534,7 +534,9 @@ pub static BACKEND: Section = section(
         Field::new(
             "sslmode",
             Kind::Enum(&BACKEND_SSL_MODE),
-            "TLS towards the server, with libpq's meaning; see BackendSSLMode.",
+            "TLS towards the server, with libpq's meaning; see BackendSSLMode. With \
+             `sslrootcert` `\"system\"` the default is `verify-full` and a weaker mode is \
+             refused, as in libpq.",
         )
         .default("\"prefer\""),
         Field::new(
@@ -551,7 +553,13 @@ pub static BACKEND: Section = section(
             "sslrootcert",
             Kind::Path,
             "PEM file of the CA certificates that the server's certificate is verified \
-             against.",
+             against, or `\"system\"` for the platform's trust store, as libpq's \
+             `sslrootcert=system`: the CA bundle and hashed certificate directory OpenSSL \
+             uses by default, or the ones the `SSL_CERT_FILE` and `SSL_CERT_DIR` environment \
+             variables name (read at startup, and at a reload that changes this section). \
+             Anyone can get a publicly trusted certificate for a name they control, so with \
+             `\"system\"` only `sslmode` `verify-full` is allowed, and it is the default. A \
+             file named `system` is written `./system`.",
         ),
         Field::new(
             "sslpassword",

@@ -6,7 +6,9 @@
 //! 1. JSON syntax (`serde_json::Value`; errors carry line and column);
 //! 2. `schema`: JSON types, ranges, enum values, durations, addresses and regexes, checked
 //!    against the field table in [`docs`]; unknown keys become warnings; broken values are
-//!    pruned so the next passes still see the rest;
+//!    pruned so the next passes still see the rest; then defaults that depend on another
+//!    field are filled in (`schema::imply_defaults`: libpq's `verify-full` for
+//!    `sslrootcert` `"system"`);
 //! 3. typed deserialization into [`Config`] (cannot fail after pass 2);
 //! 4. `validate`: rules spanning several fields, files on disk, compiled-in features.
 //!
@@ -49,8 +51,8 @@ pub use types::{
     AuthMethod, BackendConfig, BackendSslMode, BoolOrString, CertSource, Config,
     DEFAULT_APPLICATION_NAME_SQL_REGEX, DEFAULT_TRACEPARENT_SQL_REGEX, DatabaseConfig,
     FlightRecorderConfig, FlightRecorderTriggers, OpenTelemetryConfig, OtlpProtocol,
-    PrometheusConfig, REDACTED, SecretRef, SecretSource, SensitiveString, SslMode, TlsConfig,
-    UserConfig,
+    PrometheusConfig, REDACTED, SYSTEM_ROOT_CERT, SecretRef, SecretSource, SensitiveString,
+    SslMode, TlsConfig, UserConfig,
 };
 
 /// A configuration that passed validation, with the warnings found on the way.
@@ -120,6 +122,7 @@ fn check_value(mut value: serde_json::Value) -> Result<ParsedConfig, ConfigError
             warnings: problems.warnings,
         });
     }
+    schema::imply_defaults(&mut value);
     match serde_json::from_value::<Config>(value) {
         Ok(mut config) => {
             config.assign_paths();

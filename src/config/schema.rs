@@ -24,6 +24,7 @@ use super::docs::{CONFIG, EnumDoc, Kind, Required, Section};
 use super::duration;
 use super::listen::ListenAddr;
 use super::path::{Path, Problems};
+use super::types::SYSTEM_ROOT_CERT;
 
 /// Checks and prunes the whole document. Returns false if it is not an object at all.
 pub(crate) fn check_root(value: &mut Value, p: &mut Problems) -> bool {
@@ -42,6 +43,24 @@ pub(crate) fn check_root(value: &mut Value, p: &mut Problems) -> bool {
     map.entry("databases")
         .or_insert_with(|| Value::Object(Map::new()));
     true
+}
+
+/// Defaults that depend on another field, applied to what [`check_root`] left. One, from
+/// libpq: a backend whose `sslrootcert` is `"system"` and that sets no `sslmode` gets
+/// `verify-full` (a weaker `sslmode` written in the file is refused by the validation pass).
+pub(crate) fn imply_defaults(value: &mut Value) {
+    let Some(databases) = value.get_mut("databases").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for db in databases.values_mut() {
+        let Some(backend) = db.get_mut("backend").and_then(Value::as_object_mut) else {
+            continue;
+        };
+        let system = backend.get("sslrootcert").and_then(Value::as_str) == Some(SYSTEM_ROOT_CERT);
+        if system && !backend.contains_key("sslmode") {
+            backend.insert("sslmode".to_owned(), Value::from("verify-full"));
+        }
+    }
 }
 
 /// Checks one object against `section`, removing the members that are wrong. Returns whether

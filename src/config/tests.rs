@@ -391,6 +391,59 @@ fn certificate_paths() {
 }
 
 #[test]
+fn sslrootcert_system_is_the_trust_store_and_needs_verify_full() {
+    let root = format!("{BACKEND}/sslrootcert");
+    let mode = format!("{BACKEND}/sslmode");
+    // "system" is not a file: accepted, and without an sslmode it means verify-full (libpq).
+    let c = assert_ok(&[(&root, json!("system"))]).config;
+    let b = &c.databases["mydb"].backend;
+    assert!(b.uses_system_roots());
+    assert_eq!(b.sslmode, BackendSslMode::VerifyFull);
+    let c = assert_ok(&[(&root, json!("system")), (&mode, json!("verify-full"))]).config;
+    assert_eq!(
+        c.databases["mydb"].backend.sslmode,
+        BackendSslMode::VerifyFull
+    );
+    // Anything weaker written in the file is refused, as libpq refuses it.
+    for weak in ["disable", "allow", "prefer", "require", "verify-ca"] {
+        assert_error(
+            &[(&root, json!("system")), (&mode, json!(weak))],
+            &format!(
+                "databases.mydb.backend.sslmode: weak sslmode \"{weak}\" may not be used with \
+                 sslrootcert \"system\" (use \"verify-full\", as libpq requires)"
+            ),
+        );
+    }
+    // A broken sslmode is reported once, as itself.
+    let errors = errors_of(&with(&[(&root, json!("system")), (&mode, json!("always"))]));
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(errors[0].starts_with("databases.mydb.backend.sslmode: invalid value"));
+    // Any other name is a file, which must exist; "./system" is how to name such a file.
+    for path in ["./system", "System", "/etc/system"] {
+        assert_error(
+            &[(&root, json!(path))],
+            &format!("databases.mydb.backend.sslrootcert: file {path} does not exist"),
+        );
+    }
+    // Without "system", the sslmode default stays prefer.
+    assert_eq!(
+        assert_ok(&[]).config.databases["mydb"].backend.sslmode,
+        BackendSslMode::Prefer
+    );
+    // What it means is in the reference (-help and the README table come from it).
+    let help = render::help_text();
+    let flat = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    for said in [
+        "or `\"system\"` for the platform's trust store, as libpq's `sslrootcert=system`",
+        "`SSL_CERT_FILE` and `SSL_CERT_DIR`",
+        "only `sslmode` `verify-full` is allowed, and it is the default",
+        "With `sslrootcert` `\"system\"` the default is `verify-full`",
+    ] {
+        assert!(flat.contains(said), "-help lacks {said:?}");
+    }
+}
+
+#[test]
 fn ports_and_durations() {
     assert_error(
         &[(&format!("{BACKEND}/port"), json!(0))],

@@ -541,7 +541,19 @@ impl DatabaseConfig {
     }
 }
 
+/// The `backend.sslrootcert` value that means the platform's trust store (libpq's
+/// `sslrootcert=system`); like libpq, it wins over a file of that name (write `./system`).
+pub const SYSTEM_ROOT_CERT: &str = crate::tls::SYSTEM_ROOT_CERT;
+
 impl BackendConfig {
+    /// `sslrootcert` is `"system"`: the server certificate is checked against the platform's
+    /// trust store, and only `sslmode` `verify-full` is allowed.
+    pub fn uses_system_roots(&self) -> bool {
+        self.sslrootcert
+            .as_deref()
+            .is_some_and(|p| p.as_os_str() == SYSTEM_ROOT_CERT)
+    }
+
     /// `connect_timeout`, `None` when 0 (no timeout).
     pub fn connect_timeout(&self) -> Option<Duration> {
         nonzero(self.connect_timeout)

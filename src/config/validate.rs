@@ -12,8 +12,8 @@ use std::path::Path as FsPath;
 use super::path::{Path, Problems};
 use super::schema::check_pattern;
 use super::types::{
-    AuthMethod, BackendConfig, Config, DatabaseConfig, FlightRecorderConfig, OpenTelemetryConfig,
-    PrometheusConfig, SecretRef, TlsConfig,
+    AuthMethod, BackendConfig, BackendSslMode, Config, DatabaseConfig, FlightRecorderConfig,
+    OpenTelemetryConfig, PrometheusConfig, SecretRef, TlsConfig,
 };
 
 /// Checks every cross-field rule, adding errors (and warnings) to `p`.
@@ -214,10 +214,12 @@ fn validate_backend(b: &BackendConfig, path: &Path, users: usize, p: &mut Proble
     if b.sslpassword.is_some() && b.sslkey.is_none() && !pair_pruned {
         p.warn(path.key("sslpassword"), "ignored without sslkey");
     }
+    validate_system_roots(b, path, p);
+    let root_file = b.sslrootcert.as_deref().filter(|_| !b.uses_system_roots());
     for (field, file) in [
-        ("sslcert", &b.sslcert),
-        ("sslkey", &b.sslkey),
-        ("sslrootcert", &b.sslrootcert),
+        ("sslcert", b.sslcert.as_deref()),
+        ("sslkey", b.sslkey.as_deref()),
+        ("sslrootcert", root_file),
     ] {
         if let Some(file) = file
             && !file.is_file()
@@ -243,6 +245,26 @@ fn validate_backend(b: &BackendConfig, path: &Path, users: usize, p: &mut Proble
         p.warn(
             path.key("pool_max_conn_lifetime_jitter"),
             "larger than pool_max_conn_lifetime",
+        );
+    }
+}
+
+/// libpq's rule for `sslrootcert=system`: anyone can get a certificate from a public CA for a
+/// name they control, so only `verify-full` means anything against the system store. An
+/// unset `sslmode` already became `verify-full` (see `schema::imply_defaults`); a weaker one
+/// written in the file is refused, as libpq refuses it.
+fn validate_system_roots(b: &BackendConfig, path: &Path, p: &mut Problems) {
+    if b.uses_system_roots()
+        && b.sslmode != BackendSslMode::VerifyFull
+        && !any_pruned(p, path, &["sslmode"])
+    {
+        p.error(
+            path.key("sslmode"),
+            format!(
+                "weak sslmode \"{}\" may not be used with sslrootcert \"system\" (use \
+                 \"verify-full\", as libpq requires)",
+                b.sslmode
+            ),
         );
     }
 }

@@ -253,6 +253,18 @@ impl ChildProxy {
 
     /// [`start`](Self::start) with extra environment variables for the process.
     pub fn start_with_env(config: &ProxyConfig, name: &str, env: &[(&str, &str)]) -> ChildProxy {
+        ChildProxy::start_with(config, name, |cmd| {
+            cmd.envs(env.iter().copied());
+        })
+    }
+
+    /// [`start`](Self::start), with `prepare` adjusting the command (its environment, say:
+    /// variables removed as well as set) before the process is spawned.
+    pub fn start_with(
+        config: &ProxyConfig,
+        name: &str,
+        prepare: impl FnOnce(&mut std::process::Command),
+    ) -> ChildProxy {
         let dir = std::env::temp_dir().join(format!("pglink-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let port = {
@@ -263,13 +275,12 @@ impl ChildProxy {
         config["listen"] = json!(format!("127.0.0.1:{port}"));
         let path = dir.join("pglink.json");
         std::fs::write(&path, config.to_string()).unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_pglink"))
-            .arg("-config")
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pglink"));
+        cmd.arg("-config")
             .arg(&path)
-            .envs(env.iter().copied())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+            .stderr(std::process::Stdio::null());
+        prepare(&mut cmd);
+        let child = cmd.spawn().unwrap();
         let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while std::net::TcpStream::connect(addr).is_err() {
