@@ -193,11 +193,19 @@ impl Harness {
             frame.backend().unwrap(),
             BackendMessage::Authentication(Authentication::Sasl(_))
         ));
+        self.scram_exchange(password);
+    }
+
+    /// The SCRAM exchange after the server's AuthenticationSASL: client-first, then
+    /// client-final if the server answered with server-first (otherwise its answer stays in
+    /// `to_client`).
+    fn scram_exchange(&mut self, password: &str) {
         let mut client = ScramClient::new(
             password.as_bytes(),
             ClientChannelBinding::Unsupported,
             &mut OsRng,
         );
+        self.to_client.clear();
         let mut m = Vec::new();
         frontend::sasl_initial_response(&mut m, b"SCRAM-SHA-256", Some(&client.client_first()));
         self.send(&m);
@@ -303,26 +311,7 @@ fn a_scram_login_completes_once_its_verifier_is_derived() {
     h.take_actions();
     // The offer is out: the rest of the exchange runs as for any user, against the salt
     // chosen before the keys were derived.
-    let mut client = ScramClient::new(
-        PASSWORD.as_bytes(),
-        ClientChannelBinding::Unsupported,
-        &mut OsRng,
-    );
-    h.to_client.clear();
-    let mut m = Vec::new();
-    frontend::sasl_initial_response(&mut m, b"SCRAM-SHA-256", Some(&client.client_first()));
-    h.send(&m);
-    let bytes = std::mem::take(&mut h.to_client);
-    let frame = Frames::new(&bytes, 1 << 20).next().unwrap().unwrap();
-    let BackendMessage::Authentication(Authentication::SaslContinue { data }) =
-        frame.backend().unwrap()
-    else {
-        panic!("no server-first");
-    };
-    let last = client.on_server_first(data).unwrap();
-    let mut m = Vec::new();
-    frontend::sasl_response(&mut m, &last);
-    h.send(&m);
+    h.scram_exchange(PASSWORD);
     assert!(h.session.is_logged_in(), "{:?}", h.session);
     assert_eq!(h.take_actions(), vec![Action::LoggedIn]);
 }
@@ -338,26 +327,7 @@ fn console_harness(admin: bool) -> Harness {
 /// A SCRAM login of alice to the console database.
 fn console_login(h: &mut Harness) {
     h.startup_with("alice", "pglink", &[]);
-    let mut client = ScramClient::new(
-        PASSWORD.as_bytes(),
-        ClientChannelBinding::Unsupported,
-        &mut OsRng,
-    );
-    h.to_client.clear();
-    let mut m = Vec::new();
-    frontend::sasl_initial_response(&mut m, b"SCRAM-SHA-256", Some(&client.client_first()));
-    h.send(&m);
-    let bytes = std::mem::take(&mut h.to_client);
-    let frame = Frames::new(&bytes, 1 << 20).next().unwrap().unwrap();
-    let BackendMessage::Authentication(Authentication::SaslContinue { data }) =
-        frame.backend().unwrap()
-    else {
-        panic!("no server-first");
-    };
-    let last = client.on_server_first(data).unwrap();
-    let mut m = Vec::new();
-    frontend::sasl_response(&mut m, &last);
-    h.send(&m);
+    h.scram_exchange(PASSWORD);
 }
 
 #[test]

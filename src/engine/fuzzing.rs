@@ -49,6 +49,10 @@ pub enum Op {
     Silence = 11,
     /// `engine`: the engine shuts down.
     Shutdown = 12,
+    /// `kind`: a reload or a console command changes the configuration (see
+    /// `reconfigure`). Only opcode byte 0xFF means this, so that the scripts written
+    /// before it keep their meaning.
+    Reconfigure = 13,
 }
 
 impl Op {
@@ -69,6 +73,9 @@ impl Op {
     ];
 
     fn from_byte(b: u8) -> Op {
+        if b == 0xFF {
+            return Op::Reconfigure;
+        }
         Op::ALL[usize::from(b) % Op::ALL.len()]
     }
 }
@@ -215,6 +222,49 @@ fn step(w: &mut World, op: u8, s: &mut Script<'_>) {
             w.engines[e].handle_shutdown(now);
             w.settle_io();
         }
+        Op::Reconfigure => reconfigure(w, s.arg()),
+    }
+}
+
+/// A reload (new server address, smaller or larger pool, a removed user) or a console
+/// command (PAUSE or RESUME, RECONNECT).
+fn reconfigure(w: &mut World, kind: usize) {
+    match kind % 6 {
+        0 => {
+            let next = w.reloaded(|dbs| dbs[0].target = World::moved_target());
+            w.reload(next);
+        }
+        1 => {
+            let next = w.reloaded(|dbs| dbs[0].settings.max_conns = 1);
+            w.reload(next);
+        }
+        2 => {
+            let next = w.reloaded(|dbs| dbs[0].settings.max_conns = 3);
+            w.reload(next);
+        }
+        3 => {
+            let next = w.reloaded(|_| {});
+            next.pools[1].remove();
+            w.reload(next);
+        }
+        4 => {
+            let db = &w.ctx.databases[0];
+            db.set_paused(!db.is_paused());
+            maintain(w);
+        }
+        _ => {
+            w.ctx.databases[0].reconnect();
+            maintain(w);
+        }
+    }
+}
+
+/// Every engine acts on a PAUSE, RESUME or RECONNECT (`Message::Maintain`).
+fn maintain(w: &mut World) {
+    for e in 0..w.engines.len() {
+        let now = w.now;
+        w.engines[e].handle_message(super::Message::Maintain, now);
+        w.settle_io();
     }
 }
 
