@@ -188,6 +188,9 @@ pub struct World {
     cancels_pending: VecDeque<(usize, ServerId)>,
     /// SCRAM verifiers asked for and not yet reported derived (engine, client, secret).
     verifiers_pending: VecDeque<(usize, ClientId, Arc<ScramSecret>)>,
+    /// The most server connections a database had open when a reload took effect (a
+    /// lowered `pool_max_conns` does not close them at once).
+    open_at_reload: usize,
 }
 
 fn users() -> Arc<UserTable> {
@@ -298,6 +301,7 @@ impl World {
             next_pid: 1000,
             cancels_pending: VecDeque::new(),
             verifiers_pending: VecDeque::new(),
+            open_at_reload: 0,
         }
     }
 
@@ -605,6 +609,8 @@ impl World {
 
     /// Puts `next` in effect on every engine, as the reactors do on their next turn.
     pub fn reload(&mut self, next: Context) {
+        let open = self.ctx.databases.iter().map(Database::open_count).max();
+        self.open_at_reload = self.open_at_reload.max(open.unwrap_or(0));
         let next = Arc::new(next);
         self.ctx = next.clone();
         for e in 0..self.engines.len() {
@@ -950,10 +956,15 @@ impl World {
             + self.transit.len();
         for db in &self.ctx.databases {
             let open = db.open_count();
+            // A reload that lowered pool_max_conns leaves the connections open then; new ones
+            // wait until the count is below the new limit.
+            let limit = db.settings.max_conns.max(self.open_at_reload);
             assert!(
-                open <= db.settings.max_conns,
-                "{open} server connections open, pool_max_conns is {}",
-                db.settings.max_conns
+                open <= limit,
+                "{open} server connections open, pool_max_conns is {} ({} open at the last \
+                 reload)",
+                db.settings.max_conns,
+                self.open_at_reload
             );
             assert!(
                 servers <= open,

@@ -369,8 +369,9 @@ impl Engine {
         let Some((p, db)) = ctx.pool_database(pool) else {
             return;
         };
-        if db.is_paused() {
-            // PAUSE: waiters wait (up to their acquire timeout) until RESUME.
+        if db.is_paused() || db.removed || p.is_removed() {
+            // PAUSE: waiters wait (up to their acquire timeout) until RESUME. A removed pool
+            // gets no connection: whatever it opened would be retired at once.
             return;
         }
         let uncovered = self.shards.get(pool).map_or(0, |s| {
