@@ -640,3 +640,43 @@ fn sighup_resolves_secrets_again() {
         [user.name]
     );
 }
+
+#[test]
+fn a_new_client_certificate_serves_new_handshakes_and_scram_plus_follows_it() {
+    use support::wire::client_config_any_cert;
+    let pg = PgServer::shared();
+    let user = create_user(pg, "reload_cert");
+    // Starts with a generated certificate.
+    let config = ProxyConfig::new(pg).user(&user);
+    let mut json = config.json().clone();
+    let proxy = config.start();
+    let handshake = || {
+        support::wire::Conn::tls(proxy.addr, client_config_any_cert(true), "localhost")
+            .unwrap()
+            .peer_cert
+            .expect("a certificate")
+    };
+    let before = handshake();
+    assert_ne!(before, pg.server_cert_der());
+    let mut open = connect(proxy.addr, &user);
+    json["tls"] = json!({
+        "sslmode": "prefer",
+        "cert_path": pg.server_cert_path().to_str().unwrap(),
+        "cert_private_key_path": pg.server_key_path().to_str().unwrap(),
+    });
+    proxy.reload(&json).unwrap();
+    assert_eq!(
+        handshake(),
+        pg.server_cert_der(),
+        "new handshakes get the new certificate"
+    );
+    // SCRAM-SHA-256-PLUS binds to the certificate of the connection: psql with
+    // channel_binding=require logs in through the new one.
+    let dsn = proxy.dsn_with(&user, "sslmode=require channel_binding=require");
+    assert_eq!(
+        run_psql(&dsn, Some(Proxy::password(&user)), "SELECT 1").unwrap(),
+        "1"
+    );
+    // A session from before is untouched.
+    assert_eq!(open.query_column("SELECT 2").unwrap(), ["2"]);
+}
