@@ -421,7 +421,8 @@ pub static DATABASE: Section = section(
         .required(),
         Field::new(
             "pool_acquire_timeout_milliseconds",
-            int(0, NO_MAX),
+            // The longest duration pglink takes anywhere (Go's), in milliseconds.
+            int(0, i64::MAX as u64 / 1_000_000),
             "How long, in milliseconds, a client's statement waits for a server connection \
              when all are busy. When the wait runs out the statement fails with SQLSTATE 53300; \
              the client stays connected and can retry.",

@@ -79,8 +79,23 @@ pub fn from_seconds_f64(secs: f64) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|_| format!("duration {secs} is too large"))
 }
 
-/// Interprets a JSON value as a duration (string or number of seconds).
+/// The longest duration accepted: Go's (`math.MaxInt64` nanoseconds, about 292 years). It
+/// also keeps `Instant + duration` from overflowing anywhere a setting is added to the clock.
+pub const MAX: Duration = Duration::from_nanos(i64::MAX as u64);
+
+/// Interprets a JSON value as a duration (string or number of seconds), at most [`MAX`].
 pub fn from_json(value: &serde_json::Value) -> Result<Duration, String> {
+    let d = unbounded_from_json(value)?;
+    if d > MAX {
+        return Err(format!(
+            "duration {value} is too long (at most {}, about 292 years, as in Go)",
+            format(MAX)
+        ));
+    }
+    Ok(d)
+}
+
+fn unbounded_from_json(value: &serde_json::Value) -> Result<Duration, String> {
     match value {
         serde_json::Value::String(s) => parse(s),
         serde_json::Value::Number(n) => match (n.as_u64(), n.as_f64()) {
@@ -175,6 +190,31 @@ pub mod serde_duration {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn durations_longer_than_gos_are_refused() {
+        use serde_json::json;
+        assert_eq!(
+            from_json(&json!("2562047h")).unwrap(),
+            Duration::from_secs(2562047 * 3600)
+        );
+        assert!(
+            from_json(&json!("2562048h"))
+                .unwrap_err()
+                .contains("too long")
+        );
+        assert!(
+            from_json(&json!(u64::MAX))
+                .unwrap_err()
+                .contains("too long")
+        );
+        assert!(from_json(&json!(1e300)).is_err());
+        assert_eq!(
+            from_json(&MAX.as_secs().into()).unwrap(),
+            Duration::from_secs(MAX.as_secs())
+        );
+    }
+
     use super::*;
 
     fn ms(n: u64) -> Duration {
