@@ -759,3 +759,29 @@ fn load_file_names_the_file() {
             .starts_with("/nonexistent/pglink.json: cannot read file: ")
     );
 }
+
+#[test]
+fn unix_socket_backend_has_no_tls() {
+    let host = (&*format!("{BACKEND}/host"), json!("/var/run/postgresql"));
+    let p = assert_ok(std::slice::from_ref(&host));
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    assert_ok(&[
+        host.clone(),
+        (&format!("{BACKEND}/sslmode"), json!("disable")),
+    ]);
+    for mode in ["require", "verify-ca", "verify-full"] {
+        assert_error_starts(
+            &[host.clone(), (&format!("{BACKEND}/sslmode"), json!(mode))],
+            &format!("databases.mydb.backend.sslmode: {mode} needs TLS, but host"),
+        );
+    }
+    let p = assert_ok(&[
+        host,
+        (&format!("{BACKEND}/sslrootcert"), json!("/etc/hosts")),
+    ]);
+    let w: Vec<String> = p.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        w,
+        vec!["databases.mydb.backend.sslrootcert: ignored: the host is a unix socket (no TLS)"]
+    );
+}

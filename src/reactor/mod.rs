@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
-use mio::net::{TcpListener, TcpStream};
+use mio::net::{TcpListener, TcpStream, UnixStream};
 use mio::{Events, Interest, Poll, Waker};
 
 use crate::auth::OsRng;
@@ -37,7 +37,7 @@ use crate::observe::metrics::ReactorStats;
 use buf::InPool;
 use conn::{Socket, Sockets};
 pub use stream::ServerTlsConfig;
-use stream::Stream;
+use stream::{Peer, Sock, Stream};
 
 use crate::server::Shared;
 use token::{Kind, Tok};
@@ -332,16 +332,17 @@ impl Reactor {
         self.ready.push(Tok::listener(li));
     }
 
-    fn on_accepted(&mut self, mut sock: TcpStream, peer: std::net::SocketAddr) {
+    fn on_accepted(&mut self, sock: TcpStream, peer: std::net::SocketAddr) {
+        let mut sock = Sock::Tcp(sock);
         match self.engine.handle_accept(self.now) {
             Accept::Reject(bytes) => {
                 let _ = sock.write(&bytes);
-                let _ = sock.shutdown(std::net::Shutdown::Both);
+                sock.shutdown();
             }
             Accept::Client(id) => {
-                let _ = sock.set_nodelay(true);
+                sock.set_nodelay();
                 log::debug!("client {peer} connected as {id:?}");
-                let socket = Socket::new(Stream::plain(sock), id.generation(), peer);
+                let socket = Socket::new(Stream::plain(sock), id.generation(), Peer::Tcp(peer));
                 self.register(Conn::Client(id), socket);
             }
         }
@@ -416,21 +417,27 @@ impl Reactor {
         }
     }
 
-    /// Opens the TCP connection of a server connection.
+    /// Opens the connection of a server connection: to the target's unix socket, or to the
+    /// `addr_index`th address its host resolved to.
     fn connect(&mut self, server: ServerId, target: &Target, addr_index: usize) {
-        let addrs = target.addrs();
-        let connected = addrs
-            .get(addr_index)
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("could not resolve host \"{}\"", target.host),
-                )
-            })
-            .and_then(|&addr| Ok((TcpStream::connect(addr)?, addr)));
+        let connected = match target.unix_path() {
+            Some(path) => {
+                UnixStream::connect(path).map(|sock| (Sock::Unix(sock), Peer::Unix(path.clone())))
+            }
+            None => target
+                .addrs()
+                .get(addr_index)
+                .ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("could not resolve host \"{}\"", target.host),
+                    )
+                })
+                .and_then(|&addr| Ok((Sock::Tcp(TcpStream::connect(addr)?), Peer::Tcp(addr)))),
+        };
         match connected {
-            Ok((sock, addr)) => {
-                let mut socket = Socket::new(Stream::plain(sock), server.generation(), addr);
+            Ok((sock, peer)) => {
+                let mut socket = Socket::new(Stream::plain(sock), server.generation(), peer);
                 socket.connecting = true;
                 self.register(Conn::Server(server), socket);
             }
@@ -512,7 +519,7 @@ impl Reactor {
             .flatten();
         let (shared, me, report) = (self.shared.clone(), self.id, done.clone());
         let spawned = match self.sockets.get(Conn::Server(server)) {
-            Some(s) => cancel::spawn(s.peer, tls, pid, secret, move || {
+            Some(s) => cancel::spawn(s.peer.to_cancel_addr(), tls, pid, secret, move || {
                 shared.cancel_delivered();
                 deliver(&shared, me, report);
             }),

@@ -688,8 +688,11 @@ fn session_config(config: &Config, channel_binding: Option<Vec<u8>>) -> SessionC
     }
 }
 
+/// The server target of a backend section. A unix socket gets no TLS whatever `sslmode`
+/// says: libpq ignores `sslmode` for unix sockets, and PostgreSQL offers TLS only over TCP.
 fn backend_target(name: &str, b: &config::BackendConfig) -> Result<Target, StartError> {
     let sslmode = match b.sslmode {
+        _ if crate::backend::is_socket_dir(&b.host) => SslMode::Disable,
         BackendSslMode::Disable => SslMode::Disable,
         BackendSslMode::Allow => SslMode::Allow,
         BackendSslMode::Prefer => SslMode::Prefer,
@@ -921,7 +924,7 @@ fn start_resolver(shared: &Arc<Shared>) -> Result<Option<Resolver>, StartError> 
                 let names = ctx
                     .databases
                     .iter()
-                    .filter(|d| !d.removed && !d.target.is_ip());
+                    .filter(|d| !d.removed && d.target.needs_dns());
                 for db in names {
                     if let Err(e) = db.target.resolve() {
                         log::warn!("databases.{}.backend.host: {e}", db.name);
