@@ -1,7 +1,11 @@
-//! Unix sockets: a backend whose `host` is PostgreSQL's socket directory (as in libpq).
+//! Unix sockets on both sides: a backend whose `host` is PostgreSQL's socket directory (as in
+//! libpq), and `listen` entries that are socket files (found by libpq's `host=<dir>
+//! port=<port>`), beside TCP.
 
 mod support;
 
+use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::json;
@@ -14,6 +18,37 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+/// A fresh directory for socket files, removed by the caller's [`Dir`] guard.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Dir {
+        let dir = std::env::temp_dir().join(format!("pglink-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Dir(dir)
+    }
+
+    /// `<dir>/.s.PGSQL.<port>`: what libpq opens for `host=<dir> port=<port>`.
+    fn socket(&self, port: u16) -> PathBuf {
+        self.0.join(format!(".s.PGSQL.{port}"))
+    }
+
+    fn dsn(&self, port: u16, user: &TestUser) -> String {
+        format!(
+            "host={} port={port} user={} dbname={TEST_DATABASE} connect_timeout=10",
+            self.0.display(),
+            user.name
+        )
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// pglink in front of `pg` over its unix socket, with these users.
@@ -100,4 +135,137 @@ fn backend_over_a_unix_socket_logs_in_with_the_configured_password() {
     let proxy = unix_backend(pg, &[user]).start();
     let err = run_psql(&proxy.dsn(&user), user.password, "SELECT 1").unwrap_err();
     assert!(err.contains("password authentication failed"), "{err}");
+}
+
+#[test]
+fn listens_on_a_unix_socket_beside_tcp() {
+    let pg = PgServer::shared();
+    let dir = Dir::new("listen");
+    let port = 6543;
+    let socket = dir.socket(port);
+    // TLS required of TCP clients; a unix-socket client is local: libpq never asks for TLS
+    // there, and PostgreSQL neither offers nor requires it.
+    let proxy = ProxyConfig::new(pg)
+        .user(&SCRAM_USER)
+        .set("listen", json!(["127.0.0.1:0", socket.to_str().unwrap()]))
+        .set("tls", json!({"sslmode": "require", "generate_cert": true}))
+        .start();
+    assert_eq!(proxy.unix_sockets(), std::slice::from_ref(&socket));
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o777);
+
+    let pw = SCRAM_USER.password;
+    let over_unix = |sql: &str, extra: &str| {
+        run_psql(&format!("{} {extra}", dir.dsn(port, &SCRAM_USER)), pw, sql)
+    };
+    assert_eq!(over_unix("SELECT 1", ""), Ok("1".into()));
+    // libpq ignores sslmode over a unix socket: require connects, in plaintext.
+    assert_eq!(
+        over_unix(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            "sslmode=require"
+        ),
+        Ok("f".into())
+    );
+    // TCP beside it: TLS as configured, plaintext refused.
+    assert_eq!(
+        run_psql(
+            &proxy.dsn_with(&SCRAM_USER, "sslmode=require"),
+            pw,
+            "SELECT 2"
+        ),
+        Ok("2".into())
+    );
+    let err = run_psql(&proxy.dsn(&SCRAM_USER), pw, "SELECT 3").unwrap_err();
+    assert!(err.contains("TLS"), "{err}");
+
+    // Several unix clients at once (all served by the first reactor), each in a transaction.
+    let threads: Vec<_> = (0..6)
+        .map(|i| {
+            let dsn = dir.dsn(port, &SCRAM_USER);
+            std::thread::spawn(move || run_psql(&dsn, pw, &format!("BEGIN; SELECT {i}; COMMIT")))
+        })
+        .collect();
+    for (i, t) in threads.into_iter().enumerate() {
+        assert_eq!(t.join().unwrap(), Ok(i.to_string()));
+    }
+
+    // A driver over the socket: a transaction, and a cancel sent to the socket.
+    runtime().block_on(async {
+        let (client, conn) = tokio_postgres::Config::new()
+            .host_path(&dir.0)
+            .port(port)
+            .user(SCRAM_USER.name)
+            .password(pw.unwrap())
+            .dbname(TEST_DATABASE)
+            .connect(NoTls)
+            .await
+            .unwrap();
+        let conn = tokio::spawn(conn);
+        client.batch_execute("BEGIN").await.unwrap();
+        let row = client.query_one("SELECT 40 + 2", &[]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), 42);
+        client.batch_execute("COMMIT").await.unwrap();
+        let cancel = client.cancel_token();
+        let sleep = client.simple_query("SELECT pg_sleep(10)");
+        let canceller = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            cancel.cancel_query(NoTls).await.unwrap();
+        };
+        let (slept, ()) = tokio::join!(sleep, canceller);
+        let err = slept.unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+            "{err}"
+        );
+        drop(client);
+        let _ = conn.await;
+    });
+
+    proxy.shutdown();
+    assert!(!socket.exists(), "the socket file is removed on shutdown");
+}
+
+#[test]
+fn stale_socket_file_is_replaced_and_a_live_one_refuses_the_start() {
+    let pg = PgServer::shared();
+    let dir = Dir::new("stale");
+    let socket = dir.socket(6544);
+    // Left behind by a process that died: nobody listens on it.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    assert!(socket.exists());
+    let only_unix = |socket: &Path| {
+        ProxyConfig::new(pg)
+            .user(&SCRAM_USER)
+            .set("listen", json!(socket.to_str().unwrap()))
+    };
+    let proxy = only_unix(&socket).start();
+    assert_eq!(
+        run_psql(&dir.dsn(6544, &SCRAM_USER), SCRAM_USER.password, "SELECT 1"),
+        Ok("1".into())
+    );
+    // A second pglink on the same live socket: a clear error, and the first one unharmed.
+    let err = only_unix(&socket)
+        .try_start()
+        .err()
+        .expect("must not start");
+    assert!(err.contains(socket.to_str().unwrap()), "{err}");
+    assert!(err.contains("another process is listening"), "{err}");
+    assert_eq!(
+        run_psql(&dir.dsn(6544, &SCRAM_USER), SCRAM_USER.password, "SELECT 2"),
+        Ok("2".into())
+    );
+    // Something that is not a socket is never deleted.
+    let file = dir.0.join("not-a-socket");
+    std::fs::write(&file, "keep").unwrap();
+    let err = only_unix(&file).try_start().err().expect("must not start");
+    assert!(err.contains("not a socket"), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep");
+    drop(proxy);
+    assert!(
+        !socket.exists(),
+        "the socket file is removed when the server is dropped"
+    );
 }

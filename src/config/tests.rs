@@ -81,7 +81,10 @@ const USER0: &str = "/databases/mydb/users/0";
 #[test]
 fn defaults() {
     let c = assert_ok(&[]).config;
-    assert_eq!(c.listen, vec![ListenAddr::parse(":16432").unwrap()]);
+    assert_eq!(
+        c.listen,
+        vec![Listen::Tcp(ListenAddr::parse(":16432").unwrap())]
+    );
     assert_eq!(c.auth_method, AuthMethod::ScramSha256);
     assert_eq!(c.scram_iterations, 4096);
     assert_eq!(c.max_client_connections, 1000);
@@ -155,14 +158,22 @@ fn listen_forms_and_tls_block_defaults() {
         ("/tls", json!({"generate_cert": true})),
     ])
     .config;
-    assert!(c.listen[0].is_all_interfaces());
+    assert!(matches!(&c.listen[0], Listen::Tcp(a) if a.is_all_interfaces()));
     assert_eq!(c.client_sslmode(), SslMode::Prefer);
     let c = assert_ok(&[(
         "/listen",
-        json!([":1", "127.0.0.1:2", "[::1]:3", "localhost:4"]),
+        json!([
+            ":1",
+            "127.0.0.1:2",
+            "[::1]:3",
+            "localhost:4",
+            "/tmp/.s.PGSQL.5"
+        ]),
     )])
     .config;
-    assert_eq!(c.listen.len(), 4);
+    assert_eq!(c.listen.len(), 5);
+    assert_eq!(c.listen[4], Listen::Unix("/tmp/.s.PGSQL.5".into()));
+    assert_error_starts(&[("/listen", json!("/tmp/"))], "listen: listen path");
     assert_error_starts(
         &[("/listen", json!(["nope"]))],
         "listen[0]: listen address \"nope\" has no port",

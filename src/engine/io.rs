@@ -17,6 +17,15 @@ pub enum Conn {
     Server(ServerId),
 }
 
+/// How a client reached pglink (`Engine::handle_accept`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    /// A unix socket: TLS is neither offered nor required (as PostgreSQL does for local
+    /// connections).
+    Unix,
+}
+
 /// An I/O command, drained by the driver with [`super::Engine::poll_io`] after every call
 /// into the engine, and carried out in order.
 #[derive(Debug)]

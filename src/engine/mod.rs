@@ -68,7 +68,7 @@ use crate::pool::{Database, Pool};
 use client::ClientConn;
 pub use error::ServerError;
 pub use id::{ClientId, ServerId};
-pub use io::{Conn, Failure, Io, Mailbox, Message, TlsInfo, Transfer};
+pub use io::{Conn, Failure, Io, Mailbox, Message, TlsInfo, Transfer, Transport};
 use output::{OutBuf, OutPool};
 use pool::Shard;
 use server::ServerConn;

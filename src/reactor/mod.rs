@@ -15,6 +15,7 @@
 
 mod buf;
 mod conn;
+mod listener;
 pub mod stream;
 mod token;
 
@@ -24,18 +25,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
-use mio::net::{TcpListener, TcpStream, UnixStream};
+use mio::net::{TcpStream, UnixStream};
 use mio::{Events, Interest, Poll, Waker};
 
 use crate::auth::OsRng;
 use crate::backend::{Target, cancel};
 use crate::client::users::ScramSecret;
 use crate::engine::{
-    Accept, ClientId, Conn, Engine, Failure, Io, Mailbox, Message, ServerId, Transfer,
+    Accept, ClientId, Conn, Engine, Failure, Io, Mailbox, Message, ServerId, Transfer, Transport,
 };
 use crate::observe::metrics::ReactorStats;
 use buf::InPool;
 use conn::{Socket, Sockets};
+pub use listener::Listener;
 pub use stream::ServerTlsConfig;
 use stream::{Peer, Sock, Stream};
 
@@ -109,7 +111,7 @@ pub struct Reactor {
     id: usize,
     poll: Poll,
     shared: Arc<Shared>,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<Listener>,
     inbox: Receiver<Envelope>,
     /// Shared with this reactor's handles (see `ReactorHandle::sleeping`).
     sleeping: Arc<AtomicBool>,
@@ -139,7 +141,7 @@ impl Reactor {
     pub fn new(
         id: usize,
         shared: Arc<Shared>,
-        listeners: Vec<TcpListener>,
+        listeners: Vec<Listener>,
     ) -> io::Result<(Reactor, ReactorHandle)> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), Tok::WAKER.to_token())?);
@@ -332,9 +334,12 @@ impl Reactor {
         self.ready.push(Tok::listener(li));
     }
 
-    fn on_accepted(&mut self, sock: TcpStream, peer: std::net::SocketAddr) {
-        let mut sock = Sock::Tcp(sock);
-        match self.engine.handle_accept(self.now) {
+    fn on_accepted(&mut self, mut sock: Sock, peer: Peer) {
+        let transport = match sock {
+            Sock::Tcp(_) => Transport::Tcp,
+            Sock::Unix(_) => Transport::Unix,
+        };
+        match self.engine.handle_accept(transport, self.now) {
             Accept::Reject(bytes) => {
                 let _ = sock.write(&bytes);
                 sock.shutdown();
@@ -342,7 +347,7 @@ impl Reactor {
             Accept::Client(id) => {
                 sock.set_nodelay();
                 log::debug!("client {peer} connected as {id:?}");
-                let socket = Socket::new(Stream::plain(sock), id.generation(), Peer::Tcp(peer));
+                let socket = Socket::new(Stream::plain(sock), id.generation(), peer);
                 self.register(Conn::Client(id), socket);
             }
         }
