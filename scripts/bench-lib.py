@@ -9,7 +9,8 @@
   bench-lib.py report --results FILE
       Turn the raw per-run results written by scripts/bench into the markdown report. The
       header comes from BENCH_* environment variables (see meta_from_env): BENCH_TARGETS names
-      the targets that ran (direct pgbouncer pglink, and pglink-base with --baseline), and
+      the targets that ran (direct pgbouncer pglink, pglink-base with --baseline, pglink-unix
+      with --unix-backend), and
       BENCH_SYSCALLS the table of strace -c runs of --syscalls (workload, target, transactions,
       pgbench exit, strace exit, summary file).
 """
@@ -190,9 +191,16 @@ def cmd_idle(a):
 
 # ---------------------------------------------------------------- report
 
-LABELS = {"direct": "direct", "pgbouncer": "PgBouncer", "pglink": "pglink", "pglink-base": "pglink-base"}
-ABBREV = {"direct": "d", "pgbouncer": "b", "pglink": "l", "pglink-base": "lb"}
+LABELS = {
+    "direct": "direct",
+    "pgbouncer": "PgBouncer",
+    "pglink": "pglink",
+    "pglink-base": "pglink-base",
+    "pglink-unix": "pglink-unix",
+}
+ABBREV = {"direct": "d", "pgbouncer": "b", "pglink": "l", "pglink-base": "lb", "pglink-unix": "lu"}
 BASE = "pglink-base"
+UNIX = "pglink-unix"
 
 
 def _fmt_num(x, digits=0):
@@ -268,6 +276,7 @@ def _rate_columns(targets, summary, unit, rate_digits, cpu_unit, cpu_digits, fai
     """The columns of a workload table: rates, ratios, proxy CPU, failures. The pglink-base columns
     appear only when that target ran."""
     base = BASE in targets
+    unix = UNIX in targets
     cols = [("Workload" if unit == "TPS" else "COPY", "---", lambda w: w)]
     for t in targets:
         cols.append(("%s %s" % (LABELS[t], unit), "--:", lambda w, t=t: _fmt_num(summary(w, t)["rate"], rate_digits)))
@@ -277,12 +286,20 @@ def _rate_columns(targets, summary, unit, rate_digits, cpu_unit, cpu_digits, fai
         cols.append(
             ("pglink/pglink-base %s" % unit, "--:", lambda w: _ratio(summary(w, "pglink")["rate"], summary(w, BASE)["rate"]))
         )
+    if unix:
+        cols.append(
+            ("pglink-unix/pglink %s" % unit, "--:", lambda w: _ratio(summary(w, UNIX)["rate"], summary(w, "pglink")["rate"]))
+        )
     for t in targets:
         if t != "direct":
             cols.append(("%s CPU %s" % (LABELS[t], cpu_unit), "--:", lambda w, t=t: _fmt_num(summary(w, t)["cpu"], cpu_digits)))
     if base:
         cols.append(
             ("pglink/pglink-base CPU", "--:", lambda w: _ratio(summary(w, "pglink")["cpu"], summary(w, BASE)["cpu"]))
+        )
+    if unix:
+        cols.append(
+            ("pglink-unix/pglink CPU", "--:", lambda w: _ratio(summary(w, UNIX)["cpu"], summary(w, "pglink")["cpu"]))
         )
     cols.append(
         (

@@ -1,10 +1,12 @@
-//! Delivering a CancelRequest to a server: a new connection (TLS when the connection being
-//! cancelled uses TLS) carrying the connection's real key, on a short-lived thread so no
-//! reactor ever blocks. Which connection a client's cancel may reach is the engine's
+//! Delivering a CancelRequest to a server: a new connection to the same address (TCP, or
+//! the same unix socket; TLS when the connection being cancelled uses TLS) carrying the
+//! connection's real key, on a short-lived thread so no reactor ever blocks. Which connection a client's cancel may reach is the engine's
 //! decision (`engine::cancel`); this only sends it.
 
-use std::io::{Read as _, Write as _};
+use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,11 +19,31 @@ const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 /// TLS settings for the cancel connection.
 pub type CancelTls = Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>;
 
+/// Where the server is: the address (or unix socket) its connection being cancelled uses.
+#[derive(Debug, Clone)]
+pub enum CancelAddr {
+    Tcp(SocketAddr),
+    Unix(Arc<Path>),
+}
+
+impl std::fmt::Display for CancelAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CancelAddr::Tcp(a) => a.fmt(f),
+            CancelAddr::Unix(p) => p.display().fmt(f),
+        }
+    }
+}
+
+/// A blocking socket of either family, with timeouts.
+trait Conn: Read + Write + Send {}
+impl<T: Read + Write + Send> Conn for T {}
+
 /// Sends a cancel for the backend `pid`/`secret` of the server at `addr` on a new thread,
 /// then calls `done` (whatever happened). Fails only if no thread could be started. The
 /// thread ends within a few `CANCEL_TIMEOUT`s; the server joins it on shutdown.
 pub fn spawn(
-    addr: SocketAddr,
+    addr: CancelAddr,
     tls: CancelTls,
     pid: u32,
     secret: Vec<u8>,
@@ -30,7 +52,7 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("pglink-cancel".into())
         .spawn(move || {
-            if let Err(e) = send(addr, tls, pid, &secret) {
+            if let Err(e) = send(&addr, tls, pid, &secret) {
                 log::warn!("cancel request to {addr} failed: {e}");
             }
             done();
@@ -38,10 +60,23 @@ pub fn spawn(
 }
 
 /// Sends a CancelRequest and waits for the server to close the connection.
-fn send(addr: SocketAddr, tls: CancelTls, pid: u32, secret: &[u8]) -> std::io::Result<()> {
-    let mut sock = std::net::TcpStream::connect_timeout(&addr, CANCEL_TIMEOUT)?;
-    sock.set_read_timeout(Some(CANCEL_TIMEOUT))?;
-    sock.set_write_timeout(Some(CANCEL_TIMEOUT))?;
+fn send(addr: &CancelAddr, tls: CancelTls, pid: u32, secret: &[u8]) -> std::io::Result<()> {
+    let mut sock: Box<dyn Conn> = match addr {
+        CancelAddr::Tcp(addr) => {
+            let sock = std::net::TcpStream::connect_timeout(addr, CANCEL_TIMEOUT)?;
+            sock.set_read_timeout(Some(CANCEL_TIMEOUT))?;
+            sock.set_write_timeout(Some(CANCEL_TIMEOUT))?;
+            Box::new(sock)
+        }
+        // A local connect does not wait for the server (it fails at once when the backlog
+        // is full); reads and writes are bounded as over TCP.
+        CancelAddr::Unix(path) => {
+            let sock = UnixStream::connect(path)?;
+            sock.set_read_timeout(Some(CANCEL_TIMEOUT))?;
+            sock.set_write_timeout(Some(CANCEL_TIMEOUT))?;
+            Box::new(sock)
+        }
+    };
     let mut packet = Vec::with_capacity(16);
     cancel_request(&mut packet, pid, secret);
     if let Some((config, name)) = tls {

@@ -15,6 +15,7 @@ pub(crate) mod cancel;
 pub mod login;
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs as _};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -46,7 +47,8 @@ impl SslMode {
     }
 }
 
-/// A backend server of one database.
+/// A backend server of one database: over TCP (a host name or IP address) or over a unix
+/// socket (a `host` that starts with `/` is the socket's directory, as in libpq).
 pub struct Target {
     pub host: String,
     pub port: u16,
@@ -58,8 +60,11 @@ pub struct Target {
     pub server_name: Option<ServerName<'static>>,
     /// `default_startup_parameters`.
     pub startup_params: Vec<(String, String)>,
-    /// Resolved addresses, refreshed off the reactor threads (DNS may block).
+    /// Resolved addresses, refreshed off the reactor threads (DNS may block); none for a
+    /// unix socket.
     addrs: RwLock<Arc<Vec<SocketAddr>>>,
+    /// `<host>/.s.PGSQL.<port>` when `host` is a socket directory.
+    unix: Option<Arc<Path>>,
 }
 
 impl std::fmt::Debug for Target {
@@ -86,7 +91,6 @@ impl Target {
         startup_params: Vec<(String, String)>,
     ) -> Target {
         Target {
-            host,
             port,
             database,
             connect_timeout,
@@ -95,6 +99,8 @@ impl Target {
             server_name,
             startup_params,
             addrs: RwLock::new(Arc::new(Vec::new())),
+            unix: unix_socket_path(&host, port).map(Arc::from),
+            host,
         }
     }
 
@@ -112,13 +118,22 @@ impl Target {
         )
     }
 
-    /// The host is an IP literal: no DNS needed, ever.
-    pub fn is_ip(&self) -> bool {
-        self.host.parse::<IpAddr>().is_ok()
+    /// The host is a name to look up in DNS (not an IP literal, not a socket directory).
+    pub fn needs_dns(&self) -> bool {
+        self.unix.is_none() && self.host.parse::<IpAddr>().is_err()
     }
 
-    /// Resolves the host (blocking; call off the reactor threads).
+    /// The unix socket to connect to, when `host` is a socket directory.
+    pub fn unix_path(&self) -> Option<&Arc<Path>> {
+        self.unix.as_ref()
+    }
+
+    /// Resolves the host (blocking; call off the reactor threads). A unix socket needs no
+    /// resolving.
     pub fn resolve(&self) -> std::io::Result<()> {
+        if self.unix.is_some() {
+            return Ok(());
+        }
         let found: Vec<SocketAddr> = (self.host.as_str(), self.port).to_socket_addrs()?.collect();
         if found.is_empty() {
             return Err(std::io::Error::new(
@@ -133,11 +148,55 @@ impl Target {
         Ok(())
     }
 
-    /// Addresses to try, in order.
+    /// TCP addresses to try, in order (none for a unix socket).
     pub fn addrs(&self) -> Arc<Vec<SocketAddr>> {
         self.addrs
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+}
+
+/// Whether a backend `host` names a unix socket directory (libpq: it starts with `/`).
+pub fn is_socket_dir(host: &str) -> bool {
+    host.starts_with('/')
+}
+
+/// The socket file PostgreSQL listens on in directory `host` for `port`, as libpq finds it:
+/// `<host>/.s.PGSQL.<port>`; `None` when `host` is not a directory path.
+pub fn unix_socket_path(host: &str, port: u16) -> Option<PathBuf> {
+    is_socket_dir(host).then(|| Path::new(host).join(format!(".s.PGSQL.{port}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_directory_hosts() {
+        assert_eq!(
+            unix_socket_path("/var/run/postgresql", 5433),
+            Some(PathBuf::from("/var/run/postgresql/.s.PGSQL.5433"))
+        );
+        assert_eq!(unix_socket_path("db.example.com", 5432), None);
+        let mut t = Target::for_tests();
+        assert!(!t.needs_dns() && t.unix_path().is_none());
+        t = Target::new(
+            "/tmp".into(),
+            5432,
+            "db".into(),
+            Duration::from_secs(1),
+            SslMode::Disable,
+            None,
+            None,
+            Vec::new(),
+        );
+        assert_eq!(
+            t.unix_path().map(|p| p.to_path_buf()),
+            Some("/tmp/.s.PGSQL.5432".into())
+        );
+        assert!(!t.needs_dns());
+        t.resolve().unwrap();
+        assert!(t.addrs().is_empty());
     }
 }

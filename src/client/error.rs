@@ -79,7 +79,7 @@ pub enum SessionError {
     NotAccepting,
 
     // ---- startup and authentication --------------------------------------------------------
-    /// A direct-TLS ClientHello while `tls.sslmode` is `disable`.
+    /// A direct-TLS ClientHello while `tls.sslmode` is `disable`, or over a unix socket.
     TlsDisabled,
     /// The startup packet's length word is out of range.
     StartupPacketLength(FrameError),

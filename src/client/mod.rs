@@ -336,6 +336,9 @@ pub struct Session {
     state: State,
     key: CancelKey,
     tls: bool,
+    /// The client came through a unix socket: as PostgreSQL does, TLS is not offered there
+    /// and not required either (the bytes never leave the host).
+    local: bool,
     protocol: ProtocolVersion,
     pool: Option<PoolId>,
     /// The database, once the startup packet named a configured one.
@@ -368,6 +371,7 @@ impl Session {
             state: State::AwaitingStartup { refusal: None },
             key,
             tls: false,
+            local: false,
             protocol: ProtocolVersion::V3_0,
             pool: None,
             db: None,
@@ -393,6 +397,11 @@ impl Session {
             },
             ..Session::new(key, 0)
         }
+    }
+
+    /// Marks the session as a unix-socket client's (before any byte of it is read).
+    pub fn set_local(&mut self) {
+        self.local = true;
     }
 
     pub fn pool(&self) -> Option<PoolId> {

@@ -62,7 +62,7 @@ impl Session {
         out: &mut Out<'_>,
     ) -> usize {
         if data.first() == Some(&TLS_HANDSHAKE_RECORD) && !self.tls {
-            if env.config.tls == ClientTls::Disabled {
+            if !self.offers_tls(env) {
                 self.fail(SessionError::TlsDisabled, out);
                 return data.len();
             }
@@ -87,7 +87,7 @@ impl Session {
                 if data.len() > len {
                     // Bytes sent before the handshake must not be trusted (CVE-2021-23214).
                     self.fail(SessionError::UnencryptedDataAfterSslRequest, out);
-                } else if self.tls || env.config.tls == ClientTls::Disabled {
+                } else if self.tls || !self.offers_tls(env) {
                     out.to_client.push(b'N');
                 } else {
                     out.to_client.push(b'S');
@@ -106,6 +106,12 @@ impl Session {
             Ok(StartupPacket::Startup(m)) => self.on_startup_message(m, env, out),
         }
         len
+    }
+
+    /// Whether TLS is offered: configured, and not over a unix socket (PostgreSQL offers TLS
+    /// only over TCP, and libpq never asks for it over a unix socket).
+    fn offers_tls(&self, env: &Env<'_>) -> bool {
+        env.config.tls != ClientTls::Disabled && !self.local
     }
 
     /// A TLS handshake starts (a refusal waits for the startup packet that follows it).
@@ -133,7 +139,7 @@ impl Session {
             };
             return self.fail(error, out);
         }
-        if env.config.tls == ClientTls::Required && !self.tls {
+        if env.config.tls == ClientTls::Required && !self.tls && !self.local {
             return self.fail(SessionError::TlsRequired, out);
         }
         let Some(user) = m.user().filter(|u| !u.is_empty()) else {
@@ -194,7 +200,7 @@ impl Session {
             }
         };
         let auth = match env.config.auth_method {
-            AuthMethod::Plaintext if !self.tls => {
+            AuthMethod::Plaintext if !self.tls && !self.local => {
                 return self.fail(SessionError::PlaintextNeedsTls, out);
             }
             AuthMethod::Plaintext => {

@@ -511,6 +511,41 @@ fn ssl_request_is_accepted_and_unencrypted_data_after_it_is_refused() {
     assert_eq!(h.to_client, b"N");
 }
 
+/// A unix-socket client is local, as PostgreSQL treats it: SSLRequest gets 'N' and a
+/// ClientHello is refused whatever `tls.sslmode` says; `require` and plaintext passwords do
+/// not need TLS there.
+#[test]
+fn unix_socket_clients_get_no_tls_and_need_none() {
+    let local = |auth, tls| {
+        let mut h = Harness::new(auth, tls);
+        h.session.set_local();
+        h
+    };
+    for tls in [ClientTls::Optional, ClientTls::Required] {
+        let mut h = local(AuthMethod::Scram, tls);
+        let mut m = Vec::new();
+        ssl_request(&mut m);
+        h.send(&m);
+        assert_eq!(h.to_client, b"N");
+        assert!(h.take_actions().is_empty());
+        h.to_client.clear();
+        h.scram_login("alice", PASSWORD);
+        assert!(h.session.is_logged_in(), "{tls:?}: {:?}", h.session);
+
+        let mut h = local(AuthMethod::Scram, tls);
+        h.send(&[0x16, 0x03, 0x01, 0x00, 0x10]);
+        assert_eq!(h.client_error().1, "08P01");
+    }
+    let mut h = local(AuthMethod::Plaintext, ClientTls::Required);
+    h.startup("alice", "db");
+    let bytes = std::mem::take(&mut h.to_client);
+    let frame = Frames::new(&bytes, 1 << 20).next().unwrap().unwrap();
+    assert!(matches!(
+        frame.backend().unwrap(),
+        BackendMessage::Authentication(Authentication::CleartextPassword)
+    ));
+}
+
 #[test]
 fn direct_tls_client_hello_starts_tls_without_consuming() {
     let mut h = Harness::new(AuthMethod::Scram, ClientTls::Optional);

@@ -258,7 +258,11 @@ pub static CONFIG: Section = section(
             "Where pglink accepts client connections: one address or an array of addresses. \
              A port alone (`\"6432\"` or `\":6432\"`) listens on every IPv4 and IPv6 \
              interface; `\"127.0.0.1:6432\"`, `\"[::1]:6432\"` or `\"name:6432\"` listen on \
-             that address only.",
+             that address only. An absolute path is a unix socket file to create: name it \
+             `<dir>/.s.PGSQL.<port>` so that libpq's `host=<dir> port=<port>` finds it \
+             (mode 0777; a stale file is replaced only if nothing answers on it; removed on \
+             shutdown). Unix-socket clients are local, as in PostgreSQL: TLS is neither offered \
+             nor required there.",
         )
         .default("\":16432\""),
         Field::new(
@@ -514,7 +518,10 @@ pub static BACKEND: Section = section(
         Field::new(
             "host",
             Kind::String,
-            "Host name or IP address of the server.",
+            "Host name or IP address of the server, or, starting with `/`, the directory of \
+             its unix socket (as in libpq: pglink connects to `<host>/.s.PGSQL.<port>`). \
+             There is no TLS over a unix socket: `sslmode` prefer and allow mean plaintext \
+             there, and require, verify-ca and verify-full are refused.",
         )
         .required(),
         Field::new("port", int(1, 65535), "TCP port of the server.").default("5432"),

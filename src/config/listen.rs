@@ -2,11 +2,74 @@
 //!
 //! Accepted forms, as in Go's `net.Listen`: `"5432"` and `":5432"` (every interface, IPv4 and
 //! IPv6), `"127.0.0.1:5432"`, `"[::1]:5432"`, `"localhost:5432"` (resolved when binding).
-//! Port 0 asks the OS for a free port, which tests use.
+//! Port 0 asks the OS for a free port, which tests use. A client `listen` entry may also be
+//! an absolute path: a unix socket ([`Listen::Unix`]).
 
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+/// Longest unix socket path (`sun_path` is 108 bytes on Linux, with the terminating NUL).
+pub const MAX_UNIX_PATH: usize = 107;
+
+/// One entry of the top-level `listen`: a TCP address, or a unix socket file to create.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Listen {
+    Tcp(ListenAddr),
+    /// The socket file itself (libpq finds `<dir>/.s.PGSQL.<port>` for `host=<dir>
+    /// port=<port>`).
+    Unix(PathBuf),
+}
+
+impl Listen {
+    /// An absolute path is a unix socket; anything else a TCP address ([`ListenAddr::parse`]).
+    pub fn parse(text: &str) -> Result<Listen, String> {
+        let s = text.trim();
+        if !s.starts_with('/') {
+            return ListenAddr::parse(text).map(Listen::Tcp);
+        }
+        if s.ends_with('/') {
+            return Err(format!(
+                "listen path {text:?} is a directory: name the socket file, e.g. \
+                 \"{s}.s.PGSQL.5432\""
+            ));
+        }
+        if s.len() > MAX_UNIX_PATH {
+            return Err(format!(
+                "listen path {text:?} is {} bytes long; unix socket paths are limited to \
+                 {MAX_UNIX_PATH}",
+                s.len()
+            ));
+        }
+        if s.contains('\0') {
+            return Err(format!("listen path {text:?} contains a NUL byte"));
+        }
+        Ok(Listen::Unix(PathBuf::from(s)))
+    }
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Listen::Tcp(addr) => addr.fmt(f),
+            Listen::Unix(path) => path.display().fmt(f),
+        }
+    }
+}
+
+impl serde::Serialize for Listen {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Listen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Listen::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
 
 /// The host part of a listen address.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -156,19 +219,19 @@ fn parse_host(host: &str, text: &str) -> Result<ListenHost, String> {
 
 /// `#[serde(with = "listen::serde_list")]`: a string or an array of strings.
 pub mod serde_list {
-    use super::ListenAddr;
+    use super::Listen;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    pub fn serialize<S: Serializer>(list: &[ListenAddr], s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(list: &[Listen], s: S) -> Result<S::Ok, S::Error> {
         list.serialize(s)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ListenAddr>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Listen>, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum OneOrMany {
-            One(ListenAddr),
-            Many(Vec<ListenAddr>),
+            One(Listen),
+            Many(Vec<Listen>),
         }
         Ok(match OneOrMany::deserialize(d)? {
             OneOrMany::One(addr) => vec![addr],
@@ -252,11 +315,34 @@ mod tests {
         #[derive(serde::Deserialize)]
         struct W {
             #[serde(with = "serde_list")]
-            l: Vec<ListenAddr>,
+            l: Vec<Listen>,
         }
         let one: W = serde_json::from_str(r#"{"l":"6432"}"#).unwrap();
-        assert_eq!(one.l, vec![p(":6432")]);
-        let many: W = serde_json::from_str(r#"{"l":[":1","127.0.0.1:2"]}"#).unwrap();
-        assert_eq!(many.l.len(), 2);
+        assert_eq!(one.l, vec![Listen::Tcp(p(":6432"))]);
+        let many: W =
+            serde_json::from_str(r#"{"l":[":1","127.0.0.1:2","/run/pglink/.s.PGSQL.6432"]}"#)
+                .unwrap();
+        assert_eq!(many.l.len(), 3);
+        assert_eq!(
+            many.l[2],
+            Listen::Unix(PathBuf::from("/run/pglink/.s.PGSQL.6432"))
+        );
+    }
+
+    #[test]
+    fn unix_socket_paths() {
+        let l = Listen::parse(" /tmp/.s.PGSQL.6432 ").unwrap();
+        assert_eq!(l, Listen::Unix("/tmp/.s.PGSQL.6432".into()));
+        assert_eq!(l.to_string(), "/tmp/.s.PGSQL.6432");
+        assert_eq!(Listen::parse(":1").unwrap(), Listen::Tcp(p(":1")));
+        for bad in [
+            "/tmp/",
+            &format!("/{}", "x".repeat(MAX_UNIX_PATH)),
+            "/a\0b",
+            "tmp/s",
+        ] {
+            assert!(Listen::parse(bad).is_err(), "{bad:?} should be rejected");
+        }
+        assert!(Listen::parse(&format!("/{}", "x".repeat(MAX_UNIX_PATH - 1))).is_ok());
     }
 }

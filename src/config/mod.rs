@@ -42,7 +42,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use listen::{ListenAddr, ListenHost};
+pub use listen::{Listen, ListenAddr, ListenHost};
 pub use path::{Path as JsonPath, Problem};
 pub use secrets::{
     OnChange, ResolvedSecrets, ResolvedUser, SecretsError, SecretsOptions, SecretsWatcher,

@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 
 use super::docs::{CONFIG, EnumDoc, Kind, Required, Section};
 use super::duration;
-use super::listen::ListenAddr;
+use super::listen::{Listen, ListenAddr};
 use super::path::{Path, Problems};
 use super::types::SYSTEM_ROOT_CERT;
 
@@ -233,7 +233,7 @@ pub(crate) fn check_pattern(pattern: &str) -> Result<(), String> {
 
 fn check_listen_list(value: &mut Value, path: &Path, p: &mut Problems) -> bool {
     match value {
-        Value::String(s) => match ListenAddr::parse(s) {
+        Value::String(s) => match Listen::parse(s) {
             Ok(_) => true,
             Err(e) => {
                 p.error(path, e);
@@ -245,7 +245,7 @@ fn check_listen_list(value: &mut Value, path: &Path, p: &mut Problems) -> bool {
             false
         }
         Value::Array(_) => check_array(value, path, p, |v| {
-            expect_string(v).and_then(|s| ListenAddr::parse(s).map(drop))
+            expect_string(v).and_then(|s| Listen::parse(s).map(drop))
         }),
         other => {
             p.error(path, type_error("a string or an array of strings", other));

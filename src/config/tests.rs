@@ -81,7 +81,10 @@ const USER0: &str = "/databases/mydb/users/0";
 #[test]
 fn defaults() {
     let c = assert_ok(&[]).config;
-    assert_eq!(c.listen, vec![ListenAddr::parse(":16432").unwrap()]);
+    assert_eq!(
+        c.listen,
+        vec![Listen::Tcp(ListenAddr::parse(":16432").unwrap())]
+    );
     assert_eq!(c.auth_method, AuthMethod::ScramSha256);
     assert_eq!(c.scram_iterations, 4096);
     assert_eq!(c.max_client_connections, 1000);
@@ -155,14 +158,22 @@ fn listen_forms_and_tls_block_defaults() {
         ("/tls", json!({"generate_cert": true})),
     ])
     .config;
-    assert!(c.listen[0].is_all_interfaces());
+    assert!(matches!(&c.listen[0], Listen::Tcp(a) if a.is_all_interfaces()));
     assert_eq!(c.client_sslmode(), SslMode::Prefer);
     let c = assert_ok(&[(
         "/listen",
-        json!([":1", "127.0.0.1:2", "[::1]:3", "localhost:4"]),
+        json!([
+            ":1",
+            "127.0.0.1:2",
+            "[::1]:3",
+            "localhost:4",
+            "/tmp/.s.PGSQL.5"
+        ]),
     )])
     .config;
-    assert_eq!(c.listen.len(), 4);
+    assert_eq!(c.listen.len(), 5);
+    assert_eq!(c.listen[4], Listen::Unix("/tmp/.s.PGSQL.5".into()));
+    assert_error_starts(&[("/listen", json!("/tmp/"))], "listen: listen path");
     assert_error_starts(
         &[("/listen", json!(["nope"]))],
         "listen[0]: listen address \"nope\" has no port",
@@ -810,5 +821,31 @@ fn load_file_names_the_file() {
         e.errors[0]
             .to_string()
             .starts_with("/nonexistent/pglink.json: cannot read file: ")
+    );
+}
+
+#[test]
+fn unix_socket_backend_has_no_tls() {
+    let host = (&*format!("{BACKEND}/host"), json!("/var/run/postgresql"));
+    let p = assert_ok(std::slice::from_ref(&host));
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    assert_ok(&[
+        host.clone(),
+        (&format!("{BACKEND}/sslmode"), json!("disable")),
+    ]);
+    for mode in ["require", "verify-ca", "verify-full"] {
+        assert_error_starts(
+            &[host.clone(), (&format!("{BACKEND}/sslmode"), json!(mode))],
+            &format!("databases.mydb.backend.sslmode: {mode} needs TLS, but host"),
+        );
+    }
+    let p = assert_ok(&[
+        host,
+        (&format!("{BACKEND}/sslrootcert"), json!("/etc/hosts")),
+    ]);
+    let w: Vec<String> = p.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        w,
+        vec!["databases.mydb.backend.sslrootcert: ignored: the host is a unix socket (no TLS)"]
     );
 }

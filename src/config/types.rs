@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::duration::serde_duration;
-use super::listen::{ListenAddr, serde_list};
+use super::listen::{Listen, ListenAddr, serde_list};
 
 /// What `Serialize` and `Debug` print instead of a secret.
 pub const REDACTED: &str = "<redacted>";
@@ -25,7 +25,7 @@ pub const REDACTED: &str = "<redacted>";
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Config {
     #[serde(default = "default_listen", with = "serde_list")]
-    pub listen: Vec<ListenAddr>,
+    pub listen: Vec<Listen>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
     pub databases: BTreeMap<String, DatabaseConfig>,
@@ -493,8 +493,8 @@ impl Config {
         }
     }
 
-    /// The addresses to listen on (never empty once validated).
-    pub fn listen_addrs(&self) -> &[ListenAddr] {
+    /// The addresses and unix sockets to listen on (never empty once validated).
+    pub fn listen_addrs(&self) -> &[Listen] {
         &self.listen
     }
 
@@ -583,11 +583,11 @@ fn nonzero(d: Duration) -> Option<Duration> {
     (!d.is_zero()).then_some(d)
 }
 
-fn default_listen() -> Vec<ListenAddr> {
-    vec![ListenAddr {
+fn default_listen() -> Vec<Listen> {
+    vec![Listen::Tcp(ListenAddr {
         host: super::listen::ListenHost::All,
         port: 16432,
-    }]
+    })]
 }
 fn default_scram_iterations() -> u32 {
     4096

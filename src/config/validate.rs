@@ -204,6 +204,9 @@ fn validate_backend(b: &BackendConfig, path: &Path, users: usize, p: &mut Proble
             ),
         );
     }
+    if b.host.starts_with('/') {
+        validate_unix_backend(b, path, p);
+    }
     let pair_pruned = any_pruned(p, path, &["sslcert", "sslkey"]);
     match (&b.sslcert, &b.sslkey) {
         _ if pair_pruned => {}
@@ -266,6 +269,39 @@ fn validate_system_roots(b: &BackendConfig, path: &Path, p: &mut Problems) {
                 b.sslmode
             ),
         );
+    }
+}
+
+/// A backend `host` that is a socket directory: no TLS there (PostgreSQL offers TLS only
+/// over TCP). libpq silently ignores `sslmode` for unix sockets; pglink refuses the modes
+/// that promise encryption or verification rather than connect in plaintext against them.
+fn validate_unix_backend(b: &BackendConfig, path: &Path, p: &mut Problems) {
+    use super::types::BackendSslMode as M;
+    if matches!(b.sslmode, M::Require | M::VerifyCa | M::VerifyFull)
+        && !any_pruned(p, path, &["sslmode"])
+    {
+        p.error(
+            path.key("sslmode"),
+            format!(
+                "{} needs TLS, but host {:?} is a unix socket directory and PostgreSQL offers \
+                 TLS only over TCP; use disable or prefer (libpq ignores sslmode for unix \
+                 sockets), or a TCP host",
+                b.sslmode, b.host
+            ),
+        );
+    }
+    for (field, set) in [
+        ("sslcert", b.sslcert.is_some()),
+        ("sslkey", b.sslkey.is_some()),
+        ("sslrootcert", b.sslrootcert.is_some()),
+        ("sslpassword", b.sslpassword.is_some()),
+    ] {
+        if set {
+            p.warn(
+                path.key(field),
+                "ignored: the host is a unix socket (no TLS)",
+            );
+        }
     }
 }
 

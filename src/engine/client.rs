@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::id::{ClientId, ServerId};
-use super::io::{Conn, Io, TlsInfo};
+use super::io::{Conn, Io, TlsInfo, Transport};
 use super::output::OutBuf;
 use super::timer::{ClientDeadlines, ClientTimer};
 use super::{Accept, Engine, HIGH_WATER, MAX_REFUSING, MAX_STEPS, encode_pid, flush_due};
@@ -44,8 +44,8 @@ impl ClientConn {
 }
 
 impl Engine {
-    /// The driver accepted a connection: a new client, or a refusal.
-    pub fn handle_accept(&mut self, now: Instant) -> Accept {
+    /// The driver accepted a connection (over `transport`): a new client, or a refusal.
+    pub fn handle_accept(&mut self, transport: Transport, now: Instant) -> Accept {
         debug_assert!(
             self.io.is_empty(),
             "ids are handed out with no commands pending"
@@ -89,13 +89,16 @@ impl Engine {
         let mut secret = [0u8; 32];
         self.rng.fill(&mut secret);
         let key = CancelKey::new(pid, secret, 32);
-        let session = match refusal {
+        let mut session = match refusal {
             Some((_, error)) => {
                 self.refusing += 1;
                 Session::refusing(key, error)
             }
             None => Session::new(key, self.ctx.max_message_len),
         };
+        if transport == Transport::Unix {
+            session.set_local();
+        }
         let generation = self.generations.bump();
         let id = ClientId::new(slot, generation);
         let mut conn = ClientConn {

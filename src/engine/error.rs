@@ -10,7 +10,7 @@ use crate::protocol::{Severity, SqlState};
 /// A server connection's failure.
 #[derive(Debug)]
 pub enum ServerError {
-    /// No TCP connection could be made (refused, unreachable, the host has no address).
+    /// No connection could be made (refused, unreachable, the host has no address, no socket).
     Connect(std::io::Error),
     /// `connect_timeout` passed before the login finished.
     Timeout,

@@ -320,11 +320,12 @@ impl World {
 
     fn open(&mut self, engine: usize, user: usize, answers: bool) -> ClientNo {
         self.settle_io();
-        let (id, refused) = match self.engines[engine].handle_accept(self.now) {
-            Accept::Client(id) => (id, None),
-            // Refused on the spot (shutting down, too many clients): closed already.
-            Accept::Reject(bytes) => (ClientId::new(usize::MAX, 0), Some(bytes)),
-        };
+        let (id, refused) =
+            match self.engines[engine].handle_accept(super::Transport::Tcp, self.now) {
+                Accept::Client(id) => (id, None),
+                // Refused on the spot (shutting down, too many clients): closed already.
+                Accept::Reject(bytes) => (ClientId::new(usize::MAX, 0), Some(bytes)),
+            };
         let user = USERS[user % USERS.len()];
         let mut startup = Vec::new();
         startup_message(
@@ -465,7 +466,7 @@ impl World {
     pub fn cancel(&mut self, c: ClientNo, engine: usize) {
         let (pid, secret) = self.clients[c].key.clone().expect("client has a key");
         self.settle_io();
-        let id = match self.engines[engine].handle_accept(self.now) {
+        let id = match self.engines[engine].handle_accept(super::Transport::Tcp, self.now) {
             Accept::Client(id) => id,
             Accept::Reject(_) => return,
         };

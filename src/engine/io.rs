@@ -17,6 +17,15 @@ pub enum Conn {
     Server(ServerId),
 }
 
+/// How a client reached pglink (`Engine::handle_accept`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    /// A unix socket: TLS is neither offered nor required (as PostgreSQL does for local
+    /// connections).
+    Unix,
+}
+
 /// An I/O command, drained by the driver with [`super::Engine::poll_io`] after every call
 /// into the engine, and carried out in order.
 #[derive(Debug)]
@@ -27,8 +36,10 @@ pub enum Io {
     /// Offer this connection's buffered input again (`Engine::handle_read`) and, unless its
     /// socket was drained, read more: whatever stopped it has passed.
     Resume(Conn),
-    /// Open a TCP connection for `server` to the `addr_index`th address `target` resolved to;
-    /// report `Engine::handle_connected` or `Engine::handle_connect_failed`.
+    /// Open a connection for `server` to `target`: to the `addr_index`th address its host
+    /// resolved to, or to its unix socket (the driver tells which from the target; a socket
+    /// has only index 0); report `Engine::handle_connected` or
+    /// `Engine::handle_connect_failed`.
     Connect {
         server: ServerId,
         target: Arc<Target>,

@@ -69,7 +69,7 @@ use crate::pool::{Database, Pool};
 use client::ClientConn;
 pub use error::ServerError;
 pub use id::{ClientId, ServerId};
-pub use io::{Conn, Failure, Io, Mailbox, Message, TlsInfo, Transfer};
+pub use io::{Conn, Failure, Io, Mailbox, Message, TlsInfo, Transfer, Transport};
 use output::{OutBuf, OutPool};
 use pool::Shard;
 use server::ServerConn;
@@ -462,14 +462,14 @@ impl Engine {
         self.run_actions();
     }
 
-    /// The TCP connection of `server` is established.
+    /// The connection of `server` (TCP or unix socket) is established.
     pub fn handle_connected(&mut self, server: ServerId, now: Instant) {
         self.now = now;
         self.server_connected(server);
         self.run_actions();
     }
 
-    /// The TCP connection of `server` could not be made.
+    /// The connection of `server` (TCP or unix socket) could not be made.
     pub fn handle_connect_failed(&mut self, server: ServerId, error: std::io::Error, now: Instant) {
         self.now = now;
         if self.server(server).is_some() {

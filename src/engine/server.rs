@@ -32,7 +32,7 @@ use crate::protocol::{ErrorFields, MessageType, Severity, frontend};
 
 /// What a server connection is doing.
 pub(super) enum State {
-    /// TCP connect in progress, to the host's `addr_index`th address.
+    /// Connect in progress, to the host's `addr_index`th address (or its unix socket).
     Connecting { addr_index: usize },
     /// Startup and authentication (the driver runs a TLS handshake while `handshaking`).
     LoggingIn {
@@ -249,7 +249,7 @@ impl Engine {
         }
     }
 
-    /// The TCP connection is up: start the login.
+    /// The connection is up: start the login.
     pub(super) fn server_connected(&mut self, id: ServerId) {
         let Some(s) = self.server(id) else {
             return;

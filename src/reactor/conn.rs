@@ -2,13 +2,12 @@
 //! buffer, and the one read, process and flush routine both kinds share.
 
 use std::io;
-use std::net::SocketAddr;
 
 use mio::Interest;
 
 use super::Reactor;
 use super::buf::{InBuf, InPool};
-use super::stream::{ReadStatus, Stream};
+use super::stream::{Peer, ReadStatus, Stream};
 use super::token::Tok;
 use crate::engine::{Conn, Failure, TlsInfo};
 use crate::observe::metrics::Counter;
@@ -29,15 +28,15 @@ pub struct Socket {
     /// A TLS handshake runs (its records are read and written here; the engine hears of it
     /// when it completes).
     pub(super) handshake: bool,
-    /// A server connection's TCP connect is in progress.
+    /// A server connection's connect is in progress.
     pub(super) connecting: bool,
     /// On the reactor's list of connections to write at the end of the turn.
     pub(super) dirty: bool,
-    pub(super) peer: SocketAddr,
+    pub(super) peer: Peer,
 }
 
 impl Socket {
-    pub(super) fn new(stream: Stream, generation: u32, peer: SocketAddr) -> Socket {
+    pub(super) fn new(stream: Stream, generation: u32, peer: Peer) -> Socket {
         Socket {
             generation,
             stream,
@@ -361,7 +360,7 @@ impl Reactor {
         log::trace!("{conn:?} ({}) closed", s.peer);
     }
 
-    /// A server connection's TCP connect completed or failed (its socket became writable).
+    /// A server connection's connect completed or failed (its socket became writable).
     pub(super) fn connect_done(&mut self, conn: Conn) {
         let Conn::Server(server) = conn else {
             return;
@@ -371,8 +370,8 @@ impl Reactor {
         };
         let failed = match s.stream.sock.take_error() {
             Ok(Some(e)) | Err(e) => Some(e),
-            Ok(None) => match s.stream.sock.peer_addr() {
-                Ok(_) => None,
+            Ok(None) => match s.stream.sock.check_connected() {
+                Ok(()) => None,
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return, // not yet
                 Err(e) => Some(e),
             },
@@ -381,7 +380,7 @@ impl Reactor {
         match failed {
             Some(e) => self.engine.handle_connect_failed(server, e, self.now),
             None => {
-                let _ = s.stream.sock.set_nodelay(true);
+                s.stream.sock.set_nodelay();
                 self.engine.handle_connected(server, self.now);
             }
         }

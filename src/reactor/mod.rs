@@ -15,6 +15,7 @@
 
 mod buf;
 mod conn;
+mod listener;
 pub mod stream;
 mod token;
 
@@ -24,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
-use mio::net::{TcpListener, TcpStream};
+use mio::net::{TcpStream, UnixStream};
 use mio::{Events, Interest, Poll, Waker};
 
 use crate::auth::OsRng;
@@ -32,13 +33,14 @@ use crate::backend::{Target, cancel};
 use crate::client::users::ScramSecret;
 use crate::engine::console::{ClientRow, ServerRow};
 use crate::engine::{
-    Accept, ClientId, Conn, Engine, Failure, Io, Mailbox, Message, ServerId, Transfer,
+    Accept, ClientId, Conn, Engine, Failure, Io, Mailbox, Message, ServerId, Transfer, Transport,
 };
 use crate::observe::metrics::ReactorStats;
 use buf::InPool;
 use conn::{Socket, Sockets};
+pub use listener::Listener;
 pub use stream::ServerTlsConfig;
-use stream::Stream;
+use stream::{Peer, Sock, Stream};
 
 use crate::server::Shared;
 use token::{Kind, Tok};
@@ -52,8 +54,8 @@ const CHANNEL_CAPACITY: usize = 4096;
 #[derive(Debug)]
 pub struct Snapshot {
     pub reactor: usize,
-    pub clients: Vec<(ClientRow, Option<std::net::SocketAddr>)>,
-    pub servers: Vec<(ServerRow, Option<std::net::SocketAddr>)>,
+    pub clients: Vec<(ClientRow, Option<stream::Peer>)>,
+    pub servers: Vec<(ServerRow, Option<stream::Peer>)>,
 }
 
 impl Shared {
@@ -155,7 +157,7 @@ pub struct Reactor {
     id: usize,
     poll: Poll,
     shared: Arc<Shared>,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<Listener>,
     inbox: Receiver<Envelope>,
     /// Shared with this reactor's handles (see `ReactorHandle::sleeping`).
     sleeping: Arc<AtomicBool>,
@@ -185,7 +187,7 @@ impl Reactor {
     pub fn new(
         id: usize,
         shared: Arc<Shared>,
-        listeners: Vec<TcpListener>,
+        listeners: Vec<Listener>,
     ) -> io::Result<(Reactor, ReactorHandle)> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), Tok::WAKER.to_token())?);
@@ -355,7 +357,7 @@ impl Reactor {
     /// The engine's connections with their peers' addresses.
     fn snapshot(&mut self) -> Snapshot {
         let (clients, servers) = self.engine.snapshot();
-        let mut peer = |conn| self.sockets.get(conn).map(|s| s.peer);
+        let mut peer = |conn| self.sockets.get(conn).map(|s| s.peer.clone());
         Snapshot {
             reactor: self.id,
             clients: clients
@@ -404,14 +406,18 @@ impl Reactor {
         self.ready.push(Tok::listener(li));
     }
 
-    fn on_accepted(&mut self, mut sock: TcpStream, peer: std::net::SocketAddr) {
-        match self.engine.handle_accept(self.now) {
+    fn on_accepted(&mut self, mut sock: Sock, peer: Peer) {
+        let transport = match sock {
+            Sock::Tcp(_) => Transport::Tcp,
+            Sock::Unix(_) => Transport::Unix,
+        };
+        match self.engine.handle_accept(transport, self.now) {
             Accept::Reject(bytes) => {
                 let _ = sock.write(&bytes);
-                let _ = sock.shutdown(std::net::Shutdown::Both);
+                sock.shutdown();
             }
             Accept::Client(id) => {
-                let _ = sock.set_nodelay(true);
+                sock.set_nodelay();
                 log::debug!("client {peer} connected as {id:?}");
                 let socket = Socket::new(Stream::plain(sock), id.generation(), peer);
                 self.register(Conn::Client(id), socket);
@@ -489,21 +495,27 @@ impl Reactor {
         }
     }
 
-    /// Opens the TCP connection of a server connection.
+    /// Opens the connection of a server connection: to the target's unix socket, or to the
+    /// `addr_index`th address its host resolved to.
     fn connect(&mut self, server: ServerId, target: &Target, addr_index: usize) {
-        let addrs = target.addrs();
-        let connected = addrs
-            .get(addr_index)
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("could not resolve host \"{}\"", target.host),
-                )
-            })
-            .and_then(|&addr| Ok((TcpStream::connect(addr)?, addr)));
+        let connected = match target.unix_path() {
+            Some(path) => {
+                UnixStream::connect(path).map(|sock| (Sock::Unix(sock), Peer::Unix(path.clone())))
+            }
+            None => target
+                .addrs()
+                .get(addr_index)
+                .ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("could not resolve host \"{}\"", target.host),
+                    )
+                })
+                .and_then(|&addr| Ok((Sock::Tcp(TcpStream::connect(addr)?), Peer::Tcp(addr)))),
+        };
         match connected {
-            Ok((sock, addr)) => {
-                let mut socket = Socket::new(Stream::plain(sock), server.generation(), addr);
+            Ok((sock, peer)) => {
+                let mut socket = Socket::new(Stream::plain(sock), server.generation(), peer);
                 socket.connecting = true;
                 self.register(Conn::Server(server), socket);
             }
@@ -585,7 +597,7 @@ impl Reactor {
             .flatten();
         let (shared, me, report) = (self.shared.clone(), self.id, done.clone());
         let spawned = match self.sockets.get(Conn::Server(server)) {
-            Some(s) => cancel::spawn(s.peer, tls, pid, secret, move || {
+            Some(s) => cancel::spawn(s.peer.to_cancel_addr(), tls, pid, secret, move || {
                 shared.cancel_delivered();
                 deliver(&shared, me, report);
             }),

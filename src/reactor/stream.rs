@@ -1,14 +1,19 @@
-//! A non-blocking TCP socket with an optional TLS session on top: the one module of the
-//! reactor that knows rustls.
+//! A non-blocking socket (TCP or unix) with an optional TLS session on top: the one module
+//! of the reactor that knows rustls.
 //!
 //! The reactor reads plaintext into connection buffers and writes plaintext from the
-//! engine's; this type hides whether rustls sits in between. rustls' own buffers are capped
+//! engine's; this type hides whether rustls sits in between, and whether the socket is TCP
+//! or unix ([`Sock`]: one `match` per syscall, nothing more). rustls' own buffers are capped
 //! (`TLS_BUFFER_LIMIT`) so a slow TLS peer applies backpressure like a plain one.
 
-use std::io::{self, Read as _, Write as _};
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
-use mio::net::TcpStream;
+use mio::net::{TcpStream, UnixStream};
+use mio::{Interest, Registry, Token};
 use rustls::pki_types::ServerName;
 
 use crate::auth::tls_server_end_point;
@@ -29,22 +34,154 @@ pub enum ReadStatus {
     Eof,
 }
 
+/// A connected socket of either family.
+#[derive(Debug)]
+pub enum Sock {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Sock {
+    /// The pending socket error (`SO_ERROR`), e.g. of a connect that failed.
+    pub fn take_error(&self) -> io::Result<Option<io::Error>> {
+        match self {
+            Sock::Tcp(s) => s.take_error(),
+            Sock::Unix(s) => s.take_error(),
+        }
+    }
+
+    /// Whether the socket is connected (`NotConnected` while a connect is in progress).
+    pub fn check_connected(&self) -> io::Result<()> {
+        match self {
+            Sock::Tcp(s) => s.peer_addr().map(drop),
+            Sock::Unix(s) => s.peer_addr().map(drop),
+        }
+    }
+
+    /// TCP_NODELAY on TCP; nothing to do on a unix socket.
+    pub fn set_nodelay(&self) {
+        if let Sock::Tcp(s) = self {
+            let _ = s.set_nodelay(true);
+        }
+    }
+
+    pub fn shutdown(&self) {
+        let _ = match self {
+            Sock::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+            Sock::Unix(s) => s.shutdown(std::net::Shutdown::Both),
+        };
+    }
+}
+
+impl Read for Sock {
+    #[inline]
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Sock::Tcp(s) => s.read(buf),
+            Sock::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Sock {
+    #[inline]
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Sock::Tcp(s) => s.write(buf),
+            Sock::Unix(s) => s.write(buf),
+        }
+    }
+
+    #[inline]
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Sock::Tcp(s) => s.write_vectored(bufs),
+            Sock::Unix(s) => s.write_vectored(bufs),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl mio::event::Source for Sock {
+    fn register(&mut self, r: &Registry, token: Token, interest: Interest) -> io::Result<()> {
+        match self {
+            Sock::Tcp(s) => s.register(r, token, interest),
+            Sock::Unix(s) => s.register(r, token, interest),
+        }
+    }
+
+    fn reregister(&mut self, r: &Registry, token: Token, interest: Interest) -> io::Result<()> {
+        match self {
+            Sock::Tcp(s) => s.reregister(r, token, interest),
+            Sock::Unix(s) => s.reregister(r, token, interest),
+        }
+    }
+
+    fn deregister(&mut self, r: &Registry) -> io::Result<()> {
+        match self {
+            Sock::Tcp(s) => s.deregister(r),
+            Sock::Unix(s) => s.deregister(r),
+        }
+    }
+}
+
+/// Who is at the other end, for logs and for reaching a server again (cancel requests): a
+/// TCP address, or the path of a unix socket (a server's, or, for a client, the listening
+/// socket it came through: unix clients have no address of their own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peer {
+    Tcp(SocketAddr),
+    Unix(Arc<Path>),
+}
+
+impl Peer {
+    /// The address and port as the admin console shows them: an IP address and its port,
+    /// or a socket path and no port.
+    pub fn addr_and_port(&self) -> (String, Option<u16>) {
+        match self {
+            Peer::Tcp(addr) => (addr.ip().to_string(), Some(addr.port())),
+            Peer::Unix(path) => (path.display().to_string(), None),
+        }
+    }
+
+    /// Where a cancel for a server connection with this peer goes.
+    pub fn to_cancel_addr(&self) -> crate::backend::cancel::CancelAddr {
+        use crate::backend::cancel::CancelAddr;
+        match self {
+            Peer::Tcp(addr) => CancelAddr::Tcp(*addr),
+            Peer::Unix(path) => CancelAddr::Unix(path.clone()),
+        }
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Tcp(addr) => addr.fmt(f),
+            Peer::Unix(path) => path.display().fmt(f),
+        }
+    }
+}
+
 pub struct Stream {
-    pub sock: TcpStream,
+    pub sock: Sock,
     tls: Option<Box<rustls::Connection>>,
 }
 
 impl std::fmt::Debug for Stream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Stream")
-            .field("peer", &self.sock.peer_addr().ok())
+            .field("sock", &self.sock)
             .field("tls", &self.tls.is_some())
             .finish()
     }
 }
 
 impl Stream {
-    pub fn plain(sock: TcpStream) -> Stream {
+    pub fn plain(sock: Sock) -> Stream {
         Stream { sock, tls: None }
     }
 
@@ -199,7 +336,7 @@ impl Stream {
     }
 }
 
-fn read_plain(sock: &mut TcpStream, dst: &mut [u8]) -> io::Result<ReadStatus> {
+fn read_plain(sock: &mut Sock, dst: &mut [u8]) -> io::Result<ReadStatus> {
     loop {
         match sock.read(dst) {
             Ok(0) => return Ok(ReadStatus::Eof),
@@ -211,7 +348,7 @@ fn read_plain(sock: &mut TcpStream, dst: &mut [u8]) -> io::Result<ReadStatus> {
     }
 }
 
-fn write_plain(sock: &mut TcpStream, data: &[u8]) -> io::Result<usize> {
+fn write_plain(sock: &mut Sock, data: &[u8]) -> io::Result<usize> {
     loop {
         match sock.write(data) {
             Ok(n) => return Ok(n),
@@ -222,7 +359,7 @@ fn write_plain(sock: &mut TcpStream, data: &[u8]) -> io::Result<usize> {
     }
 }
 
-fn flush_tls(tls: &mut rustls::Connection, sock: &mut TcpStream) -> io::Result<bool> {
+fn flush_tls(tls: &mut rustls::Connection, sock: &mut Sock) -> io::Result<bool> {
     while tls.wants_write() {
         match tls.write_tls(sock) {
             Ok(0) => return Ok(false),

@@ -454,13 +454,14 @@ fn show_clients(shared: &Shared) -> Vec<u8> {
                     .and_then(|(sv, _)| sv.pid)
             });
             let wait = c.wait.unwrap_or_default();
+            let (addr, port) = addr.as_ref().map(|a| a.addr_and_port()).unzip();
             rows.push(vec![
                 Some("C".to_owned()),
                 Some(c.user.clone()),
                 Some(c.database.clone()),
                 Some(c.state.to_owned()),
-                addr.map(|a| a.ip().to_string()),
-                addr.map(|a| a.port().to_string()),
+                addr,
+                port.flatten().map(|p| p.to_string()),
                 Some(wait.as_secs().to_string()),
                 Some(wait.subsec_micros().to_string()),
                 Some(c.application_name.clone()),
@@ -491,13 +492,14 @@ fn show_servers(shared: &Shared) -> Vec<u8> {
         .iter()
         .flat_map(|s| &s.servers)
         .map(|(sv, addr)| {
+            let (addr, port) = addr.as_ref().map(|a| a.addr_and_port()).unzip();
             vec![
                 Some("S".to_owned()),
                 Some(sv.user.clone()),
                 Some(sv.database.clone()),
                 Some(sv.state.to_owned()),
-                addr.map(|a| a.ip().to_string()),
-                addr.map(|a| a.port().to_string()),
+                addr,
+                port.flatten().map(|p| p.to_string()),
                 sv.pid.map(|p| p.to_string()),
                 Some(if sv.tls { "yes" } else { "no" }.to_owned()),
             ]

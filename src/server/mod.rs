@@ -19,12 +19,13 @@
 
 mod console;
 mod shared;
+mod unix;
 mod verifiers;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
@@ -42,7 +43,7 @@ use crate::config::{self, BackendSslMode, CertSource, Config, LoadedConfig, Reso
 use crate::engine::Context;
 use crate::pool::{Credentials, Database, Pool, PoolSettings};
 use crate::protocol::framing::DEFAULT_MAX_MESSAGE_LEN;
-use crate::reactor::Reactor;
+use crate::reactor::{Listener, Reactor};
 use crate::tls;
 pub(crate) use shared::Shared;
 use verifiers::Deriver;
@@ -143,6 +144,8 @@ pub struct ServerHandle {
     shared: Arc<Shared>,
     reactors: Vec<JoinHandle<()>>,
     local_addrs: Vec<SocketAddr>,
+    /// The unix socket files pglink listens on (removed when dropped).
+    socket_files: Vec<unix::SocketFile>,
     resolver: Option<Resolver>,
     deriver: Option<Deriver>,
     reloader: Arc<Reloader>,
@@ -232,7 +235,11 @@ impl Server {
         });
         let console = console::Console::start(reloader.clone()).map_err(StartError::Thread)?;
         shared.set_console(console.handle());
-        let (listeners, local_addrs) = bind_listeners(config, reactors)?;
+        let Bound {
+            listeners,
+            local_addrs,
+            socket_files,
+        } = bind_listeners(config, reactors)?;
         // Bound before any thread starts, so that a taken port fails the start cleanly.
         #[cfg(feature = "metrics")]
         let metrics_listeners = match &config.prometheus {
@@ -264,6 +271,7 @@ impl Server {
             local_addrs
                 .iter()
                 .map(ToString::to_string)
+                .chain(socket_files.iter().map(|f| f.path().display().to_string()))
                 .collect::<Vec<_>>()
                 .join(", "),
             shared.ctx().databases.len()
@@ -273,6 +281,7 @@ impl Server {
             shared,
             reactors: threads,
             local_addrs,
+            socket_files,
             resolver,
             deriver: Some(deriver),
             reloader,
@@ -295,9 +304,15 @@ impl Server {
 }
 
 impl ServerHandle {
-    /// The addresses actually bound (useful with port 0).
+    /// The TCP addresses actually bound (useful with port 0).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local_addrs
+    }
+
+    /// The unix sockets listened on (`listen` entries that are paths); the files are removed
+    /// when the server stops.
+    pub fn unix_sockets(&self) -> impl Iterator<Item = &Path> {
+        self.socket_files.iter().map(unix::SocketFile::path)
     }
 
     /// Where the metrics and admin HTTP endpoint listens (empty without a `prometheus`
@@ -355,6 +370,8 @@ impl ServerHandle {
         for t in self.reactors.drain(..) {
             let _ = t.join();
         }
+        // The listeners are closed: the socket files go.
+        self.socket_files.clear();
         if let Some((stop, thread)) = self.resolver.take() {
             let _ = stop.send(());
             let _ = thread.join();
@@ -665,8 +682,11 @@ fn session_config(config: &Config, channel_binding: Option<Vec<u8>>) -> SessionC
     }
 }
 
+/// The server target of a backend section. A unix socket gets no TLS whatever `sslmode`
+/// says: libpq ignores `sslmode` for unix sockets, and PostgreSQL offers TLS only over TCP.
 fn backend_target(name: &str, b: &config::BackendConfig) -> Result<Target, StartError> {
     let sslmode = match b.sslmode {
+        _ if crate::backend::is_socket_dir(&b.host) => SslMode::Disable,
         BackendSslMode::Disable => SslMode::Disable,
         BackendSslMode::Allow => SslMode::Allow,
         BackendSslMode::Prefer => SslMode::Prefer,
@@ -1030,7 +1050,7 @@ fn start_resolver(shared: &Arc<Shared>) -> Result<Option<Resolver>, StartError> 
                 let names = ctx
                     .databases
                     .iter()
-                    .filter(|d| !d.removed && !d.target.is_ip());
+                    .filter(|d| !d.removed && d.target.needs_dns());
                 for db in names {
                     if let Err(e) = db.target.resolve() {
                         log::warn!("databases.{}.backend.host: {e}", db.name);
@@ -1042,18 +1062,34 @@ fn start_resolver(shared: &Arc<Shared>) -> Result<Option<Resolver>, StartError> 
     Ok(Some((stop, thread)))
 }
 
+/// What [`bind_listeners`] made.
+struct Bound {
+    /// Each reactor's listeners.
+    listeners: Vec<Vec<Listener>>,
+    local_addrs: Vec<SocketAddr>,
+    socket_files: Vec<unix::SocketFile>,
+}
+
 /// Listener sockets for every reactor: the first reactor binds (so port 0 picks a port), the
 /// others bind the same addresses with SO_REUSEPORT and the kernel spreads connections.
 ///
 /// SO_REUSEPORT would also let a second pglink (or anything else of the same OS user that
 /// sets it) bind the same port and silently take a share of the connections. So each fixed
 /// port is first probed with a plain bind, which fails while anyone listens there.
-fn bind_listeners(
-    config: &Config,
-    reactors: usize,
-) -> Result<(Vec<Vec<TcpListener>>, Vec<SocketAddr>), StartError> {
+///
+/// A unix socket has no SO_REUSEPORT: only the first reactor listens on it and serves its
+/// clients (their server connections still come from any reactor's idle ones).
+fn bind_listeners(config: &Config, reactors: usize) -> Result<Bound, StartError> {
     let mut wanted = Vec::new();
+    let mut paths = Vec::new();
     for listen in config.listen_addrs() {
+        let listen = match listen {
+            config::Listen::Tcp(addr) => addr,
+            config::Listen::Unix(path) => {
+                paths.push(path);
+                continue;
+            }
+        };
         let addrs = listen
             .to_socket_addrs()
             .map_err(|error| StartError::Listen {
@@ -1074,18 +1110,28 @@ fn bind_listeners(
             error,
         })?;
         bound.push(local);
-        first.push(socket);
+        first.push(Listener::Tcp(socket));
+    }
+    let mut socket_files = Vec::new();
+    for path in paths {
+        let (listener, file) = unix::bind(path)?;
+        first.push(listener);
+        socket_files.push(file);
     }
     let mut all = vec![first];
     for _ in 1..reactors {
         all.push(
             bound
                 .iter()
-                .map(|&a| bind_one(a))
+                .map(|&a| bind_one(a).map(Listener::Tcp))
                 .collect::<Result<_, _>>()?,
         );
     }
-    Ok((all, bound))
+    Ok(Bound {
+        listeners: all,
+        local_addrs: bound,
+        socket_files,
+    })
 }
 
 /// Fails with `AddrInUse` when something listens on `addr`, SO_REUSEPORT or not.

@@ -16,7 +16,17 @@ use super::{AuthMethod, SUPERUSER, TEST_DATABASE, TEST_USERS};
 /// `pg_hba.conf`: local trust for everyone; over TCP each harness role gets its method, TLS
 /// only roles are rejected without TLS, and any other role (tests may create their own) SCRAM.
 pub fn hba_conf() -> String {
-    let mut hba = String::from("# pglink test harness\nlocal all all trust\n");
+    // Over the unix socket the password roles authenticate as over TCP (so that a proxy
+    // whose backend is the socket directory really logs in); everyone else, the bootstrap
+    // superuser included, is trusted there.
+    let mut hba = String::from("# pglink test harness\n");
+    for user in TEST_USERS
+        .iter()
+        .filter(|u| u.password.is_some() && !u.tls_only)
+    {
+        hba += &format!("local all {} {}\n", user.name, user.method.hba());
+    }
+    hba += "local all all trust\n";
     for addr in ["127.0.0.1/32", "::1/128"] {
         for user in TEST_USERS {
             if user.tls_only {

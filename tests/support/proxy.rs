@@ -133,7 +133,14 @@ impl ProxyConfig {
 /// A running pglink.
 pub struct Proxy {
     server: Option<ServerHandle>,
+    /// Its first TCP address (`0.0.0.0:0` when it listens on unix sockets only).
     pub addr: SocketAddr,
+}
+
+/// The first TCP address `server` listens on.
+fn first_addr(server: &ServerHandle) -> SocketAddr {
+    let none = SocketAddr::from(([0, 0, 0, 0], 0));
+    server.local_addrs().first().copied().unwrap_or(none)
 }
 
 impl Proxy {
@@ -150,7 +157,7 @@ impl Proxy {
             .unwrap_or_else(|e| panic!("secrets: {e:?}"));
         let server =
             Server::start_loaded(loaded).unwrap_or_else(|e| panic!("pglink did not start: {e}"));
-        let addr = server.local_addrs()[0];
+        let addr = first_addr(&server);
         Proxy {
             server: Some(server),
             addr,
@@ -166,7 +173,7 @@ impl Proxy {
         let loaded = LoadedConfig::from_parsed("".as_ref(), parsed, Some(SecretsOptions::once()))
             .unwrap_or_else(|e| panic!("secrets: {e:?}"));
         let server = Server::start_loaded(loaded).map_err(|e| e.to_string())?;
-        let addr = server.local_addrs()[0];
+        let addr = first_addr(&server);
         Ok(Proxy {
             server: Some(server),
             addr,
@@ -200,6 +207,14 @@ impl Proxy {
         self.server
             .as_ref()
             .and_then(|s| s.metrics_addrs().first().copied())
+    }
+
+    /// The unix sockets it listens on.
+    pub fn unix_sockets(&self) -> Vec<std::path::PathBuf> {
+        self.handle()
+            .unix_sockets()
+            .map(|p| p.to_path_buf())
+            .collect()
     }
 
     pub fn client_count(&self) -> usize {
