@@ -10,7 +10,6 @@ const FEATURE_ONLY: &[(&str, &str)] = &[
     ("tokio", "the AWS SDK's runtime (feature `aws`)"),
     ("aws", "the AWS SDK (feature `aws`)"),
     ("opentelemetry", "OpenTelemetry (feature `otel`)"),
-    ("tiny_http", "the metrics endpoint (feature `metrics`)"),
     ("prometheus", "the metrics registry (feature `metrics`)"),
     ("hyper", "the AWS SDK's HTTP client (feature `aws`)"),
     (
