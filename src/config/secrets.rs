@@ -303,6 +303,8 @@ pub(crate) fn resolve_with(
     let mut databases = BTreeMap::new();
     for (name, db) in &config.databases {
         let mut users: Vec<ResolvedUser> = Vec::with_capacity(db.users.len());
+        // Each username once, with the path of its first appearance.
+        let mut seen: HashMap<String, &str> = HashMap::with_capacity(db.users.len());
         for user in &db.users {
             let username =
                 resolve_one(&user.username, &format!("{}.username", user.path), external);
@@ -310,11 +312,14 @@ pub(crate) fn resolve_with(
                 resolve_one(&user.password, &format!("{}.password", user.path), external);
             match (username, password) {
                 (Ok(username), Ok(password)) => {
-                    if let Some(first) = users.iter().find(|u| u.username == username) {
-                        problems.push(Problem::new(
+                    match seen.get(username.as_str()) {
+                        Some(&first) => problems.push(Problem::new(
                             format!("{}.username", user.path),
-                            format!("duplicate username: same as {}.username", first.path),
-                        ));
+                            format!("duplicate username: same as {first}.username"),
+                        )),
+                        None => {
+                            seen.insert(username.clone(), user.path.as_str());
+                        }
                     }
                     users.push(ResolvedUser {
                         username,

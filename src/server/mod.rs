@@ -37,7 +37,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::auth::{OsRng, Rng, tls_server_end_point};
 use crate::backend::{SslMode, Target};
 use crate::client::statements::Registry;
-use crate::client::users::{DbEntry, ScramSecret, UserEntry, UserTable};
+use crate::client::users::{DbEntry, DbId, PoolId, ScramSecret, UserEntry, UserTable};
 use crate::client::{AuthMethod, ClientTls, DatabaseContext, SessionConfig};
 use crate::config::{self, BackendSslMode, CertSource, Config, LoadedConfig, ResolvedSecrets};
 use crate::engine::Context;
@@ -222,8 +222,6 @@ impl Server {
         let deriver = Deriver::start().map_err(StartError::Thread)?;
         let ahead = users.scram_secrets();
         let shared = Arc::new(Shared::new(context, users, server_tls, deriver.verifiers()));
-        // Every user's verifier, derived while the first clients connect.
-        shared.verifiers.ahead(ahead);
         let resolver = start_resolver(&shared)?;
         let reloader = Arc::new(Reloader {
             shared: shared.clone(),
@@ -266,6 +264,9 @@ impl Server {
                 .map_err(StartError::Thread)?;
             threads.push(thread);
         }
+        // Every user's verifier, derived while the first clients connect (not before: on a
+        // small machine the derivation would compete with the start for the CPU).
+        shared.verifiers.ahead(ahead);
         log::info!(
             "pglink listening on {} ({reactors} reactor threads, {} databases)",
             local_addrs
@@ -522,6 +523,14 @@ fn build_catalog(
         databases.extend(ctx.databases.iter().map(Database::tombstone));
         pools.extend(ctx.pools.iter().cloned());
     }
+    // The pools in effect by (database, user): a user that stays keeps its pool.
+    let credentials: Vec<_> = pools.iter().map(|p| p.credentials().0).collect();
+    let kept_pools: HashMap<(DbId, &str), PoolId> = pools
+        .iter()
+        .zip(&credentials)
+        .filter(|(p, _)| !p.is_removed())
+        .map(|(p, c)| ((p.db, c.user.as_str()), p.id))
+        .collect();
     for (name, db) in &config.databases {
         let kept = old.and_then(|(ctx, old_config)| {
             let before = ctx
@@ -617,9 +626,9 @@ fn build_catalog(
                 user: user.username.clone(),
                 password: user.password.clone(),
             };
-            let existing = pools
-                .iter()
-                .find(|p| p.db == id && !p.is_removed() && p.credentials().0.user == user.username);
+            let existing = kept_pools
+                .get(&(id, user.username.as_str()))
+                .and_then(|&p| pools.get(p));
             let pool = match existing {
                 Some(p) => {
                     changes.credentials.push((p.clone(), credentials));
