@@ -68,14 +68,7 @@ fn send(addr: &CancelAddr, tls: CancelTls, pid: u32, secret: &[u8]) -> std::io::
             sock.set_write_timeout(Some(CANCEL_TIMEOUT))?;
             Box::new(sock)
         }
-        // A local connect does not wait for the server (it fails at once when the backlog
-        // is full); reads and writes are bounded as over TCP.
-        CancelAddr::Unix(path) => {
-            let sock = UnixStream::connect(path)?;
-            sock.set_read_timeout(Some(CANCEL_TIMEOUT))?;
-            sock.set_write_timeout(Some(CANCEL_TIMEOUT))?;
-            Box::new(sock)
-        }
+        CancelAddr::Unix(path) => Box::new(unix_connect(path, CANCEL_TIMEOUT)?),
     };
     let mut packet = Vec::with_capacity(16);
     cancel_request(&mut packet, pid, secret);
@@ -99,4 +92,19 @@ fn send(addr: &CancelAddr, tls: CancelTls, pid: u32, secret: &[u8]) -> std::io::
     // The server closes the connection once it has signalled its backend.
     let _ = sock.read(&mut [0u8; 1]);
     Ok(())
+}
+
+/// A unix-socket connection whose connect, reads and writes each wait at most `timeout`: on
+/// Linux a blocking connect to a socket whose backlog is full sleeps until the send timeout
+/// (forever by default), so that is set before connecting.
+pub(crate) fn unix_connect(
+    path: &std::path::Path,
+    timeout: Duration,
+) -> std::io::Result<UnixStream> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let sock = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    sock.set_write_timeout(Some(timeout))?;
+    sock.set_read_timeout(Some(timeout))?;
+    sock.connect(&SockAddr::unix(path)?)?;
+    Ok(UnixStream::from(std::os::fd::OwnedFd::from(sock)))
 }

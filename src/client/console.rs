@@ -87,4 +87,9 @@ impl Session {
     pub fn is_console_busy(&self) -> bool {
         matches!(self.state, State::Console { busy: true })
     }
+
+    /// A session logged in (or logging in) to the admin console.
+    pub fn is_console_login(&self) -> bool {
+        self.console.is_some() && !self.is_closed()
+    }
 }

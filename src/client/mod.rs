@@ -345,6 +345,9 @@ pub struct Session {
     db: Option<DbId>,
     /// A login to the admin console: whether the user is in `admin_users`.
     console: Option<bool>,
+    /// The channel-binding data of the certificate this connection's TLS handshake was
+    /// served (`None` until the driver says; then the configuration's is used).
+    channel_binding: Option<Option<Vec<u8>>>,
     database: String,
     user: String,
     /// Startup parameters other than user/database (application_name, client_encoding, ...).
@@ -376,6 +379,7 @@ impl Session {
             pool: None,
             db: None,
             console: None,
+            channel_binding: None,
             database: String::new(),
             user: String::new(),
             startup_params: Vec::new(),
@@ -517,6 +521,12 @@ impl Session {
     }
 
     /// The TLS handshake finished. Direct TLS must have negotiated ALPN `postgresql`.
+    /// The `tls-server-end-point` data of the certificate this connection was served (the
+    /// driver knows it; a reload may have changed the configuration's since).
+    pub fn set_channel_binding(&mut self, binding: Option<Vec<u8>>) {
+        self.channel_binding = Some(binding);
+    }
+
     pub fn on_tls_established(&mut self, direct: bool, alpn_postgresql: bool, out: &mut Out<'_>) {
         self.tls = true;
         if direct && !alpn_postgresql {

@@ -225,6 +225,14 @@ impl Session {
         self.set_state(State::Authenticating(auth), out);
     }
 
+    /// The channel-binding data of this connection's certificate.
+    fn binding<'e>(&'e self, env: &'e Env<'_>) -> Option<&'e Vec<u8>> {
+        match &self.channel_binding {
+            Some(known) => known.as_ref(),
+            None => env.config.channel_binding.as_ref(),
+        }
+    }
+
     /// The login is for database `db` (and `entry`'s pool, if the user exists).
     fn in_database(
         &mut self,
@@ -246,7 +254,7 @@ impl Session {
         env: &mut Env<'_>,
         out: &mut Out<'_>,
     ) -> AuthState {
-        let plus = self.tls && env.config.channel_binding.is_some();
+        let plus = self.tls && self.binding(env).is_some();
         let list: Vec<&[u8]> = mechanisms(plus).iter().map(|m| m.as_bytes()).collect();
         be_msg::authentication_sasl(out.to_client, &list);
         let exists = entry.is_some();
@@ -344,7 +352,7 @@ impl Session {
                 let initial = SaslInitialResponse::decode(body).map_err(protocol)?;
                 let data = initial.data.ok_or(AuthFailureKind::ProtocolViolation)?;
                 let binding = if self.tls {
-                    env.config.channel_binding.clone()
+                    self.binding(env).cloned()
                 } else {
                     None
                 };

@@ -316,6 +316,57 @@ fn a_scram_login_completes_once_its_verifier_is_derived() {
     assert_eq!(h.take_actions(), vec![Action::LoggedIn]);
 }
 
+/// A SCRAM-SHA-256-PLUS login over TLS bound to `binding`: whether it got in.
+fn plus_login_with(h: &mut Harness, binding: Vec<u8>) -> bool {
+    h.startup_with("alice", "db", &[]);
+    let mut client = ScramClient::new(
+        PASSWORD.as_bytes(),
+        ClientChannelBinding::TlsServerEndPoint(binding),
+        &mut OsRng,
+    );
+    h.to_client.clear();
+    let mut m = Vec::new();
+    let mechanism = crate::auth::SCRAM_SHA_256_PLUS.as_bytes();
+    frontend::sasl_initial_response(&mut m, mechanism, Some(&client.client_first()));
+    h.send(&m);
+    let bytes = std::mem::take(&mut h.to_client);
+    let frame = Frames::new(&bytes, 1 << 20).next().unwrap().unwrap();
+    let BackendMessage::Authentication(Authentication::SaslContinue { data }) =
+        frame.backend().unwrap()
+    else {
+        return false;
+    };
+    let last = client.on_server_first(data).unwrap();
+    let mut m = Vec::new();
+    frontend::sasl_response(&mut m, &last);
+    h.send(&m);
+    h.session.is_logged_in()
+}
+
+#[test]
+fn channel_binding_is_the_certificate_the_connection_was_served_not_the_configuration_now() {
+    // The configuration's certificate hash is [1; 32] (see `config`); this connection's
+    // handshake was served one whose hash is [2; 32] (a reload changed it in between).
+    let mut h = Harness::new(AuthMethod::Scram, ClientTls::Optional);
+    h.call(|s, out| {
+        s.set_channel_binding(Some(vec![2; 32]));
+        s.on_tls_established(false, false, out);
+    });
+    assert!(
+        plus_login_with(&mut h, vec![2; 32]),
+        "bound to the served certificate"
+    );
+    let mut h = Harness::new(AuthMethod::Scram, ClientTls::Optional);
+    h.call(|s, out| {
+        s.set_channel_binding(Some(vec![2; 32]));
+        s.on_tls_established(false, false, out);
+    });
+    assert!(
+        !plus_login_with(&mut h, vec![1; 32]),
+        "not to the configuration's"
+    );
+}
+
 /// A harness whose `alice` may (or may not) use the admin console.
 fn console_harness(admin: bool) -> Harness {
     let mut h = Harness::new(AuthMethod::Scram, ClientTls::Optional);

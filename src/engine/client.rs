@@ -320,7 +320,9 @@ impl Engine {
     /// The TLS handshake finished: the session goes on with the plaintext.
     pub(super) fn client_tls_established(&mut self, id: ClientId, info: &TlsInfo) {
         let direct = self.client(id).is_some_and(|c| c.tls_direct);
+        let binding = info.channel_binding.clone();
         self.with_session(id, |s, _, out| {
+            s.set_channel_binding(binding);
             s.on_tls_established(direct, info.alpn_postgresql, out);
         });
     }

@@ -461,6 +461,8 @@ impl Engine {
 
     /// Periodic: expire idle connections, run health checks, keep the minimum warm.
     pub(super) fn maintain_pools(&mut self) {
+        // What a reload, PAUSE or RECONNECT retired (also when its `Maintain` was lost).
+        self.retire_idle();
         let engines = self.ctx.reactors.max(1);
         let ctx = self.ctx.clone();
         for pool in 0..self.shards.len() {

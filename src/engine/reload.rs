@@ -9,7 +9,8 @@
 //!   lowered `pool_max_conns`, closes now; one lent to a client closes when it comes back
 //!   ([`Engine::retirement`] is asked then too);
 //! - a session of a removed user or database ends with FATAL 57P01 now when it holds no
-//!   server connection, else at the end of its transaction;
+//!   server connection, else at the end of its transaction; so does an admin console session
+//!   of a user no longer in `admin_users` (the engine has the new login table by then);
 //! - clients waiting for a server connection get one opened for them if the pool grew.
 //!
 //! Everything else the engines read from the [`Context`] when they need it (pool sizes,
@@ -44,6 +45,23 @@ impl Engine {
             .collect();
         for c in removed {
             self.client_removed(c);
+        }
+        // Admin console sessions of users no longer in `admin_users` (or no longer users).
+        let demoted: Vec<ClientId> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.session.is_console_login())
+            .filter(|(_, c)| {
+                !self
+                    .users
+                    .console
+                    .get(c.session.user())
+                    .is_some_and(|&(_, admin)| admin)
+            })
+            .map(|(i, c)| ClientId::new(i, c.generation))
+            .collect();
+        for c in demoted {
+            self.with_session(c, |s, _, out| s.on_removed(out));
         }
         // A larger pool serves clients already waiting, not only the next ones.
         self.serve_waiters();
@@ -80,7 +98,7 @@ impl Engine {
     }
 
     /// Closes the idle server connections that may not serve any more.
-    fn retire_idle(&mut self) {
+    pub(super) fn retire_idle(&mut self) {
         for pool in 0..self.shards.len() {
             let idle = self
                 .shards

@@ -7,12 +7,12 @@
 //! delays other scrapes, never a client. Request bodies are never read. The threads are
 //! pglink's own, named and joined on shutdown, as an embedding host expects.
 
-use std::io::{self, Read as _, Write as _};
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -183,9 +183,13 @@ impl Handler {
         }
     }
 
-    fn answer(&self, mut stream: TcpStream) -> io::Result<()> {
-        stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    /// One request and its answer, within `IO_TIMEOUT` in all (a socket timeout alone would
+    /// restart with every byte a slow client trickles in).
+    fn answer(&self, stream: TcpStream) -> io::Result<()> {
+        let mut stream = Deadlined {
+            stream,
+            deadline: Instant::now() + IO_TIMEOUT,
+        };
         let Some(request) = read_request(&mut stream)? else {
             return write_response(&mut stream, 400, PLAIN, "bad request\n", false);
         };
@@ -217,8 +221,43 @@ impl Handler {
     }
 }
 
+/// A connection whose every read and write must finish by one `deadline`.
+struct Deadlined {
+    stream: TcpStream,
+    deadline: Instant,
+}
+
+impl Deadlined {
+    /// Time left, or `TimedOut` when none is.
+    fn left(&self) -> io::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        Ok(left)
+    }
+}
+
+impl io::Read for Deadlined {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.set_read_timeout(Some(self.left()?))?;
+        self.stream.read(buf)
+    }
+}
+
+impl io::Write for Deadlined {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.set_write_timeout(Some(self.left()?))?;
+        self.stream.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+}
+
 /// Reads a request head; `None` when it is not HTTP/1.x or too long.
-fn read_request(stream: &mut TcpStream) -> io::Result<Option<Request>> {
+fn read_request(stream: &mut impl io::Read) -> io::Result<Option<Request>> {
     let mut head = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -249,7 +288,7 @@ fn parse_request_line(head: &[u8]) -> Option<Request> {
 }
 
 fn write_response(
-    stream: &mut TcpStream,
+    stream: &mut impl io::Write,
     status: u16,
     content_type: &str,
     body: &str,

@@ -33,6 +33,8 @@ pub struct Socket {
     /// On the reactor's list of connections to write at the end of the turn.
     pub(super) dirty: bool,
     pub(super) peer: Peer,
+    /// A client TLS handshake's channel-binding data: that of the certificate it is served.
+    pub(super) tls_binding: Option<Vec<u8>>,
 }
 
 impl Socket {
@@ -46,6 +48,7 @@ impl Socket {
             connecting: false,
             dirty: false,
             peer,
+            tls_binding: None,
         }
     }
 }
@@ -243,7 +246,7 @@ impl Reactor {
             let info = match conn {
                 Conn::Client(_) => TlsInfo {
                     alpn_postgresql: s.stream.alpn() == Some(ALPN_POSTGRESQL),
-                    channel_binding: None,
+                    channel_binding: s.tls_binding.take(),
                 },
                 Conn::Server(_) => TlsInfo {
                     alpn_postgresql: false,

@@ -86,7 +86,7 @@ impl Shared {
     /// Tells every reactor's engine to act on PAUSE, RESUME or RECONNECT now.
     pub(crate) fn maintain_all(&self) {
         for id in 0..self.reactor_count() {
-            let _ = Mailbox::send(self, id, Message::Maintain);
+            deliver(self, id, Message::Maintain);
         }
     }
 }
@@ -526,11 +526,12 @@ impl Reactor {
     /// Answers the client's SSLRequest in plaintext, then starts TLS as the server.
     fn start_client_tls(&mut self, client: ClientId, direct: bool) {
         let conn = Conn::Client(client);
-        let Some(config) = self.shared.tls() else {
+        let Some(identity) = self.shared.tls() else {
             return self
                 .engine
                 .handle_closed(conn, Failure::TlsNotConfigured, self.now);
         };
+        let config = identity.config;
         let Some(s) = self.sockets.get(conn) else {
             return;
         };
@@ -553,6 +554,7 @@ impl Reactor {
             }
             prefix.unwrap_or_default()
         });
+        s.tls_binding = identity.channel_binding;
         let started = s.stream.accept_tls(config, prefix.as_deref());
         match started {
             Ok(()) => {

@@ -45,7 +45,7 @@ use crate::pool::{Credentials, Database, Pool, PoolSettings};
 use crate::protocol::framing::DEFAULT_MAX_MESSAGE_LEN;
 use crate::reactor::{Listener, Reactor};
 use crate::tls;
-pub(crate) use shared::Shared;
+pub(crate) use shared::{ClientIdentity, Shared};
 use verifiers::Deriver;
 #[cfg(all(test, feature = "metrics"))]
 pub(crate) use verifiers::Verifiers;
@@ -174,8 +174,16 @@ impl Server {
     /// Starts pglink for a configuration whose secrets are already resolved and watched
     /// ([`LoadedConfig::load`]).
     pub fn start_loaded(loaded: LoadedConfig) -> Result<ServerHandle, StartError> {
-        let server = Server::start_with(&loaded.config, &loaded.secrets.current())?;
-        server.reloader.watch_secrets(loaded.secrets);
+        let applied = loaded.secrets.current();
+        let server = Server::start_with(&loaded.config, &applied)?;
+        let mut current = server.reloader.lock_config();
+        let previous = server
+            .reloader
+            .install_watcher(&mut current, loaded.secrets, &applied);
+        drop(current);
+        if let Some(previous) = previous {
+            previous.stop();
+        }
         if !loaded.path.as_os_str().is_empty() {
             *server
                 .reloader
@@ -221,14 +229,18 @@ impl Server {
         context.shutdown_grace = config.shutdown_timeout;
         let deriver = Deriver::start().map_err(StartError::Thread)?;
         let ahead = users.scram_secrets();
-        let shared = Arc::new(Shared::new(context, users, server_tls, deriver.verifiers()));
+        let identity = server_tls.map(|config| ClientIdentity {
+            config,
+            channel_binding: context.session.channel_binding.clone(),
+        });
+        let shared = Arc::new(Shared::new(context, users, identity, deriver.verifiers()));
         let resolver = start_resolver(&shared)?;
         let reloader = Arc::new(Reloader {
             shared: shared.clone(),
             config: std::sync::Mutex::new(Arc::new(config.clone())),
             reactors,
             watcher: Default::default(),
-            secrets: std::sync::Mutex::new(None),
+            secrets: std::sync::Mutex::default(),
             path: std::sync::Mutex::new(None),
         });
         let console = console::Console::start(reloader.clone()).map_err(StartError::Thread)?;
@@ -824,6 +836,13 @@ fn check_admin_users(config: &Config, users: &UserTable) -> Result<(), StartErro
     )))
 }
 
+/// The secrets watcher in effect; `stopped` once shutdown has stopped it for good.
+#[derive(Default)]
+struct SecretsSlot {
+    watcher: Option<config::SecretsWatcher>,
+    stopped: bool,
+}
+
 /// What reloads and secret rotations share: the configuration in effect (whose lock also
 /// keeps them from running at the same time) and how to publish a new one.
 struct Reloader {
@@ -833,7 +852,7 @@ struct Reloader {
     /// Which secrets watcher's refreshes apply (a reload starts a new one).
     watcher: std::sync::atomic::AtomicU64,
     /// The secrets watcher in effect (its refresh thread, for AWS secrets).
-    secrets: std::sync::Mutex<Option<config::SecretsWatcher>>,
+    secrets: std::sync::Mutex<SecretsSlot>,
     /// The file the configuration came from, if any (RELOAD reads it again).
     path: std::sync::Mutex<Option<PathBuf>>,
 }
@@ -882,8 +901,18 @@ impl Reloader {
         let watcher = config::SecretsWatcher::start(&config, options)
             .map_err(|e| apply(StartError::Secrets(e)))?;
         let config = Arc::new(config);
-        let outcome = self.apply(&config, &watcher.current()).map_err(apply)?;
-        self.watch_secrets(watcher);
+        let mut current = self.lock_config();
+        let applied = watcher.current();
+        let outcome = self
+            .apply_locked(&mut current, &config, &applied)
+            .map_err(apply)?;
+        let previous = self.install_watcher(&mut current, watcher, &applied);
+        drop(current);
+        // Outside the lock: its thread may be waiting for it in `rotate` (which then does
+        // nothing, its generation being over).
+        if let Some(previous) = previous {
+            previous.stop();
+        }
         for field in &outcome.restart_needed {
             log::warn!("reload: {field} changed but takes effect only after a restart");
         }
@@ -899,77 +928,87 @@ impl Reloader {
         }
     }
 
-    /// Makes `watcher` the one whose refreshes apply, and stops the previous one.
-    fn watch_secrets(self: &Arc<Self>, watcher: config::SecretsWatcher) {
+    fn lock_config(&self) -> std::sync::MutexGuard<'_, Arc<Config>> {
+        self.config
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Makes `watcher` the one whose refreshes apply (under the configuration lock, so that
+    /// no refresh of the previous one lands in between), applies at once what it resolved
+    /// since `applied` was read from it, and returns the previous watcher for the caller to
+    /// stop once the lock is released. After shutdown has stopped the secrets, `watcher`
+    /// itself comes back, to be stopped.
+    fn install_watcher(
+        self: &Arc<Self>,
+        current: &mut std::sync::MutexGuard<'_, Arc<Config>>,
+        watcher: config::SecretsWatcher,
+        applied: &Arc<ResolvedSecrets>,
+    ) -> Option<config::SecretsWatcher> {
         use std::sync::atomic::Ordering;
+        let mut slot = self
+            .secrets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot.stopped {
+            return Some(watcher);
+        }
         let generation = self.watcher.fetch_add(1, Ordering::AcqRel) + 1;
         let reloader = self.clone();
         watcher.set_on_change(Box::new(move |secrets| {
             reloader.rotate(generation, &secrets)
         }));
-        let previous = self
-            .secrets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .replace(watcher);
-        // Outside the lock: its thread may be inside `rotate` (which then does nothing).
-        if let Some(previous) = previous {
-            previous.stop();
+        let latest = watcher.current();
+        if !Arc::ptr_eq(&latest, applied) {
+            let config = Arc::clone(current);
+            if let Err(e) = self.apply_locked(current, &config, &latest) {
+                log::warn!("secrets refreshed but not applied: {e}");
+            }
         }
+        slot.watcher.replace(watcher)
     }
 
-    /// Stops the secrets watcher (which also ends the reference its callback holds).
+    /// Stops the secrets watcher (which also ends the reference its callback holds); none
+    /// is installed after this.
     fn stop_secrets(&self) {
-        let secrets = self
-            .secrets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(secrets) = secrets {
-            secrets.stop();
+        let watcher = {
+            let mut slot = self
+                .secrets
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            slot.stopped = true;
+            slot.watcher.take()
+        };
+        if let Some(watcher) = watcher {
+            watcher.stop();
         }
     }
 
     /// Secrets rotated (refreshed from AWS) by the watcher of generation `watcher`: the
     /// configuration in effect again with them, unless a reload has replaced that watcher.
     fn rotate(&self, watcher: u64, secrets: &ResolvedSecrets) {
-        let current = self
-            .config
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut current = self.lock_config();
         if self.watcher.load(std::sync::atomic::Ordering::Acquire) != watcher {
             return;
         }
-        let config = current.clone();
-        match self.apply_locked(current, &config, secrets) {
+        let config = Arc::clone(&current);
+        match self.apply_locked(&mut current, &config, secrets) {
             Ok(_) => log::info!("secrets refreshed; logins and pool credentials updated"),
             Err(e) => log::warn!("secrets refreshed but not applied: {e}"),
         }
     }
 
-    /// Builds the configuration `config` with `secrets` on top of the one in effect and
-    /// publishes it; returns what needs a restart.
-    fn apply(
-        &self,
-        config: &Arc<Config>,
-        secrets: &ResolvedSecrets,
-    ) -> Result<ReloadOutcome, StartError> {
-        let current = self
-            .config
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.apply_locked(current, config, secrets)
-    }
-
+    /// Builds the configuration `config` with `secrets` on top of the one in effect (`current`,
+    /// whose lock the caller holds) and publishes it; returns what needs a restart.
     fn apply_locked(
         &self,
-        mut current: std::sync::MutexGuard<'_, Arc<Config>>,
+        current: &mut std::sync::MutexGuard<'_, Arc<Config>>,
         config: &Arc<Config>,
         secrets: &ResolvedSecrets,
     ) -> Result<ReloadOutcome, StartError> {
         let (ctx, users) = self.shared.current();
         let mut outcome = ReloadOutcome {
-            restart_needed: restart_only_changes(&current, config),
+            restart_needed: restart_only_changes(current, config),
         };
         let tls_changed = current.tls != config.tls;
         let new_tls = if tls_changed {
@@ -981,7 +1020,7 @@ impl Reloader {
             config,
             secrets,
             self.reactors,
-            Some((&ctx, &current)),
+            Some((&ctx, current)),
             &mut outcome.restart_needed,
         )?;
         for db in databases.iter().filter(|d| !d.removed) {
@@ -1008,15 +1047,40 @@ impl Reloader {
         next.shutdown_grace = config.shutdown_timeout;
         // Valid as a whole: from here on it takes effect.
         changes.commit();
-        if let Some((server_tls, _)) = new_tls {
-            self.shared.set_tls(server_tls);
+        if let Some((server_tls, channel_binding)) = new_tls {
+            let identity = server_tls.map(|config| ClientIdentity {
+                config,
+                channel_binding,
+            });
+            self.shared.set_tls(identity);
         }
         let ahead = table.scram_secrets();
         self.shared.publish(next, table);
         self.shared.verifiers.ahead(ahead);
-        *current = config.clone();
+        // What is in effect: the restart-only settings as they were.
+        **current = Arc::new(in_effect(current, config));
         Ok(outcome)
     }
+}
+
+/// `new` as far as a reload applies it: the settings that need a restart keep `old`'s values,
+/// so that the configuration kept (and shown by SHOW CONFIG) is the one in effect, and the
+/// next reload compares against it.
+fn in_effect(old: &Config, new: &Config) -> Config {
+    let mut c = new.clone();
+    c.listen = old.listen.clone();
+    c.reactor_threads = old.reactor_threads;
+    c.prometheus = old.prometheus.clone();
+    for (name, db) in &mut c.databases {
+        if let Some(before) = old.databases.get(name) {
+            let (b, was) = (&mut db.backend, &before.backend);
+            b.default_startup_parameters = was.default_startup_parameters.clone();
+            b.prepared_statement_cache_size = was.prepared_statement_cache_size;
+            b.description_cache_capacity = was.description_cache_capacity;
+            db.track_extra_parameters = before.track_extra_parameters.clone();
+        }
+    }
+    c
 }
 
 /// Top-level settings a reload cannot apply (the listeners, the threads and the metrics

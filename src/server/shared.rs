@@ -11,6 +11,15 @@ use crate::client::users::UserTable;
 use crate::engine::Context;
 use crate::reactor::{ReactorHandle, ServerTlsConfig};
 
+/// What a client's TLS handshake uses: the rustls configuration, and the
+/// `tls-server-end-point` data of its certificate (for SCRAM-SHA-256-PLUS), which must be
+/// that of the certificate the connection was actually served, whatever a reload did since.
+#[derive(Clone)]
+pub(crate) struct ClientIdentity {
+    pub config: Arc<ServerTlsConfig>,
+    pub channel_binding: Option<Vec<u8>>,
+}
+
 /// State every reactor shares.
 pub struct Shared {
     /// The configuration in effect: what the engines share, and the login table. Replaced
@@ -21,8 +30,9 @@ pub struct Shared {
     /// The first configuration, for what every configuration shares (counts, the stop flag,
     /// the counters) without taking the lock.
     base: Arc<Context>,
-    /// The client-side TLS configuration (a reload may replace it).
-    tls: RwLock<Option<Arc<ServerTlsConfig>>>,
+    /// The client-side TLS configuration and its certificate's channel-binding data (a
+    /// reload may replace both, together).
+    tls: RwLock<Option<ClientIdentity>>,
     /// Reloads applied and refused, for `pglink_config_reloads_total`.
     pub(crate) reloads: [AtomicU64; 2],
     /// The SCRAM verifier thread.
@@ -40,7 +50,7 @@ impl Shared {
     pub(crate) fn new(
         ctx: Context,
         users: UserTable,
-        tls: Option<Arc<ServerTlsConfig>>,
+        tls: Option<ClientIdentity>,
         verifiers: Verifiers,
     ) -> Shared {
         let ctx = Arc::new(ctx);
@@ -83,15 +93,16 @@ impl Shared {
         self.wake_all();
     }
 
-    /// The client-side TLS configuration for new handshakes.
-    pub(crate) fn tls(&self) -> Option<Arc<ServerTlsConfig>> {
+    /// The client-side TLS configuration for new handshakes, with the channel-binding data
+    /// of the certificate it presents.
+    pub(crate) fn tls(&self) -> Option<ClientIdentity> {
         self.tls
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
-    pub(crate) fn set_tls(&self, tls: Option<Arc<ServerTlsConfig>>) {
+    pub(crate) fn set_tls(&self, tls: Option<ClientIdentity>) {
         *self.tls.write().unwrap_or_else(PoisonError::into_inner) = tls;
     }
 

@@ -96,7 +96,8 @@ fn remove_stale(path: &Path) -> io::Result<()> {
             "the path exists and is not a socket",
         ));
     }
-    match std::os::unix::net::UnixStream::connect(path) {
+    // Bounded: a live listener with a full backlog makes a blocking connect wait.
+    match crate::backend::cancel::unix_connect(path, std::time::Duration::from_secs(2)) {
         Ok(_) => Err(io::Error::new(
             io::ErrorKind::AddrInUse,
             "another process is listening on this socket",
@@ -106,6 +107,18 @@ fn remove_stale(path: &Path) -> io::Result<()> {
             fs::remove_file(path)
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        // Waited for: something is there, just busy.
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "another process is listening on this socket (and not accepting)",
+            ))
+        }
         Err(e) => Err(e),
     }
 }

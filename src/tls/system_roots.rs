@@ -81,16 +81,25 @@ impl SystemRoots {
         }
     }
 
-    /// Reads the certificates. A file named by `SSL_CERT_FILE` that cannot be read is an
-    /// error; a directory entry that is not a certificate is skipped (OpenSSL would only
-    /// notice it when looking that hash up). No certificate at all is an error.
+    /// Reads the certificates. A file named by `SSL_CERT_FILE` that cannot be read, or holds
+    /// a certificate webpki cannot use as an anchor, is an error; in the distribution's
+    /// bundle such a certificate is skipped, as is a directory entry that is not a
+    /// certificate (OpenSSL would only notice it when looking that hash up). No certificate
+    /// at all is an error.
     pub fn load(&self) -> Result<RootCertStore, TlsError> {
         let mut store = RootCertStore::empty();
         let mut seen = std::collections::HashSet::new();
         if let Some(file) = &self.file {
             for cert in load_certs(file)? {
                 if seen.insert(cert.as_ref().to_vec()) {
-                    add_root(&mut store, cert, file)?;
+                    if self.file_from_env {
+                        // Named on purpose (SSL_CERT_FILE): every certificate must be usable.
+                        add_root(&mut store, cert, file)?;
+                    } else if let Err(e) = store.add(cert) {
+                        // One a distribution bundle has but webpki cannot use as an anchor
+                        // is skipped, not the whole store.
+                        log::debug!("{}: a certificate skipped: {e}", file.display());
+                    }
                 }
             }
         }
@@ -107,7 +116,7 @@ impl SystemRoots {
             for path in names {
                 for cert in load_certs(&path).into_iter().flatten() {
                     if seen.insert(cert.as_ref().to_vec()) {
-                        // A certificate webpki cannot use as an anchor is skipped, as above.
+                        // A certificate webpki cannot use as an anchor is skipped.
                         let _ = store.add(cert);
                     }
                 }
