@@ -358,3 +358,27 @@ fn admin_users_must_be_configured_users_and_pglink_is_no_database_name() {
     let e = pglink::Config::from_value(json).unwrap_err().to_string();
     assert!(e.contains("databases.pglink"), "{e}");
 }
+
+#[test]
+fn a_reload_that_takes_a_user_out_of_admin_users_ends_its_console_session() {
+    let pg = PgServer::shared();
+    let admin = create_user(pg, "console_adm7");
+    let config = config(pg, &admin, &[]);
+    let mut json = config.json().clone();
+    let proxy = config.start();
+    let mut c =
+        WireClient::connect(proxy.addr, admin.name, Proxy::password(&admin), CONSOLE).unwrap();
+    assert_eq!(c.query_column("SHOW VERSION").unwrap().len(), 1);
+    json["admin_users"] = json!([]);
+    proxy.reload(&json).unwrap();
+    let ended = c.read().unwrap();
+    let (severity, code, message) = ended.error().expect("an error ends the session");
+    assert_eq!(
+        (severity.as_str(), code.as_str()),
+        ("FATAL", "57P01"),
+        "{message}"
+    );
+    // And a new login is refused.
+    let e = refused(proxy.addr, admin.name, Proxy::password(&admin));
+    assert!(e.starts_with("FATAL 42501"), "{e}");
+}

@@ -549,6 +549,11 @@ fn restart_only_settings_are_reported_and_keep_their_values() {
         TcpStream::connect_timeout(&other, Duration::from_millis(500)).is_err(),
         "pglink listens on {other} before a restart"
     );
+    // The same file again: still not in effect, so still reported.
+    let again = proxy.reload(&json).unwrap();
+    let mut restart_needed = again.restart_needed;
+    restart_needed.sort();
+    assert_eq!(restart_needed, ["listen", "reactor_threads"]);
 }
 
 // ---- the binary: SIGHUP -------------------------------------------------------------------

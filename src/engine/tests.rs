@@ -800,3 +800,22 @@ fn a_lowered_pool_max_conns_closes_connections_as_they_come_back() {
     assert_eq!(w.closes(CloseReason::Reconfigured), 2);
     w.check();
 }
+
+#[test]
+fn maintenance_closes_what_a_pause_retired_even_if_its_message_was_lost() {
+    let mut w = world(Setup::default());
+    let c = w.login(0, 0);
+    assert_eq!(select(&mut w, c, 1), vec![World::marker(c, 1)]);
+    let idle = (0..w.servers.len()).find(|&s| w.is_idle(s)).unwrap();
+    // PAUSE sets the flag; its `Maintain` message never arrives.
+    w.ctx.databases[0].set_paused(true);
+    w.advance(MS);
+    assert!(!w.servers[idle].closed);
+    w.advance(S);
+    assert!(
+        w.servers[idle].closed,
+        "the next maintenance pass closes it"
+    );
+    assert_eq!(w.closes(CloseReason::Reconfigured), 1);
+    w.check();
+}

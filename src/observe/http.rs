@@ -320,6 +320,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_request_gets_one_deadline_in_all_not_one_per_read() {
+        use std::io::Read as _;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (stream, _) = listener.accept().unwrap();
+        let mut spent = Deadlined {
+            stream,
+            deadline: Instant::now(),
+        };
+        let e = spent.read(&mut [0u8; 8]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        // With time left, a read waits at most that long (the client sends nothing).
+        spent.deadline = Instant::now() + Duration::from_millis(50);
+        let started = Instant::now();
+        assert!(spent.read(&mut [0u8; 8]).is_err());
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
     fn request_lines() {
         let get = |path: &str| Request {
             head_only: false,
