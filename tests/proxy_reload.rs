@@ -554,6 +554,20 @@ fn restart_only_settings_are_reported_and_keep_their_values() {
     let mut restart_needed = again.restart_needed;
     restart_needed.sort();
     assert_eq!(restart_needed, ["listen", "reactor_threads"]);
+    // A database's settings that the shared statement registry depends on, likewise.
+    json["databases"][TEST_DATABASE]["backend"]["prepared_statement_cache_size"] = json!(7);
+    let outcome = proxy.reload(&json).unwrap();
+    let mut restart_needed = outcome.restart_needed;
+    restart_needed.sort();
+    assert_eq!(
+        restart_needed,
+        [
+            "databases.pglink_test.backend.prepared_statement_cache_size",
+            "listen",
+            "reactor_threads"
+        ]
+    );
+    assert_eq!(d.query_column("SELECT 1").unwrap(), ["1"]);
 }
 
 // ---- the binary: SIGHUP -------------------------------------------------------------------

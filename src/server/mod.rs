@@ -210,8 +210,7 @@ impl Server {
         }
         let reactors = config.effective_reactor_threads().max(1);
         let (server_tls, channel_binding) = client_tls(config)?;
-        let (databases, pools, changes) =
-            build_catalog(config, secrets, reactors, None, &mut Vec::new())?;
+        let (databases, pools, changes) = build_catalog(config, secrets, reactors, None)?;
         changes.commit();
         let users = user_table(config, secrets, &databases, None);
         check_admin_users(config, &users)?;
@@ -519,14 +518,13 @@ impl PoolChanges {
 /// `old` was built from), every database and user that stays keeps its id, its pool (with
 /// the new password) and its prepared-statement registry, and keeps its server target unless
 /// the settings it is built from changed; removed ones stay as tombstones; new ones are
-/// appended. Settings that cannot change without a restart are added to `restart` (and keep
-/// their old values).
+/// appended. On a reload `config` must come from [`in_effect`], which keeps the settings that
+/// cannot change without a restart.
 fn build_catalog(
     config: &Config,
     secrets: &ResolvedSecrets,
     reactors: usize,
     old: Option<(&Context, &Config)>,
-    restart: &mut Vec<String>,
 ) -> Result<Catalog, StartError> {
     let mut databases: Vec<Database> = Vec::new();
     let mut pools: Vec<Arc<Pool>> = Vec::new();
@@ -551,40 +549,9 @@ fn build_catalog(
                 .find(|d| d.name == *name && !d.removed)?;
             Some((before, old_config.databases.get(name)?))
         });
-        let backend = match kept {
-            // Settings shared with the registry and the server connections' parameters
-            // stay as they were until a restart.
-            Some((_, before)) => {
-                let mut backend = db.backend.clone();
-                let path = format!("databases.{name}");
-                let mut keep = |field: &str, changed: bool| {
-                    if changed {
-                        restart.push(format!("{path}.{field}"));
-                    }
-                };
-                keep(
-                    "backend.prepared_statement_cache_size",
-                    backend.prepared_statement_cache_size
-                        != before.backend.prepared_statement_cache_size,
-                );
-                keep(
-                    "backend.description_cache_capacity",
-                    backend.description_cache_capacity != before.backend.description_cache_capacity,
-                );
-                keep(
-                    "backend.default_startup_parameters",
-                    backend.default_startup_parameters != before.backend.default_startup_parameters,
-                );
-                keep(
-                    "track_extra_parameters",
-                    db.track_extra_parameters != before.track_extra_parameters,
-                );
-                backend.default_startup_parameters =
-                    before.backend.default_startup_parameters.clone();
-                backend
-            }
-            None => db.backend.clone(),
-        };
+        // On a reload `config` is already what can take effect (`in_effect`): the settings
+        // shared with the registry and existing server connections are the old ones.
+        let backend = &db.backend;
         let settings = PoolSettings {
             max_conns: backend.pool_max_conns as usize,
             min_idle: backend.pool_min_idle_conns as usize,
@@ -597,10 +564,10 @@ fn build_catalog(
         };
         let mut database = match kept {
             Some((before, before_config)) => {
-                let target = if same_target(&backend, &before_config.backend) {
+                let target = if same_target(backend, &before_config.backend) {
                     before.target.clone()
                 } else {
-                    Arc::new(backend_target(name, &backend)?)
+                    Arc::new(backend_target(name, backend)?)
                 };
                 before.reloaded(settings, target, before.context.clone())
             }
@@ -622,7 +589,7 @@ fn build_catalog(
                         .collect(),
                     shared_params: Default::default(),
                 };
-                let target = backend_target(name, &backend)?;
+                let target = backend_target(name, backend)?;
                 Database::new(
                     databases.len(),
                     name.clone(),
@@ -860,10 +827,7 @@ struct Reloader {
 impl Reloader {
     /// The configuration in effect.
     fn config(&self) -> Arc<Config> {
-        self.config
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        Arc::clone(&self.lock_config())
     }
 
     /// The configuration file, if the server was started from one.
@@ -1007,22 +971,16 @@ impl Reloader {
         secrets: &ResolvedSecrets,
     ) -> Result<ReloadOutcome, StartError> {
         let (ctx, users) = self.shared.current();
-        let mut outcome = ReloadOutcome {
-            restart_needed: restart_only_changes(current, config),
-        };
+        let mut outcome = ReloadOutcome::default();
+        let config = &Arc::new(in_effect(current, config, &mut outcome.restart_needed));
         let tls_changed = current.tls != config.tls;
         let new_tls = if tls_changed {
             Some(client_tls(config)?)
         } else {
             None
         };
-        let (databases, pools, changes) = build_catalog(
-            config,
-            secrets,
-            self.reactors,
-            Some((&ctx, current)),
-            &mut outcome.restart_needed,
-        )?;
+        let (databases, pools, changes) =
+            build_catalog(config, secrets, self.reactors, Some((&ctx, current)))?;
         for db in databases.iter().filter(|d| !d.removed) {
             if let Err(e) = db.target.resolve() {
                 log::warn!(
@@ -1057,46 +1015,61 @@ impl Reloader {
         let ahead = table.scram_secrets();
         self.shared.publish(next, table);
         self.shared.verifiers.ahead(ahead);
-        // What is in effect: the restart-only settings as they were.
-        **current = Arc::new(in_effect(current, config));
+        **current = Arc::clone(config);
         Ok(outcome)
     }
 }
 
-/// `new` as far as a reload applies it: the settings that need a restart keep `old`'s values,
-/// so that the configuration kept (and shown by SHOW CONFIG) is the one in effect, and the
-/// next reload compares against it.
-fn in_effect(old: &Config, new: &Config) -> Config {
+/// `new` as a reload can apply it: the settings that need a restart keep `old`'s values
+/// (the JSON path of each that differs is added to `restart`), so that the configuration
+/// built and kept (and shown by SHOW CONFIG) is the one in effect, and the next reload
+/// compares against it. Restart-only are the listeners, the threads and the metrics endpoint
+/// (made once, at the start), and per database what the shared statement registry and the
+/// session parameters of existing server connections depend on.
+fn in_effect(old: &Config, new: &Config, restart: &mut Vec<String>) -> Config {
     let mut c = new.clone();
+    let mut keep = |path: String, changed: bool| {
+        if changed {
+            restart.push(path);
+        }
+    };
+    keep("listen".into(), old.listen_addrs() != new.listen_addrs());
+    keep(
+        "reactor_threads".into(),
+        old.effective_reactor_threads() != new.effective_reactor_threads(),
+    );
+    keep("prometheus".into(), old.prometheus != new.prometheus);
     c.listen = old.listen.clone();
     c.reactor_threads = old.reactor_threads;
     c.prometheus = old.prometheus.clone();
     for (name, db) in &mut c.databases {
-        if let Some(before) = old.databases.get(name) {
-            let (b, was) = (&mut db.backend, &before.backend);
-            b.default_startup_parameters = was.default_startup_parameters.clone();
-            b.prepared_statement_cache_size = was.prepared_statement_cache_size;
-            b.description_cache_capacity = was.description_cache_capacity;
-            db.track_extra_parameters = before.track_extra_parameters.clone();
-        }
+        let Some(before) = old.databases.get(name) else {
+            continue;
+        };
+        let (b, was) = (&mut db.backend, &before.backend);
+        let path = |field: &str| format!("databases.{name}.{field}");
+        keep(
+            path("backend.prepared_statement_cache_size"),
+            b.prepared_statement_cache_size != was.prepared_statement_cache_size,
+        );
+        keep(
+            path("backend.description_cache_capacity"),
+            b.description_cache_capacity != was.description_cache_capacity,
+        );
+        keep(
+            path("backend.default_startup_parameters"),
+            b.default_startup_parameters != was.default_startup_parameters,
+        );
+        keep(
+            path("track_extra_parameters"),
+            db.track_extra_parameters != before.track_extra_parameters,
+        );
+        b.prepared_statement_cache_size = was.prepared_statement_cache_size;
+        b.description_cache_capacity = was.description_cache_capacity;
+        b.default_startup_parameters = was.default_startup_parameters.clone();
+        db.track_extra_parameters = before.track_extra_parameters.clone();
     }
     c
-}
-
-/// Top-level settings a reload cannot apply (the listeners, the threads and the metrics
-/// endpoint are made once, at the start).
-fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
-    let mut fields = Vec::new();
-    if old.listen_addrs() != new.listen_addrs() {
-        fields.push("listen".to_owned());
-    }
-    if old.effective_reactor_threads() != new.effective_reactor_threads() {
-        fields.push("reactor_threads".to_owned());
-    }
-    if old.prometheus != new.prometheus {
-        fields.push("prometheus".to_owned());
-    }
-    fields
 }
 
 /// The resolver thread and the channel that stops it.
