@@ -539,7 +539,8 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
 mod tests {
     use super::*;
 
-    fn tmpdir(name: &str) -> PathBuf {
+    /// A fresh, empty directory for one test's files (also `system_roots`' tests).
+    pub(super) fn tmpdir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("pglink-tls-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();

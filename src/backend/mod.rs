@@ -106,9 +106,16 @@ impl Target {
 
     #[cfg(test)]
     pub fn for_tests() -> Target {
+        Target::for_tests_at("127.0.0.1", 5432)
+    }
+
+    /// A plaintext target of database `db` at `host` and `port` (tests and the engine
+    /// harness).
+    #[cfg(any(test, fuzzing))]
+    pub fn for_tests_at(host: &str, port: u16) -> Target {
         Target::new(
-            "127.0.0.1".into(),
-            5432,
+            host.into(),
+            port,
             "db".into(),
             Duration::from_secs(1),
             SslMode::Disable,
@@ -181,16 +188,7 @@ mod tests {
         assert_eq!(unix_socket_path("db.example.com", 5432), None);
         let mut t = Target::for_tests();
         assert!(!t.needs_dns() && t.unix_path().is_none());
-        t = Target::new(
-            "/tmp".into(),
-            5432,
-            "db".into(),
-            Duration::from_secs(1),
-            SslMode::Disable,
-            None,
-            None,
-            Vec::new(),
-        );
+        t = Target::for_tests_at("/tmp", 5432);
         assert_eq!(
             t.unix_path().map(|p| p.to_path_buf()),
             Some("/tmp/.s.PGSQL.5432".into())

@@ -255,8 +255,9 @@ fn scram_login_sends_parameters_key_and_ready() {
     assert_eq!(h.take_actions(), vec![Action::LoggedIn]);
 }
 
-#[test]
-fn a_scram_login_waits_for_a_verifier_not_derived_yet() {
+/// A harness whose `alice` has a SCRAM verifier not derived yet (as right after a start or
+/// a reload); that verifier's secret.
+fn with_underived_verifier() -> (Harness, Arc<ScramSecret>) {
     let mut h = Harness::new(AuthMethod::Scram, ClientTls::Optional);
     let mut rng = FixedRng::new(vec![8u8; 16]);
     let lazy = Arc::new(ScramSecret::new(PASSWORD, 4096, &mut rng));
@@ -267,6 +268,12 @@ fn a_scram_login_waits_for_a_verifier_not_derived_yet() {
         .unwrap()
         .users
         .insert("alice".into(), Arc::new(entry));
+    (h, lazy)
+}
+
+#[test]
+fn a_scram_login_waits_for_a_verifier_not_derived_yet() {
+    let (mut h, lazy) = with_underived_verifier();
     h.startup("alice", "db");
     // Nothing goes out (the SASL offer would carry a salt the keys are not derived for yet);
     // the engine is asked to have it derived off the reactor.
@@ -294,16 +301,7 @@ fn a_scram_login_waits_for_a_verifier_not_derived_yet() {
 
 #[test]
 fn a_scram_login_completes_once_its_verifier_is_derived() {
-    let mut h = Harness::new(AuthMethod::Scram, ClientTls::Optional);
-    let mut rng = FixedRng::new(vec![8u8; 16]);
-    let lazy = Arc::new(ScramSecret::new(PASSWORD, 4096, &mut rng));
-    let entry = UserEntry::new("alice".into(), PASSWORD.into(), 0, lazy.clone());
-    h.users
-        .databases
-        .get_mut("db")
-        .unwrap()
-        .users
-        .insert("alice".into(), Arc::new(entry));
+    let (mut h, lazy) = with_underived_verifier();
     h.startup("alice", "db");
     assert_eq!(h.take_actions(), vec![Action::DeriveVerifier(lazy.clone())]);
     lazy.derive();

@@ -596,16 +596,7 @@ impl World {
 
     /// A target like the test database's, at another port (a moved server).
     pub fn moved_target() -> Arc<Target> {
-        Arc::new(Target::new(
-            "127.0.0.1".into(),
-            5433,
-            DATABASE.into(),
-            Duration::from_secs(5),
-            SslMode::Disable,
-            None,
-            None,
-            Vec::new(),
-        ))
+        Arc::new(Target::for_tests_at("127.0.0.1", 5433))
     }
 
     /// Puts `next` in effect on every engine, as the reactors do on their next turn.

@@ -166,12 +166,7 @@ fn is_hashed_cert_name(name: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn tmpdir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("pglink-tls-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
-    }
+    use crate::tls::tests::tmpdir;
 
     fn self_signed_pem(name: &str) -> String {
         rcgen::generate_simple_self_signed(vec![name.to_owned()])
