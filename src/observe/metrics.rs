@@ -500,6 +500,36 @@ mod tests {
     }
 }
 
+/// One pool's counters on every reactor, summed when read (the metrics exposition,
+/// `/debug/pools` and the admin console's SHOW commands read them so).
+pub struct PoolTotals<'a>(Vec<&'a PoolStats>);
+
+impl<'a> PoolTotals<'a> {
+    pub fn of(reactors: &'a [std::sync::Arc<ReactorStats>], pool: usize) -> PoolTotals<'a> {
+        PoolTotals(reactors.iter().filter_map(|r| r.pool(pool)).collect())
+    }
+
+    /// A counter summed over the reactors.
+    pub fn count(&self, get: impl Fn(&PoolStats) -> u64) -> u64 {
+        self.0.iter().map(|s| get(s)).sum()
+    }
+
+    /// A gauge summed over the reactors.
+    pub fn level(&self, get: impl Fn(&PoolStats) -> i64) -> i64 {
+        self.0.iter().map(|s| get(s)).sum()
+    }
+
+    /// Server connections in `state`.
+    pub fn backends(&self, state: BackendState) -> i64 {
+        self.level(|s| s.backends.get(state.index()).map_or(0, Gauge::get))
+    }
+
+    /// Every reactor's counters of the pool.
+    pub fn reactors(&self) -> &[&'a PoolStats] {
+        &self.0
+    }
+}
+
 /// An append-only table of counters that grows without moving them: segments of doubling
 /// size (64, 128, 256, ...), each allocated once, so readers on other threads and `&self`
 /// references stay valid while a reload adds pools.

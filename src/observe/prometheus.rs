@@ -20,7 +20,7 @@ use serde_json::json;
 
 use crate::client::inspect::PinReason;
 use crate::observe::metrics::{
-    BackendState, CancelOutcome, CloseReason, PoolStats, ReactorStats, RefuseReason,
+    BackendState, CancelOutcome, CloseReason, PoolStats, PoolTotals, ReactorStats, RefuseReason,
     SQLSTATE_CLASSES,
 };
 use crate::server::Shared;
@@ -331,14 +331,15 @@ fn families(shared: &Shared) -> Vec<MetricFamily> {
         let database = ctx.databases.get(pool.db).map_or("", |d| d.name.as_str());
         let user = pool.credentials().0.user.clone();
         let labels = [database, user.as_str()];
-        let stats: Vec<&PoolStats> = reactors.iter().filter_map(|r| r.pool(pool.id)).collect();
-        let count = |get: &dyn Fn(&PoolStats) -> u64| stats.iter().map(|p| get(p)).sum::<u64>();
-        let level = |get: &dyn Fn(&PoolStats) -> i64| stats.iter().map(|p| get(p)).sum::<i64>();
+        let totals = PoolTotals::of(reactors, pool.id);
+        let count = |get: &dyn Fn(&PoolStats) -> u64| totals.count(get);
+        let level = |get: &dyn Fn(&PoolStats) -> i64| totals.level(get);
+        let stats = totals.reactors();
         f.counter(&LOGINS, &labels, count(&|p| p.logins.get()));
         f.gauge(&POOL_CLIENTS, &labels, level(&|p| p.clients.get()) as f64);
         f.gauge(&POOL_WAITING, &labels, pool.total_waiting() as f64);
         for state in BackendState::ALL {
-            let n = level(&|p| p.backends.get(state.index()).map_or(0, |g| g.get()));
+            let n = totals.backends(*state);
             f.gauge(&POOL_SERVERS, &[database, &user, state.label()], n as f64);
         }
         f.counter(
@@ -348,7 +349,7 @@ fn families(shared: &Shared) -> Vec<MetricFamily> {
         );
         let timeouts = count(&|p| p.acquire_timeouts.get());
         f.counter(&POOL_ACQUIRE_TIMEOUTS, &labels, timeouts);
-        f.histogram(&POOL_ACQUIRE_WAIT, &labels, &stats);
+        f.histogram(&POOL_ACQUIRE_WAIT, &labels, stats);
         let attempts = count(&|p| p.connect_attempts.get());
         f.counter(&POOL_CONNECT_ATTEMPTS, &labels, attempts);
         let failures = count(&|p| p.connect_failures.get());
@@ -541,19 +542,15 @@ pub fn pools_json(shared: &Shared) -> String {
         .filter(|p| !p.is_removed())
         .map(|pool| {
             let db = ctx.databases.get(pool.db);
-            let stats: Vec<&PoolStats> = ctx.stats.iter().filter_map(|r| r.pool(pool.id)).collect();
-            let level = |get: &dyn Fn(&PoolStats) -> i64| stats.iter().map(|p| get(p)).sum::<i64>();
+            let totals = PoolTotals::of(shared.stats(), pool.id);
             let backends: serde_json::Map<String, serde_json::Value> = BackendState::ALL
                 .iter()
-                .map(|s| {
-                    let n = level(&|p| p.backends.get(s.index()).map_or(0, |g| g.get()));
-                    (s.label().to_owned(), json!(n))
-                })
+                .map(|&s| (s.label().to_owned(), json!(totals.backends(s))))
                 .collect();
             json!({
                 "database": db.map_or("", |d| d.name.as_str()),
                 "user": pool.credentials().0.user,
-                "clients": level(&|p| p.clients.get()),
+                "clients": totals.level(|p| p.clients.get()),
                 "clients_waiting": pool.total_waiting(),
                 "backends": backends,
                 "pool_max_conns": db.map_or(0, |d| d.settings.max_conns),

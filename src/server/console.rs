@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::{Reloader, Shared};
 use crate::engine::{ClientId, Message};
-use crate::observe::metrics::{BackendState, PoolStats};
+use crate::observe::metrics::{BackendState, PoolStats, PoolTotals};
 use crate::pool::Database;
 use crate::protocol::backend::{self as be_msg, FieldDescription};
 use crate::protocol::{ErrorBuilder, Severity, SqlState};
@@ -358,14 +358,8 @@ fn show_pools(shared: &Shared) -> Vec<u8> {
         let Some(db) = ctx.databases.get(pool.db) else {
             continue;
         };
-        let stats: Vec<_> = shared
-            .stats()
-            .iter()
-            .filter_map(|r| r.pool(pool.id))
-            .collect();
-        let level = |get: &dyn Fn(&PoolStats) -> i64| stats.iter().map(|s| get(s)).sum::<i64>();
-        let backends =
-            |b: BackendState| level(&|s| s.backends.get(b.index()).map_or(0, |g| g.get()));
+        let totals = PoolTotals::of(shared.stats(), pool.id);
+        let backends = |b: BackendState| totals.backends(b);
         let waiting = pool.total_waiting() as i64;
         let maxwait = pool
             .oldest_waiter_elsewhere(usize::MAX)
@@ -377,7 +371,11 @@ fn show_pools(shared: &Shared) -> Vec<u8> {
         rows.push(vec![
             Some(db.name.clone()),
             Some(pool.credentials().0.user.clone()),
-            Some((level(&|s| s.clients.get()) - waiting).max(0).to_string()),
+            Some(
+                (totals.level(|s| s.clients.get()) - waiting)
+                    .max(0)
+                    .to_string(),
+            ),
             Some(waiting.to_string()),
             Some(backends(BackendState::InUse).to_string()),
             Some(backends(BackendState::Idle).to_string()),
@@ -524,13 +522,18 @@ fn show_stats(shared: &Shared) -> Vec<u8> {
     let ctx = shared.ctx();
     let mut rows = Vec::new();
     for db in ctx.databases.iter().filter(|d| !d.removed) {
-        let stats: Vec<_> = db
+        let totals: Vec<_> = db
             .pools
             .iter()
-            .flat_map(|&p| shared.stats().iter().filter_map(move |r| r.pool(p)))
+            .map(|&p| PoolTotals::of(shared.stats(), p))
             .collect();
-        let sum = |get: &dyn Fn(&PoolStats) -> u64| stats.iter().map(|s| get(s)).sum::<u64>();
-        let wait: Duration = stats.iter().map(|s| s.acquire_wait.sum()).sum();
+        let sum =
+            |get: &dyn Fn(&PoolStats) -> u64| totals.iter().map(|t| t.count(get)).sum::<u64>();
+        let wait: Duration = totals
+            .iter()
+            .flat_map(PoolTotals::reactors)
+            .map(|s| s.acquire_wait.sum())
+            .sum();
         rows.push(vec![
             Some(db.name.clone()),
             Some(sum(&|s| s.transactions.get()).to_string()),
