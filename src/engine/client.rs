@@ -35,6 +35,10 @@ pub(super) struct ClientConn {
     pub flush_queued: bool,
     /// The TLS handshake asked for is direct (no SSLRequest before the ClientHello).
     pub tls_direct: bool,
+    /// A reload removed its user or database while it held a server connection: the
+    /// session ends when it gives that back (marked by `handle_reload`, so the end of every
+    /// transaction need not look the pool up).
+    pub removed: bool,
 }
 
 impl ClientConn {
@@ -112,6 +116,7 @@ impl Engine {
             pending_input: false,
             flush_queued: false,
             tls_direct: false,
+            removed: false,
         };
         self.timers.client(
             &mut conn.deadlines,
@@ -371,8 +376,7 @@ impl Engine {
         let Some(c) = self.client(id) else {
             return;
         };
-        let pipelined = c.pending_input;
-        let removed = c.session.pool().is_some_and(|p| self.pool_removed(p));
+        let (pipelined, removed) = (c.pending_input, c.removed);
         self.server_released(s);
         if self.ctx.is_stopping() {
             // Shutting down: the transaction is over, so is the session.

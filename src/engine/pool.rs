@@ -108,13 +108,14 @@ impl Engine {
         if self.ctx.is_stopping() {
             return self.fail_acquire(id, AcquireError::ShuttingDown);
         }
-        if self.pool_removed(pool) {
+        // One lookup for both: a pool a reload removed, a database PAUSE holds.
+        let (removed, paused) = match self.ctx.pool_database(pool) {
+            Some((p, db)) => (p.is_removed() || db.removed, db.is_paused()),
+            None => (true, false),
+        };
+        if removed {
             return self.client_removed(id);
         }
-        let paused = self
-            .ctx
-            .pool_database(pool)
-            .is_some_and(|(_, db)| db.is_paused());
         if !paused && let Some(s) = self.take_idle_matching(pool, id) {
             return self.attach(id, s, true);
         }

@@ -40,11 +40,14 @@ impl Engine {
             .clients
             .iter()
             .filter(|(_, c)| c.session.pool().is_some_and(|p| self.pool_removed(p)))
-            .filter(|(_, c)| !c.session.holds_backend())
             .map(|(i, c)| ClientId::new(i, c.generation))
             .collect();
         for c in removed {
-            self.client_removed(c);
+            match self.client_mut(c) {
+                // Ends when it gives its server connection back (`release_from`).
+                Some(cl) if cl.session.holds_backend() => cl.removed = true,
+                _ => self.client_removed(c),
+            }
         }
         // Admin console sessions of users no longer in `admin_users` (or no longer users).
         let demoted: Vec<ClientId> = self
