@@ -35,6 +35,8 @@ pub enum Kind {
     ListenList,
     /// One listen address.
     Listen,
+    /// One address to connect to: `host:port`, or a unix socket file's absolute path.
+    Address,
     /// `true`, `false` or a regular expression with a capture group.
     Regex,
     StringList,
@@ -366,6 +368,71 @@ pub static CONFIG: Section = section(
         )
         .default("\"30s\"")
         .extension(),
+        Field::new(
+            "peer_id",
+            int(1, 16383),
+            "This instance's id among several pglink instances behind one address (a load \
+             balancer, or `listen_reuse_port` on one host). It is carried in every cancel key \
+             pglink hands to clients, so that an instance receiving a CancelRequest for \
+             another's session forwards it to that instance (see `peers`) instead of dropping \
+             it. Give every instance a different id. See docs/scale-out.md.",
+        )
+        .default_text("no peering: cancel keys are wholly random")
+        .extension(),
+        Field::new(
+            "peers",
+            Kind::Map(&PEER),
+            "The instances cancel requests are forwarded to, keyed by their `peer_id` \
+             (`\"1\"` to `\"16383\"`). This instance's own entry may be listed and is ignored, \
+             so every instance can share one list. Needs `peer_id`. A cancel for an id not \
+             listed is dropped and counted (`pglink_cancel_requests_total{outcome=\"unknown_peer\"}`); \
+             a forwarded cancel is never forwarded again (`outcome=\"loop\"`). A reload \
+             applies changes.",
+        )
+        .default_text("none")
+        .extension(),
+        Field::new(
+            "listen_reuse_port",
+            Kind::Bool,
+            "Let several processes listen on the same TCP port (SO_REUSEPORT): the kernel \
+             spreads new connections over the pglink instances on one host, and one of them can \
+             be restarted while the others serve. Every instance sharing the port must set it. \
+             With it, SIGTERM or SIGINT first only stops accepting, for one second (at most \
+             `shutdown_timeout`): the siblings take the new connections, while those already \
+             queued for or accepted by this instance are served as usual; then the drain \
+             `shutdown_timeout` describes begins. When false pglink refuses to start on a port something else listens on, so that \
+             no second process takes a share of the connections by accident.",
+        )
+        .default("false")
+        .extension(),
+    ],
+);
+
+pub static PEER: Section = section(
+    "PeerConfig",
+    "peers.<id>",
+    "Another pglink instance that cancel requests for its sessions are forwarded to.",
+    &[
+        Field::new(
+            "address",
+            Kind::Address,
+            "Where the instance accepts clients: `\"host:port\"`, or an absolute path to its \
+             unix socket file (`<dir>/.s.PGSQL.<port>`).",
+        )
+        .required(),
+        Field::new(
+            "sslmode",
+            Kind::Enum(&BACKEND_SSL_MODE),
+            "TLS for the forwarded cancel request, with the meanings of `backend.sslmode`. Over \
+             a unix socket no TLS is used.",
+        )
+        .default("\"prefer\""),
+        Field::new(
+            "sslrootcert",
+            Kind::Path,
+            "CA certificates the peer's certificate is verified against (`verify-ca`, \
+             `verify-full`), or `\"system\"`, as for `backend.sslrootcert`.",
+        ),
     ],
 );
 
@@ -838,6 +905,7 @@ pub static SECTIONS: &[&Section] = &[
     &TRIGGERS,
     &OPENTELEMETRY,
     &PROMETHEUS,
+    &PEER,
 ];
 
 pub static AUTH_METHOD: EnumDoc = EnumDoc {

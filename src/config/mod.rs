@@ -33,7 +33,7 @@ pub mod secrets;
 mod types;
 mod validate;
 
-pub use validate::ADMIN_DATABASE;
+pub use validate::{ADMIN_DATABASE, parse_peer_id};
 
 #[cfg(feature = "aws")]
 mod aws;
@@ -51,7 +51,7 @@ pub use types::{
     AuthMethod, BackendConfig, BackendSslMode, BoolOrString, CertSource, Config,
     DEFAULT_APPLICATION_NAME_SQL_REGEX, DEFAULT_TRACEPARENT_SQL_REGEX, DatabaseConfig,
     FlightRecorderConfig, FlightRecorderTriggers, OpenTelemetryConfig, OtlpProtocol,
-    PrometheusConfig, REDACTED, SYSTEM_ROOT_CERT, SecretRef, SecretSource, SensitiveString,
+    PeerConfig, PrometheusConfig, REDACTED, SYSTEM_ROOT_CERT, SecretRef, SecretSource, SensitiveString,
     SslMode, TlsConfig, UserConfig,
 };
 

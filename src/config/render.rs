@@ -246,6 +246,7 @@ pub(crate) fn type_text(kind: Kind) -> String {
         Kind::Enum(doc) => format!("string ({})", doc.name),
         Kind::ListenList => "string or array of strings (addresses)".into(),
         Kind::Listen => "string (address)".into(),
+        Kind::Address => "string (address or socket path)".into(),
         Kind::Regex => "boolean or string (regular expression)".into(),
         Kind::StringList => "array of strings".into(),
         Kind::StringMap => "object of strings".into(),

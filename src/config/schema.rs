@@ -119,6 +119,7 @@ fn check_value(value: &mut Value, kind: Kind, path: &Path, p: &mut Problems) -> 
         Kind::Duration => duration::from_json(value).map(drop),
         Kind::Enum(doc) => check_enum(value, doc),
         Kind::Listen => expect_string(value).and_then(|s| ListenAddr::parse(s).map(drop)),
+        Kind::Address => expect_string(value).and_then(|s| Listen::parse(s).map(drop)),
         Kind::ListenList => return check_listen_list(value, path, p),
         Kind::Regex => check_regex(value),
         Kind::StringList => return check_array(value, path, p, |v| expect_string(v).map(drop)),

@@ -56,6 +56,25 @@ pub struct Config {
     /// pglink extension: users who may log in to the admin console (database `pglink`).
     #[serde(default)]
     pub admin_users: Vec<String>,
+    /// pglink extension: this instance's id among its peers, carried in its cancel keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_id: Option<u16>,
+    /// pglink extension: where cancels for other instances' keys go, by `peer_id`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub peers: BTreeMap<String, PeerConfig>,
+    /// pglink extension: SO_REUSEPORT, so that several instances share a port.
+    #[serde(default)]
+    pub listen_reuse_port: bool,
+}
+
+/// `peers.<id>`: another pglink instance.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PeerConfig {
+    pub address: Listen,
+    #[serde(default)]
+    pub sslmode: BackendSslMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sslrootcert: Option<PathBuf>,
 }
 
 /// `tls`: TLS towards clients.

@@ -13,8 +13,9 @@ use super::path::{Path, Problems};
 use super::schema::check_pattern;
 use super::types::{
     AuthMethod, BackendConfig, BackendSslMode, Config, DatabaseConfig, FlightRecorderConfig,
-    OpenTelemetryConfig, PrometheusConfig, SecretRef, TlsConfig,
+    OpenTelemetryConfig, PeerConfig, PrometheusConfig, SecretRef, TlsConfig,
 };
+use super::listen::Listen;
 
 /// Checks every cross-field rule, adding errors (and warnings) to `p`.
 /// The admin console's virtual database.
@@ -49,6 +50,7 @@ pub(crate) fn validate(config: &Config, p: &mut Problems) {
             );
         }
     }
+    validate_peers(config, &root, p);
     if let Some(otel) = &config.opentelemetry {
         validate_otel(otel, &root.key("opentelemetry"), p);
     }
@@ -429,6 +431,80 @@ fn validate_prometheus(prom: &PrometheusConfig, path: &Path, p: &mut Problems) {
                 prom.path
             ),
         );
+    }
+}
+
+/// `peer_id` and `peers`: ids in range, a list only with an id of our own, TLS settings
+/// that can be met.
+fn validate_peers(config: &Config, root: &Path, p: &mut Problems) {
+    if config.peers.is_empty() {
+        return;
+    }
+    if config.peer_id.is_none() && !any_pruned(p, root, &["peer_id"]) {
+        p.error(
+            root.key("peers"),
+            "needs peer_id: cancel keys name their instance only when it has an id",
+        );
+    }
+    for (key, peer) in &config.peers {
+        let path = root.key("peers").key(key);
+        if parse_peer_id(key).is_none() {
+            p.error(
+                path.clone(),
+                format!("{key:?} is not a peer id: use a number from 1 to 16383"),
+            );
+        }
+        validate_peer(peer, &path, p);
+    }
+}
+
+/// A `peers` key: the decimal id, 1 to 16383.
+pub fn parse_peer_id(key: &str) -> Option<u16> {
+    if key.is_empty() || key.len() > 5 || !key.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    key.parse().ok().filter(|id| (1..=16383).contains(id))
+}
+
+fn validate_peer(peer: &PeerConfig, path: &Path, p: &mut Problems) {
+    use super::types::BackendSslMode as M;
+    if any_pruned(p, path, &["address", "sslmode", "sslrootcert"]) {
+        return;
+    }
+    let verifies = matches!(peer.sslmode, M::VerifyCa | M::VerifyFull);
+    match &peer.address {
+        Listen::Unix(_) if matches!(peer.sslmode, M::Require) || verifies => p.error(
+            path.key("sslmode"),
+            format!(
+                "{} needs TLS, but the address is a unix socket, where pglink offers no TLS; \
+                 use disable or prefer",
+                peer.sslmode
+            ),
+        ),
+        Listen::Tcp(addr) if addr.port == 0 => {
+            p.error(path.key("address"), "a peer's port cannot be 0");
+        }
+        _ => {}
+    }
+    let system = peer.sslrootcert.as_deref() == Some(FsPath::new("system"));
+    match &peer.sslrootcert {
+        None if verifies => p.error(
+            path.key("sslrootcert"),
+            format!("required with sslmode {}", peer.sslmode),
+        ),
+        Some(_) if system && peer.sslmode != M::VerifyFull => p.error(
+            path.key("sslmode"),
+            format!(
+                "weak sslmode \"{}\" may not be used with sslrootcert \"system\" (use \
+                 \"verify-full\", as libpq requires)",
+                peer.sslmode
+            ),
+        ),
+        Some(file) if !system && !file.is_file() => p.error(
+            path.key("sslrootcert"),
+            format!("file {} does not exist", file.display()),
+        ),
+        _ => {}
     }
 }
 

@@ -92,6 +92,9 @@ impl Engine {
         };
         let mut secret = [0u8; 32];
         self.rng.fill(&mut secret);
+        if let Some(me) = self.ctx.peering.id {
+            super::cancel::stamp_peer(&mut secret, me);
+        }
         let key = CancelKey::new(pid, secret, 32);
         let mut session = match refusal {
             Some((_, error)) => {

@@ -94,6 +94,10 @@ pub fn fuzz_engine(data: &[u8], origin: Instant) {
             health_check_period: Some(Duration::from_secs(2)),
             connect_timeout: Duration::from_secs(2),
             login_timeout: Duration::from_secs(5),
+            // Peering and the handover (listen_reuse_port) by the first byte too.
+            peer_id: data.first().filter(|b| *b & 2 != 0).map(|_| 1),
+            peers: vec![2],
+            handover: Duration::from_secs(u64::from(data.first().is_some_and(|b| b & 4 != 0))),
         },
         origin,
     );
@@ -204,9 +208,18 @@ fn step(w: &mut World, op: u8, s: &mut Script<'_>) {
             w.complete_connects(mode % 8 >= 4);
         }
         Op::Cancel => {
-            let (c, engine) = (s.arg() % clients, s.arg() % w.engines.len());
-            if c < w.clients.len() && w.clients[c].key.is_some() {
-                w.cancel(c, engine);
+            let (c, a) = (s.arg() % clients, s.arg());
+            let (engine, how) = (a % w.engines.len(), a / w.engines.len() % 8);
+            if let Some((mut pid, mut secret)) = w.clients.get(c).and_then(|c| c.key.clone()) {
+                // Now and then a key of another peer (1 → 2, in peers; 1 → 7, not), or a
+                // request marked as forwarded by a peer.
+                match how {
+                    1 => secret[1] ^= 3,
+                    2 => secret[1] ^= 6,
+                    3 => pid |= super::cancel::FORWARDED,
+                    _ => {}
+                }
+                w.cancel_with(pid, &secret, engine);
             }
         }
         Op::Silence => {

@@ -61,6 +61,11 @@ pub struct Setup {
     pub health_check_period: Option<Duration>,
     pub connect_timeout: Duration,
     pub login_timeout: Duration,
+    /// `peer_id`, and the ids in `peers` (at made-up addresses).
+    pub peer_id: Option<u16>,
+    pub peers: Vec<u16>,
+    /// `Context::handover`.
+    pub handover: Duration,
 }
 
 impl Default for Setup {
@@ -76,6 +81,9 @@ impl Default for Setup {
             health_check_period: None,
             connect_timeout: Duration::from_secs(5),
             login_timeout: Duration::from_secs(10),
+            peer_id: None,
+            peers: Vec::new(),
+            handover: Duration::ZERO,
         }
     }
 }
@@ -186,6 +194,8 @@ pub struct World {
     next_pid: u32,
     /// Cancel deliveries asked for and not yet reported back (engine, server id).
     cancels_pending: VecDeque<(usize, ServerId)>,
+    /// Cancels sent to peers: (engine, peer id, pid as sent, secret).
+    pub forwarded_cancels: Vec<(usize, u16, u32, Vec<u8>)>,
     /// SCRAM verifiers asked for and not yet reported derived (engine, client, secret).
     verifiers_pending: VecDeque<(usize, ClientId, Arc<ScramSecret>)>,
     /// The most server connections a database had open when a reload took effect (a
@@ -268,7 +278,7 @@ impl World {
             tls: ClientTls::Disabled,
             channel_binding: None,
         };
-        let ctx = Arc::new(Context::new(
+        let mut ctx = Context::new(
             vec![db],
             pools,
             session,
@@ -277,7 +287,21 @@ impl World {
             1 << 20,
             setup.engines,
             now,
-        ));
+        );
+        ctx.handover = setup.handover;
+        ctx.peering = Arc::new(super::Peering {
+            id: setup.peer_id,
+            peers: setup
+                .peers
+                .iter()
+                .map(|&id| {
+                    let addr = crate::backend::cancel::CancelAddr::Host("peer".into(), id);
+                    let peer = crate::backend::cancel::Peer { id, addr, tls: None };
+                    (id, Arc::new(peer))
+                })
+                .collect(),
+        });
+        let ctx = Arc::new(ctx);
         let mail = Arc::new(Mail::default());
         let engines = (0..setup.engines)
             .map(|id| {
@@ -300,6 +324,7 @@ impl World {
             connects: Connects::Accept,
             next_pid: 1000,
             cancels_pending: VecDeque::new(),
+            forwarded_cancels: Vec::new(),
             verifiers_pending: VecDeque::new(),
             open_at_reload: 0,
         }
@@ -465,13 +490,18 @@ impl World {
     /// Sends a CancelRequest with client `c`'s key, from a new connection to `engine`.
     pub fn cancel(&mut self, c: ClientNo, engine: usize) {
         let (pid, secret) = self.clients[c].key.clone().expect("client has a key");
+        self.cancel_with(pid, &secret, engine);
+    }
+
+    /// A CancelRequest carrying `pid` and `secret` as given, on `engine`.
+    pub fn cancel_with(&mut self, pid: u32, secret: &[u8], engine: usize) {
         self.settle_io();
         let id = match self.engines[engine].handle_accept(super::Transport::Tcp, self.now) {
             Accept::Client(id) => id,
             Accept::Reject(_) => return,
         };
         let mut m = Vec::new();
-        cancel_request(&mut m, pid, &secret);
+        cancel_request(&mut m, pid, secret);
         self.clients.push(FakeClient {
             engine,
             id,
@@ -843,6 +873,10 @@ impl World {
                     self.servers[s].on_cancel();
                 }
                 self.cancels_pending.push_back((e, server));
+            }
+            Io::ForwardCancel { peer, pid, secret } => {
+                self.forwarded_cancels.push((e, peer.id, pid, secret));
+                self.ctx.cancel_delivered();
             }
             Io::DeriveVerifier { client, secret } => {
                 self.verifiers_pending.push_back((e, client, secret));

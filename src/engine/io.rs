@@ -7,6 +7,7 @@ use super::id::{ClientId, ServerId};
 use super::output::OutBuf;
 use super::server::ServerConn;
 use crate::backend::Target;
+use crate::backend::cancel::Peer;
 use crate::client::CancelKey;
 use crate::client::users::{PoolId, ScramSecret};
 
@@ -71,6 +72,13 @@ pub enum Io {
         server: ServerId,
         target: Arc<Target>,
         tls: bool,
+        pid: u32,
+        secret: Vec<u8>,
+    },
+    /// Send a CancelRequest (pid and secret as given, the pid marked as forwarded) to
+    /// another pglink instance, off the loop; then `Context::cancel_delivered`.
+    ForwardCancel {
+        peer: Arc<Peer>,
         pid: u32,
         secret: Vec<u8>,
     },

@@ -35,6 +35,7 @@
 )]
 
 mod cancel;
+pub use cancel::Peering;
 mod client;
 pub mod console;
 pub mod error;
@@ -113,6 +114,12 @@ pub struct Context {
     pub stats: Vec<Arc<ReactorStats>>,
     /// How long open transactions may run on after a shutdown starts (`shutdown_timeout`).
     pub shutdown_grace: Duration,
+    /// `peer_id` and `peers`: whose cancel keys go where.
+    pub peering: Arc<Peering>,
+    /// How long a stop only stops accepting before the drain begins (`listen_reuse_port`:
+    /// sibling instances take the new connections meanwhile, and the connections this one
+    /// had accepted are served as usual); zero: drain at once.
+    pub handover: Duration,
 }
 
 /// The part of the [`Context`] that a reload does not replace.
@@ -151,6 +158,8 @@ impl Context {
             epoch,
             stats,
             shutdown_grace: Duration::from_secs(30),
+            peering: Arc::default(),
+            handover: Duration::ZERO,
         }
     }
 
@@ -182,6 +191,8 @@ impl Context {
             epoch: self.epoch,
             stats: self.stats.clone(),
             shutdown_grace: self.shutdown_grace,
+            peering: self.peering.clone(),
+            handover: self.handover,
         }
     }
 
@@ -197,6 +208,12 @@ impl Context {
 
     pub fn is_stopping(&self) -> bool {
         self.rt.stopping.load(Ordering::Acquire)
+    }
+
+    /// Cancel deliveries under way (all engines).
+    #[cfg(test)]
+    pub fn cancels_in_flight(&self) -> usize {
+        self.rt.cancels_in_flight.load(Ordering::Acquire)
     }
 
     /// A cancel delivery finished (the driver's delivery reports it before telling the
@@ -248,8 +265,10 @@ pub struct Engine {
     scratch: Scratch,
     /// The client whose input `handle_read` is feeding to its session right now.
     processing: Option<ClientId>,
-    /// When the shutdown grace period ends, once shutdown has begun.
+    /// When the shutdown grace period ends, once the drain has begun.
     shutdown_at: Option<Instant>,
+    /// A stop has begun with a handover: not accepting, not draining yet.
+    handing_over: bool,
     /// Connections accepted only to be refused, not yet closed.
     refusing: usize,
 }
@@ -307,6 +326,7 @@ impl Engine {
             },
             processing: None,
             shutdown_at: None,
+            handing_over: false,
             refusing: 0,
         }
     }
@@ -367,7 +387,7 @@ impl Engine {
         match timer {
             Timer::Client(c, t) => self.client(c).is_some_and(|cl| cl.deadlines.is_at(t, at)),
             Timer::Server(s, t) => self.server(s).is_some_and(|sv| sv.deadlines.is_at(t, at)),
-            Timer::Maintenance | Timer::Shutdown => true,
+            Timer::Maintenance | Timer::Shutdown | Timer::Handover => true,
         }
     }
 
@@ -510,18 +530,31 @@ impl Engine {
         self.run_actions();
     }
 
-    /// Shutdown: stop accepting; idle clients are closed now, clients in a transaction when
+    /// Shutdown: stop accepting; then, at once or after the handover
+    /// ([`Context::handover`]), drain: idle clients are closed, clients in a transaction when
     /// it ends (at the latest when the grace period is over); idle server connections close.
     pub fn handle_shutdown(&mut self, now: Instant) {
         self.now = now;
+        if self.shutdown_at.is_none() && !self.handing_over {
+            self.io.push_back(Io::StopAccepting);
+            if !self.ctx.handover.is_zero() && !self.ctx.is_stopping() {
+                self.handing_over = true;
+                self.timers.engine(Timer::Handover, now + self.ctx.handover);
+                return;
+            }
+        }
+        self.drain();
+    }
+
+    /// The drain after a shutdown began (see [`Engine::handle_shutdown`]).
+    fn drain(&mut self) {
         self.ctx.stop();
         if self.shutdown_at.is_some() {
             return;
         }
-        let at = now + self.ctx.shutdown_grace;
+        let at = self.now + self.ctx.shutdown_grace;
         self.shutdown_at = Some(at);
         self.timers.engine(Timer::Shutdown, at);
-        self.io.push_back(Io::StopAccepting);
         let idle: Vec<ClientId> = self
             .clients
             .iter()
@@ -568,6 +601,7 @@ impl Engine {
                     .engine(Timer::Maintenance, self.now + MAINTENANCE_PERIOD);
             }
             Timer::Shutdown => self.force_shutdown(),
+            Timer::Handover => self.drain(),
         }
     }
 

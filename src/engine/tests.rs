@@ -819,3 +819,107 @@ fn maintenance_closes_what_a_pause_retired_even_if_its_message_was_lost() {
     assert_eq!(w.closes(CloseReason::Reconfigured), 1);
     w.check();
 }
+
+/// How many CancelRequests engine `e` counted with `outcome`.
+fn cancels(w: &World, e: usize, outcome: crate::observe::metrics::CancelOutcome) -> u64 {
+    w.ctx.stats[e].cancels[outcome.index()].get()
+}
+
+#[test]
+fn with_peering_keys_name_their_instance_and_cancels_for_a_peer_go_there() {
+    use crate::observe::metrics::CancelOutcome::{Loop, Peer, UnknownPeer};
+    use super::cancel::{FORWARDED, key_peer};
+    let mut w = world(Setup {
+        engines: 2,
+        peer_id: Some(1),
+        peers: vec![2],
+        ..Setup::default()
+    });
+    let a = w.login(0, 0);
+    let (pid, secret) = w.clients[a].key.clone().unwrap();
+    assert_eq!(key_peer(&secret), Some(1));
+    assert!(pid & FORWARDED == 0, "issued pids stay below 2^31");
+    w.query(a, "SELECT pg_sleep(10)");
+    let s = w.server_of(a).unwrap();
+
+    // A key of peer 2 (same pid, its id in the secret) goes to peer 2, marked, as it came.
+    let mut theirs = secret.clone();
+    theirs[1] ^= 3;
+    assert_eq!(key_peer(&theirs), Some(2));
+    w.cancel_with(pid, &theirs, 1);
+    assert_eq!(w.forwarded_cancels, vec![(1, 2, pid | FORWARDED, theirs.clone())]);
+    assert_eq!(cancels(&w, 1, Peer), 1);
+    // Forwarded to us by a peer but not ours: never forwarded again.
+    w.cancel_with(pid | FORWARDED, &theirs, 0);
+    assert_eq!(cancels(&w, 0, Loop), 1);
+    // A peer not in `peers`.
+    theirs[1] ^= 3 ^ 6;
+    w.cancel_with(pid, &theirs, 0);
+    assert_eq!(cancels(&w, 0, UnknownPeer), 1);
+    assert_eq!(w.forwarded_cancels.len(), 1);
+    assert_eq!(w.servers[s].cancels, 0, "none of those reached a server");
+
+    // Our own key, forwarded to us by a peer, cancels the query.
+    w.cancel_with(pid | FORWARDED, &secret, 1);
+    assert_eq!(w.servers[s].cancels, 1);
+    let (code, _, _) = World::error_of(&w.take(a)).unwrap();
+    assert_eq!(code, SqlState::QUERY_CANCELED);
+    assert_eq!(
+        w.ctx.cancels_in_flight(),
+        0,
+        "every delivery reported back, forwarded ones too"
+    );
+    w.check();
+}
+
+#[test]
+fn without_peering_keys_are_wholly_random_and_nothing_is_forwarded() {
+    let mut w = world(Setup::default());
+    let a = w.login(0, 0);
+    let (pid, mut secret) = w.clients[a].key.clone().unwrap();
+    w.query(a, "SELECT pg_sleep(10)");
+    let s = w.server_of(a).unwrap();
+    secret[1] ^= 3;
+    w.cancel_with(pid, &secret, 0);
+    assert!(w.forwarded_cancels.is_empty());
+    assert_eq!(w.servers[s].cancels, 0, "a wrong key cancels nothing");
+    w.check();
+}
+
+#[test]
+fn a_handover_stops_accepting_but_serves_on_until_it_ends_then_drains() {
+    let mut w = world(Setup {
+        handover: S,
+        ..Setup::default()
+    });
+    let idle = w.login(0, 0);
+    w.engines[0].handle_shutdown(w.now);
+    w.settle();
+    assert!(!w.clients[idle].closed, "not drained during the handover");
+    // A connection the kernel had queued before the listener closed: served in full.
+    let late = w.login(0, 0);
+    assert_eq!(select(&mut w, late, 1), vec![World::marker(late, 1)]);
+    assert_eq!(select(&mut w, idle, 1), vec![World::marker(idle, 1)]);
+    assert!(!w.engines[0].is_finished());
+    w.advance(S);
+    for c in [idle, late] {
+        let (code, _, _) = World::error_of(&w.take(c)).unwrap();
+        assert_eq!(code, SqlState::ADMIN_SHUTDOWN);
+        assert!(w.clients[c].closed);
+    }
+    assert!(w.engines[0].is_finished());
+    w.check();
+}
+
+#[test]
+fn without_a_handover_a_connection_accepted_after_the_stop_is_refused() {
+    let mut w = world(Setup::default());
+    w.engines[0].handle_shutdown(w.now);
+    w.settle();
+    let c = w.connect(0, 0);
+    w.settle();
+    assert!(w.clients[c].closed);
+    let (code, _, _) = World::error_of(&w.take(c)).unwrap();
+    assert_eq!(code, SqlState::CANNOT_CONNECT_NOW);
+    w.check();
+}

@@ -70,6 +70,8 @@ pub enum Timer {
     Maintenance,
     /// The shutdown grace period is over.
     Shutdown,
+    /// The handover after a stop (`Context::handover`) is over: drain.
+    Handover,
 }
 
 /// A connection's deadline table: one slot per timer of its kind.

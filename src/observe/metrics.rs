@@ -175,6 +175,12 @@ label_enum! {
         UnknownKey = "unknown_key",
         /// Dropped: too many deliveries in flight, or the owning reactor's queue was full.
         Overloaded = "overloaded",
+        /// Sent on to the pglink instance (`peers`) that issued the key.
+        Peer = "peer",
+        /// The key names a peer missing from `peers`: dropped.
+        UnknownPeer = "unknown_peer",
+        /// Forwarded by a peer but issued by neither: dropped, never forwarded twice.
+        Loop = "loop",
     }
 }
 

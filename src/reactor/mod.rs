@@ -47,6 +47,8 @@ use token::{Kind, Tok};
 
 /// Accepts per listener per wake-up.
 const MAX_ACCEPTS: usize = 64;
+/// At most this many queued connections taken in when a listener closes (its backlog).
+const BACKLOG_SWEEP: usize = 1024;
 /// Messages queued per reactor channel.
 const CHANNEL_CAPACITY: usize = 4096;
 
@@ -172,6 +174,8 @@ pub struct Reactor {
     /// Server connections handed over that could not be sent: adopted again once the
     /// engine's current commands are carried out.
     returned: Vec<(Transfer, Box<Socket>)>,
+    /// The engine asked to stop accepting: close the listeners once its commands are done.
+    stop_accepting: bool,
     /// The `Shared::epoch` of the configuration and login table the engine has.
     epoch: u64,
     now: Instant,
@@ -227,6 +231,7 @@ impl Reactor {
             ready: Vec::new(),
             dirty: Vec::new(),
             returned: Vec::new(),
+            stop_accepting: false,
             epoch,
             now,
             stats,
@@ -406,6 +411,25 @@ impl Reactor {
         self.ready.push(Tok::listener(li));
     }
 
+    /// Closes the listeners, taking in first the connections the kernel has already queued
+    /// on them (closing would reset those; with SO_REUSEPORT shared with other instances, the
+    /// kernel sends new connections to those from now on).
+    fn close_listeners(&mut self) {
+        let mut listeners = std::mem::take(&mut self.listeners);
+        for l in &listeners {
+            for _ in 0..BACKLOG_SWEEP {
+                match l.accept() {
+                    Ok((sock, peer)) => self.on_accepted(sock, peer),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+        }
+        for l in &mut listeners {
+            let _ = self.poll.registry().deregister(l);
+        }
+    }
+
     fn on_accepted(&mut self, mut sock: Sock, peer: Peer) {
         let transport = match sock {
             Sock::Tcp(_) => Transport::Tcp,
@@ -461,19 +485,23 @@ impl Reactor {
                     pid,
                     secret,
                 } => self.cancel(server, &target, tls, pid, secret),
+                Io::ForwardCancel { peer, pid, secret } => {
+                    self.forward_cancel(&peer, pid, secret);
+                }
                 Io::DeriveVerifier { client, secret } => self.derive_verifier(client, secret),
                 Io::Console { client, command } => self.console(client, command),
-                Io::StopAccepting => {
-                    for mut l in self.listeners.drain(..) {
-                        let _ = self.poll.registry().deregister(&mut l);
-                    }
-                }
+                // After the commands queued behind it: ids are handed out (accepting) only
+                // while the engine has none pending.
+                Io::StopAccepting => self.stop_accepting = true,
             }
         }
         // The engine hands out ids only while it has no commands pending, so that a slot is
         // never reused before its close has been carried out.
         while let Some((transfer, socket)) = self.returned.pop() {
             self.adopt(transfer, *socket);
+        }
+        if std::mem::take(&mut self.stop_accepting) {
+            self.close_listeners();
         }
     }
 
@@ -596,7 +624,12 @@ impl Reactor {
         let done = Message::CancelDone { server };
         let tls = tls
             .then(|| target.tls.clone().zip(target.server_name.clone()))
-            .flatten();
+            .flatten()
+            .map(|(config, name)| cancel::CancelTls {
+                config,
+                name,
+                required: false,
+            });
         let (shared, me, report) = (self.shared.clone(), self.id, done.clone());
         let spawned = match self.sockets.get(Conn::Server(server)) {
             Some(s) => cancel::spawn(s.peer.to_cancel_addr(), tls, pid, secret, move || {
@@ -611,6 +644,22 @@ impl Reactor {
                 log::warn!("cancel request dropped: {e}");
                 self.shared.cancel_delivered();
                 self.engine.handle_message(done, self.now);
+            }
+        }
+    }
+
+    /// Forwards a CancelRequest to the pglink instance that issued its key, on a helper
+    /// thread.
+    fn forward_cancel(&mut self, peer: &cancel::Peer, pid: u32, secret: Vec<u8>) {
+        let shared = self.shared.clone();
+        let spawned = cancel::spawn(peer.addr.clone(), peer.tls.clone(), pid, secret, move || {
+            shared.cancel_delivered();
+        });
+        match spawned {
+            Ok(thread) => self.shared.add_helper(thread),
+            Err(e) => {
+                log::warn!("cancel request for peer {} dropped: {e}", peer.id);
+                self.shared.cancel_delivered();
             }
         }
     }

@@ -18,6 +18,7 @@
 //! ```
 
 mod console;
+mod peers;
 mod shared;
 mod unix;
 mod verifiers;
@@ -226,6 +227,10 @@ impl Server {
             std::time::Instant::now(),
         );
         context.shutdown_grace = config.shutdown_timeout;
+        context.peering = Arc::new(peers::peering(config)?);
+        if config.listen_reuse_port {
+            context.handover = HANDOVER.min(config.shutdown_timeout);
+        }
         let deriver = Deriver::start().map_err(StartError::Thread)?;
         let ahead = users.scram_secrets();
         let identity = server_tls.map(|config| ClientIdentity {
@@ -1003,6 +1008,8 @@ impl Reloader {
             config.client_login_timeout,
         );
         next.shutdown_grace = config.shutdown_timeout;
+        // The id stays (keys carry it); the list is the new one.
+        next.peering = Arc::new(peers::peering(config)?);
         // Valid as a whole: from here on it takes effect.
         changes.commit();
         if let Some((server_tls, channel_binding)) = new_tls {
@@ -1039,6 +1046,13 @@ fn in_effect(old: &Config, new: &Config, restart: &mut Vec<String>) -> Config {
         old.effective_reactor_threads() != new.effective_reactor_threads(),
     );
     keep("prometheus".into(), old.prometheus != new.prometheus);
+    keep("peer_id".into(), old.peer_id != new.peer_id);
+    keep(
+        "listen_reuse_port".into(),
+        old.listen_reuse_port != new.listen_reuse_port,
+    );
+    c.peer_id = old.peer_id;
+    c.listen_reuse_port = old.listen_reuse_port;
     c.listen = old.listen.clone();
     c.reactor_threads = old.reactor_threads;
     c.prometheus = old.prometheus.clone();
@@ -1108,6 +1122,12 @@ fn start_resolver(shared: &Arc<Shared>) -> Result<Option<Resolver>, StartError> 
     Ok(Some((stop, thread)))
 }
 
+/// With `listen_reuse_port`, how long a stopping instance only stops accepting before it
+/// drains: the connections the kernel had queued for it before its listener closed get
+/// their logins and first transactions served, while the sibling instances take the new
+/// ones.
+const HANDOVER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What [`bind_listeners`] made.
 struct Bound {
     /// Each reactor's listeners.
@@ -1121,7 +1141,8 @@ struct Bound {
 ///
 /// SO_REUSEPORT would also let a second pglink (or anything else of the same OS user that
 /// sets it) bind the same port and silently take a share of the connections. So each fixed
-/// port is first probed with a plain bind, which fails while anyone listens there.
+/// port is first probed with a plain bind, which fails while anyone listens there, unless
+/// `listen_reuse_port` asks for exactly that sharing.
 ///
 /// A unix socket has no SO_REUSEPORT: only the first reactor listens on it and serves its
 /// clients (their server connections still come from any reactor's idle ones).
@@ -1147,7 +1168,7 @@ fn bind_listeners(config: &Config, reactors: usize) -> Result<Bound, StartError>
     let mut bound = Vec::new();
     let mut first = Vec::new();
     for addr in wanted {
-        if addr.port() != 0 {
+        if addr.port() != 0 && !config.listen_reuse_port {
             probe_free(addr)?;
         }
         let socket = bind_one(addr)?;

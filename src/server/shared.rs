@@ -2,7 +2,7 @@
 //! (replaced when secrets rotate), the client-side TLS settings, and how to reach each
 //! reactor.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
@@ -44,6 +44,9 @@ pub struct Shared {
     helpers: Mutex<Vec<JoinHandle<()>>>,
     /// Where admin console commands go.
     console: OnceLock<super::console::ConsoleHandle>,
+    /// A stop was asked for. The engines drain at once, or after the handover
+    /// (`Context::handover`) during which they only stop accepting.
+    stop_requested: AtomicBool,
 }
 
 impl Shared {
@@ -65,6 +68,7 @@ impl Shared {
             running: AtomicUsize::new(0),
             helpers: Mutex::new(Vec::new()),
             console: OnceLock::new(),
+            stop_requested: AtomicBool::new(false),
         }
     }
 
@@ -134,7 +138,10 @@ impl Shared {
     /// Starts a shutdown: every reactor stops accepting and winds down (it notices the flag
     /// on its next turn; the waker makes that turn happen now).
     pub fn stop(&self) {
-        self.base.stop();
+        self.stop_requested.store(true, Ordering::Release);
+        if self.base.handover.is_zero() {
+            self.base.stop();
+        }
         self.wake_all();
     }
 
@@ -145,7 +152,7 @@ impl Shared {
     }
 
     pub fn is_stopping(&self) -> bool {
-        self.base.is_stopping()
+        self.stop_requested.load(Ordering::Acquire) || self.base.is_stopping()
     }
 
     /// A cancel delivery finished (see `Context::cancel_delivered`).
