@@ -255,6 +255,12 @@ impl Drop for Proxy {
 
 /// pglink as a separate process, started from the binary with `config` (whose `listen` is
 /// replaced by a free port), killed on drop.
+/// Where [`ChildProxy::start_on`] waits for the new process to answer.
+pub enum ReadyAt {
+    Tcp(std::net::SocketAddr),
+    Unix(std::path::PathBuf),
+}
+
 pub struct ChildProxy {
     pub child: std::process::Child,
     dir: std::path::PathBuf,
@@ -280,14 +286,48 @@ impl ChildProxy {
         name: &str,
         prepare: impl FnOnce(&mut std::process::Command),
     ) -> ChildProxy {
-        let dir = std::env::temp_dir().join(format!("pglink-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        ChildProxy::spawn(config, name, json!(addr.to_string()), addr, prepare)
+    }
+
+    /// A process listening on `listen` (the config's `listen` value) rather than on a port
+    /// of its own; ready once something answers on `ready` (one of those addresses, or
+    /// another instance's if they share a port: then pass a unix socket of its own too).
+    pub fn start_on(config: &ProxyConfig, name: &str, listen: Value, ready: ReadyAt) -> ChildProxy {
+        if let ReadyAt::Unix(path) = &ready {
+            let _ = std::fs::create_dir_all(path.parent().unwrap());
+            let _ = std::fs::remove_file(path);
+        }
+        let addr = match &ready {
+            ReadyAt::Tcp(addr) => *addr,
+            ReadyAt::Unix(_) => "127.0.0.1:0".parse().unwrap(),
+        };
+        let child = ChildProxy::spawn(config, name, listen, addr, |_| {});
+        if let ReadyAt::Unix(path) = &ready {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while std::os::unix::net::UnixStream::connect(path).is_err() {
+                assert!(std::time::Instant::now() < deadline, "pglink did not start");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        child
+    }
+
+    fn spawn(
+        config: &ProxyConfig,
+        name: &str,
+        listen: Value,
+        addr: std::net::SocketAddr,
+        prepare: impl FnOnce(&mut std::process::Command),
+    ) -> ChildProxy {
+        let dir = std::env::temp_dir().join(format!("pglink-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
         let mut config = config.json().clone();
-        config["listen"] = json!(format!("127.0.0.1:{port}"));
+        config["listen"] = listen;
         let path = dir.join("pglink.json");
         std::fs::write(&path, config.to_string()).unwrap();
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pglink"));
@@ -296,9 +336,8 @@ impl ChildProxy {
             .stderr(std::process::Stdio::null());
         prepare(&mut cmd);
         let child = cmd.spawn().unwrap();
-        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::net::TcpStream::connect(addr).is_err() {
+        while addr.port() != 0 && std::net::TcpStream::connect(addr).is_err() {
             assert!(std::time::Instant::now() < deadline, "pglink did not start");
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
