@@ -26,6 +26,12 @@ fn proxy_for(prefix: &str) -> (Proxy, TestUser, String) {
     let proxy = ProxyConfig::new(pg)
         .user(&user)
         .backend("pool_max_conns", json!(POOL))
+        // 24 clients queue for 3 connections; on a loaded machine a wait can pass the default
+        // second, and a 53300 would say nothing about the driver.
+        .set(
+            &format!("databases.{TEST_DATABASE}.pool_acquire_timeout_milliseconds"),
+            json!(60_000),
+        )
         .start();
     let table = format!("t_{prefix}_{}", std::process::id());
     (proxy, user, table)

@@ -9,7 +9,9 @@
 // connection the next transaction gets), batch inserts with and without
 // reWriteBatchedInserts (one Sync for many Bind/Execute), a failing batch, setFetchSize
 // cursors (Execute with a row limit, PortalSuspended, two portals open at once) inside a
-// transaction, and an error inside a transaction. Exits non-zero on any wrong result.
+// transaction, an error inside a transaction, with autosave=always (savepoints) too, a query
+// cancelled by setQueryTimeout, and more statements than its statement cache holds (Close of
+// evicted statements). Exits non-zero on any wrong result.
 import java.net.URI;
 import java.sql.BatchUpdateException;
 import java.sql.Connection;
@@ -31,6 +33,7 @@ public class JdbcCheck {
     static final int CLIENTS = 24;
     static final int ROUNDS = 12;
     static final int BATCH = 50;
+    static final int AUTOSAVED = 5;
 
     static String url;
     static String user;
@@ -81,9 +84,9 @@ public class JdbcCheck {
         try (Connection c = connect(5, false); Statement st = c.createStatement();
                 ResultSet rs = st.executeQuery("SELECT count(*) FROM " + table)) {
             rs.next();
-            // Per client and threshold: ROUNDS single rows, then two committed batches of BATCH
-            // rows, plain and rewritten.
-            long want = 2L * CLIENTS * (ROUNDS + 2 * 2 * BATCH);
+            // Per client and threshold: ROUNDS single rows, two committed batches of BATCH
+            // rows, plain and rewritten, and the rows kept by autosave.
+            long want = 2L * CLIENTS * (ROUNDS + 2 * 2 * BATCH + AUTOSAVED);
             check(rs.getLong(1) == want, "total rows " + rs.getLong(1) + ", want " + want);
         }
         check(!moved.isEmpty(), "no client ever changed server connection: nothing was shared");
@@ -92,7 +95,19 @@ public class JdbcCheck {
     }
 
     static Connection connect(int prepareThreshold, boolean rewriteBatches) throws SQLException {
+        return connect(prepareThreshold, rewriteBatches, 256);
+    }
+
+    static Connection connect(int prepareThreshold, boolean rewriteBatches, int cachedStatements)
+            throws SQLException {
+        return connect(prepareThreshold, rewriteBatches, cachedStatements, new Properties());
+    }
+
+    static Connection connect(int prepareThreshold, boolean rewriteBatches, int cachedStatements,
+            Properties extra) throws SQLException {
         Properties p = new Properties();
+        p.putAll(extra);
+        p.setProperty("preparedStatementCacheQueries", Integer.toString(cachedStatements));
         p.setProperty("user", user);
         p.setProperty("password", password);
         p.setProperty("sslmode", "disable");
@@ -116,6 +131,17 @@ public class JdbcCheck {
             batches(rewriting, config, i, true);
             cursors(plain, i);
             errorInTransaction(plain);
+            if (i % 6 == 0) {
+                cancelled(plain);
+            }
+        }
+        try (Connection small = connect(threshold, false, 3)) {
+            evictions(small, i);
+        }
+        Properties autosave = new Properties();
+        autosave.setProperty("autosave", "always");
+        try (Connection c = connect(threshold, false, 256, autosave)) {
+            autosaved(c, config, i);
         }
     }
 
@@ -123,7 +149,22 @@ public class JdbcCheck {
     static void preparedAcrossTransactions(Connection c, String config, int i, int threshold)
             throws SQLException {
         Set<Integer> pids = new java.util.HashSet<>();
-        try (PreparedStatement sum = c.prepareStatement("SELECT ?::int + ?::int, pg_backend_pid()");
+        // pgJDBC names server-side statements S_1, S_2, .. in the order it prepares them: a
+        // few statements first, as many as i % 4, give each client other names for the same
+        // texts, and the same names to other texts (the sum's text differs with i % 4 too).
+        int shift = i % 4;
+        for (int w = 0; w < shift; w++) {
+            try (PreparedStatement warm = c.prepareStatement("SELECT ?::int AS warm_" + w)) {
+                for (int n = 0; n < threshold; n++) {
+                    warm.setInt(1, n);
+                    try (ResultSet rs = warm.executeQuery()) {
+                        check(rs.next() && rs.getInt(1) == n, "warm-up " + w);
+                    }
+                }
+            }
+        }
+        try (PreparedStatement sum = c.prepareStatement(
+                        "SELECT ?::int + ?::int + " + shift + ", pg_backend_pid()");
                 PreparedStatement insert = c.prepareStatement(
                         "INSERT INTO " + table + " (config, client, v) VALUES (?, ?, ?)");
                 PreparedStatement count = c.prepareStatement(
@@ -135,7 +176,8 @@ public class JdbcCheck {
                 sum.setInt(2, j);
                 try (ResultSet rs = sum.executeQuery()) {
                     check(rs.next(), "no row");
-                    check(rs.getInt(1) == i + j, "sum " + rs.getInt(1) + ", want " + (i + j));
+                    check(rs.getInt(1) == i + j + shift,
+                            "sum " + rs.getInt(1) + ", want " + (i + j + shift));
                     pids.add(rs.getInt(2));
                 }
                 insert.setString(1, config);
@@ -159,6 +201,26 @@ public class JdbcCheck {
         }
         if (pids.size() > 1) {
             moved.add(threshold * 1000 + i);
+        }
+    }
+
+    /**
+     * More statements than pgJDBC's statement cache holds (3): it closes the oldest server-side
+     * statement (Close S_n) and prepares an evicted one again under a new name.
+     */
+    static void evictions(Connection c, int i) throws SQLException {
+        for (int round = 0; round < 8; round++) {
+            for (int k = 0; k < 5; k++) {
+                try (PreparedStatement ps = c.prepareStatement("SELECT ?::int * " + (k + 2))) {
+                    for (int n = 0; n < 5; n++) {
+                        ps.setInt(1, i + round);
+                        try (ResultSet rs = ps.executeQuery()) {
+                            check(rs.next() && rs.getInt(1) == (i + round) * (k + 2),
+                                    "evicted statement " + k + " round " + round);
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -277,6 +339,52 @@ public class JdbcCheck {
             c.commit();
         }
         c.setAutoCommit(true);
+    }
+
+    /**
+     * autosave=always: pgJDBC sets a savepoint before each statement in a transaction and
+     * rolls back to it after an error, so the transaction goes on and keeps its other rows.
+     */
+    static void autosaved(Connection c, String config, int i) throws SQLException {
+        c.setAutoCommit(false);
+        try (PreparedStatement ins = c.prepareStatement(
+                        "INSERT INTO " + table + " (config, client, v) VALUES (?, ?, ?)");
+                Statement st = c.createStatement()) {
+            for (int k = 0; k < AUTOSAVED; k++) {
+                ins.setString(1, config);
+                ins.setInt(2, i);
+                ins.setInt(3, 50_000 + k);
+                check(ins.executeUpdate() == 1, "autosaved insert");
+                expectState(st, "SELECT 1 / 0", "22012");
+            }
+            c.commit();
+            try (ResultSet rs = st.executeQuery("SELECT count(*) FROM " + table
+                    + " WHERE config = '" + config + "' AND client = " + i + " AND v >= 50000")) {
+                rs.next();
+                check(rs.getLong(1) == AUTOSAVED, "autosaved rows " + rs.getLong(1));
+            }
+            c.commit();
+        }
+        c.setAutoCommit(true);
+    }
+
+    /**
+     * setQueryTimeout: pgJDBC sends a CancelRequest on a connection of its own after a second;
+     * it must reach the server connection running this client's query (or stop the query
+     * still waiting for one): 57014, and the connection goes on.
+     */
+    static void cancelled(Connection c) throws SQLException {
+        try (Statement st = c.createStatement()) {
+            st.setQueryTimeout(1);
+            long start = System.nanoTime();
+            expectState(st, "SELECT pg_sleep(60)", "57014");
+            long ms = (System.nanoTime() - start) / 1_000_000;
+            check(ms < 10_000, "cancelled after " + ms + " ms");
+            st.setQueryTimeout(0);
+            try (ResultSet rs = st.executeQuery("SELECT 7")) {
+                check(rs.next() && rs.getInt(1) == 7, "after the cancel");
+            }
+        }
     }
 
     /** 22012 in a transaction, then 25P02 until the rollback, then normal again. */

@@ -3,7 +3,8 @@
 // wrong result.
 //
 // CLIENTS clients at once each: reuse named queries ({name, text, values}: Parse once per
-// client connection, then only Bind/Execute) across many transactions and autocommit
+// client connection, then only Bind/Execute; one name, a text per client) across many
+// transactions and autocommit
 // statements, so the statement is used on server connections that never saw its Parse; read a
 // result in pages (`rows`: Execute with a row limit and Flush, no Sync until the end); roll a
 // transaction back; hit an error inside a transaction (22012, then 25P02 until ROLLBACK).
@@ -43,12 +44,13 @@ async function sequential(i) {
     for (let j = 0; j < ROUNDS; j++) {
       const tx = j % 2 === 1
       if (tx) await c.query('BEGIN')
+      // One name, a text of the client's own: another client's 'add' adds another number.
       const r = await c.query({
         name: 'add',
-        text: 'SELECT $1::int + $2::int AS s, pg_backend_pid() AS pid',
+        text: `SELECT $1::int + $2::int + ${i % 5} AS s, pg_backend_pid() AS pid`,
         values: [i, j],
       })
-      assert.equal(r.rows[0].s, i + j)
+      assert.equal(r.rows[0].s, i + j + (i % 5))
       pids.add(r.rows[0].pid)
       const ins = await c.query({
         name: 'ins',
@@ -100,7 +102,7 @@ async function pipelined(i) {
         } else if (k % 3 === 0) {
           pending.push(c.query({ name: 'p_ins', text: `INSERT INTO ${TABLE} (client, v) VALUES ($1, $2)`, values: [i, base + k] }))
         } else if (k % 3 === 1) {
-          pending.push(c.query({ name: 'p_mul', text: 'SELECT $1::int * 3 AS x', values: [k] }))
+          pending.push(c.query({ name: 'p_mul', text: `SELECT $1::int * 3 + ${i % 5} AS x`, values: [k] }))
         } else {
           pending.push(c.query('SELECT $1::text AS t', [`${i}-${k}`]))
         }
@@ -114,7 +116,7 @@ async function pipelined(i) {
         }
         assert.equal(s.status, 'fulfilled', `pipelined query ${k}: ${s.reason}`)
         if (k % 3 === 0) assert.equal(s.value.rowCount, 1)
-        else if (k % 3 === 1) assert.equal(s.value.rows[0].x, 3 * k)
+        else if (k % 3 === 1) assert.equal(s.value.rows[0].x, 3 * k + (i % 5))
         else assert.equal(s.value.rows[0].t, `${i}-${k}`)
       })
       // Every insert (k = 0, 3, .., 27 but 15) had its own Sync: the error took none along.
