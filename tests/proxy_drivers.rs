@@ -39,23 +39,23 @@ fn proxy_for(prefix: &str) -> (Proxy, TestUser, String) {
 
 #[test]
 fn pgjdbc_prepare_thresholds_batches_and_fetch_size_cursors() {
-    let (proxy, user, table) = proxy_for("jdbc");
     let mut java = drivers::java();
+    let (proxy, user, table) = proxy_for("jdbc");
     java.arg(drivers::program("JdbcCheck.java"));
     println!("{}", drivers::run(&mut java, &proxy, &user, &table));
 }
 
 #[test]
 fn node_postgres_named_queries_pipelines_and_transactions() {
-    let (proxy, user, table) = proxy_for("nodepg");
     let mut node = drivers::node();
+    let (proxy, user, table) = proxy_for("nodepg");
     node.arg(drivers::program("node_pg_check.js"));
     println!("{}", drivers::run(&mut node, &proxy, &user, &table));
 }
 
 fn sqlalchemy(driver: &str) {
-    let (proxy, user, table) = proxy_for(&format!("sa_{driver}"));
     let mut python = drivers::python(&["sqlalchemy", "greenlet", driver]);
+    let (proxy, user, table) = proxy_for(&format!("sa_{driver}"));
     python
         .arg(drivers::program("sqlalchemy_check.py"))
         .arg(driver);
@@ -74,8 +74,8 @@ fn sqlalchemy_on_psycopg_with_its_prepare_threshold() {
 
 #[test]
 fn psycopg_pipelines_with_errors_mid_pipeline() {
-    let (proxy, user, table) = proxy_for("pipeline");
     let mut python = drivers::python(&["psycopg"]);
+    let (proxy, user, table) = proxy_for("pipeline");
     python.arg(drivers::program("psycopg_pipeline_check.py"));
     println!("{}", drivers::run(&mut python, &proxy, &user, &table));
 }
