@@ -72,7 +72,9 @@ public class JdbcCheck {
                 } catch (Exception e) {
                     Throwable cause = e.getCause() != null ? e.getCause() : e;
                     errors.add("prepareThreshold=" + threshold + " client " + i + ": " + cause);
-                    cause.printStackTrace();
+                    if (errors.size() <= 2) {
+                        cause.printStackTrace();
+                    }
                 }
             }
             pool.shutdown();
