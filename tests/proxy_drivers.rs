@@ -6,8 +6,10 @@
 //! found and what to install.
 //!
 //! - pgJDBC: prepareThreshold 5 and 1, batches with and without reWriteBatchedInserts,
-//!   setFetchSize cursors in a transaction.
-//! - node-postgres: named queries across transactions, pipeline mode, transactions, errors.
+//!   setFetchSize cursors in a transaction, autosave savepoints, statement-cache evictions,
+//!   setQueryTimeout cancels.
+//! - node-postgres: named queries across transactions, results read in pages, pipeline mode,
+//!   transactions, errors.
 //! - SQLAlchemy on asyncpg and on psycopg: the dialects' statement caches, ORM and Core.
 //! - psycopg pipelines: many statements, errors mid-pipeline and what comes after.
 
