@@ -1139,35 +1139,9 @@ fn python_driver(script: &str, module: &str) {
             user.name
         ),
     );
-    // scripts/test points PGLINK_PYTHON at a virtualenv with the drivers.
-    let python = std::env::var("PGLINK_PYTHON").unwrap_or_else(|_| "python3".into());
-    let probe = std::process::Command::new(&python)
-        .args(["-c", &format!("import {module}")])
-        .output();
-    assert!(
-        probe.is_ok_and(|o| o.status.success()),
-        "{python} lacks the module {module}: run scripts/test (it installs the drivers and \
-         sets PGLINK_PYTHON), or `pip install asyncpg 'psycopg[binary]'`"
-    );
-    let dsn = format!(
-        "postgresql://{}:{}@127.0.0.1:{}/{TEST_DATABASE}?sslmode=disable",
-        user.name,
-        Proxy::password(&user),
-        proxy.port()
-    );
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/drivers")
-        .join(script);
-    let mut cmd = std::process::Command::new(&python);
-    cmd.arg(path).env("PGLINK_DSN", dsn).env("PGLINK_TABLE", &t);
-    let out = support::process::run_with_timeout(&mut cmd, Duration::from_secs(120)).unwrap();
-    assert!(
-        out.status.success(),
-        "{script} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("{}", String::from_utf8_lossy(&out.stdout).trim());
+    let mut python = drivers::python(&[module]);
+    python.arg(drivers::program(script));
+    println!("{}", drivers::run(&mut python, &proxy, &user, &t));
 }
 
 #[test]

@@ -23,6 +23,7 @@
 
 pub mod certs;
 pub mod cluster;
+pub mod drivers;
 pub mod pg;
 pub mod process;
 pub mod proxy;
