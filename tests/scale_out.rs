@@ -69,10 +69,7 @@ impl Drop for Balancer {
 
 /// Copies both ways until either side closes.
 fn pipe(a: TcpStream, b: TcpStream) {
-    for (mut from, mut to) in [
-        (a.try_clone().unwrap(), b.try_clone().unwrap()),
-        (b, a),
-    ] {
+    for (mut from, mut to) in [(a.try_clone().unwrap(), b.try_clone().unwrap()), (b, a)] {
         thread::spawn(move || {
             let _ = std::io::copy(&mut from, &mut to);
             let _ = to.shutdown(std::net::Shutdown::Both);
@@ -173,7 +170,10 @@ fn behind_a_balancer_cancels_reach_their_query_whichever_instance_receives_them(
     for w in workers {
         w.join().unwrap();
     }
-    let (sent, reached) = (sent.load(Ordering::Relaxed), reached.load(Ordering::Relaxed));
+    let (sent, reached) = (
+        sent.load(Ordering::Relaxed),
+        reached.load(Ordering::Relaxed),
+    );
     eprintln!(
         "balancer: {reached} of {sent} cancels reached their query ({} sent to an instance \
          other than the session's; sessions per instance {:?})",
@@ -253,7 +253,8 @@ fn instances_sharing_a_port_forward_cancels_and_restart_one_by_one_refusing_nobo
         "1": { "address": siblings[0].socket.to_str().unwrap() },
         "2": { "address": siblings[1].socket.to_str().unwrap() },
     });
-    let config = |id: u16| instance_config(pg, &user, id, &peers).set("listen_reuse_port", json!(true));
+    let config =
+        |id: u16| instance_config(pg, &user, id, &peers).set("listen_reuse_port", json!(true));
     let mut instances: Vec<ChildProxy> = (0..2)
         .map(|i| siblings[i].start(&config(i as u16 + 1), shared, &format!("rp{i}")))
         .collect();
@@ -265,7 +266,9 @@ fn instances_sharing_a_port_forward_cancels_and_restart_one_by_one_refusing_nobo
         json!(shared.to_string()),
         ReadyAt::Tcp(shared),
     );
-    let status = intruder.wait_exit(Duration::from_secs(10)).expect("refused");
+    let status = intruder
+        .wait_exit(Duration::from_secs(10))
+        .expect("refused");
     assert!(!status.success());
 
     // The kernel spreads the connections; every cancel sent to the shared port reaches its
@@ -281,7 +284,10 @@ fn instances_sharing_a_port_forward_cancels_and_restart_one_by_one_refusing_nobo
     }
     eprintln!("shared port: {reached} of {sent} cancels reached their query; sessions {owners:?}");
     assert_eq!(reached, sent);
-    assert!(owners.iter().all(|n| *n > 0), "both instances took sessions");
+    assert!(
+        owners.iter().all(|n| *n > 0),
+        "both instances took sessions"
+    );
 
     // Rolling restart: clients keep connecting (a new connection per query) while each
     // instance in turn gets SIGTERM, exits, and is started again.
@@ -353,4 +359,80 @@ fn instances_sharing_a_port_forward_cancels_and_restart_one_by_one_refusing_nobo
         assert_eq!(key_peer(&c.key.as_ref().unwrap().1), 2);
         assert_eq!(c.query_column("SELECT 1").unwrap(), ["1"]);
     }
+}
+
+/// The value of the sample `series` (name and labels as exposed) at a metrics endpoint.
+fn metric(addr: SocketAddr, series: &str) -> Option<f64> {
+    use std::io::{Read as _, Write as _};
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: pglink\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    raw.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[test]
+fn a_reload_applies_a_new_peers_list_and_the_outcomes_are_counted() {
+    let pg = PgServer::shared();
+    let user = create_user(pg, "scale_reload");
+    let (a, b): (SocketAddr, SocketAddr) = (
+        format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+    );
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let only_itself = json!({ "1": { "address": a.to_string() } });
+    let both = json!({
+        "1": { "address": a.to_string() },
+        "2": { "address": b.to_string(), "sslmode": "disable" },
+    });
+    let config_a = |peers: &Value| {
+        instance_config(pg, &user, 1, peers)
+            .set("prometheus", json!({ "listen": metrics.to_string() }))
+    };
+    let first = ChildProxy::start_on(
+        &config_a(&only_itself),
+        "rl-a",
+        json!(a.to_string()),
+        ReadyAt::Tcp(a),
+    );
+    let _second = ChildProxy::start_on(
+        &instance_config(pg, &user, 2, &both),
+        "rl-b",
+        json!(b.to_string()),
+        ReadyAt::Tcp(b),
+    );
+    let unknown = "pglink_cancel_requests_total{outcome=\"unknown_peer\"}";
+    let sent_on = "pglink_cancel_requests_total{outcome=\"peer\"}";
+
+    // A session on instance 2, its cancel sent to instance 1, which does not know 2 yet.
+    let mut client = connect(b, &user);
+    let (pid, key) = client.key.clone().unwrap();
+    assert_eq!(key_peer(&key), 2);
+    let mut m = Vec::new();
+    pglink::protocol::frontend::query(&mut m, b"SELECT pg_sleep(10)");
+    client.send(&m);
+    thread::sleep(Duration::from_millis(200));
+    send_cancel(a, pid, &key);
+    client.conn.set_timeout(Duration::from_secs(1));
+    assert!(client.read().is_err(), "nothing cancelled the query");
+    assert_eq!(metric(metrics, unknown), Some(1.0));
+
+    // After a reload that lists peer 2, the same cancel reaches it.
+    first.write_config(config_a(&both).json());
+    assert!(process::signal(first.pid(), "HUP"));
+    wait_until("the reload", Duration::from_secs(10), || {
+        metric(metrics, "pglink_config_reloads_total{result=\"success\"}") == Some(1.0)
+    });
+    send_cancel(a, pid, &key);
+    client.conn.set_timeout(Duration::from_secs(10));
+    let msgs = client.until_ready().unwrap();
+    let code = msgs.iter().find_map(|m| m.error()).map(|e| e.1);
+    assert_eq!(code.as_deref(), Some("57014"));
+    assert_eq!(metric(metrics, sent_on), Some(1.0));
 }

@@ -1055,7 +1055,9 @@ pub static NOTES: &[Note] = &[
         body: "SIGTERM or SIGINT starts a graceful shutdown: pglink stops accepting \
                connections, ends idle sessions with FATAL 57P01, lets open transactions finish \
                for up to `shutdown_timeout`, closes what is left and exits with status 0; \
-               metrics and `/healthz` (503, `draining`) stay up meanwhile. A second SIGTERM or \
+               metrics and `/healthz` (503, `draining`) stay up meanwhile. With \
+               `listen_reuse_port` it first only stops accepting for one second, while \
+               sibling instances take new connections (see docs/scale-out.md). A second SIGTERM or \
                SIGINT exits at once, with status 1. SIGHUP reloads the configuration file \
                without dropping sessions (an invalid file is refused whole and logged; the \
                running configuration stays). SIGUSR1 (flight recorder snapshot) is not handled \

@@ -849,3 +849,59 @@ fn unix_socket_backend_has_no_tls() {
         vec!["databases.mydb.backend.sslrootcert: ignored: the host is a unix socket (no TLS)"]
     );
 }
+
+#[test]
+fn peers_need_an_id_of_our_own_valid_ids_and_tls_they_can_have() {
+    let peer = |v: Value| json!({ "2": v });
+    assert_error(
+        &[("/peers", peer(json!({"address": "10.0.0.2:6432"})))],
+        "peers: needs peer_id: cancel keys name their instance only when it has an id",
+    );
+    for key in ["0", "16384", "x", "01x"] {
+        assert_error(
+            &[
+                ("/peer_id", json!(1)),
+                ("/peers", json!({ key: {"address": "10.0.0.2:6432"} })),
+            ],
+            &format!("peers.{key}: {key:?} is not a peer id: use a number from 1 to 16383"),
+        );
+    }
+    assert_error_starts(&[("/peer_id", json!(16384))], "peer_id:");
+    assert_error_starts(
+        &[
+            ("/peer_id", json!(1)),
+            (
+                "/peers",
+                peer(json!({"address": "/run/p/.s.PGSQL.6432", "sslmode": "require"})),
+            ),
+        ],
+        "peers.2.sslmode: require needs TLS, but the address is a unix socket",
+    );
+    assert_error(
+        &[
+            ("/peer_id", json!(1)),
+            (
+                "/peers",
+                peer(json!({"address": "10.0.0.2:6432", "sslmode": "verify-full"})),
+            ),
+        ],
+        "peers.2.sslrootcert: required with sslmode verify-full",
+    );
+    assert_error(
+        &[
+            ("/peer_id", json!(1)),
+            ("/peers", peer(json!({"address": "10.0.0.2:0"}))),
+        ],
+        "peers.2.address: a peer's port cannot be 0",
+    );
+    let ok = assert_ok(&[
+        ("/peer_id", json!(16383)),
+        ("/listen_reuse_port", json!(true)),
+        (
+            "/peers",
+            json!({"16383": {"address": "/run/a/.s.PGSQL.1"}, "1": {"address": "h:1"}}),
+        ),
+    ]);
+    assert_eq!(ok.config.peer_id, Some(16383));
+    assert!(ok.config.listen_reuse_port);
+}

@@ -296,7 +296,11 @@ impl World {
                 .iter()
                 .map(|&id| {
                     let addr = crate::backend::cancel::CancelAddr::Host("peer".into(), id);
-                    let peer = crate::backend::cancel::Peer { id, addr, tls: None };
+                    let peer = crate::backend::cancel::Peer {
+                        id,
+                        addr,
+                        tls: None,
+                    };
                     (id, Arc::new(peer))
                 })
                 .collect(),

@@ -827,8 +827,8 @@ fn cancels(w: &World, e: usize, outcome: crate::observe::metrics::CancelOutcome)
 
 #[test]
 fn with_peering_keys_name_their_instance_and_cancels_for_a_peer_go_there() {
-    use crate::observe::metrics::CancelOutcome::{Loop, Peer, UnknownPeer};
     use super::cancel::{FORWARDED, key_peer};
+    use crate::observe::metrics::CancelOutcome::{Loop, Peer, UnknownPeer};
     let mut w = world(Setup {
         engines: 2,
         peer_id: Some(1),
@@ -847,7 +847,10 @@ fn with_peering_keys_name_their_instance_and_cancels_for_a_peer_go_there() {
     theirs[1] ^= 3;
     assert_eq!(key_peer(&theirs), Some(2));
     w.cancel_with(pid, &theirs, 1);
-    assert_eq!(w.forwarded_cancels, vec![(1, 2, pid | FORWARDED, theirs.clone())]);
+    assert_eq!(
+        w.forwarded_cancels,
+        vec![(1, 2, pid | FORWARDED, theirs.clone())]
+    );
     assert_eq!(cancels(&w, 1, Peer), 1);
     // Forwarded to us by a peer but not ours: never forwarded again.
     w.cancel_with(pid | FORWARDED, &theirs, 0);
