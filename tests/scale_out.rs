@@ -106,6 +106,24 @@ fn connect(addr: SocketAddr, user: &TestUser) -> WireClient {
     WireClient::connect(addr, user.name, Proxy::password(user), TEST_DATABASE).unwrap()
 }
 
+/// A client speaking protocol 3.2, whose cancel key is 32 bytes long.
+fn connect_v32(addr: SocketAddr, user: &TestUser) -> WireClient {
+    let mut conn = support::wire::Conn::plain(addr);
+    let options = support::wire::LoginOptions {
+        version: pglink::protocol::ProtocolVersion::V3_2,
+        ..Default::default()
+    };
+    let info = conn
+        .login(user.name, TEST_DATABASE, Proxy::password(user), &options)
+        .unwrap_or_else(|e| panic!("login: {e:?}"));
+    let client = WireClient {
+        conn,
+        key: info.key,
+    };
+    assert_eq!(client.key.as_ref().map(|k| k.1.len()), Some(32));
+    client
+}
+
 #[test]
 fn behind_a_balancer_cancels_reach_their_query_whichever_instance_receives_them() {
     let pg = PgServer::shared();
@@ -146,7 +164,12 @@ fn behind_a_balancer_cancels_reach_their_query_whichever_instance_receives_them(
             let lb = lb.addr;
             thread::spawn(move || {
                 for round in 0..4 {
-                    let mut client = connect(lb, &user);
+                    // Protocol 3.2 clients get long keys, which name their instance too.
+                    let mut client = if round == 3 {
+                        connect_v32(lb, &user)
+                    } else {
+                        connect(lb, &user)
+                    };
                     let owner = key_peer(&client.key.as_ref().unwrap().1);
                     assert!((1..=3).contains(&owner), "key names peer {owner}");
                     owners.lock().unwrap()[usize::from(owner - 1)] += 1;
