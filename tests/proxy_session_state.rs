@@ -1153,3 +1153,144 @@ fn asyncpg_with_its_statement_cache() {
 fn psycopg_with_prepare_threshold_zero_and_pipelines() {
     python_driver("psycopg_check.py", "psycopg");
 }
+
+/// What a batch got back, message by message: the tag, and for rows their values, for
+/// errors their code and message.
+fn transcript(client: &mut WireClient, batch: &[u8]) -> Vec<String> {
+    use pglink::protocol::BackendMessage;
+    client.send(batch);
+    let mut seen = Vec::new();
+    loop {
+        let msg = client.read().unwrap();
+        seen.push(match msg.decode() {
+            BackendMessage::DataRow(row) => {
+                let values: Vec<String> = row
+                    .columns()
+                    .map(|v| v.map_or("NULL".into(), |v| String::from_utf8_lossy(v).into()))
+                    .collect();
+                format!("D {}", values.join(","))
+            }
+            // PostgreSQL's errors that pglink raises itself say so.
+            _ if msg.tag == b'E' => {
+                let (_, code, message) = msg.error().unwrap();
+                let message = message.strip_prefix("pglink: ").unwrap_or(&message);
+                format!("E {code} {message}")
+            }
+            _ => (msg.tag as char).to_string(),
+        });
+        if msg.tag == b'Z' {
+            return seen;
+        }
+    }
+}
+
+#[test]
+fn cached_unnamed_statements_answer_as_postgresql_does_and_are_planned_once() {
+    use pglink::protocol::frontend::{self, Target};
+    let pg = PgServer::shared();
+    let user = proxy::create_user(pg, "unnamed_cache");
+    let password = Proxy::password(&user);
+    let proxy = ProxyConfig::new(pg)
+        .user(&user)
+        .backend("pool_max_conns", json!(1))
+        .backend("cache_unnamed_statements", json!(true))
+        .start();
+    let parse = |b: &mut Vec<u8>, sql: &str| frontend::parse(b, b"", sql.as_bytes(), &[]);
+    let run = |b: &mut Vec<u8>, arg: &str| {
+        frontend::bind(b, b"", b"", &[], [Some(arg.as_bytes())], &[]);
+        frontend::execute(b, b"", 0);
+    };
+    let sync = |mut b: Vec<u8>| {
+        frontend::sync(&mut b);
+        b
+    };
+    let add = "SELECT $1::int + 1";
+    // name, batch: the unnamed statement's lifetime and errors, every batch its own cycle.
+    let mut script: Vec<(&str, Vec<u8>)> = Vec::new();
+    let mut b = Vec::new();
+    parse(&mut b, add);
+    run(&mut b, "41");
+    script.push(("parse and run", sync(b)));
+    for i in 0..6 {
+        let mut b = Vec::new();
+        parse(&mut b, add);
+        frontend::describe(&mut b, Target::Statement, b"");
+        run(&mut b, &i.to_string());
+        script.push(("again, described", sync(b)));
+    }
+    let mut b = Vec::new();
+    run(&mut b, "1");
+    script.push(("bound in a later batch", sync(b)));
+    script.push(("a simple query", {
+        let mut b = Vec::new();
+        frontend::query(&mut b, b"SELECT 'q'");
+        b
+    }));
+    let mut b = Vec::new();
+    run(&mut b, "1");
+    script.push(("gone after a simple query", sync(b)));
+    let mut b = Vec::new();
+    parse(&mut b, add);
+    script.push(("parsed again", sync(b)));
+    let mut b = Vec::new();
+    parse(&mut b, "SELEC nonsense");
+    script.push(("a failed parse", sync(b)));
+    let mut b = Vec::new();
+    run(&mut b, "1");
+    script.push(("replaced by the failed parse", sync(b)));
+    let mut b = Vec::new();
+    parse(&mut b, add);
+    frontend::close(&mut b, Target::Statement, b"");
+    run(&mut b, "1");
+    script.push(("closed", sync(b)));
+    let mut b = Vec::new();
+    parse(&mut b, "SELECT 10 / $1::int");
+    run(&mut b, "0");
+    parse(&mut b, add);
+    run(&mut b, "5");
+    script.push(("skipped after an error in its batch", sync(b)));
+    let mut b = Vec::new();
+    run(&mut b, "5");
+    script.push(("the statement before the skipped parse", sync(b)));
+    // A new text in the middle of a batch: prepared once what came before has answered.
+    let mut b = Vec::new();
+    parse(&mut b, add);
+    run(&mut b, "1");
+    parse(&mut b, "SELECT $1::int * 3");
+    run(&mut b, "3");
+    script.push(("a new text mid-batch", sync(b)));
+    let mut b = Vec::new();
+    parse(&mut b, "SELECT 10 / $1::int");
+    run(&mut b, "0");
+    parse(&mut b, "SELECT $1::int * 7");
+    run(&mut b, "3");
+    script.push(("a new text mid-batch after an error", sync(b)));
+    let mut b = Vec::new();
+    run(&mut b, "2");
+    script.push(("the statement before that skipped parse", sync(b)));
+
+    let direct: std::net::SocketAddr = pg.addr().parse().unwrap();
+    let through: std::net::SocketAddr = format!("127.0.0.1:{}", proxy.port()).parse().unwrap();
+    let mut on_pg = WireClient::connect(direct, user.name, password, TEST_DATABASE).unwrap();
+    let mut via = WireClient::connect(through, user.name, password, TEST_DATABASE).unwrap();
+    for (what, batch) in &script {
+        let expected = transcript(&mut on_pg, batch);
+        let t = Instant::now();
+        assert_eq!(transcript(&mut via, batch), expected, "{what}");
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "{what} took {:?}",
+            t.elapsed()
+        );
+    }
+    // The one server connection has the text as a prepared statement of its own, run many
+    // times: parsed and planned once, not at every execution.
+    let runs = via
+        .query_column(&format!(
+            "SELECT generic_plans + custom_plans FROM pg_prepared_statements \
+             WHERE statement = '{add}'"
+        ))
+        .unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert!(runs[0].parse::<u64>().unwrap() >= 7, "{runs:?}");
+}

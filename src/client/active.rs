@@ -89,6 +89,7 @@ impl Session {
                             Handled::Done | Handled::NeedBackend => {
                                 if let Some(lending) = self.lending_mut() {
                                     lending.waited_for = None;
+                                    lending.waited_for_batch = false;
                                 }
                                 None
                             }

@@ -19,6 +19,8 @@ pub struct DatabaseContext {
     /// Settings sets clients of this database started with, shared between clients that
     /// have the same (see `params::SharedParams`).
     pub shared_params: SharedParams,
+    /// `cache_unnamed_statements`: the unnamed statement goes through the registry too.
+    pub cache_unnamed: bool,
 }
 
 /// What pglink knows about a backend that goes with it from client to client.

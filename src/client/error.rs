@@ -366,6 +366,9 @@ impl fmt::Display for SessionError {
             SessionError::DuplicateStatement { name } => {
                 write!(f, "prepared statement \"{name}\" already exists")
             }
+            SessionError::UnknownStatement { name } if name.is_empty() => {
+                f.write_str("unnamed prepared statement does not exist")
+            }
             SessionError::UnknownStatement { name } => {
                 write!(f, "prepared statement \"{name}\" does not exist")
             }

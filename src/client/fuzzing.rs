@@ -73,6 +73,8 @@ fn run_script(data: &[u8]) -> Session {
         track_extra: vec!["search_path".into()],
         overrides: Vec::new(),
         shared_params: Default::default(),
+        // The first byte's high bit: the unnamed statement cached too.
+        cache_unnamed: data.first().is_some_and(|b| b & 0x80 != 0),
     });
     let database = |_| Some(context.clone());
     let mut pending: Vec<u8> = Vec::new();

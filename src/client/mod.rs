@@ -302,6 +302,9 @@ struct Lending {
     /// The statement whose shape a Bind or Describe waited for (see
     /// `prepared::prepare_for_use`); cleared once that message is handled.
     waited_for: Option<u64>,
+    /// A Parse of the cached unnamed statement waits for the answers to its batch so far
+    /// (see `prepared::parse_unnamed`); cleared once it is handled.
+    waited_for_batch: bool,
     /// The client messages of the current batch, kept in case it must be replayed (see
     /// `prepared::on_stale_plan`).
     replay: Option<Vec<u8>>,
@@ -322,6 +325,7 @@ impl Lending {
             syncing: false,
             resuming: false,
             waited_for: None,
+            waited_for_batch: false,
             replay: None,
             touched: Vec::new(),
             ran: false,

@@ -20,7 +20,11 @@
 //!   0A000 for a changed result type) are pglink's own. With a backend held, pglink sends a
 //!   Bind that the server must fail and puts its error in that place, so the server skips to
 //!   Sync and aborts the implicit transaction exactly as it would have.
-//! - The unnamed statement and portals pass through untouched.
+//! - The unnamed statement passes through untouched, unless the database caches it
+//!   (`cache_unnamed_statements`): then it is a statement like the named ones under the name
+//!   "" that a Parse of it replaces (even one that fails, as in PostgreSQL) and a simple Query
+//!   destroys, so that each server connection parses and plans a text once. Portals pass
+//!   through untouched.
 
 use std::sync::Arc;
 
@@ -78,7 +82,14 @@ impl Session {
             Ok(m) => m,
             Err(e) => return Handled::Invalid(SessionError::InvalidMessage(e)),
         };
+        // While the server skips to Sync after an error, a Parse of the unnamed statement
+        // is skipped and does not replace it: it goes through as it is, to be skipped too.
+        let cached = self.caches_unnamed();
+        let parse_cached = cached && !(held && self.relay.skipping_to_sync());
         match msg {
+            FrontendMessage::Parse(p) if p.name.is_empty() && parse_cached => {
+                self.parse_unnamed(p.query, p.param_types().collect(), held, out)
+            }
             FrontendMessage::Parse(p) if !p.name.is_empty() => {
                 if self.statements.contains(p.name) {
                     return self.fail_statement(SessionError::duplicate_statement(p.name), out);
@@ -113,7 +124,7 @@ impl Session {
                 database.registry.count_hit();
                 self.parse_without_backend(p.name, statement, out)
             }
-            FrontendMessage::Bind(b) if !b.statement.is_empty() => {
+            FrontendMessage::Bind(b) if !b.statement.is_empty() || cached => {
                 let Some(named) = self.statements.get(b.statement).cloned() else {
                     return self.fail_statement(SessionError::unknown_statement(b.statement), out);
                 };
@@ -146,7 +157,9 @@ impl Session {
                     .push(Expect::Bind, Route::Forward, Effect::Bound(statement));
                 Handled::Done
             }
-            FrontendMessage::Describe(d) if d.target == Target::Statement && !d.name.is_empty() => {
+            FrontendMessage::Describe(d)
+                if d.target == Target::Statement && (!d.name.is_empty() || cached) =>
+            {
                 let Some(named) = self.statements.get(d.name).cloned() else {
                     return self.fail_statement(SessionError::unknown_statement(d.name), out);
                 };
@@ -177,7 +190,9 @@ impl Session {
                 );
                 Handled::Done
             }
-            FrontendMessage::Close(c) if c.target == Target::Statement && !c.name.is_empty() => {
+            FrontendMessage::Close(c)
+                if c.target == Target::Statement && (!c.name.is_empty() || cached) =>
+            {
                 self.statements.remove(c.name);
                 let mut answer = Vec::with_capacity(5);
                 be_msg::close_complete(&mut answer);
@@ -208,6 +223,11 @@ impl Session {
         }
     }
 
+    /// Whether this session's database caches the unnamed statement.
+    pub(super) fn caches_unnamed(&self) -> bool {
+        self.db_context.as_ref().is_some_and(|d| d.cache_unnamed)
+    }
+
     /// Reports an error of the current extended-protocol batch in its place: on the server's
     /// side while a backend is held, locally otherwise. Either way what follows in the batch
     /// is skipped up to Sync.
@@ -229,18 +249,7 @@ impl Session {
         epoch: u64,
         out: &mut Out<'_>,
     ) -> Handled {
-        let known = match out.backend.statements.touch(statement.id) {
-            Some(BackendShape::Known { shape, epoch: e }) if e == epoch => Some(Some(shape)),
-            // Prepared in this batch: whatever fails that Parse fails this one too.
-            Some(BackendShape::Pending)
-                if !self.relay.skipping_to_sync()
-                    && !self.relay.preparing_before_sync(statement.id) =>
-            {
-                Some(None)
-            }
-            _ => None,
-        };
-        match known {
+        match self.backend_copy(&statement, epoch, out) {
             // The backend has a current copy (or one whose shape is on its way, which this
             // name learns with it).
             Some(shape) => {
@@ -257,6 +266,92 @@ impl Session {
             }
         }
         Handled::Done
+    }
+
+    /// Parse of the unnamed statement, cached (`cache_unnamed_statements`). As in
+    /// PostgreSQL it replaces the client's unnamed statement even if it fails, but not if the
+    /// server skips it after an error earlier in its batch: a Parse answered locally carries
+    /// the statement it replaces and puts it back then (`Effect::UnnamedParsed`); one that
+    /// must go to the server waits until the batch so far has been answered.
+    fn parse_unnamed(
+        &mut self,
+        query: &[u8],
+        types: Vec<u32>,
+        held: bool,
+        out: &mut Out<'_>,
+    ) -> Handled {
+        if let Some(error) = refused_statement(query) {
+            self.statements.remove(b"");
+            return self.fail_statement(error, out);
+        }
+        let Some(database) = self.db_context.clone() else {
+            return Handled::Invalid(SessionError::NoStatementRegistry);
+        };
+        let key = Key {
+            query,
+            param_types: &types,
+            search_path: self.desired.get("search_path"),
+        };
+        if !held {
+            let Some(statement) = database.registry.find(&key).filter(|s| s.is_verified()) else {
+                return Handled::NeedBackend;
+            };
+            database.registry.count_hit();
+            self.statements.remove(b"");
+            return self.parse_without_backend(b"", statement, out);
+        }
+        let statement = database.registry.get_or_insert(&key);
+        let epoch = database.registry.schema_epoch();
+        match self.backend_copy(&statement, epoch, out) {
+            Some(shape) => {
+                let previous = self.statements.take(b"").map(Box::new);
+                self.statements
+                    .insert(b"", statement.clone(), shape, self.relay.pushed());
+                let mut answer = Vec::with_capacity(5);
+                be_msg::parse_complete(&mut answer);
+                let effect = Effect::UnnamedParsed {
+                    id: statement.id,
+                    previous,
+                };
+                self.relay.push_local_with(&answer, effect, out.to_client);
+            }
+            None if self.relay.batch_pending() => {
+                frontend::flush(out.to_backend);
+                if let Some(lending) = self.lending_mut() {
+                    lending.waited_for_batch = true;
+                }
+                return Handled::Wait;
+            }
+            None => {
+                // Nothing before it in the batch can fail any more: the Parse runs.
+                self.statements.remove(b"");
+                let since = self.relay.pushed();
+                self.statements.insert(b"", statement.clone(), None, since);
+                self.prepare_afresh(&statement, Some(b""), Route::Forward, out);
+            }
+        }
+        Handled::Done
+    }
+
+    /// Whether the held backend has a current copy of `statement` (with its shape, if
+    /// known), or one being prepared in this batch (whatever fails that Parse fails a
+    /// second one too); `None`: it must be prepared.
+    fn backend_copy(
+        &mut self,
+        statement: &Statement,
+        epoch: u64,
+        out: &mut Out<'_>,
+    ) -> Option<Option<Shape>> {
+        match out.backend.statements.touch(statement.id) {
+            Some(BackendShape::Known { shape, epoch: e }) if e == epoch => Some(Some(shape)),
+            Some(BackendShape::Pending)
+                if !self.relay.skipping_to_sync()
+                    && !self.relay.preparing_before_sync(statement.id) =>
+            {
+                Some(None)
+            }
+            _ => None,
+        }
     }
 
     /// Parse of a new name without a backend, of a statement some server has accepted
@@ -347,11 +442,13 @@ impl Session {
         Use::Wait
     }
 
-    /// Whether client input must wait for a statement's shape (see `prepare_for_use`).
+    /// Whether client input must wait for a statement's shape (see `prepare_for_use`), or
+    /// for its batch so far to be answered (see `parse_unnamed`).
     pub(super) fn waiting_for_shape(&self) -> bool {
-        self.lending()
-            .and_then(|l| l.waited_for)
-            .is_some_and(|id| self.relay.awaits_shape(id))
+        self.lending().is_some_and(|l| {
+            l.waited_for.is_some_and(|id| self.relay.awaits_shape(id))
+                || (l.waited_for_batch && self.relay.batch_pending())
+        })
     }
 
     /// Sends the statement's Parse (after a Close of the least recently used statement if
@@ -476,6 +573,9 @@ impl Session {
                     if let Some(name) = client_name {
                         self.statements.remove_if(&name, statement.id);
                     }
+                }
+                Outcome::Failed(Effect::UnnamedParsed { id, previous }) => {
+                    self.statements.restore_if(b"", id, previous.map(|p| *p));
                 }
                 Outcome::Described(statement, answer) => {
                     self.on_described(statement, answer, out.backend)

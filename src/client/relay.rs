@@ -28,7 +28,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use super::statements::Statement;
+use super::statements::{ClientStatement, Statement};
 
 use crate::protocol::backend::tag as be;
 use crate::protocol::framing::{FrameError, Header, peek_header};
@@ -102,6 +102,13 @@ pub enum Effect {
     Sync(Vec<(String, Option<String>)>),
     /// A Bind of a shared statement (so a stale plan can be traced to it).
     Bound(Arc<Statement>),
+    /// A Parse of the cached unnamed statement answered locally (see
+    /// [`Relay::push_local_with`]): the client's unnamed statement became statement `id`.
+    /// Failed (skipped after an earlier error of its batch), it was `previous` all along.
+    UnnamedParsed {
+        id: u64,
+        previous: Option<Box<ClientStatement>>,
+    },
 }
 
 /// An entry's effect resolved; the session applies these after each call.
@@ -407,6 +414,33 @@ impl Relay {
             effect: Effect::None,
             bytes: Some(answer.into()),
         });
+    }
+
+    /// [`push_local`](Self::push_local) with an effect that is reported as failed if the
+    /// server skips to Sync before the answer is due (an error earlier in the batch), and
+    /// dropped otherwise.
+    pub fn push_local_with(&mut self, answer: &[u8], effect: Effect, to_client: &mut Vec<u8>) {
+        if self.queue.is_empty() && self.backend_partial == 0 && !self.skipping_to_sync {
+            to_client.extend_from_slice(answer);
+            return;
+        }
+        self.push_entry(Entry {
+            seq: 0,
+            expect: Expect::Local,
+            route: Route::Forward,
+            effect,
+            bytes: Some(answer.into()),
+        });
+    }
+
+    /// Whether requests sent since the last Sync are still unanswered (an error among them
+    /// would make the server skip what follows in the batch).
+    pub fn batch_pending(&self) -> bool {
+        self.queue
+            .iter()
+            .rev()
+            .take_while(|e| e.expect != Expect::Sync)
+            .any(|e| e.expect != Expect::Local)
     }
 
     fn push_entry(&mut self, mut entry: Entry) {

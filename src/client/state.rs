@@ -211,6 +211,10 @@ impl Session {
     /// while a backend is held: pglink's answer could not be ordered after the parameter
     /// read-back still on its way.
     pub(super) fn on_query(&mut self, sql: &[u8], held: bool, out: &mut Out<'_>) -> QueryHandling {
+        // A simple Query destroys the unnamed statement (one pglink keeps, that is).
+        if self.caches_unnamed() {
+            self.statements.remove(b"");
+        }
         if !inspect::worth_inspecting(sql) {
             return QueryHandling::Forward;
         }

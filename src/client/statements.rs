@@ -500,6 +500,21 @@ impl ClientStatements {
         self.names.remove(name).is_some()
     }
 
+    pub fn take(&mut self, name: &[u8]) -> Option<ClientStatement> {
+        self.names.remove(name)
+    }
+
+    /// Gives `name` back its `previous` statement (or none) if it still refers to statement
+    /// `id` (undoing a Parse the server skipped).
+    pub fn restore_if(&mut self, name: &[u8], id: u64, previous: Option<ClientStatement>) {
+        if self.names.get(name).is_some_and(|s| s.statement.id == id) {
+            match previous {
+                Some(p) => self.names.insert(name.into(), p),
+                None => self.names.remove(name),
+            };
+        }
+    }
+
     pub fn clear(&mut self) {
         self.names.clear();
     }

@@ -83,6 +83,7 @@ impl Harness {
                 track_extra: Vec::new(),
                 overrides: Vec::new(),
                 shared_params: Default::default(),
+                cache_unnamed: false,
             }),
             actions: Vec::new(),
             stats: ReactorStats::new(4, 4),
@@ -2100,6 +2101,7 @@ fn logged_in_tracking(extras: &[&str]) -> Harness {
         track_extra: extras.iter().map(|e| e.to_string()).collect(),
         overrides: Vec::new(),
         shared_params: Default::default(),
+        cache_unnamed: false,
     });
     h.scram_login("alice", PASSWORD);
     h.to_client.clear();
@@ -2212,6 +2214,7 @@ fn default_startup_parameters_override_the_clients_own() {
         track_extra: Vec::new(),
         overrides: vec![("statement_timeout".into(), "1234ms".into())],
         shared_params: Default::default(),
+        cache_unnamed: false,
     });
     let login = |extra: &[(&str, &str)]| {
         let mut h = Harness::new(AuthMethod::Scram, ClientTls::Optional);

@@ -666,6 +666,24 @@ pub static BACKEND: Section = section(
         )
         .default("1000"),
         Field::new(
+            "cache_unnamed_statements",
+            Kind::Bool,
+            "Serve the unnamed prepared statement from the same shared statements as named \
+             ones: each server connection then parses and plans a query text once instead of \
+             at every execution. Drivers that use the unnamed statement by default gain most \
+             (libpq's PQexecParams, psycopg, node-postgres, JDBC below prepareThreshold, \
+             Npgsql). Results, errors and their order stay those of PostgreSQL. The trade-off \
+             is PostgreSQL's generic plans: a named statement may switch to a generic plan \
+             after five executions, where an unnamed one is planned for its parameter values \
+             every time; for skewed data set `plan_cache_mode` (e.g. in \
+             `default_startup_parameters`) to `force_custom_plan`. Each distinct text takes a \
+             slot of `prepared_statement_cache_size` (needs it above 0) and of \
+             `statement_cache_capacity` on every server connection that ran it, so queries \
+             with literals inlined instead of parameters gain nothing and churn the caches.",
+        )
+        .default("false")
+        .extension(),
+        Field::new(
             "pool_max_conns",
             int(1, U32),
             "The most server connections open for this database, all users together. Must \

@@ -272,6 +272,9 @@ pub struct BackendConfig {
     pub description_cache_capacity: usize,
     #[serde(default = "default_prepared_statement_cache_size")]
     pub prepared_statement_cache_size: usize,
+    /// pglink extension: the unnamed statement is shared like named ones.
+    #[serde(default)]
+    pub cache_unnamed_statements: bool,
     pub pool_max_conns: u32,
     #[serde(default)]
     pub pool_min_idle_conns: u32,

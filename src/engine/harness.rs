@@ -253,6 +253,7 @@ impl World {
             track_extra: Vec::new(),
             overrides: Vec::new(),
             shared_params: Default::default(),
+            cache_unnamed: false,
         };
         let mut db = Database::new(
             0,

@@ -378,6 +378,7 @@ mod tests {
                 track_extra: Vec::new(),
                 overrides: Vec::new(),
                 shared_params: Default::default(),
+                cache_unnamed: false,
             }),
         )
     }

@@ -593,6 +593,8 @@ fn build_catalog(
                         .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
                         .collect(),
                     shared_params: Default::default(),
+                    cache_unnamed: backend.cache_unnamed_statements
+                        && backend.prepared_statement_cache_size > 0,
                 };
                 let target = backend_target(name, backend)?;
                 Database::new(
@@ -1067,6 +1069,10 @@ fn in_effect(old: &Config, new: &Config, restart: &mut Vec<String>) -> Config {
             b.prepared_statement_cache_size != was.prepared_statement_cache_size,
         );
         keep(
+            path("backend.cache_unnamed_statements"),
+            b.cache_unnamed_statements != was.cache_unnamed_statements,
+        );
+        keep(
             path("backend.description_cache_capacity"),
             b.description_cache_capacity != was.description_cache_capacity,
         );
@@ -1080,6 +1086,7 @@ fn in_effect(old: &Config, new: &Config, restart: &mut Vec<String>) -> Config {
         );
         b.prepared_statement_cache_size = was.prepared_statement_cache_size;
         b.description_cache_capacity = was.description_cache_capacity;
+        b.cache_unnamed_statements = was.cache_unnamed_statements;
         b.default_startup_parameters = was.default_startup_parameters.clone();
         db.track_extra_parameters = before.track_extra_parameters.clone();
     }

@@ -28,6 +28,7 @@ fn shared() -> Arc<Shared> {
             track_extra: Vec::new(),
             overrides: Vec::new(),
             shared_params: Default::default(),
+            cache_unnamed: false,
         })
     };
     let mut databases = Vec::new();
