@@ -1294,3 +1294,43 @@ fn cached_unnamed_statements_answer_as_postgresql_does_and_are_planned_once() {
     assert_eq!(runs.len(), 1, "{runs:?}");
     assert!(runs[0].parse::<u64>().unwrap() >= 7, "{runs:?}");
 }
+
+#[test]
+fn a_traceparent_startup_parameter_is_pglinks_and_never_reaches_postgresql() {
+    use support::wire::{Conn, LoginOptions};
+    let pg = PgServer::shared();
+    let user = proxy::create_user(pg, "traceparent");
+    let password = Proxy::password(&user);
+    let plain = ProxyConfig::new(pg).user(&user).start();
+    // Named otherwise by the configuration (tracing itself off).
+    let renamed = ProxyConfig::new(pg)
+        .user(&user)
+        .set(
+            "opentelemetry",
+            json!({ "enabled": false, "traceparent_startup_parameter": "x_trace" }),
+        )
+        .start();
+    let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    for (proxy, name) in [(&plain, "traceparent"), (&renamed, "x_trace")] {
+        // Valid or not, with settings beside it that do go to the server.
+        for value in [valid, "not a trace context"] {
+            let addr: std::net::SocketAddr = format!("127.0.0.1:{}", proxy.port()).parse().unwrap();
+            let mut conn = Conn::plain(addr);
+            let options = LoginOptions {
+                params: vec![
+                    (name.into(), value.into()),
+                    ("application_name".into(), "traced".into()),
+                ],
+                ..Default::default()
+            };
+            conn.login(user.name, TEST_DATABASE, password, &options)
+                .unwrap_or_else(|e| panic!("{name}={value:?}: {e:?}"));
+            let mut client = WireClient { conn, key: None };
+            assert_eq!(
+                client.query_column("SHOW application_name").unwrap(),
+                ["traced"],
+                "{name}={value:?}"
+            );
+        }
+    }
+}

@@ -60,6 +60,7 @@ fn run_script(data: &[u8]) -> Session {
         },
         tls: ClientTls::Optional,
         channel_binding: Some(vec![7; 32]),
+        traceparent_parameter: "traceparent".into(),
     };
     let params: Arc<ParamList> = Arc::new(vec![("server_version".into(), "15".into())]);
     let lookup = |_| Some(params.clone());

@@ -104,6 +104,9 @@ pub struct SessionConfig {
     pub tls: ClientTls,
     /// `tls-server-end-point` channel-binding data of our certificate (SCRAM-SHA-256-PLUS).
     pub channel_binding: Option<Vec<u8>>,
+    /// The startup parameter that carries a W3C `traceparent` (`opentelemetry.
+    /// traceparent_startup_parameter`): pglink's, never sent to a server.
+    pub traceparent_parameter: String,
 }
 
 /// What a session needs from its surroundings for one call.
@@ -356,6 +359,8 @@ pub struct Session {
     user: String,
     /// Startup parameters other than user/database (application_name, client_encoding, ...).
     startup_params: ParamList,
+    /// The trace context the client gave at startup, if it gave a valid one.
+    trace_parent: Option<crate::observe::trace::TraceParent>,
     /// The relay of the current lending (kept between lendings for its allocations).
     relay: Relay,
     /// The client's named prepared statements.
@@ -387,6 +392,7 @@ impl Session {
             database: String::new(),
             user: String::new(),
             startup_params: Vec::new(),
+            trace_parent: None,
             relay: Relay::new(max_message_len),
             statements: ClientStatements::default(),
             db_context: None,
@@ -426,6 +432,11 @@ impl Session {
 
     pub fn cancel_key(&self) -> &CancelKey {
         &self.key
+    }
+
+    /// The W3C trace context the client gave at startup (`traceparent_startup_parameter`).
+    pub fn trace_parent(&self) -> Option<&crate::observe::trace::TraceParent> {
+        self.trace_parent.as_ref()
     }
 
     /// Holds a backend (the reactor must keep it attached).

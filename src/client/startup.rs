@@ -156,6 +156,16 @@ impl Session {
                 }
                 // `replication=false`: an ordinary session, nothing to carry along.
                 b"replication" => {}
+                // The trace context is pglink's (PostgreSQL would refuse the name).
+                n if n == env.config.traceparent_parameter.as_bytes() => {
+                    let text = String::from_utf8_lossy(value);
+                    self.trace_parent = crate::observe::trace::TraceParent::parse(&text);
+                    if self.trace_parent.is_none() {
+                        log::debug!(
+                            "startup parameter {text:?} is not a valid traceparent: ignored"
+                        );
+                    }
+                }
                 n if n.starts_with(b"_pq_.") => unknown_options.push(n),
                 n => self.startup_params.push((
                     String::from_utf8_lossy(n).into_owned(),

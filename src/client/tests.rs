@@ -42,6 +42,7 @@ fn config(auth_method: AuthMethod, tls: ClientTls) -> SessionConfig {
         auth_method,
         tls,
         channel_binding: Some(vec![1; 32]),
+        traceparent_parameter: "traceparent".into(),
     }
 }
 
@@ -254,6 +255,19 @@ fn scram_login_sends_parameters_key_and_ready() {
     // SASLFinal, AuthenticationOk, 2 ParameterStatus, BackendKeyData, ReadyForQuery.
     assert_eq!(h.client_tags(), b"RRSSKZ");
     assert_eq!(h.take_actions(), vec![Action::LoggedIn]);
+}
+
+#[test]
+fn a_traceparent_startup_parameter_is_kept_by_the_session_not_sent_on() {
+    let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let h = Harness::logged_in_with(AuthMethod::Scram, &[("traceparent", valid), ("x", "1")]);
+    assert_eq!(
+        h.session.trace_parent().map(ToString::to_string).as_deref(),
+        Some(valid)
+    );
+    assert_eq!(h.session.startup_params, [("x".to_owned(), "1".to_owned())]);
+    let h = Harness::logged_in_with(AuthMethod::Scram, &[("traceparent", "00-bad")]);
+    assert!(h.session.trace_parent().is_none() && h.session.startup_params.is_empty());
 }
 
 /// A harness whose `alice` has a SCRAM verifier not derived yet (as right after a start or

@@ -278,6 +278,7 @@ impl World {
             auth_method: AuthMethod::Md5,
             tls: ClientTls::Disabled,
             channel_binding: None,
+            traceparent_parameter: "traceparent".into(),
         };
         let mut ctx = Context::new(
             vec![db],

@@ -9,3 +9,4 @@ pub mod log;
 pub(crate) mod metrics;
 #[cfg(feature = "metrics")]
 pub(crate) mod prometheus;
+pub mod trace;

@@ -674,6 +674,10 @@ fn session_config(config: &Config, channel_binding: Option<Vec<u8>>) -> SessionC
             config::SslMode::Require => ClientTls::Required,
         },
         channel_binding,
+        traceparent_parameter: config.opentelemetry.as_ref().map_or_else(
+            || "traceparent".to_owned(),
+            |o| o.traceparent_startup_parameter.clone(),
+        ),
     }
 }
 

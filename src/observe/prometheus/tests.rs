@@ -68,6 +68,7 @@ fn shared() -> Arc<Shared> {
         auth_method: AuthMethod::Scram,
         tls: ClientTls::Optional,
         channel_binding: None,
+        traceparent_parameter: "traceparent".into(),
     };
     let context = crate::engine::Context::new(
         databases,
