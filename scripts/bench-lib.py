@@ -356,11 +356,12 @@ def _rate_columns(targets, summary, unit, rate_digits, failed_cell):
                 lambda w, num=num, den=den: _ratio(summary(w, num)["rate"], summary(w, den)["rate"]),
             )
         )
+    # "–" in the failed cell: that target skipped the workload (the setup line says why).
     cols.append(
         (
             "failed (%s)" % "/".join(ABBREV[t] for t in targets),
             ":-:",
-            lambda w: "/".join(failed_cell(summary(w, t)) for t in targets),
+            lambda w: "/".join(failed_cell(summary(w, t)) if summary(w, t)["runs"] else "–" for t in targets),
         )
     )
     return cols
