@@ -6,13 +6,20 @@
       up to ReadyForQuery), measure the RSS of process PID before and with them open,
       print one JSON object and close the connections.
 
-  bench-lib.py report --results FILE
+  bench-lib.py latency FILE...
+      Read pgbench --log per-transaction log files (one line per transaction, its latency in
+      microseconds in the third field) and print "p50_ms p99_ms count" (the nearest-rank
+      percentiles over every transaction of every file).
+
+  bench-lib.py report --results FILE [--ratios-json FILE]
       Turn the raw per-run results written by scripts/bench into the markdown report. The
       header comes from BENCH_* environment variables (see meta_from_env): BENCH_TARGETS names
-      the targets that ran (direct pgbouncer pglink, pglink-base with --baseline, pglink-unix
-      with --unix-backend), and
+      the targets that ran (direct pgbouncer pg_doorman pglink, pglink-cached with
+      --cache-unnamed, pglink-base with --baseline, pglink-unix with --unix-backend),
+      BENCH_STATEMENTS the statements per transaction of each workload ("name=N" lines), and
       BENCH_SYSCALLS the table of strace -c runs of --syscalls (workload, target, transactions,
-      pgbench exit, strace exit, summary file).
+      pgbench exit, strace exit, summary file). --ratios-json writes the TPS ratios per
+      workload for scripts/bench-chart.py.
 """
 import argparse
 import base64
@@ -189,18 +196,58 @@ def cmd_idle(a):
     return 0 if error is None and alive == a.n else 1
 
 
+# ---------------------------------------------------------------- latency
+
+
+def percentile(sorted_values, q):
+    """Nearest-rank percentile (q in 0..100) of an ascending list."""
+    if not sorted_values:
+        return None
+    rank = max(1, -(-len(sorted_values) * q // 100))  # ceil(n * q / 100)
+    return sorted_values[min(len(sorted_values), int(rank)) - 1]
+
+
+def cmd_latency(a):
+    lat = []
+    for path in a.files:
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                # client_id transaction_no time script_no time_epoch time_us [schedule_lag]
+                if len(parts) >= 6 and parts[2].isdigit():
+                    lat.append(int(parts[2]))
+    if not lat:
+        print("- - 0")
+        return 1
+    lat.sort()
+    print("%.3f %.3f %d" % (percentile(lat, 50) / 1000, percentile(lat, 99) / 1000, len(lat)))
+    return 0
+
+
 # ---------------------------------------------------------------- report
 
 LABELS = {
     "direct": "direct",
     "pgbouncer": "PgBouncer",
+    "pg_doorman": "pg_doorman",
     "pglink": "pglink",
+    "pglink-cached": "pglink-cached",
     "pglink-base": "pglink-base",
     "pglink-unix": "pglink-unix",
 }
-ABBREV = {"direct": "d", "pgbouncer": "b", "pglink": "l", "pglink-base": "lb", "pglink-unix": "lu"}
+ABBREV = {
+    "direct": "d",
+    "pgbouncer": "b",
+    "pg_doorman": "dm",
+    "pglink": "l",
+    "pglink-cached": "lc",
+    "pglink-base": "lb",
+    "pglink-unix": "lu",
+}
 BASE = "pglink-base"
 UNIX = "pglink-unix"
+CACHED = "pglink-cached"
+DOORMAN = "pg_doorman"
 
 
 def _fmt_num(x, digits=0):
@@ -253,6 +300,12 @@ def meta_from_env():
     meta["wait_base_cpu_ms"] = {t: _int_or_none(e.get("BENCH_WAITBASE_" + _env_key(t))) for t in proxies}
     meta["wait_seconds"] = e.get("BENCH_WAIT_SECONDS", "?")
     meta["syscalls"] = e.get("BENCH_SYSCALLS", "")
+    stmts = {}
+    for line in e.get("BENCH_STATEMENTS", "").split("\n"):
+        name, _, n = line.rpartition("=")
+        if name and n.isdigit():
+            stmts[name] = int(n)
+    meta["statements"] = stmts
     problems = []
     path = e.get("BENCH_PROBLEMS")
     if path and os.path.exists(path):
@@ -272,42 +325,76 @@ def _table(columns, keys):
     return lines
 
 
-def _rate_columns(targets, summary, unit, rate_digits, cpu_unit, cpu_digits, failed_cell):
-    """The columns of a workload table: rates, ratios, proxy CPU, failures. The pglink-base columns
-    appear only when that target ran."""
-    base = BASE in targets
-    unix = UNIX in targets
+def ratio_pairs(targets):
+    """(numerator, denominator) target pairs whose ratios the report shows, for the targets that ran."""
+    pairs = []
+    for num, den in (
+        ("pglink", "pgbouncer"),
+        ("pglink", DOORMAN),
+        (CACHED, DOORMAN),
+        (CACHED, "pglink"),
+        ("pglink", "direct"),
+        ("pglink", BASE),
+        (UNIX, "pglink"),
+    ):
+        if num in targets and den in targets:
+            pairs.append((num, den))
+    return pairs
+
+
+def _rate_columns(targets, summary, unit, rate_digits, failed_cell):
+    """The columns of a workload table: rates, their ratios, failures. The columns of a target appear
+    only when it ran."""
     cols = [("Workload" if unit == "TPS" else "COPY", "---", lambda w: w)]
     for t in targets:
         cols.append(("%s %s" % (LABELS[t], unit), "--:", lambda w, t=t: _fmt_num(summary(w, t)["rate"], rate_digits)))
-    cols.append(("pglink/PgBouncer", "--:", lambda w: _ratio(summary(w, "pglink")["rate"], summary(w, "pgbouncer")["rate"])))
-    cols.append(("pglink/direct", "--:", lambda w: _ratio(summary(w, "pglink")["rate"], summary(w, "direct")["rate"])))
-    if base:
+    for num, den in ratio_pairs(targets):
         cols.append(
-            ("pglink/pglink-base %s" % unit, "--:", lambda w: _ratio(summary(w, "pglink")["rate"], summary(w, BASE)["rate"]))
+            (
+                "%s/%s" % (LABELS[num], LABELS[den]),
+                "--:",
+                lambda w, num=num, den=den: _ratio(summary(w, num)["rate"], summary(w, den)["rate"]),
+            )
         )
-    if unix:
-        cols.append(
-            ("pglink-unix/pglink %s" % unit, "--:", lambda w: _ratio(summary(w, UNIX)["rate"], summary(w, "pglink")["rate"]))
-        )
-    for t in targets:
-        if t != "direct":
-            cols.append(("%s CPU %s" % (LABELS[t], cpu_unit), "--:", lambda w, t=t: _fmt_num(summary(w, t)["cpu"], cpu_digits)))
-    if base:
-        cols.append(
-            ("pglink/pglink-base CPU", "--:", lambda w: _ratio(summary(w, "pglink")["cpu"], summary(w, BASE)["cpu"]))
-        )
-    if unix:
-        cols.append(
-            ("pglink-unix/pglink CPU", "--:", lambda w: _ratio(summary(w, UNIX)["cpu"], summary(w, "pglink")["cpu"]))
-        )
+    # "–" in the failed cell: that target skipped the workload (the setup line says why).
     cols.append(
         (
             "failed (%s)" % "/".join(ABBREV[t] for t in targets),
             ":-:",
-            lambda w: "/".join(failed_cell(summary(w, t)) for t in targets),
+            lambda w: "/".join(failed_cell(summary(w, t)) if summary(w, t)["runs"] else "–" for t in targets),
         )
     )
+    return cols
+
+
+def _cpu_columns(targets, summary, cpu_unit, cpu_digits):
+    """The columns of a proxy CPU table: per proxy "total (user + system)", then the ratios of the
+    totals between proxies."""
+    proxies = [t for t in targets if t != "direct"]
+
+    def cell(w, t):
+        s = summary(w, t)
+        if s["cpu"] is None:
+            return "–"
+        if s["user"] is None or s["sys"] is None:
+            return _fmt_num(s["cpu"], cpu_digits)
+        return "%s (%s + %s)" % (
+            _fmt_num(s["cpu"], cpu_digits),
+            _fmt_num(s["user"], cpu_digits),
+            _fmt_num(s["sys"], cpu_digits),
+        )
+
+    cols = [("Proxy CPU %s: total (user + system)" % cpu_unit, "---", lambda w: w)]
+    for t in proxies:
+        cols.append((LABELS[t], "--:", lambda w, t=t: cell(w, t)))
+    for num, den in ratio_pairs(proxies):
+        cols.append(
+            (
+                "%s/%s" % (LABELS[num], LABELS[den]),
+                "--:",
+                lambda w, num=num, den=den: _ratio(summary(w, num)["cpu"], summary(w, den)["cpu"]),
+            )
+        )
     return cols
 
 
@@ -408,15 +495,16 @@ def syscall_section(meta, problems):
         if r["workload"] not in workloads:
             workloads.append(r["workload"])
     ratios = []
-    for other in ("pgbouncer", BASE):
-        if any(r["target"] == other for r in runs):
-            ratios.append(
-                "pglink/%s: %s"
-                % (
-                    LABELS[other],
-                    ", ".join("%s %s" % (w, _ratio(total.get((w, "pglink")), total.get((w, other)))) for w in workloads),
-                )
+    ran = {r["target"] for r in runs}
+    for num, den in ratio_pairs(ran):
+        ratios.append(
+            "%s/%s: %s"
+            % (
+                LABELS[num],
+                LABELS[den],
+                ", ".join("%s %s" % (w, _ratio(total.get((w, num)), total.get((w, den)))) for w in workloads),
             )
+        )
     if ratios:
         out.append("Total syscalls per transaction, " + "; ".join(ratios) + ".")
         out.append("")
@@ -446,18 +534,30 @@ def cmd_report(a):
     def summarise(runs):
         good = [r for r in runs if r["rate"] != ""]
         rates = [float(r["rate"]) for r in good]
-        cpu = [
-            float(r["cpu_ticks"]) * 1e6 / meta["clk_tck"] / float(r["units"])
-            for r in good
-            if r["cpu_ticks"] != "" and float(r["units"]) > 0
-        ]
+
+        def per_unit(field):
+            vals = [
+                float(r[field]) * 1e6 / meta["clk_tck"] / float(r["units"])
+                for r in good
+                if r.get(field, "") != "" and float(r["units"]) > 0
+            ]
+            return statistics.median(vals) if vals else None
+
+        def median_of(field):
+            vals = [float(r[field]) for r in good if r.get(field, "") not in ("", "-")]
+            return statistics.median(vals) if vals else None
+
         failed = sum(int(r["failed"] or 0) for r in runs)
         bad_rc = sum(1 for r in runs if r["rc"] != "0")
         return {
             "rate": statistics.median(rates) if rates else None,
             "min": min(rates) if rates else None,
             "max": max(rates) if rates else None,
-            "cpu": statistics.median(cpu) if cpu else None,
+            "cpu": per_unit("cpu_ticks"),
+            "user": per_unit("user_ticks"),
+            "sys": per_unit("sys_ticks"),
+            "p50": median_of("p50_ms"),
+            "p99": median_of("p99_ms"),
             "failed": failed,
             "bad_rc": bad_rc,
             "runs": len(runs),
@@ -465,6 +565,29 @@ def cmd_report(a):
 
     def summary(w, t):
         return summarise(groups[w].get(t, []))
+
+    if a.ratios_json:
+        pairs = ratio_pairs([t for t in targets if t != "direct"])
+        chart = {
+            "title": "pglink throughput relative to its peers (TPS ratio; above 1.0 = pglink faster)",
+            "subtitle": "%s — %s" % (meta["date"], meta["command"]),
+            "workloads": order,
+            "series": [
+                {
+                    "label": "%s/%s" % (LABELS[num], LABELS[den]),
+                    "values": [
+                        (summary(w, num)["rate"] / summary(w, den)["rate"])
+                        if summary(w, num)["rate"] and summary(w, den)["rate"]
+                        else None
+                        for w in order
+                    ],
+                }
+                for num, den in pairs
+                if den in ("pgbouncer", DOORMAN)
+            ],
+        }
+        with open(a.ratios_json, "w") as f:
+            json.dump(chart, f, indent=1)
 
     out = []
     out.append("## %s — `%s`" % (meta["date"], meta["command"]))
@@ -480,10 +603,40 @@ def cmd_report(a):
     cp = [w for w in order if w.startswith("COPY")]
     problems = []
     if tx:
-        cols = _rate_columns(
-            targets, summary, "TPS", 0, "µs/txn", 1, lambda s: str(s["failed"]) + ("!" if s["bad_rc"] else "")
-        )
+        cols = _rate_columns(targets, summary, "TPS", 0, lambda s: str(s["failed"]) + ("!" if s["bad_rc"] else ""))
         out.extend(_table(cols, tx))
+        out.append("")
+        out.extend(_table(_cpu_columns(targets, summary, "µs/txn", 1), tx))
+        stmts = meta.get("statements", {})
+        multi = [w for w in tx if stmts.get(w, 1) > 1]
+        if multi:
+            out.append("")
+            cols = [("Statements/s (statements per transaction)", "---", lambda w: "%s (%d)" % (w, stmts[w]))]
+            for t in targets:
+                cols.append(
+                    (
+                        LABELS[t],
+                        "--:",
+                        lambda w, t=t: _fmt_num(summary(w, t)["rate"] * stmts[w] if summary(w, t)["rate"] else None),
+                    )
+                )
+            out.extend(_table(cols, multi))
+        lat = [w for w in tx if any(summary(w, t)["p99"] is not None for t in targets)]
+        if lat:
+            out.append("")
+            ran = [t for t in targets if any(summary(w, t)["rate"] is not None for w in lat)]
+            cols = [("Latency per transaction, p50 / p99", "---", lambda w: w)]
+            for t in ran:
+                cols.append(
+                    (
+                        LABELS[t],
+                        "--:",
+                        lambda w, t=t: "–"
+                        if summary(w, t)["p99"] is None
+                        else "%s / %s ms" % (_fmt_num(summary(w, t)["p50"], 2), _fmt_num(summary(w, t)["p99"], 2)),
+                    )
+                )
+            out.extend(_table(cols, lat))
         for w in tx:
             for t in targets:
                 s = summary(w, t)
@@ -503,8 +656,10 @@ def cmd_report(a):
             out.append("TPS range over rounds (min–max): " + "; ".join(spread) + ".")
             out.append("")
     if cp:
-        cols = _rate_columns(targets, summary, "MB/s", 1, "µs/MB", 0, lambda s: str(s["bad_rc"]))
+        cols = _rate_columns(targets, summary, "MB/s", 1, lambda s: str(s["bad_rc"]))
         out.extend(_table(cols, cp))
+        out.append("")
+        out.extend(_table(_cpu_columns(targets, summary, "µs/MB", 0), cp))
         for w in cp:
             for t in targets:
                 s = summary(w, t)
@@ -532,7 +687,12 @@ def cmd_report(a):
             n = next((d[t].get("requested") for t in proxies if d[t].get("requested")), None)
             out.append(
                 "| RSS per idle client (%s clients) | " % n
-                + " | ".join("%s B" % _fmt_num(d[t].get("bytes_per_client")) for t in proxies)
+                + " | ".join(
+                    "%s KiB" % _fmt_num(d[t]["bytes_per_client"] / 1024, 2)
+                    if d[t].get("bytes_per_client") is not None
+                    else "–"
+                    for t in proxies
+                )
                 + " |"
             )
             out.append(
@@ -572,7 +732,21 @@ def cmd_report(a):
     return 0
 
 
-RESULT_FIELDS = ["round", "workload", "target", "rate", "units", "failed", "rc", "cpu_ticks", "output"]
+RESULT_FIELDS = [
+    "round",
+    "workload",
+    "target",
+    "rate",
+    "units",
+    "failed",
+    "rc",
+    "cpu_ticks",
+    "output",
+    "user_ticks",
+    "sys_ticks",
+    "p50_ms",
+    "p99_ms",
+]
 
 
 def main():
@@ -588,8 +762,11 @@ def main():
     i.add_argument("--pid", type=int, required=True)
     r = sub.add_parser("report")
     r.add_argument("--results", required=True)
+    r.add_argument("--ratios-json")
+    lt = sub.add_parser("latency")
+    lt.add_argument("files", nargs="+")
     a = p.parse_args()
-    return cmd_idle(a) if a.cmd == "idle" else cmd_report(a)
+    return {"idle": cmd_idle, "report": cmd_report, "latency": cmd_latency}[a.cmd](a)
 
 
 if __name__ == "__main__":
