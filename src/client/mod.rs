@@ -434,7 +434,9 @@ impl Session {
         &self.key
     }
 
-    /// The W3C trace context the client gave at startup (`traceparent_startup_parameter`).
+    /// The W3C trace context the client gave at startup (`traceparent_startup_parameter`):
+    /// the parent of its transactions' spans once pglink exports traces.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn trace_parent(&self) -> Option<&crate::observe::trace::TraceParent> {
         self.trace_parent.as_ref()
     }
