@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 
 use pglink::observe::log::Format as LogFormat;
 
@@ -141,6 +141,12 @@ pub fn start(loaded: LoadedConfig, _json_logs: bool) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     }
+    // SIGUSR1 asks for a flight-recorder snapshot: noted, so that it never ends the process.
+    let snapshot = Arc::new(AtomicBool::new(false));
+    if let Err(e) = signal_hook::flag::register(SIGUSR1, snapshot.clone()) {
+        eprintln!("pglink: cannot install signal handlers: {e}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
     if let Err(e) = signal_hook::flag::register(SIGHUP, reload.clone()) {
         eprintln!("pglink: cannot install signal handlers: {e}");
         return ExitCode::from(EXIT_FAILURE);
@@ -161,6 +167,12 @@ pub fn start(loaded: LoadedConfig, _json_logs: bool) -> ExitCode {
             log::info!("SIGHUP: reloading {}", path.display());
             // Problems are logged (each with its JSON path) and counted by the server.
             let _ = server.reload_file(&path);
+        }
+        if snapshot.swap(false, Ordering::AcqRel) {
+            log::warn!(
+                "SIGUSR1 asks for a flight-recorder snapshot, but this pglink has no flight \
+                 recorder yet: ignored"
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -118,3 +118,17 @@ fn a_second_signal_exits_at_once() {
         "an interrupted drain is not a clean exit: {status}"
     );
 }
+
+#[test]
+fn sigusr1_without_a_flight_recorder_leaves_pglink_serving() {
+    let user = create_user(PgServer::shared(), "sig_usr1");
+    let (mut proxy, metrics) = start(&user, "30s", "sigusr1");
+    let mut client = connect(&proxy, &user);
+    assert!(process::signal(proxy.pid(), "USR1"));
+    assert!(
+        proxy.wait_exit(Duration::from_millis(500)).is_none(),
+        "still running"
+    );
+    assert_eq!(client.query_column("SELECT 1").unwrap(), ["1"]);
+    assert_eq!(healthz(metrics), Some((200, "ok\n".to_owned())));
+}

@@ -1078,8 +1078,8 @@ pub static NOTES: &[Note] = &[
                sibling instances take new connections (see docs/scale-out.md). A second SIGTERM or \
                SIGINT exits at once, with status 1. SIGHUP reloads the configuration file \
                without dropping sessions (an invalid file is refused whole and logged; the \
-               running configuration stays). SIGUSR1 (flight recorder snapshot) is not handled \
-               yet and ends the process like any unhandled signal.",
+               running configuration stays). SIGUSR1 asks for a flight recorder snapshot; \
+               this version has no flight recorder yet, so it logs a warning and carries on.",
     },
     Note {
         title: "Exit status",
