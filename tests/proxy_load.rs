@@ -96,7 +96,6 @@ fn five_thousand_clients_over_a_pool_of_ten_each_get_an_answer_in_time() {
         for chunk in 0..CLIENTS / 250 {
             let batch: Vec<_> = (0..250)
                 .map(|i| {
-                    let user = user;
                     tokio::spawn(async move {
                         connect(port, &user, &format!("c{}", chunk * 250 + i)).await
                     })
