@@ -150,6 +150,12 @@ fn counters_follow_sessions_and_the_endpoint_stops_with_the_server() {
         s.value(&with("pglink_pool_server_connections", r#"state="in_use""#)),
         0.0
     );
+    // Every transaction's duration, the block's as one.
+    assert_eq!(
+        s.value(&series("pglink_pool_transaction_duration_seconds_count")),
+        4.0
+    );
+    assert!(s.value(&series("pglink_pool_transaction_duration_seconds_sum")) > 0.0);
     // The login that learnt the server's parameters, then one per transaction.
     let waits = s.value(&series("pglink_pool_acquire_wait_seconds_count"));
     assert_eq!(waits, 5.0);
@@ -173,6 +179,25 @@ fn counters_follow_sessions_and_the_endpoint_stops_with_the_server() {
         ) > 0.0
     );
     assert!(s.sum("pglink_reactor_wakeups_total", "") > 0.0);
+    // Errors the server returned, by SQLSTATE class: none yet, then a division by zero and
+    // an unknown table.
+    assert_eq!(s.sum("pglink_pool_server_errors_total", &pool), 0.0);
+    assert!(a.query_column("SELECT 1/0").unwrap_err().contains("22012"));
+    assert!(
+        a.query_column("SELECT * FROM no_such_table")
+            .unwrap_err()
+            .contains("42P01")
+    );
+    assert!(a.query_column("SELECT 2/0").unwrap_err().contains("22012"));
+    let s = Scrape::take(metrics);
+    assert_eq!(
+        s.value(&with("pglink_pool_server_errors_total", r#"class="22""#)),
+        2.0
+    );
+    assert_eq!(
+        s.value(&with("pglink_pool_server_errors_total", r#"class="42""#)),
+        1.0
+    );
 
     // An acquire timeout: A holds the only server connection while B waits.
     a.query_column("BEGIN").unwrap();
@@ -201,7 +226,8 @@ fn counters_follow_sessions_and_the_endpoint_stops_with_the_server() {
         s.value(r#"pglink_errors_sent_total{sqlstate_class="53"}"#),
         1.0
     );
-    assert_eq!(s.value(&series("pglink_pool_transactions_total")), 5.0);
+    // The three failed statements were transactions too.
+    assert_eq!(s.value(&series("pglink_pool_transactions_total")), 8.0);
 
     // A pinned session: counted while it lasts, and its server connection is closed after.
     let key = 7_000_000 + i64::from(std::process::id() % 1_000_000);
@@ -222,7 +248,7 @@ fn counters_follow_sessions_and_the_endpoint_stops_with_the_server() {
         s.value(&with("pglink_pool_server_connections", r#"state="in_use""#)),
         1.0
     );
-    assert_eq!(s.value(&series("pglink_pool_transactions_total")), 6.0);
+    assert_eq!(s.value(&series("pglink_pool_transactions_total")), 9.0);
     a.conn.terminate();
     wait_until(
         "the pinned connection is closed",

@@ -15,6 +15,9 @@ impl Session {
     pub(super) fn on_active_bytes(&mut self, data: &[u8], out: &mut Out<'_>) -> usize {
         if let Some(lending) = self.lending_mut() {
             lending.resuming = false;
+            if lending.started.is_none() && !data.is_empty() {
+                lending.started = Some(out.now);
+            }
         }
         let mut pos = 0;
         loop {
@@ -149,6 +152,7 @@ impl Session {
         loop {
             let rest = data.get(pos..).unwrap_or_default();
             let result = self.relay.on_backend_data(rest, out.to_client);
+            self.count_server_errors(out);
             self.apply_outcomes(out);
             if !self.holds_backend() {
                 // A failed parameter sync ended the session (and released the backend, whose

@@ -299,6 +299,9 @@ struct Lending {
     input_blocked: bool,
     /// A parameter sync is in flight: client input waits (see `state::sync_backend`).
     syncing: bool,
+    /// When the current transaction's first message went to the server (a pinned session's
+    /// next transaction starts with its next message).
+    started: Option<Instant>,
     /// `ResumeInput` was asked for and the client's input not looked at since: the backend
     /// stays even if the server is idle (a sync alone does not end the lending).
     resuming: bool,
@@ -326,6 +329,7 @@ impl Lending {
             server,
             input_blocked: false,
             syncing: false,
+            started: None,
             resuming: false,
             waited_for: None,
             waited_for_batch: false,
@@ -746,9 +750,27 @@ impl Session {
 
     /// A transaction ended with nothing outstanding (the backend goes back, or stays with a
     /// pinned session).
-    fn transaction_done(&self, out: &mut Out<'_>) {
+    fn transaction_done(&mut self, out: &mut Out<'_>) {
+        let started = self.lending_mut().and_then(|l| l.started.take());
         if let Some(p) = self.pool.and_then(|p| out.stats.pool(p)) {
             p.transactions.inc();
+            if let Some(started) = started {
+                p.transaction_time
+                    .observe(out.now.saturating_duration_since(started));
+            }
+        }
+    }
+
+    /// Counts the ErrorResponses the server just sent, by SQLSTATE class.
+    fn count_server_errors(&mut self, out: &mut Out<'_>) {
+        let stats = self.pool.and_then(|p| out.stats.pool(p));
+        for code in self.relay.take_server_errors() {
+            if let Some(c) = stats.and_then(|p| {
+                p.server_errors
+                    .get(crate::observe::metrics::sqlstate_class_index(code))
+            }) {
+                c.inc();
+            }
         }
     }
 

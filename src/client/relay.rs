@@ -271,6 +271,8 @@ pub struct Relay {
     max_message_len: usize,
     /// Resolved effects the session has not collected yet.
     outcomes: Vec<Outcome>,
+    /// SQLSTATEs of the ErrorResponses the server sent since the last `take_server_errors`.
+    server_errors: Vec<crate::protocol::SqlState>,
     /// A Describe answer being collected for the statement at the head.
     capture: Vec<u8>,
     /// Values of a parameter read-back at the head.
@@ -302,6 +304,7 @@ impl Relay {
             status: TransactionStatus::Idle,
             max_message_len,
             outcomes: Vec::new(),
+            server_errors: Vec::new(),
             capture: Vec::new(),
             captured: Vec::new(),
             cycle_failed: false,
@@ -473,6 +476,11 @@ impl Relay {
             self.batch_replayable = false;
         }
         self.queue.push_back(entry);
+    }
+
+    /// The SQLSTATEs of the server's ErrorResponses since the last call.
+    pub fn take_server_errors(&mut self) -> std::vec::Drain<'_, crate::protocol::SqlState> {
+        self.server_errors.drain(..)
     }
 
     /// Effects resolved since the last call.
@@ -757,6 +765,9 @@ impl Relay {
                     let fatal = fields
                         .and_then(|f| f.severity_kind())
                         .is_some_and(Severity::ends_session);
+                    if let Some(code) = fields.and_then(|f| f.sqlstate()) {
+                        self.server_errors.push(code);
+                    }
                     if let Some(statement) = self.stale_plan(fields) {
                         if self.replayable() {
                             self.stale = Some(statement);

@@ -75,6 +75,12 @@ pub const ACQUIRE_WAIT_BOUNDS_US: [u64; 14] = [
     5_000_000,
 ];
 
+/// Bucket bounds of transaction durations, in µs.
+pub const TRANSACTION_BOUNDS_US: [u64; 16] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 10_000_000, 60_000_000,
+];
+
 /// A histogram with fixed buckets: one counter per bucket (not cumulative) plus the sum.
 #[derive(Debug)]
 pub struct Histogram<const N: usize> {
@@ -346,6 +352,12 @@ pub struct PoolStats {
     pub acquire_timeouts: Counter,
     /// Time from needing a server connection to getting one (successful acquires).
     pub acquire_wait: Histogram<{ ACQUIRE_WAIT_BOUNDS_US.len() }>,
+    /// Transactions (and statements outside one) from the first message on a server
+    /// connection to the end.
+    pub transaction_time: Histogram<{ TRANSACTION_BOUNDS_US.len() }>,
+    /// ErrorResponses the servers sent this pool's clients, by [`sqlstate_class_index`]
+    /// (the last slot: classes PostgreSQL does not define).
+    pub server_errors: [Counter; SQLSTATE_CLASSES.len() + 1],
     pub connect_attempts: Counter,
     pub connect_failures: Counter,
     pub closes: [Counter; CloseReason::COUNT],
@@ -364,6 +376,8 @@ impl Default for PoolStats {
             transactions: Counter::default(),
             acquire_timeouts: Counter::default(),
             acquire_wait: Histogram::new(&ACQUIRE_WAIT_BOUNDS_US),
+            transaction_time: Histogram::new(&TRANSACTION_BOUNDS_US),
+            server_errors: std::array::from_fn(|_| Counter::default()),
             connect_attempts: Counter::default(),
             connect_failures: Counter::default(),
             closes: Default::default(),

@@ -125,6 +125,20 @@ pub const POOL_ACQUIRE_WAIT: Meta = meta(
     POOL,
     "Time from needing a server connection to getting one (0 when one was free).",
 );
+pub const POOL_TRANSACTION_TIME: Meta = meta(
+    "pglink_pool_transaction_duration_seconds",
+    HISTOGRAM,
+    POOL,
+    "Transactions (and statements outside one) on a server connection, from the first \
+     message sent to the end.",
+);
+pub const POOL_SERVER_ERRORS: Meta = meta(
+    "pglink_pool_server_errors_total",
+    COUNTER,
+    &["database", "user", "class"],
+    "ErrorResponses servers sent to clients, by SQLSTATE class (first two characters; \
+     `other` for a class PostgreSQL does not define).",
+);
 pub const POOL_CONNECT_ATTEMPTS: Meta = meta(
     "pglink_pool_server_connect_attempts_total",
     COUNTER,
@@ -243,6 +257,8 @@ pub const METRICS: &[&Meta] = &[
     &POOL_TRANSACTIONS,
     &POOL_ACQUIRE_TIMEOUTS,
     &POOL_ACQUIRE_WAIT,
+    &POOL_TRANSACTION_TIME,
+    &POOL_SERVER_ERRORS,
     &POOL_CONNECT_ATTEMPTS,
     &POOL_CONNECT_FAILURES,
     &POOL_CLOSES,
@@ -349,7 +365,16 @@ fn families(shared: &Shared) -> Vec<MetricFamily> {
         );
         let timeouts = count(&|p| p.acquire_timeouts.get());
         f.counter(&POOL_ACQUIRE_TIMEOUTS, &labels, timeouts);
-        f.histogram(&POOL_ACQUIRE_WAIT, &labels, stats);
+        f.histogram(&POOL_ACQUIRE_WAIT, &labels, stats, |p| &p.acquire_wait);
+        f.histogram(&POOL_TRANSACTION_TIME, &labels, stats, |p| {
+            &p.transaction_time
+        });
+        for (i, class) in SQLSTATE_CLASSES.iter().chain(&["other"]).enumerate() {
+            let n = count(&|p| slot(&p.server_errors, i));
+            if n > 0 {
+                f.counter(&POOL_SERVER_ERRORS, &[database, &user, class], n);
+            }
+        }
         let attempts = count(&|p| p.connect_attempts.get());
         f.counter(&POOL_CONNECT_ATTEMPTS, &labels, attempts);
         let failures = count(&|p| p.connect_failures.get());
@@ -454,19 +479,25 @@ impl Families {
         });
     }
 
-    /// The acquire-wait histograms of one pool's reactors, merged.
-    fn histogram(&mut self, meta: &Meta, labels: &[&str], pools: &[&PoolStats]) {
+    /// One histogram of a pool (`pick`), its reactors' copies merged.
+    fn histogram<const N: usize>(
+        &mut self,
+        meta: &Meta,
+        labels: &[&str],
+        pools: &[&PoolStats],
+        pick: impl Fn(&PoolStats) -> &crate::observe::metrics::Histogram<N>,
+    ) {
         let Some(first) = pools.first() else {
             return;
         };
-        let bounds = first.acquire_wait.bounds_us();
+        let bounds = pick(first).bounds_us();
         let mut counts = vec![0u64; bounds.len() + 1];
         let mut sum = Duration::ZERO;
         for p in pools {
-            for (total, n) in counts.iter_mut().zip(p.acquire_wait.counts()) {
+            for (total, n) in counts.iter_mut().zip(pick(p).counts()) {
                 *total += n;
             }
-            sum += p.acquire_wait.sum();
+            sum += pick(p).sum();
         }
         let mut cumulative = 0;
         let mut buckets = Vec::with_capacity(bounds.len());

@@ -108,6 +108,14 @@ fn counters_are_summed_over_reactors_with_pool_labels() {
     let shared = shared();
     let (r0, r1) = (&shared.stats()[0], &shared.stats()[1]);
     r0.pool(0).unwrap().transactions.add(3);
+    r0.pool(0)
+        .unwrap()
+        .transaction_time
+        .observe(std::time::Duration::from_millis(3));
+    r1.pool(0).unwrap().server_errors[crate::observe::metrics::sqlstate_class_index(
+        crate::protocol::SqlState::DIVISION_BY_ZERO,
+    )]
+    .add(2);
     r1.pool(0).unwrap().transactions.add(2);
     r1.pool(1).unwrap().transactions.inc();
     r0.pool(0).unwrap().acquire_timeouts.inc();
@@ -142,6 +150,10 @@ fn counters_are_summed_over_reactors_with_pool_labels() {
         r#"pglink_client_auth_failures_total{database="app"} 2"#,
         r#"pglink_errors_sent_total{sqlstate_class="53"} 1"#,
         r#"pglink_errors_sent_total{sqlstate_class="28"} 1"#,
+        r#"pglink_pool_server_errors_total{database="app",user="alice",class="22"} 2"#,
+        r#"pglink_pool_transaction_duration_seconds_count{database="app",user="alice"} 1"#,
+        r#"pglink_pool_transaction_duration_seconds_bucket{database="app",user="alice",le="0.0025"} 0"#,
+        r#"pglink_pool_transaction_duration_seconds_bucket{database="app",user="alice",le="0.005"} 1"#,
         r#"pglink_cancel_requests_total{outcome="forwarded"} 1"#,
         r#"pglink_cancel_requests_total{outcome="idle"} 0"#,
         r#"pglink_reactor_bytes_total{reactor="1",peer="client",direction="received"} 100"#,
@@ -156,11 +168,17 @@ fn counters_are_summed_over_reactors_with_pool_labels() {
         !text.contains(r#"sqlstate_class="08""#),
         "classes never sent are left out"
     );
+    assert!(
+        !text.contains(r#"class="42""#),
+        "classes never seen are left out"
+    );
     for (name, kind) in [
         ("pglink_pool_transactions_total", "counter"),
         ("pglink_clients_connected", "gauge"),
         ("pglink_pool_server_connections", "gauge"),
         ("pglink_pool_acquire_wait_seconds", "histogram"),
+        ("pglink_pool_transaction_duration_seconds", "histogram"),
+        ("pglink_pool_server_errors_total", "counter"),
     ] {
         assert!(
             text.contains(&format!("# TYPE {name} {kind}\n")),
@@ -287,6 +305,10 @@ fn every_family_is_described_exported_and_documented() {
         shared.stats()[0].set_thread_id(tid);
     }
     shared.stats()[0].error_sent(SqlState::ADMIN_SHUTDOWN);
+    if let Some(p) = shared.stats()[0].pool(0) {
+        p.server_errors[crate::observe::metrics::sqlstate_class_index(SqlState::DIVISION_BY_ZERO)]
+            .inc();
+    }
     let collector = ProxyCollector::new(shared.clone());
     assert_eq!(
         collector.desc().len(),
