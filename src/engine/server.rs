@@ -688,17 +688,18 @@ impl Engine {
         );
         let now = self.now;
         if let Some(shard) = self.shards.get_mut(pool) {
-            shard.login_failed(now);
+            shard.login_failed(now, failure.clone());
         }
         // No automatic retry here (that would spin against a server that is down): waiters
-        // learn the cause if nothing else is coming, and the next acquire tries again.
+        // learn the cause if nothing else is coming, and the pool tries again when its
+        // back-off is over (see `engine::pool`).
         self.discard_server(id);
         self.pool_connect_failed(pool, failure);
     }
 
     /// Nothing will serve this pool's waiters (no connection open or opening anywhere): they
     /// get the error now instead of waiting for their timeout.
-    fn pool_connect_failed(&mut self, pool: PoolId, failure: ConnectFailure) {
+    pub(super) fn pool_connect_failed(&mut self, pool: PoolId, failure: ConnectFailure) {
         let nothing_coming = self
             .ctx
             .pools

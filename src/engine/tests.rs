@@ -310,10 +310,10 @@ fn a_refused_login_fails_waiters_and_is_retried_with_back_off() {
     let attempts = || ctx.stats[0].pool(0).unwrap().connect_attempts.get();
     let before = attempts();
     w.advance_by_steps(10 * S, 100 * MS);
-    // Every 500 ms without back-off; after 0.5, 1, 2 and 4 s with it.
+    // Every 500 ms without back-off (20); after 0.5 s, 1 s, then every 2 s with it.
     let tried = attempts() - before;
     assert!(
-        (3..=5).contains(&tried),
+        (5..=7).contains(&tried),
         "min-idle refills back off: {tried} attempts in 10 s"
     );
     w.connects = Connects::Accept;
@@ -339,6 +339,11 @@ fn a_refused_tcp_connection_is_an_error_08006_for_the_waiting_statement() {
     assert_eq!(severity, Severity::Error);
     assert!(message.contains("cannot connect to server"), "{message}");
     w.connects = Connects::Accept;
+    // Within the back-off after a failure, the same answer without a new attempt...
+    w.query(c, "SELECT 'y'");
+    assert_eq!(World::error_of(&w.take(c)).unwrap().2, message);
+    // ...and a new attempt after it.
+    w.advance(500 * MS);
     assert_eq!(select(&mut w, c, 1), vec![World::marker(c, 1)]);
     w.check();
 }
@@ -357,6 +362,53 @@ fn a_connect_that_hangs_times_out() {
     let (code, _, message) = World::error_of(&w.take(c)).unwrap();
     assert_eq!(code, SqlState::CONNECTION_FAILURE);
     assert!(message.contains("timeout expired"), "{message}");
+    w.check();
+}
+
+#[test]
+fn connects_to_a_failing_server_back_off_and_clients_hear_why_at_once() {
+    let mut w = world(Setup {
+        max_conns: 5,
+        ..Setup::default()
+    });
+    let clients: Vec<usize> = (0..5).map(|_| w.login(0, 0)).collect();
+    w.kill(0);
+    w.connects = Connects::Refuse;
+    let ctx = w.ctx.clone();
+    let attempts = || ctx.stats[0].pool(0).unwrap().connect_attempts.get();
+    let before = attempts();
+    // Every client asks again as soon as it has its answer, for 10 s: 1000 statements.
+    for _ in 0..200 {
+        for &c in &clients {
+            w.query(c, "SELECT 'x'");
+            let got = w.take(c);
+            let (code, severity, message) = World::error_of(&got).expect("an answer at once");
+            assert_eq!(
+                (code, severity),
+                (SqlState::CONNECTION_FAILURE, Severity::Error)
+            );
+            assert!(message.contains("cannot connect to server"), "{message}");
+            assert!(message.contains("refused"), "the cause: {message}");
+        }
+        w.advance(50 * MS);
+    }
+    // Attempts at 0, 0.5, 1.5, 3.5, 5.5, 7.5 and 9.5 s (the back-off doubles up to 2 s).
+    assert_eq!(attempts() - before, 7, "attempts in 10 s");
+    // The server is back: the next attempt is due at 11.5 s; every client is served then.
+    w.connects = Connects::Accept;
+    let back = w.now;
+    let mut served = vec![false; clients.len()];
+    while served.contains(&false) {
+        assert!(w.now - back <= 2 * S, "not served within 2 s: {served:?}");
+        for (i, &c) in clients.iter().enumerate() {
+            if !served[i] {
+                w.query(c, &format!("SELECT '{}'", World::marker(c, 1)));
+                served[i] = World::rows_of(&w.take(c)) == [World::marker(c, 1)];
+            }
+        }
+        w.advance(50 * MS);
+    }
+    assert_eq!(attempts() - before, 8, "one more attempt was enough");
     w.check();
 }
 
