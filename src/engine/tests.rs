@@ -413,6 +413,37 @@ fn connects_to_a_failing_server_back_off_and_clients_hear_why_at_once() {
 }
 
 #[test]
+fn a_client_waiting_behind_a_busy_connection_is_told_why_no_new_one_came() {
+    let mut w = world(Setup::default());
+    let a = w.login(0, 0);
+    let b = w.login(0, 0);
+    w.query(a, "BEGIN");
+    let s = w.server_of(a).unwrap();
+    w.connects = Connects::Refuse;
+    w.query(b, "SELECT 'x'");
+    assert!(
+        w.tags(b).is_empty(),
+        "b waits for a's connection, which may come back"
+    );
+    w.advance(S);
+    let (code, severity, message) = World::error_of(&w.take(b)).unwrap();
+    assert_eq!(
+        (code, severity),
+        (SqlState::TOO_MANY_CONNECTIONS, Severity::Error)
+    );
+    assert!(
+        message.contains("the last attempt to open one failed: cannot connect to server"),
+        "{message}"
+    );
+    w.query(a, "COMMIT");
+    w.take(a);
+    assert!(w.is_idle(s));
+    // Back-off or not, an idle connection serves at once.
+    assert_eq!(select(&mut w, b, 1), vec![World::marker(b, 1)]);
+    w.check();
+}
+
+#[test]
 fn a_client_that_vanishes_mid_transaction_is_cancelled_and_rolled_back() {
     let (mut w, a, s) = sleeping_in_a_transaction();
     w.disconnect(a);
