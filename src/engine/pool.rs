@@ -15,8 +15,10 @@
 //! a new connection meanwhile, when the pool has none open or opening that could serve it,
 //! gets the last failure at once instead of causing an attempt of its own: a server that is
 //! down sees a few attempts per engine and pool, not one per statement, and clients hear
-//! why at once. Maintenance tries again when the delay is over; a success ends the
-//! back-off. Each engine backs off on its own (no shared state on this path).
+//! why at once. When the delay is over, one connection at a time probes the server (for a
+//! client's statement, or maintenance for waiting clients and the warm minimum) until one
+//! succeeds, which ends the back-off. Each engine backs off on its own (no shared state on
+//! this path).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -102,6 +104,12 @@ impl Shard {
         self.retry_at
             .filter(|&at| now < at)
             .and(self.last_failure.as_ref())
+    }
+
+    /// Whether a new connection may be opened now: not while backing off, and after
+    /// failures only one at a time (it probes the server; the others follow its success).
+    pub fn may_open(&self, now: Instant) -> bool {
+        self.backing_off(now).is_none() && (self.login_failures == 0 || self.connecting == 0)
     }
 }
 
@@ -427,8 +435,8 @@ impl Engine {
                 }
                 continue;
             }
-            if backoff.is_some() {
-                // No new connection yet: a release (or the next try) serves them.
+            if !self.shards.get(pool).is_some_and(|s| s.may_open(self.now)) {
+                // No new connection yet: a release, or the next attempt, serves them.
                 break;
             }
             if db.try_reserve() {
@@ -547,19 +555,12 @@ impl Engine {
                     self.start_health_check(s);
                 }
             }
-            let backing_off = self
-                .shards
-                .get(pool)
-                .is_some_and(|s| s.backing_off(self.now).is_some());
-            if pool % engines == self.id
-                && settings.min_idle > 0
-                && !ctx.is_stopping()
-                && !backing_off
-            {
+            if pool % engines == self.id && settings.min_idle > 0 && !ctx.is_stopping() {
                 let connecting = self.shards.get(pool).map_or(0, |s| s.connecting);
                 let have = p.total_idle() + connecting;
                 for _ in have..settings.min_idle {
-                    if !db.try_reserve() {
+                    let may = self.shards.get(pool).is_some_and(|s| s.may_open(self.now));
+                    if !may || !db.try_reserve() {
                         break;
                     }
                     self.open_server(pool, None, 0);

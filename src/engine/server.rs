@@ -445,6 +445,8 @@ impl Engine {
         }
         log::debug!("server connection {} for pool {pool} logged in", id.index());
         self.server_available(id);
+        // After failures it was the only attempt: clients that waited behind it need more.
+        self.grow(pool);
     }
 
     /// Lent: the client's session decides what the server's bytes become.
