@@ -1,7 +1,8 @@
 //! A TCP relay between pglink and PostgreSQL that injects network faults: it can stall a
 //! connection (stop forwarding, socket kept open), delay it, close it (FIN) or reset it
-//! (RST), and cut the next server message short (forward part of it, then reset or stall),
-//! in either direction, on one connection or on all of them (those open and those to come).
+//! (RST), in either direction, on one connection or on all of them (those open and those to
+//! come); and it can cut the next server message of a given type short (forward half of it,
+//! then reset or stall). It counts the connections it accepts (pglink's attempts).
 //!
 //! ```ignore
 //! let relay = TcpRelay::start(pg.port());
@@ -111,7 +112,6 @@ struct LinkInner {
     pair: Mutex<Option<Arc<Pair>>>,
     closed: AtomicBool,
     server_port: u16,
-    client_port: u16,
 }
 
 /// One relayed connection (pglink's server connection), to inject faults into.
@@ -127,11 +127,6 @@ impl Link {
     /// `pg_stat_activity.client_port`) for this connection.
     pub fn server_port(&self) -> u16 {
         self.0.server_port
-    }
-
-    /// pglink's local port of this connection.
-    pub fn client_port(&self) -> u16 {
-        self.0.client_port
     }
 
     /// Stops forwarding in `dir` (what arrives is held, up to a limit, and never forwarded
@@ -315,15 +310,13 @@ fn start_link(shared: &Shared, client: TcpStream, server: TcpStream) {
         let _ = s.set_read_timeout(Some(POLL));
         let _ = s.set_write_timeout(Some(POLL));
     }
-    let port = |s: &TcpStream| s.local_addr().map_or(0, |a| a.port());
-    let (server_port, client_port) = (port(&server), client.peer_addr().map_or(0, |a| a.port()));
+    let server_port = server.local_addr().map_or(0, |a| a.port());
     let pair = Arc::new(Pair { client, server });
     let link = Link(Arc::new(LinkInner {
         faults: Mutex::new(*lock(&shared.template)),
         pair: Mutex::new(Some(pair.clone())),
         closed: AtomicBool::new(false),
         server_port,
-        client_port,
     }));
     lock(&shared.links).push(link.clone());
     for dir in [UP, DOWN] {
@@ -344,7 +337,7 @@ struct Pump {
     cut_left: Option<usize>,
 }
 
-/// The connection is over (a write failed).
+/// The connection is to be reset (a write failed, or a cut says so).
 struct Broken;
 
 impl Pump {
