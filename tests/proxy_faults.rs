@@ -650,6 +650,52 @@ fn a_client_killed_mid_copy_in_is_rolled_back_and_the_next_client_gets_a_clean_s
     }
 }
 
+#[test]
+fn a_client_that_closes_behind_a_backlog_of_copy_data_is_noticed() {
+    let pg = PgServer::shared();
+    let user = proxy::create_user(pg, "copy_backlog");
+    let t = table("copy_backlog");
+    pg.admin_sql_in(
+        TEST_DATABASE,
+        &format!("CREATE TABLE {t} (v text); GRANT ALL ON {t} TO PUBLIC"),
+    );
+    let relay = TcpRelay::start(pg.port());
+    let config = through(&relay, pg, &user).backend("pool_max_conns", json!(1));
+    let proxy = acquire_timeout(config, 20_000).start();
+    let mut a = connect(&proxy, &user);
+    let (link, pid) = link_of(&relay, &mut a);
+    a.send(&query_bytes(&format!("COPY {t} (v) FROM STDIN")));
+    assert_eq!(a.read().unwrap().tag, b'G');
+    // The server takes nothing for a while: pglink stops reading the client (backpressure)
+    // while the client sends its data and closes, so the close arrives behind a backlog.
+    link.stall(Dir::ToServer);
+    let mut tcp = a.conn.tcp.try_clone().unwrap();
+    let writer = thread::spawn(move || {
+        let row = message(b'd', format!("{}\n", "x".repeat(8000)).as_bytes());
+        for _ in 0..1000 {
+            std::io::Write::write_all(&mut tcp, &row).unwrap();
+        }
+        tcp.shutdown(std::net::Shutdown::Both).unwrap();
+    });
+    thread::sleep(Duration::from_millis(500));
+    link.heal();
+    writer.join().unwrap();
+    drop(a);
+    // pglink reads the backlog, sees the close, fails the COPY and rolls back: the pool's
+    // one connection serves the next client.
+    let started = Instant::now();
+    let mut b = connect(&proxy, &user);
+    let got = b.query_column("SELECT pg_backend_pid()");
+    let took = started.elapsed();
+    assert_eq!(got.unwrap(), [pid], "cleaned up and reused");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert_eq!(
+        b.query_column(&format!("SELECT count(*) FROM {t}"))
+            .unwrap(),
+        ["0"]
+    );
+}
+
 // ---- PostgreSQL restarted under load ------------------------------------------------------
 
 /// What the clients of the restart test saw, per client.
