@@ -27,6 +27,8 @@ pub enum AcquireError {
         database: String,
         pool_size: usize,
         waited_ms: u64,
+        /// Why the pool could not open a connection meanwhile, if its last attempt failed.
+        last_failure: Option<ConnectFailure>,
     },
     /// Connecting or logging in to the server failed: which server and why (the SQLSTATE
     /// is the one the server gave, or 08006).
@@ -52,11 +54,18 @@ impl fmt::Display for AcquireError {
                 database,
                 pool_size,
                 waited_ms,
-            } => write!(
-                f,
-                "no server connection for database \"{database}\" became free within \
-                 {waited_ms} ms (pool_max_conns {pool_size})"
-            ),
+                last_failure,
+            } => {
+                write!(
+                    f,
+                    "no server connection for database \"{database}\" became free within \
+                     {waited_ms} ms (pool_max_conns {pool_size})"
+                )?;
+                match last_failure {
+                    Some(failure) => write!(f, "; the last attempt to open one failed: {failure}"),
+                    None => Ok(()),
+                }
+            }
             AcquireError::Server(failure) => write!(f, "{failure}"),
             AcquireError::ShuttingDown => f.write_str(SHUTTING_DOWN),
         }
@@ -585,11 +594,26 @@ mod tests {
                     database: "db".into(),
                     pool_size: 5,
                     waited_ms: 1000,
+                    last_failure: None,
                 }),
                 "ERROR",
                 "53300",
                 "pglink: no server connection for database \"db\" became free within 1000 ms \
                  (pool_max_conns 5)"
+                    .into(),
+            ),
+            (
+                NoServer(AcquireError::Timeout {
+                    database: "db".into(),
+                    pool_size: 5,
+                    waited_ms: 1000,
+                    last_failure: Some(ConnectFailure::new("db:5432", ServerError::Timeout)),
+                }),
+                "ERROR",
+                "53300",
+                "pglink: no server connection for database \"db\" became free within 1000 ms \
+                 (pool_max_conns 5); the last attempt to open one failed: cannot connect to \
+                 server db:5432: timeout expired"
                     .into(),
             ),
             (

@@ -730,6 +730,7 @@ fn acquire_timeout_on_a_simple_query_is_an_error_and_the_session_goes_on() {
         database: "db".into(),
         pool_size: 5,
         waited_ms: 1000,
+        last_failure: None,
     };
     h.call(|s, out| s.on_acquire_failed(error, out));
     h.send(&[]);

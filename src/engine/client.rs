@@ -492,6 +492,8 @@ impl Engine {
             database: db.map(|d| d.name.clone()).unwrap_or_default(),
             pool_size: db.map_or(0, |d| d.settings.max_conns),
             waited_ms: db.map_or(0, |d| d.settings.acquire_timeout.as_millis() as u64),
+            // Cleared by the next success: a failure here is why nothing new came.
+            last_failure: self.shards.get(pool).and_then(|s| s.last_failure.clone()),
         };
         self.fail_acquire(id, error);
     }

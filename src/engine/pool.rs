@@ -8,11 +8,23 @@
 //! engine (asked for with `WantServer`), else a new connection if the database is below
 //! `pool_max_conns`, else one made by closing another user's idle connection of the same
 //! database (here, or on another engine with `MakeRoom`).
+//!
+//! Back-off: after a connection attempt fails, the engine opens no new connection for that
+//! pool until a delay has passed (500 ms, doubling with every failure in a row, at most
+//! 2 s), neither for waiting clients nor to keep `pool_min_idle_conns`. A client that needs
+//! a new connection meanwhile, when the pool has none open or opening that could serve it,
+//! gets the last failure at once instead of causing an attempt of its own: a server that is
+//! down sees a few attempts per engine and pool, not one per statement, and clients hear
+//! why at once. When the delay is over, one connection at a time probes the server (for a
+//! client's statement, or maintenance for waiting clients and the warm minimum) until one
+//! succeeds, which ends the back-off. Each engine backs off on its own (no shared state on
+//! this path).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::Engine;
+use super::error::ConnectFailure;
 use super::id::{ClientId, ServerId};
 use super::io::{Conn, Io, Message};
 use super::server::State;
@@ -33,11 +45,14 @@ pub(super) struct Shard {
     pub steals: usize,
     /// SCRAM keys derived from this pool's password (PBKDF2 once, not per connection).
     pub salted_keys: SaltedKeyCache,
-    /// Logins that failed in a row (reset by one that succeeds).
+    /// Connection attempts that failed in a row (reset by one that succeeds).
     pub login_failures: u32,
-    /// No connection is opened to keep `pool_min_idle_conns` before this (back-off after
-    /// failed logins). A client's own statement always tries at once.
-    pub refill_after: Option<Instant>,
+    /// No new connection is opened before this, neither for clients nor to keep
+    /// `pool_min_idle_conns` (back-off after failed attempts).
+    pub retry_at: Option<Instant>,
+    /// Why the last attempt failed: what clients that need a new connection are told while
+    /// backing off.
+    pub last_failure: Option<ConnectFailure>,
 }
 
 impl Default for Shard {
@@ -49,7 +64,8 @@ impl Default for Shard {
             steals: 0,
             salted_keys: SaltedKeyCache::new(4),
             login_failures: 0,
-            refill_after: None,
+            retry_at: None,
+            last_failure: None,
         }
     }
 }
@@ -58,25 +74,42 @@ impl Default for Shard {
 /// much longer than ours: global first-come-first-served, without bouncing connections
 /// between engines when the difference is noise.
 const FAIRNESS_SLACK: Duration = Duration::from_millis(2);
-/// The first wait before refilling `pool_min_idle_conns` after a failed login; it doubles
-/// with every failure in a row, up to `MAX_REFILL_BACKOFF`.
-const REFILL_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_REFILL_BACKOFF: Duration = Duration::from_secs(30);
+/// The wait before a new connection after a failed attempt; it doubles with every failure
+/// in a row, up to `MAX_CONNECT_BACKOFF`: short enough that clients are served within
+/// seconds of the server coming back.
+const CONNECT_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_CONNECT_BACKOFF: Duration = Duration::from_secs(2);
 
 impl Shard {
-    /// A login failed: back off before the next refill.
-    pub fn login_failed(&mut self, now: Instant) {
+    /// A connection attempt failed: back off before the next one.
+    pub fn login_failed(&mut self, now: Instant, failure: ConnectFailure) {
         self.login_failures = self.login_failures.saturating_add(1);
-        let wait = REFILL_BACKOFF
+        let wait = CONNECT_BACKOFF
             .saturating_mul(1 << self.login_failures.saturating_sub(1).min(16))
-            .min(MAX_REFILL_BACKOFF);
-        self.refill_after = Some(now + wait);
+            .min(MAX_CONNECT_BACKOFF);
+        self.retry_at = Some(now + wait);
+        self.last_failure = Some(failure);
     }
 
-    /// A login succeeded.
+    /// A login succeeded (or the configuration changed): new connections may be opened
+    /// at once again.
     pub fn login_succeeded(&mut self) {
         self.login_failures = 0;
-        self.refill_after = None;
+        self.retry_at = None;
+        self.last_failure = None;
+    }
+
+    /// While backing off: the failure clients are told instead of a new attempt.
+    pub fn backing_off(&self, now: Instant) -> Option<&ConnectFailure> {
+        self.retry_at
+            .filter(|&at| now < at)
+            .and(self.last_failure.as_ref())
+    }
+
+    /// Whether a new connection may be opened now: not while backing off, and after
+    /// failures only one at a time (it probes the server; the others follow its success).
+    pub fn may_open(&self, now: Instant) -> bool {
+        self.backing_off(now).is_none() && (self.login_failures == 0 || self.connecting == 0)
     }
 }
 
@@ -378,6 +411,12 @@ impl Engine {
         let uncovered = self.shards.get(pool).map_or(0, |s| {
             s.waiters.len().saturating_sub(s.connecting + s.steals)
         });
+        let backoff = self
+            .shards
+            .get(pool)
+            .and_then(|s| s.backing_off(self.now))
+            .filter(|_| uncovered > 0)
+            .cloned();
         for _ in 0..uncovered {
             if let Some(r) = p.reactor_with_idle(self.id)
                 && self
@@ -395,6 +434,10 @@ impl Engine {
                     shard.steals += 1;
                 }
                 continue;
+            }
+            if !self.shards.get(pool).is_some_and(|s| s.may_open(self.now)) {
+                // No new connection yet: a release, or the next attempt, serves them.
+                break;
             }
             if db.try_reserve() {
                 self.open_server(pool, None, 0);
@@ -444,6 +487,10 @@ impl Engine {
             if let Some(shard) = self.shards.get_mut(pool) {
                 shard.steals += 1;
             }
+        }
+        if let Some(failure) = backoff {
+            // Fails them now if nothing could serve them.
+            self.pool_connect_failed(pool, failure);
         }
     }
 
@@ -508,20 +555,12 @@ impl Engine {
                     self.start_health_check(s);
                 }
             }
-            let backing_off = self
-                .shards
-                .get(pool)
-                .and_then(|s| s.refill_after)
-                .is_some_and(|at| self.now < at);
-            if pool % engines == self.id
-                && settings.min_idle > 0
-                && !ctx.is_stopping()
-                && !backing_off
-            {
+            if pool % engines == self.id && settings.min_idle > 0 && !ctx.is_stopping() {
                 let connecting = self.shards.get(pool).map_or(0, |s| s.connecting);
                 let have = p.total_idle() + connecting;
                 for _ in have..settings.min_idle {
-                    if !db.try_reserve() {
+                    let may = self.shards.get(pool).is_some_and(|s| s.may_open(self.now));
+                    if !may || !db.try_reserve() {
                         break;
                     }
                     self.open_server(pool, None, 0);

@@ -35,6 +35,10 @@ impl Engine {
             self.shards
                 .resize_with(self.ctx.pools.len(), Shard::default);
         }
+        // The new configuration may have fixed what made connections fail: no back-off.
+        for shard in &mut self.shards {
+            shard.login_succeeded();
+        }
         self.retire_idle();
         let removed: Vec<ClientId> = self
             .clients

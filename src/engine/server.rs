@@ -445,6 +445,8 @@ impl Engine {
         }
         log::debug!("server connection {} for pool {pool} logged in", id.index());
         self.server_available(id);
+        // After failures it was the only attempt: clients that waited behind it need more.
+        self.grow(pool);
     }
 
     /// Lent: the client's session decides what the server's bytes become.
@@ -688,17 +690,18 @@ impl Engine {
         );
         let now = self.now;
         if let Some(shard) = self.shards.get_mut(pool) {
-            shard.login_failed(now);
+            shard.login_failed(now, failure.clone());
         }
         // No automatic retry here (that would spin against a server that is down): waiters
-        // learn the cause if nothing else is coming, and the next acquire tries again.
+        // learn the cause if nothing else is coming, and the pool tries again when its
+        // back-off is over (see `engine::pool`).
         self.discard_server(id);
         self.pool_connect_failed(pool, failure);
     }
 
     /// Nothing will serve this pool's waiters (no connection open or opening anywhere): they
     /// get the error now instead of waiting for their timeout.
-    fn pool_connect_failed(&mut self, pool: PoolId, failure: ConnectFailure) {
+    pub(super) fn pool_connect_failed(&mut self, pool: PoolId, failure: ConnectFailure) {
         let nothing_coming = self
             .ctx
             .pools

@@ -310,10 +310,10 @@ fn a_refused_login_fails_waiters_and_is_retried_with_back_off() {
     let attempts = || ctx.stats[0].pool(0).unwrap().connect_attempts.get();
     let before = attempts();
     w.advance_by_steps(10 * S, 100 * MS);
-    // Every 500 ms without back-off; after 0.5, 1, 2 and 4 s with it.
+    // Every 500 ms without back-off (20); after 0.5 s, 1 s, then every 2 s with it.
     let tried = attempts() - before;
     assert!(
-        (3..=5).contains(&tried),
+        (5..=7).contains(&tried),
         "min-idle refills back off: {tried} attempts in 10 s"
     );
     w.connects = Connects::Accept;
@@ -339,6 +339,11 @@ fn a_refused_tcp_connection_is_an_error_08006_for_the_waiting_statement() {
     assert_eq!(severity, Severity::Error);
     assert!(message.contains("cannot connect to server"), "{message}");
     w.connects = Connects::Accept;
+    // Within the back-off after a failure, the same answer without a new attempt...
+    w.query(c, "SELECT 'y'");
+    assert_eq!(World::error_of(&w.take(c)).unwrap().2, message);
+    // ...and a new attempt after it.
+    w.advance(500 * MS);
     assert_eq!(select(&mut w, c, 1), vec![World::marker(c, 1)]);
     w.check();
 }
@@ -357,6 +362,86 @@ fn a_connect_that_hangs_times_out() {
     let (code, _, message) = World::error_of(&w.take(c)).unwrap();
     assert_eq!(code, SqlState::CONNECTION_FAILURE);
     assert!(message.contains("timeout expired"), "{message}");
+    w.check();
+}
+
+#[test]
+fn connects_to_a_failing_server_back_off_and_clients_hear_why_at_once() {
+    let mut w = world(Setup {
+        max_conns: 5,
+        ..Setup::default()
+    });
+    let clients: Vec<usize> = (0..5).map(|_| w.login(0, 0)).collect();
+    w.kill(0);
+    w.connects = Connects::Refuse;
+    let ctx = w.ctx.clone();
+    let attempts = || ctx.stats[0].pool(0).unwrap().connect_attempts.get();
+    let before = attempts();
+    // Every client asks again as soon as it has its answer, for 10 s: 1000 statements.
+    for _ in 0..200 {
+        for &c in &clients {
+            w.query(c, "SELECT 'x'");
+            let got = w.take(c);
+            let (code, severity, message) = World::error_of(&got).expect("an answer at once");
+            assert_eq!(
+                (code, severity),
+                (SqlState::CONNECTION_FAILURE, Severity::Error)
+            );
+            assert!(message.contains("cannot connect to server"), "{message}");
+            assert!(message.contains("refused"), "the cause: {message}");
+        }
+        w.advance(50 * MS);
+    }
+    // Attempts at 0, 0.5, 1.5, 3.5, 5.5, 7.5 and 9.5 s (the back-off doubles up to 2 s).
+    assert_eq!(attempts() - before, 7, "attempts in 10 s");
+    // The server is back, slow to accept: past the back-off (11.5 s), one attempt probes it
+    // while every client waits for that one.
+    w.connects = Connects::Hang;
+    w.advance(2 * S);
+    for &c in &clients {
+        w.query(c, &format!("SELECT '{}'", World::marker(c, 1)));
+    }
+    assert_eq!(attempts() - before, 8, "one attempt after failures");
+    for &c in &clients {
+        assert!(w.tags(c).is_empty(), "client {c} waits for it");
+    }
+    // It succeeds: every client is served.
+    w.connects = Connects::Accept;
+    w.complete_connects(false);
+    for &c in &clients {
+        assert_eq!(World::rows_of(&w.take(c)), [World::marker(c, 1)]);
+    }
+    w.check();
+}
+
+#[test]
+fn a_client_waiting_behind_a_busy_connection_is_told_why_no_new_one_came() {
+    let mut w = world(Setup::default());
+    let a = w.login(0, 0);
+    let b = w.login(0, 0);
+    w.query(a, "BEGIN");
+    let s = w.server_of(a).unwrap();
+    w.connects = Connects::Refuse;
+    w.query(b, "SELECT 'x'");
+    assert!(
+        w.tags(b).is_empty(),
+        "b waits for a's connection, which may come back"
+    );
+    w.advance(S);
+    let (code, severity, message) = World::error_of(&w.take(b)).unwrap();
+    assert_eq!(
+        (code, severity),
+        (SqlState::TOO_MANY_CONNECTIONS, Severity::Error)
+    );
+    assert!(
+        message.contains("the last attempt to open one failed: cannot connect to server"),
+        "{message}"
+    );
+    w.query(a, "COMMIT");
+    w.take(a);
+    assert!(w.is_idle(s));
+    // Back-off or not, an idle connection serves at once.
+    assert_eq!(select(&mut w, b, 1), vec![World::marker(b, 1)]);
     w.check();
 }
 

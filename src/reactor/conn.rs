@@ -25,6 +25,11 @@ pub struct Socket {
     /// The last read found the socket empty: until the next readiness event there is
     /// nothing to read, so revisiting the connection skips the read.
     pub(super) drained: bool,
+    /// A readiness event reported the peer closing. That edge comes once, possibly with
+    /// more data queued than one wake-up reads (or while the engine wants no input), so
+    /// from then on every read goes on to the end of file: a short read never counts as
+    /// drained.
+    pub(super) peer_closing: bool,
     /// A TLS handshake runs (its records are read and written here; the engine hears of it
     /// when it completes).
     pub(super) handshake: bool,
@@ -44,6 +49,7 @@ impl Socket {
             stream,
             input: None,
             drained: false,
+            peer_closing: false,
             handshake: false,
             connecting: false,
             dirty: false,
@@ -166,14 +172,20 @@ impl Reactor {
     /// Reads (bounded) from a connection and hands what arrived to the engine.
     ///
     /// A short read from a plain socket means it was drained (new data brings a new edge),
-    /// which saves the `WouldBlock` probe per message; `to_eof` (the event also reported the
-    /// peer closing) keeps reading so that a FIN that came with the data is not missed. TLS
-    /// always reads to `WouldBlock`: records may remain after the plaintext returned.
-    pub(super) fn read(&mut self, conn: Conn, to_eof: bool) {
-        match self.sockets.get(conn) {
-            Some(s) => s.drained = false,
+    /// which saves the `WouldBlock` probe per message; `closing` (the event also reported the
+    /// peer closing) keeps this and every later read of the connection going to the end of
+    /// file, so that a FIN that came with the data is not missed (its edge does not come
+    /// again). TLS always reads to `WouldBlock`: records may remain after the plaintext
+    /// returned.
+    pub(super) fn read(&mut self, conn: Conn, closing: bool) {
+        let to_eof = match self.sockets.get(conn) {
+            Some(s) => {
+                s.drained = false;
+                s.peer_closing |= closing;
+                s.peer_closing
+            }
             None => return,
-        }
+        };
         let max_len = self.engine.context().max_message_len;
         for _ in 0..MAX_READS {
             let handshaking = self.sockets.get(conn).is_some_and(|s| s.handshake);
