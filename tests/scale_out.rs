@@ -69,10 +69,7 @@ impl Drop for Balancer {
 
 /// Copies both ways until either side closes.
 fn pipe(a: TcpStream, b: TcpStream) {
-    for (mut from, mut to) in [
-        (a.try_clone().unwrap(), b.try_clone().unwrap()),
-        (b, a),
-    ] {
+    for (mut from, mut to) in [(a.try_clone().unwrap(), b.try_clone().unwrap()), (b, a)] {
         thread::spawn(move || {
             let _ = std::io::copy(&mut from, &mut to);
             let _ = to.shutdown(std::net::Shutdown::Both);
@@ -173,7 +170,10 @@ fn behind_a_balancer_cancels_reach_their_query_whichever_instance_receives_them(
     for w in workers {
         w.join().unwrap();
     }
-    let (sent, reached) = (sent.load(Ordering::Relaxed), reached.load(Ordering::Relaxed));
+    let (sent, reached) = (
+        sent.load(Ordering::Relaxed),
+        reached.load(Ordering::Relaxed),
+    );
     eprintln!(
         "balancer: {reached} of {sent} cancels reached their query ({} sent to an instance \
          other than the session's; sessions per instance {:?})",
@@ -253,7 +253,8 @@ fn instances_sharing_a_port_forward_cancels_and_restart_one_by_one_refusing_nobo
         "1": { "address": siblings[0].socket.to_str().unwrap() },
         "2": { "address": siblings[1].socket.to_str().unwrap() },
     });
-    let config = |id: u16| instance_config(pg, &user, id, &peers).set("listen_reuse_port", json!(true));
+    let config =
+        |id: u16| instance_config(pg, &user, id, &peers).set("listen_reuse_port", json!(true));
     let mut instances: Vec<ChildProxy> = (0..2)
         .map(|i| siblings[i].start(&config(i as u16 + 1), shared, &format!("rp{i}")))
         .collect();
@@ -265,7 +266,9 @@ fn instances_sharing_a_port_forward_cancels_and_restart_one_by_one_refusing_nobo
         json!(shared.to_string()),
         ReadyAt::Tcp(shared),
     );
-    let status = intruder.wait_exit(Duration::from_secs(10)).expect("refused");
+    let status = intruder
+        .wait_exit(Duration::from_secs(10))
+        .expect("refused");
     assert!(!status.success());
 
     // The kernel spreads the connections; every cancel sent to the shared port reaches its
@@ -281,7 +284,10 @@ fn instances_sharing_a_port_forward_cancels_and_restart_one_by_one_refusing_nobo
     }
     eprintln!("shared port: {reached} of {sent} cancels reached their query; sessions {owners:?}");
     assert_eq!(reached, sent);
-    assert!(owners.iter().all(|n| *n > 0), "both instances took sessions");
+    assert!(
+        owners.iter().all(|n| *n > 0),
+        "both instances took sessions"
+    );
 
     // Rolling restart: clients keep connecting (a new connection per query) while each
     // instance in turn gets SIGTERM, exits, and is started again.

@@ -50,8 +50,8 @@ pub use secrets::{
 pub use types::{
     AuthMethod, BackendConfig, BackendSslMode, BoolOrString, CertSource, Config,
     DEFAULT_APPLICATION_NAME_SQL_REGEX, DEFAULT_TRACEPARENT_SQL_REGEX, DatabaseConfig,
-    FlightRecorderConfig, FlightRecorderTriggers, OpenTelemetryConfig, OtlpProtocol,
-    PeerConfig, PrometheusConfig, REDACTED, SYSTEM_ROOT_CERT, SecretRef, SecretSource, SensitiveString,
+    FlightRecorderConfig, FlightRecorderTriggers, OpenTelemetryConfig, OtlpProtocol, PeerConfig,
+    PrometheusConfig, REDACTED, SYSTEM_ROOT_CERT, SecretRef, SecretSource, SensitiveString,
     SslMode, TlsConfig, UserConfig,
 };
 

@@ -9,13 +9,13 @@
 use std::collections::HashMap;
 use std::path::Path as FsPath;
 
+use super::listen::Listen;
 use super::path::{Path, Problems};
 use super::schema::check_pattern;
 use super::types::{
     AuthMethod, BackendConfig, BackendSslMode, Config, DatabaseConfig, FlightRecorderConfig,
     OpenTelemetryConfig, PeerConfig, PrometheusConfig, SecretRef, TlsConfig,
 };
-use super::listen::Listen;
 
 /// Checks every cross-field rule, adding errors (and warnings) to `p`.
 /// The admin console's virtual database.

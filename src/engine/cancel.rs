@@ -210,7 +210,11 @@ mod tests {
             assert_eq!(key_peer(&secret), Some(id));
             // 4-byte keys (protocol 3.0) carry it too.
             assert_eq!(key_peer(&secret[..4]), Some(id));
-            assert_eq!(secret[0] & 0xC0, 0xA5 & 0xC0, "the top two bits stay random");
+            assert_eq!(
+                secret[0] & 0xC0,
+                0xA5 & 0xC0,
+                "the top two bits stay random"
+            );
             assert_eq!(&secret[2..], &[0xA5u8; 30][..]);
         }
         assert_eq!(key_peer(&[7]), None);

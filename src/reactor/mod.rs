@@ -652,9 +652,15 @@ impl Reactor {
     /// thread.
     fn forward_cancel(&mut self, peer: &cancel::Peer, pid: u32, secret: Vec<u8>) {
         let shared = self.shared.clone();
-        let spawned = cancel::spawn(peer.addr.clone(), peer.tls.clone(), pid, secret, move || {
-            shared.cancel_delivered();
-        });
+        let spawned = cancel::spawn(
+            peer.addr.clone(),
+            peer.tls.clone(),
+            pid,
+            secret,
+            move || {
+                shared.cancel_delivered();
+            },
+        );
         match spawned {
             Ok(thread) => self.shared.add_helper(thread),
             Err(e) => {
