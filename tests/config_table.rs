@@ -173,7 +173,9 @@ fn documented_defaults_are_the_real_defaults() {
         }},
         "opentelemetry": {},
         "prometheus": {},
-        "flight_recorder": {"output_dir": "/tmp/pglink-flight", "triggers": {}}
+        "flight_recorder": {"output_dir": "/tmp/pglink-flight", "triggers": {}},
+        "peer_id": 1,
+        "peers": {"2": {"address": "10.0.0.2:6432"}}
     });
     let (typed, warnings) = load(&sample.to_string());
     assert!(warnings.is_empty());
