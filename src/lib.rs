@@ -90,6 +90,7 @@ pub use server::{ReloadError, ReloadOutcome, Server, ServerHandle, StartError, S
 #[cfg(fuzzing)]
 pub mod fuzzing {
     pub use crate::auth::fuzzing::{scram_client_exchange, scram_server_exchange};
+    pub use crate::backend::fuzzing::fuzz_login as backend_login;
     pub use crate::client::fuzzing::fuzz_session as client_session;
     /// The `engine` target: its virtual clock starts now.
     pub fn engine(data: &[u8]) {
