@@ -90,7 +90,9 @@ pub use server::{ReloadError, ReloadOutcome, Server, ServerHandle, StartError, S
 #[cfg(fuzzing)]
 pub mod fuzzing {
     pub use crate::auth::fuzzing::{scram_client_exchange, scram_server_exchange};
+    pub use crate::backend::fuzzing::fuzz_login as backend_login;
     pub use crate::client::fuzzing::fuzz_session as client_session;
+    pub use crate::config::fuzzing::fuzz_config as config;
     /// The `engine` target: its virtual clock starts now.
     pub fn engine(data: &[u8]) {
         crate::engine::fuzzing::fuzz_engine(data, std::time::Instant::now());

@@ -660,6 +660,81 @@ fn login_failures_look_alike_with_the_right_sqlstate() {
     }
 }
 
+/// A whole run's log output, at the most verbose level and as JSON lines, holds no password:
+/// neither those clients sent in failed logins (distinctive ones, with every method, plaintext
+/// included, where pglink receives them as they are) nor the configured ones.
+#[test]
+fn no_password_appears_in_the_log_output() {
+    let pg = PgServer::shared();
+    let dir = tempdir();
+    let wrong = ["Zq7-wrong-Kestrel", "Zq7-ghost-Marmot", "Zq7-nodb-Ocelot"];
+    for method in ["plaintext", "md5_password", "scram-sha-256"] {
+        let mut config = ProxyConfig::new(pg).set("auth_method", json!(method));
+        for user in &BACKEND_ROLES {
+            config = config.user(user);
+        }
+        let log = dir.path().join(format!("{method}.log"));
+        let file = fs::File::create(&log).unwrap();
+        let mut proxy =
+            support::proxy::ChildProxy::start_with(&config, &format!("nolog-{method}"), |cmd| {
+                cmd.arg("-json").env("PGLINK_LOG", "trace").stderr(file);
+            });
+        let connect = || match method {
+            "plaintext" => Conn::tls(proxy.addr, client_config_any_cert(true), "localhost")
+                .expect("TLS to pglink"),
+            _ => Conn::plain(proxy.addr),
+        };
+        let o = LoginOptions::default();
+        for (user, db, pw) in [
+            (SCRAM_USER.name, TEST_DATABASE, wrong[0]),
+            ("pglink_ghost", TEST_DATABASE, wrong[1]),
+            (SCRAM_USER.name, "no_such_db", wrong[2]),
+        ] {
+            let e = connect()
+                .login(user, db, pw, &o)
+                .unwrap_err()
+                .server_error();
+            assert_eq!(e.severity, "FATAL", "{method} {user}@{db}: {e}");
+        }
+        // And logins that work, so that the log has them too.
+        for user in [SCRAM_USER, CLEAR_USER] {
+            let mut c = connect();
+            c.login(user.name, TEST_DATABASE, user.password.unwrap(), &o)
+                .unwrap_or_else(|e| panic!("{method} {}: {e:?}", user.name));
+            assert_eq!(c.query_value("SELECT 1").unwrap().as_deref(), Some("1"));
+        }
+        let status = Command::new("kill")
+            .args(["-TERM", &proxy.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert!(
+            proxy
+                .wait_exit(std::time::Duration::from_secs(20))
+                .is_some(),
+            "{method}: pglink did not stop"
+        );
+        let text = fs::read_to_string(&log).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines.len() >= 3, "{method}: hardly any log output: {text}");
+        for line in &lines {
+            let _: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{method}: not a JSON line ({e}): {line}"));
+        }
+        assert!(
+            text.contains("pglink_ghost") || text.contains("logged in"),
+            "{method}: the log says nothing about the logins, so the test proves nothing: {text}"
+        );
+        let configured = BACKEND_ROLES.iter().filter_map(|u| u.password);
+        for secret in wrong.iter().copied().chain(configured) {
+            assert!(
+                !text.contains(secret),
+                "{method}: password {secret:?} in the log output:\n{text}"
+            );
+        }
+    }
+}
+
 #[test]
 fn plaintext_auth_needs_tls() {
     let pg = PgServer::shared();

@@ -1,5 +1,6 @@
-//! End to end: pglink's limits against a real PostgreSQL: `max_client_connections`, the login
-//! timeout, malformed and random input, and thousands of idle clients.
+//! End to end: pglink's limits against a real PostgreSQL: `max_client_connections`,
+//! `max_logins_in_progress`, the login timeout, malformed and random input, and thousands of
+//! idle clients.
 
 mod support;
 
@@ -154,6 +155,80 @@ fn max_client_connections_error_reaches_psql_without_tls() {
 fn max_client_connections_error_reaches_psql_with_default_sslmode() {
     let _guard = not_measuring();
     psql_sees_too_many_connections(&["sslmode=prefer", "sslmode=require"]);
+}
+
+#[test]
+fn max_logins_in_progress_refuses_while_silent_connections_hold_every_slot() {
+    let _guard = not_measuring();
+    let pg = PgServer::shared();
+    let proxy = ProxyConfig::new(pg)
+        .user(&SCRAM_USER)
+        .set("max_logins_in_progress", json!(3))
+        .set("client_login_timeout", json!("2s"))
+        .start();
+    // A client logged in before does not count against the cap, and is not disturbed.
+    let mut before = logged_in(proxy.addr);
+    // Connections that send nothing at all hold the three login slots.
+    let mut silent: Vec<Conn> = (0..3).map(|_| Conn::plain(proxy.addr)).collect();
+    wait_until(
+        "the silent connections to be accepted",
+        Duration::from_secs(5),
+        || proxy.client_count() == 4,
+    );
+    let refused = |what: &str| {
+        let e = Conn::plain(proxy.addr)
+            .login(SCRAM_USER.name, TEST_DATABASE, PW, &LoginOptions::default())
+            .unwrap_err()
+            .server_error();
+        assert_eq!(
+            (e.severity.as_str(), e.code.as_str()),
+            ("FATAL", "53300"),
+            "{what}: {e}"
+        );
+        assert!(
+            e.message.contains("too many connections are logging in")
+                && e.message.contains("max_logins_in_progress is 3"),
+            "{what}: {e}"
+        );
+    };
+    refused("with three silent connections");
+    refused("again");
+    assert_eq!(
+        proxy.client_count(),
+        4,
+        "refused connections are not counted"
+    );
+    // One silent connection closing frees one slot: one login gets through, and once logged
+    // in it gives the slot back, so the next one does too.
+    drop(silent.pop());
+    wait_until("the slot to be freed", Duration::from_secs(5), || {
+        proxy.client_count() == 3
+    });
+    let mut after = vec![logged_in(proxy.addr), logged_in(proxy.addr)];
+    // The login timeout frees the other two: three logins may be in progress at once again.
+    let ending = silent
+        .pop()
+        .unwrap()
+        .read_until_closed(Duration::from_secs(5));
+    assert!(ending.closed && !ending.hung, "{ending:?}");
+    wait_until(
+        "the silent connections to time out",
+        Duration::from_secs(5),
+        || proxy.client_count() == 3,
+    );
+    let mid_login: Vec<Conn> = (0..3).map(|_| Conn::plain(proxy.addr)).collect();
+    wait_until("three logins in progress", Duration::from_secs(5), || {
+        proxy.client_count() == 6
+    });
+    refused("with three new silent connections");
+    drop(mid_login);
+    wait_until("them to be gone", Duration::from_secs(5), || {
+        proxy.client_count() == 3
+    });
+    after.push(logged_in(proxy.addr));
+    for c in after.iter_mut().chain([&mut before]) {
+        assert_eq!(c.query_value("SELECT 3").unwrap().as_deref(), Some("3"));
+    }
 }
 
 // ---- 9. login timeout ----------------------------------------------------------------------

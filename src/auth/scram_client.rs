@@ -155,7 +155,12 @@ impl SaltedKeyCache {
         self.entries.clear();
     }
 
-    fn get_or_derive(&mut self, prepared: &[u8], salt: &[u8], iterations: u32) -> ScramKeys {
+    pub(crate) fn get_or_derive(
+        &mut self,
+        prepared: &[u8],
+        salt: &[u8],
+        iterations: u32,
+    ) -> ScramKeys {
         let tag = hmac(prepared, &[b"pglink scram key cache"]);
         let hit = self.entries.iter().find(|e| {
             e.iterations == iterations && e.salt == salt && constant_time_eq(&e.password_tag, &tag)

@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use crate::auth::scram_client::DeriveKeys;
 use crate::auth::{Rng, SaltedKeyCache, ScramClient, ScramError, md5_password, select_mechanism};
 use crate::protocol::backend::{Authentication, BackendMessage};
 use crate::protocol::framing::{Header, peek_header};
@@ -211,8 +212,27 @@ impl Login {
         rng: &mut dyn Rng,
         keys: &mut SaltedKeyCache,
     ) -> Result<(usize, LoginStep), LoginError> {
+        self.on_data_with(data, out, rng, &mut |pw, salt, iterations| {
+            keys.get_or_derive(pw, salt, iterations)
+        })
+    }
+
+    /// [`on_data`](Self::on_data), `derive(prepared_password, salt, iterations)` supplying
+    /// the SCRAM keys (the fuzz target's makes fuzzer-chosen iteration counts cheap).
+    pub(crate) fn on_data_with(
+        &mut self,
+        data: &[u8],
+        out: &mut Vec<u8>,
+        rng: &mut dyn Rng,
+        derive: &mut DeriveKeys<'_>,
+    ) -> Result<(usize, LoginStep), LoginError> {
         if let State::AwaitingSslResponse = self.state {
-            return self.on_ssl_response(data, out);
+            let (n, step) = self.on_ssl_response(data, out)?;
+            // An ErrorResponse instead of 'S' or 'N' is read as a login message at once (the
+            // caller offers these bytes again only when more arrive, and none may).
+            if n > 0 || !matches!(self.state, State::Authenticating) {
+                return Ok((n, step));
+            }
         }
         let mut pos = 0;
         loop {
@@ -226,7 +246,7 @@ impl Login {
             };
             pos += header.frame_len();
             let msg = BackendMessage::decode(header.tag, body).map_err(LoginError::Decode)?;
-            if self.on_message(msg, out, rng, keys)? {
+            if self.on_message(msg, out, rng, derive)? {
                 return Ok((pos, LoginStep::Ready));
             }
         }
@@ -268,10 +288,12 @@ impl Login {
         msg: BackendMessage<'_>,
         out: &mut Vec<u8>,
         rng: &mut dyn Rng,
-        keys: &mut SaltedKeyCache,
+        derive: &mut DeriveKeys<'_>,
     ) -> Result<bool, LoginError> {
         match msg {
-            BackendMessage::Authentication(auth) => self.on_authentication(auth, out, rng, keys)?,
+            BackendMessage::Authentication(auth) => {
+                self.on_authentication(auth, out, rng, derive)?
+            }
             BackendMessage::ErrorResponse(fields) => {
                 return Err(LoginError::Server(ServerError {
                     code: fields.sqlstate().unwrap_or(SqlState::CONNECTION_FAILURE),
@@ -303,7 +325,7 @@ impl Login {
         auth: Authentication<'_>,
         out: &mut Vec<u8>,
         rng: &mut dyn Rng,
-        keys: &mut SaltedKeyCache,
+        derive: &mut DeriveKeys<'_>,
     ) -> Result<(), LoginError> {
         let state = std::mem::replace(&mut self.state, State::Done);
         self.state = match (auth, state) {
@@ -336,7 +358,7 @@ impl Login {
             }
             (Authentication::SaslContinue { data }, State::Sasl(mut scram)) => {
                 let reply = scram
-                    .on_server_first_cached(data, keys)
+                    .on_server_first_with(data, derive)
                     .map_err(LoginError::Scram)?;
                 frontend::sasl_response(out, &reply);
                 State::Sasl(scram)
@@ -365,6 +387,34 @@ fn lossy(bytes: Option<&[u8]>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found while writing the `backend_login` fuzz target: the error answering an
+    /// SSLRequest waited for more bytes instead of failing the login.
+    #[test]
+    fn an_error_answering_the_ssl_request_fails_the_login_at_once() {
+        let mut out = Vec::new();
+        let params = LoginParams {
+            user: "u".into(),
+            password: "pw".into(),
+            database: "d".into(),
+            startup_params: Vec::new(),
+            tls: TlsNegotiation::Prefer,
+        };
+        let mut login = Login::start(params, &mut out);
+        let mut error = Vec::new();
+        crate::protocol::error_response(
+            &mut error,
+            Severity::Fatal,
+            SqlState::TOO_MANY_CONNECTIONS,
+            "sorry, too many clients already",
+        );
+        let mut rng = crate::auth::FixedRng::new(vec![1u8; 32]);
+        let result = login.on_data(&error, &mut out, &mut rng, &mut SaltedKeyCache::new(1));
+        let Err(LoginError::Server(e)) = result else {
+            panic!("{result:?}");
+        };
+        assert_eq!(e.code, SqlState::TOO_MANY_CONNECTIONS);
+    }
 
     #[test]
     fn login_errors_carry_the_servers_code_or_08006_and_are_fatal() {

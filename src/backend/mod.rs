@@ -12,6 +12,8 @@
 )]
 
 pub(crate) mod cancel;
+#[cfg(any(test, fuzzing))]
+pub(crate) mod fuzzing;
 pub mod login;
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs as _};

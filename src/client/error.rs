@@ -82,6 +82,8 @@ pub enum SessionError {
     // ---- refused before the startup packet is read -----------------------------------------
     /// `max_client_connections` clients are connected already.
     TooManyClients { max_client_connections: usize },
+    /// `max_logins_in_progress` connections are logging in already.
+    TooManyLogins { max_logins_in_progress: usize },
     /// The reactor has no slot left to give a client a cancel key.
     NoClientSlot,
     /// Shutdown has begun: new connections are refused.
@@ -184,9 +186,9 @@ impl SessionError {
 
     pub fn sqlstate(&self) -> SqlState {
         match self {
-            SessionError::TooManyClients { .. } | SessionError::NoClientSlot => {
-                SqlState::TOO_MANY_CONNECTIONS
-            }
+            SessionError::TooManyClients { .. }
+            | SessionError::TooManyLogins { .. }
+            | SessionError::NoClientSlot => SqlState::TOO_MANY_CONNECTIONS,
             SessionError::NotAccepting => SqlState::CANNOT_CONNECT_NOW,
             SessionError::TlsDisabled
             | SessionError::StartupPacketLength(_)
@@ -234,6 +236,7 @@ impl SessionError {
             | SessionError::UnknownStatement { .. }
             | SessionError::StalePlan => Severity::Error,
             SessionError::TooManyClients { .. }
+            | SessionError::TooManyLogins { .. }
             | SessionError::NoClientSlot
             | SessionError::NotAccepting
             | SessionError::TlsDisabled
@@ -300,6 +303,13 @@ impl fmt::Display for SessionError {
                 f,
                 "too many client connections (max_client_connections is \
                  {max_client_connections})"
+            ),
+            SessionError::TooManyLogins {
+                max_logins_in_progress,
+            } => write!(
+                f,
+                "too many connections are logging in (max_logins_in_progress is \
+                 {max_logins_in_progress})"
             ),
             SessionError::NoClientSlot => f.write_str("too many client connections"),
             SessionError::NotAccepting | SessionError::ShuttingDown => f.write_str(SHUTTING_DOWN),
@@ -434,6 +444,14 @@ mod tests {
                 "FATAL",
                 "53300",
                 "pglink: too many client connections (max_client_connections is 7)".into(),
+            ),
+            (
+                TooManyLogins {
+                    max_logins_in_progress: 5,
+                },
+                "FATAL",
+                "53300",
+                "pglink: too many connections are logging in (max_logins_in_progress is 5)".into(),
             ),
             (
                 NoClientSlot,

@@ -16,6 +16,10 @@ use crate::protocol::framing::{Header, MAX_STARTUP_PACKET_LEN, peek_header, peek
 use crate::protocol::frontend::{PasswordMessage, SaslInitialResponse, tag as fe};
 use crate::protocol::startup::{ProtocolVersion, StartupMessage, StartupPacket};
 
+/// What an unknown user's password is checked against (no password a client sends is
+/// accepted for an unknown user whatever this is: the check's result is ignored).
+const UNMATCHABLE: &[u8] = b"\0pglink: no such user\0";
+
 /// Largest password/SASL message accepted.
 const MAX_AUTH_MESSAGE: usize = 16 * 1024;
 /// First byte of a TLS handshake record: a direct-TLS ClientHello (PostgreSQL 17+).
@@ -340,22 +344,30 @@ impl Session {
     ) -> Result<Option<AuthState>, AuthFailureKind> {
         let protocol = |_| AuthFailureKind::ProtocolViolation;
         match auth {
+            // An unknown user's password is checked too, against one it cannot match, so
+            // that the work (and so the time) is the same as for a wrong password.
             AuthState::Cleartext(user) => {
                 let password = PasswordMessage::decode(body).map_err(protocol)?.password;
-                match user {
-                    Some(u) if cleartext_verify(u.password.as_bytes(), password) => Ok(None),
-                    _ => Err(AuthFailureKind::InvalidCredentials),
+                let expected = user.as_ref().map_or(UNMATCHABLE, |u| u.password.as_bytes());
+                let matches = cleartext_verify(expected, password);
+                if matches && user.is_some() {
+                    Ok(None)
+                } else {
+                    Err(AuthFailureKind::InvalidCredentials)
                 }
             }
             AuthState::Md5 { user, salt } => {
                 let response = PasswordMessage::decode(body).map_err(protocol)?.password;
-                match user {
-                    Some(u)
-                        if md5_verify(u.name.as_bytes(), u.password.as_bytes(), salt, response) =>
-                    {
-                        Ok(None)
-                    }
-                    _ => Err(AuthFailureKind::InvalidCredentials),
+                let (name, password) = user
+                    .as_ref()
+                    .map_or((self.user.as_bytes(), UNMATCHABLE), |u| {
+                        (u.name.as_bytes(), u.password.as_bytes())
+                    });
+                let matches = md5_verify(name, password, salt, response);
+                if matches && user.is_some() {
+                    Ok(None)
+                } else {
+                    Err(AuthFailureKind::InvalidCredentials)
                 }
             }
             AuthState::ScramInitial(verifier, exists) => {

@@ -518,6 +518,151 @@ fn wrong_password_and_unknown_user_fail_the_same_way() {
     }
 }
 
+/// What a client does after its startup packet: `(harness, user, password, auth request)`.
+type LoginStep = dyn Fn(&mut Harness, &str, &str, &[u8]);
+
+/// Everything a failed login sent the client, frame by frame, with `user`'s name written as
+/// `alice` (the names compared have the same length, so lengths are comparable too).
+fn failed_login_frames(h: &mut Harness, user: &str) -> Vec<(u8, Vec<u8>)> {
+    let bytes = std::mem::take(&mut h.to_client);
+    let frames: Vec<(u8, Vec<u8>)> = Frames::new(&bytes, 1 << 20)
+        .map(|f| {
+            let f = f.unwrap();
+            (f.tag, f.body.to_vec())
+        })
+        .collect();
+    assert!(
+        h.take_actions().contains(&Action::Close),
+        "the session ends"
+    );
+    let needle = user.as_bytes();
+    assert_eq!(needle.len(), 5, "compare names as long as alice");
+    frames
+        .into_iter()
+        .map(|(tag, mut body)| {
+            let mut from = 0;
+            while let Some(i) = body[from..].windows(5).position(|w| w == needle) {
+                body[from + i..from + i + 5].copy_from_slice(b"alice");
+                from += i + 5;
+            }
+            (tag, body)
+        })
+        .collect()
+}
+
+/// An unknown user and a known user with the wrong password get the same answers, byte for
+/// byte, with every method (only what is random in every exchange differs: the md5 salt, the
+/// SCRAM nonce and salt); a message of the wrong kind is refused the same way for both.
+#[test]
+fn unknown_user_and_wrong_password_are_answered_byte_for_byte_alike() {
+    // (user, password): a wrong password for alice, alice's password for an unknown user.
+    let attempts = [("alice", "wrong!"), ("ghost", PASSWORD)];
+    let run = |method: AuthMethod, step: &LoginStep| {
+        let mut results = Vec::new();
+        for (user, password) in attempts {
+            let mut h = Harness::new(method, ClientTls::Optional);
+            h.session.set_local();
+            h.startup(user, "db");
+            let request = std::mem::take(&mut h.to_client);
+            step(&mut h, user, password, &request);
+            results.push((request, failed_login_frames(&mut h, user)));
+        }
+        results
+    };
+    let error_is_28p01 = |frames: &[(u8, Vec<u8>)]| {
+        let last = frames.last().unwrap();
+        assert_eq!(last.0, b'E');
+        let BackendMessage::ErrorResponse(e) = BackendMessage::decode(last.0, &last.1).unwrap()
+        else {
+            unreachable!()
+        };
+        assert_eq!(e.code(), Some(&b"28P01"[..]));
+    };
+
+    // Cleartext (over a unix socket): the same request, the same refusal.
+    let r = run(AuthMethod::Plaintext, &|h, _, password, _| {
+        let mut m = Vec::new();
+        frontend::password(&mut m, password.as_bytes());
+        h.send(&m);
+    });
+    assert_eq!(r[0], r[1], "cleartext");
+    error_is_28p01(&r[0].1);
+
+    // md5: requests alike but for the random salt, the same refusal.
+    let r = run(AuthMethod::Md5, &|h, user, password, request| {
+        let salt: [u8; 4] = request[request.len() - 4..].try_into().unwrap();
+        let mut m = Vec::new();
+        frontend::password(
+            &mut m,
+            &md5_password(user.as_bytes(), password.as_bytes(), salt),
+        );
+        h.send(&m);
+    });
+    let (a, b) = (&r[0].0, &r[1].0);
+    assert_eq!(
+        (a.len(), &a[..a.len() - 4]),
+        (b.len(), &b[..b.len() - 4]),
+        "md5 request"
+    );
+    assert_eq!(r[0].1, r[1].1, "md5");
+    error_is_28p01(&r[0].1);
+
+    // SCRAM: the same mechanisms, a server-first of the same shape (nonce, salt and
+    // iteration count alike in length; the same count), then the same refusal.
+    let r = run(AuthMethod::Scram, &|h, _, password, _| {
+        h.scram_exchange(password);
+    });
+    assert_eq!(r[0].0, r[1].0, "SCRAM mechanisms");
+    assert_eq!(r[0].1, r[1].1, "SCRAM refusal");
+    error_is_28p01(&r[0].1);
+    let server_first = |user: &str| {
+        let mut h = Harness::new(AuthMethod::Scram, ClientTls::Optional);
+        h.startup(user, "db");
+        h.to_client.clear();
+        let client = ScramClient::new(
+            b"x",
+            ClientChannelBinding::Unsupported,
+            &mut FixedRng::new([1; 18]),
+        );
+        let mut m = Vec::new();
+        frontend::sasl_initial_response(&mut m, b"SCRAM-SHA-256", Some(&client.client_first()));
+        h.send(&m);
+        let bytes = std::mem::take(&mut h.to_client);
+        let frame = Frames::new(&bytes, 1 << 20).next().unwrap().unwrap();
+        let Ok(BackendMessage::Authentication(Authentication::SaslContinue { data })) =
+            frame.backend()
+        else {
+            panic!("no server-first for {user}");
+        };
+        let text = String::from_utf8(data.to_vec()).unwrap();
+        text.split(',')
+            .map(|kv| match kv.split_once('=') {
+                Some(("i", n)) => format!("i={n}"),
+                Some((k, v)) => format!("{k}=<{} chars>", v.len()),
+                None => kv.to_owned(),
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        server_first("alice"),
+        server_first("ghost"),
+        "SCRAM server-first"
+    );
+
+    // A password message where a SASL one is due: the same protocol error for both.
+    let r = run(AuthMethod::Scram, &|h, _, password, _| {
+        let mut m = Vec::new();
+        frontend::password(&mut m, password.as_bytes());
+        h.send(&m);
+    });
+    assert_eq!(r[0].1, r[1].1, "wrong message kind");
+    let (tag, body) = r[0].1.last().unwrap();
+    let Ok(BackendMessage::ErrorResponse(e)) = BackendMessage::decode(*tag, body) else {
+        panic!("no error")
+    };
+    assert_eq!(e.code(), Some(&b"08P01"[..]));
+}
+
 #[test]
 fn md5_unknown_user_is_asked_for_a_password_then_refused() {
     let mut h = Harness::new(AuthMethod::Md5, ClientTls::Optional);

@@ -340,6 +340,18 @@ pub static CONFIG: Section = section(
         .default("\"15s\"")
         .extension(),
         Field::new(
+            "max_logins_in_progress",
+            int(1, U32),
+            "The most connections still logging in (TLS, startup, authentication) at the same \
+             time, counted apart from `max_client_connections`: slow or silent clients can hold \
+             at most this many slots until `client_login_timeout` closes them, and cannot \
+             crowd out clients already logged in. A connection arriving beyond the limit is \
+             turned away immediately with SQLSTATE 53300 (too_many_connections) and counted in \
+             `pglink_clients_refused_total{reason=\"too_many_logins\"}`.",
+        )
+        .default("256")
+        .extension(),
+        Field::new(
             "secret_refresh_interval",
             Kind::Duration,
             "How often secrets kept in AWS Secrets Manager are fetched again, so rotated \

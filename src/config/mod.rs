@@ -25,6 +25,8 @@
 
 pub mod docs;
 pub mod duration;
+#[cfg(any(test, fuzzing))]
+pub(crate) mod fuzzing;
 pub mod listen;
 mod path;
 mod render;

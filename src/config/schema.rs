@@ -405,6 +405,7 @@ mod tests {
             "listen": 5432,
             "scram_iterations": "many",
             "max_client_connections": -3,
+            "max_logins_in_progress": 0,
             "auth_method": "scram-sha-256-plus",
             "databases": {
                 "good": {"users": [{"username": {"insecure_value": "u"}, "password": {"insecure_value": "p"}}],
@@ -417,6 +418,7 @@ mod tests {
             "listen: expected a string or an array of strings, found a number",
             "scram_iterations: expected an integer, found a string",
             "max_client_connections: must be > 0",
+            "max_logins_in_progress: must be > 0",
             "databases.bad.users: at least one entry is required",
             "databases.bad.backend.host: expected a string, found a number",
             "databases.bad.backend.pool_max_conns: must be > 0",

@@ -93,6 +93,7 @@ fn defaults() {
     assert_eq!(c.reactor_threads, 0);
     assert!(c.effective_reactor_threads() >= 1);
     assert_eq!(c.client_login_timeout, Duration::from_secs(15));
+    assert_eq!(c.max_logins_in_progress, 256);
     assert_eq!(c.secret_refresh(), Some(Duration::from_secs(300)));
     let db = &c.databases["mydb"];
     assert_eq!(db.pool_acquire_timeout(), Duration::from_millis(1000));

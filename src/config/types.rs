@@ -47,6 +47,9 @@ pub struct Config {
     /// pglink extension: time a client has to finish startup and authentication.
     #[serde(default = "default_client_login_timeout", with = "serde_duration")]
     pub client_login_timeout: Duration,
+    /// pglink extension: the most connections still logging in at the same time.
+    #[serde(default = "default_max_logins_in_progress")]
+    pub max_logins_in_progress: u32,
     /// pglink extension: how often secrets from external stores are fetched again; 0 = never.
     #[serde(default = "default_secret_refresh_interval", with = "serde_duration")]
     pub secret_refresh_interval: Duration,
@@ -616,6 +619,9 @@ fn default_scram_iterations() -> u32 {
 }
 fn default_max_client_connections() -> u32 {
     1000
+}
+fn default_max_logins_in_progress() -> u32 {
+    256
 }
 fn default_client_login_timeout() -> Duration {
     Duration::from_secs(15)

@@ -27,6 +27,8 @@ pub(super) struct ClientConn {
     pub logged_in: bool,
     /// Counts towards `max_client_connections` (false for a connection being refused).
     pub counted: bool,
+    /// Counts towards `max_logins_in_progress`: counted and not logged in yet.
+    pub logging_in: bool,
     /// Reading stopped (backpressure, or the session waits): wake it when that passes.
     pub read_paused: bool,
     /// The driver holds input of this client that the session has not used yet.
@@ -64,6 +66,15 @@ impl Engine {
                 max_client_connections: ctx.max_clients,
             };
             Some((RefuseReason::TooManyClients, error))
+        } else if ctx.rt.logging_in.fetch_add(1, Ordering::AcqRel) >= ctx.max_logins {
+            // Slow or silent clients hold login slots until `client_login_timeout`: they
+            // may not crowd out the clients that log in, nor those logged in.
+            ctx.rt.logging_in.fetch_sub(1, Ordering::AcqRel);
+            ctx.rt.clients.fetch_sub(1, Ordering::AcqRel);
+            let error = SessionError::TooManyLogins {
+                max_logins_in_progress: ctx.max_logins,
+            };
+            Some((RefuseReason::TooManyLogins, error))
         } else {
             None
         };
@@ -87,6 +98,7 @@ impl Engine {
         let Some(pid) = encode_pid(self.id, slot) else {
             if counted {
                 self.ctx.rt.clients.fetch_sub(1, Ordering::AcqRel);
+                self.ctx.rt.logging_in.fetch_sub(1, Ordering::AcqRel);
             }
             return self.reject(&SessionError::NoClientSlot);
         };
@@ -115,6 +127,7 @@ impl Engine {
             deadlines: ClientDeadlines::default(),
             logged_in: false,
             counted,
+            logging_in: counted,
             read_paused: false,
             pending_input: false,
             flush_queued: false,
@@ -312,6 +325,7 @@ impl Engine {
         };
         c.logged_in = true;
         c.deadlines.stop(ClientTimer::Login);
+        let was_logging_in = std::mem::take(&mut c.logging_in);
         let pool = c.session.pool();
         log::debug!(
             "client {} logged in as {}@{}",
@@ -319,6 +333,9 @@ impl Engine {
             c.session.user(),
             c.session.database()
         );
+        if was_logging_in {
+            self.ctx.rt.logging_in.fetch_sub(1, Ordering::AcqRel);
+        }
         if let Some(p) = pool.and_then(|p| self.stats.pool(p)) {
             p.logins.inc();
             p.clients.inc();
@@ -452,6 +469,9 @@ impl Engine {
                 self.close_server(s, CloseReason::ClientGone, "client left mid-message");
             }
             None => {}
+        }
+        if c.logging_in {
+            self.ctx.rt.logging_in.fetch_sub(1, Ordering::AcqRel);
         }
         if c.counted {
             self.ctx.rt.clients.fetch_sub(1, Ordering::AcqRel);

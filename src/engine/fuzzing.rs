@@ -98,6 +98,12 @@ pub fn fuzz_engine(data: &[u8], origin: Instant) {
             peer_id: data.first().filter(|b| *b & 2 != 0).map(|_| 1),
             peers: vec![2],
             handover: Duration::from_secs(u64::from(data.first().is_some_and(|b| b & 4 != 0))),
+            // A tight max_logins_in_progress by the first byte too.
+            max_logins: if data.first().is_some_and(|b| b & 8 != 0) {
+                2
+            } else {
+                256
+            },
         },
         origin,
     );

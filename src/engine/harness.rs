@@ -66,6 +66,8 @@ pub struct Setup {
     pub peers: Vec<u16>,
     /// `Context::handover`.
     pub handover: Duration,
+    /// `Context::max_logins` (`max_logins_in_progress`).
+    pub max_logins: usize,
 }
 
 impl Default for Setup {
@@ -84,6 +86,7 @@ impl Default for Setup {
             peer_id: None,
             peers: Vec::new(),
             handover: Duration::ZERO,
+            max_logins: 256,
         }
     }
 }
@@ -291,6 +294,7 @@ impl World {
             now,
         );
         ctx.handover = setup.handover;
+        ctx.max_logins = setup.max_logins;
         ctx.peering = Arc::new(super::Peering {
             id: setup.peer_id,
             peers: setup
@@ -1003,6 +1007,12 @@ impl World {
                 "{servers} server connections exist but only {open} are counted"
             );
         }
+        let logging_in: usize = self.engines.iter().map(|e| e.logging_in_count()).sum();
+        assert_eq!(
+            logging_in,
+            self.ctx.logins_in_progress(),
+            "clients logging in and the count against max_logins_in_progress differ"
+        );
         for (c, client) in self.clients.iter().enumerate() {
             for row in &client.rows {
                 assert!(
@@ -1314,6 +1324,11 @@ fn quoted_literals(bytes: &[u8]) -> Vec<Vec<u8>> {
 }
 
 impl Engine {
+    /// Clients counted against `max_logins_in_progress`.
+    pub fn logging_in_count(&self) -> usize {
+        self.clients.iter().filter(|(_, c)| c.logging_in).count()
+    }
+
     /// The engine's own consistency: a client and the server connection it holds agree,
     /// idle stacks and waiter queues hold what they say, counts add up.
     pub fn check_invariants(&self) -> Result<(), String> {
@@ -1322,6 +1337,11 @@ impl Engine {
             if c.flush_queued && c.output.as_ref().is_none_or(|o| o.is_empty()) {
                 return Err(format!(
                     "client {id:?} has a flush queued and nothing to write"
+                ));
+            }
+            if c.logging_in && (c.logged_in || !c.counted) {
+                return Err(format!(
+                    "client {id:?} counts as logging in but is logged in or being refused"
                 ));
             }
             if let Some(s) = c.session.server() {

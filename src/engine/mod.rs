@@ -83,6 +83,8 @@ const MAINTENANCE_PERIOD: Duration = Duration::from_millis(500);
 /// Connections being refused politely (SSL negotiation and startup packet first) at once
 /// per engine; beyond this they are refused the moment they are accepted.
 const MAX_REFUSING: usize = 64;
+/// `max_logins_in_progress` unless the configuration sets it.
+const DEFAULT_MAX_LOGINS: usize = 256;
 /// Session steps per connection per call: far above what any real input needs, so only a
 /// session that keeps asking to go on without progress meets it.
 const MAX_STEPS: usize = 4096;
@@ -98,6 +100,8 @@ pub struct Context {
     pub pools: Vec<Arc<Pool>>,
     pub session: SessionConfig,
     pub max_clients: usize,
+    /// The most connections still logging in at once, all engines (`max_logins_in_progress`).
+    pub max_logins: usize,
     /// What lives as long as the server, whatever the configuration: counts and flags.
     rt: Arc<Runtime>,
     pub login_timeout: Duration,
@@ -126,6 +130,8 @@ pub struct Context {
 #[derive(Debug, Default)]
 struct Runtime {
     clients: AtomicUsize,
+    /// Connections accepted and not yet logged in (nor gone).
+    logging_in: AtomicUsize,
     cancels_in_flight: AtomicUsize,
     stopping: AtomicBool,
 }
@@ -150,6 +156,7 @@ impl Context {
             pools,
             session,
             max_clients,
+            max_logins: DEFAULT_MAX_LOGINS,
             rt: Arc::default(),
             login_timeout,
             reset_timeout: Duration::from_secs(5),
@@ -183,6 +190,7 @@ impl Context {
             pools,
             session,
             max_clients,
+            max_logins: self.max_logins,
             rt: self.rt.clone(),
             login_timeout,
             reset_timeout: self.reset_timeout,
@@ -199,6 +207,12 @@ impl Context {
     /// Clients connected right now (all engines).
     pub fn client_count(&self) -> usize {
         self.rt.clients.load(Ordering::Acquire)
+    }
+
+    /// Connections logging in right now (all engines).
+    #[cfg(any(test, fuzzing))]
+    pub fn logins_in_progress(&self) -> usize {
+        self.rt.logging_in.load(Ordering::Acquire)
     }
 
     /// Marks the start of a shutdown; every engine sees it on its next call.

@@ -658,6 +658,78 @@ fn a_login_that_never_finishes_is_cut_off() {
 }
 
 #[test]
+fn logins_in_progress_are_capped_and_every_way_out_frees_a_slot() {
+    use crate::observe::metrics::RefuseReason;
+    let mut w = world(Setup {
+        login_timeout: 2 * S,
+        max_logins: 2,
+        ..Setup::default()
+    });
+    let refused =
+        |w: &World| w.ctx.stats[0].clients_refused[RefuseReason::TooManyLogins.index()].get();
+    let gone = w.connect_mute(0, 0);
+    let slow = w.connect_mute(0, 1);
+    w.settle();
+    assert_eq!(w.ctx.logins_in_progress(), 2);
+    // Over the cap: FATAL 53300 at once, and no slot taken.
+    let c = w.connect(0, 0);
+    w.settle();
+    let (code, severity, message) = World::error_of(&w.take(c)).unwrap();
+    assert_eq!(
+        (code, severity),
+        (SqlState::TOO_MANY_CONNECTIONS, Severity::Fatal)
+    );
+    assert_eq!(
+        message,
+        "pglink: too many connections are logging in (max_logins_in_progress is 2)"
+    );
+    assert!(w.clients[c].closed);
+    assert_eq!(refused(&w), 1);
+    assert_eq!(w.ctx.logins_in_progress(), 2);
+    w.check();
+    // A client gone mid-login frees its slot; a finished login frees its own.
+    w.disconnect(gone);
+    assert_eq!(w.ctx.logins_in_progress(), 1);
+    let ok = w.login(0, 0);
+    assert_eq!(w.ctx.logins_in_progress(), 1);
+    assert_eq!(select(&mut w, ok, 1), vec![World::marker(ok, 1)]);
+    // A login timeout frees the last one.
+    w.advance(2 * S);
+    assert!(w.clients[slow].closed);
+    assert_eq!(w.ctx.logins_in_progress(), 0);
+    // Logged-in clients do not count: two more may log in at the same time.
+    let a = w.connect_mute(0, 0);
+    let b = w.connect_mute(0, 1);
+    w.settle();
+    assert!(!w.clients[a].closed && !w.clients[b].closed);
+    assert_eq!(w.ctx.logins_in_progress(), 2);
+    assert_eq!(refused(&w), 1);
+    assert_eq!(w.ctx.client_count(), 3);
+    w.check();
+}
+
+#[test]
+fn a_connection_refused_for_max_client_connections_takes_no_login_slot() {
+    let mut w = world(Setup {
+        max_logins: 1,
+        ..Setup::default()
+    });
+    let mut next = w.reloaded(|_| {});
+    next.max_clients = 1;
+    w.reload(next);
+    let first = w.login(0, 0);
+    let c = w.connect(0, 1);
+    w.settle();
+    let (code, _, message) = World::error_of(&w.take(c)).unwrap();
+    assert_eq!(code, SqlState::TOO_MANY_CONNECTIONS);
+    assert!(message.contains("max_client_connections"), "{message}");
+    assert_eq!(w.ctx.logins_in_progress(), 0);
+    w.disconnect(first);
+    w.login(0, 1);
+    w.check();
+}
+
+#[test]
 fn shutdown_closes_idle_clients_at_once_and_busy_ones_when_their_transaction_ends() {
     let mut w = world(Setup::default());
     let idle = w.login(0, 0);

@@ -165,6 +165,8 @@ label_enum! {
     pub enum RefuseReason {
         /// `max_client_connections` reached (FATAL 53300).
         TooManyClients = "too_many_clients",
+        /// `max_logins_in_progress` connections are logging in already (FATAL 53300).
+        TooManyLogins = "too_many_logins",
         /// Shutdown in progress (FATAL 57P03).
         ShuttingDown = "shutting_down",
     }

@@ -579,6 +579,10 @@ fn show_config(reloader: &Reloader) -> Vec<u8> {
             config.effective_reactor_threads().to_string(),
         ),
         ("client_login_timeout", d(config.client_login_timeout)),
+        (
+            "max_logins_in_progress",
+            config.max_logins_in_progress.to_string(),
+        ),
         ("secret_refresh_interval", d(config.secret_refresh_interval)),
         ("shutdown_timeout", d(config.shutdown_timeout)),
         ("tls.sslmode", config.client_sslmode().as_str().to_owned()),

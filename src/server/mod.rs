@@ -227,6 +227,7 @@ impl Server {
             std::time::Instant::now(),
         );
         context.shutdown_grace = config.shutdown_timeout;
+        context.max_logins = config.max_logins_in_progress as usize;
         context.peering = Arc::new(peers::peering(config)?);
         if config.listen_reuse_port {
             context.handover = HANDOVER.min(config.shutdown_timeout);
@@ -1014,6 +1015,7 @@ impl Reloader {
             config.client_login_timeout,
         );
         next.shutdown_grace = config.shutdown_timeout;
+        next.max_logins = config.max_logins_in_progress as usize;
         // The id stays (keys carry it); the list is the new one.
         next.peering = Arc::new(peers::peering(config)?);
         // Valid as a whole: from here on it takes effect.
