@@ -81,6 +81,8 @@ fn five_thousand_clients_over_a_pool_of_ten_each_get_an_answer_in_time() {
         // md5: 5,000 SCRAM logins would cost the clients minutes of CPU in a debug build.
         .set("auth_method", json!("md5_password"))
         .set("max_client_connections", json!(CLIENTS + 100))
+        // They connect 250 at a time: room for all of them to be logging in at once.
+        .set("max_logins_in_progress", json!(1000))
         .set("tls", json!({ "sslmode": "disable" }))
         .backend("pool_max_conns", json!(10))
         .set(
