@@ -1159,6 +1159,13 @@ fn psycopg_with_prepare_threshold_zero_and_pipelines() {
 fn transcript(client: &mut WireClient, batch: &[u8]) -> Vec<String> {
     use pglink::protocol::BackendMessage;
     client.send(batch);
+    // A batch ending in Flush is answered up to its error; one ending in Sync, up to
+    // ReadyForQuery.
+    let until = if batch.last_chunk::<5>() == Some(b"H\0\0\0\x04") {
+        b'E'
+    } else {
+        b'Z'
+    };
     let mut seen = Vec::new();
     loop {
         let msg = client.read().unwrap();
@@ -1178,7 +1185,7 @@ fn transcript(client: &mut WireClient, batch: &[u8]) -> Vec<String> {
             }
             _ => (msg.tag as char).to_string(),
         });
-        if msg.tag == b'Z' {
+        if msg.tag == until {
             return seen;
         }
     }
@@ -1269,6 +1276,19 @@ fn cached_unnamed_statements_answer_as_postgresql_does_and_are_planned_once() {
     run(&mut b, "2");
     script.push(("the statement before that skipped parse", sync(b)));
 
+    // After an error the server has already reported (the client waited for it with a
+    // Flush), a Parse of a statement the server connection has is skipped like everything
+    // else up to Sync: pglink must not answer it itself.
+    let mut b = Vec::new();
+    parse(&mut b, "SELECT 10 / $1::int");
+    run(&mut b, "0");
+    frontend::flush(&mut b);
+    script.push(("an error reported before Sync", b));
+    let mut b = Vec::new();
+    frontend::parse(&mut b, b"named", add.as_bytes(), &[]);
+    frontend::bind(&mut b, b"", b"named", &[], [Some(&b"1"[..])], &[]);
+    frontend::execute(&mut b, b"", 0);
+    script.push(("skipped after the reported error", sync(b)));
     let direct: std::net::SocketAddr = pg.addr().parse().unwrap();
     let through: std::net::SocketAddr = format!("127.0.0.1:{}", proxy.port()).parse().unwrap();
     let mut on_pg = WireClient::connect(direct, user.name, password, TEST_DATABASE).unwrap();

@@ -404,19 +404,10 @@ impl Relay {
     }
 
     /// An answer pglink gives itself: written to `to_client` now if nothing is outstanding,
-    /// otherwise when everything before it has been answered.
+    /// otherwise when everything before it has been answered; dropped, as the server drops
+    /// its own, while it skips to Sync after an error.
     pub fn push_local(&mut self, answer: &[u8], to_client: &mut Vec<u8>) {
-        if self.queue.is_empty() && self.backend_partial == 0 {
-            to_client.extend_from_slice(answer);
-            return;
-        }
-        self.push_entry(Entry {
-            seq: 0,
-            expect: Expect::Local,
-            route: Route::Forward,
-            effect: Effect::None,
-            bytes: Some(answer.into()),
-        });
+        self.push_local_with(answer, Effect::None, to_client);
     }
 
     /// [`push_local`](Self::push_local) with an effect that is reported as failed if the
