@@ -88,7 +88,7 @@ impl Session {
         let parse_cached = cached && !(held && self.relay.skipping_to_sync());
         match msg {
             FrontendMessage::Parse(p) if p.name.is_empty() && parse_cached => {
-                self.parse_unnamed(p.query, p.param_types().collect(), held, out)
+                self.parse_unnamed(p.query, p.param_types().collect(), held, after, out)
             }
             FrontendMessage::Parse(p) if !p.name.is_empty() => {
                 if self.statements.contains(p.name) {
@@ -113,7 +113,7 @@ impl Session {
                 if held {
                     let statement = database.registry.get_or_insert(&key);
                     let epoch = database.registry.schema_epoch();
-                    return self.parse_on_backend(p.name, statement, epoch, out);
+                    return self.parse_on_backend(p.name, statement, epoch, after, out);
                 }
                 // A statement that is new, or that no server has accepted yet, must be
                 // checked by a server now (and is looked up again then).
@@ -247,6 +247,7 @@ impl Session {
         name: &[u8],
         statement: Arc<Statement>,
         epoch: u64,
+        after: &[u8],
         out: &mut Out<'_>,
     ) -> Handled {
         match self.backend_copy(&statement, epoch, out) {
@@ -257,7 +258,7 @@ impl Session {
                     .insert(name, statement, shape, self.relay.pushed());
                 let mut answer = Vec::with_capacity(5);
                 be_msg::parse_complete(&mut answer);
-                self.relay.push_local(&answer, out.to_client);
+                self.push_parse_complete(&answer, Effect::None, after, out);
             }
             None => {
                 let since = self.relay.pushed();
@@ -278,6 +279,7 @@ impl Session {
         query: &[u8],
         types: Vec<u32>,
         held: bool,
+        after: &[u8],
         out: &mut Out<'_>,
     ) -> Handled {
         if let Some(error) = refused_statement(query) {
@@ -313,7 +315,7 @@ impl Session {
                     id: statement.id,
                     previous,
                 };
-                self.relay.push_local_with(&answer, effect, out.to_client);
+                self.push_parse_complete(&answer, effect, after, out);
             }
             None if self.relay.batch_pending() => {
                 frontend::flush(out.to_backend);
@@ -331,6 +333,23 @@ impl Session {
             }
         }
         Handled::Done
+    }
+
+    /// A ParseComplete pglink answers itself. When the client's batch ends in a Sync that has
+    /// arrived already (`after`: the rest of this read), the answer waits to go out with the
+    /// server's answers to the batch: one write to the client rather than two.
+    fn push_parse_complete(
+        &mut self,
+        answer: &[u8],
+        effect: Effect,
+        after: &[u8],
+        out: &mut Out<'_>,
+    ) {
+        if sync_follows(after) {
+            self.relay.push_local_deferred(answer, effect);
+        } else {
+            self.relay.push_local_with(answer, effect, out.to_client);
+        }
     }
 
     /// Whether the held backend has a current copy of `statement` (with its shape, if
@@ -661,6 +680,25 @@ fn describes_before_executing(after: &[u8], portal: &[u8]) -> bool {
             _ => {}
         }
         rest = rest.get(header.frame_len()..).unwrap_or_default();
+    }
+    false
+}
+
+/// Whether a Sync is among the next messages in `after` (which goes to the server and is
+/// always answered).
+fn sync_follows(after: &[u8]) -> bool {
+    let mut rest = after;
+    for _ in 0..16 {
+        let Ok(Some(header)) = peek_header(rest, usize::MAX) else {
+            return false;
+        };
+        if header.tag == fe::SYNC {
+            return true;
+        }
+        let Some(next) = rest.get(header.frame_len()..) else {
+            return false;
+        };
+        rest = next;
     }
     false
 }

@@ -359,7 +359,14 @@ impl Relay {
 
     /// Messages forwarded whose responses have not all arrived.
     pub fn outstanding(&self) -> usize {
-        self.queue.len()
+        // Local answers at the head are not outstanding: they only wait for the server's
+        // next bytes to go out with (`push_local_deferred`).
+        let leading = self
+            .queue
+            .iter()
+            .take_while(|e| e.expect == Expect::Local)
+            .count();
+        self.queue.len() - leading
     }
 
     /// The client is in the middle of sending a message to the backend.
@@ -427,6 +434,19 @@ impl Relay {
         });
     }
 
+    /// [`push_local_with`](Self::push_local_with), but queued even when nothing is
+    /// outstanding: the answer goes out with the server's next answer (the caller knows one
+    /// is coming: a Sync follows).
+    pub fn push_local_deferred(&mut self, answer: &[u8], effect: Effect) {
+        self.push_entry(Entry {
+            seq: 0,
+            expect: Expect::Local,
+            route: Route::Forward,
+            effect,
+            bytes: Some(answer.into()),
+        });
+    }
+
     /// Whether requests sent since the last Sync are still unanswered (an error among them
     /// would make the server skip what follows in the batch).
     pub fn batch_pending(&self) -> bool {
@@ -459,9 +479,16 @@ impl Relay {
             }
             self.skipping_to_sync = false;
         }
-        if self.queue.is_empty() {
+        // A batch starts with the first request after nothing outstanding: local answers
+        // deferred at the head of the queue (`push_local_deferred`) are not in the way.
+        let starts_batch = self.queue.iter().all(|e| e.expect == Expect::Local);
+        if starts_batch && self.queue.is_empty() {
             self.batch_replayable =
                 self.status == TransactionStatus::Idle && entry.expect != Expect::Local;
+        } else if starts_batch && entry.expect != Expect::Local {
+            self.batch_replayable = self.status == TransactionStatus::Idle;
+        } else if starts_batch {
+            // Another deferred answer: as if written at once.
         } else if entry.expect == Expect::Local {
             // A local answer queued inside the batch would be lost by a replay.
             self.batch_replayable = false;
@@ -608,6 +635,8 @@ impl Relay {
         data: &[u8],
         to_client: &mut Vec<u8>,
     ) -> Result<(usize, BackendStop), RelayError> {
+        // Local answers deferred to go out with this data (`push_local_deferred`).
+        self.settle_head(to_client);
         let mut pos = 0;
         loop {
             let rest = data.get(pos..).unwrap_or_default();
