@@ -1043,60 +1043,70 @@ impl Reloader {
 /// session parameters of existing server connections depend on.
 fn in_effect(old: &Config, new: &Config, restart: &mut Vec<String>) -> Config {
     let mut c = new.clone();
-    let mut keep = |path: String, changed: bool| {
-        if changed {
-            restart.push(path);
-        }
-    };
-    keep("listen".into(), old.listen_addrs() != new.listen_addrs());
-    keep(
-        "reactor_threads".into(),
-        old.effective_reactor_threads() != new.effective_reactor_threads(),
-    );
-    keep("prometheus".into(), old.prometheus != new.prometheus);
-    keep("peer_id".into(), old.peer_id != new.peer_id);
-    keep(
-        "listen_reuse_port".into(),
-        old.listen_reuse_port != new.listen_reuse_port,
-    );
-    c.peer_id = old.peer_id;
-    c.listen_reuse_port = old.listen_reuse_port;
+    // Compared by what they mean (a bare port and ":port" are one address).
+    if old.listen_addrs() != new.listen_addrs() {
+        restart.push("listen".into());
+    }
+    if old.effective_reactor_threads() != new.effective_reactor_threads() {
+        restart.push("reactor_threads".into());
+    }
     c.listen = old.listen.clone();
     c.reactor_threads = old.reactor_threads;
-    c.prometheus = old.prometheus.clone();
+    keep_old(restart, "prometheus", &mut c.prometheus, &old.prometheus);
+    keep_old(restart, "peer_id", &mut c.peer_id, &old.peer_id);
+    keep_old(
+        restart,
+        "listen_reuse_port",
+        &mut c.listen_reuse_port,
+        &old.listen_reuse_port,
+    );
     for (name, db) in &mut c.databases {
         let Some(before) = old.databases.get(name) else {
             continue;
         };
         let (b, was) = (&mut db.backend, &before.backend);
         let path = |field: &str| format!("databases.{name}.{field}");
-        keep(
-            path("backend.prepared_statement_cache_size"),
-            b.prepared_statement_cache_size != was.prepared_statement_cache_size,
+        keep_old(
+            restart,
+            &path("backend.prepared_statement_cache_size"),
+            &mut b.prepared_statement_cache_size,
+            &was.prepared_statement_cache_size,
         );
-        keep(
-            path("backend.cache_unnamed_statements"),
-            b.cache_unnamed_statements != was.cache_unnamed_statements,
+        keep_old(
+            restart,
+            &path("backend.cache_unnamed_statements"),
+            &mut b.cache_unnamed_statements,
+            &was.cache_unnamed_statements,
         );
-        keep(
-            path("backend.description_cache_capacity"),
-            b.description_cache_capacity != was.description_cache_capacity,
+        keep_old(
+            restart,
+            &path("backend.description_cache_capacity"),
+            &mut b.description_cache_capacity,
+            &was.description_cache_capacity,
         );
-        keep(
-            path("backend.default_startup_parameters"),
-            b.default_startup_parameters != was.default_startup_parameters,
+        keep_old(
+            restart,
+            &path("backend.default_startup_parameters"),
+            &mut b.default_startup_parameters,
+            &was.default_startup_parameters,
         );
-        keep(
-            path("track_extra_parameters"),
-            db.track_extra_parameters != before.track_extra_parameters,
+        keep_old(
+            restart,
+            &path("track_extra_parameters"),
+            &mut db.track_extra_parameters,
+            &before.track_extra_parameters,
         );
-        b.prepared_statement_cache_size = was.prepared_statement_cache_size;
-        b.description_cache_capacity = was.description_cache_capacity;
-        b.cache_unnamed_statements = was.cache_unnamed_statements;
-        b.default_startup_parameters = was.default_startup_parameters.clone();
-        db.track_extra_parameters = before.track_extra_parameters.clone();
     }
     c
+}
+
+/// A restart-only setting: a change is listed in `restart` under `path`, and the value in
+/// effect stays `old`.
+fn keep_old<T: PartialEq + Clone>(restart: &mut Vec<String>, path: &str, new: &mut T, old: &T) {
+    if new != old {
+        restart.push(path.to_owned());
+        *new = old.clone();
+    }
 }
 
 /// The resolver thread and the channel that stops it.
