@@ -425,13 +425,7 @@ impl Relay {
             to_client.extend_from_slice(answer);
             return;
         }
-        self.push_entry(Entry {
-            seq: 0,
-            expect: Expect::Local,
-            route: Route::Forward,
-            effect,
-            bytes: Some(answer.into()),
-        });
+        self.push_local_deferred(answer, effect);
     }
 
     /// [`push_local_with`](Self::push_local_with), but queued even when nothing is
