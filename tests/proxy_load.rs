@@ -15,14 +15,6 @@ use support::wire::TestRng;
 use support::*;
 use tokio_postgres::NoTls;
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// Raises this process's open-file limit to at least `n` (up to the hard limit), with
 /// util-linux's `prlimit`; the limit in effect afterwards.
 fn raise_fd_limit(n: u64) -> u64 {

@@ -11,14 +11,6 @@ use support::wire::WireClient;
 use support::*;
 use tokio_postgres::NoTls;
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 async fn connect(proxy: &Proxy, user: &TestUser) -> tokio_postgres::Client {
     let dsn = format!("{} password={}", proxy.dsn(user), Proxy::password(user));
     let (client, conn) = tokio_postgres::connect(&dsn, NoTls)

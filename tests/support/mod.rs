@@ -201,3 +201,12 @@ pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool)
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A two-thread tokio runtime for the tests that drive async drivers (tokio-postgres).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
