@@ -25,7 +25,7 @@ use super::{
 use crate::auth::FixedRng;
 use crate::engine::error::{ConnectFailure, ServerError};
 use crate::engine::id::ServerId;
-use crate::observe::events::{Event, Recorded};
+use crate::observe::events::{OwnedEvent, Recorded};
 
 fn users() -> &'static UserTable {
     static USERS: OnceLock<UserTable> = OnceLock::new();
@@ -143,8 +143,8 @@ fn run_script(data: &[u8]) -> Session {
         assert_eq!(session.waiting_since().is_some(), session.is_acquiring());
         if let [
             ..,
-            (_, Event::Client { state: a, .. }),
-            (_, Event::Client { state: b, .. }),
+            (_, OwnedEvent::Client { state: a, .. }),
+            (_, OwnedEvent::Client { state: b, .. }),
         ] = events.0.as_slice()
         {
             assert_ne!(a, b, "an event for a state change that changed nothing");

@@ -2467,7 +2467,7 @@ fn a_backend_whose_settings_are_in_doubt_is_not_reused_after_its_client_leaves()
 
 #[test]
 fn state_changes_are_recorded_as_events_with_the_engines_clock() {
-    use crate::observe::events::{ClientState as S, Event};
+    use crate::observe::events::{ClientState as S, OwnedEvent};
     use std::time::Duration;
     let ms = Duration::from_millis;
     let mut h = Harness::new(AuthMethod::Scram, ClientTls::Optional);
@@ -2495,7 +2495,7 @@ fn state_changes_are_recorded_as_events_with_the_engines_clock() {
         .0
         .iter()
         .map(|(at, event)| match event {
-            Event::Client { pid, state } => {
+            OwnedEvent::Client { pid, state } => {
                 assert_eq!(*pid, 42);
                 (at.duration_since(t0), *state)
             }

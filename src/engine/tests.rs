@@ -750,11 +750,11 @@ fn shutdown_closes_idle_clients_at_once_and_busy_ones_when_their_transaction_end
 
 #[test]
 fn events_follow_a_server_connection_through_its_states() {
-    use crate::observe::events::{Event, Recorded, ServerState};
+    use crate::observe::events::{Event, OwnedEvent, Recorded, ServerState};
     use std::sync::{Arc, Mutex};
     struct Shared(Arc<Mutex<Recorded>>);
     impl crate::observe::events::EventSink for Shared {
-        fn record(&mut self, at: std::time::Instant, event: Event) {
+        fn record(&mut self, at: std::time::Instant, event: Event<'_>) {
             self.0.lock().unwrap().record(at, event);
         }
     }
@@ -769,8 +769,8 @@ fn events_follow_a_server_connection_through_its_states() {
         .0
         .iter()
         .filter_map(|(_, e)| match e {
-            Event::Server { state, .. } => Some(*state),
-            Event::Client { .. } => None,
+            OwnedEvent::Server { state, .. } => Some(*state),
+            _ => None,
         })
         .collect();
     use ServerState::*;

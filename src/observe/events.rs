@@ -1,13 +1,25 @@
-//! State changes as compact events.
+//! What happens in an engine, as compact events.
 //!
 //! Every state change of a client session and of a server connection goes through one
-//! `set_state`, which hands an [`Event`] to the engine's [`EventSink`]. The sink does
-//! nothing by default; the flight recorder and tracing hang off it. Events are small `Copy`
-//! values, so recording one costs no allocation.
+//! `set_state`, which hands an [`Event`] to the engine's [`EventSink`]; so do the moments
+//! worth a trace: a login, a wait for a server connection, each client message, each
+//! statement and transaction that ends, each error. The sink does nothing by default; the
+//! flight recorder and tracing hang off it.
+//!
+//! Events are small `Copy` values that borrow what they name (SQL text, a command tag), so
+//! recording one costs no allocation. A sink that wants to keep borrowed data copies it.
+//! Events are only built when a sink is set: an engine without one pays nothing.
+//!
+//! Connections are named by their engine-wide numbers: a client by the pid its
+//! BackendKeyData carries (it names the reactor and slot, so it is unique in the process
+//! while the client lives), a server connection by its [`ServerId`] within the reactor that
+//! records the event (sinks are per reactor).
 
-use std::time::Instant;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use crate::engine::id::ServerId;
+use crate::protocol::SqlState;
 
 /// What a client session is doing (its state's name, without the data).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -41,9 +53,34 @@ pub enum ServerState {
     Closed,
 }
 
-/// One state change.
+/// Who raised an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorOrigin {
+    /// A server's ErrorResponse, passed to the client.
+    Server,
+    /// pglink's own answer to a client (a refused login, a pool timeout, ...).
+    Proxy,
+    /// The client or a server broke the protocol (a malformed or unexpected message): the
+    /// connection is closed.
+    Protocol,
+}
+
+/// How a statement ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StatementEnd {
+    /// CommandComplete (the event carries its tag), EmptyQueryResponse, or a portal
+    /// suspended at its row limit.
+    Completed,
+    /// The server answered with an ErrorResponse (the event carries its SQLSTATE).
+    Failed,
+    /// Never ran: an earlier error in its batch made the server skip it.
+    Skipped,
+}
+
+/// One thing that happened. `'a` borrows from the engine's buffers for the duration of the
+/// [`EventSink::record`] call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
+pub enum Event<'a> {
     /// A client session changed state. `pid` is the proxy-issued BackendKeyData pid the
     /// client was given (it names the reactor and slot).
     Client { pid: u32, state: ClientState },
@@ -53,11 +90,75 @@ pub enum Event {
         pool: u32,
         state: ServerState,
     },
+    /// A client logged in to pool `pool`. `peer`: its address (`None` over a unix socket);
+    /// `traceparent`: the W3C trace context it passed as a startup parameter, if valid.
+    LoggedIn {
+        pid: u32,
+        pool: u32,
+        database: &'a str,
+        user: &'a str,
+        peer: Option<SocketAddr>,
+        traceparent: Option<crate::observe::trace::TraceParent>,
+    },
+    /// A client got server connection `server` after waiting `waited` for it (zero when one
+    /// was idle). Its transaction starts here.
+    Acquired {
+        pid: u32,
+        server: ServerId,
+        pool: u32,
+        waited: Duration,
+    },
+    /// A client message of type `tag` and `len` bytes (its whole frame) went to the server
+    /// or was answered by pglink.
+    ClientMessage { pid: u32, tag: u8, len: u32 },
+    /// A client statement (a simple Query or an extended-protocol Execute) went to the
+    /// server. `text`: its SQL when known (the Query, or the statement the portal was bound
+    /// from; empty otherwise). Only sent when the sink asks for it
+    /// ([`EventSink::wants_statements`]).
+    StatementStarted {
+        pid: u32,
+        server: ServerId,
+        text: &'a [u8],
+        extended: bool,
+    },
+    /// A client statement's answer ended. Statements end in the order they started, one
+    /// `StatementEnded` for each; `started` is when the server began on it (when it was
+    /// sent, or when the statement before it in the same pipeline ended, whichever is later).
+    /// `tag`: the CommandComplete tag ("SELECT 1", "INSERT 0 5"), empty otherwise.
+    StatementEnded {
+        pid: u32,
+        server: ServerId,
+        pool: u32,
+        started: Instant,
+        end: StatementEnd,
+        tag: &'a [u8],
+        sqlstate: Option<SqlState>,
+    },
+    /// A client's transaction ended and `server` went back to the pool (or stays held, for
+    /// a pinned session). `started`: when the client's first message of it arrived.
+    TransactionEnded {
+        pid: u32,
+        server: ServerId,
+        pool: u32,
+        started: Instant,
+    },
+    /// An error on a client connection (`pid`) or a server connection (`server`).
+    Error {
+        pid: Option<u32>,
+        server: Option<ServerId>,
+        origin: ErrorOrigin,
+        sqlstate: SqlState,
+    },
 }
 
 /// Where events go.
 pub trait EventSink {
-    fn record(&mut self, at: Instant, event: Event);
+    fn record(&mut self, at: Instant, event: Event<'_>);
+
+    /// Whether [`Event::StatementStarted`] is wanted (it costs finding the statement's text).
+    fn wants_statements(&self) -> bool {
+        false
+    }
 }
 
 /// The default sink: drops everything.
@@ -66,15 +167,189 @@ pub struct NoEvents;
 
 impl EventSink for NoEvents {
     #[inline]
-    fn record(&mut self, _: Instant, _: Event) {}
+    fn record(&mut self, _: Instant, _: Event<'_>) {}
+}
+
+/// Several sinks as one: each event goes to every one of them.
+#[derive(Default)]
+pub struct Tee(pub Vec<Box<dyn EventSink + Send>>);
+
+impl EventSink for Tee {
+    fn record(&mut self, at: Instant, event: Event<'_>) {
+        for sink in &mut self.0 {
+            sink.record(at, event);
+        }
+    }
+
+    fn wants_statements(&self) -> bool {
+        self.0.iter().any(|s| s.wants_statements())
+    }
+}
+
+/// An event with everything it borrows copied, for sinks and tests that keep them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnedEvent {
+    Client {
+        pid: u32,
+        state: ClientState,
+    },
+    Server {
+        server: ServerId,
+        pool: u32,
+        state: ServerState,
+    },
+    LoggedIn {
+        pid: u32,
+        pool: u32,
+        database: String,
+        user: String,
+        peer: Option<SocketAddr>,
+        traceparent: Option<crate::observe::trace::TraceParent>,
+    },
+    Acquired {
+        pid: u32,
+        server: ServerId,
+        pool: u32,
+        waited: Duration,
+    },
+    ClientMessage {
+        pid: u32,
+        tag: u8,
+        len: u32,
+    },
+    StatementStarted {
+        pid: u32,
+        server: ServerId,
+        text: Vec<u8>,
+        extended: bool,
+    },
+    StatementEnded {
+        pid: u32,
+        server: ServerId,
+        pool: u32,
+        started: Instant,
+        end: StatementEnd,
+        tag: Vec<u8>,
+        sqlstate: Option<SqlState>,
+    },
+    TransactionEnded {
+        pid: u32,
+        server: ServerId,
+        pool: u32,
+        started: Instant,
+    },
+    Error {
+        pid: Option<u32>,
+        server: Option<ServerId>,
+        origin: ErrorOrigin,
+        sqlstate: SqlState,
+    },
+}
+
+impl From<Event<'_>> for OwnedEvent {
+    fn from(event: Event<'_>) -> OwnedEvent {
+        match event {
+            Event::Client { pid, state } => OwnedEvent::Client { pid, state },
+            Event::Server {
+                server,
+                pool,
+                state,
+            } => OwnedEvent::Server {
+                server,
+                pool,
+                state,
+            },
+            Event::LoggedIn {
+                pid,
+                pool,
+                database,
+                user,
+                peer,
+                traceparent,
+            } => OwnedEvent::LoggedIn {
+                pid,
+                pool,
+                database: database.to_owned(),
+                user: user.to_owned(),
+                peer,
+                traceparent,
+            },
+            Event::Acquired {
+                pid,
+                server,
+                pool,
+                waited,
+            } => OwnedEvent::Acquired {
+                pid,
+                server,
+                pool,
+                waited,
+            },
+            Event::ClientMessage { pid, tag, len } => OwnedEvent::ClientMessage { pid, tag, len },
+            Event::StatementStarted {
+                pid,
+                server,
+                text,
+                extended,
+            } => OwnedEvent::StatementStarted {
+                pid,
+                server,
+                text: text.to_vec(),
+                extended,
+            },
+            Event::StatementEnded {
+                pid,
+                server,
+                pool,
+                started,
+                end,
+                tag,
+                sqlstate,
+            } => OwnedEvent::StatementEnded {
+                pid,
+                server,
+                pool,
+                started,
+                end,
+                tag: tag.to_vec(),
+                sqlstate,
+            },
+            Event::TransactionEnded {
+                pid,
+                server,
+                pool,
+                started,
+            } => OwnedEvent::TransactionEnded {
+                pid,
+                server,
+                pool,
+                started,
+            },
+            Event::Error {
+                pid,
+                server,
+                origin,
+                sqlstate,
+            } => OwnedEvent::Error {
+                pid,
+                server,
+                origin,
+                sqlstate,
+            },
+        }
+    }
 }
 
 /// Keeps every event (tests, and anything that wants the whole history).
 #[derive(Debug, Default)]
-pub struct Recorded(pub Vec<(Instant, Event)>);
+pub struct Recorded(pub Vec<(Instant, OwnedEvent)>);
 
 impl EventSink for Recorded {
-    fn record(&mut self, at: Instant, event: Event) {
-        self.0.push((at, event));
+    fn record(&mut self, at: Instant, event: Event<'_>) {
+        self.0.push((at, event.into()));
+    }
+
+    fn wants_statements(&self) -> bool {
+        true
     }
 }
