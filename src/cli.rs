@@ -141,7 +141,8 @@ pub fn start(loaded: LoadedConfig, _json_logs: bool) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     }
-    // SIGUSR1 asks for a flight-recorder snapshot: noted, so that it never ends the process.
+    // SIGUSR1 asks for a flight-recorder snapshot: noted (so that it never ends the
+    // process), and passed on by the loop below.
     let snapshot = Arc::new(AtomicBool::new(false));
     if let Err(e) = signal_hook::flag::register(SIGUSR1, snapshot.clone()) {
         eprintln!("pglink: cannot install signal handlers: {e}");
@@ -169,10 +170,11 @@ pub fn start(loaded: LoadedConfig, _json_logs: bool) -> ExitCode {
             let _ = server.reload_file(&path);
         }
         if snapshot.swap(false, Ordering::AcqRel) {
-            log::warn!(
-                "SIGUSR1 asks for a flight-recorder snapshot, but this pglink has no flight \
-                 recorder yet: ignored"
-            );
+            // The recorder's thread logs where the snapshot went.
+            match server.flight_recorder_signal() {
+                Ok(()) => log::info!("SIGUSR1: flight-recorder snapshot requested"),
+                Err(e) => log::warn!("SIGUSR1: no flight-recorder snapshot: {e}"),
+            }
         }
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -241,10 +241,7 @@ fn check_refuses_what_start_refuses() {
     // shared one when it finishes.
     let dir = std::env::temp_dir().join(format!("pglink-cli-check-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut sections = vec![(
-        "flight_recorder",
-        format!(r#"{{"output_dir": {:?}}}"#, dir.to_str().unwrap()),
-    )];
+    let mut sections: Vec<(&str, String)> = Vec::new();
     if cfg!(feature = "otel") {
         sections.push((
             "opentelemetry",
@@ -273,6 +270,19 @@ fn check_refuses_what_start_refuses() {
         assert_eq!(code, 1, "{name}: {stderr}");
         assert_eq!(logged_errors(&stderr), checked, "{name}");
     }
+    // The flight recorder is implemented: -check accepts it.
+    let file = dir.join("flight_recorder.json");
+    std::fs::write(
+        &file,
+        config_with(&format!(
+            r#""flight_recorder": {{"output_dir": {:?}}},"#,
+            dir.join("flight").to_str().unwrap()
+        )),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = run(&mut pglink(&["-config", file.to_str().unwrap(), "-check"]));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("configuration OK"), "{stdout}");
     // Prometheus is implemented: -check accepts it (and a build without the feature rejects
     // it as invalid, see invalid_config_lists_every_problem).
     if cfg!(feature = "metrics") {

@@ -752,8 +752,10 @@ pub static FLIGHT_RECORDER: Section = section(
     "FlightRecorderConfig",
     "flight_recorder",
     "A bounded in-memory record of recent activity (connection states, messages, waits, \
-     errors) that is saved as a Chrome trace file, viewable in Perfetto, when asked or \
-     triggered. The object being present turns the recorder on.",
+     transactions, statements, errors; never SQL text) that is saved as a Chrome trace file, \
+     viewable in Perfetto, when asked or triggered. The object being present turns the \
+     recorder on (adding or removing it takes a restart; a reload applies changes to its \
+     fields).",
     &[
         Field::new(
             "min_age",
@@ -772,7 +774,8 @@ pub static FLIGHT_RECORDER: Section = section(
         Field::new(
             "output_dir",
             Kind::Path,
-            "Directory that snapshot files are written to.",
+            "Directory that snapshot files are written to (created if missing), named \
+             `pglink-flight-<UTC time>-<trigger>.json`.",
         )
         .required(),
         Field::new(
@@ -806,7 +809,9 @@ pub static TRIGGERS: Section = section(
         Field::new(
             "on_error",
             Kind::Bool,
-            "Save a snapshot when a protocol error occurs.",
+            "Save a snapshot when a protocol error occurs (a malformed or unexpected \
+             message), or when pglink itself answers a client with an error (a refused \
+             login, a pool timeout).",
         )
         .default("false"),
         Field::new(
@@ -901,10 +906,11 @@ pub static PROMETHEUS: Section = section(
     "PrometheusConfig",
     "prometheus",
     "An HTTP endpoint serving metrics in the Prometheus text format, together with \
-     `GET /healthz` (200 `ok` while pglink runs, 503 while it stops) and `GET /debug/pools` \
+     `GET /healthz` (200 `ok` while pglink runs, 503 while it stops), `GET /debug/pools` \
      (JSON: per pool its database, user, clients, waiting clients, server connections by \
-     state and `pool_max_conns`). The object being present turns it on. The metrics are \
-     listed in the README.",
+     state and `pool_max_conns`) and, with a `flight_recorder`, \
+     `GET /debug/flight-recorder/snapshot` and `/debug/flight-recorder/status`. The object \
+     being present turns it on. The metrics are listed in the README.",
     &[
         Field::new(
             "listen",
@@ -916,8 +922,8 @@ pub static PROMETHEUS: Section = section(
         Field::new(
             "path",
             Kind::String,
-            "URL path serving the metrics; must begin with `/` and be neither `/healthz` nor \
-             `/debug/pools`.",
+            "URL path serving the metrics; must begin with `/` and be neither `/healthz`, \
+             `/debug/pools` nor under `/debug/flight-recorder/`.",
         )
         .default("\"/metrics\""),
     ],
@@ -1090,8 +1096,9 @@ pub static NOTES: &[Note] = &[
                sibling instances take new connections (see docs/scale-out.md). A second SIGTERM or \
                SIGINT exits at once, with status 1. SIGHUP reloads the configuration file \
                without dropping sessions (an invalid file is refused whole and logged; the \
-               running configuration stays). SIGUSR1 asks for a flight recorder snapshot; \
-               this version has no flight recorder yet, so it logs a warning and carries on.",
+               running configuration stays). SIGUSR1 saves a flight recorder snapshot when \
+               `flight_recorder` is configured and `triggers.on_signal` is true; otherwise \
+               it logs a warning and carries on.",
     },
     Note {
         title: "Exit status",

@@ -423,7 +423,10 @@ fn validate_prometheus(prom: &PrometheusConfig, path: &Path, p: &mut Problems) {
     }
     if !prom.path.starts_with('/') {
         p.error(path.key("path"), "must start with \"/\"");
-    } else if prom.path == "/healthz" || prom.path == "/debug/pools" {
+    } else if prom.path == "/healthz"
+        || prom.path == "/debug/pools"
+        || prom.path.starts_with("/debug/flight-recorder/")
+    {
         p.error(
             path.key("path"),
             format!(

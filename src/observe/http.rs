@@ -1,5 +1,7 @@
 //! The admin HTTP endpoint (feature `metrics`): `prometheus.path` (the metrics, Prometheus
-//! text format), `GET /healthz` and `GET /debug/pools`.
+//! text format), `GET /healthz`, `GET /debug/pools`, and with a flight recorder
+//! `GET /debug/flight-recorder/snapshot` (takes one: writes the file and answers its JSON)
+//! and `GET /debug/flight-recorder/status`.
 //!
 //! One thread per listening socket (`pglink-metrics`) reads each request's head (bounded in
 //! size and time), answers it with `Connection: close` and reads only the reactors' atomics
@@ -197,6 +199,8 @@ impl Handler {
             Some(path) => self.route(path.split('?').next().unwrap_or_default()),
             None => (405, PLAIN, "only GET is supported\n".to_owned()),
         };
+        // A snapshot may take a moment to make: the answer gets its own time to be taken.
+        stream.deadline = Instant::now() + IO_TIMEOUT;
         write_response(&mut stream, status, content_type, &body, request.head_only)
     }
 
@@ -216,7 +220,29 @@ impl Handler {
                 }
             }
             "/debug/pools" => (200, JSON, super::prometheus::pools_json(&self.shared)),
+            "/debug/flight-recorder/snapshot" => self.flight_snapshot(),
+            "/debug/flight-recorder/status" => match self.shared.flight() {
+                Some(recorder) => (200, JSON, recorder.status_json()),
+                None => (404, PLAIN, NO_RECORDER.to_owned()),
+            },
             _ => (404, PLAIN, "not found\n".to_owned()),
+        }
+    }
+}
+
+const NO_RECORDER: &str = "no flight_recorder is configured\n";
+
+impl Handler {
+    /// Takes a snapshot (the trigger `http`): its JSON, once its file is written.
+    fn flight_snapshot(&self) -> (u16, &'static str, String) {
+        use super::flight::{SnapshotError, Trigger};
+        let Some(recorder) = self.shared.flight() else {
+            return (404, PLAIN, NO_RECORDER.to_owned());
+        };
+        match recorder.snapshot(Trigger::Http) {
+            Ok(snapshot) => (200, JSON, snapshot.json),
+            Err(SnapshotError::Busy) => (503, PLAIN, "flight recorder busy, retry\n".to_owned()),
+            Err(e) => (500, PLAIN, format!("{e}\n")),
         }
     }
 }
@@ -299,6 +325,7 @@ fn write_response(
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "",
     };

@@ -1,8 +1,9 @@
-//! Observability: logging and the hot-path metrics; with the `metrics` feature, their
-//! Prometheus exposition and the admin HTTP endpoint. Tracing and the flight recorder will
-//! hang off here too.
+//! Observability: logging, the hot-path metrics and the flight recorder; with the `metrics`
+//! feature, their Prometheus exposition and the admin HTTP endpoint. Tracing will hang off
+//! here too.
 
 pub mod events;
+pub mod flight;
 #[cfg(feature = "metrics")]
 pub(crate) mod http;
 pub mod log;

@@ -243,6 +243,31 @@ pub const CONFIG_RELOADS: Meta = meta(
     "Configuration reloads (SIGHUP, the embedding API), applied (success) or refused (failure).",
 );
 
+pub const FLIGHT_SNAPSHOTS: Meta = meta(
+    "pglink_flight_recorder_snapshots_total",
+    COUNTER,
+    &["trigger"],
+    "Flight-recorder snapshots written, by trigger.",
+);
+pub const FLIGHT_FAILURES: Meta = meta(
+    "pglink_flight_recorder_snapshot_failures_total",
+    COUNTER,
+    &[],
+    "Flight-recorder snapshots whose file could not be written.",
+);
+pub const FLIGHT_BYTES: Meta = meta(
+    "pglink_flight_recorder_bytes",
+    GAUGE,
+    &[],
+    "Memory the flight recorder's rings hold (at most max_bytes).",
+);
+pub const FLIGHT_DROPPED: Meta = meta(
+    "pglink_flight_recorder_events_dropped_total",
+    COUNTER,
+    &[],
+    "Events the flight recorder let go before min_age because of max_bytes.",
+);
+
 /// Every family pglink exports.
 pub const METRICS: &[&Meta] = &[
     &CLIENTS_CONNECTED,
@@ -276,6 +301,10 @@ pub const METRICS: &[&Meta] = &[
     &REACTOR_CPU,
     &REACTORS_RUNNING,
     &CONFIG_RELOADS,
+    &FLIGHT_SNAPSHOTS,
+    &FLIGHT_FAILURES,
+    &FLIGHT_BYTES,
+    &FLIGHT_DROPPED,
 ];
 
 /// Reads the reactors' counters at scrape time.
@@ -413,6 +442,18 @@ fn families(shared: &Shared) -> Vec<MetricFamily> {
     f.gauge(&REACTORS_RUNNING, &[], shared.reactors_running() as f64);
     for (result, n) in ["success", "failure"].iter().zip(&shared.reloads) {
         f.counter(&CONFIG_RELOADS, &[result], n.load(Relaxed));
+    }
+    if let Some(recorder) = shared.flight() {
+        for trigger in crate::observe::flight::Trigger::ALL {
+            f.counter(
+                &FLIGHT_SNAPSHOTS,
+                &[trigger.label()],
+                recorder.snapshots(trigger),
+            );
+        }
+        f.counter(&FLIGHT_FAILURES, &[], recorder.failures());
+        f.gauge(&FLIGHT_BYTES, &[], recorder.bytes() as f64);
+        f.counter(&FLIGHT_DROPPED, &[], recorder.dropped());
     }
     f.finish()
 }

@@ -240,6 +240,11 @@ impl Reactor {
         Ok((reactor, handle))
     }
 
+    /// Where the engine's events go (the flight recorder's sink), set before it runs.
+    pub fn set_event_sink(&mut self, sink: Box<dyn crate::observe::events::EventSink + Send>) {
+        self.engine.set_event_sink(sink);
+    }
+
     /// Runs until shutdown completes.
     pub fn run(mut self) {
         if let Some(tid) = current_thread_id() {

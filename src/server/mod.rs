@@ -42,6 +42,7 @@ use crate::client::users::{DbEntry, DbId, PoolId, ScramSecret, UserEntry, UserTa
 use crate::client::{AuthMethod, ClientTls, DatabaseContext, SessionConfig};
 use crate::config::{self, BackendSslMode, CertSource, Config, LoadedConfig, ResolvedSecrets};
 use crate::engine::Context;
+use crate::observe::flight::{FlightRecorder, RecorderThread, Snapshot, SnapshotError};
 use crate::pool::{Credentials, Database, Pool, PoolSettings};
 use crate::protocol::framing::DEFAULT_MAX_MESSAGE_LEN;
 use crate::reactor::{Listener, Reactor};
@@ -154,6 +155,8 @@ pub struct ServerHandle {
     #[cfg(feature = "metrics")]
     admin: Option<crate::observe::http::AdminServer>,
     metrics_addrs: Vec<SocketAddr>,
+    /// The flight recorder's thread (with a `flight_recorder` section).
+    flight: Option<RecorderThread>,
 }
 
 impl Server {
@@ -264,15 +267,38 @@ impl Server {
             ),
             None => None,
         };
+        let recorder = config
+            .flight_recorder
+            .as_ref()
+            .map(|c| FlightRecorder::new(c, reactors));
         let mut handles = Vec::with_capacity(reactors);
         let mut loops = Vec::with_capacity(reactors);
         for (id, sockets) in listeners.into_iter().enumerate() {
-            let (reactor, handle) =
+            let (mut reactor, handle) =
                 Reactor::new(id, shared.clone(), sockets).map_err(StartError::Thread)?;
+            if let Some(recorder) = &recorder {
+                reactor.set_event_sink(Box::new(recorder.sink(id)));
+            }
             handles.push(handle);
             loops.push(reactor);
         }
         shared.set_reactors(handles);
+        // Before the reactors run: a failure here leaves no thread to stop.
+        let flight = match recorder {
+            Some(recorder) => {
+                // Weak: the recorder's thread must not keep the server's state alive.
+                let weak = Arc::downgrade(&shared);
+                let labels = Box::new(move || {
+                    weak.upgrade()
+                        .map(|shared| shared.pool_labels())
+                        .unwrap_or_default()
+                });
+                let thread = recorder.start(labels).map_err(StartError::Thread)?;
+                shared.set_flight(recorder);
+                Some(thread)
+            }
+            None => None,
+        };
         let mut threads = Vec::with_capacity(reactors);
         for (id, reactor) in loops.into_iter().enumerate() {
             let thread = std::thread::Builder::new()
@@ -307,6 +333,7 @@ impl Server {
             #[cfg(feature = "metrics")]
             admin: None,
             metrics_addrs: Vec::new(),
+            flight,
         };
         #[cfg(feature = "metrics")]
         if let (Some(listeners), Some(p)) = (metrics_listeners, &config.prometheus) {
@@ -366,6 +393,24 @@ impl ServerHandle {
         self.shared.client_count()
     }
 
+    /// Takes a flight-recorder snapshot now and waits until its file is written in
+    /// `flight_recorder.output_dir` (the trigger `api`; never limited by the cooldown).
+    pub fn flight_recorder_snapshot(&self) -> Result<Snapshot, SnapshotError> {
+        match self.shared.flight() {
+            Some(recorder) => recorder.snapshot(crate::observe::flight::Trigger::Api),
+            None => Err(SnapshotError::NotConfigured),
+        }
+    }
+
+    /// What SIGUSR1 does: asks for a flight-recorder snapshot (the trigger `signal`) unless
+    /// `triggers.on_signal` is off, without waiting for it; the recorder logs where it went.
+    pub fn flight_recorder_signal(&self) -> Result<(), SnapshotError> {
+        match self.shared.flight() {
+            Some(recorder) => recorder.signal(),
+            None => Err(SnapshotError::NotConfigured),
+        }
+    }
+
     /// Something that can ask the server to stop from another thread (a signal handler loop),
     /// while this thread waits in [`ServerHandle::join`].
     pub fn stopper(&self) -> Stopper {
@@ -404,6 +449,10 @@ impl ServerHandle {
         }
         // Cancel deliveries still under way (each bounded by its timeouts).
         self.shared.join_helpers();
+        // After the reactors, which feed it.
+        if let Some(flight) = self.flight.take() {
+            flight.stop();
+        }
         // Last: /healthz answers 503 while the reactors wind down.
         #[cfg(feature = "metrics")]
         if let Some(admin) = self.admin.take() {
@@ -448,9 +497,6 @@ pub fn refuse_unimplemented(config: &Config) -> Result<(), StartError> {
     let mut missing = Vec::new();
     if config.opentelemetry.as_ref().is_some_and(|o| o.enabled) {
         missing.push("opentelemetry");
-    }
-    if config.flight_recorder.is_some() {
-        missing.push("flight_recorder");
     }
     if missing.is_empty() {
         return Ok(());
@@ -1030,6 +1076,9 @@ impl Reloader {
         let ahead = table.scram_secrets();
         self.shared.publish(next, table);
         self.shared.verifiers.ahead(ahead);
+        if let (Some(recorder), Some(section)) = (self.shared.flight(), &config.flight_recorder) {
+            recorder.reconfigure(section);
+        }
         **current = Arc::clone(config);
         Ok(outcome)
     }
@@ -1039,7 +1088,7 @@ impl Reloader {
 /// (the JSON path of each that differs is added to `restart`), so that the configuration
 /// built and kept (and shown by SHOW CONFIG) is the one in effect, and the next reload
 /// compares against it. Restart-only are the listeners, the threads and the metrics endpoint
-/// (made once, at the start), and per database what the shared statement registry and the
+/// (made once, at the start), whether there is a flight recorder, and per database what the shared statement registry and the
 /// session parameters of existing server connections depend on.
 fn in_effect(old: &Config, new: &Config, restart: &mut Vec<String>) -> Config {
     let mut c = new.clone();
@@ -1053,6 +1102,16 @@ fn in_effect(old: &Config, new: &Config, restart: &mut Vec<String>) -> Config {
     c.listen = old.listen.clone();
     c.reactor_threads = old.reactor_threads;
     keep_old(restart, "prometheus", &mut c.prometheus, &old.prometheus);
+    // The recorder's sinks are installed in the engines at the start: adding or removing
+    // the section needs a restart; changes within it apply (`FlightRecorder::reconfigure`).
+    if old.flight_recorder.is_some() != new.flight_recorder.is_some() {
+        keep_old(
+            restart,
+            "flight_recorder",
+            &mut c.flight_recorder,
+            &old.flight_recorder,
+        );
+    }
     keep_old(restart, "peer_id", &mut c.peer_id, &old.peer_id);
     keep_old(
         restart,

@@ -47,6 +47,8 @@ pub struct Shared {
     /// A stop was asked for. The engines drain at once, or after the handover
     /// (`Context::handover`) during which they only stop accepting.
     stop_requested: AtomicBool,
+    /// The flight recorder, when configured.
+    flight: OnceLock<Arc<crate::observe::flight::FlightRecorder>>,
 }
 
 impl Shared {
@@ -69,6 +71,7 @@ impl Shared {
             helpers: Mutex::new(Vec::new()),
             console: OnceLock::new(),
             stop_requested: AtomicBool::new(false),
+            flight: OnceLock::new(),
         }
     }
 
@@ -168,6 +171,27 @@ impl Shared {
     /// Bumped with every new configuration or login table.
     pub(crate) fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
+    }
+
+    /// The flight recorder, when the configuration has a `flight_recorder` section.
+    pub(crate) fn flight(&self) -> Option<&Arc<crate::observe::flight::FlightRecorder>> {
+        self.flight.get()
+    }
+
+    pub(crate) fn set_flight(&self, recorder: Arc<crate::observe::flight::FlightRecorder>) {
+        let _ = self.flight.set(recorder);
+    }
+
+    /// `user@database` of every pool, by pool id (the flight recorder's track names).
+    pub(crate) fn pool_labels(&self) -> Vec<String> {
+        let ctx = self.ctx();
+        ctx.pools
+            .iter()
+            .map(|pool| {
+                let db = ctx.databases.get(pool.db).map_or("?", |d| d.name.as_str());
+                format!("{}@{db}", pool.credentials().0.user)
+            })
+            .collect()
     }
 
     pub(crate) fn set_console(&self, console: super::console::ConsoleHandle) {

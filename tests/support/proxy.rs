@@ -233,7 +233,8 @@ impl Proxy {
         self.handle().reload_file(path).map_err(|e| e.to_string())
     }
 
-    fn handle(&self) -> &ServerHandle {
+    /// The running server, for what the harness has no helper for.
+    pub fn handle(&self) -> &ServerHandle {
         self.server.as_ref().expect("pglink is running")
     }
 

@@ -305,6 +305,15 @@ fn every_family_is_described_exported_and_documented() {
         shared.stats()[0].set_thread_id(tid);
     }
     shared.stats()[0].error_sent(SqlState::ADMIN_SHUTDOWN);
+    // The recorder's families are there when it is configured.
+    let flight = crate::config::FlightRecorderConfig {
+        min_age: Duration::from_secs(10),
+        max_bytes: 1 << 20,
+        output_dir: std::env::temp_dir(),
+        periodic_interval: Duration::ZERO,
+        triggers: Default::default(),
+    };
+    shared.set_flight(crate::observe::flight::FlightRecorder::new(&flight, 2));
     if let Some(p) = shared.stats()[0].pool(0) {
         p.server_errors[crate::observe::metrics::sqlstate_class_index(SqlState::DIVISION_BY_ZERO)]
             .inc();

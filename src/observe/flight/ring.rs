@@ -1,0 +1,612 @@
+//! One reactor's ring of recent events, as fixed-size [`Record`]s.
+//!
+//! A record is an [`Event`] flattened into 56 bytes of plain data: no pointer, no SQL text
+//! (a statement's text is never asked for; a command tag is kept, truncated to
+//! [`TAG_LEN`] bytes), so encoding one is a few stores and keeping one costs nothing more.
+//!
+//! The ring is a `VecDeque` whose capacity grows lazily, by doubling, up to its share of
+//! `max_bytes`: an idle pglink holds almost nothing. Before it grows it forgets the records
+//! older than `min_age`, so it holds what `min_age` needs and no more; at its limit the
+//! oldest record goes, and when that one is younger than `min_age` the loss is counted in
+//! [`Ring::dropped`] (the memory bound won over `min_age`). Growing is the only allocation,
+//! and it happens a bounded number of times (log2 of the limit), never per event.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::observe::events::{ClientState, ErrorOrigin, Event, ServerState, StatementEnd};
+
+/// Bytes of a command tag kept ("SELECT 1", "INSERT 0 5", "CREATE TABLE").
+pub const TAG_LEN: usize = 12;
+/// Records the ring first makes room for (about 56 KiB), unless its limit is lower.
+const INITIAL_RECORDS: usize = 1024;
+
+/// What a record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Client,
+    Server,
+    LoggedIn,
+    Acquired,
+    ClientMessage,
+    StatementEnded,
+    TransactionEnded,
+    Error,
+}
+
+/// [`Record::flags`]: `pid` is set.
+pub const HAS_PID: u8 = 1;
+/// [`Record::flags`]: `server` and `generation` are set.
+pub const HAS_SERVER: u8 = 2;
+/// [`Record::flags`]: `sqlstate` is set.
+pub const HAS_SQLSTATE: u8 = 4;
+
+/// One event, flattened. Times are nanoseconds since the recorder's epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record {
+    pub at: u64,
+    /// `StatementEnded`, `TransactionEnded`: when it started (ns since the epoch);
+    /// `Acquired`: how long the client waited (ns); `ClientMessage`: its length in bytes.
+    pub value: u64,
+    pub pid: u32,
+    /// The server connection's slot index and generation (within the ring's reactor).
+    pub server: u32,
+    pub generation: u32,
+    pub pool: u32,
+    pub kind: Kind,
+    /// The state ([`client_state`], [`server_state`] codes), the error origin, how a
+    /// statement ended, or a client message's type byte.
+    pub detail: u8,
+    pub flags: u8,
+    pub sqlstate: [u8; 5],
+    pub tag_len: u8,
+    pub tag: [u8; TAG_LEN],
+}
+
+impl Record {
+    fn new(kind: Kind, at: u64) -> Record {
+        Record {
+            at,
+            value: 0,
+            pid: 0,
+            server: 0,
+            generation: 0,
+            pool: 0,
+            kind,
+            detail: 0,
+            flags: 0,
+            sqlstate: [0; 5],
+            tag_len: 0,
+            tag: [0; TAG_LEN],
+        }
+    }
+
+    fn pid(mut self, pid: u32) -> Record {
+        self.pid = pid;
+        self.flags |= HAS_PID;
+        self
+    }
+
+    fn server(mut self, server: crate::engine::id::ServerId) -> Record {
+        self.server = u32::try_from(server.index()).unwrap_or(u32::MAX);
+        self.generation = server.generation();
+        self.flags |= HAS_SERVER;
+        self
+    }
+
+    fn sqlstate(mut self, code: Option<crate::protocol::SqlState>) -> Record {
+        if let Some(code) = code {
+            self.sqlstate = *code.as_bytes();
+            self.flags |= HAS_SQLSTATE;
+        }
+        self
+    }
+
+    /// `event` at `at` as a record, times counted from `epoch`; `None` for what the
+    /// recorder does not keep (a statement's start: its text is not wanted, and its end
+    /// says when it started).
+    pub fn encode(epoch: Instant, at: Instant, event: &Event<'_>) -> Option<Record> {
+        let ns = |t: Instant| nanos(t.saturating_duration_since(epoch));
+        let at = ns(at);
+        let record = match *event {
+            Event::Client { pid, state } => Record {
+                detail: client_state(state),
+                ..Record::new(Kind::Client, at).pid(pid)
+            },
+            Event::Server {
+                server,
+                pool,
+                state,
+            } => Record {
+                detail: server_state(state),
+                pool,
+                ..Record::new(Kind::Server, at).server(server)
+            },
+            Event::LoggedIn { pid, pool, .. } => Record {
+                pool,
+                ..Record::new(Kind::LoggedIn, at).pid(pid)
+            },
+            Event::Acquired {
+                pid,
+                server,
+                pool,
+                waited,
+            } => Record {
+                pool,
+                value: nanos(waited),
+                ..Record::new(Kind::Acquired, at).pid(pid).server(server)
+            },
+            Event::ClientMessage { pid, tag, len } => Record {
+                detail: tag,
+                value: u64::from(len),
+                ..Record::new(Kind::ClientMessage, at).pid(pid)
+            },
+            Event::StatementStarted { .. } => return None,
+            Event::StatementEnded {
+                pid,
+                server,
+                pool,
+                started,
+                end,
+                tag,
+                sqlstate,
+            } => {
+                let mut r = Record {
+                    pool,
+                    value: ns(started),
+                    detail: statement_end(end),
+                    ..Record::new(Kind::StatementEnded, at)
+                        .pid(pid)
+                        .server(server)
+                        .sqlstate(sqlstate)
+                };
+                let n = tag.len().min(TAG_LEN);
+                r.tag[..n].copy_from_slice(&tag[..n]);
+                r.tag_len = n as u8;
+                r
+            }
+            Event::TransactionEnded {
+                pid,
+                server,
+                pool,
+                started,
+            } => Record {
+                pool,
+                value: ns(started),
+                ..Record::new(Kind::TransactionEnded, at)
+                    .pid(pid)
+                    .server(server)
+            },
+            Event::Error {
+                pid,
+                server,
+                origin,
+                sqlstate,
+            } => {
+                let mut r = Record {
+                    detail: error_origin(origin),
+                    ..Record::new(Kind::Error, at).sqlstate(Some(sqlstate))
+                };
+                if let Some(pid) = pid {
+                    r = r.pid(pid);
+                }
+                if let Some(server) = server {
+                    r = r.server(server);
+                }
+                r
+            }
+        };
+        Some(record)
+    }
+
+    pub fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    /// The command tag kept (possibly truncated).
+    pub fn tag(&self) -> &[u8] {
+        self.tag.get(..usize::from(self.tag_len)).unwrap_or(&[])
+    }
+
+    pub fn sqlstate_str(&self) -> Option<&str> {
+        if !self.has(HAS_SQLSTATE) {
+            return None;
+        }
+        std::str::from_utf8(&self.sqlstate).ok()
+    }
+}
+
+/// Nanoseconds, saturating (584 years).
+pub fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+const CLIENT_STATES: [(ClientState, &str); 8] = [
+    (ClientState::AwaitingStartup, "awaiting startup"),
+    (ClientState::AwaitingTls, "tls handshake"),
+    (ClientState::Authenticating, "authenticating"),
+    (ClientState::AwaitingParameters, "awaiting parameters"),
+    (ClientState::Idle, "idle"),
+    (ClientState::Acquiring, "acquiring"),
+    (ClientState::Active, "active"),
+    (ClientState::Closed, "closed"),
+];
+
+const SERVER_STATES: [(ServerState, &str); 8] = [
+    (ServerState::Connecting, "connecting"),
+    (ServerState::LoggingIn, "logging in"),
+    (ServerState::Idle, "idle"),
+    (ServerState::Lent, "lent"),
+    (ServerState::Draining, "draining"),
+    (ServerState::Parked, "parked"),
+    (ServerState::HandedOff, "handed off"),
+    (ServerState::Closed, "closed"),
+];
+
+fn client_state(state: ClientState) -> u8 {
+    CLIENT_STATES
+        .iter()
+        .position(|(s, _)| *s == state)
+        .unwrap_or(0) as u8
+}
+
+fn server_state(state: ServerState) -> u8 {
+    SERVER_STATES
+        .iter()
+        .position(|(s, _)| *s == state)
+        .unwrap_or(0) as u8
+}
+
+/// A client state code's name, and whether it is the final one.
+pub fn client_state_name(code: u8) -> (&'static str, bool) {
+    let state = CLIENT_STATES.get(usize::from(code));
+    (
+        state.map_or("unknown", |(_, name)| name),
+        state.is_some_and(|(s, _)| *s == ClientState::Closed),
+    )
+}
+
+/// A server state code's name, and whether the connection is gone from this reactor.
+pub fn server_state_name(code: u8) -> (&'static str, bool) {
+    let state = SERVER_STATES.get(usize::from(code));
+    (
+        state.map_or("unknown", |(_, name)| name),
+        state.is_some_and(|(s, _)| matches!(s, ServerState::Closed | ServerState::HandedOff)),
+    )
+}
+
+fn error_origin(origin: ErrorOrigin) -> u8 {
+    match origin {
+        ErrorOrigin::Server => 0,
+        ErrorOrigin::Proxy => 1,
+        ErrorOrigin::Protocol => 2,
+    }
+}
+
+pub fn error_origin_name(code: u8) -> &'static str {
+    match code {
+        0 => "server",
+        1 => "proxy",
+        _ => "protocol",
+    }
+}
+
+fn statement_end(end: StatementEnd) -> u8 {
+    match end {
+        StatementEnd::Completed => 0,
+        StatementEnd::Failed => 1,
+        StatementEnd::Skipped => 2,
+    }
+}
+
+pub fn statement_end_name(code: u8) -> &'static str {
+    match code {
+        0 => "completed",
+        1 => "failed",
+        _ => "skipped",
+    }
+}
+
+/// A reactor's recent records, oldest first (times never decrease: a reactor's clock is
+/// monotonic and it records in order).
+#[derive(Debug)]
+pub struct Ring {
+    records: VecDeque<Record>,
+    /// Most records held (the reactor's share of `max_bytes`).
+    limit: usize,
+    /// `min_age` in nanoseconds.
+    min_age: u64,
+    /// Records younger than `min_age` that the limit pushed out.
+    dropped: u64,
+}
+
+impl Ring {
+    /// An empty ring (nothing allocated yet) of at most `max_bytes`.
+    pub fn new(max_bytes: u64, min_age: Duration) -> Ring {
+        Ring {
+            records: VecDeque::new(),
+            limit: records_in(max_bytes),
+            min_age: nanos(min_age),
+            dropped: 0,
+        }
+    }
+
+    pub fn push(&mut self, record: Record) {
+        let len = self.records.len();
+        if len == self.records.capacity() || len >= self.limit {
+            // Room is needed: first forget what `min_age` does not ask to keep.
+            self.trim(record.at);
+        }
+        if self.records.len() >= self.limit {
+            if self.records.pop_front().is_none() {
+                // A limit of 0 (max_bytes below one record per reactor) keeps nothing.
+                self.dropped += 1;
+                return;
+            }
+            self.dropped += 1;
+        }
+        let len = self.records.len();
+        if len == self.records.capacity() {
+            let target = (len * 2).max(INITIAL_RECORDS).min(self.limit);
+            self.records
+                .reserve_exact(target.saturating_sub(len).max(1));
+        }
+        self.records.push_back(record);
+    }
+
+    /// Forgets the records older than `min_age` at `now` (ns since the epoch).
+    fn trim(&mut self, now: u64) {
+        let horizon = now.saturating_sub(self.min_age);
+        while self.records.front().is_some_and(|r| r.at < horizon) {
+            self.records.pop_front();
+        }
+    }
+
+    /// New bounds (a reload): records beyond the new limit go at once, the oldest first, and
+    /// the memory above it is given back.
+    pub fn set_bounds(&mut self, max_bytes: u64, min_age: Duration) {
+        self.limit = records_in(max_bytes);
+        self.min_age = nanos(min_age);
+        let horizon = self
+            .records
+            .back()
+            .map_or(0, |r| r.at.saturating_sub(self.min_age));
+        while self.records.len() > self.limit {
+            if self.records.pop_front().is_some_and(|r| r.at >= horizon) {
+                self.dropped += 1;
+            }
+        }
+        if self.records.capacity() > self.limit {
+            self.records.shrink_to(self.limit);
+        }
+    }
+
+    /// A copy of the records, oldest first.
+    pub fn copy(&self) -> Vec<Record> {
+        self.records.iter().copied().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Memory held for records.
+    pub fn bytes(&self) -> u64 {
+        (self.records.capacity() * std::mem::size_of::<Record>()) as u64
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// When the oldest record held happened (ns since the epoch).
+    pub fn oldest(&self) -> Option<u64> {
+        self.records.front().map(|r| r.at)
+    }
+}
+
+/// Whole records in `bytes`.
+fn records_in(bytes: u64) -> usize {
+    usize::try_from(bytes / std::mem::size_of::<Record>() as u64).unwrap_or(usize::MAX)
+}
+
+/// The rings' copies (each with its reactor number) as one sequence in time order; records
+/// of one time keep their reactor's order (the sort is stable, and each ring is in order).
+pub fn merge(rings: Vec<(usize, Vec<Record>)>) -> Vec<(usize, Record)> {
+    let mut all: Vec<(usize, Record)> = rings
+        .into_iter()
+        .flat_map(|(reactor, records)| records.into_iter().map(move |r| (reactor, r)))
+        .collect();
+    all.sort_by_key(|(_, r)| r.at);
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::id::ServerId;
+    use crate::test_clock::epoch;
+
+    const SIZE: u64 = std::mem::size_of::<Record>() as u64;
+
+    fn at(ms: u64) -> Instant {
+        epoch() + Duration::from_millis(ms)
+    }
+
+    fn client(ms: u64, pid: u32) -> Record {
+        Record::encode(
+            epoch(),
+            at(ms),
+            &Event::Client {
+                pid,
+                state: ClientState::Idle,
+            },
+        )
+        .unwrap()
+    }
+
+    fn times(ring: &Ring) -> Vec<u64> {
+        ring.copy().iter().map(|r| r.at / 1_000_000).collect()
+    }
+
+    // A record is small and plain.
+    const _: () = assert!(SIZE <= 56);
+
+    #[test]
+    fn nothing_is_allocated_before_the_first_event() {
+        let ring = Ring::new(10 << 20, Duration::from_secs(10));
+        assert_eq!(ring.bytes(), 0);
+    }
+
+    #[test]
+    fn the_byte_bound_holds_and_young_losses_are_counted() {
+        // Room for 4 records; min_age keeps everything, so the bound must win.
+        let mut ring = Ring::new(4 * SIZE + SIZE / 2, Duration::from_secs(3600));
+        for ms in 0..10 {
+            ring.push(client(ms, 1));
+        }
+        assert_eq!(times(&ring), [6, 7, 8, 9]);
+        assert!(ring.bytes() <= 4 * SIZE + SIZE / 2, "{}", ring.bytes());
+        assert_eq!(ring.dropped(), 6);
+    }
+
+    #[test]
+    fn old_records_are_trimmed_before_growing_and_not_counted() {
+        let mut ring = Ring::new(1 << 30, Duration::from_millis(100));
+        // Fill the first allocation over a long time: only the last 100 ms need keeping.
+        for i in 0..INITIAL_RECORDS as u64 {
+            ring.push(client(i, 1));
+        }
+        let before = ring.bytes();
+        ring.push(client(INITIAL_RECORDS as u64, 1));
+        assert_eq!(ring.bytes(), before, "trimmed instead of growing");
+        assert_eq!(ring.len(), 101);
+        assert_eq!(ring.dropped(), 0);
+        assert_eq!(ring.oldest(), Some(nanos(Duration::from_millis(924))));
+    }
+
+    #[test]
+    fn young_records_make_the_ring_grow_up_to_its_limit() {
+        let limit = 3000;
+        let mut ring = Ring::new(limit * SIZE, Duration::from_secs(60));
+        for i in 0..limit {
+            ring.push(client(i, 1));
+        }
+        assert_eq!(ring.len(), limit as usize);
+        assert_eq!(ring.dropped(), 0);
+        assert!(ring.bytes() <= limit * SIZE + SIZE, "{}", ring.bytes());
+        ring.push(client(limit, 1));
+        assert_eq!(ring.dropped(), 1);
+        assert_eq!(ring.len(), limit as usize);
+    }
+
+    #[test]
+    fn min_age_is_kept_when_memory_allows() {
+        let mut ring = Ring::new(1 << 20, Duration::from_millis(500));
+        for i in 0..5000u64 {
+            ring.push(client(i, 1));
+        }
+        // Everything from the last 500 ms is there.
+        let kept = times(&ring);
+        assert!(
+            kept.first().is_some_and(|&t| t <= 4499),
+            "{:?}",
+            kept.first()
+        );
+        assert_eq!(ring.dropped(), 0);
+    }
+
+    #[test]
+    fn a_zero_limit_keeps_nothing_and_counts_it() {
+        let mut ring = Ring::new(SIZE - 1, Duration::from_secs(1));
+        ring.push(client(0, 1));
+        assert_eq!((ring.len(), ring.dropped(), ring.bytes()), (0, 1, 0));
+    }
+
+    #[test]
+    fn lowering_the_bound_gives_memory_back() {
+        let mut ring = Ring::new(1 << 20, Duration::from_secs(1));
+        for i in 0..2000 {
+            ring.push(client(i, 1));
+        }
+        ring.set_bounds(10 * SIZE, Duration::from_secs(1));
+        assert_eq!(ring.len(), 10);
+        assert_eq!(times(&ring).first(), Some(&1990));
+        assert!(ring.bytes() <= 10 * SIZE + SIZE, "{}", ring.bytes());
+        // Only the records younger than min_age (999 ms and later) count as lost.
+        assert_eq!(ring.dropped(), 991);
+    }
+
+    #[test]
+    fn merge_orders_by_time_and_keeps_each_reactors_order_on_ties() {
+        let a = vec![client(1, 10), client(5, 11), client(5, 12)];
+        let b = vec![client(0, 20), client(5, 21), client(9, 22)];
+        let merged = merge(vec![(0, a), (1, b)]);
+        let order: Vec<(usize, u32)> = merged.iter().map(|(r, rec)| (*r, rec.pid)).collect();
+        assert_eq!(
+            order,
+            [(1, 20), (0, 10), (0, 11), (0, 12), (1, 21), (1, 22)]
+        );
+    }
+
+    #[test]
+    fn events_encode_without_text_and_with_a_truncated_tag() {
+        let server = ServerId::new(3, 7);
+        let r = Record::encode(
+            epoch(),
+            at(20),
+            &Event::StatementEnded {
+                pid: 9,
+                server,
+                pool: 2,
+                started: at(5),
+                end: StatementEnd::Completed,
+                tag: b"CREATE MATERIALIZED VIEW",
+                sqlstate: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(r.tag(), b"CREATE MATER");
+        assert_eq!((r.server, r.generation, r.pool, r.pid), (3, 7, 2, 9));
+        assert_eq!(r.value, nanos(Duration::from_millis(5)));
+        assert!(r.has(HAS_SERVER) && r.has(HAS_PID) && !r.has(HAS_SQLSTATE));
+        let started = Event::StatementStarted {
+            pid: 9,
+            server,
+            text: b"SELECT secret",
+            extended: false,
+        };
+        assert_eq!(Record::encode(epoch(), at(1), &started), None);
+        let error = Record::encode(
+            epoch(),
+            at(1),
+            &Event::Error {
+                pid: None,
+                server: Some(server),
+                origin: ErrorOrigin::Protocol,
+                sqlstate: crate::protocol::SqlState::PROTOCOL_VIOLATION,
+            },
+        )
+        .unwrap();
+        assert_eq!(error.sqlstate_str(), Some("08P01"));
+        assert_eq!(error_origin_name(error.detail), "protocol");
+        assert!(!error.has(HAS_PID));
+        // Before the epoch counts as the epoch.
+        let early = Record::encode(at(10), at(0), &started);
+        assert_eq!(early, None);
+        let r = Record::encode(
+            at(10),
+            at(0),
+            &Event::Client {
+                pid: 1,
+                state: ClientState::Closed,
+            },
+        )
+        .unwrap();
+        assert_eq!((r.at, client_state_name(r.detail)), (0, ("closed", true)));
+    }
+}
