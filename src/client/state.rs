@@ -292,6 +292,7 @@ impl Session {
     /// block is aborted as PostgreSQL would abort it.
     fn fail_query(&mut self, error: SessionError, held: bool, out: &mut Out<'_>) {
         let mut answer = Vec::with_capacity(64);
+        self.note_error(&error, out);
         error.encode(&mut answer, out.stats);
         if held {
             frontend::query(out.to_backend, FAILING_QUERY);

@@ -1,6 +1,7 @@
 //! Client connections in the engine: accepting (or refusing), feeding input to the session
 //! and carrying out the actions it emits, flow control, timeouts, closing.
 
+use core::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -14,7 +15,7 @@ use crate::client::users::{DbId, PoolId};
 use crate::client::{
     AcquireError, Action, BackendFate, CancelKey, Env, Out, Session, SessionError,
 };
-use crate::observe::events::EventSink;
+use crate::observe::events::{Event, EventSink};
 use crate::observe::metrics::{CloseReason, RefuseReason};
 
 /// One client connection.
@@ -41,6 +42,8 @@ pub(super) struct ClientConn {
     /// session ends when it gives that back (marked by `handle_reload`, so the end of every
     /// transaction need not look the pool up).
     pub removed: bool,
+    /// The client's address (`None` over a unix socket, or until the driver says).
+    pub peer: Option<SocketAddr>,
 }
 
 impl ClientConn {
@@ -133,6 +136,7 @@ impl Engine {
             flush_queued: false,
             tls_direct: false,
             removed: false,
+            peer: None,
         };
         self.timers.client(
             &mut conn.deadlines,
@@ -143,6 +147,14 @@ impl Engine {
         self.clients.insert(conn);
         log::debug!("client {pid} connected (slot {slot})");
         Accept::Client(id)
+    }
+
+    /// The driver tells where a client it accepted over TCP came from (for events and
+    /// traces).
+    pub fn set_client_peer(&mut self, id: ClientId, peer: SocketAddr) {
+        if let Some(c) = self.client_mut(id) {
+            c.peer = Some(peer);
+        }
     }
 
     fn reject(&self, error: &SessionError) -> Accept {
@@ -339,6 +351,23 @@ impl Engine {
         if let Some(p) = pool.and_then(|p| self.stats.pool(p)) {
             p.logins.inc();
             p.clients.inc();
+        }
+        if let (Some(events), Some(pool), Some(c)) = (
+            self.events.as_deref_mut(),
+            pool,
+            self.clients.get(id.index()),
+        ) {
+            events.record(
+                self.now,
+                Event::LoggedIn {
+                    pid: c.session.cancel_key().pid,
+                    pool: u32::try_from(pool).unwrap_or(u32::MAX),
+                    database: c.session.database(),
+                    user: c.session.user(),
+                    peer: c.peer,
+                    traceparent: c.session.trace_parent().copied(),
+                },
+            );
         }
     }
 

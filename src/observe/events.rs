@@ -15,7 +15,7 @@
 //! while the client lives), a server connection by its [`ServerId`] within the reactor that
 //! records the event (sinks are per reactor).
 
-use std::net::SocketAddr;
+use core::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::engine::id::ServerId;
