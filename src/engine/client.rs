@@ -15,7 +15,7 @@ use crate::client::users::{DbId, PoolId};
 use crate::client::{
     AcquireError, Action, BackendFate, CancelKey, Env, Out, Session, SessionError,
 };
-use crate::observe::events::{Event, EventSink};
+use crate::observe::events::{Event, EventSink, ServerAddress};
 use crate::observe::metrics::{CloseReason, RefuseReason};
 
 /// One client connection.
@@ -352,10 +352,15 @@ impl Engine {
             p.logins.inc();
             p.clients.inc();
         }
-        if let (Some(events), Some(pool), Some(c)) = (
+        let target = pool
+            .and_then(|p| self.ctx.pools.get(p))
+            .and_then(|p| self.ctx.databases.get(p.db))
+            .map(|d| &d.target);
+        if let (Some(events), Some(pool), Some(c), Some(target)) = (
             self.events.as_deref_mut(),
             pool,
             self.clients.get(id.index()),
+            target,
         ) {
             events.record(
                 self.now,
@@ -366,6 +371,11 @@ impl Engine {
                     user: c.session.user(),
                     peer: c.peer,
                     traceparent: c.session.trace_parent().copied(),
+                    server: ServerAddress {
+                        host: &target.host,
+                        port: target.port,
+                        database: &target.database,
+                    },
                 },
             );
         }
