@@ -228,7 +228,15 @@ impl Session {
                     return data.len();
                 }
                 Err(e) => {
-                    log::warn!("client {}@{}: {e}; closing", self.user, self.database);
+                    log::warn!(
+                        client:% = crate::observe::log::Field(self.peer),
+                        database = self.database.as_str(),
+                        user = self.user.as_str(),
+                        conn = self.key.pid;
+                        "client {}@{}: {e}; closing",
+                        self.user,
+                        self.database
+                    );
                     self.on_backend_lost(out);
                     return data.len();
                 }

@@ -375,6 +375,8 @@ pub struct Session {
     startup_params: ParamList,
     /// The trace context the client gave at startup, if it gave a valid one.
     trace_parent: Option<crate::observe::trace::TraceParent>,
+    /// The client's address (`None` over a unix socket).
+    peer: Option<core::net::SocketAddr>,
     /// While statements are traced: the unnamed statement's text, and the statement the
     /// last Bind named (`None`: the unnamed one).
     traced_unnamed: Vec<u8>,
@@ -411,6 +413,7 @@ impl Session {
             user: String::new(),
             startup_params: Vec::new(),
             trace_parent: None,
+            peer: None,
             traced_unnamed: Vec::new(),
             traced_bound: None,
             relay: Relay::new(max_message_len),
@@ -431,6 +434,11 @@ impl Session {
             },
             ..Session::new(key, 0)
         }
+    }
+
+    /// Where the client connected from (for log lines).
+    pub fn set_peer(&mut self, peer: core::net::SocketAddr) {
+        self.peer = Some(peer);
     }
 
     /// Marks the session as a unix-socket client's (before any byte of it is read).

@@ -16,6 +16,7 @@ use crate::client::{
     AcquireError, Action, BackendFate, CancelKey, Env, Out, Session, SessionError,
 };
 use crate::observe::events::{Event, EventSink, ServerAddress};
+use crate::observe::log::Field;
 use crate::observe::metrics::{CloseReason, RefuseReason};
 
 /// One client connection.
@@ -145,7 +146,7 @@ impl Engine {
             self.now + self.ctx.login_timeout,
         );
         self.clients.insert(conn);
-        log::debug!("client {pid} connected (slot {slot})");
+        log::debug!(conn = pid; "client connected (slot {slot})");
         Accept::Client(id)
     }
 
@@ -154,6 +155,7 @@ impl Engine {
     pub fn set_client_peer(&mut self, id: ClientId, peer: SocketAddr) {
         if let Some(c) = self.client_mut(id) {
             c.peer = Some(peer);
+            c.session.set_peer(peer);
         }
     }
 
@@ -340,10 +342,11 @@ impl Engine {
         let was_logging_in = std::mem::take(&mut c.logging_in);
         let pool = c.session.pool();
         log::debug!(
-            "client {} logged in as {}@{}",
-            c.session.cancel_key().pid,
-            c.session.user(),
-            c.session.database()
+            client:% = Field(c.peer),
+            database = c.session.database(),
+            user = c.session.user(),
+            conn = c.session.cancel_key().pid;
+            "client logged in"
         );
         if was_logging_in {
             self.ctx.rt.logging_in.fetch_sub(1, Ordering::AcqRel);
@@ -461,7 +464,13 @@ impl Engine {
             return;
         }
         let mut c = self.clients.remove(id.index());
-        log::debug!("client {} closed: {why}", c.session.cancel_key().pid);
+        log::debug!(
+            client:% = Field(c.peer),
+            database = c.session.database(),
+            user = c.session.user(),
+            conn = c.session.cancel_key().pid;
+            "client closed: {why}"
+        );
         if c.session.is_acquiring()
             && let Some(pool) = c.session.pool()
         {
