@@ -662,7 +662,12 @@ fn login_failures_look_alike_with_the_right_sqlstate() {
 
 /// A whole run's log output, at the most verbose level and as JSON lines, holds no password:
 /// neither those clients sent in failed logins (distinctive ones, with every method, plaintext
-/// included, where pglink receives them as they are) nor the configured ones.
+/// included, where pglink receives them as they are) nor the configured ones; and no SQL text
+/// below `trace`. Connection lines carry the client's address, database, user and connection
+/// id, server connection lines the backend's pid.
+/// A query whose text must not appear in logs below trace level.
+const SQL_MARKER: &str = "Zq7-sql-Heron";
+
 #[test]
 fn no_password_appears_in_the_log_output() {
     let pg = PgServer::shared();
@@ -702,6 +707,12 @@ fn no_password_appears_in_the_log_output() {
             c.login(user.name, TEST_DATABASE, user.password.unwrap(), &o)
                 .unwrap_or_else(|e| panic!("{method} {}: {e:?}", user.name));
             assert_eq!(c.query_value("SELECT 1").unwrap().as_deref(), Some("1"));
+            assert_eq!(
+                c.query_value(&format!("SELECT '{SQL_MARKER}'"))
+                    .unwrap()
+                    .as_deref(),
+                Some(SQL_MARKER)
+            );
         }
         let status = Command::new("kill")
             .args(["-TERM", &proxy.pid().to_string()])
@@ -717,10 +728,35 @@ fn no_password_appears_in_the_log_output() {
         let text = fs::read_to_string(&log).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines.len() >= 3, "{method}: hardly any log output: {text}");
-        for line in &lines {
-            let _: serde_json::Value = serde_json::from_str(line)
-                .unwrap_or_else(|e| panic!("{method}: not a JSON line ({e}): {line}"));
+        let records: Vec<serde_json::Value> = lines
+            .iter()
+            .map(|line| {
+                serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("{method}: not a JSON line ({e}): {line}"))
+            })
+            .collect();
+        for (line, record) in lines.iter().zip(&records) {
+            assert!(
+                record["level"] == "trace" || !line.contains(SQL_MARKER),
+                "{method}: SQL text below trace level: {line}"
+            );
         }
+        let logged_in = records
+            .iter()
+            .find(|r| r["msg"] == "client logged in" && r["user"] == SCRAM_USER.name)
+            .unwrap_or_else(|| panic!("{method}: no login line: {text}"));
+        assert_eq!(logged_in["database"], TEST_DATABASE, "{logged_in}");
+        assert!(logged_in["conn"].as_u64().is_some(), "{logged_in}");
+        assert!(
+            logged_in["client"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("127.0.0.1:")),
+            "{logged_in}"
+        );
+        assert!(
+            records.iter().any(|r| r["backend_pid"].as_u64().is_some()),
+            "{method}: no server connection line names its backend pid: {text}"
+        );
         assert!(
             text.contains("pglink_ghost") || text.contains("logged in"),
             "{method}: the log says nothing about the logins, so the test proves nothing: {text}"

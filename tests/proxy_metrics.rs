@@ -156,6 +156,19 @@ fn counters_follow_sessions_and_the_endpoint_stops_with_the_server() {
         4.0
     );
     assert!(s.value(&series("pglink_pool_transaction_duration_seconds_sum")) > 0.0);
+    // And every statement's: the block's three count one each.
+    assert_eq!(
+        s.value(&series("pglink_pool_query_duration_seconds_count")),
+        6.0
+    );
+    assert_eq!(
+        s.value(&with(
+            "pglink_pool_query_duration_seconds_bucket",
+            r#"le="+Inf""#
+        )),
+        6.0
+    );
+    assert!(s.value(&series("pglink_pool_query_duration_seconds_sum")) > 0.0);
     // The login that learnt the server's parameters, then one per transaction.
     let waits = s.value(&series("pglink_pool_acquire_wait_seconds_count"));
     assert_eq!(waits, 5.0);
@@ -193,6 +206,11 @@ fn counters_follow_sessions_and_the_endpoint_stops_with_the_server() {
     assert_eq!(
         s.value(&with("pglink_pool_server_errors_total", r#"class="22""#)),
         2.0
+    );
+    // Failed statements are timed too.
+    assert_eq!(
+        s.value(&series("pglink_pool_query_duration_seconds_count")),
+        9.0
     );
     assert_eq!(
         s.value(&with("pglink_pool_server_errors_total", r#"class="42""#)),

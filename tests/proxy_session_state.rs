@@ -66,6 +66,12 @@ fn pgbench_prepared_over_a_small_pool_without_failures() {
             .backend("pool_max_conns", json!(3))
             .backend("prepared_statement_cache_size", json!(cache))
             .backend("statement_cache_capacity", json!(capacity))
+            // 24 clients queue for 3 connections; on a loaded machine a wait can pass the
+            // default second, and a 53300 would say nothing about prepared statements.
+            .set(
+                &format!("databases.{TEST_DATABASE}.pool_acquire_timeout_milliseconds"),
+                json!(60_000),
+            )
             .start();
         let proxy_port = proxy.port().to_string();
         let seconds = match cache {

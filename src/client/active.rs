@@ -13,6 +13,8 @@ use crate::protocol::frontend::tag as fe;
 impl Session {
     /// Active: everything goes to the held backend, statement messages rewritten.
     pub(super) fn on_active_bytes(&mut self, data: &[u8], out: &mut Out<'_>) -> usize {
+        self.relay.set_now(out.now);
+        let traced = out.events.as_ref().is_some_and(|e| e.wants_statements());
         if let Some(lending) = self.lending_mut() {
             lending.resuming = false;
             if lending.started.is_none() && !data.is_empty() {
@@ -73,10 +75,15 @@ impl Session {
                             state::QueryHandling::Answered => None,
                             state::QueryHandling::Forward => {
                                 self.note_statement_ran();
-                                self.relay
+                                let failed = self
+                                    .relay
                                     .forward_client_message(header, whole, out.to_backend)
                                     .err()
-                                    .map(SessionError::Relay)
+                                    .map(SessionError::Relay);
+                                if traced && failed.is_none() {
+                                    self.statement_started(query_text(whole), false, out);
+                                }
+                                failed
                             }
                         }
                     } else {
@@ -111,6 +118,9 @@ impl Session {
                     {
                         Ok(n) => {
                             pos += n;
+                            if traced && matches!(tag, fe::EXECUTE | fe::FUNCTION_CALL) {
+                                self.execute_started(out);
+                            }
                             None
                         }
                         Err(e) => Some(SessionError::Relay(e)),
@@ -120,6 +130,9 @@ impl Session {
             if let Some(e) = failed {
                 self.fail(e, out);
                 return data.len();
+            }
+            if pos > before && out.events.is_some() {
+                self.client_message(header, out);
             }
             let whole = rest
                 .get(..header.frame_len())
@@ -148,11 +161,13 @@ impl Session {
         if !self.holds_backend() {
             return 0;
         }
+        self.relay.set_now(out.now);
         let mut pos = 0;
         loop {
             let rest = data.get(pos..).unwrap_or_default();
             let result = self.relay.on_backend_data(rest, out.to_client);
             self.count_server_errors(out);
+            self.statements_ended(out);
             self.apply_outcomes(out);
             if !self.holds_backend() {
                 // A failed parameter sync ended the session (and released the backend, whose
@@ -213,7 +228,15 @@ impl Session {
                     return data.len();
                 }
                 Err(e) => {
-                    log::warn!("client {}@{}: {e}; closing", self.user, self.database);
+                    log::warn!(
+                        client:% = crate::observe::log::Field(self.peer),
+                        database = self.database.as_str(),
+                        user = self.user.as_str(),
+                        conn = self.key.pid;
+                        "client {}@{}: {e}; closing",
+                        self.user,
+                        self.database
+                    );
                     self.on_backend_lost(out);
                     return data.len();
                 }

@@ -56,6 +56,7 @@ impl Drain {
     /// rolled back. The messages are appended to `to_server`.
     pub fn reset(mut relay: Relay, to_server: &mut Vec<u8>) -> Result<Drain, RelayError> {
         let needs_cancel = relay.outstanding() > 0;
+        relay.stop_timing();
         let mut cleanup = Vec::new();
         if relay.server_in_copy_in() {
             frontend::copy_fail(&mut cleanup, b"pglink: client disconnected");

@@ -12,6 +12,7 @@
 
 use std::fmt;
 
+use crate::observe::events::ErrorOrigin;
 use crate::observe::metrics::ReactorStats;
 use crate::protocol::framing::FrameError;
 use crate::protocol::{DecodeError, ErrorBuilder, MessageType, Severity, SqlState};
@@ -181,6 +182,26 @@ impl SessionError {
     pub(super) fn unknown_statement(name: &[u8]) -> SessionError {
         SessionError::UnknownStatement {
             name: String::from_utf8_lossy(name).into_owned(),
+        }
+    }
+
+    /// Whether the client broke the protocol (what the flight recorder calls a protocol
+    /// error), or pglink refused or failed something on its own account.
+    pub fn origin(&self) -> ErrorOrigin {
+        match self {
+            SessionError::StartupPacketLength(_)
+            | SessionError::InvalidStartupPacket(_)
+            | SessionError::UnencryptedDataAfterSslRequest
+            | SessionError::DirectTlsWithoutAlpn
+            | SessionError::ExpectedPassword { .. }
+            | SessionError::MalformedAuthMessage
+            | SessionError::Framing(_)
+            | SessionError::InvalidMessage(_)
+            | SessionError::UnexpectedMessage { .. }
+            | SessionError::MessageTooLong { .. }
+            | SessionError::Relay(_)
+            | SessionError::ConsoleProtocol { .. } => ErrorOrigin::Protocol,
+            _ => ErrorOrigin::Proxy,
         }
     }
 

@@ -134,7 +134,9 @@ impl Session {
         error: AcquireError,
         out: &mut Out<'_>,
     ) -> usize {
-        SessionError::NoServer(error).encode(out.to_client, out.stats);
+        let error = SessionError::NoServer(error);
+        self.note_error(&error, out);
+        error.encode(out.to_client, out.stats);
         if matches!(header.tag, fe::QUERY | fe::FUNCTION_CALL) {
             be_msg::ready_for_query(out.to_client, TransactionStatus::Idle);
         } else if let Some(idle) = self.idle_mut() {
@@ -146,6 +148,7 @@ impl Session {
     /// Reports `error` for a message without a backend: the error, then messages are dropped
     /// up to Sync.
     pub(super) fn fail_locally(&mut self, error: SessionError, out: &mut Out<'_>) {
+        self.note_error(&error, out);
         error.encode(out.to_client, out.stats);
         if let Some(idle) = self.idle_mut() {
             idle.skip_to_sync = true;

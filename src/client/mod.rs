@@ -63,12 +63,12 @@ pub use error::{AcquireError, SessionError};
 
 use crate::auth::Rng;
 use crate::engine::id::ServerId;
-use crate::observe::events::{ClientState, Event, EventSink};
+use crate::observe::events::{ClientState, ErrorOrigin, Event, EventSink};
 use crate::observe::metrics::ReactorStats;
-use crate::protocol::TransactionStatus;
 use crate::protocol::backend as be_msg;
 use crate::protocol::framing::Header;
 use crate::protocol::startup::ProtocolVersion;
+use crate::protocol::{FrontendMessage, TransactionStatus};
 use params::Params;
 use relay::Relay;
 use startup::AuthState;
@@ -134,6 +134,16 @@ pub struct Out<'a> {
     pub now: Instant,
     /// Where state changes are recorded.
     pub events: Option<&'a mut dyn EventSink>,
+}
+
+/// SQL text kept for a traced statement is cut at this length.
+const MAX_TRACED_TEXT: usize = 16 * 1024;
+
+/// Records `event` when events are being recorded.
+fn record(out: &mut Out<'_>, event: Event<'_>) {
+    if let Some(events) = out.events.as_deref_mut() {
+        events.record(out.now, event);
+    }
 }
 
 /// The SQL text of a whole Query message (without its NUL).
@@ -365,6 +375,12 @@ pub struct Session {
     startup_params: ParamList,
     /// The trace context the client gave at startup, if it gave a valid one.
     trace_parent: Option<crate::observe::trace::TraceParent>,
+    /// The client's address (`None` over a unix socket).
+    peer: Option<core::net::SocketAddr>,
+    /// While statements are traced: the unnamed statement's text, and the statement the
+    /// last Bind named (`None`: the unnamed one).
+    traced_unnamed: Vec<u8>,
+    traced_bound: Option<Arc<statements::Statement>>,
     /// The relay of the current lending (kept between lendings for its allocations).
     relay: Relay,
     /// The client's named prepared statements.
@@ -397,6 +413,9 @@ impl Session {
             user: String::new(),
             startup_params: Vec::new(),
             trace_parent: None,
+            peer: None,
+            traced_unnamed: Vec::new(),
+            traced_bound: None,
             relay: Relay::new(max_message_len),
             statements: ClientStatements::default(),
             db_context: None,
@@ -415,6 +434,11 @@ impl Session {
             },
             ..Session::new(key, 0)
         }
+    }
+
+    /// Where the client connected from (for log lines).
+    pub fn set_peer(&mut self, peer: core::net::SocketAddr) {
+        self.peer = Some(peer);
     }
 
     /// Marks the session as a unix-socket client's (before any byte of it is read).
@@ -440,7 +464,6 @@ impl Session {
 
     /// The W3C trace context the client gave at startup (`traceparent_startup_parameter`):
     /// the parent of its transactions' spans once pglink exports traces.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub fn trace_parent(&self) -> Option<&crate::observe::trace::TraceParent> {
         self.trace_parent.as_ref()
     }
@@ -583,7 +606,19 @@ impl Session {
                     resuming: true,
                     ..Lending::new(server)
                 };
-                self.set_state(State::Active(lending), out);
+                if let State::Acquiring { since } = self.set_state(State::Active(lending), out) {
+                    record(
+                        out,
+                        Event::Acquired {
+                            pid: self.key.pid,
+                            server,
+                            pool: self
+                                .pool
+                                .map_or(u32::MAX, |p| u32::try_from(p).unwrap_or(u32::MAX)),
+                            waited: out.now.saturating_duration_since(since),
+                        },
+                    );
+                }
                 if !settings_match {
                     self.sync_backend(out);
                 }
@@ -658,6 +693,7 @@ impl Session {
     fn end_fatal(&mut self, error: SessionError, out: &mut Out<'_>) {
         if !self.is_closed() {
             // Mid-way through a server message the client cannot be sent an error.
+            self.note_error(&error, out);
             if !self.relay.backend_mid_message() || !self.holds_backend() {
                 error.encode(out.to_client, out.stats);
             }
@@ -705,15 +741,117 @@ impl Session {
         let kind = state.kind();
         let old = std::mem::replace(&mut self.state, state);
         if old.kind() != kind {
-            let event = Event::Client {
-                pid: self.key.pid,
-                state: kind,
-            };
-            if let Some(events) = out.events.as_deref_mut() {
-                events.record(out.now, event);
-            }
+            record(
+                out,
+                Event::Client {
+                    pid: self.key.pid,
+                    state: kind,
+                },
+            );
         }
         old
+    }
+
+    /// Records a client message that went to the server or was answered.
+    fn client_message(&self, header: Header, out: &mut Out<'_>) {
+        record(
+            out,
+            Event::ClientMessage {
+                pid: self.key.pid,
+                tag: header.tag,
+                len: u32::try_from(header.frame_len()).unwrap_or(u32::MAX),
+            },
+        );
+    }
+
+    /// Records a client statement sent to the server, with its SQL `text`.
+    fn statement_started(&self, text: &[u8], extended: bool, out: &mut Out<'_>) {
+        if let Some(server) = self.server() {
+            let text = text.get(..MAX_TRACED_TEXT).unwrap_or(text);
+            record(
+                out,
+                Event::StatementStarted {
+                    pid: self.key.pid,
+                    server,
+                    text,
+                    extended,
+                },
+            );
+        }
+    }
+
+    /// An Execute (or FunctionCall) went to the server: records it with the text of the
+    /// statement last bound.
+    fn execute_started(&self, out: &mut Out<'_>) {
+        let text = match &self.traced_bound {
+            Some(statement) => &statement.query[..],
+            None => &self.traced_unnamed[..],
+        };
+        self.statement_started(text, true, out);
+    }
+
+    /// Keeps what an Execute will run, for its [`Event::StatementStarted`]: the unnamed
+    /// statement's text from its Parse, the statement a Bind names.
+    fn trace_statement_text(&mut self, msg: &FrontendMessage<'_>) {
+        match msg {
+            FrontendMessage::Parse(p) if p.name.is_empty() => {
+                let text = p.query.get(..MAX_TRACED_TEXT).unwrap_or(p.query);
+                self.traced_unnamed.clear();
+                self.traced_unnamed.extend_from_slice(text);
+            }
+            FrontendMessage::Bind(b) => {
+                self.traced_bound = self
+                    .statements
+                    .get(b.statement)
+                    .map(|c| c.statement.clone());
+            }
+            _ => {}
+        }
+    }
+
+    /// Records an error pglink answers the client with.
+    fn note_error(&self, error: &SessionError, out: &mut Out<'_>) {
+        record(
+            out,
+            Event::Error {
+                pid: Some(self.key.pid),
+                server: self.server(),
+                origin: error.origin(),
+                sqlstate: error.sqlstate(),
+            },
+        );
+    }
+
+    /// Times the client statements whose answers ended, and records them.
+    fn statements_ended(&mut self, out: &mut Out<'_>) {
+        if !self.relay.has_statements() {
+            return;
+        }
+        let stats = self.pool.and_then(|p| out.stats.pool(p));
+        let pool = self
+            .pool
+            .map_or(u32::MAX, |p| u32::try_from(p).unwrap_or(u32::MAX));
+        let (pid, server) = (self.key.pid, self.server());
+        for done in self.relay.take_statements() {
+            if let Some(p) = stats {
+                p.query_time
+                    .observe(out.now.saturating_duration_since(done.started));
+            }
+            if let (Some(events), Some(server)) = (out.events.as_deref_mut(), server) {
+                events.record(
+                    out.now,
+                    Event::StatementEnded {
+                        pid,
+                        server,
+                        pool,
+                        started: done.started,
+                        end: done.end,
+                        tag: done.tag.as_bytes(),
+                        sqlstate: done.sqlstate,
+                    },
+                );
+            }
+        }
     }
 
     /// The lending, while a backend is held.
@@ -759,17 +897,40 @@ impl Session {
                     .observe(out.now.saturating_duration_since(started));
             }
         }
+        if let (Some(started), Some(server), Some(pool)) = (started, self.server(), self.pool) {
+            record(
+                out,
+                Event::TransactionEnded {
+                    pid: self.key.pid,
+                    server,
+                    pool: u32::try_from(pool).unwrap_or(u32::MAX),
+                    started,
+                },
+            );
+        }
     }
 
     /// Counts the ErrorResponses the server just sent, by SQLSTATE class.
     fn count_server_errors(&mut self, out: &mut Out<'_>) {
         let stats = self.pool.and_then(|p| out.stats.pool(p));
+        let (pid, server) = (self.key.pid, self.server());
         for code in self.relay.take_server_errors() {
             if let Some(c) = stats.and_then(|p| {
                 p.server_errors
                     .get(crate::observe::metrics::sqlstate_class_index(code))
             }) {
                 c.inc();
+            }
+            if let Some(events) = out.events.as_deref_mut() {
+                events.record(
+                    out.now,
+                    Event::Error {
+                        pid: Some(pid),
+                        server,
+                        origin: ErrorOrigin::Server,
+                        sqlstate: code,
+                    },
+                );
             }
         }
     }
@@ -786,6 +947,7 @@ impl Session {
         if self.is_closed() {
             return;
         }
+        self.note_error(error, out);
         error.encode(out.to_client, out.stats);
         if let Some(server) = self.server() {
             out.actions.push(held(server));

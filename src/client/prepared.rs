@@ -82,6 +82,9 @@ impl Session {
             Ok(m) => m,
             Err(e) => return Handled::Invalid(SessionError::InvalidMessage(e)),
         };
+        if out.events.as_ref().is_some_and(|e| e.wants_statements()) {
+            self.trace_statement_text(&msg);
+        }
         // While the server skips to Sync after an error, a Parse of the unnamed statement
         // is skipped and does not replace it: it goes through as it is, to be skipped too.
         let cached = self.caches_unnamed();
@@ -502,6 +505,7 @@ impl Session {
     /// server fails a Bind in its place, skipping to Sync as it would for a real error.
     fn fail_batch(&mut self, error: &SessionError, out: &mut Out<'_>) {
         let mut bytes = Vec::new();
+        self.note_error(error, out);
         error.encode(&mut bytes, out.stats);
         frontend::bind(out.to_backend, b"", NO_SUCH_STATEMENT, &[], [], &[]);
         self.relay.push_failing(Expect::Bind, bytes.into());

@@ -27,13 +27,15 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::statements::{ClientStatement, Statement};
 
+use crate::observe::events::StatementEnd;
 use crate::protocol::backend::tag as be;
 use crate::protocol::framing::{FrameError, Header, peek_header};
 use crate::protocol::frontend::tag as fe;
-use crate::protocol::{ErrorFields, MessageType, Severity, TransactionStatus};
+use crate::protocol::{ErrorFields, MessageType, Severity, SqlState, TransactionStatus};
 
 /// Client messages the relay will queue before it stops reading from the client.
 pub const MAX_PIPELINE: usize = 4096;
@@ -145,12 +147,6 @@ pub struct ServerReset {
 }
 
 impl ServerReset {
-    /// CommandComplete frame lengths that may be a reset: the only ones whose tag is read.
-    const FRAME_LENS: [usize; 2] = [
-        Header::SIZE + b"DISCARD ALL\0".len(),
-        Header::SIZE + b"DEALLOCATE ALL\0".len(),
-    ];
-
     /// `Some(discard_all)` if a CommandComplete body is one of the two tags.
     fn from_tag(body: &[u8]) -> Option<bool> {
         match body {
@@ -170,6 +166,59 @@ struct Entry {
     effect: Effect,
     /// A local entry's answer, or the error that replaces the server's.
     bytes: Option<Arc<[u8]>>,
+    /// A client statement (Query, FunctionCall, Execute): when it was sent.
+    sent: Option<Instant>,
+}
+
+/// A CommandComplete tag ("SELECT 1", "INSERT 0 5"), kept inline; longer ones (none of
+/// PostgreSQL's) are cut.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct CommandTag {
+    bytes: [u8; CommandTag::MAX],
+    len: u8,
+}
+
+impl CommandTag {
+    const MAX: usize = 46;
+    /// The longest CommandComplete frame whose tag is read.
+    const MAX_FRAME: usize = Header::SIZE + CommandTag::MAX + 1;
+
+    pub const EMPTY: CommandTag = CommandTag {
+        bytes: [0; CommandTag::MAX],
+        len: 0,
+    };
+
+    fn new(tag: &[u8]) -> CommandTag {
+        let tag = tag.strip_suffix(&[0]).unwrap_or(tag);
+        let mut bytes = [0; CommandTag::MAX];
+        let len = bytes.iter_mut().zip(tag).map(|(b, t)| *b = *t).count();
+        CommandTag {
+            bytes,
+            len: len as u8,
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        self.bytes.get(..usize::from(self.len)).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for CommandTag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+/// A client statement whose answer ended (see [`Relay::take_statements`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatementDone {
+    /// When the server began on it: when it was sent, or when the statement before it
+    /// ended, whichever is later.
+    pub started: Instant,
+    pub end: StatementEnd,
+    /// The (last) CommandComplete's tag; empty for other ends.
+    pub tag: CommandTag,
+    pub sqlstate: Option<SqlState>,
 }
 
 /// Why the relay cannot go on. The backend is not reusable after any of these.
@@ -290,6 +339,16 @@ pub struct Relay {
     skipping_to_sync: bool,
     /// Requests recorded so far, over all lendings (see [`Relay::pushed`]).
     pushed: u64,
+    /// The time of the current call, from the session (see [`Relay::set_now`]).
+    now: Option<Instant>,
+    /// When the last client statement ended in this lending.
+    last_end: Option<Instant>,
+    /// The last CommandComplete tag of the statement at the head.
+    head_tag: CommandTag,
+    /// The SQLSTATE of an ErrorResponse not yet pinned on a statement.
+    error_code: Option<SqlState>,
+    /// Client statements ended since the last `take_statements`.
+    statements: Vec<StatementDone>,
 }
 
 impl Relay {
@@ -313,7 +372,52 @@ impl Relay {
             batch_replayable: false,
             stale: None,
             pushed: 0,
+            now: None,
+            last_end: None,
+            head_tag: CommandTag::EMPTY,
+            error_code: None,
+            statements: Vec::new(),
         }
+    }
+
+    /// The time of the call about to be made: client statements are timed with it.
+    pub fn set_now(&mut self, now: Instant) {
+        self.now = Some(now);
+    }
+
+    /// Stops timing client statements (the relay now cleans up after a client that left).
+    pub fn stop_timing(&mut self) {
+        self.now = None;
+        self.statements.clear();
+    }
+
+    /// Client statements whose answers ended since the last call, in order.
+    pub fn take_statements(&mut self) -> std::vec::Drain<'_, StatementDone> {
+        self.statements.drain(..)
+    }
+
+    pub fn has_statements(&self) -> bool {
+        !self.statements.is_empty()
+    }
+
+    /// Notes the end of a client statement sent at `sent`.
+    fn statement_ended(&mut self, sent: Instant, end: StatementEnd, sqlstate: Option<SqlState>) {
+        let Some(now) = self.now else {
+            return;
+        };
+        let started = self.last_end.map_or(sent, |last| last.max(sent)).min(now);
+        self.last_end = Some(now);
+        let tag = std::mem::replace(&mut self.head_tag, CommandTag::EMPTY);
+        self.statements.push(StatementDone {
+            started,
+            end,
+            tag: if end == StatementEnd::Completed {
+                tag
+            } else {
+                CommandTag::EMPTY
+            },
+            sqlstate,
+        });
     }
 
     /// Resets for a new lending (keeps the queue's allocation).
@@ -332,6 +436,10 @@ impl Relay {
         self.skipping_to_sync = false;
         self.batch_replayable = false;
         self.stale = None;
+        self.last_end = None;
+        self.head_tag = CommandTag::EMPTY;
+        self.error_code = None;
+        self.statements.clear();
     }
 
     /// How many requests were recorded before now, over all lendings (never reset): a
@@ -395,6 +503,21 @@ impl Relay {
             route,
             effect,
             bytes: None,
+            sent: None,
+        });
+    }
+
+    /// Records a client statement (Query, FunctionCall, Execute) the caller sent; it is
+    /// reported by [`take_statements`](Self::take_statements) when its answer ends.
+    fn push_statement(&mut self, expect: Expect) {
+        self.push_entry(Entry {
+            seq: 0,
+            expect,
+            route: Route::Forward,
+            effect: Effect::None,
+            bytes: None,
+            // Timed only once the session gives the relay its clock.
+            sent: self.now,
         });
     }
 
@@ -407,6 +530,7 @@ impl Relay {
             route: Route::ReplaceError,
             effect: Effect::None,
             bytes: Some(error),
+            sent: None,
         });
     }
 
@@ -438,6 +562,7 @@ impl Relay {
             route: Route::Forward,
             effect,
             bytes: Some(answer.into()),
+            sent: None,
         });
     }
 
@@ -466,6 +591,9 @@ impl Relay {
         if self.skipping_to_sync {
             if entry.expect != Expect::Sync {
                 // The server ignores it (and pglink drops its own answers the same way).
+                if let Some(sent) = entry.sent {
+                    self.statement_ended(sent, StatementEnd::Skipped, None);
+                }
                 if !matches!(entry.effect, Effect::None) {
                     self.outcomes.push(Outcome::Failed(entry.effect));
                 }
@@ -590,7 +718,7 @@ impl Relay {
         let route = Route::Forward;
         let effect = Effect::None;
         match tag {
-            fe::QUERY | fe::FUNCTION_CALL => self.push(Expect::Cycle, route, effect.clone()),
+            fe::QUERY | fe::FUNCTION_CALL => self.push_statement(Expect::Cycle),
             fe::PARSE => self.push(Expect::Parse, route, effect.clone()),
             fe::BIND => self.push(Expect::Bind, route, effect.clone()),
             fe::DESCRIBE => match first_body_byte {
@@ -603,7 +731,7 @@ impl Relay {
                     });
                 }
             },
-            fe::EXECUTE => self.push(Expect::Execute, route, effect.clone()),
+            fe::EXECUTE => self.push_statement(Expect::Execute),
             fe::CLOSE => self.push(Expect::Close, route, effect.clone()),
             // The server ignores Sync during COPY IN: no ReadyForQuery will answer it.
             fe::SYNC if self.server_copy_in => {}
@@ -695,12 +823,16 @@ impl Relay {
                     pos += frame_len;
                     self.settle_head(to_client);
                 }
-                // Read whole only when it could be DISCARD ALL or DEALLOCATE ALL.
-                be::COMMAND_COMPLETE if ServerReset::FRAME_LENS.contains(&frame_len) => {
+                // Tags are short: read whole (a longer one is passed through in pieces).
+                be::COMMAND_COMPLETE if frame_len <= CommandTag::MAX_FRAME => {
                     let Some(msg) = whole else {
                         return Ok((pos, BackendStop::NeedMore));
                     };
                     let seq = self.queue.front().map_or(0, |e| e.seq);
+                    if self.queue.front().is_some_and(|e| e.sent.is_some()) {
+                        self.head_tag =
+                            CommandTag::new(msg.get(Header::SIZE..).unwrap_or_default());
+                    }
                     let route = self.on_streamed_message(tag)?;
                     if route == Route::Forward {
                         to_client.extend_from_slice(msg);
@@ -781,6 +913,7 @@ impl Relay {
                         .is_some_and(Severity::ends_session);
                     if let Some(code) = fields.and_then(|f| f.sqlstate()) {
                         self.server_errors.push(code);
+                        self.error_code = Some(code);
                     }
                     if let Some(statement) = self.stale_plan(fields) {
                         if self.replayable() {
@@ -809,7 +942,7 @@ impl Relay {
                     if fatal {
                         return Ok((pos, BackendStop::Fatal));
                     }
-                    self.on_error();
+                    self.on_error(true);
                     self.settle_head(to_client);
                 }
                 be::PARAMETER_STATUS => {
@@ -911,7 +1044,9 @@ impl Relay {
     pub fn abandon_batch(&mut self) {
         // Replayed once: the replay is not replayed again.
         self.batch_replayable = false;
-        self.on_error();
+        // Its statements run again: they end then, not now.
+        self.error_code = None;
+        self.on_error(false);
         if let Some(sync) = self.queue.front_mut()
             && sync.expect == Expect::Sync
         {
@@ -932,7 +1067,7 @@ impl Relay {
         if let Some(statement) = stale {
             self.outcomes.push(Outcome::StalePlan(statement));
         }
-        self.on_error();
+        self.on_error(true);
         self.settle_head(to_client);
     }
 
@@ -985,6 +1120,15 @@ impl Relay {
         let Some(entry) = self.queue.pop_front() else {
             return Route::Forward;
         };
+        if let Some(sent) = entry.sent {
+            let code = self.error_code.take().filter(|_| self.cycle_failed);
+            let end = if self.cycle_failed {
+                StatementEnd::Failed
+            } else {
+                StatementEnd::Completed
+            };
+            self.statement_ended(sent, end, code);
+        }
         if std::mem::take(&mut self.cycle_failed) {
             self.captured.clear();
             let error = self.sync_error.take();
@@ -1097,7 +1241,11 @@ impl Relay {
     /// ReadyForQuery. An extended-protocol error makes the server discard every message up to
     /// the next Sync, simple Queries included (PostgreSQL's `ignore_till_sync`): those
     /// requests never happen, and pglink's own answers among them are dropped too.
-    fn on_error(&mut self) {
+    ///
+    /// The error's SQLSTATE is pinned on the first client statement it ends (the failed
+    /// Query or Execute, or the Execute whose Parse or Bind failed); the statements skipped
+    /// after it are reported skipped, unless `record` is false (the batch is replayed).
+    fn on_error(&mut self, record: bool) {
         self.server_copy_in = false;
         self.capture.clear();
         if self
@@ -1106,15 +1254,28 @@ impl Relay {
             .is_some_and(|e| matches!(e.expect, Expect::Cycle | Expect::Sync))
         {
             self.cycle_failed = self.queue.front().map(|e| e.expect) == Some(Expect::Cycle);
+            if !self.cycle_failed {
+                self.error_code = None;
+            }
             return;
         }
         while self.queue.front().is_some_and(|e| e.expect != Expect::Sync) {
-            if let Some(entry) = self.queue.pop_front()
-                && !matches!(entry.effect, Effect::None)
-            {
+            let Some(entry) = self.queue.pop_front() else {
+                break;
+            };
+            if let Some(sent) = entry.sent.filter(|_| record) {
+                let code = self.error_code.take();
+                let end = match code {
+                    Some(_) => StatementEnd::Failed,
+                    None => StatementEnd::Skipped,
+                };
+                self.statement_ended(sent, end, code);
+            }
+            if !matches!(entry.effect, Effect::None) {
                 self.outcomes.push(Outcome::Failed(entry.effect));
             }
         }
+        self.error_code = None;
         // No Sync sent yet: whatever is sent before one is discarded too.
         self.skipping_to_sync = self.queue.is_empty();
     }

@@ -108,6 +108,10 @@ impl Session {
             .map(String::from_utf8_lossy)
             .unwrap_or_default();
         log::info!(
+            client:% = crate::observe::log::Field(self.peer),
+            database = self.database.as_str(),
+            user = self.user.as_str(),
+            conn = self.key.pid;
             "client {}@{}: its session settings could not be applied ({message}); closing",
             self.user,
             self.database
@@ -185,6 +189,10 @@ impl Session {
     fn pin(&mut self, reason: PinReason, out: &mut Out<'_>) {
         if self.pinned.is_none() {
             log::info!(
+                client:% = crate::observe::log::Field(self.peer),
+                database = self.database.as_str(),
+                user = self.user.as_str(),
+                conn = self.key.pid;
                 "client {}@{} pinned to its server connection: it used {reason}",
                 self.user,
                 self.database
@@ -292,6 +300,7 @@ impl Session {
     /// block is aborted as PostgreSQL would abort it.
     fn fail_query(&mut self, error: SessionError, held: bool, out: &mut Out<'_>) {
         let mut answer = Vec::with_capacity(64);
+        self.note_error(&error, out);
         error.encode(&mut answer, out.stats);
         if held {
             frontend::query(out.to_backend, FAILING_QUERY);

@@ -2467,7 +2467,7 @@ fn a_backend_whose_settings_are_in_doubt_is_not_reused_after_its_client_leaves()
 
 #[test]
 fn state_changes_are_recorded_as_events_with_the_engines_clock() {
-    use crate::observe::events::{ClientState as S, OwnedEvent};
+    use crate::observe::events::OwnedEvent;
     use std::time::Duration;
     let ms = Duration::from_millis;
     let mut h = Harness::new(AuthMethod::Scram, ClientTls::Optional);
@@ -2490,29 +2490,71 @@ fn state_changes_are_recorded_as_events_with_the_engines_clock() {
     assert_eq!(h.session.server(), None);
     h.now = t0 + ms(9);
     assert!(h.call(|s, out| s.detach(out)).is_none());
-    let walk: Vec<(Duration, S)> = h
+    let walk: Vec<(Duration, String)> = h
         .events
         .0
         .iter()
-        .map(|(at, event)| match event {
-            OwnedEvent::Client { pid, state } => {
-                assert_eq!(*pid, 42);
-                (at.duration_since(t0), *state)
-            }
-            other => panic!("{other:?}"),
+        .map(|(at, event)| {
+            let what = match event {
+                OwnedEvent::Client { pid: 42, state } => format!("{state:?}"),
+                OwnedEvent::Acquired {
+                    pid: 42,
+                    server,
+                    pool: 0,
+                    waited,
+                } if *server == server_id() => format!("acquired after {waited:?}"),
+                OwnedEvent::ClientMessage { pid: 42, tag, len } => {
+                    format!("message {} of {len}", char::from(*tag))
+                }
+                OwnedEvent::StatementStarted {
+                    pid: 42,
+                    text,
+                    extended: false,
+                    ..
+                } => format!("started {}", String::from_utf8_lossy(text)),
+                OwnedEvent::StatementEnded {
+                    pid: 42,
+                    started,
+                    end,
+                    tag,
+                    sqlstate: None,
+                    ..
+                } => format!(
+                    "{end:?} {} since {:?}",
+                    String::from_utf8_lossy(tag),
+                    started.duration_since(t0)
+                ),
+                OwnedEvent::TransactionEnded {
+                    pid: 42, started, ..
+                } => {
+                    format!("transaction since {:?}", started.duration_since(t0))
+                }
+                other => panic!("{other:?}"),
+            };
+            (at.duration_since(t0), what)
         })
         .collect();
+    let expected = [
+        (0, "Authenticating"),
+        (0, "Idle"),
+        (5, "Acquiring"),
+        (7, "Active"),
+        (7, "acquired after 2ms"),
+        (7, "started SELECT 1"),
+        (7, "message Q of 14"),
+        (8, "Completed SELECT 1 since 7ms"),
+        (8, "transaction since 7ms"),
+        (8, "Idle"),
+        (9, "Closed"),
+    ];
     assert_eq!(
         walk,
-        vec![
-            (ms(0), S::Authenticating),
-            (ms(0), S::Idle),
-            (ms(5), S::Acquiring),
-            (ms(7), S::Active),
-            (ms(8), S::Idle),
-            (ms(9), S::Closed),
-        ],
-        "one event per change of state (SASL's steps are one state)"
+        expected
+            .iter()
+            .map(|(at, what)| (ms(*at), what.to_string()))
+            .collect::<Vec<_>>(),
+        "one event per change of state (SASL's steps are one state), with the wait, the \
+         message, the statement and the transaction"
     );
 }
 

@@ -1,6 +1,7 @@
 //! Client connections in the engine: accepting (or refusing), feeding input to the session
 //! and carrying out the actions it emits, flow control, timeouts, closing.
 
+use core::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -14,7 +15,8 @@ use crate::client::users::{DbId, PoolId};
 use crate::client::{
     AcquireError, Action, BackendFate, CancelKey, Env, Out, Session, SessionError,
 };
-use crate::observe::events::EventSink;
+use crate::observe::events::{Event, EventSink, ServerAddress};
+use crate::observe::log::Field;
 use crate::observe::metrics::{CloseReason, RefuseReason};
 
 /// One client connection.
@@ -41,6 +43,8 @@ pub(super) struct ClientConn {
     /// session ends when it gives that back (marked by `handle_reload`, so the end of every
     /// transaction need not look the pool up).
     pub removed: bool,
+    /// The client's address (`None` over a unix socket, or until the driver says).
+    pub peer: Option<SocketAddr>,
 }
 
 impl ClientConn {
@@ -133,6 +137,7 @@ impl Engine {
             flush_queued: false,
             tls_direct: false,
             removed: false,
+            peer: None,
         };
         self.timers.client(
             &mut conn.deadlines,
@@ -141,8 +146,17 @@ impl Engine {
             self.now + self.ctx.login_timeout,
         );
         self.clients.insert(conn);
-        log::debug!("client {pid} connected (slot {slot})");
+        log::debug!(conn = pid; "client connected (slot {slot})");
         Accept::Client(id)
+    }
+
+    /// The driver tells where a client it accepted over TCP came from (for events and
+    /// traces).
+    pub fn set_client_peer(&mut self, id: ClientId, peer: SocketAddr) {
+        if let Some(c) = self.client_mut(id) {
+            c.peer = Some(peer);
+            c.session.set_peer(peer);
+        }
     }
 
     fn reject(&self, error: &SessionError) -> Accept {
@@ -328,10 +342,11 @@ impl Engine {
         let was_logging_in = std::mem::take(&mut c.logging_in);
         let pool = c.session.pool();
         log::debug!(
-            "client {} logged in as {}@{}",
-            c.session.cancel_key().pid,
-            c.session.user(),
-            c.session.database()
+            client:% = Field(c.peer),
+            database = c.session.database(),
+            user = c.session.user(),
+            conn = c.session.cancel_key().pid;
+            "client logged in"
         );
         if was_logging_in {
             self.ctx.rt.logging_in.fetch_sub(1, Ordering::AcqRel);
@@ -339,6 +354,33 @@ impl Engine {
         if let Some(p) = pool.and_then(|p| self.stats.pool(p)) {
             p.logins.inc();
             p.clients.inc();
+        }
+        let target = pool
+            .and_then(|p| self.ctx.pools.get(p))
+            .and_then(|p| self.ctx.databases.get(p.db))
+            .map(|d| &d.target);
+        if let (Some(events), Some(pool), Some(c), Some(target)) = (
+            self.events.as_deref_mut(),
+            pool,
+            self.clients.get(id.index()),
+            target,
+        ) {
+            events.record(
+                self.now,
+                Event::LoggedIn {
+                    pid: c.session.cancel_key().pid,
+                    pool: u32::try_from(pool).unwrap_or(u32::MAX),
+                    database: c.session.database(),
+                    user: c.session.user(),
+                    peer: c.peer,
+                    traceparent: c.session.trace_parent().copied(),
+                    server: ServerAddress {
+                        host: &target.host,
+                        port: target.port,
+                        database: &target.database,
+                    },
+                },
+            );
         }
     }
 
@@ -422,7 +464,13 @@ impl Engine {
             return;
         }
         let mut c = self.clients.remove(id.index());
-        log::debug!("client {} closed: {why}", c.session.cancel_key().pid);
+        log::debug!(
+            client:% = Field(c.peer),
+            database = c.session.database(),
+            user = c.session.user(),
+            conn = c.session.cancel_key().pid;
+            "client closed: {why}"
+        );
         if c.session.is_acquiring()
             && let Some(pool) = c.session.pool()
         {

@@ -443,7 +443,12 @@ impl Engine {
             shard.connecting = shard.connecting.saturating_sub(1);
             shard.login_succeeded();
         }
-        log::debug!("server connection {} for pool {pool} logged in", id.index());
+        log::debug!(
+            database = s.target.database.as_str(),
+            backend_pid = s.server_key.as_ref().map(|k| k.0);
+            "server connection {} for pool {pool} logged in",
+            id.index()
+        );
         self.server_available(id);
         // After failures it was the only attempt: clients that waited behind it need more.
         self.grow(pool);
@@ -627,7 +632,14 @@ impl Engine {
         };
         match s.state {
             State::Lent(c) => {
-                log::warn!("server connection {} lost while lent: {error}", id.index());
+                let client = self.client(c).map(|c| c.session.cancel_key().pid);
+                log::warn!(
+                    conn = client,
+                    database = s.target.database.as_str(),
+                    backend_pid = s.server_key.as_ref().map(|k| k.0);
+                    "server connection {} lost while lent: {error}",
+                    id.index()
+                );
                 self.close_server(id, CloseReason::ServerClosed, &error.to_string());
                 self.with_session(c, |s, _, out| s.on_backend_lost(out));
             }
@@ -732,7 +744,12 @@ impl Engine {
         else {
             return;
         };
-        log::debug!("server connection {} closed: {why}", id.index());
+        log::debug!(
+            database = s.target.database.as_str(),
+            backend_pid = s.server_key.as_ref().map(|k| k.0);
+            "server connection {} closed: {why}",
+            id.index()
+        );
         if matches!(s.state, State::Idle) {
             frontend::terminate(bufs.get(&mut s.output));
         }

@@ -15,7 +15,7 @@
 //! while the client lives), a server connection by its [`ServerId`] within the reactor that
 //! records the event (sinks are per reactor).
 
-use std::net::SocketAddr;
+use core::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::engine::id::ServerId;
@@ -77,6 +77,16 @@ pub enum StatementEnd {
     Skipped,
 }
 
+/// Where a pool's server connections go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerAddress<'a> {
+    /// A host name, an IP address, or a unix socket's directory.
+    pub host: &'a str,
+    pub port: u16,
+    /// The database on the server.
+    pub database: &'a str,
+}
+
 /// One thing that happened. `'a` borrows from the engine's buffers for the duration of the
 /// [`EventSink::record`] call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +101,8 @@ pub enum Event<'a> {
         state: ServerState,
     },
     /// A client logged in to pool `pool`. `peer`: its address (`None` over a unix socket);
-    /// `traceparent`: the W3C trace context it passed as a startup parameter, if valid.
+    /// `traceparent`: the W3C trace context it passed as a startup parameter, if valid;
+    /// `server`: the pool's PostgreSQL server (host or socket directory, port, database).
     LoggedIn {
         pid: u32,
         pool: u32,
@@ -99,6 +110,7 @@ pub enum Event<'a> {
         user: &'a str,
         peer: Option<SocketAddr>,
         traceparent: Option<crate::observe::trace::TraceParent>,
+        server: ServerAddress<'a>,
     },
     /// A client got server connection `server` after waiting `waited` for it (zero when one
     /// was idle). Its transaction starts here.
@@ -205,6 +217,8 @@ pub enum OwnedEvent {
         user: String,
         peer: Option<SocketAddr>,
         traceparent: Option<crate::observe::trace::TraceParent>,
+        /// Host, port and database of the server.
+        server: (String, u16, String),
     },
     Acquired {
         pid: u32,
@@ -266,6 +280,7 @@ impl From<Event<'_>> for OwnedEvent {
                 user,
                 peer,
                 traceparent,
+                server,
             } => OwnedEvent::LoggedIn {
                 pid,
                 pool,
@@ -273,6 +288,11 @@ impl From<Event<'_>> for OwnedEvent {
                 user: user.to_owned(),
                 peer,
                 traceparent,
+                server: (
+                    server.host.to_owned(),
+                    server.port,
+                    server.database.to_owned(),
+                ),
             },
             Event::Acquired {
                 pid,

@@ -4,12 +4,31 @@
 //! optionally followed by per-target overrides: `PGLINK_LOG=info,rustls=debug`. Records are
 //! formatted into one buffer and written with a single `write_all`, so lines from different
 //! threads never interleave.
+//!
+//! A record's key-values (`log::info!(client:% = addr, user = name; "...")`) become fields of
+//! a JSON line, and `key=value` after the message of a text line; empty values are left out.
+//! Connection lines carry `client` (the client's address), `database`, `user`, `conn` (the
+//! client's connection id, its BackendKeyData pid) and `backend_pid` (the PostgreSQL
+//! backend's) where they apply. Nothing logs a secret, nor SQL text below `trace`.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use log::kv::{Key, Value, VisitSource, VisitValue};
 use log::{Level, LevelFilter, Log, Metadata, Record};
+
+/// An optional value as a log field: left out when absent.
+pub struct Field<T>(pub Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for Field<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => Ok(()),
+        }
+    }
+}
 
 /// Output format of log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +141,12 @@ fn format_record(format: Format, now: SystemTime, record: &Record<'_>) -> String
                 short_target(record.target()),
                 record.args()
             );
+            line.pop();
+            let _ = record.key_values().visit(&mut Fields {
+                line: &mut line,
+                format,
+            });
+            line.push('\n');
         }
         Format::Json => {
             let _ = write!(
@@ -132,10 +157,82 @@ fn format_record(format: Format, now: SystemTime, record: &Record<'_>) -> String
             push_json_string(&mut line, record.target());
             line.push_str(",\"msg\":");
             push_json_string(&mut line, &record.args().to_string());
+            let _ = record.key_values().visit(&mut Fields {
+                line: &mut line,
+                format,
+            });
             line.push_str("}\n");
         }
     }
     line
+}
+
+/// A field's value: numbers stay numbers in JSON.
+enum Rendered {
+    Null,
+    Number(String),
+    Text(String),
+}
+
+impl<'v> VisitValue<'v> for &mut Rendered {
+    fn visit_any(&mut self, value: Value<'_>) -> Result<(), log::kv::Error> {
+        **self = Rendered::Text(value.to_string());
+        Ok(())
+    }
+
+    fn visit_null(&mut self) -> Result<(), log::kv::Error> {
+        **self = Rendered::Null;
+        Ok(())
+    }
+
+    fn visit_u64(&mut self, value: u64) -> Result<(), log::kv::Error> {
+        **self = Rendered::Number(value.to_string());
+        Ok(())
+    }
+
+    fn visit_i64(&mut self, value: i64) -> Result<(), log::kv::Error> {
+        **self = Rendered::Number(value.to_string());
+        Ok(())
+    }
+}
+
+/// Appends a record's key-values to its line.
+struct Fields<'a> {
+    line: &'a mut String,
+    format: Format,
+}
+
+impl<'kvs> VisitSource<'kvs> for Fields<'_> {
+    fn visit_pair(&mut self, key: Key<'kvs>, value: Value<'kvs>) -> Result<(), log::kv::Error> {
+        let mut rendered = Rendered::Null;
+        value.visit(&mut rendered)?;
+        let (text, number) = match rendered {
+            Rendered::Null => return Ok(()),
+            Rendered::Text(t) if t.is_empty() => return Ok(()),
+            Rendered::Text(t) => (t, None),
+            Rendered::Number(n) => (n.clone(), Some(n)),
+        };
+        match self.format {
+            Format::Json => {
+                self.line.push(',');
+                push_json_string(self.line, key.as_str());
+                self.line.push(':');
+                match number {
+                    Some(n) => self.line.push_str(&n),
+                    None => push_json_string(self.line, &text),
+                }
+            }
+            Format::Text => {
+                let quote = text.contains(|c: char| c.is_whitespace() || c == '"' || c == '=');
+                let _ = if quote {
+                    write!(self.line, " {key}={text:?}")
+                } else {
+                    write!(self.line, " {key}={text}")
+                };
+            }
+        }
+        Ok(())
+    }
 }
 
 fn short_target(target: &str) -> &str {
@@ -247,6 +344,38 @@ mod tests {
         assert_eq!(f.max(), LevelFilter::Trace);
         assert!(Filter::parse("verbose").is_err());
         assert_eq!(Filter::parse("").unwrap().level_for("x"), LevelFilter::Info);
+    }
+
+    #[test]
+    fn key_values_become_fields() {
+        let peer: std::net::SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let none: Option<u32> = None;
+        let kvs: [(&str, Value<'_>); 6] = [
+            ("client", Value::from_display(&peer)),
+            ("database", Value::from("app")),
+            ("user", Value::from("al ice")),
+            ("conn", Value::from(42u32)),
+            ("backend_pid", log::kv::ToValue::to_value(&none)),
+            ("empty", Value::from("")),
+        ];
+        let record = Record::builder()
+            .level(Level::Info)
+            .target("pglink::engine")
+            .args(format_args!("logged in"))
+            .key_values(&kvs)
+            .build();
+        let line = format_record(Format::Json, UNIX_EPOCH, &record);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["client"], "127.0.0.1:5000");
+        assert_eq!(v["database"], "app");
+        assert_eq!(v["conn"], 42);
+        assert!(v.get("backend_pid").is_none(), "absent values are left out");
+        assert!(v.get("empty").is_none(), "empty values are left out");
+        assert_eq!(
+            format_record(Format::Text, UNIX_EPOCH, &record),
+            "1970-01-01T00:00:00.000Z INFO  engine: logged in client=127.0.0.1:5000 \
+             database=app user=\"al ice\" conn=42\n"
+        );
     }
 
     #[test]

@@ -357,6 +357,9 @@ pub struct PoolStats {
     /// Transactions (and statements outside one) from the first message on a server
     /// connection to the end.
     pub transaction_time: Histogram<{ TRANSACTION_BOUNDS_US.len() }>,
+    /// Client statements (a simple Query, an Execute), from when the server began on one to
+    /// the end of its answer.
+    pub query_time: Histogram<{ TRANSACTION_BOUNDS_US.len() }>,
     /// ErrorResponses the servers sent this pool's clients, by [`sqlstate_class_index`]
     /// (the last slot: classes PostgreSQL does not define).
     pub server_errors: [Counter; SQLSTATE_CLASSES.len() + 1],
@@ -379,6 +382,7 @@ impl Default for PoolStats {
             acquire_timeouts: Counter::default(),
             acquire_wait: Histogram::new(&ACQUIRE_WAIT_BOUNDS_US),
             transaction_time: Histogram::new(&TRANSACTION_BOUNDS_US),
+            query_time: Histogram::new(&TRANSACTION_BOUNDS_US),
             server_errors: std::array::from_fn(|_| Counter::default()),
             connect_attempts: Counter::default(),
             connect_failures: Counter::default(),

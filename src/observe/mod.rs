@@ -8,6 +8,8 @@ pub mod flight;
 pub(crate) mod http;
 pub mod log;
 pub(crate) mod metrics;
+#[cfg(feature = "otel")]
+pub mod otlp;
 #[cfg(feature = "metrics")]
 pub(crate) mod prometheus;
 pub mod trace;

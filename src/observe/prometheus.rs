@@ -132,6 +132,13 @@ pub const POOL_TRANSACTION_TIME: Meta = meta(
     "Transactions (and statements outside one) on a server connection, from the first \
      message sent to the end.",
 );
+pub const POOL_QUERY_TIME: Meta = meta(
+    "pglink_pool_query_duration_seconds",
+    HISTOGRAM,
+    POOL,
+    "Client statements (a simple Query or an extended-protocol Execute) on a server \
+     connection, from when the server began on one to the end of its answer.",
+);
 pub const POOL_SERVER_ERRORS: Meta = meta(
     "pglink_pool_server_errors_total",
     COUNTER,
@@ -283,6 +290,7 @@ pub const METRICS: &[&Meta] = &[
     &POOL_ACQUIRE_TIMEOUTS,
     &POOL_ACQUIRE_WAIT,
     &POOL_TRANSACTION_TIME,
+    &POOL_QUERY_TIME,
     &POOL_SERVER_ERRORS,
     &POOL_CONNECT_ATTEMPTS,
     &POOL_CONNECT_FAILURES,
@@ -398,6 +406,7 @@ fn families(shared: &Shared) -> Vec<MetricFamily> {
         f.histogram(&POOL_TRANSACTION_TIME, &labels, stats, |p| {
             &p.transaction_time
         });
+        f.histogram(&POOL_QUERY_TIME, &labels, stats, |p| &p.query_time);
         for (i, class) in SQLSTATE_CLASSES.iter().chain(&["other"]).enumerate() {
             let n = count(&|p| slot(&p.server_errors, i));
             if n > 0 {

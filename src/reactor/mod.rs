@@ -447,6 +447,9 @@ impl Reactor {
             }
             Accept::Client(id) => {
                 sock.set_nodelay();
+                if let Peer::Tcp(addr) = &peer {
+                    self.engine.set_client_peer(id, *addr);
+                }
                 log::debug!("client {peer} connected as {id:?}");
                 let socket = Socket::new(Stream::plain(sock), id.generation(), peer);
                 self.register(Conn::Client(id), socket);

@@ -24,6 +24,7 @@
 pub mod certs;
 pub mod cluster;
 pub mod drivers;
+pub mod otlp;
 pub mod pg;
 pub mod process;
 pub mod proxy;

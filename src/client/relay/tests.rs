@@ -767,3 +767,127 @@ fn requests_sent_after_an_error_but_before_sync_expect_nothing() {
     assert_eq!(out, rfq(b'I'));
     assert!(r.is_idle());
 }
+
+// ---- statements timed and reported ---------------------------------------------------------
+
+/// What `take_statements` reported, as (started, end, tag, SQLSTATE) with times in ms
+/// since `t0`.
+fn statements(relay: &mut Relay, t0: Instant) -> Vec<(u64, StatementEnd, String, Option<String>)> {
+    relay
+        .take_statements()
+        .map(|s| {
+            (
+                s.started.duration_since(t0).as_millis() as u64,
+                s.end,
+                String::from_utf8_lossy(s.tag.as_bytes()).into_owned(),
+                s.sqlstate.map(|c| c.to_string()),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn simple_queries_are_timed_from_when_the_server_began_on_them() {
+    use std::time::Duration;
+    let t0 = Instant::now();
+    let ms = |n| t0 + Duration::from_millis(n);
+    let mut relay = Relay::new(MAX);
+    relay.set_now(ms(1));
+    client(
+        &mut relay,
+        &cat(&[query("SELECT 1"), query("SELECT 2; SELECT 3")]),
+    );
+    relay.set_now(ms(4));
+    let mut out = Vec::new();
+    backend(
+        &mut relay,
+        &cat(&[row_desc(), data_row(), complete("SELECT 1"), rfq(b'I')]),
+        &mut out,
+    );
+    // The second Query began when the first ended, not when it was sent.
+    relay.set_now(ms(9));
+    let second = [complete("SELECT 1"), complete("SELECT 7"), rfq(b'I')].concat();
+    assert_eq!(backend(&mut relay, &second, &mut out).1, BackendStop::Idle);
+    use StatementEnd::*;
+    assert_eq!(
+        statements(&mut relay, t0),
+        vec![
+            (1, Completed, "SELECT 1".into(), None),
+            // A Query of several statements is one, with the last tag.
+            (4, Completed, "SELECT 7".into(), None),
+        ]
+    );
+    // A failed Query carries its SQLSTATE, not a tag.
+    relay.set_now(ms(10));
+    client(&mut relay, &query("SELEC"));
+    relay.set_now(ms(12));
+    backend(&mut relay, &cat(&[error("ERROR"), rfq(b'I')]), &mut out);
+    assert_eq!(
+        statements(&mut relay, t0),
+        vec![(10, Failed, String::new(), Some("42601".into()))]
+    );
+}
+
+#[test]
+fn an_extended_error_fails_its_execute_and_skips_the_rest_of_the_batch() {
+    use std::time::Duration;
+    let t0 = Instant::now();
+    let ms = |n| t0 + Duration::from_millis(n);
+    let mut relay = Relay::new(MAX);
+    relay.set_now(ms(0));
+    let batch = |relay: &mut Relay| {
+        client(
+            relay,
+            &cat(&[
+                parse(),
+                bind(),
+                execute(),
+                bind(),
+                execute(),
+                bind(),
+                execute(),
+                sync(),
+            ]),
+        )
+    };
+    batch(&mut relay);
+    let mut out = Vec::new();
+    relay.set_now(ms(3));
+    let answers = [
+        msg(b'1', b""),
+        msg(b'2', b""),
+        complete("INSERT 0 1"),
+        msg(b'2', b""),
+        error("ERROR"),
+        rfq(b'I'),
+    ]
+    .concat();
+    assert_eq!(backend(&mut relay, &answers, &mut out).1, BackendStop::Idle);
+    use StatementEnd::*;
+    assert_eq!(
+        statements(&mut relay, t0),
+        vec![
+            (0, Completed, "INSERT 0 1".into(), None),
+            (3, Failed, String::new(), Some("42601".into())),
+            (3, Skipped, String::new(), None),
+        ]
+    );
+    // A failed Parse fails the batch's first Execute: the statement the client ran.
+    relay.set_now(ms(5));
+    batch(&mut relay);
+    relay.set_now(ms(6));
+    backend(&mut relay, &cat(&[error("ERROR"), rfq(b'I')]), &mut out);
+    assert_eq!(
+        statements(&mut relay, t0),
+        vec![
+            (5, Failed, String::new(), Some("42601".into())),
+            (6, Skipped, String::new(), None),
+            (6, Skipped, String::new(), None),
+        ]
+    );
+    // Without the session's clock nothing is timed (the relay cleaning up after a client).
+    relay.stop_timing();
+    batch(&mut relay);
+    backend(&mut relay, &answers, &mut out);
+    assert!(!relay.has_statements());
+}

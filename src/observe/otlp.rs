@@ -1,0 +1,838 @@
+//! OTLP span export: finished spans go from the reactor threads into a bounded queue, and one
+//! exporter thread sends them in batches to an OpenTelemetry collector over gRPC or
+//! HTTP/protobuf (plain text: this build has no TLS for OTLP).
+//!
+//! The engine turns its events into [`SpanRecord`]s; this module owns the way out:
+//!
+//! ```ignore
+//! let (exporter, thread) = Exporter::start(ExporterConfig::from_config(&otel_config))?;
+//! exporter.submit(span);               // any thread; never blocks
+//! thread.shutdown(Duration::from_secs(2)); // flushes what is queued, bounded by the deadline
+//! ```
+//!
+//! Why it is built this way:
+//! - **`submit` never blocks.** The queue is a bounded channel; when it is full (a slow or dead
+//!   collector), the span is dropped and counted in [`ExportStats::dropped`]. Memory is bounded
+//!   by `queue_capacity` spans in the queue plus one batch being sent.
+//! - **One current-thread tokio runtime** on the exporter thread drives both transports: tonic
+//!   for gRPC and hyper for HTTP. Everything the thread waits on is a future, so a hung export
+//!   is abandoned at its timeout or at the shutdown deadline, whichever comes first.
+//! - **Lost spans are counted, never retried forever.** A batch that fails or times out (the
+//!   exporter's own retries included) is counted in [`ExportStats::failed`]. After `shutdown`,
+//!   `exported + dropped + failed` is every span submitted.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::task::Poll;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use opentelemetry::trace::{
+    self as otel_trace, SpanContext, SpanId, Status, TraceFlags, TraceId, TraceState,
+};
+use opentelemetry::{InstrumentationScope, Key, KeyValue, Value};
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::config::{OpenTelemetryConfig, OtlpProtocol};
+
+/// The environment variable consulted when `opentelemetry.otlp_endpoint` is not set.
+pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+/// The OTLP default collector endpoint for gRPC.
+pub const DEFAULT_GRPC_ENDPOINT: &str = "http://localhost:4317";
+/// The OTLP default collector endpoint for HTTP (the traces path is appended).
+pub const DEFAULT_HTTP_ENDPOINT: &str = "http://localhost:4318";
+/// The path of the traces resource of an OTLP/HTTP collector.
+pub const HTTP_TRACES_PATH: &str = "/v1/traces";
+
+/// One finished span, as the engine hands it over.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpanRecord {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_span_id: Option<[u8; 8]>,
+    /// The parent came from another process (a client's `traceparent`).
+    pub parent_is_remote: bool,
+    pub name: String,
+    pub kind: SpanKind,
+    pub start: SystemTime,
+    pub end: SystemTime,
+    pub attributes: Vec<(&'static str, AttrValue)>,
+    pub events: Vec<SpanEventRecord>,
+    pub status: SpanStatus,
+    /// The W3C sampled flag carried in the exported span's flags. Sampling itself is the
+    /// caller's decision: every submitted span is sent.
+    pub sampled: bool,
+}
+
+/// The span kinds pglink produces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpanKind {
+    /// Work done for a client (a transaction, a statement).
+    Server,
+    /// Work pglink asks of a backend.
+    Client,
+    Internal,
+}
+
+/// An attribute value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttrValue {
+    Str(String),
+    Int(i64),
+    Bool(bool),
+    F64(f64),
+}
+
+impl From<String> for AttrValue {
+    fn from(v: String) -> Self {
+        AttrValue::Str(v)
+    }
+}
+impl From<&str> for AttrValue {
+    fn from(v: &str) -> Self {
+        AttrValue::Str(v.to_owned())
+    }
+}
+impl From<i64> for AttrValue {
+    fn from(v: i64) -> Self {
+        AttrValue::Int(v)
+    }
+}
+impl From<bool> for AttrValue {
+    fn from(v: bool) -> Self {
+        AttrValue::Bool(v)
+    }
+}
+impl From<f64> for AttrValue {
+    fn from(v: f64) -> Self {
+        AttrValue::F64(v)
+    }
+}
+
+/// A timestamped event inside a span (e.g. `pool.wait` with its duration).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpanEventRecord {
+    pub name: String,
+    pub time: SystemTime,
+    pub attributes: Vec<(&'static str, AttrValue)>,
+}
+
+/// A span's status.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum SpanStatus {
+    #[default]
+    Unset,
+    Ok,
+    /// Failed, with a description.
+    Error(String),
+}
+
+/// What the exporter thread needs; [`ExporterConfig::from_config`] fills it from the config
+/// file and the environment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExporterConfig {
+    /// `otlp_endpoint`, else `OTEL_EXPORTER_OTLP_ENDPOINT`; `None`: the OTLP default.
+    pub endpoint: Option<String>,
+    pub protocol: OtlpProtocol,
+    pub service_name: String,
+    /// Spans waiting to be sent; beyond it, `submit` drops.
+    pub queue_capacity: usize,
+    /// The most spans in one export request.
+    pub max_batch: usize,
+    /// How long the first span of a batch waits for more before the batch is sent.
+    pub batch_delay: Duration,
+    /// The most one export request may take, retries included.
+    pub export_timeout: Duration,
+}
+
+impl ExporterConfig {
+    pub const DEFAULT_QUEUE_CAPACITY: usize = 4096;
+    pub const DEFAULT_MAX_BATCH: usize = 512;
+    pub const DEFAULT_BATCH_DELAY: Duration = Duration::from_secs(1);
+    pub const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// The exporter settings of `opentelemetry`; the endpoint falls back to
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` from the environment.
+    pub fn from_config(config: &OpenTelemetryConfig) -> Self {
+        Self::from_config_and_env(config, std::env::var(OTEL_EXPORTER_OTLP_ENDPOINT).ok())
+    }
+
+    /// [`Self::from_config`] with the environment variable's value given.
+    pub fn from_config_and_env(config: &OpenTelemetryConfig, env_endpoint: Option<String>) -> Self {
+        let non_empty = |s: &String| !s.trim().is_empty();
+        ExporterConfig {
+            endpoint: config
+                .otlp_endpoint
+                .clone()
+                .filter(non_empty)
+                .or(env_endpoint.filter(non_empty)),
+            protocol: config.otlp_protocol,
+            service_name: config.service_name.clone(),
+            queue_capacity: Self::DEFAULT_QUEUE_CAPACITY,
+            max_batch: Self::DEFAULT_MAX_BATCH,
+            batch_delay: Self::DEFAULT_BATCH_DELAY,
+            export_timeout: Self::DEFAULT_EXPORT_TIMEOUT,
+        }
+    }
+
+    /// The URL the exporter sends to: see [`resolve_endpoint`].
+    pub fn resolved_endpoint(&self) -> Result<String, ExportError> {
+        resolve_endpoint(self.endpoint.as_deref(), self.protocol)
+    }
+}
+
+/// The collector URL for `endpoint` (`None`: the OTLP default of `protocol`).
+///
+/// Only `http://` URLs are accepted: an `https://` one is an error, since this build has no
+/// TLS for OTLP and must not send plain text where TLS was asked for. For HTTP, the endpoint
+/// is a base URL, as `OTEL_EXPORTER_OTLP_ENDPOINT` means, and `/v1/traces` is appended to its
+/// path, unless the path already ends in `/v1/traces`. For gRPC the URL is used as given.
+pub fn resolve_endpoint(
+    endpoint: Option<&str>,
+    protocol: OtlpProtocol,
+) -> Result<String, ExportError> {
+    let given = match (endpoint, protocol) {
+        (Some(e), _) => e.trim(),
+        (None, OtlpProtocol::Grpc) => DEFAULT_GRPC_ENDPOINT,
+        (None, OtlpProtocol::Http) => DEFAULT_HTTP_ENDPOINT,
+    };
+    let invalid = |reason: String| ExportError::InvalidEndpoint {
+        endpoint: given.to_owned(),
+        reason,
+    };
+    let uri: http::Uri = given
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| invalid(e.to_string()))?;
+    match uri.scheme_str() {
+        Some(s) if s.eq_ignore_ascii_case("http") => {}
+        Some(s) if s.eq_ignore_ascii_case("https") => {
+            return Err(ExportError::TlsUnsupported {
+                endpoint: given.to_owned(),
+            });
+        }
+        Some(s) => {
+            return Err(invalid(format!(
+                "unsupported scheme `{s}`, expected http://"
+            )));
+        }
+        None => return Err(invalid("no scheme: expected http://host:port".into())),
+    }
+    let Some(authority) = uri.authority() else {
+        return Err(invalid("no host".into()));
+    };
+    if authority.host().is_empty() {
+        return Err(invalid("no host".into()));
+    }
+    // `http` accepts any digits as a port; only 0 to 65535 can be one.
+    let text = authority.as_str();
+    let after_host = text
+        .rfind(']')
+        .and_then(|i| text.get(i + 1..))
+        .unwrap_or(text);
+    if after_host.contains(':') && authority.port_u16().is_none() {
+        return Err(invalid("the port is not a number from 0 to 65535".into()));
+    }
+    match protocol {
+        OtlpProtocol::Grpc => Ok(given.to_owned()),
+        OtlpProtocol::Http => {
+            let path = uri.path().trim_end_matches('/');
+            let query = uri.query().map_or(String::new(), |q| format!("?{q}"));
+            let path = if path.ends_with(HTTP_TRACES_PATH) {
+                path.to_owned()
+            } else {
+                format!("{path}{HTTP_TRACES_PATH}")
+            };
+            Ok(format!("http://{authority}{path}{query}"))
+        }
+    }
+}
+
+/// Why the exporter could not start.
+#[derive(Debug)]
+pub enum ExportError {
+    /// The endpoint is not a usable `http://` URL.
+    InvalidEndpoint { endpoint: String, reason: String },
+    /// An `https://` endpoint: this build has no TLS for OTLP.
+    TlsUnsupported { endpoint: String },
+    /// The OTLP exporter refused its configuration.
+    Build(String),
+    /// The exporter thread or its runtime could not be started.
+    Thread(std::io::Error),
+}
+
+impl fmt::Display for ExportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExportError::InvalidEndpoint { endpoint, reason } => {
+                write!(f, "invalid OTLP endpoint `{endpoint}`: {reason}")
+            }
+            ExportError::TlsUnsupported { endpoint } => write!(
+                f,
+                "OTLP endpoint `{endpoint}` uses https, but this build exports OTLP without TLS: \
+                 use an http:// endpoint (e.g. a local collector)"
+            ),
+            ExportError::Build(e) => write!(f, "cannot build the OTLP exporter: {e}"),
+            ExportError::Thread(e) => write!(f, "cannot start the OTLP exporter thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ExportError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ExportError::Thread(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Counters of the export path, readable from any thread.
+#[derive(Debug, Default)]
+pub struct ExportStats {
+    exported: AtomicU64,
+    dropped: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl ExportStats {
+    /// Spans the collector accepted.
+    pub fn exported(&self) -> u64 {
+        self.exported.load(Ordering::Relaxed)
+    }
+    /// Spans `submit` dropped: the queue was full, or the exporter had stopped.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+    /// Spans lost in export: the request failed or timed out, or the shutdown deadline came
+    /// before they were sent.
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+    fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// The sending side: cheap to clone, one per reactor thread.
+#[derive(Clone, Debug)]
+pub struct Exporter {
+    queue: mpsc::Sender<SpanRecord>,
+    stats: Arc<ExportStats>,
+}
+
+/// The exporter thread; [`ExporterThread::shutdown`] flushes and stops it.
+#[derive(Debug)]
+pub struct ExporterThread {
+    shutdown: oneshot::Sender<Instant>,
+    done: std_mpsc::Receiver<()>,
+    handle: JoinHandle<()>,
+    stats: Arc<ExportStats>,
+}
+
+impl Exporter {
+    /// Checks the endpoint, builds the OTLP exporter and starts its thread.
+    pub fn start(config: ExporterConfig) -> Result<(Exporter, ExporterThread), ExportError> {
+        let endpoint = config.resolved_endpoint()?;
+        let (queue, spans) = mpsc::channel(config.queue_capacity.max(1));
+        let (shutdown, shutdown_rx) = oneshot::channel();
+        let (ready_tx, ready_rx) = std_mpsc::channel();
+        let (done_tx, done) = std_mpsc::channel();
+        let stats = Arc::new(ExportStats::default());
+        let worker_stats = Arc::clone(&stats);
+        let handle = std::thread::Builder::new()
+            .name("otlp-export".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .enable_io()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(ExportError::Thread(e)));
+                        return;
+                    }
+                };
+                // tonic's lazy channel spawns its worker: build inside the runtime.
+                let built = runtime.block_on(async { build_exporter(&config, &endpoint) });
+                match built {
+                    Ok(exporter) => {
+                        let _ = ready_tx.send(Ok(()));
+                        let worker = Worker {
+                            spans,
+                            shutdown: Some(shutdown_rx),
+                            deadline: None,
+                            exporter,
+                            stats: worker_stats,
+                            scope: instrumentation_scope(),
+                            config,
+                        };
+                        runtime.block_on(worker.run());
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+                // Connection tasks and DNS lookups still pending are abandoned, not awaited.
+                runtime.shutdown_background();
+                let _ = done_tx.send(());
+            })
+            .map_err(ExportError::Thread)?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = handle.join();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = handle.join();
+                return Err(ExportError::Build(
+                    "the exporter thread ended while starting".into(),
+                ));
+            }
+        }
+        Ok((
+            Exporter {
+                queue,
+                stats: Arc::clone(&stats),
+            },
+            ExporterThread {
+                shutdown,
+                done,
+                handle,
+                stats,
+            },
+        ))
+    }
+
+    /// Queues a span for export; never blocks. A full queue drops the span (counted).
+    pub fn submit(&self, span: SpanRecord) {
+        if self.queue.try_send(span).is_err() {
+            ExportStats::add(&self.stats.dropped, 1);
+        }
+    }
+
+    pub fn stats(&self) -> &ExportStats {
+        &self.stats
+    }
+}
+
+impl ExporterThread {
+    pub fn stats(&self) -> &ExportStats {
+        &self.stats
+    }
+
+    /// Stops accepting spans, sends what is queued, and joins the thread, all within
+    /// `deadline`: spans still unsent then are counted as failed. If the thread does not
+    /// finish in time (it can only overrun by a moment), it is left to end on its own.
+    pub fn shutdown(self, deadline: Duration) {
+        let start = std::time::Instant::now();
+        // The thread stops sending a little before the caller's deadline, so that it has
+        // counted what it gave up on and ended by then.
+        let margin = (deadline / 10).min(Duration::from_millis(50));
+        let _ = self.shutdown.send(Instant::now() + (deadline - margin));
+        let remaining = deadline.saturating_sub(start.elapsed());
+        match self.done.recv_timeout(remaining) {
+            Ok(()) | Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = self.handle.join();
+            }
+            Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                log::warn!("OTLP exporter did not stop within {deadline:?}; leaving it to finish");
+            }
+        }
+    }
+}
+
+fn build_exporter(
+    config: &ExporterConfig,
+    endpoint: &str,
+) -> Result<opentelemetry_otlp::SpanExporter, ExportError> {
+    let built = match config.protocol {
+        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_protocol(Protocol::Grpc)
+            .with_endpoint(endpoint)
+            .with_timeout(config.export_timeout)
+            .build(),
+        OtlpProtocol::Http => opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .with_endpoint(endpoint)
+            .with_timeout(config.export_timeout)
+            .build(),
+    };
+    let mut exporter = built.map_err(|e| ExportError::Build(e.to_string()))?;
+    let resource = Resource::builder()
+        .with_service_name(config.service_name.clone())
+        .build();
+    exporter.set_resource(&resource);
+    Ok(exporter)
+}
+
+fn instrumentation_scope() -> InstrumentationScope {
+    InstrumentationScope::builder("pglink")
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build()
+}
+
+/// What woke the batching loop.
+enum Wake {
+    Span(SpanRecord),
+    /// Every [`Exporter`] is gone.
+    Closed,
+    Shutdown,
+    BatchDue,
+}
+
+/// The exporter thread's state, run on its current-thread runtime.
+struct Worker {
+    spans: mpsc::Receiver<SpanRecord>,
+    /// Taken once the shutdown request (or the loss of its sender) has been seen.
+    shutdown: Option<oneshot::Receiver<Instant>>,
+    /// Set by shutdown: nothing is sent after it.
+    deadline: Option<Instant>,
+    exporter: opentelemetry_otlp::SpanExporter,
+    stats: Arc<ExportStats>,
+    scope: InstrumentationScope,
+    config: ExporterConfig,
+}
+
+impl Worker {
+    async fn run(mut self) {
+        let max_batch = self.config.max_batch.max(1);
+        let mut batch = Vec::new();
+        let mut due: Option<Instant> = None;
+        loop {
+            match self.next(due).await {
+                Wake::Span(span) => {
+                    if batch.is_empty() {
+                        due = Some(Instant::now() + self.config.batch_delay);
+                    }
+                    batch.push(to_span_data(span, &self.scope));
+                    if batch.len() >= max_batch {
+                        self.export(std::mem::take(&mut batch)).await;
+                        due = None;
+                    }
+                }
+                Wake::BatchDue => {
+                    self.export(std::mem::take(&mut batch)).await;
+                    due = None;
+                }
+                Wake::Closed | Wake::Shutdown => break,
+            }
+        }
+        // Flush: what is batched, then what is queued, until the deadline.
+        self.spans.close();
+        loop {
+            while batch.len() < max_batch {
+                match self.spans.try_recv() {
+                    Ok(span) => batch.push(to_span_data(span, &self.scope)),
+                    Err(_) => break,
+                }
+            }
+            if batch.is_empty() {
+                break;
+            }
+            if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                ExportStats::add(&self.stats.failed, batch.len());
+                batch.clear();
+                continue;
+            }
+            self.export(std::mem::take(&mut batch)).await;
+        }
+    }
+
+    /// Waits for a span, the shutdown request, or the batch's due time.
+    async fn next(&mut self, due: Option<Instant>) -> Wake {
+        let mut timer = pin!(tokio::time::sleep_until(
+            due.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
+        ));
+        poll_fn(|cx| {
+            // Shutdown may have been asked for while a batch was being sent.
+            if self.deadline.is_some() {
+                return Poll::Ready(Wake::Shutdown);
+            }
+            if let Some(shutdown) = self.shutdown.as_mut()
+                && let Poll::Ready(request) = Pin::new(shutdown).poll(cx)
+            {
+                self.shutdown = None;
+                // A dropped ExporterThread means stop now, with nothing more to wait for.
+                self.deadline = Some(request.unwrap_or_else(|_| Instant::now()));
+                return Poll::Ready(Wake::Shutdown);
+            }
+            match self.spans.poll_recv(cx) {
+                Poll::Ready(Some(span)) => return Poll::Ready(Wake::Span(span)),
+                Poll::Ready(None) => return Poll::Ready(Wake::Closed),
+                Poll::Pending => {}
+            }
+            if due.is_some() && timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::BatchDue);
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Sends one batch, bounded by the export timeout and the shutdown deadline (which may
+    /// arrive while the request is in flight); `None` when the time ran out.
+    async fn send(&mut self, batch: Vec<SpanData>) -> Option<OTelSdkResult> {
+        let timeout = Instant::now() + self.config.export_timeout;
+        let limit = self.deadline.map_or(timeout, |d| d.min(timeout));
+        let Worker {
+            exporter,
+            shutdown,
+            deadline,
+            ..
+        } = self;
+        let mut request = pin!(exporter.export(batch));
+        let mut timer = pin!(tokio::time::sleep_until(limit));
+        poll_fn(|cx| {
+            if let Poll::Ready(result) = request.as_mut().poll(cx) {
+                return Poll::Ready(Some(result));
+            }
+            if let Some(rx) = shutdown.as_mut()
+                && let Poll::Ready(request) = Pin::new(rx).poll(cx)
+            {
+                *shutdown = None;
+                let d = request.unwrap_or_else(|_| Instant::now());
+                *deadline = Some(d);
+                if d < timer.deadline() {
+                    timer.as_mut().reset(d);
+                }
+            }
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Sends one batch and counts the result.
+    async fn export(&mut self, batch: Vec<SpanData>) {
+        let n = batch.len();
+        if n == 0 {
+            return;
+        }
+        match self.send(batch).await {
+            Some(Ok(())) => ExportStats::add(&self.stats.exported, n),
+            Some(Err(e)) => {
+                log::debug!("OTLP export of {n} spans failed: {e}");
+                ExportStats::add(&self.stats.failed, n);
+            }
+            None => {
+                log::debug!("OTLP export of {n} spans timed out");
+                ExportStats::add(&self.stats.failed, n);
+            }
+        }
+    }
+}
+
+/// The SDK's span data for `span`.
+fn to_span_data(span: SpanRecord, scope: &InstrumentationScope) -> SpanData {
+    let flags = if span.sampled {
+        TraceFlags::SAMPLED
+    } else {
+        TraceFlags::default()
+    };
+    let mut events = SpanEvents::default();
+    events.events = span
+        .events
+        .into_iter()
+        .map(|e| otel_trace::Event::new(e.name, e.time, key_values(e.attributes), 0))
+        .collect();
+    SpanData {
+        span_context: SpanContext::new(
+            TraceId::from_bytes(span.trace_id),
+            SpanId::from_bytes(span.span_id),
+            flags,
+            false,
+            TraceState::NONE,
+        ),
+        parent_span_id: span
+            .parent_span_id
+            .map_or(SpanId::INVALID, SpanId::from_bytes),
+        parent_span_is_remote: span.parent_span_id.is_some() && span.parent_is_remote,
+        span_kind: match span.kind {
+            SpanKind::Server => otel_trace::SpanKind::Server,
+            SpanKind::Client => otel_trace::SpanKind::Client,
+            SpanKind::Internal => otel_trace::SpanKind::Internal,
+        },
+        name: Cow::Owned(span.name),
+        start_time: span.start,
+        end_time: span.end.max(span.start),
+        attributes: key_values(span.attributes),
+        dropped_attributes_count: 0,
+        events,
+        links: SpanLinks::default(),
+        status: match span.status {
+            SpanStatus::Unset => Status::Unset,
+            SpanStatus::Ok => Status::Ok,
+            SpanStatus::Error(description) => Status::error(description),
+        },
+        instrumentation_scope: scope.clone(),
+    }
+}
+
+fn key_values(attributes: Vec<(&'static str, AttrValue)>) -> Vec<KeyValue> {
+    attributes
+        .into_iter()
+        .map(|(key, value)| {
+            let value = match value {
+                AttrValue::Str(s) => Value::from(s),
+                AttrValue::Int(i) => Value::I64(i),
+                AttrValue::Bool(b) => Value::Bool(b),
+                AttrValue::F64(f) => Value::F64(f),
+            };
+            KeyValue::new(Key::from_static_str(key), value)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn otel(endpoint: Option<&str>, protocol: OtlpProtocol) -> OpenTelemetryConfig {
+        let mut c: OpenTelemetryConfig = serde_json::from_str("{}").unwrap();
+        c.otlp_endpoint = endpoint.map(str::to_owned);
+        c.otlp_protocol = protocol;
+        c
+    }
+
+    #[test]
+    fn endpoint_comes_from_config_then_env_then_default() {
+        let env = Some("http://env:4317".to_owned());
+        let c = ExporterConfig::from_config_and_env(
+            &otel(Some("http://conf:4317"), OtlpProtocol::Grpc),
+            env.clone(),
+        );
+        assert_eq!(c.endpoint.as_deref(), Some("http://conf:4317"));
+        let c = ExporterConfig::from_config_and_env(&otel(None, OtlpProtocol::Grpc), env.clone());
+        assert_eq!(c.endpoint.as_deref(), Some("http://env:4317"));
+        let c = ExporterConfig::from_config_and_env(&otel(Some(""), OtlpProtocol::Grpc), env);
+        assert_eq!(c.endpoint.as_deref(), Some("http://env:4317"));
+        let c =
+            ExporterConfig::from_config_and_env(&otel(None, OtlpProtocol::Http), Some(" ".into()));
+        assert_eq!(c.endpoint, None);
+        assert_eq!(
+            c.resolved_endpoint().unwrap(),
+            "http://localhost:4318/v1/traces"
+        );
+        let c = ExporterConfig::from_config_and_env(&otel(None, OtlpProtocol::Grpc), None);
+        assert_eq!(c.resolved_endpoint().unwrap(), "http://localhost:4317");
+        assert_eq!(c.service_name, "pglink");
+        assert_eq!(c.queue_capacity, 4096);
+        assert_eq!(c.max_batch, 512);
+    }
+
+    #[test]
+    fn http_endpoint_gets_the_traces_path_once() {
+        let http = |e| resolve_endpoint(Some(e), OtlpProtocol::Http).unwrap();
+        assert_eq!(
+            http("http://collector:4318"),
+            "http://collector:4318/v1/traces"
+        );
+        assert_eq!(
+            http("http://collector:4318/"),
+            "http://collector:4318/v1/traces"
+        );
+        assert_eq!(http("http://c:4318/otlp"), "http://c:4318/otlp/v1/traces");
+        assert_eq!(http("http://c:4318/otlp/"), "http://c:4318/otlp/v1/traces");
+        assert_eq!(http("http://c:4318/v1/traces"), "http://c:4318/v1/traces");
+        assert_eq!(
+            http("http://c:4318/x/v1/traces/"),
+            "http://c:4318/x/v1/traces"
+        );
+        assert_eq!(http("http://c:4318/p?k=v"), "http://c:4318/p/v1/traces?k=v");
+        assert_eq!(http("HTTP://c:4318"), "http://c:4318/v1/traces");
+        // A path that merely starts like it is a base path.
+        assert_eq!(http("http://c/v1/tracesx"), "http://c/v1/tracesx/v1/traces");
+    }
+
+    #[test]
+    fn grpc_endpoint_is_used_as_given() {
+        let grpc = |e| resolve_endpoint(Some(e), OtlpProtocol::Grpc).unwrap();
+        assert_eq!(grpc("http://collector:4317"), "http://collector:4317");
+        assert_eq!(grpc("http://127.0.0.1:4317/"), "http://127.0.0.1:4317/");
+        assert_eq!(grpc("http://[::1]:4317"), "http://[::1]:4317");
+    }
+
+    #[test]
+    fn https_and_invalid_endpoints_are_errors() {
+        for protocol in [OtlpProtocol::Grpc, OtlpProtocol::Http] {
+            let err = resolve_endpoint(Some("https://collector:4317"), protocol).unwrap_err();
+            assert!(matches!(err, ExportError::TlsUnsupported { .. }), "{err}");
+            assert!(err.to_string().contains("without TLS"), "{err}");
+            for bad in [
+                "collector:4317",
+                "ftp://c:1",
+                "http://",
+                "http://a b:1",
+                "",
+                "http://c:99999",
+            ] {
+                let err = resolve_endpoint(Some(bad), protocol).unwrap_err();
+                assert!(
+                    matches!(err, ExportError::InvalidEndpoint { .. }),
+                    "{bad}: {err}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn start_refuses_https_before_any_thread() {
+        let mut c = ExporterConfig::from_config_and_env(
+            &otel(Some("https://c:4318"), OtlpProtocol::Http),
+            None,
+        );
+        c.queue_capacity = 1;
+        assert!(matches!(
+            Exporter::start(c),
+            Err(ExportError::TlsUnsupported { .. })
+        ));
+    }
+
+    #[test]
+    fn span_record_converts_to_span_data() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let span = SpanRecord {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            parent_span_id: Some([3; 8]),
+            parent_is_remote: true,
+            name: "transaction".into(),
+            kind: SpanKind::Server,
+            start: t0,
+            end: t0 - Duration::from_secs(1), // a clock step back: clamped
+            attributes: vec![("db.system", "postgresql".into()), ("n", 7i64.into())],
+            events: vec![SpanEventRecord {
+                name: "pool.wait".into(),
+                time: t0,
+                attributes: vec![("wait.seconds", 0.25.into())],
+            }],
+            status: SpanStatus::Error("boom".into()),
+            sampled: true,
+        };
+        let data = to_span_data(span, &instrumentation_scope());
+        assert_eq!(data.span_context.trace_id(), TraceId::from_bytes([1; 16]));
+        assert!(data.span_context.is_sampled());
+        assert_eq!(data.parent_span_id, SpanId::from_bytes([3; 8]));
+        assert!(data.parent_span_is_remote);
+        assert_eq!(data.end_time, t0);
+        assert_eq!(data.attributes[1], KeyValue::new("n", 7i64));
+        assert_eq!(data.events.events[0].name, "pool.wait");
+        assert_eq!(data.status, Status::error("boom"));
+    }
+}

@@ -1,0 +1,298 @@
+//! The OTLP span exporter against the test collectors of `support::otlp`: spans arrive intact
+//! over gRPC and HTTP, and a dead or hung collector costs only counted spans, never a blocked
+//! `submit` or a late `shutdown`.
+#![cfg(feature = "otel")]
+
+mod support;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use pglink::config::OtlpProtocol;
+use pglink::observe::otlp::{
+    AttrValue, ExportStats, Exporter, ExporterConfig, SpanEventRecord, SpanKind, SpanRecord,
+    SpanStatus,
+};
+use support::otlp::{OtlpReceiver, Protocol};
+
+fn config(endpoint: String, protocol: OtlpProtocol) -> ExporterConfig {
+    ExporterConfig {
+        endpoint: Some(endpoint),
+        protocol,
+        service_name: "pglink-test".into(),
+        queue_capacity: 64,
+        max_batch: 16,
+        batch_delay: Duration::from_millis(20),
+        export_timeout: Duration::from_secs(2),
+    }
+}
+
+const TRACE: [u8; 16] = [
+    0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36,
+];
+
+fn span(n: u8, parent: Option<[u8; 8]>, name: &str) -> SpanRecord {
+    let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    SpanRecord {
+        trace_id: TRACE,
+        span_id: [0, 0, 0, 0, 0, 0, 0, n],
+        parent_span_id: parent,
+        parent_is_remote: false,
+        name: name.into(),
+        kind: SpanKind::Internal,
+        start,
+        end: start + Duration::from_millis(3),
+        attributes: Vec::new(),
+        events: Vec::new(),
+        status: SpanStatus::Unset,
+        sampled: true,
+    }
+}
+
+/// A transaction span whose parent is the client's (remote), with attributes of every kind,
+/// an event and an error; and a child statement span.
+fn transaction_and_statement() -> (SpanRecord, SpanRecord) {
+    let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let mut tx = span(
+        1,
+        Some([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]),
+        "transaction",
+    );
+    tx.parent_is_remote = true;
+    tx.kind = SpanKind::Server;
+    tx.attributes = vec![
+        ("db.system", AttrValue::Str("postgresql".into())),
+        ("db.name", "app".into()),
+        ("pglink.backend_pid", AttrValue::Int(4242)),
+        ("pglink.pooled", AttrValue::Bool(true)),
+        ("pglink.wait_ratio", AttrValue::F64(0.5)),
+    ];
+    tx.events = vec![SpanEventRecord {
+        name: "pool.wait".into(),
+        time: start + Duration::from_millis(1),
+        attributes: vec![("pool.wait.seconds", AttrValue::F64(0.25))],
+    }];
+    tx.status = SpanStatus::Error("deadlock detected".into());
+    let mut stmt = span(2, Some(tx.span_id), "statement");
+    stmt.kind = SpanKind::Client;
+    stmt.status = SpanStatus::Ok;
+    stmt.sampled = false;
+    (tx, stmt)
+}
+
+fn round_trip(protocol: Protocol, otlp: OtlpProtocol) {
+    let receiver = OtlpReceiver::start(protocol);
+    let (exporter, thread) = Exporter::start(config(receiver.endpoint(), otlp)).unwrap();
+    let (tx, stmt) = transaction_and_statement();
+    exporter.submit(stmt);
+    exporter.submit(tx);
+    let spans = receiver.wait_for(2, Duration::from_secs(5));
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+
+    let tx = receiver.span("transaction");
+    assert_eq!(tx.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(tx.span_id, "0000000000000001");
+    assert_eq!(tx.parent_span_id, "00f067aa0ba902b7");
+    assert_eq!(tx.parent_is_remote(), Some(true));
+    assert!(tx.sampled());
+    assert_eq!(tx.kind, "server");
+    assert_eq!(tx.service_name, "pglink-test");
+    assert_eq!(tx.attributes["db.system"], "postgresql");
+    assert_eq!(tx.attributes["db.name"], "app");
+    assert_eq!(tx.attributes["pglink.backend_pid"], "4242");
+    assert_eq!(tx.attributes["pglink.pooled"], "true");
+    assert_eq!(tx.attributes["pglink.wait_ratio"], "0.5");
+    assert_eq!(
+        (tx.status_code, tx.status_message.as_str()),
+        (2, "deadlock detected")
+    );
+    assert_eq!(tx.events.len(), 1);
+    assert_eq!(tx.events[0].0, "pool.wait");
+    assert_eq!(tx.events[0].1["pool.wait.seconds"], "0.25");
+    assert_eq!(tx.start_time_unix_nano, 1_700_000_000_000_000_000);
+    assert_eq!(tx.end_time_unix_nano, 1_700_000_000_003_000_000);
+
+    let stmt = receiver.span("statement");
+    assert_eq!(stmt.trace_id, tx.trace_id);
+    assert_eq!(stmt.parent_span_id, tx.span_id);
+    assert_eq!(stmt.parent_is_remote(), Some(false));
+    assert!(!stmt.sampled());
+    assert_eq!(stmt.kind, "client");
+    assert_eq!(stmt.status_code, 1);
+    assert!(stmt.events.is_empty());
+
+    let started = Instant::now();
+    thread.shutdown(Duration::from_secs(2));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "idle shutdown took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(counts(exporter.stats()), (2, 0, 0));
+}
+
+/// (exported, dropped, failed)
+fn counts(stats: &ExportStats) -> (u64, u64, u64) {
+    (stats.exported(), stats.dropped(), stats.failed())
+}
+
+#[test]
+fn round_trip_grpc() {
+    round_trip(Protocol::Grpc, OtlpProtocol::Grpc);
+}
+
+#[test]
+fn round_trip_http() {
+    round_trip(Protocol::Http, OtlpProtocol::Http);
+}
+
+#[test]
+fn http_posts_to_the_traces_path_in_bounded_batches() {
+    let receiver = OtlpReceiver::start(Protocol::Http);
+    let mut c = config(format!("{}/", receiver.endpoint()), OtlpProtocol::Http);
+    c.max_batch = 10;
+    c.batch_delay = Duration::from_secs(10); // only full batches go before shutdown
+    let (exporter, thread) = Exporter::start(c).unwrap();
+    for n in 0..25 {
+        exporter.submit(span(n, None, "s"));
+    }
+    assert_eq!(receiver.wait_for(20, Duration::from_secs(5)).len(), 20);
+    assert_eq!(receiver.requests(), 2);
+    // The remaining 5 go at shutdown.
+    thread.shutdown(Duration::from_secs(2));
+    assert_eq!(receiver.spans().len(), 25);
+    assert_eq!(receiver.requests(), 3);
+    assert!(
+        receiver.paths().iter().all(|p| p == "/v1/traces"),
+        "{:?}",
+        receiver.paths()
+    );
+    assert_eq!(counts(exporter.stats()), (25, 0, 0));
+}
+
+#[test]
+fn grpc_exporter_is_shared_between_threads() {
+    let receiver = OtlpReceiver::start(Protocol::Grpc);
+    let (exporter, thread) =
+        Exporter::start(config(receiver.endpoint(), OtlpProtocol::Grpc)).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4u8 {
+            let exporter = exporter.clone();
+            s.spawn(move || {
+                for n in 0..10u8 {
+                    exporter.submit(span(t * 10 + n, None, "s"));
+                }
+            });
+        }
+    });
+    assert_eq!(receiver.wait_for(40, Duration::from_secs(5)).len(), 40);
+    thread.shutdown(Duration::from_secs(2));
+    assert_eq!(counts(exporter.stats()), (40, 0, 0));
+}
+
+/// An address nothing listens on.
+fn dead_endpoint() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", listener.local_addr().unwrap())
+}
+
+const FLOOD: u64 = 20_000;
+
+/// Submits [`FLOOD`] spans as fast as possible: it must not block.
+fn flood(exporter: &Exporter) {
+    let started = Instant::now();
+    for n in 0..FLOOD {
+        let mut s = span((n % 251) as u8, None, "flood");
+        s.attributes.push(("n", AttrValue::Int(n as i64)));
+        exporter.submit(s);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "submit blocked: {:?}",
+        started.elapsed()
+    );
+}
+
+/// A collector that is down or hung: spans beyond the queue are dropped at once (the queue
+/// bounds memory), the ones taken are counted as failed, and `shutdown` keeps its deadline.
+fn unreachable_collector(endpoint: String, otlp: OtlpProtocol, export_timeout: Duration) {
+    let mut c = config(endpoint, otlp);
+    c.export_timeout = export_timeout;
+    let (capacity, batch) = (c.queue_capacity as u64, c.max_batch as u64);
+    let (exporter, thread) = Exporter::start(c).unwrap();
+    flood(&exporter);
+    // Held at most: the queue plus the batch in flight, and batches the exporter thread took
+    // while the flood ran (each one takes until its export fails).
+    let dropped = exporter.stats().dropped();
+    assert!(dropped >= FLOOD - capacity - 4 * batch, "dropped {dropped}");
+    std::thread::sleep(Duration::from_millis(100));
+    let deadline = Duration::from_millis(300);
+    let started = Instant::now();
+    thread.shutdown(deadline);
+    let took = started.elapsed();
+    assert!(
+        took < deadline + Duration::from_millis(100),
+        "shutdown took {took:?}"
+    );
+    let (exported, dropped, failed) = counts(exporter.stats());
+    assert_eq!(exported, 0);
+    assert!(
+        failed > 0 && failed <= capacity + 4 * batch,
+        "failed {failed}"
+    );
+    assert_eq!(exported + dropped + failed, FLOOD);
+    // After shutdown, submit still returns at once and counts.
+    exporter.submit(span(1, None, "late"));
+    assert_eq!(exporter.stats().dropped(), dropped + 1);
+}
+
+#[test]
+fn dead_collector_grpc() {
+    unreachable_collector(
+        dead_endpoint(),
+        OtlpProtocol::Grpc,
+        Duration::from_millis(200),
+    );
+}
+
+#[test]
+fn dead_collector_http() {
+    unreachable_collector(
+        dead_endpoint(),
+        OtlpProtocol::Http,
+        Duration::from_millis(200),
+    );
+}
+
+#[test]
+fn hung_collector_grpc() {
+    let receiver = OtlpReceiver::start(Protocol::Hung);
+    unreachable_collector(
+        receiver.endpoint(),
+        OtlpProtocol::Grpc,
+        Duration::from_secs(30),
+    );
+}
+
+#[test]
+fn hung_collector_http() {
+    let receiver = OtlpReceiver::start(Protocol::Hung);
+    unreachable_collector(
+        receiver.endpoint(),
+        OtlpProtocol::Http,
+        Duration::from_secs(30),
+    );
+}
+
+#[test]
+fn start_refuses_https_and_bad_urls() {
+    for (endpoint, want) in [
+        ("https://collector:4317", "without TLS"),
+        ("collector:4317", "invalid OTLP endpoint"),
+        ("http://bad host:1", "invalid OTLP endpoint"),
+    ] {
+        for otlp in [OtlpProtocol::Grpc, OtlpProtocol::Http] {
+            let err = Exporter::start(config(endpoint.into(), otlp)).unwrap_err();
+            assert!(err.to_string().contains(want), "{endpoint}: {err}");
+        }
+    }
+}
