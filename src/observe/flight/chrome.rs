@@ -437,6 +437,11 @@ mod tests {
                     user: "alice",
                     peer: None,
                     traceparent: None,
+                    server: crate::observe::events::ServerAddress {
+                        host: "pg",
+                        port: 5432,
+                        database: "db",
+                    },
                 },
             ),
             rec(
