@@ -9,7 +9,9 @@
 //! (server ids are per reactor, so the reactor qualifies them). States are complete slices
 //! (`"ph": "X"`) from one change to the next (the last one open until the snapshot);
 //! transactions and statements are slices too; logins, waits, messages and errors are
-//! instant events (`"ph": "i"`). Everything is rendered here, on the recorder's thread.
+//! instant events (`"ph": "i"`). A pid is reused once its session ends: a later session
+//! with it gets tracks of its own, numbered (`client 7 (2) ...`). Everything is rendered
+//! here, on the recorder's thread.
 
 use std::collections::HashMap;
 use std::time::SystemTime;
@@ -44,6 +46,8 @@ pub struct TraceInfo<'a> {
 
 struct ClientTrack {
     pid: u32,
+    /// 1 for the first session with this pid in the trace, 2 for the next, ...
+    session: u32,
     states: u32,
     queries: u32,
     pool: Option<u32>,
@@ -89,8 +93,14 @@ impl Trace {
             return i;
         }
         let (states, queries) = (self.tid(), self.tid());
+        let session = 1 + self
+            .client_tracks
+            .iter()
+            .filter(|t| t.pid == pid)
+            .count() as u32;
         self.client_tracks.push(ClientTrack {
             pid,
+            session,
             states,
             queries,
             pool: None,
@@ -286,9 +296,14 @@ impl Trace {
                     json!({}),
                 );
             }
+            // A pid is reused once its session ends: later sessions are numbered.
+            let pid = match track.session {
+                1 => track.pid.to_string(),
+                n => format!("{} ({n})", track.pid),
+            };
             let label = match track.pool {
-                Some(pool) => format!("client {} {}", track.pid, pool_label(info, pool)),
-                None => format!("client {}", track.pid),
+                Some(pool) => format!("client {pid} {}", pool_label(info, pool)),
+                None => format!("client {pid}"),
             };
             meta.extend(thread(CLIENTS, track.states, label.clone()));
             meta.extend(thread(CLIENTS, track.queries, format!("{label} queries")));
@@ -554,6 +569,15 @@ mod tests {
                     state: ClientState::Closed,
                 },
             ),
+            // The pid, reused by a new session.
+            rec(
+                1,
+                70,
+                Event::Client {
+                    pid: 77,
+                    state: ClientState::Authenticating,
+                },
+            ),
         ];
         let pools = ["alice@db".to_owned()];
         let info = TraceInfo {
@@ -603,6 +627,8 @@ mod tests {
                 "client 77 alice@db queries",
                 "client 78",
                 "client 78 queries",
+                "client 77 (2)",
+                "client 77 (2) queries",
                 "server r1/4.2 alice@db"
             ]
         );
