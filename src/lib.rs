@@ -50,8 +50,9 @@
 //!   threads (name resolution, SCRAM verifiers).
 //! - [`config`]: the `pglink.json` model, defaults, validation and secret resolution.
 //! - `tls`: rustls configuration for both sides.
-//! - `observe`: logging, state-change events, hot-path counters (every build) and, with
-//!   the `metrics` feature, their Prometheus exposition and the admin endpoint.
+//! - `observe`: logging, state-change events, hot-path counters, the flight recorder
+//!   (per-reactor rings of events, Chrome trace snapshots on its own thread; every build)
+//!   and, with the `metrics` feature, their Prometheus exposition and the admin endpoint.
 //!
 //! The `pglink` command line (flags, signals, logger) is the binary's own (`src/cli.rs`).
 //!

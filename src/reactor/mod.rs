@@ -240,7 +240,8 @@ impl Reactor {
         Ok((reactor, handle))
     }
 
-    /// Where the engine's events go (the flight recorder's sink), set before it runs.
+    /// Where the engine's events go (the flight recorder's sink), set before it runs. One
+    /// sink per engine: several are combined with `observe::events::Tee`.
     pub fn set_event_sink(&mut self, sink: Box<dyn crate::observe::events::EventSink + Send>) {
         self.engine.set_event_sink(sink);
     }

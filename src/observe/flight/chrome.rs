@@ -93,11 +93,7 @@ impl Trace {
             return i;
         }
         let (states, queries) = (self.tid(), self.tid());
-        let session = 1 + self
-            .client_tracks
-            .iter()
-            .filter(|t| t.pid == pid)
-            .count() as u32;
+        let session = 1 + self.client_tracks.iter().filter(|t| t.pid == pid).count() as u32;
         self.client_tracks.push(ClientTrack {
             pid,
             session,

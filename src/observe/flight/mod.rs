@@ -267,7 +267,8 @@ impl FlightRecorder {
         *lock(&self.settings) = settings;
         // The thread owns the cooldown: the next automatic request asks it again.
         self.auto_after.store(0, Ordering::Relaxed);
-        let _ = self.tx.try_send(Request::Reconfigured);
+        // Not from a reactor: this may wait for the thread to make room in its queue.
+        let _ = self.tx.send(Request::Reconfigured);
     }
 
     /// Starts the recorder's thread. `pools` names the pools when a snapshot is rendered.
