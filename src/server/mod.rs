@@ -283,7 +283,7 @@ impl Server {
             loops.push(reactor);
         }
         shared.set_reactors(handles);
-        // Before the reactors run: a failure here leaves no thread to stop.
+        // Started before the reactor threads that feed it.
         let flight = match recorder {
             Some(recorder) => {
                 // Weak: the recorder's thread must not keep the server's state alive.
@@ -1076,7 +1076,11 @@ impl Reloader {
         let ahead = table.scram_secrets();
         self.shared.publish(next, table);
         self.shared.verifiers.ahead(ahead);
-        if let (Some(recorder), Some(section)) = (self.shared.flight(), &config.flight_recorder) {
+        // Only when the section changed (a secret rotation applies the same configuration
+        // again, and must not restart the periodic schedule).
+        if let (Some(recorder), Some(section)) = (self.shared.flight(), &config.flight_recorder)
+            && current.flight_recorder != config.flight_recorder
+        {
             recorder.reconfigure(section);
         }
         **current = Arc::clone(config);
@@ -1088,8 +1092,9 @@ impl Reloader {
 /// (the JSON path of each that differs is added to `restart`), so that the configuration
 /// built and kept (and shown by SHOW CONFIG) is the one in effect, and the next reload
 /// compares against it. Restart-only are the listeners, the threads and the metrics endpoint
-/// (made once, at the start), whether there is a flight recorder, and per database what the shared statement registry and the
-/// session parameters of existing server connections depend on.
+/// (made once, at the start), whether there is a flight recorder, and per database what the
+/// shared statement registry and the session parameters of existing server connections
+/// depend on.
 fn in_effect(old: &Config, new: &Config, restart: &mut Vec<String>) -> Config {
     let mut c = new.clone();
     // Compared by what they mean (a bare port and ":port" are one address).

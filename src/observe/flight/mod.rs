@@ -463,8 +463,8 @@ impl FlightRecorder {
         self.rings.iter().map(|r| lock(r).bytes()).sum()
     }
 
-    /// Events lost to `max_bytes` before they were `min_age` old, plus automatic requests
-    /// dropped for a full queue are counted apart ([`FlightRecorder::status_json`]).
+    /// Events lost to `max_bytes` before they were `min_age` old. (Automatic requests
+    /// dropped for a full queue are counted apart, in [`FlightRecorder::status_json`].)
     pub fn dropped(&self) -> u64 {
         self.rings.iter().map(|r| lock(r).dropped()).sum()
     }
