@@ -13,8 +13,8 @@
 //! of the reactor's code entirely.
 //!
 //! Snapshots are taken on the recorder's own thread (`pglink-flight`): it copies the
-//! rings, merges them in time order, renders the JSON ([`chrome`]) and writes it atomically
-//! into `output_dir` ([`file`]). It also runs the periodic timer. Requests reach it through
+//! rings, merges them in time order, renders the JSON (`chrome`) and writes it atomically
+//! into `output_dir` (`file`). It also runs the periodic timer. Requests reach it through
 //! a bounded channel: the reactors' automatic ones (a slow statement, an error) are
 //! `try_send`s that a full channel drops, and at most one is in flight at a time; the
 //! cooldown between automatic snapshots is enforced by the thread, and published as an

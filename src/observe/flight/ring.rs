@@ -54,8 +54,8 @@ pub struct Record {
     pub generation: u32,
     pub pool: u32,
     pub kind: Kind,
-    /// The state ([`client_state`], [`server_state`] codes), the error origin, how a
-    /// statement ended, or a client message's type byte.
+    /// The state ([`client_state_name`] and [`server_state_name`] decode it), the error
+    /// origin, how a statement ended, or a client message's type byte.
     pub detail: u8,
     pub flags: u8,
     pub sqlstate: [u8; 5],
