@@ -11,4 +11,6 @@ pub(crate) mod metrics;
 pub mod otlp;
 #[cfg(feature = "metrics")]
 pub(crate) mod prometheus;
+#[cfg(feature = "otel")]
+pub mod spans;
 pub mod trace;

@@ -187,6 +187,12 @@ pub struct Reactor {
 }
 
 impl Reactor {
+    /// Where the engine's events go (spans, the flight recorder), set before it runs.
+    #[cfg_attr(not(feature = "otel"), allow(dead_code))]
+    pub fn set_event_sink(&mut self, sink: Box<dyn crate::observe::events::EventSink + Send>) {
+        self.engine.set_event_sink(sink);
+    }
+
     /// Creates a reactor with its listeners; returns it with the handle others use to reach it.
     pub fn new(
         id: usize,

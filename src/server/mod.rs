@@ -154,6 +154,9 @@ pub struct ServerHandle {
     #[cfg(feature = "metrics")]
     admin: Option<crate::observe::http::AdminServer>,
     metrics_addrs: Vec<SocketAddr>,
+    /// The span exporter's thread, when tracing is on.
+    #[cfg(feature = "otel")]
+    spans: Option<crate::observe::otlp::ExporterThread>,
 }
 
 impl Server {
@@ -264,11 +267,27 @@ impl Server {
             ),
             None => None,
         };
+        #[cfg(feature = "otel")]
+        let (spans, span_sinks) = match start_tracing(config)? {
+            Some((exporter, thread, settings)) => {
+                shared.set_span_exporter(exporter.clone());
+                (Some(thread), Some((exporter, settings)))
+            }
+            None => (None, None),
+        };
         let mut handles = Vec::with_capacity(reactors);
         let mut loops = Vec::with_capacity(reactors);
         for (id, sockets) in listeners.into_iter().enumerate() {
-            let (reactor, handle) =
+            #[allow(unused_mut)]
+            let (mut reactor, handle) =
                 Reactor::new(id, shared.clone(), sockets).map_err(StartError::Thread)?;
+            #[cfg(feature = "otel")]
+            if let Some((exporter, settings)) = &span_sinks {
+                reactor.set_event_sink(Box::new(crate::observe::spans::SpanSink::new(
+                    exporter.clone(),
+                    settings.clone(),
+                )));
+            }
             handles.push(handle);
             loops.push(reactor);
         }
@@ -307,6 +326,8 @@ impl Server {
             #[cfg(feature = "metrics")]
             admin: None,
             metrics_addrs: Vec::new(),
+            #[cfg(feature = "otel")]
+            spans,
         };
         #[cfg(feature = "metrics")]
         if let (Some(listeners), Some(p)) = (metrics_listeners, &config.prometheus) {
@@ -404,6 +425,11 @@ impl ServerHandle {
         }
         // Cancel deliveries still under way (each bounded by its timeouts).
         self.shared.join_helpers();
+        // The reactors made their last spans: what is queued goes out, within a bound.
+        #[cfg(feature = "otel")]
+        if let Some(spans) = self.spans.take() {
+            spans.shutdown(SPAN_FLUSH);
+        }
         // Last: /healthz answers 503 while the reactors wind down.
         #[cfg(feature = "metrics")]
         if let Some(admin) = self.admin.take() {
@@ -441,14 +467,54 @@ impl Stopper {
     }
 }
 
-/// Observability sections are validated by the config layer but not built yet: say so
-/// instead of running silently without them. [`Server::start_with`] calls this first, and
-/// `pglink -check` calls it too, so a configuration that passes the check gets past it.
+/// How long a stop waits for queued spans to reach the collector.
+#[cfg(feature = "otel")]
+const SPAN_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The span exporter and the span settings, when `opentelemetry.enabled`.
+#[cfg(feature = "otel")]
+fn start_tracing(
+    config: &Config,
+) -> Result<
+    Option<(
+        crate::observe::otlp::Exporter,
+        crate::observe::otlp::ExporterThread,
+        Arc<crate::observe::spans::TraceSettings>,
+    )>,
+    StartError,
+> {
+    use crate::observe::otlp::{Exporter, ExporterConfig};
+    let Some(o) = config.opentelemetry.as_ref().filter(|o| o.enabled) else {
+        return Ok(None);
+    };
+    let settings =
+        crate::observe::spans::TraceSettings::from_config(o).map_err(StartError::Invalid)?;
+    let exporter_config = ExporterConfig::from_config(o);
+    let endpoint = exporter_config
+        .resolved_endpoint()
+        .map_err(|e| StartError::Invalid(format!("opentelemetry: {e}")))?;
+    let (exporter, thread) = Exporter::start(exporter_config)
+        .map_err(|e| StartError::Invalid(format!("opentelemetry: {e}")))?;
+    log::info!(
+        "tracing: spans go to {endpoint} over OTLP/{} (sampling {})",
+        o.otlp_protocol,
+        o.sampling_rate
+    );
+    Ok(Some((exporter, thread, Arc::new(settings))))
+}
+
+/// What the config layer validates but this build cannot do: say so instead of running
+/// silently without it. [`Server::start_with`] calls this first, and `pglink -check` calls it
+/// too, so a configuration that passes the check gets past it.
 pub fn refuse_unimplemented(config: &Config) -> Result<(), StartError> {
-    let mut missing = Vec::new();
-    if config.opentelemetry.as_ref().is_some_and(|o| o.enabled) {
-        missing.push("opentelemetry");
+    // OTLP goes out without TLS: an https collector is refused, never sent plain text.
+    #[cfg(feature = "otel")]
+    if let Some(o) = config.opentelemetry.as_ref().filter(|o| o.enabled) {
+        crate::observe::otlp::ExporterConfig::from_config(o)
+            .resolved_endpoint()
+            .map_err(|e| StartError::Invalid(format!("opentelemetry: {e}")))?;
     }
+    let mut missing = Vec::new();
     if config.flight_recorder.is_some() {
         missing.push("flight_recorder");
     }
@@ -1053,6 +1119,12 @@ fn in_effect(old: &Config, new: &Config, restart: &mut Vec<String>) -> Config {
     c.listen = old.listen.clone();
     c.reactor_threads = old.reactor_threads;
     keep_old(restart, "prometheus", &mut c.prometheus, &old.prometheus);
+    keep_old(
+        restart,
+        "opentelemetry",
+        &mut c.opentelemetry,
+        &old.opentelemetry,
+    );
     keep_old(restart, "peer_id", &mut c.peer_id, &old.peer_id);
     keep_old(
         restart,

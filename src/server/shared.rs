@@ -47,6 +47,9 @@ pub struct Shared {
     /// A stop was asked for. The engines drain at once, or after the handover
     /// (`Context::handover`) during which they only stop accepting.
     stop_requested: AtomicBool,
+    /// The span exporter, when tracing is on (for its counters).
+    #[cfg(feature = "otel")]
+    spans: OnceLock<crate::observe::otlp::Exporter>,
 }
 
 impl Shared {
@@ -69,6 +72,8 @@ impl Shared {
             helpers: Mutex::new(Vec::new()),
             console: OnceLock::new(),
             stop_requested: AtomicBool::new(false),
+            #[cfg(feature = "otel")]
+            spans: OnceLock::new(),
         }
     }
 
@@ -168,6 +173,18 @@ impl Shared {
     /// Bumped with every new configuration or login table.
     pub(crate) fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
+    }
+
+    /// The span exporter, when tracing is on.
+    #[cfg(feature = "otel")]
+    pub(crate) fn set_span_exporter(&self, exporter: crate::observe::otlp::Exporter) {
+        let _ = self.spans.set(exporter);
+    }
+
+    /// The span exporter's counters, when tracing is on.
+    #[cfg(feature = "otel")]
+    pub(crate) fn span_stats(&self) -> Option<&crate::observe::otlp::ExportStats> {
+        self.spans.get().map(|e| e.stats())
     }
 
     pub(crate) fn set_console(&self, console: super::console::ConsoleHandle) {
