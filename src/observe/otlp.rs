@@ -244,7 +244,8 @@ pub struct Exporter {
     stats: Arc<ExportStats>,
 }
 
-/// The exporter thread; [`ExporterThread::shutdown`] flushes and stops it.
+/// The exporter thread; [`ExporterThread::shutdown`] flushes and stops it. Dropped without
+/// `shutdown`, the thread stops at once, counting what is still queued as failed.
 #[derive(Debug)]
 pub struct ExporterThread {
     shutdown: oneshot::Sender<Instant>,
