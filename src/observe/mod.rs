@@ -1,6 +1,6 @@
 //! Observability: logging and the hot-path metrics; with the `metrics` feature, their
-//! Prometheus exposition and the admin HTTP endpoint. Tracing and the flight recorder will
-//! hang off here too.
+//! Prometheus exposition and the admin HTTP endpoint; with the `otel` feature, the OTLP span
+//! exporter (`otlp`). The flight recorder will hang off here too.
 
 pub mod events;
 #[cfg(feature = "metrics")]
