@@ -92,12 +92,13 @@ impl TraceSettings {
 /// What all of a session's spans share.
 #[derive(Debug)]
 struct SessionInfo {
-    database: String,
-    user: String,
-    peer: Option<core::net::SocketAddr>,
-    server_host: String,
+    database: Arc<str>,
+    user: Arc<str>,
+    client_address: Option<Arc<str>>,
+    client_port: u16,
+    server_host: Arc<str>,
     server_port: u16,
-    server_database: String,
+    server_database: Arc<str>,
 }
 
 /// A logged-in session being followed.
@@ -299,7 +300,7 @@ impl SpanSink {
         let operation = operation_name(tag);
         let mut attributes = base_attributes(&info);
         if let Some(op) = operation {
-            attributes.push(("db.operation.name", op.into()));
+            attributes.push(("db.operation.name", operation_value(op)));
         }
         if let Some(rows) = returned_rows(tag) {
             attributes.push(("db.response.returned_rows", AttrValue::Int(rows)));
@@ -325,7 +326,7 @@ impl SpanSink {
         };
         let name = match operation {
             Some(op) => format!("{op} {}", info.server_database),
-            None => info.server_database.clone(),
+            None => info.server_database.to_string(),
         };
         let span = SpanRecord {
             trace_id,
@@ -407,12 +408,13 @@ impl EventSink for SpanSink {
                 ..
             } => {
                 let info = Arc::new(SessionInfo {
-                    database: database.to_owned(),
-                    user: user.to_owned(),
-                    peer,
-                    server_host: server.host.to_owned(),
+                    database: database.into(),
+                    user: user.into(),
+                    client_address: peer.map(|p| p.ip().to_string().into()),
+                    client_port: peer.map_or(0, |p| p.port()),
+                    server_host: server.host.into(),
                     server_port: server.port,
-                    server_database: server.database.to_owned(),
+                    server_database: server.database.into(),
                 });
                 self.sessions.insert(
                     pid,
@@ -463,16 +465,17 @@ impl EventSink for SpanSink {
 
 /// Attributes every span of a session has.
 fn base_attributes(info: &SessionInfo) -> Vec<(&'static str, AttrValue)> {
-    let mut a = Vec::with_capacity(12);
-    a.push(("db.system.name", "postgresql".into()));
-    a.push(("db.namespace", info.server_database.as_str().into()));
-    a.push(("db.user", info.user.as_str().into()));
-    a.push(("pglink.database", info.database.as_str().into()));
-    a.push(("server.address", info.server_host.as_str().into()));
+    let shared = |s: &Arc<str>| AttrValue::Shared(s.clone());
+    let mut a = Vec::with_capacity(14);
+    a.push(("db.system.name", AttrValue::Static("postgresql")));
+    a.push(("db.namespace", shared(&info.server_database)));
+    a.push(("db.user", shared(&info.user)));
+    a.push(("pglink.database", shared(&info.database)));
+    a.push(("server.address", shared(&info.server_host)));
     a.push(("server.port", AttrValue::Int(i64::from(info.server_port))));
-    if let Some(peer) = info.peer {
-        a.push(("client.address", peer.ip().to_string().into()));
-        a.push(("client.port", AttrValue::Int(i64::from(peer.port()))));
+    if let Some(address) = &info.client_address {
+        a.push(("client.address", shared(address)));
+        a.push(("client.port", AttrValue::Int(i64::from(info.client_port))));
     }
     a
 }
@@ -485,6 +488,18 @@ fn operation_name(tag: &[u8]) -> Option<&str> {
         .find(|c: char| c.is_ascii_digit())
         .unwrap_or(text.len());
     Some(text.get(..end)?.trim_end()).filter(|op| !op.is_empty())
+}
+
+/// The operation as an attribute value: the common ones without an allocation.
+fn operation_value(op: &str) -> AttrValue {
+    const COMMON: [&str; 12] = [
+        "SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "BEGIN", "COMMIT", "ROLLBACK", "SET",
+        "FETCH", "COPY", "CALL",
+    ];
+    match COMMON.iter().find(|c| **c == op) {
+        Some(c) => AttrValue::Static(c),
+        None => op.into(),
+    }
 }
 
 /// The row count at the end of a command tag ("SELECT 5", "INSERT 0 5", "COPY 3").

@@ -43,6 +43,11 @@ pub enum SpanKind {
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttrValue {
     Str(String),
+    /// A constant: no allocation per span.
+    Static(&'static str),
+    /// Shared by many spans (a session's database, user, addresses): a reference count per
+    /// span, not a copy.
+    Shared(std::sync::Arc<str>),
     Int(i64),
     Bool(bool),
     F64(f64),
@@ -150,6 +155,8 @@ fn key_values(attributes: Vec<(&'static str, AttrValue)>) -> Vec<KeyValue> {
         .map(|(key, value)| {
             let value = match value {
                 AttrValue::Str(s) => Value::from(s),
+                AttrValue::Static(s) => Value::from(s),
+                AttrValue::Shared(s) => Value::String(s.into()),
                 AttrValue::Int(i) => Value::I64(i),
                 AttrValue::Bool(b) => Value::Bool(b),
                 AttrValue::F64(f) => Value::F64(f),
