@@ -537,7 +537,7 @@ def parse_trace_spans(path):
     return spans
 
 
-def observability_section(meta, tx, summary, problems):
+def observability_section(meta, tx, summary, problems, runs_of):
     """The "Observability cost" table of --observability: the traced targets against pglink-obs-off."""
     targets = meta["targets"]
     if OBS_OFF not in targets:
@@ -630,22 +630,40 @@ def observability_section(meta, tx, summary, problems):
             problems.append("observability: the collector received no export request from %s" % t)
     out.append(
         "| Spans over the whole run (pglink_trace_spans_total at the end) | exported | dropped | failed "
-        "| collector: export requests | collector: bytes | bytes per exported span |"
+        "| pgbench transactions | spans per transaction | collector: export requests | collector: bytes "
+        "| bytes per exported span |"
     )
-    out.append("|---|--:|--:|--:|--:|--:|--:|")
+    out.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
     for t, spans, c in rows:
         exp = spans.get("exported")
+        total = sum(spans.values()) if spans else None
+        txns = sum(float(r["units"] or 0) for w in tx for r in runs_of(w, t))
         out.append(
-            "| %s | %s | %s | %s | %s | %s | %s |"
+            "| %s | %s | %s | %s | %s | %s | %s | %s | %s |"
             % (
                 t,
                 _fmt_num(exp),
                 _fmt_num(spans.get("dropped")),
                 _fmt_num(spans.get("failed")),
+                _fmt_num(txns),
+                "%.3f" % (total / txns) if total is not None and txns else "–",
                 _fmt_num(c.get("requests")),
                 _fmt_num(c.get("bytes")),
                 _fmt_num(c["bytes"] / exp, 0) if exp and c.get("bytes") else "–",
             )
+        )
+    out.append("")
+    out.append(
+        "Spans per transaction counts every span of the run (logins, the idle-client and pool-wait probes "
+        "and --syscalls runs included) over the transactions of the workload runs: a SELECT 1 transaction "
+        "is one transaction span and one statement span, so expect about 2 × sampling_rate."
+    )
+    cpu = e.get("BENCH_OBS_SINK_CPU_S")
+    if cpu:
+        out.append(
+            "The discard collector (Python, one process for both traced targets) used %s s of CPU over the "
+            "%s s of the run: it shares the machine's cores with pgbench, PostgreSQL and the proxies."
+            % (cpu, e.get("BENCH_OBS_SINK_WALL_S", "?"))
         )
     out.append("")
     for t, spans, c in rows:
@@ -803,7 +821,7 @@ def cmd_report(a):
         if spread:
             out.append("TPS range over rounds (min–max): " + "; ".join(spread) + ".")
             out.append("")
-        out.extend(observability_section(meta, tx, summary, problems))
+        out.extend(observability_section(meta, tx, summary, problems, lambda w, t: groups[w].get(t, [])))
     if cp:
         cols = _rate_columns(targets, summary, "MB/s", 1, lambda s: str(s["bad_rc"]))
         out.extend(_table(cols, cp))
