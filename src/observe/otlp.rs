@@ -31,7 +31,7 @@ use std::time::Duration;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SpanExporter as _;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::config::{OpenTelemetryConfig, OtlpProtocol};
@@ -40,7 +40,7 @@ mod span;
 mod worker;
 
 pub use span::{AttrValue, SpanEventRecord, SpanKind, SpanRecord, SpanStatus};
-use worker::Worker;
+use worker::{SpanQueue, Worker};
 
 /// The environment variable consulted when `opentelemetry.otlp_endpoint` is not set.
 pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
@@ -70,7 +70,7 @@ pub struct ExporterConfig {
 }
 
 impl ExporterConfig {
-    pub const DEFAULT_QUEUE_CAPACITY: usize = 4096;
+    pub const DEFAULT_QUEUE_CAPACITY: usize = 8192;
     pub const DEFAULT_MAX_BATCH: usize = 512;
     pub const DEFAULT_BATCH_DELAY: Duration = Duration::from_secs(1);
     pub const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -240,7 +240,7 @@ impl ExportStats {
 /// The sending side: cheap to clone, one per reactor thread.
 #[derive(Clone, Debug)]
 pub struct Exporter {
-    queue: mpsc::Sender<SpanRecord>,
+    queue: Arc<SpanQueue>,
     stats: Arc<ExportStats>,
 }
 
@@ -258,7 +258,8 @@ impl Exporter {
     /// Checks the endpoint, builds the OTLP exporter and starts its thread.
     pub fn start(config: ExporterConfig) -> Result<(Exporter, ExporterThread), ExportError> {
         let endpoint = config.resolved_endpoint()?;
-        let (queue, spans) = mpsc::channel(config.queue_capacity.max(1));
+        let queue = Arc::new(SpanQueue::new(config.queue_capacity, config.max_batch));
+        let spans = Arc::clone(&queue);
         let (shutdown, shutdown_rx) = oneshot::channel();
         let (ready_tx, ready_rx) = std_mpsc::channel();
         let (done_tx, done) = std_mpsc::channel();
@@ -323,9 +324,11 @@ impl Exporter {
         ))
     }
 
-    /// Queues a span for export; never blocks. A full queue drops the span (counted).
+    /// Queues a span for export; never blocks (a lock held only to push or to swap the
+    /// queue out). A full queue, or a stopped exporter, drops the span (counted). The export
+    /// thread is woken once a batch is ready, not for every span.
     pub fn submit(&self, span: SpanRecord) {
-        if self.queue.try_send(span).is_err() {
+        if !self.queue.push(span) {
             ExportStats::add(&self.stats.dropped, 1);
         }
     }
@@ -420,7 +423,7 @@ mod tests {
         let c = ExporterConfig::from_config_and_env(&otel(None, OtlpProtocol::Grpc), None);
         assert_eq!(c.resolved_endpoint().unwrap(), "http://localhost:4317");
         assert_eq!(c.service_name, "pglink");
-        assert_eq!(c.queue_capacity, 4096);
+        assert_eq!(c.queue_capacity, 8192);
         assert_eq!(c.max_batch, 512);
     }
 

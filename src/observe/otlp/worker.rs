@@ -4,29 +4,87 @@ use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
 
 use opentelemetry::InstrumentationScope;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter as _};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::span::{SpanRecord, instrumentation_scope, to_span_data};
 use super::{ExportStats, ExporterConfig};
 
+/// Spans waiting for the export thread: a vector behind a lock, swapped out whole by the
+/// thread. A span costs a push under an uncontended lock; the thread is woken when a batch is
+/// ready (or by its timer), not for every span, which at tens of thousands of spans a
+/// second would cost a futex wake and a context switch each.
+#[derive(Debug)]
+pub(super) struct SpanQueue {
+    spans: std::sync::Mutex<(Vec<SpanRecord>, bool)>,
+    ready: tokio::sync::Notify,
+    capacity: usize,
+    /// Queue length at which the thread is woken.
+    batch: usize,
+}
+
+impl SpanQueue {
+    pub(super) fn new(capacity: usize, batch: usize) -> SpanQueue {
+        SpanQueue {
+            spans: std::sync::Mutex::new((Vec::new(), false)),
+            ready: tokio::sync::Notify::new(),
+            capacity: capacity.max(1),
+            batch: batch.clamp(1, capacity.max(1)),
+        }
+    }
+
+    /// Queues `span`; false when the queue is full or closed.
+    pub(super) fn push(&self, span: SpanRecord) -> bool {
+        let len = {
+            let mut guard = self
+                .spans
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let (spans, closed) = &mut *guard;
+            if *closed || spans.len() >= self.capacity {
+                return false;
+            }
+            spans.push(span);
+            spans.len()
+        };
+        if len == self.batch {
+            self.ready.notify_one();
+        }
+        true
+    }
+
+    /// Everything queued, swapped for `empty` (kept for its allocation).
+    fn take(&self, empty: Vec<SpanRecord>) -> Vec<SpanRecord> {
+        let mut guard = self
+            .spans
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::mem::replace(&mut guard.0, empty)
+    }
+
+    /// No span is taken any more.
+    fn close(&self) {
+        self.spans
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .1 = true;
+    }
+}
+
 /// What woke the batching loop.
 enum Wake {
-    Span(SpanRecord),
-    /// Every [`Exporter`] is gone.
-    Closed,
+    /// A batch is queued, or the batch delay passed.
+    Due,
     Shutdown,
-    BatchDue,
 }
 
 /// The exporter thread's state, run on its current-thread runtime.
 pub(super) struct Worker {
-    spans: mpsc::Receiver<SpanRecord>,
+    spans: Arc<SpanQueue>,
     /// Taken once the shutdown request (or the loss of its sender) has been seen.
     shutdown: Option<oneshot::Receiver<Instant>>,
     /// Set by shutdown: nothing is sent after it.
@@ -39,7 +97,7 @@ pub(super) struct Worker {
 
 impl Worker {
     pub(super) fn new(
-        spans: mpsc::Receiver<SpanRecord>,
+        spans: Arc<SpanQueue>,
         shutdown: oneshot::Receiver<Instant>,
         exporter: opentelemetry_otlp::SpanExporter,
         stats: Arc<ExportStats>,
@@ -57,54 +115,44 @@ impl Worker {
     }
 
     pub(super) async fn run(mut self) {
-        let max_batch = self.config.max_batch.max(1);
-        let mut batch = Vec::new();
-        let mut due: Option<Instant> = None;
+        let mut spare = Vec::new();
         loop {
-            match self.next(due).await {
-                Wake::Span(span) => {
-                    if batch.is_empty() {
-                        due = Some(Instant::now() + self.config.batch_delay);
-                    }
-                    batch.push(to_span_data(span, &self.scope));
-                    if batch.len() >= max_batch {
-                        self.export(std::mem::take(&mut batch)).await;
-                        due = None;
-                    }
-                }
-                Wake::BatchDue => {
-                    self.export(std::mem::take(&mut batch)).await;
-                    due = None;
-                }
-                Wake::Closed | Wake::Shutdown => break,
+            let wake = self.next().await;
+            if matches!(wake, Wake::Shutdown) {
+                self.spans.close();
             }
-        }
-        // Flush: what is batched, then what is queued, until the deadline.
-        self.spans.close();
-        loop {
-            while batch.len() < max_batch {
-                match self.spans.try_recv() {
-                    Ok(span) => batch.push(to_span_data(span, &self.scope)),
-                    Err(_) => break,
-                }
-            }
-            if batch.is_empty() {
+            let mut queued = self.spans.take(spare);
+            self.export_all(&mut queued).await;
+            spare = queued;
+            if matches!(wake, Wake::Shutdown) {
                 break;
             }
-            if self.deadline.is_some_and(|d| Instant::now() >= d) {
-                ExportStats::add(&self.stats.failed, batch.len());
-                batch.clear();
-                continue;
-            }
-            self.export(std::mem::take(&mut batch)).await;
         }
     }
 
-    /// Waits for a span, the shutdown request, or the batch's due time.
-    async fn next(&mut self, due: Option<Instant>) -> Wake {
-        let mut timer = pin!(tokio::time::sleep_until(
-            due.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
-        ));
+    /// Sends `spans` in batches of `max_batch` (emptying it); after the shutdown deadline,
+    /// what is left is counted as failed.
+    async fn export_all(&mut self, spans: &mut Vec<SpanRecord>) {
+        let max_batch = self.config.max_batch.max(1);
+        while !spans.is_empty() {
+            let n = spans.len().min(max_batch);
+            if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                ExportStats::add(&self.stats.failed, spans.len());
+                spans.clear();
+                return;
+            }
+            let batch: Vec<SpanData> = spans
+                .drain(..n)
+                .map(|span| to_span_data(span, &self.scope))
+                .collect();
+            self.export(batch).await;
+        }
+    }
+
+    /// Waits for a ready batch, the batch delay, or the shutdown request.
+    async fn next(&mut self) -> Wake {
+        let mut timer = pin!(tokio::time::sleep(self.config.batch_delay));
+        let mut ready = pin!(self.spans.ready.notified());
         poll_fn(|cx| {
             // Shutdown may have been asked for while a batch was being sent.
             if self.deadline.is_some() {
@@ -118,13 +166,8 @@ impl Worker {
                 self.deadline = Some(request.unwrap_or_else(|_| Instant::now()));
                 return Poll::Ready(Wake::Shutdown);
             }
-            match self.spans.poll_recv(cx) {
-                Poll::Ready(Some(span)) => return Poll::Ready(Wake::Span(span)),
-                Poll::Ready(None) => return Poll::Ready(Wake::Closed),
-                Poll::Pending => {}
-            }
-            if due.is_some() && timer.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Wake::BatchDue);
+            if ready.as_mut().poll(cx).is_ready() || timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Due);
             }
             Poll::Pending
         })
