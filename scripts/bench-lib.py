@@ -19,7 +19,11 @@
       BENCH_STATEMENTS the statements per transaction of each workload ("name=N" lines), and
       BENCH_SYSCALLS the table of strace -c runs of --syscalls (workload, target, transactions,
       pgbench exit, strace exit, summary file). --ratios-json writes the TPS ratios per
-      workload for scripts/bench-chart.py.
+      workload for scripts/bench-chart.py. With --observability (targets pglink-obs-off,
+      pglink-obs, pglink-obs-1pct) an "Observability cost" table follows the TPS tables:
+      BENCH_OBS_RECORDER is 1 when the traced targets ran the flight recorder, BENCH_OBS_SINK the
+      discard collector's JSON counts per target and BENCH_OBS_METRICS_<TARGET> each traced
+      target's final /metrics scrape (for pglink_trace_spans_total).
 """
 import argparse
 import base64
@@ -234,6 +238,9 @@ LABELS = {
     "pglink-cached": "pglink-cached",
     "pglink-base": "pglink-base",
     "pglink-unix": "pglink-unix",
+    "pglink-obs-off": "pglink-obs-off",
+    "pglink-obs": "pglink-obs",
+    "pglink-obs-1pct": "pglink-obs-1pct",
 }
 ABBREV = {
     "direct": "d",
@@ -243,11 +250,19 @@ ABBREV = {
     "pglink-cached": "lc",
     "pglink-base": "lb",
     "pglink-unix": "lu",
+    "pglink-obs-off": "o0",
+    "pglink-obs": "o",
+    "pglink-obs-1pct": "o1",
 }
 BASE = "pglink-base"
 UNIX = "pglink-unix"
 CACHED = "pglink-cached"
 DOORMAN = "pg_doorman"
+OBS_OFF = "pglink-obs-off"
+OBS_ON = "pglink-obs"
+OBS_1PCT = "pglink-obs-1pct"
+# The requirement: at most this much slower than pglink-obs-off (TPS), per traced target.
+OBS_LIMITS = {OBS_ON: 0.05, OBS_1PCT: 0.02}
 
 
 def _fmt_num(x, digits=0):
@@ -511,6 +526,157 @@ def syscall_section(meta, problems):
     return out
 
 
+def parse_trace_spans(path):
+    """pglink_trace_spans_total{outcome="..."} N lines of a Prometheus scrape -> {outcome: N}."""
+    spans = {}
+    with open(path) as f:
+        for line in f:
+            m = re.match(r'pglink_trace_spans_total\{[^}]*outcome="([a-z_]+)"[^}]*\}\s+([0-9.eE+]+)', line)
+            if m:
+                spans[m.group(1)] = spans.get(m.group(1), 0) + int(float(m.group(2)))
+    return spans
+
+
+def observability_section(meta, tx, summary, problems, runs_of):
+    """The "Observability cost" table of --observability: the traced targets against pglink-obs-off."""
+    targets = meta["targets"]
+    if OBS_OFF not in targets:
+        return []
+    e = os.environ
+    traced = [t for t in (OBS_ON, OBS_1PCT) if t in targets]
+    recorder = e.get("BENCH_OBS_RECORDER") == "1"
+    out = ["### Observability cost", ""]
+    out.append(
+        "One pglink binary built with its default features (otel, metrics) for the three targets, so "
+        "that only the configuration differs: %s has no `opentelemetry`, `prometheus` nor `flight_recorder`; "
+        "%s traces every transaction (`sampling_rate` 1.0, `include_query_text`, `traceparent_sql_regex`) "
+        "over OTLP/HTTP to a discard collector on 127.0.0.1, serves `prometheus` and %s; %s is the same with "
+        "`sampling_rate` 0.01. Targets (the issue): %s at most 5 %% slower than %s (TPS ratio ≥ 0.95), "
+        "%s at most 2 %% (≥ 0.98). %s/pglink is the cost of the build alone (pglink = --no-default-features)."
+        % (
+            OBS_OFF,
+            OBS_ON,
+            "runs the flight recorder (default sizes)" if recorder else "**no flight recorder**",
+            OBS_1PCT,
+            OBS_ON,
+            OBS_OFF,
+            OBS_1PCT,
+            OBS_OFF,
+        )
+    )
+    out.append("")
+    if not recorder:
+        out.append(
+            "**Note: flight recorder not in this build (pglink refused the `flight_recorder` section as not "
+            "implemented): measured without it.**"
+        )
+        out.append("")
+
+    def verdict(w, t):
+        num, den = summary(w, t)["rate"], summary(w, OBS_OFF)["rate"]
+        if not num or not den:
+            return "–"
+        r = num / den
+        ok = r >= 1 - OBS_LIMITS[t] - 1e-9
+        return "%.3f %s" % (r, "ok" if ok else "**over %d %%**" % round(OBS_LIMITS[t] * 100))
+
+    def cpu_ratio(w, t):
+        num, den = summary(w, t)["cpu"], summary(w, OBS_OFF)["cpu"]
+        return "–" if not num or not den else "%.2f" % (num / den)
+
+    cols = [("Workload", "---", lambda w: w)]
+    for t in [OBS_OFF] + traced:
+        cols.append(("%s TPS" % t, "--:", lambda w, t=t: _fmt_num(summary(w, t)["rate"])))
+    for t in traced:
+        cols.append(
+            ("%s/%s TPS (≥ %.2f)" % (t, OBS_OFF, 1 - OBS_LIMITS[t]), "--:", lambda w, t=t: verdict(w, t))
+        )
+    if "pglink" in targets:
+        cols.append(
+            (
+                "%s/pglink TPS" % OBS_OFF,
+                "--:",
+                lambda w: _ratio(summary(w, OBS_OFF)["rate"], summary(w, "pglink")["rate"]),
+            )
+        )
+    for t in [OBS_OFF] + traced:
+        cols.append(("%s CPU µs/txn" % t, "--:", lambda w, t=t: _fmt_num(summary(w, t)["cpu"], 1)))
+    for t in traced:
+        cols.append(("%s/%s CPU" % (t, OBS_OFF), "--:", lambda w, t=t: cpu_ratio(w, t)))
+    out.extend(_table(cols, tx))
+    out.append("")
+
+    sink = {}
+    path = e.get("BENCH_OBS_SINK")
+    if path:
+        try:
+            sink = json.load(open(path))
+        except (OSError, ValueError) as err:
+            problems.append("observability: no collector counts (%s)" % err)
+    rows = []
+    for t in traced:
+        spans, err = {}, None
+        mpath = e.get("BENCH_OBS_METRICS_" + _env_key(t))
+        if mpath:
+            try:
+                spans = parse_trace_spans(mpath)
+            except OSError as x:
+                err = str(x)
+        if not spans:
+            problems.append("observability: no pglink_trace_spans_total from %s%s" % (t, " (%s)" % err if err else ""))
+        c = sink.get(t, {})
+        rows.append((t, spans, c))
+        if path and not c.get("requests"):
+            problems.append("observability: the collector received no export request from %s" % t)
+    out.append(
+        "| Spans over the whole run (pglink_trace_spans_total at the end) | exported | dropped | failed "
+        "| pgbench transactions | spans per transaction | collector: export requests | collector: bytes "
+        "| bytes per exported span |"
+    )
+    out.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+    for t, spans, c in rows:
+        exp = spans.get("exported")
+        total = sum(spans.values()) if spans else None
+        txns = sum(float(r["units"] or 0) for w in tx for r in runs_of(w, t))
+        out.append(
+            "| %s | %s | %s | %s | %s | %s | %s | %s | %s |"
+            % (
+                t,
+                _fmt_num(exp),
+                _fmt_num(spans.get("dropped")),
+                _fmt_num(spans.get("failed")),
+                _fmt_num(txns),
+                "%.3f" % (total / txns) if total is not None and txns else "–",
+                _fmt_num(c.get("requests")),
+                _fmt_num(c.get("bytes")),
+                _fmt_num(c["bytes"] / exp, 0) if exp and c.get("bytes") else "–",
+            )
+        )
+    out.append("")
+    out.append(
+        "Spans per transaction counts every span of the run (logins, the idle-client and pool-wait probes "
+        "and --syscalls runs included) over the transactions of the workload runs: a SELECT 1 transaction "
+        "is one transaction span and one statement span, so expect about 2 × sampling_rate."
+    )
+    cpu = e.get("BENCH_OBS_SINK_CPU_S")
+    if cpu:
+        out.append(
+            "The discard collector (Python, one process for both traced targets) used %s s of CPU over the "
+            "%s s of the run: it shares the machine's cores with pgbench, PostgreSQL and the proxies."
+            % (cpu, e.get("BENCH_OBS_SINK_WALL_S", "?"))
+        )
+    out.append("")
+    for t, spans, c in rows:
+        if spans.get("dropped") or spans.get("failed"):
+            out.append(
+                "**%s lost spans: %s dropped (export queue full), %s failed (collector refused or timed out), "
+                "%s exported.** Its TPS then does not include the full cost of exporting every span."
+                % (t, _fmt_num(spans.get("dropped", 0)), _fmt_num(spans.get("failed", 0)), _fmt_num(spans.get("exported", 0)))
+            )
+            out.append("")
+    return out
+
+
 def cmd_report(a):
     meta = meta_from_env()
     targets, proxies = meta["targets"], meta["proxies"]
@@ -655,6 +821,7 @@ def cmd_report(a):
         if spread:
             out.append("TPS range over rounds (min–max): " + "; ".join(spread) + ".")
             out.append("")
+        out.extend(observability_section(meta, tx, summary, problems, lambda w, t: groups[w].get(t, [])))
     if cp:
         cols = _rate_columns(targets, summary, "MB/s", 1, lambda s: str(s["bad_rc"]))
         out.extend(_table(cols, cp))

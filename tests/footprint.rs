@@ -11,11 +11,11 @@ const FEATURE_ONLY: &[(&str, &str)] = &[
     ("aws", "the AWS SDK (feature `aws`)"),
     ("opentelemetry", "OpenTelemetry (feature `otel`)"),
     ("prometheus", "the metrics registry (feature `metrics`)"),
-    ("hyper", "the AWS SDK's HTTP client (feature `aws`)"),
     (
-        "reqwest",
-        "the OTLP exporter's HTTP client (feature `otel`)",
+        "hyper",
+        "the AWS SDK's and the OTLP exporter's HTTP client (features `aws`, `otel`)",
     ),
+    ("tonic", "the OTLP exporter's gRPC client (feature `otel`)"),
 ];
 
 /// The crate names in `cargo tree -e normal` for this package, with `extra` arguments.

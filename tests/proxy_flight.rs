@@ -414,3 +414,42 @@ fn a_protocol_error_triggers_a_snapshot_once_per_cooldown() {
     drop(proxy);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// With tracing on too, both get every event (through one `Tee` per engine).
+#[cfg(feature = "otel")]
+#[test]
+fn tracing_and_the_recorder_both_see_the_statements() {
+    use support::otlp::{OtlpReceiver, Protocol};
+    let receiver = OtlpReceiver::start(Protocol::Http);
+    let user = create_user(PgServer::shared(), "fr_otel");
+    let dir = flight_dir("otel");
+    let proxy = ProxyConfig::new(PgServer::shared())
+        .user(&user)
+        .set("flight_recorder", flight(&dir, json!({})))
+        .set(
+            "opentelemetry",
+            json!({
+                "enabled": true,
+                "otlp_endpoint": receiver.endpoint(),
+                "otlp_protocol": "http",
+                "sampling_rate": 1.0,
+                "traceparent_sql_regex": true,
+            }),
+        )
+        .start();
+    let mut client = connect(proxy.addr, &user);
+    client.query_column("SELECT 7").unwrap();
+    assert!(!receiver.wait_for(1, Duration::from_secs(10)).is_empty());
+    let snapshot = proxy.handle().flight_recorder_snapshot().unwrap();
+    let trace = load(&snapshot.path);
+    let pid = client.key.as_ref().unwrap().0;
+    let label = format!("client {pid} {}@{TEST_DATABASE} queries", user.name);
+    assert!(
+        on_track(&trace, &label)
+            .iter()
+            .any(|e| e["ph"] == "X" && e["name"] == "SELECT 1"),
+        "{trace}"
+    );
+    drop(proxy);
+    let _ = std::fs::remove_dir_all(dir);
+}

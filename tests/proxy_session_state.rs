@@ -1350,5 +1350,23 @@ fn a_traceparent_startup_parameter_is_pglinks_and_never_reaches_postgresql() {
                 "{name}={value:?}"
             );
         }
+        // In `options` (JDBC's way), beside a setting that does reach the server.
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", proxy.port()).parse().unwrap();
+        let mut conn = Conn::plain(addr);
+        let options = LoginOptions {
+            params: vec![(
+                "options".into(),
+                format!("-c {name}={valid} -c statement_timeout=4321"),
+            )],
+            ..Default::default()
+        };
+        conn.login(user.name, TEST_DATABASE, password, &options)
+            .unwrap_or_else(|e| panic!("options with {name}: {e:?}"));
+        let mut client = WireClient { conn, key: None };
+        assert_eq!(
+            client.query_column("SHOW statement_timeout").unwrap(),
+            ["4321ms"],
+            "{name} in options"
+        );
     }
 }

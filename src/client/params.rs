@@ -296,6 +296,24 @@ pub fn options_settings(options: &str) -> Vec<(String, String)> {
     out
 }
 
+/// An `options` string setting `settings` (`-c name=value` each, escaped as libpq does).
+pub fn options_string(settings: &[(String, String)]) -> String {
+    let escape = |s: &str| {
+        s.chars().fold(String::new(), |mut out, c| {
+            if c == '\\' || c.is_whitespace() {
+                out.push('\\');
+            }
+            out.push(c);
+            out
+        })
+    };
+    settings
+        .iter()
+        .map(|(n, v)| format!("-c {}={}", escape(n), escape(v)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Splits on whitespace; a backslash escapes the next character (libpq's rules).
 fn split_options(options: &str) -> Vec<String> {
     let mut words = Vec::new();
@@ -422,5 +440,16 @@ mod tests {
             ]
         );
         assert!(options_settings("-c").is_empty());
+    }
+
+    #[test]
+    fn settings_make_an_options_string_that_parses_back() {
+        let settings = vec![
+            ("app.v".to_owned(), r"x y\z".to_owned()),
+            ("work_mem".to_owned(), "64MB".to_owned()),
+        ];
+        let text = options_string(&settings);
+        assert_eq!(text, r"-c app.v=x\ y\\z -c work_mem=64MB");
+        assert_eq!(options_settings(&text), settings);
     }
 }

@@ -58,6 +58,14 @@ impl std::fmt::Debug for AuthState {
 }
 
 impl Session {
+    /// The client's W3C trace context, from its startup packet.
+    fn set_trace_parent(&mut self, text: &str) {
+        self.trace_parent = crate::observe::trace::TraceParent::parse(text);
+        if self.trace_parent.is_none() {
+            log::debug!("startup parameter {text:?} is not a valid traceparent: ignored");
+        }
+    }
+
     /// Before authentication: SSLRequest, GSSENCRequest, CancelRequest or StartupMessage.
     pub(super) fn on_startup_bytes(
         &mut self,
@@ -162,12 +170,25 @@ impl Session {
                 b"replication" => {}
                 // The trace context is pglink's (PostgreSQL would refuse the name).
                 n if n == env.config.traceparent_parameter.as_bytes() => {
+                    self.set_trace_parent(&String::from_utf8_lossy(value));
+                }
+                // Drivers that cannot send a parameter of their own (JDBC) pass it as
+                // `-c traceparent=…` in `options`: taken out there too.
+                b"options" => {
                     let text = String::from_utf8_lossy(value);
-                    self.trace_parent = crate::observe::trace::TraceParent::parse(&text);
-                    if self.trace_parent.is_none() {
-                        log::debug!(
-                            "startup parameter {text:?} is not a valid traceparent: ignored"
-                        );
+                    let wanted = env.config.traceparent_parameter.replace('-', "_");
+                    let (trace, rest): (Vec<_>, Vec<_>) = super::params::options_settings(&text)
+                        .into_iter()
+                        .partition(|(n, _)| *n == wanted);
+                    let options = match trace.last() {
+                        None => text.into_owned(),
+                        Some((_, v)) => {
+                            self.set_trace_parent(v);
+                            super::params::options_string(&rest)
+                        }
+                    };
+                    if !options.is_empty() {
+                        self.startup_params.push(("options".to_owned(), options));
                     }
                 }
                 n if n.starts_with(b"_pq_.") => unknown_options.push(n),

@@ -1,6 +1,6 @@
 //! Observability: logging, the hot-path metrics and the flight recorder; with the `metrics`
-//! feature, their Prometheus exposition and the admin HTTP endpoint. Tracing will hang off
-//! here too.
+//! feature, their Prometheus exposition and the admin HTTP endpoint; with the `otel`
+//! feature, the OTLP span exporter (`otlp`).
 
 pub mod events;
 pub mod flight;
@@ -12,4 +12,6 @@ pub(crate) mod metrics;
 pub mod otlp;
 #[cfg(feature = "metrics")]
 pub(crate) mod prometheus;
+#[cfg(feature = "otel")]
+pub mod spans;
 pub mod trace;

@@ -21,29 +21,26 @@
 //!   exporter's own retries included) is counted in [`ExportStats::failed`]. After `shutdown`,
 //!   `exported + dropped + failed` is every span submitted.
 
-use std::borrow::Cow;
 use std::fmt;
-use std::future::{Future, poll_fn};
-use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::task::Poll;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use opentelemetry::trace::{
-    self as otel_trace, SpanContext, SpanId, Status, TraceFlags, TraceId, TraceState,
-};
-use opentelemetry::{InstrumentationScope, Key, KeyValue, Value};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
-use tokio::sync::{mpsc, oneshot};
+use opentelemetry_sdk::trace::SpanExporter as _;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::config::{OpenTelemetryConfig, OtlpProtocol};
+
+mod span;
+mod worker;
+
+pub use span::{AttrValue, SpanEventRecord, SpanKind, SpanRecord, SpanStatus};
+use worker::{SpanQueue, Worker};
 
 /// The environment variable consulted when `opentelemetry.otlp_endpoint` is not set.
 pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
@@ -53,89 +50,6 @@ pub const DEFAULT_GRPC_ENDPOINT: &str = "http://localhost:4317";
 pub const DEFAULT_HTTP_ENDPOINT: &str = "http://localhost:4318";
 /// The path of the traces resource of an OTLP/HTTP collector.
 pub const HTTP_TRACES_PATH: &str = "/v1/traces";
-
-/// One finished span, as the engine hands it over.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SpanRecord {
-    pub trace_id: [u8; 16],
-    pub span_id: [u8; 8],
-    pub parent_span_id: Option<[u8; 8]>,
-    /// The parent came from another process (a client's `traceparent`).
-    pub parent_is_remote: bool,
-    pub name: String,
-    pub kind: SpanKind,
-    pub start: SystemTime,
-    pub end: SystemTime,
-    pub attributes: Vec<(&'static str, AttrValue)>,
-    pub events: Vec<SpanEventRecord>,
-    pub status: SpanStatus,
-    /// The W3C sampled flag carried in the exported span's flags. Sampling itself is the
-    /// caller's decision: every submitted span is sent.
-    pub sampled: bool,
-}
-
-/// The span kinds pglink produces.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SpanKind {
-    /// Work done for a client (a transaction, a statement).
-    Server,
-    /// Work pglink asks of a backend.
-    Client,
-    Internal,
-}
-
-/// An attribute value.
-#[derive(Clone, Debug, PartialEq)]
-pub enum AttrValue {
-    Str(String),
-    Int(i64),
-    Bool(bool),
-    F64(f64),
-}
-
-impl From<String> for AttrValue {
-    fn from(v: String) -> Self {
-        AttrValue::Str(v)
-    }
-}
-impl From<&str> for AttrValue {
-    fn from(v: &str) -> Self {
-        AttrValue::Str(v.to_owned())
-    }
-}
-impl From<i64> for AttrValue {
-    fn from(v: i64) -> Self {
-        AttrValue::Int(v)
-    }
-}
-impl From<bool> for AttrValue {
-    fn from(v: bool) -> Self {
-        AttrValue::Bool(v)
-    }
-}
-impl From<f64> for AttrValue {
-    fn from(v: f64) -> Self {
-        AttrValue::F64(v)
-    }
-}
-
-/// A timestamped event inside a span (e.g. `pool.wait` with its duration).
-#[derive(Clone, Debug, PartialEq)]
-pub struct SpanEventRecord {
-    pub name: String,
-    pub time: SystemTime,
-    pub attributes: Vec<(&'static str, AttrValue)>,
-}
-
-/// A span's status.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub enum SpanStatus {
-    #[default]
-    Unset,
-    Ok,
-    /// Failed, with a description.
-    Error(String),
-}
 
 /// What the exporter thread needs; [`ExporterConfig::from_config`] fills it from the config
 /// file and the environment.
@@ -156,7 +70,7 @@ pub struct ExporterConfig {
 }
 
 impl ExporterConfig {
-    pub const DEFAULT_QUEUE_CAPACITY: usize = 4096;
+    pub const DEFAULT_QUEUE_CAPACITY: usize = 8192;
     pub const DEFAULT_MAX_BATCH: usize = 512;
     pub const DEFAULT_BATCH_DELAY: Duration = Duration::from_secs(1);
     pub const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -326,11 +240,12 @@ impl ExportStats {
 /// The sending side: cheap to clone, one per reactor thread.
 #[derive(Clone, Debug)]
 pub struct Exporter {
-    queue: mpsc::Sender<SpanRecord>,
+    queue: Arc<SpanQueue>,
     stats: Arc<ExportStats>,
 }
 
-/// The exporter thread; [`ExporterThread::shutdown`] flushes and stops it.
+/// The exporter thread; [`ExporterThread::shutdown`] flushes and stops it. Dropped without
+/// `shutdown`, the thread stops at once, counting what is still queued as failed.
 #[derive(Debug)]
 pub struct ExporterThread {
     shutdown: oneshot::Sender<Instant>,
@@ -343,7 +258,8 @@ impl Exporter {
     /// Checks the endpoint, builds the OTLP exporter and starts its thread.
     pub fn start(config: ExporterConfig) -> Result<(Exporter, ExporterThread), ExportError> {
         let endpoint = config.resolved_endpoint()?;
-        let (queue, spans) = mpsc::channel(config.queue_capacity.max(1));
+        let queue = Arc::new(SpanQueue::new(config.queue_capacity, config.max_batch));
+        let spans = Arc::clone(&queue);
         let (shutdown, shutdown_rx) = oneshot::channel();
         let (ready_tx, ready_rx) = std_mpsc::channel();
         let (done_tx, done) = std_mpsc::channel();
@@ -368,15 +284,8 @@ impl Exporter {
                 match built {
                     Ok(exporter) => {
                         let _ = ready_tx.send(Ok(()));
-                        let worker = Worker {
-                            spans,
-                            shutdown: Some(shutdown_rx),
-                            deadline: None,
-                            exporter,
-                            stats: worker_stats,
-                            scope: instrumentation_scope(),
-                            config,
-                        };
+                        let worker =
+                            Worker::new(spans, shutdown_rx, exporter, worker_stats, config);
                         runtime.block_on(worker.run());
                     }
                     Err(e) => {
@@ -415,9 +324,11 @@ impl Exporter {
         ))
     }
 
-    /// Queues a span for export; never blocks. A full queue drops the span (counted).
+    /// Queues a span for export; never blocks (a lock held only to push or to swap the
+    /// queue out). A full queue, or a stopped exporter, drops the span (counted). The export
+    /// thread is woken once a batch is ready, not for every span.
     pub fn submit(&self, span: SpanRecord) {
-        if self.queue.try_send(span).is_err() {
+        if !self.queue.push(span) {
             ExportStats::add(&self.stats.dropped, 1);
         }
     }
@@ -479,226 +390,6 @@ fn build_exporter(
     Ok(exporter)
 }
 
-fn instrumentation_scope() -> InstrumentationScope {
-    InstrumentationScope::builder("pglink")
-        .with_version(env!("CARGO_PKG_VERSION"))
-        .build()
-}
-
-/// What woke the batching loop.
-enum Wake {
-    Span(SpanRecord),
-    /// Every [`Exporter`] is gone.
-    Closed,
-    Shutdown,
-    BatchDue,
-}
-
-/// The exporter thread's state, run on its current-thread runtime.
-struct Worker {
-    spans: mpsc::Receiver<SpanRecord>,
-    /// Taken once the shutdown request (or the loss of its sender) has been seen.
-    shutdown: Option<oneshot::Receiver<Instant>>,
-    /// Set by shutdown: nothing is sent after it.
-    deadline: Option<Instant>,
-    exporter: opentelemetry_otlp::SpanExporter,
-    stats: Arc<ExportStats>,
-    scope: InstrumentationScope,
-    config: ExporterConfig,
-}
-
-impl Worker {
-    async fn run(mut self) {
-        let max_batch = self.config.max_batch.max(1);
-        let mut batch = Vec::new();
-        let mut due: Option<Instant> = None;
-        loop {
-            match self.next(due).await {
-                Wake::Span(span) => {
-                    if batch.is_empty() {
-                        due = Some(Instant::now() + self.config.batch_delay);
-                    }
-                    batch.push(to_span_data(span, &self.scope));
-                    if batch.len() >= max_batch {
-                        self.export(std::mem::take(&mut batch)).await;
-                        due = None;
-                    }
-                }
-                Wake::BatchDue => {
-                    self.export(std::mem::take(&mut batch)).await;
-                    due = None;
-                }
-                Wake::Closed | Wake::Shutdown => break,
-            }
-        }
-        // Flush: what is batched, then what is queued, until the deadline.
-        self.spans.close();
-        loop {
-            while batch.len() < max_batch {
-                match self.spans.try_recv() {
-                    Ok(span) => batch.push(to_span_data(span, &self.scope)),
-                    Err(_) => break,
-                }
-            }
-            if batch.is_empty() {
-                break;
-            }
-            if self.deadline.is_some_and(|d| Instant::now() >= d) {
-                ExportStats::add(&self.stats.failed, batch.len());
-                batch.clear();
-                continue;
-            }
-            self.export(std::mem::take(&mut batch)).await;
-        }
-    }
-
-    /// Waits for a span, the shutdown request, or the batch's due time.
-    async fn next(&mut self, due: Option<Instant>) -> Wake {
-        let mut timer = pin!(tokio::time::sleep_until(
-            due.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
-        ));
-        poll_fn(|cx| {
-            // Shutdown may have been asked for while a batch was being sent.
-            if self.deadline.is_some() {
-                return Poll::Ready(Wake::Shutdown);
-            }
-            if let Some(shutdown) = self.shutdown.as_mut()
-                && let Poll::Ready(request) = Pin::new(shutdown).poll(cx)
-            {
-                self.shutdown = None;
-                // A dropped ExporterThread means stop now, with nothing more to wait for.
-                self.deadline = Some(request.unwrap_or_else(|_| Instant::now()));
-                return Poll::Ready(Wake::Shutdown);
-            }
-            match self.spans.poll_recv(cx) {
-                Poll::Ready(Some(span)) => return Poll::Ready(Wake::Span(span)),
-                Poll::Ready(None) => return Poll::Ready(Wake::Closed),
-                Poll::Pending => {}
-            }
-            if due.is_some() && timer.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Wake::BatchDue);
-            }
-            Poll::Pending
-        })
-        .await
-    }
-
-    /// Sends one batch, bounded by the export timeout and the shutdown deadline (which may
-    /// arrive while the request is in flight); `None` when the time ran out.
-    async fn send(&mut self, batch: Vec<SpanData>) -> Option<OTelSdkResult> {
-        let timeout = Instant::now() + self.config.export_timeout;
-        let limit = self.deadline.map_or(timeout, |d| d.min(timeout));
-        let Worker {
-            exporter,
-            shutdown,
-            deadline,
-            ..
-        } = self;
-        let mut request = pin!(exporter.export(batch));
-        let mut timer = pin!(tokio::time::sleep_until(limit));
-        poll_fn(|cx| {
-            if let Poll::Ready(result) = request.as_mut().poll(cx) {
-                return Poll::Ready(Some(result));
-            }
-            if let Some(rx) = shutdown.as_mut()
-                && let Poll::Ready(request) = Pin::new(rx).poll(cx)
-            {
-                *shutdown = None;
-                let d = request.unwrap_or_else(|_| Instant::now());
-                *deadline = Some(d);
-                if d < timer.deadline() {
-                    timer.as_mut().reset(d);
-                }
-            }
-            if timer.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(None);
-            }
-            Poll::Pending
-        })
-        .await
-    }
-
-    /// Sends one batch and counts the result.
-    async fn export(&mut self, batch: Vec<SpanData>) {
-        let n = batch.len();
-        if n == 0 {
-            return;
-        }
-        match self.send(batch).await {
-            Some(Ok(())) => ExportStats::add(&self.stats.exported, n),
-            Some(Err(e)) => {
-                log::debug!("OTLP export of {n} spans failed: {e}");
-                ExportStats::add(&self.stats.failed, n);
-            }
-            None => {
-                log::debug!("OTLP export of {n} spans timed out");
-                ExportStats::add(&self.stats.failed, n);
-            }
-        }
-    }
-}
-
-/// The SDK's span data for `span`.
-fn to_span_data(span: SpanRecord, scope: &InstrumentationScope) -> SpanData {
-    let flags = if span.sampled {
-        TraceFlags::SAMPLED
-    } else {
-        TraceFlags::default()
-    };
-    let mut events = SpanEvents::default();
-    events.events = span
-        .events
-        .into_iter()
-        .map(|e| otel_trace::Event::new(e.name, e.time, key_values(e.attributes), 0))
-        .collect();
-    SpanData {
-        span_context: SpanContext::new(
-            TraceId::from_bytes(span.trace_id),
-            SpanId::from_bytes(span.span_id),
-            flags,
-            false,
-            TraceState::NONE,
-        ),
-        parent_span_id: span
-            .parent_span_id
-            .map_or(SpanId::INVALID, SpanId::from_bytes),
-        parent_span_is_remote: span.parent_span_id.is_some() && span.parent_is_remote,
-        span_kind: match span.kind {
-            SpanKind::Server => otel_trace::SpanKind::Server,
-            SpanKind::Client => otel_trace::SpanKind::Client,
-            SpanKind::Internal => otel_trace::SpanKind::Internal,
-        },
-        name: Cow::Owned(span.name),
-        start_time: span.start,
-        end_time: span.end.max(span.start),
-        attributes: key_values(span.attributes),
-        dropped_attributes_count: 0,
-        events,
-        links: SpanLinks::default(),
-        status: match span.status {
-            SpanStatus::Unset => Status::Unset,
-            SpanStatus::Ok => Status::Ok,
-            SpanStatus::Error(description) => Status::error(description),
-        },
-        instrumentation_scope: scope.clone(),
-    }
-}
-
-fn key_values(attributes: Vec<(&'static str, AttrValue)>) -> Vec<KeyValue> {
-    attributes
-        .into_iter()
-        .map(|(key, value)| {
-            let value = match value {
-                AttrValue::Str(s) => Value::from(s),
-                AttrValue::Int(i) => Value::I64(i),
-                AttrValue::Bool(b) => Value::Bool(b),
-                AttrValue::F64(f) => Value::F64(f),
-            };
-            KeyValue::new(Key::from_static_str(key), value)
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -732,7 +423,7 @@ mod tests {
         let c = ExporterConfig::from_config_and_env(&otel(None, OtlpProtocol::Grpc), None);
         assert_eq!(c.resolved_endpoint().unwrap(), "http://localhost:4317");
         assert_eq!(c.service_name, "pglink");
-        assert_eq!(c.queue_capacity, 4096);
+        assert_eq!(c.queue_capacity, 8192);
         assert_eq!(c.max_batch, 512);
     }
 
@@ -802,37 +493,5 @@ mod tests {
             Exporter::start(c),
             Err(ExportError::TlsUnsupported { .. })
         ));
-    }
-
-    #[test]
-    fn span_record_converts_to_span_data() {
-        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let span = SpanRecord {
-            trace_id: [1; 16],
-            span_id: [2; 8],
-            parent_span_id: Some([3; 8]),
-            parent_is_remote: true,
-            name: "transaction".into(),
-            kind: SpanKind::Server,
-            start: t0,
-            end: t0 - Duration::from_secs(1), // a clock step back: clamped
-            attributes: vec![("db.system", "postgresql".into()), ("n", 7i64.into())],
-            events: vec![SpanEventRecord {
-                name: "pool.wait".into(),
-                time: t0,
-                attributes: vec![("wait.seconds", 0.25.into())],
-            }],
-            status: SpanStatus::Error("boom".into()),
-            sampled: true,
-        };
-        let data = to_span_data(span, &instrumentation_scope());
-        assert_eq!(data.span_context.trace_id(), TraceId::from_bytes([1; 16]));
-        assert!(data.span_context.is_sampled());
-        assert_eq!(data.parent_span_id, SpanId::from_bytes([3; 8]));
-        assert!(data.parent_span_is_remote);
-        assert_eq!(data.end_time, t0);
-        assert_eq!(data.attributes[1], KeyValue::new("n", 7i64));
-        assert_eq!(data.events.events[0].name, "pool.wait");
-        assert_eq!(data.status, Status::error("boom"));
     }
 }

@@ -250,6 +250,13 @@ pub const CONFIG_RELOADS: Meta = meta(
     "Configuration reloads (SIGHUP, the embedding API), applied (success) or refused (failure).",
 );
 
+pub const TRACE_SPANS: Meta = meta(
+    "pglink_trace_spans_total",
+    COUNTER,
+    &["outcome"],
+    "OpenTelemetry spans: exported to the collector, dropped (the export queue was full) or \
+     failed (the collector refused them or did not answer in time).",
+);
 pub const FLIGHT_SNAPSHOTS: Meta = meta(
     "pglink_flight_recorder_snapshots_total",
     COUNTER,
@@ -309,6 +316,7 @@ pub const METRICS: &[&Meta] = &[
     &REACTOR_CPU,
     &REACTORS_RUNNING,
     &CONFIG_RELOADS,
+    &TRACE_SPANS,
     &FLIGHT_SNAPSHOTS,
     &FLIGHT_FAILURES,
     &FLIGHT_BYTES,
@@ -451,6 +459,15 @@ fn families(shared: &Shared) -> Vec<MetricFamily> {
     f.gauge(&REACTORS_RUNNING, &[], shared.reactors_running() as f64);
     for (result, n) in ["success", "failure"].iter().zip(&shared.reloads) {
         f.counter(&CONFIG_RELOADS, &[result], n.load(Relaxed));
+    }
+    #[cfg(feature = "otel")]
+    let spans = shared
+        .span_stats()
+        .map_or([0; 3], |s| [s.exported(), s.dropped(), s.failed()]);
+    #[cfg(not(feature = "otel"))]
+    let spans = [0; 3];
+    for (outcome, n) in ["exported", "dropped", "failed"].iter().zip(spans) {
+        f.counter(&TRACE_SPANS, &[outcome], n);
     }
     if let Some(recorder) = shared.flight() {
         for trigger in crate::observe::flight::Trigger::ALL {

@@ -187,6 +187,12 @@ pub struct Reactor {
 }
 
 impl Reactor {
+    /// Where the engine's events go (spans, the flight recorder), set before it runs. One
+    /// sink per engine: several share the events through `observe::events::Tee`.
+    pub fn set_event_sink(&mut self, sink: Box<dyn crate::observe::events::EventSink + Send>) {
+        self.engine.set_event_sink(sink);
+    }
+
     /// Creates a reactor with its listeners; returns it with the handle others use to reach it.
     pub fn new(
         id: usize,
@@ -238,12 +244,6 @@ impl Reactor {
             _running: running,
         };
         Ok((reactor, handle))
-    }
-
-    /// Where the engine's events go (the flight recorder's sink), set before it runs. One
-    /// sink per engine: several are combined with `observe::events::Tee`.
-    pub fn set_event_sink(&mut self, sink: Box<dyn crate::observe::events::EventSink + Send>) {
-        self.engine.set_event_sink(sink);
     }
 
     /// Runs until shutdown completes.

@@ -42,6 +42,7 @@ use crate::client::users::{DbEntry, DbId, PoolId, ScramSecret, UserEntry, UserTa
 use crate::client::{AuthMethod, ClientTls, DatabaseContext, SessionConfig};
 use crate::config::{self, BackendSslMode, CertSource, Config, LoadedConfig, ResolvedSecrets};
 use crate::engine::Context;
+use crate::observe::events::{EventSink, Tee};
 use crate::observe::flight::{FlightRecorder, RecorderThread, Snapshot, SnapshotError};
 use crate::pool::{Credentials, Database, Pool, PoolSettings};
 use crate::protocol::framing::DEFAULT_MAX_MESSAGE_LEN;
@@ -157,6 +158,9 @@ pub struct ServerHandle {
     metrics_addrs: Vec<SocketAddr>,
     /// The flight recorder's thread (with a `flight_recorder` section).
     flight: Option<RecorderThread>,
+    /// The span exporter's thread, when tracing is on.
+    #[cfg(feature = "otel")]
+    spans: Option<crate::observe::otlp::ExporterThread>,
 }
 
 impl Server {
@@ -271,13 +275,35 @@ impl Server {
             .flight_recorder
             .as_ref()
             .map(|c| FlightRecorder::new(c, reactors));
+        #[cfg(feature = "otel")]
+        let (spans, span_sinks) = match start_tracing(config)? {
+            Some((exporter, thread, settings)) => {
+                shared.set_span_exporter(exporter.clone());
+                (Some(thread), Some((exporter, settings)))
+            }
+            None => (None, None),
+        };
         let mut handles = Vec::with_capacity(reactors);
         let mut loops = Vec::with_capacity(reactors);
         for (id, sockets) in listeners.into_iter().enumerate() {
             let (mut reactor, handle) =
                 Reactor::new(id, shared.clone(), sockets).map_err(StartError::Thread)?;
+            let mut sinks: Vec<Box<dyn EventSink + Send>> = Vec::new();
             if let Some(recorder) = &recorder {
-                reactor.set_event_sink(Box::new(recorder.sink(id)));
+                sinks.push(Box::new(recorder.sink(id)));
+            }
+            #[cfg(feature = "otel")]
+            if let Some((exporter, settings)) = &span_sinks {
+                sinks.push(Box::new(crate::observe::spans::SpanSink::new(
+                    exporter.clone(),
+                    settings.clone(),
+                )));
+            }
+            // One sink goes in as it is; several share the events through a `Tee`.
+            if sinks.len() > 1 {
+                reactor.set_event_sink(Box::new(Tee(sinks)));
+            } else if let Some(sink) = sinks.pop() {
+                reactor.set_event_sink(sink);
             }
             handles.push(handle);
             loops.push(reactor);
@@ -334,6 +360,8 @@ impl Server {
             admin: None,
             metrics_addrs: Vec::new(),
             flight,
+            #[cfg(feature = "otel")]
+            spans,
         };
         #[cfg(feature = "metrics")]
         if let (Some(listeners), Some(p)) = (metrics_listeners, &config.prometheus) {
@@ -449,6 +477,11 @@ impl ServerHandle {
         }
         // Cancel deliveries still under way (each bounded by its timeouts).
         self.shared.join_helpers();
+        // The reactors made their last spans: what is queued goes out, within a bound.
+        #[cfg(feature = "otel")]
+        if let Some(spans) = self.spans.take() {
+            spans.shutdown(SPAN_FLUSH);
+        }
         // After the reactors, which feed it.
         if let Some(flight) = self.flight.take() {
             flight.stop();
@@ -490,21 +523,56 @@ impl Stopper {
     }
 }
 
-/// Observability sections are validated by the config layer but not built yet: say so
-/// instead of running silently without them. [`Server::start_with`] calls this first, and
-/// `pglink -check` calls it too, so a configuration that passes the check gets past it.
+/// How long a stop waits for queued spans to reach the collector.
+#[cfg(feature = "otel")]
+const SPAN_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The span exporter and the span settings, when `opentelemetry.enabled`.
+#[cfg(feature = "otel")]
+fn start_tracing(
+    config: &Config,
+) -> Result<
+    Option<(
+        crate::observe::otlp::Exporter,
+        crate::observe::otlp::ExporterThread,
+        Arc<crate::observe::spans::TraceSettings>,
+    )>,
+    StartError,
+> {
+    use crate::observe::otlp::{Exporter, ExporterConfig};
+    let Some(o) = config.opentelemetry.as_ref().filter(|o| o.enabled) else {
+        return Ok(None);
+    };
+    let settings =
+        crate::observe::spans::TraceSettings::from_config(o).map_err(StartError::Invalid)?;
+    let exporter_config = ExporterConfig::from_config(o);
+    let endpoint = exporter_config
+        .resolved_endpoint()
+        .map_err(|e| StartError::Invalid(format!("opentelemetry: {e}")))?;
+    let (exporter, thread) = Exporter::start(exporter_config)
+        .map_err(|e| StartError::Invalid(format!("opentelemetry: {e}")))?;
+    log::info!(
+        "tracing: spans go to {endpoint} over OTLP/{} (sampling {})",
+        o.otlp_protocol,
+        o.sampling_rate
+    );
+    Ok(Some((exporter, thread, Arc::new(settings))))
+}
+
+/// What the config layer validates but this build cannot do: say so instead of running
+/// silently without it. [`Server::start_with`] calls this first, and `pglink -check` calls it
+/// too, so a configuration that passes the check gets past it.
 pub fn refuse_unimplemented(config: &Config) -> Result<(), StartError> {
-    let mut missing = Vec::new();
-    if config.opentelemetry.as_ref().is_some_and(|o| o.enabled) {
-        missing.push("opentelemetry");
+    // OTLP goes out without TLS: an https collector is refused, never sent plain text.
+    #[cfg(feature = "otel")]
+    if let Some(o) = config.opentelemetry.as_ref().filter(|o| o.enabled) {
+        crate::observe::otlp::ExporterConfig::from_config(o)
+            .resolved_endpoint()
+            .map_err(|e| StartError::Invalid(format!("opentelemetry: {e}")))?;
     }
-    if missing.is_empty() {
-        return Ok(());
-    }
-    Err(StartError::Unsupported(format!(
-        "{}: not implemented in this version of pglink yet; remove the section(s) to start",
-        missing.join(", ")
-    )))
+    #[cfg(not(feature = "otel"))]
+    let _ = config;
+    Ok(())
 }
 
 /// The client-facing rustls configuration and our certificate's channel-binding data.
@@ -1117,6 +1185,12 @@ fn in_effect(old: &Config, new: &Config, restart: &mut Vec<String>) -> Config {
             &old.flight_recorder,
         );
     }
+    keep_old(
+        restart,
+        "opentelemetry",
+        &mut c.opentelemetry,
+        &old.opentelemetry,
+    );
     keep_old(restart, "peer_id", &mut c.peer_id, &old.peer_id);
     keep_old(
         restart,

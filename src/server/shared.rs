@@ -49,6 +49,9 @@ pub struct Shared {
     stop_requested: AtomicBool,
     /// The flight recorder, when configured.
     flight: OnceLock<Arc<crate::observe::flight::FlightRecorder>>,
+    /// The span exporter, when tracing is on (for its counters).
+    #[cfg(feature = "otel")]
+    spans: OnceLock<crate::observe::otlp::Exporter>,
 }
 
 impl Shared {
@@ -72,6 +75,8 @@ impl Shared {
             console: OnceLock::new(),
             stop_requested: AtomicBool::new(false),
             flight: OnceLock::new(),
+            #[cfg(feature = "otel")]
+            spans: OnceLock::new(),
         }
     }
 
@@ -192,6 +197,18 @@ impl Shared {
                 format!("{}@{db}", pool.credentials().0.user)
             })
             .collect()
+    }
+
+    /// The span exporter, when tracing is on.
+    #[cfg(feature = "otel")]
+    pub(crate) fn set_span_exporter(&self, exporter: crate::observe::otlp::Exporter) {
+        let _ = self.spans.set(exporter);
+    }
+
+    /// The span exporter's counters, when tracing is on.
+    #[cfg(feature = "otel")]
+    pub(crate) fn span_stats(&self) -> Option<&crate::observe::otlp::ExportStats> {
+        self.spans.get().map(|e| e.stats())
     }
 
     pub(crate) fn set_console(&self, console: super::console::ConsoleHandle) {
