@@ -199,3 +199,23 @@ impl Decoder for SkipDecoder {
         Ok(Some(()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_body_buffer_comes_back_without_a_copy() {
+        let mut buf = Vec::with_capacity(4096);
+        buf.extend_from_slice(b"request");
+        let ptr = buf.as_ptr();
+        let body = Bytes::from(buf);
+        let sent = body.clone();
+        drop(sent);
+        let back = body.try_into_mut().ok().map(Vec::from).unwrap();
+        assert_eq!(
+            (back.as_ptr(), back.capacity(), &back[..]),
+            (ptr, 4096, &b"request"[..])
+        );
+    }
+}
