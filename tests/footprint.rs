@@ -1,5 +1,6 @@
 //! The minimal build (`--no-default-features`) stays the proxy alone: no async runtime, no AWS
-//! SDK, no OpenTelemetry, no HTTP server or client. Checked on the resolved dependency graph
+//! SDK, no OTLP transport, no HTTP server or client. No build has an OpenTelemetry crate:
+//! pglink encodes OTLP itself. Checked on the resolved dependency graph
 //! (`cargo tree`, offline, from Cargo.lock), so it needs no build of either feature set.
 
 use std::process::Command;
@@ -9,7 +10,6 @@ use std::process::Command;
 const FEATURE_ONLY: &[(&str, &str)] = &[
     ("tokio", "the AWS SDK's runtime (feature `aws`)"),
     ("aws", "the AWS SDK (feature `aws`)"),
-    ("opentelemetry", "OpenTelemetry (feature `otel`)"),
     ("prometheus", "the metrics registry (feature `metrics`)"),
     (
         "hyper",
@@ -72,6 +72,25 @@ fn minimal_build_has_no_runtime_sdk_telemetry_or_http() {
         assert!(
             !matching(&full, pattern).is_empty(),
             "no crate matching {pattern:?} in the default build any more: update this test"
+        );
+    }
+}
+
+#[test]
+fn no_build_has_the_opentelemetry_sdk() {
+    for extra in [
+        &[][..],
+        &["--no-default-features", "--features", "otel"][..],
+    ] {
+        let names = crate_names(extra);
+        assert!(
+            names.iter().any(|n| n == "tonic"),
+            "cargo tree {extra:?}: no tonic, the OTLP gRPC client: {names:?}"
+        );
+        let found = matching(&names, "opentelemetry");
+        assert!(
+            found.is_empty(),
+            "cargo tree {extra:?} has {found:?}: pglink encodes OTLP itself (src/observe/otlp/encode.rs)"
         );
     }
 }

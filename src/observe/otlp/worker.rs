@@ -5,13 +5,12 @@ use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::Poll;
 
-use opentelemetry::InstrumentationScope;
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{SpanData, SpanExporter as _};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::span::{SpanRecord, instrumentation_scope, to_span_data};
+use super::encode::RequestEncoder;
+use super::span::SpanRecord;
+use super::transport::Transport;
 use super::{ExportStats, ExporterConfig};
 
 /// Spans waiting for the export thread: a vector behind a lock, swapped out whole by the
@@ -89,9 +88,9 @@ pub(super) struct Worker {
     shutdown: Option<oneshot::Receiver<Instant>>,
     /// Set by shutdown: nothing is sent after it.
     deadline: Option<Instant>,
-    exporter: opentelemetry_otlp::SpanExporter,
+    transport: Transport,
+    encoder: RequestEncoder,
     stats: Arc<ExportStats>,
-    scope: InstrumentationScope,
     config: ExporterConfig,
 }
 
@@ -99,7 +98,8 @@ impl Worker {
     pub(super) fn new(
         spans: Arc<SpanQueue>,
         shutdown: oneshot::Receiver<Instant>,
-        exporter: opentelemetry_otlp::SpanExporter,
+        transport: Transport,
+        encoder: RequestEncoder,
         stats: Arc<ExportStats>,
         config: ExporterConfig,
     ) -> Worker {
@@ -107,9 +107,9 @@ impl Worker {
             spans,
             shutdown: Some(shutdown),
             deadline: None,
-            exporter,
+            transport,
+            encoder,
             stats,
-            scope: instrumentation_scope(),
             config,
         }
     }
@@ -141,11 +141,9 @@ impl Worker {
                 spans.clear();
                 return;
             }
-            let batch: Vec<SpanData> = spans
-                .drain(..n)
-                .map(|span| to_span_data(span, &self.scope))
-                .collect();
-            self.export(batch).await;
+            let request = self.encoder.encode(spans.get(..n).unwrap_or(spans));
+            spans.drain(..n);
+            self.export(request, n).await;
         }
     }
 
@@ -176,19 +174,23 @@ impl Worker {
 
     /// Sends one batch, bounded by the export timeout and the shutdown deadline (which may
     /// arrive while the request is in flight); `None` when the time ran out.
-    async fn send(&mut self, batch: Vec<SpanData>) -> Option<OTelSdkResult> {
+    async fn send(&mut self, request: Vec<u8>) -> Option<Result<(), String>> {
         let timeout = Instant::now() + self.config.export_timeout;
         let limit = self.deadline.map_or(timeout, |d| d.min(timeout));
         let Worker {
-            exporter,
+            transport,
+            encoder,
             shutdown,
             deadline,
             ..
         } = self;
-        let mut request = pin!(exporter.export(batch));
+        let mut request = pin!(transport.send(request));
         let mut timer = pin!(tokio::time::sleep_until(limit));
         poll_fn(|cx| {
-            if let Poll::Ready(result) = request.as_mut().poll(cx) {
+            if let Poll::Ready((result, buffer)) = request.as_mut().poll(cx) {
+                if let Some(buffer) = buffer {
+                    encoder.recycle(buffer);
+                }
                 return Poll::Ready(Some(result));
             }
             if let Some(rx) = shutdown.as_mut()
@@ -209,13 +211,12 @@ impl Worker {
         .await
     }
 
-    /// Sends one batch and counts the result.
-    async fn export(&mut self, batch: Vec<SpanData>) {
-        let n = batch.len();
+    /// Sends one encoded batch of `n` spans and counts the result.
+    async fn export(&mut self, request: Vec<u8>, n: usize) {
         if n == 0 {
             return;
         }
-        match self.send(batch).await {
+        match self.send(request).await {
             Some(Ok(())) => ExportStats::add(&self.stats.exported, n),
             Some(Err(e)) => {
                 log::debug!("OTLP export of {n} spans failed: {e}");
