@@ -41,6 +41,7 @@ fn span(n: u8, parent: Option<[u8; 8]>, name: &str) -> SpanRecord {
         kind: SpanKind::Internal,
         start,
         end: start + Duration::from_millis(3),
+        shared_attributes: None,
         attributes: Vec::new(),
         events: Vec::new(),
         status: SpanStatus::Unset,

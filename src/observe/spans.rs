@@ -92,13 +92,9 @@ impl TraceSettings {
 /// What all of a session's spans share.
 #[derive(Debug)]
 struct SessionInfo {
-    database: Arc<str>,
-    user: Arc<str>,
-    client_address: Option<Arc<str>>,
-    client_port: u16,
-    server_host: Arc<str>,
-    server_port: u16,
     server_database: Arc<str>,
+    /// Every span's attributes of the session (see [`common_attributes`]).
+    common: Arc<[(&'static str, AttrValue)]>,
 }
 
 /// A logged-in session being followed.
@@ -134,11 +130,33 @@ struct Statement {
 /// `relay::MAX_PIPELINE` requests.
 const MAX_PENDING: usize = crate::client::relay::MAX_PIPELINE;
 
+/// Hashes client pids (unique in the process, not chosen by clients) with one multiply.
+#[derive(Default)]
+struct PidHasher(u64);
+
+impl std::hash::Hasher for PidHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8 | u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type Pids = std::hash::BuildHasherDefault<PidHasher>;
+
 /// Turns one engine's events into spans.
 pub struct SpanSink {
     exporter: Exporter,
     settings: Arc<TraceSettings>,
-    sessions: HashMap<u32, SessionTrace>,
+    sessions: HashMap<u32, SessionTrace, Pids>,
     /// xorshift64* state for span and trace ids.
     rng: u64,
     /// An instant and the wall-clock time it was.
@@ -152,7 +170,7 @@ impl SpanSink {
         SpanSink {
             exporter,
             settings,
-            sessions: HashMap::new(),
+            sessions: HashMap::default(),
             rng: u64::from_le_bytes(seed) | 1,
             anchor: (Instant::now(), SystemTime::now()),
         }
@@ -298,7 +316,7 @@ impl SpanSink {
             return;
         }
         let operation = operation_name(tag);
-        let mut attributes = base_attributes(&info);
+        let mut attributes = Vec::new();
         if let Some(op) = operation {
             attributes.push(("db.operation.name", operation_value(op)));
         }
@@ -337,6 +355,7 @@ impl SpanSink {
             kind: SpanKind::Client,
             start: self.wall(started),
             end: self.wall(at),
+            shared_attributes: Some(info.common.clone()),
             attributes,
             events: Vec::new(),
             status,
@@ -359,8 +378,7 @@ impl SpanSink {
         }
         let parent = session.parent;
         let info = session.info.clone();
-        let mut attributes = base_attributes(&info);
-        attributes.push(("pglink.statements", AttrValue::Int(i64::from(t.statements))));
+        let mut attributes = vec![("pglink.statements", AttrValue::Int(i64::from(t.statements)))];
         let status = match (failure, t.failed) {
             (Some(why), _) => SpanStatus::Error(why.to_owned()),
             (None, Some(code)) => {
@@ -386,6 +404,7 @@ impl SpanSink {
             kind: SpanKind::Server,
             start: self.wall(t.start),
             end: self.wall(at),
+            shared_attributes: Some(info.common.clone()),
             attributes,
             events,
             status,
@@ -408,13 +427,8 @@ impl EventSink for SpanSink {
                 ..
             } => {
                 let info = Arc::new(SessionInfo {
-                    database: database.into(),
-                    user: user.into(),
-                    client_address: peer.map(|p| p.ip().to_string().into()),
-                    client_port: peer.map_or(0, |p| p.port()),
-                    server_host: server.host.into(),
-                    server_port: server.port,
                     server_database: server.database.into(),
+                    common: common_attributes(database, user, peer, server).into(),
                 });
                 self.sessions.insert(
                     pid,
@@ -463,19 +477,23 @@ impl EventSink for SpanSink {
     }
 }
 
-/// Attributes every span of a session has.
-fn base_attributes(info: &SessionInfo) -> Vec<(&'static str, AttrValue)> {
-    let shared = |s: &Arc<str>| AttrValue::Shared(s.clone());
-    let mut a = Vec::with_capacity(14);
+/// Attributes every span of a session has, built once per session and shared by its spans.
+fn common_attributes(
+    database: &str,
+    user: &str,
+    peer: Option<core::net::SocketAddr>,
+    server: crate::observe::events::ServerAddress<'_>,
+) -> Vec<(&'static str, AttrValue)> {
+    let mut a = Vec::with_capacity(8);
     a.push(("db.system.name", AttrValue::Static("postgresql")));
-    a.push(("db.namespace", shared(&info.server_database)));
-    a.push(("db.user", shared(&info.user)));
-    a.push(("pglink.database", shared(&info.database)));
-    a.push(("server.address", shared(&info.server_host)));
-    a.push(("server.port", AttrValue::Int(i64::from(info.server_port))));
-    if let Some(address) = &info.client_address {
-        a.push(("client.address", shared(address)));
-        a.push(("client.port", AttrValue::Int(i64::from(info.client_port))));
+    a.push(("db.namespace", server.database.into()));
+    a.push(("db.user", user.into()));
+    a.push(("pglink.database", database.into()));
+    a.push(("server.address", server.host.into()));
+    a.push(("server.port", AttrValue::Int(i64::from(server.port))));
+    if let Some(peer) = peer {
+        a.push(("client.address", peer.ip().to_string().into()));
+        a.push(("client.port", AttrValue::Int(i64::from(peer.port()))));
     }
     a
 }

@@ -355,6 +355,10 @@ fn span_len(span: &SpanRecord) -> usize {
         + (1 + varint_len(kind_code(span.kind)))
         + fixed64(start)
         + fixed64(end)
+        + span
+            .shared_attributes
+            .as_deref()
+            .map_or(0, |a| attributes_len(SPAN_ATTRIBUTES, a))
         + attributes_len(SPAN_ATTRIBUTES, &span.attributes)
         + span
             .events
@@ -427,6 +431,9 @@ fn put_span(buf: &mut Vec<u8>, span: &SpanRecord) {
     if end != 0 {
         put_fixed64(buf, SPAN_END, end);
     }
+    if let Some(shared) = span.shared_attributes.as_deref() {
+        put_attributes(buf, SPAN_ATTRIBUTES, shared);
+    }
     put_attributes(buf, SPAN_ATTRIBUTES, &span.attributes);
     for event in &span.events {
         put_len_prefix(buf, SPAN_EVENTS, event_len(event));
@@ -469,6 +476,10 @@ mod tests {
             kind: SpanKind::Server,
             start: t0(),
             end: t0() - Duration::from_secs(1), // a clock step back: clamped
+            shared_attributes: Some(Arc::from(vec![
+                ("shared.a", AttrValue::Shared(Arc::from("sa"))),
+                ("shared.n", AttrValue::Int(3)),
+            ])),
             attributes: vec![
                 ("db.system", AttrValue::Static("postgresql")),
                 ("db.name", AttrValue::Str("bäse".into())),
@@ -512,6 +523,7 @@ mod tests {
             kind: SpanKind::Internal,
             start: UNIX_EPOCH - Duration::from_secs(5),
             end: UNIX_EPOCH,
+            shared_attributes: None,
             attributes: Vec::new(),
             events: Vec::new(),
             status: SpanStatus::Unset,
@@ -593,6 +605,8 @@ mod tests {
             start_time_unix_nano: start,
             end_time_unix_nano: start,
             attributes: vec![
+                kv("shared.a", s("sa")),
+                kv("shared.n", any_value::Value::IntValue(3)),
                 kv("db.system", s("postgresql")),
                 kv("db.name", s("bäse")),
                 kv("db.user", s("ü")),

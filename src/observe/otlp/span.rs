@@ -14,6 +14,9 @@ pub struct SpanRecord {
     pub kind: SpanKind,
     pub start: SystemTime,
     pub end: SystemTime,
+    /// Attributes many spans share (a session's database, user, addresses), sent before
+    /// `attributes`: one reference count per span instead of a copy of each.
+    pub shared_attributes: Option<std::sync::Arc<[(&'static str, AttrValue)]>>,
     pub attributes: Vec<(&'static str, AttrValue)>,
     pub events: Vec<SpanEventRecord>,
     pub status: SpanStatus,
