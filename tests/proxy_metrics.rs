@@ -341,3 +341,66 @@ fn counters_follow_sessions_and_the_endpoint_stops_with_the_server() {
         TcpStream::connect_timeout(&metrics, Duration::from_millis(200)).is_err()
     });
 }
+
+/// No secret is ever served: neither the configured passwords nor one a client tried, in
+/// the metrics, /debug/pools, the flight recorder's status and snapshot, or the admin
+/// console's SHOW commands, after sessions that logged in, failed to, and ran queries.
+#[test]
+fn no_secret_appears_in_metrics_debug_endpoints_or_the_console() {
+    let pg = PgServer::shared();
+    let admin = proxy::create_user(pg, "secrets_adm");
+    let app = proxy::create_user(pg, "secrets_app");
+    let dir = std::env::temp_dir().join(format!("pglink-secrets-flight-{}", std::process::id()));
+    let proxy = ProxyConfig::new(pg)
+        .user(&admin)
+        .user(&app)
+        .set("admin_users", json!([admin.name]))
+        .set("prometheus", json!({"listen": "127.0.0.1:0"}))
+        .set(
+            "flight_recorder",
+            json!({"output_dir": dir.to_str().unwrap()}),
+        )
+        .start();
+    let metrics = proxy.metrics_addr().unwrap();
+    let wrong = "Zq7-tried-Pangolin";
+    let mut a =
+        WireClient::connect(proxy.addr, app.name, Proxy::password(&app), TEST_DATABASE).unwrap();
+    a.query_column("SELECT 1").unwrap();
+    assert!(WireClient::connect(proxy.addr, app.name, wrong, TEST_DATABASE).is_err());
+    let mut served = String::new();
+    for path in [
+        "/metrics",
+        "/debug/pools",
+        "/debug/flight-recorder/status",
+        "/debug/flight-recorder/snapshot",
+    ] {
+        let (status, body) = get(metrics, path);
+        assert_eq!(status, 200, "{path}: {body}");
+        served.push_str(&body);
+    }
+    let console = format!(
+        "host=127.0.0.1 port={} user={} dbname=pglink sslmode=disable",
+        proxy.port(),
+        admin.name
+    );
+    for show in [
+        "SHOW CONFIG",
+        "SHOW DATABASES",
+        "SHOW POOLS",
+        "SHOW CLIENTS",
+        "SHOW SERVERS",
+        "SHOW STATS",
+    ] {
+        let out = run_psql(&console, Some(Proxy::password(&admin)), show)
+            .unwrap_or_else(|e| panic!("{show}: {e}"));
+        served.push_str(&out);
+    }
+    assert!(
+        served.contains(app.name),
+        "the test looked at the wrong output"
+    );
+    for secret in [Proxy::password(&app), Proxy::password(&admin), wrong] {
+        assert!(!served.contains(secret), "{secret:?} served:\n{served}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
