@@ -352,6 +352,13 @@ impl Engine {
         self.events = Some(sink);
     }
 
+    /// The driver is about to wait for I/O: events a sink buffers are handed on.
+    pub fn flush_events(&mut self) {
+        if let Some(events) = self.events.as_deref_mut() {
+            events.flush();
+        }
+    }
+
     /// Records a state change, if anything listens.
     fn record(&mut self, event: Event) {
         if let Some(events) = self.events.as_deref_mut() {

@@ -171,6 +171,10 @@ pub trait EventSink {
     fn wants_statements(&self) -> bool {
         false
     }
+
+    /// The engine's driver is about to wait for I/O: a sink that buffers events hands them
+    /// on now (so that nothing waits in a buffer while the reactor sleeps).
+    fn flush(&mut self) {}
 }
 
 /// The default sink: drops everything.
@@ -195,6 +199,12 @@ impl EventSink for Tee {
 
     fn wants_statements(&self) -> bool {
         self.0.iter().any(|s| s.wants_statements())
+    }
+
+    fn flush(&mut self) {
+        for sink in &mut self.0 {
+            sink.flush();
+        }
     }
 }
 

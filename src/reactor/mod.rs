@@ -270,6 +270,7 @@ impl Reactor {
             if timeout == Some(Duration::ZERO) {
                 self.sleeping.store(false, Ordering::Relaxed);
             }
+            self.engine.flush_events();
             let polled = self.poll.poll(&mut events, timeout);
             self.sleeping.store(false, Ordering::Relaxed);
             if let Err(e) = polled

@@ -252,6 +252,7 @@ impl FlightRecorder {
         Sink {
             ring,
             recorder: self.clone(),
+            pending: Vec::with_capacity(PENDING),
         }
     }
 
@@ -542,10 +543,31 @@ impl Drop for RecorderThread {
     }
 }
 
+/// Records a sink collects before taking its ring's lock (see [`Sink`]).
+const PENDING: usize = 64;
+
 /// One reactor's sink: records into its ring, and fires the automatic triggers.
+///
+/// Records are collected in a small buffer and moved into the ring under one lock every
+/// [`PENDING`] events, when the reactor is about to wait for I/O (`flush`), and before an
+/// automatic trigger fires (so that its snapshot has the event that fired it): a lock per
+/// loop turn instead of one per event, and nothing left in the buffer while the reactor
+/// sleeps.
 pub struct Sink {
     ring: Arc<Mutex<Ring>>,
     recorder: Arc<FlightRecorder>,
+    pending: Vec<Record>,
+}
+
+impl Sink {
+    fn hand_over(&mut self) {
+        if !self.pending.is_empty() {
+            let mut ring = lock(&self.ring);
+            for record in self.pending.drain(..) {
+                ring.push(record);
+            }
+        }
+    }
 }
 
 impl EventSink for Sink {
@@ -554,22 +576,35 @@ impl EventSink for Sink {
         let Some(record) = Record::encode(recorder.epoch, at, &event) else {
             return;
         };
-        lock(&self.ring).push(record);
-        match event {
+        self.pending.push(record);
+        let trigger = match event {
             Event::StatementEnded { started, .. } => {
                 let slow = recorder.slow_ns.load(Ordering::Relaxed);
-                if slow > 0 && nanos(at.saturating_duration_since(started)) >= slow {
-                    recorder.auto(Trigger::SlowQuery, record.at);
-                }
+                (slow > 0 && nanos(at.saturating_duration_since(started)) >= slow)
+                    .then_some(Trigger::SlowQuery)
             }
             Event::Error {
                 origin: ErrorOrigin::Protocol | ErrorOrigin::Proxy,
                 ..
-            } if recorder.on_error.load(Ordering::Relaxed) => {
-                recorder.auto(Trigger::Error, record.at);
-            }
-            _ => {}
+            } if recorder.on_error.load(Ordering::Relaxed) => Some(Trigger::Error),
+            _ => None,
+        };
+        if trigger.is_some() || self.pending.len() >= PENDING {
+            self.hand_over();
         }
+        if let Some(trigger) = trigger {
+            self.recorder.auto(trigger, record.at);
+        }
+    }
+
+    fn flush(&mut self) {
+        self.hand_over();
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.hand_over();
     }
 }
 

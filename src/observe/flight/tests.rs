@@ -80,6 +80,10 @@ fn a_manual_snapshot_writes_the_merged_rings() {
             state: ClientState::Active,
         },
     );
+    // Held by the sinks until their reactors are about to wait for I/O.
+    assert_eq!(recorder.snapshot(Trigger::Api).unwrap().records, 0);
+    a.flush();
+    b.flush();
     let snapshot = recorder.snapshot(Trigger::Api).unwrap();
     assert_eq!(snapshot.records, 2);
     let name = snapshot
@@ -97,10 +101,10 @@ fn a_manual_snapshot_writes_the_merged_rings() {
     assert_eq!(text, snapshot.json);
     let trace: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(trace["otherData"]["reactors"], 2);
-    assert_eq!(recorder.snapshots(Trigger::Api), 1);
+    assert_eq!(recorder.snapshots(Trigger::Api), 2);
     let status: serde_json::Value = serde_json::from_str(&recorder.status_json()).unwrap();
     assert_eq!(status["events"], 2);
-    assert_eq!(status["snapshots"]["api"], 1);
+    assert_eq!(status["snapshots"]["api"], 2);
     assert!(
         status["last_snapshot"]["path"]
             .as_str()
