@@ -5,12 +5,12 @@
 
 mod support;
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::http_get as get;
 use support::proxy::{ChildProxy, create_user};
 use support::wire::WireClient;
 use support::*;
@@ -104,25 +104,6 @@ fn flight(dir: &Path, extra: Value) -> Value {
 
 fn connect(addr: SocketAddr, user: &TestUser) -> WireClient {
     WireClient::connect(addr, user.name, Proxy::password(user), TEST_DATABASE).unwrap()
-}
-
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: pglink\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap();
-    (status, body.to_owned())
 }
 
 fn free_port() -> u16 {

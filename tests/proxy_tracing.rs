@@ -208,6 +208,7 @@ fn spans_arrive(protocol: Protocol) {
     let metrics = proxy.metrics_addr().unwrap();
     let exported = || {
         http_get(metrics, "/metrics")
+            .1
             .lines()
             .find_map(|l| l.strip_prefix("pglink_trace_spans_total{outcome=\"exported\"} "))
             .and_then(|v| v.trim().parse::<f64>().ok())
@@ -317,10 +318,10 @@ fn a_dead_or_hung_collector_costs_only_spans() {
         };
         // Export attempts end within their timeout: the losses show up.
         let deadline = std::time::Instant::now() + WAIT;
-        let mut text = http_get(metrics, "/metrics");
+        let mut text = http_get(metrics, "/metrics").1;
         while lost(&text) == 0.0 && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(200));
-            text = http_get(metrics, "/metrics");
+            text = http_get(metrics, "/metrics").1;
         }
         assert!(lost(&text) > 0.0, "{protocol}: {text}");
         c.terminate();
@@ -329,21 +330,4 @@ fn a_dead_or_hung_collector_costs_only_spans() {
         proxy.shutdown();
         assert!(stopping.elapsed() < Duration::from_secs(10), "{protocol}");
     }
-}
-
-/// A plain HTTP/1.1 GET's body.
-fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: pglink\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    raw.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default()
 }
