@@ -296,6 +296,9 @@ impl Reactor {
                 self.engine.handle_shutdown(self.now);
                 self.carry_out_io();
             }
+            // Events before the output they led to: a client that has its answer finds
+            // them in a snapshot.
+            self.engine.flush_events();
             self.flush_dirty();
             if self.engine.is_finished() {
                 log::debug!("reactor {} stopped", self.id);

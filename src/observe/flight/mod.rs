@@ -549,10 +549,11 @@ const PENDING: usize = 64;
 /// One reactor's sink: records into its ring, and fires the automatic triggers.
 ///
 /// Records are collected in a small buffer and moved into the ring under one lock every
-/// [`PENDING`] events, when the reactor is about to wait for I/O (`flush`), and before an
-/// automatic trigger fires (so that its snapshot has the event that fired it): a lock per
-/// loop turn instead of one per event, and nothing left in the buffer while the reactor
-/// sleeps.
+/// [`PENDING`] events, when the reactor is about to write its loop turn's output or to wait
+/// for I/O (`flush`), and before an automatic trigger fires (so that its snapshot has the
+/// event that fired it): a lock or two per loop turn instead of one per event; nothing left
+/// in the buffer while the reactor sleeps; and a client that has its answer finds the events
+/// behind it in a snapshot.
 pub struct Sink {
     ring: Arc<Mutex<Ring>>,
     recorder: Arc<FlightRecorder>,
