@@ -63,7 +63,7 @@ pub use error::{AcquireError, SessionError};
 
 use crate::auth::Rng;
 use crate::engine::id::ServerId;
-use crate::observe::events::{ClientState, ErrorOrigin, Event, EventSink};
+use crate::observe::events::{ClientState, ErrorOrigin, Event, EventSink, pool_number};
 use crate::observe::metrics::ReactorStats;
 use crate::protocol::backend as be_msg;
 use crate::protocol::framing::Header;
@@ -612,9 +612,7 @@ impl Session {
                         Event::Acquired {
                             pid: self.key.pid,
                             server,
-                            pool: self
-                                .pool
-                                .map_or(u32::MAX, |p| u32::try_from(p).unwrap_or(u32::MAX)),
+                            pool: self.pool.map_or(u32::MAX, pool_number),
                             waited: out.now.saturating_duration_since(since),
                         },
                     );
@@ -828,9 +826,7 @@ impl Session {
             return;
         }
         let stats = self.pool.and_then(|p| out.stats.pool(p));
-        let pool = self
-            .pool
-            .map_or(u32::MAX, |p| u32::try_from(p).unwrap_or(u32::MAX));
+        let pool = self.pool.map_or(u32::MAX, pool_number);
         let (pid, server) = (self.key.pid, self.server());
         for done in self.relay.take_statements() {
             if let Some(p) = stats {
@@ -903,7 +899,7 @@ impl Session {
                 Event::TransactionEnded {
                     pid: self.key.pid,
                     server,
-                    pool: u32::try_from(pool).unwrap_or(u32::MAX),
+                    pool: pool_number(pool),
                     started,
                 },
             );

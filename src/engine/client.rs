@@ -15,7 +15,7 @@ use crate::client::users::{DbId, PoolId};
 use crate::client::{
     AcquireError, Action, BackendFate, CancelKey, Env, Out, Session, SessionError,
 };
-use crate::observe::events::{Event, EventSink, ServerAddress};
+use crate::observe::events::{Event, EventSink, ServerAddress, pool_number};
 use crate::observe::log::Field;
 use crate::observe::metrics::{CloseReason, RefuseReason};
 
@@ -369,7 +369,7 @@ impl Engine {
                 self.now,
                 Event::LoggedIn {
                     pid: c.session.cancel_key().pid,
-                    pool: u32::try_from(pool).unwrap_or(u32::MAX),
+                    pool: pool_number(pool),
                     database: c.session.database(),
                     user: c.session.user(),
                     peer: c.peer,

@@ -24,7 +24,7 @@ use crate::backend::{SslMode, Target};
 use crate::client::relay::Relay;
 use crate::client::users::PoolId;
 use crate::client::{AcquireError, BackendContext, Drain, DrainKind, DrainStep, ParamList};
-use crate::observe::events::{Event, ServerState};
+use crate::observe::events::{Event, ServerState, pool_number};
 use crate::observe::metrics::{BackendState, CloseReason};
 use crate::protocol::backend::tag as be;
 use crate::protocol::framing::{Header, peek_header};
@@ -144,7 +144,7 @@ impl Engine {
         if old.event() != s.state.event() {
             let event = Event::Server {
                 server: id,
-                pool: u32::try_from(s.pool).unwrap_or(u32::MAX),
+                pool: pool_number(s.pool),
                 state: s.state.event(),
             };
             self.record(event);
@@ -158,7 +158,7 @@ impl Engine {
         if let Some(p) = self.stats.pool(conn.pool) {
             p.backend_moved(None, Some(conn.state.gauge()));
         }
-        let pool = u32::try_from(conn.pool).unwrap_or(u32::MAX);
+        let pool = pool_number(conn.pool);
         let state = conn.state.event();
         let generation = conn.generation;
         let id = ServerId::new(self.servers.insert(conn), generation);
@@ -177,7 +177,7 @@ impl Engine {
         if let Some(p) = self.stats.pool(s.pool) {
             p.backend_moved(Some(s.state.gauge()), None);
         }
-        let pool = u32::try_from(s.pool).unwrap_or(u32::MAX);
+        let pool = pool_number(s.pool);
         self.record(Event::Server {
             server: id,
             pool,

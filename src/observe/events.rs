@@ -163,6 +163,11 @@ pub enum Event<'a> {
     },
 }
 
+/// A pool's number in events (`u32::MAX` for an id beyond it, which no configuration has).
+pub fn pool_number(pool: usize) -> u32 {
+    u32::try_from(pool).unwrap_or(u32::MAX)
+}
+
 /// Where events go.
 pub trait EventSink {
     fn record(&mut self, at: Instant, event: Event<'_>);

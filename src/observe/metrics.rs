@@ -81,6 +81,11 @@ pub const TRANSACTION_BOUNDS_US: [u64; 16] = [
     1_000_000, 2_500_000, 10_000_000, 60_000_000,
 ];
 
+/// Nanoseconds in `d`, saturating (at 584 years).
+pub fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// A histogram with fixed buckets: one counter per bucket (not cumulative) plus the sum.
 #[derive(Debug)]
 pub struct Histogram<const N: usize> {
@@ -106,8 +111,7 @@ impl<const N: usize> Histogram<N> {
         if let Some(c) = self.counts.get(at) {
             c.inc();
         }
-        self.sum_ns
-            .add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        self.sum_ns.add(nanos(d));
     }
 
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]

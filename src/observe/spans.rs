@@ -241,8 +241,10 @@ impl SpanSink {
 
     fn statement_started(&mut self, pid: u32, at: Instant, text: &[u8]) {
         self.begin(pid, at, Duration::ZERO);
-        let settings = self.settings.clone();
-        let Some(session) = self.sessions.get_mut(&pid) else {
+        let SpanSink {
+            settings, sessions, ..
+        } = self;
+        let Some(session) = sessions.get_mut(&pid) else {
             return;
         };
         if session.statements.len() >= MAX_PENDING {

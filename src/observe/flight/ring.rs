@@ -216,10 +216,7 @@ impl Record {
     }
 }
 
-/// Nanoseconds, saturating (584 years).
-pub fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
+pub use crate::observe::metrics::nanos;
 
 const CLIENT_STATES: [(ClientState, &str); 8] = [
     (ClientState::AwaitingStartup, "awaiting startup"),

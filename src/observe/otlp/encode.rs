@@ -268,7 +268,7 @@ fn put_fixed64(buf: &mut Vec<u8>, field: u32, v: u64) {
 /// Nanoseconds since the Unix epoch; 0 before it, saturated far after.
 fn unix_nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .map_or(0, crate::observe::metrics::nanos)
 }
 
 fn kind_code(kind: SpanKind) -> u64 {
