@@ -1,16 +1,16 @@
 //! The OTLP span exporter against the test collectors of `support::otlp`: spans arrive intact
 //! over gRPC and HTTP, and a dead or hung collector costs only counted spans, never a blocked
-//! `submit` or a late `shutdown`.
+//! hand-over or a late `shutdown`.
 #![cfg(feature = "otel")]
 
 mod support;
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use pglink::config::OtlpProtocol;
 use pglink::observe::otlp::{
-    AttrValue, ExportStats, Exporter, ExporterConfig, SpanEventRecord, SpanKind, SpanRecord,
-    SpanStatus,
+    ExportStats, Exporter, ExporterConfig, SharedAttributes, Span, SpanBatch, SpanEvent, SpanKind,
+    SpanStatus, Value,
 };
 use support::otlp::{OtlpReceiver, Protocol};
 
@@ -20,6 +20,7 @@ fn config(endpoint: String, protocol: OtlpProtocol) -> ExporterConfig {
         protocol,
         service_name: "pglink-test".into(),
         queue_capacity: 64,
+        queue_bytes: ExporterConfig::DEFAULT_QUEUE_BYTES,
         max_batch: 16,
         batch_delay: Duration::from_millis(20),
         export_timeout: Duration::from_secs(2),
@@ -30,29 +31,42 @@ const TRACE: [u8; 16] = [
     0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36,
 ];
 
-fn span(n: u8, parent: Option<[u8; 8]>, name: &str) -> SpanRecord {
-    let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-    SpanRecord {
+const START_NS: u64 = 1_700_000_000_000_000_000;
+
+fn span(n: u8, parent: Option<[u8; 8]>, name: &str) -> Span<'_> {
+    Span {
         trace_id: TRACE,
         span_id: [0, 0, 0, 0, 0, 0, 0, n],
         parent_span_id: parent,
         parent_is_remote: false,
-        name: name.into(),
+        name,
         kind: SpanKind::Internal,
-        start,
-        end: start + Duration::from_millis(3),
-        shared_attributes: None,
-        attributes: Vec::new(),
-        events: Vec::new(),
+        start_ns: START_NS,
+        end_ns: START_NS + 3_000_000,
+        shared: SharedAttributes::EMPTY,
+        attributes: &[],
+        events: &[],
         status: SpanStatus::Unset,
         sampled: true,
     }
 }
 
-/// A transaction span whose parent is the client's (remote), with attributes of every kind,
-/// an event and an error; and a child statement span.
-fn transaction_and_statement() -> (SpanRecord, SpanRecord) {
-    let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+const TX_ATTRIBUTES: &[(&str, Value<'static>)] = &[
+    ("db.name", Value::Str("app")),
+    ("pglink.backend_pid", Value::Int(4242)),
+    ("pglink.pooled", Value::Bool(true)),
+    ("pglink.wait_ratio", Value::F64(0.5)),
+];
+
+const TX_EVENTS: &[SpanEvent<'static>] = &[SpanEvent {
+    name: "pool.wait",
+    time_ns: START_NS + 1_000_000,
+    attributes: &[("pool.wait.seconds", Value::F64(0.25))],
+}];
+
+/// A transaction span whose parent is the client's (remote), with shared attributes and
+/// attributes of every kind, an event and an error; and a child statement span.
+fn transaction_and_statement(shared: &SharedAttributes) -> (Span<'_>, Span<'_>) {
     let mut tx = span(
         1,
         Some([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]),
@@ -60,19 +74,10 @@ fn transaction_and_statement() -> (SpanRecord, SpanRecord) {
     );
     tx.parent_is_remote = true;
     tx.kind = SpanKind::Server;
-    tx.attributes = vec![
-        ("db.system", AttrValue::Str("postgresql".into())),
-        ("db.name", "app".into()),
-        ("pglink.backend_pid", AttrValue::Int(4242)),
-        ("pglink.pooled", AttrValue::Bool(true)),
-        ("pglink.wait_ratio", AttrValue::F64(0.5)),
-    ];
-    tx.events = vec![SpanEventRecord {
-        name: "pool.wait".into(),
-        time: start + Duration::from_millis(1),
-        attributes: vec![("pool.wait.seconds", AttrValue::F64(0.25))],
-    }];
-    tx.status = SpanStatus::Error("deadlock detected".into());
+    tx.shared = shared;
+    tx.attributes = TX_ATTRIBUTES;
+    tx.events = TX_EVENTS;
+    tx.status = SpanStatus::Error("deadlock detected");
     let mut stmt = span(2, Some(tx.span_id), "statement");
     stmt.kind = SpanKind::Client;
     stmt.status = SpanStatus::Ok;
@@ -83,9 +88,14 @@ fn transaction_and_statement() -> (SpanRecord, SpanRecord) {
 fn round_trip(protocol: Protocol, otlp: OtlpProtocol) {
     let receiver = OtlpReceiver::start(protocol);
     let (exporter, thread) = Exporter::start(config(receiver.endpoint(), otlp)).unwrap();
-    let (tx, stmt) = transaction_and_statement();
-    exporter.submit(stmt);
-    exporter.submit(tx);
+    let shared = SharedAttributes::new(&[("db.system", Value::Str("postgresql"))]);
+    let (tx, stmt) = transaction_and_statement(&shared);
+    let mut batch = exporter.batch();
+    batch.push(&stmt);
+    batch.push(&tx);
+    assert_eq!(batch.len(), 2);
+    batch.hand_over();
+    assert!(batch.is_empty());
     let spans = receiver.wait_for(2, Duration::from_secs(5));
     assert_eq!(spans.len(), 2, "{spans:#?}");
 
@@ -156,7 +166,7 @@ fn http_posts_to_the_traces_path_in_bounded_batches() {
     c.batch_delay = Duration::from_secs(10);
     let (exporter, thread) = Exporter::start(c).unwrap();
     for n in 0..5 {
-        exporter.submit(span(n, None, "s"));
+        exporter.submit(&span(n, None, "s"));
     }
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
@@ -164,9 +174,12 @@ fn http_posts_to_the_traces_path_in_bounded_batches() {
         0,
         "less than a batch waits for the delay"
     );
+    // One hand-over of 20 spans: split into requests of 10.
+    let mut batch = exporter.batch();
     for n in 5..25 {
-        exporter.submit(span(n, None, "s"));
+        batch.push(&span(n, None, "s"));
     }
+    drop(batch);
     assert!(receiver.wait_for(10, Duration::from_secs(5)).len() >= 10);
     // What is left goes at shutdown.
     thread.shutdown(Duration::from_secs(2));
@@ -189,8 +202,9 @@ fn grpc_exporter_is_shared_between_threads() {
         for t in 0..4u8 {
             let exporter = exporter.clone();
             s.spawn(move || {
+                let mut batch = exporter.batch();
                 for n in 0..10u8 {
-                    exporter.submit(span(t * 10 + n, None, "s"));
+                    batch.push(&span(t * 10 + n, None, "s"));
                 }
             });
         }
@@ -208,17 +222,25 @@ fn dead_endpoint() -> String {
 
 const FLOOD: u64 = 20_000;
 
-/// Submits [`FLOOD`] spans as fast as possible: it must not block.
+/// Hands over [`FLOOD`] spans as fast as possible, most one at a time, some in batches that
+/// hand themselves over when full: it must not block.
 fn flood(exporter: &Exporter) {
     let started = Instant::now();
+    let mut batch = exporter.batch();
     for n in 0..FLOOD {
+        let attributes = [("n", Value::Int(n as i64))];
         let mut s = span((n % 251) as u8, None, "flood");
-        s.attributes.push(("n", AttrValue::Int(n as i64)));
-        exporter.submit(s);
+        s.attributes = &attributes;
+        if n % 2 == 0 {
+            exporter.submit(&s);
+        } else {
+            batch.push(&s);
+        }
     }
+    drop(batch);
     assert!(
         started.elapsed() < Duration::from_secs(2),
-        "submit blocked: {:?}",
+        "hand-over blocked: {:?}",
         started.elapsed()
     );
 }
@@ -248,8 +270,8 @@ fn unreachable_collector(endpoint: String, otlp: OtlpProtocol, export_timeout: D
     assert_eq!(exported, 0);
     assert!(failed > 0 && failed <= FLOOD / 2, "failed {failed}");
     assert_eq!(exported + dropped + failed, FLOOD);
-    // After shutdown, submit still returns at once and counts.
-    exporter.submit(span(1, None, "late"));
+    // After shutdown, a hand-over still returns at once and counts.
+    exporter.submit(&span(1, None, "late"));
     assert_eq!(exporter.stats().dropped(), dropped + 1);
 }
 
@@ -303,4 +325,42 @@ fn start_refuses_https_and_bad_urls() {
             assert!(err.to_string().contains(want), "{endpoint}: {err}");
         }
     }
+}
+
+#[test]
+fn a_batch_hands_itself_over_when_full_and_the_queue_bounds_bytes() {
+    let receiver = OtlpReceiver::start(Protocol::Http);
+    let mut c = config(receiver.endpoint(), OtlpProtocol::Http);
+    c.queue_capacity = 1000;
+    c.max_batch = 1000;
+    c.batch_delay = Duration::from_secs(30);
+    // Room for one hand-over of long spans, not two.
+    c.queue_bytes = 3 * SpanBatch::HAND_OVER_BYTES / 2;
+    let (exporter, thread) = Exporter::start(c).unwrap();
+    let mut batch = exporter.batch();
+    for n in 0..SpanBatch::HAND_OVER_SPANS {
+        assert_eq!(batch.len(), n);
+        batch.push(&span(n as u8, None, "s"));
+    }
+    assert!(batch.is_empty(), "a full batch hands itself over");
+    let long = "x".repeat(SpanBatch::HAND_OVER_BYTES / 4);
+    let mut handed = 0;
+    while exporter.stats().dropped() == 0 {
+        batch.push(&span(0, None, &long));
+        handed += 1;
+        assert!(handed < 100, "the byte bound never dropped");
+    }
+    // Dropped: the spans of the second long hand-over, all of them.
+    let dropped = exporter.stats().dropped();
+    assert!(dropped >= 4, "dropped {dropped}");
+    drop(batch);
+    thread.shutdown(Duration::from_secs(2));
+    let (exported, dropped, failed) = counts(exporter.stats());
+    assert_eq!(failed, 0);
+    assert_eq!(
+        exported + dropped,
+        (SpanBatch::HAND_OVER_SPANS + handed) as u64
+    );
+    assert_eq!(receiver.spans().len() as u64, exported);
+    assert!(receiver.spans().iter().any(|s| s.name == long));
 }

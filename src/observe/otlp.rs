@@ -2,31 +2,41 @@
 //! exporter thread sends them in batches to an OpenTelemetry collector over gRPC or
 //! HTTP/protobuf (plain text: this build has no TLS for OTLP).
 //!
-//! The engine turns its events into [`SpanRecord`]s; this module owns the way out:
+//! The engine turns its events into [`Span`]s; this module owns the way out:
 //!
 //! ```ignore
 //! let (exporter, thread) = Exporter::start(ExporterConfig::from_config(&otel_config))?;
-//! exporter.submit(span);               // any thread; never blocks
+//! let mut batch = exporter.batch();      // one per thread
+//! batch.push(&span);                     // encodes; never blocks
+//! batch.hand_over();                     // e.g. before the thread sleeps
 //! thread.shutdown(Duration::from_secs(2)); // flushes what is queued, bounded by the deadline
 //! ```
 //!
 //! Why it is built this way:
-//! - **`submit` never blocks.** The queue is a bounded vector behind a lock; when it is full
-//!   (a slow or dead collector), the span is dropped and counted in [`ExportStats::dropped`].
-//!   Memory is bounded by `queue_capacity` spans in the queue plus one batch being sent.
-//! - **pglink encodes OTLP itself** (`encode.rs`): the `ExportTraceServiceRequest` protobuf is
-//!   written straight from the `SpanRecord`s into a buffer kept between batches. Going through
-//!   the OpenTelemetry SDK (`SpanData`, then `opentelemetry-proto`'s conversion, grouping and
+//! - **A span is encoded where it ends, once.** [`Span`] borrows what it names, and
+//!   [`SpanBatch::push`] writes it as OTLP protobuf (`encode.rs`) into the thread's batch of
+//!   bytes; a session's shared attributes are encoded once per session
+//!   ([`SharedAttributes`]). The export thread frames the bytes it takes as an
+//!   `ExportTraceServiceRequest` and sends them. So a traced transaction costs the reactor no
+//!   allocation and the export thread no per-span work. (An owned span record, built on the
+//!   reactor and encoded on the export thread, cost about nine allocations per traced
+//!   transaction, freed on another thread, and twice the copying.) Going through the
+//!   OpenTelemetry SDK (`SpanData`, then `opentelemetry-proto`'s conversion, grouping and
 //!   prost encoding) cost the export thread about 18 % of the proxy's CPU at 15k
-//!   transactions/s, mostly in copies, hashing and per-batch allocations; and it brought in
-//!   the `opentelemetry`, `opentelemetry_sdk` and `opentelemetry-otlp` crates.
+//!   transactions/s; and it brought in the `opentelemetry`, `opentelemetry_sdk` and
+//!   `opentelemetry-otlp` crates.
+//! - **Handing over never blocks.** The queue is a bounded byte vector behind a lock, which a
+//!   batch's hand-over holds for one copy; when it is full (a slow or dead collector), the
+//!   batch's spans are dropped and counted in [`ExportStats::dropped`]. Memory is bounded by
+//!   `queue_capacity` spans and `queue_bytes` in the queue, plus one request being sent and a
+//!   batch per thread.
 //! - **One current-thread tokio runtime** on the exporter thread drives both transports
 //!   (`transport.rs`): tonic's channel for gRPC, hyper's pooled HTTP/1.1 client (keep-alive)
 //!   for HTTP. Everything the thread waits on is a future, so a hung export is abandoned at
 //!   its timeout or at the shutdown deadline, whichever comes first.
 //! - **Lost spans are counted, never retried.** A batch that fails or times out is counted in
 //!   [`ExportStats::failed`]. After `shutdown`, `exported + dropped + failed` is every span
-//!   submitted.
+//!   handed over.
 //!
 //! Environment: `OTEL_EXPORTER_OTLP_ENDPOINT` (when the config sets no endpoint) and
 //! `OTEL_RESOURCE_ATTRIBUTES` (extra resource attributes; `service.name` comes from the
@@ -52,7 +62,7 @@ mod transport;
 mod worker;
 
 use encode::RequestEncoder;
-pub use span::{AttrValue, SpanEventRecord, SpanKind, SpanRecord, SpanStatus};
+pub use span::{SharedAttributes, Span, SpanEvent, SpanKind, SpanStatus, Value};
 use transport::Transport;
 use worker::{SpanQueue, Worker};
 
@@ -76,8 +86,10 @@ pub struct ExporterConfig {
     pub endpoint: Option<String>,
     pub protocol: OtlpProtocol,
     pub service_name: String,
-    /// Spans waiting to be sent; beyond it, `submit` drops.
+    /// Spans waiting to be sent; beyond it, a hand-over drops its spans.
     pub queue_capacity: usize,
+    /// Bytes of encoded spans waiting to be sent; beyond it, a hand-over drops its spans.
+    pub queue_bytes: usize,
     /// The most spans in one export request.
     pub max_batch: usize,
     /// How long the first span of a batch waits for more before the batch is sent.
@@ -88,6 +100,8 @@ pub struct ExporterConfig {
 
 impl ExporterConfig {
     pub const DEFAULT_QUEUE_CAPACITY: usize = 8192;
+    /// 8192 spans of 2 KiB, where a span is about 400 bytes without its query text.
+    pub const DEFAULT_QUEUE_BYTES: usize = 16 << 20;
     pub const DEFAULT_MAX_BATCH: usize = 512;
     pub const DEFAULT_BATCH_DELAY: Duration = Duration::from_secs(1);
     pub const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -110,6 +124,7 @@ impl ExporterConfig {
             protocol: config.otlp_protocol,
             service_name: config.service_name.clone(),
             queue_capacity: Self::DEFAULT_QUEUE_CAPACITY,
+            queue_bytes: Self::DEFAULT_QUEUE_BYTES,
             max_batch: Self::DEFAULT_MAX_BATCH,
             batch_delay: Self::DEFAULT_BATCH_DELAY,
             export_timeout: Self::DEFAULT_EXPORT_TIMEOUT,
@@ -240,7 +255,7 @@ impl ExportStats {
     pub fn exported(&self) -> u64 {
         self.exported.load(Ordering::Relaxed)
     }
-    /// Spans `submit` dropped: the queue was full, or the exporter had stopped.
+    /// Spans dropped at hand-over: the queue was full, or the exporter had stopped.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
@@ -261,6 +276,66 @@ pub struct Exporter {
     stats: Arc<ExportStats>,
 }
 
+/// One thread's finished spans, encoded, not yet handed over to the export thread.
+///
+/// Encoding a span allocates nothing once the batch has grown; handing over copies the
+/// bytes into the export queue under one lock, never blocks, and drops the batch's spans
+/// (counted) when the queue is full or the exporter has stopped.
+#[derive(Debug)]
+pub struct SpanBatch {
+    exporter: Exporter,
+    bytes: Vec<u8>,
+    spans: usize,
+}
+
+impl SpanBatch {
+    /// Spans a batch holds before it hands them over by itself.
+    pub const HAND_OVER_SPANS: usize = 64;
+    /// Bytes a batch holds before it hands them over by itself.
+    pub const HAND_OVER_BYTES: usize = 32 << 10;
+
+    /// Encodes `span` into the batch.
+    pub fn push(&mut self, span: &Span<'_>) {
+        encode::put_span_field(&mut self.bytes, span);
+        self.spans += 1;
+        if self.spans >= Self::HAND_OVER_SPANS || self.bytes.len() >= Self::HAND_OVER_BYTES {
+            self.hand_over();
+        }
+    }
+
+    /// Spans not handed over yet.
+    pub fn len(&self) -> usize {
+        self.spans
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans == 0
+    }
+
+    /// Gives the spans to the export thread (or drops them, counted, when its queue is full).
+    pub fn hand_over(&mut self) {
+        if self.spans == 0 {
+            return;
+        }
+        let Exporter { queue, stats } = &self.exporter;
+        if !queue.push(&self.bytes, self.spans) {
+            ExportStats::add(&stats.dropped, self.spans);
+        }
+        self.spans = 0;
+        self.bytes.clear();
+        // A batch that grew for one long query text does not keep that memory.
+        if self.bytes.capacity() > 4 * Self::HAND_OVER_BYTES {
+            self.bytes = Vec::new();
+        }
+    }
+}
+
+impl Drop for SpanBatch {
+    fn drop(&mut self) {
+        self.hand_over();
+    }
+}
+
 /// The exporter thread; [`ExporterThread::shutdown`] flushes and stops it. Dropped without
 /// `shutdown`, the thread stops at once, counting what is still queued as failed.
 #[derive(Debug)]
@@ -275,7 +350,11 @@ impl Exporter {
     /// Checks the endpoint, reads `OTEL_RESOURCE_ATTRIBUTES`, and starts the exporter thread.
     pub fn start(config: ExporterConfig) -> Result<(Exporter, ExporterThread), ExportError> {
         let endpoint = config.resolved_endpoint()?;
-        let queue = Arc::new(SpanQueue::new(config.queue_capacity, config.max_batch));
+        let queue = Arc::new(SpanQueue::new(
+            config.queue_capacity,
+            config.queue_bytes,
+            config.max_batch,
+        ));
         let spans = Arc::clone(&queue);
         let (shutdown, shutdown_rx) = oneshot::channel();
         let (ready_tx, ready_rx) = std_mpsc::channel();
@@ -354,12 +433,19 @@ impl Exporter {
         ))
     }
 
-    /// Queues a span for export; never blocks (a lock held only to push or to swap the
-    /// queue out). A full queue, or a stopped exporter, drops the span (counted). The export
-    /// thread is woken once a batch is ready, not for every span.
-    pub fn submit(&self, span: SpanRecord) {
-        if !self.queue.push(span) {
-            ExportStats::add(&self.stats.dropped, 1);
+    /// Queues one span for export (see [`SpanBatch`], which spares the lock per span).
+    pub fn submit(&self, span: &Span<'_>) {
+        let mut batch = self.batch();
+        batch.push(span);
+    }
+
+    /// A batch for one thread's spans, handed over to the export thread when full, on
+    /// [`SpanBatch::hand_over`] and when dropped.
+    pub fn batch(&self) -> SpanBatch {
+        SpanBatch {
+            exporter: self.clone(),
+            bytes: Vec::new(),
+            spans: 0,
         }
     }
 

@@ -22,12 +22,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use regex::bytes::Regex;
+use regex::bytes::{CaptureLocations, Regex};
 
 use super::events::{ClientState, Event, EventSink, StatementEnd};
-use super::otlp::{AttrValue, Exporter, SpanEventRecord, SpanKind, SpanRecord, SpanStatus};
+use super::otlp::{
+    Exporter, SharedAttributes, Span, SpanBatch, SpanEvent, SpanKind, SpanStatus, Value,
+};
 use super::trace::TraceParent;
 use crate::config::{
     DEFAULT_APPLICATION_NAME_SQL_REGEX, DEFAULT_TRACEPARENT_SQL_REGEX, OpenTelemetryConfig,
@@ -92,15 +94,17 @@ impl TraceSettings {
 /// What all of a session's spans share.
 #[derive(Debug)]
 struct SessionInfo {
-    server_database: Arc<str>,
+    server_database: Box<str>,
+    /// The name of its transactions' spans.
+    transaction_name: Box<str>,
     /// Every span's attributes of the session (see [`common_attributes`]).
-    common: Arc<[(&'static str, AttrValue)]>,
+    shared: SharedAttributes,
 }
 
 /// A logged-in session being followed.
 #[derive(Debug)]
 struct SessionTrace {
-    info: Arc<SessionInfo>,
+    info: SessionInfo,
     parent: Option<TraceParent>,
     transaction: Option<Transaction>,
     /// Statements sent whose answers have not ended, in order.
@@ -152,59 +156,129 @@ impl std::hash::Hasher for PidHasher {
 
 type Pids = std::hash::BuildHasherDefault<PidHasher>;
 
-/// Turns one engine's events into spans.
+/// Turns one engine's events into spans, encoded into the reactor's [`SpanBatch`] as they
+/// end. A traced transaction allocates nothing here once the sink has warmed up: names are
+/// written into a kept buffer, attributes are arrays on the stack, a session's shared
+/// attributes are encoded once, and query texts are copied into strings the sink keeps for
+/// reuse.
 pub struct SpanSink {
-    exporter: Exporter,
+    batch: SpanBatch,
     settings: Arc<TraceSettings>,
     sessions: HashMap<u32, SessionTrace, Pids>,
     /// xorshift64* state for span and trace ids.
     rng: u64,
-    /// An instant and the wall-clock time it was.
-    anchor: (Instant, SystemTime),
+    /// An instant and the Unix time it was, in nanoseconds.
+    anchor: (Instant, u64),
+    /// A span's name is written here.
+    name: String,
+    /// Query text buffers, for reuse.
+    texts: Vec<String>,
+    /// Match positions of `traceparent_sql` and `application_name_sql`, kept for reuse
+    /// (`Regex::captures` allocates them for every search).
+    traceparent_locs: Option<CaptureLocations>,
+    application_name_locs: Option<CaptureLocations>,
+}
+
+/// Query text buffers a sink keeps for reuse, and the largest one kept: at most 256 KiB per
+/// reactor.
+const SPARE_TEXTS: usize = 64;
+const SPARE_TEXT_BYTES: usize = 4096;
+
+/// A span's own attributes, on the stack.
+struct Attributes<'a> {
+    items: [(&'a str, Value<'a>); 6],
+    len: usize,
+}
+
+impl<'a> Attributes<'a> {
+    fn new() -> Self {
+        Attributes {
+            items: [("", Value::Bool(false)); 6],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, key: &'a str, value: Value<'a>) {
+        if let Some(slot) = self.items.get_mut(self.len) {
+            *slot = (key, value);
+            self.len += 1;
+        }
+    }
+
+    fn as_slice(&self) -> &[(&'a str, Value<'a>)] {
+        self.items.get(..self.len).unwrap_or_default()
+    }
+}
+
+/// xorshift64*: ids need to be unique, not secret.
+fn next_u64(rng: &mut u64) -> u64 {
+    *rng ^= *rng >> 12;
+    *rng ^= *rng << 25;
+    *rng ^= *rng >> 27;
+    rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+/// Keeps a query text buffer for a later statement.
+fn recycle(texts: &mut Vec<String>, text: Option<String>) {
+    if let Some(mut text) = text
+        && texts.len() < SPARE_TEXTS
+        && text.capacity() <= SPARE_TEXT_BYTES
+    {
+        text.clear();
+        texts.push(text);
+    }
+}
+
+fn span_id(rng: &mut u64) -> [u8; 8] {
+    loop {
+        let id = next_u64(rng);
+        if id != 0 {
+            return id.to_be_bytes();
+        }
+    }
 }
 
 impl SpanSink {
     pub fn new(exporter: Exporter, settings: Arc<TraceSettings>) -> SpanSink {
         let mut seed = [0u8; 8];
         crate::auth::Rng::fill(&mut crate::auth::OsRng, &mut seed);
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, crate::observe::metrics::nanos);
         SpanSink {
-            exporter,
-            settings,
+            batch: exporter.batch(),
             sessions: HashMap::default(),
             rng: u64::from_le_bytes(seed) | 1,
-            anchor: (Instant::now(), SystemTime::now()),
-        }
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        // xorshift64*: ids need to be unique, not secret.
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn span_id(&mut self) -> [u8; 8] {
-        loop {
-            let id = self.next_u64();
-            if id != 0 {
-                return id.to_be_bytes();
-            }
+            anchor: (Instant::now(), unix),
+            name: String::new(),
+            texts: Vec::new(),
+            traceparent_locs: settings
+                .traceparent_sql
+                .as_ref()
+                .map(Regex::capture_locations),
+            application_name_locs: settings
+                .application_name_sql
+                .as_ref()
+                .map(Regex::capture_locations),
+            settings,
         }
     }
 
     fn trace_id(&mut self) -> [u8; 16] {
         let mut id = [0u8; 16];
-        id[..8].copy_from_slice(&self.next_u64().to_be_bytes());
-        id[8..].copy_from_slice(&self.span_id());
+        id[..8].copy_from_slice(&next_u64(&mut self.rng).to_be_bytes());
+        id[8..].copy_from_slice(&span_id(&mut self.rng));
         id
     }
 
-    fn wall(&self, at: Instant) -> SystemTime {
-        let (instant, wall) = self.anchor;
+    /// `at` in nanoseconds since the Unix epoch.
+    fn unix_ns(&self, at: Instant) -> u64 {
+        let (instant, unix) = self.anchor;
         match at.checked_duration_since(instant) {
-            Some(after) => wall + after,
-            None => wall - instant.saturating_duration_since(at),
+            Some(after) => unix.saturating_add(crate::observe::metrics::nanos(after)),
+            None => unix.saturating_sub(crate::observe::metrics::nanos(
+                instant.saturating_duration_since(at),
+            )),
         }
     }
 
@@ -225,7 +299,7 @@ impl SpanSink {
                 (id, self.settings.keeps(&id))
             }
         };
-        let span_id = self.span_id();
+        let span_id = span_id(&mut self.rng);
         if let Some(session) = self.sessions.get_mut(&pid) {
             session.transaction = Some(Transaction {
                 trace_id,
@@ -242,7 +316,12 @@ impl SpanSink {
     fn statement_started(&mut self, pid: u32, at: Instant, text: &[u8]) {
         self.begin(pid, at, Duration::ZERO);
         let SpanSink {
-            settings, sessions, ..
+            settings,
+            sessions,
+            texts,
+            traceparent_locs,
+            application_name_locs,
+            ..
         } = self;
         let Some(session) = sessions.get_mut(&pid) else {
             return;
@@ -253,11 +332,12 @@ impl SpanSink {
         let sampled = session.transaction.as_ref().is_some_and(|t| t.sampled);
         let mut statement = Statement::default();
         // A statement's own trace context may sample it when its transaction is not.
-        if let Some(re) = &settings.traceparent_sql {
+        if let (Some(re), Some(locs)) = (&settings.traceparent_sql, traceparent_locs) {
             statement.parent = re
-                .captures(text)
-                .and_then(|c| c.get(1))
-                .and_then(|m| std::str::from_utf8(m.as_bytes()).ok())
+                .captures_read(locs, text)
+                .and_then(|_| locs.get(1))
+                .and_then(|(start, end)| text.get(start..end))
+                .and_then(|v| std::str::from_utf8(v).ok())
                 .and_then(|v| {
                     let parsed = TraceParent::parse(v);
                     if parsed.is_none() {
@@ -267,17 +347,19 @@ impl SpanSink {
                 });
         }
         if sampled || statement.parent.is_some_and(|p| p.sampled()) {
-            if let Some(re) = &settings.application_name_sql {
-                statement.application_name = re.captures(text).and_then(|c| {
-                    c.iter()
-                        .skip(1)
-                        .flatten()
-                        .next()
-                        .map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned())
+            if let (Some(re), Some(locs)) = (&settings.application_name_sql, application_name_locs)
+            {
+                statement.application_name = re.captures_read(locs, text).and_then(|_| {
+                    (1..locs.len())
+                        .find_map(|i| locs.get(i))
+                        .and_then(|(start, end)| text.get(start..end))
+                        .map(|m| String::from_utf8_lossy(m).into_owned())
                 });
             }
             if settings.include_query_text {
-                statement.text = Some(String::from_utf8_lossy(text).into_owned());
+                let mut buf = texts.pop().unwrap_or_default();
+                buf.push_str(&String::from_utf8_lossy(text));
+                statement.text = Some(buf);
             }
         }
         session.statements.push_back(statement);
@@ -293,13 +375,21 @@ impl SpanSink {
         tag: &[u8],
         sqlstate: Option<SqlState>,
     ) {
-        let Some(session) = self.sessions.get_mut(&pid) else {
+        let (start_ns, end_ns) = (self.unix_ns(started), self.unix_ns(at));
+        let SpanSink {
+            sessions,
+            batch,
+            rng,
+            name,
+            texts,
+            ..
+        } = self;
+        let Some(session) = sessions.get_mut(&pid) else {
             return;
         };
         let statement = session.statements.pop_front().unwrap_or_default();
-        let info = session.info.clone();
         let Some(transaction) = session.transaction.as_mut() else {
-            return;
+            return recycle(texts, statement.text);
         };
         transaction.statements += 1;
         if end == StatementEnd::Failed {
@@ -315,104 +405,116 @@ impl SpanSink {
             ),
         };
         if !sampled {
-            return;
+            return recycle(texts, statement.text);
         }
         let operation = operation_name(tag);
-        let mut attributes = Vec::new();
+        let code = sqlstate.as_ref().map_or("", SqlState::as_str);
+        let mut attributes = Attributes::new();
         if let Some(op) = operation {
-            attributes.push(("db.operation.name", operation_value(op)));
+            attributes.push("db.operation.name", Value::Str(op));
         }
         if let Some(rows) = returned_rows(tag) {
-            attributes.push(("db.response.returned_rows", AttrValue::Int(rows)));
+            attributes.push("db.response.returned_rows", Value::Int(rows));
         }
-        if let Some(text) = statement.text {
-            attributes.push(("db.query.text", AttrValue::Str(text)));
+        if let Some(text) = &statement.text {
+            attributes.push("db.query.text", Value::Str(text));
         }
-        if let Some(name) = statement.application_name {
-            attributes.push(("pglink.application_name", AttrValue::Str(name)));
+        if let Some(app) = &statement.application_name {
+            attributes.push("pglink.application_name", Value::Str(app));
         }
-        let status = match (end, sqlstate) {
-            (StatementEnd::Failed, code) => {
-                let code = code.map(|c| c.to_string()).unwrap_or_default();
-                attributes.push(("db.response.status_code", code.clone().into()));
-                attributes.push(("error.type", code.clone().into()));
+        let status = match end {
+            StatementEnd::Failed => {
+                attributes.push("db.response.status_code", Value::Str(code));
+                attributes.push("error.type", Value::Str(code));
                 SpanStatus::Error(code)
             }
-            (StatementEnd::Skipped, _) => {
-                attributes.push(("pglink.statement.skipped", AttrValue::Bool(true)));
+            StatementEnd::Skipped => {
+                attributes.push("pglink.statement.skipped", Value::Bool(true));
                 SpanStatus::Unset
             }
-            (StatementEnd::Completed, _) => SpanStatus::Unset,
+            StatementEnd::Completed => SpanStatus::Unset,
         };
-        let name = match operation {
-            Some(op) => format!("{op} {}", info.server_database),
-            None => info.server_database.to_string(),
-        };
-        let span = SpanRecord {
+        name.clear();
+        if let Some(op) = operation {
+            name.push_str(op);
+            name.push(' ');
+        }
+        name.push_str(&session.info.server_database);
+        batch.push(&Span {
             trace_id,
-            span_id: self.span_id(),
+            span_id: span_id(rng),
             parent_span_id: Some(parent_span_id),
             parent_is_remote: remote,
             name,
             kind: SpanKind::Client,
-            start: self.wall(started),
-            end: self.wall(at),
-            shared_attributes: Some(info.common.clone()),
-            attributes,
-            events: Vec::new(),
+            start_ns,
+            end_ns,
+            shared: &session.info.shared,
+            attributes: attributes.as_slice(),
+            events: &[],
             status,
             sampled: true,
-        };
-        self.exporter.submit(span);
+        });
+        recycle(texts, statement.text);
     }
 
     /// Ends the session's transaction at `at` (`failure`: why, when it did not end well).
     fn end(&mut self, pid: u32, at: Instant, failure: Option<&str>) {
-        let Some(session) = self.sessions.get_mut(&pid) else {
+        let end_ns = self.unix_ns(at);
+        let SpanSink {
+            sessions, texts, ..
+        } = self;
+        let Some(session) = sessions.get_mut(&pid) else {
             return;
         };
-        session.statements.clear();
+        for statement in session.statements.drain(..) {
+            recycle(texts, statement.text);
+        }
         let Some(t) = session.transaction.take() else {
             return;
         };
-        if !t.sampled {
-            return;
-        }
-        let parent = session.parent;
-        let info = session.info.clone();
-        let mut attributes = vec![("pglink.statements", AttrValue::Int(i64::from(t.statements)))];
-        let status = match (failure, t.failed) {
-            (Some(why), _) => SpanStatus::Error(why.to_owned()),
-            (None, Some(code)) => {
-                attributes.push(("db.response.status_code", code.to_string().into()));
-                SpanStatus::Unset
-            }
-            (None, None) => SpanStatus::Unset,
-        };
-        let events = vec![SpanEventRecord {
-            name: "pool.wait".to_owned(),
-            time: self.wall(t.start),
-            attributes: vec![(
+        if t.sampled {
+            let start_ns = self.unix_ns(t.start);
+            let Some(session) = self.sessions.get(&pid) else {
+                return;
+            };
+            let parent = session.parent;
+            let code = t.failed.as_ref().map(SqlState::as_str);
+            let mut attributes = Attributes::new();
+            attributes.push("pglink.statements", Value::Int(i64::from(t.statements)));
+            let status = match (failure, code) {
+                (Some(why), _) => SpanStatus::Error(why),
+                (None, Some(code)) => {
+                    attributes.push("db.response.status_code", Value::Str(code));
+                    SpanStatus::Unset
+                }
+                (None, None) => SpanStatus::Unset,
+            };
+            let wait = [(
                 "pglink.pool.wait_seconds",
-                AttrValue::F64(t.waited.as_secs_f64()),
-            )],
-        }];
-        let span = SpanRecord {
-            trace_id: t.trace_id,
-            span_id: t.span_id,
-            parent_span_id: parent.map(|p| p.parent_id),
-            parent_is_remote: parent.is_some(),
-            name: format!("transaction {}", info.server_database),
-            kind: SpanKind::Server,
-            start: self.wall(t.start),
-            end: self.wall(at),
-            shared_attributes: Some(info.common.clone()),
-            attributes,
-            events,
-            status,
-            sampled: true,
-        };
-        self.exporter.submit(span);
+                Value::F64(t.waited.as_secs_f64()),
+            )];
+            let events = [SpanEvent {
+                name: "pool.wait",
+                time_ns: start_ns,
+                attributes: &wait,
+            }];
+            self.batch.push(&Span {
+                trace_id: t.trace_id,
+                span_id: t.span_id,
+                parent_span_id: parent.map(|p| p.parent_id),
+                parent_is_remote: parent.is_some(),
+                name: &session.info.transaction_name,
+                kind: SpanKind::Server,
+                start_ns,
+                end_ns,
+                shared: &session.info.shared,
+                attributes: attributes.as_slice(),
+                events: &events,
+                status,
+                sampled: true,
+            });
+        }
     }
 }
 
@@ -428,10 +530,11 @@ impl EventSink for SpanSink {
                 server,
                 ..
             } => {
-                let info = Arc::new(SessionInfo {
+                let info = SessionInfo {
                     server_database: server.database.into(),
-                    common: common_attributes(database, user, peer, server).into(),
-                });
+                    transaction_name: format!("transaction {}", server.database).into(),
+                    shared: common_attributes(database, user, peer, server),
+                };
                 self.sessions.insert(
                     pid,
                     SessionTrace {
@@ -477,27 +580,32 @@ impl EventSink for SpanSink {
     fn wants_statements(&self) -> bool {
         true
     }
+
+    fn flush(&mut self) {
+        self.batch.hand_over();
+    }
 }
 
-/// Attributes every span of a session has, built once per session and shared by its spans.
+/// Attributes every span of a session has, encoded once per session.
 fn common_attributes(
     database: &str,
     user: &str,
     peer: Option<core::net::SocketAddr>,
     server: crate::observe::events::ServerAddress<'_>,
-) -> Vec<(&'static str, AttrValue)> {
+) -> SharedAttributes {
+    let client = peer.map(|p| p.ip().to_string());
     let mut a = Vec::with_capacity(8);
-    a.push(("db.system.name", AttrValue::Static("postgresql")));
-    a.push(("db.namespace", server.database.into()));
-    a.push(("db.user", user.into()));
-    a.push(("pglink.database", database.into()));
-    a.push(("server.address", server.host.into()));
-    a.push(("server.port", AttrValue::Int(i64::from(server.port))));
-    if let Some(peer) = peer {
-        a.push(("client.address", peer.ip().to_string().into()));
-        a.push(("client.port", AttrValue::Int(i64::from(peer.port()))));
+    a.push(("db.system.name", Value::Str("postgresql")));
+    a.push(("db.namespace", Value::Str(server.database)));
+    a.push(("db.user", Value::Str(user)));
+    a.push(("pglink.database", Value::Str(database)));
+    a.push(("server.address", Value::Str(server.host)));
+    a.push(("server.port", Value::Int(i64::from(server.port))));
+    if let (Some(peer), Some(client)) = (peer, &client) {
+        a.push(("client.address", Value::Str(client)));
+        a.push(("client.port", Value::Int(i64::from(peer.port()))));
     }
-    a
+    SharedAttributes::new(&a)
 }
 
 /// The operation a command tag names: its words before the row counts ("SELECT",
@@ -508,18 +616,6 @@ fn operation_name(tag: &[u8]) -> Option<&str> {
         .find(|c: char| c.is_ascii_digit())
         .unwrap_or(text.len());
     Some(text.get(..end)?.trim_end()).filter(|op| !op.is_empty())
-}
-
-/// The operation as an attribute value: the common ones without an allocation.
-fn operation_value(op: &str) -> AttrValue {
-    const COMMON: [&str; 12] = [
-        "SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "BEGIN", "COMMIT", "ROLLBACK", "SET",
-        "FETCH", "COPY", "CALL",
-    ];
-    match COMMON.iter().find(|c| **c == op) {
-        Some(c) => AttrValue::Static(c),
-        None => op.into(),
-    }
 }
 
 /// The row count at the end of a command tag ("SELECT 5", "INSERT 0 5", "COPY 3").

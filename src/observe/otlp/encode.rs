@@ -1,5 +1,9 @@
-//! A hand-written OTLP protobuf encoder: an `ExportTraceServiceRequest` written straight from
-//! `&[SpanRecord]` into a reused buffer.
+//! A hand-written OTLP protobuf encoder.
+//!
+//! A reactor encodes each finished [`Span`] at once, as a `ScopeSpans.spans` field, into its
+//! batch of bytes ([`put_span_field`]); the export thread frames a run of such fields as an
+//! `ExportTraceServiceRequest` ([`RequestEncoder::encode`]). The spans' bytes are the
+//! request's bytes: nothing is decoded or re-encoded between the two.
 //!
 //! Field numbers follow `opentelemetry/proto/trace/v1/trace.proto`,
 //! `common/v1/common.proto`, `resource/v1/resource.proto` and
@@ -9,11 +13,10 @@
 //! the output buffer, which is kept between batches.
 //!
 //! The resource and the instrumentation scope are the same in every request: they are
-//! encoded once, at start, and copied into each request.
+//! encoded once, at start, and copied into each request; so are a session's shared span
+//! attributes ([`super::SharedAttributes`]), once per session.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use super::span::{AttrValue, SpanEventRecord, SpanKind, SpanRecord, SpanStatus};
+use super::span::{Span, SpanEvent, SpanKind, SpanStatus, Value};
 
 /// The protobuf wire types used here.
 const VARINT: u32 = 0;
@@ -102,16 +105,13 @@ impl RequestEncoder {
         }
     }
 
-    /// The encoded `ExportTraceServiceRequest` carrying `spans`. The buffer is the encoder's:
-    /// give it back with [`Self::recycle`] once sent, so that its allocation is reused.
-    pub(super) fn encode(&mut self, spans: &[SpanRecord]) -> Vec<u8> {
+    /// The encoded `ExportTraceServiceRequest` carrying `spans`: whole `ScopeSpans.spans`
+    /// fields, as [`put_span_field`] writes them. The buffer is the encoder's: give it back
+    /// with [`Self::recycle`] once sent, so that its allocation is reused.
+    pub(super) fn encode(&mut self, spans: &[u8]) -> Vec<u8> {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
-        let spans_len: usize = spans
-            .iter()
-            .map(|s| field_len(SPAN_FIELD_KEY, span_len(s)))
-            .sum();
-        let scope_spans_len = field_len(SCOPE_SPANS_SCOPE_KEY, self.scope.len()) + spans_len;
+        let scope_spans_len = field_len(SCOPE_SPANS_SCOPE_KEY, self.scope.len()) + spans.len();
         let resource_spans_len = field_len(RESOURCE_SPANS_RESOURCE_KEY, self.resource.len())
             + field_len(RESOURCE_SPANS_SCOPE_SPANS_KEY, scope_spans_len);
         buf.reserve(field_len(REQUEST_KEY, resource_spans_len));
@@ -122,10 +122,7 @@ impl RequestEncoder {
         put_len_prefix(&mut buf, RESOURCE_SPANS_SCOPE_SPANS, scope_spans_len);
         put_len_prefix(&mut buf, SCOPE_SPANS_SCOPE, self.scope.len());
         buf.extend_from_slice(&self.scope);
-        for span in spans {
-            put_len_prefix(&mut buf, SCOPE_SPANS_SPANS, span_len(span));
-            put_span(&mut buf, span);
-        }
+        buf.extend_from_slice(spans);
         buf
     }
 
@@ -265,12 +262,6 @@ fn put_fixed64(buf: &mut Vec<u8>, field: u32, v: u64) {
     buf.extend_from_slice(&v.to_le_bytes());
 }
 
-/// Nanoseconds since the Unix epoch; 0 before it, saturated far after.
-fn unix_nanos(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, crate::observe::metrics::nanos)
-}
-
 fn kind_code(kind: SpanKind) -> u64 {
     match kind {
         SpanKind::Internal => 1,
@@ -279,7 +270,7 @@ fn kind_code(kind: SpanKind) -> u64 {
     }
 }
 
-fn span_flags(span: &SpanRecord) -> u32 {
+fn span_flags(span: &Span<'_>) -> u32 {
     let mut flags = FLAG_HAS_IS_REMOTE;
     if span.sampled {
         flags |= FLAG_SAMPLED;
@@ -291,75 +282,67 @@ fn span_flags(span: &SpanRecord) -> u32 {
 }
 
 /// (start, end) in nanoseconds, the end no earlier than the start.
-fn span_times(span: &SpanRecord) -> (u64, u64) {
-    let start = unix_nanos(span.start);
-    (start, unix_nanos(span.end).max(start))
+fn span_times(span: &Span<'_>) -> (u64, u64) {
+    (span.start_ns, span.end_ns.max(span.start_ns))
 }
 
-fn status_parts(status: &SpanStatus) -> (u64, &str) {
-    match status {
+fn status_parts<'a>(status: &SpanStatus<'a>) -> (u64, &'a str) {
+    match *status {
         SpanStatus::Unset => (0, ""),
         SpanStatus::Ok => (1, ""),
         SpanStatus::Error(message) => (2, message),
     }
 }
 
-fn status_len(status: &SpanStatus) -> usize {
+fn status_len(status: &SpanStatus<'_>) -> usize {
     let (code, message) = status_parts(status);
     str_field_len(STATUS_MESSAGE, message) + if code == 0 { 0 } else { 1 + varint_len(code) }
 }
 
-fn any_len(value: &AttrValue) -> usize {
+fn any_len(value: &Value<'_>) -> usize {
     // Every AnyValue key is one byte.
     1 + match value {
-        AttrValue::Str(s) => varint_len(s.len() as u64) + s.len(),
-        AttrValue::Static(s) => varint_len(s.len() as u64) + s.len(),
-        AttrValue::Shared(s) => varint_len(s.len() as u64) + s.len(),
-        AttrValue::Int(i) => varint_len(*i as u64),
-        AttrValue::Bool(_) => 1,
-        AttrValue::F64(_) => 8,
+        Value::Str(s) => varint_len(s.len() as u64) + s.len(),
+        Value::Int(i) => varint_len(*i as u64),
+        Value::Bool(_) => 1,
+        Value::F64(_) => 8,
     }
 }
 
-fn kv_len(key_name: &str, value: &AttrValue) -> usize {
+fn kv_len(key_name: &str, value: &Value<'_>) -> usize {
     str_field_len(KV_KEY, key_name) + field_len(key(KV_VALUE, LEN), any_len(value))
 }
 
 fn kv_str_len(key_name: &str, value: &str) -> usize {
-    let any = 1 + varint_len(value.len() as u64) + value.len();
-    str_field_len(KV_KEY, key_name) + field_len(key(KV_VALUE, LEN), any)
+    kv_len(key_name, &Value::Str(value))
 }
 
-fn attributes_len(field: u32, attributes: &[(&'static str, AttrValue)]) -> usize {
+fn attributes_len(field: u32, attributes: &[(&str, Value<'_>)]) -> usize {
     attributes
         .iter()
         .map(|(k, v)| field_len(key(field, LEN), kv_len(k, v)))
         .sum()
 }
 
-fn event_len(event: &SpanEventRecord) -> usize {
-    let time = unix_nanos(event.time);
-    (if time == 0 { 0 } else { 1 + 8 })
-        + str_field_len(EVENT_NAME, &event.name)
-        + attributes_len(EVENT_ATTRIBUTES, &event.attributes)
+fn event_len(event: &SpanEvent<'_>) -> usize {
+    (if event.time_ns == 0 { 0 } else { 1 + 8 })
+        + str_field_len(EVENT_NAME, event.name)
+        + attributes_len(EVENT_ATTRIBUTES, event.attributes)
 }
 
 /// Bytes of the `Span` message body.
-fn span_len(span: &SpanRecord) -> usize {
+fn span_len(span: &Span<'_>) -> usize {
     let (start, end) = span_times(span);
     let fixed64 = |v: u64| if v == 0 { 0 } else { 1 + 8 };
     (1 + 1 + 16)
         + (1 + 1 + 8)
         + span.parent_span_id.map_or(0, |_| 1 + 1 + 8)
-        + str_field_len(SPAN_NAME, &span.name)
+        + str_field_len(SPAN_NAME, span.name)
         + (1 + varint_len(kind_code(span.kind)))
         + fixed64(start)
         + fixed64(end)
-        + span
-            .shared_attributes
-            .as_deref()
-            .map_or(0, |a| attributes_len(SPAN_ATTRIBUTES, a))
-        + attributes_len(SPAN_ATTRIBUTES, &span.attributes)
+        + span.shared.0.len()
+        + attributes_len(SPAN_ATTRIBUTES, span.attributes)
         + span
             .events
             .iter()
@@ -369,20 +352,18 @@ fn span_len(span: &SpanRecord) -> usize {
         + (2 + 4)
 }
 
-fn put_any(buf: &mut Vec<u8>, value: &AttrValue) {
-    match value {
-        AttrValue::Str(s) => put_bytes(buf, ANY_STRING, s.as_bytes()),
-        AttrValue::Static(s) => put_bytes(buf, ANY_STRING, s.as_bytes()),
-        AttrValue::Shared(s) => put_bytes(buf, ANY_STRING, s.as_bytes()),
-        AttrValue::Int(i) => {
+fn put_any(buf: &mut Vec<u8>, value: &Value<'_>) {
+    match *value {
+        Value::Str(s) => put_bytes(buf, ANY_STRING, s.as_bytes()),
+        Value::Int(i) => {
             put_key(buf, ANY_INT, VARINT);
-            put_varint(buf, *i as u64);
+            put_varint(buf, i as u64);
         }
-        AttrValue::Bool(b) => {
+        Value::Bool(b) => {
             put_key(buf, ANY_BOOL, VARINT);
-            buf.push(u8::from(*b));
+            buf.push(u8::from(b));
         }
-        AttrValue::F64(f) => put_fixed64(buf, ANY_DOUBLE, f.to_bits()),
+        Value::F64(f) => put_fixed64(buf, ANY_DOUBLE, f.to_bits()),
     }
 }
 
@@ -396,7 +377,7 @@ fn put_kv_str(buf: &mut Vec<u8>, key_name: &str, value: &str) {
     put_bytes(buf, ANY_STRING, value.as_bytes());
 }
 
-fn put_attributes(buf: &mut Vec<u8>, field: u32, attributes: &[(&'static str, AttrValue)]) {
+fn put_attributes(buf: &mut Vec<u8>, field: u32, attributes: &[(&str, Value<'_>)]) {
     for (k, v) in attributes {
         put_len_prefix(buf, field, kv_len(k, v));
         put_str(buf, KV_KEY, k);
@@ -405,24 +386,31 @@ fn put_attributes(buf: &mut Vec<u8>, field: u32, attributes: &[(&'static str, At
     }
 }
 
-fn put_event(buf: &mut Vec<u8>, event: &SpanEventRecord) {
-    let time = unix_nanos(event.time);
-    if time != 0 {
-        put_fixed64(buf, EVENT_TIME, time);
-    }
-    put_str(buf, EVENT_NAME, &event.name);
-    put_attributes(buf, EVENT_ATTRIBUTES, &event.attributes);
+/// `attributes` as `Span.attributes` fields (for [`super::SharedAttributes`]).
+pub(super) fn put_span_attributes(buf: &mut Vec<u8>, attributes: &[(&str, Value<'_>)]) {
+    put_attributes(buf, SPAN_ATTRIBUTES, attributes);
 }
 
-/// The `Span` message body, [`span_len`] bytes.
-fn put_span(buf: &mut Vec<u8>, span: &SpanRecord) {
+fn put_event(buf: &mut Vec<u8>, event: &SpanEvent<'_>) {
+    if event.time_ns != 0 {
+        put_fixed64(buf, EVENT_TIME, event.time_ns);
+    }
+    put_str(buf, EVENT_NAME, event.name);
+    put_attributes(buf, EVENT_ATTRIBUTES, event.attributes);
+}
+
+/// `span` as a `ScopeSpans.spans` field: its key, its length and the `Span` message.
+pub(super) fn put_span_field(buf: &mut Vec<u8>, span: &Span<'_>) {
+    let len = span_len(span);
+    buf.reserve(field_len(SPAN_FIELD_KEY, len));
+    put_len_prefix(buf, SCOPE_SPANS_SPANS, len);
     let (start, end) = span_times(span);
     put_bytes(buf, SPAN_TRACE_ID, &span.trace_id);
     put_bytes(buf, SPAN_SPAN_ID, &span.span_id);
     if let Some(parent) = &span.parent_span_id {
         put_bytes(buf, SPAN_PARENT_SPAN_ID, parent);
     }
-    put_str(buf, SPAN_NAME, &span.name);
+    put_str(buf, SPAN_NAME, span.name);
     put_key(buf, SPAN_KIND, VARINT);
     put_varint(buf, kind_code(span.kind));
     if start != 0 {
@@ -431,11 +419,9 @@ fn put_span(buf: &mut Vec<u8>, span: &SpanRecord) {
     if end != 0 {
         put_fixed64(buf, SPAN_END, end);
     }
-    if let Some(shared) = span.shared_attributes.as_deref() {
-        put_attributes(buf, SPAN_ATTRIBUTES, shared);
-    }
-    put_attributes(buf, SPAN_ATTRIBUTES, &span.attributes);
-    for event in &span.events {
+    buf.extend_from_slice(&span.shared.0);
+    put_attributes(buf, SPAN_ATTRIBUTES, span.attributes);
+    for event in span.events {
         put_len_prefix(buf, SPAN_EVENTS, event_len(event));
         put_event(buf, event);
     }
@@ -451,84 +437,134 @@ fn put_span(buf: &mut Vec<u8>, span: &SpanRecord) {
     buf.extend_from_slice(&span_flags(span).to_le_bytes());
 }
 
+/// The end of the first `n` span fields of `spans` (as [`put_span_field`] writes them), or
+/// of all of them when there are fewer. Bytes that are not a whole span field (never there:
+/// only `put_span_field` writes a batch) are taken with the rest, to the end.
+pub(super) fn span_fields_end(spans: &[u8], n: usize) -> usize {
+    let mut at = 0;
+    for _ in 0..n {
+        let Some(rest) = spans.get(at..) else { break };
+        let Some((&field_key, rest)) = rest.split_first() else {
+            break;
+        };
+        let Some((len, varint)) = read_varint(rest) else {
+            return spans.len();
+        };
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|len| (at + 1 + varint).checked_add(len));
+        match end {
+            Some(end) if u32::from(field_key) == SPAN_FIELD_KEY && end <= spans.len() => at = end,
+            _ => return spans.len(),
+        }
+    }
+    at
+}
+
+/// A varint and its length in bytes.
+fn read_varint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for (i, b) in bytes.iter().take(10).enumerate() {
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-    use std::time::Duration;
+    use crate::observe::otlp::SharedAttributes;
 
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-    use opentelemetry_proto::tonic::trace::v1::{Span, span, status};
+    use opentelemetry_proto::tonic::trace::v1::{Span as ProtoSpan, span, status};
     use prost::Message;
 
-    fn t0() -> SystemTime {
-        UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789)
+    const T0: u64 = 1_700_000_000_123_456_789;
+
+    const FULL_ATTRIBUTES: &[(&str, Value<'static>)] = &[
+        ("db.system", Value::Str("postgresql")),
+        ("db.name", Value::Str("bäse")),
+        ("db.user", Value::Str("ü")),
+        ("empty", Value::Str("")),
+        ("n", Value::Int(7)),
+        ("neg", Value::Int(-5)),
+        ("zero", Value::Int(0)),
+        ("min", Value::Int(i64::MIN)),
+        ("yes", Value::Bool(true)),
+        ("no", Value::Bool(false)),
+        ("f", Value::F64(0.25)),
+        ("f0", Value::F64(0.0)),
+        ("", Value::Str("no key")),
+    ];
+
+    const FULL_EVENTS: &[SpanEvent<'static>] = &[
+        SpanEvent {
+            name: "pool.wait",
+            time_ns: T0 + 1_000_000,
+            attributes: &[("wait.seconds", Value::F64(0.5))],
+        },
+        SpanEvent {
+            name: "",
+            time_ns: 0,
+            attributes: &[],
+        },
+    ];
+
+    fn shared() -> SharedAttributes {
+        SharedAttributes::new(&[("shared.a", Value::Str("sa")), ("shared.n", Value::Int(3))])
     }
 
-    fn full_span() -> SpanRecord {
-        SpanRecord {
+    /// Every field, with `attributes` (which then get a long one too).
+    fn full_span<'a>(
+        shared: &'a SharedAttributes,
+        attributes: &'a [(&'a str, Value<'a>)],
+    ) -> Span<'a> {
+        Span {
             trace_id: [1; 16],
             span_id: [2; 8],
             parent_span_id: Some([3; 8]),
             parent_is_remote: true,
-            name: "transaction ünïcødé ✓".into(),
+            name: "transaction ünïcødé ✓",
             kind: SpanKind::Server,
-            start: t0(),
-            end: t0() - Duration::from_secs(1), // a clock step back: clamped
-            shared_attributes: Some(Arc::from(vec![
-                ("shared.a", AttrValue::Shared(Arc::from("sa"))),
-                ("shared.n", AttrValue::Int(3)),
-            ])),
-            attributes: vec![
-                ("db.system", AttrValue::Static("postgresql")),
-                ("db.name", AttrValue::Str("bäse".into())),
-                ("db.user", AttrValue::Shared(Arc::from("ü"))),
-                ("empty", AttrValue::Str(String::new())),
-                ("n", AttrValue::Int(7)),
-                ("neg", AttrValue::Int(-5)),
-                ("zero", AttrValue::Int(0)),
-                ("min", AttrValue::Int(i64::MIN)),
-                ("yes", AttrValue::Bool(true)),
-                ("no", AttrValue::Bool(false)),
-                ("f", AttrValue::F64(0.25)),
-                ("f0", AttrValue::F64(0.0)),
-                ("", AttrValue::Str("no key".into())),
-                ("long", AttrValue::Str("x".repeat(300))),
-            ],
-            events: vec![
-                SpanEventRecord {
-                    name: "pool.wait".into(),
-                    time: t0() + Duration::from_millis(1),
-                    attributes: vec![("wait.seconds", AttrValue::F64(0.5))],
-                },
-                SpanEventRecord {
-                    name: String::new(),
-                    time: UNIX_EPOCH,
-                    attributes: Vec::new(),
-                },
-            ],
-            status: SpanStatus::Error("deadlock détecté".into()),
+            start_ns: T0,
+            end_ns: T0 - 1_000_000_000, // a clock step back: clamped
+            shared,
+            attributes,
+            events: FULL_EVENTS,
+            status: SpanStatus::Error("deadlock détecté"),
             sampled: true,
         }
     }
 
-    fn bare_span() -> SpanRecord {
-        SpanRecord {
+    fn bare_span() -> Span<'static> {
+        Span {
             trace_id: [0xab; 16],
             span_id: [0xcd; 8],
             parent_span_id: None,
             parent_is_remote: true, // no parent: not remote
-            name: String::new(),
+            name: "",
             kind: SpanKind::Internal,
-            start: UNIX_EPOCH - Duration::from_secs(5),
-            end: UNIX_EPOCH,
-            shared_attributes: None,
-            attributes: Vec::new(),
-            events: Vec::new(),
+            start_ns: 0,
+            end_ns: 0,
+            shared: SharedAttributes::EMPTY,
+            attributes: &[],
+            events: &[],
             status: SpanStatus::Unset,
             sampled: false,
         }
+    }
+
+    /// The span fields of `spans`, as a batch holds them.
+    fn fields(spans: &[Span<'_>]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for span in spans {
+            put_span_field(&mut bytes, span);
+        }
+        bytes
     }
 
     fn decode(bytes: &[u8]) -> ExportTraceServiceRequest {
@@ -571,7 +607,11 @@ mod tests {
     #[test]
     fn request_decodes_with_every_field() {
         let mut encoder = RequestEncoder::new(&resource_attributes("svc", None));
-        let bytes = encoder.encode(&[full_span(), bare_span()]);
+        let long = "x".repeat(300);
+        let mut attributes = FULL_ATTRIBUTES.to_vec();
+        attributes.push(("long", Value::Str(&long)));
+        let shared = shared();
+        let bytes = encoder.encode(&fields(&[full_span(&shared, &attributes), bare_span()]));
         let request = decode(&bytes);
         assert_eq!(request.resource_spans.len(), 1);
         let rs = &request.resource_spans[0];
@@ -594,8 +634,8 @@ mod tests {
         );
         assert_eq!(ss.spans.len(), 2);
 
-        let start = 1_700_000_000_123_456_789;
-        let expected = Span {
+        let start = T0;
+        let expected = ProtoSpan {
             trace_id: vec![1; 16],
             span_id: vec![2; 8],
             parent_span_id: vec![3; 8],
@@ -639,7 +679,7 @@ mod tests {
         };
         assert_eq!(ss.spans[0], expected);
 
-        let bare = Span {
+        let bare = ProtoSpan {
             trace_id: vec![0xab; 16],
             span_id: vec![0xcd; 8],
             flags: 0x100,
@@ -661,7 +701,7 @@ mod tests {
             (SpanKind::Internal, SpanStatus::Unset, true, None, false),
             (
                 SpanKind::Server,
-                SpanStatus::Error(String::new()),
+                SpanStatus::Error(""),
                 true,
                 Some([8; 8]),
                 true,
@@ -673,10 +713,10 @@ mod tests {
             span.sampled = sampled;
             span.parent_span_id = parent;
             span.parent_is_remote = remote;
-            span.end = t0();
+            span.end_ns = T0;
             spans.push(span);
         }
-        let request = decode(&encoder.encode(&spans));
+        let request = decode(&encoder.encode(&fields(&spans)));
         let rs = &request.resource_spans[0];
         assert!(rs.resource.as_ref().unwrap().attributes.is_empty());
         let got = &rs.scope_spans[0].spans;
@@ -710,7 +750,8 @@ mod tests {
         let request = decode(&encoder.encode(&[]));
         assert!(request.resource_spans[0].scope_spans[0].spans.is_empty());
 
-        let spans = vec![full_span(); 50];
+        let shared = shared();
+        let spans = fields(&vec![full_span(&shared, FULL_ATTRIBUTES); 50]);
         let bytes = encoder.encode(&spans);
         let (ptr, cap) = (bytes.as_ptr(), bytes.capacity());
         assert_eq!(
@@ -718,12 +759,37 @@ mod tests {
             50
         );
         encoder.recycle(bytes);
-        let again = encoder.encode(&spans[..10]);
+        let again = encoder.encode(&spans[..span_fields_end(&spans, 10)]);
         assert_eq!((again.as_ptr(), again.capacity()), (ptr, cap));
         assert_eq!(
             decode(&again).resource_spans[0].scope_spans[0].spans.len(),
             10
         );
+    }
+
+    #[test]
+    fn span_fields_split_where_spans_end() {
+        let shared = shared();
+        let long = "y".repeat(200);
+        let attributes = [("long", Value::Str(&long))];
+        let spans = [bare_span(), full_span(&shared, &attributes), bare_span()];
+        let bytes = fields(&spans);
+        let ends: Vec<usize> = (0..5).map(|n| span_fields_end(&bytes, n)).collect();
+        let one = fields(&spans[..1]).len();
+        let two = fields(&spans[..2]).len();
+        assert_eq!(ends, vec![0, one, two, bytes.len(), bytes.len()]);
+        // Each part is a valid run of spans.
+        let mut encoder = RequestEncoder::new(&[]);
+        let part = decode(&encoder.encode(&bytes[one..two]));
+        assert_eq!(
+            part.resource_spans[0].scope_spans[0].spans[0].span_id,
+            vec![2; 8]
+        );
+        // Bytes that are not span fields are taken whole.
+        assert_eq!(span_fields_end(b"\x0a\x01z", 1), 3);
+        assert_eq!(span_fields_end(b"\x12\x05ab", 1), 4);
+        assert_eq!(span_fields_end(b"\x12\xff", 1), 2);
+        assert_eq!(span_fields_end(b"", 3), 0);
     }
 
     #[test]

@@ -1,27 +1,28 @@
-//! The span record the engine hands over (encoded by `super::encode`).
+//! The span the engine hands over: borrowed, so that building one allocates nothing. It is
+//! encoded at once (by `super::encode`) into the reactor's batch of protobuf bytes.
 
-use std::time::SystemTime;
-
-/// One finished span, as the engine hands it over.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SpanRecord {
+/// One finished span, borrowing everything it names.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Span<'a> {
     pub trace_id: [u8; 16],
     pub span_id: [u8; 8],
     pub parent_span_id: Option<[u8; 8]>,
     /// The parent came from another process (a client's `traceparent`).
     pub parent_is_remote: bool,
-    pub name: String,
+    pub name: &'a str,
     pub kind: SpanKind,
-    pub start: SystemTime,
-    pub end: SystemTime,
-    /// Attributes many spans share (a session's database, user, addresses), sent before
-    /// `attributes`: one reference count per span instead of a copy of each.
-    pub shared_attributes: Option<std::sync::Arc<[(&'static str, AttrValue)]>>,
-    pub attributes: Vec<(&'static str, AttrValue)>,
-    pub events: Vec<SpanEventRecord>,
-    pub status: SpanStatus,
+    /// Nanoseconds since the Unix epoch (0: unknown, not sent).
+    pub start_ns: u64,
+    /// Nanoseconds since the Unix epoch; an end before the start is sent as the start.
+    pub end_ns: u64,
+    /// Attributes many spans share (a session's database, user, addresses), encoded once by
+    /// [`SharedAttributes::new`] and copied as they are, before `attributes`.
+    pub shared: &'a SharedAttributes,
+    pub attributes: &'a [(&'a str, Value<'a>)],
+    pub events: &'a [SpanEvent<'a>],
+    pub status: SpanStatus<'a>,
     /// The W3C sampled flag carried in the exported span's flags. Sampling itself is the
-    /// caller's decision: every submitted span is sent.
+    /// caller's decision: every span handed over is sent.
     pub sampled: bool,
 }
 
@@ -36,59 +37,46 @@ pub enum SpanKind {
 }
 
 /// An attribute value.
-#[derive(Clone, Debug, PartialEq)]
-pub enum AttrValue {
-    Str(String),
-    /// A constant: no allocation per span.
-    Static(&'static str),
-    /// Shared by many spans (a session's database, user, addresses): a reference count per
-    /// span, not a copy.
-    Shared(std::sync::Arc<str>),
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Value<'a> {
+    Str(&'a str),
     Int(i64),
     Bool(bool),
     F64(f64),
 }
 
-impl From<String> for AttrValue {
-    fn from(v: String) -> Self {
-        AttrValue::Str(v)
-    }
-}
-impl From<&str> for AttrValue {
-    fn from(v: &str) -> Self {
-        AttrValue::Str(v.to_owned())
-    }
-}
-impl From<i64> for AttrValue {
-    fn from(v: i64) -> Self {
-        AttrValue::Int(v)
-    }
-}
-impl From<bool> for AttrValue {
-    fn from(v: bool) -> Self {
-        AttrValue::Bool(v)
-    }
-}
-impl From<f64> for AttrValue {
-    fn from(v: f64) -> Self {
-        AttrValue::F64(v)
-    }
-}
-
 /// A timestamped event inside a span (e.g. `pool.wait` with its duration).
-#[derive(Clone, Debug, PartialEq)]
-pub struct SpanEventRecord {
-    pub name: String,
-    pub time: SystemTime,
-    pub attributes: Vec<(&'static str, AttrValue)>,
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SpanEvent<'a> {
+    pub name: &'a str,
+    /// Nanoseconds since the Unix epoch (0: not sent).
+    pub time_ns: u64,
+    pub attributes: &'a [(&'a str, Value<'a>)],
 }
 
 /// A span's status.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub enum SpanStatus {
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum SpanStatus<'a> {
     #[default]
     Unset,
     Ok,
     /// Failed, with a description.
-    Error(String),
+    Error(&'a str),
+}
+
+/// Span attributes encoded once (as `Span.attributes` fields) for the many spans that carry
+/// them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SharedAttributes(pub(super) Vec<u8>);
+
+impl SharedAttributes {
+    /// None.
+    pub const EMPTY: &'static SharedAttributes = &SharedAttributes(Vec::new());
+
+    pub fn new(attributes: &[(&str, Value<'_>)]) -> SharedAttributes {
+        let mut bytes = Vec::new();
+        super::encode::put_span_attributes(&mut bytes, attributes);
+        bytes.shrink_to_fit();
+        SharedAttributes(bytes)
+    }
 }

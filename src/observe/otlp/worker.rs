@@ -8,69 +8,85 @@ use std::task::Poll;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::encode::RequestEncoder;
-use super::span::SpanRecord;
+use super::encode::{RequestEncoder, span_fields_end};
 use super::transport::Transport;
 use super::{ExportStats, ExporterConfig};
 
-/// Spans waiting for the export thread: a vector behind a lock, swapped out whole by the
-/// thread. A span costs a push under an uncontended lock; the thread is woken when a batch is
-/// ready (or by its timer), not for every span, which at tens of thousands of spans a
-/// second would cost a futex wake and a context switch each.
+/// Spans waiting for the export thread, encoded: a byte vector behind a lock, swapped out
+/// whole by the thread. A reactor hands over its batch with one copy under an uncontended
+/// lock; the thread is woken when a request's worth is ready (or by its timer), not for every
+/// hand-over, which at tens of thousands of spans a second would cost a futex wake and a
+/// context switch each.
 #[derive(Debug)]
 pub(super) struct SpanQueue {
-    spans: std::sync::Mutex<(Vec<SpanRecord>, bool)>,
+    queued: std::sync::Mutex<Queued>,
     ready: tokio::sync::Notify,
+    /// The most spans queued.
     capacity: usize,
-    /// Queue length at which the thread is woken.
+    /// The most bytes queued.
+    max_bytes: usize,
+    /// Spans queued at which the thread is woken.
     batch: usize,
 }
 
+#[derive(Debug, Default)]
+pub(super) struct Queued {
+    /// Whole `ScopeSpans.spans` fields.
+    pub(super) bytes: Vec<u8>,
+    pub(super) spans: usize,
+    closed: bool,
+}
+
 impl SpanQueue {
-    pub(super) fn new(capacity: usize, batch: usize) -> SpanQueue {
+    pub(super) fn new(capacity: usize, max_bytes: usize, batch: usize) -> SpanQueue {
         SpanQueue {
-            spans: std::sync::Mutex::new((Vec::new(), false)),
+            queued: std::sync::Mutex::new(Queued::default()),
             ready: tokio::sync::Notify::new(),
             capacity: capacity.max(1),
+            max_bytes,
             batch: batch.clamp(1, capacity.max(1)),
         }
     }
 
-    /// Queues `span`; false when the queue is full or closed.
-    pub(super) fn push(&self, span: SpanRecord) -> bool {
-        let len = {
-            let mut guard = self
-                .spans
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let (spans, closed) = &mut *guard;
-            if *closed || spans.len() >= self.capacity {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queued> {
+        self.queued
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues `spans` encoded spans (`bytes`); false, queuing none, when they do not fit or
+    /// the queue is closed.
+    pub(super) fn push(&self, bytes: &[u8], spans: usize) -> bool {
+        let (before, after) = {
+            let mut q = self.lock();
+            if q.closed
+                || q.spans + spans > self.capacity
+                || q.bytes.len() + bytes.len() > self.max_bytes
+            {
                 return false;
             }
-            spans.push(span);
-            spans.len()
+            q.bytes.extend_from_slice(bytes);
+            let before = q.spans;
+            q.spans += spans;
+            (before, q.spans)
         };
-        if len == self.batch {
+        if before < self.batch && after >= self.batch {
             self.ready.notify_one();
         }
         true
     }
 
     /// Everything queued, swapped for `empty` (kept for its allocation).
-    fn take(&self, empty: Vec<SpanRecord>) -> Vec<SpanRecord> {
-        let mut guard = self
-            .spans
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        std::mem::replace(&mut guard.0, empty)
+    fn take(&self, mut empty: Vec<u8>) -> (Vec<u8>, usize) {
+        empty.clear();
+        let mut q = self.lock();
+        let spans = std::mem::take(&mut q.spans);
+        (std::mem::replace(&mut q.bytes, empty), spans)
     }
 
     /// No span is taken any more.
     fn close(&self) {
-        self.spans
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .1 = true;
+        self.lock().closed = true;
     }
 }
 
@@ -121,8 +137,8 @@ impl Worker {
             if matches!(wake, Wake::Shutdown) {
                 self.spans.close();
             }
-            let mut queued = self.spans.take(spare);
-            self.export_all(&mut queued).await;
+            let (queued, n) = self.spans.take(spare);
+            self.export_all(&queued, n).await;
             spare = queued;
             if matches!(wake, Wake::Shutdown) {
                 break;
@@ -130,20 +146,26 @@ impl Worker {
         }
     }
 
-    /// Sends `spans` in batches of `max_batch` (emptying it); after the shutdown deadline,
-    /// what is left is counted as failed.
-    async fn export_all(&mut self, spans: &mut Vec<SpanRecord>) {
+    /// Sends the `n` encoded spans of `spans` in requests of at most `max_batch`; after the
+    /// shutdown deadline, what is left is counted as failed.
+    async fn export_all(&mut self, mut spans: &[u8], mut n: usize) {
         let max_batch = self.config.max_batch.max(1);
-        while !spans.is_empty() {
-            let n = spans.len().min(max_batch);
+        while n > 0 {
             if self.deadline.is_some_and(|d| Instant::now() >= d) {
-                ExportStats::add(&self.stats.failed, spans.len());
-                spans.clear();
+                ExportStats::add(&self.stats.failed, n);
                 return;
             }
-            let request = self.encoder.encode(spans.get(..n).unwrap_or(spans));
-            spans.drain(..n);
-            self.export(request, n).await;
+            let count = n.min(max_batch);
+            let end = if count == n {
+                spans.len()
+            } else {
+                span_fields_end(spans, count)
+            };
+            let (batch, rest) = spans.split_at(end.min(spans.len()));
+            let request = self.encoder.encode(batch);
+            spans = rest;
+            n -= count;
+            self.export(request, count).await;
         }
     }
 
