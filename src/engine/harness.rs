@@ -1410,17 +1410,6 @@ impl Engine {
                     shard.connecting
                 ));
             }
-            let busy = self
-                .servers
-                .iter()
-                .filter(|(_, s)| s.pool == pool && s.state.is_busy())
-                .count();
-            if busy != shard.busy {
-                return Err(format!(
-                    "pool {pool}: {busy} connections lent, draining or parked, {} counted",
-                    shard.busy
-                ));
-            }
         }
         Ok(())
     }

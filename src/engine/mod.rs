@@ -409,10 +409,6 @@ impl Engine {
             Timer::Client(c, t) => self.client(c).is_some_and(|cl| cl.deadlines.is_at(t, at)),
             Timer::Server(s, t) => self.server(s).is_some_and(|sv| sv.deadlines.is_at(t, at)),
             Timer::Maintenance | Timer::Shutdown | Timer::Handover => true,
-            Timer::LocalWait(pool) => self
-                .shards
-                .get(pool)
-                .is_some_and(|s| s.local_wait_until == Some(at)),
         }
     }
 
@@ -624,15 +620,6 @@ impl Engine {
                 self.maintain_pools();
                 self.timers
                     .engine(Timer::Maintenance, self.now + MAINTENANCE_PERIOD);
-            }
-            Timer::LocalWait(pool) => {
-                let due = self
-                    .shards
-                    .get_mut(pool)
-                    .is_some_and(|s| s.local_wait_until.take_if(|t| *t == at).is_some());
-                if due {
-                    self.grow(pool);
-                }
             }
             Timer::Shutdown => self.force_shutdown(),
             Timer::Handover => self.drain(),

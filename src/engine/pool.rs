@@ -7,9 +7,7 @@
 //! waiter's connection comes from: the local idle stack, else an idle connection of another
 //! engine (asked for with `WantServer`), else a new connection if the database is below
 //! `pool_max_conns`, else one made by closing another user's idle connection of the same
-//! database (here, or on another engine with `MakeRoom`). Reactor affinity: for up to
-//! [`LOCAL_WAIT`], a waiter counts on one of its own engine's busy connections (one each)
-//! instead of taking another engine's, since a hand-off costs more than a short transaction.
+//! database (here, or on another engine with `MakeRoom`).
 //!
 //! Back-off: after a connection attempt fails, the engine opens no new connection for that
 //! pool until a delay has passed (500 ms, doubling with every failure in a row, at most
@@ -30,7 +28,7 @@ use super::error::ConnectFailure;
 use super::id::{ClientId, ServerId};
 use super::io::{Conn, Io, Message};
 use super::server::State;
-use super::timer::{ClientTimer, Timer};
+use super::timer::ClientTimer;
 use crate::auth::SaltedKeyCache;
 use crate::client::AcquireError;
 use crate::client::users::PoolId;
@@ -45,12 +43,6 @@ pub(super) struct Shard {
     pub connecting: usize,
     /// `WantServer`/`MakeRoom` requests out and not answered yet (each covers one waiter).
     pub steals: usize,
-    /// This engine's connections of the pool that come back to it on their own: lent,
-    /// draining, or parked (each covers one waiter for [`LOCAL_WAIT`]).
-    pub busy: usize,
-    /// When [`Timer::LocalWait`](super::timer::Timer) next looks again at waiters covered by
-    /// busy connections.
-    pub local_wait_until: Option<Instant>,
     /// SCRAM keys derived from this pool's password (PBKDF2 once, not per connection).
     pub salted_keys: SaltedKeyCache,
     /// Connection attempts that failed in a row (reset by one that succeeds).
@@ -70,8 +62,6 @@ impl Default for Shard {
             waiters: VecDeque::new(),
             connecting: 0,
             steals: 0,
-            busy: 0,
-            local_wait_until: None,
             salted_keys: SaltedKeyCache::new(4),
             login_failures: 0,
             retry_at: None,
@@ -79,17 +69,6 @@ impl Default for Shard {
         }
     }
 }
-
-/// How long a new waiter counts on one of this engine's busy connections (lent, draining,
-/// parked) before it looks elsewhere: an idle connection of another engine, or a new one.
-///
-/// Reactor affinity: a connection handed between engines costs two `epoll_ctl` calls and a
-/// message with a wake-up each way, more than the transaction it serves when that is a short
-/// one. Where transactions are short, a busy local connection comes free well within this
-/// time, so connections stay where their clients are; where they are long, a waiter pays at
-/// most this much (and the timer's resolution, a millisecond) before taking one from
-/// elsewhere.
-pub(super) const LOCAL_WAIT: Duration = Duration::from_millis(1);
 
 /// A connection freed here goes to another engine's waiter only if that one has waited this
 /// much longer than ours: global first-come-first-served, without bouncing connections
@@ -127,29 +106,6 @@ impl Shard {
             .and(self.last_failure.as_ref())
     }
 
-    /// Waiters no connection is coming for yet (neither one being opened nor one asked of
-    /// another engine); how many of them, the youngest, count on one of this engine's busy
-    /// connections (each covers one waiter younger than [`LOCAL_WAIT`]); and when the
-    /// oldest of those stops counting on it.
-    fn uncovered(&self, now: Instant) -> (usize, usize, Option<Instant>) {
-        let uncovered = self
-            .waiters
-            .len()
-            .saturating_sub(self.connecting + self.steals);
-        let patient = self
-            .waiters
-            .iter()
-            .rev()
-            .take_while(|&&(_, since)| now < since + LOCAL_WAIT)
-            .count();
-        let local = self.busy.min(patient).min(uncovered);
-        let until = (local > 0)
-            .then(|| self.waiters.len() - local)
-            .and_then(|oldest| self.waiters.get(oldest))
-            .map(|&(_, since)| since + LOCAL_WAIT);
-        (uncovered, local, until)
-    }
-
     /// Whether a new connection may be opened now: not while backing off, and after
     /// failures only one at a time (it probes the server; the others follow its success).
     pub fn may_open(&self, now: Instant) -> bool {
@@ -162,7 +118,6 @@ impl Engine {
     fn publish(&self, pool: PoolId) {
         if let (Some(p), Some(s)) = (self.ctx.pools.get(pool), self.shards.get(pool)) {
             p.set_idle(self.id, s.idle.len());
-            p.set_busy(self.id, s.busy);
             p.set_waiting(
                 self.id,
                 s.waiters.len(),
@@ -378,18 +333,7 @@ impl Engine {
             .map(|(r, since)| (r, self.ctx.epoch + since));
         let hand_to = match (ours, theirs) {
             (_, None) => None,
-            // No one waits here: it goes there unless all waiters there count on busy
-            // connections of their own engine, for less than LOCAL_WAIT so far (then this one
-            // stays idle here, where they may ask for it if theirs take longer).
-            (None, Some((r, since))) => {
-                let counted_on = since + LOCAL_WAIT > self.now
-                    && self
-                        .ctx
-                        .pools
-                        .get(pool)
-                        .is_some_and(|p| !p.has_uncovered_waiters(r));
-                (!counted_on).then_some(r)
-            }
+            (None, Some((r, _))) => Some(r),
             (Some(ours), Some((r, since))) => (since + FAIRNESS_SLACK < ours).then_some(r),
         };
         if let Some(r) = hand_to
@@ -448,9 +392,7 @@ impl Engine {
 
     /// Makes sure a connection is on its way for every waiter of this engine: one requested
     /// from an engine holding an idle one, a new connection, or one made by closing another
-    /// user's idle connection when the database is at its cap; except that waiters younger
-    /// than [`LOCAL_WAIT`] that a busy local connection covers get only a new connection
-    /// (and a [`Timer::LocalWait`] to look again).
+    /// user's idle connection when the database is at its cap.
     pub(super) fn grow(&mut self, pool: PoolId) {
         let ctx = self.ctx.clone();
         if ctx.is_stopping() {
@@ -466,30 +408,17 @@ impl Engine {
             // gets no connection: whatever it opened would be retired at once.
             return;
         }
-        let (uncovered, local, look_again) = self
-            .shards
-            .get(pool)
-            .map_or((0, 0, None), |s| s.uncovered(self.now));
-        if let Some(at) = look_again
-            && let Some(shard) = self.shards.get_mut(pool)
-            && shard.local_wait_until.is_none_or(|t| t > at)
-        {
-            shard.local_wait_until = Some(at);
-            self.timers.engine(Timer::LocalWait(pool), at);
-        }
+        let uncovered = self.shards.get(pool).map_or(0, |s| {
+            s.waiters.len().saturating_sub(s.connecting + s.steals)
+        });
         let backoff = self
             .shards
             .get(pool)
             .and_then(|s| s.backing_off(self.now))
             .filter(|_| uncovered > 0)
             .cloned();
-        for i in 0..uncovered {
-            // The youngest waiters wait for a busy local connection rather than take one
-            // from another engine (reactor affinity, see LOCAL_WAIT); a new connection, if
-            // the database has room, still opens for them.
-            let counts_on_local = i >= uncovered - local;
-            if !counts_on_local
-                && let Some(r) = p.reactor_with_idle(self.id)
+        for _ in 0..uncovered {
+            if let Some(r) = p.reactor_with_idle(self.id)
                 && self
                     .mailbox
                     .send(
@@ -513,9 +442,6 @@ impl Engine {
             if db.try_reserve() {
                 self.open_server(pool, None, 0);
                 continue;
-            }
-            if counts_on_local {
-                break;
             }
             // At pool_max_conns: an idle connection of another user of the database makes
             // room.

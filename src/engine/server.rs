@@ -25,7 +25,7 @@ use crate::client::relay::Relay;
 use crate::client::users::PoolId;
 use crate::client::{AcquireError, BackendContext, Drain, DrainKind, DrainStep, ParamList};
 use crate::observe::events::{Event, ServerState, pool_number};
-use crate::observe::metrics::{BackendState, CloseReason, HandOff};
+use crate::observe::metrics::{BackendState, CloseReason};
 use crate::protocol::backend::tag as be;
 use crate::protocol::framing::{Header, peek_header};
 use crate::protocol::{ErrorFields, MessageType, Severity, frontend};
@@ -59,11 +59,6 @@ impl State {
             State::Lent(_) => BackendState::InUse,
             State::Draining(_) | State::Parked => BackendState::Draining,
         }
-    }
-
-    /// Whether the connection comes back to the pool on its own, on this engine.
-    pub(super) fn is_busy(&self) -> bool {
-        matches!(self, State::Lent(_) | State::Draining(_) | State::Parked)
     }
 
     /// The state as events name it.
@@ -146,19 +141,6 @@ impl Engine {
         if let Some(p) = self.stats.pool(s.pool) {
             p.backend_moved(Some(old.gauge()), Some(s.state.gauge()));
         }
-        let busy = s.state.is_busy();
-        if old.is_busy() != busy
-            && let Some(shard) = self.shards.get_mut(s.pool)
-        {
-            if busy {
-                shard.busy += 1;
-            } else {
-                shard.busy = shard.busy.saturating_sub(1);
-            }
-            if let Some(p) = self.ctx.pools.get(s.pool) {
-                p.set_busy(self.id, shard.busy);
-            }
-        }
         if old.event() != s.state.event() {
             let event = Event::Server {
                 server: id,
@@ -175,14 +157,6 @@ impl Engine {
         conn.generation = self.generations.bump();
         if let Some(p) = self.stats.pool(conn.pool) {
             p.backend_moved(None, Some(conn.state.gauge()));
-        }
-        if conn.state.is_busy()
-            && let Some(shard) = self.shards.get_mut(conn.pool)
-        {
-            shard.busy += 1;
-            if let Some(p) = self.ctx.pools.get(conn.pool) {
-                p.set_busy(self.id, shard.busy);
-            }
         }
         let pool = pool_number(conn.pool);
         let state = conn.state.event();
@@ -202,14 +176,6 @@ impl Engine {
         let s = self.servers.try_remove(id.index())?;
         if let Some(p) = self.stats.pool(s.pool) {
             p.backend_moved(Some(s.state.gauge()), None);
-        }
-        if s.state.is_busy()
-            && let Some(shard) = self.shards.get_mut(s.pool)
-        {
-            shard.busy = shard.busy.saturating_sub(1);
-            if let Some(p) = self.ctx.pools.get(s.pool) {
-                p.set_busy(self.id, shard.busy);
-            }
         }
         let pool = pool_number(s.pool);
         self.record(Event::Server {
@@ -855,13 +821,6 @@ impl Engine {
             self.forget_idle(conn.pool, id);
         }
         conn.deadlines = ServerDeadlines::default();
-        if let Some(p) = self.stats.pool(conn.pool) {
-            p.handed_off(if requested {
-                HandOff::Requested
-            } else {
-                HandOff::Fairness
-            });
-        }
         self.io.push_back(Io::HandOff {
             server: id,
             to,

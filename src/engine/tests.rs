@@ -4,8 +4,7 @@
 
 use std::time::Duration;
 
-use super::harness::{ClientNo, Connects, ServerNo, Setup, World};
-use super::pool::LOCAL_WAIT;
+use super::harness::{Connects, Setup, World};
 use crate::observe::metrics::CloseReason;
 use crate::protocol::backend::tag as be;
 use crate::protocol::frontend;
@@ -168,109 +167,6 @@ fn an_idle_connection_on_another_engine_is_handed_over() {
     assert_eq!(select(&mut w, a, 1), vec![World::marker(a, 1)]);
     assert_eq!(w.servers[0].engine, 0, "and back to a's");
     assert_eq!(w.open_servers(), 1);
-    w.check();
-}
-
-/// Connections handed between engines so far, by reason.
-fn handoffs(w: &World, why: crate::observe::metrics::HandOff) -> u64 {
-    w.ctx
-        .stats
-        .iter()
-        .filter_map(|s| s.pool(0))
-        .map(|p| p.handoffs[why.index()].get())
-        .sum()
-}
-
-/// Engine 0 and engine 1 each with an idle connection of pool 0, and a client on each:
-/// (a on engine 0 and its connection, b on engine 1 and its connection).
-fn one_connection_per_engine(w: &mut World) -> (ClientNo, ServerNo, ClientNo, ServerNo) {
-    let a = w.login(0, 0);
-    let b = w.login(1, 0);
-    w.query(a, "SELECT pg_sleep(1)");
-    let sa = w.server_of(a).unwrap();
-    // Engine 0's only connection is busy, and b has none on engine 1 to wait for: a new
-    // connection opens there.
-    w.query(b, "SELECT pg_sleep(1)");
-    let sb = w.server_of(b).unwrap();
-    assert_eq!(w.open_servers(), 2);
-    w.release(sa);
-    w.release(sb);
-    w.take(a);
-    w.take(b);
-    assert_eq!((w.servers[sa].engine, w.servers[sb].engine), (0, 1));
-    (a, sa, b, sb)
-}
-
-#[test]
-fn a_waiter_counts_on_its_engines_busy_connection_before_taking_another_engines() {
-    use crate::observe::metrics::HandOff;
-    let mut w = world(Setup {
-        engines: 2,
-        max_conns: 2,
-        acquire_timeout: 60 * S,
-        ..Setup::default()
-    });
-    let (a, sa, _b, sb) = one_connection_per_engine(&mut w);
-    let handed = handoffs(&w, HandOff::Requested);
-    let c = w.login(0, 0);
-
-    // A short transaction: c waits for a's connection, which comes free before LOCAL_WAIT.
-    w.query(a, "SELECT pg_sleep(1)");
-    w.query(c, &format!("SELECT '{}'", World::marker(c, 1)));
-    assert_eq!(
-        w.server_of(c),
-        None,
-        "c waits for engine 0's own connection"
-    );
-    assert!(w.is_idle(sb), "engine 1's idle connection stays there");
-    w.advance(LOCAL_WAIT / 2);
-    w.release(sa);
-    assert_eq!(World::rows_of(&w.take(c)), vec![World::marker(c, 1)]);
-    assert_eq!(w.servers[sb].engine, 1);
-    assert_eq!(handoffs(&w, HandOff::Requested), handed, "no hand-off");
-
-    // A long one: after LOCAL_WAIT, c takes engine 1's idle connection.
-    w.take(a);
-    w.query(a, "SELECT pg_sleep(10)");
-    w.query(c, &format!("SELECT '{}'", World::marker(c, 2)));
-    assert_eq!(w.server_of(c), None);
-    w.advance(LOCAL_WAIT + MS);
-    assert_eq!(World::rows_of(&w.take(c)), vec![World::marker(c, 2)]);
-    assert_eq!(w.servers[sb].engine, 0, "taken from engine 1");
-    assert_eq!(handoffs(&w, HandOff::Requested), handed + 1);
-    w.release(sa);
-    w.check();
-}
-
-#[test]
-fn a_waiter_with_no_busy_connection_on_its_engine_takes_another_engines_at_once() {
-    use crate::observe::metrics::HandOff;
-    let mut w = world(Setup {
-        engines: 2,
-        max_conns: 2,
-        acquire_timeout: 60 * S,
-        ..Setup::default()
-    });
-    let (_a, _sa, b, sb) = one_connection_per_engine(&mut w);
-    // b holds engine 1's connection; d and e, two more clients of engine 1, ask for one.
-    w.query(b, "SELECT pg_sleep(10)");
-    let d = w.login(1, 0);
-    let e = w.login(1, 0);
-    let before = handoffs(&w, HandOff::Requested);
-    w.query(d, &format!("SELECT '{}'", World::marker(d, 1)));
-    w.query(e, &format!("SELECT '{}'", World::marker(e, 1)));
-    // d counts on b's busy connection; e, one waiter more than engine 1 has busy
-    // connections, has none to count on and takes engine 0's idle one at once.
-    let got = World::rows_of(&w.take(e));
-    assert_eq!(got, vec![World::marker(e, 1)], "e served without waiting");
-    assert_eq!(handoffs(&w, HandOff::Requested), before + 1);
-    assert_eq!(
-        w.server_of(d),
-        None,
-        "d still counts on engine 1's busy connection"
-    );
-    w.release(sb);
-    assert_eq!(World::rows_of(&w.take(d)), vec![World::marker(d, 1)]);
     w.check();
 }
 

@@ -68,9 +68,6 @@ pub enum Timer {
     Server(ServerId, ServerTimer),
     /// Periodic pool maintenance (idle and lifetime expiry, health checks, minimum idle).
     Maintenance,
-    /// Waiters of this pool that a local connection was expected to serve have waited long
-    /// enough: look elsewhere for them (see `Shard::local_wait`).
-    LocalWait(usize),
     /// The shutdown grace period is over.
     Shutdown,
     /// The handover after a stop (`Context::handover`) is over: drain.

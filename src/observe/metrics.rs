@@ -244,17 +244,6 @@ label_enum! {
     }
 }
 
-label_enum! {
-    /// Why an idle server connection moved from one reactor to another.
-    pub enum HandOff {
-        /// A reactor whose client would otherwise wait asked for it.
-        Requested = "requested",
-        /// It was freed where no client waited longer than one on the other reactor
-        /// (first come, first served across reactors).
-        Fairness = "fairness",
-    }
-}
-
 /// The SQLSTATE classes PostgreSQL defines (`errcodes.txt`); an error of any other class
 /// counts as `other`.
 pub const SQLSTATE_CLASSES: [&str; 43] = [
@@ -381,8 +370,6 @@ pub struct PoolStats {
     pub connect_attempts: Counter,
     pub connect_failures: Counter,
     pub closes: [Counter; CloseReason::COUNT],
-    /// Server connections handed to another reactor, by [`HandOff`].
-    pub handoffs: [Counter; HandOff::COUNT],
     /// Sessions pinned to their server connection, by reason.
     pub pinned: [Counter; PinReason::COUNT],
     /// Sessions pinned right now, by reason.
@@ -404,7 +391,6 @@ impl Default for PoolStats {
             connect_attempts: Counter::default(),
             connect_failures: Counter::default(),
             closes: Default::default(),
-            handoffs: Default::default(),
             pinned: Default::default(),
             pinned_now: Default::default(),
         }
@@ -429,12 +415,6 @@ impl PoolStats {
 
     pub fn closed(&self, reason: CloseReason) {
         if let Some(c) = self.closes.get(reason.index()) {
-            c.inc();
-        }
-    }
-
-    pub fn handed_off(&self, why: HandOff) {
-        if let Some(c) = self.handoffs.get(why.index()) {
             c.inc();
         }
     }

@@ -20,8 +20,8 @@ use serde_json::json;
 
 use crate::client::inspect::PinReason;
 use crate::observe::metrics::{
-    BackendState, CancelOutcome, CloseReason, HandOff, PoolStats, PoolTotals, ReactorStats,
-    RefuseReason, SQLSTATE_CLASSES,
+    BackendState, CancelOutcome, CloseReason, PoolStats, PoolTotals, ReactorStats, RefuseReason,
+    SQLSTATE_CLASSES,
 };
 use crate::server::Shared;
 
@@ -164,12 +164,6 @@ pub const POOL_CLOSES: Meta = meta(
     &["database", "user", "reason"],
     "Server connections closed after login, by reason.",
 );
-pub const POOL_HANDOFFS: Meta = meta(
-    "pglink_pool_server_handoffs_total",
-    COUNTER,
-    &["database", "user", "reason"],
-    "Idle server connections moved to another reactor, by reason.",
-);
 pub const POOL_PINNED: Meta = meta(
     "pglink_pool_pinned_sessions_total",
     COUNTER,
@@ -308,7 +302,6 @@ pub const METRICS: &[&Meta] = &[
     &POOL_CONNECT_ATTEMPTS,
     &POOL_CONNECT_FAILURES,
     &POOL_CLOSES,
-    &POOL_HANDOFFS,
     &POOL_PINNED,
     &POOL_PINNED_NOW,
     &DB_SERVERS,
@@ -435,10 +428,6 @@ fn families(shared: &Shared) -> Vec<MetricFamily> {
         for reason in CloseReason::ALL {
             let n = count(&|p| slot(&p.closes, reason.index()));
             f.counter(&POOL_CLOSES, &[database, &user, reason.label()], n);
-        }
-        for reason in HandOff::ALL {
-            let n = count(&|p| slot(&p.handoffs, reason.index()));
-            f.counter(&POOL_HANDOFFS, &[database, &user, reason.label()], n);
         }
         for reason in PinReason::ALL {
             let labels = [database, user.as_str(), reason.label()];

@@ -194,9 +194,6 @@ pub struct Pool {
     open: AtomicUsize,
     idle: Box<[AtomicU32]>,
     waiting: Box<[AtomicU32]>,
-    /// Per reactor: its connections that come back to it on their own (lent, draining,
-    /// parked), each of which a waiter there may count on.
-    busy: Box<[AtomicU32]>,
     /// Per reactor: when its oldest waiter started waiting (nanoseconds on the reactors'
     /// common clock, see [`Pool::set_waiting`]), or `u64::MAX` with nobody waiting.
     oldest_wait: Box<[AtomicU64]>,
@@ -216,7 +213,6 @@ impl Pool {
             open: AtomicUsize::new(0),
             idle: counters(),
             waiting: counters(),
-            busy: counters(),
             oldest_wait: (0..reactors).map(|_| AtomicU64::new(u64::MAX)).collect(),
             removed: AtomicBool::new(false),
         }
@@ -290,18 +286,6 @@ impl Pool {
         if let Some(c) = self.idle.get(reactor) {
             c.store(u32::try_from(n).unwrap_or(u32::MAX), Ordering::Release);
         }
-    }
-
-    pub fn set_busy(&self, reactor: usize, n: usize) {
-        if let Some(c) = self.busy.get(reactor) {
-            c.store(u32::try_from(n).unwrap_or(u32::MAX), Ordering::Release);
-        }
-    }
-
-    /// Whether a reactor has more waiters than busy connections to count on.
-    pub fn has_uncovered_waiters(&self, reactor: usize) -> bool {
-        let load = |c: &[AtomicU32]| c.get(reactor).map_or(0, |c| c.load(Ordering::Acquire));
-        load(&self.waiting) > load(&self.busy)
     }
 
     /// Publishes a reactor's waiter count and when its oldest waiter started waiting.
