@@ -445,15 +445,7 @@ fn credentials_closes(metrics_port: u16, user: &str) -> Option<u64> {
     if !cfg!(feature = "metrics") {
         return None;
     }
-    let mut s = TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: pglink\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
+    let (_, body) = support::http_get(([127, 0, 0, 1], metrics_port).into(), "/metrics");
     let labels = format!("user=\"{user}\",reason=\"credentials_changed\"}}");
     let line = body
         .lines()

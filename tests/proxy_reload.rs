@@ -474,18 +474,8 @@ fn an_invalid_configuration_is_refused_whole() {
 #[cfg(feature = "metrics")]
 #[test]
 fn reloads_are_counted_by_outcome() {
-    use std::io::{Read, Write};
-
     fn reloads(addr: SocketAddr, result: &str) -> f64 {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: pglink\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut raw = String::new();
-        s.read_to_string(&mut raw).unwrap();
+        let (_, raw) = http_get(addr, "/metrics");
         let series = format!("pglink_config_reloads_total{{result=\"{result}\"}}");
         raw.lines()
             .find_map(|l| {

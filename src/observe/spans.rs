@@ -218,6 +218,16 @@ fn next_u64(rng: &mut u64) -> u64 {
     rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
 }
 
+/// `at` in nanoseconds since the Unix epoch, from an instant and the Unix time it was.
+fn unix_ns((instant, unix): (Instant, u64), at: Instant) -> u64 {
+    match at.checked_duration_since(instant) {
+        Some(after) => unix.saturating_add(crate::observe::metrics::nanos(after)),
+        None => unix.saturating_sub(crate::observe::metrics::nanos(
+            instant.saturating_duration_since(at),
+        )),
+    }
+}
+
 /// Keeps a query text buffer for a later statement.
 fn recycle(texts: &mut Vec<String>, text: Option<String>) {
     if let Some(mut text) = text
@@ -269,17 +279,6 @@ impl SpanSink {
         id[..8].copy_from_slice(&next_u64(&mut self.rng).to_be_bytes());
         id[8..].copy_from_slice(&span_id(&mut self.rng));
         id
-    }
-
-    /// `at` in nanoseconds since the Unix epoch.
-    fn unix_ns(&self, at: Instant) -> u64 {
-        let (instant, unix) = self.anchor;
-        match at.checked_duration_since(instant) {
-            Some(after) => unix.saturating_add(crate::observe::metrics::nanos(after)),
-            None => unix.saturating_sub(crate::observe::metrics::nanos(
-                instant.saturating_duration_since(at),
-            )),
-        }
     }
 
     /// Starts the session's transaction if none is open (`waited`: for a server connection,
@@ -375,7 +374,7 @@ impl SpanSink {
         tag: &[u8],
         sqlstate: Option<SqlState>,
     ) {
-        let (start_ns, end_ns) = (self.unix_ns(started), self.unix_ns(at));
+        let (start_ns, end_ns) = (unix_ns(self.anchor, started), unix_ns(self.anchor, at));
         let SpanSink {
             sessions,
             batch,
@@ -460,9 +459,12 @@ impl SpanSink {
 
     /// Ends the session's transaction at `at` (`failure`: why, when it did not end well).
     fn end(&mut self, pid: u32, at: Instant, failure: Option<&str>) {
-        let end_ns = self.unix_ns(at);
         let SpanSink {
-            sessions, texts, ..
+            sessions,
+            texts,
+            batch,
+            anchor,
+            ..
         } = self;
         let Some(session) = sessions.get_mut(&pid) else {
             return;
@@ -474,10 +476,7 @@ impl SpanSink {
             return;
         };
         if t.sampled {
-            let start_ns = self.unix_ns(t.start);
-            let Some(session) = self.sessions.get(&pid) else {
-                return;
-            };
+            let (start_ns, end_ns) = (unix_ns(*anchor, t.start), unix_ns(*anchor, at));
             let parent = session.parent;
             let code = t.failed.as_ref().map(SqlState::as_str);
             let mut attributes = Attributes::new();
@@ -499,7 +498,7 @@ impl SpanSink {
                 time_ns: start_ns,
                 attributes: &wait,
             }];
-            self.batch.push(&Span {
+            batch.push(&Span {
                 trace_id: t.trace_id,
                 span_id: t.span_id,
                 parent_span_id: parent.map(|p| p.parent_id),

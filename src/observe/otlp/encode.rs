@@ -90,11 +90,12 @@ pub(super) struct RequestEncoder {
 impl RequestEncoder {
     /// An encoder whose resource has `attributes` (in order; see [`resource_attributes`]).
     pub(super) fn new(attributes: &[(String, String)]) -> RequestEncoder {
+        let attributes: Vec<(&str, Value<'_>)> = attributes
+            .iter()
+            .map(|(k, v)| (k.as_str(), Value::Str(v)))
+            .collect();
         let mut resource = Vec::new();
-        for (key, value) in attributes {
-            put_len_prefix(&mut resource, RESOURCE_ATTRIBUTES, kv_str_len(key, value));
-            put_kv_str(&mut resource, key, value);
-        }
+        put_attributes(&mut resource, RESOURCE_ATTRIBUTES, &attributes);
         let mut scope = Vec::new();
         put_str(&mut scope, SCOPE_NAME, SCOPE);
         put_str(&mut scope, SCOPE_VERSION, VERSION);
@@ -313,10 +314,6 @@ fn kv_len(key_name: &str, value: &Value<'_>) -> usize {
     str_field_len(KV_KEY, key_name) + field_len(key(KV_VALUE, LEN), any_len(value))
 }
 
-fn kv_str_len(key_name: &str, value: &str) -> usize {
-    kv_len(key_name, &Value::Str(value))
-}
-
 fn attributes_len(field: u32, attributes: &[(&str, Value<'_>)]) -> usize {
     attributes
         .iter()
@@ -365,16 +362,6 @@ fn put_any(buf: &mut Vec<u8>, value: &Value<'_>) {
         }
         Value::F64(f) => put_fixed64(buf, ANY_DOUBLE, f.to_bits()),
     }
-}
-
-fn put_kv_str(buf: &mut Vec<u8>, key_name: &str, value: &str) {
-    put_str(buf, KV_KEY, key_name);
-    put_len_prefix(
-        buf,
-        KV_VALUE,
-        1 + varint_len(value.len() as u64) + value.len(),
-    );
-    put_bytes(buf, ANY_STRING, value.as_bytes());
 }
 
 fn put_attributes(buf: &mut Vec<u8>, field: u32, attributes: &[(&str, Value<'_>)]) {
