@@ -74,7 +74,8 @@ impl Session {
                     Whole::Partial => return 0,
                     Whole::TooLong => return data.len(),
                 };
-                match self.on_statement_message(header.tag, whole, &[], out) {
+                let after = data.get(header.frame_len()..).unwrap_or_default();
+                match self.on_statement_message(header.tag, whole, after, out) {
                     Handled::Done => header.frame_len(),
                     Handled::NeedBackend | Handled::Wait => acquire(self, out),
                     Handled::Invalid(e) => {

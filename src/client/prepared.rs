@@ -119,7 +119,11 @@ impl Session {
                     return self.parse_on_backend(p.name, statement, epoch, after, out);
                 }
                 // A statement that is new, or that no server has accepted yet, must be
-                // checked by a server now (and is looked up again then).
+                // checked by a server now (and is looked up again then). So must one whose
+                // Bind follows: see `parse_unnamed`.
+                if bind_follows(after) {
+                    return Handled::NeedBackend;
+                }
                 let Some(statement) = database.registry.find(&key).filter(|s| s.is_verified())
                 else {
                     return Handled::NeedBackend;
@@ -298,6 +302,11 @@ impl Session {
             search_path: self.desired.get("search_path"),
         };
         if !held {
+            // A Bind follows: the batch needs a backend anyway, and with one held the
+            // ParseComplete goes out with the server's answers (one write to the client).
+            if bind_follows(after) {
+                return Handled::NeedBackend;
+            }
             let Some(statement) = database.registry.find(&key).filter(|s| s.is_verified()) else {
                 return Handled::NeedBackend;
             };
@@ -686,6 +695,11 @@ fn describes_before_executing(after: &[u8], portal: &[u8]) -> bool {
         rest = rest.get(header.frame_len()..).unwrap_or_default();
     }
     false
+}
+
+/// Whether the next message in `after` is a Bind.
+fn bind_follows(after: &[u8]) -> bool {
+    after.first() == Some(&fe::BIND)
 }
 
 /// Whether a Sync is among the next messages in `after` (which goes to the server and is

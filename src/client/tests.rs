@@ -1861,6 +1861,43 @@ fn a_parse_answered_from_a_copy_prepared_in_an_earlier_batch_waits_for_nothing()
     assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"EZ12TDCZ");
 }
 
+#[test]
+fn a_parse_known_to_the_registry_goes_out_with_the_answers_to_its_batch() {
+    let mut h = client_with_s1();
+    let backend = std::mem::replace(&mut h.backend, BackendContext::new(4));
+    // Without a backend, a Parse some server has accepted is answered locally...
+    h.send(
+        &[
+            parse_msg("s2", "SELECT 1"),
+            describe_named("s2"),
+            sync_msg(),
+        ]
+        .concat(),
+    );
+    assert!(h.take_actions().is_empty(), "no backend needed");
+    assert_eq!(tags(&std::mem::take(&mut h.to_client)), b"1tTZ");
+    // ...but when a Bind follows, the batch needs a backend anyway: the ParseComplete waits
+    // for the server's answers, so that the client gets the batch in one write.
+    h.send(&[parse_msg("s3", "SELECT 1"), exec_prepared("s3")].concat());
+    assert_eq!(h.take_actions(), vec![Action::Acquire]);
+    assert!(
+        h.to_client.is_empty(),
+        "nothing written before the backend answers"
+    );
+    h.attach_matching_backend(backend);
+    h.send(&[]);
+    assert_eq!(
+        tags(&h.take_backend()),
+        b"BDES",
+        "the backend has the statement"
+    );
+    assert_eq!(h.backend(&exec_reply()), vec![Action::Release(server_id())]);
+    assert_eq!(
+        h.to_client,
+        [simple_reply(&[(b'1', b"")]), exec_reply()].concat()
+    );
+}
+
 /// The ParameterStatus messages in `bytes`, as (name, value).
 fn parameter_statuses(bytes: &[u8]) -> Vec<(String, String)> {
     Frames::new(bytes, 1 << 20)
@@ -1973,10 +2010,12 @@ fn deallocate_all_in_a_longer_query_forgets_the_backends_statements() {
     h.call(|s, out| s.on_backend_attached(server_id(), &Arc::new(Vec::new()), false, out));
     h.take_actions();
     h.send(&[]);
+    // The Bind follows the Parse, so the Parse waited for the backend: it prepares the
+    // statement again in the client's batch, and the Bind goes with it.
     assert_eq!(
         tags(&h.take_backend()),
-        b"PDH",
-        "prepared again; the Bind waits for its shape"
+        b"PDBS",
+        "prepared again, in the client's batch"
     );
 }
 
