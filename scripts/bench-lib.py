@@ -413,6 +413,46 @@ def _cpu_columns(targets, summary, cpu_unit, cpu_digits):
     return cols
 
 
+def added_latency_section(targets, summary, workloads):
+    """One client's mean latency (1000 / TPS ms: one transaction at a time) per target and, per
+    proxy, what it adds over direct PostgreSQL; the ratios compare what two proxies add."""
+    if not workloads or "direct" not in targets:
+        return []
+
+    def mean(w, t):
+        rate = summary(w, t)["rate"]
+        return 1000.0 / rate if rate else None
+
+    def added(w, t):
+        m, d = mean(w, t), mean(w, "direct")
+        return m - d if m is not None and d is not None else None
+
+    def cell(w, t):
+        m = mean(w, t)
+        if m is None:
+            return "–"
+        if t == "direct":
+            return "%.3f ms" % m
+        return "%.3f ms (+%.3f)" % (m, added(w, t))
+
+    def added_ratio(w, num, den):
+        a, b = added(w, num), added(w, den)
+        return "–" if a is None or b is None or b <= 0 else "%.2f" % (a / b)
+
+    cols = [("1 client: mean latency (added over direct)", "---", lambda w: w)]
+    for t in targets:
+        cols.append((LABELS[t], "--:", lambda w, t=t: cell(w, t)))
+    for num, den in ratio_pairs([t for t in targets if t != "direct"]):
+        cols.append(
+            (
+                "added %s/%s" % (LABELS[num], LABELS[den]),
+                "--:",
+                lambda w, num=num, den=den: added_ratio(w, num, den),
+            )
+        )
+    return [""] + _table(cols, workloads)
+
+
 # Syscalls shown in their own column of the syscall table; others only when frequent enough.
 MAIN_SYSCALLS = ["recvfrom", "read", "sendto", "write", "epoll_wait", "epoll_ctl"]
 OTHER_SYSCALL_MIN = 0.05  # per transaction
@@ -803,6 +843,7 @@ def cmd_report(a):
                     )
                 )
             out.extend(_table(cols, lat))
+        out.extend(added_latency_section(targets, summary, [w for w in tx if w.endswith(" 1 client")]))
         for w in tx:
             for t in targets:
                 s = summary(w, t)
