@@ -36,6 +36,8 @@ pub enum AcquireError {
     Server(ConnectFailure),
     /// pglink is shutting down.
     ShuttingDown,
+    /// The client canceled the statement (CancelRequest) while it waited.
+    Canceled,
 }
 
 impl AcquireError {
@@ -44,6 +46,7 @@ impl AcquireError {
             AcquireError::Timeout { .. } => SqlState::TOO_MANY_CONNECTIONS,
             AcquireError::Server(failure) => failure.sqlstate(),
             AcquireError::ShuttingDown => SqlState::ADMIN_SHUTDOWN,
+            AcquireError::Canceled => SqlState::QUERY_CANCELED,
         }
     }
 }
@@ -69,6 +72,9 @@ impl fmt::Display for AcquireError {
             }
             AcquireError::Server(failure) => write!(f, "{failure}"),
             AcquireError::ShuttingDown => f.write_str(SHUTTING_DOWN),
+            AcquireError::Canceled => f.write_str(
+                "canceling statement due to user request (it was waiting for a server connection)",
+            ),
         }
     }
 }
@@ -675,6 +681,14 @@ mod tests {
                 "ERROR",
                 "57P01",
                 "pglink: the proxy is shutting down".into(),
+            ),
+            (
+                NoServer(AcquireError::Canceled),
+                "ERROR",
+                "57014",
+                "pglink: canceling statement due to user request (it was waiting for a server \
+                 connection)"
+                    .into(),
             ),
             (
                 NoServerForLogin(AcquireError::Server(ConnectFailure::new(

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::id::ServerId;
+use super::id::{ClientId, ServerId};
 use super::io::{Io, Message};
 use super::server::State;
 use super::timer::ServerTimer;
@@ -136,8 +136,14 @@ impl Engine {
             log::debug!("cancel request with a wrong key ignored");
             return self.count_cancel(CancelOutcome::UnknownKey);
         }
+        let waiting = c.session.is_acquiring().then_some(c.generation);
         let outcome = match c.session.server() {
             Some(s) => self.cancel_server_query(s),
+            // Its statement waits for a server connection: it ends there, as canceled.
+            None if let Some(generation) = waiting => {
+                self.cancel_wait(ClientId::new(slot, generation));
+                CancelOutcome::Waiting
+            }
             None => {
                 log::debug!("cancel request for an idle session: nothing to cancel");
                 CancelOutcome::Idle

@@ -566,6 +566,17 @@ impl Engine {
         self.fail_acquire(id, error);
     }
 
+    /// A CancelRequest for a client whose statement waits for a server connection: the
+    /// statement fails with 57014, as the server would have failed it, and the client leaves
+    /// the queue.
+    pub(super) fn cancel_wait(&mut self, id: ClientId) {
+        let Some(pool) = self.client(id).and_then(|c| c.session.pool()) else {
+            return;
+        };
+        self.remove_waiter(pool, id);
+        self.fail_acquire(id, AcquireError::Canceled);
+    }
+
     /// Reports a failed wait to a client and lets it go on with its input.
     pub(super) fn fail_acquire(&mut self, id: ClientId, error: AcquireError) {
         if let Some(c) = self.client_mut(id) {

@@ -542,6 +542,37 @@ fn a_cancel_reaches_only_the_connection_its_client_holds() {
 }
 
 #[test]
+fn a_cancel_of_a_statement_waiting_for_a_connection_fails_it_57014_and_it_leaves_the_queue() {
+    use crate::observe::metrics::CancelOutcome;
+    let mut w = world(Setup {
+        max_conns: 1,
+        acquire_timeout: 60 * S,
+        ..Setup::default()
+    });
+    let a = w.login(0, 0);
+    let b = w.login(0, 0);
+    w.query(a, "SELECT pg_sleep(10)");
+    let s = w.server_of(a).unwrap();
+    w.query(b, "SELECT pg_sleep(60)");
+    w.advance(MS);
+    assert!(w.tags(b).is_empty(), "b waits for the only connection");
+    w.cancel(b, 0);
+    let got = w.take(b);
+    let (code, severity, message) = World::error_of(&got).unwrap();
+    assert_eq!(code, SqlState::QUERY_CANCELED);
+    assert_eq!(severity, Severity::Error);
+    assert!(message.contains("canceling statement"), "{message}");
+    assert_eq!(got.last().map(|m| m.0), Some(be::READY_FOR_QUERY));
+    assert_eq!(w.servers[s].cancels, 0, "a's query runs on");
+    assert_eq!(cancels(&w, 0, CancelOutcome::Waiting), 1);
+    w.release(s);
+    w.take(a);
+    assert!(w.is_idle(s), "nobody waits for it any more");
+    assert_eq!(select(&mut w, b, 2), vec![World::marker(b, 2)]);
+    w.check();
+}
+
+#[test]
 fn a_connection_is_not_lent_again_until_its_cancel_was_delivered() {
     let mut w = world(Setup {
         max_conns: 1,

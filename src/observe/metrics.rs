@@ -183,6 +183,9 @@ label_enum! {
         Forwarded = "forwarded",
         /// The session held no server connection: nothing to cancel.
         Idle = "idle",
+        /// The session's statement was waiting for a server connection: it failed with
+        /// 57014 and left the queue.
+        Waiting = "waiting",
         /// No session has that key.
         UnknownKey = "unknown_key",
         /// Dropped: too many deliveries in flight, or the owning reactor's queue was full.
