@@ -82,6 +82,7 @@ fn run_script(data: &[u8]) -> Session {
     let mut now = crate::test_clock::epoch();
     let mut attached = 0;
     let mut events = Recorded::default();
+    let mut relays = crate::client::relay::RelayPool::default();
     let mut ops = data.get(1..).unwrap_or_default();
     while let Some((&op, rest)) = ops.split_first() {
         now += std::time::Duration::from_millis(1);
@@ -100,6 +101,7 @@ fn run_script(data: &[u8]) -> Session {
             stats: &stats,
             now,
             events: Some(&mut events),
+            relays: &mut relays,
         };
         match op % 8 {
             0 => {

@@ -70,7 +70,7 @@ use crate::protocol::framing::Header;
 use crate::protocol::startup::ProtocolVersion;
 use crate::protocol::{FrontendMessage, TransactionStatus};
 use params::Params;
-use relay::Relay;
+use relay::{Relay, RelayPool, RelaySlot};
 use startup::AuthState;
 use statements::ClientStatements;
 use users::{DbId, PoolId, ScramSecret, UserTable};
@@ -134,6 +134,8 @@ pub struct Out<'a> {
     pub now: Instant,
     /// Where state changes are recorded.
     pub events: Option<&'a mut dyn EventSink>,
+    /// The engine's relays not in use (see [`RelaySlot`]).
+    pub relays: &'a mut RelayPool,
 }
 
 /// SQL text kept for a traced statement is cut at this length.
@@ -381,8 +383,8 @@ pub struct Session {
     /// last Bind named (`None`: the unnamed one).
     traced_unnamed: Vec<u8>,
     traced_bound: Option<Arc<statements::Statement>>,
-    /// The relay of the current lending (kept between lendings for its allocations).
-    relay: Relay,
+    /// The relay of the current lending (none while idle).
+    relay: RelaySlot,
     /// The client's named prepared statements.
     statements: ClientStatements,
     /// The database's shared context (known after login).
@@ -416,7 +418,7 @@ impl Session {
             peer: None,
             traced_unnamed: Vec::new(),
             traced_bound: None,
-            relay: Relay::new(max_message_len),
+            relay: RelaySlot::new(max_message_len),
             statements: ClientStatements::default(),
             db_context: None,
             desired: Arc::default(),
@@ -599,7 +601,7 @@ impl Session {
                 out.actions.push(Action::Release(server));
             }
             State::Acquiring { .. } => {
-                self.relay.reset();
+                self.relay.attach(out.relays);
                 // The message that asked for the backend has not been looked at yet: a
                 // parameter sync that completes first must not end the lending.
                 let lending = Lending {
@@ -728,7 +730,7 @@ impl Session {
         } else if self.relay.is_idle() {
             BackendFate::Release
         } else {
-            BackendFate::Reset(Box::new(std::mem::replace(&mut self.relay, Relay::new(0))))
+            BackendFate::Reset(self.relay.take())
         };
         Some((server, fate))
     }
@@ -738,6 +740,10 @@ impl Session {
     fn set_state(&mut self, state: State, out: &mut Out<'_>) -> State {
         let kind = state.kind();
         let old = std::mem::replace(&mut self.state, state);
+        if matches!(self.state, State::Idle(_) | State::Closed { .. }) {
+            // Held again with the next backend.
+            self.relay.park(out.relays);
+        }
         if old.kind() != kind {
             record(
                 out,

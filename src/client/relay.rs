@@ -302,6 +302,125 @@ pub enum BackendStop {
     StalePlan { start: usize, end: usize },
 }
 
+/// Relays no session holds, kept for their allocations (one engine's): a session holds a
+/// relay only while it holds a backend, so an idle client costs none.
+#[derive(Debug, Default)]
+pub struct RelayPool {
+    // Boxed: a session holds its relay boxed, so taking and giving one moves a pointer.
+    #[allow(clippy::vec_box)]
+    free: Vec<Box<Relay>>,
+}
+
+impl RelayPool {
+    /// Relays kept at most; more are freed.
+    pub const MAX_FREE: usize = 256;
+
+    fn take(&mut self) -> Box<Relay> {
+        self.free.pop().unwrap_or_else(|| Box::new(Relay::new(0)))
+    }
+
+    fn give(&mut self, relay: Box<Relay>) {
+        if self.free.len() < Self::MAX_FREE {
+            self.free.push(relay);
+        }
+    }
+
+    #[cfg(test)]
+    pub fn free_count(&self) -> usize {
+        self.free.len()
+    }
+}
+
+/// A session's relay: one from the engine's [`RelayPool`] while it holds a backend, none
+/// while it is idle. Reading it without one reads an empty relay; changing it without one
+/// takes a new one (rare: an answer pglink gives itself while idle), given back at the next
+/// release. The sequence of recorded requests goes on over all lendings.
+#[derive(Debug)]
+pub struct RelaySlot {
+    relay: Option<Box<Relay>>,
+    /// [`Relay::pushed`] while no relay is held.
+    pushed: u64,
+    max_message_len: usize,
+}
+
+/// What a session without a relay reads.
+static NO_RELAY: Relay = Relay::new(0);
+
+impl RelaySlot {
+    pub fn new(max_message_len: usize) -> RelaySlot {
+        RelaySlot {
+            relay: None,
+            pushed: 0,
+            max_message_len,
+        }
+    }
+
+    /// A relay for a new lending, reset, from `pool` unless one is held already.
+    pub fn attach(&mut self, pool: &mut RelayPool) {
+        let relay = self.hold(|| pool.take());
+        relay.reset();
+    }
+
+    /// Gives the relay back to `pool` if it has nothing of the session's any more.
+    pub fn park(&mut self, pool: &mut RelayPool) {
+        if let Some(relay) = self.relay.take_if(|r| r.is_parkable()) {
+            self.pushed = relay.pushed;
+            pool.give(relay);
+        }
+    }
+
+    /// The relay, for a cleanup that outlives the session.
+    pub fn take(&mut self) -> Box<Relay> {
+        self.hold(|| Box::new(Relay::new(0)));
+        let relay = self
+            .relay
+            .take()
+            .unwrap_or_else(|| Box::new(Relay::new(self.max_message_len)));
+        self.pushed = relay.pushed;
+        relay
+    }
+
+    /// How many requests were recorded before now, over all lendings (never reset): a
+    /// request recorded later has a sequence number at least this.
+    pub fn pushed(&self) -> u64 {
+        self.relay.as_ref().map_or(self.pushed, |r| r.pushed)
+    }
+
+    pub fn max_message_len(&self) -> usize {
+        self.max_message_len
+    }
+
+    /// Whether a relay is held (tests).
+    #[cfg(test)]
+    pub fn is_held(&self) -> bool {
+        self.relay.is_some()
+    }
+
+    fn hold(&mut self, new: impl FnOnce() -> Box<Relay>) -> &mut Relay {
+        let (pushed, max) = (self.pushed, self.max_message_len);
+        self.relay.get_or_insert_with(|| {
+            let mut relay = new();
+            relay.pushed = pushed;
+            relay.max_message_len = max;
+            relay
+        })
+    }
+}
+
+impl std::ops::Deref for RelaySlot {
+    type Target = Relay;
+
+    fn deref(&self) -> &Relay {
+        self.relay.as_deref().unwrap_or(&NO_RELAY)
+    }
+}
+
+impl std::ops::DerefMut for RelaySlot {
+    fn deref_mut(&mut self) -> &mut Relay {
+        self.hold(|| Box::new(Relay::new(0)))
+    }
+}
+
 /// Per-lending state between one client and one backend.
 #[derive(Debug)]
 pub struct Relay {
@@ -352,7 +471,7 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn new(max_message_len: usize) -> Relay {
+    pub const fn new(max_message_len: usize) -> Relay {
         Relay {
             queue: VecDeque::new(),
             unsynced: false,
@@ -442,10 +561,13 @@ impl Relay {
         self.statements.clear();
     }
 
-    /// How many requests were recorded before now, over all lendings (never reset): a
-    /// request recorded later has a sequence number at least this.
-    pub fn pushed(&self) -> u64 {
-        self.pushed
+    /// Nothing outstanding and nothing left to report: a relay that can serve another
+    /// session.
+    fn is_parkable(&self) -> bool {
+        self.is_idle()
+            && self.outcomes.is_empty()
+            && self.server_errors.is_empty()
+            && self.statements.is_empty()
     }
 
     /// Nothing outstanding, no transaction open: the backend holds nothing of this client's.
@@ -455,10 +577,6 @@ impl Relay {
             && self.client_partial == 0
             && self.backend_partial == 0
             && self.status == TransactionStatus::Idle
-    }
-
-    pub fn max_message_len(&self) -> usize {
-        self.max_message_len
     }
 
     pub fn status(&self) -> TransactionStatus {

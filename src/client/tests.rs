@@ -63,6 +63,7 @@ struct Harness {
     /// The engine's clock for the next call.
     now: Instant,
     events: Recorded,
+    relays: RelayPool,
 }
 
 impl Harness {
@@ -90,6 +91,7 @@ impl Harness {
             stats: ReactorStats::new(4, 4),
             now: crate::test_clock::epoch(),
             events: Recorded::default(),
+            relays: RelayPool::default(),
         }
     }
 
@@ -103,6 +105,7 @@ impl Harness {
             stats: &self.stats,
             now: self.now,
             events: Some(&mut self.events),
+            relays: &mut self.relays,
         };
         f(&mut self.session, &mut out)
     }
@@ -137,6 +140,7 @@ impl Harness {
             stats: &self.stats,
             now: self.now,
             events: Some(&mut self.events),
+            relays: &mut self.relays,
         };
         f(&mut self.session, &mut env, &mut out)
     }
@@ -1922,6 +1926,28 @@ fn run_query(h: &mut Harness, sql: &str, reply: &[u8]) {
         h.backend(&[reply, &ready()[..]].concat()),
         vec![Action::Release(server_id())]
     );
+}
+
+#[test]
+fn a_session_holds_a_relay_only_while_it_holds_a_backend() {
+    let mut h = Harness::logged_in(AuthMethod::Scram);
+    assert!(!h.session.relay.is_held(), "logged in and idle: no relay");
+    run_query(&mut h, "SELECT 1", &select_one_rows());
+    assert!(!h.session.relay.is_held(), "given back with the backend");
+    assert_eq!(h.relays.free_count(), 1);
+    let pushed = h.session.relay.pushed();
+    assert!(pushed > 0);
+    // The next lending takes it again, and the count of requests goes on from there.
+    h.send(&query("SELECT 1"));
+    assert_eq!(h.take_actions(), vec![Action::Acquire]);
+    h.attach_fresh_backend(4);
+    assert!(h.session.relay.is_held());
+    assert_eq!(h.relays.free_count(), 0);
+    h.send(&[]);
+    assert!(h.session.relay.pushed() > pushed);
+    h.take_backend();
+    h.backend(&[select_one_rows(), ready()].concat());
+    assert_eq!(h.relays.free_count(), 1);
 }
 
 #[test]

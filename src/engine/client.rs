@@ -274,6 +274,7 @@ impl Engine {
             stats,
             now: *now,
             events: events.as_deref_mut().map(|e| e as &mut dyn EventSink),
+            relays: &mut scratch.relays,
         };
         let result = f(&mut c.session, &mut env, &mut out);
         debug_assert!(
@@ -492,6 +493,7 @@ impl Engine {
                 stats,
                 now: self.now,
                 events: events.as_deref_mut().map(|e| e as &mut dyn EventSink),
+                relays: &mut scratch.relays,
             };
             let held = c.session.detach(&mut out);
             scratch.sink.clear();

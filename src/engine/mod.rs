@@ -62,6 +62,7 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use crate::auth::Rng;
+use crate::client::relay::RelayPool;
 use crate::client::users::UserTable;
 use crate::client::{Action, BackendContext, SessionConfig};
 use crate::observe::events::{Event, EventSink};
@@ -296,6 +297,8 @@ struct Scratch {
     no_backend: BackendContext,
     /// Reused by sessions for one call.
     action_buf: Vec<Action>,
+    /// Relays for sessions that hold a backend (see `RelaySlot`).
+    relays: RelayPool,
 }
 
 impl Engine {
@@ -337,6 +340,7 @@ impl Engine {
                 sink: Vec::new(),
                 no_backend: BackendContext::new(0),
                 action_buf: Vec::new(),
+                relays: RelayPool::default(),
             },
             processing: None,
             shutdown_at: None,
