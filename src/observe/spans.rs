@@ -597,7 +597,11 @@ fn common_attributes(
     a.push(("db.system.name", Value::Str("postgresql")));
     a.push(("db.namespace", Value::Str(server.database)));
     a.push(("db.user", Value::Str(user)));
-    a.push(("pglink.database", Value::Str(database)));
+    // The client's name for the database, when pglink maps it to another one on the server
+    // (each span goes out with all of these: bytes saved count at sampling 1.0).
+    if database != server.database {
+        a.push(("pglink.database", Value::Str(database)));
+    }
     a.push(("server.address", Value::Str(server.host)));
     a.push(("server.port", Value::Int(i64::from(server.port))));
     if let (Some(peer), Some(client)) = (peer, &client) {
@@ -627,6 +631,34 @@ fn returned_rows(tag: &[u8]) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_clients_database_name_is_an_attribute_only_when_the_servers_differs() {
+        let server = |database| crate::observe::events::ServerAddress {
+            host: "db",
+            port: 5432,
+            database,
+        };
+        let expected = |extra: &[(&'static str, Value<'static>)]| {
+            let mut a = vec![
+                ("db.system.name", Value::Str("postgresql")),
+                ("db.namespace", Value::Str("app")),
+                ("db.user", Value::Str("u")),
+            ];
+            a.extend_from_slice(extra);
+            a.push(("server.address", Value::Str("db")));
+            a.push(("server.port", Value::Int(5432)));
+            SharedAttributes::new(&a)
+        };
+        assert_eq!(
+            common_attributes("app", "u", None, server("app")),
+            expected(&[])
+        );
+        assert_eq!(
+            common_attributes("front", "u", None, server("app")),
+            expected(&[("pglink.database", Value::Str("front"))])
+        );
+    }
 
     #[test]
     fn command_tags_give_operation_and_rows() {
