@@ -209,29 +209,6 @@ fn cancel_is_delivered_over_tls_to_a_tls_backend() {
 }
 
 #[test]
-fn a_cancel_of_a_statement_waiting_for_the_pool_ends_it_and_the_session_goes_on() {
-    let pg = PgServer::shared();
-    let proxy = ProxyConfig::new(pg)
-        .user(&SCRAM_USER)
-        .backend("pool_max_conns", json!(1))
-        .set(
-            &format!("databases.{TEST_DATABASE}.pool_acquire_timeout_milliseconds"),
-            json!(30_000),
-        )
-        .start();
-    let pw = Proxy::password(&SCRAM_USER);
-    let mut holder = WireClient::connect(proxy.addr, SCRAM_USER.name, pw, TEST_DATABASE).unwrap();
-    let mut waiter = WireClient::connect(proxy.addr, SCRAM_USER.name, pw, TEST_DATABASE).unwrap();
-    holder.query_column("BEGIN").unwrap();
-    // The waiter's statement waits for the only connection; its cancel ends the wait with
-    // 57014, as the server would have ended the statement.
-    let took = waiter.cancel_a_sleep(proxy.addr);
-    assert!(took < Duration::from_secs(1), "{took:?}");
-    holder.query_column("COMMIT").unwrap();
-    assert_eq!(waiter.query_column("SELECT 2").unwrap(), ["2"]);
-}
-
-#[test]
 fn graceful_shutdown_lets_open_transactions_finish() {
     let pg = PgServer::shared();
     let proxy = ProxyConfig::new(pg).user(&SCRAM_USER).start();

@@ -534,21 +534,28 @@ fn idle_connections_of_one_user_make_room_for_another() {
     }
 }
 
-#[test]
-fn acquire_timeout_is_an_error_and_the_session_survives() {
+/// A proxy with one server connection, which `holder` holds inside BEGIN: `waiter`'s
+/// statements wait for it, for at most `acquire_timeout_ms`.
+fn holder_and_waiter(acquire_timeout_ms: u64) -> (Proxy, WireClient, WireClient) {
     let pg = PgServer::shared();
     let proxy = ProxyConfig::new(pg)
         .user(&SCRAM_USER)
         .backend("pool_max_conns", json!(1))
         .set(
             &format!("databases.{TEST_DATABASE}.pool_acquire_timeout_milliseconds"),
-            json!(300),
+            json!(acquire_timeout_ms),
         )
         .start();
     let pw = Proxy::password(&SCRAM_USER);
     let mut holder = WireClient::connect(proxy.addr, SCRAM_USER.name, pw, TEST_DATABASE).unwrap();
-    let mut waiter = WireClient::connect(proxy.addr, SCRAM_USER.name, pw, TEST_DATABASE).unwrap();
+    let waiter = WireClient::connect(proxy.addr, SCRAM_USER.name, pw, TEST_DATABASE).unwrap();
     holder.query_column("BEGIN").unwrap();
+    (proxy, holder, waiter)
+}
+
+#[test]
+fn acquire_timeout_is_an_error_and_the_session_survives() {
+    let (_proxy, mut holder, mut waiter) = holder_and_waiter(300);
     let started = Instant::now();
     let err = waiter.query_column("SELECT 1").unwrap_err();
     let waited = started.elapsed();
@@ -567,6 +574,17 @@ fn acquire_timeout_is_an_error_and_the_session_survives() {
         ["2"],
         "the session is still usable"
     );
+}
+
+#[test]
+fn a_cancel_of_a_statement_waiting_for_the_pool_ends_it_and_the_session_goes_on() {
+    let (proxy, mut holder, mut waiter) = holder_and_waiter(30_000);
+    // The waiter's statement waits for the only connection; its cancel ends the wait with
+    // 57014, as the server would have ended the statement.
+    let took = waiter.cancel_a_sleep(proxy.addr);
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    holder.query_column("COMMIT").unwrap();
+    assert_eq!(waiter.query_column("SELECT 2").unwrap(), ["2"]);
 }
 
 #[test]
