@@ -371,11 +371,10 @@ impl RelaySlot {
 
     /// The relay, for a cleanup that outlives the session.
     pub fn take(&mut self) -> Box<Relay> {
-        self.hold(|| Box::new(Relay::new(0)));
-        let relay = self
-            .relay
-            .take()
-            .unwrap_or_else(|| Box::new(Relay::new(self.max_message_len)));
+        let relay = match self.relay.take() {
+            Some(relay) => relay,
+            None => self.fresh(Box::new(Relay::new(0))),
+        };
         self.pushed = relay.pushed;
         relay
     }
@@ -396,14 +395,20 @@ impl RelaySlot {
         self.relay.is_some()
     }
 
+    /// The relay held, or `new` as this session's.
     fn hold(&mut self, new: impl FnOnce() -> Box<Relay>) -> &mut Relay {
-        let (pushed, max) = (self.pushed, self.max_message_len);
-        self.relay.get_or_insert_with(|| {
-            let mut relay = new();
-            relay.pushed = pushed;
-            relay.max_message_len = max;
-            relay
-        })
+        let relay = match self.relay.take() {
+            Some(relay) => relay,
+            None => self.fresh(new()),
+        };
+        self.relay.insert(relay)
+    }
+
+    /// `relay` made this session's: its count of requests and message size limit.
+    fn fresh(&self, mut relay: Box<Relay>) -> Box<Relay> {
+        relay.pushed = self.pushed;
+        relay.max_message_len = self.max_message_len;
+        relay
     }
 }
 
