@@ -373,7 +373,7 @@ impl RelaySlot {
     pub fn take(&mut self) -> Box<Relay> {
         let relay = match self.relay.take() {
             Some(relay) => relay,
-            None => self.fresh(Box::new(Relay::new(0))),
+            None => stamped(Box::new(Relay::new(0)), self.pushed, self.max_message_len),
         };
         self.pushed = relay.pushed;
         relay
@@ -395,21 +395,20 @@ impl RelaySlot {
         self.relay.is_some()
     }
 
-    /// The relay held, or `new` as this session's.
+    /// The relay held, or `new` as this session's (every mutable use of the relay passes
+    /// here: a relay held costs one check).
     fn hold(&mut self, new: impl FnOnce() -> Box<Relay>) -> &mut Relay {
-        let relay = match self.relay.take() {
-            Some(relay) => relay,
-            None => self.fresh(new()),
-        };
-        self.relay.insert(relay)
+        let (pushed, max) = (self.pushed, self.max_message_len);
+        self.relay
+            .get_or_insert_with(|| stamped(new(), pushed, max))
     }
+}
 
-    /// `relay` made this session's: its count of requests and message size limit.
-    fn fresh(&self, mut relay: Box<Relay>) -> Box<Relay> {
-        relay.pushed = self.pushed;
-        relay.max_message_len = self.max_message_len;
-        relay
-    }
+/// `relay` made a session's: its count of requests and its message size limit.
+fn stamped(mut relay: Box<Relay>, pushed: u64, max_message_len: usize) -> Box<Relay> {
+    relay.pushed = pushed;
+    relay.max_message_len = max_message_len;
+    relay
 }
 
 impl std::ops::Deref for RelaySlot {
