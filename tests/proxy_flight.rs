@@ -396,7 +396,7 @@ fn a_protocol_error_triggers_a_snapshot_once_per_cooldown() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// With tracing on too, both get every event (through one `Tee` per engine).
+/// With tracing on too, both get the events they want (through one `Observers` per engine).
 #[cfg(feature = "otel")]
 #[test]
 fn tracing_and_the_recorder_both_see_the_statements() {

@@ -6,6 +6,7 @@ use super::idle::Whole;
 use super::prepared::Handled;
 use super::relay::{self, BackendStop, MAX_STREAMED_MESSAGE};
 use super::{Action, Out, Session, SessionError, State, query_text, state};
+use crate::observe::events::Interest;
 use crate::protocol::TransactionStatus;
 use crate::protocol::framing::peek_header;
 use crate::protocol::frontend::tag as fe;
@@ -14,7 +15,7 @@ impl Session {
     /// Active: everything goes to the held backend, statement messages rewritten.
     pub(super) fn on_active_bytes(&mut self, data: &[u8], out: &mut Out<'_>) -> usize {
         self.relay.set_now(out.now);
-        let traced = out.events.as_ref().is_some_and(|e| e.wants_statements());
+        let traced = out.interest.wants(Interest::STATEMENT_STARTED);
         if let Some(lending) = self.lending_mut() {
             lending.resuming = false;
             if lending.started.is_none() && !data.is_empty() {
@@ -131,7 +132,7 @@ impl Session {
                 self.fail(e, out);
                 return data.len();
             }
-            if pos > before && out.events.is_some() {
+            if pos > before && out.interest.wants(Interest::CLIENT_MESSAGE) {
                 self.client_message(header, out);
             }
             let whole = rest

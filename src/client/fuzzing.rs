@@ -25,7 +25,7 @@ use super::{
 use crate::auth::FixedRng;
 use crate::engine::error::{ConnectFailure, ServerError};
 use crate::engine::id::ServerId;
-use crate::observe::events::{OwnedEvent, Recorded};
+use crate::observe::events::{Interest, OwnedEvent, Recorded};
 
 fn users() -> &'static UserTable {
     static USERS: OnceLock<UserTable> = OnceLock::new();
@@ -101,6 +101,7 @@ fn run_script(data: &[u8]) -> Session {
             stats: &stats,
             now,
             events: Some(&mut events),
+            interest: Interest::ALL,
             relays: &mut relays,
         };
         match op % 8 {

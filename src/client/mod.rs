@@ -63,7 +63,7 @@ pub use error::{AcquireError, SessionError};
 
 use crate::auth::Rng;
 use crate::engine::id::ServerId;
-use crate::observe::events::{ClientState, ErrorOrigin, Event, EventSink, pool_number};
+use crate::observe::events::{ClientState, ErrorOrigin, Event, EventSink, Interest, pool_number};
 use crate::observe::metrics::ReactorStats;
 use crate::protocol::backend as be_msg;
 use crate::protocol::framing::Header;
@@ -134,6 +134,9 @@ pub struct Out<'a> {
     pub now: Instant,
     /// Where state changes are recorded.
     pub events: Option<&'a mut dyn EventSink>,
+    /// The kinds of event `events` wants: the others are not handed to it (nor built, when
+    /// that costs).
+    pub interest: Interest,
     /// The engine's relays not in use (see [`RelaySlot`]).
     pub relays: &'a mut RelayPool,
 }
@@ -141,10 +144,12 @@ pub struct Out<'a> {
 /// SQL text kept for a traced statement is cut at this length.
 const MAX_TRACED_TEXT: usize = 16 * 1024;
 
-/// Records `event` when events are being recorded.
+/// Records `event` when events of its kind are being recorded.
 fn record(out: &mut Out<'_>, event: Event<'_>) {
-    if let Some(events) = out.events.as_deref_mut() {
-        events.record(out.now, event);
+    if let Some(events) = out.events.as_deref_mut()
+        && out.interest.wants(event.kind())
+    {
+        events.record(out.now, &event);
     }
 }
 
@@ -839,10 +844,14 @@ impl Session {
                 p.query_time
                     .observe(out.now.saturating_duration_since(done.started));
             }
-            if let (Some(events), Some(server)) = (out.events.as_deref_mut(), server) {
+            if let (Some(events), Some(server), true) = (
+                out.events.as_deref_mut(),
+                server,
+                out.interest.wants(Interest::STATEMENT_ENDED),
+            ) {
                 events.record(
                     out.now,
-                    Event::StatementEnded {
+                    &Event::StatementEnded {
                         pid,
                         server,
                         pool,
@@ -923,10 +932,13 @@ impl Session {
             }) {
                 c.inc();
             }
-            if let Some(events) = out.events.as_deref_mut() {
+            if let (Some(events), true) = (
+                out.events.as_deref_mut(),
+                out.interest.wants(Interest::ERROR),
+            ) {
                 events.record(
                     out.now,
-                    Event::Error {
+                    &Event::Error {
                         pid: Some(pid),
                         server,
                         origin: ErrorOrigin::Server,

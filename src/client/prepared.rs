@@ -31,6 +31,7 @@ use std::sync::Arc;
 use super::relay::{Effect, Expect, Outcome, Route};
 use super::statements::{BackendShape, ClientStatement, Key, Shape, Statement, server_name};
 use super::{BackendContext, Out, Session, SessionError};
+use crate::observe::events::Interest;
 use crate::protocol::backend as be_msg;
 use crate::protocol::framing::{Header, peek_header};
 use crate::protocol::frontend::{self, FrontendMessage, Target, tag as fe};
@@ -82,7 +83,7 @@ impl Session {
             Ok(m) => m,
             Err(e) => return Handled::Invalid(SessionError::InvalidMessage(e)),
         };
-        if out.events.as_ref().is_some_and(|e| e.wants_statements()) {
+        if out.interest.wants(Interest::STATEMENT_STARTED) {
             self.trace_statement_text(&msg);
         }
         // While the server skips to Sync after an error, a Parse of the unnamed statement

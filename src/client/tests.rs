@@ -8,7 +8,7 @@ use super::users::{DbEntry, ScramSecret, UserEntry, UserTable};
 use super::*;
 use crate::auth::{ClientChannelBinding, FixedRng, OsRng, ScramClient, md5_password};
 use crate::engine::error::{ConnectFailure, ServerError};
-use crate::observe::events::Recorded;
+use crate::observe::events::{Interest, Recorded};
 use crate::protocol::TransactionStatus;
 use crate::protocol::backend::{Authentication, BackendMessage};
 use crate::protocol::framing::Frames;
@@ -105,6 +105,7 @@ impl Harness {
             stats: &self.stats,
             now: self.now,
             events: Some(&mut self.events),
+            interest: Interest::ALL,
             relays: &mut self.relays,
         };
         f(&mut self.session, &mut out)
@@ -140,6 +141,7 @@ impl Harness {
             stats: &self.stats,
             now: self.now,
             events: Some(&mut self.events),
+            interest: Interest::ALL,
             relays: &mut self.relays,
         };
         f(&mut self.session, &mut env, &mut out)

@@ -15,7 +15,7 @@ use crate::client::users::{DbId, PoolId};
 use crate::client::{
     AcquireError, Action, BackendFate, CancelKey, Env, Out, Session, SessionError,
 };
-use crate::observe::events::{Event, EventSink, ServerAddress, pool_number};
+use crate::observe::events::{Event, EventSink, Interest, ServerAddress, pool_number};
 use crate::observe::log::Field;
 use crate::observe::metrics::{CloseReason, RefuseReason};
 
@@ -238,6 +238,7 @@ impl Engine {
             stats,
             actions,
             events,
+            interest,
             now,
             io,
             ..
@@ -274,6 +275,7 @@ impl Engine {
             stats,
             now: *now,
             events: events.as_deref_mut().map(|e| e as &mut dyn EventSink),
+            interest: *interest,
             relays: &mut scratch.relays,
         };
         let result = f(&mut c.session, &mut env, &mut out);
@@ -360,15 +362,16 @@ impl Engine {
             .and_then(|p| self.ctx.pools.get(p))
             .and_then(|p| self.ctx.databases.get(p.db))
             .map(|d| &d.target);
-        if let (Some(events), Some(pool), Some(c), Some(target)) = (
+        if let (Some(events), Some(pool), Some(c), Some(target), true) = (
             self.events.as_deref_mut(),
             pool,
             self.clients.get(id.index()),
             target,
+            self.interest.wants(Interest::LOGGED_IN),
         ) {
             events.record(
                 self.now,
-                Event::LoggedIn {
+                &Event::LoggedIn {
                     pid: c.session.cancel_key().pid,
                     pool: pool_number(pool),
                     database: c.session.database(),
@@ -483,6 +486,7 @@ impl Engine {
                 bufs,
                 stats,
                 events,
+                interest,
                 ..
             } = self;
             let mut out = Out {
@@ -493,6 +497,7 @@ impl Engine {
                 stats,
                 now: self.now,
                 events: events.as_deref_mut().map(|e| e as &mut dyn EventSink),
+                interest: *interest,
                 relays: &mut scratch.relays,
             };
             let held = c.session.detach(&mut out);

@@ -65,7 +65,7 @@ use crate::auth::Rng;
 use crate::client::relay::RelayPool;
 use crate::client::users::UserTable;
 use crate::client::{Action, BackendContext, SessionConfig};
-use crate::observe::events::{Event, EventSink};
+use crate::observe::events::{Event, EventSink, Interest};
 use crate::observe::metrics::ReactorStats;
 use crate::pool::{Database, Pool};
 use client::ClientConn;
@@ -273,6 +273,8 @@ pub struct Engine {
     stats: Arc<ReactorStats>,
     /// Where state changes are recorded, if anywhere.
     events: Option<Box<dyn EventSink + Send>>,
+    /// What `events` wants (asked once, when it was set).
+    interest: Interest,
     now: Instant,
     io: VecDeque<Io>,
     /// Session actions waiting to be carried out, in order, with their client.
@@ -333,6 +335,7 @@ impl Engine {
             rng,
             stats,
             events: None,
+            interest: Interest::NONE,
             now,
             io: VecDeque::new(),
             actions: VecDeque::new(),
@@ -353,6 +356,7 @@ impl Engine {
     /// recorder and tracing will install theirs).
     #[cfg_attr(not(test), allow(dead_code))]
     pub fn set_event_sink(&mut self, sink: Box<dyn EventSink + Send>) {
+        self.interest = sink.interest();
         self.events = Some(sink);
     }
 
@@ -365,8 +369,10 @@ impl Engine {
 
     /// Records a state change, if anything listens.
     fn record(&mut self, event: Event) {
-        if let Some(events) = self.events.as_deref_mut() {
-            events.record(self.now, event);
+        if let Some(events) = self.events.as_deref_mut()
+            && self.interest.wants(event.kind())
+        {
+            events.record(self.now, &event);
         }
     }
 

@@ -785,7 +785,7 @@ fn events_follow_a_server_connection_through_its_states() {
     use std::sync::{Arc, Mutex};
     struct Shared(Arc<Mutex<Recorded>>);
     impl crate::observe::events::EventSink for Shared {
-        fn record(&mut self, at: std::time::Instant, event: Event<'_>) {
+        fn record(&mut self, at: std::time::Instant, event: &Event<'_>) {
             self.0.lock().unwrap().record(at, event);
         }
     }
@@ -809,6 +809,58 @@ fn events_follow_a_server_connection_through_its_states() {
         states,
         vec![Connecting, LoggingIn, Idle, Lent, Idle, Lent, Idle]
     );
+}
+
+/// A sink gets only the kinds of event it asked for; what nobody asked for is not built.
+#[test]
+fn a_sink_gets_only_the_events_it_wants() {
+    use crate::observe::events::{Event, EventSink, Interest, OwnedEvent, Recorded};
+    use std::sync::{Arc, Mutex};
+    struct Picky(Arc<Mutex<Recorded>>, Interest);
+    impl EventSink for Picky {
+        fn record(&mut self, at: std::time::Instant, event: &Event<'_>) {
+            self.0.lock().unwrap().record(at, event);
+        }
+        fn interest(&self) -> Interest {
+            self.1
+        }
+    }
+    let run = |interest: Interest| {
+        let mut w = world(Setup::default());
+        let log = Arc::new(Mutex::new(Recorded::default()));
+        w.engines[0].set_event_sink(Box::new(Picky(log.clone(), interest)));
+        let c = w.login(0, 0);
+        select(&mut w, c, 1);
+        w.disconnect(c);
+        w.settle();
+        std::mem::take(&mut log.lock().unwrap().0)
+    };
+    let wanted = Interest::STATEMENT_ENDED.and(Interest::CLIENT_CLOSED);
+    let events = run(wanted);
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|(_, e)| match e {
+            OwnedEvent::StatementEnded { .. } => "statement ended",
+            OwnedEvent::Client { .. } => "client closed",
+            other => panic!("not asked for: {other:?}"),
+        })
+        .collect();
+    assert_eq!(kinds, ["statement ended", "client closed"]);
+    // Everything, for comparison: the same run records much more, a statement's start too.
+    let all = run(Interest::ALL);
+    assert!(all.len() > 10, "{}", all.len());
+    assert!(
+        all.iter()
+            .any(|(_, e)| matches!(e, OwnedEvent::StatementStarted { .. }))
+    );
+    // The default leaves a statement's start out.
+    let default = run(Interest::DEFAULT);
+    assert!(
+        !default
+            .iter()
+            .any(|(_, e)| matches!(e, OwnedEvent::StatementStarted { .. }))
+    );
+    assert_eq!(default.len() + 1, all.len());
 }
 
 #[test]

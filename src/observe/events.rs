@@ -7,8 +7,10 @@
 //! flight recorder and tracing hang off it.
 //!
 //! Events are small `Copy` values that borrow what they name (SQL text, a command tag), so
-//! recording one costs no allocation. A sink that wants to keep borrowed data copies it.
-//! Events are only built when a sink is set: an engine without one pays nothing.
+//! recording one costs no allocation; sinks get them by reference. A sink that wants to
+//! keep borrowed data copies it. Events are only handed on when a sink wants their kind
+//! ([`Interest`]): an engine without a sink pays nothing, and a sink pays only for what it
+//! keeps.
 //!
 //! Connections are named by their engine-wide numbers: a client by the pid its
 //! BackendKeyData carries (it names the reactor and slot, so it is unique in the process
@@ -125,8 +127,8 @@ pub enum Event<'a> {
     ClientMessage { pid: u32, tag: u8, len: u32 },
     /// A client statement (a simple Query or an extended-protocol Execute) went to the
     /// server. `text`: its SQL when known (the Query, or the statement the portal was bound
-    /// from; empty otherwise). Only sent when the sink asks for it
-    /// ([`EventSink::wants_statements`]).
+    /// from; empty otherwise). Only built when a sink asks for it
+    /// ([`Interest::STATEMENT_STARTED`]).
     StatementStarted {
         pid: u32,
         server: ServerId,
@@ -163,18 +165,77 @@ pub enum Event<'a> {
     },
 }
 
+impl Event<'_> {
+    /// Its kind, as an [`Interest`] bit.
+    #[inline]
+    pub fn kind(&self) -> Interest {
+        match self {
+            Event::Client {
+                state: ClientState::Closed,
+                ..
+            } => Interest::CLIENT_CLOSED,
+            Event::Client { .. } => Interest::CLIENT,
+            Event::Server { .. } => Interest::SERVER,
+            Event::LoggedIn { .. } => Interest::LOGGED_IN,
+            Event::Acquired { .. } => Interest::ACQUIRED,
+            Event::ClientMessage { .. } => Interest::CLIENT_MESSAGE,
+            Event::StatementStarted { .. } => Interest::STATEMENT_STARTED,
+            Event::StatementEnded { .. } => Interest::STATEMENT_ENDED,
+            Event::TransactionEnded { .. } => Interest::TRANSACTION_ENDED,
+            Event::Error { .. } => Interest::ERROR,
+        }
+    }
+}
+
 /// A pool's number in events (`u32::MAX` for an id beyond it, which no configuration has).
 pub fn pool_number(pool: usize) -> u32 {
     u32::try_from(pool).unwrap_or(u32::MAX)
 }
 
+/// Which kinds of [`Event`] a sink wants: one bit per kind (a client session's end apart
+/// from its other state changes). The engine asks once, when the sink is installed, and
+/// hands a sink only what it wants; events nobody wants are not built at all when building
+/// them costs something (a statement's text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interest(u16);
+
+impl Interest {
+    pub const NONE: Interest = Interest(0);
+    /// [`Event::Client`], but for [`ClientState::Closed`].
+    pub const CLIENT: Interest = Interest(1);
+    /// [`Event::Client`] with [`ClientState::Closed`].
+    pub const CLIENT_CLOSED: Interest = Interest(1 << 1);
+    pub const SERVER: Interest = Interest(1 << 2);
+    pub const LOGGED_IN: Interest = Interest(1 << 3);
+    pub const ACQUIRED: Interest = Interest(1 << 4);
+    pub const CLIENT_MESSAGE: Interest = Interest(1 << 5);
+    pub const STATEMENT_STARTED: Interest = Interest(1 << 6);
+    pub const STATEMENT_ENDED: Interest = Interest(1 << 7);
+    pub const TRANSACTION_ENDED: Interest = Interest(1 << 8);
+    pub const ERROR: Interest = Interest(1 << 9);
+    pub const ALL: Interest = Interest((1 << 10) - 1);
+    /// Everything but [`Event::StatementStarted`] (finding a statement's text costs).
+    pub const DEFAULT: Interest = Interest(Interest::ALL.0 & !Interest::STATEMENT_STARTED.0);
+
+    pub const fn and(self, other: Interest) -> Interest {
+        Interest(self.0 | other.0)
+    }
+
+    /// Whether any kind of `other` is wanted.
+    #[inline]
+    pub const fn wants(self, other: Interest) -> bool {
+        self.0 & other.0 != 0
+    }
+}
+
 /// Where events go.
 pub trait EventSink {
-    fn record(&mut self, at: Instant, event: Event<'_>);
+    fn record(&mut self, at: Instant, event: &Event<'_>);
 
-    /// Whether [`Event::StatementStarted`] is wanted (it costs finding the statement's text).
-    fn wants_statements(&self) -> bool {
-        false
+    /// The kinds of event this sink wants (asked once, when it is installed; the others
+    /// may still arrive, and are to be ignored).
+    fn interest(&self) -> Interest {
+        Interest::DEFAULT
     }
 
     /// The engine's driver is about to wait for I/O: a sink that buffers events hands them
@@ -188,28 +249,10 @@ pub struct NoEvents;
 
 impl EventSink for NoEvents {
     #[inline]
-    fn record(&mut self, _: Instant, _: Event<'_>) {}
-}
+    fn record(&mut self, _: Instant, _: &Event<'_>) {}
 
-/// Several sinks as one: each event goes to every one of them.
-#[derive(Default)]
-pub struct Tee(pub Vec<Box<dyn EventSink + Send>>);
-
-impl EventSink for Tee {
-    fn record(&mut self, at: Instant, event: Event<'_>) {
-        for sink in &mut self.0 {
-            sink.record(at, event);
-        }
-    }
-
-    fn wants_statements(&self) -> bool {
-        self.0.iter().any(|s| s.wants_statements())
-    }
-
-    fn flush(&mut self) {
-        for sink in &mut self.0 {
-            sink.flush();
-        }
+    fn interest(&self) -> Interest {
+        Interest::NONE
     }
 }
 
@@ -275,9 +318,9 @@ pub enum OwnedEvent {
     },
 }
 
-impl From<Event<'_>> for OwnedEvent {
-    fn from(event: Event<'_>) -> OwnedEvent {
-        match event {
+impl From<&Event<'_>> for OwnedEvent {
+    fn from(event: &Event<'_>) -> OwnedEvent {
+        match *event {
             Event::Client { pid, state } => OwnedEvent::Client { pid, state },
             Event::Server {
                 server,
@@ -380,11 +423,11 @@ impl From<Event<'_>> for OwnedEvent {
 pub struct Recorded(pub Vec<(Instant, OwnedEvent)>);
 
 impl EventSink for Recorded {
-    fn record(&mut self, at: Instant, event: Event<'_>) {
+    fn record(&mut self, at: Instant, event: &Event<'_>) {
         self.0.push((at, event.into()));
     }
 
-    fn wants_statements(&self) -> bool {
-        true
+    fn interest(&self) -> Interest {
+        Interest::ALL
     }
 }

@@ -8,6 +8,7 @@ pub mod flight;
 pub(crate) mod http;
 pub mod log;
 pub(crate) mod metrics;
+pub mod observers;
 #[cfg(feature = "otel")]
 pub mod otlp;
 #[cfg(feature = "metrics")]

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use regex::bytes::{CaptureLocations, Regex};
 
-use super::events::{ClientState, Event, EventSink, StatementEnd};
+use super::events::{ClientState, Event, EventSink, Interest, StatementEnd};
 use super::otlp::{
     Exporter, SharedAttributes, Span, SpanBatch, SpanEvent, SpanKind, SpanStatus, Value,
 };
@@ -239,6 +239,13 @@ fn recycle(texts: &mut Vec<String>, text: Option<String>) {
     }
 }
 
+fn trace_id(rng: &mut u64) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&next_u64(rng).to_be_bytes());
+    id[8..].copy_from_slice(&span_id(rng));
+    id
+}
+
 fn span_id(rng: &mut u64) -> [u8; 8] {
     loop {
         let id = next_u64(rng);
@@ -249,6 +256,14 @@ fn span_id(rng: &mut u64) -> [u8; 8] {
 }
 
 impl SpanSink {
+    /// A session's login and end, its transactions and statements.
+    pub const INTEREST: Interest = Interest::LOGGED_IN
+        .and(Interest::ACQUIRED)
+        .and(Interest::STATEMENT_STARTED)
+        .and(Interest::STATEMENT_ENDED)
+        .and(Interest::TRANSACTION_ENDED)
+        .and(Interest::CLIENT_CLOSED);
+
     pub fn new(exporter: Exporter, settings: Arc<TraceSettings>) -> SpanSink {
         let mut seed = [0u8; 8];
         crate::auth::Rng::fill(&mut crate::auth::OsRng, &mut seed);
@@ -274,42 +289,37 @@ impl SpanSink {
         }
     }
 
-    fn trace_id(&mut self) -> [u8; 16] {
-        let mut id = [0u8; 16];
-        id[..8].copy_from_slice(&next_u64(&mut self.rng).to_be_bytes());
-        id[8..].copy_from_slice(&span_id(&mut self.rng));
-        id
-    }
-
     /// Starts the session's transaction if none is open (`waited`: for a server connection,
     /// up to `at`).
     fn begin(&mut self, pid: u32, at: Instant, waited: Duration) {
-        let Some(session) = self.sessions.get(&pid) else {
+        let SpanSink {
+            sessions,
+            rng,
+            settings,
+            ..
+        } = self;
+        let Some(session) = sessions.get_mut(&pid) else {
             return;
         };
         if session.transaction.is_some() {
             return;
         }
-        let parent = session.parent;
-        let (trace_id, sampled) = match parent {
+        let (trace_id, sampled) = match session.parent {
             Some(p) => (p.trace_id, p.sampled()),
             None => {
-                let id = self.trace_id();
-                (id, self.settings.keeps(&id))
+                let id = trace_id(rng);
+                (id, settings.keeps(&id))
             }
         };
-        let span_id = span_id(&mut self.rng);
-        if let Some(session) = self.sessions.get_mut(&pid) {
-            session.transaction = Some(Transaction {
-                trace_id,
-                span_id,
-                sampled,
-                start: at.checked_sub(waited).unwrap_or(at),
-                waited,
-                statements: 0,
-                failed: None,
-            });
-        }
+        session.transaction = Some(Transaction {
+            trace_id,
+            span_id: span_id(rng),
+            sampled,
+            start: at.checked_sub(waited).unwrap_or(at),
+            waited,
+            statements: 0,
+            failed: None,
+        });
     }
 
     fn statement_started(&mut self, pid: u32, at: Instant, text: &[u8]) {
@@ -374,13 +384,13 @@ impl SpanSink {
         tag: &[u8],
         sqlstate: Option<SqlState>,
     ) {
-        let (start_ns, end_ns) = (unix_ns(self.anchor, started), unix_ns(self.anchor, at));
         let SpanSink {
             sessions,
             batch,
             rng,
             name,
             texts,
+            anchor,
             ..
         } = self;
         let Some(session) = sessions.get_mut(&pid) else {
@@ -406,6 +416,7 @@ impl SpanSink {
         if !sampled {
             return recycle(texts, statement.text);
         }
+        let (start_ns, end_ns) = (unix_ns(*anchor, started), unix_ns(*anchor, at));
         let operation = operation_name(tag);
         let code = sqlstate.as_ref().map_or("", SqlState::as_str);
         let mut attributes = Attributes::new();
@@ -469,8 +480,10 @@ impl SpanSink {
         let Some(session) = sessions.get_mut(&pid) else {
             return;
         };
-        for statement in session.statements.drain(..) {
-            recycle(texts, statement.text);
+        if !session.statements.is_empty() {
+            for statement in session.statements.drain(..) {
+                recycle(texts, statement.text);
+            }
         }
         let Some(t) = session.transaction.take() else {
             return;
@@ -518,8 +531,8 @@ impl SpanSink {
 }
 
 impl EventSink for SpanSink {
-    fn record(&mut self, at: Instant, event: Event<'_>) {
-        match event {
+    fn record(&mut self, at: Instant, event: &Event<'_>) {
+        match *event {
             Event::LoggedIn {
                 pid,
                 database,
@@ -576,8 +589,8 @@ impl EventSink for SpanSink {
         }
     }
 
-    fn wants_statements(&self) -> bool {
-        true
+    fn interest(&self) -> Interest {
+        SpanSink::INTEREST
     }
 
     fn flush(&mut self) {

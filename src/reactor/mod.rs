@@ -188,7 +188,7 @@ pub struct Reactor {
 
 impl Reactor {
     /// Where the engine's events go (spans, the flight recorder), set before it runs. One
-    /// sink per engine: several share the events through `observe::events::Tee`.
+    /// sink per engine: the server's are `observe::observers::Observers`.
     pub fn set_event_sink(&mut self, sink: Box<dyn crate::observe::events::EventSink + Send>) {
         self.engine.set_event_sink(sink);
     }

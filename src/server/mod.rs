@@ -42,8 +42,8 @@ use crate::client::users::{DbEntry, DbId, PoolId, ScramSecret, UserEntry, UserTa
 use crate::client::{AuthMethod, ClientTls, DatabaseContext, SessionConfig};
 use crate::config::{self, BackendSslMode, CertSource, Config, LoadedConfig, ResolvedSecrets};
 use crate::engine::Context;
-use crate::observe::events::{EventSink, Tee};
 use crate::observe::flight::{FlightRecorder, RecorderThread, Snapshot, SnapshotError};
+use crate::observe::observers::Observers;
 use crate::pool::{Credentials, Database, Pool, PoolSettings};
 use crate::protocol::framing::DEFAULT_MAX_MESSAGE_LEN;
 use crate::reactor::{Listener, Reactor};
@@ -288,22 +288,19 @@ impl Server {
         for (id, sockets) in listeners.into_iter().enumerate() {
             let (mut reactor, handle) =
                 Reactor::new(id, shared.clone(), sockets).map_err(StartError::Thread)?;
-            let mut sinks: Vec<Box<dyn EventSink + Send>> = Vec::new();
+            let mut observers = Observers::default();
             if let Some(recorder) = &recorder {
-                sinks.push(Box::new(recorder.sink(id)));
+                observers = observers.with_flight(recorder.sink(id));
             }
             #[cfg(feature = "otel")]
             if let Some((exporter, settings)) = &span_sinks {
-                sinks.push(Box::new(crate::observe::spans::SpanSink::new(
+                observers = observers.with_spans(crate::observe::spans::SpanSink::new(
                     exporter.clone(),
                     settings.clone(),
-                )));
+                ));
             }
-            // One sink goes in as it is; several share the events through a `Tee`.
-            if sinks.len() > 1 {
-                reactor.set_event_sink(Box::new(Tee(sinks)));
-            } else if let Some(sink) = sinks.pop() {
-                reactor.set_event_sink(sink);
+            if !observers.is_empty() {
+                reactor.set_event_sink(Box::new(observers));
             }
             handles.push(handle);
             loops.push(reactor);

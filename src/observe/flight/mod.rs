@@ -33,10 +33,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 pub use file::FileError;
-use ring::{Record, Ring, nanos};
+use ring::{Clock, Record, Ring, nanos};
 
 use crate::config::FlightRecorderConfig;
-use crate::observe::events::{ErrorOrigin, Event, EventSink};
+use crate::observe::events::{ErrorOrigin, Event, EventSink, Interest};
 
 /// Requests queued for the recorder's thread at most (a full queue drops automatic ones).
 const QUEUE: usize = 16;
@@ -251,6 +251,7 @@ impl FlightRecorder {
         let ring = self.rings[reactor.min(self.rings.len() - 1)].clone();
         Sink {
             ring,
+            clock: Clock::new(self.epoch),
             recorder: self.clone(),
             pending: Vec::with_capacity(PENDING),
         }
@@ -556,32 +557,35 @@ const PENDING: usize = 64;
 /// behind it in a snapshot.
 pub struct Sink {
     ring: Arc<Mutex<Ring>>,
+    /// The recorder's epoch, and the last time converted.
+    clock: Clock,
     recorder: Arc<FlightRecorder>,
     pending: Vec<Record>,
 }
 
 impl Sink {
+    /// Everything but a statement's start: its end says when it started.
+    pub const INTEREST: Interest = Interest::DEFAULT;
+
     fn hand_over(&mut self) {
         if !self.pending.is_empty() {
-            let mut ring = lock(&self.ring);
-            for record in self.pending.drain(..) {
-                ring.push(record);
-            }
+            lock(&self.ring).push_all(&self.pending);
+            self.pending.clear();
         }
     }
 }
 
 impl EventSink for Sink {
-    fn record(&mut self, at: Instant, event: Event<'_>) {
-        let recorder = &*self.recorder;
-        let Some(record) = Record::encode(recorder.epoch, at, &event) else {
+    fn record(&mut self, at: Instant, event: &Event<'_>) {
+        let Some(record) = Record::encode_with(&mut self.clock, at, event) else {
             return;
         };
         self.pending.push(record);
+        let recorder = &*self.recorder;
         let trigger = match event {
             Event::StatementEnded { started, .. } => {
                 let slow = recorder.slow_ns.load(Ordering::Relaxed);
-                (slow > 0 && nanos(at.saturating_duration_since(started)) >= slow)
+                (slow > 0 && nanos(at.saturating_duration_since(*started)) >= slow)
                     .then_some(Trigger::SlowQuery)
             }
             Event::Error {
@@ -596,6 +600,10 @@ impl EventSink for Sink {
         if let Some(trigger) = trigger {
             self.recorder.auto(trigger, record.at);
         }
+    }
+
+    fn interest(&self) -> Interest {
+        Sink::INTEREST
     }
 
     fn flush(&mut self) {

@@ -63,6 +63,32 @@ pub struct Record {
     pub tag: [u8; TAG_LEN],
 }
 
+/// Turns instants into nanoseconds since an epoch, remembering the last one: the events of
+/// one engine call share its `now`, so most conversions are a comparison.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    epoch: Instant,
+    last: (Instant, u64),
+}
+
+impl Clock {
+    pub fn new(epoch: Instant) -> Clock {
+        Clock {
+            epoch,
+            last: (epoch, 0),
+        }
+    }
+
+    /// `t` in nanoseconds since the epoch (0 before it).
+    #[inline]
+    pub fn ns(&mut self, t: Instant) -> u64 {
+        if t != self.last.0 {
+            self.last = (t, nanos(t.saturating_duration_since(self.epoch)));
+        }
+        self.last.1
+    }
+}
+
 impl Record {
     fn new(kind: Kind, at: u64) -> Record {
         Record {
@@ -106,7 +132,12 @@ impl Record {
     /// recorder does not keep (a statement's start: its text is not wanted, and its end
     /// says when it started).
     pub fn encode(epoch: Instant, at: Instant, event: &Event<'_>) -> Option<Record> {
-        let ns = |t: Instant| nanos(t.saturating_duration_since(epoch));
+        Record::encode_with(&mut Clock::new(epoch), at, event)
+    }
+
+    /// [`Record::encode`] with times counted by `clock`.
+    pub fn encode_with(clock: &mut Clock, at: Instant, event: &Event<'_>) -> Option<Record> {
+        let mut ns = |t: Instant| clock.ns(t);
         let at = ns(at);
         let record = match *event {
             Event::Client { pid, state } => Record {
@@ -329,26 +360,37 @@ impl Ring {
     }
 
     pub fn push(&mut self, record: Record) {
-        let len = self.records.len();
-        if len == self.records.capacity() || len >= self.limit {
+        self.push_all(&[record]);
+    }
+
+    /// Appends `records` (in time order, none older than what the ring holds): one bounds
+    /// check and at most two copies for the lot.
+    pub fn push_all(&mut self, records: &[Record]) {
+        let Some(newest) = records.last() else {
+            return;
+        };
+        let n = records.len();
+        let room = self.records.capacity().min(self.limit);
+        if self.records.len() + n > room {
             // Room is needed: first forget what `min_age` does not ask to keep.
-            self.trim(record.at);
+            self.trim(newest.at);
         }
-        if self.records.len() >= self.limit {
-            if self.records.pop_front().is_none() {
-                // A limit of 0 (max_bytes below one record per reactor) keeps nothing.
-                self.dropped += 1;
-                return;
-            }
-            self.dropped += 1;
+        // What the limit pushes out, the oldest first: held records, then (with a limit
+        // below the batch) the batch's own oldest. All are younger than `min_age`.
+        let held = self.records.len();
+        let over = (held + n).saturating_sub(self.limit);
+        let mut records = records;
+        if over > 0 {
+            self.dropped += over as u64;
+            self.records.drain(..over.min(held));
+            records = records.get(over - over.min(held)..).unwrap_or_default();
         }
-        let len = self.records.len();
-        if len == self.records.capacity() {
-            let target = (len * 2).max(INITIAL_RECORDS).min(self.limit);
-            self.records
-                .reserve_exact(target.saturating_sub(len).max(1));
+        let (len, n) = (self.records.len(), records.len());
+        if len + n > self.records.capacity() {
+            let target = (len * 2).max(len + n).max(INITIAL_RECORDS).min(self.limit);
+            self.records.reserve_exact(target - len);
         }
-        self.records.push_back(record);
+        self.records.extend(records);
     }
 
     /// Forgets the records older than `min_age` at `now` (ns since the epoch).
@@ -522,6 +564,51 @@ mod tests {
         let mut ring = Ring::new(SIZE - 1, Duration::from_secs(1));
         ring.push(client(0, 1));
         assert_eq!((ring.len(), ring.dropped(), ring.bytes()), (0, 1, 0));
+    }
+
+    #[test]
+    fn a_batch_is_kept_as_its_records_one_by_one_would_be() {
+        // Room for 4, min_age keeps everything: a batch over a full ring pushes out the
+        // oldest, counted, as single pushes would.
+        let mut one_by_one = Ring::new(4 * SIZE, Duration::from_secs(3600));
+        let mut batched = Ring::new(4 * SIZE, Duration::from_secs(3600));
+        let records: Vec<Record> = (0..7).map(|ms| client(ms, 1)).collect();
+        for r in &records {
+            one_by_one.push(*r);
+        }
+        batched.push_all(&records[..3]);
+        batched.push_all(&records[3..]);
+        assert_eq!(times(&batched), [3, 4, 5, 6]);
+        assert_eq!(times(&batched), times(&one_by_one));
+        assert_eq!(batched.dropped(), 3);
+        assert_eq!(batched.dropped(), one_by_one.dropped());
+        // A batch larger than the limit keeps its newest.
+        batched.push_all(&(10..16).map(|ms| client(ms, 1)).collect::<Vec<_>>());
+        assert_eq!(times(&batched), [12, 13, 14, 15]);
+        assert_eq!(batched.dropped(), 3 + 6);
+        assert!(batched.bytes() <= 4 * SIZE, "{}", batched.bytes());
+    }
+
+    #[test]
+    fn a_batch_trims_what_min_age_lets_go_before_it_counts_a_loss() {
+        let mut ring = Ring::new(4 * SIZE, Duration::from_millis(100));
+        ring.push_all(&[client(0, 1), client(1, 1), client(2, 1)]);
+        // 150 ms later: the first three are older than min_age, so they go uncounted.
+        ring.push_all(&[client(150, 1), client(151, 1), client(152, 1)]);
+        assert_eq!(times(&ring), [150, 151, 152]);
+        assert_eq!(ring.dropped(), 0);
+        assert_eq!(ring.oldest(), Some(nanos(Duration::from_millis(150))));
+    }
+
+    #[test]
+    fn the_clock_converts_repeated_instants_once_and_gets_them_right() {
+        let mut clock = Clock::new(at(10));
+        assert_eq!(clock.ns(at(12)), 2_000_000);
+        assert_eq!(clock.ns(at(12)), 2_000_000);
+        assert_eq!(clock.ns(at(15)), 5_000_000);
+        // Before the epoch counts as the epoch.
+        assert_eq!(clock.ns(at(3)), 0);
+        assert_eq!(clock.ns(at(15)), 5_000_000);
     }
 
     #[test]

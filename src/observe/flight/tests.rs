@@ -38,7 +38,7 @@ fn labels() -> PoolLabels {
 fn slow(sink: &mut Sink, now: Instant, took: Duration) {
     sink.record(
         now,
-        Event::StatementEnded {
+        &Event::StatementEnded {
             pid: 5,
             server: ServerId::new(0, 1),
             pool: 0,
@@ -68,14 +68,14 @@ fn a_manual_snapshot_writes_the_merged_rings() {
     let now = Instant::now();
     a.record(
         now,
-        Event::Client {
+        &Event::Client {
             pid: 1,
             state: ClientState::Idle,
         },
     );
     b.record(
         now,
-        Event::Client {
+        &Event::Client {
             pid: 2,
             state: ClientState::Active,
         },
@@ -159,11 +159,11 @@ fn protocol_and_proxy_errors_trigger_server_errors_do_not() {
         origin,
         sqlstate: SqlState::PROTOCOL_VIOLATION,
     };
-    sink.record(Instant::now(), error(ErrorOrigin::Server));
+    sink.record(Instant::now(), &error(ErrorOrigin::Server));
     assert!(!recorder.auto_queued.load(Ordering::Acquire));
-    sink.record(Instant::now(), error(ErrorOrigin::Protocol));
+    sink.record(Instant::now(), &error(ErrorOrigin::Protocol));
     eventually(|| recorder.snapshots(Trigger::Error) == 1);
-    sink.record(Instant::now(), error(ErrorOrigin::Proxy));
+    sink.record(Instant::now(), &error(ErrorOrigin::Proxy));
     eventually(|| recorder.snapshots(Trigger::Error) == 2);
     let files = std::fs::read_dir(&dir).unwrap().count();
     assert_eq!(files, 2);
@@ -180,7 +180,7 @@ fn reconfigure_applies_triggers_bounds_and_directory() {
     for pid in 0..100 {
         sink.record(
             Instant::now(),
-            Event::Client {
+            &Event::Client {
                 pid,
                 state: ClientState::Idle,
             },
