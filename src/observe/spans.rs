@@ -111,6 +111,32 @@ struct SessionTrace {
     statements: VecDeque<Statement>,
 }
 
+impl SessionTrace {
+    /// Starts the session's transaction if none is open (`waited`: for a server connection,
+    /// up to `at`).
+    fn begin(&mut self, rng: &mut u64, settings: &TraceSettings, at: Instant, waited: Duration) {
+        if self.transaction.is_some() {
+            return;
+        }
+        let (trace_id, sampled) = match self.parent {
+            Some(p) => (p.trace_id, p.sampled()),
+            None => {
+                let id = trace_id(rng);
+                (id, settings.keeps(&id))
+            }
+        };
+        self.transaction = Some(Transaction {
+            trace_id,
+            span_id: span_id(rng),
+            sampled,
+            start: at.checked_sub(waited).unwrap_or(at),
+            waited,
+            statements: 0,
+            failed: None,
+        });
+    }
+}
+
 #[derive(Debug)]
 struct Transaction {
     trace_id: [u8; 16],
@@ -289,52 +315,20 @@ impl SpanSink {
         }
     }
 
-    /// Starts the session's transaction if none is open (`waited`: for a server connection,
-    /// up to `at`).
-    fn begin(&mut self, pid: u32, at: Instant, waited: Duration) {
-        let SpanSink {
-            sessions,
-            rng,
-            settings,
-            ..
-        } = self;
-        let Some(session) = sessions.get_mut(&pid) else {
-            return;
-        };
-        if session.transaction.is_some() {
-            return;
-        }
-        let (trace_id, sampled) = match session.parent {
-            Some(p) => (p.trace_id, p.sampled()),
-            None => {
-                let id = trace_id(rng);
-                (id, settings.keeps(&id))
-            }
-        };
-        session.transaction = Some(Transaction {
-            trace_id,
-            span_id: span_id(rng),
-            sampled,
-            start: at.checked_sub(waited).unwrap_or(at),
-            waited,
-            statements: 0,
-            failed: None,
-        });
-    }
-
     fn statement_started(&mut self, pid: u32, at: Instant, text: &[u8]) {
-        self.begin(pid, at, Duration::ZERO);
         let SpanSink {
             settings,
             sessions,
             texts,
             traceparent_locs,
             application_name_locs,
+            rng,
             ..
         } = self;
         let Some(session) = sessions.get_mut(&pid) else {
             return;
         };
+        session.begin(rng, settings, at, Duration::ZERO);
         if session.statements.len() >= MAX_PENDING {
             return;
         }
@@ -470,63 +464,75 @@ impl SpanSink {
 
     /// Ends the session's transaction at `at` (`failure`: why, when it did not end well).
     fn end(&mut self, pid: u32, at: Instant, failure: Option<&str>) {
-        let SpanSink {
-            sessions,
-            texts,
-            batch,
-            anchor,
-            ..
-        } = self;
-        let Some(session) = sessions.get_mut(&pid) else {
-            return;
-        };
-        if !session.statements.is_empty() {
-            for statement in session.statements.drain(..) {
-                recycle(texts, statement.text);
+        if let Some(session) = self.sessions.get_mut(&pid) {
+            end_transaction(
+                session,
+                &mut self.batch,
+                &mut self.texts,
+                self.anchor,
+                at,
+                failure,
+            );
+        }
+    }
+}
+
+/// Ends `session`'s transaction at `at` (`failure`: why, when it did not end well), and
+/// encodes its span into `batch` when it is sampled.
+fn end_transaction(
+    session: &mut SessionTrace,
+    batch: &mut SpanBatch,
+    texts: &mut Vec<String>,
+    anchor: (Instant, u64),
+    at: Instant,
+    failure: Option<&str>,
+) {
+    if !session.statements.is_empty() {
+        for statement in session.statements.drain(..) {
+            recycle(texts, statement.text);
+        }
+    }
+    let Some(t) = session.transaction.take() else {
+        return;
+    };
+    if t.sampled {
+        let (start_ns, end_ns) = (unix_ns(anchor, t.start), unix_ns(anchor, at));
+        let parent = session.parent;
+        let code = t.failed.as_ref().map(SqlState::as_str);
+        let mut attributes = Attributes::new();
+        attributes.push("pglink.statements", Value::Int(i64::from(t.statements)));
+        let status = match (failure, code) {
+            (Some(why), _) => SpanStatus::Error(why),
+            (None, Some(code)) => {
+                attributes.push("db.response.status_code", Value::Str(code));
+                SpanStatus::Unset
             }
-        }
-        let Some(t) = session.transaction.take() else {
-            return;
+            (None, None) => SpanStatus::Unset,
         };
-        if t.sampled {
-            let (start_ns, end_ns) = (unix_ns(*anchor, t.start), unix_ns(*anchor, at));
-            let parent = session.parent;
-            let code = t.failed.as_ref().map(SqlState::as_str);
-            let mut attributes = Attributes::new();
-            attributes.push("pglink.statements", Value::Int(i64::from(t.statements)));
-            let status = match (failure, code) {
-                (Some(why), _) => SpanStatus::Error(why),
-                (None, Some(code)) => {
-                    attributes.push("db.response.status_code", Value::Str(code));
-                    SpanStatus::Unset
-                }
-                (None, None) => SpanStatus::Unset,
-            };
-            let wait = [(
-                "pglink.pool.wait_seconds",
-                Value::F64(t.waited.as_secs_f64()),
-            )];
-            let events = [SpanEvent {
-                name: "pool.wait",
-                time_ns: start_ns,
-                attributes: &wait,
-            }];
-            batch.push(&Span {
-                trace_id: t.trace_id,
-                span_id: t.span_id,
-                parent_span_id: parent.map(|p| p.parent_id),
-                parent_is_remote: parent.is_some(),
-                name: &session.info.transaction_name,
-                kind: SpanKind::Server,
-                start_ns,
-                end_ns,
-                shared: &session.info.shared,
-                attributes: attributes.as_slice(),
-                events: &events,
-                status,
-                sampled: true,
-            });
-        }
+        let wait = [(
+            "pglink.pool.wait_seconds",
+            Value::F64(t.waited.as_secs_f64()),
+        )];
+        let events = [SpanEvent {
+            name: "pool.wait",
+            time_ns: start_ns,
+            attributes: &wait,
+        }];
+        batch.push(&Span {
+            trace_id: t.trace_id,
+            span_id: t.span_id,
+            parent_span_id: parent.map(|p| p.parent_id),
+            parent_is_remote: parent.is_some(),
+            name: &session.info.transaction_name,
+            kind: SpanKind::Server,
+            start_ns,
+            end_ns,
+            shared: &session.info.shared,
+            attributes: attributes.as_slice(),
+            events: &events,
+            status,
+            sampled: true,
+        });
     }
 }
 
@@ -558,9 +564,23 @@ impl EventSink for SpanSink {
                 );
             }
             Event::Acquired { pid, waited, .. } => {
-                // A transaction still open (a pinned session's) ends where the next begins.
-                self.end(pid, at, None);
-                self.begin(pid, at, waited);
+                let SpanSink {
+                    sessions,
+                    batch,
+                    texts,
+                    anchor,
+                    rng,
+                    settings,
+                    ..
+                } = self;
+                if let Some(session) = sessions.get_mut(&pid) {
+                    // A transaction still open (a pinned session's) ends where the next
+                    // begins.
+                    if session.transaction.is_some() {
+                        end_transaction(session, batch, texts, *anchor, at, None);
+                    }
+                    session.begin(rng, settings, at, waited);
+                }
             }
             Event::StatementStarted { pid, text, .. } => self.statement_started(pid, at, text),
             Event::StatementEnded {

@@ -253,7 +253,8 @@ impl FlightRecorder {
             ring,
             clock: Clock::new(self.epoch),
             recorder: self.clone(),
-            pending: Vec::with_capacity(PENDING),
+            pending: vec![Record::EMPTY; PENDING].into_boxed_slice(),
+            pending_len: 0,
         }
     }
 
@@ -560,7 +561,10 @@ pub struct Sink {
     /// The recorder's epoch, and the last time converted.
     clock: Clock,
     recorder: Arc<FlightRecorder>,
-    pending: Vec<Record>,
+    /// Records not in the ring yet: the first `pending_len` (fewer than [`PENDING`] between
+    /// calls).
+    pending: Box<[Record]>,
+    pending_len: usize,
 }
 
 impl Sink {
@@ -568,19 +572,25 @@ impl Sink {
     pub const INTEREST: Interest = Interest::DEFAULT;
 
     fn hand_over(&mut self) {
-        if !self.pending.is_empty() {
-            lock(&self.ring).push_all(&self.pending);
-            self.pending.clear();
+        if self.pending_len > 0 {
+            let records = self.pending.get(..self.pending_len).unwrap_or_default();
+            lock(&self.ring).push_all(records);
+            self.pending_len = 0;
         }
     }
 }
 
 impl EventSink for Sink {
     fn record(&mut self, at: Instant, event: &Event<'_>) {
-        let Some(record) = Record::encode_with(&mut self.clock, at, event) else {
+        // Never full here: handed over as soon as it fills.
+        let Some(slot) = self.pending.get_mut(self.pending_len) else {
             return;
         };
-        self.pending.push(record);
+        if !Record::encode_into(&mut self.clock, at, event, slot) {
+            return;
+        }
+        let recorded_at = slot.at;
+        self.pending_len += 1;
         let recorder = &*self.recorder;
         let trigger = match event {
             Event::StatementEnded { started, .. } => {
@@ -594,11 +604,11 @@ impl EventSink for Sink {
             } if recorder.on_error.load(Ordering::Relaxed) => Some(Trigger::Error),
             _ => None,
         };
-        if trigger.is_some() || self.pending.len() >= PENDING {
+        if trigger.is_some() || self.pending_len >= PENDING {
             self.hand_over();
         }
         if let Some(trigger) = trigger {
-            self.recorder.auto(trigger, record.at);
+            self.recorder.auto(trigger, recorded_at);
         }
     }
 

@@ -90,7 +90,10 @@ impl Clock {
 }
 
 impl Record {
-    fn new(kind: Kind, at: u64) -> Record {
+    /// A record of nothing yet (a free slot).
+    pub const EMPTY: Record = Record::new(Kind::Client, 0);
+
+    const fn new(kind: Kind, at: u64) -> Record {
         Record {
             at,
             value: 0,
@@ -107,72 +110,83 @@ impl Record {
         }
     }
 
-    fn pid(mut self, pid: u32) -> Record {
+    fn set_pid(&mut self, pid: u32) {
         self.pid = pid;
         self.flags |= HAS_PID;
-        self
     }
 
-    fn server(mut self, server: crate::engine::id::ServerId) -> Record {
+    fn set_server(&mut self, server: crate::engine::id::ServerId) {
         self.server = u32::try_from(server.index()).unwrap_or(u32::MAX);
         self.generation = server.generation();
         self.flags |= HAS_SERVER;
-        self
     }
 
-    fn sqlstate(mut self, code: Option<crate::protocol::SqlState>) -> Record {
+    fn set_sqlstate(&mut self, code: Option<crate::protocol::SqlState>) {
         if let Some(code) = code {
             self.sqlstate = *code.as_bytes();
             self.flags |= HAS_SQLSTATE;
         }
-        self
     }
 
     /// `event` at `at` as a record, times counted from `epoch`; `None` for what the
     /// recorder does not keep (a statement's start: its text is not wanted, and its end
     /// says when it started).
     pub fn encode(epoch: Instant, at: Instant, event: &Event<'_>) -> Option<Record> {
-        Record::encode_with(&mut Clock::new(epoch), at, event)
+        let mut record = Record::EMPTY;
+        Record::encode_into(&mut Clock::new(epoch), at, event, &mut record).then_some(record)
     }
 
-    /// [`Record::encode`] with times counted by `clock`.
-    pub fn encode_with(clock: &mut Clock, at: Instant, event: &Event<'_>) -> Option<Record> {
-        let mut ns = |t: Instant| clock.ns(t);
-        let at = ns(at);
-        let record = match *event {
-            Event::Client { pid, state } => Record {
-                detail: client_state(state),
-                ..Record::new(Kind::Client, at).pid(pid)
-            },
+    /// [`Record::encode`] into `r` (whatever it held), with times counted by `clock`: the
+    /// record is written where it is kept. False (and `r` left as it was) for what the
+    /// recorder does not keep.
+    pub fn encode_into(clock: &mut Clock, at: Instant, event: &Event<'_>, r: &mut Record) -> bool {
+        let kind = match event {
+            Event::Client { .. } => Kind::Client,
+            Event::Server { .. } => Kind::Server,
+            Event::LoggedIn { .. } => Kind::LoggedIn,
+            Event::Acquired { .. } => Kind::Acquired,
+            Event::ClientMessage { .. } => Kind::ClientMessage,
+            Event::StatementStarted { .. } => return false,
+            Event::StatementEnded { .. } => Kind::StatementEnded,
+            Event::TransactionEnded { .. } => Kind::TransactionEnded,
+            Event::Error { .. } => Kind::Error,
+        };
+        *r = Record::new(kind, clock.ns(at));
+        match *event {
+            Event::Client { pid, state } => {
+                r.set_pid(pid);
+                r.detail = client_state(state);
+            }
             Event::Server {
                 server,
                 pool,
                 state,
-            } => Record {
-                detail: server_state(state),
-                pool,
-                ..Record::new(Kind::Server, at).server(server)
-            },
-            Event::LoggedIn { pid, pool, .. } => Record {
-                pool,
-                ..Record::new(Kind::LoggedIn, at).pid(pid)
-            },
+            } => {
+                r.set_server(server);
+                r.pool = pool;
+                r.detail = server_state(state);
+            }
+            Event::LoggedIn { pid, pool, .. } => {
+                r.set_pid(pid);
+                r.pool = pool;
+            }
             Event::Acquired {
                 pid,
                 server,
                 pool,
                 waited,
-            } => Record {
-                pool,
-                value: nanos(waited),
-                ..Record::new(Kind::Acquired, at).pid(pid).server(server)
-            },
-            Event::ClientMessage { pid, tag, len } => Record {
-                detail: tag,
-                value: u64::from(len),
-                ..Record::new(Kind::ClientMessage, at).pid(pid)
-            },
-            Event::StatementStarted { .. } => return None,
+            } => {
+                r.set_pid(pid);
+                r.set_server(server);
+                r.pool = pool;
+                r.value = nanos(waited);
+            }
+            Event::ClientMessage { pid, tag, len } => {
+                r.set_pid(pid);
+                r.detail = tag;
+                r.value = u64::from(len);
+            }
+            Event::StatementStarted { .. } => {}
             Event::StatementEnded {
                 pid,
                 server,
@@ -182,52 +196,44 @@ impl Record {
                 tag,
                 sqlstate,
             } => {
-                let mut r = Record {
-                    pool,
-                    value: ns(started),
-                    detail: statement_end(end),
-                    ..Record::new(Kind::StatementEnded, at)
-                        .pid(pid)
-                        .server(server)
-                        .sqlstate(sqlstate)
-                };
+                r.set_pid(pid);
+                r.set_server(server);
+                r.set_sqlstate(sqlstate);
+                r.pool = pool;
+                r.value = clock.ns(started);
+                r.detail = statement_end(end);
                 let n = tag.len().min(TAG_LEN);
                 r.tag[..n].copy_from_slice(&tag[..n]);
                 r.tag_len = n as u8;
-                r
             }
             Event::TransactionEnded {
                 pid,
                 server,
                 pool,
                 started,
-            } => Record {
-                pool,
-                value: ns(started),
-                ..Record::new(Kind::TransactionEnded, at)
-                    .pid(pid)
-                    .server(server)
-            },
+            } => {
+                r.set_pid(pid);
+                r.set_server(server);
+                r.pool = pool;
+                r.value = clock.ns(started);
+            }
             Event::Error {
                 pid,
                 server,
                 origin,
                 sqlstate,
             } => {
-                let mut r = Record {
-                    detail: error_origin(origin),
-                    ..Record::new(Kind::Error, at).sqlstate(Some(sqlstate))
-                };
+                r.detail = error_origin(origin);
+                r.set_sqlstate(Some(sqlstate));
                 if let Some(pid) = pid {
-                    r = r.pid(pid);
+                    r.set_pid(pid);
                 }
                 if let Some(server) = server {
-                    r = r.server(server);
+                    r.set_server(server);
                 }
-                r
             }
-        };
-        Some(record)
+        }
+        true
     }
 
     pub fn has(&self, flag: u8) -> bool {

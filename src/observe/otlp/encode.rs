@@ -209,17 +209,20 @@ const fn key(field: u32, wire_type: u32) -> u32 {
 }
 
 /// Bytes of `v` as a varint.
+#[inline]
 fn varint_len(v: u64) -> usize {
     // 1 byte per 7 bits, at least one.
     ((((v | 1).leading_zeros() ^ 63) * 9 + 73) / 64) as usize
 }
 
 /// Bytes of a length-delimited field: key, length, body.
+#[inline]
 fn field_len(key: u32, len: usize) -> usize {
     varint_len(u64::from(key)) + varint_len(len as u64) + len
 }
 
 /// Bytes of a string field written only when not empty (proto3 default).
+#[inline]
 fn str_field_len(field: u32, s: &str) -> usize {
     if s.is_empty() {
         0
@@ -228,6 +231,7 @@ fn str_field_len(field: u32, s: &str) -> usize {
     }
 }
 
+#[inline]
 fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         buf.push((v as u8) | 0x80);
@@ -236,28 +240,37 @@ fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
     buf.push(v as u8);
 }
 
+#[inline]
 fn put_key(buf: &mut Vec<u8>, field: u32, wire_type: u32) {
-    put_varint(buf, u64::from(key(field, wire_type)));
+    // One byte for fields 1 to 15, which a constant folds to.
+    match u8::try_from(key(field, wire_type)) {
+        Ok(k) if k < 0x80 => buf.push(k),
+        _ => put_varint(buf, u64::from(key(field, wire_type))),
+    }
 }
 
 /// The key and length of a length-delimited field; its body follows.
+#[inline]
 fn put_len_prefix(buf: &mut Vec<u8>, field: u32, len: usize) {
     put_key(buf, field, LEN);
     put_varint(buf, len as u64);
 }
 
+#[inline]
 fn put_bytes(buf: &mut Vec<u8>, field: u32, bytes: &[u8]) {
     put_len_prefix(buf, field, bytes.len());
     buf.extend_from_slice(bytes);
 }
 
 /// A string field, omitted when empty.
+#[inline]
 fn put_str(buf: &mut Vec<u8>, field: u32, s: &str) {
     if !s.is_empty() {
         put_bytes(buf, field, s.as_bytes());
     }
 }
 
+#[inline]
 fn put_fixed64(buf: &mut Vec<u8>, field: u32, v: u64) {
     put_key(buf, field, FIXED64);
     buf.extend_from_slice(&v.to_le_bytes());
@@ -300,6 +313,7 @@ fn status_len(status: &SpanStatus<'_>) -> usize {
     str_field_len(STATUS_MESSAGE, message) + if code == 0 { 0 } else { 1 + varint_len(code) }
 }
 
+#[inline]
 fn any_len(value: &Value<'_>) -> usize {
     // Every AnyValue key is one byte.
     1 + match value {
@@ -310,6 +324,7 @@ fn any_len(value: &Value<'_>) -> usize {
     }
 }
 
+#[inline]
 fn kv_len(key_name: &str, value: &Value<'_>) -> usize {
     str_field_len(KV_KEY, key_name) + field_len(key(KV_VALUE, LEN), any_len(value))
 }
@@ -349,6 +364,7 @@ fn span_len(span: &Span<'_>) -> usize {
         + (2 + 4)
 }
 
+#[inline]
 fn put_any(buf: &mut Vec<u8>, value: &Value<'_>) {
     match *value {
         Value::Str(s) => put_bytes(buf, ANY_STRING, s.as_bytes()),
