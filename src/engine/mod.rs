@@ -352,9 +352,9 @@ impl Engine {
         }
     }
 
-    /// Where state changes are recorded from now on (the tests' recorder today; the flight
-    /// recorder and tracing will install theirs).
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// Where events are recorded from now on (the server's `Observers`, the tests'
+    /// recorder). The sink's [`Interest`] is asked here, once: only the kinds it wants are
+    /// built and handed to it.
     pub fn set_event_sink(&mut self, sink: Box<dyn EventSink + Send>) {
         self.interest = sink.interest();
         self.events = Some(sink);

@@ -201,7 +201,7 @@ pub struct Interest(u16);
 
 impl Interest {
     pub const NONE: Interest = Interest(0);
-    /// [`Event::Client`], but for [`ClientState::Closed`].
+    /// [`Event::Client`]: a client session's changes of state, other than its end.
     pub const CLIENT: Interest = Interest(1);
     /// [`Event::Client`] with [`ClientState::Closed`].
     pub const CLIENT_CLOSED: Interest = Interest(1 << 1);
@@ -217,6 +217,7 @@ impl Interest {
     /// Everything but [`Event::StatementStarted`] (finding a statement's text costs).
     pub const DEFAULT: Interest = Interest(Interest::ALL.0 & !Interest::STATEMENT_STARTED.0);
 
+    /// These kinds and `other`'s.
     pub const fn and(self, other: Interest) -> Interest {
         Interest(self.0 | other.0)
     }
