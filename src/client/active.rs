@@ -132,7 +132,7 @@ impl Session {
                 self.fail(e, out);
                 return data.len();
             }
-            if pos > before && out.interest.wants(Interest::CLIENT_MESSAGE) {
+            if pos > before {
                 self.client_message(header, out);
             }
             let whole = rest

@@ -844,14 +844,10 @@ impl Session {
                 p.query_time
                     .observe(out.now.saturating_duration_since(done.started));
             }
-            if let (Some(events), Some(server), true) = (
-                out.events.as_deref_mut(),
-                server,
-                out.interest.wants(Interest::STATEMENT_ENDED),
-            ) {
-                events.record(
-                    out.now,
-                    &Event::StatementEnded {
+            if let Some(server) = server {
+                record(
+                    out,
+                    Event::StatementEnded {
                         pid,
                         server,
                         pool,
@@ -932,20 +928,15 @@ impl Session {
             }) {
                 c.inc();
             }
-            if let (Some(events), true) = (
-                out.events.as_deref_mut(),
-                out.interest.wants(Interest::ERROR),
-            ) {
-                events.record(
-                    out.now,
-                    &Event::Error {
-                        pid: Some(pid),
-                        server,
-                        origin: ErrorOrigin::Server,
-                        sqlstate: code,
-                    },
-                );
-            }
+            record(
+                out,
+                Event::Error {
+                    pid: Some(pid),
+                    server,
+                    origin: ErrorOrigin::Server,
+                    sqlstate: code,
+                },
+            );
         }
     }
 

@@ -576,9 +576,7 @@ impl EventSink for SpanSink {
                 if let Some(session) = sessions.get_mut(&pid) {
                     // A transaction still open (a pinned session's) ends where the next
                     // begins.
-                    if session.transaction.is_some() {
-                        end_transaction(session, batch, texts, *anchor, at, None);
-                    }
+                    end_transaction(session, batch, texts, *anchor, at, None);
                     session.begin(rng, settings, at, waited);
                 }
             }
