@@ -161,8 +161,8 @@ fn http_posts_to_the_traces_path_in_bounded_batches() {
     let receiver = OtlpReceiver::start(Protocol::Http);
     let mut c = config(format!("{}/", receiver.endpoint()), OtlpProtocol::Http);
     c.max_batch = 10;
-    // Only a full batch wakes the export thread before shutdown: it then sends everything
-    // queued, in requests of at most 10 spans.
+    // Only a full batch wakes the export thread before shutdown: it then sends the whole
+    // requests of 10 spans queued, and keeps the rest for later.
     c.batch_delay = Duration::from_secs(10);
     let (exporter, thread) = Exporter::start(c).unwrap();
     for n in 0..5 {
@@ -180,17 +180,48 @@ fn http_posts_to_the_traces_path_in_bounded_batches() {
         batch.push(&span(n, None, "s"));
     }
     drop(batch);
-    assert!(receiver.wait_for(10, Duration::from_secs(5)).len() >= 10);
+    assert_eq!(receiver.wait_for(20, Duration::from_secs(5)).len(), 20);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        (receiver.requests(), receiver.spans().len()),
+        (2, 20),
+        "25 spans queued: two requests of 10, and 5 kept for a later request"
+    );
     // What is left goes at shutdown.
     thread.shutdown(Duration::from_secs(2));
     assert_eq!(receiver.spans().len(), 25);
-    assert!(receiver.requests() >= 3, "{} requests", receiver.requests());
+    assert_eq!(receiver.requests(), 3);
     assert!(
         receiver.paths().iter().all(|p| p == "/v1/traces"),
         "{:?}",
         receiver.paths()
     );
     assert_eq!(counts(exporter.stats()), (25, 0, 0));
+}
+
+#[test]
+fn spans_held_back_from_a_full_request_go_after_the_batch_delay() {
+    let receiver = OtlpReceiver::start(Protocol::Http);
+    let mut c = config(receiver.endpoint(), OtlpProtocol::Http);
+    c.max_batch = 10;
+    c.batch_delay = Duration::from_millis(400);
+    let (exporter, thread) = Exporter::start(c).unwrap();
+    let mut batch = exporter.batch();
+    for n in 0..15 {
+        batch.push(&span(n, None, "s"));
+    }
+    drop(batch);
+    let first = receiver.wait_for(10, Duration::from_secs(5));
+    assert_eq!(first.len(), 10, "one full request at once");
+    assert_eq!(receiver.requests(), 1);
+    // The other 5 wait for the delay, not for shutdown or more spans.
+    assert_eq!(receiver.wait_for(15, Duration::from_secs(5)).len(), 15);
+    assert_eq!(receiver.requests(), 2);
+    let ids: Vec<String> = receiver.spans().into_iter().map(|s| s.span_id).collect();
+    let sent: Vec<String> = (0..15).map(|n| format!("{n:016x}")).collect();
+    assert_eq!(ids, sent, "in the order handed over");
+    thread.shutdown(Duration::from_secs(2));
+    assert_eq!(counts(exporter.stats()), (15, 0, 0));
 }
 
 #[test]

@@ -91,8 +91,11 @@ impl SpanQueue {
 }
 
 /// What woke the batching loop.
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Wake {
-    /// A batch is queued, or the batch delay passed.
+    /// A request's worth of spans is queued: whole requests are sent, the rest waits.
+    Full,
+    /// The batch delay passed: everything queued is sent.
     Due,
     Shutdown,
 }
@@ -108,6 +111,10 @@ pub(super) struct Worker {
     encoder: RequestEncoder,
     stats: Arc<ExportStats>,
     config: ExporterConfig,
+    /// Spans taken from the queue and not sent yet (fewer than a request's worth, kept for
+    /// the next wake-up so that a request carries `max_batch` spans while spans keep coming).
+    held: Vec<u8>,
+    held_spans: usize,
 }
 
 impl Worker {
@@ -127,6 +134,8 @@ impl Worker {
             encoder,
             stats,
             config,
+            held: Vec::new(),
+            held_spans: 0,
         }
     }
 
@@ -134,26 +143,44 @@ impl Worker {
         let mut spare = Vec::new();
         loop {
             let wake = self.next().await;
-            if matches!(wake, Wake::Shutdown) {
+            if wake == Wake::Shutdown {
                 self.spans.close();
             }
-            let (queued, n) = self.spans.take(spare);
-            self.export_all(&queued, n).await;
+            let (mut queued, n) = self.spans.take(spare);
+            if self.held_spans > 0 {
+                // The held spans go first: they were handed over first.
+                self.held.extend_from_slice(&queued);
+                std::mem::swap(&mut self.held, &mut queued);
+                self.held.clear();
+            }
+            let n = n + std::mem::take(&mut self.held_spans);
+            let (left, at) = self.export_all(&queued, n, wake == Wake::Full).await;
+            if left > 0 {
+                self.held
+                    .extend_from_slice(queued.get(at..).unwrap_or_default());
+                self.held_spans = left;
+            }
             spare = queued;
-            if matches!(wake, Wake::Shutdown) {
+            if wake == Wake::Shutdown {
                 break;
             }
         }
     }
 
-    /// Sends the `n` encoded spans of `spans` in requests of at most `max_batch`; after the
-    /// shutdown deadline, what is left is counted as failed.
-    async fn export_all(&mut self, mut spans: &[u8], mut n: usize) {
+    /// Sends the `n` encoded spans of `all` in requests of at most `max_batch` (only whole
+    /// requests when `whole`). Returns the spans not sent and where their bytes begin: they
+    /// wait for the next wake-up. After the shutdown deadline, what is left is counted as
+    /// failed.
+    async fn export_all(&mut self, all: &[u8], mut n: usize, whole: bool) -> (usize, usize) {
         let max_batch = self.config.max_batch.max(1);
+        let mut spans = all;
         while n > 0 {
             if self.deadline.is_some_and(|d| Instant::now() >= d) {
                 ExportStats::add(&self.stats.failed, n);
-                return;
+                return (0, all.len());
+            }
+            if whole && n < max_batch {
+                break;
             }
             let count = n.min(max_batch);
             let end = if count == n {
@@ -167,6 +194,7 @@ impl Worker {
             n -= count;
             self.export(request, count).await;
         }
+        (n, all.len() - spans.len())
     }
 
     /// Waits for a ready batch, the batch delay, or the shutdown request.
@@ -186,8 +214,11 @@ impl Worker {
                 self.deadline = Some(request.unwrap_or_else(|_| Instant::now()));
                 return Poll::Ready(Wake::Shutdown);
             }
-            if ready.as_mut().poll(cx).is_ready() || timer.as_mut().poll(cx).is_ready() {
+            if timer.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Wake::Due);
+            }
+            if ready.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Full);
             }
             Poll::Pending
         })
