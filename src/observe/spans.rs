@@ -97,8 +97,10 @@ struct SessionInfo {
     server_database: Box<str>,
     /// The name of its transactions' spans.
     transaction_name: Box<str>,
-    /// Every span's attributes of the session (see [`common_attributes`]).
-    shared: SharedAttributes,
+    /// The attributes of the session's transaction spans and of its statement spans (see
+    /// [`common_attributes`]).
+    transaction_shared: SharedAttributes,
+    statement_shared: SharedAttributes,
 }
 
 /// A logged-in session being followed.
@@ -411,13 +413,13 @@ impl SpanSink {
             return recycle(texts, statement.text);
         }
         let (start_ns, end_ns) = (unix_ns(*anchor, started), unix_ns(*anchor, at));
-        let operation = operation_name(tag);
+        let (operation, rows) = tag_parts(tag);
         let code = sqlstate.as_ref().map_or("", SqlState::as_str);
         let mut attributes = Attributes::new();
         if let Some(op) = operation {
             attributes.push("db.operation.name", Value::Str(op));
         }
-        if let Some(rows) = returned_rows(tag) {
+        if let Some(rows) = rows {
             attributes.push("db.response.returned_rows", Value::Int(rows));
         }
         if let Some(text) = &statement.text {
@@ -453,7 +455,7 @@ impl SpanSink {
             kind: SpanKind::Client,
             start_ns,
             end_ns,
-            shared: &session.info.shared,
+            shared: &session.info.statement_shared,
             attributes: attributes.as_slice(),
             events: &[],
             status,
@@ -527,7 +529,7 @@ fn end_transaction(
             kind: SpanKind::Server,
             start_ns,
             end_ns,
-            shared: &session.info.shared,
+            shared: &session.info.transaction_shared,
             attributes: attributes.as_slice(),
             events: &events,
             status,
@@ -548,10 +550,13 @@ impl EventSink for SpanSink {
                 server,
                 ..
             } => {
+                let (transaction_shared, statement_shared) =
+                    common_attributes(database, user, peer, server);
                 let info = SessionInfo {
                     server_database: server.database.into(),
                     transaction_name: format!("transaction {}", server.database).into(),
-                    shared: common_attributes(database, user, peer, server),
+                    transaction_shared,
+                    statement_shared,
                 };
                 self.sessions.insert(
                     pid,
@@ -616,47 +621,63 @@ impl EventSink for SpanSink {
     }
 }
 
-/// Attributes every span of a session has, encoded once per session.
+/// The attributes a session's spans carry, encoded once per session: those of its
+/// transaction spans, then those of its statement spans.
+///
+/// Both have the database's (`db.system.name`, `db.namespace`, `db.user`, and
+/// `pglink.database` when the client's name for the database is not the server's). After the
+/// OpenTelemetry conventions, the address of a span's other end goes by its kind: a
+/// transaction span (kind server: pglink serving a client) has `client.address` and
+/// `client.port`, the application's; a statement span (kind client: pglink asking a backend)
+/// has `server.address` and `server.port`, the backend's. Each span goes out with these, so
+/// bytes left out count at sampling 1.0.
 fn common_attributes(
     database: &str,
     user: &str,
     peer: Option<core::net::SocketAddr>,
     server: crate::observe::events::ServerAddress<'_>,
-) -> SharedAttributes {
+) -> (SharedAttributes, SharedAttributes) {
     let client = peer.map(|p| p.ip().to_string());
-    let mut a = Vec::with_capacity(8);
+    let mut a = Vec::with_capacity(6);
     a.push(("db.system.name", Value::Str("postgresql")));
     a.push(("db.namespace", Value::Str(server.database)));
     a.push(("db.user", Value::Str(user)));
-    // The client's name for the database, when pglink maps it to another one on the server
-    // (each span goes out with all of these: bytes saved count at sampling 1.0).
     if database != server.database {
         a.push(("pglink.database", Value::Str(database)));
     }
-    a.push(("server.address", Value::Str(server.host)));
-    a.push(("server.port", Value::Int(i64::from(server.port))));
+    let common = a.len();
     if let (Some(peer), Some(client)) = (peer, &client) {
         a.push(("client.address", Value::Str(client)));
         a.push(("client.port", Value::Int(i64::from(peer.port()))));
     }
-    SharedAttributes::new(&a)
+    let transaction = SharedAttributes::new(&a);
+    a.truncate(common);
+    a.push(("server.address", Value::Str(server.host)));
+    a.push(("server.port", Value::Int(i64::from(server.port))));
+    (transaction, SharedAttributes::new(&a))
 }
 
-/// The operation a command tag names: its words before the row counts ("SELECT",
-/// "INSERT", "CREATE TABLE").
-fn operation_name(tag: &[u8]) -> Option<&str> {
-    let text = std::str::from_utf8(tag).ok()?;
-    let end = text
-        .find(|c: char| c.is_ascii_digit())
+/// The operation a command tag names, its words before the first number ("SELECT",
+/// "INSERT", "CREATE TABLE"), and the row count that ends it ("SELECT 5", "INSERT 0 5",
+/// "COPY 3").
+fn tag_parts(tag: &[u8]) -> (Option<&str>, Option<i64>) {
+    let Ok(text) = std::str::from_utf8(tag) else {
+        return (None, None);
+    };
+    let digit = text
+        .bytes()
+        .position(|b| b.is_ascii_digit())
         .unwrap_or(text.len());
-    Some(text.get(..end)?.trim_end()).filter(|op| !op.is_empty())
-}
-
-/// The row count at the end of a command tag ("SELECT 5", "INSERT 0 5", "COPY 3").
-fn returned_rows(tag: &[u8]) -> Option<i64> {
-    let text = std::str::from_utf8(tag).ok()?;
-    let (_, last) = text.rsplit_once(' ')?;
-    last.parse().ok()
+    let operation = text
+        .get(..digit)
+        .map(str::trim_end)
+        .filter(|op| !op.is_empty());
+    let rows = text
+        .bytes()
+        .rposition(|b| b == b' ')
+        .and_then(|space| text.get(space + 1..))
+        .and_then(|n| n.parse().ok());
+    (operation, rows)
 }
 
 #[cfg(test)]
@@ -677,9 +698,10 @@ mod tests {
                 ("db.user", Value::Str("u")),
             ];
             a.extend_from_slice(extra);
+            let transaction = SharedAttributes::new(&a);
             a.push(("server.address", Value::Str("db")));
             a.push(("server.port", Value::Int(5432)));
-            SharedAttributes::new(&a)
+            (transaction, SharedAttributes::new(&a))
         };
         assert_eq!(
             common_attributes("app", "u", None, server("app")),
@@ -692,15 +714,48 @@ mod tests {
     }
 
     #[test]
+    fn a_transaction_span_names_the_client_and_a_statement_span_the_server() {
+        let server = crate::observe::events::ServerAddress {
+            host: "db",
+            port: 5432,
+            database: "app",
+        };
+        let peer = "10.1.2.3:40000".parse().ok();
+        let database = [
+            ("db.system.name", Value::Str("postgresql")),
+            ("db.namespace", Value::Str("app")),
+            ("db.user", Value::Str("u")),
+        ];
+        let with = |end: [(&'static str, Value<'static>); 2]| {
+            let mut a = database.to_vec();
+            a.extend_from_slice(&end);
+            SharedAttributes::new(&a)
+        };
+        assert_eq!(
+            common_attributes("app", "u", peer, server),
+            (
+                with([
+                    ("client.address", Value::Str("10.1.2.3")),
+                    ("client.port", Value::Int(40000)),
+                ]),
+                with([
+                    ("server.address", Value::Str("db")),
+                    ("server.port", Value::Int(5432)),
+                ]),
+            )
+        );
+    }
+
+    #[test]
     fn command_tags_give_operation_and_rows() {
-        assert_eq!(operation_name(b"SELECT 1"), Some("SELECT"));
-        assert_eq!(operation_name(b"INSERT 0 5"), Some("INSERT"));
-        assert_eq!(operation_name(b"CREATE TABLE"), Some("CREATE TABLE"));
-        assert_eq!(operation_name(b""), None);
-        assert_eq!(returned_rows(b"SELECT 12"), Some(12));
-        assert_eq!(returned_rows(b"INSERT 0 5"), Some(5));
-        assert_eq!(returned_rows(b"CREATE TABLE"), None);
-        assert_eq!(returned_rows(b"BEGIN"), None);
+        assert_eq!(tag_parts(b"SELECT 1"), (Some("SELECT"), Some(1)));
+        assert_eq!(tag_parts(b"SELECT 12"), (Some("SELECT"), Some(12)));
+        assert_eq!(tag_parts(b"INSERT 0 5"), (Some("INSERT"), Some(5)));
+        assert_eq!(tag_parts(b"CREATE TABLE"), (Some("CREATE TABLE"), None));
+        assert_eq!(tag_parts(b"BEGIN"), (Some("BEGIN"), None));
+        assert_eq!(tag_parts(b"COPY 3"), (Some("COPY"), Some(3)));
+        assert_eq!(tag_parts(b""), (None, None));
+        assert_eq!(tag_parts(b"\xff 1"), (None, None));
     }
 
     #[test]
