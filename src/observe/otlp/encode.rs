@@ -8,9 +8,12 @@
 //! Field numbers follow `opentelemetry/proto/trace/v1/trace.proto`,
 //! `common/v1/common.proto`, `resource/v1/resource.proto` and
 //! `collector/trace/v1/trace_service.proto`. A nested message is written as its tag, its
-//! length and its bytes, so every length is computed (cheap arithmetic over the span) before
-//! the bytes are written: no scratch buffer, no copy, and no allocation beyond the growth of
-//! the output buffer, which is kept between batches.
+//! length and its bytes. A small one's length (an attribute's, a status's) is computed before
+//! its bytes are written, by cheap arithmetic; a span's and an event's are written in bytes
+//! kept before their body, once it is written (two for a span, one for an event: the usual
+//! sizes; a body of another size is moved to make the length minimal, as prost writes it).
+//! So the span is walked once: no scratch buffer, no copy, and no allocation beyond the
+//! growth of the output buffer, which is kept between batches.
 //!
 //! The resource and the instrumentation scope are the same in every request: they are
 //! encoded once, at start, and copied into each request; so are a session's shared span
@@ -329,41 +332,6 @@ fn kv_len(key_name: &str, value: &Value<'_>) -> usize {
     str_field_len(KV_KEY, key_name) + field_len(key(KV_VALUE, LEN), any_len(value))
 }
 
-fn attributes_len(field: u32, attributes: &[(&str, Value<'_>)]) -> usize {
-    attributes
-        .iter()
-        .map(|(k, v)| field_len(key(field, LEN), kv_len(k, v)))
-        .sum()
-}
-
-fn event_len(event: &SpanEvent<'_>) -> usize {
-    (if event.time_ns == 0 { 0 } else { 1 + 8 })
-        + str_field_len(EVENT_NAME, event.name)
-        + attributes_len(EVENT_ATTRIBUTES, event.attributes)
-}
-
-/// Bytes of the `Span` message body.
-fn span_len(span: &Span<'_>) -> usize {
-    let (start, end) = span_times(span);
-    let fixed64 = |v: u64| if v == 0 { 0 } else { 1 + 8 };
-    (1 + 1 + 16)
-        + (1 + 1 + 8)
-        + span.parent_span_id.map_or(0, |_| 1 + 1 + 8)
-        + str_field_len(SPAN_NAME, span.name)
-        + (1 + varint_len(kind_code(span.kind)))
-        + fixed64(start)
-        + fixed64(end)
-        + span.shared.0.len()
-        + attributes_len(SPAN_ATTRIBUTES, span.attributes)
-        + span
-            .events
-            .iter()
-            .map(|e| field_len(key(SPAN_EVENTS, LEN), event_len(e)))
-            .sum::<usize>()
-        + field_len(key(SPAN_STATUS, LEN), status_len(&span.status))
-        + (2 + 4)
-}
-
 #[inline]
 fn put_any(buf: &mut Vec<u8>, value: &Value<'_>) {
     match *value {
@@ -402,11 +370,57 @@ fn put_event(buf: &mut Vec<u8>, event: &SpanEvent<'_>) {
     put_attributes(buf, EVENT_ATTRIBUTES, event.attributes);
 }
 
+/// A length-delimited field whose body `body` writes: its key, then its length, in the
+/// `width` bytes kept for it before the body when it fits them as a varint (the usual case:
+/// `width` is picked for the usual size), else in as many as it takes, the body moved.
+#[inline]
+fn put_message(buf: &mut Vec<u8>, field: u32, width: usize, body: impl FnOnce(&mut Vec<u8>)) {
+    put_key(buf, field, LEN);
+    let at = buf.len();
+    buf.resize(at + width, 0);
+    body(buf);
+    let len = (buf.len() - at - width) as u64;
+    if varint_len(len) == width
+        && let Some(slot) = buf.get_mut(at..at + width)
+    {
+        let mut v = len;
+        for (i, b) in slot.iter_mut().enumerate() {
+            let more = if i + 1 < width { 0x80 } else { 0 };
+            *b = (v & 0x7f) as u8 | more;
+            v >>= 7;
+        }
+    } else {
+        let (varint, n) = varint_bytes(len);
+        let varint = varint.get(..n).unwrap_or_default();
+        buf.splice(at..at + width, varint.iter().copied());
+    }
+}
+
+/// `v` as a varint, in the first bytes of the array (how many: the second value).
+#[inline]
+fn varint_bytes(mut v: u64) -> ([u8; 10], usize) {
+    let mut bytes = [0u8; 10];
+    let mut n = 0;
+    for b in bytes.iter_mut() {
+        n += 1;
+        if v < 0x80 {
+            *b = v as u8;
+            break;
+        }
+        *b = (v as u8) | 0x80;
+        v >>= 7;
+    }
+    (bytes, n)
+}
+
 /// `span` as a `ScopeSpans.spans` field: its key, its length and the `Span` message.
 pub(super) fn put_span_field(buf: &mut Vec<u8>, span: &Span<'_>) {
-    let len = span_len(span);
-    buf.reserve(field_len(SPAN_FIELD_KEY, len));
-    put_len_prefix(buf, SCOPE_SPANS_SPANS, len);
+    // A span is 128 bytes to 16 KiB long but for a long query text: two bytes of length.
+    put_message(buf, SCOPE_SPANS_SPANS, 2, |buf| put_span(buf, span));
+}
+
+/// The `Span` message body.
+fn put_span(buf: &mut Vec<u8>, span: &Span<'_>) {
     let (start, end) = span_times(span);
     put_bytes(buf, SPAN_TRACE_ID, &span.trace_id);
     put_bytes(buf, SPAN_SPAN_ID, &span.span_id);
@@ -425,8 +439,7 @@ pub(super) fn put_span_field(buf: &mut Vec<u8>, span: &Span<'_>) {
     buf.extend_from_slice(&span.shared.0);
     put_attributes(buf, SPAN_ATTRIBUTES, span.attributes);
     for event in span.events {
-        put_len_prefix(buf, SPAN_EVENTS, event_len(event));
-        put_event(buf, event);
+        put_message(buf, SPAN_EVENTS, 1, |buf| put_event(buf, event));
     }
     put_len_prefix(buf, SPAN_STATUS, status_len(&span.status));
     let (code, message) = status_parts(&span.status);
@@ -793,6 +806,51 @@ mod tests {
         assert_eq!(span_fields_end(b"\x12\x05ab", 1), 4);
         assert_eq!(span_fields_end(b"\x12\xff", 1), 2);
         assert_eq!(span_fields_end(b"", 3), 0);
+    }
+
+    #[test]
+    fn a_span_of_any_length_has_its_length_in_as_few_bytes_as_it_takes() {
+        // Bodies either side of one and two bytes of length (127 | 128, 16383 | 16384) and of
+        // three (2097151 | 2097152): the length is written in place or the body is moved.
+        let lengths = (60..120).chain(16_300..16_360).chain(2_097_080..2_097_130);
+        for n in lengths.step_by(3) {
+            let name = "n".repeat(n);
+            let span = Span {
+                name: &name,
+                ..bare_span()
+            };
+            let bytes = fields(&[span]);
+            let request = decode(&RequestEncoder::new(&[]).encode(&bytes));
+            let decoded = &request.resource_spans[0].scope_spans[0].spans[0];
+            assert_eq!(decoded.name.len(), n);
+            // As prost writes the same span: the field key, a minimal length, the body.
+            let mut want = vec![SPAN_FIELD_KEY as u8];
+            decoded.encode_length_delimited(&mut want).unwrap();
+            assert_eq!(bytes, want, "a name of {n} bytes");
+        }
+        // Events and attributes of every kind, and an event of more than 127 bytes.
+        let shared = shared();
+        let long = "e".repeat(300);
+        let wait = [("why", Value::Str(&long))];
+        let events = [
+            FULL_EVENTS[0],
+            SpanEvent {
+                name: "long",
+                time_ns: T0,
+                attributes: &wait,
+            },
+        ];
+        let span = Span {
+            events: &events,
+            ..full_span(&shared, FULL_ATTRIBUTES)
+        };
+        let bytes = fields(&[span]);
+        let request = decode(&RequestEncoder::new(&[]).encode(&bytes));
+        let decoded = &request.resource_spans[0].scope_spans[0].spans[0];
+        assert_eq!(decoded.events.len(), 2);
+        let mut want = vec![SPAN_FIELD_KEY as u8];
+        decoded.encode_length_delimited(&mut want).unwrap();
+        assert_eq!(bytes, want);
     }
 
     #[test]
