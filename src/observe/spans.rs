@@ -195,8 +195,8 @@ pub struct SpanSink {
     sessions: HashMap<u32, SessionTrace, Pids>,
     /// xorshift64* state for span and trace ids.
     rng: u64,
-    /// An instant and the Unix time it was, in nanoseconds.
-    anchor: (Instant, u64),
+    /// Instants to Unix times.
+    clock: UnixClock,
     /// A span's name is written here.
     name: String,
     /// Query text buffers, for reuse.
@@ -246,13 +246,43 @@ fn next_u64(rng: &mut u64) -> u64 {
     rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
 }
 
-/// `at` in nanoseconds since the Unix epoch, from an instant and the Unix time it was.
-fn unix_ns((instant, unix): (Instant, u64), at: Instant) -> u64 {
-    match at.checked_duration_since(instant) {
-        Some(after) => unix.saturating_add(crate::observe::metrics::nanos(after)),
-        None => unix.saturating_sub(crate::observe::metrics::nanos(
-            instant.saturating_duration_since(at),
-        )),
+/// Instants to Unix times in nanoseconds, from an instant and the Unix time it was. The two
+/// last instants converted are remembered: a transaction's span and its statement's most
+/// often begin at one instant and end at another, and ask for each twice.
+#[derive(Debug)]
+struct UnixClock {
+    anchor: (Instant, u64),
+    last: [(Instant, u64); 2],
+    /// The slot of `last` the next new instant goes to.
+    next: usize,
+}
+
+impl UnixClock {
+    fn new(instant: Instant, unix: u64) -> UnixClock {
+        UnixClock {
+            anchor: (instant, unix),
+            last: [(instant, unix); 2],
+            next: 0,
+        }
+    }
+
+    /// `at` in nanoseconds since the Unix epoch.
+    fn unix_ns(&mut self, at: Instant) -> u64 {
+        if let Some(&(_, ns)) = self.last.iter().find(|(i, _)| *i == at) {
+            return ns;
+        }
+        let (instant, unix) = self.anchor;
+        let ns = match at.checked_duration_since(instant) {
+            Some(after) => unix.saturating_add(crate::observe::metrics::nanos(after)),
+            None => unix.saturating_sub(crate::observe::metrics::nanos(
+                instant.saturating_duration_since(at),
+            )),
+        };
+        if let Some(slot) = self.last.get_mut(self.next) {
+            *slot = (at, ns);
+        }
+        self.next ^= 1;
+        ns
     }
 }
 
@@ -302,7 +332,7 @@ impl SpanSink {
             batch: exporter.batch(),
             sessions: HashMap::default(),
             rng: u64::from_le_bytes(seed) | 1,
-            anchor: (Instant::now(), unix),
+            clock: UnixClock::new(Instant::now(), unix),
             name: String::new(),
             texts: Vec::new(),
             traceparent_locs: settings
@@ -386,7 +416,7 @@ impl SpanSink {
             rng,
             name,
             texts,
-            anchor,
+            clock,
             ..
         } = self;
         let Some(session) = sessions.get_mut(&pid) else {
@@ -412,7 +442,7 @@ impl SpanSink {
         if !sampled {
             return recycle(texts, statement.text);
         }
-        let (start_ns, end_ns) = (unix_ns(*anchor, started), unix_ns(*anchor, at));
+        let (start_ns, end_ns) = (clock.unix_ns(started), clock.unix_ns(at));
         let (operation, rows) = tag_parts(tag);
         let code = sqlstate.as_ref().map_or("", SqlState::as_str);
         let mut attributes = Attributes::new();
@@ -471,7 +501,7 @@ impl SpanSink {
                 session,
                 &mut self.batch,
                 &mut self.texts,
-                self.anchor,
+                &mut self.clock,
                 at,
                 failure,
             );
@@ -485,7 +515,7 @@ fn end_transaction(
     session: &mut SessionTrace,
     batch: &mut SpanBatch,
     texts: &mut Vec<String>,
-    anchor: (Instant, u64),
+    clock: &mut UnixClock,
     at: Instant,
     failure: Option<&str>,
 ) {
@@ -498,7 +528,7 @@ fn end_transaction(
         return;
     };
     if t.sampled {
-        let (start_ns, end_ns) = (unix_ns(anchor, t.start), unix_ns(anchor, at));
+        let (start_ns, end_ns) = (clock.unix_ns(t.start), clock.unix_ns(at));
         let parent = session.parent;
         let code = t.failed.as_ref().map(SqlState::as_str);
         let mut attributes = Attributes::new();
@@ -573,7 +603,7 @@ impl EventSink for SpanSink {
                     sessions,
                     batch,
                     texts,
-                    anchor,
+                    clock,
                     rng,
                     settings,
                     ..
@@ -581,7 +611,7 @@ impl EventSink for SpanSink {
                 if let Some(session) = sessions.get_mut(&pid) {
                     // A transaction still open (a pinned session's) ends where the next
                     // begins.
-                    end_transaction(session, batch, texts, *anchor, at, None);
+                    end_transaction(session, batch, texts, clock, at, None);
                     session.begin(rng, settings, at, waited);
                 }
             }
@@ -744,6 +774,27 @@ mod tests {
                 ]),
             )
         );
+    }
+
+    #[test]
+    fn the_unix_clock_gives_each_instant_its_time_whether_remembered_or_not() {
+        let t0 = Instant::now();
+        let unix = 1_700_000_000_000_000_000;
+        let mut clock = UnixClock::new(t0, unix);
+        let ms = |n: u64| Duration::from_millis(n);
+        let earlier = t0.checked_sub(ms(5)).unwrap_or(t0);
+        let want = |at: Instant| match at.checked_duration_since(t0) {
+            Some(d) => unix + d.as_nanos() as u64,
+            None => unix - t0.duration_since(at).as_nanos() as u64,
+        };
+        // Repeats, alternations, three in turn (past what is remembered), and the past.
+        let order = [0, 1, 1, 0, 2, 0, 1, 2, 3, 3, 0];
+        let instants = [t0 + ms(1), t0 + ms(2), t0 + ms(3), earlier];
+        for i in order {
+            let at = instants[i];
+            assert_eq!(clock.unix_ns(at), want(at), "instant {i}");
+        }
+        assert_eq!(clock.unix_ns(t0), unix);
     }
 
     #[test]
