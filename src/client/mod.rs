@@ -808,12 +808,9 @@ impl Session {
                 self.traced_unnamed.clear();
                 self.traced_unnamed.extend_from_slice(text);
             }
-            FrontendMessage::Bind(b) => {
-                self.traced_bound = self
-                    .statements
-                    .get(b.statement)
-                    .map(|c| c.statement.clone());
-            }
+            // The statement a Bind names is kept where the Bind is let through, from the
+            // lookup that checks it (`on_statement_message`): none until then.
+            FrontendMessage::Bind(_) => self.traced_bound = None,
             _ => {}
         }
     }

@@ -160,6 +160,9 @@ impl Session {
                 if statement.has_session_effects() {
                     self.inspect_statement(&statement.query, out);
                 }
+                if out.interest.wants(Interest::STATEMENT_STARTED) {
+                    self.traced_bound = Some(Arc::clone(&statement));
+                }
                 b.encode_with_statement(out.to_backend, &statement.server_name);
                 self.relay
                     .push(Expect::Bind, Route::Forward, Effect::Bound(statement));
