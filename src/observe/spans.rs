@@ -393,7 +393,10 @@ impl SpanSink {
             }
             if settings.include_query_text {
                 let mut buf = texts.pop().unwrap_or_default();
-                buf.push_str(&String::from_utf8_lossy(text));
+                match std::str::from_utf8(text) {
+                    Ok(text) => buf.push_str(text),
+                    Err(_) => buf.push_str(&String::from_utf8_lossy(text)),
+                }
                 statement.text = Some(buf);
             }
         }
