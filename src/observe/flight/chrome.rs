@@ -210,8 +210,18 @@ impl Trace {
             Kind::ClientMessage => {
                 let i = self.client(r.pid);
                 let tid = self.client_tracks[i].queries;
-                let args = json!({"bytes": r.value, "type": char::from(r.detail).to_string()});
-                self.instant(CLIENTS, tid, message_name(r.detail), r.at, args);
+                let types = r.message_types();
+                let kinds: String = types.iter().map(|&t| char::from(t)).collect();
+                let args = json!({"bytes": r.value, "type": kinds, "messages": types.len()});
+                let name = match types {
+                    [one] => message_name(*one).to_owned(),
+                    more => more
+                        .iter()
+                        .map(|&t| message_name(t))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                };
+                self.instant(CLIENTS, tid, &name, r.at, args);
             }
             Kind::StatementEnded => {
                 let i = self.client(r.pid);

@@ -582,6 +582,17 @@ impl Sink {
 
 impl EventSink for Sink {
     fn record(&mut self, at: Instant, event: &Event<'_>) {
+        // A client's consecutive messages of one instant (of one loop turn: a pipeline's
+        // Bind, Execute and Sync) go into one record.
+        if let Event::ClientMessage { pid, tag, len } = *event
+            && let Some(last) = self
+                .pending_len
+                .checked_sub(1)
+                .and_then(|i| self.pending.get_mut(i))
+            && last.merge_message(self.clock.ns(at), pid, tag, len)
+        {
+            return;
+        }
         // Never full here: handed over as soon as it fills.
         let Some(slot) = self.pending.get_mut(self.pending_len) else {
             return;

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use crate::observe::events::{ClientState, ErrorOrigin, Event, ServerState, StatementEnd};
 
-/// Bytes of a command tag kept ("SELECT 1", "INSERT 0 5", "CREATE TABLE").
+/// Bytes of a command tag kept ("SELECT 1", "INSERT 0 5", "CREATE TABLE"), and the most
+/// client messages one record holds.
 pub const TAG_LEN: usize = 12;
 /// Records the ring first makes room for (about 56 KiB), unless its limit is lower.
 const INITIAL_RECORDS: usize = 1024;
@@ -46,7 +47,8 @@ pub const HAS_SQLSTATE: u8 = 4;
 pub struct Record {
     pub at: u64,
     /// `StatementEnded`, `TransactionEnded`: when it started (ns since the epoch);
-    /// `Acquired`: how long the client waited (ns); `ClientMessage`: its length in bytes.
+    /// `Acquired`: how long the client waited (ns); `ClientMessage`: the messages' length
+    /// in bytes.
     pub value: u64,
     pub pid: u32,
     /// The server connection's slot index and generation (within the ring's reactor).
@@ -55,7 +57,7 @@ pub struct Record {
     pub pool: u32,
     pub kind: Kind,
     /// The state ([`client_state_name`] and [`server_state_name`] decode it), the error
-    /// origin, how a statement ended, or a client message's type byte.
+    /// origin, how a statement ended, or the first client message's type byte.
     pub detail: u8,
     pub flags: u8,
     pub sqlstate: [u8; 5],
@@ -185,6 +187,8 @@ impl Record {
                 r.set_pid(pid);
                 r.detail = tag;
                 r.value = u64::from(len);
+                r.tag[0] = tag;
+                r.tag_len = 1;
             }
             Event::StatementStarted { .. } => {}
             Event::StatementEnded {
@@ -236,11 +240,36 @@ impl Record {
         true
     }
 
+    /// Adds a message of `pid`'s, at `at` (ns since the epoch), to this record when it holds
+    /// the same client's messages of the same instant (the messages of one read: a
+    /// pipeline's Bind, Execute and Sync make one record) and has room; false otherwise.
+    pub fn merge_message(&mut self, at: u64, pid: u32, tag: u8, len: u32) -> bool {
+        let n = usize::from(self.tag_len);
+        if self.kind != Kind::ClientMessage || self.at != at || self.pid != pid || n == 0 {
+            return false;
+        }
+        let Some(slot) = self.tag.get_mut(n) else {
+            return false;
+        };
+        *slot = tag;
+        self.tag_len += 1;
+        self.value = self.value.saturating_add(u64::from(len));
+        true
+    }
+
+    /// A `ClientMessage` record's message types, in order.
+    pub fn message_types(&self) -> &[u8] {
+        match self.tag() {
+            [] => std::slice::from_ref(&self.detail),
+            types => types,
+        }
+    }
+
     pub fn has(&self, flag: u8) -> bool {
         self.flags & flag != 0
     }
 
-    /// The command tag kept (possibly truncated).
+    /// The command tag kept (possibly truncated); a `ClientMessage` record's message types.
     pub fn tag(&self) -> &[u8] {
         self.tag.get(..usize::from(self.tag_len)).unwrap_or(&[])
     }

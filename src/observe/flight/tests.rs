@@ -234,3 +234,66 @@ fn periodic_snapshots_follow_the_interval() {
     eventually(|| recorder.snapshots(Trigger::Periodic) >= 2);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_clients_messages_of_one_instant_make_one_record() {
+    let dir = dir("merged");
+    let recorder = FlightRecorder::new(&config(&dir), 1);
+    let thread = recorder.start(labels()).unwrap();
+    let mut sink = recorder.sink(0);
+    let now = Instant::now();
+    let later = now + Duration::from_millis(1);
+    let message = |pid, tag, len| Event::ClientMessage { pid, tag, len };
+    // A pipeline's Bind, Execute and Sync: one record.
+    for (tag, len) in [(b'B', 30), (b'E', 10), (b'S', 5)] {
+        sink.record(now, &message(1, tag, len));
+    }
+    // Another client's, then the first one's again: a record each.
+    sink.record(now, &message(2, b'Q', 20));
+    sink.record(now, &message(1, b'Q', 21));
+    // The first client's next message, at another instant: a record of its own.
+    sink.record(later, &message(1, b'Q', 22));
+    // More messages than a record holds: the rest start another one.
+    for _ in 0..ring::TAG_LEN + 2 {
+        sink.record(later, &message(3, b'd', 100));
+    }
+    sink.flush();
+    let snapshot = recorder.snapshot(Trigger::Api).unwrap();
+    assert_eq!(snapshot.records, 6);
+    let trace: serde_json::Value = serde_json::from_str(&snapshot.json).unwrap();
+    let instants: Vec<(String, u64, String, u64)> = trace["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["ph"] == "i")
+        .map(|e| {
+            let args = &e["args"];
+            (
+                e["name"].as_str().unwrap().to_owned(),
+                args["bytes"].as_u64().unwrap(),
+                args["type"].as_str().unwrap().to_owned(),
+                args["messages"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let copy = "d".repeat(ring::TAG_LEN);
+    let copies = vec!["CopyData"; ring::TAG_LEN].join(", ");
+    assert_eq!(
+        instants,
+        vec![
+            ("Bind, Execute, Sync".into(), 45, "BES".into(), 3),
+            ("Query".into(), 20, "Q".into(), 1),
+            ("Query".into(), 21, "Q".into(), 1),
+            ("Query".into(), 22, "Q".into(), 1),
+            (
+                copies,
+                100 * ring::TAG_LEN as u64,
+                copy,
+                ring::TAG_LEN as u64
+            ),
+            ("CopyData, CopyData".into(), 200, "dd".into(), 2),
+        ]
+    );
+    thread.stop();
+    let _ = std::fs::remove_dir_all(dir);
+}
