@@ -2,6 +2,7 @@
 //! feature, their Prometheus exposition and the admin HTTP endpoint; with the `otel`
 //! feature, the OTLP span exporter (`otlp`).
 
+pub mod clock;
 pub mod events;
 pub mod flight;
 #[cfg(feature = "metrics")]

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use regex::bytes::{CaptureLocations, Regex};
 
+use super::clock::NanoClock;
 use super::events::{ClientState, Event, EventSink, Interest, StatementEnd};
 use super::otlp::{
     Exporter, SharedAttributes, Span, SpanBatch, SpanEvent, SpanKind, SpanStatus, Value,
@@ -196,7 +197,7 @@ pub struct SpanSink {
     /// xorshift64* state for span and trace ids.
     rng: u64,
     /// Instants to Unix times.
-    clock: UnixClock,
+    clock: NanoClock,
     /// A span's name is written here.
     name: String,
     /// Query text buffers, for reuse.
@@ -246,46 +247,6 @@ fn next_u64(rng: &mut u64) -> u64 {
     rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
 }
 
-/// Instants to Unix times in nanoseconds, from an instant and the Unix time it was. The two
-/// last instants converted are remembered: a transaction's span and its statement's most
-/// often begin at one instant and end at another, and ask for each twice.
-#[derive(Debug)]
-struct UnixClock {
-    anchor: (Instant, u64),
-    last: [(Instant, u64); 2],
-    /// The slot of `last` the next new instant goes to.
-    next: usize,
-}
-
-impl UnixClock {
-    fn new(instant: Instant, unix: u64) -> UnixClock {
-        UnixClock {
-            anchor: (instant, unix),
-            last: [(instant, unix); 2],
-            next: 0,
-        }
-    }
-
-    /// `at` in nanoseconds since the Unix epoch.
-    fn unix_ns(&mut self, at: Instant) -> u64 {
-        if let Some(&(_, ns)) = self.last.iter().find(|(i, _)| *i == at) {
-            return ns;
-        }
-        let (instant, unix) = self.anchor;
-        let ns = match at.checked_duration_since(instant) {
-            Some(after) => unix.saturating_add(crate::observe::metrics::nanos(after)),
-            None => unix.saturating_sub(crate::observe::metrics::nanos(
-                instant.saturating_duration_since(at),
-            )),
-        };
-        if let Some(slot) = self.last.get_mut(self.next) {
-            *slot = (at, ns);
-        }
-        self.next ^= 1;
-        ns
-    }
-}
-
 /// Keeps a query text buffer for a later statement.
 fn recycle(texts: &mut Vec<String>, text: Option<String>) {
     if let Some(mut text) = text
@@ -332,7 +293,7 @@ impl SpanSink {
             batch: exporter.batch(),
             sessions: HashMap::default(),
             rng: u64::from_le_bytes(seed) | 1,
-            clock: UnixClock::new(Instant::now(), unix),
+            clock: NanoClock::new(Instant::now(), unix),
             name: String::new(),
             texts: Vec::new(),
             traceparent_locs: settings
@@ -445,7 +406,7 @@ impl SpanSink {
         if !sampled {
             return recycle(texts, statement.text);
         }
-        let (start_ns, end_ns) = (clock.unix_ns(started), clock.unix_ns(at));
+        let (start_ns, end_ns) = (clock.ns(started), clock.ns(at));
         let (operation, rows) = tag_parts(tag);
         let code = sqlstate.as_ref().map_or("", SqlState::as_str);
         let mut attributes = Attributes::new();
@@ -518,7 +479,7 @@ fn end_transaction(
     session: &mut SessionTrace,
     batch: &mut SpanBatch,
     texts: &mut Vec<String>,
-    clock: &mut UnixClock,
+    clock: &mut NanoClock,
     at: Instant,
     failure: Option<&str>,
 ) {
@@ -531,7 +492,7 @@ fn end_transaction(
         return;
     };
     if t.sampled {
-        let (start_ns, end_ns) = (clock.unix_ns(t.start), clock.unix_ns(at));
+        let (start_ns, end_ns) = (clock.ns(t.start), clock.ns(at));
         let parent = session.parent;
         let code = t.failed.as_ref().map(SqlState::as_str);
         let mut attributes = Attributes::new();
@@ -777,27 +738,6 @@ mod tests {
                 ]),
             )
         );
-    }
-
-    #[test]
-    fn the_unix_clock_gives_each_instant_its_time_whether_remembered_or_not() {
-        let t0 = Instant::now();
-        let unix = 1_700_000_000_000_000_000;
-        let mut clock = UnixClock::new(t0, unix);
-        let ms = |n: u64| Duration::from_millis(n);
-        let earlier = t0.checked_sub(ms(5)).unwrap_or(t0);
-        let want = |at: Instant| match at.checked_duration_since(t0) {
-            Some(d) => unix + d.as_nanos() as u64,
-            None => unix - t0.duration_since(at).as_nanos() as u64,
-        };
-        // Repeats, alternations, three in turn (past what is remembered), and the past.
-        let order = [0, 1, 1, 0, 2, 0, 1, 2, 3, 3, 0];
-        let instants = [t0 + ms(1), t0 + ms(2), t0 + ms(3), earlier];
-        for i in order {
-            let at = instants[i];
-            assert_eq!(clock.unix_ns(at), want(at), "instant {i}");
-        }
-        assert_eq!(clock.unix_ns(t0), unix);
     }
 
     #[test]

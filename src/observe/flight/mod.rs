@@ -251,7 +251,7 @@ impl FlightRecorder {
         let ring = self.rings[reactor.min(self.rings.len() - 1)].clone();
         Sink {
             ring,
-            clock: Clock::new(self.epoch),
+            clock: Clock::new(self.epoch, 0),
             recorder: self.clone(),
             pending: vec![Record::EMPTY; PENDING].into_boxed_slice(),
             pending_len: 0,

@@ -14,6 +14,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::observe::clock::NanoClock;
 use crate::observe::events::{ClientState, ErrorOrigin, Event, ServerState, StatementEnd};
 
 /// Bytes of a command tag kept ("SELECT 1", "INSERT 0 5", "CREATE TABLE"), and the most
@@ -65,31 +66,8 @@ pub struct Record {
     pub tag: [u8; TAG_LEN],
 }
 
-/// Turns instants into nanoseconds since an epoch, remembering the last one: the events of
-/// one engine call share its `now`, so most conversions are a comparison.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    epoch: Instant,
-    last: (Instant, u64),
-}
-
-impl Clock {
-    pub fn new(epoch: Instant) -> Clock {
-        Clock {
-            epoch,
-            last: (epoch, 0),
-        }
-    }
-
-    /// `t` in nanoseconds since the epoch (0 before it).
-    #[inline]
-    pub fn ns(&mut self, t: Instant) -> u64 {
-        if t != self.last.0 {
-            self.last = (t, nanos(t.saturating_duration_since(self.epoch)));
-        }
-        self.last.1
-    }
-}
+/// Instants to nanoseconds since the recorder's epoch (see [`NanoClock`]).
+pub type Clock = NanoClock;
 
 impl Record {
     /// A record of nothing yet (a free slot).
@@ -135,7 +113,7 @@ impl Record {
     /// says when it started).
     pub fn encode(epoch: Instant, at: Instant, event: &Event<'_>) -> Option<Record> {
         let mut record = Record::EMPTY;
-        Record::encode_into(&mut Clock::new(epoch), at, event, &mut record).then_some(record)
+        Record::encode_into(&mut Clock::new(epoch, 0), at, event, &mut record).then_some(record)
     }
 
     /// [`Record::encode`] into `r` (whatever it held), with times counted by `clock`: the
@@ -637,7 +615,7 @@ mod tests {
 
     #[test]
     fn the_clock_converts_repeated_instants_once_and_gets_them_right() {
-        let mut clock = Clock::new(at(10));
+        let mut clock = Clock::new(at(10), 0);
         assert_eq!(clock.ns(at(12)), 2_000_000);
         assert_eq!(clock.ns(at(12)), 2_000_000);
         assert_eq!(clock.ns(at(15)), 5_000_000);

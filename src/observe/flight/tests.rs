@@ -277,7 +277,7 @@ fn a_clients_messages_of_one_instant_make_one_record() {
         })
         .collect();
     let copy = "d".repeat(ring::TAG_LEN);
-    let copies = vec!["CopyData"; ring::TAG_LEN].join(", ");
+    let copies = ["CopyData"; ring::TAG_LEN].join(", ");
     assert_eq!(
         instants,
         vec![
