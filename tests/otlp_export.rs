@@ -206,22 +206,28 @@ fn spans_held_back_from_a_full_request_go_after_the_batch_delay() {
     c.max_batch = 10;
     c.batch_delay = Duration::from_millis(400);
     let (exporter, thread) = Exporter::start(c).unwrap();
-    let mut batch = exporter.batch();
-    for n in 0..15 {
-        batch.push(&span(n, None, "s"));
-    }
-    drop(batch);
+    let hand_over = |spans: std::ops::Range<u8>| {
+        let mut batch = exporter.batch();
+        for n in spans {
+            batch.push(&span(n, None, "s"));
+        }
+    };
+    hand_over(0..15);
     let first = receiver.wait_for(10, Duration::from_secs(5));
     assert_eq!(first.len(), 10, "one full request at once");
     assert_eq!(receiver.requests(), 1);
-    // The other 5 wait for the delay, not for shutdown or more spans.
-    assert_eq!(receiver.wait_for(15, Duration::from_secs(5)).len(), 15);
+    // 10 more: the 5 held and 5 of them make a full request; the other 5 are held.
+    hand_over(15..25);
+    assert_eq!(receiver.wait_for(20, Duration::from_secs(5)).len(), 20);
     assert_eq!(receiver.requests(), 2);
+    // The last 5 wait for the delay, not for shutdown or more spans.
+    assert_eq!(receiver.wait_for(25, Duration::from_secs(5)).len(), 25);
+    assert_eq!(receiver.requests(), 3);
     let ids: Vec<String> = receiver.spans().into_iter().map(|s| s.span_id).collect();
-    let sent: Vec<String> = (0..15).map(|n| format!("{n:016x}")).collect();
+    let sent: Vec<String> = (0..25).map(|n| format!("{n:016x}")).collect();
     assert_eq!(ids, sent, "in the order handed over");
     thread.shutdown(Duration::from_secs(2));
-    assert_eq!(counts(exporter.stats()), (15, 0, 0));
+    assert_eq!(counts(exporter.stats()), (25, 0, 0));
 }
 
 #[test]

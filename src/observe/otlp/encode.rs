@@ -112,10 +112,17 @@ impl RequestEncoder {
     /// The encoded `ExportTraceServiceRequest` carrying `spans`: whole `ScopeSpans.spans`
     /// fields, as [`put_span_field`] writes them. The buffer is the encoder's: give it back
     /// with [`Self::recycle`] once sent, so that its allocation is reused.
+    #[cfg(test)]
     pub(super) fn encode(&mut self, spans: &[u8]) -> Vec<u8> {
+        self.encode_parts(spans, &[])
+    }
+
+    /// [`Self::encode`] of the spans of `first` then those of `second`.
+    pub(super) fn encode_parts(&mut self, first: &[u8], second: &[u8]) -> Vec<u8> {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
-        let scope_spans_len = field_len(SCOPE_SPANS_SCOPE_KEY, self.scope.len()) + spans.len();
+        let scope_spans_len =
+            field_len(SCOPE_SPANS_SCOPE_KEY, self.scope.len()) + first.len() + second.len();
         let resource_spans_len = field_len(RESOURCE_SPANS_RESOURCE_KEY, self.resource.len())
             + field_len(RESOURCE_SPANS_SCOPE_SPANS_KEY, scope_spans_len);
         buf.reserve(field_len(REQUEST_KEY, resource_spans_len));
@@ -126,7 +133,8 @@ impl RequestEncoder {
         put_len_prefix(&mut buf, RESOURCE_SPANS_SCOPE_SPANS, scope_spans_len);
         put_len_prefix(&mut buf, SCOPE_SPANS_SCOPE, self.scope.len());
         buf.extend_from_slice(&self.scope);
-        buf.extend_from_slice(spans);
+        buf.extend_from_slice(first);
+        buf.extend_from_slice(second);
         buf
     }
 

@@ -31,10 +31,56 @@ pub(super) struct SpanQueue {
 
 #[derive(Debug, Default)]
 pub(super) struct Queued {
-    /// Whole `ScopeSpans.spans` fields.
+    run: Run,
+    closed: bool,
+}
+
+/// A run of encoded spans: whole `ScopeSpans.spans` fields, how many, and where each
+/// hand-over ends (bytes and spans so far), so that the run is cut after any number of spans
+/// by reading at most one hand-over's spans, not every span before the cut.
+#[derive(Debug, Default)]
+pub(super) struct Run {
     pub(super) bytes: Vec<u8>,
     pub(super) spans: usize,
-    closed: bool,
+    ends: Vec<(usize, usize)>,
+}
+
+impl Run {
+    fn push(&mut self, bytes: &[u8], spans: usize) {
+        self.bytes.extend_from_slice(bytes);
+        self.spans += spans;
+        self.ends.push((self.bytes.len(), self.spans));
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.spans = 0;
+        self.ends.clear();
+    }
+
+    /// The end (in bytes) of the first `n` spans after `from` (bytes and spans of a cut),
+    /// or of the run when there are fewer.
+    fn end_after(&self, from: (usize, usize), n: usize) -> usize {
+        let target = from.1 + n;
+        if target >= self.spans {
+            return self.bytes.len();
+        }
+        // The last hand-over that ends at or before the target, unless the cut is later.
+        let i = self.ends.partition_point(|&(_, spans)| spans <= target);
+        let mut start = i
+            .checked_sub(1)
+            .and_then(|i| self.ends.get(i))
+            .copied()
+            .unwrap_or((0, 0));
+        if start.1 < from.1 {
+            start = from;
+        }
+        if start.1 == target {
+            return start.0;
+        }
+        let rest = self.bytes.get(start.0..).unwrap_or_default();
+        start.0 + span_fields_end(rest, target - start.1)
+    }
 }
 
 impl SpanQueue {
@@ -60,15 +106,14 @@ impl SpanQueue {
         let (before, after) = {
             let mut q = self.lock();
             if q.closed
-                || q.spans + spans > self.capacity
-                || q.bytes.len() + bytes.len() > self.max_bytes
+                || q.run.spans + spans > self.capacity
+                || q.run.bytes.len() + bytes.len() > self.max_bytes
             {
                 return false;
             }
-            q.bytes.extend_from_slice(bytes);
-            let before = q.spans;
-            q.spans += spans;
-            (before, q.spans)
+            let before = q.run.spans;
+            q.run.push(bytes, spans);
+            (before, q.run.spans)
         };
         if before < self.batch && after >= self.batch {
             self.ready.notify_one();
@@ -76,12 +121,10 @@ impl SpanQueue {
         true
     }
 
-    /// Everything queued, swapped for `empty` (kept for its allocation).
-    fn take(&self, mut empty: Vec<u8>) -> (Vec<u8>, usize) {
-        empty.clear();
-        let mut q = self.lock();
-        let spans = std::mem::take(&mut q.spans);
-        (std::mem::replace(&mut q.bytes, empty), spans)
+    /// Everything queued, swapped into `run` (whose allocations the queue keeps).
+    fn take(&self, run: &mut Run) {
+        run.clear();
+        std::mem::swap(&mut self.lock().run, run);
     }
 
     /// No span is taken any more.
@@ -112,9 +155,12 @@ pub(super) struct Worker {
     stats: Arc<ExportStats>,
     config: ExporterConfig,
     /// Spans taken from the queue and not sent yet (fewer than a request's worth, kept for
-    /// the next wake-up so that a request carries `max_batch` spans while spans keep coming).
+    /// the next wake-up so that a request carries `max_batch` spans while spans keep coming):
+    /// they begin the next request.
     held: Vec<u8>,
     held_spans: usize,
+    /// The spans taken from the queue at the last wake-up.
+    taken: Run,
 }
 
 impl Worker {
@@ -136,65 +182,61 @@ impl Worker {
             config,
             held: Vec::new(),
             held_spans: 0,
+            taken: Run::default(),
         }
     }
 
     pub(super) async fn run(mut self) {
-        let mut spare = Vec::new();
         loop {
             let wake = self.next().await;
             if wake == Wake::Shutdown {
                 self.spans.close();
             }
-            let (mut queued, n) = self.spans.take(spare);
-            if self.held_spans > 0 {
-                // The held spans go first: they were handed over first.
-                self.held.extend_from_slice(&queued);
-                std::mem::swap(&mut self.held, &mut queued);
-                self.held.clear();
-            }
-            let n = n + std::mem::take(&mut self.held_spans);
-            let (left, at) = self.export_all(&queued, n, wake == Wake::Full).await;
-            if left > 0 {
-                self.held
-                    .extend_from_slice(queued.get(at..).unwrap_or_default());
-                self.held_spans = left;
-            }
-            spare = queued;
+            let mut taken = std::mem::take(&mut self.taken);
+            self.spans.take(&mut taken);
+            self.export_all(&taken, wake == Wake::Full).await;
+            self.taken = taken;
             if wake == Wake::Shutdown {
                 break;
             }
         }
     }
 
-    /// Sends the `n` encoded spans of `all` in requests of at most `max_batch` (only whole
-    /// requests when `whole`). Returns the spans not sent and where their bytes begin: they
-    /// wait for the next wake-up. After the shutdown deadline, what is left is counted as
-    /// failed.
-    async fn export_all(&mut self, all: &[u8], mut n: usize, whole: bool) -> (usize, usize) {
+    /// Sends the held spans and then `taken`'s in requests of at most `max_batch` (only
+    /// whole requests when `whole`: what is left is held for the next wake-up). After the
+    /// shutdown deadline, what is left is counted as failed.
+    async fn export_all(&mut self, taken: &Run, whole: bool) {
         let max_batch = self.config.max_batch.max(1);
-        let mut spans = all;
-        while n > 0 {
-            if self.deadline.is_some_and(|d| Instant::now() >= d) {
-                ExportStats::add(&self.stats.failed, n);
-                return (0, all.len());
+        // Where `taken` is cut: bytes and spans sent from it.
+        let mut at = (0, 0);
+        loop {
+            let left = self.held_spans + taken.spans - at.1;
+            if left == 0 {
+                return;
             }
-            if whole && n < max_batch {
+            if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                ExportStats::add(&self.stats.failed, left);
+                self.held.clear();
+                self.held_spans = 0;
+                return;
+            }
+            if whole && left < max_batch {
                 break;
             }
-            let count = n.min(max_batch);
-            let end = if count == n {
-                spans.len()
-            } else {
-                span_fields_end(spans, count)
-            };
-            let (batch, rest) = spans.split_at(end.min(spans.len()));
-            let request = self.encoder.encode(batch);
-            spans = rest;
-            n -= count;
+            let count = left.min(max_batch);
+            let from_taken = count.saturating_sub(self.held_spans);
+            let end = taken.end_after(at, from_taken);
+            let part = taken.bytes.get(at.0..end).unwrap_or_default();
+            let request = self.encoder.encode_parts(&self.held, part);
+            self.held.clear();
+            self.held_spans = 0;
+            at = (end, at.1 + from_taken);
             self.export(request, count).await;
         }
-        (n, all.len() - spans.len())
+        // Fewer than a request's worth: held (after what is already held) for the next one.
+        self.held
+            .extend_from_slice(taken.bytes.get(at.0..).unwrap_or_default());
+        self.held_spans += taken.spans - at.1;
     }
 
     /// Waits for a ready batch, the batch delay, or the shutdown request.
@@ -280,5 +322,69 @@ impl Worker {
                 ExportStats::add(&self.stats.failed, n);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::otlp::encode::put_span_field;
+    use crate::observe::otlp::{SharedAttributes, Span, SpanKind, SpanStatus};
+
+    /// A run of `sizes.len()` hand-overs of `sizes[i]` spans each, whose names make them
+    /// differ in length; and every span's end, in bytes.
+    fn run(sizes: &[usize]) -> (Run, Vec<usize>) {
+        let mut run = Run::default();
+        let mut ends = Vec::new();
+        let mut n = 0;
+        for &size in sizes {
+            let mut batch = Vec::new();
+            for _ in 0..size {
+                let name = "s".repeat(n % 7);
+                put_span_field(
+                    &mut batch,
+                    &Span {
+                        trace_id: [1; 16],
+                        span_id: [2; 8],
+                        parent_span_id: None,
+                        parent_is_remote: false,
+                        name: &name,
+                        kind: SpanKind::Client,
+                        start_ns: 1,
+                        end_ns: 2,
+                        shared: SharedAttributes::EMPTY,
+                        attributes: &[],
+                        events: &[],
+                        status: SpanStatus::Unset,
+                        sampled: true,
+                    },
+                );
+                ends.push(run.bytes.len() + batch.len());
+                n += 1;
+            }
+            run.push(&batch, size);
+        }
+        (run, ends)
+    }
+
+    #[test]
+    fn a_run_is_cut_after_any_number_of_spans_from_any_cut() {
+        let (run, ends) = run(&[3, 1, 5, 2]);
+        assert_eq!(run.spans, 11);
+        let end = |spans: usize| if spans == 0 { 0 } else { ends[spans - 1] };
+        for from in 0..=11 {
+            for n in 0..=13 {
+                let want = end((from + n).min(11));
+                assert_eq!(
+                    run.end_after((end(from), from), n),
+                    want,
+                    "{n} after {from}"
+                );
+            }
+        }
+        let mut empty = Run::default();
+        assert_eq!(empty.end_after((0, 0), 5), 0);
+        empty.push(&[], 0);
+        assert_eq!(empty.end_after((0, 0), 1), 0);
     }
 }
