@@ -701,7 +701,7 @@ def observability_section(meta, tx, summary, problems, runs_of):
     cpu = e.get("BENCH_OBS_SINK_CPU_S")
     if cpu:
         out.append(
-            "The discard collector (Python, one process for both traced targets) used %s s of CPU over the "
+            "The discard collector (scripts/bench-otlp-sink.rs, one process for both traced targets) used %s s of CPU over the "
             "%s s of the run: it shares the machine's cores with pgbench, PostgreSQL and the proxies."
             % (cpu, e.get("BENCH_OBS_SINK_WALL_S", "?"))
         )
