@@ -811,6 +811,40 @@ fn events_follow_a_server_connection_through_its_states() {
     );
 }
 
+/// The flight recorder keeps a one-statement transaction's nine events in five records: the
+/// state changes go into the records of the events they come with.
+#[test]
+fn a_transaction_takes_five_flight_records() {
+    use crate::config::{FlightRecorderConfig, FlightRecorderTriggers};
+    use crate::observe::events::NoEvents;
+    use crate::observe::flight::FlightRecorder;
+    let config = FlightRecorderConfig {
+        min_age: std::time::Duration::from_secs(60),
+        max_bytes: 1 << 20,
+        output_dir: std::env::temp_dir(),
+        periodic_interval: std::time::Duration::ZERO,
+        triggers: FlightRecorderTriggers::default(),
+    };
+    // Before the world, whose clock starts now: its instants are after the recorder's epoch.
+    let recorder = FlightRecorder::new(&config, 1);
+    let held = || -> u64 {
+        let status: serde_json::Value = serde_json::from_str(&recorder.status_json()).unwrap();
+        status["events"].as_u64().unwrap()
+    };
+    let mut w = world(Setup::default());
+    w.engines[0].set_event_sink(Box::new(recorder.sink(0)));
+    let c = w.login(0, 0);
+    select(&mut w, c, 1);
+    w.engines[0].flush_events();
+    let before = held();
+    for n in 2..=4 {
+        select(&mut w, c, n);
+        w.engines[0].flush_events();
+    }
+    assert_eq!(held() - before, 3 * 5);
+    w.engines[0].set_event_sink(Box::new(NoEvents));
+}
+
 /// A sink gets only the kinds of event it asked for; what nobody asked for is not built.
 #[test]
 fn a_sink_gets_only_the_events_it_wants() {

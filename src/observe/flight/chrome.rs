@@ -20,8 +20,8 @@ use serde_json::{Value, json};
 
 use super::file::utc_rfc3339;
 use super::ring::{
-    HAS_PID, HAS_SERVER, Kind, Record, client_state_name, error_origin_name, server_state_name,
-    statement_end_name,
+    CLIENT_THEN, HAS_PID, HAS_SERVER, Kind, Record, SERVER_THEN, client_state_name,
+    error_origin_name, server_state_name, statement_end_name,
 };
 
 /// The process ids of the two groups of tracks.
@@ -148,45 +148,63 @@ impl Trace {
         );
     }
 
+    /// Client `r.pid` entered state `code` at `r.at`.
+    fn client_state(&mut self, r: &Record, code: u8) {
+        let i = self.client(r.pid);
+        let track = &mut self.client_tracks[i];
+        let (previous, tid) = (track.open.take(), track.states);
+        let (_, closed) = client_state_name(code);
+        if !closed {
+            track.open = Some((r.at, code));
+        }
+        if let Some((since, state)) = previous {
+            let name = client_state_name(state).0;
+            self.slice(CLIENTS, tid, name, since, r.at, json!({}));
+        }
+        if closed {
+            self.instant(CLIENTS, tid, "closed", r.at, json!({}));
+            // A later client with this pid is another session: a track of its own.
+            self.clients.remove(&r.pid);
+        }
+    }
+
+    /// Server connection `r.server` (of pool `r.pool`) entered state `code` at `r.at`.
+    fn server_state(&mut self, reactor: usize, r: &Record, code: u8) {
+        let i = self.server(reactor, r);
+        let track = &mut self.server_tracks[i];
+        track.pool = Some(r.pool);
+        let (previous, tid) = (track.open.take(), track.tid);
+        let (name, gone) = server_state_name(code);
+        if !gone {
+            track.open = Some((r.at, code));
+        }
+        if let Some((since, state)) = previous {
+            let previous_name = server_state_name(state).0;
+            self.slice(SERVERS, tid, previous_name, since, r.at, json!({}));
+        }
+        if gone {
+            self.instant(SERVERS, tid, name, r.at, json!({}));
+            self.servers.remove(&(reactor, r.server, r.generation));
+        }
+    }
+
     fn record(&mut self, reactor: usize, r: &Record, info: &TraceInfo<'_>) {
+        self.event(reactor, r, info);
+        // The state changes folded into the record follow its event.
+        if r.has(CLIENT_THEN) {
+            self.client_state(r, r.client_then);
+        }
+        if r.has(SERVER_THEN) {
+            self.server_state(reactor, r, r.server_then);
+        }
+    }
+
+    /// The record's own event.
+    fn event(&mut self, reactor: usize, r: &Record, info: &TraceInfo<'_>) {
         let server = format!("r{reactor}/{}.{}", r.server, r.generation);
         match r.kind {
-            Kind::Client => {
-                let i = self.client(r.pid);
-                let track = &mut self.client_tracks[i];
-                let (previous, tid) = (track.open.take(), track.states);
-                let (_, closed) = client_state_name(r.detail);
-                if !closed {
-                    track.open = Some((r.at, r.detail));
-                }
-                if let Some((since, state)) = previous {
-                    let name = client_state_name(state).0;
-                    self.slice(CLIENTS, tid, name, since, r.at, json!({}));
-                }
-                if closed {
-                    self.instant(CLIENTS, tid, "closed", r.at, json!({}));
-                    // A later client with this pid is another session: a track of its own.
-                    self.clients.remove(&r.pid);
-                }
-            }
-            Kind::Server => {
-                let i = self.server(reactor, r);
-                let track = &mut self.server_tracks[i];
-                track.pool = Some(r.pool);
-                let (previous, tid) = (track.open.take(), track.tid);
-                let (name, gone) = server_state_name(r.detail);
-                if !gone {
-                    track.open = Some((r.at, r.detail));
-                }
-                if let Some((since, state)) = previous {
-                    let previous_name = server_state_name(state).0;
-                    self.slice(SERVERS, tid, previous_name, since, r.at, json!({}));
-                }
-                if gone {
-                    self.instant(SERVERS, tid, name, r.at, json!({}));
-                    self.servers.remove(&(reactor, r.server, r.generation));
-                }
-            }
+            Kind::Client => self.client_state(r, r.detail),
+            Kind::Server => self.server_state(reactor, r, r.detail),
             Kind::LoggedIn => {
                 let i = self.client(r.pid);
                 self.client_tracks[i].pool = Some(r.pool);
@@ -415,13 +433,42 @@ mod tests {
         epoch() + Duration::from_millis(ms)
     }
 
-    fn rec(reactor: usize, ms: u64, event: Event<'_>) -> (usize, Record) {
-        (reactor, Record::encode(epoch(), at(ms), &event).unwrap())
+    /// An event of reactor `reactor` at `ms`.
+    type Timed = (usize, u64, Event<'static>);
+
+    fn rec(reactor: usize, ms: u64, event: Event<'static>) -> Timed {
+        (reactor, ms, event)
     }
 
-    fn trace() -> Value {
+    /// One record per event.
+    fn unfolded(events: &[Timed]) -> Vec<(usize, Record)> {
+        events
+            .iter()
+            .filter_map(|(reactor, ms, e)| Some((*reactor, Record::encode(epoch(), at(*ms), e)?)))
+            .collect()
+    }
+
+    /// The records as the reactors' sinks keep them: an event goes into the record before
+    /// it when that one can take it.
+    fn folded(events: &[Timed]) -> Vec<(usize, Record)> {
+        let mut records: Vec<(usize, Record)> = Vec::new();
+        for (reactor, ms, e) in events {
+            let ns = ms * 1_000_000;
+            if let Some((last_reactor, last)) = records.last_mut()
+                && last_reactor == reactor
+                && last.absorb(ns, e)
+            {
+                continue;
+            }
+            records.extend(Record::encode(epoch(), at(*ms), e).map(|r| (*reactor, r)));
+        }
+        records
+    }
+
+    /// A client's login, one transaction with a pool wait, an error, and the pid reused.
+    fn trace_events() -> Vec<Timed> {
         let s = ServerId::new(4, 2);
-        let records = vec![
+        vec![
             rec(
                 1,
                 0,
@@ -584,7 +631,10 @@ mod tests {
                     state: ClientState::Authenticating,
                 },
             ),
-        ];
+        ]
+    }
+
+    fn render_json(records: &[(usize, Record)]) -> Value {
         let pools = ["alice@db".to_owned()];
         let info = TraceInfo {
             trigger: "api",
@@ -595,8 +645,33 @@ mod tests {
             reactors: 2,
             dropped: 0,
         };
-        let text = render(&records, &info);
+        let text = render(records, &info);
         serde_json::from_str(&text).expect("valid JSON")
+    }
+
+    fn trace() -> Value {
+        render_json(&folded(&trace_events()))
+    }
+
+    #[test]
+    fn state_changes_folded_into_a_record_render_as_records_of_their_own_would() {
+        let events = trace_events();
+        let (one_each, folded) = (unfolded(&events), folded(&events));
+        // The client goes idle as it logs in (3 ms) and acquiring after its Query (10 ms); it
+        // goes active and the server connection lent as it is acquired (12 ms); both go idle
+        // as the transaction ends (40 ms).
+        assert_eq!((one_each.len(), folded.len()), (17, 11));
+        let sorted = |t: Value| {
+            let mut events: Vec<String> = t["traceEvents"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(Value::to_string)
+                .collect();
+            events.sort();
+            (events, t["otherData"].clone())
+        };
+        assert_eq!(sorted(render_json(&folded)), sorted(render_json(&one_each)));
     }
 
     fn events<'a>(t: &'a Value, ph: &str) -> Vec<&'a Value> {

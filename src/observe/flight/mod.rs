@@ -583,13 +583,16 @@ impl Sink {
 impl EventSink for Sink {
     fn record(&mut self, at: Instant, event: &Event<'_>) {
         // A client's consecutive messages of one instant (of one loop turn: a pipeline's
-        // Bind, Execute and Sync) go into one record.
-        if let Event::ClientMessage { pid, tag, len } = *event
-            && let Some(last) = self
-                .pending_len
-                .checked_sub(1)
-                .and_then(|i| self.pending.get_mut(i))
-            && last.merge_message(self.clock.ns(at), pid, tag, len)
+        // Bind, Execute and Sync) go into one record, and so do the state changes that go
+        // with an event (see `Record::absorb`).
+        if matches!(
+            event,
+            Event::ClientMessage { .. } | Event::Client { .. } | Event::Server { .. }
+        ) && let Some(last) = self
+            .pending_len
+            .checked_sub(1)
+            .and_then(|i| self.pending.get_mut(i))
+            && last.absorb(self.clock.ns(at), event)
         {
             return;
         }

@@ -3,6 +3,10 @@
 //! A record is an [`Event`] flattened into 56 bytes of plain data: no pointer, no SQL text
 //! (a statement's text is never asked for; a command tag is kept, truncated to
 //! [`TAG_LEN`] bytes), so encoding one is a few stores and keeping one costs nothing more.
+//! The state changes that go with an event, and a client's further messages of the same
+//! instant, are kept in its record ([`Record::absorb`]): a one-statement transaction takes
+//! five records where it has nine events, so the same `max_bytes` holds 1.8 times the
+//! history.
 //!
 //! The ring is a `VecDeque` whose capacity grows lazily, by doubling, up to its share of
 //! `max_bytes`: an idle pglink holds almost nothing. Before it grows it forgets the records
@@ -42,6 +46,12 @@ pub const HAS_PID: u8 = 1;
 pub const HAS_SERVER: u8 = 2;
 /// [`Record::flags`]: `sqlstate` is set.
 pub const HAS_SQLSTATE: u8 = 4;
+/// [`Record::flags`]: the client (`pid`) changed state to `client_then` at the same instant,
+/// after the record's own event (a state change folded into the record before it).
+pub const CLIENT_THEN: u8 = 8;
+/// [`Record::flags`]: the server connection (`server`) changed state to `server_then` at the
+/// same instant, after the record's own event.
+pub const SERVER_THEN: u8 = 16;
 
 /// One event, flattened. Times are nanoseconds since the recorder's epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,12 +68,16 @@ pub struct Record {
     pub pool: u32,
     pub kind: Kind,
     /// The state ([`client_state_name`] and [`server_state_name`] decode it), the error
-    /// origin, how a statement ended, or the first client message's type byte.
+    /// origin, or how a statement ended.
     pub detail: u8,
     pub flags: u8,
     pub sqlstate: [u8; 5],
     pub tag_len: u8,
     pub tag: [u8; TAG_LEN],
+    /// With [`CLIENT_THEN`]: the client's state code after the event.
+    pub client_then: u8,
+    /// With [`SERVER_THEN`]: the server connection's state code after the event.
+    pub server_then: u8,
 }
 
 /// Instants to nanoseconds since the recorder's epoch (see [`NanoClock`]).
@@ -87,6 +101,8 @@ impl Record {
             sqlstate: [0; 5],
             tag_len: 0,
             tag: [0; TAG_LEN],
+            client_then: 0,
+            server_then: 0,
         }
     }
 
@@ -163,7 +179,6 @@ impl Record {
             }
             Event::ClientMessage { pid, tag, len } => {
                 r.set_pid(pid);
-                r.detail = tag;
                 r.value = u64::from(len);
                 r.tag[0] = tag;
                 r.tag_len = 1;
@@ -218,12 +233,63 @@ impl Record {
         true
     }
 
-    /// Adds a message of `pid`'s, at `at` (ns since the epoch), to this record when it holds
-    /// the same client's messages of the same instant (the messages of one read: a
-    /// pipeline's Bind, Execute and Sync make one record) and has room; false otherwise.
-    pub fn merge_message(&mut self, at: u64, pid: u32, tag: u8, len: u32) -> bool {
+    /// Takes `event`, at `at` (ns since the epoch), into this record, the one before it,
+    /// when they are of the same instant and the record has room: a client's consecutive
+    /// messages (the messages of one read: a pipeline's Bind, Execute and Sync make one
+    /// record), and a connection's change of state after an event that names it (a client
+    /// going active as it acquires a server connection, and idle as its transaction ends;
+    /// the server connection lent or back to idle with it). False otherwise: `event` needs a
+    /// record of its own. A one-statement transaction's nine events make five records.
+    pub fn absorb(&mut self, at: u64, event: &Event<'_>) -> bool {
+        if self.at != at {
+            return false;
+        }
+        match *event {
+            Event::ClientMessage { pid, tag, len } => self.merge_message(pid, tag, len),
+            Event::Client { pid, state } => {
+                if !self.has(HAS_PID) || self.pid != pid || self.has(CLIENT_THEN) {
+                    return false;
+                }
+                self.client_then = client_state(state);
+                self.flags |= CLIENT_THEN;
+                true
+            }
+            Event::Server {
+                server,
+                pool,
+                state,
+            } => {
+                if self.has(SERVER_THEN) {
+                    return false;
+                }
+                if self.has(HAS_SERVER) {
+                    // The same connection (and so the same pool).
+                    let same = self.server == u32::try_from(server.index()).unwrap_or(u32::MAX)
+                        && self.generation == server.generation()
+                        && self.pool == pool;
+                    if !same {
+                        return false;
+                    }
+                } else if self.kind == Kind::Client {
+                    // A client's state record has no server or pool of its own.
+                    self.set_server(server);
+                    self.pool = pool;
+                } else {
+                    return false;
+                }
+                self.server_then = server_state(state);
+                self.flags |= SERVER_THEN;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Adds a message of `pid`'s to this record when it holds the same client's messages
+    /// and has room.
+    fn merge_message(&mut self, pid: u32, tag: u8, len: u32) -> bool {
         let n = usize::from(self.tag_len);
-        if self.kind != Kind::ClientMessage || self.at != at || self.pid != pid || n == 0 {
+        if self.kind != Kind::ClientMessage || self.pid != pid || n == 0 {
             return false;
         }
         let Some(slot) = self.tag.get_mut(n) else {
@@ -237,10 +303,7 @@ impl Record {
 
     /// A `ClientMessage` record's message types, in order.
     pub fn message_types(&self) -> &[u8] {
-        match self.tag() {
-            [] => std::slice::from_ref(&self.detail),
-            types => types,
-        }
+        self.tag()
     }
 
     pub fn has(&self, flag: u8) -> bool {
@@ -705,5 +768,88 @@ mod tests {
         )
         .unwrap();
         assert_eq!((r.at, client_state_name(r.detail)), (0, ("closed", true)));
+    }
+
+    #[test]
+    fn a_state_change_goes_into_the_record_before_it_only_when_that_names_its_connection() {
+        let (s, other) = (ServerId::new(3, 7), ServerId::new(3, 8));
+        let acquired = Record::encode(
+            epoch(),
+            at(5),
+            &Event::Acquired {
+                pid: 9,
+                server: s,
+                pool: 2,
+                waited: Duration::ZERO,
+            },
+        )
+        .unwrap();
+        let ns = nanos(Duration::from_millis(5));
+        let client = |pid, state| Event::Client { pid, state };
+        let server = |server, pool, state| Event::Server {
+            server,
+            pool,
+            state,
+        };
+        let mut r = acquired;
+        // Another instant, another client, another connection or pool: a record of its own.
+        assert!(!r.absorb(ns + 1, &client(9, ClientState::Active)));
+        assert!(!r.absorb(ns, &client(8, ClientState::Active)));
+        assert!(!r.absorb(ns, &server(other, 2, ServerState::Lent)));
+        assert!(!r.absorb(ns, &server(s, 1, ServerState::Lent)));
+        assert_eq!(r, acquired);
+        assert!(r.absorb(ns, &client(9, ClientState::Active)));
+        assert!(r.absorb(ns, &server(s, 2, ServerState::Lent)));
+        assert_eq!(
+            (
+                client_state_name(r.client_then).0,
+                server_state_name(r.server_then).0
+            ),
+            ("active", "lent")
+        );
+        // One of each per record.
+        assert!(!r.absorb(ns, &client(9, ClientState::Idle)));
+        assert!(!r.absorb(ns, &server(s, 2, ServerState::Idle)));
+        // A client's state record takes a server connection's change of state, with its
+        // connection and pool; another kind of record without a connection does not.
+        let mut c = client_at(5, 9, ClientState::Acquiring);
+        assert!(c.absorb(ns, &server(other, 4, ServerState::Lent)));
+        assert!(c.has(HAS_SERVER) && c.has(SERVER_THEN));
+        assert_eq!((c.server, c.generation, c.pool), (3, 8, 4));
+        let mut login = Record::encode(
+            epoch(),
+            at(5),
+            &Event::LoggedIn {
+                pid: 9,
+                pool: 2,
+                database: "db",
+                user: "u",
+                peer: None,
+                traceparent: None,
+                server: crate::observe::events::ServerAddress {
+                    host: "pg",
+                    port: 5432,
+                    database: "db",
+                },
+            },
+        )
+        .unwrap();
+        assert!(!login.absorb(ns, &server(s, 2, ServerState::Idle)));
+        assert!(login.absorb(ns, &client(9, ClientState::Idle)));
+        // Messages only go with messages.
+        let message = Event::ClientMessage {
+            pid: 9,
+            tag: b'Q',
+            len: 20,
+        };
+        assert!(!login.absorb(ns, &message));
+        let mut q = Record::encode(epoch(), at(5), &message).unwrap();
+        assert!(q.absorb(ns, &message));
+        assert!(q.absorb(ns, &client(9, ClientState::Acquiring)));
+        assert_eq!((q.message_types(), q.value), (&b"QQ"[..], 40));
+    }
+
+    fn client_at(ms: u64, pid: u32, state: ClientState) -> Record {
+        Record::encode(epoch(), at(ms), &Event::Client { pid, state }).unwrap()
     }
 }
