@@ -28,8 +28,10 @@
 //! - **Handing over never blocks.** The queue is a bounded byte vector behind a lock, which a
 //!   batch's hand-over holds for one copy; when it is full (a slow or dead collector), the
 //!   batch's spans are dropped and counted in [`ExportStats::dropped`]. Memory is bounded by
-//!   `queue_capacity` spans and `queue_bytes` in the queue, plus one request being sent, fewer
-//!   than a request's worth held back for the next one, and a batch per thread.
+//!   `queue_capacity` spans and `queue_bytes` in the queue (with a 16-byte mark where each
+//!   hand-over ends, at most `queue_capacity` of them: 128 KiB by default), plus one request
+//!   being sent, fewer than a request's worth held back for the next one, and a batch per
+//!   thread.
 //! - **Requests are full.** A queue holding `max_batch` spans wakes the thread, which sends
 //!   whole requests of `max_batch` and holds the rest for the next wake-up, so that under load
 //!   every request carries `max_batch` spans (sending the remainder at once made nearly two
