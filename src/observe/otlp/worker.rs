@@ -161,6 +161,32 @@ pub(super) struct Worker {
     held_spans: usize,
     /// The spans taken from the queue at the last wake-up.
     taken: Run,
+    /// When a lost export was last logged at warn level.
+    warned: Throttle,
+}
+
+/// How often a failed export is logged at warn level at most (the others at debug): a dead
+/// collector is said once a minute, not for every request.
+const WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Lets something happen at most once per interval.
+#[derive(Debug, Default)]
+pub(super) struct Throttle {
+    last: Option<Instant>,
+}
+
+impl Throttle {
+    /// Whether it may happen at `now` (and if so, it counts as having happened).
+    pub(super) fn allow(&mut self, now: Instant, every: std::time::Duration) -> bool {
+        if self
+            .last
+            .is_some_and(|last| now.saturating_duration_since(last) < every)
+        {
+            return false;
+        }
+        self.last = Some(now);
+        true
+    }
 }
 
 impl Worker {
@@ -183,6 +209,7 @@ impl Worker {
             held: Vec::new(),
             held_spans: 0,
             taken: Run::default(),
+            warned: Throttle::default(),
         }
     }
 
@@ -311,16 +338,20 @@ impl Worker {
         if n == 0 {
             return;
         }
-        match self.send(request).await {
-            Some(Ok(())) => ExportStats::add(&self.stats.exported, n),
-            Some(Err(e)) => {
-                log::debug!("OTLP export of {n} spans failed: {e}");
-                ExportStats::add(&self.stats.failed, n);
-            }
-            None => {
-                log::debug!("OTLP export of {n} spans timed out");
-                ExportStats::add(&self.stats.failed, n);
-            }
+        let why = match self.send(request).await {
+            Some(Ok(())) => return ExportStats::add(&self.stats.exported, n),
+            Some(Err(e)) => format!("failed: {e}"),
+            None => "timed out".to_owned(),
+        };
+        ExportStats::add(&self.stats.failed, n);
+        if self.warned.allow(Instant::now(), WARN_EVERY) {
+            log::warn!(
+                "OTLP export of {n} spans {why}; spans lost are counted in \
+                 pglink_trace_spans_total{{outcome=\"failed\"}} (this warning is given at most \
+                 once a minute)"
+            );
+        } else {
+            log::debug!("OTLP export of {n} spans {why}");
         }
     }
 }
@@ -328,6 +359,19 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_throttle_lets_one_through_per_interval() {
+        let minute = std::time::Duration::from_secs(60);
+        let t0 = Instant::now();
+        let mut throttle = Throttle::default();
+        assert!(throttle.allow(t0, minute));
+        assert!(!throttle.allow(t0, minute));
+        assert!(!throttle.allow(t0 + minute / 2, minute));
+        assert!(throttle.allow(t0 + minute, minute));
+        assert!(!throttle.allow(t0 + minute + minute / 2, minute));
+        assert!(throttle.allow(t0 + minute * 3, minute));
+    }
     use crate::observe::otlp::encode::put_span_field;
     use crate::observe::otlp::{SharedAttributes, Span, SpanKind, SpanStatus};
 
