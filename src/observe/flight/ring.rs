@@ -112,8 +112,7 @@ impl Record {
     }
 
     fn set_server(&mut self, server: crate::engine::id::ServerId) {
-        self.server = u32::try_from(server.index()).unwrap_or(u32::MAX);
-        self.generation = server.generation();
+        (self.server, self.generation) = server_key(server);
         self.flags |= HAS_SERVER;
     }
 
@@ -264,10 +263,7 @@ impl Record {
                 }
                 if self.has(HAS_SERVER) {
                     // The same connection (and so the same pool).
-                    let same = self.server == u32::try_from(server.index()).unwrap_or(u32::MAX)
-                        && self.generation == server.generation()
-                        && self.pool == pool;
-                    if !same {
+                    if (self.server, self.generation) != server_key(server) || self.pool != pool {
                         return false;
                     }
                 } else if self.kind == Kind::Client {
@@ -324,6 +320,14 @@ impl Record {
 }
 
 pub use crate::observe::metrics::nanos;
+
+/// A server connection as a record names it: its slot index and generation.
+fn server_key(server: crate::engine::id::ServerId) -> (u32, u32) {
+    (
+        u32::try_from(server.index()).unwrap_or(u32::MAX),
+        server.generation(),
+    )
+}
 
 const CLIENT_STATES: [(ClientState, &str); 8] = [
     (ClientState::AwaitingStartup, "awaiting startup"),

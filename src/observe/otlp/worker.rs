@@ -359,6 +359,8 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::observe::otlp::encode::put_span_field;
+    use crate::observe::otlp::{SharedAttributes, Span, SpanKind, SpanStatus};
 
     #[test]
     fn a_throttle_lets_one_through_per_interval() {
@@ -372,8 +374,6 @@ mod tests {
         assert!(!throttle.allow(t0 + minute + minute / 2, minute));
         assert!(throttle.allow(t0 + minute * 3, minute));
     }
-    use crate::observe::otlp::encode::put_span_field;
-    use crate::observe::otlp::{SharedAttributes, Span, SpanKind, SpanStatus};
 
     /// A run of `sizes.len()` hand-overs of `sizes[i]` spans each, whose names make them
     /// differ in length; and every span's end, in bytes.
