@@ -334,7 +334,21 @@ fn health_checks_of_stalled_or_cut_idle_connections_fail_and_the_pool_replaces_t
     // half of its next answer (the health check's), then a reset.
     stalled.stall(Dir::ToClient);
     cut.cut_server_message(b'I', Then::Reset);
-    thread::sleep(Duration::from_millis(800));
+    // Checks start at a maintenance pass (every 500 ms) once 300 ms have passed: wait for
+    // them rather than for a time. The stalled backend ran the check's empty query; the
+    // cut one failed at once.
+    wait_until(
+        "the stalled connection is checked",
+        Duration::from_secs(5),
+        || {
+            pg.admin_sql(&format!(
+                "SELECT query = '' FROM pg_stat_activity WHERE pid = {stalled_pid}"
+            )) == "t"
+        },
+    );
+    wait_until("the cut check failed", Duration::from_secs(5), || {
+        cut.is_closed()
+    });
     // Neither is lent while it fails its check: clients are served at once by new ones.
     for c in [&mut a, &mut b] {
         let started = Instant::now();
@@ -342,7 +356,6 @@ fn health_checks_of_stalled_or_cut_idle_connections_fail_and_the_pool_replaces_t
         assert!(pid != stalled_pid && pid != cut_pid, "{pid}");
         assert!(started.elapsed() < Duration::from_secs(3));
     }
-    assert!(cut.is_closed(), "the cut check failed at once");
     // The stalled one is closed when its check times out (the cleanup limit, 5 s).
     wait_until(
         "the stalled connection is closed",
