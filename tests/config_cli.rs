@@ -95,8 +95,10 @@ fn every_problem_is_reported_with_its_path() {
         !stderr.contains("hunter2"),
         "a secret value was printed:\n{stderr}"
     );
+    // Validation looks nothing up (no DNS for db.internal, no AWS call): quick even for a
+    // debug binary started on a loaded machine.
     assert!(
-        elapsed < Duration::from_secs(1),
+        elapsed < Duration::from_secs(5),
         "validation took {elapsed:?}"
     );
 }

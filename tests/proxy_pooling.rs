@@ -29,6 +29,17 @@ fn table(name: &str) -> String {
     format!("t_{name}_{}", std::process::id())
 }
 
+/// `cl_waiting` of `user`'s pool, from the console (`user` must be in `admin_users`).
+fn clients_waiting(proxy: &Proxy, user: &TestUser) -> usize {
+    // database|user|cl_active|cl_waiting|...
+    let pools = proxy.console_rows(user, "SHOW POOLS");
+    let pool = pools
+        .iter()
+        .find(|r| r[0] == TEST_DATABASE && r[1] == user.name)
+        .unwrap_or_else(|| panic!("no pool of {} in {pools:?}", user.name));
+    pool[3].parse().unwrap()
+}
+
 /// Samples the number of server connections of `user` until `stop`, keeping the maximum.
 fn watch_backends(
     pg: &'static PgServer,
@@ -446,6 +457,7 @@ fn waiters_are_served_first_come_first_served_across_reactors() {
             &format!("databases.{TEST_DATABASE}.pool_acquire_timeout_milliseconds"),
             json!(20_000),
         )
+        .set("admin_users", json!([user.name]))
         .start();
     let pw = Proxy::password(&user);
     let t = table("fifo");
@@ -466,7 +478,10 @@ fn waiters_are_served_first_come_first_served_across_reactors() {
             format!("INSERT INTO {t} (n) VALUES ({i})").as_bytes(),
         );
         w.send(&m);
-        std::thread::sleep(Duration::from_millis(50));
+        // Queued before the next one comes.
+        wait_until("the waiter to queue", Duration::from_secs(10), || {
+            clients_waiting(&proxy, &user) == i + 1
+        });
     }
     holder.query_column("COMMIT").unwrap();
     for w in &mut waiters {
@@ -535,7 +550,7 @@ fn idle_connections_of_one_user_make_room_for_another() {
 }
 
 /// A proxy with one server connection, which `holder` holds inside BEGIN: `waiter`'s
-/// statements wait for it, for at most `acquire_timeout_ms`.
+/// statements wait for it, for at most `acquire_timeout_ms`. `SCRAM_USER` may use the console.
 fn holder_and_waiter(acquire_timeout_ms: u64) -> (Proxy, WireClient, WireClient) {
     let pg = PgServer::shared();
     let proxy = ProxyConfig::new(pg)
@@ -545,6 +560,7 @@ fn holder_and_waiter(acquire_timeout_ms: u64) -> (Proxy, WireClient, WireClient)
             &format!("databases.{TEST_DATABASE}.pool_acquire_timeout_milliseconds"),
             json!(acquire_timeout_ms),
         )
+        .set("admin_users", json!([SCRAM_USER.name]))
         .start();
     let pw = Proxy::password(&SCRAM_USER);
     let mut holder = WireClient::connect(proxy.addr, SCRAM_USER.name, pw, TEST_DATABASE).unwrap();
@@ -581,8 +597,10 @@ fn a_cancel_of_a_statement_waiting_for_the_pool_ends_it_and_the_session_goes_on(
     let (proxy, mut holder, mut waiter) = holder_and_waiter(30_000);
     // The waiter's statement waits for the only connection; its cancel ends the wait with
     // 57014, as the server would have ended the statement.
-    let took = waiter.cancel_a_sleep(proxy.addr);
-    assert!(took < Duration::from_secs(1), "{took:?}");
+    let took =
+        waiter.cancel_a_waiting_sleep(proxy.addr, || clients_waiting(&proxy, &SCRAM_USER) == 1);
+    // Well short of the 30 s acquire timeout (and the 10 s the query would run).
+    assert!(took < Duration::from_secs(5), "{took:?}");
     holder.query_column("COMMIT").unwrap();
     assert_eq!(waiter.query_column("SELECT 2").unwrap(), ["2"]);
 }
@@ -597,15 +615,20 @@ fn cancel_reaches_the_running_query_and_bogus_keys_do_nothing() {
     runtime().block_on(async {
         let client = connect(&proxy, &SCRAM_USER).await;
         let token = client.cancel_token();
+        let mark = unique_mark();
+        let sql = format!("SELECT pg_sleep(10) /* {mark} */");
         let started = Instant::now();
-        let sleeper =
-            tokio::spawn(async move { client.batch_execute("SELECT pg_sleep(10)").await });
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let sleeper = tokio::spawn(async move { client.batch_execute(&sql).await });
+        // Sent once the query runs: earlier, there is nothing to cancel.
+        tokio::task::spawn_blocking(move || pg.wait_for_query(&mark))
+            .await
+            .unwrap();
         token.cancel_query(NoTls).await.unwrap();
         let err = sleeper.await.unwrap().unwrap_err();
         assert_eq!(err.code().unwrap().code(), "57014");
+        // Well short of the 10 s the query would otherwise run.
         assert!(
-            started.elapsed() < Duration::from_millis(1300),
+            started.elapsed() < Duration::from_secs(5),
             "cancelled in {:?}",
             started.elapsed()
         );
@@ -634,16 +657,18 @@ fn cancel_reaches_the_running_query_and_bogus_keys_do_nothing() {
 fn psql_cancel_with_sigint() {
     let pg = PgServer::shared();
     let proxy = ProxyConfig::new(pg).user(&SCRAM_USER).start();
+    let mark = unique_mark();
     let mut cmd = psql_command(SCRAM_USER.password);
     cmd.arg("-d")
         .arg(proxy.dsn(&SCRAM_USER))
         .arg("-c")
-        .arg("SELECT pg_sleep(10)");
+        .arg(format!("SELECT pg_sleep(10) /* {mark} */"));
     cmd.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let started = Instant::now();
     let child = cmd.spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(700));
+    // psql sends a cancel only for a query it is running; and there must be one to cancel.
+    pg.wait_for_query(&mark);
     let signalled = Instant::now();
     std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -655,8 +680,9 @@ fn psql_cancel_with_sigint() {
         stderr.contains("canceling statement due to user request"),
         "{stderr}"
     );
+    // Well short of the 10 s the query would otherwise run.
     assert!(
-        signalled.elapsed() < Duration::from_secs(1),
+        signalled.elapsed() < Duration::from_secs(5),
         "took {:?}",
         started.elapsed()
     );
@@ -668,14 +694,30 @@ fn killed_backends_idle_and_mid_transaction() {
     let proxy = ProxyConfig::new(pg)
         .user(&MD5_USER)
         .backend("pool_max_conns", json!(2))
+        .set("admin_users", json!([MD5_USER.name]))
         .start();
     let pw = Proxy::password(&MD5_USER);
     let mut a = WireClient::connect(proxy.addr, MD5_USER.name, pw, TEST_DATABASE).unwrap();
     let mut b = WireClient::connect(proxy.addr, MD5_USER.name, pw, TEST_DATABASE).unwrap();
     // Idle: kill every server connection of the pool; the next queries just work.
     a.query_column("SELECT 1").unwrap();
+    let killed = pg.backend_pids(MD5_USER.name);
+    assert!(!killed.is_empty());
     pg.terminate_backends(MD5_USER.name);
-    std::thread::sleep(Duration::from_millis(200));
+    // Gone, and pglink noticed: its pool has no server connection left
+    // (database|user|cl_active|cl_waiting|sv_active|sv_idle|sv_tested|sv_login|...).
+    wait_until(
+        "the killed backends are gone",
+        Duration::from_secs(10),
+        || {
+            let left = pg.backend_pids(MD5_USER.name);
+            let pools = proxy.console_rows(&MD5_USER, "SHOW POOLS");
+            killed.iter().all(|p| !left.contains(p))
+                && pools
+                    .iter()
+                    .any(|r| r[1] == MD5_USER.name && r[4..8].iter().all(|n| n == "0"))
+        },
+    );
     assert_eq!(a.query_column("SELECT 2").unwrap(), ["2"]);
     assert_eq!(b.query_column("SELECT 3").unwrap(), ["3"]);
     // Mid-transaction: the client holding that backend loses its session (FATAL), the other

@@ -118,8 +118,9 @@ fn backend_over_a_unix_socket_serves_psql_and_a_driver() {
     // The cancel reaches the server over its unix socket too.
     let pw = Proxy::password(&SCRAM_USER);
     let mut c = WireClient::connect(proxy.addr, SCRAM_USER.name, pw, TEST_DATABASE).unwrap();
-    let took = c.cancel_a_sleep(proxy.addr);
-    assert!(took < Duration::from_secs(2), "{took:?}");
+    let took = c.cancel_a_sleep(proxy.addr, pg);
+    // Well short of the 10 s the query would otherwise run.
+    assert!(took < Duration::from_secs(5), "{took:?}");
     assert_eq!(c.query_column("SELECT 1").unwrap(), ["1"]);
 }
 
@@ -208,9 +209,14 @@ fn listens_on_a_unix_socket_beside_tcp() {
         assert_eq!(row.get::<_, i32>(0), 42);
         client.batch_execute("COMMIT").await.unwrap();
         let cancel = client.cancel_token();
-        let sleep = client.simple_query("SELECT pg_sleep(10)");
+        let mark = unique_mark();
+        let sql = format!("SELECT pg_sleep(10) /* {mark} */");
+        let sleep = client.simple_query(&sql);
+        // Sent once the query runs: earlier, there is nothing to cancel.
         let canceller = async {
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            tokio::task::spawn_blocking(move || pg.wait_for_query(&mark))
+                .await
+                .unwrap();
             cancel.cancel_query(NoTls).await.unwrap();
         };
         let (slept, ()) = tokio::join!(sleep, canceller);

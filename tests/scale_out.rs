@@ -78,14 +78,19 @@ fn pipe(a: TcpStream, b: TcpStream) {
     }
 }
 
-/// Runs `SELECT pg_sleep(10)` on `client` and sends its key to `cancel_at` after 200 ms:
-/// whether the query ended with 57014 (and within 5 s).
-fn cancel_reaches(client: &mut WireClient, cancel_at: SocketAddr) -> bool {
+/// Runs `SELECT pg_sleep(10)` on `client` and sends its key to `cancel_at` once `pg` shows
+/// it running: whether the query ended with 57014 (and within 5 s).
+fn cancel_reaches(pg: &PgServer, client: &mut WireClient, cancel_at: SocketAddr) -> bool {
     let (pid, key) = client.key.clone().expect("BackendKeyData at login");
+    let mark = unique_mark();
     let mut m = Vec::new();
-    pglink::protocol::frontend::query(&mut m, b"SELECT pg_sleep(10)");
+    pglink::protocol::frontend::query(
+        &mut m,
+        format!("SELECT pg_sleep(10) /* {mark} */").as_bytes(),
+    );
     client.send(&m);
-    thread::sleep(Duration::from_millis(200));
+    // Earlier, there would be nothing to cancel.
+    pg.wait_for_query(&mark);
     let sent = Instant::now();
     send_cancel(cancel_at, pid, &key);
     let msgs = client.until_ready().unwrap();
@@ -180,7 +185,7 @@ fn behind_a_balancer_cancels_reach_their_query_whichever_instance_receives_them(
                         addrs[usize::from(owner) % 3]
                     };
                     sent.fetch_add(1, Ordering::Relaxed);
-                    if cancel_reaches(&mut client, target) {
+                    if cancel_reaches(pg, &mut client, target) {
                         reached.fetch_add(1, Ordering::Relaxed);
                     }
                     // The session goes on.
@@ -240,7 +245,7 @@ fn behind_a_balancer_cancels_reach_their_query_whichever_instance_receives_them(
     instances[1].child.wait().unwrap();
     assert_eq!(victim.query_column("SELECT 1").unwrap(), ["1"]);
     assert_eq!(on_three.query_column("SELECT 3").unwrap(), ["3"]);
-    assert!(cancel_reaches(&mut on_three, addrs[0]));
+    assert!(cancel_reaches(pg, &mut on_three, addrs[0]));
     let mut fresh = connect(addrs[0], &user);
     assert_eq!(fresh.query_column("SELECT 2").unwrap(), ["2"]);
 }
@@ -302,7 +307,7 @@ fn instances_sharing_a_port_forward_cancels_and_restart_one_by_one_refusing_nobo
         let mut client = connect(shared, &user);
         owners[usize::from(key_peer(&client.key.as_ref().unwrap().1)) - 1] += 1;
         sent += 1;
-        reached += usize::from(cancel_reaches(&mut client, shared));
+        reached += usize::from(cancel_reaches(pg, &mut client, shared));
         client.conn.terminate();
     }
     eprintln!("shared port: {reached} of {sent} cancels reached their query; sessions {owners:?}");
@@ -346,15 +351,14 @@ fn instances_sharing_a_port_forward_cancels_and_restart_one_by_one_refusing_nobo
         .collect();
     thread::sleep(Duration::from_millis(500));
     for i in 0..2 {
-        let before = ok.load(Ordering::Relaxed);
         assert!(process::signal(instances[i].pid(), "TERM"));
         let status = instances[i].wait_exit(Duration::from_secs(15));
         assert!(status.is_some_and(|s| s.success()), "{status:?}");
-        thread::sleep(Duration::from_millis(300));
-        assert!(
-            ok.load(Ordering::Relaxed) > before,
-            "the sibling served while instance {} was down",
-            i + 1
+        let before = ok.load(Ordering::Relaxed);
+        wait_until(
+            &format!("the sibling to serve while instance {} is down", i + 1),
+            Duration::from_secs(15),
+            || ok.load(Ordering::Relaxed) > before,
         );
         instances[i] = siblings[i].start(&config(i as u16 + 1), shared, &format!("rp{i}b"));
         thread::sleep(Duration::from_millis(500));
@@ -374,7 +378,7 @@ fn instances_sharing_a_port_forward_cancels_and_restart_one_by_one_refusing_nobo
     // The restarted instances serve and forward cancels; one killed outright leaves the
     // other taking every new connection.
     let mut client = connect(shared, &user);
-    assert!(cancel_reaches(&mut client, shared));
+    assert!(cancel_reaches(pg, &mut client, shared));
     instances[0].child.kill().unwrap();
     instances[0].child.wait().unwrap();
     for _ in 0..10 {

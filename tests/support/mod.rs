@@ -203,6 +203,16 @@ pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool)
     }
 }
 
+/// Text no other statement contains (this process, a counter), to find one statement in
+/// `pg_stat_activity`: `format!("SELECT pg_sleep(10) /* {mark} */")`, then
+/// [`PgServer::wait_for_query`].
+pub fn unique_mark() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("pglink_mark_{}_{n}", std::process::id())
+}
+
 /// A two-thread tokio runtime for the tests that drive async drivers (tokio-postgres).
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

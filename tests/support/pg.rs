@@ -342,6 +342,27 @@ impl PgServer {
             .collect()
     }
 
+    /// Whether a session other than this check's own is running (state `active`) a statement
+    /// whose text contains `mark` (see [`unique_mark`](super::unique_mark)).
+    pub fn query_running(&self, mark: &str) -> bool {
+        let sql = format!(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE state = 'active' AND pid <> pg_backend_pid() AND position({} in query) > 0",
+            quote_literal(mark)
+        );
+        self.admin_sql(&sql) != "0"
+    }
+
+    /// Waits (up to 10 s) until [`query_running`](Self::query_running): a cancel sent before
+    /// the statement reached the server would find nothing to cancel.
+    pub fn wait_for_query(&self, mark: &str) {
+        super::wait_until(
+            &format!("a statement marked {mark} to run"),
+            Duration::from_secs(10),
+            || self.query_running(mark),
+        );
+    }
+
     /// `pg_terminate_backend` every client backend of `user`; returns how many were signalled.
     pub fn terminate_backends(&self, user: &str) -> usize {
         let sql = format!(

@@ -217,6 +217,22 @@ impl Proxy {
             .collect()
     }
 
+    /// The rows `sql` gives on the admin console (`admin` must be in `admin_users`), split
+    /// at `|`; panics on an error.
+    pub fn console_rows(&self, admin: &TestUser, sql: &str) -> Vec<Vec<String>> {
+        let dsn = format!(
+            "host=127.0.0.1 port={} user={} dbname=pglink sslmode=disable connect_timeout=10",
+            self.port(),
+            admin.name
+        );
+        let out = super::run_psql(&dsn, Some(Proxy::password(admin)), sql)
+            .unwrap_or_else(|e| panic!("{sql} on the console: {e}"));
+        out.lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| l.split('|').map(str::to_owned).collect())
+            .collect()
+    }
+
     pub fn client_count(&self) -> usize {
         self.server.as_ref().map_or(0, ServerHandle::client_count)
     }

@@ -24,6 +24,8 @@ use pglink::protocol::backend::{Authentication, BackendMessage};
 use pglink::protocol::startup::{ProtocolVersion, ssl_request, startup_message};
 use pglink::protocol::{ErrorFields, frontend};
 
+use super::pg::PgServer;
+
 /// Default bound on every blocking read and write.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -773,14 +775,36 @@ impl WireClient {
     }
 
     /// Runs `SELECT pg_sleep(10)`, sends a CancelRequest with this session's key to `addr`
-    /// after 300 ms, checks that the query failed with 57014 and returns how long that took
+    /// once `pg` shows the query running (a cancel that arrives before it would find nothing
+    /// to cancel), checks that the query failed with 57014 and returns how long that took
     /// after the cancel was sent.
-    pub fn cancel_a_sleep(&mut self, addr: SocketAddr) -> Duration {
+    pub fn cancel_a_sleep(&mut self, addr: SocketAddr, pg: &PgServer) -> Duration {
+        let mark = super::unique_mark();
+        let sql = format!("SELECT pg_sleep(10) /* {mark} */");
+        self.cancel_when(addr, &sql, || pg.query_running(&mark))
+    }
+
+    /// [`cancel_a_sleep`](Self::cancel_a_sleep) for a statement that never reaches the server
+    /// (it waits in pglink, for the pool say): the cancel is sent once `waiting` is true.
+    pub fn cancel_a_waiting_sleep(
+        &mut self,
+        addr: SocketAddr,
+        waiting: impl FnMut() -> bool,
+    ) -> Duration {
+        self.cancel_when(addr, "SELECT pg_sleep(10)", waiting)
+    }
+
+    fn cancel_when(
+        &mut self,
+        addr: SocketAddr,
+        sql: &str,
+        ready: impl FnMut() -> bool,
+    ) -> Duration {
         let (pid, key) = self.key.clone().expect("BackendKeyData at login");
         let mut m = Vec::new();
-        frontend::query(&mut m, b"SELECT pg_sleep(10)");
+        frontend::query(&mut m, sql.as_bytes());
         self.send(&m);
-        std::thread::sleep(Duration::from_millis(300));
+        super::wait_until("the statement to cancel", Duration::from_secs(10), ready);
         let started = std::time::Instant::now();
         send_cancel(addr, pid, &key);
         let msgs = self.until_ready().unwrap();
