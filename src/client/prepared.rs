@@ -567,11 +567,14 @@ impl Session {
     /// whole and small. `message` is `None` if it was not handled whole.
     pub(super) fn record_for_replay(&mut self, batch_start: bool, tag: u8, message: Option<&[u8]>) {
         const LIMIT: usize = 64 * 1024;
+        // Room for a usual batch (Bind, Execute, Sync of a few parameters) at once: grown
+        // from empty, it would be reallocated two or three times in every transaction.
+        const USUAL: usize = 256;
         let Some(lending) = self.lending_mut() else {
             return;
         };
         if batch_start {
-            lending.replay = (tag == fe::BIND).then(Vec::new);
+            lending.replay = (tag == fe::BIND).then(|| Vec::with_capacity(USUAL));
         }
         let Some(batch) = lending.replay.as_mut() else {
             return;
