@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use support::proxy::{ChildProxy, create_user};
+use support::proxy::{ChildProxy, console, create_user, rows};
 use support::wire::WireClient;
 use support::*;
 
@@ -22,24 +22,6 @@ fn config(pg: &PgServer, admin: &TestUser, others: &[&TestUser]) -> ProxyConfig 
         config = config.user(u);
     }
     config
-}
-
-/// psql against the console of the pglink listening on `port`: `-A -t` output, or the error.
-fn console(port: u16, user: &TestUser, sql: &str) -> Result<String, String> {
-    let dsn = format!(
-        "host=127.0.0.1 port={port} user={} dbname={CONSOLE} sslmode=disable",
-        user.name
-    );
-    run_psql(&dsn, Some(Proxy::password(user)), sql)
-}
-
-/// The rows of a `-A -t` output, split at `|`.
-fn rows(output: &str) -> Vec<Vec<String>> {
-    output
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| l.split('|').map(str::to_owned).collect())
-        .collect()
 }
 
 /// The error of a login that must fail.

@@ -19,6 +19,25 @@ use super::{TEST_DATABASE, TestUser};
 /// Password pglink's clients use for a role that has none on the server (trust, cert).
 pub const PROXY_ONLY_PASSWORD: &str = "proxy_pw";
 
+/// Runs `sql` with psql on the admin console (database `pglink`) of the pglink on `port`,
+/// as `user`: its `-A -t` output, or psql's error.
+pub fn console(port: u16, user: &TestUser, sql: &str) -> Result<String, String> {
+    let dsn = format!(
+        "host=127.0.0.1 port={port} user={} dbname=pglink sslmode=disable connect_timeout=10",
+        user.name
+    );
+    super::run_psql(&dsn, Some(Proxy::password(user)), sql)
+}
+
+/// The rows of a `-A -t` output, split at `|`.
+pub fn rows(output: &str) -> Vec<Vec<String>> {
+    output
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split('|').map(str::to_owned).collect())
+        .collect()
+}
+
 /// Creates a SCRAM login role only one test uses, so that counting its server connections
 /// is not disturbed by other tests running in parallel.
 pub fn create_user(pg: &PgServer, prefix: &str) -> TestUser {
@@ -217,20 +236,12 @@ impl Proxy {
             .collect()
     }
 
-    /// The rows `sql` gives on the admin console (`admin` must be in `admin_users`), split
-    /// at `|`; panics on an error.
+    /// The rows `sql` gives on the admin console (`admin` must be in `admin_users`); panics
+    /// on an error.
     pub fn console_rows(&self, admin: &TestUser, sql: &str) -> Vec<Vec<String>> {
-        let dsn = format!(
-            "host=127.0.0.1 port={} user={} dbname=pglink sslmode=disable connect_timeout=10",
-            self.port(),
-            admin.name
-        );
-        let out = super::run_psql(&dsn, Some(Proxy::password(admin)), sql)
+        let out = console(self.port(), admin, sql)
             .unwrap_or_else(|e| panic!("{sql} on the console: {e}"));
-        out.lines()
-            .filter(|l| !l.is_empty())
-            .map(|l| l.split('|').map(str::to_owned).collect())
-            .collect()
+        rows(&out)
     }
 
     pub fn client_count(&self) -> usize {
