@@ -22,6 +22,7 @@ fn config(endpoint: String, protocol: OtlpProtocol) -> ExporterConfig {
         queue_capacity: 64,
         queue_bytes: ExporterConfig::DEFAULT_QUEUE_BYTES,
         max_batch: 16,
+        max_request_bytes: ExporterConfig::DEFAULT_MAX_REQUEST_BYTES,
         batch_delay: Duration::from_millis(20),
         export_timeout: Duration::from_secs(2),
     }
@@ -201,6 +202,47 @@ fn http_posts_to_the_traces_path_in_bounded_batches() {
         receiver.paths()
     );
     assert_eq!(counts(exporter.stats()), (25, 0, 0));
+}
+
+#[test]
+fn requests_are_cut_at_max_request_bytes_and_a_longer_span_goes_alone() {
+    for (protocol, otlp) in [
+        (Protocol::Http, OtlpProtocol::Http),
+        (Protocol::Grpc, OtlpProtocol::Grpc),
+    ] {
+        let receiver = OtlpReceiver::start(protocol);
+        let mut c = config(receiver.endpoint(), otlp);
+        c.max_batch = 100;
+        c.max_request_bytes = 4096;
+        // Only a request's worth of bytes wakes the thread: 100 spans never queue up.
+        c.batch_delay = Duration::from_secs(30);
+        let (exporter, thread) = Exporter::start(c).unwrap();
+        let long = "l".repeat(900);
+        let longest = "x".repeat(5000);
+        let mut batch = exporter.batch();
+        for n in 0..9 {
+            batch.push(&span(n, None, if n == 5 { &longest } else { &long }));
+        }
+        drop(batch);
+        // 4 spans of about 960 bytes fit in 4 KiB; the 5 KiB one is sent by itself. The last
+        // three wait (fewer than a request's worth), until shutdown.
+        assert_eq!(receiver.wait_for(6, Duration::from_secs(5)).len(), 6);
+        std::thread::sleep(Duration::from_millis(300));
+        let spans: Vec<usize> = receiver.request_sizes().iter().map(|r| r.0).collect();
+        assert_eq!(spans, [4, 1, 1], "{protocol:?}");
+        thread.shutdown(Duration::from_secs(2));
+        let sizes = receiver.request_sizes();
+        let spans: Vec<usize> = sizes.iter().map(|r| r.0).collect();
+        assert_eq!(spans, [4, 1, 1, 3], "{protocol:?}");
+        for &(n, bytes) in &sizes {
+            // The request's own framing (resource, scope) is under 200 bytes.
+            assert!(n == 1 || bytes <= 4096 + 200, "{n} spans in {bytes} bytes");
+        }
+        let ids: Vec<String> = receiver.spans().into_iter().map(|s| s.span_id).collect();
+        let sent: Vec<String> = (0..9).map(|n| format!("{n:016x}")).collect();
+        assert_eq!(ids, sent, "in the order handed over");
+        assert_eq!(counts(exporter.stats()), (9, 0, 0));
+    }
 }
 
 #[test]

@@ -29,14 +29,14 @@
 //!   batch's hand-over holds for one copy; when it is full (a slow or dead collector), the
 //!   batch's spans are dropped and counted in [`ExportStats::dropped`]. Memory is bounded by
 //!   `queue_capacity` spans and `queue_bytes` in the queue (with a 16-byte mark where each
-//!   hand-over ends, at most `queue_capacity` of them: 128 KiB by default), plus one request
+//!   hand-over ends, at most `queue_capacity` of them: 256 KiB by default), plus one request
 //!   being sent, fewer than a request's worth held back for the next one, and a batch per
 //!   thread.
-//! - **Requests are full.** A queue holding `max_batch` spans wakes the thread, which sends
-//!   whole requests of `max_batch` and holds the rest for the next wake-up, so that under load
-//!   every request carries `max_batch` spans (sending the remainder at once made nearly two
-//!   requests of every 512 spans, for the collector as for this thread); the batch delay
-//!   sends everything.
+//! - **Requests are full.** A queue holding `max_batch` spans (or `max_request_bytes`) wakes
+//!   the thread, which sends whole requests of `max_batch` spans and at most
+//!   `max_request_bytes`, and holds the rest for the next wake-up, so that under load every
+//!   request is full (sending the remainder at once made nearly two requests of every 512
+//!   spans, for the collector as for this thread); the batch delay sends everything.
 //! - **One current-thread tokio runtime** on the exporter thread drives both transports
 //!   (`transport.rs`): tonic's channel for gRPC, hyper's pooled HTTP/1.1 client (keep-alive)
 //!   for HTTP. Everything the thread waits on is a future, so a hung export is abandoned at
@@ -99,6 +99,8 @@ pub struct ExporterConfig {
     pub queue_bytes: usize,
     /// The most spans in one export request.
     pub max_batch: usize,
+    /// The most bytes of spans in one export request (a span longer than this goes alone).
+    pub max_request_bytes: usize,
     /// How long the first span of a batch waits for more before the batch is sent.
     pub batch_delay: Duration,
     /// The most one export request may take, retries included.
@@ -106,10 +108,17 @@ pub struct ExporterConfig {
 }
 
 impl ExporterConfig {
-    pub const DEFAULT_QUEUE_CAPACITY: usize = 8192;
-    /// 8192 spans of 2 KiB, where a span is about 400 bytes without its query text.
+    pub const DEFAULT_QUEUE_CAPACITY: usize = 16384;
+    /// 16384 spans of 1 KiB, where a span is about 300 to 400 bytes without its query text.
     pub const DEFAULT_QUEUE_BYTES: usize = 16 << 20;
-    pub const DEFAULT_MAX_BATCH: usize = 512;
+    /// Four times the OpenTelemetry SDK's 512: at tens of thousands of spans a second, half
+    /// of the export thread's CPU went to the requests themselves (a write, a wait for the
+    /// answer, two context switches), not to their bytes.
+    pub const DEFAULT_MAX_BATCH: usize = 2048;
+    /// Under the 4 MiB message a gRPC server takes by default (the OpenTelemetry
+    /// Collector's OTLP receiver, tonic), with room for long query texts' spans to arrive
+    /// whole: 2048 spans of a typical size are about 700 KiB.
+    pub const DEFAULT_MAX_REQUEST_BYTES: usize = 2 << 20;
     pub const DEFAULT_BATCH_DELAY: Duration = Duration::from_secs(1);
     pub const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -133,6 +142,7 @@ impl ExporterConfig {
             queue_capacity: Self::DEFAULT_QUEUE_CAPACITY,
             queue_bytes: Self::DEFAULT_QUEUE_BYTES,
             max_batch: Self::DEFAULT_MAX_BATCH,
+            max_request_bytes: Self::DEFAULT_MAX_REQUEST_BYTES,
             batch_delay: Self::DEFAULT_BATCH_DELAY,
             export_timeout: Self::DEFAULT_EXPORT_TIMEOUT,
         }
@@ -361,6 +371,7 @@ impl Exporter {
             config.queue_capacity,
             config.queue_bytes,
             config.max_batch,
+            config.max_request_bytes,
         ));
         let spans = Arc::clone(&queue);
         let (shutdown, shutdown_rx) = oneshot::channel();
@@ -520,8 +531,9 @@ mod tests {
         let c = ExporterConfig::from_config_and_env(&otel(None, OtlpProtocol::Grpc), None);
         assert_eq!(c.resolved_endpoint().unwrap(), "http://localhost:4317");
         assert_eq!(c.service_name, "pglink");
-        assert_eq!(c.queue_capacity, 8192);
-        assert_eq!(c.max_batch, 512);
+        assert_eq!(c.queue_capacity, 16384);
+        assert_eq!(c.max_batch, 2048);
+        assert_eq!(c.max_request_bytes, 2 << 20);
     }
 
     #[test]

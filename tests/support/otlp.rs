@@ -84,11 +84,15 @@ struct Received {
     arrived: Condvar,
     requests: AtomicUsize,
     paths: Mutex<Vec<String>>,
+    /// Each request's spans and encoded length.
+    sizes: Mutex<Vec<(usize, usize)>>,
 }
 
 impl Received {
     fn add(&self, request: ExportTraceServiceRequest) {
+        let bytes = request.encoded_len();
         let spans = flatten(request);
+        self.sizes.lock().unwrap().push((spans.len(), bytes));
         self.requests.fetch_add(1, Ordering::SeqCst);
         let mut all = self.spans.lock().unwrap();
         all.extend(spans);
@@ -157,6 +161,11 @@ impl OtlpReceiver {
     /// Export requests received so far.
     pub fn requests(&self) -> usize {
         self.received.requests.load(Ordering::SeqCst)
+    }
+
+    /// Each request's spans and encoded length in bytes, in the order they arrived.
+    pub fn request_sizes(&self) -> Vec<(usize, usize)> {
+        self.received.sizes.lock().unwrap().clone()
     }
 
     /// The HTTP request targets received so far (HTTP only).

@@ -485,6 +485,20 @@ pub(super) fn span_fields_end(spans: &[u8], n: usize) -> usize {
     at
 }
 
+/// The end and the number of the whole span fields at the start of `spans` (as
+/// [`put_span_field`] writes them) that fit in `max_bytes`.
+pub(super) fn span_fields_within(spans: &[u8], max_bytes: usize) -> (usize, usize) {
+    let (mut at, mut n) = (0, 0);
+    loop {
+        let end = at + span_fields_end(spans.get(at..).unwrap_or_default(), 1);
+        if end == at || end > max_bytes {
+            return (at, n);
+        }
+        at = end;
+        n += 1;
+    }
+}
+
 /// A varint and its length in bytes.
 fn read_varint(bytes: &[u8]) -> Option<(u64, usize)> {
     let mut v = 0u64;
@@ -814,6 +828,11 @@ mod tests {
         assert_eq!(span_fields_end(b"\x12\x05ab", 1), 4);
         assert_eq!(span_fields_end(b"\x12\xff", 1), 2);
         assert_eq!(span_fields_end(b"", 3), 0);
+        assert_eq!(span_fields_within(b"\x12\x01a\x12\x02bc", 0), (0, 0));
+        assert_eq!(span_fields_within(b"\x12\x01a\x12\x02bc", 6), (3, 1));
+        assert_eq!(span_fields_within(b"\x12\x01a\x12\x02bc", 7), (7, 2));
+        assert_eq!(span_fields_within(b"\x12\x01a\x12\x02bc", 100), (7, 2));
+        assert_eq!(span_fields_within(b"", 100), (0, 0));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::task::Poll;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::encode::{RequestEncoder, span_fields_end};
+use super::encode::{RequestEncoder, span_fields_end, span_fields_within};
 use super::transport::Transport;
 use super::{ExportStats, ExporterConfig};
 
@@ -27,6 +27,8 @@ pub(super) struct SpanQueue {
     max_bytes: usize,
     /// Spans queued at which the thread is woken.
     batch: usize,
+    /// Bytes queued at which the thread is woken (a request's worth).
+    batch_bytes: usize,
 }
 
 #[derive(Debug, Default)]
@@ -58,6 +60,24 @@ impl Run {
         self.ends.clear();
     }
 
+    /// The cut after at most `n` spans and `max_bytes` bytes from `from` (bytes and spans of
+    /// a cut), as (bytes, spans) from the run's start; at least one span when `one` and there
+    /// is one, however long it is.
+    fn cut(&self, from: (usize, usize), n: usize, max_bytes: usize, one: bool) -> (usize, usize) {
+        let end = self.end_after(from, n);
+        let spans = n.min(self.spans.saturating_sub(from.1));
+        if end - from.0 <= max_bytes {
+            return (end, from.1 + spans);
+        }
+        // Too long: span by span (a rare cut, of long query texts' spans).
+        let rest = self.bytes.get(from.0..end).unwrap_or_default();
+        let (bytes, count) = span_fields_within(rest, max_bytes);
+        if count == 0 && one && spans > 0 {
+            return (from.0 + span_fields_end(rest, 1), from.1 + 1);
+        }
+        (from.0 + bytes, from.1 + count)
+    }
+
     /// The end (in bytes) of the first `n` spans after `from` (bytes and spans of a cut),
     /// or of the run when there are fewer.
     fn end_after(&self, from: (usize, usize), n: usize) -> usize {
@@ -84,13 +104,19 @@ impl Run {
 }
 
 impl SpanQueue {
-    pub(super) fn new(capacity: usize, max_bytes: usize, batch: usize) -> SpanQueue {
+    pub(super) fn new(
+        capacity: usize,
+        max_bytes: usize,
+        batch: usize,
+        batch_bytes: usize,
+    ) -> SpanQueue {
         SpanQueue {
             queued: std::sync::Mutex::new(Queued::default()),
             ready: tokio::sync::Notify::new(),
             capacity: capacity.max(1),
             max_bytes,
             batch: batch.clamp(1, capacity.max(1)),
+            batch_bytes: batch_bytes.max(1),
         }
     }
 
@@ -111,11 +137,12 @@ impl SpanQueue {
             {
                 return false;
             }
-            let before = q.run.spans;
+            let before = (q.run.spans, q.run.bytes.len());
             q.run.push(bytes, spans);
-            (before, q.run.spans)
+            (before, (q.run.spans, q.run.bytes.len()))
         };
-        if before < self.batch && after >= self.batch {
+        let crossed = |limit: usize, before: usize, after: usize| before < limit && after >= limit;
+        if crossed(self.batch, before.0, after.0) || crossed(self.batch_bytes, before.1, after.1) {
             self.ready.notify_one();
         }
         true
@@ -229,11 +256,12 @@ impl Worker {
         }
     }
 
-    /// Sends the held spans and then `taken`'s in requests of at most `max_batch` (only
-    /// whole requests when `whole`: what is left is held for the next wake-up). After the
-    /// shutdown deadline, what is left is counted as failed.
+    /// Sends the held spans and then `taken`'s in requests of at most `max_batch` spans and
+    /// `max_request_bytes` (only full requests when `whole`: what is left is held for the
+    /// next wake-up). After the shutdown deadline, what is left is counted as failed.
     async fn export_all(&mut self, taken: &Run, whole: bool) {
         let max_batch = self.config.max_batch.max(1);
+        let max_bytes = self.config.max_request_bytes.max(1);
         // Where `taken` is cut: bytes and spans sent from it.
         let mut at = (0, 0);
         loop {
@@ -247,17 +275,21 @@ impl Worker {
                 self.held_spans = 0;
                 return;
             }
-            if whole && left < max_batch {
+            let left_bytes = self.held.len() + taken.bytes.len() - at.0;
+            if whole && left < max_batch && left_bytes < max_bytes {
                 break;
             }
-            let count = left.min(max_batch);
-            let from_taken = count.saturating_sub(self.held_spans);
-            let end = taken.end_after(at, from_taken);
-            let part = taken.bytes.get(at.0..end).unwrap_or_default();
+            // What is held is less than a request's worth (see above); it goes first, and
+            // alone when no span of `taken` fits beside it.
+            let from_taken = max_batch.saturating_sub(self.held_spans);
+            let room = max_bytes.saturating_sub(self.held.len());
+            let cut = taken.cut(at, from_taken, room, self.held_spans == 0);
+            let part = taken.bytes.get(at.0..cut.0).unwrap_or_default();
             let request = self.encoder.encode_parts(&self.held, part);
+            let count = self.held_spans + (cut.1 - at.1);
             self.held.clear();
             self.held_spans = 0;
-            at = (end, at.1 + from_taken);
+            at = cut;
             self.export(request, count).await;
         }
         // Fewer than a request's worth: held (after what is already held) for the next one.
@@ -428,7 +460,35 @@ mod tests {
         }
         let mut empty = Run::default();
         assert_eq!(empty.end_after((0, 0), 5), 0);
+        assert_eq!(empty.cut((0, 0), 5, 0, true), (0, 0));
         empty.push(&[], 0);
         assert_eq!(empty.end_after((0, 0), 1), 0);
+    }
+
+    #[test]
+    fn a_run_is_cut_at_a_byte_limit_between_spans() {
+        let (run, ends) = run(&[3, 1, 5, 2]);
+        let end = |spans: usize| if spans == 0 { 0 } else { ends[spans - 1] };
+        for from in 0..=11 {
+            for n in 0..=13 {
+                for max_bytes in 0..=run.bytes.len() + 1 {
+                    for one in [false, true] {
+                        let there = n.min(11 - from);
+                        let mut want = (0..=there)
+                            .rev()
+                            .find(|&k| end(from + k) - end(from) <= max_bytes)
+                            .unwrap();
+                        if want == 0 && one && there > 0 {
+                            want = 1;
+                        }
+                        assert_eq!(
+                            run.cut((end(from), from), n, max_bytes, one),
+                            (end(from + want), from + want),
+                            "{n} spans and {max_bytes} bytes after {from} ({one})"
+                        );
+                    }
+                }
+            }
+        }
     }
 }
