@@ -407,6 +407,37 @@ pub fn backend_client_config(
     Ok(Arc::new(config))
 }
 
+/// The rustls client configuration for an OTLP collector: its certificate chain checked
+/// against the certificates of the PEM file `root` (`None`: the system's trust store, as
+/// `sslrootcert=system` reads it) and its name against the host pglink connects to;
+/// `client`: the certificate chain and key files pglink shows a collector that asks. No ALPN
+/// protocols: the caller's connector sets them.
+pub fn collector_client_config(
+    root: Option<&Path>,
+    client: Option<(&Path, &Path)>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let roots = match root {
+        Some(path) => {
+            let mut store = RootCertStore::empty();
+            for cert in load_certs(path)? {
+                add_root(&mut store, cert, path)?;
+            }
+            store
+        }
+        None => SystemRoots::from_env().load()?,
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    Ok(match client {
+        Some((cert, key)) => {
+            let identity = load_identity(cert, key, None)?;
+            builder.with_client_auth_cert(identity.chain, identity.key)?
+        }
+        None => builder.with_no_client_auth(),
+    })
+}
+
 fn load_roots(root: &str) -> Result<RootCertStore, TlsError> {
     if root == SYSTEM_ROOT_CERT {
         return SystemRoots::from_env().load();

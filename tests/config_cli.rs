@@ -256,8 +256,8 @@ fn check_refuses_what_start_refuses() {
     let (code, stdout, stderr) = run(&mut pglink(&["-config", file.to_str().unwrap(), "-check"]));
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains("configuration OK"), "{stdout}");
-    // Tracing is implemented: -check accepts it, but not a collector over https (OTLP goes out
-    // without TLS, and never as plain text where TLS was asked for).
+    // Tracing is implemented: -check accepts it, over https too, and checks what the
+    // exporter takes from the environment (headers, the CA file of an https collector).
     if cfg!(feature = "otel") {
         let otel = |endpoint: &str| {
             format!(
@@ -271,18 +271,35 @@ fn check_refuses_what_start_refuses() {
             run(&mut pglink(&["-config", file.to_str().unwrap(), "-check"]));
         assert_eq!(code, 0, "{stdout}{stderr}");
         std::fs::write(&file, config_with(&otel("https://collector:4317"))).unwrap();
-        let (code, stdout, stderr) = run(&mut pglink(&[
-            "-config",
-            file.to_str().unwrap(),
-            "-check",
-            "-json",
-        ]));
+        let ca = dir.join("otlp-ca.pem");
+        std::fs::write(&ca, pglink::tls::generate_self_signed().unwrap().cert_pem).unwrap();
+        let check = |env: &[(&str, &Path)]| {
+            let mut cmd = pglink(&["-config", file.to_str().unwrap(), "-check", "-json"]);
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            run(&mut cmd)
+        };
+        let (code, stdout, stderr) = check(&[("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca)]);
+        assert_eq!(code, 0, "{stdout}{stderr}");
+        let missing = dir.join("no-such-ca.pem");
+        let (code, stdout, stderr) = check(&[("OTEL_EXPORTER_OTLP_CERTIFICATE", &missing)]);
         assert_eq!(code, 1, "{stdout}{stderr}");
         let errors = logged_errors(&stderr);
         assert!(
             errors.len() == 1
                 && errors[0].contains("opentelemetry: ")
-                && errors[0].contains("https"),
+                && errors[0].contains("no-such-ca.pem"),
+            "{stderr}"
+        );
+        let (code, stdout, stderr) = check(&[
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca),
+            ("OTEL_EXPORTER_OTLP_HEADERS", Path::new("novalue")),
+        ]);
+        assert_eq!(code, 1, "{stdout}{stderr}");
+        let errors = logged_errors(&stderr);
+        assert!(
+            errors.len() == 1 && errors[0].contains("OTEL_EXPORTER_OTLP_HEADERS"),
             "{stderr}"
         );
     }

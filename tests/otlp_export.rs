@@ -7,12 +7,15 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use std::path::PathBuf;
+
 use pglink::config::OtlpProtocol;
 use pglink::observe::otlp::{
-    ExportStats, Exporter, ExporterConfig, SharedAttributes, Span, SpanBatch, SpanEvent, SpanKind,
-    SpanStatus, Value,
+    CollectorTls, ExportStats, Exporter, ExporterConfig, SharedAttributes, Span, SpanBatch,
+    SpanEvent, SpanKind, SpanStatus, Value,
 };
-use support::otlp::{OtlpReceiver, Protocol};
+use support::certs::TestCerts;
+use support::otlp::{OtlpReceiver, Protocol, ReceiverTls};
 
 fn config(endpoint: String, protocol: OtlpProtocol) -> ExporterConfig {
     ExporterConfig {
@@ -25,7 +28,51 @@ fn config(endpoint: String, protocol: OtlpProtocol) -> ExporterConfig {
         max_request_bytes: ExporterConfig::DEFAULT_MAX_REQUEST_BYTES,
         batch_delay: Duration::from_millis(20),
         export_timeout: Duration::from_secs(2),
+        headers: None,
+        tls: CollectorTls::default(),
     }
+}
+
+/// A directory for one test's files, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(label: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!("pglink-otlp-{}-{label}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    fn file(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const BOTH: [(Protocol, OtlpProtocol); 2] = [
+    (Protocol::Http, OtlpProtocol::Http),
+    (Protocol::Grpc, OtlpProtocol::Grpc),
+];
+
+/// A TLS collector with `certs`' server certificate that asks for a client certificate
+/// signed by `certs`' CA.
+fn tls_receiver(protocol: Protocol, certs: &TestCerts) -> OtlpReceiver {
+    OtlpReceiver::start_tls(
+        protocol,
+        ReceiverTls {
+            cert_pem: certs.server.cert_pem.clone(),
+            key_pem: certs.server.key_pem.clone(),
+            client_ca_pem: Some(certs.ca_cert_pem.clone()),
+        },
+    )
 }
 
 const TRACE: [u8; 16] = [
@@ -404,16 +451,100 @@ fn hung_collector_http() {
 }
 
 #[test]
-fn start_refuses_https_and_bad_urls() {
-    for (endpoint, want) in [
-        ("https://collector:4317", "without TLS"),
-        ("collector:4317", "invalid OTLP endpoint"),
-        ("http://bad host:1", "invalid OTLP endpoint"),
-    ] {
-        for otlp in [OtlpProtocol::Grpc, OtlpProtocol::Http] {
+fn start_refuses_bad_urls_headers_and_tls_files() {
+    let dir = TempDir::new("refuse");
+    let ca = dir.file("ca.pem", &TestCerts::generate("x").ca_cert_pem);
+    for otlp in [OtlpProtocol::Grpc, OtlpProtocol::Http] {
+        for (endpoint, want) in [
+            ("collector:4317", "invalid OTLP endpoint"),
+            ("http://bad host:1", "invalid OTLP endpoint"),
+            ("ftp://collector:21", "invalid OTLP endpoint"),
+        ] {
             let err = Exporter::start(config(endpoint.into(), otlp)).unwrap_err();
             assert!(err.to_string().contains(want), "{endpoint}: {err}");
         }
+        let https = || config("https://127.0.0.1:1".into(), otlp);
+        let mut c = https();
+        c.tls.certificate = Some("/nonexistent/ca.pem".into());
+        let err = Exporter::start(c).unwrap_err().to_string();
+        assert!(
+            err.contains("cannot set up TLS") && err.contains("/nonexistent/ca.pem"),
+            "{err}"
+        );
+        let mut c = https();
+        c.tls.certificate = Some(ca.clone());
+        c.tls.client_key = Some(ca.clone());
+        let err = Exporter::start(c).unwrap_err().to_string();
+        assert!(err.contains("go together"), "{err}");
+        for headers in ["novalue", "a=b,=c", "k=caf%C3%A9", "bad name=1"] {
+            let mut c = config("http://127.0.0.1:1".into(), otlp);
+            c.headers = Some(headers.into());
+            let err = Exporter::start(c).unwrap_err().to_string();
+            assert!(
+                err.contains("OTEL_EXPORTER_OTLP_HEADERS"),
+                "{headers}: {err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn https_and_grpc_over_tls_carry_spans_headers_and_a_client_certificate() {
+    let certs = TestCerts::generate("pglink-exporter");
+    let dir = TempDir::new("tls");
+    let ca = dir.file("ca.pem", &certs.ca_cert_pem);
+    let client_cert = dir.file("client.pem", &certs.client.cert_pem);
+    let client_key = dir.file("client.key", &certs.client.key_pem);
+    for (protocol, otlp) in BOTH {
+        let receiver = tls_receiver(protocol, &certs);
+        assert!(receiver.endpoint().starts_with("https://127.0.0.1:"));
+        let mut c = config(receiver.endpoint(), otlp);
+        c.headers = Some("authorization=Bearer%20t0k%3Den, X-Tenant = acme".into());
+        c.tls = CollectorTls {
+            certificate: Some(ca.clone()),
+            client_certificate: Some(client_cert.clone()),
+            client_key: Some(client_key.clone()),
+        };
+        let (exporter, thread) = Exporter::start(c).unwrap();
+        exporter.submit(&span(1, None, "over tls"));
+        let got = receiver.wait_for(1, Duration::from_secs(10));
+        thread.shutdown(Duration::from_secs(2));
+        assert_eq!(got.len(), 1, "{protocol:?}");
+        assert_eq!(got[0].name, "over tls");
+        let headers = receiver.headers();
+        let has = |k: &str, v: &str| headers[0].iter().any(|(n, x)| n == k && x == v);
+        assert!(
+            has("authorization", "Bearer t0k=en") && has("x-tenant", "acme"),
+            "{protocol:?}: {headers:?}"
+        );
+        assert_eq!(counts(exporter.stats()), (1, 0, 0), "{protocol:?}");
+    }
+}
+
+#[test]
+fn tls_export_fails_to_an_untrusted_collector_and_without_the_asked_client_certificate() {
+    let certs = TestCerts::generate("pglink-exporter");
+    let other = TestCerts::generate("other");
+    let dir = TempDir::new("untrusted");
+    let ca = dir.file("ca.pem", &certs.ca_cert_pem);
+    let other_ca = dir.file("other-ca.pem", &other.ca_cert_pem);
+    for (protocol, otlp) in BOTH {
+        let receiver = tls_receiver(protocol, &certs);
+        for (certificate, why) in [
+            (
+                &other_ca,
+                "a CA that did not sign the collector's certificate",
+            ),
+            (&ca, "no client certificate"),
+        ] {
+            let mut c = config(receiver.endpoint(), otlp);
+            c.tls.certificate = Some(certificate.clone());
+            let (exporter, thread) = Exporter::start(c).unwrap();
+            exporter.submit(&span(1, None, "s"));
+            thread.shutdown(Duration::from_secs(5));
+            assert_eq!(counts(exporter.stats()), (0, 0, 1), "{protocol:?}: {why}");
+        }
+        assert_eq!(receiver.requests(), 0, "{protocol:?}");
     }
 }
 

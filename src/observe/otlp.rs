@@ -1,6 +1,6 @@
 //! OTLP span export: finished spans go from the reactor threads into a bounded queue, and one
 //! exporter thread sends them in batches to an OpenTelemetry collector over gRPC or
-//! HTTP/protobuf (plain text: this build has no TLS for OTLP).
+//! HTTP/protobuf, in plain text or over TLS.
 //!
 //! The engine turns its events into [`Span`]s; this module owns the way out:
 //!
@@ -45,13 +45,22 @@
 //!   [`ExportStats::failed`]. After `shutdown`, `exported + dropped + failed` is every span
 //!   handed over.
 //!
-//! Environment: `OTEL_EXPORTER_OTLP_ENDPOINT` (when the config sets no endpoint) and
+//! - **TLS** for an `https://` endpoint, over HTTP/1.1 or gRPC (HTTP/2, ALPN `h2`): rustls
+//!   with ring, the collector's certificate checked against the system's trust store (what
+//!   `sslrootcert=system` reads) or `OTEL_EXPORTER_OTLP_CERTIFICATE`, and its name against
+//!   the endpoint's host; a client certificate when one is configured.
+//!
+//! Environment: `OTEL_EXPORTER_OTLP_ENDPOINT` (when the config sets no endpoint),
 //! `OTEL_RESOURCE_ATTRIBUTES` (extra resource attributes; `service.name` comes from the
-//! config) are honoured. The SDK's other variables (`OTEL_EXPORTER_OTLP_HEADERS`,
-//! `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_EXPORTER_OTLP_COMPRESSION`, `OTEL_SERVICE_NAME`, the
-//! `…_TRACES_…` variants, …) are not read.
+//! config), and `OTEL_EXPORTER_OTLP_HEADERS`, `…_CERTIFICATE`, `…_CLIENT_CERTIFICATE` and
+//! `…_CLIENT_KEY`, each also as its `OTEL_EXPORTER_OTLP_TRACES_…` variant, which wins, are
+//! honoured. A header list or certificate file that cannot be used stops the start (and
+//! `-check`): nothing is sent without what was asked for. The SDK's other variables
+//! (`OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_EXPORTER_OTLP_COMPRESSION`, `OTEL_SERVICE_NAME`,
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, …) are not read.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
@@ -78,6 +87,13 @@ pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 /// The environment variable of extra resource attributes (`key=value,key=value`,
 /// percent-encoded), read once when the exporter starts.
 pub const OTEL_RESOURCE_ATTRIBUTES: &str = "OTEL_RESOURCE_ATTRIBUTES";
+/// Headers sent with every export request: `key=value,key=value`, values percent-encoded.
+pub const OTEL_EXPORTER_OTLP_HEADERS: &str = "OTEL_EXPORTER_OTLP_HEADERS";
+/// A PEM file of the certificates that may sign an `https://` collector's.
+pub const OTEL_EXPORTER_OTLP_CERTIFICATE: &str = "OTEL_EXPORTER_OTLP_CERTIFICATE";
+/// PEM files of the certificate chain and key pglink shows a collector that asks for one.
+pub const OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE: &str = "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE";
+pub const OTEL_EXPORTER_OTLP_CLIENT_KEY: &str = "OTEL_EXPORTER_OTLP_CLIENT_KEY";
 /// The OTLP default collector endpoint for gRPC.
 pub const DEFAULT_GRPC_ENDPOINT: &str = "http://localhost:4317";
 /// The OTLP default collector endpoint for HTTP (the traces path is appended).
@@ -86,8 +102,8 @@ pub const DEFAULT_HTTP_ENDPOINT: &str = "http://localhost:4318";
 pub const HTTP_TRACES_PATH: &str = "/v1/traces";
 
 /// What the exporter thread needs; [`ExporterConfig::from_config`] fills it from the config
-/// file and the environment.
-#[derive(Clone, Debug, PartialEq)]
+/// file and the environment. Its `Debug` leaves the headers' text out (often a credential).
+#[derive(Clone, PartialEq)]
 pub struct ExporterConfig {
     /// `otlp_endpoint`, else `OTEL_EXPORTER_OTLP_ENDPOINT`; `None`: the OTLP default.
     pub endpoint: Option<String>,
@@ -105,6 +121,40 @@ pub struct ExporterConfig {
     pub batch_delay: Duration,
     /// The most one export request may take, retries included.
     pub export_timeout: Duration,
+    /// Headers for every request, as `OTEL_EXPORTER_OTLP_HEADERS` writes them (checked when
+    /// the exporter starts).
+    pub headers: Option<String>,
+    /// TLS to an `https://` endpoint.
+    pub tls: CollectorTls,
+}
+
+impl fmt::Debug for ExporterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExporterConfig")
+            .field("endpoint", &self.endpoint)
+            .field("protocol", &self.protocol)
+            .field("service_name", &self.service_name)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("queue_bytes", &self.queue_bytes)
+            .field("max_batch", &self.max_batch)
+            .field("max_request_bytes", &self.max_request_bytes)
+            .field("batch_delay", &self.batch_delay)
+            .field("export_timeout", &self.export_timeout)
+            .field("headers", &self.headers.as_ref().map(|_| "<not shown>"))
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+/// How pglink checks an `https://` collector, and what it shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CollectorTls {
+    /// A PEM file of the certificates that may sign the collector's; `None`: the system's
+    /// trust store.
+    pub certificate: Option<PathBuf>,
+    /// pglink's certificate chain and key (PEM files), for a collector that asks for one.
+    pub client_certificate: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
 }
 
 impl ExporterConfig {
@@ -122,15 +172,37 @@ impl ExporterConfig {
     pub const DEFAULT_BATCH_DELAY: Duration = Duration::from_secs(1);
     pub const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
-    /// The exporter settings of `opentelemetry`; the endpoint falls back to
-    /// `OTEL_EXPORTER_OTLP_ENDPOINT` from the environment.
+    /// The exporter settings of `opentelemetry`, with the `OTEL_EXPORTER_OTLP_*` variables
+    /// of the environment (see the module's documentation).
     pub fn from_config(config: &OpenTelemetryConfig) -> Self {
-        Self::from_config_and_env(config, std::env::var(OTEL_EXPORTER_OTLP_ENDPOINT).ok())
+        Self::from_config_with(config, |name| std::env::var(name).ok())
     }
 
-    /// [`Self::from_config`] with the environment variable's value given.
+    /// [`Self::from_config`] with `OTEL_EXPORTER_OTLP_ENDPOINT`'s value given, and no other
+    /// variable.
     pub fn from_config_and_env(config: &OpenTelemetryConfig, env_endpoint: Option<String>) -> Self {
+        Self::from_config_with(config, |name| {
+            (name == OTEL_EXPORTER_OTLP_ENDPOINT)
+                .then(|| env_endpoint.clone())
+                .flatten()
+        })
+    }
+
+    /// [`Self::from_config`] with the environment read through `env`.
+    pub fn from_config_with(
+        config: &OpenTelemetryConfig,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Self {
         let non_empty = |s: &String| !s.trim().is_empty();
+        let env_endpoint = env(OTEL_EXPORTER_OTLP_ENDPOINT);
+        // The traces variant of a variable wins over the general one (the OTLP exporter
+        // specification), and an empty value counts as unset.
+        let var = |name: &str| {
+            let traces = name.replacen("OTEL_EXPORTER_OTLP_", "OTEL_EXPORTER_OTLP_TRACES_", 1);
+            env(&traces)
+                .filter(non_empty)
+                .or_else(|| env(name).filter(non_empty))
+        };
         ExporterConfig {
             endpoint: config
                 .otlp_endpoint
@@ -145,7 +217,24 @@ impl ExporterConfig {
             max_request_bytes: Self::DEFAULT_MAX_REQUEST_BYTES,
             batch_delay: Self::DEFAULT_BATCH_DELAY,
             export_timeout: Self::DEFAULT_EXPORT_TIMEOUT,
+            headers: var(OTEL_EXPORTER_OTLP_HEADERS),
+            tls: CollectorTls {
+                certificate: var(OTEL_EXPORTER_OTLP_CERTIFICATE).map(PathBuf::from),
+                client_certificate: var(OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE).map(PathBuf::from),
+                client_key: var(OTEL_EXPORTER_OTLP_CLIENT_KEY).map(PathBuf::from),
+            },
         }
+    }
+
+    /// What the exporter's start would refuse, found without starting it: the endpoint, the
+    /// headers, and for an `https://` endpoint the TLS files (read now).
+    pub fn check(&self) -> Result<String, ExportError> {
+        let endpoint = self.resolved_endpoint()?;
+        transport::Headers::parse(self.headers.as_deref())?;
+        if is_https(&endpoint) {
+            transport::tls_config(&self.tls)?;
+        }
+        Ok(endpoint)
     }
 
     /// The URL the exporter sends to: see [`resolve_endpoint`].
@@ -154,12 +243,17 @@ impl ExporterConfig {
     }
 }
 
+/// Whether a resolved endpoint is sent over TLS.
+fn is_https(endpoint: &str) -> bool {
+    endpoint.starts_with("https://")
+}
+
 /// The collector URL for `endpoint` (`None`: the OTLP default of `protocol`).
 ///
-/// Only `http://` URLs are accepted: an `https://` one is an error, since this build has no
-/// TLS for OTLP and must not send plain text where TLS was asked for. For HTTP, the endpoint
-/// is a base URL, as `OTEL_EXPORTER_OTLP_ENDPOINT` means, and `/v1/traces` is appended to its
-/// path, unless the path already ends in `/v1/traces`. For gRPC the URL is used as given.
+/// `http://` and `https://` URLs are accepted (the scheme comes out in lower case). For HTTP,
+/// the endpoint is a base URL, as `OTEL_EXPORTER_OTLP_ENDPOINT` means, and `/v1/traces` is
+/// appended to its path, unless the path already ends in `/v1/traces`. For gRPC the URL is
+/// used as given.
 pub fn resolve_endpoint(
     endpoint: Option<&str>,
     protocol: OtlpProtocol,
@@ -176,20 +270,16 @@ pub fn resolve_endpoint(
     let uri: http::Uri = given
         .parse()
         .map_err(|e: http::uri::InvalidUri| invalid(e.to_string()))?;
-    match uri.scheme_str() {
-        Some(s) if s.eq_ignore_ascii_case("http") => {}
-        Some(s) if s.eq_ignore_ascii_case("https") => {
-            return Err(ExportError::TlsUnsupported {
-                endpoint: given.to_owned(),
-            });
-        }
+    let scheme = match uri.scheme_str() {
+        Some(s) if s.eq_ignore_ascii_case("http") => "http",
+        Some(s) if s.eq_ignore_ascii_case("https") => "https",
         Some(s) => {
             return Err(invalid(format!(
-                "unsupported scheme `{s}`, expected http://"
+                "unsupported scheme `{s}`, expected http:// or https://"
             )));
         }
         None => return Err(invalid("no scheme: expected http://host:port".into())),
-    }
+    };
     let Some(authority) = uri.authority() else {
         return Err(invalid("no host".into()));
     };
@@ -205,8 +295,11 @@ pub fn resolve_endpoint(
     if after_host.contains(':') && authority.port_u16().is_none() {
         return Err(invalid("the port is not a number from 0 to 65535".into()));
     }
+    let rest = given
+        .get(given.find("://").map_or(0, |i| i + 3)..)
+        .unwrap_or_default();
     match protocol {
-        OtlpProtocol::Grpc => Ok(given.to_owned()),
+        OtlpProtocol::Grpc => Ok(format!("{scheme}://{rest}")),
         OtlpProtocol::Http => {
             let path = uri.path().trim_end_matches('/');
             let query = uri.query().map_or(String::new(), |q| format!("?{q}"));
@@ -215,7 +308,7 @@ pub fn resolve_endpoint(
             } else {
                 format!("{path}{HTTP_TRACES_PATH}")
             };
-            Ok(format!("http://{authority}{path}{query}"))
+            Ok(format!("{scheme}://{authority}{path}{query}"))
         }
     }
 }
@@ -223,10 +316,12 @@ pub fn resolve_endpoint(
 /// Why the exporter could not start.
 #[derive(Debug)]
 pub enum ExportError {
-    /// The endpoint is not a usable `http://` URL.
+    /// The endpoint is not a usable `http://` or `https://` URL.
     InvalidEndpoint { endpoint: String, reason: String },
-    /// An `https://` endpoint: this build has no TLS for OTLP.
-    TlsUnsupported { endpoint: String },
+    /// `OTEL_EXPORTER_OTLP_HEADERS` is not a list of valid headers.
+    InvalidHeaders(String),
+    /// The TLS settings of an `https://` endpoint cannot be used.
+    Tls(String),
     /// The transport refused its configuration.
     Build(String),
     /// The exporter thread or its runtime could not be started.
@@ -239,11 +334,10 @@ impl fmt::Display for ExportError {
             ExportError::InvalidEndpoint { endpoint, reason } => {
                 write!(f, "invalid OTLP endpoint `{endpoint}`: {reason}")
             }
-            ExportError::TlsUnsupported { endpoint } => write!(
-                f,
-                "OTLP endpoint `{endpoint}` uses https, but this build exports OTLP without TLS: \
-                 use an http:// endpoint (e.g. a local collector)"
-            ),
+            ExportError::InvalidHeaders(e) => {
+                write!(f, "invalid {OTEL_EXPORTER_OTLP_HEADERS}: {e}")
+            }
+            ExportError::Tls(e) => write!(f, "cannot set up TLS to the OTLP collector: {e}"),
             ExportError::Build(e) => write!(f, "cannot build the OTLP exporter: {e}"),
             ExportError::Thread(e) => write!(f, "cannot start the OTLP exporter thread: {e}"),
         }
@@ -364,9 +458,10 @@ pub struct ExporterThread {
 }
 
 impl Exporter {
-    /// Checks the endpoint, reads `OTEL_RESOURCE_ATTRIBUTES`, and starts the exporter thread.
+    /// Checks the endpoint, the headers and the TLS files, reads `OTEL_RESOURCE_ATTRIBUTES`,
+    /// and starts the exporter thread.
     pub fn start(config: ExporterConfig) -> Result<(Exporter, ExporterThread), ExportError> {
-        let endpoint = config.resolved_endpoint()?;
+        let endpoint = config.check()?;
         let queue = Arc::new(SpanQueue::new(
             config.queue_capacity,
             config.queue_bytes,
@@ -400,7 +495,13 @@ impl Exporter {
                 };
                 // tonic's lazy channel spawns its worker: build inside the runtime.
                 let built = runtime.block_on(async {
-                    Transport::new(config.protocol, &endpoint, config.export_timeout)
+                    Transport::new(
+                        config.protocol,
+                        &endpoint,
+                        config.export_timeout,
+                        config.headers.as_deref(),
+                        &config.tls,
+                    )
                 });
                 match built {
                     Ok(transport) => {
@@ -569,11 +670,17 @@ mod tests {
     }
 
     #[test]
-    fn https_and_invalid_endpoints_are_errors() {
+    fn https_endpoints_keep_their_scheme_and_invalid_ones_are_errors() {
+        let https = |e, p| resolve_endpoint(Some(e), p).unwrap();
+        assert_eq!(
+            https("HTTPS://collector:4317", OtlpProtocol::Grpc),
+            "https://collector:4317"
+        );
+        assert_eq!(
+            https("https://c:4318/otlp", OtlpProtocol::Http),
+            "https://c:4318/otlp/v1/traces"
+        );
         for protocol in [OtlpProtocol::Grpc, OtlpProtocol::Http] {
-            let err = resolve_endpoint(Some("https://collector:4317"), protocol).unwrap_err();
-            assert!(matches!(err, ExportError::TlsUnsupported { .. }), "{err}");
-            assert!(err.to_string().contains("without TLS"), "{err}");
             for bad in [
                 "collector:4317",
                 "ftp://c:1",
@@ -592,15 +699,64 @@ mod tests {
     }
 
     #[test]
-    fn start_refuses_https_before_any_thread() {
-        let mut c = ExporterConfig::from_config_and_env(
-            &otel(Some("https://c:4318"), OtlpProtocol::Http),
-            None,
-        );
-        c.queue_capacity = 1;
+    fn start_refuses_unusable_tls_files_and_headers_before_any_thread() {
+        let c = |headers: Option<&str>, certificate: Option<&str>| {
+            let mut c = ExporterConfig::from_config_and_env(
+                &otel(Some("https://c:4318"), OtlpProtocol::Http),
+                None,
+            );
+            c.headers = headers.map(str::to_owned);
+            c.tls.certificate = certificate.map(PathBuf::from);
+            c
+        };
         assert!(matches!(
-            Exporter::start(c),
-            Err(ExportError::TlsUnsupported { .. })
+            Exporter::start(c(None, Some("/nonexistent.pem"))),
+            Err(ExportError::Tls(_))
         ));
+        assert!(matches!(
+            c(Some("a"), Some("/nonexistent.pem")).check(),
+            Err(ExportError::InvalidHeaders(_))
+        ));
+        let mut only_key = c(None, None);
+        only_key.tls.client_key = Some("/k.pem".into());
+        let err = only_key.check().unwrap_err();
+        assert!(err.to_string().contains("go together"), "{err}");
+    }
+
+    #[test]
+    fn headers_and_tls_files_come_from_the_environment_the_traces_variables_first() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let c = ExporterConfig::from_config_with(
+            &otel(None, OtlpProtocol::Grpc),
+            vars(&[
+                ("OTEL_EXPORTER_OTLP_HEADERS", "a=1"),
+                ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "b=2"),
+                ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/ca.pem"),
+                ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", " "),
+                ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "/c.pem"),
+                ("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY", "/k.pem"),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://env:4317"),
+            ]),
+        );
+        assert_eq!(c.headers.as_deref(), Some("b=2"));
+        assert_eq!(
+            c.tls,
+            CollectorTls {
+                certificate: Some("/ca.pem".into()),
+                client_certificate: Some("/c.pem".into()),
+                client_key: Some("/k.pem".into()),
+            }
+        );
+        assert_eq!(c.resolved_endpoint().unwrap(), "https://env:4317");
+        assert!(!format!("{c:?}").contains("b=2"), "headers are not shown");
+        let none = ExporterConfig::from_config_with(&otel(None, OtlpProtocol::Grpc), |_| None);
+        assert_eq!((none.headers, none.tls), (None, CollectorTls::default()));
     }
 }

@@ -556,15 +556,17 @@ fn start_tracing(
     Ok(Some((exporter, thread, Arc::new(settings))))
 }
 
-/// What the config layer validates but this build cannot do: say so instead of running
-/// silently without it. [`Server::start_with`] calls this first, and `pglink -check` calls it
-/// too, so a configuration that passes the check gets past it.
+/// What the config layer validates but this build cannot do or use (the OTLP exporter's
+/// settings, which come from the environment too): say so instead of running silently
+/// without it. [`Server::start_with`] calls this first, and `pglink -check` calls it too, so
+/// a configuration that passes the check gets past it.
 pub fn refuse_unimplemented(config: &Config) -> Result<(), StartError> {
-    // OTLP goes out without TLS: an https collector is refused, never sent plain text.
+    // The exporter's settings from the environment too: the endpoint, the headers, and an
+    // https collector's certificate files, which the start would refuse.
     #[cfg(feature = "otel")]
     if let Some(o) = config.opentelemetry.as_ref().filter(|o| o.enabled) {
         crate::observe::otlp::ExporterConfig::from_config(o)
-            .resolved_endpoint()
+            .check()
             .map_err(|e| StartError::Invalid(format!("opentelemetry: {e}")))?;
     }
     #[cfg(not(feature = "otel"))]

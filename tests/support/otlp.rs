@@ -13,7 +13,8 @@
 //!   `POST /v1/traces` with `application/x-protobuf` bodies.
 //! - [`Protocol::Hung`]: accepts connections and never answers (a hung collector).
 //!
-//! Dropping the receiver stops it.
+//! [`OtlpReceiver::start_tls`] serves gRPC or HTTP over TLS (rustls), optionally asking for a
+//! client certificate. Dropping the receiver stops it.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -32,6 +33,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use prost::Message;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// How the receiver talks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,12 +89,15 @@ struct Received {
     paths: Mutex<Vec<String>>,
     /// Each request's spans and encoded length.
     sizes: Mutex<Vec<(usize, usize)>>,
+    /// Each request's headers (gRPC: its metadata), names in lower case.
+    headers: Mutex<Vec<Vec<(String, String)>>>,
 }
 
 impl Received {
-    fn add(&self, request: ExportTraceServiceRequest) {
+    fn add(&self, request: ExportTraceServiceRequest, headers: Vec<(String, String)>) {
         let bytes = request.encoded_len();
         let spans = flatten(request);
+        self.headers.lock().unwrap().push(headers);
         self.sizes.lock().unwrap().push((spans.len(), bytes));
         self.requests.fetch_add(1, Ordering::SeqCst);
         let mut all = self.spans.lock().unwrap();
@@ -100,9 +106,53 @@ impl Received {
     }
 }
 
+/// The TLS side of a receiver: its certificate and key (PEM), and the CA that must have
+/// signed a client's certificate (`None`: no client certificate asked for).
+#[derive(Clone, Debug)]
+pub struct ReceiverTls {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub client_ca_pem: Option<String>,
+}
+
+impl ReceiverTls {
+    /// The rustls server configuration, offering `alpn`.
+    fn server_config(&self, alpn: &[u8]) -> Arc<rustls::ServerConfig> {
+        let provider = pglink::tls::provider();
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).unwrap();
+        let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = match &self.client_ca_pem {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+                    roots.add(cert.unwrap()).unwrap();
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .unwrap();
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_single_cert(chain, key).unwrap();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        Arc::new(config)
+    }
+}
+
 /// A running test collector.
 pub struct OtlpReceiver {
     protocol: Protocol,
+    tls: bool,
     addr: SocketAddr,
     received: Arc<Received>,
     stop: Arc<AtomicBool>,
@@ -113,21 +163,37 @@ pub struct OtlpReceiver {
 impl OtlpReceiver {
     /// Starts a receiver on an ephemeral port of 127.0.0.1.
     pub fn start(protocol: Protocol) -> OtlpReceiver {
+        Self::start_with(protocol, None)
+    }
+
+    /// Starts a gRPC or HTTP receiver that speaks TLS with `tls`.
+    pub fn start_tls(protocol: Protocol, tls: ReceiverTls) -> OtlpReceiver {
+        assert!(
+            protocol != Protocol::Hung,
+            "a hung receiver never gets to TLS"
+        );
+        Self::start_with(protocol, Some(tls))
+    }
+
+    fn start_with(protocol: Protocol, tls: Option<ReceiverTls>) -> OtlpReceiver {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Received::default());
         let stop = Arc::new(AtomicBool::new(false));
         let mut grpc_stop = None;
+        let with_tls = tls.is_some();
         let thread = match protocol {
             Protocol::Grpc => {
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 grpc_stop = Some(tx);
                 let received = Arc::clone(&received);
-                std::thread::spawn(move || serve_grpc(listener, received, rx))
+                let tls = tls.map(|t| t.server_config(b"h2"));
+                std::thread::spawn(move || serve_grpc(listener, received, rx, tls))
             }
             Protocol::Http => {
                 let (received, stop) = (Arc::clone(&received), Arc::clone(&stop));
-                std::thread::spawn(move || serve_http(listener, received, stop))
+                let tls = tls.map(|t| t.server_config(b"http/1.1"));
+                std::thread::spawn(move || serve_http(listener, received, stop, tls))
             }
             Protocol::Hung => {
                 let stop = Arc::clone(&stop);
@@ -136,6 +202,7 @@ impl OtlpReceiver {
         };
         OtlpReceiver {
             protocol,
+            tls: with_tls,
             addr,
             received,
             stop,
@@ -144,9 +211,16 @@ impl OtlpReceiver {
         }
     }
 
-    /// The base URL to configure as `otlp_endpoint`: `http://127.0.0.1:<port>`.
+    /// The base URL to configure as `otlp_endpoint`: `http://127.0.0.1:<port>`, or
+    /// `https://` with TLS.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Each request's headers (gRPC: metadata), names in lower case, in arrival order.
+    pub fn headers(&self) -> Vec<Vec<(String, String)>> {
+        self.received.headers.lock().unwrap().clone()
     }
 
     pub fn protocol(&self) -> Protocol {
@@ -219,8 +293,60 @@ impl TraceService for Collector {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        self.0.add(request.into_inner());
+        let headers = request
+            .metadata()
+            .iter()
+            .filter_map(|entry| match entry {
+                tonic::metadata::KeyAndValueRef::Ascii(k, v) => {
+                    Some((k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+                }
+                tonic::metadata::KeyAndValueRef::Binary(..) => None,
+            })
+            .collect();
+        self.0.add(request.into_inner(), headers);
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// A TLS connection for tonic's server (which has no TLS of its own in this build).
+struct TlsConn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>);
+
+impl tonic::transport::server::Connected for TlsConn {
+    type ConnectInfo = ();
+    fn connect_info(&self) {}
+}
+
+impl tokio::io::AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 
@@ -228,6 +354,7 @@ fn serve_grpc(
     listener: TcpListener,
     received: Arc<Received>,
     stop: tokio::sync::oneshot::Receiver<()>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -236,17 +363,42 @@ fn serve_grpc(
     runtime.block_on(async move {
         listener.set_nonblocking(true).unwrap();
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-        let incoming = tonic::transport::server::TcpIncoming::from(listener);
-        tonic::transport::Server::builder()
-            .serve_with_incoming_shutdown(
-                TraceServiceServer::new(Collector(received)),
-                incoming,
-                async {
-                    let _ = stop.await;
-                },
-            )
-            .await
-            .unwrap();
+        let service = TraceServiceServer::new(Collector(received));
+        let until_stop = async {
+            let _ = stop.await;
+        };
+        let server = tonic::transport::Server::builder();
+        match tls {
+            None => {
+                let incoming = tonic::transport::server::TcpIncoming::from(listener);
+                server
+                    .serve_with_incoming_shutdown(service, incoming, until_stop)
+                    .await
+                    .unwrap();
+            }
+            Some(config) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                // A failed handshake (an untrusted client) ends that connection only.
+                let incoming = futures_util::stream::unfold(
+                    (listener, acceptor),
+                    |(listener, acceptor)| async move {
+                        loop {
+                            let Ok((tcp, _)) = listener.accept().await else {
+                                continue;
+                            };
+                            if let Ok(tls) = acceptor.accept(tcp).await {
+                                let conn = Ok::<_, std::io::Error>(TlsConn(tls));
+                                return Some((conn, (listener, acceptor)));
+                            }
+                        }
+                    },
+                );
+                server
+                    .serve_with_incoming_shutdown(service, incoming, until_stop)
+                    .await
+                    .unwrap();
+            }
+        }
     });
     // Connections a client keeps open must not hold up the test.
     runtime.shutdown_background();
@@ -274,22 +426,35 @@ fn serve_hung(listener: TcpListener, stop: Arc<AtomicBool>) {
     accept_loop(listener, stop, |stream| held.push(stream));
 }
 
-fn serve_http(listener: TcpListener, received: Arc<Received>, stop: Arc<AtomicBool>) {
+fn serve_http(
+    listener: TcpListener,
+    received: Arc<Received>,
+    stop: Arc<AtomicBool>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
     accept_loop(listener, Arc::clone(&stop), |stream| {
         let received = Arc::clone(&received);
         let stop = Arc::clone(&stop);
+        let tls = tls.clone();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         // Detached: a connection kept alive by the client ends when the client closes it,
         // or at the next read timeout after `stop`.
-        std::thread::spawn(move || http_connection(stream, &received, &stop));
+        std::thread::spawn(move || match tls {
+            None => http_connection(stream, &received, &stop),
+            Some(config) => {
+                let Ok(conn) = rustls::ServerConnection::new(config) else {
+                    return;
+                };
+                http_connection(rustls::StreamOwned::new(conn, stream), &received, &stop);
+            }
+        });
     });
 }
 
 /// Serves HTTP/1.1 requests on one connection until it closes.
-fn http_connection(stream: TcpStream, received: &Received, stop: &AtomicBool) {
-    stream
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let mut writer = stream.try_clone().unwrap();
+fn http_connection(stream: impl Read + Write, received: &Received, stop: &AtomicBool) {
     let mut reader = BufReader::new(stream);
     loop {
         let mut request_line = String::new();
@@ -310,6 +475,7 @@ fn http_connection(stream: TcpStream, received: &Received, stop: &AtomicBool) {
         let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
         let mut content_length = 0usize;
         let mut content_type = String::new();
+        let mut headers = Vec::new();
         loop {
             let mut line = String::new();
             if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -320,6 +486,7 @@ fn http_connection(stream: TcpStream, received: &Received, stop: &AtomicBool) {
                 break;
             }
             if let Some((name, value)) = line.split_once(':') {
+                headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
                 match name.trim().to_ascii_lowercase().as_str() {
                     "content-length" => content_length = value.trim().parse().unwrap_or(0),
                     "content-type" => content_type = value.trim().to_owned(),
@@ -339,7 +506,7 @@ fn http_connection(stream: TcpStream, received: &Received, stop: &AtomicBool) {
         } else {
             match ExportTraceServiceRequest::decode(body.as_slice()) {
                 Ok(request) => {
-                    received.add(request);
+                    received.add(request, headers);
                     (
                         "200 OK",
                         ExportTraceServiceResponse::default().encode_to_vec(),
@@ -352,7 +519,11 @@ fn http_connection(stream: TcpStream, received: &Received, stop: &AtomicBool) {
             "HTTP/1.1 {status}\r\ncontent-type: application/x-protobuf\r\ncontent-length: {}\r\n\r\n",
             reply.len()
         );
-        if writer.write_all(head.as_bytes()).is_err() || writer.write_all(&reply).is_err() {
+        let writer = reader.get_mut();
+        if writer.write_all(head.as_bytes()).is_err()
+            || writer.write_all(&reply).is_err()
+            || writer.flush().is_err()
+        {
             return;
         }
     }

@@ -178,7 +178,7 @@ pub(super) fn resource_attributes(service_name: &str, env: Option<&str>) -> Vec<
 /// `%XX` sequences decoded (the W3C Baggage octet encoding `OTEL_RESOURCE_ATTRIBUTES` uses);
 /// a `%` not followed by two hex digits is kept as it is, and so are bytes that do not
 /// decode to UTF-8 (replaced).
-fn percent_decode(s: &str) -> String {
+pub(super) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
