@@ -417,13 +417,7 @@ pub fn collector_client_config(
     client: Option<(&Path, &Path)>,
 ) -> Result<rustls::ClientConfig, TlsError> {
     let roots = match root {
-        Some(path) => {
-            let mut store = RootCertStore::empty();
-            for cert in load_certs(path)? {
-                add_root(&mut store, cert, path)?;
-            }
-            store
-        }
+        Some(path) => load_root_file(path)?,
         None => SystemRoots::from_env().load()?,
     };
     let builder = rustls::ClientConfig::builder_with_provider(provider())
@@ -442,10 +436,14 @@ fn load_roots(root: &str) -> Result<RootCertStore, TlsError> {
     if root == SYSTEM_ROOT_CERT {
         return SystemRoots::from_env().load();
     }
-    let path = PathBuf::from(root);
+    load_root_file(Path::new(root))
+}
+
+/// Every certificate of the PEM file `path` as a trust anchor (each must be usable as one).
+fn load_root_file(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut store = RootCertStore::empty();
-    for cert in load_certs(&path)? {
-        add_root(&mut store, cert, &path)?;
+    for cert in load_certs(path)? {
+        add_root(&mut store, cert, path)?;
     }
     Ok(store)
 }
