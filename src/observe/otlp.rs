@@ -227,14 +227,26 @@ impl ExporterConfig {
     }
 
     /// What the exporter's start would refuse, found without starting it: the endpoint, the
-    /// headers, and for an `https://` endpoint the TLS files (read now).
+    /// headers, and for an `https://` endpoint the TLS files (read now). The endpoint comes
+    /// back.
     pub fn check(&self) -> Result<String, ExportError> {
+        self.prepare().map(|p| p.endpoint)
+    }
+
+    /// The checked endpoint, headers and TLS configuration the transport is built from.
+    fn prepare(&self) -> Result<transport::Prepared, ExportError> {
         let endpoint = self.resolved_endpoint()?;
-        transport::Headers::parse(self.headers.as_deref())?;
-        if is_https(&endpoint) {
-            transport::tls_config(&self.tls)?;
-        }
-        Ok(endpoint)
+        let headers = transport::Headers::parse(self.headers.as_deref())?;
+        let tls = if is_https(&endpoint) {
+            Some(transport::tls_config(&self.tls)?)
+        } else {
+            None
+        };
+        Ok(transport::Prepared {
+            endpoint,
+            headers,
+            tls,
+        })
     }
 
     /// The URL the exporter sends to: see [`resolve_endpoint`].
@@ -461,7 +473,7 @@ impl Exporter {
     /// Checks the endpoint, the headers and the TLS files, reads `OTEL_RESOURCE_ATTRIBUTES`,
     /// and starts the exporter thread.
     pub fn start(config: ExporterConfig) -> Result<(Exporter, ExporterThread), ExportError> {
-        let endpoint = config.check()?;
+        let prepared = config.prepare()?;
         let queue = Arc::new(SpanQueue::new(
             config.queue_capacity,
             config.queue_bytes,
@@ -495,13 +507,7 @@ impl Exporter {
                 };
                 // tonic's lazy channel spawns its worker: build inside the runtime.
                 let built = runtime.block_on(async {
-                    Transport::new(
-                        config.protocol,
-                        &endpoint,
-                        config.export_timeout,
-                        config.headers.as_deref(),
-                        &config.tls,
-                    )
+                    Transport::new(config.protocol, prepared, config.export_timeout)
                 });
                 match built {
                     Ok(transport) => {

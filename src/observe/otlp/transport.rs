@@ -51,6 +51,14 @@ pub(super) enum HttpClient {
     Tls(Client<HttpsConnector<HttpConnector>, Full<Bytes>>),
 }
 
+/// What a transport is built from, checked before the exporter's thread starts: the
+/// resolved endpoint, its headers, and the TLS configuration of an `https://` one.
+pub(super) struct Prepared {
+    pub(super) endpoint: String,
+    pub(super) headers: Headers,
+    pub(super) tls: Option<rustls::ClientConfig>,
+}
+
 /// The headers of `OTEL_EXPORTER_OTLP_HEADERS` (`key=value,key=value`, both sides
 /// percent-decoded and trimmed), checked when the exporter starts: as HTTP headers, and as
 /// the gRPC metadata they become (names in lower case).
@@ -116,22 +124,19 @@ pub(super) fn tls_config(tls: &CollectorTls) -> Result<rustls::ClientConfig, Exp
 }
 
 impl Transport {
-    /// A transport to `endpoint` (already resolved: an `http://` or `https://` URL), sending
-    /// `headers` (see [`Headers`]) with every request.
+    /// A transport to the prepared endpoint (an `http://` or `https://` URL), sending its
+    /// headers (see [`Headers`]) with every request.
     pub(super) fn new(
         protocol: OtlpProtocol,
-        endpoint: &str,
+        prepared: Prepared,
         timeout: Duration,
-        headers: Option<&str>,
-        tls: &CollectorTls,
     ) -> Result<Transport, ExportError> {
         let build = |e: String| ExportError::Build(e);
-        let headers = Headers::parse(headers)?;
-        let tls = if super::is_https(endpoint) {
-            Some(tls_config(tls)?)
-        } else {
-            None
-        };
+        let Prepared {
+            endpoint,
+            headers,
+            tls,
+        } = prepared;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(timeout));
@@ -160,7 +165,7 @@ impl Transport {
                 })
             }
             OtlpProtocol::Grpc => {
-                let endpoint = Endpoint::from_shared(endpoint.to_owned())
+                let endpoint = Endpoint::from_shared(endpoint)
                     .map_err(|e| build(e.to_string()))?
                     .tcp_nodelay(true)
                     .connect_timeout(timeout)
