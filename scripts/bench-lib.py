@@ -612,13 +612,17 @@ def observability_section(meta, tx, summary, problems, runs_of):
         )
         out.append("")
 
+    def judged(r, t):
+        # "ok" or "over N %" for a TPS ratio of target t against its limit.
+        ok = r >= 1 - OBS_LIMITS[t] - 1e-9
+        return "ok" if ok else "**over %d %%**" % round(OBS_LIMITS[t] * 100)
+
     def verdict(w, t):
         num, den = summary(w, t)["rate"], summary(w, OBS_OFF)["rate"]
         if not num or not den:
             return "–"
         r = num / den
-        ok = r >= 1 - OBS_LIMITS[t] - 1e-9
-        return "%.3f %s" % (r, "ok" if ok else "**over %d %%**" % round(OBS_LIMITS[t] * 100))
+        return "%.3f %s" % (r, judged(r, t))
 
     def paired(w, t):
         # Each round runs the targets back to back: the ratio within a round cancels the
@@ -632,12 +636,11 @@ def observability_section(meta, tx, summary, problems, runs_of):
         if not ratios:
             return "–"
         m = statistics.median(ratios)
-        ok = m >= 1 - OBS_LIMITS[t] - 1e-9
         spread = ""
         if len(ratios) >= 4:
             q = statistics.quantiles(ratios, n=4)
             spread = " (%.3f–%.3f)" % (q[0], q[2])
-        return "%.3f%s %s" % (m, spread, "ok" if ok else "**over %d %%**" % round(OBS_LIMITS[t] * 100))
+        return "%.3f%s %s" % (m, spread, judged(m, t))
 
     def cpu_ratio(w, t):
         num, den = summary(w, t)["cpu"], summary(w, OBS_OFF)["cpu"]
