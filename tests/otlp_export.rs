@@ -7,8 +7,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use std::path::PathBuf;
-
 use pglink::config::OtlpProtocol;
 use pglink::observe::otlp::{
     CollectorTls, ExportStats, Exporter, ExporterConfig, SharedAttributes, Span, SpanBatch,
@@ -16,6 +14,7 @@ use pglink::observe::otlp::{
 };
 use support::certs::TestCerts;
 use support::otlp::{OtlpReceiver, Protocol, ReceiverTls};
+use support::workdir::TempDir;
 
 fn config(endpoint: String, protocol: OtlpProtocol) -> ExporterConfig {
     ExporterConfig {
@@ -30,30 +29,6 @@ fn config(endpoint: String, protocol: OtlpProtocol) -> ExporterConfig {
         export_timeout: Duration::from_secs(2),
         headers: None,
         tls: CollectorTls::default(),
-    }
-}
-
-/// A directory for one test's files, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(label: &str) -> TempDir {
-        let path = std::env::temp_dir().join(format!("pglink-otlp-{}-{label}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    fn file(&self, name: &str, contents: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, contents).unwrap();
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -452,7 +427,7 @@ fn hung_collector_http() {
 
 #[test]
 fn start_refuses_bad_urls_headers_and_tls_files() {
-    let dir = TempDir::new("refuse");
+    let dir = TempDir::new("otlp-refuse");
     let ca = dir.file("ca.pem", &TestCerts::generate("x").ca_cert_pem);
     for otlp in [OtlpProtocol::Grpc, OtlpProtocol::Http] {
         for (endpoint, want) in [
@@ -491,7 +466,7 @@ fn start_refuses_bad_urls_headers_and_tls_files() {
 #[test]
 fn https_and_grpc_over_tls_carry_spans_headers_and_a_client_certificate() {
     let certs = TestCerts::generate("pglink-exporter");
-    let dir = TempDir::new("tls");
+    let dir = TempDir::new("otlp-tls");
     let ca = dir.file("ca.pem", &certs.ca_cert_pem);
     let client_cert = dir.file("client.pem", &certs.client.cert_pem);
     let client_key = dir.file("client.key", &certs.client.key_pem);
@@ -525,7 +500,7 @@ fn https_and_grpc_over_tls_carry_spans_headers_and_a_client_certificate() {
 fn tls_export_fails_to_an_untrusted_collector_and_without_the_asked_client_certificate() {
     let certs = TestCerts::generate("pglink-exporter");
     let other = TestCerts::generate("other");
-    let dir = TempDir::new("untrusted");
+    let dir = TempDir::new("otlp-untrusted");
     let ca = dir.file("ca.pem", &certs.ca_cert_pem);
     let other_ca = dir.file("other-ca.pem", &other.ca_cert_pem);
     for (protocol, otlp) in BOTH {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use support::wire::WireClient;
+use support::workdir::TempDir;
 use support::*;
 use tokio_postgres::NoTls;
 
@@ -20,34 +21,29 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// A fresh directory for socket files, removed by the caller's [`Dir`] guard.
-struct Dir(PathBuf);
+/// A fresh directory for socket files, removed when dropped.
+struct Dir(TempDir);
 
 impl Dir {
     fn new(name: &str) -> Dir {
-        let dir = std::env::temp_dir().join(format!("pglink-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Dir(dir)
+        Dir(TempDir::new(name))
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
     }
 
     /// `<dir>/.s.PGSQL.<port>`: what libpq opens for `host=<dir> port=<port>`.
     fn socket(&self, port: u16) -> PathBuf {
-        self.0.join(format!(".s.PGSQL.{port}"))
+        self.path().join(format!(".s.PGSQL.{port}"))
     }
 
     fn dsn(&self, port: u16, user: &TestUser) -> String {
         format!(
             "host={} port={port} user={} dbname={TEST_DATABASE} connect_timeout=10",
-            self.0.display(),
+            self.path().display(),
             user.name
         )
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -195,7 +191,7 @@ fn listens_on_a_unix_socket_beside_tcp() {
     // A driver over the socket: a transaction, and a cancel sent to the socket.
     runtime().block_on(async {
         let (client, conn) = tokio_postgres::Config::new()
-            .host_path(&dir.0)
+            .host_path(dir.path())
             .port(port)
             .user(SCRAM_USER.name)
             .password(pw.unwrap())
@@ -264,7 +260,7 @@ fn stale_socket_file_is_replaced_and_a_live_one_refuses_the_start() {
         Ok("2".into())
     );
     // Something that is not a socket is never deleted.
-    let file = dir.0.join("not-a-socket");
+    let file = dir.path().join("not-a-socket");
     std::fs::write(&file, "keep").unwrap();
     let err = only_unix(&file).try_start().err().expect("must not start");
     assert!(err.contains("not a socket"), "{err}");
